@@ -1,0 +1,1 @@
+//! forge: not written yet.

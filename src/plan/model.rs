@@ -1,0 +1,181 @@
+//! The plan's data: what nixprox will do, host by host, and why.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// The version of the JSON schema ([`Plan`] serialised); bumped on breaking changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The kinds of action, named exactly as in the JSON schema and the docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    CreateVm,
+    Adopt,
+    UpdateVm,
+    ResizeDisk,
+    Install,
+    Switch,
+    Reinstall,
+    ReplaceVm,
+    DestroyVm,
+    Noop,
+}
+
+impl ActionKind {
+    /// Every kind, in the order summaries list them.
+    pub const ALL: [ActionKind; 10] = [
+        ActionKind::CreateVm,
+        ActionKind::Adopt,
+        ActionKind::UpdateVm,
+        ActionKind::ResizeDisk,
+        ActionKind::Install,
+        ActionKind::Switch,
+        ActionKind::Reinstall,
+        ActionKind::ReplaceVm,
+        ActionKind::DestroyVm,
+        ActionKind::Noop,
+    ];
+
+    /// The snake_case name used in JSON, docs and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::CreateVm => "create_vm",
+            ActionKind::Adopt => "adopt",
+            ActionKind::UpdateVm => "update_vm",
+            ActionKind::ResizeDisk => "resize_disk",
+            ActionKind::Install => "install",
+            ActionKind::Switch => "switch",
+            ActionKind::Reinstall => "reinstall",
+            ActionKind::ReplaceVm => "replace_vm",
+            ActionKind::DestroyVm => "destroy_vm",
+            ActionKind::Noop => "noop",
+        }
+    }
+
+    /// Whether the action loses data or running state that cannot be recovered.
+    pub fn is_destructive(self) -> bool {
+        matches!(self, ActionKind::Reinstall | ActionKind::ReplaceVm | ActionKind::DestroyVm)
+    }
+
+    /// The verb summaries use: "2 to create".
+    pub fn summary_verb(self) -> &'static str {
+        match self {
+            ActionKind::CreateVm => "create",
+            ActionKind::Adopt => "adopt",
+            ActionKind::UpdateVm => "update",
+            ActionKind::ResizeDisk => "resize",
+            ActionKind::Install => "install",
+            ActionKind::Switch => "switch",
+            ActionKind::Reinstall => "reinstall",
+            ActionKind::ReplaceVm => "replace",
+            ActionKind::DestroyVm => "destroy",
+            ActionKind::Noop => "unchanged",
+        }
+    }
+}
+
+/// When a changed VM setting takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Applied to the running VM at once.
+    Hotplug,
+    /// Recorded as pending; takes effect at the next reboot.
+    NeedsReboot,
+}
+
+/// One field's before and after. `None` means absent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    /// Dotted path: `cores`, `disks.scsi0.size`, `networks.net0.vlan`, `tags`, `system`.
+    pub field: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    /// Only on `update_vm` changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effect: Option<Effect>,
+}
+
+/// Why a destructive action will not run, and what would allow it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Blocked {
+    pub reason: String,
+    /// The setting that would allow it (`policies.allow_replace`), or `None` when nothing can
+    /// (a protected VM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setting: Option<String>,
+}
+
+/// One step of a host's plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Action {
+    pub kind: ActionKind,
+    pub reason: String,
+    pub changes: Vec<Change>,
+    pub blocked: Option<Blocked>,
+}
+
+/// The VM a host plan acts on; `vmid` is `None` when Proxmox will allocate it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmRef {
+    pub node: String,
+    pub vmid: Option<u32>,
+}
+
+/// Everything planned for one host (or one orphan VM).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostPlan {
+    /// The host's attribute name; for an orphan, the VM's name.
+    pub host: String,
+    pub vm: VmRef,
+    /// True when this entry is a `nixprox`-tagged VM that no host declares.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub orphan: bool,
+    pub actions: Vec<Action>,
+}
+
+impl HostPlan {
+    /// Whether anything (even blocked) is planned beyond `noop`.
+    pub fn has_changes(&self) -> bool {
+        self.actions.iter().any(|a| a.kind != ActionKind::Noop)
+    }
+}
+
+/// Per-kind counts of runnable (not blocked) actions, plus the blocked ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Summary {
+    pub counts: BTreeMap<&'static str, usize>,
+    pub blocked: usize,
+    pub orphans: usize,
+}
+
+impl Summary {
+    /// The count of runnable actions of one kind.
+    pub fn count(&self, kind: ActionKind) -> usize {
+        self.counts.get(kind.as_str()).copied().unwrap_or(0)
+    }
+}
+
+/// The whole plan. Pure data: rendering and applying read it, nothing mutates it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub version: u32,
+    pub plan_id: String,
+    pub summary: Summary,
+    pub hosts: Vec<HostPlan>,
+}
+
+impl Plan {
+    /// Whether applying would do anything (blocked actions count: a reviewer must see them).
+    pub fn has_changes(&self) -> bool {
+        self.hosts.iter().any(HostPlan::has_changes)
+    }
+
+    /// Whether any destructive action is planned or blocked: the renderings show a banner.
+    pub fn has_destructive(&self) -> bool {
+        self.hosts.iter().flat_map(|h| &h.actions).any(|a| a.kind.is_destructive())
+    }
+}

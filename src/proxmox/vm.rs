@@ -1,0 +1,44 @@
+//! A VM as the cluster reports it, reduced to what planning and applying need.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::metadata::Metadata;
+use crate::spec::VmSpec;
+
+/// One QEMU VM from `/cluster/resources`, with its config when it was read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveVm {
+    pub vmid: u32,
+    pub node: String,
+    pub name: String,
+    /// `running`, `stopped`, … (volatile: never part of a plan id unless an action depends on it).
+    pub status: String,
+    pub template: bool,
+    /// Proxmox's config lock (`backup`, `clone`, `migrate`, …), if any.
+    pub lock: Option<String>,
+    /// All tags, lower-cased, including [`crate::spec::MANAGED_TAG`].
+    pub tags: BTreeSet<String>,
+    /// Read only for VMs that matter to the plan (managed, or named like a host).
+    pub config: Option<LiveConfig>,
+}
+
+impl LiveVm {
+    /// Whether the VM carries the `nixprox` tag.
+    pub fn is_managed(&self) -> bool {
+        self.tags.contains(crate::spec::MANAGED_TAG)
+    }
+}
+
+/// `/nodes/{node}/qemu/{vmid}/config`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveConfig {
+    /// The config digest, passed back on writes as a compare-and-swap.
+    pub digest: String,
+    pub spec: VmSpec,
+    /// nixprox's metadata block from the notes, when present and readable.
+    pub metadata: Option<Metadata>,
+    /// Keys that differ in the pending config (changes waiting for a reboot).
+    pub pending: BTreeSet<String>,
+}

@@ -1,0 +1,1 @@
+//! Renderings of a plan: text for terminals, Markdown for PR comments, JSON for machines.

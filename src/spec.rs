@@ -1,0 +1,155 @@
+//! The VM vocabulary shared by both sides of a plan.
+//!
+//! The flake's declaration (after defaults are applied) and a live Proxmox config are both
+//! reduced to a [`VmSpec`], so the planner compares like with like: sizes in bytes, tags as a
+//! set, absent Proxmox keys replaced by Proxmox's own defaults.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// The tag every VM managed by nixprox carries; it is how orphans are recognised.
+pub const MANAGED_TAG: &str = "nixprox";
+
+/// Firmware of a VM. Proxmox cannot switch it in place, so a change is a replacement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Bios {
+    #[default]
+    Seabios,
+    Ovmf,
+}
+
+impl Bios {
+    /// The value Proxmox uses in `bios=`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bios::Seabios => "seabios",
+            Bios::Ovmf => "ovmf",
+        }
+    }
+}
+
+/// One disk, keyed by its slot (`scsi0`, …) in [`VmSpec::disks`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    pub storage: String,
+    pub size_bytes: u64,
+    pub serial: Option<String>,
+    pub discard: bool,
+    pub ssd: bool,
+    pub iothread: bool,
+}
+
+/// One network interface, keyed by its slot (`net0`, …) in [`VmSpec::networks`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetSpec {
+    pub model: String,
+    /// Upper-case `AA:BB:…`. On the desired side `None` means "whatever Proxmox picked".
+    pub mac: Option<String>,
+    pub bridge: String,
+    pub vlan: Option<u16>,
+    pub firewall: bool,
+}
+
+/// The comparable part of a VM: what the flake declares and what Proxmox reports.
+///
+/// On the desired side an `Option` that is `None` means "not declared: keep what Proxmox has"
+/// (balloon, machine); on the live side it means the key is absent from the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub name: String,
+    pub cores: u32,
+    pub sockets: u32,
+    pub cpu_type: String,
+    pub memory_mib: u64,
+    pub balloon_mib: Option<u64>,
+    pub bios: Bios,
+    pub machine: Option<String>,
+    pub agent: bool,
+    pub disks: BTreeMap<String, DiskSpec>,
+    pub networks: BTreeMap<String, NetSpec>,
+    /// User tags, lower-cased, without [`MANAGED_TAG`].
+    pub tags: BTreeSet<String>,
+    /// The user's notes, without nixprox's metadata block.
+    pub description: String,
+    pub on_boot: bool,
+    pub protection: bool,
+    pub pool: Option<String>,
+}
+
+/// Parses a size as Proxmox writes it (`20G`, `512M`, `1.5T`, `4096K`, or plain bytes) into bytes.
+///
+/// `bare_unit` is the multiplier for a number without suffix: Proxmox property strings
+/// mean bytes, while the NixOS module reads a bare number as GiB.
+pub fn parse_size(text: &str, bare_unit: u64) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
+        _ => (text, ' '),
+    };
+    let multiplier: u64 = match unit {
+        ' ' => bare_unit,
+        'B' => 1,
+        'K' => 1 << 10,
+        'M' => 1 << 20,
+        'G' => 1 << 30,
+        'T' => 1 << 40,
+        'P' => 1 << 50,
+        _ => return None,
+    };
+    if let Ok(whole) = number.parse::<u64>() {
+        return whole.checked_mul(multiplier);
+    }
+    let value: f64 = number.parse().ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    // Proxmox prints fractional sizes with up to two decimals; round to whole bytes.
+    Some((value * multiplier as f64).round() as u64)
+}
+
+/// Formats bytes the way Proxmox accepts them in `size=` and `/resize`, with the largest exact unit.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [(u64, char); 4] = [(1 << 40, 'T'), (1 << 30, 'G'), (1 << 20, 'M'), (1 << 10, 'K')];
+    for (unit, suffix) in UNITS {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_in_every_unit_proxmox_prints() {
+        let g = 1u64 << 30;
+        for (text, bytes) in [
+            ("20G", 20 * g),
+            ("32768M", 32 * g),
+            ("1T", 1024 * g),
+            ("1.5T", 1536 * g),
+            ("4194304K", 4 * g),
+            ("10737418240", 10 * g),
+            ("0.5G", g / 2),
+            ("20g", 20 * g),
+        ] {
+            assert_eq!(parse_size(text, 1), Some(bytes), "{text}");
+        }
+        assert_eq!(parse_size("20", g), Some(20 * g));
+        assert_eq!(parse_size("20X", 1), None);
+        assert_eq!(parse_size("", 1), None);
+        assert_eq!(parse_size("-1G", 1), None);
+    }
+
+    #[test]
+    fn sizes_format_with_the_largest_exact_unit() {
+        assert_eq!(format_size(20 << 30), "20G");
+        assert_eq!(format_size(1536 << 20), "1536M");
+        assert_eq!(format_size(2 << 40), "2T");
+        assert_eq!(format_size(1000), "1000");
+    }
+}

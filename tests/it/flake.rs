@@ -1,0 +1,1 @@
+//! Integration tests of the flake inventory against the real `nix` binary.

@@ -1,0 +1,7 @@
+//! The integration tests: one binary, real counterparts started by `tests/support`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod flake;
+mod proxmox;
