@@ -1,5 +1,13 @@
-//! The planner: desired hosts against live VMs, as a pure function.
+//! The planner: desired hosts against live VMs, as a pure function, and the plan's data.
 
+pub mod engine;
+pub mod fields;
+pub mod id;
 pub mod model;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
 
+pub use engine::{PlanInput, plan};
 pub use model::{Action, ActionKind, Blocked, Change, Effect, HostPlan, Plan, Summary, VmRef};

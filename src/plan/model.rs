@@ -147,6 +147,8 @@ impl HostPlan {
 /// Per-kind counts of runnable (not blocked) actions, plus the blocked ones.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct Summary {
+    /// Every kind, including zeros, so consumers need no defaults.
+    #[serde(flatten)]
     pub counts: BTreeMap<&'static str, usize>,
     pub blocked: usize,
     pub orphans: usize,

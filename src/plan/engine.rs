@@ -1,0 +1,420 @@
+//! The planner: `(desired hosts, live VMs, policies) → Plan`. Pure: no I/O, no clock, no
+//! environment, so the same inputs always give the same plan and the same plan id.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+
+use crate::config::Policies;
+use crate::flake::DesiredHost;
+use crate::flake::host::DeployStrategy;
+use crate::proxmox::LiveVm;
+use crate::spec::format_size;
+
+use super::fields::{self, SpecDiff};
+use super::id::plan_id;
+use super::model::{Action, ActionKind, Blocked, Change, HostPlan, Plan, SCHEMA_VERSION, Summary, VmRef};
+
+/// Everything the planner looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    pub desired: &'a [DesiredHost],
+    pub live: &'a [LiveVm],
+    pub policies: Policies,
+    /// Restricts the plan to these hosts (and orphan VM names); `None` plans everything.
+    pub only: Option<&'a BTreeSet<String>>,
+}
+
+/// Computes the plan.
+pub fn plan(input: PlanInput<'_>) -> Plan {
+    let mut claimed = BTreeSet::new();
+    let mut hosts: Vec<HostPlan> = Vec::new();
+    let mut desired: Vec<&DesiredHost> = input.desired.iter().collect();
+    desired.sort_by(|a, b| a.host.cmp(&b.host));
+    for host in desired {
+        let found = find_vm(host, input.live, &claimed);
+        if let Found::Vm(vm, _) | Found::Taken(vm) = &found {
+            claimed.insert(vm.vmid);
+        }
+        hosts.push(plan_host(host, found, input.policies));
+    }
+    let mut orphans: Vec<&LiveVm> = input
+        .live
+        .iter()
+        .filter(|vm| vm.is_managed() && !vm.template && !claimed.contains(&vm.vmid))
+        .collect();
+    orphans.sort_by_key(|vm| vm.vmid);
+    hosts.extend(orphans.into_iter().map(|vm| plan_orphan(vm, input.policies)));
+    if let Some(only) = input.only {
+        hosts.retain(|h| only.contains(&h.host));
+    }
+    let summary = summarize(&hosts);
+    let id = plan_id(&hosts, input.desired, input.policies);
+    Plan { version: SCHEMA_VERSION, plan_id: id, summary, hosts }
+}
+
+/// How a host was matched to the cluster.
+enum Found<'a> {
+    /// The host's VM; `true` when it is not yet managed (an adoption).
+    Vm(&'a LiveVm, bool),
+    /// The declared VMID belongs to a VM that is not this host's.
+    Taken(&'a LiveVm),
+    /// Several unmanaged VMs carry the host's name.
+    Ambiguous(Vec<u32>),
+    None,
+}
+
+/// Finds the host's VM: by declared VMID, then by the metadata's host name, then by VM name
+/// among managed VMs, then by VM name among unmanaged ones (adoption). Templates never match.
+fn find_vm<'a>(host: &DesiredHost, live: &'a [LiveVm], claimed: &BTreeSet<u32>) -> Found<'a> {
+    let candidates = || live.iter().filter(|vm| !vm.template && !claimed.contains(&vm.vmid));
+    if let Some(vmid) = host.vmid {
+        return match live.iter().find(|vm| vm.vmid == vmid) {
+            None => Found::None,
+            Some(vm) if vm.template => Found::Taken(vm),
+            Some(vm) if vm.is_managed() => {
+                let recorded = recorded_host(vm);
+                if recorded.is_none_or(|name| name == host.host) {
+                    Found::Vm(vm, false)
+                } else {
+                    Found::Taken(vm)
+                }
+            }
+            Some(vm) if vm.name == host.spec.name => Found::Vm(vm, true),
+            Some(vm) => Found::Taken(vm),
+        };
+    }
+    if let Some(vm) = candidates().find(|vm| vm.is_managed() && recorded_host(vm) == Some(host.host.as_str()))
+    {
+        return Found::Vm(vm, false);
+    }
+    if let Some(vm) = candidates().find(|vm| {
+        vm.is_managed() && vm.name == host.spec.name && recorded_host(vm).is_none_or(|n| n == host.host)
+    }) {
+        return Found::Vm(vm, false);
+    }
+    let unmanaged: Vec<&LiveVm> =
+        candidates().filter(|vm| !vm.is_managed() && vm.name == host.spec.name).collect();
+    match unmanaged.as_slice() {
+        [] => Found::None,
+        [vm] => Found::Vm(vm, true),
+        many => Found::Ambiguous(many.iter().map(|vm| vm.vmid).collect()),
+    }
+}
+
+fn recorded_host(vm: &LiveVm) -> Option<&str> {
+    vm.config.as_ref()?.metadata.as_ref().map(|m| m.host.as_str())
+}
+
+fn action(kind: ActionKind, reason: impl Into<String>, changes: Vec<Change>) -> Action {
+    Action { kind, reason: reason.into(), changes, blocked: None }
+}
+
+fn blocked(mut action: Action, reason: impl Into<String>, setting: Option<&str>) -> Action {
+    action.blocked = Some(Blocked { reason: reason.into(), setting: setting.map(str::to_string) });
+    action
+}
+
+fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies) -> HostPlan {
+    let mut vm = VmRef { node: host.node.clone(), vmid: host.vmid };
+    let actions = match found {
+        Found::None => plan_create(host),
+        Found::Taken(other) => vec![blocked(
+            action(ActionKind::CreateVm, "no VM exists for this host", create_changes(host)),
+            format!(
+                "VMID {} is already used by `{}`, which is not this host's VM; choose another `nixprox.vm.id`",
+                other.vmid, other.name
+            ),
+            None,
+        )],
+        Found::Ambiguous(vmids) => {
+            let ids: Vec<String> = vmids.iter().map(u32::to_string).collect();
+            vec![blocked(
+                action(ActionKind::Adopt, "unmanaged VMs carry this host's name", Vec::new()),
+                format!(
+                    "{} VMs are named `{}` (VMIDs {}); set `nixprox.vm.id` to the one to adopt",
+                    vmids.len(),
+                    host.spec.name,
+                    ids.join(", ")
+                ),
+                None,
+            )]
+        }
+        Found::Vm(live, adopting) => {
+            vm = VmRef { node: live.node.clone(), vmid: Some(live.vmid) };
+            plan_existing(host, live, adopting, policies)
+        }
+    };
+    let actions =
+        if actions.is_empty() { vec![action(ActionKind::Noop, "in sync", Vec::new())] } else { actions };
+    HostPlan { host: host.host.clone(), vm, orphan: false, actions }
+}
+
+fn create_changes(host: &DesiredHost) -> Vec<Change> {
+    let mut changes =
+        vec![Change { field: "node".into(), before: None, after: Some(json!(host.node)), effect: None }];
+    if let Some(vmid) = host.vmid {
+        changes.push(Change { field: "id".into(), before: None, after: Some(json!(vmid)), effect: None });
+    }
+    changes.extend(fields::all_fields(&host.spec).into_iter().map(|(field, value)| Change {
+        field,
+        before: None,
+        after: Some(value),
+        effect: None,
+    }));
+    changes
+}
+
+fn install_action(host: &DesiredHost, reason: &str) -> Action {
+    action(
+        ActionKind::Install,
+        reason,
+        vec![Change {
+            field: "system".into(),
+            before: None,
+            after: Some(json!(host.system.toplevel)),
+            effect: None,
+        }],
+    )
+}
+
+fn plan_create(host: &DesiredHost) -> Vec<Action> {
+    let source = match &host.bootstrap {
+        crate::flake::host::Bootstrap::Template { template, .. } => match template {
+            crate::flake::host::TemplateRef::Id(id) => format!("clone of template {id}"),
+            crate::flake::host::TemplateRef::Name(name) => format!("clone of template `{name}`"),
+        },
+        crate::flake::host::Bootstrap::Iso { iso } => format!("booting `{iso}`"),
+    };
+    vec![
+        action(
+            ActionKind::CreateVm,
+            format!("no VM exists for this host; new VM as a {source}"),
+            create_changes(host),
+        ),
+        install_action(host, "new VM: install NixOS with nixos-anywhere"),
+    ]
+}
+
+fn plan_existing(host: &DesiredHost, live: &LiveVm, adopting: bool, policies: Policies) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let Some(config) = &live.config else {
+        // The read path fetches the config of every VM that can match a host; a missing one is
+        // a bug upstream, surfaced as a blocked adoption rather than a guess.
+        return vec![blocked(
+            action(ActionKind::UpdateVm, "the VM's config was not read", Vec::new()),
+            "nixprox could not read this VM's config; re-run the plan",
+            None,
+        )];
+    };
+    if adopting {
+        actions.push(action(
+            ActionKind::Adopt,
+            format!(
+                "VM {} is named like this host but not tagged `nixprox`; it will be tagged and managed",
+                live.vmid
+            ),
+            vec![Change {
+                field: "managed".into(),
+                before: Some(json!(false)),
+                after: Some(json!(true)),
+                effect: None,
+            }],
+        ));
+    }
+    let SpecDiff { updates, grows, mut replacements } = fields::diff(&host.spec, &config.spec);
+    if live.node != host.node {
+        replacements.insert(
+            0,
+            (
+                Change {
+                    field: "node".into(),
+                    before: Some(json!(live.node)),
+                    after: Some(json!(host.node)),
+                    effect: None,
+                },
+                format!("the VM moves from node {} to {}", live.node, host.node),
+            ),
+        );
+    }
+    if !replacements.is_empty() {
+        let reason = replacements.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>().join("; ");
+        let changes = replacements.into_iter().map(|(c, _)| c).collect();
+        let replace =
+            action(ActionKind::ReplaceVm, format!("{reason}: destroy and recreate the VM"), changes);
+        if config.spec.protection {
+            actions.push(blocked(
+                replace,
+                "the VM is protected in Proxmox; turn off its protection (and `nixprox.vm.protection`) first",
+                None,
+            ));
+        } else if !policies.allow_replace {
+            actions.push(blocked(
+                replace,
+                "replacing destroys the VM and its disks",
+                Some("policies.allow_replace"),
+            ));
+        } else {
+            actions.push(replace);
+            actions.push(install_action(host, "the replaced VM needs NixOS installed"));
+            return actions;
+        }
+    }
+    if !updates.is_empty() {
+        let reboot = updates.iter().any(|c| c.effect == Some(super::model::Effect::NeedsReboot));
+        let reason = if reboot {
+            "the VM's settings differ from the flake; some take effect after a reboot"
+        } else {
+            "the VM's settings differ from the flake"
+        };
+        actions.push(action(ActionKind::UpdateVm, reason, updates));
+    }
+    if !grows.is_empty() {
+        let n = grows.len();
+        actions.push(action(
+            ActionKind::ResizeDisk,
+            if n == 1 { "a disk grows".to_string() } else { format!("{n} disks grow") },
+            grows,
+        ));
+    }
+    actions.extend(plan_system(host, live, adopting, policies));
+    actions
+}
+
+/// install, switch or reinstall, from the metadata block against the evaluated system.
+fn plan_system(host: &DesiredHost, live: &LiveVm, adopting: bool, policies: Policies) -> Vec<Action> {
+    let metadata = live.config.as_ref().and_then(|c| c.metadata.as_ref());
+    let want = &host.system;
+    let system = metadata.and_then(|m| m.system.as_deref());
+    let Some(system) = system else {
+        if adopting {
+            let reinstall = action(
+                ActionKind::Reinstall,
+                "the adopted VM has no NixOS installed by nixprox; installing wipes its disks",
+                vec![Change {
+                    field: "system".into(),
+                    before: None,
+                    after: Some(json!(want.toplevel)),
+                    effect: None,
+                }],
+            );
+            return vec![gate_reinstall(reinstall, live, policies)];
+        }
+        return vec![install_action(host, "no NixOS system is recorded for this VM")];
+    };
+    let recorded_layout = metadata.and_then(|m| m.disk_layout.as_deref());
+    if let Some(layout) = recorded_layout
+        && layout != want.disk_layout_hash
+    {
+        let reinstall = action(
+            ActionKind::Reinstall,
+            "the disk layout (disko.devices) changed; the disks must be repartitioned",
+            vec![
+                Change {
+                    field: "diskLayout".into(),
+                    before: Some(json!(layout)),
+                    after: Some(json!(want.disk_layout_hash)),
+                    effect: None,
+                },
+                Change {
+                    field: "system".into(),
+                    before: Some(json!(system)),
+                    after: Some(json!(want.toplevel)),
+                    effect: None,
+                },
+            ],
+        );
+        return vec![gate_reinstall(reinstall, live, policies)];
+    }
+    if system != want.toplevel && host.deploy.strategy != DeployStrategy::None {
+        return vec![action(
+            ActionKind::Switch,
+            format!("the configuration changed (deploy.strategy = {})", strategy_name(host.deploy.strategy)),
+            vec![Change {
+                field: "system".into(),
+                before: Some(json!(system)),
+                after: Some(json!(want.toplevel)),
+                effect: None,
+            }],
+        )];
+    }
+    Vec::new()
+}
+
+fn strategy_name(strategy: DeployStrategy) -> &'static str {
+    match strategy {
+        DeployStrategy::Switch => "switch",
+        DeployStrategy::Boot => "boot",
+        DeployStrategy::None => "none",
+    }
+}
+
+fn gate_reinstall(reinstall: Action, live: &LiveVm, policies: Policies) -> Action {
+    let protected = live.config.as_ref().is_some_and(|c| c.spec.protection);
+    if protected {
+        blocked(reinstall, "the VM is protected in Proxmox; turn off its protection first", None)
+    } else if !policies.allow_reinstall {
+        blocked(reinstall, "reinstalling wipes the VM's disks", Some("policies.allow_reinstall"))
+    } else {
+        reinstall
+    }
+}
+
+fn plan_orphan(vm: &LiveVm, policies: Policies) -> HostPlan {
+    let config = vm.config.as_ref();
+    let host = config.and_then(|c| c.metadata.as_ref()).map(|m| m.host.as_str());
+    let reason = match host {
+        Some(host) if host != vm.name => {
+            format!("tagged `nixprox` but no host declares it (it was host `{host}`)")
+        }
+        _ => "tagged `nixprox` but no host in the flake declares it".to_string(),
+    };
+    let mut changes =
+        vec![Change { field: "vm".into(), before: Some(json!(vm.name)), after: None, effect: None }];
+    if let Some(config) = config {
+        changes.extend(config.spec.disks.iter().map(|(slot, disk)| Change {
+            field: format!("disks.{slot}"),
+            before: Some(json!(format!("{},size={}", disk.storage, format_size(disk.size_bytes)))),
+            after: None,
+            effect: None,
+        }));
+    }
+    let destroy = action(ActionKind::DestroyVm, reason, changes);
+    let protected = config.is_some_and(|c| c.spec.protection);
+    let destroy = if protected {
+        blocked(destroy, "the VM is protected in Proxmox; nixprox never destroys a protected VM", None)
+    } else if !policies.prune_orphans {
+        blocked(
+            destroy,
+            "orphans are only reported unless pruning is enabled",
+            Some("policies.prune_orphans"),
+        )
+    } else {
+        destroy
+    };
+    HostPlan {
+        host: vm.name.clone(),
+        vm: VmRef { node: vm.node.clone(), vmid: Some(vm.vmid) },
+        orphan: true,
+        actions: vec![destroy],
+    }
+}
+
+fn summarize(hosts: &[HostPlan]) -> Summary {
+    let mut counts: BTreeMap<&'static str, usize> = ActionKind::ALL.iter().map(|k| (k.as_str(), 0)).collect();
+    let mut summary = Summary::default();
+    for host in hosts {
+        if host.orphan {
+            summary.orphans += 1;
+        }
+        for action in &host.actions {
+            if action.blocked.is_some() {
+                summary.blocked += 1;
+            } else if let Some(count) = counts.get_mut(action.kind.as_str()) {
+                *count += 1;
+            }
+        }
+    }
+    summary.counts = counts;
+    summary
+}

@@ -1,0 +1,35 @@
+//! The plan id: a stable hash of what the plan means.
+//!
+//! It covers every action with its before/after values and the inputs they derive from (the
+//! resolved host declarations with their toplevels and disk-layout hashes, and the policies).
+//! Volatile live data (power state, uptime, usage, config digests, answer order) is not in
+//! the plan's data at all, so the same meaning always hashes to the same id; apply compares it
+//! with the id of the plan that was reviewed.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::Policies;
+use crate::flake::DesiredHost;
+
+use super::model::HostPlan;
+
+#[derive(Serialize)]
+struct Hashed<'a> {
+    schema: u32,
+    hosts: &'a [HostPlan],
+    inputs: Vec<&'a DesiredHost>,
+    policies: Policies,
+}
+
+/// 16 hex digits (64 bits) of SHA-256 over the canonical JSON of the plan's meaning.
+pub fn plan_id(hosts: &[HostPlan], desired: &[DesiredHost], policies: Policies) -> String {
+    let mut inputs: Vec<&DesiredHost> =
+        desired.iter().filter(|d| hosts.iter().any(|h| !h.orphan && h.host == d.host)).collect();
+    inputs.sort_by(|a, b| a.host.cmp(&b.host));
+    let hashed = Hashed { schema: super::model::SCHEMA_VERSION, hosts, inputs, policies };
+    // Serialising plain data cannot fail; an empty string still hashes deterministically.
+    let bytes = serde_json::to_vec(&hashed).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    hex::encode(&digest[..8])
+}

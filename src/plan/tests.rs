@@ -1,0 +1,261 @@
+//! Planner unit tests: every action kind and every blocked case.
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+
+use super::model::{ActionKind as K, Effect};
+use super::testkit::*;
+use super::{Plan, PlanInput, plan};
+use crate::config::Policies;
+use crate::flake::DesiredHost;
+use crate::flake::host::DeployStrategy;
+use crate::proxmox::LiveVm;
+
+fn run(desired: &[DesiredHost], live: &[LiveVm], policies: Policies) -> Plan {
+    plan(PlanInput { desired, live, policies, only: None })
+}
+
+fn kinds(plan: &Plan, host: &str) -> Vec<(K, bool)> {
+    let host = plan.hosts.iter().find(|h| h.host == host).expect("host in plan");
+    host.actions.iter().map(|a| (a.kind, a.blocked.is_some())).collect()
+}
+
+fn all() -> Policies {
+    Policies { prune_orphans: true, allow_reinstall: true, allow_replace: true }
+}
+
+#[test]
+fn in_sync_is_noop() {
+    let plan = run(&[host("web")], &[live("web", 101)], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::Noop, false)]);
+    assert!(!plan.has_changes());
+    assert_eq!(plan.hosts[0].vm.vmid, Some(101));
+}
+
+#[test]
+fn missing_vm_is_created_then_installed() {
+    let plan = run(&[host("web")], &[], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::CreateVm, false), (K::Install, false)]);
+    let create = &plan.hosts[0].actions[0];
+    assert!(
+        create
+            .changes
+            .iter()
+            .any(|c| c.field == "disks.scsi0" && c.after == Some(json!("local-lvm,size=20G")))
+    );
+    assert!(create.changes.iter().all(|c| c.before.is_none()));
+    assert_eq!(plan.summary.count(K::CreateVm), 1);
+}
+
+#[test]
+fn unmanaged_vm_with_the_hosts_name_is_adopted_never_duplicated() {
+    let mut vm = live("web", 150);
+    vm.tags.clear();
+    config(&mut vm).metadata = None;
+    let plan = run(&[host("web")], &[vm.clone()], Policies::default());
+    // Adopting a VM nixprox did not install means wiping it: blocked by default.
+    assert_eq!(kinds(&plan, "web"), [(K::Adopt, false), (K::Reinstall, true)]);
+    let plan = run(&[host("web")], &[vm], all());
+    assert_eq!(kinds(&plan, "web"), [(K::Adopt, false), (K::Reinstall, false)]);
+}
+
+#[test]
+fn two_unmanaged_vms_with_the_name_block_adoption() {
+    let mut a = live("web", 150);
+    a.tags.clear();
+    let mut b = live("web", 151);
+    b.tags.clear();
+    let plan = run(&[host("web")], &[a, b], all());
+    assert_eq!(kinds(&plan, "web"), [(K::Adopt, true)]);
+    let reason = &plan.hosts[0].actions[0].blocked.as_ref().expect("blocked").reason;
+    assert!(reason.contains("VMIDs 150, 151"), "{reason}");
+}
+
+#[test]
+fn templates_are_never_matched_or_orphaned() {
+    let mut template = live("web", 9000);
+    template.template = true;
+    let plan = run(&[host("web")], &[template], all());
+    assert_eq!(kinds(&plan, "web"), [(K::CreateVm, false), (K::Install, false)]);
+    assert_eq!(plan.hosts.len(), 1);
+}
+
+#[test]
+fn settings_changes_are_in_place_updates_marked_by_effect() {
+    let mut want = host("web");
+    want.spec.cores = 4;
+    want.spec.tags = BTreeSet::from(["prod".to_string()]);
+    want.spec.networks.get_mut("net0").expect("net0").vlan = Some(20);
+    let plan = run(&[want], &[live("web", 101)], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::UpdateVm, false)]);
+    let changes = &plan.hosts[0].actions[0].changes;
+    let effect = |field: &str| changes.iter().find(|c| c.field == field).and_then(|c| c.effect);
+    assert_eq!(effect("cores"), Some(Effect::NeedsReboot));
+    assert_eq!(effect("tags"), Some(Effect::Hotplug));
+    assert_eq!(effect("networks.net0.vlan"), Some(Effect::Hotplug));
+    assert_eq!(changes.len(), 3);
+}
+
+#[test]
+fn undeclared_mac_balloon_and_machine_are_not_compared() {
+    let mut vm = live("web", 101);
+    config(&mut vm).spec.balloon_mib = Some(512);
+    config(&mut vm).spec.machine = Some("q35".into());
+    let plan = run(&[host("web")], &[vm], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::Noop, false)]);
+}
+
+#[test]
+fn a_growing_disk_is_resized() {
+    let mut want = host("web");
+    want.spec.disks.get_mut("scsi0").expect("scsi0").size_bytes = 32 << 30;
+    let plan = run(&[want], &[live("web", 101)], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::ResizeDisk, false)]);
+    let change = &plan.hosts[0].actions[0].changes[0];
+    assert_eq!((change.before.clone(), change.after.clone()), (Some(json!("20G")), Some(json!("32G"))));
+}
+
+#[test]
+fn a_shrinking_disk_is_a_blocked_replacement_unless_allowed() {
+    let mut want = host("web");
+    want.spec.disks.get_mut("scsi0").expect("scsi0").size_bytes = 10 << 30;
+    let plan = run(&[want.clone()], &[live("web", 101)], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::ReplaceVm, true)]);
+    let blocked = plan.hosts[0].actions[0].blocked.as_ref().expect("blocked");
+    assert_eq!(blocked.setting.as_deref(), Some("policies.allow_replace"));
+    assert!(plan.has_destructive());
+    let plan = run(&[want], &[live("web", 101)], all());
+    assert_eq!(kinds(&plan, "web"), [(K::ReplaceVm, false), (K::Install, false)]);
+}
+
+#[test]
+fn bios_and_node_changes_need_replacement() {
+    let mut want = host("web");
+    want.spec.bios = crate::spec::Bios::Ovmf;
+    want.node = "pve2".into();
+    let plan = run(&[want], &[live("web", 101)], Policies::default());
+    let replace = &plan.hosts[0].actions[0];
+    assert_eq!(replace.kind, K::ReplaceVm);
+    let fields: Vec<&str> = replace.changes.iter().map(|c| c.field.as_str()).collect();
+    assert_eq!(fields, ["node", "bios"]);
+}
+
+#[test]
+fn protected_vms_are_never_replaced_even_when_allowed() {
+    let mut want = host("web");
+    want.spec.bios = crate::spec::Bios::Ovmf;
+    want.spec.protection = true;
+    let mut vm = live("web", 101);
+    config(&mut vm).spec.protection = true;
+    let plan = run(&[want], &[vm], all());
+    let blocked = plan.hosts[0].actions[0].blocked.as_ref().expect("blocked");
+    assert_eq!(blocked.setting, None);
+    assert!(blocked.reason.contains("protected"));
+}
+
+#[test]
+fn a_vm_without_recorded_system_gets_installed() {
+    let mut vm = live("web", 101);
+    config(&mut vm).metadata.as_mut().expect("metadata").system = None;
+    let plan = run(&[host("web")], &[vm], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::Install, false)]);
+}
+
+#[test]
+fn a_changed_toplevel_is_switched_unless_strategy_none() {
+    let mut vm = live("web", 101);
+    config(&mut vm).metadata.as_mut().expect("metadata").system = Some("/nix/store/old".into());
+    let plan = run(&[host("web")], std::slice::from_ref(&vm), Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::Switch, false)]);
+    let mut want = host("web");
+    want.deploy.strategy = DeployStrategy::None;
+    let plan = run(&[want], &[vm], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::Noop, false)]);
+}
+
+#[test]
+fn a_changed_disk_layout_is_a_gated_reinstall_without_switch() {
+    let mut vm = live("web", 101);
+    let metadata = config(&mut vm).metadata.as_mut().expect("metadata");
+    metadata.disk_layout = Some("sha256:old".into());
+    metadata.system = Some("/nix/store/old".into());
+    let plan = run(&[host("web")], std::slice::from_ref(&vm), Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::Reinstall, true)]);
+    assert_eq!(
+        plan.hosts[0].actions[0].blocked.as_ref().and_then(|b| b.setting.as_deref()),
+        Some("policies.allow_reinstall")
+    );
+    let plan = run(&[host("web")], &[vm], all());
+    assert_eq!(kinds(&plan, "web"), [(K::Reinstall, false)]);
+}
+
+#[test]
+fn orphans_are_reported_destroyed_only_when_pruning_and_never_when_protected() {
+    let orphan = live("old", 120);
+    let mut protected = live("keep", 121);
+    config(&mut protected).spec.protection = true;
+    let vms = [orphan, protected];
+    let plan = run(&[], &vms, Policies::default());
+    assert_eq!(kinds(&plan, "old"), [(K::DestroyVm, true)]);
+    assert_eq!(plan.summary.orphans, 2);
+    assert_eq!(plan.summary.count(K::DestroyVm), 0);
+    let plan = run(&[], &vms, all());
+    assert_eq!(kinds(&plan, "old"), [(K::DestroyVm, false)]);
+    assert_eq!(kinds(&plan, "keep"), [(K::DestroyVm, true)]);
+    assert_eq!(plan.summary.count(K::DestroyVm), 1);
+    assert_eq!(plan.summary.blocked, 1);
+}
+
+#[test]
+fn unmanaged_vms_are_left_alone() {
+    let mut other = live("grafana", 130);
+    other.tags.clear();
+    let plan = run(&[], &[other], all());
+    assert!(plan.hosts.is_empty());
+}
+
+#[test]
+fn declared_vmid_taken_by_another_vm_blocks_the_create() {
+    let mut want = host("web");
+    want.vmid = Some(130);
+    let mut other = live("grafana", 130);
+    other.tags.clear();
+    let plan = run(&[want], &[other], all());
+    assert_eq!(kinds(&plan, "web"), [(K::CreateVm, true)]);
+}
+
+#[test]
+fn renamed_vm_is_found_by_its_recorded_host() {
+    let mut want = host("web");
+    want.spec.name = "web-new".into();
+    let plan = run(&[want], &[live("web", 101)], Policies::default());
+    let changes = &plan.hosts[0].actions[0].changes;
+    assert_eq!(kinds(&plan, "web"), [(K::UpdateVm, false)]);
+    assert_eq!(changes[0].field, "name");
+}
+
+#[test]
+fn plan_id_ignores_volatile_data_and_order_but_not_meaning() {
+    let desired = [host("a"), host("b")];
+    let mut vms = vec![live("a", 101), live("b", 102)];
+    let first = run(&desired, &vms, Policies::default()).plan_id;
+    vms.reverse();
+    vms[0].status = "stopped".into();
+    config(&mut vms[0]).digest = "other".into();
+    let reversed_desired = [host("b"), host("a")];
+    assert_eq!(run(&reversed_desired, &vms, Policies::default()).plan_id, first);
+    let mut changed = host("a");
+    changed.spec.cores = 8;
+    assert_ne!(run(&[changed, host("b")], &vms, Policies::default()).plan_id, first);
+    assert_ne!(run(&desired, &vms, all()).plan_id, first);
+}
+
+#[test]
+fn host_filter_restricts_the_plan() {
+    let only = BTreeSet::from(["b".to_string()]);
+    let plan =
+        plan(PlanInput { desired: &[host("a"), host("b")], live: &[], policies: all(), only: Some(&only) });
+    assert_eq!(plan.hosts.len(), 1);
+    assert_eq!(plan.hosts[0].host, "b");
+}
