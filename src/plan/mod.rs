@@ -5,7 +5,7 @@ pub mod fields;
 pub mod id;
 pub mod model;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
 

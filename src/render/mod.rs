@@ -1,1 +1,46 @@
 //! Renderings of a plan: text for terminals, Markdown for PR comments, JSON for machines.
+//! All pure: the caller passes whatever context (commit, time, links) a rendering shows.
+
+pub mod json;
+pub mod markdown;
+pub mod text;
+mod values;
+
+use crate::plan::{ActionKind, Plan};
+
+/// The one-line summary every rendering starts with:
+/// "2 to create, 1 to update, 1 to switch, 0 to destroy".
+///
+/// Create, update, switch and destroy are always shown so a reviewer sees the zeros that
+/// matter; other kinds appear when they occur. Blocked actions and unchanged hosts follow.
+pub fn summary_line(plan: &Plan) -> String {
+    const ALWAYS: [ActionKind; 4] =
+        [ActionKind::CreateVm, ActionKind::UpdateVm, ActionKind::Switch, ActionKind::DestroyVm];
+    let mut parts: Vec<String> = ActionKind::ALL
+        .iter()
+        .filter(|k| **k != ActionKind::Noop)
+        .filter(|k| ALWAYS.contains(k) || plan.summary.count(**k) > 0)
+        .map(|k| format!("{} to {}", plan.summary.count(*k), k.summary_verb()))
+        .collect();
+    if plan.summary.blocked > 0 {
+        parts.push(format!("{} blocked", plan.summary.blocked));
+    }
+    let unchanged = plan.summary.count(ActionKind::Noop);
+    if unchanged > 0 {
+        parts.push(format!("{unchanged} unchanged"));
+    }
+    parts.join(", ")
+}
+
+/// `pve1/101`, or `pve1/new` for a VM Proxmox has not allocated yet.
+pub fn vm_label(vm: &crate::plan::VmRef) -> String {
+    match vm.vmid {
+        Some(vmid) => format!("{}/{vmid}", vm.node),
+        None => format!("{}/new", vm.node),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixture;
+#[cfg(test)]
+mod tests;

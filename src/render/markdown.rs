@@ -1,0 +1,218 @@
+//! The Markdown rendering: the body of the sticky PR comment and of the job summary.
+//!
+//! A comment must stay within the forge's 65,536-character limit. Instead of cutting text
+//! (which could break a code fence or a `<details>` block), the renderer produces the whole
+//! body at decreasing levels of detail and keeps the first that fits: every level is complete,
+//! well-formed Markdown on its own.
+
+use std::fmt::Write;
+
+use crate::plan::{ActionKind, HostPlan, Plan};
+
+use super::values::diff_lines;
+use super::{summary_line, vm_label};
+
+/// GitHub's and Forgejo's comment body limit, in characters.
+pub const COMMENT_LIMIT: usize = 65_536;
+/// Room kept for the hidden marker the forge layer prepends.
+const MARKER_RESERVE: usize = 512;
+
+/// What the comment shows besides the plan.
+#[derive(Debug, Clone, Default)]
+pub struct MarkdownContext {
+    /// Heading suffix when a repository has several flakes or settings files.
+    pub title: Option<String>,
+    /// The commit that was planned (head SHA of the PR).
+    pub commit: Option<String>,
+    /// When it was planned, already formatted (`2026-11-25 18:00 UTC`).
+    pub planned_at: Option<String>,
+    /// Where the full plan can be read when the comment is trimmed (the run's job summary).
+    pub details_url: Option<String>,
+}
+
+/// How much a rendering shows; each level drops more than the one before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Detail {
+    /// Every changed host with its diffs, and the names of unchanged hosts.
+    Full,
+    /// As `Full`, without the list of unchanged hosts.
+    NoUnchanged,
+    /// Changed hosts with their actions and reasons, no diffs.
+    NoDiffs,
+    /// One line per changed host.
+    ListOnly,
+    /// The summary table only.
+    CountsOnly,
+}
+
+const LEVELS: [Detail; 5] =
+    [Detail::Full, Detail::NoUnchanged, Detail::NoDiffs, Detail::ListOnly, Detail::CountsOnly];
+
+/// Renders the richest body that fits `limit` characters (use [`COMMENT_LIMIT`] for comments,
+/// `usize::MAX` for the job summary). Returns the body and the level used.
+pub fn render_within(plan: &Plan, context: &MarkdownContext, limit: usize) -> (String, Detail) {
+    let budget = limit.saturating_sub(MARKER_RESERVE);
+    let mut last = (String::new(), Detail::CountsOnly);
+    for level in LEVELS {
+        let body = render_at(plan, context, level);
+        if body.chars().count() <= budget {
+            return (body, level);
+        }
+        last = (body, level);
+    }
+    // Counts only is a few hundred characters; it cannot exceed any sane budget.
+    last
+}
+
+/// Renders the full body (for the job summary, which has no practical limit).
+pub fn render(plan: &Plan, context: &MarkdownContext) -> String {
+    render_at(plan, context, Detail::Full)
+}
+
+/// Renders at one level of detail.
+pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> String {
+    let mut out = String::new();
+    let title = context.title.as_deref().map(|t| format!(" — `{t}`")).unwrap_or_default();
+    let _ = writeln!(out, "### nixprox plan{title}\n");
+    banner(&mut out, plan, level);
+    let mut about = format!("**{}**", summary_line(plan));
+    let mut origin = Vec::new();
+    if let Some(commit) = &context.commit {
+        origin.push(format!("planned at commit `{}`", short(commit)));
+    }
+    if let Some(at) = &context.planned_at {
+        origin.push(format!("on {at}"));
+    }
+    origin.push(format!("plan id `{}`", plan.plan_id));
+    about.push_str(&format!("\n\n<sub>{}</sub>\n", origin.join(" · ")));
+    let _ = writeln!(out, "{about}");
+    counts_table(&mut out, plan);
+    let changed: Vec<&HostPlan> = plan.hosts.iter().filter(|h| h.has_changes()).collect();
+    match level {
+        Detail::Full | Detail::NoUnchanged | Detail::NoDiffs => {
+            for host in &changed {
+                host_details(&mut out, host, level != Detail::NoDiffs);
+            }
+        }
+        Detail::ListOnly => {
+            for host in &changed {
+                let kinds: Vec<String> = host.actions.iter().map(action_label).collect();
+                let _ = writeln!(out, "- `{}` ({}): {}", host.host, vm_label(&host.vm), kinds.join(", "));
+            }
+            out.push('\n');
+        }
+        Detail::CountsOnly => {}
+    }
+    let unchanged: Vec<&str> =
+        plan.hosts.iter().filter(|h| !h.has_changes()).map(|h| h.host.as_str()).collect();
+    if level == Detail::Full && !unchanged.is_empty() {
+        let names: Vec<String> = unchanged.iter().map(|n| format!("`{n}`")).collect();
+        let _ = writeln!(out, "Unchanged: {}\n", names.join(", "));
+    }
+    if level > Detail::Full {
+        let _ = write!(out, "_Details trimmed to fit the comment size limit");
+        match &context.details_url {
+            Some(url) => {
+                let _ = writeln!(out, "; the full plan is in the [job summary]({url})._");
+            }
+            None => {
+                let _ = writeln!(out, "; run `nixprox plan` for the full plan._");
+            }
+        }
+    }
+    out
+}
+
+fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}
+
+fn action_label(action: &crate::plan::Action) -> String {
+    if action.blocked.is_some() {
+        format!("{} (blocked)", action.kind.as_str())
+    } else {
+        action.kind.as_str().to_string()
+    }
+}
+
+fn banner(out: &mut String, plan: &Plan, level: Detail) {
+    if !plan.has_destructive() {
+        return;
+    }
+    let destructive: Vec<(&HostPlan, &crate::plan::Action)> = plan
+        .hosts
+        .iter()
+        .flat_map(|h| h.actions.iter().map(move |a| (h, a)))
+        .filter(|(_, a)| a.kind.is_destructive())
+        .collect();
+    let runnable = destructive.iter().filter(|(_, a)| a.blocked.is_none()).count();
+    let blocked = destructive.len() - runnable;
+    let _ = writeln!(
+        out,
+        "> [!CAUTION]\n> 🛑 **Destructive changes:** {runnable} will run on merge, {blocked} blocked by policy or protection."
+    );
+    if level < Detail::ListOnly {
+        for (host, action) in destructive {
+            let state = match &action.blocked {
+                None => "**will run**".to_string(),
+                Some(b) => match &b.setting {
+                    Some(setting) => format!("blocked (needs `{setting}`)"),
+                    None => "blocked".to_string(),
+                },
+            };
+            let _ = writeln!(out, "> - `{}`: `{}` — {state}", host.host, action.kind.as_str());
+        }
+    }
+    out.push('\n');
+}
+
+fn counts_table(out: &mut String, plan: &Plan) {
+    let _ = writeln!(out, "| action | hosts |\n| --- | ---: |");
+    for kind in ActionKind::ALL {
+        let count = plan.summary.count(kind);
+        if count > 0 {
+            let _ = writeln!(out, "| `{}` | {count} |", kind.as_str());
+        }
+    }
+    if plan.summary.blocked > 0 {
+        let _ = writeln!(out, "| blocked | {} |", plan.summary.blocked);
+    }
+    if plan.summary.orphans > 0 {
+        let _ = writeln!(out, "| orphan VMs | {} |", plan.summary.orphans);
+    }
+    out.push('\n');
+}
+
+fn host_details(out: &mut String, host: &HostPlan, diffs: bool) {
+    let kinds: Vec<String> = host.actions.iter().map(action_label).collect();
+    let orphan = if host.orphan { ", orphan" } else { "" };
+    let _ = writeln!(
+        out,
+        "<details><summary><b>{}</b> ({}{orphan}): {}</summary>\n",
+        escape(&host.host),
+        vm_label(&host.vm),
+        kinds.join(", ")
+    );
+    for action in &host.actions {
+        let _ = writeln!(out, "- **`{}`** {}", action.kind.as_str(), escape(&action.reason));
+        if let Some(blocked) = &action.blocked {
+            let allow =
+                blocked.setting.as_ref().map(|s| format!(" Set `{s}: true` to allow.")).unwrap_or_default();
+            let _ = writeln!(out, "  - ⛔ blocked: {}.{allow}", escape(&blocked.reason));
+        }
+        if diffs && !action.changes.is_empty() {
+            out.push_str("\n```diff\n");
+            for (sign, line) in diff_lines(action) {
+                // A line of backticks inside the fence cannot close it: fences need them at line start.
+                let _ = writeln!(out, "{sign} {}", line.replace("```", "ˋˋˋ"));
+            }
+            out.push_str("```\n");
+        }
+    }
+    out.push_str("\n</details>\n\n");
+}
+
+/// Escapes the characters that would open HTML or Markdown structure in free text.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}

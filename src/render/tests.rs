@@ -1,0 +1,70 @@
+//! Snapshot tests of the three renderings, and the comment size budget.
+
+use super::fixture::{every_kind, many};
+use super::markdown::{COMMENT_LIMIT, Detail, MarkdownContext, render_within};
+use super::{json, markdown, summary_line, text};
+
+fn context() -> MarkdownContext {
+    MarkdownContext {
+        title: None,
+        commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        planned_at: Some("2026-11-25 18:00 UTC".into()),
+        details_url: Some("https://ci.example/run/1".into()),
+    }
+}
+
+#[test]
+fn summary_line_shows_the_zeros_that_matter() {
+    assert_eq!(
+        summary_line(&every_kind()),
+        "1 to create, 1 to update, 1 to resize, 1 to install, 1 to switch, 1 to destroy, 2 blocked, 1 unchanged"
+    );
+}
+
+#[test]
+fn text_snapshot() {
+    insta::assert_snapshot!(text::render(&every_kind(), text::TextOptions { color: false }));
+}
+
+#[test]
+fn text_colour_only_when_asked() {
+    assert!(!text::render(&every_kind(), text::TextOptions { color: false }).contains('\x1b'));
+    assert!(text::render(&every_kind(), text::TextOptions { color: true }).contains("\x1b[31m"));
+}
+
+#[test]
+fn markdown_snapshot() {
+    insta::assert_snapshot!(markdown::render(&every_kind(), &context()));
+}
+
+#[test]
+fn json_snapshot() {
+    insta::assert_snapshot!(json::render(&every_kind()));
+}
+
+/// Every `<details>` closes and every fence pairs up: the body is well-formed at any level.
+fn assert_well_formed(body: &str) {
+    assert_eq!(body.matches("<details>").count(), body.matches("</details>").count());
+    let fences = body.lines().filter(|l| l.starts_with("```")).count();
+    assert_eq!(fences % 2, 0, "unbalanced code fences");
+}
+
+#[test]
+fn a_500_host_plan_fits_the_comment_limit_and_stays_well_formed() {
+    let plan = many(500);
+    let (body, level) = render_within(&plan, &context(), COMMENT_LIMIT);
+    assert!(body.chars().count() <= COMMENT_LIMIT, "{} chars", body.chars().count());
+    assert!(level > Detail::Full);
+    assert!(body.contains("[job summary](https://ci.example/run/1)"));
+    assert_well_formed(&body);
+    for level in [Detail::Full, Detail::NoUnchanged, Detail::NoDiffs, Detail::ListOnly, Detail::CountsOnly] {
+        assert_well_formed(&markdown::render_at(&plan, &context(), level));
+    }
+}
+
+#[test]
+fn a_small_plan_is_rendered_in_full() {
+    let (body, level) = render_within(&every_kind(), &context(), COMMENT_LIMIT);
+    assert_eq!(level, Detail::Full);
+    assert_eq!(body, markdown::render(&every_kind(), &context()));
+}
