@@ -1,1 +1,83 @@
-//! Command-line types (clap). They carry no logic: each command converts into a request.
+//! Command-line types (clap). They carry no logic: `run` turns them into requests.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// GitOps for NixOS on Proxmox VE: plan and apply a flake's VMs from CI.
+#[derive(Debug, Parser)]
+#[command(name = "nixprox", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// When to colour terminal output (`NO_COLOR` turns it off in `auto`).
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compare the flake's hosts with the live cluster and print what would change.
+    Plan(PlanArgs),
+}
+
+/// Where the desired state comes from: shared by plan, apply and drift.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Flake reference holding `nixosConfigurations` (a path, `path:…`, `git+file:…`, …).
+    #[arg(long, default_value = ".", env = "NIXPROX_FLAKE")]
+    pub flake: String,
+
+    /// Settings file; default `nixprox.yaml` at the flake root (optional there).
+    #[arg(long, env = "NIXPROX_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Override a flake input, as `nix --override-input NAME REF` (repeatable).
+    #[arg(long, num_args = 2, value_names = ["NAME", "REF"])]
+    pub override_input: Vec<String>,
+
+    /// Only these hosts (comma-separated attribute names; orphan VMs by VM name).
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Vec<String>,
+
+    /// Concurrent `nix eval` processes (default: settings `concurrency.eval_jobs`, else CPUs).
+    #[arg(long)]
+    pub eval_jobs: Option<usize>,
+
+    /// Concurrent Proxmox API reads (default: settings `concurrency.api`).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Markdown,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Write the rendering to this file instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// Exit 2 when the plan has changes, 0 when there is nothing to do (1 is always an error).
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}

@@ -1,3 +1,17 @@
-//! The `nixprox` binary: parse, run, map the result to an exit code.
+//! The `nixprox` binary: parse, set up logging, run, and map the outcome to an exit code.
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = nixprox::cli::Cli::parse();
+    nixprox::run::init_logging();
+    match nixprox::run::run(cli) {
+        Ok(outcome) => ExitCode::from(outcome.code()),
+        Err(err) => {
+            nixprox::run::report_error(&err);
+            ExitCode::from(1)
+        }
+    }
+}

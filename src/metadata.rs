@@ -39,6 +39,10 @@ pub struct Metadata {
     /// RFC 3339 time of the last install or switch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
+    /// The id of the reviewed plan an unfinished apply was carrying out. A re-run of apply
+    /// recognises its own half-done work by it and resumes instead of refusing a changed plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applying: Option<String>,
 }
 
 /// Notes split into the user's text and nixprox's block.
