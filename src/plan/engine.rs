@@ -84,8 +84,9 @@ fn find_vm<'a>(host: &DesiredHost, live: &'a [LiveVm], claimed: &BTreeSet<u32>) 
             Some(vm) => Found::Taken(vm),
         };
     }
-    if let Some(vm) = candidates().find(|vm| vm.is_managed() && recorded_host(vm) == Some(host.host.as_str()))
-    {
+    // A VM whose metadata names the host is its VM even without the tag: an interrupted
+    // create leaves exactly that (the notes are written with the clone, the tag just after).
+    if let Some(vm) = candidates().find(|vm| recorded_host(vm) == Some(host.host.as_str())) {
         return Found::Vm(vm, false);
     }
     if let Some(vm) = candidates().find(|vm| {
@@ -222,7 +223,18 @@ fn plan_existing(host: &DesiredHost, live: &LiveVm, adopting: bool, policies: Po
             }],
         ));
     }
-    let SpecDiff { updates, grows, mut replacements } = fields::diff(&host.spec, &config.spec);
+    let SpecDiff { mut updates, grows, mut replacements } = fields::diff(&host.spec, &config.spec);
+    if !adopting && !live.is_managed() {
+        updates.insert(
+            0,
+            Change {
+                field: "managed".into(),
+                before: Some(json!(false)),
+                after: Some(json!(true)),
+                effect: Some(super::model::Effect::Hotplug),
+            },
+        );
+    }
     if live.node != host.node {
         replacements.insert(
             0,

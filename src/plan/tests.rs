@@ -259,3 +259,13 @@ fn host_filter_restricts_the_plan() {
     assert_eq!(plan.hosts.len(), 1);
     assert_eq!(plan.hosts[0].host, "b");
 }
+
+#[test]
+fn an_untagged_vm_whose_notes_name_the_host_is_resumed_not_adopted() {
+    let mut vm = live("web", 101);
+    vm.tags.clear();
+    config(&mut vm).metadata.as_mut().expect("metadata").system = None;
+    let plan = run(&[host("web")], &[vm], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::UpdateVm, false), (K::Install, false)]);
+    assert_eq!(plan.hosts[0].actions[0].changes[0].field, "managed");
+}
