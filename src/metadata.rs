@@ -135,6 +135,7 @@ mod tests {
             host_key: Some("ssh-ed25519 AAAAC3Nza test".into()),
             git_rev: Some("0123abc".into()),
             time: Some("2026-11-25T18:00:00Z".into()),
+            applying: None,
         }
     }
 
