@@ -64,8 +64,10 @@ fn unmanaged_vm_with_the_hosts_name_is_adopted_never_duplicated() {
 fn two_unmanaged_vms_with_the_name_block_adoption() {
     let mut a = live("web", 150);
     a.tags.clear();
+    config(&mut a).metadata = None;
     let mut b = live("web", 151);
     b.tags.clear();
+    config(&mut b).metadata = None;
     let plan = run(&[host("web")], &[a, b], all());
     assert_eq!(kinds(&plan, "web"), [(K::Adopt, true)]);
     let reason = &plan.hosts[0].actions[0].blocked.as_ref().expect("blocked").reason;
