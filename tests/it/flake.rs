@@ -1,1 +1,264 @@
 //! Integration tests of the flake inventory against the real `nix` binary.
+
+use std::collections::BTreeMap;
+
+use nixprox::config::Settings;
+use nixprox::flake::host::{Bootstrap, TemplateRef};
+use nixprox::flake::{EvalRequest, FlakeError, HostDecl, Inventory, evaluate, resolve_all};
+use nixprox::metadata::Notes;
+use sha2::{Digest, Sha256};
+
+use crate::support::nix::{Fixture, repo};
+
+async fn eval(request: &EvalRequest) -> Inventory {
+    match evaluate(request).await {
+        Ok(inventory) => inventory,
+        Err(err) => panic!("evaluation of `{}` failed: {err}", request.flake),
+    }
+}
+
+async fn eval_err(request: &EvalRequest) -> FlakeError {
+    match evaluate(request).await {
+        Ok(inventory) => panic!("evaluation of `{}` succeeded: {inventory:?}", request.flake),
+        Err(err) => err,
+    }
+}
+
+fn sha256(text: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
+}
+
+#[tokio::test]
+async fn homelab_inventory_has_every_managed_host_as_declared() {
+    let fixture = Fixture::copy("homelab");
+    let inventory = eval(&fixture.request()).await;
+
+    assert!(inventory.nix_version.major >= 2, "{:?}", inventory.nix_version);
+    assert_eq!(inventory.skipped, ["laptop", "router"]);
+    let attrs: Vec<&str> = inventory.hosts.iter().map(|h| h.attr.as_str()).collect();
+    assert_eq!(attrs, ["cache", "db", "dns", "forge", "matrix", "media", "monitor", "nas", "vault", "web"]);
+    let host = |attr: &str| -> &HostDecl {
+        &inventory.hosts.iter().find(|h| h.attr == attr).expect("host in inventory").decl
+    };
+
+    // One host in full: exactly what the module's options and the flake say.
+    let expected: HostDecl = serde_json::from_value(serde_json::json!({
+        "address": "127.0.0.11",
+        "bootstrap": {"ipConfig": "ip=dhcp", "iso": null, "template": null, "user": "root",
+                      "sshKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDnixproxExampleKeyOnlyForTheFixture ops@homelab"]},
+        "deploy": {"allowFailedUnits": false, "allowReboot": false, "confirmTimeout": 60, "rollback": true, "strategy": "switch"},
+        "install": {"buildOn": "auto", "diskEncryptionKeys": {}, "extraFiles": null, "hostKeyFile": null, "kexecImage": null},
+        "ssh": {"port": 22, "user": "root"},
+        "vm": {
+            "agent": true, "balloon": null, "bios": "seabios", "cores": 2, "cpuType": "x86-64-v2-AES",
+            "description": "Reverse proxy for the lab.", "id": 101, "machine": null, "memory": 2048, "name": "web",
+            "disks": {"scsi0": {"discard": false, "iothread": false, "serial": null, "size": "20G", "ssd": false, "storage": null}},
+            "networks": {"net0": {"bridge": null, "firewall": false, "macAddress": null, "model": "virtio", "vlan": null}},
+            "node": null, "onBoot": true, "pool": null, "protection": false, "sockets": 1, "tags": ["web"]
+        }
+    }))
+    .expect("expected decl");
+    assert_eq!(host("web"), &expected);
+
+    // VM names: explicit hostName wins over the attribute name; none set → attribute name.
+    assert_eq!(host("forge").vm.name, "git");
+    assert_eq!(host("monitor").vm.name, "monitor");
+    assert_eq!((host("db").vm.cores, host("db").vm.memory), (4, 8192));
+    assert_eq!(host("db").vm.tags, ["db", "prod"]);
+    assert_eq!(host("forge").vm.disks["scsi0"].size, "64G");
+    assert_eq!(host("nas").vm.disks["scsi1"].serial.as_deref(), Some("data"));
+    assert_eq!(host("vault").vm.bios, nixprox::spec::Bios::Ovmf);
+    assert_eq!(host("dns").vm.networks["net0"].vlan, Some(20));
+    assert_eq!(host("dns").vm.networks["net0"].mac_address.as_deref(), Some("bc:24:11:00:00:18"));
+    assert_eq!(host("media").bootstrap.iso.as_deref(), Some("local:iso/nixos-minimal.iso"));
+    assert_eq!(host("media").ssh.port, 2222);
+    assert_eq!(host("media").vm.disks["virtio0"].size, "100");
+    assert_eq!(host("cache").deploy.confirm_timeout, 120);
+    for h in &inventory.hosts {
+        let address = h.decl.address.as_deref().expect("every homelab host has an address");
+        assert!(address.starts_with("127.0.0."), "{}: {address}", h.attr);
+    }
+
+    // Systems: one distinct store path per host; only `nas` has a disk layout.
+    let mut toplevels: Vec<&str> = inventory.hosts.iter().map(|h| h.system.toplevel.as_str()).collect();
+    for (h, toplevel) in inventory.hosts.iter().zip(&toplevels) {
+        assert!(toplevel.starts_with("/nix/store/"), "{toplevel}");
+        let suffix = if h.attr == "monitor" { "nixos".to_string() } else { h.decl.vm.name.clone() };
+        assert!(toplevel.ends_with(&format!("-nixos-system-{suffix}")), "{}: {toplevel}", h.attr);
+        let layout = &h.system.disk_layout_hash;
+        if h.attr == "nas" {
+            assert_ne!(layout, &sha256("null"));
+            assert!(layout.starts_with("sha256:") && layout.len() == 71, "{layout}");
+        } else {
+            assert_eq!(layout, &sha256("null"), "{}", h.attr);
+        }
+    }
+    toplevels.sort();
+    toplevels.dedup();
+    assert_eq!(toplevels.len(), inventory.hosts.len());
+
+    // And the example's settings resolve every host.
+    let settings =
+        Settings::load(&repo().join("fixtures/homelab/nixprox.yaml"), true).expect("homelab nixprox.yaml");
+    let desired = resolve_all(&inventory.hosts, &settings.defaults).expect("homelab resolves");
+    let media = desired.iter().find(|d| d.host == "media").expect("media");
+    assert_eq!(media.bootstrap, Bootstrap::Iso { iso: "local:iso/nixos-minimal.iso".into() });
+    assert_eq!(media.spec.disks["virtio0"].size_bytes, 100 << 30);
+    let matrix = desired.iter().find(|d| d.host == "matrix").expect("matrix");
+    assert!(
+        matches!(&matrix.bootstrap, Bootstrap::Template { template: TemplateRef::Name(t), .. } if t == "nixos-bootstrap")
+    );
+    assert_eq!(matrix.node, "pve1");
+    assert_eq!(
+        desired.iter().find(|d| d.host == "dns").expect("dns").spec.networks["net0"].mac.as_deref(),
+        Some("BC:24:11:00:00:18")
+    );
+}
+
+/// Hosts whose recorded system (and disk layout) must equal the evaluated one in cluster.json;
+/// `cache` must differ in system (switch), `nas` in disk layout (reinstall).
+const IN_SYNC: [&str; 5] = ["web", "db", "forge", "nas", "vault"];
+
+/// cluster.json embeds evaluated store paths. When the fixture lib, the module or a homelab host
+/// changes, they go stale: this test says so, and `NIXPROX_UPDATE_FIXTURES=1` rewrites them.
+#[tokio::test]
+async fn homelab_cluster_json_matches_the_evaluated_flake() {
+    let fixture = Fixture::copy("homelab");
+    let inventory = eval(&fixture.request()).await;
+    let systems: BTreeMap<&str, _> = inventory.hosts.iter().map(|h| (h.attr.as_str(), &h.system)).collect();
+    let path = repo().join("fixtures/homelab/cluster.json");
+    let text = std::fs::read_to_string(&path).expect("read cluster.json");
+    let mut cluster: serde_json::Value = serde_json::from_str(&text).expect("cluster.json is JSON");
+    let update = std::env::var_os("NIXPROX_UPDATE_FIXTURES").is_some();
+    let mut stale = Vec::new();
+    let mut seen = Vec::new();
+    for guest in cluster["guests"].as_array_mut().expect("guests") {
+        let Some(description) = guest["config"]["description"].as_str() else { continue };
+        let notes = Notes::parse(description);
+        let Some(metadata) = notes.metadata() else { continue };
+        let host = metadata.host.clone();
+        seen.push(host.clone());
+        let Some(system) = systems.get(host.as_str()) else { continue };
+        let mut metadata = metadata.clone();
+        match host.as_str() {
+            "cache" => {
+                assert_ne!(metadata.system.as_deref(), Some(system.toplevel.as_str()), "cache must switch")
+            }
+            "monitor" => assert_eq!(metadata.system, None, "monitor must need an install"),
+            _ => {}
+        }
+        if host == "nas" {
+            assert_ne!(
+                metadata.disk_layout.as_deref(),
+                Some(system.disk_layout_hash.as_str()),
+                "nas must reinstall"
+            );
+        }
+        if IN_SYNC.contains(&host.as_str()) && metadata.system.as_deref() != Some(system.toplevel.as_str()) {
+            stale.push(format!("{host}: system {:?} != {}", metadata.system, system.toplevel));
+            metadata.system = Some(system.toplevel.clone());
+        }
+        if IN_SYNC.contains(&host.as_str())
+            && host != "nas"
+            && metadata.disk_layout.as_deref() != Some(system.disk_layout_hash.as_str())
+        {
+            stale.push(format!(
+                "{host}: disk_layout {:?} != {}",
+                metadata.disk_layout, system.disk_layout_hash
+            ));
+            metadata.disk_layout = Some(system.disk_layout_hash.clone());
+        }
+        guest["config"]["description"] = Notes::render(&notes.user_text, &metadata).into();
+    }
+    for host in IN_SYNC.iter().chain(&["cache", "monitor"]) {
+        assert!(seen.iter().any(|s| s == host), "cluster.json has no metadata for `{host}`");
+    }
+    if update && !stale.is_empty() {
+        let text = serde_json::to_string_pretty(&cluster).expect("serialise") + "\n";
+        std::fs::write(&path, text).expect("write cluster.json");
+        return;
+    }
+    assert!(
+        stale.is_empty(),
+        "fixtures/homelab/cluster.json is stale (rerun with NIXPROX_UPDATE_FIXTURES=1 to rewrite it):\n{}",
+        stale.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn eval_error_names_the_host_and_keeps_nix_message() {
+    let fixture = Fixture::copy("eval-error");
+    let err = eval_err(&fixture.request()).await;
+    let FlakeError::Host { host, message, .. } = &err else { panic!("not a host error: {err}") };
+    assert_eq!(host, "broken");
+    assert!(message.starts_with("error:"), "{message}");
+    assert!(message.contains("attribute 'services' missing"), "{message}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "failed to evaluate host `broken` of flake `{}`: error:",
+            fixture.flake_ref()
+        )),
+        "{err}"
+    );
+
+    // A host whose options evaluate but whose system does not: phase two names it.
+    let mut request = fixture.request();
+    request.hosts = Some(vec!["good".into(), "broken-system".into()]);
+    let err = eval_err(&request).await;
+    let FlakeError::Host { host, message, .. } = &err else { panic!("not a host error: {err}") };
+    assert_eq!(host, "broken-system");
+    assert!(message.contains("no revision: the flake is not a git checkout"), "{message}");
+
+    // `--hosts` leaves the broken ones out entirely.
+    request.hosts = Some(vec!["good".into()]);
+    let inventory = eval(&request).await;
+    assert_eq!(inventory.hosts.len(), 1);
+    assert_eq!(inventory.hosts[0].attr, "good");
+}
+
+#[tokio::test]
+async fn unknown_hosts_in_the_filter_are_errors() {
+    let fixture = Fixture::copy("eval-error");
+    let mut request = fixture.request();
+    request.hosts = Some(vec!["good".into(), "nope".into()]);
+    let err = eval_err(&request).await;
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "host `nope`: not in `nixosConfigurations` of flake `{}` (check `--hosts`)",
+            fixture.flake_ref()
+        )
+    );
+}
+
+#[tokio::test]
+async fn import_from_derivation_is_refused() {
+    let fixture = Fixture::copy("ifd");
+    let err = eval_err(&fixture.request()).await;
+    let FlakeError::Host { host, message, .. } = &err else { panic!("not a host error: {err}") };
+    assert_eq!(host, "ifd");
+    assert!(message.contains("because the option 'allow-import-from-derivation' is disabled"), "{message}");
+}
+
+#[tokio::test]
+async fn typo_in_an_option_names_the_option_path() {
+    let fixture = Fixture::copy("typo");
+    let err = eval_err(&fixture.request()).await;
+    let FlakeError::Host { host, message, .. } = &err else { panic!("not a host error: {err}") };
+    assert_eq!(host, "typo");
+    assert!(message.contains("The option `nixprox.vm.corse' does not exist"), "{message}");
+}
+
+#[tokio::test]
+async fn bad_type_names_the_option_and_the_type() {
+    let fixture = Fixture::copy("bad-type");
+    let err = eval_err(&fixture.request()).await;
+    let FlakeError::Host { host, message, .. } = &err else { panic!("not a host error: {err}") };
+    assert_eq!(host, "bad-type");
+    assert!(
+        message.contains(
+            "A definition for option `nixprox.vm.memory' is not of type `integer between 16 and 4194304"
+        ),
+        "{message}"
+    );
+}

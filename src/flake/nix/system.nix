@@ -1,0 +1,32 @@
+# Applied by `nix eval --json <flake>#nixosConfigurations --apply` for one host (the HOST placeholder): the
+# out path of its system and the hash of its disk layout. Evaluating the out path builds nothing.
+configs:
+let
+  c = configs.${@HOST@};
+
+  # disko's device tree carries internals (`_meta`, `_create`, functions) that change with disko
+  # releases, not with the layout: drop `_`-prefixed attributes, turn functions into null.
+  sanitise =
+    v:
+    if builtins.isFunction v then
+      null
+    else if builtins.isList v then
+      map sanitise v
+    else if builtins.isAttrs v then
+      (
+        if (v.type or null) == "derivation" then
+          v.outPath
+        else
+          builtins.mapAttrs (_: sanitise) (
+            builtins.removeAttrs v (builtins.filter (n: builtins.substring 0 1 n == "_") (builtins.attrNames v))
+          )
+      )
+    else
+      v;
+
+  layout = builtins.toJSON (sanitise (c.config.disko.devices or null));
+in
+{
+  toplevel = c.config.system.build.toplevel.outPath;
+  diskLayoutHash = "sha256:" + builtins.hashString "sha256" layout;
+}

@@ -1,0 +1,120 @@
+//! The real `nix` binary for tests: finds it, isolates it from the binary cache, and prepares the
+//! inputs fixture flakes are evaluated with (`nixpkgs-lib` from `../shared`, `nixprox` from a copy
+//! of this repository's `flake.nix` and `nix/`).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use nixprox::flake::{EvalRequest, Nix, OverrideInput};
+use sha2::{Digest, Sha256};
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `nix` from PATH with `NIX_CONFIG="substituters ="` (on a closed network nix otherwise retries
+/// the public cache). Panics with the fix when nix is missing.
+pub fn nix() -> Nix {
+    static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    let program = FOUND.get_or_init(|| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path).map(|dir| dir.join("nix")).find(|p| p.is_file()).unwrap_or_else(|| {
+            panic!("`nix` is not on PATH: install Debian's nix-bin (`apt-get install nix-bin`) or Nix 2.4+")
+        })
+    });
+    Nix { program: program.clone(), env: vec![] }.with_env("NIX_CONFIG", "substituters =")
+}
+
+/// `shared/nixpkgs-lib`: `$NIXPROX_SHARED_DIR`, else the nearest `shared/` beside an ancestor of
+/// the repository (`<repo>/../shared` for the main checkout, further up for worktrees).
+pub fn nixpkgs_lib() -> PathBuf {
+    if let Some(dir) = std::env::var_os("NIXPROX_SHARED_DIR") {
+        return PathBuf::from(dir).join("nixpkgs-lib");
+    }
+    repo()
+        .ancestors()
+        .skip(1)
+        .map(|dir| dir.join("shared/nixpkgs-lib"))
+        .find(|p| p.join("flake.nix").is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no `shared/nixpkgs-lib` beside the repository: set NIXPROX_SHARED_DIR to the shared/ folder"
+            )
+        })
+}
+
+/// `--override-input` pairs for fixture flakes. The nixprox input is a copy of only `flake.nix`
+/// and `nix/` (a `path:` input of the repository would copy `target/` into the store), made
+/// once per content under the target's tmp dir, so parallel test processes share it safely.
+pub fn override_inputs() -> Vec<OverrideInput> {
+    static INPUT: OnceLock<PathBuf> = OnceLock::new();
+    let input = INPUT.get_or_init(|| {
+        let files = [repo().join("flake.nix"), repo().join("nix/module.nix")];
+        let mut hash = Sha256::new();
+        for file in &files {
+            hash.update(std::fs::read(file).expect("read flake input file"));
+        }
+        let digest = hex::encode(hash.finalize());
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let dest = base.join(format!("nixprox-input-{}", &digest[..16]));
+        if !dest.join("nix/module.nix").is_file() {
+            let staging = tempfile::tempdir_in(base).expect("staging dir");
+            std::fs::create_dir(staging.path().join("nix")).expect("mkdir nix");
+            std::fs::copy(&files[0], staging.path().join("flake.nix")).expect("copy flake.nix");
+            std::fs::copy(&files[1], staging.path().join("nix/module.nix")).expect("copy module");
+            // Another process may have won the race; its copy is identical.
+            let _ = std::fs::rename(staging.keep(), &dest);
+        }
+        dest
+    });
+    vec![
+        OverrideInput::new("nixpkgs-lib", format!("path:{}", nixpkgs_lib().display())),
+        OverrideInput::new("nixprox", format!("path:{}", input.display())),
+    ]
+}
+
+/// A fixture flake copied to a temporary directory with `lib` (a symlink to `../lib` in the
+/// repository) dereferenced, so it can be evaluated as a self-contained `path:` flake.
+#[derive(Debug)]
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn copy(name: &str) -> Fixture {
+        let dir = tempfile::Builder::new().prefix(&format!("fixture-{name}-")).tempdir().expect("tempdir");
+        copy_dir(&repo().join("fixtures").join(name), dir.path());
+        Fixture { dir }
+    }
+
+    pub fn flake_ref(&self) -> String {
+        format!("path:{}", self.dir.path().display())
+    }
+
+    /// An evaluation request for this fixture with the test inputs and two eval jobs.
+    pub fn request(&self) -> EvalRequest {
+        EvalRequest {
+            nix: nix(),
+            flake: self.flake_ref(),
+            override_inputs: override_inputs(),
+            eval_jobs: 2,
+            hosts: None,
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        // `metadata` follows symlinks: the `lib` link becomes a real directory.
+        let meta = std::fs::metadata(entry.path()).expect("metadata");
+        if meta.is_dir() {
+            std::fs::create_dir(&target).expect("mkdir");
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
