@@ -197,7 +197,7 @@ in
       description = mkOption {
         type = types.str;
         default = "";
-        description = "Notes shown in the Proxmox UI. nixprox keeps its metadata block below this text.";
+        description = "Notes shown in the Proxmox UI; nixprox keeps its metadata block below this text. An empty string leaves the VM's notes as they are.";
       };
       onBoot = mkOption {
         type = types.bool;

@@ -112,7 +112,11 @@ pub fn diff(desired: &VmSpec, live: &VmSpec) -> SpecDiff {
     }
     update("agent", json!(live.agent), json!(desired.agent), Effect::NeedsReboot);
     update("tags", json!(live.tags), json!(desired.tags), Effect::Hotplug);
-    update("description", json!(live.description), json!(desired.description), Effect::Hotplug);
+    // An empty description leaves the notes alone: adopting a VM must not erase what its
+    // owner wrote there.
+    if !desired.description.is_empty() {
+        update("description", json!(live.description), json!(desired.description), Effect::Hotplug);
+    }
     update("onBoot", json!(live.on_boot), json!(desired.on_boot), Effect::Hotplug);
     update("protection", json!(live.protection), json!(desired.protection), Effect::Hotplug);
     update("pool", json!(live.pool), json!(desired.pool), Effect::Hotplug);

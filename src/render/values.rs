@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::plan::{Action, Effect};
+use crate::plan::{Action, Change, Effect};
 
 /// A value as a reviewer reads it: strings bare unless empty or multi-line, lists inline.
 pub fn value_text(value: &Value) -> String {
@@ -15,35 +15,32 @@ pub fn value_text(value: &Value) -> String {
     }
 }
 
-/// The before and after sides of an action's changes as `field: value` lines, ready for a
-/// line diff. An `after` line carries the change's effect when it needs a reboot.
-pub fn sides(action: &Action) -> (String, String) {
-    let mut before = String::new();
-    let mut after = String::new();
-    for change in &action.changes {
-        if let Some(value) = &change.before {
-            before.push_str(&format!("{}: {}\n", change.field, value_text(value)));
-        }
-        if let Some(value) = &change.after {
-            let note = if change.effect == Some(Effect::NeedsReboot) { "  # after reboot" } else { "" };
-            after.push_str(&format!("{}: {}{note}\n", change.field, value_text(value)));
-        }
-    }
-    (before, after)
+/// One change as `field: value` lines, before and after. An `after` line carries the change's
+/// effect when it needs a reboot.
+fn sides(change: &Change) -> (String, String) {
+    let line = |value: &Option<Value>, note: &str| match value {
+        Some(value) => format!("{}: {}{note}\n", change.field, value_text(value)),
+        None => String::new(),
+    };
+    let note = if change.effect == Some(Effect::NeedsReboot) { "  # after reboot" } else { "" };
+    (line(&change.before, ""), line(&change.after, note))
 }
 
-/// The action's changes as diff lines (`-`/`+`/` ` prefixed), computed with `similar`.
+/// The action's changes as diff lines (`-`/`+`/` ` prefixed), field by field so each removed
+/// line stands right above the line that replaces it.
 pub fn diff_lines(action: &Action) -> Vec<(char, String)> {
-    let (before, after) = sides(action);
-    let diff = similar::TextDiff::from_lines(&before, &after);
-    diff.iter_all_changes()
-        .map(|change| {
-            let sign = match change.tag() {
+    let mut lines = Vec::new();
+    for change in &action.changes {
+        let (before, after) = sides(change);
+        let diff = similar::TextDiff::from_lines(&before, &after);
+        lines.extend(diff.iter_all_changes().map(|line| {
+            let sign = match line.tag() {
                 similar::ChangeTag::Delete => '-',
                 similar::ChangeTag::Insert => '+',
                 similar::ChangeTag::Equal => ' ',
             };
-            (sign, change.value().trim_end_matches('\n').to_string())
-        })
-        .collect()
+            (sign, line.value().trim_end_matches('\n').to_string())
+        }));
+    }
+    lines
 }

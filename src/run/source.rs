@@ -1,0 +1,170 @@
+//! The shared front half of plan, apply and drift: settings, the flake's hosts, the live
+//! cluster, and the plan computed from them.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::cli::SourceArgs;
+use crate::config::{self, Settings};
+use crate::flake::{self, DesiredHost, EvalRequest, Nix, OverrideInput};
+use crate::plan::{Plan, PlanInput};
+use crate::proxmox::{Client, ClientOptions, LiveVm, ReadRequest};
+use crate::secret::ApiToken;
+
+/// Everything one planning pass produced.
+#[derive(Debug)]
+pub struct Planned {
+    pub settings: Settings,
+    pub desired: Vec<DesiredHost>,
+    pub live: Vec<LiveVm>,
+    pub plan: Plan,
+    pub client: Client,
+    pub timings: Timings,
+}
+
+/// Wall time of each phase, logged and used by the benchmark.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub eval_declarations: Duration,
+    pub eval_systems: Duration,
+    pub proxmox: Duration,
+    pub planning: Duration,
+}
+
+/// The settings file: `--config`, else `nixprox.yaml` at a local flake's root.
+fn settings_path(args: &SourceArgs) -> (Option<PathBuf>, bool) {
+    if let Some(path) = &args.config {
+        return (Some(path.clone()), true);
+    }
+    (local_flake_dir(&args.flake).map(|dir| dir.join(config::FILE_NAME)), false)
+}
+
+/// The directory of a flake given as a local path (`.`, `./x`, `path:/x`, `git+file:///x`).
+fn local_flake_dir(flake: &str) -> Option<PathBuf> {
+    let without_attr = flake.split('#').next().unwrap_or(flake);
+    let without_query = without_attr.split('?').next().unwrap_or(without_attr);
+    let path = if let Some(rest) = without_query.strip_prefix("path:") {
+        rest
+    } else if let Some(rest) = without_query.strip_prefix("git+file://") {
+        rest
+    } else if without_query.contains(':') {
+        return None;
+    } else {
+        without_query
+    };
+    Some(PathBuf::from(path))
+}
+
+/// Loads the settings and applies `PROXMOX_URL` / `PROXMOX_CA_CERT`.
+pub fn load_settings(args: &SourceArgs) -> anyhow::Result<Settings> {
+    let (path, explicit) = settings_path(args);
+    let mut settings = match &path {
+        Some(path) => Settings::load(path, explicit)?,
+        None => Settings::default(),
+    };
+    // A relative CA path in the file is relative to the file, not to the working directory.
+    if let (Some(ca), Some(path)) = (&settings.proxmox.ca_cert, &path)
+        && ca.is_relative()
+    {
+        let base = path.parent().unwrap_or(Path::new("."));
+        settings.proxmox.ca_cert = Some(base.join(ca));
+    }
+    if let Some(url) = env_nonempty("PROXMOX_URL") {
+        settings.proxmox.url = Some(url);
+    }
+    if let Some(ca) = env_nonempty("PROXMOX_CA_CERT") {
+        settings.proxmox.ca_cert = Some(PathBuf::from(ca));
+    }
+    Ok(settings)
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The API client from the settings and `PROXMOX_API_TOKEN`.
+pub fn proxmox_client(settings: &Settings) -> anyhow::Result<Client> {
+    let Some(url) = settings.proxmox.url.clone() else {
+        bail!("no Proxmox URL: set `proxmox.url` in nixprox.yaml or the PROXMOX_URL environment variable");
+    };
+    let Some(token) = env_nonempty("PROXMOX_API_TOKEN") else {
+        bail!(
+            "PROXMOX_API_TOKEN is not set: create an API token in Proxmox (Datacenter → Permissions → API Tokens) and export it as `user@realm!tokenid=secret`"
+        );
+    };
+    let token = ApiToken::parse(&token).map_err(|msg| anyhow::anyhow!("invalid PROXMOX_API_TOKEN: {msg}"))?;
+    Ok(Client::new(ClientOptions::from_settings(&settings.proxmox, url, token))?)
+}
+
+/// Evaluates the flake, reads the cluster and plans.
+pub async fn plan(args: &SourceArgs) -> anyhow::Result<Planned> {
+    let settings = load_settings(args)?;
+    let client = proxmox_client(&settings)?;
+    let overrides = override_inputs(&args.override_input)?;
+    let hosts = (!args.hosts.is_empty()).then(|| args.hosts.clone());
+    let mut request = EvalRequest::new(args.flake.clone());
+    request.nix = Nix::default();
+    request.override_inputs = overrides;
+    request.eval_jobs = args.eval_jobs.unwrap_or(settings.concurrency.eval_jobs);
+    // The host filter narrows the evaluation only to declared hosts; orphan VM names given
+    // to `--hosts` are not attributes, so they only filter the plan.
+    request.hosts = None;
+    let inventory = flake::evaluate(&request).await?;
+    let desired = flake::resolve_all(&inventory.hosts, &settings.defaults)?;
+    tracing::info!(
+        hosts = desired.len(),
+        declarations_ms = inventory.timings.declarations.as_millis() as u64,
+        systems_ms = inventory.timings.systems.as_millis() as u64,
+        "evaluated the flake with nix {}",
+        inventory.nix_version.raw
+    );
+
+    let started = Instant::now();
+    let read = ReadRequest {
+        host_names: desired.iter().map(|d| d.spec.name.clone()).collect(),
+        concurrency: args.concurrency.unwrap_or(settings.concurrency.api),
+    };
+    let live = crate::proxmox::read_cluster(&client, &read).await.context("failed to read the cluster")?;
+    let proxmox = started.elapsed();
+    tracing::info!(vms = live.len(), ms = proxmox.as_millis() as u64, "read the cluster at {}", client.url());
+
+    let started = Instant::now();
+    let only: Option<BTreeSet<String>> = hosts.map(|h| h.into_iter().collect());
+    let plan = crate::plan::plan(PlanInput {
+        desired: &desired,
+        live: &live,
+        policies: settings.policies,
+        only: only.as_ref(),
+    });
+    let planning = started.elapsed();
+    let timings = Timings {
+        eval_declarations: inventory.timings.declarations,
+        eval_systems: inventory.timings.systems,
+        proxmox,
+        planning,
+    };
+    Ok(Planned { settings, desired, live, plan, client, timings })
+}
+
+fn override_inputs(pairs: &[String]) -> anyhow::Result<Vec<OverrideInput>> {
+    if !pairs.len().is_multiple_of(2) {
+        bail!("--override-input takes two values: NAME REF");
+    }
+    Ok(pairs.chunks(2).map(|pair| OverrideInput::new(pair[0].clone(), pair[1].clone())).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_flake_dirs() {
+        assert_eq!(local_flake_dir("."), Some(PathBuf::from(".")));
+        assert_eq!(local_flake_dir("path:/src/lab#x"), Some(PathBuf::from("/src/lab")));
+        assert_eq!(local_flake_dir("git+file:///src/lab?ref=main"), Some(PathBuf::from("/src/lab")));
+        assert_eq!(local_flake_dir("github:me/lab"), None);
+    }
+}
