@@ -510,3 +510,47 @@ async fn the_token_secret_never_appears_in_errors() {
 fn client_options(pve: &FakePve) -> ClientOptions {
     ClientOptions { retry: RetryPolicy::none(), ..pve.options() }
 }
+
+/// The driver's scenario commands reach the fake: a backup locks the VM (a transient refusal
+/// for writes), agent answers and new VMs show through the API, grants turn on permission checks.
+#[tokio::test]
+async fn driver_commands_steer_the_fake() {
+    let pve = FakePve::start(
+        Scenario::new()
+            .set("time_scale", json!(1))
+            .guest(json!({"vmid": 101, "name": "web", "status": "running", "config": {"tags": "nixprox"}})),
+    );
+    let client = Client::new(ClientOptions { retry: RetryPolicy::none(), ..pve.options() }).expect("client");
+
+    let backup = upid(pve.command(json!({"cmd": "backup", "vmid": 101, "secs": 30})));
+    assert_eq!(backup.task_type, "vzdump");
+    let vms = list_vms(&client).await.expect("list");
+    assert_eq!(vms[0].lock.as_deref(), Some("backup"));
+    let err =
+        client.put("/nodes/pve1/qemu/101/config", &[("cores", "2")]).await.expect_err("locked by backup");
+    assert_eq!(err.to_string(), "failed to update `/nodes/pve1/qemu/101/config`: 500 VM is locked (backup)");
+    assert!(err.is_transient());
+
+    let interfaces = json!([{"name": "eth0", "hardware-address": "bc:24:11:00:00:01",
+        "ip-addresses": [{"ip-address": "127.0.0.42", "ip-address-type": "ipv4", "prefix": 8}]}]);
+    pve.command(json!({"cmd": "set_agent", "vmid": 101, "agent": {"interfaces": interfaces}}));
+    let answer =
+        client.get("/nodes/pve1/qemu/101/agent/network-get-interfaces", &[]).await.expect("agent answers");
+    assert_eq!(answer["result"], interfaces);
+
+    pve.command(
+        json!({"cmd": "add_vm", "guest": {"vmid": 102, "name": "db", "config": {"tags": "nixprox"}}}),
+    );
+    assert_eq!(
+        list_vms(&client).await.expect("list").iter().map(|vm| vm.vmid).collect::<Vec<_>>(),
+        [101, 102]
+    );
+
+    pve.command(json!({"cmd": "grant", "user": "nixprox@pve", "path": "/vms/102", "privs": ["VM.Audit"]}));
+    assert_eq!(list_vms(&client).await.expect("list").iter().map(|vm| vm.vmid).collect::<Vec<_>>(), [102]);
+    assert_eq!(
+        pve.try_command(json!({"cmd": "vm", "vmid": 999})),
+        Err("no VM 999".to_string()),
+        "driver errors come back as text"
+    );
+}
