@@ -2,4 +2,5 @@
 //! them when a test ends.
 #![allow(dead_code)]
 
+pub mod fakepve;
 pub mod nix;
