@@ -3,5 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod error_messages;
 mod flake;
+mod plan_cli;
 mod proxmox;

@@ -2,5 +2,6 @@
 //! them when a test ends.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod fakepve;
 pub mod nix;

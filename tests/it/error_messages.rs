@@ -1,0 +1,100 @@
+//! Error messages, asserted by their exact text: what a user reads when something is wrong
+//! must name the object and the fix. Dynamic parts (temporary paths, ports) are replaced by
+//! placeholders before comparing.
+
+use crate::support::cli::{self, Run};
+use crate::support::fakepve::{FakePve, Scenario};
+use crate::support::nix::Fixture;
+
+/// stderr with the run's dynamic parts replaced, and the exit code checked.
+fn failure(run: &Run, replacements: &[(&str, &str)]) -> String {
+    assert_eq!(run.code, 1, "expected exit code 1; stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert_eq!(run.stdout, "", "nothing on stdout when planning fails");
+    let mut text = run.stderr.lines().filter(|l| l.starts_with("error:")).collect::<Vec<_>>().join("\n");
+    for (from, to) in replacements {
+        text = text.replace(from, to);
+    }
+    text
+}
+
+fn empty_cluster() -> FakePve {
+    FakePve::start(Scenario::new())
+}
+
+#[test]
+fn nix_evaluation_error_names_the_host() {
+    let fixture = Fixture::copy("eval-error");
+    let pve = empty_cluster();
+    let run = cli::plan(&fixture, &pve, &[]);
+    let flake = fixture.flake_ref();
+    insta::assert_snapshot!(failure(&run, &[(flake.as_str(), "<flake>")]));
+}
+
+#[test]
+fn unknown_settings_key_names_line_and_column() {
+    let fixture = Fixture::copy("homelab");
+    let pve = empty_cluster();
+    let config = fixture.dir.path().join("bad.yaml");
+    std::fs::write(&config, "policies:\n  prune_orphans: true\n  alow_replace: true\n")
+        .expect("write config");
+    let run = cli::plan(&fixture, &pve, &["--config", config.to_str().expect("utf-8")]);
+    let path = config.display().to_string();
+    assert_eq!(
+        failure(&run, &[(path.as_str(), "<dir>/bad.yaml")]),
+        "error: invalid settings file `<dir>/bad.yaml` at line 3, column 3: policies: unknown field `alow_replace`, expected one of `prune_orphans`, `allow_reinstall`, `allow_replace`"
+    );
+}
+
+#[test]
+fn wrong_token_is_a_401_with_the_fix() {
+    let fixture = Fixture::copy("homelab");
+    let pve = empty_cluster();
+    let run: Run = cli::plan_command(&fixture, &pve, &[])
+        .env("PROXMOX_API_TOKEN", "nixprox@pve!test=wrong-secret")
+        .output()
+        .expect("run")
+        .into();
+    assert_eq!(
+        failure(&run, &[]),
+        "error: failed to read the cluster: failed to read `/cluster/resources`: 401 authentication failure (check PROXMOX_API_TOKEN (`user@realm!tokenid=secret`): the token `nixprox@pve!test` was rejected; it must exist, be unexpired and have this secret)"
+    );
+}
+
+#[test]
+fn missing_token_says_how_to_make_one() {
+    let fixture = Fixture::copy("homelab");
+    let pve = empty_cluster();
+    let run: Run =
+        cli::plan_command(&fixture, &pve, &[]).env_remove("PROXMOX_API_TOKEN").output().expect("run").into();
+    assert_eq!(
+        failure(&run, &[]),
+        "error: PROXMOX_API_TOKEN is not set: create an API token in Proxmox (Datacenter → Permissions → API Tokens) and export it as `user@realm!tokenid=secret`"
+    );
+}
+
+#[test]
+fn unreachable_endpoint_names_the_url() {
+    let fixture = Fixture::copy("homelab");
+    let pve = empty_cluster();
+    // Port 1 on loopback: nothing listens there.
+    let run: Run = cli::plan_command(&fixture, &pve, &[])
+        .env("PROXMOX_URL", "https://127.0.0.1:1")
+        .output()
+        .expect("run")
+        .into();
+    insta::assert_snapshot!(failure(&run, &[]));
+}
+
+#[test]
+fn tls_failure_hints_at_ca_cert() {
+    let fixture = Fixture::copy("homelab");
+    let pve = empty_cluster();
+    let other = empty_cluster();
+    let run: Run = cli::plan_command(&fixture, &pve, &[])
+        .env("PROXMOX_CA_CERT", other.ca_cert())
+        .output()
+        .expect("run")
+        .into();
+    let url = pve.url().to_string();
+    insta::assert_snapshot!(failure(&run, &[(url.as_str(), "<url>")]));
+}

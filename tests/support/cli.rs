@@ -1,0 +1,75 @@
+//! Runs the real `nixprox` binary the way a user does: against a fixture flake evaluated by
+//! real nix and a fakepve cluster, with the environment a CI job would give it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use super::fakepve::{FakePve, Scenario};
+use super::nix::{Fixture, override_inputs};
+
+/// A scenario holding the guests of a fakepve guests file (`fixtures/<name>/cluster.json`).
+pub fn cluster_scenario(path: &Path) -> Scenario {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let file: Value = serde_json::from_str(&text).expect("cluster file is JSON");
+    let guests = file["guests"].as_array().expect("cluster file has guests").clone();
+    guests.into_iter().fold(Scenario::new(), Scenario::guest)
+}
+
+/// What one run printed and how it ended.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+/// `nixprox` with a clean environment: no colour, no CI variables, nix without substituters.
+pub fn nixprox() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nixprox"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("PROXMOX_")
+            || key.starts_with("GITHUB_")
+            || key.starts_with("NIXPROX_")
+            || key == "CI"
+        {
+            command.env_remove(&key);
+        }
+    }
+    command
+        .env("NO_COLOR", "1")
+        .env("NIX_CONFIG", "substituters =\nexperimental-features = nix-command flakes");
+    command
+}
+
+/// The `nixprox plan` command for a fixture flake against a fakepve, with extra arguments.
+pub fn plan_command(fixture: &Fixture, pve: &FakePve, args: &[&str]) -> Command {
+    let mut command = nixprox();
+    command.arg("plan").arg("--flake").arg(fixture.flake_ref());
+    for input in override_inputs() {
+        command.arg("--override-input").arg(&input.name).arg(&input.flake_ref);
+    }
+    command
+        .args(args)
+        .env("PROXMOX_URL", pve.url())
+        .env("PROXMOX_CA_CERT", pve.ca_cert())
+        .env("PROXMOX_API_TOKEN", pve.token());
+    command
+}
+
+/// Runs [`plan_command`].
+pub fn plan(fixture: &Fixture, pve: &FakePve, args: &[&str]) -> Run {
+    plan_command(fixture, pve, args).output().expect("run nixprox").into()
+}
