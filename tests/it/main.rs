@@ -4,4 +4,5 @@
 mod support;
 
 mod flake;
+mod forge;
 mod proxmox;
