@@ -2,6 +2,7 @@
 //! GitHub and Forgejo REST APIs. Every test runs for both forges; the [`Fake`] knows each one's
 //! paths, auth scheme, paging and payload shapes, and asserts the exact requests.
 
+mod action;
 mod api;
 mod env;
 
