@@ -124,7 +124,18 @@ impl GitHub {
                 if let Some(errors) = &source.errors {
                     body.push_str(&format!(" {}", serde_json::Value::Array(errors.clone())));
                 }
-                ForgeError::http(op, source.status_code.as_u16(), &body, token)
+                let mut status = source.status_code.as_u16();
+                // GitHub answers an exhausted (or secondary) rate limit with 403: that is a
+                // reason to wait and retry, not a read-only token.
+                let limited = source
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("x-ratelimit-remaining"))
+                    .is_some_and(|v| v.as_bytes() == b"0");
+                if status == 403 && (limited || source.message.to_ascii_lowercase().contains("rate limit")) {
+                    status = 429;
+                }
+                ForgeError::http(op, status, &body, token)
             }
             octocrab::Error::Serde { source, .. } => {
                 ForgeError::Decode { op, message: super::redact(&source.to_string(), token) }

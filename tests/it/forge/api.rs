@@ -32,6 +32,7 @@ both_forges!(
     drift_issue_opened_updated_closed,
     reviewed_plan_found_after_merge,
     echoed_token_is_redacted_from_errors,
+    actions_token_without_user_endpoint,
 );
 
 async fn first_run_creates_second_run_edits(kind: ForgeKind) {
@@ -429,5 +430,67 @@ async fn echoed_token_is_redacted_from_errors(kind: ForgeKind) {
         assert!(!text.contains(CANARY), "token leaked: {text}");
     }
     assert!(err.to_string().contains("you sent: "), "{err}");
+    fake.next_run().await;
+}
+
+async fn actions_token_without_user_endpoint(kind: ForgeKind) {
+    let fake = Fake::start(kind).await;
+    // The automatic Actions token cannot ask who it is; its comments carry the Actions bot.
+    let bot = match kind {
+        ForgeKind::GitHub => ("github-actions[bot]", 41898282),
+        ForgeKind::Forgejo => ("forgejo-actions", 2),
+    };
+    fake.req("GET", &format!("{}/user", fake.prefix()))
+        .respond_with(
+            ResponseTemplate::new(403)
+                .set_body_json(json!({ "message": "Resource not accessible by integration" })),
+        )
+        .expect(1)
+        .mount(&fake.server)
+        .await;
+    fake.mount_comments(17, vec![fake.comment(9001, bot, 17, &full("p-1"))]).await;
+    fake.req("PATCH", &fake.repo_path("issues/comments/9001"))
+        .and(body_json(json!({ "body": full("p-2") })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(fake.comment(9001, bot, 17, &full("p-2"))))
+        .expect(1)
+        .mount(&fake.server)
+        .await;
+    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-2", BODY).await.expect("upsert");
+    assert!(matches!(outcome, CommentOutcome::Updated { id: 9001, .. }), "{outcome:?}");
+    fake.next_run().await;
+}
+
+#[tokio::test]
+async fn github_rate_limit_403_is_retried_not_forbidden() {
+    let fake = Fake::start(ForgeKind::GitHub).await;
+    fake.mount_user(ME).await;
+    // Listed once per attempt: the retry looks again before writing.
+    fake.req("GET", &fake.repo_path("issues/17/comments"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .expect(2)
+        .mount(&fake.server)
+        .await;
+    fake.req("POST", &fake.repo_path("issues/17/comments"))
+        .respond_with(
+            ResponseTemplate::new(403)
+                .insert_header("x-ratelimit-remaining", "0")
+                .insert_header("x-ratelimit-reset", "1790000000")
+                .set_body_json(json!({
+                    "message": "API rate limit exceeded for installation ID 4242.",
+                    "documentation_url": "https://docs.github.com/rest/overview/resources-in-the-rest-api#rate-limiting"
+                })),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .expect(1)
+        .mount(&fake.server)
+        .await;
+    fake.req("POST", &fake.repo_path("issues/17/comments"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(fake.comment(9001, ME, 17, &full("p-1"))))
+        .expect(1)
+        .mount(&fake.server)
+        .await;
+    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-1", BODY).await.expect("retried");
+    assert!(matches!(outcome, CommentOutcome::Created { id: 9001, .. }), "{outcome:?}");
     fake.next_run().await;
 }
