@@ -33,6 +33,7 @@ both_forges!(
     reviewed_plan_found_after_merge,
     echoed_token_is_redacted_from_errors,
     actions_token_without_user_endpoint,
+    apply_report_is_a_new_comment,
 );
 
 async fn first_run_creates_second_run_edits(kind: ForgeKind) {
@@ -492,5 +493,54 @@ async fn github_rate_limit_403_is_retried_not_forbidden() {
         .await;
     let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-1", BODY).await.expect("retried");
     assert!(matches!(outcome, CommentOutcome::Created { id: 9001, .. }), "{outcome:?}");
+    fake.next_run().await;
+}
+
+async fn apply_report_is_a_new_comment(kind: ForgeKind) {
+    let fake = Fake::start(kind).await;
+    let report = "## nixprox apply\n\n2 done, 0 failed\n";
+    fake.req("POST", &fake.repo_path("issues/17/comments"))
+        .and(body_json(json!({ "body": report })))
+        .respond_with(ResponseTemplate::new(201).set_body_json(fake.comment(9100, ME, 17, report)))
+        .expect(1)
+        .mount(&fake.server)
+        .await;
+    let outcome = fake.forge().post_comment(17, report).await.expect("posted");
+    assert!(matches!(outcome, CommentOutcome::Created { id: 9100, .. }), "{outcome:?}");
+    fake.next_run().await;
+
+    fake.req("POST", &fake.repo_path("issues/17/comments"))
+        .respond_with(
+            ResponseTemplate::new(403)
+                .set_body_json(json!({ "message": "Resource not accessible by integration" })),
+        )
+        .expect(1) // never retried: a retried create could post twice
+        .mount(&fake.server)
+        .await;
+    let outcome = fake.forge().post_comment(17, report).await.expect("not an error");
+    assert!(matches!(outcome, CommentOutcome::Forbidden { .. }), "{outcome:?}");
+    fake.next_run().await;
+}
+
+#[tokio::test]
+async fn forgejo_endpoint_that_ignores_paging_is_read_once() {
+    // Older Forgejo/Gitea versions return every comment regardless of `page`/`limit` and send
+    // no `X-Total-Count`: the second page repeats the first, and listing stops there.
+    let fake = Fake::start(ForgeKind::Forgejo).await;
+    fake.mount_user(ME).await;
+    let mut all = filler(&fake, 1, 59, 5);
+    all.push(fake.comment(9001, ME, 5, &full("p-1")));
+    fake.req("GET", &fake.repo_path("issues/5/comments"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(Value::Array(all)))
+        .expect(2)
+        .mount(&fake.server)
+        .await;
+    fake.req("PATCH", &fake.repo_path("issues/comments/9001"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(fake.comment(9001, ME, 5, &full("p-2"))))
+        .expect(1)
+        .mount(&fake.server)
+        .await;
+    let outcome = fake.forge().upsert_plan_comment(5, KEY, "p-2", BODY).await.expect("upsert");
+    assert!(matches!(outcome, CommentOutcome::Updated { id: 9001, .. }), "{outcome:?}");
     fake.next_run().await;
 }
