@@ -5,5 +5,6 @@ mod support;
 
 mod error_messages;
 mod flake;
+mod forge;
 mod plan_cli;
 mod proxmox;

@@ -1,0 +1,308 @@
+//! The sticky plan comment, the drift issue and the reviewed plan after merge, written once on
+//! top of the backends' primitives.
+//!
+//! A hidden marker `<!-- nixprox:plan key=<key> plan_id=<id> -->` heads the plan comment: `key`
+//! tells flake/settings files apart when one repository has several, `plan_id` lets apply find
+//! the plan that was reviewed. Only comments and issues written by the token's own user are
+//! ever edited or trusted: anyone can paste a marker into a comment.
+
+use super::{Comment, Forge, ForgeError, IssueEdit, MAX_BODY_CHARS};
+
+const PLAN_MARKER: &str = "nixprox:plan";
+const DRIFT_MARKER: &str = "nixprox:drift";
+
+/// What happened to a comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommentOutcome {
+    Created {
+        id: u64,
+        url: Option<String>,
+    },
+    Updated {
+        id: u64,
+        url: Option<String>,
+    },
+    /// The token may not comment (fork PRs get a read-only token). The caller warns and relies on
+    /// the job summary; the exit status depends on it only with `--comment-required`.
+    Forbidden {
+        message: String,
+    },
+}
+
+/// What happened to the drift issue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssueOutcome {
+    Created {
+        number: u64,
+        url: Option<String>,
+    },
+    Updated {
+        number: u64,
+        url: Option<String>,
+    },
+    /// Found closed (drift came back) and opened again: still one issue.
+    Reopened {
+        number: u64,
+        url: Option<String>,
+    },
+}
+
+/// The plan that was shown on the pull request that brought a commit in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewedPlan {
+    pub pr: u64,
+    pub plan_id: String,
+    pub comment_url: Option<String>,
+}
+
+/// Makes a marker key out of anything (a flake reference, a settings path): no whitespace and
+/// no `>`, so it can never end the HTML comment early.
+pub fn marker_key(text: &str) -> String {
+    let key: String = text
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._/:@+#,=-".contains(c) { c } else { '_' })
+        .collect();
+    if key.is_empty() { "default".into() } else { key }
+}
+
+/// The hidden first line of the plan comment.
+pub fn plan_marker(key: &str, plan_id: &str) -> String {
+    format!("<!-- {PLAN_MARKER} key={} plan_id={} -->", marker_key(key), marker_key(plan_id))
+}
+
+fn drift_marker(key: &str) -> String {
+    format!("<!-- {DRIFT_MARKER} key={} -->", marker_key(key))
+}
+
+/// The characters left for the rendered plan once the marker line is added: the renderer's
+/// budget.
+pub fn plan_body_budget(key: &str, plan_id: &str) -> usize {
+    MAX_BODY_CHARS - plan_marker(key, plan_id).chars().count() - 1
+}
+
+/// The characters left for the drift issue body once its marker line is added.
+pub fn drift_body_budget(key: &str) -> usize {
+    MAX_BODY_CHARS - drift_marker(key).chars().count() - 1
+}
+
+/// Reads the fields of the first `kind` marker in `body`.
+fn parse_marker<'a>(body: &'a str, kind: &str) -> Option<Vec<(&'a str, &'a str)>> {
+    let start = body.find("<!--")?;
+    let rest = body[start + 4..].trim_start();
+    let rest = rest.strip_prefix(kind)?;
+    let end = rest.find("-->")?;
+    Some(rest[..end].split_whitespace().filter_map(|field| field.split_once('=')).collect())
+}
+
+/// The `plan_id` of a plan comment for `key`, if `body` is one.
+pub fn parse_plan_marker(body: &str, key: &str) -> Option<String> {
+    let fields = parse_marker(body, PLAN_MARKER)?;
+    let key = marker_key(key);
+    fields.iter().any(|(k, v)| *k == "key" && *v == key).then_some(())?;
+    fields.iter().find(|(k, _)| *k == "plan_id").map(|(_, v)| v.to_string())
+}
+
+fn is_drift_issue(body: &str, key: &str) -> bool {
+    let key = marker_key(key);
+    parse_marker(body, DRIFT_MARKER).is_some_and(|f| f.iter().any(|(k, v)| *k == "key" && *v == key))
+}
+
+fn forbidden_or(err: ForgeError) -> Result<CommentOutcome, ForgeError> {
+    if err.is_forbidden() {
+        tracing::warn!("cannot comment: {err}; the plan is in the job summary instead");
+        Ok(CommentOutcome::Forbidden { message: err.to_string() })
+    } else {
+        Err(err)
+    }
+}
+
+impl Forge {
+    /// Creates the one plan comment of pull request `pr` for `key`, or edits it in place.
+    ///
+    /// Searches every page of comments for our marker, written by the token's own user; edits
+    /// the newest one; creates one when there is none or when it was deleted meanwhile (404).
+    /// 403 becomes [`CommentOutcome::Forbidden`]. 422/5xx retry the whole operation boundedly.
+    pub async fn upsert_plan_comment(
+        &self,
+        pr: u64,
+        key: &str,
+        plan_id: &str,
+        body: &str,
+    ) -> Result<CommentOutcome, ForgeError> {
+        let full = format!("{}\n{body}", plan_marker(key, plan_id));
+        let result = self
+            .retry()
+            .run(&format!("update the plan comment on #{pr}"), || self.upsert_once(pr, key, &full))
+            .await;
+        result.or_else(forbidden_or)
+    }
+
+    async fn upsert_once(&self, pr: u64, key: &str, full: &str) -> Result<CommentOutcome, ForgeError> {
+        let me = self.current_login().await?;
+        let comments = self.list_comments(pr).await?;
+        let ours = comments
+            .iter()
+            .rev()
+            .find(|c| c.author.login.eq_ignore_ascii_case(&me) && parse_plan_marker(&c.body, key).is_some());
+        if let Some(existing) = ours {
+            match self.update_comment(existing.id, full).await {
+                Ok(c) => {
+                    tracing::info!("updated the plan comment on #{pr} (comment {})", c.id);
+                    return Ok(CommentOutcome::Updated { id: c.id, url: c.url });
+                }
+                Err(e) if e.status() == Some(404) => {
+                    tracing::info!(
+                        "the plan comment {} on #{pr} was deleted; writing a new one",
+                        existing.id
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let c = self.create_comment(pr, full).await?;
+        tracing::info!("created the plan comment on #{pr} (comment {})", c.id);
+        Ok(CommentOutcome::Created { id: c.id, url: c.url })
+    }
+
+    /// Posts a new comment (apply's report). 403 becomes [`CommentOutcome::Forbidden`]. Not
+    /// retried: a retried create could post twice.
+    pub async fn post_comment(&self, pr: u64, body: &str) -> Result<CommentOutcome, ForgeError> {
+        match self.create_comment(pr, body).await {
+            Ok(Comment { id, url, .. }) => Ok(CommentOutcome::Created { id, url }),
+            Err(e) => forbidden_or(e),
+        }
+    }
+
+    /// The plan id shown on the pull request that brought `sha` in (for apply after a merge):
+    /// finds the PR through the commit, then our plan comment for `key` on it.
+    pub async fn find_reviewed_plan_id(
+        &self,
+        sha: &str,
+        key: &str,
+    ) -> Result<Option<ReviewedPlan>, ForgeError> {
+        let retry = self.retry();
+        let pulls = retry.run("find the merged pull request", || self.pulls_for_commit(sha)).await?;
+        // Prefer the PR merged as exactly this commit, then any merged one.
+        let pr = pulls
+            .iter()
+            .find(|p| p.merged && p.merge_commit_sha.as_deref() == Some(sha))
+            .or_else(|| pulls.iter().find(|p| p.merged))
+            .or_else(|| pulls.first());
+        let Some(pr) = pr else {
+            tracing::info!("commit `{sha}` belongs to no pull request");
+            return Ok(None);
+        };
+        let me = retry.run("read the token's user", || self.current_login()).await?;
+        let comments = retry.run("list the plan comments", || self.list_comments(pr.number)).await?;
+        let found = comments.iter().rev().find_map(|c| {
+            if !c.author.login.eq_ignore_ascii_case(&me) {
+                return None;
+            }
+            parse_plan_marker(&c.body, key).map(|plan_id| ReviewedPlan {
+                pr: pr.number,
+                plan_id,
+                comment_url: c.url.clone(),
+            })
+        });
+        if found.is_none() {
+            tracing::info!("pull request #{} has no nixprox plan comment for `{key}`", pr.number);
+        }
+        Ok(found)
+    }
+
+    /// Opens the one drift issue for `key`, or updates (and if closed, reopens) the one opened
+    /// before: never a new issue per run.
+    pub async fn upsert_drift_issue(
+        &self,
+        key: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<IssueOutcome, ForgeError> {
+        let full = format!("{}\n{body}", drift_marker(key));
+        self.retry()
+            .run("update the drift issue", || async {
+                let me = self.current_login().await?;
+                let issues = self.list_issues().await?;
+                let ours = issues
+                    .iter()
+                    .filter(|i| i.author.login.eq_ignore_ascii_case(&me) && is_drift_issue(&i.body, key))
+                    .max_by_key(|i| (i.open, i.number));
+                match ours {
+                    Some(issue) => {
+                        let edit = IssueEdit { title: Some(title), body: Some(&full), open: Some(true) };
+                        let updated = self.edit_issue(issue.number, &edit).await?;
+                        tracing::info!("updated drift issue #{}", updated.number);
+                        Ok(if issue.open {
+                            IssueOutcome::Updated { number: updated.number, url: updated.url }
+                        } else {
+                            IssueOutcome::Reopened { number: updated.number, url: updated.url }
+                        })
+                    }
+                    None => {
+                        let created = self.create_issue(title, &full).await?;
+                        tracing::info!("opened drift issue #{}", created.number);
+                        Ok(IssueOutcome::Created { number: created.number, url: created.url })
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Closes the open drift issue for `key`, if any. Returns the number it closed.
+    pub async fn close_drift_issue(&self, key: &str) -> Result<Option<u64>, ForgeError> {
+        self.retry()
+            .run("close the drift issue", || async {
+                let me = self.current_login().await?;
+                let issues = self.list_issues().await?;
+                let open = issues.iter().find(|i| {
+                    i.open && i.author.login.eq_ignore_ascii_case(&me) && is_drift_issue(&i.body, key)
+                });
+                match open {
+                    Some(issue) => {
+                        let edit = IssueEdit { open: Some(false), ..IssueEdit::default() };
+                        self.edit_issue(issue.number, &edit).await?;
+                        tracing::info!("closed drift issue #{}: no drift any more", issue.number);
+                        Ok(Some(issue.number))
+                    }
+                    None => Ok(None),
+                }
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_round_trip() {
+        let marker = plan_marker("flake=.# settings=nixprox.yaml", "p-1f2e");
+        assert_eq!(marker, "<!-- nixprox:plan key=flake=.#_settings=nixprox.yaml plan_id=p-1f2e -->");
+        let body = format!("{marker}\n## plan\n");
+        assert_eq!(parse_plan_marker(&body, "flake=.# settings=nixprox.yaml").as_deref(), Some("p-1f2e"));
+        assert_eq!(parse_plan_marker(&body, "other"), None);
+        assert_eq!(parse_plan_marker("<!-- something else -->", "k"), None);
+    }
+
+    #[test]
+    fn keys_cannot_close_the_comment() {
+        assert_eq!(marker_key("a --> b"), "a_--__b");
+        assert_eq!(marker_key(""), "default");
+    }
+
+    #[test]
+    fn drift_marker_is_recognised() {
+        let body = format!("{}\ntext", drift_marker("main"));
+        assert!(is_drift_issue(&body, "main"));
+        assert!(!is_drift_issue(&body, "other"));
+        assert!(!is_drift_issue(&plan_marker("main", "x"), "main"));
+    }
+
+    #[test]
+    fn budgets_leave_room_for_the_marker() {
+        let budget = plan_body_budget("k", "id");
+        assert_eq!(budget + plan_marker("k", "id").len() + 1, MAX_BODY_CHARS);
+        assert!(drift_body_budget("k") < MAX_BODY_CHARS);
+    }
+}

@@ -1,0 +1,543 @@
+//! Where nixprox runs: detects GitHub Actions or Forgejo Actions from the environment, the API
+//! URL, the repository, the run URL and the triggering event (from the payload file that
+//! `GITHUB_EVENT_PATH` names), every value overridable by a flag ([`ForgeOverrides`]).
+//!
+//! The environment is passed as a closure so that tests never mutate the process environment.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+use url::Url;
+
+use super::ForgeError;
+
+/// Which forge's API to talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForgeKind {
+    GitHub,
+    Forgejo,
+}
+
+impl ForgeKind {
+    /// Parses the `--forge` value.
+    pub fn parse(text: &str) -> Result<ForgeKind, ForgeError> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "github" => Ok(ForgeKind::GitHub),
+            "forgejo" | "gitea" => Ok(ForgeKind::Forgejo),
+            other => Err(ForgeError::Env(format!(
+                "unknown forge `{other}` given to `--forge` (expected `github` or `forgejo`)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for ForgeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ForgeKind::GitHub => "github",
+            ForgeKind::Forgejo => "forgejo",
+        })
+    }
+}
+
+/// `owner/name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repo {
+    pub owner: String,
+    pub name: String,
+}
+
+impl Repo {
+    /// Parses `owner/name`; `source` names the variable or flag for the error message.
+    pub fn parse(text: &str, source: &str) -> Result<Repo, ForgeError> {
+        let bad = || {
+            ForgeError::Env(format!(
+                "malformed repository `{text}` in {source} (expected `owner/name`, e.g. `homelab/infra`)"
+            ))
+        };
+        let (owner, name) = text.trim().split_once('/').ok_or_else(bad)?;
+        let valid = |s: &str| {
+            !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !valid(owner) || !valid(name) {
+            return Err(bad());
+        }
+        Ok(Repo { owner: owner.to_string(), name: name.to_string() })
+    }
+}
+
+impl fmt::Display for Repo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.owner, self.name)
+    }
+}
+
+/// Values given on the command line; each one wins over what the environment says.
+#[derive(Debug, Clone, Default)]
+pub struct ForgeOverrides {
+    /// `--forge github|forgejo`
+    pub forge: Option<ForgeKind>,
+    /// `--repo owner/name`
+    pub repo: Option<String>,
+    /// `--pr N`
+    pub pr: Option<u64>,
+    /// `--api-url URL` (Forgejo: ending in `/api/v1`)
+    pub api_url: Option<String>,
+    /// `--token-env NAME`: the variable holding the forge token.
+    pub token_env: Option<String>,
+    /// `--sha SHA`: the commit to report statuses on (head of the PR, or the pushed commit).
+    pub sha: Option<String>,
+}
+
+/// A pull request event (`opened`, `synchronize` on GitHub, `synchronized` on Forgejo, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequestEvent {
+    pub number: u64,
+    /// The payload's `action`, as sent.
+    pub action: Option<String>,
+    /// The head commit: what the PR author pushed. (`GITHUB_SHA` is the test merge commit.)
+    pub head_sha: Option<String>,
+    pub base_sha: Option<String>,
+    /// The head lives in another repository: its token is read-only.
+    pub from_fork: bool,
+}
+
+/// What triggered the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    PullRequest(PullRequestEvent),
+    /// A push: `sha` is the pushed (after a merge: the merged) commit.
+    Push {
+        sha: String,
+        git_ref: Option<String>,
+    },
+    Schedule {
+        sha: Option<String>,
+    },
+    WorkflowDispatch {
+        sha: Option<String>,
+        git_ref: Option<String>,
+    },
+    /// Any other event, or none (run by hand with overrides).
+    Other {
+        name: Option<String>,
+        sha: Option<String>,
+    },
+}
+
+/// Everything the forge layer needs to know about the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForgeContext {
+    pub kind: ForgeKind,
+    /// The REST API base (`https://api.github.com`, `https://forge.example/api/v1`).
+    pub api_url: Url,
+    pub repo: Repo,
+    /// A link to this run; the comment points here for the full plan (job summary).
+    pub run_url: Option<String>,
+    pub event: Event,
+    /// The variable that holds the token.
+    pub token_env: String,
+}
+
+impl ForgeContext {
+    /// Detects the forge from `env` and applies `overrides`. `Ok(None)` means "not in CI and
+    /// nothing given": forge features are simply off.
+    pub fn detect(
+        overrides: &ForgeOverrides,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<ForgeContext>, ForgeError> {
+        let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let is_forgejo = ["FORGEJO_ACTIONS", "GITEA_ACTIONS", "FORGEJO_API_URL", "FORGEJO_SERVER_URL"]
+            .iter()
+            .any(|n| var(n).is_some());
+        let detected = if is_forgejo {
+            Some(ForgeKind::Forgejo)
+        } else if var("GITHUB_ACTIONS").as_deref() == Some("true") {
+            Some(ForgeKind::GitHub)
+        } else {
+            None
+        };
+        let kind = match (overrides.forge, detected) {
+            (Some(kind), _) | (None, Some(kind)) => kind,
+            (None, None) => {
+                if overrides.repo.is_some() || overrides.pr.is_some() || overrides.api_url.is_some() {
+                    return Err(ForgeError::Env(
+                        "not running in GitHub or Forgejo Actions: pass `--forge github|forgejo` \
+                         together with `--repo` and `--api-url`"
+                            .into(),
+                    ));
+                }
+                return Ok(None);
+            }
+        };
+        // Forgejo runners set both `FORGEJO_*` and `GITHUB_*`: prefer the former.
+        let pick = |names: &[&'static str]| names.iter().find_map(|n| var(n).map(|v| (*n, v)));
+        let ns = |suffix: &str| -> [&'static str; 2] {
+            match suffix {
+                "REPOSITORY" => ["FORGEJO_REPOSITORY", "GITHUB_REPOSITORY"],
+                "SERVER_URL" => ["FORGEJO_SERVER_URL", "GITHUB_SERVER_URL"],
+                "EVENT_NAME" => ["FORGEJO_EVENT_NAME", "GITHUB_EVENT_NAME"],
+                "EVENT_PATH" => ["FORGEJO_EVENT_PATH", "GITHUB_EVENT_PATH"],
+                "SHA" => ["FORGEJO_SHA", "GITHUB_SHA"],
+                "REF" => ["FORGEJO_REF", "GITHUB_REF"],
+                "RUN_ID" => ["FORGEJO_RUN_ID", "GITHUB_RUN_ID"],
+                _ => ["FORGEJO_RUN_NUMBER", "GITHUB_RUN_NUMBER"],
+            }
+        };
+        let names = |suffix: &str| -> Vec<&'static str> {
+            let both = ns(suffix);
+            match kind {
+                ForgeKind::Forgejo => both.to_vec(),
+                ForgeKind::GitHub => vec![both[1]],
+            }
+        };
+
+        let api_url = match &overrides.api_url {
+            Some(url) => parse_url(url, "`--api-url`")?,
+            None => match kind {
+                ForgeKind::GitHub => match var("GITHUB_API_URL") {
+                    Some(url) => parse_url(&url, "`GITHUB_API_URL`")?,
+                    None => parse_url("https://api.github.com", "the default")?,
+                },
+                ForgeKind::Forgejo => {
+                    if let Some((name, url)) = pick(&["FORGEJO_API_URL", "GITHUB_API_URL"]) {
+                        parse_url(&url, &format!("`{name}`"))?
+                    } else if let Some((name, url)) = pick(&names("SERVER_URL")) {
+                        parse_url(&format!("{}/api/v1", url.trim_end_matches('/')), &format!("`{name}`"))?
+                    } else {
+                        return Err(ForgeError::Env(
+                            "cannot tell the Forgejo API URL: `FORGEJO_API_URL` is not set \
+                             (pass `--api-url https://forge.example/api/v1`)"
+                                .into(),
+                        ));
+                    }
+                }
+            },
+        };
+
+        let repo = match &overrides.repo {
+            Some(repo) => Repo::parse(repo, "`--repo`")?,
+            None => {
+                let (name, value) = pick(&names("REPOSITORY")).ok_or_else(|| {
+                    ForgeError::Env(format!(
+                        "cannot tell the repository: `{}` is not set (pass `--repo owner/name`)",
+                        names("REPOSITORY").join("` or `")
+                    ))
+                })?;
+                Repo::parse(&value, &format!("`{name}`"))?
+            }
+        };
+
+        let event_name = pick(&names("EVENT_NAME")).map(|(_, v)| v);
+        let env_sha = pick(&names("SHA")).map(|(_, v)| v);
+        let git_ref = pick(&names("REF")).map(|(_, v)| v);
+        let payload = |required: bool| -> Result<Option<Payload>, ForgeError> {
+            match pick(&names("EVENT_PATH")) {
+                Some((name, path)) => read_payload(Path::new(&path), name).map(Some),
+                None if required => Err(ForgeError::Env(format!(
+                    "`{}` is not set, so the `{}` event cannot be read (run inside GitHub or Forgejo \
+                     Actions, or pass `--pr` and `--sha`)",
+                    names("EVENT_PATH").join("` or `"),
+                    event_name.as_deref().unwrap_or("?"),
+                ))),
+                None => Ok(None),
+            }
+        };
+
+        let mut event = match event_name.as_deref() {
+            Some("pull_request" | "pull_request_target") if overrides.pr.is_none() => {
+                let (var_name, path) = pick(&names("EVENT_PATH")).unzip();
+                let payload = payload(true)?.unwrap_or_default();
+                Event::PullRequest(payload.pull_request_event(
+                    var_name.unwrap_or("GITHUB_EVENT_PATH"),
+                    path.as_deref().unwrap_or(""),
+                )?)
+            }
+            Some("push") => {
+                let payload = payload(false)?.unwrap_or_default();
+                let sha = payload.after.filter(|s| !is_zero_sha(s)).or(env_sha.clone()).ok_or_else(|| {
+                    ForgeError::Env(format!(
+                        "the `push` event has no commit: neither the payload's `after` nor `{}` is set",
+                        names("SHA").join("` or `")
+                    ))
+                })?;
+                Event::Push { sha, git_ref: payload.git_ref.or(git_ref) }
+            }
+            Some("schedule") => Event::Schedule { sha: env_sha.clone() },
+            Some("workflow_dispatch") => Event::WorkflowDispatch { sha: env_sha.clone(), git_ref },
+            name => Event::Other { name: name.map(str::to_string), sha: env_sha.clone() },
+        };
+        if let Some(number) = overrides.pr {
+            // `--pr` given: use the payload's SHAs only when it describes that same PR.
+            let from_payload = match event_name.as_deref() {
+                Some("pull_request" | "pull_request_target") => payload(false)?
+                    .and_then(|p| p.pull_request_event("GITHUB_EVENT_PATH", "").ok())
+                    .filter(|pr| pr.number == number),
+                _ => None,
+            };
+            event = Event::PullRequest(from_payload.unwrap_or(PullRequestEvent {
+                number,
+                action: None,
+                head_sha: env_sha.clone(),
+                base_sha: None,
+                from_fork: false,
+            }));
+        }
+        if let Some(sha) = &overrides.sha {
+            match &mut event {
+                Event::PullRequest(pr) => pr.head_sha = Some(sha.clone()),
+                Event::Push { sha: s, .. } => *s = sha.clone(),
+                Event::Schedule { sha: s }
+                | Event::WorkflowDispatch { sha: s, .. }
+                | Event::Other { sha: s, .. } => *s = Some(sha.clone()),
+            }
+        }
+
+        let run_url = match (pick(&names("SERVER_URL")), overrides.repo.is_none()) {
+            (Some((_, server)), true) => {
+                // GitHub's run page uses the run id; Forgejo's uses the run number (the index).
+                let run = match kind {
+                    ForgeKind::GitHub => pick(&names("RUN_ID")),
+                    ForgeKind::Forgejo => pick(&names("RUN_NUMBER")),
+                };
+                run.map(|(_, id)| format!("{}/{repo}/actions/runs/{id}", server.trim_end_matches('/')))
+            }
+            _ => None,
+        };
+
+        let token_env = match &overrides.token_env {
+            Some(name) => name.clone(),
+            None => match kind {
+                ForgeKind::Forgejo if var("FORGEJO_TOKEN").is_some() => "FORGEJO_TOKEN".into(),
+                _ => "GITHUB_TOKEN".into(),
+            },
+        };
+
+        Ok(Some(ForgeContext { kind, api_url, repo, run_url, event, token_env }))
+    }
+
+    /// The pull request number, when the run is about one.
+    pub fn pr_number(&self) -> Option<u64> {
+        match &self.event {
+            Event::PullRequest(pr) => Some(pr.number),
+            _ => None,
+        }
+    }
+
+    /// The commit that statuses belong on: the PR head (not the merge commit), or the pushed one.
+    pub fn head_sha(&self) -> Option<&str> {
+        match &self.event {
+            Event::PullRequest(pr) => pr.head_sha.as_deref(),
+            Event::Push { sha, .. } => Some(sha),
+            Event::Schedule { sha } | Event::WorkflowDispatch { sha, .. } | Event::Other { sha, .. } => {
+                sha.as_deref()
+            }
+        }
+    }
+
+    /// Reads the token from the variable named by `token_env`.
+    pub fn token(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<secrecy::SecretString, ForgeError> {
+        match env(&self.token_env).filter(|t| !t.trim().is_empty()) {
+            Some(token) => Ok(secrecy::SecretString::from(token.trim().to_string())),
+            None => Err(ForgeError::Env(format!(
+                "no forge token: `{}` is not set (pass the token to the step, e.g. `env: {}: ${{{{ \
+                 secrets.GITHUB_TOKEN }}}}`, or name another variable with `--token-env`)",
+                self.token_env, self.token_env
+            ))),
+        }
+    }
+}
+
+fn parse_url(text: &str, source: &str) -> Result<Url, ForgeError> {
+    let url = Url::parse(text.trim()).map_err(|e| {
+        ForgeError::Env(format!("malformed API URL `{text}` in {source}: {e} (expected `https://host/…`)"))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(ForgeError::Env(format!(
+            "malformed API URL `{text}` in {source}: expected an http(s) URL with a host"
+        )));
+    }
+    Ok(url)
+}
+
+fn is_zero_sha(sha: &str) -> bool {
+    sha.chars().all(|c| c == '0')
+}
+
+/// The parts of an event payload nixprox reads. Unknown fields are ignored.
+#[derive(Debug, Default, Deserialize)]
+struct Payload {
+    action: Option<String>,
+    number: Option<u64>,
+    pull_request: Option<PayloadPull>,
+    after: Option<String>,
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PayloadPull {
+    number: Option<u64>,
+    head: Option<PayloadBranch>,
+    base: Option<PayloadBranch>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PayloadBranch {
+    sha: Option<String>,
+    repo: Option<PayloadRepo>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PayloadRepo {
+    full_name: Option<String>,
+}
+
+impl Payload {
+    fn pull_request_event(self, var: &str, path: &str) -> Result<PullRequestEvent, ForgeError> {
+        let missing = |field: &str| {
+            ForgeError::Env(format!(
+                "malformed `pull_request` event payload `{path}` (from `{var}`): `{field}` is missing"
+            ))
+        };
+        let pull = self.pull_request.ok_or_else(|| missing("pull_request"))?;
+        let number = pull.number.or(self.number).ok_or_else(|| missing("pull_request.number"))?;
+        let head = pull.head.ok_or_else(|| missing("pull_request.head"))?;
+        let base = pull.base.ok_or_else(|| missing("pull_request.base"))?;
+        let head_sha = head.sha.clone().ok_or_else(|| missing("pull_request.head.sha"))?;
+        let full_name = |b: &PayloadBranch| b.repo.as_ref().and_then(|r| r.full_name.clone());
+        // A deleted fork has no head repository: treat it as a fork.
+        let from_fork = match (full_name(&head), full_name(&base)) {
+            (Some(h), Some(b)) => !h.eq_ignore_ascii_case(&b),
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        Ok(PullRequestEvent {
+            number,
+            action: self.action,
+            head_sha: Some(head_sha),
+            base_sha: base.sha,
+            from_fork,
+        })
+    }
+}
+
+fn read_payload(path: &Path, var: &str) -> Result<Payload, ForgeError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ForgeError::Env(format!(
+            "failed to read the event payload `{}` (from `{var}`): {e} (is the variable pointing at \
+             the runner's event file?)",
+            path.display()
+        ))
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        ForgeError::Env(format!(
+            "malformed event payload `{}` (from `{var}`): {e} (expected the JSON the runner writes)",
+            path.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn detect(vars: &[(&str, &str)], overrides: &ForgeOverrides) -> Result<Option<ForgeContext>, ForgeError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        ForgeContext::detect(overrides, &|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn nothing_outside_ci() {
+        assert_eq!(detect(&[], &ForgeOverrides::default()).expect("no error"), None);
+    }
+
+    #[test]
+    fn overrides_alone_need_a_forge() {
+        let o = ForgeOverrides { repo: Some("a/b".into()), ..Default::default() };
+        let err = detect(&[], &o).expect_err("forge unknown");
+        assert!(err.to_string().contains("--forge github|forgejo"), "{err}");
+    }
+
+    #[test]
+    fn overrides_outside_ci() {
+        let o = ForgeOverrides {
+            forge: Some(ForgeKind::Forgejo),
+            repo: Some("home/lab".into()),
+            pr: Some(7),
+            api_url: Some("http://127.0.0.1:3000/api/v1".into()),
+            token_env: Some("MY_TOKEN".into()),
+            sha: Some("abc".into()),
+        };
+        let ctx = detect(&[], &o).expect("ok").expect("some");
+        assert_eq!(ctx.kind, ForgeKind::Forgejo);
+        assert_eq!(ctx.repo.to_string(), "home/lab");
+        assert_eq!(ctx.pr_number(), Some(7));
+        assert_eq!(ctx.head_sha(), Some("abc"));
+        assert_eq!(ctx.token_env, "MY_TOKEN");
+        assert_eq!(ctx.api_url.as_str(), "http://127.0.0.1:3000/api/v1");
+    }
+
+    #[test]
+    fn github_defaults() {
+        let ctx = detect(
+            &[
+                ("GITHUB_ACTIONS", "true"),
+                ("GITHUB_REPOSITORY", "home/lab"),
+                ("GITHUB_EVENT_NAME", "schedule"),
+                ("GITHUB_SHA", "deadbeef"),
+                ("GITHUB_SERVER_URL", "https://github.com"),
+                ("GITHUB_RUN_ID", "42"),
+            ],
+            &ForgeOverrides::default(),
+        )
+        .expect("ok")
+        .expect("some");
+        assert_eq!(ctx.kind, ForgeKind::GitHub);
+        assert_eq!(ctx.api_url.as_str(), "https://api.github.com/");
+        assert_eq!(ctx.event, Event::Schedule { sha: Some("deadbeef".into()) });
+        assert_eq!(ctx.run_url.as_deref(), Some("https://github.com/home/lab/actions/runs/42"));
+        assert_eq!(ctx.token_env, "GITHUB_TOKEN");
+    }
+
+    #[test]
+    fn missing_payload_names_the_variable() {
+        let err = detect(
+            &[
+                ("GITHUB_ACTIONS", "true"),
+                ("GITHUB_REPOSITORY", "a/b"),
+                ("GITHUB_EVENT_NAME", "pull_request"),
+            ],
+            &ForgeOverrides::default(),
+        )
+        .expect_err("no payload");
+        assert!(err.to_string().contains("`GITHUB_EVENT_PATH` is not set"), "{err}");
+    }
+
+    #[test]
+    fn malformed_values_name_their_source() {
+        let err = detect(&[("GITHUB_ACTIONS", "true"), ("GITHUB_REPOSITORY", "nope")], &Default::default())
+            .expect_err("bad repo");
+        assert!(err.to_string().contains("`GITHUB_REPOSITORY`"), "{err}");
+        let err = detect(
+            &[("GITHUB_ACTIONS", "true"), ("GITHUB_REPOSITORY", "a/b"), ("GITHUB_API_URL", "not a url")],
+            &Default::default(),
+        )
+        .expect_err("bad url");
+        assert!(err.to_string().contains("`GITHUB_API_URL`"), "{err}");
+        assert!(ForgeKind::parse("gitlab").is_err());
+    }
+
+    #[test]
+    fn token_comes_from_the_named_variable() {
+        let ctx = detect(&[("GITHUB_ACTIONS", "true"), ("GITHUB_REPOSITORY", "a/b")], &Default::default())
+            .expect("ok")
+            .expect("some");
+        let err = ctx.token(&|_| None).expect_err("unset");
+        assert!(err.to_string().contains("`GITHUB_TOKEN` is not set"), "{err}");
+        let token = ctx.token(&|k| (k == "GITHUB_TOKEN").then(|| "t0k".to_string())).expect("set");
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&token), "t0k");
+    }
+}
