@@ -4,4 +4,6 @@
 mod support;
 
 mod flake;
+mod install;
 mod proxmox;
+mod ssh;
