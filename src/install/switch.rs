@@ -90,7 +90,7 @@ impl Activation {
         let script = base64::engine::general_purpose::STANDARD.encode(ACTIVATE_SCRIPT);
         format!(
             "mkdir -p {dir} && chmod 700 {dir} && printf %s {script} | base64 -d > {dir}/activate.sh && \
-             setsid nohup sh {dir}/activate.sh {dir} {system} {action} {wait} {rollback} > {dir}/log 2>&1 < /dev/null &",
+             {{ setsid nohup sh {dir}/activate.sh {dir} {system} {action} {wait} {rollback} > {dir}/log 2>&1 < /dev/null & }}",
             system = shell_quote(&self.system),
             action = self.action.as_str(),
             wait = self.confirm_timeout.as_secs().max(1),
@@ -184,6 +184,7 @@ pub async fn activate(
                 String::new()
             }
         };
+        tracing::debug!(host = %target.host, "activation status: `{status}` (last: {last})");
         if let Some(status) = parse_status(&status) {
             let log = read_log(target, key, policy, &poll, &dir).await;
             return Ok((status, log));
@@ -271,7 +272,7 @@ mod tests {
             id: "42".into(),
         };
         let command = activation.launch_command();
-        assert!(command.contains("setsid nohup sh /run/nixprox/switch-42/activate.sh /run/nixprox/switch-42 '/nix/store/abc-nixos-system-web' boot 60 1 > /run/nixprox/switch-42/log 2>&1 < /dev/null &"), "{command}");
+        assert!(command.contains("{ setsid nohup sh /run/nixprox/switch-42/activate.sh /run/nixprox/switch-42 '/nix/store/abc-nixos-system-web' boot 60 1 > /run/nixprox/switch-42/log 2>&1 < /dev/null & }"), "{command}");
         assert_eq!(shell_quote("a'b"), r"'a'\''b'");
     }
 

@@ -239,7 +239,12 @@ async fn attempt(
         }
         Err(err) => return Err(Attempt::Network(err.to_string())),
     };
-    let hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
+    // Only RSA keys need the server's preferred hash; asking costs up to a second.
+    let hash = if key.algorithm().is_rsa() {
+        handle.best_supported_rsa_hash().await.ok().flatten().flatten()
+    } else {
+        None
+    };
     let auth =
         handle.authenticate_publickey(&target.user, PrivateKeyWithHashAlg::new(key.clone(), hash)).await;
     match auth {

@@ -152,7 +152,7 @@ impl HostKeyPolicy {
 
     /// The pinned keys as OpenSSH lines without comments, for messages and known_hosts.
     pub fn lines(&self) -> Vec<String> {
-        self.keys.iter().map(|k| public_line(k)).collect()
+        self.keys.iter().map(public_line).collect()
     }
 }
 

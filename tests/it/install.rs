@@ -54,6 +54,7 @@ fn switch_request(host: &TestHost, toplevel: &str) -> SwitchRequest {
 
 /// A host that is already installed and runs `system` (copied with nix copy, switched for real).
 async fn installed(host: &TestHost, name: &str) -> String {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("nixprox=debug").try_init();
     let system = systems::build(name, &host.client_public, 0);
     let outcome = switch_host(&switch_request(host, &system)).await.expect("first switch");
     assert_eq!(outcome.result, SwitchResult::Switched, "{}", outcome.log);

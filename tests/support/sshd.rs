@@ -223,12 +223,12 @@ fn reboot(root: &Path, address: &str, port: u16, sshd: &Mutex<Option<Child>>, ke
     }
     // profiles/system -> system-N-link -> /nix/store/… (a path inside the namespace).
     let profiles = root.join("nix/var/nix/profiles");
-    if let Ok(generation) = std::fs::read_link(profiles.join("system")) {
-        if let Ok(system) = std::fs::read_link(profiles.join(generation)) {
-            let link = root.join("run/current-system");
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(system, link).expect("set current-system");
-        }
+    if let Ok(generation) = std::fs::read_link(profiles.join("system"))
+        && let Ok(system) = std::fs::read_link(profiles.join(generation))
+    {
+        let link = root.join("run/current-system");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(system, link).expect("set current-system");
     }
     start_sshd(root, address, port, sshd);
 }
