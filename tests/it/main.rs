@@ -6,5 +6,7 @@ mod support;
 mod error_messages;
 mod flake;
 mod forge;
+mod install;
 mod plan_cli;
 mod proxmox;
+mod ssh;

@@ -5,3 +5,4 @@
 pub mod cli;
 pub mod fakepve;
 pub mod nix;
+pub mod sshd;

@@ -1,0 +1,142 @@
+//! The `nix` commands the install/switch layer runs: `nix build --json` for a toplevel and
+//! `nix copy --to ssh-ng://…` for a closure. Only forms Nix 2.8 already has.
+
+use std::path::PathBuf;
+
+use super::run::CommandSpec;
+
+const FEATURES: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];
+
+/// `nix build --json --no-link <installable>`; the store path is read from the JSON
+/// (`--print-out-paths` does not exist in 2.8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NixBuild {
+    pub installable: String,
+    /// `--option <name> <value>` pairs.
+    pub options: Vec<(String, String)>,
+}
+
+impl NixBuild {
+    /// Builds `nixosConfigurations.<host>.config.system.build.toplevel` of `flake`.
+    pub fn toplevel(flake: &str, host: &str) -> NixBuild {
+        NixBuild {
+            installable: format!("{flake}#nixosConfigurations.\"{host}\".config.system.build.toplevel"),
+            options: Vec::new(),
+        }
+    }
+
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv: Vec<String> = vec!["nix".into()];
+        argv.extend(FEATURES.map(String::from));
+        argv.extend(["build", "--json", "--no-link"].map(String::from));
+        for (name, value) in &self.options {
+            argv.extend(["--option".into(), name.clone(), value.clone()]);
+        }
+        argv.push(self.installable.clone());
+        argv
+    }
+}
+
+/// The `out` path of the first result of `nix build --json`.
+pub fn parse_build_json(stdout: &str) -> Result<String, String> {
+    let value: serde_json::Value = serde_json::from_str(stdout.trim())
+        .map_err(|err| format!("invalid `nix build --json` output: {err}"))?;
+    value
+        .get(0)
+        .and_then(|first| first.get("outputs"))
+        .and_then(|outputs| outputs.get("out"))
+        .and_then(|out| out.as_str())
+        .map(String::from)
+        .ok_or_else(|| format!("`nix build --json` output has no `outputs.out`: {}", stdout.trim()))
+}
+
+/// `nix copy --to ssh-ng://user@address <paths>`, with ssh pinned to the host's key through
+/// `NIX_SSHOPTS` (a known_hosts file, strict checking), as deploy-rs does without signature
+/// checks by default (the closure was built by this runner, not substituted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NixCopy {
+    pub user: String,
+    pub address: String,
+    pub port: u16,
+    pub identity: PathBuf,
+    /// A known_hosts file holding the pinned host key only.
+    pub known_hosts: PathBuf,
+    pub check_sigs: bool,
+    pub paths: Vec<String>,
+}
+
+impl NixCopy {
+    pub fn store_uri(&self) -> String {
+        format!("ssh-ng://{}@{}", self.user, self.address)
+    }
+
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv: Vec<String> = vec!["nix".into()];
+        argv.extend(FEATURES.map(String::from));
+        argv.extend(["copy".into(), "--to".into(), self.store_uri()]);
+        if !self.check_sigs {
+            argv.push("--no-check-sigs".into());
+        }
+        argv.extend(self.paths.iter().cloned());
+        argv
+    }
+
+    /// `NIX_SSHOPTS` (nix splits it on spaces, so the paths must have none: they are
+    /// temporary files nixprox creates).
+    pub fn env(&self) -> Vec<(String, String)> {
+        let options = format!(
+            "-p {} -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes",
+            self.port,
+            self.identity.display(),
+            self.known_hosts.display()
+        );
+        vec![("NIX_SSHOPTS".into(), options)]
+    }
+
+    pub fn spec(&self) -> CommandSpec {
+        CommandSpec { argv: self.argv(), env: self.env() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_argv_and_json() {
+        let mut build = NixBuild::toplevel("path:/src/lab", "web");
+        build.options.push(("sandbox".into(), "false".into()));
+        assert_eq!(
+            build.argv().join(" "),
+            "nix --extra-experimental-features nix-command flakes build --json --no-link --option sandbox false path:/src/lab#nixosConfigurations.\"web\".config.system.build.toplevel"
+        );
+        let json = r#"[{"drvPath":"/nix/store/a.drv","outputs":{"out":"/nix/store/b-nixos-system-web"}}]"#;
+        assert_eq!(parse_build_json(json).as_deref(), Ok("/nix/store/b-nixos-system-web"));
+        assert!(parse_build_json("[]").is_err());
+    }
+
+    #[test]
+    fn copy_pins_the_host_key() {
+        let copy = NixCopy {
+            user: "root".into(),
+            address: "10.0.0.5".into(),
+            port: 2222,
+            identity: "/tmp/key".into(),
+            known_hosts: "/tmp/kh".into(),
+            check_sigs: false,
+            paths: vec!["/nix/store/b-sys".into()],
+        };
+        assert_eq!(
+            copy.argv().join(" "),
+            "nix --extra-experimental-features nix-command flakes copy --to ssh-ng://root@10.0.0.5 --no-check-sigs /nix/store/b-sys"
+        );
+        assert_eq!(
+            copy.env(),
+            vec![(
+                "NIX_SSHOPTS".to_string(),
+                "-p 2222 -i /tmp/key -o IdentitiesOnly=yes -o UserKnownHostsFile=/tmp/kh -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes".to_string()
+            )]
+        );
+        assert!(!NixCopy { check_sigs: true, ..copy }.argv().contains(&"--no-check-sigs".to_string()));
+    }
+}

@@ -1,0 +1,195 @@
+//! Install and switch against the real-sshd test host: closures travel with the real
+//! `nix copy`, the test systems' real `switch-to-configuration` runs there, and the install
+//! goes through the test nixos-anywhere (which rejects flags the real one lacks).
+
+use std::time::Duration;
+
+use nixprox::install::{
+    BuildOn, InstallError, InstallRequest, SwitchAction, SwitchError, SwitchRequest, SwitchResult,
+    install_host, switch_host,
+};
+use nixprox::ssh::{ClientKey, generate_host_key};
+
+use crate::support::sshd::{TestHost, systems, write_fake_nixos_anywhere};
+
+fn install_request(host: &TestHost, flake: &str, toplevel: &str, command: Vec<String>) -> InstallRequest {
+    InstallRequest {
+        host: "web".into(),
+        address: host.address.clone(),
+        port: host.port,
+        user: "root".into(),
+        key: ClientKey::File(host.client_key.clone()),
+        host_key: generate_host_key("web").expect("host key"),
+        flake: flake.into(),
+        toplevel: toplevel.into(),
+        command,
+        build_on: BuildOn::Local,
+        kexec_image: None,
+        disk_encryption_keys: Vec::new(),
+        extra_files: None,
+        install_timeout: Duration::from_secs(120),
+        connect_timeout: Duration::from_secs(30),
+    }
+}
+
+fn switch_request(host: &TestHost, toplevel: &str) -> SwitchRequest {
+    SwitchRequest {
+        host: "web".into(),
+        address: host.address.clone(),
+        port: host.port,
+        user: "root".into(),
+        key: ClientKey::File(host.client_key.clone()),
+        host_key: host.host_public(),
+        toplevel: toplevel.into(),
+        action: SwitchAction::Switch,
+        rollback: true,
+        confirm_timeout: Duration::from_secs(3),
+        allow_failed_units: false,
+        check_sigs: false,
+        connect_timeout: Duration::from_secs(10),
+        copy_timeout: Duration::from_secs(120),
+        activation_timeout: Duration::from_secs(60),
+    }
+}
+
+/// A host that is already installed and runs `system` (copied with nix copy, switched for real).
+async fn installed(host: &TestHost, name: &str) -> String {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("nixprox=debug").try_init();
+    let system = systems::build(name, &host.client_public, 0);
+    let outcome = switch_host(&switch_request(host, &system)).await.expect("first switch");
+    assert_eq!(outcome.result, SwitchResult::Switched, "{}", outcome.log);
+    system
+}
+
+#[tokio::test]
+async fn install_happy_path_pins_the_generated_host_key() {
+    let host = TestHost::start();
+    let bootstrap = host.host_public();
+    let work = tempfile::tempdir().expect("tempdir");
+    systems::write_flake(work.path(), "web", &host.client_public, false);
+    let flake = format!("path:{}", work.path().display());
+    let toplevel = systems::build_flake(&flake, "web");
+    let fake = write_fake_nixos_anywhere(work.path());
+    let request = install_request(&host, &flake, &toplevel, vec![fake.display().to_string()]);
+    let outcome = install_host(&request).await.expect("install");
+    assert_eq!(outcome.system, toplevel);
+    assert_eq!(outcome.host_key, request.host_key.public);
+    // The host now answers with the generated key, not the bootstrap one.
+    assert_eq!(host.host_public(), request.host_key.public);
+    assert_ne!(host.host_public(), bootstrap);
+    assert_eq!(host.current_system().as_deref(), Some(toplevel.as_str()));
+    assert!(host.has_store_path(&toplevel));
+    assert_eq!(host.switch_calls(), vec![format!("{toplevel} boot")]);
+    assert!(outcome.log_tail.iter().any(|l| l == "### Done! ###"), "{:?}", outcome.log_tail);
+    let metadata = outcome.metadata(None, Some("abc".into()), "2026-01-01T00:00:00Z".into());
+    assert_eq!(metadata.host_key.as_deref(), Some(request.host_key.public.as_str()));
+    assert_eq!(metadata.system.as_deref(), Some(toplevel.as_str()));
+}
+
+#[tokio::test]
+async fn failed_install_carries_its_output_and_a_second_run_resumes() {
+    let host = TestHost::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    systems::write_flake(work.path(), "web", &host.client_public, true);
+    let flake = format!("path:{}", work.path().display());
+    let fake = write_fake_nixos_anywhere(work.path());
+    let request = install_request(&host, &flake, "/nix/store/unknown", vec![fake.display().to_string()]);
+    let err = install_host(&request).await.expect_err("build fails");
+    let text = err.to_string();
+    assert!(matches!(err, InstallError::Installer { .. }), "{text}");
+    assert!(
+        text.starts_with("nixos-anywhere failed for `web`: exit code 1; last lines of its output:"),
+        "{text}"
+    );
+    assert!(text.contains("the test system fails to build on purpose"), "{text}");
+    assert!(text.contains("run apply again to resume"), "{text}");
+    assert_eq!(host.current_system(), None);
+    // The flake is fixed; the same host is installed by the next run.
+    systems::write_flake(work.path(), "web", &host.client_public, false);
+    let toplevel = systems::build_flake(&flake, "web");
+    let request = InstallRequest { toplevel: toplevel.clone(), ..request };
+    let outcome = install_host(&request).await.expect("resumed install");
+    assert_eq!(outcome.system, toplevel);
+}
+
+#[tokio::test]
+async fn installer_flags_are_accepted_by_the_test_nixos_anywhere_only_if_real() {
+    // The fake rejects options the real CLI lacks; one extra bogus flag through `command`.
+    let host = TestHost::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let fake = write_fake_nixos_anywhere(work.path());
+    let request = install_request(
+        &host,
+        "path:/nonexistent",
+        "/nix/store/x",
+        vec![fake.display().to_string(), "--no-such-flag".into()],
+    );
+    let err = install_host(&request).await.expect_err("rejected");
+    assert!(err.to_string().contains("unknown option --no-such-flag"), "{err}");
+}
+
+#[tokio::test]
+async fn switch_happy_path_copies_and_activates() {
+    let host = TestHost::start();
+    let first = installed(&host, "nixos-system-web-1").await;
+    let second = systems::build("nixos-system-web-2", &host.client_public, 0);
+    assert!(!host.has_store_path(&second));
+    let outcome = switch_host(&switch_request(&host, &second)).await.expect("switch");
+    assert_eq!(outcome.result, SwitchResult::Switched, "{}", outcome.log);
+    assert!(!outcome.is_failure() && outcome.switched());
+    assert!(host.has_store_path(&second), "closure copied with nix copy");
+    assert_eq!(host.current_system().as_deref(), Some(second.as_str()));
+    assert_eq!(host.switch_calls(), vec![format!("{first} switch"), format!("{second} switch")]);
+}
+
+#[tokio::test]
+async fn switch_that_breaks_connectivity_rolls_back_and_fails() {
+    let host = TestHost::start();
+    let first = installed(&host, "nixos-system-web-good").await;
+    // This system drops the client key from authorized_keys: nixprox cannot log in to confirm.
+    let broken = systems::build("nixos-system-web-broken", "", 0);
+    let outcome = switch_host(&switch_request(&host, &broken)).await.expect("outcome");
+    assert_eq!(
+        outcome.result,
+        SwitchResult::RolledBack { reason: "no confirmation from nixprox within 3s".into() },
+        "{}",
+        outcome.log
+    );
+    assert!(outcome.is_failure());
+    assert_eq!(host.current_system().as_deref(), Some(first.as_str()));
+    assert_eq!(
+        host.switch_calls(),
+        vec![format!("{first} switch"), format!("{broken} switch"), format!("{first} switch")]
+    );
+}
+
+#[tokio::test]
+async fn exit_code_4_is_switched_with_failed_units() {
+    let host = TestHost::start();
+    installed(&host, "nixos-system-web-base").await;
+    let degraded = systems::build("nixos-system-web-degraded", &host.client_public, 4);
+    let outcome = switch_host(&switch_request(&host, &degraded)).await.expect("switch");
+    assert_eq!(outcome.result, SwitchResult::SwitchedUnitsFailed { allowed: false });
+    assert_eq!(outcome.summary(), "switched, some units failed");
+    assert!(outcome.is_failure() && outcome.switched());
+    assert_eq!(host.current_system().as_deref(), Some(degraded.as_str()));
+}
+
+#[tokio::test]
+async fn failing_nix_copy_is_reported_with_its_output() {
+    let host = TestHost::start();
+    // The host's Nix database is a file, not a directory: its nix-daemon cannot accept paths.
+    std::fs::write(host.root().join("nix/var/nix/db"), "broken").expect("write");
+    let system = systems::build("nixos-system-web-nocopy", &host.client_public, 0);
+    let err = switch_host(&switch_request(&host, &system)).await.expect_err("copy fails");
+    let text = err.to_string();
+    assert!(matches!(err, SwitchError::Copy { .. }), "{text}");
+    assert!(
+        text.starts_with(&format!(
+            "failed to copy `{system}` to `web` with nix copy: exit code 1; last lines of its output:"
+        )),
+        "{text}"
+    );
+    assert_eq!(host.current_system(), None);
+    assert!(host.switch_calls().is_empty());
+}

@@ -1,0 +1,53 @@
+#!/bin/bash
+# Test stand-in for nixos-anywhere (written to a temp dir by tests/support/sshd.rs).
+# It rejects every option the real CLI (docs/cli.md) does not have, and does on the test host,
+# over real SSH, what the real one's last phases do: build the flake's toplevel, copy its
+# closure, upload disk keys, place --extra-files under /mnt, set the system profile, run
+# `switch-to-configuration boot`, and request a reboot (the harness restarts sshd).
+set -euo pipefail
+export NIX_CONFIG="substituters ="
+known=" @FLAGS@ "
+flake="" target="" port=22 key="" extra="" disk_keys=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -f|--flake) flake=$2; shift 2 ;;
+    --target-host) target=$2; shift 2 ;;
+    -p|--ssh-port) port=$2; shift 2 ;;
+    -i) key=$2; shift 2 ;;
+    --extra-files) extra=$2; shift 2 ;;
+    --build-on)
+      case "$2" in auto|local|remote) ;; *) echo "invalid --build-on $2" >&2; exit 1 ;; esac
+      shift 2 ;;
+    --kexec) shift 2 ;;
+    --disk-encryption-keys) disk_keys+=("$2" "$3"); shift 3 ;;
+    -*)
+      case "$known" in
+        *" $1 "*) echo "fake nixos-anywhere: $1 is real but not implemented here" >&2; exit 2 ;;
+        *) echo "unknown option $1" >&2; exit 1 ;;
+      esac ;;
+    *) target=$1; shift ;;
+  esac
+done
+[ -n "$flake" ] && [ -n "$target" ] && [ -n "$key" ] || { echo "missing --flake, target or -i" >&2; exit 1; }
+ssh_opts=(-i "$key" -p "$port" -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o IdentitiesOnly=yes -o BatchMode=yes -o LogLevel=ERROR)
+echo "### Building the system closure ###"
+attr=${flake#*#}
+json=$(nix --extra-experimental-features 'nix-command flakes' build --json --no-link --option sandbox false \
+  "${flake%%#*}#nixosConfigurations.\"$attr\".config.system.build.toplevel")
+system=$(printf '%s' "$json" | sed -n 's/.*"out":"\([^"]*\)".*/\1/p')
+echo "### Uploading disk encryption keys ###"
+i=0
+while [ $i -lt ${#disk_keys[@]} ]; do
+  ssh "${ssh_opts[@]}" "$target" "mkdir -p \$(dirname ${disk_keys[$i]}) && cat > ${disk_keys[$i]}" < "${disk_keys[$((i+1))]}"
+  i=$((i+2))
+done
+echo "### Installing NixOS ###"
+NIX_SSHOPTS="${ssh_opts[*]}" nix --extra-experimental-features 'nix-command flakes' copy --no-check-sigs \
+  --to "ssh-ng://$target" "$system"
+if [ -n "$extra" ]; then
+  tar -C "$extra" -cf - . | ssh "${ssh_opts[@]}" "$target" 'mkdir -p /mnt && tar -C /mnt -xpf -'
+fi
+ssh "${ssh_opts[@]}" "$target" "nix-env -p /nix/var/nix/profiles/system --set $system && $system/bin/switch-to-configuration boot"
+echo "### Rebooting ###"
+ssh "${ssh_opts[@]}" "$target" 'touch /run/nixprox-test-reboot'
+echo "### Done! ###"
