@@ -99,6 +99,8 @@ impl InstallOutcome {
             host_key: Some(self.host_key.clone()),
             git_rev,
             time: Some(time),
+            // The install finished: nothing is left half done.
+            applying: None,
         }
     }
 }
