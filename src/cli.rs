@@ -27,6 +27,38 @@ pub enum ColorChoice {
 pub enum Command {
     /// Compare the flake's hosts with the live cluster and print what would change.
     Plan(PlanArgs),
+    /// Plan on a schedule and keep one issue open while the cluster differs from the flake.
+    Drift(DriftArgs),
+}
+
+/// Where nixprox reports in CI; every value is detected from the environment and can be
+/// overridden here.
+#[derive(Debug, Args)]
+pub struct ForgeArgs {
+    /// The forge API to talk to (default: detected from the CI environment).
+    #[arg(long, value_parser = ["github", "forgejo"])]
+    pub forge: Option<String>,
+
+    /// Repository as `owner/name` (default: `GITHUB_REPOSITORY` / `FORGEJO_REPOSITORY`).
+    #[arg(long)]
+    pub repo: Option<String>,
+
+    /// Pull request number (default: from the event payload).
+    #[arg(long)]
+    pub pr: Option<u64>,
+
+    /// API base URL (default: `GITHUB_API_URL`, or Forgejo's `…/api/v1`).
+    #[arg(long)]
+    pub api_url: Option<String>,
+
+    /// Environment variable holding the forge token (default: `GITHUB_TOKEN`; `FORGEJO_TOKEN`
+    /// on Forgejo when set).
+    #[arg(long)]
+    pub token_env: Option<String>,
+
+    /// Commit to report statuses on (default: the pull request's head, or the pushed commit).
+    #[arg(long)]
+    pub sha: Option<String>,
 }
 
 /// Where the desired state comes from: shared by plan, apply and drift.
@@ -80,4 +112,37 @@ pub struct PlanArgs {
     /// Exit 2 when the plan has changes, 0 when there is nothing to do (1 is always an error).
     #[arg(long)]
     pub detailed_exitcode: bool,
+
+    /// Post the plan as one sticky pull-request comment (edited in place on later runs) and set
+    /// the `nixprox/plan` commit status.
+    #[arg(long)]
+    pub comment: bool,
+
+    /// Fail when the comment cannot be posted (by default a read-only token only warns).
+    #[arg(long, requires = "comment")]
+    pub comment_required: bool,
+
+    /// Write the wall time of each phase as JSON to this file (for benchmarks).
+    #[arg(long)]
+    pub timings: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub forge: ForgeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DriftArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Open (or update) one issue while there are changes, and close it when there are none.
+    #[arg(long)]
+    pub issue: bool,
+
+    /// Exit 2 when the cluster drifted from the flake.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+
+    #[command(flatten)]
+    pub forge: ForgeArgs,
 }

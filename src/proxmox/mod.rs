@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod error;
+pub mod permissions;
 pub mod property;
 pub mod read;
 pub mod tasks;

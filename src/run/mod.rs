@@ -1,7 +1,9 @@
 //! Runs the commands: turns CLI arguments into requests and calls the modules in the order of
 //! the data flow. This is the only place that reads the process environment.
 
+mod drift_cmd;
 mod plan_cmd;
+mod publish;
 pub mod source;
 
 use std::io::IsTerminal;
@@ -64,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     runtime.block_on(async move {
         match cli.command {
             Command::Plan(args) => plan_cmd::run(args, stdout_color(cli.color)).await,
+            Command::Drift(args) => drift_cmd::run(args, stdout_color(cli.color)).await,
         }
     })
 }

@@ -1,26 +1,90 @@
-//! `nixprox plan`: plan, render, write, and choose the exit code.
+//! `nixprox plan`: plan, render, write, report in CI, and choose the exit code.
 
 use anyhow::Context;
 
 use crate::cli::{Format, PlanArgs};
-use crate::render::{json, markdown, text};
+use crate::forge::StatusState;
+use crate::render::{json, markdown, summary_line, text};
 
-use super::Outcome;
+use super::{Outcome, publish};
+
+const STATUS: &str = "nixprox/plan";
 
 pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
-    let planned = super::source::plan(&args.source).await?;
+    let context = publish::detect(&args.forge, args.comment)?;
+    let forge = match (&context, args.comment) {
+        (Some(context), true) => Some(publish::connect(context)?),
+        (None, true) => anyhow::bail!(
+            "--comment needs GitHub or Forgejo Actions, or `--forge`, `--repo`, `--api-url` and `--pr`"
+        ),
+        _ => None,
+    };
+    let sha = context.as_ref().and_then(|c| c.head_sha().map(str::to_string));
+    let run_url = context.as_ref().and_then(|c| c.run_url.clone());
+    if let Some(forge) = &forge {
+        publish::status(forge, sha.as_deref(), STATUS, StatusState::Pending, "planning…", run_url.as_deref())
+            .await;
+    }
+    let planned = match super::source::plan(&args.source).await {
+        Ok(planned) => planned,
+        Err(err) => {
+            if let Some(forge) = &forge {
+                let text = format!("planning failed: {err:#}");
+                publish::status(
+                    forge,
+                    sha.as_deref(),
+                    STATUS,
+                    StatusState::Failure,
+                    &text,
+                    run_url.as_deref(),
+                )
+                .await;
+            }
+            return Err(err);
+        }
+    };
+    if context.is_some() {
+        super::source::warn_if_token_can_write(&planned.client).await;
+    }
     let plan = &planned.plan;
+
     let started = std::time::Instant::now();
+    let md_context = publish::markdown_context(context.as_ref(), None);
     let rendered = match args.format {
         Format::Text => text::render(plan, text::TextOptions { color: color && args.out.is_none() }),
-        Format::Markdown => markdown::render(plan, &markdown::MarkdownContext::default()),
+        Format::Markdown => markdown::render(plan, &md_context),
         Format::Json => json::render(plan),
     };
-    tracing::debug!(us = started.elapsed().as_micros() as u64, "rendered the plan");
+    let render_time = started.elapsed();
     match &args.out {
         Some(path) => std::fs::write(path, &rendered)
             .with_context(|| format!("failed to write the plan to `{}`", path.display()))?,
         None => print!("{rendered}"),
+    }
+    if let Some(path) = &args.timings {
+        let timings = planned.timings.to_json(render_time);
+        std::fs::write(path, format!("{timings:#}\n"))
+            .with_context(|| format!("failed to write the timings to `{}`", path.display()))?;
+    }
+
+    if context.is_some() {
+        publish::write_ci_files(plan, &markdown::render(plan, &md_context))?;
+    }
+    if let (Some(forge), Some(context)) = (&forge, &context) {
+        let key = publish::marker_key(&args.source.flake, args.source.config.as_deref());
+        let posted = match publish::plan_comment(forge, context, &key, plan, &md_context).await {
+            Ok(posted) => posted,
+            Err(err) if !args.comment_required => {
+                tracing::warn!("could not post the plan comment: {err:#}");
+                false
+            }
+            Err(err) => return Err(err),
+        };
+        if !posted && args.comment_required {
+            anyhow::bail!("the plan comment could not be posted and --comment-required is set");
+        }
+        let state = StatusState::Success;
+        publish::status(forge, sha.as_deref(), STATUS, state, &summary_line(plan), run_url.as_deref()).await;
     }
     Ok(if args.detailed_exitcode && plan.has_changes() { Outcome::Changes } else { Outcome::Success })
 }

@@ -149,6 +149,39 @@ pub async fn plan(args: &SourceArgs) -> anyhow::Result<Planned> {
     Ok(Planned { settings, desired, live, plan, client, timings })
 }
 
+impl Timings {
+    /// The phases in milliseconds, for `plan --timings` and the benchmark.
+    pub fn to_json(&self, render: Duration) -> serde_json::Value {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        serde_json::json!({
+            "eval_declarations_ms": ms(self.eval_declarations),
+            "eval_systems_ms": ms(self.eval_systems),
+            "proxmox_ms": ms(self.proxmox),
+            "planning_ms": ms(self.planning),
+            "render_ms": ms(render),
+        })
+    }
+}
+
+/// Warns when the token used for planning could change the cluster: a pull request's workflow
+/// should hold a read-only token (see docs/ci.md). A failed check is only logged.
+pub async fn warn_if_token_can_write(client: &Client) {
+    match crate::proxmox::permissions::token_write_privileges(client).await {
+        Ok(privileges) if !privileges.is_empty() => {
+            let list: Vec<String> =
+                privileges.iter().take(5).map(|(path, p)| format!("{p} on {path}")).collect();
+            tracing::warn!(
+                "the Proxmox token `{}` can change the cluster ({}{}); planning only needs VM.Audit: give pull-request workflows a read-only token (docs/ci.md)",
+                client.token_id(),
+                list.join(", "),
+                if privileges.len() > 5 { ", …" } else { "" }
+            );
+        }
+        Ok(_) => {}
+        Err(err) => tracing::debug!("could not check the token's privileges: {err}"),
+    }
+}
+
 fn override_inputs(pairs: &[String]) -> anyhow::Result<Vec<OverrideInput>> {
     if !pairs.len().is_multiple_of(2) {
         bail!("--override-input takes two values: NAME REF");
