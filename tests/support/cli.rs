@@ -54,18 +54,28 @@ pub fn nixprox() -> Command {
     command
 }
 
+/// `--flake …` and the test's `--override-input`s for a fixture flake.
+pub fn source_args(fixture: &Fixture) -> Vec<String> {
+    let mut args = vec!["--flake".to_string(), fixture.flake_ref()];
+    for input in override_inputs() {
+        args.extend(["--override-input".to_string(), input.name, input.flake_ref]);
+    }
+    args
+}
+
+/// The environment that points nixprox at a fakepve: URL, pinned CA and token.
+pub fn pve_env(pve: &FakePve) -> Vec<(&'static str, String)> {
+    vec![
+        ("PROXMOX_URL", pve.url().to_string()),
+        ("PROXMOX_CA_CERT", pve.ca_cert().display().to_string()),
+        ("PROXMOX_API_TOKEN", pve.token()),
+    ]
+}
+
 /// The `nixprox plan` command for a fixture flake against a fakepve, with extra arguments.
 pub fn plan_command(fixture: &Fixture, pve: &FakePve, args: &[&str]) -> Command {
     let mut command = nixprox();
-    command.arg("plan").arg("--flake").arg(fixture.flake_ref());
-    for input in override_inputs() {
-        command.arg("--override-input").arg(&input.name).arg(&input.flake_ref);
-    }
-    command
-        .args(args)
-        .env("PROXMOX_URL", pve.url())
-        .env("PROXMOX_CA_CERT", pve.ca_cert())
-        .env("PROXMOX_API_TOKEN", pve.token());
+    command.arg("plan").args(source_args(fixture)).args(args).envs(pve_env(pve));
     command
 }
 

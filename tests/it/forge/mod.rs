@@ -4,6 +4,7 @@
 
 mod action;
 mod api;
+mod cli;
 mod env;
 
 use std::io::Write;
