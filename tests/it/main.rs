@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod docs;
 mod error_messages;
 mod flake;
 mod forge;
