@@ -13,7 +13,10 @@ use crate::spec::format_size;
 
 use super::fields::{self, SpecDiff};
 use super::id::plan_id;
-use super::model::{Action, ActionKind, Blocked, Change, HostPlan, Plan, SCHEMA_VERSION, Summary, VmRef};
+use super::model::{
+    Action, ActionKind, Blocked, Change, Drift, HostPlan, Plan, Probe, ProbeReport, SCHEMA_VERSION, Summary,
+    Unreachable, VmRef,
+};
 
 /// Everything the planner looks at.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +26,8 @@ pub struct PlanInput<'a> {
     pub policies: Policies,
     /// Restricts the plan to these hosts (and orphan VM names); `None` plans everything.
     pub only: Option<&'a BTreeSet<String>>,
+    /// What `--probe` read from installed hosts, by host; `None` when not probing.
+    pub probes: Option<&'a BTreeMap<String, Probe>>,
 }
 
 /// Computes the plan.
@@ -36,7 +41,8 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         if let Found::Vm(vm, _) | Found::Taken(vm) = &found {
             claimed.insert(vm.vmid);
         }
-        hosts.push(plan_host(host, found, input.policies));
+        let probe = input.probes.and_then(|p| p.get(&host.host));
+        hosts.push(plan_host(host, found, input.policies, probe));
     }
     let mut orphans: Vec<&LiveVm> = input
         .live
@@ -50,7 +56,23 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
     }
     let summary = summarize(&hosts);
     let id = plan_id(&hosts, input.desired, input.policies);
-    Plan { version: SCHEMA_VERSION, plan_id: id, summary, hosts }
+    let probe = input.probes.map(|probes| probe_report(probes, &hosts));
+    Plan { version: SCHEMA_VERSION, plan_id: id, summary, hosts, probe }
+}
+
+/// The probe section: which planned hosts were asked, which run something else, which did not
+/// answer.
+fn probe_report(probes: &BTreeMap<String, Probe>, hosts: &[HostPlan]) -> ProbeReport {
+    let planned = |host: &String| hosts.iter().any(|h| !h.orphan && &h.host == host);
+    let mut report = ProbeReport::default();
+    for (host, probe) in probes.iter().filter(|(host, _)| planned(host)) {
+        report.probed += 1;
+        if let Probe::Unreachable { reason } = probe {
+            report.unreachable.push(Unreachable { host: host.clone(), reason: reason.clone() });
+        }
+    }
+    report.changed = hosts.iter().filter(|h| h.drift.is_some()).map(|h| h.host.clone()).collect();
+    report
 }
 
 /// How a host was matched to the cluster.
@@ -116,8 +138,9 @@ fn blocked(mut action: Action, reason: impl Into<String>, setting: Option<&str>)
     action
 }
 
-fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies) -> HostPlan {
+fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Option<&Probe>) -> HostPlan {
     let mut vm = VmRef { node: host.node.clone(), vmid: host.vmid };
+    let mut drift = None;
     let actions = match found {
         Found::None => plan_create(host),
         Found::Taken(other) => vec![blocked(
@@ -143,12 +166,24 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies) -> HostPl
         }
         Found::Vm(live, adopting) => {
             vm = VmRef { node: live.node.clone(), vmid: Some(live.vmid) };
-            plan_existing(host, live, adopting, policies)
+            drift = drift_of(live, probe);
+            plan_existing(host, live, adopting, policies, drift.as_ref())
         }
     };
     let actions =
         if actions.is_empty() { vec![action(ActionKind::Noop, "in sync", Vec::new())] } else { actions };
-    HostPlan { host: host.host.clone(), vm, orphan: false, actions }
+    HostPlan { host: host.host.clone(), vm, orphan: false, drift, actions }
+}
+
+/// A running system other than the recorded one.
+fn drift_of(live: &LiveVm, probe: Option<&Probe>) -> Option<Drift> {
+    let recorded = live.config.as_ref()?.metadata.as_ref()?.system.as_ref()?;
+    match probe? {
+        Probe::Running { system } if system != recorded => {
+            Some(Drift { recorded: recorded.clone(), running: system.clone() })
+        }
+        _ => None,
+    }
 }
 
 fn create_changes(host: &DesiredHost) -> Vec<Change> {
@@ -197,7 +232,13 @@ fn plan_create(host: &DesiredHost) -> Vec<Action> {
     ]
 }
 
-fn plan_existing(host: &DesiredHost, live: &LiveVm, adopting: bool, policies: Policies) -> Vec<Action> {
+fn plan_existing(
+    host: &DesiredHost,
+    live: &LiveVm,
+    adopting: bool,
+    policies: Policies,
+    drift: Option<&Drift>,
+) -> Vec<Action> {
     let mut actions = Vec::new();
     let Some(config) = &live.config else {
         // The read path fetches the config of every VM that can match a host; a missing one is
@@ -289,12 +330,18 @@ fn plan_existing(host: &DesiredHost, live: &LiveVm, adopting: bool, policies: Po
             grows,
         ));
     }
-    actions.extend(plan_system(host, live, adopting, policies));
+    actions.extend(plan_system(host, live, adopting, policies, drift));
     actions
 }
 
 /// install, switch or reinstall, from the metadata block against the evaluated system.
-fn plan_system(host: &DesiredHost, live: &LiveVm, adopting: bool, policies: Policies) -> Vec<Action> {
+fn plan_system(
+    host: &DesiredHost,
+    live: &LiveVm,
+    adopting: bool,
+    policies: Policies,
+    drift: Option<&Drift>,
+) -> Vec<Action> {
     let metadata = live.config.as_ref().and_then(|c| c.metadata.as_ref());
     let want = &host.system;
     let system = metadata.and_then(|m| m.system.as_deref());
@@ -338,19 +385,38 @@ fn plan_system(host: &DesiredHost, live: &LiveVm, adopting: bool, policies: Poli
         );
         return vec![gate_reinstall(reinstall, live, policies)];
     }
-    if system != want.toplevel && host.deploy.strategy != DeployStrategy::None {
-        return vec![action(
-            ActionKind::Switch,
-            format!("the configuration changed (deploy.strategy = {})", strategy_name(host.deploy.strategy)),
-            vec![Change {
-                field: "system".into(),
-                before: Some(json!(system)),
-                after: Some(json!(want.toplevel)),
-                effect: None,
-            }],
-        )];
+    if host.deploy.strategy == DeployStrategy::None {
+        return Vec::new();
     }
-    Vec::new()
+    let strategy = strategy_name(host.deploy.strategy);
+    let (reason, before) = match drift {
+        Some(drift) if system != want.toplevel => (
+            format!(
+                "the configuration changed, and the running system was changed outside nixprox (deploy.strategy = {strategy})"
+            ),
+            drift.running.as_str(),
+        ),
+        Some(drift) => (
+            format!(
+                "the running system was changed outside nixprox; switch back to the flake's system (deploy.strategy = {strategy})"
+            ),
+            drift.running.as_str(),
+        ),
+        None if system != want.toplevel => {
+            (format!("the configuration changed (deploy.strategy = {strategy})"), system)
+        }
+        None => return Vec::new(),
+    };
+    vec![action(
+        ActionKind::Switch,
+        reason,
+        vec![Change {
+            field: "system".into(),
+            before: Some(json!(before)),
+            after: Some(json!(want.toplevel)),
+            effect: None,
+        }],
+    )]
 }
 
 fn strategy_name(strategy: DeployStrategy) -> &'static str {
@@ -408,6 +474,7 @@ fn plan_orphan(vm: &LiveVm, policies: Policies) -> HostPlan {
         host: vm.name.clone(),
         vm: VmRef { node: vm.node.clone(), vmid: Some(vm.vmid) },
         orphan: true,
+        drift: None,
         actions: vec![destroy],
     }
 }

@@ -10,4 +10,7 @@ pub(crate) mod testkit;
 mod tests;
 
 pub use engine::{PlanInput, plan};
-pub use model::{Action, ActionKind, Blocked, Change, Effect, HostPlan, Plan, Summary, VmRef};
+pub use model::{
+    Action, ActionKind, Blocked, Change, Drift, Effect, HostPlan, Plan, Probe, ProbeReport, Summary,
+    Unreachable, VmRef,
+};

@@ -134,7 +134,44 @@ pub struct HostPlan {
     /// True when this entry is a `nixprox`-tagged VM that no host declares.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub orphan: bool,
+    /// Set when `--probe` found a running system other than the recorded one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
     pub actions: Vec<Action>,
+}
+
+/// What `plan --probe` read from one installed host over SSH.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Probe {
+    /// `/run/current-system` points here.
+    Running { system: String },
+    /// The host could not be asked (unreachable, wrong key, timeout); never fatal.
+    Unreachable { reason: String },
+}
+
+/// A host whose running system is not the one nixprox recorded: changed outside nixprox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    pub recorded: String,
+    pub running: String,
+}
+
+/// A host `--probe` could not read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreachable {
+    pub host: String,
+    pub reason: String,
+}
+
+/// What `--probe` found, over all hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct ProbeReport {
+    /// Hosts that were asked.
+    pub probed: usize,
+    /// Hosts running a system other than the recorded one.
+    pub changed: Vec<String>,
+    pub unreachable: Vec<Unreachable>,
 }
 
 impl HostPlan {
@@ -168,6 +205,9 @@ pub struct Plan {
     pub plan_id: String,
     pub summary: Summary,
     pub hosts: Vec<HostPlan>,
+    /// Present when the plan was made with `--probe`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeReport>,
 }
 
 impl Plan {

@@ -6,14 +6,22 @@ use serde_json::json;
 
 use super::model::{ActionKind as K, Effect};
 use super::testkit::*;
-use super::{Plan, PlanInput, plan};
+use super::{Plan, PlanInput, Probe, plan};
 use crate::config::Policies;
 use crate::flake::DesiredHost;
 use crate::flake::host::DeployStrategy;
 use crate::proxmox::LiveVm;
 
+fn probed(
+    desired: &[DesiredHost],
+    live: &[LiveVm],
+    probes: &std::collections::BTreeMap<String, Probe>,
+) -> Plan {
+    plan(PlanInput { desired, live, policies: Policies::default(), only: None, probes: Some(probes) })
+}
+
 fn run(desired: &[DesiredHost], live: &[LiveVm], policies: Policies) -> Plan {
-    plan(PlanInput { desired, live, policies, only: None })
+    plan(PlanInput { desired, live, policies, only: None, probes: None })
 }
 
 fn kinds(plan: &Plan, host: &str) -> Vec<(K, bool)> {
@@ -256,8 +264,13 @@ fn plan_id_ignores_volatile_data_and_order_but_not_meaning() {
 #[test]
 fn host_filter_restricts_the_plan() {
     let only = BTreeSet::from(["b".to_string()]);
-    let plan =
-        plan(PlanInput { desired: &[host("a"), host("b")], live: &[], policies: all(), only: Some(&only) });
+    let plan = plan(PlanInput {
+        desired: &[host("a"), host("b")],
+        live: &[],
+        policies: all(),
+        only: Some(&only),
+        probes: None,
+    });
     assert_eq!(plan.hosts.len(), 1);
     assert_eq!(plan.hosts[0].host, "b");
 }
@@ -270,4 +283,33 @@ fn an_untagged_vm_whose_notes_name_the_host_is_resumed_not_adopted() {
     let plan = run(&[host("web")], &[vm], Policies::default());
     assert_eq!(kinds(&plan, "web"), [(K::UpdateVm, false), (K::Install, false)]);
     assert_eq!(plan.hosts[0].actions[0].changes[0].field, "managed");
+}
+
+#[test]
+fn probe_finds_a_system_changed_outside_nixprox_and_switches_back() {
+    let running = Probe::Running { system: "/nix/store/hand-made".into() };
+    let probes = std::collections::BTreeMap::from([("web".to_string(), running)]);
+    let plan = probed(&[host("web")], &[live("web", 101)], &probes);
+    assert_eq!(kinds(&plan, "web"), [(K::Switch, false)]);
+    let switch = &plan.hosts[0].actions[0];
+    assert!(switch.reason.contains("changed outside nixprox"), "{}", switch.reason);
+    assert_eq!(switch.changes[0].before, Some(json!("/nix/store/hand-made")));
+    let drift = plan.hosts[0].drift.as_ref().expect("drift");
+    assert_eq!(drift.running, "/nix/store/hand-made");
+    let report = plan.probe.as_ref().expect("probe report");
+    assert_eq!((report.probed, report.changed.clone()), (1, vec!["web".to_string()]));
+}
+
+#[test]
+fn probe_of_a_host_in_sync_and_an_unreachable_host_changes_nothing() {
+    let probes = std::collections::BTreeMap::from([
+        ("a".to_string(), Probe::Running { system: host("a").system.toplevel }),
+        ("b".to_string(), Probe::Unreachable { reason: "connection refused".into() }),
+    ]);
+    let plan = probed(&[host("a"), host("b")], &[live("a", 101), live("b", 102)], &probes);
+    assert!(!plan.has_changes());
+    let report = plan.probe.as_ref().expect("probe report");
+    assert_eq!(report.probed, 2);
+    assert!(report.changed.is_empty());
+    assert_eq!(report.unreachable[0].host, "b");
 }

@@ -23,11 +23,28 @@ pub fn every_kind() -> Plan {
         live: &live,
         policies: Policies { prune_orphans: true, ..Policies::default() },
         only: None,
+        probes: None,
     })
 }
 
 /// `n` hosts to create: a large plan for the size budget.
 pub fn many(n: usize) -> Plan {
     let desired: Vec<_> = (0..n).map(|i| host(&format!("host{i:03}"))).collect();
-    plan(PlanInput { desired: &desired, live: &[], policies: Policies::default(), only: None })
+    plan(PlanInput { desired: &desired, live: &[], policies: Policies::default(), only: None, probes: None })
+}
+
+/// `web` changed by hand, `db` unreachable: a probed plan.
+pub fn probed() -> Plan {
+    use crate::plan::Probe;
+    let probes = std::collections::BTreeMap::from([
+        ("web".to_string(), Probe::Running { system: "/nix/store/hand-made-web".into() }),
+        ("db".to_string(), Probe::Unreachable { reason: "connection refused".into() }),
+    ]);
+    plan(PlanInput {
+        desired: &[host("web"), host("db")],
+        live: &[live("web", 101), live("db", 102)],
+        policies: Policies::default(),
+        only: None,
+        probes: Some(&probes),
+    })
 }

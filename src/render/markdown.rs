@@ -166,6 +166,37 @@ fn banner(out: &mut String, plan: &Plan, level: Detail) {
     out.push('\n');
 }
 
+/// "Changed outside nixprox": what `--probe` found, in a section of its own.
+fn probe_section(out: &mut String, plan: &Plan, level: Detail) {
+    let Some(probe) = &plan.probe else { return };
+    let _ = writeln!(
+        out,
+        "#### Changed outside nixprox\n\n{} hosts probed over SSH: {} changed, {} unreachable.\n",
+        probe.probed,
+        probe.changed.len(),
+        probe.unreachable.len()
+    );
+    if level >= Detail::ListOnly {
+        return;
+    }
+    let drifted: Vec<&HostPlan> = plan.hosts.iter().filter(|h| h.drift.is_some()).collect();
+    if !drifted.is_empty() {
+        let _ = writeln!(out, "| host | recorded | running |\n| --- | --- | --- |");
+        for host in drifted {
+            if let Some(drift) = &host.drift {
+                let _ = writeln!(out, "| `{}` | `{}` | `{}` |", host.host, drift.recorded, drift.running);
+            }
+        }
+        out.push('\n');
+    }
+    for unreachable in &probe.unreachable {
+        let _ = writeln!(out, "- `{}` did not answer: {}", unreachable.host, escape(&unreachable.reason));
+    }
+    if !probe.unreachable.is_empty() {
+        out.push('\n');
+    }
+}
+
 fn counts_table(out: &mut String, plan: &Plan) {
     let _ = writeln!(out, "| action | hosts |\n| --- | ---: |");
     for kind in ActionKind::ALL {

@@ -1,6 +1,6 @@
 //! Snapshot tests of the three renderings, and the comment size budget.
 
-use super::fixture::{every_kind, many};
+use super::fixture::{every_kind, many, probed};
 use super::markdown::{COMMENT_LIMIT, Detail, MarkdownContext, render_within};
 use super::{json, markdown, summary_line, text};
 
@@ -67,4 +67,11 @@ fn a_small_plan_is_rendered_in_full() {
     let (body, level) = render_within(&every_kind(), &context(), COMMENT_LIMIT);
     assert_eq!(level, Detail::Full);
     assert_eq!(body, markdown::render(&every_kind(), &context()));
+}
+
+#[test]
+fn probe_section_in_every_format() {
+    insta::assert_snapshot!("probe_text", text::render(&probed(), text::TextOptions { color: false }));
+    insta::assert_snapshot!("probe_markdown", markdown::render(&probed(), &context()));
+    insta::assert_snapshot!("probe_json", json::render(&probed()));
 }

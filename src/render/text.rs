@@ -86,5 +86,21 @@ pub fn render(plan: &Plan, options: TextOptions) -> String {
     if !unchanged.is_empty() {
         let _ = writeln!(out, "\nUnchanged: {}", unchanged.join(", "));
     }
+    if let Some(probe) = &plan.probe {
+        let _ = writeln!(out, "\n{}", paint.bold(&format!("Probe: {} hosts asked over SSH", probe.probed)));
+        for host in plan.hosts.iter().filter(|h| h.drift.is_some()) {
+            if let Some(drift) = &host.drift {
+                let _ = writeln!(out, "  changed outside nixprox: {}", host.host);
+                let _ =
+                    writeln!(out, "      recorded: {}\n      running:  {}", drift.recorded, drift.running);
+            }
+        }
+        for unreachable in &probe.unreachable {
+            let _ = writeln!(out, "  unreachable: {}: {}", unreachable.host, unreachable.reason);
+        }
+        if probe.changed.is_empty() && probe.unreachable.is_empty() {
+            let _ = writeln!(out, "  every probed host runs its recorded system");
+        }
+    }
     out
 }

@@ -138,6 +138,7 @@ pub async fn plan(args: &SourceArgs) -> anyhow::Result<Planned> {
         live: &live,
         policies: settings.policies,
         only: only.as_ref(),
+        probes: None,
     });
     let planning = started.elapsed();
     let timings = Timings {
