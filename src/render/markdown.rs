@@ -103,6 +103,7 @@ pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> Strin
         }
         Detail::CountsOnly => {}
     }
+    probe_section(&mut out, plan, level);
     let unchanged: Vec<&str> =
         plan.hosts.iter().filter(|h| !h.has_changes()).map(|h| h.host.as_str()).collect();
     if level == Detail::Full && !unchanged.is_empty() {
