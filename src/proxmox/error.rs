@@ -1,0 +1,320 @@
+//! Errors of the Proxmox API client: what went wrong, the fix for it, and whether trying again
+//! can help. Callers (planner, executor) branch on the variants and on [`ProxmoxError::is_transient`].
+//!
+//! Every text here is built from what PVE answered, with the token secret removed (see
+//! [`redact`]): PVE never echoes it today, but a proxy in front of it, or a future error page,
+//! might, and these messages end up in CI logs and PR comments.
+
+use std::time::Duration;
+
+use reqwest::Method;
+
+/// Everything that can go wrong talking to the Proxmox API.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxmoxError {
+    /// The API answered with an HTTP error.
+    #[error("failed to {} `{path}`: {status} {message}{}", verb(method), hint_suffix(hint))]
+    Http {
+        method: Method,
+        path: String,
+        status: u16,
+        /// PVE's message (with per-parameter errors appended), or the start of a non-JSON body.
+        message: String,
+        /// The whole response body (redacted, cut at 4 KiB), for logs.
+        body: String,
+        hint: Option<String>,
+    },
+    /// No HTTP answer: refused, unreachable, TLS failure, timeout, connection reset.
+    #[error("failed to {} `{path}`: {}", verb(method), transport_text(kind, url, detail, timeout))]
+    Transport {
+        method: Method,
+        path: String,
+        /// The API's base URL, so the reader sees where nixprox tried to connect.
+        url: String,
+        kind: TransportKind,
+        detail: String,
+        /// The per-request timeout in force (for [`TransportKind::Timeout`]'s text).
+        timeout: Duration,
+    },
+    /// An answer that is not the JSON PVE sends (`{"data": …}`) or not of the expected shape.
+    #[error("failed to {} `{path}`: unexpected answer: {detail} (body: {body})", verb(method))]
+    Decode { method: Method, path: String, detail: String, body: String },
+    /// A PVE task (UPID) ended with an error (boxed: it is the largest variant).
+    #[error("{0}")]
+    TaskFailed(Box<TaskFailure>),
+    /// A task still running when nixprox stopped waiting for it.
+    #[error(
+        "task {task_type} of `{id}` on node `{node}` did not finish within {}s (task `{upid}`; it may still be running: see the node's task list)",
+        waited.as_secs()
+    )]
+    TaskTimeout { upid: String, node: String, task_type: String, id: String, waited: Duration },
+    /// The client could not be set up (URL, CA file, token).
+    #[error("{message}")]
+    Config { message: String },
+}
+
+/// A task that ended in an error: which, how, and the end of its log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "task {task_type} of `{id}` on node `{node}` failed: {exitstatus} (task `{upid}`){}",
+    log_suffix(log_tail)
+)]
+pub struct TaskFailure {
+    pub upid: String,
+    pub node: String,
+    pub task_type: String,
+    pub id: String,
+    pub exitstatus: String,
+    /// The last lines of the task log (up to [`crate::proxmox::tasks::LOG_TAIL_LINES`]).
+    pub log_tail: Vec<String>,
+}
+
+/// Why a request got no HTTP answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// Refused, unreachable, DNS: the request never reached the API.
+    Connect,
+    /// The server's certificate was not accepted (or the handshake failed).
+    Tls,
+    /// No answer within the per-request timeout.
+    Timeout,
+    /// The connection broke after the request was sent (reset, closed, truncated body).
+    Broken,
+}
+
+impl ProxmoxError {
+    /// Whether the same request may succeed if tried again shortly: a busy or restarting
+    /// node, a held config lock, a backup in progress, a flaky network.
+    ///
+    /// PVE answers most refusals with HTTP 500, so a 5xx counts as transient unless its
+    /// message is one of PVE's permanent answers ("does not exist", "already running", …).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProxmoxError::Http { status, message, .. } => {
+                *status >= 500 && *status != 501 && transient_message(message)
+            }
+            ProxmoxError::Transport { kind, .. } => *kind != TransportKind::Tls,
+            ProxmoxError::TaskFailed(failure) => {
+                let text = failure.exitstatus.as_str();
+                is_lock_timeout(text) || text.contains("got no worker upid") || locked_by_busy_task(text)
+            }
+            ProxmoxError::Decode { .. } | ProxmoxError::TaskTimeout { .. } | ProxmoxError::Config { .. } => {
+                false
+            }
+        }
+    }
+
+    /// Whether the request certainly did not take effect, so even a non-idempotent POST may be
+    /// sent again: PVE answered with an error (it checks before it acts), or the connection
+    /// was never made.
+    pub fn not_executed(&self) -> bool {
+        match self {
+            ProxmoxError::Http { .. } => true,
+            ProxmoxError::Transport { kind, .. } => {
+                matches!(kind, TransportKind::Connect | TransportKind::Tls)
+            }
+            _ => false,
+        }
+    }
+
+    /// The HTTP status, when the API answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ProxmoxError::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// `can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout`
+pub(crate) fn is_lock_timeout(message: &str) -> bool {
+    message.contains("can't lock file") && message.contains("got timeout")
+}
+
+/// `VM is locked (backup)`: the lock goes away when the job ends. Locks left by an
+/// interrupted snapshot or a suspend stay until someone runs `qm unlock`, so they are not.
+fn locked_by_busy_task(message: &str) -> bool {
+    ["(backup)", "(migrate)", "(clone)", "(create)", "(copy)"]
+        .iter()
+        .any(|lock| message.contains(&format!("is locked {lock}")))
+}
+
+/// PVE's permanent 5xx answers: the same request will fail the same way.
+const PERMANENT: [&str; 12] = [
+    "does not exist",
+    "already exists",
+    "already running",
+    "not running",
+    "checksum mismatch",
+    "unable to parse",
+    "no such",
+    "not implemented",
+    "is a template",
+    "protection mode enabled",
+    "you can't",
+    "not allowed",
+];
+
+fn transient_message(message: &str) -> bool {
+    if message.contains("is locked (") {
+        return locked_by_busy_task(message);
+    }
+    let lower = message.to_ascii_lowercase();
+    !PERMANENT.iter().any(|p| lower.contains(p))
+}
+
+fn verb(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "read",
+        Method::POST => "post to",
+        Method::PUT => "update",
+        Method::DELETE => "delete",
+        _ => "call",
+    }
+}
+
+fn hint_suffix(hint: &Option<String>) -> String {
+    hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
+}
+
+fn log_suffix(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("; last lines of its log:");
+    for line in lines {
+        text.push_str("\n  ");
+        text.push_str(line);
+    }
+    text
+}
+
+fn transport_text(kind: &TransportKind, url: &str, detail: &str, timeout: &Duration) -> String {
+    match kind {
+        TransportKind::Connect => format!(
+            "cannot connect to `{url}`: {detail} (is the Proxmox API reachable from here? check `proxmox.url` or PROXMOX_URL)"
+        ),
+        TransportKind::Tls => format!(
+            "TLS handshake with `{url}` failed: {detail} (set `proxmox.ca_cert` to the PEM file of the CA that signed the API's certificate, e.g. a copy of /etc/pve/pve-root-ca.pem, or set `proxmox.insecure: true` for a throwaway lab)"
+        ),
+        TransportKind::Timeout => format!(
+            "no answer from `{url}` within {}s (is the node overloaded? raise `proxmox.timeout`)",
+            timeout.as_secs_f64()
+        ),
+        TransportKind::Broken => format!("the connection to `{url}` broke: {detail}"),
+    }
+}
+
+/// The hint for an HTTP error: what to change so the request succeeds.
+pub(crate) fn hint_for(status: u16, message: &str, token_id: &str) -> Option<String> {
+    match status {
+        401 => Some(format!(
+            "check PROXMOX_API_TOKEN (`user@realm!tokenid=secret`): the token `{token_id}` was rejected; it must exist, be unexpired and have this secret"
+        )),
+        403 => Some(match permission_check(message) {
+            Some((path, privilege)) => format!("give the token `{privilege}` on `{path}`"),
+            None => "give the token the privilege this request needs".to_string(),
+        }),
+        595 | 596 => Some("a cluster node is offline or unreachable from the node answering the API".into()),
+        _ if is_lock_timeout(message) => {
+            Some("another task holds the VM's config lock; wait for it or check the node's task list".into())
+        }
+        _ => None,
+    }
+}
+
+/// `Permission check failed (/vms/101, VM.Audit)` → `("/vms/101", "VM.Audit")`.
+fn permission_check(message: &str) -> Option<(&str, &str)> {
+    let inside = message.split_once("Permission check failed (")?.1.split_once(')')?.0;
+    let (path, privilege) = inside.split_once(',')?;
+    let (path, privilege) = (path.trim(), privilege.trim());
+    (path.starts_with('/') && !privilege.is_empty()).then_some((path, privilege))
+}
+
+/// Removes `secret` from `text`. A no-op for an empty secret.
+pub(crate) fn redact(text: &str, secret: &str) -> String {
+    if secret.is_empty() { text.to_string() } else { text.replace(secret, "<redacted>") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(status: u16, message: &str) -> ProxmoxError {
+        ProxmoxError::Http {
+            method: Method::GET,
+            path: "/nodes/pve1/qemu/101/config".into(),
+            status,
+            message: message.into(),
+            body: String::new(),
+            hint: hint_for(status, message, "ci@pve!plan"),
+        }
+    }
+
+    #[test]
+    fn forbidden_names_privilege_and_path() {
+        assert_eq!(
+            http(403, "Permission check failed (/vms/101, VM.Audit)").to_string(),
+            "failed to read `/nodes/pve1/qemu/101/config`: 403 Permission check failed (/vms/101, VM.Audit) (give the token `VM.Audit` on `/vms/101`)"
+        );
+        assert_eq!(permission_check("Permission check failed (API token not allowed)"), None);
+    }
+
+    #[test]
+    fn unauthorized_points_at_the_token() {
+        assert_eq!(
+            http(401, "authentication failure").to_string(),
+            "failed to read `/nodes/pve1/qemu/101/config`: 401 authentication failure (check PROXMOX_API_TOKEN (`user@realm!tokenid=secret`): the token `ci@pve!plan` was rejected; it must exist, be unexpired and have this secret)"
+        );
+    }
+
+    #[test]
+    fn transient_and_permanent_answers() {
+        for message in [
+            "can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout",
+            "VM is locked (backup)",
+            "got no worker upid - start worker failed",
+            "proxy loop detected",
+            "cluster not ready - no quorum?",
+        ] {
+            assert!(http(500, message).is_transient(), "{message}");
+        }
+        assert!(http(503, "Service Unavailable").is_transient());
+        assert!(http(595, "No route to host").is_transient());
+        for message in [
+            "Configuration file 'nodes/pve1/qemu-server/101.conf' does not exist",
+            "VM 101 already running",
+            "checksum mismatch (file change by other user?)",
+            "VM is locked (snapshot)",
+            "unable to parse worker upid 'x'",
+        ] {
+            assert!(!http(500, message).is_transient(), "{message}");
+        }
+        assert!(!http(501, "Method not implemented").is_transient());
+        assert!(!http(400, "Parameter verification failed.").is_transient());
+        assert!(!http(403, "Permission check failed (/, Sys.Audit)").is_transient());
+    }
+
+    #[test]
+    fn task_failures_carry_the_log_tail() {
+        let err = ProxmoxError::TaskFailed(Box::new(TaskFailure {
+            upid: "UPID:pve1:00000001:00000002:00000003:qmstart:101:root@pam:".into(),
+            node: "pve1".into(),
+            task_type: "qmstart".into(),
+            id: "101".into(),
+            exitstatus: "can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout".into(),
+            log_tail: vec!["starting".into(), "TASK ERROR: x".into()],
+        }));
+        assert!(err.is_transient());
+        assert_eq!(
+            err.to_string(),
+            "task qmstart of `101` on node `pve1` failed: can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout (task `UPID:pve1:00000001:00000002:00000003:qmstart:101:root@pam:`); last lines of its log:\n  starting\n  TASK ERROR: x"
+        );
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact("token a=s3cret rejected", "s3cret"), "token a=<redacted> rejected");
+        assert_eq!(redact("x", ""), "x");
+    }
+}

@@ -1,0 +1,481 @@
+//! The read path: the live cluster as [`LiveVm`]s, with the config of every VM that matters.
+//!
+//! One `GET /cluster/resources?type=vm` lists every guest the token may see. Only QEMU VMs are
+//! kept (containers are not nixprox's business); templates are kept and flagged, since hosts
+//! clone from them. Configs are read only for VMs that matter to a plan: those tagged
+//! `nixprox`, and those named like a declared host (so a name clash with an unmanaged VM is
+//! seen, never silently adopted). Those reads run concurrently within a bound, and the result
+//! is sorted by VMID, so the order PVE answers in never shows in a plan.
+//!
+//! Pending changes: `/pending` costs one more request per VM, and only a running VM can have
+//! pending changes (PVE applies changes to a stopped VM at once). So `/pending` is read for
+//! running VMs only; for stopped ones [`LiveConfig::pending`] is empty.
+
+use std::collections::BTreeSet;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use reqwest::Method;
+use serde_json::{Map, Value};
+
+use super::client::Client;
+use super::error::ProxmoxError;
+use super::property::{
+    Drive, PropertyString, agent_enabled, is_drive_key, is_net_key, parse_drive, parse_net, parse_tags,
+    value_bool, value_text, value_u64,
+};
+use super::vm::{LiveConfig, LiveVm};
+use crate::metadata::Notes;
+use crate::spec::{Bios, MANAGED_TAG, VmSpec};
+
+/// What to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRequest {
+    /// Names of the hosts the flake declares: VMs with these names get their config read even
+    /// when they are not tagged.
+    pub host_names: BTreeSet<String>,
+    /// Config reads in flight at once (`concurrency.api` in nixprox.yaml); 0 counts as 1.
+    pub concurrency: usize,
+}
+
+/// Reads the cluster: every QEMU VM, with the config of those that matter, sorted by VMID.
+pub async fn read_cluster(client: &Client, request: &ReadRequest) -> Result<Vec<LiveVm>, ProxmoxError> {
+    let listed = fetch_resources(client).await?;
+    let wanted: Vec<(usize, String, u32, bool, Option<String>)> = listed
+        .iter()
+        .enumerate()
+        .filter(|(_, (vm, _))| !vm.template && (vm.is_managed() || request.host_names.contains(&vm.name)))
+        .map(|(index, (vm, pool))| (index, vm.node.clone(), vm.vmid, vm.status == "running", pool.clone()))
+        .collect();
+    tracing::debug!(vms = listed.len(), configs = wanted.len(), "reading VM configs");
+    let configs: Vec<(usize, LiveConfig)> = stream::iter(wanted)
+        .map(|(index, node, vmid, running, pool)| async move {
+            read_config(client, &node, vmid, running, pool).await.map(|config| (index, config))
+        })
+        .buffer_unordered(request.concurrency.max(1))
+        .try_collect()
+        .await?;
+    let mut vms: Vec<LiveVm> = listed.into_iter().map(|(vm, _)| vm).collect();
+    for (index, config) in configs {
+        vms[index].config = Some(config);
+    }
+    Ok(vms)
+}
+
+/// `GET /cluster/resources?type=vm`: QEMU VMs only, without configs, sorted by VMID.
+pub async fn list_vms(client: &Client) -> Result<Vec<LiveVm>, ProxmoxError> {
+    Ok(fetch_resources(client).await?.into_iter().map(|(vm, _)| vm).collect())
+}
+
+async fn fetch_resources(client: &Client) -> Result<Vec<(LiveVm, Option<String>)>, ProxmoxError> {
+    const PATH: &str = "/cluster/resources";
+    let data = client.get(PATH, &[("type", "vm")]).await?;
+    parse_resources(&data).map_err(|detail| ProxmoxError::Decode {
+        method: Method::GET,
+        path: PATH.into(),
+        detail,
+        body: truncate_json(&data),
+    })
+}
+
+/// The resource list, reduced to QEMU VMs (containers and nodes dropped), each with its pool:
+/// the config does not name the pool, only the resource list does.
+pub fn parse_resources(data: &Value) -> Result<Vec<(LiveVm, Option<String>)>, String> {
+    let items = data.as_array().ok_or("expected a list of resources")?;
+    let mut vms = Vec::new();
+    for item in items {
+        if item.get("type").and_then(Value::as_str) != Some("qemu") {
+            continue;
+        }
+        let vmid = item
+            .get("vmid")
+            .and_then(value_u64)
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| format!("a qemu resource has no valid `vmid`: {item}"))?;
+        let text = |key: &str| item.get(key).and_then(value_text);
+        let vm = LiveVm {
+            vmid,
+            node: text("node").ok_or_else(|| format!("VM {vmid} has no `node`"))?,
+            name: text("name").unwrap_or_default(),
+            status: text("status").unwrap_or_else(|| "unknown".into()),
+            template: item.get("template").and_then(value_bool).unwrap_or(false),
+            lock: text("lock").filter(|l| !l.is_empty()),
+            tags: text("tags").map(|t| parse_tags(&t)).unwrap_or_default(),
+            config: None,
+        };
+        vms.push((vm, text("pool").filter(|p| !p.is_empty())));
+    }
+    vms.sort_by_key(|(vm, _)| vm.vmid);
+    Ok(vms)
+}
+
+/// `GET /nodes/{node}/qemu/{vmid}/config` (and `/pending` when `running`), converted.
+pub async fn read_config(
+    client: &Client,
+    node: &str,
+    vmid: u32,
+    running: bool,
+    pool: Option<String>,
+) -> Result<LiveConfig, ProxmoxError> {
+    let path = format!("/nodes/{node}/qemu/{vmid}/config");
+    let pending_path = format!("/nodes/{node}/qemu/{vmid}/pending");
+    let (config, pending) = if running {
+        let (config, pending) = tokio::try_join!(client.get(&path, &[]), client.get(&pending_path, &[]))?;
+        (config, Some(pending))
+    } else {
+        (client.get(&path, &[]).await?, None)
+    };
+    let decode = |path: &str, detail: String, data: &Value| ProxmoxError::Decode {
+        method: Method::GET,
+        path: path.to_string(),
+        detail,
+        body: truncate_json(data),
+    };
+    let map = config.as_object().ok_or_else(|| decode(&path, "expected an object".into(), &config))?;
+    let pending = match &pending {
+        Some(data) => pending_keys(data).map_err(|detail| decode(&pending_path, detail, data))?,
+        None => BTreeSet::new(),
+    };
+    let mut live = live_config(map, pending);
+    live.spec.pool = pool;
+    Ok(live)
+}
+
+/// Keys of `/pending` with a change waiting: a new value (`pending`) or a removal (`delete`).
+pub fn pending_keys(data: &Value) -> Result<BTreeSet<String>, String> {
+    let items = data.as_array().ok_or("expected a list of pending entries")?;
+    Ok(items
+        .iter()
+        .filter(|item| {
+            item.get("pending").is_some() || item.get("delete").and_then(value_bool).unwrap_or(false)
+        })
+        .filter_map(|item| item.get("key").and_then(Value::as_str).map(str::to_string))
+        .collect())
+}
+
+/// A VM config as [`LiveConfig`]: Proxmox's defaults for absent keys, the notes split into
+/// the user's text and nixprox's metadata block.
+pub fn live_config(config: &Map<String, Value>, pending: BTreeSet<String>) -> LiveConfig {
+    let text = |key: &str| config.get(key).and_then(value_text);
+    let notes = Notes::parse(&text("description").unwrap_or_default());
+    let spec = spec_from_config(config, &notes.user_text);
+    LiveConfig {
+        digest: text("digest").unwrap_or_default(),
+        spec,
+        metadata: notes.metadata().cloned(),
+        pending,
+    }
+}
+
+/// The comparable part of a config. Defaults are qemu-server's for an absent key.
+fn spec_from_config(config: &Map<String, Value>, description: &str) -> VmSpec {
+    let text = |key: &str| config.get(key).and_then(value_text);
+    let number = |key: &str| config.get(key).and_then(value_u64);
+    let flag = |key: &str| config.get(key).and_then(value_bool).unwrap_or(false);
+    // `memory` is a property string since PVE 8.1 (`current=2048`), a number before.
+    let memory = text("memory")
+        .and_then(|m| PropertyString::parse(&m).value_or_positional("current").and_then(|v| v.parse().ok()))
+        .unwrap_or(512);
+    let cpu_type = text("cpu")
+        .and_then(|c| PropertyString::parse(&c).value_or_positional("cputype").map(str::to_string))
+        .unwrap_or_else(|| "kvm64".into());
+    let machine = text("machine")
+        .and_then(|m| PropertyString::parse(&m).value_or_positional("type").map(str::to_string));
+    let mut disks = std::collections::BTreeMap::new();
+    let mut networks = std::collections::BTreeMap::new();
+    for (key, value) in config {
+        let Some(value) = value_text(value) else { continue };
+        if is_drive_key(key) {
+            if let Drive::Disk(disk) = parse_drive(&value) {
+                disks.insert(key.clone(), disk);
+            }
+        } else if is_net_key(key)
+            && let Some(net) = parse_net(&value)
+        {
+            networks.insert(key.clone(), net);
+        }
+    }
+    let mut tags = text("tags").map(|t| parse_tags(&t)).unwrap_or_default();
+    tags.remove(MANAGED_TAG);
+    VmSpec {
+        name: text("name").unwrap_or_default(),
+        cores: number("cores").and_then(|n| u32::try_from(n).ok()).unwrap_or(1),
+        sockets: number("sockets").and_then(|n| u32::try_from(n).ok()).unwrap_or(1),
+        cpu_type,
+        memory_mib: memory,
+        balloon_mib: number("balloon"),
+        bios: if text("bios").as_deref() == Some("ovmf") { Bios::Ovmf } else { Bios::Seabios },
+        machine,
+        agent: text("agent").is_some_and(|a| agent_enabled(&a)),
+        disks,
+        networks,
+        tags,
+        description: description.to_string(),
+        on_boot: flag("onboot"),
+        protection: flag("protection"),
+        pool: None,
+    }
+}
+
+fn truncate_json(data: &Value) -> String {
+    let text = data.to_string();
+    match text.char_indices().nth(300) {
+        Some((index, _)) => format!("{}…", &text[..index]),
+        None => text,
+    }
+}
+
+/// A template that cannot be used as a clone source.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error(
+        "template `{wanted}` not found (templates in the cluster: {}; set `nixprox.proxmox.template` or `defaults.template` to one of them, by name or VMID)",
+        list_or_none(available)
+    )]
+    NotFound { wanted: String, available: Vec<String> },
+    #[error(
+        "VM {vmid} (`{name}`) is not a template (convert it with `qm template {vmid}`, or name a template)"
+    )]
+    NotATemplate { vmid: u32, name: String },
+    #[error(
+        "template name `{wanted}` is ambiguous: VMs {} carry it (name the template by VMID)",
+        join_ids(vmids)
+    )]
+    Ambiguous { wanted: String, vmids: Vec<u32> },
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() { "none".into() } else { items.join(", ") }
+}
+
+fn join_ids(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Finds the clone source named `wanted` (a VMID or a name). With several templates of that
+/// name (one per node is common with local storage), the one on `node` wins.
+pub fn find_template<'a>(
+    vms: &'a [LiveVm],
+    wanted: &str,
+    node: Option<&str>,
+) -> Result<&'a LiveVm, TemplateError> {
+    let wanted = wanted.trim();
+    if let Ok(vmid) = wanted.parse::<u32>()
+        && let Some(vm) = vms.iter().find(|vm| vm.vmid == vmid)
+    {
+        return if vm.template {
+            Ok(vm)
+        } else {
+            Err(TemplateError::NotATemplate { vmid, name: vm.name.clone() })
+        };
+    }
+    let named: Vec<&LiveVm> = vms.iter().filter(|vm| vm.template && vm.name == wanted).collect();
+    match named.as_slice() {
+        [one] => Ok(one),
+        [] => {
+            if let Some(vm) = vms.iter().find(|vm| vm.name == wanted) {
+                return Err(TemplateError::NotATemplate { vmid: vm.vmid, name: vm.name.clone() });
+            }
+            let available = vms
+                .iter()
+                .filter(|vm| vm.template)
+                .map(|vm| format!("`{}` ({})", vm.name, vm.vmid))
+                .collect();
+            Err(TemplateError::NotFound { wanted: wanted.to_string(), available })
+        }
+        many => {
+            let on_node: Vec<&&LiveVm> = many.iter().filter(|vm| Some(vm.node.as_str()) == node).collect();
+            match on_node.as_slice() {
+                [one] => Ok(one),
+                _ => Err(TemplateError::Ambiguous {
+                    wanted: wanted.to_string(),
+                    vmids: many.iter().map(|vm| vm.vmid).collect(),
+                }),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::Metadata;
+    use crate::spec::{DiskSpec, NetSpec};
+    use serde_json::json;
+
+    const G: u64 = 1 << 30;
+
+    fn object(value: Value) -> Map<String, Value> {
+        value.as_object().expect("object").clone()
+    }
+
+    #[test]
+    fn absent_keys_take_proxmox_defaults() {
+        let live = live_config(&object(json!({"name": "bare", "digest": "abc"})), BTreeSet::new());
+        assert_eq!(
+            live.spec,
+            VmSpec {
+                name: "bare".into(),
+                cores: 1,
+                sockets: 1,
+                cpu_type: "kvm64".into(),
+                memory_mib: 512,
+                balloon_mib: None,
+                bios: Bios::Seabios,
+                machine: None,
+                agent: false,
+                disks: Default::default(),
+                networks: Default::default(),
+                tags: BTreeSet::new(),
+                description: String::new(),
+                on_boot: false,
+                protection: false,
+                pool: None,
+            }
+        );
+        assert_eq!(live.digest, "abc");
+        assert_eq!(live.metadata, None);
+    }
+
+    /// A config as PVE 9 returns it for a VM nixprox created and installed.
+    #[test]
+    fn full_config() {
+        let metadata =
+            Metadata { host: "web".into(), system: Some("/nix/store/x-system".into()), ..Default::default() };
+        let notes = Notes::render("Reverse proxy.", &metadata);
+        let config = object(json!({
+            "name": "web", "cores": 4, "sockets": "2", "cpu": "x86-64-v2-AES,flags=+aes", "memory": "4096",
+            "balloon": 1024, "bios": "ovmf", "machine": "q35,viommu=virtio", "agent": "enabled=1,fstrim_cloned_disks=1",
+            "onboot": 1, "protection": "1", "tags": "nixprox;Web;prod", "description": notes,
+            "scsi0": "local-lvm:vm-101-disk-0,size=20G,discard=on,ssd=1,iothread=1,serial=root",
+            "virtio1": "ceph-pool:vm-101-disk-1,size=100G",
+            "ide2": "none,media=cdrom", "ide0": "local-lvm:vm-101-cloudinit,media=cdrom",
+            "efidisk0": "local-lvm:vm-101-disk-2,efitype=4m,size=4M", "unused0": "local-lvm:vm-101-disk-9",
+            "net0": "virtio=BC:24:11:00:00:01,bridge=vmbr0,tag=20,firewall=1",
+            "net1": "e1000=bc:24:11:00:00:02,bridge=vmbr1",
+            "scsihw": "virtio-scsi-single", "boot": "order=scsi0;net0", "digest": "d1"
+        }));
+        let live = live_config(&config, ["memory".to_string()].into());
+        let spec = &live.spec;
+        assert_eq!((spec.cores, spec.sockets, spec.memory_mib, spec.balloon_mib), (4, 2, 4096, Some(1024)));
+        assert_eq!(spec.cpu_type, "x86-64-v2-AES");
+        assert_eq!(spec.bios, Bios::Ovmf);
+        assert_eq!(spec.machine.as_deref(), Some("q35"));
+        assert!(spec.agent && spec.on_boot && spec.protection);
+        assert_eq!(spec.tags, ["prod".to_string(), "web".to_string()].into());
+        assert_eq!(spec.description, "Reverse proxy.");
+        assert_eq!(live.metadata, Some(metadata));
+        assert_eq!(live.pending, ["memory".to_string()].into());
+        assert_eq!(spec.disks.keys().collect::<Vec<_>>(), ["scsi0", "virtio1"]);
+        assert_eq!(
+            spec.disks["scsi0"],
+            DiskSpec {
+                storage: "local-lvm".into(),
+                size_bytes: 20 * G,
+                serial: Some("root".into()),
+                discard: true,
+                ssd: true,
+                iothread: true
+            }
+        );
+        assert_eq!(spec.disks["virtio1"].size_bytes, 100 * G);
+        assert_eq!(
+            spec.networks["net0"],
+            NetSpec {
+                model: "virtio".into(),
+                mac: Some("BC:24:11:00:00:01".into()),
+                bridge: "vmbr0".into(),
+                vlan: Some(20),
+                firewall: true
+            }
+        );
+        assert_eq!(spec.networks["net1"].mac.as_deref(), Some("BC:24:11:00:00:02"));
+    }
+
+    #[test]
+    fn memory_as_property_string_and_agent_forms() {
+        let live = live_config(&object(json!({"memory": "current=2048", "agent": 1})), BTreeSet::new());
+        assert_eq!(live.spec.memory_mib, 2048);
+        assert!(live.spec.agent);
+        let live = live_config(&object(json!({"memory": 1024, "agent": "0"})), BTreeSet::new());
+        assert_eq!(live.spec.memory_mib, 1024);
+        assert!(!live.spec.agent);
+    }
+
+    #[test]
+    fn pending_changes_and_deletions() {
+        let data = json!([
+            {"key": "cores", "value": 2, "pending": 4},
+            {"key": "memory", "value": "2048"},
+            {"key": "net1", "value": "virtio,bridge=vmbr0", "delete": 1},
+            {"key": "tags", "value": "a", "delete": 0}
+        ]);
+        assert_eq!(pending_keys(&data), Ok(["cores".to_string(), "net1".to_string()].into()));
+        assert!(pending_keys(&json!({})).is_err());
+    }
+
+    #[test]
+    fn resources_keep_qemu_only_sorted_by_vmid() {
+        let data = json!([
+            {"id": "qemu/300", "type": "qemu", "vmid": 300, "node": "pve2", "name": "db", "status": "running", "template": 0, "tags": "nixprox;DB"},
+            {"id": "lxc/200", "type": "lxc", "vmid": 200, "node": "pve1", "name": "ct", "status": "running"},
+            {"id": "node/pve1", "type": "node", "node": "pve1", "status": "online"},
+            {"id": "qemu/9000", "type": "qemu", "vmid": "9000", "node": "pve1", "name": "debian-12", "status": "stopped", "template": 1, "lock": ""},
+            {"id": "qemu/101", "type": "qemu", "vmid": 101, "node": "pve1", "name": "web", "status": "stopped", "lock": "backup", "pool": "lab"}
+        ]);
+        let listed = parse_resources(&data).expect("valid");
+        assert_eq!(listed[0].1.as_deref(), Some("lab"));
+        let vms: Vec<LiveVm> = listed.into_iter().map(|(vm, _)| vm).collect();
+        assert_eq!(vms.iter().map(|vm| vm.vmid).collect::<Vec<_>>(), [101, 300, 9000]);
+        assert_eq!(vms[0].lock.as_deref(), Some("backup"));
+        assert!(vms[1].is_managed());
+        assert_eq!(vms[1].tags, ["db".to_string(), "nixprox".to_string()].into());
+        assert!(vms[2].template && vms[2].lock.is_none());
+        assert!(parse_resources(&json!([{"type": "qemu", "node": "pve1"}])).is_err());
+    }
+
+    fn vm(vmid: u32, name: &str, node: &str, template: bool) -> LiveVm {
+        LiveVm {
+            vmid,
+            node: node.into(),
+            name: name.into(),
+            status: "stopped".into(),
+            template,
+            lock: None,
+            tags: BTreeSet::new(),
+            config: None,
+        }
+    }
+
+    #[test]
+    fn templates_by_name_or_vmid() {
+        let vms = vec![
+            vm(101, "web", "pve1", false),
+            vm(9000, "debian-12", "pve1", true),
+            vm(9001, "nixos", "pve1", true),
+            vm(9101, "nixos", "pve2", true),
+        ];
+        assert_eq!(find_template(&vms, "9000", None).map(|v| v.vmid), Ok(9000));
+        assert_eq!(find_template(&vms, "debian-12", None).map(|v| v.vmid), Ok(9000));
+        assert_eq!(find_template(&vms, "nixos", Some("pve2")).map(|v| v.vmid), Ok(9101));
+        assert_eq!(
+            find_template(&vms, "nixos", None).expect_err("ambiguous").to_string(),
+            "template name `nixos` is ambiguous: VMs 9001, 9101 carry it (name the template by VMID)"
+        );
+        assert_eq!(
+            find_template(&vms, "101", None).expect_err("not a template").to_string(),
+            "VM 101 (`web`) is not a template (convert it with `qm template 101`, or name a template)"
+        );
+        assert_eq!(
+            find_template(&vms, "web", None).expect_err("not a template"),
+            TemplateError::NotATemplate { vmid: 101, name: "web".into() }
+        );
+        assert_eq!(
+            find_template(&vms, "ubuntu", None).expect_err("missing").to_string(),
+            "template `ubuntu` not found (templates in the cluster: `debian-12` (9000), `nixos` (9001), `nixos` (9101); set `nixprox.proxmox.template` or `defaults.template` to one of them, by name or VMID)"
+        );
+        assert_eq!(
+            find_template(&[], "x", None).expect_err("missing").to_string(),
+            "template `x` not found (templates in the cluster: none; set `nixprox.proxmox.template` or `defaults.template` to one of them, by name or VMID)"
+        );
+    }
+}
