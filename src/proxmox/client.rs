@@ -310,8 +310,17 @@ fn classify(err: &reqwest::Error) -> (TransportKind, String) {
             return (TransportKind::Tls, tls.to_string());
         }
         if let Some(io) = inner.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-                return (TransportKind::Tls, tls.to_string());
+            // hyper wraps rustls's error in an io::Error, sometimes twice, and io::Error's
+            // `source()` skips the payload: unwrap the payloads by hand.
+            let mut payload: &(dyn std::error::Error + Send + Sync + 'static) = io;
+            loop {
+                if let Some(tls) = payload.downcast_ref::<rustls::Error>() {
+                    return (TransportKind::Tls, tls.to_string());
+                }
+                match payload.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+                    Some(inner) => payload = inner,
+                    None => break,
+                }
             }
             io_detail.get_or_insert_with(|| io_text(io));
         }

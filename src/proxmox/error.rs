@@ -45,7 +45,7 @@ pub enum ProxmoxError {
     /// A task still running when nixprox stopped waiting for it.
     #[error(
         "task {task_type} of `{id}` on node `{node}` did not finish within {}s (task `{upid}`; it may still be running: see the node's task list)",
-        waited.as_secs()
+        waited.as_secs_f64()
     )]
     TaskTimeout { upid: String, node: String, task_type: String, id: String, waited: Duration },
     /// The client could not be set up (URL, CA file, token).

@@ -1,3 +1,4 @@
 //! The test harness: starts the real counterparts (fakepve, nix, sshd, HTTP servers) and stops
 //! them when a test ends.
 #![allow(dead_code)]
+pub mod fakepve;
