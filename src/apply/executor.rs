@@ -17,7 +17,7 @@ use super::params::{self, Scope, config_write};
 use super::report::{ApplyReport, HostOutcome, HostReport, REPORT_VERSION, StepReport, StepStatus, millis};
 use super::retry::{is_digest_conflict, is_vmid_taken, with_retries};
 use super::vm::{self, StepError, vm_path};
-use super::{ApplyError, ApplyRequest, DeployTarget};
+use super::{ApplyError, ApplyRequest, DeployTarget, Deployed};
 use crate::flake::DesiredHost;
 use crate::flake::host::{Bootstrap, TemplateRef};
 use crate::metadata::{Block, Metadata, Notes};
@@ -236,6 +236,7 @@ impl<'r> HostRun<'r> {
         state: &mut State,
     ) -> Result<(), Failure> {
         let has = |kind: ActionKind| runnable.contains(&kind);
+        let mut replaced = false;
         if has(ActionKind::DestroyVm) || has(ActionKind::ReplaceVm) {
             let vmid = state.vmid.ok_or_else(|| Failure {
                 step: "destroy".into(),
@@ -246,7 +247,7 @@ impl<'r> HostRun<'r> {
             if has(ActionKind::DestroyVm) {
                 return Ok(());
             }
-            state.vmid = None;
+            replaced = true;
         }
         let Some(host) = self.desired else {
             return Err(Failure {
@@ -257,7 +258,8 @@ impl<'r> HostRun<'r> {
                 ),
             });
         };
-        let live = state.vmid.and_then(|vmid| self.req.live.iter().find(|vm| vm.vmid == vmid));
+        let live =
+            state.vmid.and_then(|vmid| self.req.live.iter().find(|vm| vm.vmid == vmid)).filter(|_| !replaced);
         // A VM this apply created but did not finish (crash, cancel, failure): the notes say
         // a plan was applying and nothing is installed yet. It gets the create's remaining
         // steps, cloud-init and start included.
@@ -266,7 +268,8 @@ impl<'r> HostRun<'r> {
             .and_then(|c| c.metadata.as_ref())
             .is_some_and(|m| m.host == host.host && m.applying.is_some() && m.system.is_none());
         let creating = has(ActionKind::CreateVm) || has(ActionKind::ReplaceVm) || resuming_create;
-        if creating && state.vmid.is_none() {
+        // The VM to create does not exist yet (a declared VMID is in the plan before it exists).
+        if creating && live.is_none() {
             state.node = host.node.clone();
             let vmid = match &host.bootstrap {
                 Bootstrap::Template { template, .. } => {
@@ -302,6 +305,7 @@ impl<'r> HostRun<'r> {
             }
         }
         let mut unfinished = false;
+        let mut deployed: Option<Deployed> = None;
         for (kind, name) in [
             (ActionKind::Install, "install"),
             (ActionKind::Reinstall, "reinstall"),
@@ -326,18 +330,20 @@ impl<'r> HostRun<'r> {
                 address: &address,
                 plan_id: self.req.reviewed_plan_id,
             };
-            log.step(name, async {
-                let outcome = match kind {
-                    ActionKind::Switch => deployer.switch(target).await,
-                    _ => deployer.install(target).await,
-                };
-                outcome.map(|()| done((), None)).map_err(|err| StepError::other(format!("{err:#}")))
-            })
-            .await?;
+            let outcome = log
+                .step(name, async {
+                    let outcome = match kind {
+                        ActionKind::Switch => deployer.switch(target).await,
+                        _ => deployer.install(target).await,
+                    };
+                    outcome.map(|d| done(d, None)).map_err(|err| StepError::other(format!("{err:#}")))
+                })
+                .await?;
+            deployed = Some(outcome);
         }
         // `applying` stays while install or switch is still owed, so the next run resumes.
         if !unfinished {
-            log.step("finish", self.clear_applying(host, &node, vmid)).await?;
+            log.step("finish", self.finish(host, &node, vmid, deployed.as_ref())).await?;
         }
         Ok(())
     }
@@ -682,15 +688,37 @@ impl<'r> HostRun<'r> {
         })
     }
 
-    /// Clears `applying` once everything of the host is done.
-    async fn clear_applying(&self, host: &DesiredHost, node: &str, vmid: u32) -> Result<Done<()>, StepError> {
+    /// Once everything of the host is done: records what was deployed and clears `applying`.
+    async fn finish(
+        &self,
+        host: &DesiredHost,
+        node: &str,
+        vmid: u32,
+        deployed: Option<&Deployed>,
+    ) -> Result<Done<()>, StepError> {
         let client = self.req.client;
         let path = format!("{}/config", vm_path(node, vmid));
         for _ in 0..CAS_ATTEMPTS {
             let raw = vm::read_raw(client, node, vmid)
                 .await?
                 .ok_or_else(|| StepError::other(format!("VM {vmid} on node `{node}` disappeared")))?;
-            let metadata = self.metadata_for(host, vmid, &raw, false)?;
+            let mut metadata = self.metadata_for(host, vmid, &raw, false)?;
+            if let Some(deployed) = deployed {
+                let fields = [
+                    (&mut metadata.system, &deployed.system),
+                    (&mut metadata.disk_layout, &deployed.disk_layout),
+                    (&mut metadata.host_key, &deployed.host_key),
+                    (&mut metadata.time, &deployed.time),
+                ];
+                for (field, value) in fields {
+                    if value.is_some() {
+                        field.clone_from(value);
+                    }
+                }
+                if let Some(rev) = self.req.git_rev {
+                    metadata.git_rev = Some(rev.to_string());
+                }
+            }
             let description = params::notes(host, &metadata);
             let tags = raw.get("tags").and_then(value_text).map(|t| parse_tags(&t)).unwrap_or_default();
             if raw.get("description").and_then(value_text).unwrap_or_default() == description
@@ -711,7 +739,7 @@ impl<'r> HostRun<'r> {
                     return Ok(Done {
                         value: (),
                         status: StepStatus::Ok,
-                        detail: Some("metadata: applying cleared".into()),
+                        detail: Some("metadata block updated".into()),
                         warnings,
                     });
                 }

@@ -46,11 +46,25 @@ pub struct DeployTarget<'a> {
     pub plan_id: &'a str,
 }
 
+/// What an install or switch leaves to record in the metadata block. The executor merges
+/// the fields that are set into the block (with the git revision) and clears `applying`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deployed {
+    /// Store path of the system now active.
+    pub system: Option<String>,
+    /// Disk layout hash the disks were partitioned with (install only).
+    pub disk_layout: Option<String>,
+    /// The host key now pinned (install only).
+    pub host_key: Option<String>,
+    /// RFC 3339 time of the install or switch.
+    pub time: Option<String>,
+}
+
 /// Installing and switching NixOS: the SSH / nixos-anywhere side, implemented elsewhere.
 /// `reinstall` actions call [`NixosDeployer::install`] (nixos-anywhere wipes the disks).
 pub trait NixosDeployer: Send + Sync + fmt::Debug {
-    fn install<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<()>>;
-    fn switch<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<()>>;
+    fn install<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>>;
+    fn switch<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>>;
 }
 
 /// Bounds and timeouts of a run.
@@ -131,6 +145,8 @@ pub struct RunRequest<'a> {
     pub git_rev: Option<&'a str>,
     pub deployer: Option<&'a dyn NixosDeployer>,
     pub progress: &'a Progress,
+    /// Usually [`ApplyOptions::from_settings`].
+    pub options: ApplyOptions,
 }
 
 /// What a run did: the recomputed plan, why it was accepted, and the report.
@@ -163,7 +179,7 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ApplyError> {
         desired: request.desired,
         live: &live,
         client: request.client,
-        options: ApplyOptions::from_settings(request.settings),
+        options: request.options,
         reviewed_plan_id: &approval.reviewed_id,
         git_rev: request.git_rev,
         deployer: request.deployer,

@@ -2,3 +2,4 @@
 //! them when a test ends.
 #![allow(dead_code)]
 pub mod fakepve;
+pub mod hosts;
