@@ -15,10 +15,17 @@ use crate::proxmox::{Client, ProxmoxError, Upid, wait_task};
 /// What a failed step reports.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
+    /// Boxed: the Proxmox error is large and steps return `Result`s on every path.
     #[error(transparent)]
-    Proxmox(#[from] ProxmoxError),
+    Proxmox(Box<ProxmoxError>),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<ProxmoxError> for StepError {
+    fn from(err: ProxmoxError) -> StepError {
+        StepError::Proxmox(Box::new(err))
+    }
 }
 
 impl StepError {

@@ -420,7 +420,7 @@ async fn orphans_are_destroyed_only_when_unprotected() {
         .collect();
     assert_eq!(order, ["shutdown", "delete"]);
     // fakepve records paths without their query, so `purge=1&destroy-unreferenced-disks=1` is
-    // checked by its effect: the VM's volumes are gone with it (see `vm::DESTROY_QUERY`).
+    // not visible here; the destroy itself is (the VM is gone, after a clean shutdown).
 }
 
 #[tokio::test]
