@@ -1,1 +1,190 @@
-//! apply: not written yet.
+//! `nixprox apply`: carries out an approved plan on Proxmox, host by host.
+//!
+//! [`approval`] decides whether the recomputed plan is the reviewed one; [`executor`] runs
+//! the hosts concurrently (a global and a per-node bound) and each host's actions as ordered
+//! steps ([`vm`] holds the Proxmox calls, [`params`] the config writes); [`retry`] retries
+//! transient failures; [`report`] and [`progress`] tell the user what happened.
+//!
+//! Resumable by construction: every step reads live state first and does only what is
+//! missing; the first write that creates a VM already carries the metadata block naming the
+//! host and `applying = <reviewed plan id>`, so a re-run finds its half-done VM, and the
+//! approval accepts the changed plan as that run's unfinished work.
+
+pub mod approval;
+pub mod executor;
+pub mod params;
+pub mod progress;
+pub mod report;
+pub mod retry;
+pub mod vm;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::config::Settings;
+use crate::flake::DesiredHost;
+use crate::plan::{Plan, PlanInput};
+use crate::proxmox::{Client, LiveVm, ProxmoxError, ReadRequest, RetryPolicy, read_cluster};
+
+pub use approval::{Approval, Reviewed, ReviewedPlan, StalePlan};
+pub use executor::apply;
+pub use progress::{Progress, ProgressMode};
+pub use report::{ApplyReport, HostOutcome, HostReport, StepReport, StepStatus};
+
+/// The VM a deploy step acts on.
+#[derive(Debug, Clone, Copy)]
+pub struct DeployTarget<'a> {
+    pub host: &'a DesiredHost,
+    pub node: &'a str,
+    pub vmid: u32,
+    /// Where SSH reaches the host (static, or from the guest agent).
+    pub address: &'a str,
+    /// The reviewed plan id (the deployer may record it; apply clears `applying` afterwards).
+    pub plan_id: &'a str,
+}
+
+/// What an install or switch leaves to record in the metadata block. The executor merges
+/// the fields that are set into the block (with the git revision) and clears `applying`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deployed {
+    /// Store path of the system now active.
+    pub system: Option<String>,
+    /// Disk layout hash the disks were partitioned with (install only).
+    pub disk_layout: Option<String>,
+    /// The host key now pinned (install only).
+    pub host_key: Option<String>,
+    /// RFC 3339 time of the install or switch.
+    pub time: Option<String>,
+}
+
+/// Installing and switching NixOS: the SSH / nixos-anywhere side, implemented elsewhere.
+/// `reinstall` actions call [`NixosDeployer::install`] (nixos-anywhere wipes the disks).
+pub trait NixosDeployer: Send + Sync + fmt::Debug {
+    fn install<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>>;
+    fn switch<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>>;
+}
+
+/// Bounds and timeouts of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// Hosts applied at once.
+    pub hosts: usize,
+    /// Hosts applied at once on one Proxmox node.
+    pub per_node: usize,
+    /// How long a new VM may take to report its address.
+    pub address_timeout: Duration,
+    /// How long a guest gets to shut down before it is stopped.
+    pub shutdown_timeout: Duration,
+    /// How long one Proxmox task (clone, start, …) may run.
+    pub task_timeout: Duration,
+    /// Step-level retries of transient task failures (locks, backups).
+    pub step_retry: RetryPolicy,
+    /// Interval between guest-agent polls.
+    pub poll_interval: Duration,
+}
+
+impl ApplyOptions {
+    pub fn from_settings(settings: &Settings) -> ApplyOptions {
+        ApplyOptions {
+            hosts: settings.concurrency.hosts.max(1),
+            per_node: settings.concurrency.per_node.max(1),
+            address_timeout: Duration::from_secs(settings.apply.address_timeout),
+            shutdown_timeout: Duration::from_secs(settings.apply.shutdown_timeout),
+            task_timeout: Duration::from_secs(1800),
+            step_retry: RetryPolicy {
+                retries: 6,
+                base_delay: Duration::from_secs(2),
+                max_delay: Duration::from_secs(30),
+            },
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Everything one executor run needs. The plan must already be approved.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyRequest<'a> {
+    pub plan: &'a Plan,
+    pub desired: &'a [DesiredHost],
+    /// The cluster the plan was computed from (templates included).
+    pub live: &'a [LiveVm],
+    pub client: &'a Client,
+    pub options: ApplyOptions,
+    /// Recorded as `applying` in the metadata block while a host's steps run.
+    pub reviewed_plan_id: &'a str,
+    pub git_rev: Option<&'a str>,
+    /// `None`: install, switch and reinstall steps are reported as skipped.
+    pub deployer: Option<&'a dyn NixosDeployer>,
+    pub progress: &'a Progress,
+}
+
+/// What stops a run before any host is touched.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Stale(#[from] StalePlan),
+    #[error("failed to read the cluster before applying: {0}")]
+    Read(#[source] ProxmoxError),
+}
+
+/// The inputs of `nixprox apply` once the flake is evaluated: the CLI's thin entry point.
+#[derive(Debug, Clone, Copy)]
+pub struct RunRequest<'a> {
+    pub client: &'a Client,
+    pub settings: &'a Settings,
+    pub desired: &'a [DesiredHost],
+    /// `--hosts`.
+    pub only: Option<&'a BTreeSet<String>>,
+    /// `--plan-id` / the sticky comment's id, or `--reviewed-plan FILE`'s body.
+    pub reviewed: &'a Reviewed,
+    /// `--allow-new-plan`.
+    pub allow_new_plan: bool,
+    pub git_rev: Option<&'a str>,
+    pub deployer: Option<&'a dyn NixosDeployer>,
+    pub progress: &'a Progress,
+    /// Usually [`ApplyOptions::from_settings`].
+    pub options: ApplyOptions,
+}
+
+/// What a run did: the recomputed plan, why it was accepted, and the report.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub plan: Plan,
+    pub approval: Approval,
+    pub report: ApplyReport,
+}
+
+/// Reads the cluster, recomputes the plan, checks it against the reviewed one, and applies it.
+pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ApplyError> {
+    let read = ReadRequest {
+        host_names: request.desired.iter().map(|h| h.spec.name.clone()).collect(),
+        concurrency: request.settings.concurrency.api,
+    };
+    let live = read_cluster(request.client, &read).await.map_err(ApplyError::Read)?;
+    let plan = crate::plan::plan(PlanInput {
+        desired: request.desired,
+        live: &live,
+        policies: request.settings.policies,
+        only: request.only,
+    });
+    let approval = approval::check(request.reviewed, &plan, &live, request.allow_new_plan)?;
+    for note in &approval.notes {
+        tracing::warn!("{note}");
+    }
+    let report = apply(ApplyRequest {
+        plan: &plan,
+        desired: request.desired,
+        live: &live,
+        client: request.client,
+        options: request.options,
+        reviewed_plan_id: &approval.reviewed_id,
+        git_rev: request.git_rev,
+        deployer: request.deployer,
+        progress: request.progress,
+    })
+    .await?;
+    Ok(RunOutcome { plan, approval, report })
+}

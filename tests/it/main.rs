@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod apply;
 mod docs;
 mod error_messages;
 mod flake;

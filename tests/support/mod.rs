@@ -4,5 +4,6 @@
 
 pub mod cli;
 pub mod fakepve;
+pub mod hosts;
 pub mod nix;
 pub mod sshd;

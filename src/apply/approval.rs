@@ -1,0 +1,367 @@
+//! Is the plan apply recomputed the one that was reviewed? Pure.
+//!
+//! With only the reviewed plan's id, the ids must be equal. With the reviewed plan's body
+//! (`nixprox plan --format json` output, `--reviewed-plan FILE`), hosts are compared one by
+//! one, and a host whose actions changed is still accepted when the change is apply's own
+//! unfinished work: its VM carries `applying == <reviewed id>` in the metadata block (a resumed
+//! run), or it is gone because the reviewed plan destroyed it. A resumed host never gains a
+//! destructive action the review did not show. `--allow-new-plan` accepts anything (blocked
+//! actions still never run).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::plan::{Action, ActionKind, HostPlan, Plan};
+use crate::proxmox::LiveVm;
+
+/// What the reviewer saw.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reviewed {
+    /// Only the id (from the PR's sticky comment or `--plan-id`).
+    Id(String),
+    /// The whole JSON rendering (`--reviewed-plan FILE`).
+    Plan(ReviewedPlan),
+}
+
+impl Reviewed {
+    pub fn plan_id(&self) -> &str {
+        match self {
+            Reviewed::Id(id) => id,
+            Reviewed::Plan(plan) => &plan.plan_id,
+        }
+    }
+}
+
+/// The parts of the JSON plan (schema version 1) the comparison needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ReviewedPlan {
+    pub version: u32,
+    pub plan_id: String,
+    pub hosts: Vec<ReviewedHost>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ReviewedHost {
+    pub host: String,
+    #[serde(default)]
+    pub orphan: bool,
+    pub actions: Vec<Value>,
+}
+
+impl ReviewedPlan {
+    /// Parses `nixprox plan --format json` output.
+    pub fn parse(text: &str) -> Result<ReviewedPlan, String> {
+        let plan: ReviewedPlan =
+            serde_json::from_str(text).map_err(|err| format!("not a nixprox plan: {err}"))?;
+        if plan.version != crate::plan::model::SCHEMA_VERSION {
+            return Err(format!(
+                "plan schema version {} is not the version {} this nixprox writes (re-run `nixprox plan` with this release)",
+                plan.version,
+                crate::plan::model::SCHEMA_VERSION
+            ));
+        }
+        Ok(plan)
+    }
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// The id apply records in `applying` while it works.
+    pub reviewed_id: String,
+    /// Hosts accepted as resumed work, and hosts accepted by `--allow-new-plan`.
+    pub notes: Vec<String>,
+}
+
+/// The plan changed since review, and not only by apply's own unfinished work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the plan changed since it was reviewed (reviewed `{reviewed}`, now `{current}`):\n{}\n(review the new plan in a pull request, or pass --allow-new-plan to apply it anyway)",
+    lines.join("\n")
+)]
+pub struct StalePlan {
+    pub reviewed: String,
+    pub current: String,
+    /// Per-host delta lines, or the recomputed plan's lines when only the id is known.
+    pub lines: Vec<String>,
+}
+
+/// Checks `plan` against what was reviewed. `live` is the cluster the plan was computed from.
+pub fn check(
+    reviewed: &Reviewed,
+    plan: &Plan,
+    live: &[LiveVm],
+    allow_new_plan: bool,
+) -> Result<Approval, StalePlan> {
+    let reviewed_id = reviewed.plan_id().to_string();
+    if reviewed_id == plan.plan_id {
+        return Ok(Approval { reviewed_id, notes: Vec::new() });
+    }
+    let stale = |lines: Vec<String>| StalePlan {
+        reviewed: reviewed_id.clone(),
+        current: plan.plan_id.clone(),
+        lines,
+    };
+    let problems = match reviewed {
+        Reviewed::Id(_) => {
+            let mut lines = vec!["the reviewed plan's body is not available (pass --reviewed-plan FILE to compare host by host); the plan now is:".to_string()];
+            lines.extend(plan.hosts.iter().filter(|h| h.has_changes()).map(|h| {
+                format!(
+                    "  host `{}`: {}",
+                    h.host,
+                    describe_actions(&h.actions.iter().map(normalize).collect::<Vec<_>>())
+                )
+            }));
+            lines
+        }
+        Reviewed::Plan(body) => compare(body, plan, live),
+    };
+    if problems.is_empty() {
+        let notes = plan
+            .hosts
+            .iter()
+            .filter(|h| {
+                body_host(reviewed, &h.host).is_none_or(|r| {
+                    r.actions.iter().map(strip).collect::<Vec<_>>()
+                        != h.actions.iter().map(normalize).collect::<Vec<_>>()
+                })
+            })
+            .filter(|h| h.has_changes())
+            .map(|h| format!("host `{}`: resuming unfinished work of plan `{reviewed_id}`", h.host))
+            .collect();
+        return Ok(Approval { reviewed_id, notes });
+    }
+    if allow_new_plan {
+        let mut notes = vec![format!(
+            "plan `{}` differs from the reviewed `{reviewed_id}`; applied because of --allow-new-plan",
+            plan.plan_id
+        )];
+        notes.extend(problems);
+        return Ok(Approval { reviewed_id, notes });
+    }
+    Err(stale(problems))
+}
+
+fn body_host<'a>(reviewed: &'a Reviewed, host: &str) -> Option<&'a ReviewedHost> {
+    match reviewed {
+        Reviewed::Plan(body) => body.hosts.iter().find(|h| h.host == host),
+        Reviewed::Id(_) => None,
+    }
+}
+
+/// One action reduced to what it means: kind, blocked or not, and the changes.
+fn normalize(action: &Action) -> Value {
+    strip(&serde_json::to_value(action).unwrap_or(Value::Null))
+}
+
+fn strip(action: &Value) -> Value {
+    json!({
+        "kind": action.get("kind").cloned().unwrap_or(Value::Null),
+        "blocked": action.get("blocked").is_some_and(|b| !b.is_null()),
+        "changes": action.get("changes").cloned().unwrap_or(json!([])),
+    })
+}
+
+fn kind_of(action: &Value) -> &str {
+    action.get("kind").and_then(Value::as_str).unwrap_or("?")
+}
+
+fn runnable_destructive(actions: &[Value]) -> Vec<String> {
+    actions
+        .iter()
+        .filter(|a| a.get("blocked") == Some(&json!(false)))
+        .map(|a| kind_of(a).to_string())
+        .filter(|k| {
+            [ActionKind::DestroyVm, ActionKind::ReplaceVm, ActionKind::Reinstall]
+                .iter()
+                .any(|d| d.as_str() == k)
+        })
+        .collect()
+}
+
+fn compare(body: &ReviewedPlan, plan: &Plan, live: &[LiveVm]) -> Vec<String> {
+    let reviewed: BTreeMap<&str, Vec<Value>> =
+        body.hosts.iter().map(|h| (h.host.as_str(), h.actions.iter().map(strip).collect())).collect();
+    let mut lines = Vec::new();
+    for host in &plan.hosts {
+        let now: Vec<Value> = host.actions.iter().map(normalize).collect();
+        let before = reviewed.get(host.host.as_str());
+        if before == Some(&now) {
+            continue;
+        }
+        // Doing nothing is always safe: a host a previous run finished shows no changes now.
+        if !host.has_changes() {
+            continue;
+        }
+        if let Some(problem) = resume_problem(host, before.map(Vec::as_slice), &now, &body.plan_id, live) {
+            let reviewed_text =
+                before.map(|b| describe_actions(b)).unwrap_or_else(|| "not in the plan".into());
+            lines.push(format!(
+                "  host `{}`: reviewed {reviewed_text}; now {}{problem}",
+                host.host,
+                describe_actions(&now)
+            ));
+        }
+    }
+    lines
+}
+
+/// `None` when the host's changed actions are apply's own unfinished work; else why not.
+fn resume_problem(
+    host: &HostPlan,
+    before: Option<&[Value]>,
+    now: &[Value],
+    reviewed_id: &str,
+    live: &[LiveVm],
+) -> Option<String> {
+    let vm = host.vm.vmid.and_then(|vmid| live.iter().find(|vm| vm.vmid == vmid));
+    let applying = vm
+        .and_then(|vm| vm.config.as_ref())
+        .and_then(|c| c.metadata.as_ref())
+        .and_then(|m| m.applying.as_deref());
+    if applying != Some(reviewed_id) {
+        return Some(String::new());
+    }
+    let allowed = before.map(runnable_destructive).unwrap_or_default();
+    let new_destructive: Vec<String> =
+        runnable_destructive(now).into_iter().filter(|k| !allowed.contains(k)).collect();
+    if new_destructive.is_empty() {
+        None
+    } else {
+        Some(format!(
+            " (an unfinished apply of the reviewed plan left this VM, but {} was not reviewed)",
+            new_destructive.join(", ")
+        ))
+    }
+}
+
+/// `update_vm(cores 2→4, memory 2048→4096); install(system …)`.
+pub fn describe_actions(actions: &[Value]) -> String {
+    if actions.is_empty() {
+        return "nothing".into();
+    }
+    actions
+        .iter()
+        .map(|action| {
+            let changes = action.get("changes").and_then(Value::as_array).cloned().unwrap_or_default();
+            let mut parts: Vec<String> = changes.iter().take(4).map(describe_change).collect();
+            if changes.len() > 4 {
+                parts.push(format!("… {} more", changes.len() - 4));
+            }
+            let blocked = if action.get("blocked") == Some(&json!(true)) { " [blocked]" } else { "" };
+            format!("{}({}){blocked}", kind_of(action), parts.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn describe_change(change: &Value) -> String {
+    let field = change.get("field").and_then(Value::as_str).unwrap_or("?");
+    let show = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => "∅".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    format!("{field} {}→{}", show(change.get("before")), show(change.get("after")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Policies;
+    use crate::plan::{PlanInput, plan, testkit};
+
+    fn plan_of(desired: &[crate::flake::DesiredHost], live: &[LiveVm], policies: Policies) -> Plan {
+        plan(PlanInput { desired, live, policies, only: None })
+    }
+
+    fn body(plan: &Plan) -> Reviewed {
+        Reviewed::Plan(ReviewedPlan::parse(&crate::render::json::render(plan)).expect("parses"))
+    }
+
+    #[test]
+    fn equal_ids_are_accepted() {
+        let desired = vec![testkit::host("web")];
+        let reviewed = plan_of(&desired, &[], Policies::default());
+        let again = plan_of(&desired, &[], Policies::default());
+        let approval = check(&Reviewed::Id(reviewed.plan_id.clone()), &again, &[], false).expect("same plan");
+        assert_eq!(approval.reviewed_id, reviewed.plan_id);
+        assert!(approval.notes.is_empty());
+    }
+
+    #[test]
+    fn a_changed_plan_is_refused_with_the_per_host_delta() {
+        let desired = vec![testkit::host("web")];
+        let mut live = vec![testkit::live("web", 101)];
+        testkit::config(&mut live[0]).spec.cores = 1;
+        let reviewed = plan_of(&desired, &live, Policies::default());
+        let mut desired_now = desired.clone();
+        desired_now[0].spec.cores = 8;
+        let now = plan_of(&desired_now, &live, Policies::default());
+        let err = check(&body(&reviewed), &now, &live, false).expect_err("stale");
+        assert_eq!(
+            err.lines,
+            vec!["  host `web`: reviewed update_vm(cores 1→2); now update_vm(cores 1→8)".to_string()]
+        );
+        assert!(err.to_string().starts_with(&format!(
+            "the plan changed since it was reviewed (reviewed `{}`, now `{}`):\n  host `web`",
+            reviewed.plan_id, now.plan_id
+        )));
+        let err = check(&Reviewed::Id(reviewed.plan_id.clone()), &now, &live, false).expect_err("stale");
+        assert!(err.lines[1].starts_with("  host `web`: update_vm(cores 1→8)"), "{:?}", err.lines);
+        let approval = check(&body(&reviewed), &now, &live, true).expect("allowed");
+        assert_eq!(approval.notes.len(), 2);
+    }
+
+    #[test]
+    fn an_interrupted_create_is_resumed() {
+        let desired = vec![testkit::host("web")];
+        let reviewed = plan_of(&desired, &[], Policies::default());
+        // The clone happened, with the notes; the tag was never written.
+        let mut vm = testkit::live("web", 120);
+        vm.tags.clear();
+        let config = testkit::config(&mut vm);
+        config.spec.memory_mib = 1024;
+        config.metadata = Some(crate::metadata::Metadata {
+            host: "web".into(),
+            applying: Some(reviewed.plan_id.clone()),
+            ..Default::default()
+        });
+        let live = vec![vm];
+        let now = plan_of(&desired, &live, Policies::default());
+        assert_ne!(now.plan_id, reviewed.plan_id);
+        let approval = check(&body(&reviewed), &now, &live, false).expect("resume");
+        assert_eq!(
+            approval.notes,
+            vec![format!("host `web`: resuming unfinished work of plan `{}`", reviewed.plan_id)]
+        );
+        // Another plan's leftovers are not this review's work.
+        let mut other = live.clone();
+        testkit::config(&mut other[0]).metadata.as_mut().expect("metadata").applying =
+            Some("feedfeed".into());
+        let now = plan_of(&desired, &other, Policies::default());
+        assert!(check(&body(&reviewed), &now, &other, false).is_err());
+    }
+
+    #[test]
+    fn a_destroyed_orphan_may_disappear_but_nothing_destructive_appears() {
+        let mut orphan = testkit::live("old", 150);
+        orphan.name = "old".into();
+        let policies = Policies { prune_orphans: true, ..Policies::default() };
+        let reviewed = plan_of(&[], &[orphan.clone()], policies);
+        assert_eq!(reviewed.hosts[0].actions[0].kind, ActionKind::DestroyVm);
+        let now = plan_of(&[], &[], policies);
+        check(&body(&reviewed), &now, &[], false).expect("the orphan is gone: that was the plan");
+        // The other way round: a destroy the review did not show is refused.
+        let reviewed = plan_of(&[], &[], policies);
+        let now = plan_of(&[], &[orphan.clone()], policies);
+        let err = check(&body(&reviewed), &now, &[orphan], false).expect_err("new destroy");
+        assert!(
+            err.lines[0].starts_with("  host `old`: reviewed not in the plan; now destroy_vm(vm old→∅"),
+            "{:?}",
+            err.lines
+        );
+    }
+}

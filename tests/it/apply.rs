@@ -1,0 +1,646 @@
+//! Integration tests of the apply executor against fakepve: creates, adoptions, updates with
+//! compare-and-swap, grows, destroys, the approval of the reviewed plan, injected faults,
+//! an interrupted create that a second run resumes, and ten hosts at once.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use nixprox::apply::{
+    ApplyError, ApplyOptions, HostOutcome, Progress, ProgressMode, Reviewed, ReviewedPlan, RunOutcome,
+    RunRequest, StepStatus,
+};
+use nixprox::config::{Policies, Settings};
+use nixprox::flake::DesiredHost;
+use nixprox::metadata::Notes;
+use nixprox::plan::{ActionKind, Plan, PlanInput};
+use nixprox::proxmox::{Client, LiveVm, ReadRequest, RetryPolicy, read_cluster};
+use serde_json::{Value, json};
+
+use crate::support::fakepve::{FakePve, Scenario};
+use crate::support::hosts::{self, SSH_KEY, agent_with, host, template};
+
+/// A fake cluster with the template, and the settings tests apply with.
+struct Lab {
+    pve: FakePve,
+    client: Client,
+    settings: Settings,
+    progress: Progress,
+}
+
+impl Lab {
+    fn start(scenario: Scenario) -> Lab {
+        let pve = FakePve::start(scenario.guest(template()));
+        let client = pve.client();
+        Lab { pve, client, settings: Settings::default(), progress: Progress::new(ProgressMode::Quiet) }
+    }
+
+    fn options(&self) -> ApplyOptions {
+        ApplyOptions {
+            address_timeout: Duration::from_secs(20),
+            shutdown_timeout: Duration::from_secs(30),
+            task_timeout: Duration::from_secs(60),
+            step_retry: RetryPolicy {
+                retries: 12,
+                base_delay: Duration::from_millis(100),
+                max_delay: Duration::from_millis(400),
+            },
+            poll_interval: Duration::from_millis(50),
+            ..ApplyOptions::from_settings(&self.settings)
+        }
+    }
+
+    async fn live(&self, desired: &[DesiredHost]) -> Vec<LiveVm> {
+        let read =
+            ReadRequest { host_names: desired.iter().map(|h| h.spec.name.clone()).collect(), concurrency: 4 };
+        read_cluster(&self.client, &read).await.expect("read the fake cluster")
+    }
+
+    /// What `nixprox plan` would show now.
+    async fn plan(&self, desired: &[DesiredHost]) -> Plan {
+        let live = self.live(desired).await;
+        nixprox::plan::plan(PlanInput { desired, live: &live, policies: self.settings.policies, only: None })
+    }
+
+    async fn run(
+        &self,
+        desired: &[DesiredHost],
+        reviewed: &Reviewed,
+        allow: bool,
+    ) -> Result<RunOutcome, ApplyError> {
+        nixprox::apply::run(RunRequest {
+            client: &self.client,
+            settings: &self.settings,
+            desired,
+            only: None,
+            reviewed,
+            allow_new_plan: allow,
+            git_rev: Some("0123abc"),
+            deployer: None,
+            progress: &self.progress,
+            options: self.options(),
+        })
+        .await
+    }
+
+    /// Plans, then applies that plan as the reviewed one.
+    async fn plan_and_apply(&self, desired: &[DesiredHost]) -> RunOutcome {
+        let plan = self.plan(desired).await;
+        self.run(desired, &reviewed_body(&plan), false).await.expect("the reviewed plan is applied")
+    }
+
+    /// `(method, path, body)` of every request, oldest first.
+    fn requests(&self, clear: bool) -> Vec<(String, String, String)> {
+        let seen = self.pve.command(json!({"cmd": "requests", "clear": clear}));
+        seen.as_array()
+            .expect("a list")
+            .iter()
+            .map(|r| {
+                let text = |i: usize| r[i].as_str().unwrap_or_default().to_string();
+                (text(0), text(1), text(2))
+            })
+            .collect()
+    }
+
+    fn vms(&self) -> Vec<Value> {
+        self.pve.command(json!({"cmd": "vms"})).as_array().expect("a list").clone()
+    }
+
+    /// The VMs other than the template.
+    fn guests(&self) -> Vec<Value> {
+        self.vms().into_iter().filter(|vm| vm["vmid"] != json!(hosts::TEMPLATE_ID)).collect()
+    }
+
+    /// Waits (bounded) until `check` holds for the fake's VM list.
+    async fn wait_until(&self, what: &str, check: impl Fn(&[Value]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if check(&self.vms()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting until {what}: {:?}", self.vms());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+fn reviewed_body(plan: &Plan) -> Reviewed {
+    Reviewed::Plan(
+        ReviewedPlan::parse(&nixprox::render::json::render(plan)).expect("a plan renders and parses"),
+    )
+}
+
+fn config_text(vm: &Value, key: &str) -> String {
+    match &vm["config"][key] {
+        Value::String(text) => text.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn kinds(plan: &Plan, host: &str) -> Vec<ActionKind> {
+    plan.hosts
+        .iter()
+        .find(|h| h.host == host)
+        .map(|h| h.actions.iter().map(|a| a.kind).collect())
+        .unwrap_or_default()
+}
+
+fn step<'a>(outcome: &'a RunOutcome, host: &str, name: &str) -> &'a nixprox::apply::StepReport {
+    let report = outcome.report.hosts.iter().find(|h| h.host == host).expect("host in the report");
+    report
+        .steps
+        .iter()
+        .find(|s| s.step == name)
+        .unwrap_or_else(|| panic!("no step {name}: {:?}", report.steps))
+}
+
+fn outcome_of<'a>(outcome: &'a RunOutcome, host: &str) -> &'a HostOutcome {
+    &outcome.report.hosts.iter().find(|h| h.host == host).expect("host in the report").outcome
+}
+
+/// A managed, installed VM as fakepve guest, in sync with `host(name)` except what `config` overrides.
+fn installed_vm(vmid: u32, name: &str, status: &str, config: Value) -> Value {
+    let metadata = nixprox::metadata::Metadata {
+        host: name.into(),
+        system: Some(host(name).system.toplevel),
+        disk_layout: Some("sha256:1111".into()),
+        ..Default::default()
+    };
+    let mut base = json!({
+        "name": name, "cores": 2, "sockets": 1, "cpu": "x86-64-v2-AES", "memory": "2048", "agent": "1",
+        "scsi0": format!("local-lvm:vm-{vmid}-disk-0,discard=on,size=20G"),
+        "net0": "virtio=BC:24:11:00:00:01,bridge=vmbr0", "tags": "lab;nixprox", "onboot": 1,
+        "description": Notes::render(&format!("{name}, managed by nixprox tests"), &metadata)
+    });
+    for (key, value) in config.as_object().expect("object") {
+        base[key] = value.clone();
+    }
+    json!({"vmid": vmid, "name": name, "node": "pve1", "status": status, "config": base})
+}
+
+/// Until the VM named `name` runs, then answers for its guest agent with `address`.
+async fn turn_on_agent_when_running(lab: &Lab, name: &str, address: &str) {
+    lab.wait_until(&format!("`{name}` runs"), |vms| {
+        vms.iter().any(|vm| vm["name"] == json!(name) && vm["status"] == json!("running"))
+    })
+    .await;
+    // Let apply see "QEMU guest agent is not running" for a while first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let vmid =
+        lab.vms().iter().find(|vm| vm["name"] == json!(name)).map(|vm| vm["vmid"].clone()).expect("vm");
+    lab.pve.command(json!({"cmd": "set_agent", "vmid": vmid, "agent": agent_with(address)}));
+}
+
+#[tokio::test]
+async fn full_create_clones_configures_resizes_starts_and_finds_the_address() {
+    let lab = Lab::start(Scenario::new());
+    let mut web = host("web");
+    web.spec.disks.get_mut("scsi0").expect("scsi0").size_bytes = 32 << 30;
+    let desired = vec![web.clone()];
+    let plan = lab.plan(&desired).await;
+    assert_eq!(kinds(&plan, "web"), [ActionKind::CreateVm, ActionKind::Install]);
+    lab.requests(true);
+
+    let reviewed = reviewed_body(&plan);
+    let (outcome, ()) = tokio::join!(
+        lab.run(&desired, &reviewed, false),
+        turn_on_agent_when_running(&lab, "web", "127.0.0.31")
+    );
+    let outcome = outcome.expect("apply runs");
+    let report = &outcome.report.hosts[0];
+    assert_eq!(report.outcome, HostOutcome::Ok, "{}", outcome.report.render_text());
+    assert_eq!(report.address.as_deref(), Some("127.0.0.31"));
+    let names: Vec<&str> = report.steps.iter().map(|s| s.step.as_str()).collect();
+    assert_eq!(names, ["clone", "configure", "resize", "start", "address", "install"]);
+    assert_eq!(step(&outcome, "web", "install").status, StepStatus::Skipped);
+    assert_eq!(step(&outcome, "web", "install").detail.as_deref(), Some("no deployer configured"));
+    assert_eq!(step(&outcome, "web", "resize").detail.as_deref(), Some("scsi0 20G→32G"));
+
+    // Read the VM back through the API.
+    let vmid = report.vmid.expect("a vmid");
+    let config = lab.client.get(&format!("/nodes/pve1/qemu/{vmid}/config"), &[]).await.expect("config");
+    let vm = json!({"config": config});
+    assert_eq!(config_text(&vm, "name"), "web");
+    assert_eq!(config_text(&vm, "cores"), "2");
+    assert_eq!(config_text(&vm, "memory"), "2048");
+    assert_eq!(config_text(&vm, "cpu"), "x86-64-v2-AES");
+    assert_eq!(config_text(&vm, "agent"), "1");
+    assert_eq!(config_text(&vm, "onboot"), "1");
+    assert_eq!(config_text(&vm, "tags"), "lab;nixprox");
+    assert_eq!(config_text(&vm, "ciuser"), "root");
+    assert_eq!(config_text(&vm, "ipconfig0"), "ip=dhcp");
+    assert_eq!(config_text(&vm, "ciupgrade"), "0");
+    assert_eq!(
+        config_text(&vm, "sshkeys"),
+        "ssh-ed25519%20AAAAC3NzaC1lZDI1NTE5AAAAI%2Btest%2Fkey%3D%20ci%40nixprox"
+    );
+    assert_eq!(
+        percent_encoding::percent_decode_str(&config_text(&vm, "sshkeys")).decode_utf8_lossy(),
+        SSH_KEY
+    );
+    assert!(config_text(&vm, "scsi0").contains("discard=on"), "{}", config_text(&vm, "scsi0"));
+    assert!(
+        config_text(&vm, "net0").starts_with("virtio=") && config_text(&vm, "net0").contains("bridge=vmbr0")
+    );
+    let notes = Notes::parse(&config_text(&vm, "description"));
+    assert_eq!(notes.user_text, "web, managed by nixprox tests");
+    let metadata = notes.metadata().expect("metadata block");
+    assert_eq!(metadata.host, "web");
+    // NixOS is not installed yet (no deployer): `applying` stays so the next run resumes.
+    assert_eq!(metadata.applying.as_deref(), Some(plan.plan_id.as_str()));
+    assert_eq!(lab.pve.vm(vmid)["status"], json!("running"));
+
+    // The clone carried the notes (the journal entry) and the resize used an absolute size.
+    let requests = lab.requests(false);
+    let clone =
+        requests.iter().find(|(m, p, _)| m == "POST" && p.ends_with("/qemu/9000/clone")).expect("clone");
+    assert!(clone.2.contains("nixprox%3Av1") && clone.2.contains("full=1"), "{}", clone.2);
+    let resize = requests.iter().find(|(m, p, _)| m == "PUT" && p.ends_with("/resize")).expect("resize");
+    assert_eq!(resize.2, "disk=scsi0&size=32G");
+    let configure =
+        requests.iter().find(|(m, p, _)| m == "POST" && p.ends_with("/config")).expect("config write");
+    assert!(configure.2.contains("digest="), "{}", configure.2);
+    assert!(
+        requests.iter().filter(|(_, p, _)| p.ends_with("/agent/network-get-interfaces")).count() > 1,
+        "the agent was polled until it ran"
+    );
+}
+
+#[tokio::test]
+async fn a_second_run_of_a_finished_create_repeats_nothing() {
+    let lab = Lab::start(Scenario::new());
+    let mut web = host("web");
+    web.address = Some("127.0.0.32".into());
+    let desired = vec![web];
+    let first = lab.plan_and_apply(&desired).await;
+    assert_eq!(first.report.hosts[0].outcome, HostOutcome::Ok, "{}", first.report.render_text());
+    assert_eq!(first.report.hosts[0].address.as_deref(), Some("127.0.0.32"));
+    let again = lab.plan(&desired).await;
+    assert_eq!(kinds(&again, "web"), [ActionKind::Install], "only NixOS is left to do");
+    lab.requests(true);
+    let second = lab.run(&desired, &reviewed_body(&first.plan), false).await.expect("resumes");
+    // The VM still says `applying` (NixOS is owed), so the create's steps check again, and
+    // find everything done.
+    let names: Vec<(&str, &StepStatus)> =
+        second.report.hosts[0].steps.iter().map(|s| (s.step.as_str(), &s.status)).collect();
+    assert_eq!(
+        names,
+        [
+            ("configure", &StepStatus::AlreadyDone),
+            ("resize", &StepStatus::AlreadyDone),
+            ("start", &StepStatus::AlreadyDone),
+            ("address", &StepStatus::Ok),
+            ("install", &StepStatus::Skipped)
+        ]
+    );
+    let writes: Vec<_> = lab.requests(false).into_iter().filter(|(m, _, _)| m != "GET").collect();
+    assert_eq!(writes, Vec::<(String, String, String)>::new(), "nothing is written twice");
+    assert_eq!(lab.guests().len(), 1);
+}
+
+#[tokio::test]
+async fn adopting_tags_the_vm_and_writes_the_metadata() {
+    let scenario = Scenario::new().guest(json!({
+        "vmid": 130, "name": "db", "node": "pve1", "status": "stopped",
+        "config": {"cores": 2, "memory": "2048", "cpu": "x86-64-v2-AES", "agent": "1", "onboot": 1,
+                   "scsi0": "local-lvm:vm-130-disk-0,discard=on,size=20G", "net0": "virtio=BC:24:11:00:01:30,bridge=vmbr0",
+                   "description": "hand-made", "tags": "lab"}
+    }));
+    let lab = Lab::start(scenario);
+    let desired = vec![host("db")];
+    let plan = lab.plan(&desired).await;
+    assert_eq!(kinds(&plan, "db"), [ActionKind::Adopt, ActionKind::UpdateVm, ActionKind::Reinstall]);
+    let outcome = lab.run(&desired, &reviewed_body(&plan), false).await.expect("apply");
+    assert_eq!(outcome_of(&outcome, "db"), &HostOutcome::Ok, "{}", outcome.report.render_text());
+    assert_eq!(step(&outcome, "db", "reinstall").status, StepStatus::Blocked);
+    let vm = lab.pve.vm(130);
+    assert_eq!(config_text(&vm, "tags"), "lab;nixprox");
+    let notes = Notes::parse(&config_text(&vm, "description"));
+    assert_eq!(notes.metadata().map(|m| m.host.as_str()), Some("db"));
+    assert_eq!(notes.metadata().and_then(|m| m.applying.clone()), None, "all runnable work is done");
+    assert_eq!(config_text(&vm, "ciuser"), "", "cloud-init is only written while creating");
+    assert_eq!(kinds(&lab.plan(&desired).await, "db"), [ActionKind::Install]);
+}
+
+#[tokio::test]
+async fn updates_use_the_digest_and_recover_from_a_conflict() {
+    let lab = Lab::start(Scenario::new().guest(installed_vm(140, "app", "stopped", json!({"cores": 1}))));
+    let mut app = host("app");
+    app.spec.on_boot = false;
+    let desired = vec![app];
+    let plan = lab.plan(&desired).await;
+    assert_eq!(kinds(&plan, "app"), [ActionKind::UpdateVm]);
+    // Someone else's write lands between nixprox's read and its write: PVE's CAS refuses it.
+    lab.pve.command(json!({"cmd": "fail", "method": "POST", "path": "/nodes/pve1/qemu/140/config",
+                           "error": "checksum_mismatch_file_change_other", "times": 1}));
+    lab.requests(true);
+    let outcome = lab.run(&desired, &reviewed_body(&plan), false).await.expect("apply");
+    assert_eq!(outcome_of(&outcome, "app"), &HostOutcome::Ok, "{}", outcome.report.render_text());
+    let detail = step(&outcome, "app", "configure").detail.clone().unwrap_or_default();
+    assert!(detail.contains("after 1 digest conflict(s)"), "{detail}");
+    let writes: Vec<String> = lab
+        .requests(false)
+        .into_iter()
+        .filter(|(m, p, _)| m == "POST" && p.ends_with("/config"))
+        .map(|r| r.2)
+        .collect();
+    assert!(writes.len() >= 2 && writes.iter().all(|body| body.contains("digest=")), "{writes:?}");
+    let vm = lab.pve.vm(140);
+    assert_eq!((config_text(&vm, "cores"), config_text(&vm, "onboot")), ("2".into(), "0".into()));
+    assert_eq!(lab.plan(&desired).await.hosts[0].actions[0].kind, ActionKind::Noop);
+}
+
+#[tokio::test]
+async fn a_running_vm_reports_the_pending_reboot_or_reboots_when_allowed() {
+    let lab = Lab::start(
+        Scenario::new()
+            .guest(installed_vm(150, "cache", "running", json!({"memory": "1024"})))
+            .guest(installed_vm(151, "proxy", "running", json!({"memory": "1024"}))),
+    );
+    let mut proxy = host("proxy");
+    proxy.deploy.allow_reboot = true;
+    let desired = vec![host("cache"), proxy];
+    let outcome = lab.plan_and_apply(&desired).await;
+    assert_eq!(outcome_of(&outcome, "cache"), &HostOutcome::PendingReboot { keys: vec!["memory".into()] });
+    assert_eq!(outcome_of(&outcome, "proxy"), &HostOutcome::Ok, "{}", outcome.report.render_text());
+    assert_eq!(step(&outcome, "proxy", "reboot").status, StepStatus::Ok);
+    assert_eq!(config_text(&lab.pve.vm(151), "memory"), "2048");
+    assert_eq!(lab.pve.vm(150)["pending"]["memory"], json!("2048"));
+}
+
+#[tokio::test]
+async fn a_disk_grows_with_resize() {
+    let lab = Lab::start(Scenario::new().guest(installed_vm(
+        160,
+        "files",
+        "running",
+        json!({"scsi0": "local-lvm:vm-160-disk-0,discard=on,size=10G"}),
+    )));
+    let desired = vec![host("files")];
+    let plan = lab.plan(&desired).await;
+    assert_eq!(kinds(&plan, "files"), [ActionKind::ResizeDisk]);
+    lab.requests(true);
+    let outcome = lab.run(&desired, &reviewed_body(&plan), false).await.expect("apply");
+    assert_eq!(outcome_of(&outcome, "files"), &HostOutcome::Ok, "{}", outcome.report.render_text());
+    assert_eq!(step(&outcome, "files", "resize").detail.as_deref(), Some("scsi0 10G→20G"));
+    let resizes: Vec<_> = lab.requests(false).into_iter().filter(|(m, _, _)| m == "PUT").collect();
+    assert_eq!(
+        resizes,
+        [(
+            "PUT".to_string(),
+            "/api2/json/nodes/pve1/qemu/160/resize".to_string(),
+            "disk=scsi0&size=20G".to_string()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn orphans_are_destroyed_only_when_unprotected() {
+    let orphan = |vmid: u32, name: &str, protection: u8| {
+        let mut vm = installed_vm(vmid, name, "running", json!({"protection": protection}));
+        vm["shutdown_secs"] = json!(0);
+        vm
+    };
+    let mut lab = Lab::start(Scenario::new().guest(orphan(170, "old", 0)).guest(orphan(171, "keep", 1)));
+    lab.settings.policies = Policies { prune_orphans: true, ..Policies::default() };
+    let desired: Vec<DesiredHost> = Vec::new();
+    lab.requests(true);
+    let outcome = lab.plan_and_apply(&desired).await;
+    assert_eq!(outcome_of(&outcome, "old"), &HostOutcome::Ok, "{}", outcome.report.render_text());
+    assert!(
+        matches!(outcome_of(&outcome, "keep"), HostOutcome::Skipped { reason } if reason.contains("protected"))
+    );
+    let ids: Vec<Value> = lab.guests().iter().map(|vm| vm["vmid"].clone()).collect();
+    assert_eq!(ids, [json!(171)]);
+    let requests = lab.requests(false);
+    let order: Vec<&str> = requests
+        .iter()
+        .filter(|(m, p, _)| m != "GET" && p.contains("/qemu/170"))
+        .map(|(m, p, _)| if m == "DELETE" { "delete" } else { p.rsplit('/').next().unwrap_or_default() })
+        .collect();
+    assert_eq!(order, ["shutdown", "delete"]);
+    // fakepve records paths without their query, so `purge=1&destroy-unreferenced-disks=1` is
+    // not visible here; the destroy itself is (the VM is gone, after a clean shutdown).
+}
+
+#[tokio::test]
+async fn the_executor_rechecks_protection_before_destroying() {
+    let mut lab = Lab::start(Scenario::new().guest(installed_vm(172, "old", "stopped", json!({}))));
+    lab.settings.policies = Policies { prune_orphans: true, ..Policies::default() };
+    let plan = lab.plan(&[]).await;
+    assert_eq!(kinds(&plan, "old"), [ActionKind::DestroyVm]);
+    let live = lab.live(&[]).await;
+    // Protected after the plan was computed (and reviewed).
+    lab.client.put("/nodes/pve1/qemu/172/config", &[("protection", "1")]).await.expect("protect");
+    let report = nixprox::apply::apply(nixprox::apply::ApplyRequest {
+        plan: &plan,
+        desired: &[],
+        live: &live,
+        client: &lab.client,
+        options: lab.options(),
+        reviewed_plan_id: &plan.plan_id,
+        git_rev: None,
+        deployer: None,
+        progress: &lab.progress,
+    })
+    .await
+    .expect("apply");
+    assert_eq!(
+        report.hosts[0].outcome,
+        HostOutcome::Failed {
+            step: "destroy".into(),
+            error: "refusing to destroy VM 172 (`old`) on node `pve1`: it is protected (turn off its protection in Proxmox first)".into()
+        }
+    );
+    assert_eq!(lab.guests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_stale_plan_is_refused_then_accepted_with_allow_new_plan() {
+    let lab = Lab::start(Scenario::new().guest(installed_vm(180, "web", "stopped", json!({"cores": 1}))));
+    let reviewed_plan = lab.plan(&[host("web")]).await;
+    let mut web = host("web");
+    web.spec.cores = 8;
+    let desired = vec![web];
+    let err = lab.run(&desired, &reviewed_body(&reviewed_plan), false).await.expect_err("stale");
+    let text = err.to_string();
+    assert!(text.contains("  host `web`: reviewed update_vm(cores 1→2); now update_vm(cores 1→8)"), "{text}");
+    assert_eq!(config_text(&lab.pve.vm(180), "cores"), "1", "nothing was applied");
+    let err =
+        lab.run(&desired, &Reviewed::Id(reviewed_plan.plan_id.clone()), false).await.expect_err("stale");
+    assert!(err.to_string().contains("pass --reviewed-plan FILE"), "{err}");
+    let outcome = lab.run(&desired, &reviewed_body(&reviewed_plan), true).await.expect("allowed");
+    assert_eq!(outcome.report.reviewed_plan_id.as_deref(), Some(reviewed_plan.plan_id.as_str()));
+    assert_eq!(config_text(&lab.pve.vm(180), "cores"), "8");
+}
+
+#[tokio::test]
+async fn a_failed_start_task_is_reported_with_its_log_and_a_rerun_converges() {
+    let lab = Lab::start(Scenario::new());
+    let mut web = host("web");
+    web.vmid = Some(190);
+    web.address = Some("127.0.0.33".into());
+    let desired = vec![web];
+    lab.pve.command(json!({"cmd": "fail", "method": "POST", "path": "/nodes/pve1/qemu/190/status/start",
+                           "error": "start_failed", "times": 1}));
+    let plan = lab.plan(&desired).await;
+    let first = lab.run(&desired, &reviewed_body(&plan), false).await.expect("apply runs");
+    assert!(first.report.has_failures());
+    let HostOutcome::Failed { step, error } = outcome_of(&first, "web") else { panic!("{first:?}") };
+    assert_eq!(step, "start", "{error}");
+    assert!(
+        error.starts_with("task qmstart of `190` on node `pve1` failed: start failed: unexpected error"),
+        "{error}"
+    );
+    assert!(error.contains("last lines of its log:\n  "), "{error}");
+    // The reviewed plan is resumed: its VM says `applying` = the reviewed id.
+    let second = lab.run(&desired, &reviewed_body(&plan), false).await.expect("resumed");
+    assert_eq!(outcome_of(&second, "web"), &HostOutcome::Ok, "{}", second.report.render_text());
+    assert_eq!(step_status(&second, "web", "configure"), StepStatus::AlreadyDone);
+    assert_eq!(lab.pve.vm(190)["status"], json!("running"));
+    assert_eq!(lab.guests().len(), 1);
+}
+
+fn step_status(outcome: &RunOutcome, host: &str, name: &str) -> StepStatus {
+    step(outcome, host, name).status.clone()
+}
+
+#[tokio::test]
+async fn locks_backups_and_5xx_flaps_are_waited_out() {
+    let lab = Lab::start(
+        Scenario::new()
+            .set("time_scale", json!(0.05))
+            .guest(installed_vm(200, "backedup", "stopped", json!({"cores": 1})))
+            .guest(installed_vm(201, "locked", "stopped", json!({"cores": 1}))),
+    );
+    let mut flaky = host("flaky");
+    flaky.address = Some("127.0.0.34".into());
+    let desired = vec![host("backedup"), host("locked"), flaky];
+    // A backup holds VM 200 for 20 PVE seconds (1 s); VM 201's config lock times out twice;
+    // the clone of the new host gets two 503s first.
+    lab.pve.command(json!({"cmd": "backup", "vmid": 200, "secs": 20}));
+    lab.pve.command(json!({"cmd": "fail", "method": "POST", "path": "/nodes/pve1/qemu/201/config",
+                           "error": "config_lock_timeout", "times": 2}));
+    lab.pve.fail("POST", "/qemu/9000/clone", 503, "Service Unavailable", Some(2));
+    let outcome = lab.plan_and_apply(&desired).await;
+    for name in ["backedup", "locked", "flaky"] {
+        assert_eq!(outcome_of(&outcome, name), &HostOutcome::Ok, "{}", outcome.report.render_text());
+    }
+    assert_eq!(config_text(&lab.pve.vm(200), "cores"), "2");
+    assert_eq!(config_text(&lab.pve.vm(201), "cores"), "2");
+    assert_eq!(lab.guests().len(), 3);
+}
+
+#[tokio::test]
+async fn the_nextid_race_takes_the_next_free_id() {
+    let lab = Lab::start(Scenario::new());
+    let mut desired: Vec<DesiredHost> = ["a", "b", "c"].iter().map(|n| host(n)).collect();
+    for (i, h) in desired.iter_mut().enumerate() {
+        h.address = Some(format!("127.0.0.{}", 50 + i));
+    }
+    // Another tool's create takes the id nextid handed out, once.
+    lab.pve.command(json!({"cmd": "fail", "method": "POST", "path": "/qemu/9000/clone",
+                           "error": "unable_create_config_file_already", "times": 1}));
+    let outcome = lab.plan_and_apply(&desired).await;
+    for name in ["a", "b", "c"] {
+        assert_eq!(outcome_of(&outcome, name), &HostOutcome::Ok, "{}", outcome.report.render_text());
+    }
+    let ids: BTreeSet<u32> = outcome.report.hosts.iter().filter_map(|h| h.vmid).collect();
+    assert_eq!(ids.len(), 3, "three distinct VMIDs: {ids:?}");
+    assert_eq!(lab.guests().len(), 3);
+}
+
+#[tokio::test]
+async fn a_token_without_the_privilege_names_it_and_the_path() {
+    let privs = [
+        "VM.Audit",
+        "VM.Allocate",
+        "VM.Config.Disk",
+        "VM.Config.CPU",
+        "VM.Config.Memory",
+        "VM.Config.Network",
+        "VM.Config.Options",
+        "VM.Config.Cloudinit",
+        "VM.Config.HWType",
+        "VM.PowerMgmt",
+        "Datastore.AllocateSpace",
+        "Datastore.Audit",
+        "Sys.Audit",
+    ];
+    let lab = Lab::start(Scenario::new().grant("nixprox@pve", "/", &privs));
+    let mut web = host("web");
+    web.address = Some("127.0.0.35".into());
+    let desired = vec![web];
+    let outcome = lab.plan_and_apply(&desired).await;
+    let HostOutcome::Failed { step, error } = outcome_of(&outcome, "web") else { panic!("{outcome:?}") };
+    assert_eq!(step, "clone");
+    assert!(error.contains("403 Permission check failed (/vms/9000, VM.Clone)"), "{error}");
+    assert!(error.ends_with("(give the token `VM.Clone` on `/vms/9000`)"), "{error}");
+    assert!(!error.contains(lab.pve.secret()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_create_is_resumed_and_ends_exactly_as_planned() {
+    let lab = Lab::start(Scenario::new().set("time_scale", json!(1)).set("latency", json!(0.15)));
+    let mut web = host("web");
+    web.address = Some("127.0.0.36".into());
+    let desired = vec![web];
+    let plan = lab.plan(&desired).await;
+    let reviewed = reviewed_body(&plan);
+    // Cancel apply the moment the clone's VM exists (its task and the rest still to come).
+    tokio::select! {
+        result = lab.run(&desired, &reviewed, false) => panic!("apply finished before it was interrupted: {result:?}"),
+        () = lab.wait_until("the clone exists", |vms| vms.iter().any(|vm| vm["name"] == json!("web"))) => {}
+    }
+    let half = lab.guests();
+    assert_eq!(half.len(), 1);
+    assert!(!config_text(&half[0], "tags").contains("nixprox"), "interrupted before the tag: {half:?}");
+    lab.wait_until("the clone's lock is released", |vms| {
+        vms.iter().all(|vm| vm["vmid"] == json!(9000) || vm["status"] == json!("stopped"))
+    })
+    .await;
+
+    let replanned = lab.plan(&desired).await;
+    assert!(!kinds(&replanned, "web").contains(&ActionKind::CreateVm), "{:?}", kinds(&replanned, "web"));
+    let outcome = lab.run(&desired, &reviewed, false).await.expect("the interrupted run is resumed");
+    assert_eq!(outcome_of(&outcome, "web"), &HostOutcome::Ok, "{}", outcome.report.render_text());
+    assert!(!outcome.report.hosts[0].steps.iter().any(|s| s.step == "clone"), "no second clone");
+    let guests = lab.guests();
+    assert_eq!(guests.len(), 1, "no duplicate VM: {guests:?}");
+    let vm = lab.pve.vm(guests[0]["vmid"].as_u64().expect("vmid") as u32);
+    assert_eq!(config_text(&vm, "tags"), "lab;nixprox");
+    assert_eq!(config_text(&vm, "ciuser"), "root");
+    assert_eq!(config_text(&vm, "memory"), "2048");
+    assert_eq!(vm["status"], json!("running"));
+    assert_eq!(kinds(&lab.plan(&desired).await, "web"), [ActionKind::Install], "only NixOS is left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_hosts_take_about_as_long_as_the_slowest() {
+    let mut lab = Lab::start(Scenario::new().set("time_scale", json!(1)).set("latency", json!(0.05)));
+    lab.settings.concurrency.hosts = 10;
+    lab.settings.concurrency.per_node = 10;
+    let desired: Vec<DesiredHost> = (0..10)
+        .map(|i| {
+            let mut h = host(&format!("node{i:02}"));
+            h.vmid = Some(300 + i);
+            h.address = Some(format!("127.0.1.{}", 10 + i));
+            h
+        })
+        .collect();
+    let started = Instant::now();
+    let outcome = lab.plan_and_apply(&desired).await;
+    let wall = started.elapsed();
+    assert!(!outcome.report.has_failures(), "{}", outcome.report.render_text());
+    let slowest = outcome.report.slowest().expect("hosts");
+    let sum: u64 = outcome.report.hosts.iter().map(|h| h.duration_ms).sum();
+    eprintln!(
+        "10-host apply: wall {:.2}s (executor {:.2}s); slowest host `{}` {:.2}s; sum of hosts {:.2}s",
+        wall.as_secs_f64(),
+        outcome.report.duration_ms as f64 / 1000.0,
+        slowest.host,
+        slowest.duration_ms as f64 / 1000.0,
+        sum as f64 / 1000.0
+    );
+    assert_eq!(lab.guests().len(), 10);
+}
