@@ -274,7 +274,7 @@ mod tests {
     use crate::plan::{PlanInput, plan, testkit};
 
     fn plan_of(desired: &[crate::flake::DesiredHost], live: &[LiveVm], policies: Policies) -> Plan {
-        plan(PlanInput { desired, live, policies, only: None })
+        plan(PlanInput { desired, live, policies, only: None, probes: None })
     }
 
     fn body(plan: &Plan) -> Reviewed {

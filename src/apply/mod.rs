@@ -169,6 +169,7 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ApplyError> {
         live: &live,
         policies: request.settings.policies,
         only: request.only,
+        probes: None,
     });
     let approval = approval::check(request.reviewed, &plan, &live, request.allow_new_plan)?;
     for note in &approval.notes {

@@ -58,7 +58,13 @@ impl Lab {
     /// What `nixprox plan` would show now.
     async fn plan(&self, desired: &[DesiredHost]) -> Plan {
         let live = self.live(desired).await;
-        nixprox::plan::plan(PlanInput { desired, live: &live, policies: self.settings.policies, only: None })
+        nixprox::plan::plan(PlanInput {
+            desired,
+            live: &live,
+            policies: self.settings.policies,
+            only: None,
+            probes: None,
+        })
     }
 
     async fn run(
