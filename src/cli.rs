@@ -27,6 +27,8 @@ pub enum ColorChoice {
 pub enum Command {
     /// Compare the flake's hosts with the live cluster and print what would change.
     Plan(PlanArgs),
+    /// Carry out the reviewed plan: create and update VMs, install and switch NixOS.
+    Apply(ApplyArgs),
     /// Plan on a schedule and keep one issue open while the cluster differs from the flake.
     Drift(DriftArgs),
 }
@@ -125,6 +127,36 @@ pub struct PlanArgs {
     /// Write the wall time of each phase as JSON to this file (for benchmarks).
     #[arg(long)]
     pub timings: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub forge: ForgeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// The id of the reviewed plan (default in CI: from the merged pull request's plan comment).
+    #[arg(long, conflicts_with = "reviewed_plan")]
+    pub plan_id: Option<String>,
+
+    /// The reviewed plan as `nixprox plan --format json` wrote it: lets a re-run resume
+    /// half-done work and explains what changed since review.
+    #[arg(long)]
+    pub reviewed_plan: Option<PathBuf>,
+
+    /// Apply the recomputed plan even when it differs from the reviewed one.
+    #[arg(long)]
+    pub allow_new_plan: bool,
+
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+
+    /// In CI, post the report on the merged pull request (and set the `nixprox/apply` status).
+    #[arg(long)]
+    pub comment: bool,
 
     #[command(flatten)]
     pub forge: ForgeArgs,

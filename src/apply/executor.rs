@@ -204,13 +204,19 @@ impl<'r> HostRun<'r> {
                     HostOutcome::PendingReboot { keys: std::mem::take(&mut state.pending_reboot) }
                 }
                 Ok(()) => {
-                    let all_skipped = log
+                    // A host with any step left out (no deployer, a blocked action) is not
+                    // "ok": the report must not claim more than was done.
+                    let any_skipped = log
                         .steps
                         .iter()
-                        .all(|s| matches!(s.status, StepStatus::Skipped | StepStatus::Blocked));
-                    if all_skipped {
-                        let reasons: BTreeSet<String> =
-                            log.steps.iter().filter_map(|s| s.detail.clone()).collect();
+                        .any(|s| matches!(s.status, StepStatus::Skipped | StepStatus::Blocked));
+                    if any_skipped {
+                        let reasons: BTreeSet<String> = log
+                            .steps
+                            .iter()
+                            .filter(|s| matches!(s.status, StepStatus::Skipped | StepStatus::Blocked))
+                            .filter_map(|s| s.detail.clone())
+                            .collect();
                         HostOutcome::Skipped { reason: reasons.into_iter().collect::<Vec<_>>().join("; ") }
                     } else {
                         HostOutcome::Ok

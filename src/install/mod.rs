@@ -5,6 +5,7 @@
 //! and settings, and writes the metadata block from the outcomes.
 
 mod anywhere;
+mod deployer;
 mod extra_files;
 mod nix;
 mod run;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 pub use anywhere::{CLI_FLAGS, KEXEC_MIN_MEMORY_MIB, NixosAnywhere, default_command};
+pub use deployer::{DEFAULT_KEY_ENV, SshDeployer};
 pub use extra_files::{HOST_KEY_PATH, prepare_extra_files};
 pub use nix::{NixBuild, NixCopy, parse_build_json};
 pub use run::{CommandSpec, RunFailure, TAIL_LINES, run_streaming};

@@ -141,6 +141,7 @@ fn blocked(mut action: Action, reason: impl Into<String>, setting: Option<&str>)
 fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Option<&Probe>) -> HostPlan {
     let mut vm = VmRef { node: host.node.clone(), vmid: host.vmid };
     let mut drift = None;
+    let mut pending = Vec::new();
     let actions = match found {
         Found::None => plan_create(host),
         Found::Taken(other) => vec![blocked(
@@ -167,12 +168,25 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
         Found::Vm(live, adopting) => {
             vm = VmRef { node: live.node.clone(), vmid: Some(live.vmid) };
             drift = drift_of(live, probe);
+            pending = live.config.as_ref().map(|c| c.pending.iter().cloned().collect()).unwrap_or_default();
             plan_existing(host, live, adopting, policies, drift.as_ref())
         }
     };
-    let actions =
-        if actions.is_empty() { vec![action(ActionKind::Noop, "in sync", Vec::new())] } else { actions };
+    let actions = if actions.is_empty() {
+        vec![action(ActionKind::Noop, in_sync_reason(pending), Vec::new())]
+    } else {
+        actions
+    };
     HostPlan { host: host.host.clone(), vm, orphan: false, drift, actions }
+}
+
+/// "in sync", or that the VM is in sync once it reboots into changes already made.
+fn in_sync_reason(pending: Vec<String>) -> String {
+    if pending.is_empty() {
+        "in sync".to_string()
+    } else {
+        format!("in sync once the VM reboots (pending: {})", pending.join(", "))
+    }
 }
 
 /// A running system other than the recorded one.

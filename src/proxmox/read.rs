@@ -130,14 +130,34 @@ pub async fn read_config(
         detail,
         body: truncate_json(data),
     };
-    let map = config.as_object().ok_or_else(|| decode(&path, "expected an object".into(), &config))?;
+    let mut map =
+        config.as_object().ok_or_else(|| decode(&path, "expected an object".into(), &config))?.clone();
     let pending = match &pending {
-        Some(data) => pending_keys(data).map_err(|detail| decode(&pending_path, detail, data))?,
+        Some(data) => {
+            let keys = pending_keys(data).map_err(|detail| decode(&pending_path, detail, data))?;
+            overlay_pending(&mut map, data);
+            keys
+        }
         None => BTreeSet::new(),
     };
-    let mut live = live_config(map, pending);
+    let mut live = live_config(&map, pending);
     live.spec.pool = pool;
     Ok(live)
+}
+
+/// The config as it will be after the next reboot: pending values replace current ones and
+/// pending deletions remove keys. The planner compares the flake with this, so a change that
+/// apply already scheduled is not planned again on every run (the plan says it waits for a
+/// reboot instead).
+pub fn overlay_pending(config: &mut Map<String, Value>, data: &Value) {
+    for item in data.as_array().into_iter().flatten() {
+        let Some(key) = item.get("key").and_then(Value::as_str) else { continue };
+        if item.get("delete").and_then(value_bool).unwrap_or(false) {
+            config.remove(key);
+        } else if let Some(value) = item.get("pending") {
+            config.insert(key.to_string(), value.clone());
+        }
+    }
 }
 
 /// Keys of `/pending` with a change waiting: a new value (`pending`) or a removal (`delete`).
@@ -399,6 +419,19 @@ mod tests {
         let live = live_config(&object(json!({"memory": 1024, "agent": "0"})), BTreeSet::new());
         assert_eq!(live.spec.memory_mib, 1024);
         assert!(!live.spec.agent);
+    }
+
+    #[test]
+    fn pending_values_overlay_the_config() {
+        let mut config = serde_json::json!({"cores": 2, "memory": "4096", "net1": "virtio,bridge=vmbr0"});
+        let map = config.as_object_mut().expect("object");
+        let pending = serde_json::json!([
+            {"key": "cores", "value": 2, "pending": 4},
+            {"key": "memory", "value": "4096"},
+            {"key": "net1", "value": "virtio,bridge=vmbr0", "delete": 1}
+        ]);
+        overlay_pending(map, &pending);
+        assert_eq!(serde_json::Value::Object(map.clone()), serde_json::json!({"cores": 4, "memory": "4096"}));
     }
 
     #[test]

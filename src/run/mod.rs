@@ -1,6 +1,7 @@
 //! Runs the commands: turns CLI arguments into requests and calls the modules in the order of
 //! the data flow. This is the only place that reads the process environment.
 
+mod apply_cmd;
 mod drift_cmd;
 mod plan_cmd;
 mod publish;
@@ -17,6 +18,8 @@ pub enum Outcome {
     Success,
     /// `plan --detailed-exitcode` found changes.
     Changes,
+    /// `apply` ran, and at least one host failed (the report says which and where).
+    HostsFailed,
 }
 
 impl Outcome {
@@ -25,6 +28,7 @@ impl Outcome {
         match self {
             Outcome::Success => 0,
             Outcome::Changes => 2,
+            Outcome::HostsFailed => 1,
         }
     }
 }
@@ -66,6 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     runtime.block_on(async move {
         match cli.command {
             Command::Plan(args) => plan_cmd::run(args, stdout_color(cli.color)).await,
+            Command::Apply(args) => apply_cmd::run(args).await,
             Command::Drift(args) => drift_cmd::run(args, stdout_color(cli.color)).await,
         }
     })

@@ -98,6 +98,15 @@ pub fn write_ci_files(plan: &Plan, body: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Appends Markdown to the job summary, when the runner provides the file.
+pub fn append_summary(body: &str) -> anyhow::Result<()> {
+    if let Some(path) = CiFiles::from_env(&env).step_summary {
+        summary::append_step_summary(&path, body)
+            .with_context(|| format!("failed to write the job summary `{}`", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Sets a commit status; a token that may not (fork pull requests) only warns.
 pub async fn status(
     forge: &Forge,

@@ -99,18 +99,21 @@ pub fn proxmox_client(settings: &Settings) -> anyhow::Result<Client> {
     Ok(Client::new(ClientOptions::from_settings(&settings.proxmox, url, token))?)
 }
 
-/// Evaluates the flake, reads the cluster and plans.
-pub async fn plan(args: &SourceArgs) -> anyhow::Result<Planned> {
-    let settings = load_settings(args)?;
-    let client = proxmox_client(&settings)?;
-    let overrides = override_inputs(&args.override_input)?;
-    let hosts = (!args.hosts.is_empty()).then(|| args.hosts.clone());
+/// The flake's hosts, resolved against the settings' defaults.
+#[derive(Debug)]
+pub struct Evaluated {
+    pub desired: Vec<DesiredHost>,
+    pub declarations: Duration,
+    pub systems: Duration,
+}
+
+/// Evaluates the flake's hosts with nix.
+pub async fn evaluate(args: &SourceArgs, settings: &Settings) -> anyhow::Result<Evaluated> {
     let mut request = EvalRequest::new(args.flake.clone());
     request.nix = Nix::default();
-    request.override_inputs = overrides;
+    request.override_inputs = override_inputs(&args.override_input)?;
     request.eval_jobs = args.eval_jobs.unwrap_or(settings.concurrency.eval_jobs);
-    // The host filter narrows the evaluation only to declared hosts; orphan VM names given
-    // to `--hosts` are not attributes, so they only filter the plan.
+    // `--hosts` may name orphan VMs, which are not attributes: the filter applies to the plan.
     request.hosts = None;
     let inventory = flake::evaluate(&request).await?;
     let desired = flake::resolve_all(&inventory.hosts, &settings.defaults)?;
@@ -121,6 +124,23 @@ pub async fn plan(args: &SourceArgs) -> anyhow::Result<Planned> {
         "evaluated the flake with nix {}",
         inventory.nix_version.raw
     );
+    Ok(Evaluated {
+        desired,
+        declarations: inventory.timings.declarations,
+        systems: inventory.timings.systems,
+    })
+}
+
+/// `--hosts` as a set, or `None` for all.
+pub fn only(args: &SourceArgs) -> Option<BTreeSet<String>> {
+    (!args.hosts.is_empty()).then(|| args.hosts.iter().cloned().collect())
+}
+
+/// Evaluates the flake, reads the cluster and plans.
+pub async fn plan(args: &SourceArgs) -> anyhow::Result<Planned> {
+    let settings = load_settings(args)?;
+    let client = proxmox_client(&settings)?;
+    let Evaluated { desired, declarations, systems } = evaluate(args, &settings).await?;
 
     let started = Instant::now();
     let read = ReadRequest {
@@ -132,7 +152,7 @@ pub async fn plan(args: &SourceArgs) -> anyhow::Result<Planned> {
     tracing::info!(vms = live.len(), ms = proxmox.as_millis() as u64, "read the cluster at {}", client.url());
 
     let started = Instant::now();
-    let only: Option<BTreeSet<String>> = hosts.map(|h| h.into_iter().collect());
+    let only = only(args);
     let plan = crate::plan::plan(PlanInput {
         desired: &desired,
         live: &live,
@@ -141,12 +161,7 @@ pub async fn plan(args: &SourceArgs) -> anyhow::Result<Planned> {
         probes: None,
     });
     let planning = started.elapsed();
-    let timings = Timings {
-        eval_declarations: inventory.timings.declarations,
-        eval_systems: inventory.timings.systems,
-        proxmox,
-        planning,
-    };
+    let timings = Timings { eval_declarations: declarations, eval_systems: systems, proxmox, planning };
     Ok(Planned { settings, desired, live, plan, client, timings })
 }
 

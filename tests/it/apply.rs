@@ -214,7 +214,7 @@ async fn full_create_clones_configures_resizes_starts_and_finds_the_address() {
     );
     let outcome = outcome.expect("apply runs");
     let report = &outcome.report.hosts[0];
-    assert_eq!(report.outcome, HostOutcome::Ok, "{}", outcome.report.render_text());
+    assert!(is_done(&report.outcome), "{}", outcome.report.render_text());
     assert_eq!(report.address.as_deref(), Some("127.0.0.31"));
     let names: Vec<&str> = report.steps.iter().map(|s| s.step.as_str()).collect();
     assert_eq!(names, ["clone", "configure", "resize", "start", "address", "install"]);
@@ -279,7 +279,7 @@ async fn a_second_run_of_a_finished_create_repeats_nothing() {
     web.address = Some("127.0.0.32".into());
     let desired = vec![web];
     let first = lab.plan_and_apply(&desired).await;
-    assert_eq!(first.report.hosts[0].outcome, HostOutcome::Ok, "{}", first.report.render_text());
+    assert!(is_done(&first.report.hosts[0].outcome), "{}", first.report.render_text());
     assert_eq!(first.report.hosts[0].address.as_deref(), Some("127.0.0.32"));
     let again = lab.plan(&desired).await;
     assert_eq!(kinds(&again, "web"), [ActionKind::Install], "only NixOS is left to do");
@@ -317,7 +317,12 @@ async fn adopting_tags_the_vm_and_writes_the_metadata() {
     let plan = lab.plan(&desired).await;
     assert_eq!(kinds(&plan, "db"), [ActionKind::Adopt, ActionKind::UpdateVm, ActionKind::Reinstall]);
     let outcome = lab.run(&desired, &reviewed_body(&plan), false).await.expect("apply");
-    assert_eq!(outcome_of(&outcome, "db"), &HostOutcome::Ok, "{}", outcome.report.render_text());
+    // The VM is adopted; its reinstall stays blocked, so the host is not reported as done.
+    assert!(
+        matches!(outcome_of(&outcome, "db"), HostOutcome::Skipped { reason } if reason.contains("reinstalling wipes")),
+        "{}",
+        outcome.report.render_text()
+    );
     assert_eq!(step(&outcome, "db", "reinstall").status, StepStatus::Blocked);
     let vm = lab.pve.vm(130);
     assert_eq!(config_text(&vm, "tags"), "lab;nixprox");
@@ -341,7 +346,7 @@ async fn updates_use_the_digest_and_recover_from_a_conflict() {
                            "error": "checksum_mismatch_file_change_other", "times": 1}));
     lab.requests(true);
     let outcome = lab.run(&desired, &reviewed_body(&plan), false).await.expect("apply");
-    assert_eq!(outcome_of(&outcome, "app"), &HostOutcome::Ok, "{}", outcome.report.render_text());
+    assert!(is_done(outcome_of(&outcome, "app")), "{}", outcome.report.render_text());
     let detail = step(&outcome, "app", "configure").detail.clone().unwrap_or_default();
     assert!(detail.contains("after 1 digest conflict(s)"), "{detail}");
     let writes: Vec<String> = lab
@@ -368,7 +373,7 @@ async fn a_running_vm_reports_the_pending_reboot_or_reboots_when_allowed() {
     let desired = vec![host("cache"), proxy];
     let outcome = lab.plan_and_apply(&desired).await;
     assert_eq!(outcome_of(&outcome, "cache"), &HostOutcome::PendingReboot { keys: vec!["memory".into()] });
-    assert_eq!(outcome_of(&outcome, "proxy"), &HostOutcome::Ok, "{}", outcome.report.render_text());
+    assert!(is_done(outcome_of(&outcome, "proxy")), "{}", outcome.report.render_text());
     assert_eq!(step(&outcome, "proxy", "reboot").status, StepStatus::Ok);
     assert_eq!(config_text(&lab.pve.vm(151), "memory"), "2048");
     assert_eq!(lab.pve.vm(150)["pending"]["memory"], json!("2048"));
@@ -387,7 +392,7 @@ async fn a_disk_grows_with_resize() {
     assert_eq!(kinds(&plan, "files"), [ActionKind::ResizeDisk]);
     lab.requests(true);
     let outcome = lab.run(&desired, &reviewed_body(&plan), false).await.expect("apply");
-    assert_eq!(outcome_of(&outcome, "files"), &HostOutcome::Ok, "{}", outcome.report.render_text());
+    assert!(is_done(outcome_of(&outcome, "files")), "{}", outcome.report.render_text());
     assert_eq!(step(&outcome, "files", "resize").detail.as_deref(), Some("scsi0 10G→20G"));
     let resizes: Vec<_> = lab.requests(false).into_iter().filter(|(m, _, _)| m == "PUT").collect();
     assert_eq!(
@@ -412,7 +417,7 @@ async fn orphans_are_destroyed_only_when_unprotected() {
     let desired: Vec<DesiredHost> = Vec::new();
     lab.requests(true);
     let outcome = lab.plan_and_apply(&desired).await;
-    assert_eq!(outcome_of(&outcome, "old"), &HostOutcome::Ok, "{}", outcome.report.render_text());
+    assert!(is_done(outcome_of(&outcome, "old")), "{}", outcome.report.render_text());
     assert!(
         matches!(outcome_of(&outcome, "keep"), HostOutcome::Skipped { reason } if reason.contains("protected"))
     );
@@ -501,7 +506,7 @@ async fn a_failed_start_task_is_reported_with_its_log_and_a_rerun_converges() {
     assert!(error.contains("last lines of its log:\n  "), "{error}");
     // The reviewed plan is resumed: its VM says `applying` = the reviewed id.
     let second = lab.run(&desired, &reviewed_body(&plan), false).await.expect("resumed");
-    assert_eq!(outcome_of(&second, "web"), &HostOutcome::Ok, "{}", second.report.render_text());
+    assert!(is_done(outcome_of(&second, "web")), "{}", second.report.render_text());
     assert_eq!(step_status(&second, "web", "configure"), StepStatus::AlreadyDone);
     assert_eq!(lab.pve.vm(190)["status"], json!("running"));
     assert_eq!(lab.guests().len(), 1);
@@ -530,7 +535,7 @@ async fn locks_backups_and_5xx_flaps_are_waited_out() {
     lab.pve.fail("POST", "/qemu/9000/clone", 503, "Service Unavailable", Some(2));
     let outcome = lab.plan_and_apply(&desired).await;
     for name in ["backedup", "locked", "flaky"] {
-        assert_eq!(outcome_of(&outcome, name), &HostOutcome::Ok, "{}", outcome.report.render_text());
+        assert!(is_done(outcome_of(&outcome, name)), "{}", outcome.report.render_text());
     }
     assert_eq!(config_text(&lab.pve.vm(200), "cores"), "2");
     assert_eq!(config_text(&lab.pve.vm(201), "cores"), "2");
@@ -549,7 +554,7 @@ async fn the_nextid_race_takes_the_next_free_id() {
                            "error": "unable_create_config_file_already", "times": 1}));
     let outcome = lab.plan_and_apply(&desired).await;
     for name in ["a", "b", "c"] {
-        assert_eq!(outcome_of(&outcome, name), &HostOutcome::Ok, "{}", outcome.report.render_text());
+        assert!(is_done(outcome_of(&outcome, name)), "{}", outcome.report.render_text());
     }
     let ids: BTreeSet<u32> = outcome.report.hosts.iter().filter_map(|h| h.vmid).collect();
     assert_eq!(ids.len(), 3, "three distinct VMIDs: {ids:?}");
@@ -609,7 +614,7 @@ async fn an_interrupted_create_is_resumed_and_ends_exactly_as_planned() {
     let replanned = lab.plan(&desired).await;
     assert!(!kinds(&replanned, "web").contains(&ActionKind::CreateVm), "{:?}", kinds(&replanned, "web"));
     let outcome = lab.run(&desired, &reviewed, false).await.expect("the interrupted run is resumed");
-    assert_eq!(outcome_of(&outcome, "web"), &HostOutcome::Ok, "{}", outcome.report.render_text());
+    assert!(is_done(outcome_of(&outcome, "web")), "{}", outcome.report.render_text());
     assert!(!outcome.report.hosts[0].steps.iter().any(|s| s.step == "clone"), "no second clone");
     let guests = lab.guests();
     assert_eq!(guests.len(), 1, "no duplicate VM: {guests:?}");
@@ -649,4 +654,14 @@ async fn ten_hosts_take_about_as_long_as_the_slowest() {
         sum as f64 / 1000.0
     );
     assert_eq!(lab.guests().len(), 10);
+}
+
+/// Done as far as Proxmox goes: ok, or skipped only because no deployer is configured (these
+/// tests exercise the Proxmox side; installs are tested with a real sshd elsewhere).
+fn is_done(outcome: &HostOutcome) -> bool {
+    match outcome {
+        HostOutcome::Ok => true,
+        HostOutcome::Skipped { reason } => reason == "no deployer configured",
+        _ => false,
+    }
 }

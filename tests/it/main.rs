@@ -4,6 +4,7 @@
 mod support;
 
 mod apply;
+mod apply_cli;
 mod docs;
 mod error_messages;
 mod flake;

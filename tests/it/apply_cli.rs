@@ -1,0 +1,126 @@
+//! `nixprox apply` end to end through the binary: the reviewed plan written by `plan`, the
+//! example flake evaluated by real nix, and fakepve holding the example cluster.
+
+use serde_json::Value;
+
+use crate::support::cli::{self, Run};
+use crate::support::fakepve::FakePve;
+use crate::support::nix::{Fixture, repo};
+
+fn homelab() -> (Fixture, FakePve) {
+    let fixture = Fixture::copy("homelab");
+    let pve = FakePve::start(cli::cluster_scenario(&repo().join("fixtures/homelab/cluster.json")));
+    (fixture, pve)
+}
+
+fn nixprox(fixture: &Fixture, pve: &FakePve, args: &[&str]) -> Run {
+    let mut command = cli::nixprox();
+    command.args(args).args(cli::source_args(fixture)).envs(cli::pve_env(pve));
+    command.output().expect("run nixprox").into()
+}
+
+fn path(fixture: &Fixture, name: &str) -> String {
+    fixture.dir.path().join(name).display().to_string()
+}
+
+#[test]
+fn apply_carries_out_the_reviewed_plan_and_a_rerun_converges() {
+    let (fixture, pve) = homelab();
+    let plan_file = path(&fixture, "plan.json");
+    let run = nixprox(&fixture, &pve, &["plan", "--format", "json", "--out", &plan_file]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    let report_file = path(&fixture, "report.json");
+    let hosts = "matrix,db,old-wiki,old-mail";
+    let run = nixprox(
+        &fixture,
+        &pve,
+        &["apply", "--reviewed-plan", &plan_file, "--hosts", hosts, "--report", &report_file],
+    );
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("install and switch steps will be skipped"), "{}", run.stderr);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_file).expect("report")).expect("json");
+    let status = |host: &str| {
+        report["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .find(|h| h["host"] == host)
+            .map(|h| h["status"].clone())
+    };
+    // db runs: its new cores and memory wait for a reboot (deploy.allowReboot is off).
+    assert_eq!(status("db").expect("db"), "pending_reboot", "{report:#}");
+    assert_eq!(status("old-wiki").expect("old-wiki"), "ok", "{report:#}");
+
+    // The cluster now holds what the plan said: the new VM is tagged and carries its metadata,
+    // the orphan is gone, the protected orphan is still there, db has its new size.
+    let vms = pve.command(serde_json::json!({"cmd": "vms"}));
+    let names: Vec<&str> = vms.as_array().expect("vms").iter().filter_map(|v| v["name"].as_str()).collect();
+    assert!(
+        names.contains(&"matrix") && !names.contains(&"old-wiki") && names.contains(&"old-mail"),
+        "{names:?}"
+    );
+    let db = pve.vm(102);
+    assert_eq!(db["pending"]["cores"].to_string().trim_matches('"'), "4", "{db:#}");
+    let matrix_id =
+        vms.as_array().expect("vms").iter().find(|v| v["name"] == "matrix").expect("matrix")["vmid"]
+            .as_u64()
+            .expect("vmid");
+    let matrix = pve.vm(matrix_id as u32);
+    let tags = matrix["config"]["tags"].as_str().expect("tags");
+    assert!(tags.split(';').any(|t| t == "nixprox"), "{tags}");
+    let notes = matrix["config"]["description"].as_str().expect("notes");
+    assert!(notes.contains("<!-- nixprox:v1 {\"host\":\"matrix\""), "{notes}");
+
+    // A second plan shows only what is left: NixOS on matrix (no SSH key was configured).
+    let run = nixprox(&fixture, &pve, &["plan", "--format", "json", "--hosts", hosts]);
+    let plan: Value = serde_json::from_str(&run.stdout).expect("plan json");
+    let kinds = |host: &str| -> Vec<String> {
+        plan["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .filter(|h| h["host"] == host)
+            .flat_map(|h| {
+                h["actions"]
+                    .as_array()
+                    .expect("actions")
+                    .iter()
+                    .map(|a| a["kind"].as_str().unwrap_or("").to_string())
+            })
+            .collect()
+    };
+    // fakepve answers a qemu `/resize` without changing the volume, so the grown disk shows
+    // again here; on Proxmox only the install is left. No second VM, no second create.
+    let matrix = kinds("matrix");
+    assert!(!matrix.contains(&"create_vm".to_string()), "{matrix:?}");
+    assert_eq!(matrix.last().map(String::as_str), Some("install"), "{matrix:?}");
+    assert_eq!(kinds("db"), ["noop"]);
+    let db_reason = plan["hosts"].as_array().expect("hosts").iter().find(|h| h["host"] == "db").expect("db")
+        ["actions"][0]["reason"]
+        .clone();
+    assert_eq!(db_reason, "in sync once the VM reboots (pending: cores, memory)");
+    assert!(kinds("old-wiki").is_empty());
+}
+
+#[test]
+fn apply_refuses_a_plan_that_changed_since_review() {
+    let (fixture, pve) = homelab();
+    let run = nixprox(&fixture, &pve, &["apply", "--plan-id", "0000000000000000", "--hosts", "db"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("0000000000000000"), "{}", run.stderr);
+    let vm = pve.vm(102);
+    assert_eq!(vm["config"]["cores"].to_string().trim_matches('"'), "2", "nothing was changed");
+}
+
+#[test]
+fn apply_without_a_reviewed_plan_outside_ci_says_what_to_pass() {
+    let (fixture, pve) = homelab();
+    let run = nixprox(&fixture, &pve, &["apply"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        run.stderr.lines().last().unwrap_or_default(),
+        "error: apply needs the reviewed plan: pass --plan-id or --reviewed-plan, or run in CI on the push of a merged pull request that has nixprox's plan comment"
+    );
+}
