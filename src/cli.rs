@@ -124,6 +124,11 @@ pub struct PlanArgs {
     #[arg(long, requires = "comment")]
     pub comment_required: bool,
 
+    /// Also read `/run/current-system` of every installed host over SSH (pinned keys) and
+    /// report hosts changed outside nixprox. Meant for drift runs on the self-hosted runner.
+    #[arg(long)]
+    pub probe: bool,
+
     /// Write the wall time of each phase as JSON to this file (for benchmarks).
     #[arg(long)]
     pub timings: Option<PathBuf>,
@@ -170,6 +175,10 @@ pub struct DriftArgs {
     /// Open (or update) one issue while there are changes, and close it when there are none.
     #[arg(long)]
     pub issue: bool,
+
+    /// Also read `/run/current-system` of every installed host over SSH (see `plan --probe`).
+    #[arg(long)]
+    pub probe: bool,
 
     /// Exit 2 when the cluster drifted from the flake.
     #[arg(long)]

@@ -16,7 +16,7 @@ pub async fn run(args: DriftArgs, color: bool) -> anyhow::Result<Outcome> {
         }
         _ => None,
     };
-    let planned = super::source::plan(&args.source).await?;
+    let planned = super::source::plan(&args.source, args.probe).await?;
     if context.is_some() {
         super::source::warn_if_token_can_write(&planned.client).await;
     }

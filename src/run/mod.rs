@@ -4,6 +4,7 @@
 mod apply_cmd;
 mod drift_cmd;
 mod plan_cmd;
+mod probe;
 mod publish;
 pub mod source;
 

@@ -25,7 +25,7 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
         publish::status(forge, sha.as_deref(), STATUS, StatusState::Pending, "planning…", run_url.as_deref())
             .await;
     }
-    let planned = match super::source::plan(&args.source).await {
+    let planned = match super::source::plan(&args.source, args.probe).await {
         Ok(planned) => planned,
         Err(err) => {
             if let Some(forge) = &forge {

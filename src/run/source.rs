@@ -136,8 +136,9 @@ pub fn only(args: &SourceArgs) -> Option<BTreeSet<String>> {
     (!args.hosts.is_empty()).then(|| args.hosts.iter().cloned().collect())
 }
 
-/// Evaluates the flake, reads the cluster and plans.
-pub async fn plan(args: &SourceArgs) -> anyhow::Result<Planned> {
+/// Evaluates the flake, reads the cluster and plans; with `probe`, also asks every installed
+/// host over SSH which system it runs.
+pub async fn plan(args: &SourceArgs, probe: bool) -> anyhow::Result<Planned> {
     let settings = load_settings(args)?;
     let client = proxmox_client(&settings)?;
     let Evaluated { desired, declarations, systems } = evaluate(args, &settings).await?;
@@ -151,6 +152,8 @@ pub async fn plan(args: &SourceArgs) -> anyhow::Result<Planned> {
     let proxmox = started.elapsed();
     tracing::info!(vms = live.len(), ms = proxmox.as_millis() as u64, "read the cluster at {}", client.url());
 
+    let probes =
+        if probe { Some(super::probe::probe(&client, &settings, &desired, &live).await?) } else { None };
     let started = Instant::now();
     let only = only(args);
     let plan = crate::plan::plan(PlanInput {
@@ -158,7 +161,7 @@ pub async fn plan(args: &SourceArgs) -> anyhow::Result<Planned> {
         live: &live,
         policies: settings.policies,
         only: only.as_ref(),
-        probes: None,
+        probes: probes.as_ref(),
     });
     let planning = started.elapsed();
     let timings = Timings { eval_declarations: declarations, eval_systems: systems, proxmox, planning };

@@ -11,5 +11,6 @@ mod flake;
 mod forge;
 mod install;
 mod plan_cli;
+mod probe_cli;
 mod proxmox;
 mod ssh;

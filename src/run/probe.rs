@@ -1,0 +1,94 @@
+//! `plan --probe`: read `/run/current-system` of every installed host over SSH, verified
+//! against its pinned key, so the plan can show what was changed outside nixprox. Unreachable
+//! hosts are findings, not errors.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::Settings;
+use crate::flake::DesiredHost;
+use crate::install::SshDeployer;
+use crate::plan::Probe;
+use crate::proxmox::{Client, LiveVm};
+use crate::ssh::{HostKeyPolicy, SshTarget, probe_systems};
+
+/// How long one host may take to answer a probe (connect, authenticate, read).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One installed host to ask: where, as whom, and which key it must present.
+struct Candidate {
+    host: String,
+    target: Result<(SshTarget, HostKeyPolicy), String>,
+}
+
+/// Probes every desired host that nixprox installed (its VM's metadata records a system and a
+/// host key). Hosts not installed yet are not asked.
+pub async fn probe(
+    client: &Client,
+    settings: &Settings,
+    desired: &[DesiredHost],
+    live: &[LiveVm],
+) -> anyhow::Result<BTreeMap<String, Probe>> {
+    let key = SshDeployer::client_key(settings, &super::publish::env).context(
+        "--probe needs an SSH key: set `ssh.key` or `ssh.key_env` in nixprox.yaml, or NIXPROX_SSH_KEY",
+    )?;
+    let key_file = key.materialize()?;
+    let key = key_file.load()?;
+    let mut candidates = Vec::new();
+    for host in desired {
+        let Some((vm, metadata)) = live.iter().find_map(|vm| {
+            let metadata = vm.config.as_ref()?.metadata.as_ref()?;
+            (metadata.host == host.host).then_some((vm, metadata))
+        }) else {
+            continue;
+        };
+        let (Some(_), Some(host_key)) = (&metadata.system, &metadata.host_key) else { continue };
+        candidates.push(Candidate {
+            host: host.host.clone(),
+            target: target(client, settings, host, vm, host_key).await,
+        });
+    }
+    let mut probes = BTreeMap::new();
+    let mut reachable = Vec::new();
+    for candidate in candidates {
+        match candidate.target {
+            Ok(target) => reachable.push(target),
+            Err(reason) => {
+                probes.insert(candidate.host, Probe::Unreachable { reason });
+            }
+        }
+    }
+    let concurrency = settings.concurrency.api.max(1);
+    for result in probe_systems(reachable, &key, PROBE_TIMEOUT, concurrency).await {
+        let probe = match result.system {
+            Ok(system) => Probe::Running { system },
+            Err(err) => Probe::Unreachable { reason: err.to_string() },
+        };
+        probes.insert(result.host, probe);
+    }
+    let unreachable = probes.values().filter(|p| matches!(p, Probe::Unreachable { .. })).count();
+    tracing::info!(probed = probes.len(), unreachable, "probed the installed hosts over SSH");
+    Ok(probes)
+}
+
+async fn target(
+    client: &Client,
+    settings: &Settings,
+    host: &DesiredHost,
+    vm: &LiveVm,
+    host_key: &str,
+) -> Result<(SshTarget, HostKeyPolicy), String> {
+    let address = match &host.address {
+        Some(address) => address.clone(),
+        None => match crate::apply::vm::agent_address(client, &vm.node, vm.vmid).await {
+            Ok(Some(address)) => address,
+            Ok(None) => return Err("the QEMU guest agent does not answer, so its address is unknown".into()),
+            Err(err) => return Err(format!("could not ask the guest agent for its address: {err}")),
+        },
+    };
+    let policy = HostKeyPolicy::pinned(host_key).map_err(|err| err.to_string())?;
+    let user = settings.ssh.user.clone().unwrap_or_else(|| host.ssh.user.clone());
+    Ok((SshTarget { host: host.host.clone(), address, port: host.ssh.port, user }, policy))
+}
