@@ -10,7 +10,10 @@ case "${ACTION_COMMAND:-plan}" in
     [[ "${ACTION_COMMENT:-true}" == "true" ]] && args+=(--comment)
     [[ "${ACTION_COMMENT_REQUIRED:-false}" == "true" ]] && args+=(--comment-required)
     ;;
-  apply) args+=(apply) ;;
+  apply)
+    args+=(apply)
+    [[ "${ACTION_COMMENT:-true}" == "true" ]] && args+=(--comment)
+    ;;
   drift) args+=(drift --issue) ;;
   *)
     echo "::error::unknown command input \`${ACTION_COMMAND}\` (expected plan, apply or drift)" >&2

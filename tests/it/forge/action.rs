@@ -63,7 +63,7 @@ fn plan_with_comment_and_flags() {
 #[test]
 fn apply_and_drift() {
     let (_, argv, _) = run_script(&[("ACTION_COMMAND", "apply"), ("ACTION_FLAKE", ".")]);
-    assert_eq!(argv, ["apply", "--flake", "."]);
+    assert_eq!(argv, ["apply", "--comment", "--flake", "."]);
     let (_, argv, _) = run_script(&[("ACTION_COMMAND", "drift"), ("ACTION_COMMENT", "true")]);
     assert_eq!(argv, ["drift", "--issue"]);
 }
