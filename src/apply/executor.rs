@@ -20,11 +20,13 @@ use super::vm::{self, StepError, vm_path};
 use super::{ApplyError, ApplyRequest, DeployTarget, Deployed};
 use crate::flake::DesiredHost;
 use crate::flake::host::{Bootstrap, TemplateRef};
+use crate::install::KEXEC_MIN_MEMORY_MIB;
 use crate::metadata::{Block, Metadata, Notes};
 use crate::plan::{ActionKind, HostPlan};
 use crate::proxmox::find_template;
 use crate::proxmox::property::{
-    Drive, format_net, format_new_disk, format_tags, parse_drive, parse_tags, value_bool, value_text,
+    Drive, PropertyString, format_net, format_new_disk, format_tags, parse_drive, parse_tags, value_bool,
+    value_text,
 };
 use crate::proxmox::read::pending_keys;
 use crate::spec::{Bios, MANAGED_TAG, format_size};
@@ -294,6 +296,18 @@ impl<'r> HostRun<'r> {
             let scope = Scope { cloud_init: creating, firmware: creating };
             log.step("configure", self.configure(host, &node, vmid, scope)).await?;
         }
+        // nixos-anywhere's kexec image needs ~1.5 GiB: a smaller VM gets that much for the
+        // install and its declared memory back afterwards.
+        let kexec_memory = (has(ActionKind::Install) || has(ActionKind::Reinstall))
+            && self.req.deployer.is_some()
+            && host.spec.memory_mib < KEXEC_MIN_MEMORY_MIB;
+        if kexec_memory {
+            let step = "raise memory for kexec";
+            let waits = log.step(step, self.set_memory(&node, vmid, KEXEC_MIN_MEMORY_MIB, false)).await?;
+            if waits && host.deploy.allow_reboot {
+                log.step("reboot", self.reboot(&node, vmid)).await?;
+            }
+        }
         if creating || has(ActionKind::ResizeDisk) {
             log.step("resize", self.resize(host, &node, vmid)).await?;
         }
@@ -346,6 +360,17 @@ impl<'r> HostRun<'r> {
                 })
                 .await?;
             deployed = Some(outcome);
+        }
+        if kexec_memory {
+            let waits =
+                log.step("restore memory", self.set_memory(&node, vmid, host.spec.memory_mib, true)).await?;
+            if waits {
+                if host.deploy.allow_reboot {
+                    log.step("reboot", self.reboot(&node, vmid)).await?;
+                } else if !state.pending_reboot.iter().any(|k| k == "memory") {
+                    state.pending_reboot.push("memory".into());
+                }
+            }
         }
         // `applying` stays while install or switch is still owed, so the next run resumes.
         if !unfinished {
@@ -619,6 +644,74 @@ impl<'r> HostRun<'r> {
             return Ok(already((), None));
         }
         Ok(Done { value: (), status: StepStatus::Ok, detail: Some(grown.join(", ")), warnings })
+    }
+
+    /// Sets the VM's `memory` alone (compare-and-swap on the digest). The value says whether
+    /// the VM keeps running with another amount until its next restart: a running VM takes a
+    /// memory change as pending. `restore` only changes the wording of the warning.
+    async fn set_memory(
+        &self,
+        node: &str,
+        vmid: u32,
+        mib: u64,
+        restore: bool,
+    ) -> Result<Done<bool>, StepError> {
+        let client = self.req.client;
+        let path = format!("{}/config", vm_path(node, vmid));
+        for _ in 0..CAS_ATTEMPTS {
+            let raw = vm::read_raw(client, node, vmid).await?.ok_or_else(|| {
+                StepError::other(format!("VM {vmid} on node `{node}` disappeared before its memory was set"))
+            })?;
+            let live = raw
+                .get("memory")
+                .and_then(value_text)
+                .and_then(|v| {
+                    PropertyString::parse(&v)
+                        .value_or_positional("current")
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
+                .unwrap_or(512);
+            if live == mib {
+                let waits = self.memory_pending(node, vmid).await?;
+                return Ok(already(waits, format!("{mib} MiB")));
+            }
+            let digest = raw.get("digest").and_then(value_text).unwrap_or_default();
+            let form = vec![("memory".to_string(), mib.to_string()), ("digest".to_string(), digest)];
+            let result = with_retries(self.req.options.step_retry, "memory", || {
+                vm::post_and_wait(client, &path, &form, self.req.options.task_timeout)
+            })
+            .await;
+            match result {
+                Ok(mut warnings) => {
+                    let waits = self.memory_pending(node, vmid).await?;
+                    let mut detail = format!("{live} → {mib} MiB");
+                    if waits {
+                        detail.push_str(", at the next restart of the VM");
+                        if !restore {
+                            warnings.push(format!(
+                                "VM {vmid} is running: the kexec installer gets {mib} MiB only after a restart (set `nixprox.deploy.allowReboot`, or restart it)"
+                            ));
+                        }
+                    }
+                    return Ok(Done { value: waits, status: StepStatus::Ok, detail: Some(detail), warnings });
+                }
+                Err(err) if is_digest_conflict(&err) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(StepError::other(format!(
+            "failed to update `{path}`: the config kept changing (digest conflicts)"
+        )))
+    }
+
+    /// Whether a running VM has a `memory` change waiting for its next restart.
+    async fn memory_pending(&self, node: &str, vmid: u32) -> Result<bool, StepError> {
+        let client = self.req.client;
+        if vm::power_state(client, node, vmid).await? != "running" {
+            return Ok(false);
+        }
+        let data = client.get(&format!("{}/pending", vm_path(node, vmid)), &[]).await?;
+        Ok(pending_keys(&data).map_err(StepError::other)?.contains("memory"))
     }
 
     async fn start(&self, node: &str, vmid: u32) -> Result<Done<()>, StepError> {
