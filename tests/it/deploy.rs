@@ -261,6 +261,21 @@ fn step_names(report: &Value) -> Vec<String> {
     steps(report).into_iter().map(|(name, _)| name).collect()
 }
 
+/// The `memory` values of the config writes fakepve saw since its request log was cleared.
+fn memory_writes(lab: &Lab) -> Vec<String> {
+    lab.pve
+        .command(json!({"cmd": "requests", "clear": false}))
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter(|r| r[0] == "POST" && r[1].as_str().is_some_and(|p| p.ends_with("/config")))
+        .filter_map(|r| {
+            let body = r[2].as_str().unwrap_or_default();
+            body.split('&').find_map(|kv| kv.strip_prefix("memory=")).map(String::from)
+        })
+        .collect()
+}
+
 /// Installs `web` through plan + apply and checks the whole result; returns the toplevel.
 fn install(lab: &Lab) -> String {
     let bootstrap = lab.host.host_public();
@@ -407,8 +422,8 @@ fn kexec_gets_enough_memory_for_the_install_and_the_declared_memory_comes_back()
         step_names(&report),
         [
             "clone",
-            "configure",
             "raise memory for kexec",
+            "configure",
             "resize",
             "start",
             "address",
@@ -425,21 +440,9 @@ fn kexec_gets_enough_memory_for_the_install_and_the_declared_memory_comes_back()
     let vm = lab.web();
     assert_eq!(vm["config"]["memory"].to_string().trim_matches('"'), "1536", "{vm:#}");
     assert_eq!(vm["pending"]["memory"].to_string().trim_matches('"'), "1024", "{vm:#}");
-    // The config writes of `memory`, in order (the template's 1024 needed none at configure):
-    // raised before the start, restored after the install.
-    let memory_writes: Vec<String> = lab
-        .pve
-        .command(json!({"cmd": "requests", "clear": false}))
-        .as_array()
-        .expect("requests")
-        .iter()
-        .filter(|r| r[0] == "POST" && r[1].as_str().is_some_and(|p| p.ends_with("/config")))
-        .filter_map(|r| {
-            let body = r[2].as_str().unwrap_or_default();
-            body.split('&').find_map(|kv| kv.strip_prefix("memory=")).map(String::from)
-        })
-        .collect();
-    assert_eq!(memory_writes, ["1536", "1024"]);
+    // The config writes of `memory`, in order: raised before configure and the start (so
+    // configure never lowers it), restored after the install.
+    assert_eq!(memory_writes(&lab), ["1536", "1024"]);
     let metadata = lab.metadata();
     assert_eq!(metadata.system.as_deref(), Some(lab.toplevel().as_str()));
     assert_eq!(metadata.applying, None);
@@ -464,4 +467,30 @@ fn with_allow_reboot_the_declared_memory_is_restored_by_a_reboot() {
     assert_eq!(vm["config"]["memory"].to_string().trim_matches('"'), "1024", "{vm:#}");
     assert!(vm["pending"].get("memory").is_none(), "{vm:#}");
     assert_eq!(kinds(&lab.plan()), ["noop"]);
+}
+
+#[test]
+fn a_small_vm_whose_install_failed_is_resumed_with_the_raised_memory() {
+    let lab = Lab::start(1024, Key::File);
+    lab.plan();
+    let fail = [("NIXPROX_TEST_INSTALL_FAIL", "kexec: out of memory".to_string())];
+    let (run, report) = lab.apply(&fail);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["step"], "install", "{report:#}");
+    // The raised memory stays for the next attempt.
+    assert_eq!(lab.web()["config"]["memory"].to_string().trim_matches('"'), "1536");
+    // The same reviewed plan, applied again once the cause is fixed.
+    lab.pve.requests(true);
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "resumed apply failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "pending_reboot", "{report:#}");
+    let steps = steps(&report);
+    assert!(steps.contains(&("raise memory for kexec".into(), "already_done".into())), "{steps:?}");
+    assert!(steps.contains(&("restore memory".into(), "ok".into())), "{steps:?}");
+    // Memory was never lowered before the install: the only write of it is the restore.
+    assert_eq!(memory_writes(&lab), ["1024"]);
+    assert_eq!(lab.guests().len(), 1, "no second VM");
+    let vm = lab.web();
+    assert_eq!(vm["pending"]["memory"].to_string().trim_matches('"'), "1024", "{vm:#}");
+    assert_eq!(lab.metadata().system.as_deref(), Some(lab.toplevel().as_str()));
 }
