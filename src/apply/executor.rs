@@ -20,11 +20,13 @@ use super::vm::{self, StepError, vm_path};
 use super::{ApplyError, ApplyRequest, DeployTarget, Deployed};
 use crate::flake::DesiredHost;
 use crate::flake::host::{Bootstrap, TemplateRef};
+use crate::install::KEXEC_MIN_MEMORY_MIB;
 use crate::metadata::{Block, Metadata, Notes};
 use crate::plan::{ActionKind, HostPlan};
 use crate::proxmox::find_template;
 use crate::proxmox::property::{
-    Drive, format_net, format_new_disk, format_tags, parse_drive, parse_tags, value_bool, value_text,
+    Drive, PropertyString, format_net, format_new_disk, format_tags, parse_drive, parse_tags, value_bool,
+    value_text,
 };
 use crate::proxmox::read::pending_keys;
 use crate::spec::{Bios, MANAGED_TAG, format_size};
@@ -290,9 +292,23 @@ impl<'r> HostRun<'r> {
             error: format!("the plan names no VM for host `{}` (re-run the plan)", host.host),
         })?;
         let node = state.node.clone();
+        // nixos-anywhere's kexec image needs ~1.5 GiB: a smaller VM gets that much until the
+        // install is done (configure keeps it), then its declared memory back.
+        let kexec_memory = (has(ActionKind::Install) || has(ActionKind::Reinstall))
+            && self.req.deployer.is_some()
+            && host.spec.memory_mib < KEXEC_MIN_MEMORY_MIB;
+        let mut configured = std::borrow::Cow::Borrowed(host);
+        if kexec_memory {
+            configured.to_mut().spec.memory_mib = KEXEC_MIN_MEMORY_MIB;
+            let step = "raise memory for kexec";
+            let waits = log.step(step, self.set_memory(&node, vmid, KEXEC_MIN_MEMORY_MIB, false)).await?;
+            if waits && host.deploy.allow_reboot {
+                log.step("reboot", self.reboot(&node, vmid)).await?;
+            }
+        }
         if creating || has(ActionKind::Adopt) || has(ActionKind::UpdateVm) {
             let scope = Scope { cloud_init: creating, firmware: creating };
-            log.step("configure", self.configure(host, &node, vmid, scope)).await?;
+            log.step("configure", self.configure(&configured, &node, vmid, scope)).await?;
         }
         if creating || has(ActionKind::ResizeDisk) {
             log.step("resize", self.resize(host, &node, vmid)).await?;
@@ -346,6 +362,17 @@ impl<'r> HostRun<'r> {
                 })
                 .await?;
             deployed = Some(outcome);
+        }
+        if kexec_memory {
+            let waits =
+                log.step("restore memory", self.set_memory(&node, vmid, host.spec.memory_mib, true)).await?;
+            if waits {
+                if host.deploy.allow_reboot {
+                    log.step("reboot", self.reboot(&node, vmid)).await?;
+                } else if !state.pending_reboot.iter().any(|k| k == "memory") {
+                    state.pending_reboot.push("memory".into());
+                }
+            }
         }
         // `applying` stays while install or switch is still owed, so the next run resumes.
         if !unfinished {
@@ -619,6 +646,78 @@ impl<'r> HostRun<'r> {
             return Ok(already((), None));
         }
         Ok(Done { value: (), status: StepStatus::Ok, detail: Some(grown.join(", ")), warnings })
+    }
+
+    /// Sets the VM's `memory` alone (compare-and-swap on the digest). The value says whether
+    /// the VM keeps running with another amount until its next restart: a running VM takes a
+    /// memory change as pending. `restore` only changes the wording of the warning.
+    async fn set_memory(
+        &self,
+        node: &str,
+        vmid: u32,
+        mib: u64,
+        restore: bool,
+    ) -> Result<Done<bool>, StepError> {
+        let client = self.req.client;
+        let path = format!("{}/config", vm_path(node, vmid));
+        for _ in 0..CAS_ATTEMPTS {
+            let (current, pending) = self.memory_state(node, vmid).await?;
+            // What the VM gets at its next start.
+            if pending.unwrap_or(current) == mib {
+                let waits = current != mib;
+                let detail =
+                    if waits { format!("{mib} MiB at the next restart") } else { format!("{mib} MiB") };
+                return Ok(already(waits, detail));
+            }
+            let raw = vm::read_raw(client, node, vmid).await?.ok_or_else(|| {
+                StepError::other(format!("VM {vmid} on node `{node}` disappeared before its memory was set"))
+            })?;
+            let digest = raw.get("digest").and_then(value_text).unwrap_or_default();
+            // Writing the current value also drops another pending value (PVE's cleanup_pending).
+            let form = vec![("memory".to_string(), mib.to_string()), ("digest".to_string(), digest)];
+            let result = with_retries(self.req.options.step_retry, "memory", || {
+                vm::post_and_wait(client, &path, &form, self.req.options.task_timeout)
+            })
+            .await;
+            match result {
+                Ok(mut warnings) => {
+                    let waits = self.memory_state(node, vmid).await?.0 != mib;
+                    let mut detail = format!("{} → {mib} MiB", pending.unwrap_or(current));
+                    if waits {
+                        detail.push_str(", at the next restart of the VM");
+                        if !restore {
+                            warnings.push(format!(
+                                "VM {vmid} is running: the kexec installer gets {mib} MiB only after a restart (set `nixprox.deploy.allowReboot`, or restart it)"
+                            ));
+                        }
+                    }
+                    return Ok(Done { value: waits, status: StepStatus::Ok, detail: Some(detail), warnings });
+                }
+                Err(err) if is_digest_conflict(&err) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(StepError::other(format!(
+            "failed to update `{path}`: the config kept changing (digest conflicts)"
+        )))
+    }
+
+    /// The VM's memory now and the amount waiting for its next start, if any, from
+    /// `…/pending` (which shows both, whatever `GET …/config` answers by default).
+    async fn memory_state(&self, node: &str, vmid: u32) -> Result<(u64, Option<u64>), StepError> {
+        let data = self.req.client.get(&format!("{}/pending", vm_path(node, vmid)), &[]).await?;
+        let item = data.as_array().and_then(|items| items.iter().find(|i| i["key"] == "memory"));
+        let mib = |value: &Value| {
+            value_text(value).and_then(|text| {
+                PropertyString::parse(&text)
+                    .value_or_positional("current")
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+        };
+        // 512 MiB is qemu-server's default for an absent `memory`.
+        let current = item.and_then(|i| i.get("value")).and_then(mib).unwrap_or(512);
+        let pending = item.and_then(|i| i.get("pending")).and_then(mib);
+        Ok((current, pending))
     }
 
     async fn start(&self, node: &str, vmid: u32) -> Result<Done<()>, StepError> {

@@ -10,7 +10,8 @@ use anyhow::{Context, anyhow, bail};
 use futures::future::BoxFuture;
 
 use super::{
-    DiskKeySource, InstallRequest, SwitchAction, SwitchRequest, default_command, install_host, switch_host,
+    DiskKeySource, InstallRequest, NixBuild, SwitchAction, SwitchRequest, default_command, install_host,
+    run_build, switch_host,
 };
 use crate::apply::{DeployTarget, Deployed, NixosDeployer};
 use crate::config::Settings;
@@ -129,6 +130,7 @@ impl SshDeployer {
             }
         };
         let host_key = self.pinned_key(&target).await?;
+        self.build(host).await?;
         let request = SwitchRequest {
             host: host.host.clone(),
             address: target.address.to_string(),
@@ -151,6 +153,24 @@ impl SshDeployer {
             bail!("{}", outcome.summary());
         }
         Ok(Deployed { system: Some(outcome.system), disk_layout: None, host_key: None, time: Some(now()) })
+    }
+
+    /// Builds the host's toplevel on this runner, so `nix copy` has a closure to send (the
+    /// plan only evaluated it). A different out path means the flake changed since evaluation.
+    async fn build(&self, host: &crate::flake::DesiredHost) -> anyhow::Result<()> {
+        let build = NixBuild::toplevel(&self.flake, &host.host);
+        tracing::info!(host = %host.host, "building {}", host.system.toplevel);
+        let built = run_build(&build, self.install_timeout).await.map_err(|reason| {
+            anyhow!("failed to build the system of host `{}` (`{}`): {reason}", host.host, build.installable)
+        })?;
+        if built != host.system.toplevel {
+            bail!(
+                "building the system of host `{}` gave `{built}` instead of the evaluated `{}` (did the flake change since it was evaluated? run apply again)",
+                host.host,
+                host.system.toplevel
+            );
+        }
+        Ok(())
     }
 
     fn ssh_user(&self, target: DeployTarget<'_>) -> String {

@@ -20,7 +20,7 @@ use secrecy::SecretString;
 pub use anywhere::{CLI_FLAGS, KEXEC_MIN_MEMORY_MIB, NixosAnywhere, default_command};
 pub use deployer::{DEFAULT_KEY_ENV, SshDeployer};
 pub use extra_files::{HOST_KEY_PATH, prepare_extra_files};
-pub use nix::{NixBuild, NixCopy, parse_build_json};
+pub use nix::{NixBuild, NixCopy, parse_build_json, run_build};
 pub use run::{CommandSpec, RunFailure, TAIL_LINES, run_streaming};
 pub use switch::{ACTIVATE_SCRIPT, Activation, FinalStatus, SwitchAction};
 

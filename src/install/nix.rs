@@ -37,6 +37,28 @@ impl NixBuild {
     }
 }
 
+/// Runs a [`NixBuild`] and returns the built `out` path. The error carries the last lines of
+/// nix's stderr (the build log), bounded by `timeout` (nix is killed after it).
+pub async fn run_build(build: &NixBuild, timeout: std::time::Duration) -> Result<String, String> {
+    let argv = build.argv();
+    let mut command = tokio::process::Command::new(&argv[0]);
+    command.args(&argv[1..]).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let output = match tokio::time::timeout(timeout, command.output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(err)) => return Err(format!("could not start `nix`: {err}")),
+        Err(_) => return Err(format!("timed out after {}s", timeout.as_secs())),
+    };
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        let tail = lines[lines.len().saturating_sub(super::TAIL_LINES)..].join("\n");
+        let code =
+            output.status.code().map_or("killed by a signal".to_string(), |c| format!("exit code {c}"));
+        return Err(format!("{code}; last lines of its output:\n{tail}"));
+    }
+    parse_build_json(&String::from_utf8_lossy(&output.stdout))
+}
+
 /// The `out` path of the first result of `nix build --json`.
 pub fn parse_build_json(stdout: &str) -> Result<String, String> {
     let value: serde_json::Value = serde_json::from_str(stdout.trim())

@@ -216,6 +216,13 @@ fn create_changes(host: &DesiredHost) -> Vec<Change> {
 }
 
 fn install_action(host: &DesiredHost, reason: &str) -> Action {
+    use crate::install::KEXEC_MIN_MEMORY_MIB;
+    // The executor raises the memory for nixos-anywhere's kexec image; the reviewer sees it.
+    let reason = if host.spec.memory_mib < KEXEC_MIN_MEMORY_MIB {
+        format!("{reason} (memory raised to {KEXEC_MIN_MEMORY_MIB} MiB for kexec, restored after)")
+    } else {
+        reason.to_string()
+    };
     action(
         ActionKind::Install,
         reason,

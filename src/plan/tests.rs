@@ -57,6 +57,22 @@ fn missing_vm_is_created_then_installed() {
 }
 
 #[test]
+fn install_on_a_small_vm_says_that_memory_is_raised_for_kexec() {
+    let mut small = host("web");
+    small.spec.memory_mib = 1024;
+    let plan = run(&[small, host("db")], &[], Policies::default());
+    let reason = |name: &str| {
+        let host = plan.hosts.iter().find(|h| h.host == name).expect("host");
+        host.actions.iter().find(|a| a.kind == K::Install).expect("install").reason.clone()
+    };
+    assert_eq!(
+        reason("web"),
+        "new VM: install NixOS with nixos-anywhere (memory raised to 1536 MiB for kexec, restored after)"
+    );
+    assert_eq!(reason("db"), "new VM: install NixOS with nixos-anywhere");
+}
+
+#[test]
 fn unmanaged_vm_with_the_hosts_name_is_adopted_never_duplicated() {
     let mut vm = live("web", 150);
     vm.tags.clear();

@@ -5,6 +5,7 @@ mod support;
 
 mod apply;
 mod apply_cli;
+mod deploy;
 mod docs;
 mod error_messages;
 mod flake;

@@ -29,6 +29,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$flake" ] && [ -n "$target" ] && [ -n "$key" ] || { echo "missing --flake, target or -i" >&2; exit 1; }
+# Tests make an install fail with NIXPROX_TEST_INSTALL_FAIL=<message>, as a failing disko would.
+if [ -n "${NIXPROX_TEST_INSTALL_FAIL:-}" ]; then
+  echo "### Formatting hard drive with disko ###"
+  echo "$NIXPROX_TEST_INSTALL_FAIL" >&2
+  exit 1
+fi
 ssh_opts=(-i "$key" -p "$port" -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o IdentitiesOnly=yes -o BatchMode=yes -o LogLevel=ERROR)
 echo "### Building the system closure ###"
 attr=${flake#*#}
