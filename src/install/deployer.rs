@@ -33,6 +33,9 @@ pub struct SshDeployer {
     key: ClientKey,
     command: Vec<String>,
     user_override: Option<String>,
+    /// `--override-input` pairs for the builds nixprox runs itself (nixos-anywhere evaluates
+    /// the flake with its lock file).
+    override_inputs: Vec<(String, String)>,
     install_timeout: Duration,
     connect_timeout: Duration,
 }
@@ -57,9 +60,16 @@ impl SshDeployer {
             key,
             command: settings.install.command.clone().unwrap_or_else(default_command),
             user_override: settings.ssh.user.clone(),
+            override_inputs: Vec::new(),
             install_timeout: Duration::from_secs(settings.install.timeout.max(1)),
             connect_timeout: Duration::from_secs(settings.ssh.connect_timeout.unwrap_or(300).max(1)),
         }
+    }
+
+    /// Builds with these `--override-input` pairs (the ones the flake was evaluated with).
+    pub fn with_override_inputs(mut self, pairs: Vec<(String, String)>) -> SshDeployer {
+        self.override_inputs = pairs;
+        self
     }
 
     fn host_key(target: &DeployTarget<'_>) -> anyhow::Result<GeneratedHostKey> {
@@ -158,7 +168,8 @@ impl SshDeployer {
     /// Builds the host's toplevel on this runner, so `nix copy` has a closure to send (the
     /// plan only evaluated it). A different out path means the flake changed since evaluation.
     async fn build(&self, host: &crate::flake::DesiredHost) -> anyhow::Result<()> {
-        let build = NixBuild::toplevel(&self.flake, &host.host);
+        let mut build = NixBuild::toplevel(&self.flake, &host.host);
+        build.override_inputs = self.override_inputs.clone();
         tracing::info!(host = %host.host, "building {}", host.system.toplevel);
         let built = run_build(&build, self.install_timeout).await.map_err(|reason| {
             anyhow!("failed to build the system of host `{}` (`{}`): {reason}", host.host, build.installable)

@@ -14,6 +14,9 @@ pub struct NixBuild {
     pub installable: String,
     /// `--option <name> <value>` pairs.
     pub options: Vec<(String, String)>,
+    /// `--override-input <name> <ref>` pairs, as given to `nixprox --override-input`, so the
+    /// build is the system nixprox evaluated.
+    pub override_inputs: Vec<(String, String)>,
 }
 
 impl NixBuild {
@@ -22,6 +25,7 @@ impl NixBuild {
         NixBuild {
             installable: format!("{flake}#nixosConfigurations.\"{host}\".config.system.build.toplevel"),
             options: Vec::new(),
+            override_inputs: Vec::new(),
         }
     }
 
@@ -31,6 +35,9 @@ impl NixBuild {
         argv.extend(["build", "--json", "--no-link"].map(String::from));
         for (name, value) in &self.options {
             argv.extend(["--option".into(), name.clone(), value.clone()]);
+        }
+        for (name, flake_ref) in &self.override_inputs {
+            argv.extend(["--override-input".into(), name.clone(), flake_ref.clone()]);
         }
         argv.push(self.installable.clone());
         argv

@@ -32,9 +32,10 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     let evaluated = source::evaluate(&args.source, &settings).await?;
     let only = source::only(&args.source);
     let deployer = match SshDeployer::client_key(&settings, &publish::env) {
-        Some(key) => {
-            Some(SshDeployer::new(client.clone(), flake_for_install(&args.source.flake), key, &settings))
-        }
+        Some(key) => Some(
+            SshDeployer::new(client.clone(), flake_for_install(&args.source.flake), key, &settings)
+                .with_override_inputs(args.source.override_input.chunks(2).filter_map(pair).collect()),
+        ),
         None => {
             tracing::warn!(
                 "no SSH key configured (ssh.key, ssh.key_env or {}): install and switch steps will be skipped",
@@ -96,6 +97,13 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         }
     }
     Ok(if report.has_failures() { Outcome::HostsFailed } else { Outcome::Success })
+}
+
+fn pair(chunk: &[String]) -> Option<(String, String)> {
+    match chunk {
+        [name, flake_ref] => Some((name.clone(), flake_ref.clone())),
+        _ => None,
+    }
 }
 
 fn run_url(context: &Option<ForgeContext>) -> Option<&str> {

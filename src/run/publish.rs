@@ -70,7 +70,8 @@ pub fn markdown_context(context: Option<&ForgeContext>, title: Option<String>) -
     markdown::MarkdownContext {
         title,
         commit: context.and_then(|c| c.head_sha().map(str::to_string)),
-        planned_at: Some(now_text()),
+        // Only in CI: a plan printed locally stays byte-for-byte reproducible.
+        planned_at: context.map(|_| now_text()),
         details_url: context.and_then(|c| c.run_url.clone()),
     }
 }

@@ -92,10 +92,11 @@ async fn reads_managed_and_host_named_vms_and_flags_templates() {
             tags: set(tags),
             config,
         };
+    // The pending memory counts: the spec is the VM as it will be after its next reboot.
     let web = VmSpec {
         cores: 2,
         cpu_type: "host".into(),
-        memory_mib: 2048,
+        memory_mib: 4096,
         bios: Bios::Ovmf,
         agent: true,
         on_boot: true,
