@@ -310,6 +310,9 @@ impl<'r> HostRun<'r> {
             let scope = Scope { cloud_init: creating, firmware: creating };
             log.step("configure", self.configure(&configured, &node, vmid, scope)).await?;
         }
+        if !creating && has(ActionKind::UpdateVm) {
+            log.step("pool", self.pool(host, vmid)).await?;
+        }
         if creating || has(ActionKind::ResizeDisk) {
             log.step("resize", self.resize(host, &node, vmid)).await?;
         }
@@ -565,6 +568,34 @@ impl<'r> HostRun<'r> {
     /// Brings the config to the declaration with `POST …/config` and the digest just read
     /// (compare-and-swap); a conflict re-reads and recomputes. Every write carries the
     /// `nixprox` tag and the metadata block with `applying`.
+    /// Moves an existing VM into the declared pool, or out of its pool (pool membership is
+    /// not part of the VM config: `PUT /pools` with `allow-move`, or `delete`).
+    async fn pool(&self, host: &DesiredHost, vmid: u32) -> Result<Done<()>, StepError> {
+        let client = self.req.client;
+        let resources = client.get("/cluster/resources", &[("type", "vm")]).await?;
+        let current = resources
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r.get("vmid").and_then(Value::as_u64) == Some(u64::from(vmid)))
+            .and_then(|r| r.get("pool").and_then(Value::as_str).map(str::to_string));
+        let vms = vmid.to_string();
+        match (&host.spec.pool, &current) {
+            (want, have) if want == have => Ok(already((), None)),
+            (Some(want), _) => {
+                let form = [("poolid", want.as_str()), ("vms", vms.as_str()), ("allow-move", "1")];
+                with_retries(self.req.options.step_retry, "pool", || client.put("/pools", &form)).await?;
+                Ok(done((), format!("into pool {want}")))
+            }
+            (None, Some(have)) => {
+                let form = [("poolid", have.as_str()), ("vms", vms.as_str()), ("delete", "1")];
+                with_retries(self.req.options.step_retry, "pool", || client.put("/pools", &form)).await?;
+                Ok(done((), format!("out of pool {have}")))
+            }
+            (None, None) => Ok(already((), None)),
+        }
+    }
+
     async fn configure(
         &self,
         host: &DesiredHost,

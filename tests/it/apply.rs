@@ -380,6 +380,31 @@ async fn a_running_vm_reports_the_pending_reboot_or_reboots_when_allowed() {
 }
 
 #[tokio::test]
+async fn pool_membership_is_moved_and_left() {
+    let mut moving = installed_vm(170, "web", "stopped", json!({}));
+    moving["pool"] = json!("old");
+    let mut leaving = installed_vm(171, "db", "stopped", json!({}));
+    leaving["pool"] = json!("old");
+    let mut prod = installed_vm(172, "other", "stopped", json!({}));
+    prod["pool"] = json!("prod");
+    let lab = Lab::start(Scenario::new().guest(moving).guest(leaving).guest(prod));
+    let mut web = host("web");
+    web.spec.pool = Some("prod".into());
+    let desired = vec![web, host("db"), host("other")];
+    let plan = lab.plan(&desired).await;
+    assert_eq!(kinds(&plan, "web"), [ActionKind::UpdateVm]);
+    assert_eq!(kinds(&plan, "db"), [ActionKind::UpdateVm]);
+    let outcome = lab.run(&desired, &reviewed_body(&plan), false).await.expect("apply");
+    assert_eq!(step(&outcome, "web", "pool").detail.as_deref(), Some("into pool prod"));
+    assert_eq!(step(&outcome, "db", "pool").detail.as_deref(), Some("out of pool old"));
+    // Membership is what Proxmox now reports: the next plan has nothing left to do.
+    let again = lab.plan(&desired).await;
+    for host in ["web", "db"] {
+        assert_eq!(kinds(&again, host), [ActionKind::Noop], "{host}");
+    }
+}
+
+#[tokio::test]
 async fn a_disk_grows_with_resize() {
     let lab = Lab::start(Scenario::new().guest(installed_vm(
         160,
