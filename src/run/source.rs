@@ -30,7 +30,10 @@ pub struct Planned {
 pub struct Timings {
     pub eval_declarations: Duration,
     pub eval_systems: Duration,
+    /// The API reads' own time: the prefetch (which overlaps nix) plus the rest.
     pub proxmox: Duration,
+    /// What the reads added to the wall time after nix finished (the critical path).
+    pub proxmox_after_eval: Duration,
     pub planning: Duration,
 }
 
@@ -112,7 +115,28 @@ pub async fn plan(args: &SourceArgs) -> anyhow::Result<Planned> {
     // The host filter narrows the evaluation only to declared hosts; orphan VM names given
     // to `--hosts` are not attributes, so they only filter the plan.
     request.hosts = None;
-    let inventory = flake::evaluate(&request).await?;
+    request.batch = args.eval_batch.unwrap_or(0);
+    let concurrency = args.concurrency.unwrap_or(settings.concurrency.api);
+
+    // The Proxmox listing and the managed VMs' configs need no host names: read them while nix
+    // evaluates, so the API's round trips hide behind the evaluation. An evaluation error still
+    // wins (the reads are dropped), and a read error is reported after the flake resolved, as
+    // when the two ran one after the other.
+    let reader = client.clone();
+    let prefetch = async move {
+        let started = Instant::now();
+        let result = crate::proxmox::prefetch_cluster(&reader, concurrency).await;
+        (result, started.elapsed())
+    };
+    let evaluation = flake::evaluate(&request);
+    tokio::pin!(prefetch, evaluation);
+    let mut prefetched = None;
+    let inventory = loop {
+        tokio::select! {
+            inventory = &mut evaluation => break inventory?,
+            done = &mut prefetch, if prefetched.is_none() => prefetched = Some(done),
+        }
+    };
     let desired = flake::resolve_all(&inventory.hosts, &settings.defaults)?;
     tracing::info!(
         hosts = desired.len(),
@@ -123,12 +147,20 @@ pub async fn plan(args: &SourceArgs) -> anyhow::Result<Planned> {
     );
 
     let started = Instant::now();
-    let read = ReadRequest {
-        host_names: desired.iter().map(|d| d.spec.name.clone()).collect(),
-        concurrency: args.concurrency.unwrap_or(settings.concurrency.api),
+    let (prefetched, prefetch_time) = match prefetched {
+        Some(done) => done,
+        None => prefetch.await,
     };
-    let live = crate::proxmox::read_cluster(&client, &read).await.context("failed to read the cluster")?;
-    let proxmox = started.elapsed();
+    let read = ReadRequest { host_names: desired.iter().map(|d| d.spec.name.clone()).collect(), concurrency };
+    let finish_started = Instant::now();
+    let live = match prefetched {
+        Ok(prefetched) => crate::proxmox::finish_read(&client, prefetched, &read).await,
+        Err(err) => Err(err),
+    }
+    .context("failed to read the cluster")?;
+    // The reads' own time (as if they ran alone), and what they added after nix was done.
+    let proxmox = prefetch_time + finish_started.elapsed();
+    let proxmox_after_eval = started.elapsed();
     tracing::info!(vms = live.len(), ms = proxmox.as_millis() as u64, "read the cluster at {}", client.url());
 
     let started = Instant::now();
@@ -144,6 +176,7 @@ pub async fn plan(args: &SourceArgs) -> anyhow::Result<Planned> {
         eval_declarations: inventory.timings.declarations,
         eval_systems: inventory.timings.systems,
         proxmox,
+        proxmox_after_eval,
         planning,
     };
     Ok(Planned { settings, desired, live, plan, client, timings })
@@ -157,6 +190,7 @@ impl Timings {
             "eval_declarations_ms": ms(self.eval_declarations),
             "eval_systems_ms": ms(self.eval_systems),
             "proxmox_ms": ms(self.proxmox),
+            "proxmox_after_eval_ms": ms(self.proxmox_after_eval),
             "planning_ms": ms(self.planning),
             "render_ms": ms(render),
         })

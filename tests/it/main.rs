@@ -5,6 +5,7 @@ mod support;
 
 mod error_messages;
 mod flake;
+mod fleet;
 mod forge;
 mod install;
 mod plan_cli;

@@ -4,5 +4,6 @@
 
 pub mod cli;
 pub mod fakepve;
+pub mod fleet;
 pub mod nix;
 pub mod sshd;
