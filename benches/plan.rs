@@ -207,9 +207,7 @@ fn main() {
             let pve = FakePve::start(scenario);
             let fast = run_plan(&fleet, &pve, &[]);
             assert_eq!(Expected::from_plan(&fast.plan), fleet.expected(), "the plan of the fleet is wrong");
-            let slow = options
-                .sequential
-                .then(|| run_plan(&fleet, &pve, &["--concurrency", "1", "--eval-jobs", "1"]));
+            let slow = options.sequential.then(|| run_plan(&fleet, &pve, &sequential_args()));
             print_table(n, latency, &fast, slow.as_ref());
             results.push(json!({
                 "hosts": n, "latency_ms": latency,
