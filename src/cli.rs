@@ -86,6 +86,10 @@ pub struct SourceArgs {
     #[arg(long)]
     pub eval_jobs: Option<usize>,
 
+    /// Hosts whose systems one `nix eval` evaluates (default 8; 1 is one process per host).
+    #[arg(long, value_name = "N")]
+    pub eval_batch: Option<usize>,
+
     /// Concurrent Proxmox API reads (default: settings `concurrency.api`).
     #[arg(long)]
     pub concurrency: Option<usize>,
@@ -96,6 +100,8 @@ pub enum Format {
     Text,
     Markdown,
     Json,
+    /// A GitHub/Forgejo Actions matrix of the changed hosts, in shards (see docs/ci.md).
+    Matrix,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +116,11 @@ pub struct PlanArgs {
     /// Write the rendering to this file instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
+
+    /// `--format matrix`: number of shards (default: one per 25 changed hosts). The hosts of
+    /// one Proxmox node always share a shard, so there are never more shards than nodes.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
 
     /// Exit 2 when the plan has changes, 0 when there is nothing to do (1 is always an error).
     #[arg(long)]

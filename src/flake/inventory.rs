@@ -3,8 +3,12 @@
 //!
 //! Phase one is ONE `nix eval` over `nixosConfigurations` that prints every managed host's
 //! declaration, because evaluating the module system once per host costs a process start and
-//! a flake fetch each. Phase two evaluates each host's system in its own `nix eval`, at most
-//! `eval_jobs` at a time, because those evaluations are the expensive, independent part.
+//! a flake fetch each. Phase two evaluates the hosts' systems in batches, one `nix eval` per
+//! batch and at most `eval_jobs` at a time: those evaluations are the expensive, independent
+//! part, and a batch pays nix's start, the flake fetch and the shared library evaluation once
+//! instead of once per host (docs/performance.md). A batch is bounded ([`EvalRequest::batch`])
+//! because one process holds every system it evaluated in memory, and a real NixOS system is
+//! hundreds of MiB.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,7 +34,13 @@ pub struct EvalRequest {
     pub eval_jobs: usize,
     /// Attribute names to evaluate (`--hosts`); `None` means all.
     pub hosts: Option<Vec<String>>,
+    /// Most hosts whose systems one `nix eval` evaluates; 0 means [`DEFAULT_BATCH`].
+    pub batch: usize,
 }
+
+/// Hosts per system evaluation by default: few enough that a process evaluating real NixOS
+/// systems stays within a few GiB, many enough that nix's start-up stops dominating.
+pub const DEFAULT_BATCH: usize = 8;
 
 impl EvalRequest {
     pub fn new(flake: impl Into<String>) -> EvalRequest {
@@ -40,7 +50,14 @@ impl EvalRequest {
             override_inputs: Vec::new(),
             eval_jobs: 0,
             hosts: None,
+            batch: 0,
         }
+    }
+
+    /// Hosts per `nix eval` for `hosts` hosts: spread over the jobs, at most the batch size.
+    fn batch_size(&self, hosts: usize) -> usize {
+        let limit = if self.batch == 0 { DEFAULT_BATCH } else { self.batch };
+        hosts.div_ceil(self.jobs()).clamp(1, limit)
     }
 
     fn jobs(&self) -> usize {
@@ -136,9 +153,10 @@ pub fn inventory_expr(hosts: Option<&[String]>) -> String {
     INVENTORY_EXPR.replace("@FILTER@", &filter)
 }
 
-/// The `--apply` expression of phase two for host `attr`.
-pub fn system_expr(attr: &str) -> String {
-    SYSTEM_EXPR.replace("@HOST@", &nix_string(attr))
+/// The `--apply` expression of phase two for the hosts `attrs`.
+pub fn systems_expr(attrs: &[String]) -> String {
+    let list = attrs.iter().map(|n| nix_string(n)).collect::<Vec<_>>().join(" ");
+    SYSTEM_EXPR.replace("@HOSTS@", &format!("[ {list} ]"))
 }
 
 /// Evaluates the flake: every managed host's declaration and system.
@@ -216,24 +234,62 @@ async fn declarations(req: &EvalRequest) -> Result<RawInventory, FlakeError> {
     Err(FlakeError::Flake { flake: req.flake.clone(), message: err })
 }
 
-/// Phase two, in `attrs` order.
+/// Phase two, in `attrs` order. When a batch fails, its hosts are evaluated one by one to name
+/// the host to blame, with nix's message for that host alone.
 async fn systems(req: &EvalRequest, attrs: Vec<String>) -> Result<Vec<SystemEval>, FlakeError> {
-    let results = bounded(req.jobs(), attrs, |attr| {
-        let command =
-            req.nix.eval(req.installable()).override_inputs(&req.override_inputs).apply(system_expr(&attr));
-        async move { (attr, command.run_json::<RawSystem>().await) }
+    let batches: Vec<Vec<String>> =
+        attrs.chunks(req.batch_size(attrs.len())).map(<[String]>::to_vec).collect();
+    let results = bounded(req.jobs(), batches, |batch| {
+        let command = req.nix.eval(req.installable()).override_inputs(&req.override_inputs);
+        async move {
+            let result = command.apply(systems_expr(&batch)).run_json::<BTreeMap<String, RawSystem>>().await;
+            (batch, result)
+        }
     })
     .await;
-    results
-        .into_iter()
-        .map(|(host, result)| match result {
-            Ok(raw) => Ok(SystemEval { toplevel: raw.toplevel, disk_layout_hash: raw.disk_layout_hash }),
+    let mut systems = Vec::with_capacity(attrs.len());
+    for (batch, result) in results {
+        let mut raw = match result {
+            Ok(raw) => raw,
+            Err(NixError::Failed { message, .. }) => return Err(blame(req, batch, message).await),
+            Err(other) => return Err(other.into()),
+        };
+        for host in batch {
+            let Some(raw) = raw.remove(&host) else {
+                return Err(FlakeError::Host {
+                    host,
+                    flake: req.flake.clone(),
+                    message: "nix returned no system for this host".into(),
+                });
+            };
+            systems.push(SystemEval { toplevel: raw.toplevel, disk_layout_hash: raw.disk_layout_hash });
+        }
+    }
+    Ok(systems)
+}
+
+/// The error of the first host of a failed batch that fails alone.
+async fn blame(req: &EvalRequest, batch: Vec<String>, batch_message: String) -> FlakeError {
+    if let [host] = batch.as_slice() {
+        return FlakeError::Host { host: host.clone(), flake: req.flake.clone(), message: batch_message };
+    }
+    let results = bounded(req.jobs(), batch, |attr| {
+        let command = req.nix.eval(req.installable()).override_inputs(&req.override_inputs);
+        let expr = systems_expr(std::slice::from_ref(&attr));
+        async move { (attr, command.apply(expr).run_json::<BTreeMap<String, RawSystem>>().await) }
+    })
+    .await;
+    for (host, result) in results {
+        match result {
+            Ok(_) => {}
             Err(NixError::Failed { message, .. }) => {
-                Err(FlakeError::Host { host, flake: req.flake.clone(), message })
+                return FlakeError::Host { host, flake: req.flake.clone(), message };
             }
-            Err(other) => Err(other.into()),
-        })
-        .collect()
+            Err(other) => return other.into(),
+        }
+    }
+    // Every host evaluates alone but not together.
+    FlakeError::Flake { flake: req.flake.clone(), message: batch_message }
 }
 
 /// Runs `task` for every item, at most `jobs` at once, and returns the results in input order.
@@ -265,7 +321,9 @@ mod tests {
         let expr = inventory_expr(Some(&["web".into(), "db\"x".into()]));
         assert!(expr.contains("filter = [ \"web\" \"db\\\"x\" ];"), "{expr}");
         assert!(!expr.contains('@'));
-        assert!(system_expr("web").contains("c = configs.${\"web\"};"));
+        let expr = systems_expr(&["web".into(), "db".into()]);
+        assert!(expr.contains("hosts = [ \"web\" \"db\" ];"), "{expr}");
+        assert!(!expr.contains('@'));
     }
 
     #[test]
@@ -274,6 +332,20 @@ mod tests {
         assert!(req.jobs() >= 1);
         req.eval_jobs = 3;
         assert_eq!(req.jobs(), 3);
+    }
+
+    #[test]
+    fn batches_spread_over_the_jobs_and_stay_bounded() {
+        let mut req = EvalRequest::new(".");
+        req.eval_jobs = 2;
+        assert_eq!(req.batch_size(0), 1);
+        assert_eq!(req.batch_size(5), 3);
+        assert_eq!(req.batch_size(500), DEFAULT_BATCH);
+        req.batch = 1;
+        assert_eq!(req.batch_size(500), 1, "one host per process, as before batching");
+        req.eval_jobs = 1;
+        req.batch = 100;
+        assert_eq!(req.batch_size(40), 40);
     }
 
     #[tokio::test]

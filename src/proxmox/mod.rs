@@ -14,6 +14,9 @@ pub mod vm;
 
 pub use client::{Client, ClientOptions, RetryPolicy};
 pub use error::{ProxmoxError, TaskFailure, TransportKind};
-pub use read::{ReadRequest, TemplateError, find_template, list_vms, read_cluster};
+pub use read::{
+    Prefetched, ReadRequest, TemplateError, find_template, finish_read, list_vms, prefetch_cluster,
+    read_cluster,
+};
 pub use tasks::{TaskOutcome, Upid, wait_task};
 pub use vm::{LiveConfig, LiveVm};

@@ -39,26 +39,75 @@ pub struct ReadRequest {
 
 /// Reads the cluster: every QEMU VM, with the config of those that matter, sorted by VMID.
 pub async fn read_cluster(client: &Client, request: &ReadRequest) -> Result<Vec<LiveVm>, ProxmoxError> {
+    let prefetched = prefetch_cluster(client, request.concurrency).await?;
+    finish_read(client, prefetched, request).await
+}
+
+/// The part of the read that needs no host names: the resource list and the configs of the
+/// VMs tagged `nixprox`. `plan` runs it while nix evaluates the flake, so the API's round trips
+/// overlap the evaluation; [`finish_read`] then reads what only the host names select.
+#[derive(Debug)]
+pub struct Prefetched {
+    listed: Vec<(LiveVm, Option<String>)>,
+    /// Configs read so far, by index into `listed`.
+    configs: Vec<(usize, LiveConfig)>,
+}
+
+/// Lists the VMs and reads the configs of the managed ones, `concurrency` at a time.
+pub async fn prefetch_cluster(client: &Client, concurrency: usize) -> Result<Prefetched, ProxmoxError> {
     let listed = fetch_resources(client).await?;
-    let wanted: Vec<(usize, String, u32, bool, Option<String>)> = listed
-        .iter()
-        .enumerate()
-        .filter(|(_, (vm, _))| !vm.template && (vm.is_managed() || request.host_names.contains(&vm.name)))
-        .map(|(index, (vm, pool))| (index, vm.node.clone(), vm.vmid, vm.status == "running", pool.clone()))
+    let wanted = select(&listed, |vm| vm.is_managed());
+    let configs = read_configs(client, wanted, concurrency).await?;
+    Ok(Prefetched { listed, configs })
+}
+
+/// Reads the configs of the VMs named like a declared host that the prefetch did not read
+/// (untagged ones: a name clash or an adoption), and assembles the VMs.
+pub async fn finish_read(
+    client: &Client,
+    prefetched: Prefetched,
+    request: &ReadRequest,
+) -> Result<Vec<LiveVm>, ProxmoxError> {
+    let Prefetched { listed, mut configs } = prefetched;
+    let done: BTreeSet<usize> = configs.iter().map(|(index, _)| *index).collect();
+    let wanted: Vec<Wanted> = select(&listed, |vm| request.host_names.contains(&vm.name))
+        .into_iter()
+        .filter(|w| !done.contains(&w.0))
         .collect();
-    tracing::debug!(vms = listed.len(), configs = wanted.len(), "reading VM configs");
-    let configs: Vec<(usize, LiveConfig)> = stream::iter(wanted)
-        .map(|(index, node, vmid, running, pool)| async move {
-            read_config(client, &node, vmid, running, pool).await.map(|config| (index, config))
-        })
-        .buffer_unordered(request.concurrency.max(1))
-        .try_collect()
-        .await?;
+    tracing::debug!(vms = listed.len(), configs = configs.len() + wanted.len(), "reading VM configs");
+    configs.extend(read_configs(client, wanted, request.concurrency).await?);
     let mut vms: Vec<LiveVm> = listed.into_iter().map(|(vm, _)| vm).collect();
     for (index, config) in configs {
         vms[index].config = Some(config);
     }
     Ok(vms)
+}
+
+/// A config to read: index into the listing, node, VMID, running, pool.
+type Wanted = (usize, String, u32, bool, Option<String>);
+
+/// The non-template VMs of the listing that `matters`.
+fn select(listed: &[(LiveVm, Option<String>)], matters: impl Fn(&LiveVm) -> bool) -> Vec<Wanted> {
+    listed
+        .iter()
+        .enumerate()
+        .filter(|(_, (vm, _))| !vm.template && matters(vm))
+        .map(|(index, (vm, pool))| (index, vm.node.clone(), vm.vmid, vm.status == "running", pool.clone()))
+        .collect()
+}
+
+async fn read_configs(
+    client: &Client,
+    wanted: Vec<Wanted>,
+    concurrency: usize,
+) -> Result<Vec<(usize, LiveConfig)>, ProxmoxError> {
+    stream::iter(wanted)
+        .map(|(index, node, vmid, running, pool)| async move {
+            read_config(client, &node, vmid, running, pool).await.map(|config| (index, config))
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await
 }
 
 /// `GET /cluster/resources?type=vm`: QEMU VMs only, without configs, sorted by VMID.

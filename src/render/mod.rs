@@ -3,6 +3,7 @@
 
 pub mod json;
 pub mod markdown;
+pub mod matrix;
 pub mod text;
 mod values;
 

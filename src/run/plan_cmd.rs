@@ -4,7 +4,7 @@ use anyhow::Context;
 
 use crate::cli::{Format, PlanArgs};
 use crate::forge::StatusState;
-use crate::render::{json, markdown, summary_line, text};
+use crate::render::{json, markdown, matrix, summary_line, text};
 
 use super::{Outcome, publish};
 
@@ -54,6 +54,7 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
         Format::Text => text::render(plan, text::TextOptions { color: color && args.out.is_none() }),
         Format::Markdown => markdown::render(plan, &md_context),
         Format::Json => json::render(plan),
+        Format::Matrix => matrix::render(plan, args.shards),
     };
     let render_time = started.elapsed();
     match &args.out {
@@ -62,7 +63,14 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
         None => print!("{rendered}"),
     }
     if let Some(path) = &args.timings {
-        let timings = planned.timings.to_json(render_time);
+        let mut timings = planned.timings.to_json(render_time);
+        timings["render_formats_ms"] = render_every_format(plan, &md_context, args.shards);
+        let (comment, detail) = markdown::render_within(plan, &md_context, markdown::COMMENT_LIMIT);
+        timings["comment_chars"] = comment.chars().count().into();
+        timings["comment_detail"] = format!("{detail:?}").into();
+        if let Some(kib) = peak_rss_kib() {
+            timings["peak_rss_kib"] = kib.into();
+        }
         std::fs::write(path, format!("{timings:#}\n"))
             .with_context(|| format!("failed to write the timings to `{}`", path.display()))?;
     }
@@ -87,4 +95,34 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
         publish::status(forge, sha.as_deref(), STATUS, state, &summary_line(plan), run_url.as_deref()).await;
     }
     Ok(if args.detailed_exitcode && plan.has_changes() { Outcome::Changes } else { Outcome::Success })
+}
+
+/// With `--timings`, every rendering is timed (the benchmark reports them all from one run);
+/// the outputs are thrown away.
+fn render_every_format(
+    plan: &crate::plan::Plan,
+    context: &markdown::MarkdownContext,
+    shards: Option<usize>,
+) -> serde_json::Value {
+    let time = |render: &dyn Fn() -> String| {
+        let started = std::time::Instant::now();
+        let text = render();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        std::hint::black_box(text);
+        serde_json::json!(ms)
+    };
+    serde_json::json!({
+        "text": time(&|| text::render(plan, text::TextOptions { color: false })),
+        "markdown": time(&|| markdown::render(plan, context)),
+        "comment": time(&|| markdown::render_within(plan, context, markdown::COMMENT_LIMIT).0),
+        "json": time(&|| json::render(plan)),
+        "matrix": time(&|| matrix::render(plan, shards)),
+    })
+}
+
+/// The process's peak resident set (`VmHWM`), on Linux; for `--timings`.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

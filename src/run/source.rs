@@ -30,7 +30,10 @@ pub struct Planned {
 pub struct Timings {
     pub eval_declarations: Duration,
     pub eval_systems: Duration,
+    /// The API reads' own time: the prefetch (which overlaps nix) plus the rest.
     pub proxmox: Duration,
+    /// What the reads added to the wall time after nix finished (the critical path).
+    pub proxmox_after_eval: Duration,
     pub planning: Duration,
 }
 
@@ -115,6 +118,7 @@ pub async fn evaluate(args: &SourceArgs, settings: &Settings) -> anyhow::Result<
     request.eval_jobs = args.eval_jobs.unwrap_or(settings.concurrency.eval_jobs);
     // `--hosts` may name orphan VMs, which are not attributes: the filter applies to the plan.
     request.hosts = None;
+    request.batch = args.eval_batch.unwrap_or(0);
     let inventory = flake::evaluate(&request).await?;
     let desired = flake::resolve_all(&inventory.hosts, &settings.defaults)?;
     tracing::info!(
@@ -141,15 +145,46 @@ pub fn only(args: &SourceArgs) -> Option<BTreeSet<String>> {
 pub async fn plan(args: &SourceArgs, probe: bool) -> anyhow::Result<Planned> {
     let settings = load_settings(args)?;
     let client = proxmox_client(&settings)?;
-    let Evaluated { desired, declarations, systems } = evaluate(args, &settings).await?;
+    let concurrency = args.concurrency.unwrap_or(settings.concurrency.api);
 
-    let started = Instant::now();
-    let read = ReadRequest {
-        host_names: desired.iter().map(|d| d.spec.name.clone()).collect(),
-        concurrency: args.concurrency.unwrap_or(settings.concurrency.api),
+    // The Proxmox listing and the managed VMs' configs need no host names: read them while nix
+    // evaluates, so the API's round trips hide behind the evaluation. An evaluation error still
+    // wins (the reads are dropped), and a read error is reported after the flake resolved, as
+    // when the two ran one after the other.
+    let reader = client.clone();
+    let prefetch = async move {
+        let started = Instant::now();
+        let result = crate::proxmox::prefetch_cluster(&reader, concurrency).await;
+        (result, started.elapsed())
     };
-    let live = crate::proxmox::read_cluster(&client, &read).await.context("failed to read the cluster")?;
-    let proxmox = started.elapsed();
+    // The futures borrow the settings: keep them in this block so the settings move on after.
+    let (Evaluated { desired, declarations, systems }, (prefetched, prefetch_time), started) = {
+        let evaluation = evaluate(args, &settings);
+        tokio::pin!(prefetch, evaluation);
+        let mut prefetched = None;
+        let evaluated = loop {
+            tokio::select! {
+                evaluated = &mut evaluation => break evaluated?,
+                done = &mut prefetch, if prefetched.is_none() => prefetched = Some(done),
+            }
+        };
+        let started = Instant::now();
+        let prefetched = match prefetched {
+            Some(done) => done,
+            None => prefetch.await,
+        };
+        (evaluated, prefetched, started)
+    };
+    let read = ReadRequest { host_names: desired.iter().map(|d| d.spec.name.clone()).collect(), concurrency };
+    let finish_started = Instant::now();
+    let live = match prefetched {
+        Ok(prefetched) => crate::proxmox::finish_read(&client, prefetched, &read).await,
+        Err(err) => Err(err),
+    }
+    .context("failed to read the cluster")?;
+    // The reads' own time (as if they ran alone), and what they added after nix was done.
+    let proxmox = prefetch_time + finish_started.elapsed();
+    let proxmox_after_eval = started.elapsed();
     tracing::info!(vms = live.len(), ms = proxmox.as_millis() as u64, "read the cluster at {}", client.url());
 
     let probes =
@@ -164,7 +199,13 @@ pub async fn plan(args: &SourceArgs, probe: bool) -> anyhow::Result<Planned> {
         probes: probes.as_ref(),
     });
     let planning = started.elapsed();
-    let timings = Timings { eval_declarations: declarations, eval_systems: systems, proxmox, planning };
+    let timings = Timings {
+        eval_declarations: declarations,
+        eval_systems: systems,
+        proxmox,
+        proxmox_after_eval,
+        planning,
+    };
     Ok(Planned { settings, desired, live, plan, client, timings })
 }
 
@@ -176,6 +217,7 @@ impl Timings {
             "eval_declarations_ms": ms(self.eval_declarations),
             "eval_systems_ms": ms(self.eval_systems),
             "proxmox_ms": ms(self.proxmox),
+            "proxmox_after_eval_ms": ms(self.proxmox_after_eval),
             "planning_ms": ms(self.planning),
             "render_ms": ms(render),
         })

@@ -9,6 +9,7 @@ mod deploy;
 mod docs;
 mod error_messages;
 mod flake;
+mod fleet;
 mod forge;
 mod install;
 mod plan_cli;

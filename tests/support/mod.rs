@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod fakepve;
+pub mod fleet;
 pub mod hosts;
 pub mod nix;
 pub mod sshd;

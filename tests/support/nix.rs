@@ -100,6 +100,7 @@ impl Fixture {
             override_inputs: override_inputs(),
             eval_jobs: 2,
             hosts: None,
+            batch: 0,
         }
     }
 }

@@ -1,8 +1,9 @@
-# Applied by `nix eval --json <flake>#nixosConfigurations --apply` for one host (the HOST placeholder): the
-# out path of its system and the hash of its disk layout. Evaluating the out path builds nothing.
+# Applied by `nix eval --json <flake>#nixosConfigurations --apply` for a batch of hosts (the HOSTS
+# placeholder, a list of attribute names): per host, the out path of its system and the hash of
+# its disk layout. Evaluating the out path builds nothing.
 configs:
 let
-  c = configs.${@HOST@};
+  hosts = @HOSTS@;
 
   # disko's device tree carries internals (`_meta`, `_create`, functions) that change with disko
   # releases, not with the layout: drop `_`-prefixed attributes, turn functions into null.
@@ -24,9 +25,19 @@ let
     else
       v;
 
-  layout = builtins.toJSON (sanitise (c.config.disko.devices or null));
+  system =
+    c:
+    let
+      layout = builtins.toJSON (sanitise (c.config.disko.devices or null));
+    in
+    {
+      toplevel = c.config.system.build.toplevel.outPath;
+      diskLayoutHash = "sha256:" + builtins.hashString "sha256" layout;
+    };
 in
-{
-  toplevel = c.config.system.build.toplevel.outPath;
-  diskLayoutHash = "sha256:" + builtins.hashString "sha256" layout;
-}
+builtins.listToAttrs (
+  map (name: {
+    inherit name;
+    value = system configs.${name};
+  }) hosts
+)

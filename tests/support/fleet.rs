@@ -1,0 +1,313 @@
+//! A generated fleet for the benchmark and its test: an N-host fixture flake (the style of
+//! `fixtures/homelab`, built on `fixtures/lib`) and a fakepve cluster holding those hosts' VMs,
+//! most in sync and a fixed share drifted or missing, so one plan exercises every read and
+//! every common action at any N.
+//!
+//! Host `i` (attribute `h0000`, `h0001`, …) gets VMID `1000 + i`, node `pve{1 + i % nodes}`,
+//! a loopback address, and by `i % 10` a state in the cluster:
+//!
+//! | `i % 10` | cluster                                  | plan                    |
+//! | -------- | ---------------------------------------- | ----------------------- |
+//! | 0–5      | VM matches, recorded system is current   | `noop`                  |
+//! | 6        | 2 cores, the flake wants 4               | `update_vm`             |
+//! | 7        | recorded system is an older store path   | `switch`                |
+//! | 8        | no VM                                    | `create_vm` + `install` |
+//! | 9        | root disk 10G, the flake wants 20G       | `resize_disk`           |
+//!
+//! Besides: one tagged VM per 50 hosts that no host declares (orphan: `destroy_vm`, blocked
+//! since `prune_orphans` is off), one untagged VM per 20 hosts that nixprox must not read, and
+//! the template `nixos-bootstrap`. Half the VMs run (so `/pending` is read for them).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use nixprox::metadata::{Metadata, Notes};
+use serde_json::{Value, json};
+
+use super::fakepve::Scenario;
+use super::nix::{nix, override_inputs, repo};
+
+/// What a host's VM looks like in the generated cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    InSync,
+    FewerCores,
+    OldSystem,
+    Missing,
+    SmallDisk,
+}
+
+impl State {
+    fn of(index: usize) -> State {
+        match index % 10 {
+            6 => State::FewerCores,
+            7 => State::OldSystem,
+            8 => State::Missing,
+            9 => State::SmallDisk,
+            _ => State::InSync,
+        }
+    }
+}
+
+/// One declared host.
+#[derive(Debug, Clone)]
+pub struct FleetHost {
+    pub attr: String,
+    pub vmid: u32,
+    pub node: String,
+    pub state: State,
+    /// Whether its VM runs (and so has `/pending` read).
+    pub running: bool,
+}
+
+/// The flake directory and what the cluster holds.
+#[derive(Debug)]
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub hosts: Vec<FleetHost>,
+    /// Tagged VMs no host declares: `(vmid, name, node)`.
+    pub orphans: Vec<(u32, String, String)>,
+    /// Untagged VMs no host is named like: nixprox lists them and reads nothing else.
+    pub strangers: usize,
+    pub nodes: usize,
+}
+
+/// How many actions of each kind the plan of a fleet must have.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Expected {
+    pub noop: usize,
+    pub update_vm: usize,
+    pub switch: usize,
+    pub create_vm: usize,
+    pub install: usize,
+    pub resize_disk: usize,
+    /// Orphans; all blocked.
+    pub destroy_vm: usize,
+}
+
+const TEMPLATE_VMID: u32 = 9000;
+
+impl Fleet {
+    /// Writes an `n`-host flake into a fresh temporary directory.
+    pub fn generate(n: usize) -> Fleet {
+        let dir = tempfile::Builder::new().prefix(&format!("fleet-{n}-")).tempdir().expect("tempdir");
+        let nodes = (n / 4).clamp(1, 10);
+        let hosts: Vec<FleetHost> = (0..n)
+            .map(|i| FleetHost {
+                attr: format!("h{i:04}"),
+                vmid: 1000 + u32::try_from(i).expect("fleet size fits u32"),
+                node: format!("pve{}", 1 + i % nodes),
+                state: State::of(i),
+                running: i % 2 == 0,
+            })
+            .collect();
+        let orphans = (0..n.div_ceil(50))
+            .map(|k| (5000 + k as u32, format!("retired{k:03}"), format!("pve{}", 1 + k % nodes)))
+            .collect();
+        let fleet = Fleet { dir, hosts, orphans, strangers: n / 20, nodes };
+        fleet.write_flake();
+        fleet
+    }
+
+    /// `path:<dir>`.
+    pub fn flake_ref(&self) -> String {
+        format!("path:{}", self.dir.path().display())
+    }
+
+    fn write_flake(&self) {
+        let dir = self.dir.path();
+        copy_dir(&repo().join("fixtures/lib"), &dir.join("lib"));
+        let mut hosts = String::new();
+        for (i, host) in self.hosts.iter().enumerate() {
+            let cores = if host.state == State::FewerCores { 4 } else { 2 };
+            let _ = writeln!(
+                hosts,
+                "        {attr} = host {{ name = \"{attr}\"; address = \"127.1.{}.{}\"; vm = {{ id = {vmid}; node = \"{node}\"; cores = {cores}; }}; }};",
+                i / 250,
+                1 + i % 250,
+                attr = host.attr,
+                vmid = host.vmid,
+                node = host.node,
+            );
+        }
+        let flake = FLAKE.replace("@HOSTS@", hosts.trim_end());
+        std::fs::write(dir.join("flake.nix"), flake).expect("write flake.nix");
+        std::fs::write(dir.join("nixprox.yaml"), SETTINGS).expect("write nixprox.yaml");
+    }
+
+    /// Every host's evaluated system out path, from ONE `nix eval` (the in-sync VMs record it).
+    pub async fn toplevels(&self) -> BTreeMap<String, String> {
+        const EXPR: &str = "cs: builtins.mapAttrs (_: c: c.config.system.build.toplevel.outPath) cs";
+        nix()
+            .eval(format!("{}#nixosConfigurations", self.flake_ref()))
+            .override_inputs(&override_inputs())
+            .apply(EXPR)
+            .run_json()
+            .await
+            .unwrap_or_else(|err| panic!("evaluating the fleet's systems failed: {err}"))
+    }
+
+    /// The cluster for fakepve, given the evaluated systems (see [`Fleet::toplevels`]).
+    pub fn scenario(&self, toplevels: &BTreeMap<String, String>) -> Scenario {
+        let mut scenario = Scenario::new().guest(json!({
+            "vmid": TEMPLATE_VMID, "name": "nixos-bootstrap", "node": "pve1", "status": "stopped",
+            "template": true,
+            "config": {"name": "nixos-bootstrap", "cores": 2, "memory": 2048, "agent": "1",
+                       "scsi0": format!("local-lvm:base-{TEMPLATE_VMID}-disk-0,size=4G"),
+                       "net0": "virtio=BC:24:11:00:90:00,bridge=vmbr0"}
+        }));
+        for host in &self.hosts {
+            if host.state == State::Missing {
+                continue;
+            }
+            let system = match host.state {
+                State::OldSystem => {
+                    format!("/nix/store/00000000000000000000000000000000-nixos-system-{}", host.attr)
+                }
+                _ => toplevels
+                    .get(&host.attr)
+                    .unwrap_or_else(|| panic!("no evaluated system for `{}`", host.attr))
+                    .clone(),
+            };
+            let metadata = Metadata { host: host.attr.clone(), system: Some(system), ..Default::default() };
+            let disk = if host.state == State::SmallDisk { "10G" } else { "20G" };
+            scenario = scenario.guest(vm(
+                host.vmid,
+                &host.attr,
+                &host.node,
+                host.running,
+                json!({
+                    "tags": "nixprox",
+                    "scsi0": format!("local-lvm:vm-{}-disk-0,size={disk}", host.vmid),
+                    "description": Notes::render("", &metadata),
+                }),
+            ));
+        }
+        for (vmid, name, node) in &self.orphans {
+            let metadata = Metadata { host: name.clone(), ..Default::default() };
+            scenario = scenario.guest(vm(
+                *vmid,
+                name,
+                node,
+                false,
+                json!({
+                    "tags": "nixprox",
+                    "scsi0": format!("local-lvm:vm-{vmid}-disk-0,size=20G"),
+                    "description": Notes::render("", &metadata),
+                }),
+            ));
+        }
+        for k in 0..self.strangers {
+            let vmid = 7000 + k as u32;
+            scenario = scenario.guest(vm(
+                vmid,
+                &format!("other{k:03}"),
+                &format!("pve{}", 1 + k % self.nodes),
+                true,
+                json!({"scsi0": format!("local-lvm:vm-{vmid}-disk-0,size=20G")}),
+            ));
+        }
+        scenario
+    }
+
+    /// The action counts the fleet's plan must show.
+    pub fn expected(&self) -> Expected {
+        let count = |state: State| self.hosts.iter().filter(|h| h.state == state).count();
+        Expected {
+            noop: count(State::InSync),
+            update_vm: count(State::FewerCores),
+            switch: count(State::OldSystem),
+            create_vm: count(State::Missing),
+            install: count(State::Missing),
+            resize_disk: count(State::SmallDisk),
+            destroy_vm: self.orphans.len(),
+        }
+    }
+}
+
+impl Expected {
+    /// The same counts read from a plan's JSON `summary` (runnable counts, and `blocked`).
+    pub fn from_plan(plan: &Value) -> Expected {
+        let counts = &plan["summary"];
+        let n = |key: &str| counts[key].as_u64().unwrap_or(0) as usize;
+        Expected {
+            noop: n("noop"),
+            update_vm: n("update_vm"),
+            switch: n("switch"),
+            create_vm: n("create_vm"),
+            install: n("install"),
+            resize_disk: n("resize_disk"),
+            // Blocked actions are counted apart from their kind; orphans are the only ones here.
+            destroy_vm: n("destroy_vm") + n("blocked"),
+        }
+    }
+}
+
+/// A VM as a PVE 9 node reports one nixprox created: the module's defaults plus `extra`.
+fn vm(vmid: u32, name: &str, node: &str, running: bool, extra: Value) -> Value {
+    let mut config = json!({
+        "name": name, "cores": 2, "sockets": 1, "cpu": "x86-64-v2-AES", "memory": 2048, "agent": "1",
+        "onboot": 1, "ostype": "l26", "scsihw": "virtio-scsi-single", "boot": "order=scsi0",
+        "net0": format!("virtio=BC:24:11:{:02X}:{:02X}:{:02X},bridge=vmbr0", vmid >> 16 & 0xff, vmid >> 8 & 0xff, vmid & 0xff),
+    });
+    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+        config.extend(extra.clone());
+    }
+    json!({"vmid": vmid, "name": name, "node": node, "status": if running { "running" } else { "stopped" },
+           "config": config})
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
+        let entry = entry.expect("dir entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy fixture lib file");
+    }
+}
+
+const SETTINGS: &str = "# Settings of the generated benchmark fleet (tests/support/fleet.rs).
+defaults:
+  node: pve1
+  storage: local-lvm
+  bridge: vmbr0
+  template: nixos-bootstrap
+";
+
+const FLAKE: &str = r#"# A generated fleet (tests/support/fleet.rs): the style of fixtures/homelab at any size.
+{
+  description = "nixprox benchmark fleet";
+
+  inputs.nixpkgs-lib.url = "github:nix-community/nixpkgs.lib";
+  inputs.nixprox.url = "github:nixprox/nixprox";
+  inputs.nixprox.inputs.nixpkgs.follows = "nixpkgs-lib";
+
+  outputs =
+    { nixpkgs-lib, nixprox, ... }:
+    let
+      mkHost = import ./lib/mkHost.nix {
+        inherit (nixpkgs-lib) lib;
+        nixproxModule = nixprox.nixosModules.default;
+      };
+      host =
+        { name, address, vm }:
+        mkHost {
+          inherit name;
+          modules = [
+            {
+              networking.hostName = name;
+              nixprox.enable = true;
+              nixprox.address = address;
+              nixprox.vm = vm;
+              nixprox.bootstrap.sshKeys = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDnixproxExampleKeyOnlyForTheFixture ops@fleet" ];
+            }
+          ];
+        };
+    in
+    {
+      nixosConfigurations = {
+@HOSTS@
+      };
+    };
+}
+"#;
