@@ -14,7 +14,7 @@
 //! runs on loopback and stops by itself.
 //!
 //! Options (after `--`): `--hosts 1,10,50` (1 is always added: the ratios are against it),
-//! `--ceph-slow 1.0` (PVE seconds per disk operation), `--latency 20` (ms), `--no-sequential`,
+//! `--ceph-slow 0.5` (PVE seconds per disk operation), `--latency 20` (ms), `--no-sequential`,
 //! `--json FILE`. `NIXPROX_BENCH_BIN` runs another nixprox binary.
 
 #[path = "../tests/support/mod.rs"]
@@ -41,7 +41,7 @@ struct Options {
 
 fn options() -> Options {
     let mut options =
-        Options { hosts: vec![1, 10, 50], ceph_slow: 1.0, latency_ms: 20, sequential: true, json: None };
+        Options { hosts: vec![1, 10, 50], ceph_slow: 0.5, latency_ms: 20, sequential: true, json: None };
     let mut args = std::env::args().skip(1);
     let number = |value: Option<String>| -> f64 {
         let value = value.unwrap_or_default();
