@@ -216,9 +216,7 @@ fn main() {
             }));
         }
     }
-    println!(
-        "\napply: TODO — the apply executor (src/apply/) is not in this branch yet; see docs/performance.md."
-    );
+    println!("\napply: `cargo bench --bench apply` (benches/apply.rs, docs/performance.md).");
     if let Some(path) = options.json {
         std::fs::write(&path, format!("{:#}\n", Value::Array(results))).expect("write the results");
         println!("results written to {}", path.display());

@@ -1,15 +1,20 @@
 //! The benchmark's generator (`tests/support/fleet.rs`) at a small size: the generated flake
 //! evaluates, the generated cluster loads into fakepve, and the real `nixprox plan` of the two
-//! shows exactly the actions the generator promises. No timings here: those live in the
-//! benchmark (`cargo bench --bench plan`) and docs/performance.md.
+//! shows exactly the actions the generator promises; the apply benchmark's all-new fleet plans
+//! one `create_vm` per host and applies on fakepve's RBD storage. No timings here: those live in
+//! the benchmarks (`cargo bench --bench plan`, `--bench apply`) and docs/performance.md.
 
 use crate::support::cli::{self, Run};
 use crate::support::fakepve::FakePve;
-use crate::support::fleet::{Expected, Fleet};
+use crate::support::fleet::{Expected, Fleet, SLOW_STORAGE};
 
 fn plan(fleet: &Fleet, pve: &FakePve, args: &[&str]) -> Run {
+    nixprox_in(fleet, pve, "plan", args)
+}
+
+fn nixprox_in(fleet: &Fleet, pve: &FakePve, subcommand: &str, args: &[&str]) -> Run {
     let mut command = cli::nixprox();
-    command.arg("plan").arg("--flake").arg(fleet.flake_ref());
+    command.arg(subcommand).arg("--flake").arg(fleet.flake_ref());
     for input in crate::support::nix::override_inputs() {
         command.arg("--override-input").arg(&input.name).arg(&input.flake_ref);
     }
@@ -84,4 +89,36 @@ async fn the_matrix_of_a_fleet_shards_its_changed_hosts_by_node() {
     nodes.sort();
     nodes.dedup();
     assert_eq!(nodes.len(), before, "{matrix}");
+}
+
+#[test]
+fn the_apply_fleet_plans_one_create_per_host_and_applies_on_the_slow_storage() {
+    let fleet = Fleet::generate_new(3);
+    fleet.set_host_concurrency(Some(1));
+    // No VM exists, so no evaluated system is recorded anywhere: no `toplevels` needed.
+    let pve = FakePve::start(fleet.apply_scenario(&Default::default(), 0.0));
+    let plan_file = fleet.dir.path().join("plan.json").display().to_string();
+    let run = plan(&fleet, &pve, &["--format", "json", "--out", &plan_file]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan_file).expect("plan written")).expect("json plan");
+    let expected = Expected { create_vm: 3, install: 3, ..Expected::default() };
+    assert_eq!(fleet.expected(), expected);
+    assert_eq!(Expected::from_plan(&json), expected, "{json:#}");
+
+    let report_file = fleet.dir.path().join("report.json").display().to_string();
+    let run = nixprox_in(&fleet, &pve, "apply", &["--reviewed-plan", &plan_file, "--report", &report_file]);
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_file).expect("report")).expect("json report");
+    let hosts = report["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 3, "{report:#}");
+    // Every VM was cloned onto the RBD storage and started; installing is skipped (no SSH key).
+    for host in &fleet.hosts {
+        let vm = pve.vm(host.vmid);
+        assert_eq!(vm["status"], "running", "{vm:#}");
+        assert_eq!(vm["node"], host.node.as_str(), "{vm:#}");
+        let disk = vm["config"]["scsi0"].as_str().expect("scsi0");
+        assert!(disk.starts_with(&format!("{SLOW_STORAGE}:")), "{disk}");
+    }
 }

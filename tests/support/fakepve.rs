@@ -57,7 +57,7 @@ impl Scenario {
         self
     }
 
-    /// A top-level knob: `time_scale`, `latency`, `lock_wait`, `nodes`, `storages`.
+    /// A top-level knob: `time_scale`, `latency`, `lock_wait`, `ceph_slow`, `nodes`, `storages`.
     pub fn set(mut self, key: &str, value: Value) -> Scenario {
         self.value[key] = value;
         self

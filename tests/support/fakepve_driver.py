@@ -26,8 +26,11 @@ Scenario file (every key optional):
       "grants": [{"user": "nixprox@pve", "path": "/vms", "privs": ["VM.Audit"]}],
       "nodes": ["pve1", {"name": "pve2", "online": false}],
       "storages": {"ceph-pool": {"type": "rbd", "pool": "rbd", "content": "images"}},
-      "time_scale": 0, "latency": 0, "lock_wait": 10
+      "time_scale": 0, "latency": 0, "lock_wait": 10, "ceph_slow": 0
     }
+
+`ceph_slow` (PVE seconds) is fakepve's `ceph_slow()`: every operation on a disk of an RBD storage
+(clone, resize, start, …) takes that much longer; 0 ends it.
 """
 
 import argparse
@@ -111,6 +114,11 @@ def set_values(pve, values):
         pve.slow_network(float(values['latency']))
     if values.get('lock_wait') is not None:
         pve.lock_wait = float(values['lock_wait'])
+    if values.get('ceph_slow') is not None:
+        if float(values['ceph_slow']):
+            pve.ceph_slow(float(values['ceph_slow']))
+        else:
+            pve.ceph_recover()
 
 
 def vm_of(pve, args):

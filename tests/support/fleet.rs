@@ -17,6 +17,11 @@
 //! Besides: one tagged VM per 50 hosts that no host declares (orphan: `destroy_vm`, blocked
 //! since `prune_orphans` is off), one untagged VM per 20 hosts that nixprox must not read, and
 //! the template `nixos-bootstrap`. Half the VMs run (so `/pending` is read for them).
+//!
+//! [`Fleet::generate_new`] is the apply benchmark's fleet: every host new (`create_vm` +
+//! `install`), nothing else in the cluster but the template, the hosts' disks on an RBD storage
+//! `ceph-pool` so fakepve's `ceph_slow` makes clone, resize and start take time
+//! ([`Fleet::apply_scenario`]), and the host concurrency settable ([`Fleet::set_host_concurrency`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -87,10 +92,22 @@ pub struct Expected {
 }
 
 const TEMPLATE_VMID: u32 = 9000;
+/// The RBD storage of [`Fleet::generate_new`]'s disks.
+pub const SLOW_STORAGE: &str = "ceph-pool";
 
 impl Fleet {
     /// Writes an `n`-host flake into a fresh temporary directory.
     pub fn generate(n: usize) -> Fleet {
+        Fleet::build(n, State::of, true)
+    }
+
+    /// Writes an `n`-host flake whose hosts all lack a VM, with no orphans or strangers: the
+    /// apply benchmark's fleet. Its disks go to `ceph-pool` (see [`Fleet::apply_scenario`]).
+    pub fn generate_new(n: usize) -> Fleet {
+        Fleet::build(n, |_| State::Missing, false)
+    }
+
+    fn build(n: usize, state: fn(usize) -> State, extras: bool) -> Fleet {
         let dir = tempfile::Builder::new().prefix(&format!("fleet-{n}-")).tempdir().expect("tempdir");
         let nodes = (n / 4).clamp(1, 10);
         let hosts: Vec<FleetHost> = (0..n)
@@ -98,16 +115,43 @@ impl Fleet {
                 attr: format!("h{i:04}"),
                 vmid: 1000 + u32::try_from(i).expect("fleet size fits u32"),
                 node: format!("pve{}", 1 + i % nodes),
-                state: State::of(i),
+                state: state(i),
                 running: i % 2 == 0,
             })
             .collect();
-        let orphans = (0..n.div_ceil(50))
+        let orphans = (0..if extras { n.div_ceil(50) } else { 0 })
             .map(|k| (5000 + k as u32, format!("retired{k:03}"), format!("pve{}", 1 + k % nodes)))
             .collect();
-        let fleet = Fleet { dir, hosts, orphans, strangers: n / 20, nodes };
+        let strangers = if extras { n / 20 } else { 0 };
+        let fleet = Fleet { dir, hosts, orphans, strangers, nodes };
         fleet.write_flake();
+        if !extras {
+            fleet.set_host_concurrency(None);
+        }
         fleet
+    }
+
+    /// Rewrites `nixprox.yaml` of a [`Fleet::generate_new`] fleet: disks on `ceph-pool`, and
+    /// `concurrency.hosts` when given (`Some(1)`: the sequential baseline; `None`: the default).
+    pub fn set_host_concurrency(&self, hosts: Option<usize>) {
+        let mut settings = SETTINGS.replace("storage: local-lvm", &format!("storage: {SLOW_STORAGE}"));
+        if let Some(hosts) = hosts {
+            let _ = write!(settings, "concurrency:\n  hosts: {hosts}\n");
+        }
+        std::fs::write(self.dir.path().join("nixprox.yaml"), settings).expect("write nixprox.yaml");
+    }
+
+    /// [`Fleet::scenario`] plus every node (new hosts' nodes hold no VM yet) and the RBD
+    /// storage `ceph-pool`, whose operations take `ceph_slow` PVE seconds each.
+    pub fn apply_scenario(&self, toplevels: &BTreeMap<String, String>, ceph_slow: f64) -> Scenario {
+        let nodes: Vec<String> = (1..=self.nodes).map(|k| format!("pve{k}")).collect();
+        self.scenario(toplevels)
+            .set("nodes", json!(nodes))
+            .set(
+                "storages",
+                json!({SLOW_STORAGE: {"type": "rbd", "pool": "rbd", "content": "images,rootdir", "shared": 1}}),
+            )
+            .set("ceph_slow", json!(ceph_slow))
     }
 
     /// `path:<dir>`.
