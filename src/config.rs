@@ -83,7 +83,7 @@ pub struct Concurrency {
 
 impl Default for Concurrency {
     fn default() -> Self {
-        Concurrency { hosts: 8, per_node: 4, api: 32, eval_jobs: 0 }
+        Concurrency { hosts: 16, per_node: 8, api: 32, eval_jobs: 0 }
     }
 }
 
@@ -187,7 +187,7 @@ mod tests {
         assert!(settings.policies.prune_orphans);
         assert!(!settings.policies.allow_replace);
         assert_eq!(settings.concurrency.hosts, 3);
-        assert_eq!(settings.concurrency.per_node, 4);
+        assert_eq!(settings.concurrency.per_node, 8);
     }
 
     #[test]
