@@ -83,23 +83,9 @@ fn binary() -> PathBuf {
 /// key variable, so installs are skipped).
 fn nixprox(fleet: &Fleet, pve: &FakePve, subcommand: &str, args: &[&str]) -> Command {
     let mut command = Command::new(binary());
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("PROXMOX_")
-            || key.starts_with("GITHUB_")
-            || key.starts_with("NIXPROX_")
-            || key == "CI"
-        {
-            command.env_remove(&key);
-        }
-    }
-    command
-        .env("NO_COLOR", "1")
+    support::cli::clean_env(&mut command)
         .env("NIXPROX_LOG", "error")
-        .env("NIX_CONFIG", "substituters =")
-        .env("PROXMOX_URL", pve.url())
-        .env("PROXMOX_CA_CERT", pve.ca_cert())
-        .env("PROXMOX_API_TOKEN", pve.token())
+        .envs(support::cli::pve_env(pve))
         .arg(subcommand)
         .arg("--flake")
         .arg(fleet.flake_ref());

@@ -85,23 +85,9 @@ fn run_plan(fleet: &Fleet, pve: &FakePve, extra: &[&str]) -> Measured {
     assert!(time.is_file(), "/usr/bin/time (GNU time) is missing: apt-get install time");
     let mut command = Command::new(time);
     command.arg("-f").arg("%M").arg("-o").arg(&rss_path).arg(binary());
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("PROXMOX_")
-            || key.starts_with("GITHUB_")
-            || key.starts_with("NIXPROX_")
-            || key == "CI"
-        {
-            command.env_remove(&key);
-        }
-    }
-    command
-        .env("NO_COLOR", "1")
+    support::cli::clean_env(&mut command)
         .env("NIXPROX_LOG", "warn")
-        .env("NIX_CONFIG", "substituters =")
-        .env("PROXMOX_URL", pve.url())
-        .env("PROXMOX_CA_CERT", pve.ca_cert())
-        .env("PROXMOX_API_TOKEN", pve.token())
+        .envs(support::cli::pve_env(pve))
         .arg("plan")
         .arg("--flake")
         .arg(fleet.flake_ref());

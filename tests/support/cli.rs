@@ -35,9 +35,9 @@ impl From<Output> for Run {
     }
 }
 
-/// `nixprox` with a clean environment: no colour, no CI variables, nix without substituters.
-pub fn nixprox() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_nixprox"));
+/// Removes what the surrounding shell or CI would leak into a run (CI, forge, Proxmox and
+/// nixprox variables) and sets what every run wants: no colour, nix without substituters.
+pub fn clean_env(command: &mut Command) -> &mut Command {
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
         if key.starts_with("PROXMOX_")
@@ -50,7 +50,13 @@ pub fn nixprox() -> Command {
     }
     command
         .env("NO_COLOR", "1")
-        .env("NIX_CONFIG", "substituters =\nexperimental-features = nix-command flakes");
+        .env("NIX_CONFIG", "substituters =\nexperimental-features = nix-command flakes")
+}
+
+/// `nixprox` with a clean environment (see [`clean_env`]).
+pub fn nixprox() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nixprox"));
+    clean_env(&mut command);
     command
 }
 
