@@ -310,8 +310,8 @@ impl<'r> HostRun<'r> {
             let scope = Scope { cloud_init: creating, firmware: creating };
             log.step("configure", self.configure(&configured, &node, vmid, scope)).await?;
         }
-        if !creating && has(ActionKind::UpdateVm) {
-            log.step("pool", self.pool(host, vmid)).await?;
+        if let Some(current) = self.planned_pool_change() {
+            log.step("pool", self.pool(host, vmid, current)).await?;
         }
         if creating || has(ActionKind::ResizeDisk) {
             log.step("resize", self.resize(host, &node, vmid)).await?;
@@ -568,17 +568,28 @@ impl<'r> HostRun<'r> {
     /// Brings the config to the declaration with `POST …/config` and the digest just read
     /// (compare-and-swap); a conflict re-reads and recomputes. Every write carries the
     /// `nixprox` tag and the metadata block with `applying`.
+    /// The VM's current pool when the plan's `update_vm` moves it (the `pool` change's
+    /// `before`): the planner already read it, so no step lists the cluster again.
+    fn planned_pool_change(&self) -> Option<Option<String>> {
+        let change = self
+            .plan
+            .actions
+            .iter()
+            .filter(|a| a.kind == ActionKind::UpdateVm && a.blocked.is_none())
+            .flat_map(|a| &a.changes)
+            .find(|c| c.field == "pool")?;
+        Some(change.before.as_ref().and_then(Value::as_str).map(str::to_string))
+    }
+
     /// Moves an existing VM into the declared pool, or out of its pool (pool membership is
     /// not part of the VM config: `PUT /pools` with `allow-move`, or `delete`).
-    async fn pool(&self, host: &DesiredHost, vmid: u32) -> Result<Done<()>, StepError> {
+    async fn pool(
+        &self,
+        host: &DesiredHost,
+        vmid: u32,
+        current: Option<String>,
+    ) -> Result<Done<()>, StepError> {
         let client = self.req.client;
-        let resources = client.get("/cluster/resources", &[("type", "vm")]).await?;
-        let current = resources
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r.get("vmid").and_then(Value::as_u64) == Some(u64::from(vmid)))
-            .and_then(|r| r.get("pool").and_then(Value::as_str).map(str::to_string));
         let vms = vmid.to_string();
         match (&host.spec.pool, &current) {
             (want, have) if want == have => Ok(already((), None)),

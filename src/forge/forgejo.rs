@@ -315,10 +315,7 @@ impl Forgejo {
         target_url: Option<&str>,
     ) -> Result<(), ForgeError> {
         let op = format!("set status `{context}` on commit `{sha}`");
-        let mut body = json!({ "state": state.as_str(), "context": context, "description": description });
-        if let Some(url) = target_url {
-            body["target_url"] = json!(url);
-        }
+        let body = super::status_body(state, context, description, target_url);
         self.send(&op, Method::POST, &self.repo_url(&format!("statuses/{sha}")), &[], Some(&body)).await?;
         Ok(())
     }

@@ -256,10 +256,7 @@ impl GitHub {
         description: &str,
         target_url: Option<&str>,
     ) -> Result<(), ForgeError> {
-        let mut body = json!({ "state": state.as_str(), "context": context, "description": description });
-        if let Some(url) = target_url {
-            body["target_url"] = json!(url);
-        }
+        let body = super::status_body(state, context, description, target_url);
         let _: serde_json::Value = self
             .client
             .post(self.route(&format!("statuses/{sha}")), Some(&body))

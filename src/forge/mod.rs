@@ -171,6 +171,21 @@ pub struct PullRequest {
     pub merge_commit_sha: Option<String>,
 }
 
+/// The JSON both forges take for a commit status (`POST /repos/{o}/{r}/statuses/{sha}`).
+fn status_body(
+    state: StatusState,
+    context: &str,
+    description: &str,
+    target_url: Option<&str>,
+) -> serde_json::Value {
+    let mut body =
+        serde_json::json!({ "state": state.as_str(), "context": context, "description": description });
+    if let Some(url) = target_url {
+        body["target_url"] = serde_json::json!(url);
+    }
+    body
+}
+
 /// The state of a commit status (`nixprox/plan`, `nixprox/apply`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusState {

@@ -24,8 +24,10 @@ struct Hashed<'a> {
 
 /// 16 hex digits (64 bits) of SHA-256 over the canonical JSON of the plan's meaning.
 pub fn plan_id(hosts: &[HostPlan], desired: &[DesiredHost], policies: Policies) -> String {
+    let planned: std::collections::BTreeSet<&str> =
+        hosts.iter().filter(|h| !h.orphan).map(|h| h.host.as_str()).collect();
     let mut inputs: Vec<&DesiredHost> =
-        desired.iter().filter(|d| hosts.iter().any(|h| !h.orphan && h.host == d.host)).collect();
+        desired.iter().filter(|d| planned.contains(d.host.as_str())).collect();
     inputs.sort_by(|a, b| a.host.cmp(&b.host));
     let hashed = Hashed { schema: super::model::SCHEMA_VERSION, hosts, inputs, policies };
     // Serialising plain data cannot fail; an empty string still hashes deterministically.
