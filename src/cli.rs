@@ -144,6 +144,16 @@ pub struct PlanArgs {
     #[arg(long)]
     pub timings: Option<PathBuf>,
 
+    /// Compare the NixOS configuration of every host whose system changes with this base: a
+    /// flake reference (`github:…`, `git+file:…`, a path) or a git revision of the local flake
+    /// (`main`, a commit). Default in CI: the pull request's base commit.
+    #[arg(long, value_name = "REF")]
+    pub base: Option<String>,
+
+    /// Do not compare with any base (no NixOS changes in the plan, no extra evaluation).
+    #[arg(long, conflicts_with = "base")]
+    pub no_base: bool,
+
     #[command(flatten)]
     pub forge: ForgeArgs,
 }

@@ -1,7 +1,8 @@
 //! nixprox: GitOps for NixOS on Proxmox VE.
 //!
 //! The data flows one way: the flake ([`flake`]) and the live cluster ([`proxmox`]) feed the
-//! pure planner ([`plan`]), whose result is rendered ([`render`]), posted to the forge
+//! pure planner ([`plan`]), whose result (with [`nixos_changes`], what changes inside NixOS) is
+//! rendered ([`render`]), posted to the forge
 //! ([`forge`]) and carried out by the executor ([`apply`]) through SSH ([`ssh`]) and
 //! nixos-anywhere ([`install`]).
 
@@ -12,6 +13,7 @@ pub mod flake;
 pub mod forge;
 pub mod install;
 pub mod metadata;
+pub mod nixos_changes;
 pub mod plan;
 pub mod proxmox;
 pub mod render;

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use super::command::{Nix, NixError, NixVersion, OverrideInput, nix_string};
+use super::command::{Nix, NixCommand, NixError, NixVersion, OverrideInput, nix_string};
 use super::host::{HostDecl, SystemEval};
+use super::probes::{Probed, probes_function};
 
 const INVENTORY_EXPR: &str = include_str!("nix/inventory.nix");
 const SYSTEM_EXPR: &str = include_str!("nix/system.nix");
@@ -36,6 +37,9 @@ pub struct EvalRequest {
     pub hosts: Option<Vec<String>>,
     /// Most hosts whose systems one `nix eval` evaluates; 0 means [`DEFAULT_BATCH`].
     pub batch: usize,
+    /// Also evaluate each host's NixOS probes (`nix/probes.nix`) with its system, for the
+    /// plan's NixOS changes ([`Inventory::probes`]).
+    pub probes: bool,
 }
 
 /// Hosts per system evaluation by default: few enough that a process evaluating real NixOS
@@ -51,16 +55,17 @@ impl EvalRequest {
             eval_jobs: 0,
             hosts: None,
             batch: 0,
+            probes: false,
         }
     }
 
     /// Hosts per `nix eval` for `hosts` hosts: spread over the jobs, at most the batch size.
-    fn batch_size(&self, hosts: usize) -> usize {
+    pub(crate) fn batch_size(&self, hosts: usize) -> usize {
         let limit = if self.batch == 0 { DEFAULT_BATCH } else { self.batch };
         hosts.div_ceil(self.jobs()).clamp(1, limit)
     }
 
-    fn jobs(&self) -> usize {
+    pub(crate) fn jobs(&self) -> usize {
         match self.eval_jobs {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
@@ -98,6 +103,8 @@ pub struct Inventory {
     /// Selected attributes that are not managed (no `nixprox` options, or `enable = false`).
     pub skipped: Vec<String>,
     pub timings: EvalTimings,
+    /// Each host's NixOS probes, when [`EvalRequest::probes`] asked for them.
+    pub probes: BTreeMap<String, Probed>,
 }
 
 /// The flake could not be turned into an inventory.
@@ -142,6 +149,8 @@ struct RawInventory {
 struct RawSystem {
     toplevel: String,
     disk_layout_hash: String,
+    #[serde(default)]
+    probes: Option<serde_json::Value>,
 }
 
 /// The `--apply` expression of phase one.
@@ -153,10 +162,12 @@ pub fn inventory_expr(hosts: Option<&[String]>) -> String {
     INVENTORY_EXPR.replace("@FILTER@", &filter)
 }
 
-/// The `--apply` expression of phase two for the hosts `attrs`.
-pub fn systems_expr(attrs: &[String]) -> String {
+/// The `--apply` expression of phase two for the hosts `attrs`, with their NixOS probes when
+/// `probes` is set.
+pub fn systems_expr(attrs: &[String], probes: bool) -> String {
     let list = attrs.iter().map(|n| nix_string(n)).collect::<Vec<_>>().join(" ");
-    SYSTEM_EXPR.replace("@HOSTS@", &format!("[ {list} ]"))
+    let probes = if probes { probes_function() } else { "null".to_string() };
+    SYSTEM_EXPR.replace("@HOSTS@", &format!("[ {list} ]")).replace("@PROBES@", &probes)
 }
 
 /// Evaluates the flake: every managed host's declaration and system.
@@ -180,7 +191,7 @@ pub async fn evaluate(req: &EvalRequest) -> Result<Inventory, FlakeError> {
     }
 
     let started = Instant::now();
-    let systems = systems(req, decls.iter().map(|(attr, _)| attr.clone()).collect()).await?;
+    let (systems, probes) = systems(req, decls.iter().map(|(attr, _)| attr.clone()).collect()).await?;
     let systems_time = started.elapsed();
 
     let hosts = decls
@@ -193,6 +204,7 @@ pub async fn evaluate(req: &EvalRequest) -> Result<Inventory, FlakeError> {
         hosts,
         skipped: raw.skipped,
         timings: EvalTimings { declarations: declarations_time, systems: systems_time },
+        probes,
     })
 }
 
@@ -234,22 +246,27 @@ async fn declarations(req: &EvalRequest) -> Result<RawInventory, FlakeError> {
     Err(FlakeError::Flake { flake: req.flake.clone(), message: err })
 }
 
-/// Phase two, in `attrs` order. When a batch fails, its hosts are evaluated one by one to name
-/// the host to blame, with nix's message for that host alone.
-async fn systems(req: &EvalRequest, attrs: Vec<String>) -> Result<Vec<SystemEval>, FlakeError> {
+/// Phase two, in `attrs` order (with the probes by host, when asked). When a batch fails, its
+/// hosts are evaluated one by one to name the host to blame, with nix's message for that host
+/// alone.
+async fn systems(
+    req: &EvalRequest,
+    attrs: Vec<String>,
+) -> Result<(Vec<SystemEval>, BTreeMap<String, Probed>), FlakeError> {
     let batches: Vec<Vec<String>> =
         attrs.chunks(req.batch_size(attrs.len())).map(<[String]>::to_vec).collect();
     let results = bounded(req.jobs(), batches, |batch| {
         let command = req.nix.eval(req.installable()).override_inputs(&req.override_inputs);
         async move {
-            let result = command.apply(systems_expr(&batch)).run_json::<BTreeMap<String, RawSystem>>().await;
+            let result = batch_systems(command, &batch, req.probes).await;
             (batch, result)
         }
     })
     .await;
     let mut systems = Vec::with_capacity(attrs.len());
+    let mut probes = BTreeMap::new();
     for (batch, result) in results {
-        let mut raw = match result {
+        let (mut raw, mut probe_errors) = match result {
             Ok(raw) => raw,
             Err(NixError::Failed { message, .. }) => return Err(blame(req, batch, message).await),
             Err(other) => return Err(other.into()),
@@ -262,10 +279,59 @@ async fn systems(req: &EvalRequest, attrs: Vec<String>) -> Result<Vec<SystemEval
                     message: "nix returned no system for this host".into(),
                 });
             };
+            if req.probes {
+                let probed = match (probe_errors.remove(&host), raw.probes) {
+                    (Some(message), _) => Probed::Failed(message),
+                    (None, value) => Probed::Evaluated(value.unwrap_or_default()),
+                };
+                probes.insert(host.clone(), probed);
+            }
             systems.push(SystemEval { toplevel: raw.toplevel, disk_layout_hash: raw.disk_layout_hash });
         }
     }
-    Ok(systems)
+    Ok((systems, probes))
+}
+
+/// HOOK(nixos-changes): one batch's systems, with the probes when asked, and by host nix's
+/// message when the probes broke its evaluation. `tryEval` catches a probe that throws, not one
+/// with a type error: such a batch is evaluated again host by host, and a host whose probes
+/// still fail is evaluated without them, so probes never fail a plan nor cost other hosts
+/// their comparison. The follow-up moves this into the batched evaluator.
+async fn batch_systems(
+    command: NixCommand,
+    batch: &[String],
+    probes: bool,
+) -> Result<(BTreeMap<String, RawSystem>, BTreeMap<String, String>), NixError> {
+    let run = |hosts: &[String], probes: bool| {
+        let command = command.clone().apply(systems_expr(hosts, probes));
+        async move { command.run_json().await }
+    };
+    if !probes {
+        return Ok((run(batch, false).await?, BTreeMap::new()));
+    }
+    let message = match run(batch, true).await {
+        Ok(raw) => return Ok((raw, BTreeMap::new())),
+        Err(NixError::Failed { message, .. }) => message,
+        Err(other) => return Err(other),
+    };
+    let mut systems = BTreeMap::new();
+    let mut failed = BTreeMap::new();
+    for host in batch {
+        let alone = std::slice::from_ref(host);
+        let outcome = if batch.len() == 1 {
+            Err(message.clone())
+        } else {
+            run(alone, true).await.map_err(|e| e.nix_message().map_or_else(|| e.to_string(), str::to_string))
+        };
+        match outcome {
+            Ok(raw) => systems.extend(raw),
+            Err(message) => {
+                systems.extend(run(alone, false).await?);
+                failed.insert(host.clone(), message);
+            }
+        }
+    }
+    Ok((systems, failed))
 }
 
 /// The error of the first host of a failed batch that fails alone.
@@ -275,7 +341,7 @@ async fn blame(req: &EvalRequest, batch: Vec<String>, batch_message: String) -> 
     }
     let results = bounded(req.jobs(), batch, |attr| {
         let command = req.nix.eval(req.installable()).override_inputs(&req.override_inputs);
-        let expr = systems_expr(std::slice::from_ref(&attr));
+        let expr = systems_expr(std::slice::from_ref(&attr), false);
         async move { (attr, command.apply(expr).run_json::<BTreeMap<String, RawSystem>>().await) }
     })
     .await;
@@ -293,7 +359,7 @@ async fn blame(req: &EvalRequest, batch: Vec<String>, batch_message: String) -> 
 }
 
 /// Runs `task` for every item, at most `jobs` at once, and returns the results in input order.
-async fn bounded<I, F, Fut, T>(jobs: usize, items: Vec<I>, task: F) -> Vec<T>
+pub(crate) async fn bounded<I, F, Fut, T>(jobs: usize, items: Vec<I>, task: F) -> Vec<T>
 where
     F: Fn(I) -> Fut,
     Fut: std::future::Future<Output = T>,
@@ -321,8 +387,12 @@ mod tests {
         let expr = inventory_expr(Some(&["web".into(), "db\"x".into()]));
         assert!(expr.contains("filter = [ \"web\" \"db\\\"x\" ];"), "{expr}");
         assert!(!expr.contains('@'));
-        let expr = systems_expr(&["web".into(), "db".into()]);
+        let expr = systems_expr(&["web".into(), "db".into()], false);
         assert!(expr.contains("hosts = [ \"web\" \"db\" ];"), "{expr}");
+        assert!(expr.contains("probes = null;"), "{expr}");
+        assert!(!expr.contains('@'));
+        let expr = systems_expr(&["web".into()], true);
+        assert!(expr.contains("probes = (\n"), "{expr}");
         assert!(!expr.contains('@'));
     }
 

@@ -3,11 +3,14 @@
 //!
 //! [`command`] builds `nix` invocations, [`inventory`] runs them (one evaluation of every host's
 //! `config.nixprox`, then each host's system in parallel), [`resolve`] applies the settings'
-//! defaults and checks what the module's types cannot.
+//! defaults and checks what the module's types cannot. [`probes`] and [`base`] serve the plan's
+//! NixOS changes: the probes of each host at the pull request's base and head.
 
+pub mod base;
 pub mod command;
 pub mod host;
 pub mod inventory;
+pub mod probes;
 pub mod resolve;
 
 pub use command::{Nix, NixError, NixVersion, OverrideInput};

@@ -177,7 +177,7 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
     } else {
         actions
     };
-    HostPlan { host: host.host.clone(), vm, orphan: false, drift, actions }
+    HostPlan { host: host.host.clone(), vm, orphan: false, drift, actions, nixos_changes: None }
 }
 
 /// "in sync", or that the VM is in sync once it reboots into changes already made.
@@ -497,6 +497,7 @@ fn plan_orphan(vm: &LiveVm, policies: Policies) -> HostPlan {
         orphan: true,
         drift: None,
         actions: vec![destroy],
+        nixos_changes: None,
     }
 }
 

@@ -138,6 +138,10 @@ pub struct HostPlan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drift: Option<Drift>,
     pub actions: Vec<Action>,
+    /// What changes inside NixOS between the pull request's base and head, for hosts whose
+    /// system changes; set after planning (`run::changes`), never part of the plan id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nixos_changes: Option<crate::nixos_changes::NixosChanges>,
 }
 
 /// What `plan --probe` read from one installed host over SSH.

@@ -4,6 +4,7 @@
 pub mod json;
 pub mod markdown;
 pub mod matrix;
+pub mod nixos;
 pub mod text;
 mod values;
 

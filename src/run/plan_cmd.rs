@@ -25,7 +25,8 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
         publish::status(forge, sha.as_deref(), STATUS, StatusState::Pending, "planning…", run_url.as_deref())
             .await;
     }
-    let planned = match super::source::plan(&args.source, args.probe).await {
+    let base = super::changes::base_spec(&args, context.as_ref());
+    let mut planned = match super::source::plan_with(&args.source, args.probe, base.is_some()).await {
         Ok(planned) => planned,
         Err(err) => {
             if let Some(forge) = &forge {
@@ -43,6 +44,11 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
             return Err(err);
         }
     };
+    if let Some(base) = &base {
+        let started = std::time::Instant::now();
+        super::changes::attach(&mut planned, base, &args).await?;
+        planned.timings.nixos_changes = Some(started.elapsed());
+    }
     if context.is_some() {
         super::source::warn_if_token_can_write(&planned.client).await;
     }

@@ -1,7 +1,7 @@
 //! The shared front half of plan, apply and drift: settings, the flake's hosts, the live
 //! cluster, and the plan computed from them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,8 @@ use anyhow::{Context, bail};
 
 use crate::cli::SourceArgs;
 use crate::config::{self, Settings};
+use crate::flake::base::local_flake_dir;
+use crate::flake::probes::Probed;
 use crate::flake::{self, DesiredHost, EvalRequest, Nix, OverrideInput};
 use crate::plan::{Plan, PlanInput};
 use crate::proxmox::{Client, ClientOptions, LiveVm, ReadRequest};
@@ -23,6 +25,8 @@ pub struct Planned {
     pub plan: Plan,
     pub client: Client,
     pub timings: Timings,
+    /// Each host's NixOS probes at the head, when [`plan_with`] asked for them.
+    pub head_probes: BTreeMap<String, Probed>,
 }
 
 /// Wall time of each phase, logged and used by the benchmark.
@@ -35,6 +39,8 @@ pub struct Timings {
     /// What the reads added to the wall time after nix finished (the critical path).
     pub proxmox_after_eval: Duration,
     pub planning: Duration,
+    /// The NixOS changes against the base (`run::changes`), when computed.
+    pub nixos_changes: Option<Duration>,
 }
 
 /// The settings file: `--config`, else `nixprox.yaml` at a local flake's root.
@@ -43,22 +49,6 @@ fn settings_path(args: &SourceArgs) -> (Option<PathBuf>, bool) {
         return (Some(path.clone()), true);
     }
     (local_flake_dir(&args.flake).map(|dir| dir.join(config::FILE_NAME)), false)
-}
-
-/// The directory of a flake given as a local path (`.`, `./x`, `path:/x`, `git+file:///x`).
-fn local_flake_dir(flake: &str) -> Option<PathBuf> {
-    let without_attr = flake.split('#').next().unwrap_or(flake);
-    let without_query = without_attr.split('?').next().unwrap_or(without_attr);
-    let path = if let Some(rest) = without_query.strip_prefix("path:") {
-        rest
-    } else if let Some(rest) = without_query.strip_prefix("git+file://") {
-        rest
-    } else if without_query.contains(':') {
-        return None;
-    } else {
-        without_query
-    };
-    Some(PathBuf::from(path))
 }
 
 /// Loads the settings and applies `PROXMOX_URL` / `PROXMOX_CA_CERT`.
@@ -108,10 +98,11 @@ pub struct Evaluated {
     pub desired: Vec<DesiredHost>,
     pub declarations: Duration,
     pub systems: Duration,
+    pub probes: BTreeMap<String, Probed>,
 }
 
-/// Evaluates the flake's hosts with nix.
-pub async fn evaluate(args: &SourceArgs, settings: &Settings) -> anyhow::Result<Evaluated> {
+/// How the flake is evaluated: the source arguments over the settings.
+pub fn eval_request(args: &SourceArgs, settings: &Settings) -> anyhow::Result<EvalRequest> {
     let mut request = EvalRequest::new(args.flake.clone());
     request.nix = Nix::default();
     request.override_inputs = override_inputs(&args.override_input)?;
@@ -119,6 +110,18 @@ pub async fn evaluate(args: &SourceArgs, settings: &Settings) -> anyhow::Result<
     // `--hosts` may name orphan VMs, which are not attributes: the filter applies to the plan.
     request.hosts = None;
     request.batch = args.eval_batch.unwrap_or(0);
+    Ok(request)
+}
+
+/// Evaluates the flake's hosts with nix.
+pub async fn evaluate(args: &SourceArgs, settings: &Settings) -> anyhow::Result<Evaluated> {
+    evaluate_with(args, settings, false).await
+}
+
+/// [`evaluate`], with each host's NixOS probes when `probes` is set.
+async fn evaluate_with(args: &SourceArgs, settings: &Settings, probes: bool) -> anyhow::Result<Evaluated> {
+    let mut request = eval_request(args, settings)?;
+    request.probes = probes;
     let inventory = flake::evaluate(&request).await?;
     let desired = flake::resolve_all(&inventory.hosts, &settings.defaults)?;
     tracing::info!(
@@ -132,6 +135,7 @@ pub async fn evaluate(args: &SourceArgs, settings: &Settings) -> anyhow::Result<
         desired,
         declarations: inventory.timings.declarations,
         systems: inventory.timings.systems,
+        probes: inventory.probes,
     })
 }
 
@@ -143,6 +147,11 @@ pub fn only(args: &SourceArgs) -> Option<BTreeSet<String>> {
 /// Evaluates the flake, reads the cluster and plans; with `probe`, also asks every installed
 /// host over SSH which system it runs.
 pub async fn plan(args: &SourceArgs, probe: bool) -> anyhow::Result<Planned> {
+    plan_with(args, probe, false).await
+}
+
+/// [`plan`], with each host's NixOS probes evaluated at the head when `nixos_probes` is set.
+pub async fn plan_with(args: &SourceArgs, probe: bool, nixos_probes: bool) -> anyhow::Result<Planned> {
     let settings = load_settings(args)?;
     let client = proxmox_client(&settings)?;
     let concurrency = args.concurrency.unwrap_or(settings.concurrency.api);
@@ -158,8 +167,12 @@ pub async fn plan(args: &SourceArgs, probe: bool) -> anyhow::Result<Planned> {
         (result, started.elapsed())
     };
     // The futures borrow the settings: keep them in this block so the settings move on after.
-    let (Evaluated { desired, declarations, systems }, (prefetched, prefetch_time), started) = {
-        let evaluation = evaluate(args, &settings);
+    let (
+        Evaluated { desired, declarations, systems, probes: head_probes },
+        (prefetched, prefetch_time),
+        started,
+    ) = {
+        let evaluation = evaluate_with(args, &settings, nixos_probes);
         tokio::pin!(prefetch, evaluation);
         let mut prefetched = None;
         let evaluated = loop {
@@ -205,22 +218,27 @@ pub async fn plan(args: &SourceArgs, probe: bool) -> anyhow::Result<Planned> {
         proxmox,
         proxmox_after_eval,
         planning,
+        nixos_changes: None,
     };
-    Ok(Planned { settings, desired, live, plan, client, timings })
+    Ok(Planned { settings, desired, live, plan, client, timings, head_probes })
 }
 
 impl Timings {
     /// The phases in milliseconds, for `plan --timings` and the benchmark.
     pub fn to_json(&self, render: Duration) -> serde_json::Value {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        serde_json::json!({
+        let mut timings = serde_json::json!({
             "eval_declarations_ms": ms(self.eval_declarations),
             "eval_systems_ms": ms(self.eval_systems),
             "proxmox_ms": ms(self.proxmox),
             "proxmox_after_eval_ms": ms(self.proxmox_after_eval),
             "planning_ms": ms(self.planning),
             "render_ms": ms(render),
-        })
+        });
+        if let Some(changes) = self.nixos_changes {
+            timings["nixos_changes_ms"] = ms(changes).into();
+        }
+        timings
     }
 }
 
@@ -248,17 +266,4 @@ fn override_inputs(pairs: &[String]) -> anyhow::Result<Vec<OverrideInput>> {
         bail!("--override-input takes two values: NAME REF");
     }
     Ok(pairs.chunks(2).map(|pair| OverrideInput::new(pair[0].clone(), pair[1].clone())).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_flake_dirs() {
-        assert_eq!(local_flake_dir("."), Some(PathBuf::from(".")));
-        assert_eq!(local_flake_dir("path:/src/lab#x"), Some(PathBuf::from("/src/lab")));
-        assert_eq!(local_flake_dir("git+file:///src/lab?ref=main"), Some(PathBuf::from("/src/lab")));
-        assert_eq!(local_flake_dir("github:me/lab"), None);
-    }
 }

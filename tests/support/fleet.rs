@@ -98,16 +98,34 @@ pub const SLOW_STORAGE: &str = "ceph-pool";
 impl Fleet {
     /// Writes an `n`-host flake into a fresh temporary directory.
     pub fn generate(n: usize) -> Fleet {
-        Fleet::build(n, State::of, true)
+        Fleet::build(n, State::of, true, false)
+    }
+
+    /// Writes an `n`-host flake whose hosts declare the NixOS options the plan's NixOS changes
+    /// read (`fixtures/lib/nixos.nix`), each host alike from `./nixos-host.nix`, which changes
+    /// kernel, packages, a service, a port, a user and a user probe with `./version.nix` (written
+    /// as 1: commit it as the base, then [`Fleet::set_version`] 2 as the head). Every VM records
+    /// an older system, so every host switches.
+    pub fn generate_nixos(n: usize) -> Fleet {
+        let fleet = Fleet::build(n, |_| State::OldSystem, false, true);
+        std::fs::write(fleet.dir.path().join("nixos-host.nix"), NIXOS_HOST).expect("write nixos-host.nix");
+        fleet.set_version(1);
+        fleet
+    }
+
+    /// Rewrites `./version.nix` of a [`Fleet::generate_nixos`] fleet.
+    pub fn set_version(&self, version: u32) {
+        std::fs::write(self.dir.path().join("version.nix"), format!("{version}\n"))
+            .expect("write version.nix");
     }
 
     /// Writes an `n`-host flake whose hosts all lack a VM, with no orphans or strangers: the
     /// apply benchmark's fleet. Its disks go to `ceph-pool` (see [`Fleet::apply_scenario`]).
     pub fn generate_new(n: usize) -> Fleet {
-        Fleet::build(n, |_| State::Missing, false)
+        Fleet::build(n, |_| State::Missing, false, false)
     }
 
-    fn build(n: usize, state: fn(usize) -> State, extras: bool) -> Fleet {
+    fn build(n: usize, state: fn(usize) -> State, extras: bool, nixos: bool) -> Fleet {
         let dir = tempfile::Builder::new().prefix(&format!("fleet-{n}-")).tempdir().expect("tempdir");
         let nodes = (n / 4).clamp(1, 10);
         let hosts: Vec<FleetHost> = (0..n)
@@ -124,8 +142,8 @@ impl Fleet {
             .collect();
         let strangers = if extras { n / 20 } else { 0 };
         let fleet = Fleet { dir, hosts, orphans, strangers, nodes };
-        fleet.write_flake();
-        if !extras {
+        fleet.write_flake(nixos);
+        if !extras && !nixos {
             fleet.set_host_concurrency(None);
         }
         fleet
@@ -159,7 +177,7 @@ impl Fleet {
         format!("path:{}", self.dir.path().display())
     }
 
-    fn write_flake(&self) {
+    fn write_flake(&self, nixos: bool) {
         let dir = self.dir.path();
         copy_dir(&repo().join("fixtures/lib"), &dir.join("lib"));
         let mut hosts = String::new();
@@ -175,7 +193,11 @@ impl Fleet {
                 node = host.node,
             );
         }
-        let flake = FLAKE.replace("@HOSTS@", hosts.trim_end());
+        let (with_nixos, modules) = if nixos { ("true", "[ ./nixos-host.nix ]") } else { ("false", "[ ]") };
+        let flake = FLAKE
+            .replace("@HOSTS@", hosts.trim_end())
+            .replace("@NIXOS@", with_nixos)
+            .replace("@MODULES@", modules);
         std::fs::write(dir.join("flake.nix"), flake).expect("write flake.nix");
         std::fs::write(dir.join("nixprox.yaml"), SETTINGS).expect("write nixprox.yaml");
     }
@@ -318,6 +340,33 @@ defaults:
   template: nixos-bootstrap
 ";
 
+const NIXOS_HOST: &str = r#"# Every host of a generated NixOS fleet (tests/support/fleet.rs): what changes with
+# ./version.nix (1 at the base, 2 at the head).
+{ standin, ... }:
+let
+  v = import ./version.nix;
+  s = toString v;
+in
+{
+  boot.kernelPackages = standin.linuxPackages "6.6.3${s}";
+  environment.systemPackages = [
+    (standin.package "app" "1.${s}")
+    (standin.package "htop" "3.3.0")
+  ];
+  systemd.services.app.script = "app --generation ${s}";
+  systemd.services.sshd.script = "sshd -D";
+  networking.firewall.allowedTCPPorts = [
+    22
+    (3000 + v)
+  ];
+  users.users."deploy${s}" = {
+    isNormalUser = true;
+    extraGroups = [ "wheel" ];
+  };
+  nixprox.summary.extra."app generation" = v;
+}
+"#;
+
 const FLAKE: &str = r#"# A generated fleet (tests/support/fleet.rs): the style of fixtures/homelab at any size.
 {
   description = "nixprox benchmark fleet";
@@ -337,7 +386,8 @@ const FLAKE: &str = r#"# A generated fleet (tests/support/fleet.rs): the style o
         { name, address, vm }:
         mkHost {
           inherit name;
-          modules = [
+          withNixos = @NIXOS@;
+          modules = @MODULES@ ++ [
             {
               networking.hostName = name;
               nixprox.enable = true;

@@ -101,6 +101,7 @@ impl Fixture {
             eval_jobs: 2,
             hosts: None,
             batch: 0,
+            probes: false,
         }
     }
 }

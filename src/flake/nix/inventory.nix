@@ -25,7 +25,12 @@ let
       n = c.config.nixprox;
       hostName = explicitHostName c;
     in
-    builtins.removeAttrs n [ "enable" ]
+    # `summary` holds the user's probes for the plan's NixOS changes (probes.nix reads them, each
+    # in `tryEval`): not part of the declaration.
+    builtins.removeAttrs n [
+      "enable"
+      "summary"
+    ]
     // {
       vm = n.vm // {
         name =

@@ -5,6 +5,11 @@ configs:
 let
   hosts = @HOSTS@;
 
+  # HOOK(nixos-changes): `null`, or the function of probes.nix when the plan compares the
+  # hosts against a base (src/flake/probes.rs): its result rides along as `probes`. The
+  # follow-up moves this into the batched evaluator.
+  probes = @PROBES@;
+
   # disko's device tree carries internals (`_meta`, `_create`, functions) that change with disko
   # releases, not with the layout: drop `_`-prefixed attributes, turn functions into null.
   sanitise =
@@ -33,7 +38,8 @@ let
     {
       toplevel = c.config.system.build.toplevel.outPath;
       diskLayoutHash = "sha256:" + builtins.hashString "sha256" layout;
-    };
+    }
+    // (if probes == null then { } else { probes = probes c; });
 in
 builtins.listToAttrs (
   map (name: {
