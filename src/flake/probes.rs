@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::command::{Nix, NixError, OverrideInput, nix_string};
-use super::inventory::{DEFAULT_BATCH, bounded};
+use super::inventory::bounded;
 
 const PROBES_EXPR: &str = include_str!("nix/probes.nix");
 
@@ -47,7 +47,8 @@ pub struct BaseRequest {
     pub override_inputs: Vec<OverrideInput>,
     /// Concurrent `nix eval` processes (at least 1).
     pub jobs: usize,
-    /// Most hosts per process; 0 means the evaluator's default.
+    /// Hosts per process (at least 1), as the head's systems are batched
+    /// (`EvalRequest::batch_size`).
     pub batch: usize,
 }
 
@@ -65,9 +66,7 @@ pub fn base_expr(attrs: &[String]) -> String {
 /// Evaluates the probes of `hosts` at the base, in batches spread over the jobs. A failed batch
 /// is evaluated host by host, so one host that does not evaluate at the base costs only itself.
 pub async fn evaluate_base(req: &BaseRequest, hosts: &[String]) -> BTreeMap<String, BaseProbed> {
-    let limit = if req.batch == 0 { DEFAULT_BATCH } else { req.batch };
-    let size = hosts.len().div_ceil(req.jobs.max(1)).clamp(1, limit);
-    let batches: Vec<Vec<String>> = hosts.chunks(size).map(<[String]>::to_vec).collect();
+    let batches: Vec<Vec<String>> = hosts.chunks(req.batch.max(1)).map(<[String]>::to_vec).collect();
     let results = bounded(req.jobs, batches, |batch| async move {
         let result = eval_batch(req, &batch).await;
         (batch, result)

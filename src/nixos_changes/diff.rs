@@ -33,10 +33,10 @@ const REASON_CHARS: usize = 240;
 /// A host's NixOS changes from what each side's evaluation gave.
 pub fn changes_for(head: HeadProbes<'_>, base: BaseProbes<'_>) -> NixosChanges {
     match (head, base) {
-        (_, BaseProbes::Unavailable(reason)) => NixosChanges::Unavailable { reason: one_line(reason) },
         (HeadProbes::Failed(message), _) => NixosChanges::Unavailable {
             reason: one_line(&format!("the probes failed to evaluate at the head: {message}")),
         },
+        (_, BaseProbes::Unavailable(reason)) => NixosChanges::Unavailable { reason: one_line(reason) },
         (HeadProbes::Evaluated(_), BaseProbes::NotInBase) => NixosChanges::NewHost,
         (HeadProbes::Evaluated(head), BaseProbes::Evaluated(base)) => {
             compare(&ProbeSet::from_json(base), &ProbeSet::from_json(head))

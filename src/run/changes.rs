@@ -49,21 +49,27 @@ pub async fn attach(planned: &mut Planned, spec: &BaseSpec, args: &PlanArgs) -> 
         Ok(base) => base,
         Err(reason) => {
             tracing::warn!("not comparing NixOS configurations with the base: {reason}");
-            for host in planned.plan.hosts.iter_mut().filter(|h| hosts.contains(&h.host)) {
+            for host in planned.plan.hosts.iter_mut().filter(|h| system_changes(h)) {
                 host.nixos_changes = Some(NixosChanges::Unavailable { reason: reason.clone() });
             }
             return Ok(());
         }
     };
+    // A host whose probes failed at the head has nothing to compare the base with.
+    let evaluated: Vec<String> = hosts
+        .iter()
+        .filter(|h| matches!(planned.head_probes.get(*h), Some(Probed::Evaluated(_))))
+        .cloned()
+        .collect();
     let request = eval_request(&args.source, &planned.settings)?;
     let base_request = BaseRequest {
         nix: request.nix.clone(),
         flake: base.flake_ref.clone(),
         override_inputs: request.override_inputs.clone(),
         jobs: request.jobs(),
-        batch: request.batch,
+        batch: request.batch_size(evaluated.len()),
     };
-    let at_base = evaluate_base(&base_request, &hosts).await;
+    let at_base = evaluate_base(&base_request, &evaluated).await;
     for host in planned.plan.hosts.iter_mut().filter(|h| system_changes(h)) {
         host.nixos_changes = Some(compare(&planned.head_probes, &at_base, &host.host, &base.label));
     }

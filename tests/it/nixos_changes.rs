@@ -275,7 +275,7 @@ async fn in_ci_the_base_is_the_pull_requests_base_commit() {
 
 #[tokio::test]
 async fn the_comment_of_500_changed_hosts_fits_the_limit_and_timings_show_the_phase() {
-    let fleet = Fleet::generate_nixos(500);
+    let fleet = Fleet::generate_nixos(500, 500);
     let git = Git::init(fleet.dir.path());
     let base = git.commit_all("base");
     fleet.set_version(2);

@@ -102,13 +102,20 @@ impl Fleet {
     }
 
     /// Writes an `n`-host flake whose hosts declare the NixOS options the plan's NixOS changes
-    /// read (`fixtures/lib/nixos.nix`), each host alike from `./nixos-host.nix`, which changes
-    /// kernel, packages, a service, a port, a user and a user probe with `./version.nix` (written
-    /// as 1: commit it as the base, then [`Fleet::set_version`] 2 as the head). Every VM records
-    /// an older system, so every host switches.
-    pub fn generate_nixos(n: usize) -> Fleet {
-        let fleet = Fleet::build(n, |_| State::OldSystem, false, true);
-        std::fs::write(fleet.dir.path().join("nixos-host.nix"), NIXOS_HOST).expect("write nixos-host.nix");
+    /// read (`fixtures/lib/nixos.nix`), each host from `./nixos-host.nix`. In the first
+    /// `changed` hosts it changes kernel, packages, a service, a port, a user and a user probe
+    /// with `./version.nix` (written as 1: commit it as the base, then [`Fleet::set_version`] 2
+    /// as the head), and their VMs record an older system, so they switch; the other hosts stay
+    /// at version 1 and their VMs are in sync (give [`Fleet::scenario`] the head's toplevels).
+    pub fn generate_nixos(n: usize, changed: usize) -> Fleet {
+        let mut fleet = Fleet::build(n, |_| State::InSync, false, true);
+        for host in fleet.hosts.iter_mut().take(changed) {
+            host.state = State::OldSystem;
+        }
+        let dir = fleet.dir.path();
+        std::fs::write(dir.join("nixos-host.nix"), NIXOS_HOST).expect("write nixos-host.nix");
+        // Attribute names are zero-padded: the first `changed` sort below this one.
+        std::fs::write(dir.join("changed.nix"), format!("\"h{changed:04}\"\n")).expect("write changed.nix");
         fleet.set_version(1);
         fleet
     }
@@ -341,10 +348,10 @@ defaults:
 ";
 
 const NIXOS_HOST: &str = r#"# Every host of a generated NixOS fleet (tests/support/fleet.rs): what changes with
-# ./version.nix (1 at the base, 2 at the head).
-{ standin, ... }:
+# ./version.nix (1 at the base, 2 at the head) in the hosts named below ./changed.nix.
+{ standin, hostAttrName, ... }:
 let
-  v = import ./version.nix;
+  v = if builtins.lessThan hostAttrName (import ./changed.nix) then import ./version.nix else 1;
   s = toString v;
 in
 {
