@@ -7,9 +7,10 @@
 
 use std::collections::BTreeMap;
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::command::{Nix, NixError, OverrideInput, nix_string};
+use super::command::{Nix, OverrideInput, nix_string};
 use super::inventory::bounded;
 
 const PROBES_EXPR: &str = include_str!("nix/probes.nix");
@@ -63,8 +64,10 @@ pub fn base_expr(attrs: &[String]) -> String {
     )
 }
 
-/// Evaluates the probes of `hosts` at the base, in batches spread over the jobs. A failed batch
-/// is evaluated host by host, so one host that does not evaluate at the base costs only itself.
+/// Evaluates the probes of `hosts` at the base, in batches spread over the jobs. After a failed
+/// batch, one evaluation of the base's host names tells a base that cannot be used at all (every
+/// host gets its message, nothing more is evaluated) from hosts that fail at the base: those are
+/// evaluated one by one, so one host that does not evaluate costs only itself.
 pub async fn evaluate_base(req: &BaseRequest, hosts: &[String]) -> BTreeMap<String, BaseProbed> {
     let batches: Vec<Vec<String>> = hosts.chunks(req.batch.max(1)).map(<[String]>::to_vec).collect();
     let results = bounded(req.jobs, batches, |batch| async move {
@@ -85,6 +88,12 @@ pub async fn evaluate_base(req: &BaseRequest, hosts: &[String]) -> BTreeMap<Stri
                 out.extend(batch.into_iter().map(|host| (host, BaseProbed::Failed(message.clone()))));
             }
             Err(_) => retry.extend(batch),
+        }
+    }
+    if !retry.is_empty() {
+        if let Err(message) = eval_base::<Vec<String>>(req, "builtins.attrNames".into()).await {
+            out.extend(retry.into_iter().map(|host| (host, BaseProbed::Failed(message.clone()))));
+            return out;
         }
     }
     let alone = bounded(req.jobs, retry, |host| async move {
@@ -110,17 +119,19 @@ fn take(raw: &mut BTreeMap<String, Value>, host: &str) -> BaseProbed {
     }
 }
 
-/// One `nix eval` of a batch at the base; the error is the message to show.
+/// One `nix eval` of a batch at the base.
 async fn eval_batch(req: &BaseRequest, batch: &[String]) -> Result<BTreeMap<String, Value>, String> {
+    eval_base(req, base_expr(batch)).await
+}
+
+/// `nix eval <base>#nixosConfigurations --apply EXPR`; the error is the message to show.
+async fn eval_base<T: DeserializeOwned>(req: &BaseRequest, apply: String) -> Result<T, String> {
     let command = req
         .nix
         .eval(format!("{}#nixosConfigurations", req.flake))
         .override_inputs(&req.override_inputs)
-        .apply(base_expr(batch));
-    command.run_json().await.map_err(|err| match err {
-        NixError::Failed { message, .. } => message,
-        other => other.to_string(),
-    })
+        .apply(apply);
+    command.run_json().await.map_err(|err| err.nix_message().map_or_else(|| err.to_string(), str::to_string))
 }
 
 #[cfg(test)]

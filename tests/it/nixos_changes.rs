@@ -11,17 +11,26 @@ use crate::support::fleet::{Fleet, FleetHost, State};
 use crate::support::git::Git;
 use crate::support::nix::{Fixture, override_inputs};
 
-/// The fixture as a repository: the base commit (`./state.nix` = `base_state`), then the head
-/// (as checked in). Returns the repository, the fleet standing for its hosts' VMs and the base.
-fn repository(base_state: &str) -> (Fleet, Git, String) {
-    let fixture = Fixture::copy("nixos-changes");
-    let git = Git::init(fixture.dir.path());
+/// The fixture in a subdirectory of a repository (so the base is `git+file://…?rev=…&dir=…`):
+/// the base commit (`./state.nix` = `base_state`), then the head (as checked in).
+struct Repository {
+    /// The fixture's hosts and their VMs: `db` runs the head's system, `monitor` has none, the
+    /// others an older one. `fleet.dir` is the flake, below `root`.
+    fleet: Fleet,
+    git: Git,
+    base: String,
+    _root: tempfile::TempDir,
+}
+
+fn repository(base_state: &str) -> Repository {
+    let root = tempfile::Builder::new().prefix("nixos-changes-").tempdir().expect("tempdir");
+    let fixture = Fixture::copy_in("nixos-changes", root.path());
+    let git = Git::init(root.path());
     let state = fixture.dir.path().join("state.nix");
     std::fs::write(&state, base_state).expect("write the base state");
     let base = git.commit_all("base");
     std::fs::write(&state, "import ./head.nix\n").expect("write the head state");
     git.commit_all("head");
-    // The hosts' VMs: `db` runs the head's system, `monitor` has none, the others an old one.
     let host = |attr: &str, vmid: u32, state: State| FleetHost {
         attr: attr.into(),
         vmid,
@@ -38,7 +47,12 @@ fn repository(base_state: &str) -> (Fleet, Git, String) {
         host("oddity", 306, State::OldSystem),
     ];
     let fleet = Fleet { dir: fixture.dir, hosts, orphans: vec![], strangers: 0, nodes: 1 };
-    (fleet, git, base)
+    Repository { fleet, git, base, _root: root }
+}
+
+/// The flake's directory relative to the repository's top.
+fn subdir(repo: &Repository) -> String {
+    repo.fleet.dir.path().strip_prefix(&repo.git.dir).expect("below the root").display().to_string()
 }
 
 async fn cluster(fleet: &Fleet) -> FakePve {
@@ -80,11 +94,12 @@ fn names(changes: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn every_probe_kind_shows_its_change_and_unchanged_hosts_show_nothing() {
-    let (fleet, _git, base) = repository("import ./base.nix\n");
-    let pve = cluster(&fleet).await;
+    let repo = repository("import ./base.nix\n");
+    let (fleet, base) = (&repo.fleet, &repo.base);
+    let pve = cluster(fleet).await;
     let dir = fleet.dir.path().to_path_buf();
     // `oddity`'s type error costs only its own probes, whatever batch it shares.
-    let run = plan(&dir, &pve, &["--format", "json", "--base", &base]);
+    let run = plan(&dir, &pve, &["--format", "json", "--base", base]);
     let plan_json = json_plan(&run);
     let by_host = changes_by_host(&plan_json);
 
@@ -132,7 +147,7 @@ async fn every_probe_kind_shows_its_change_and_unchanged_hosts_show_nothing() {
     assert!(reason.starts_with("the probes failed to evaluate at the head: error:"), "{reason}");
 
     // The same plan as text, with the base as a flake reference this time.
-    let flake_ref = format!("git+file://{}?rev={base}", dir.display());
+    let flake_ref = format!("git+file://{}?rev={base}&dir={}", repo.git.dir.display(), subdir(&repo));
     let run = plan(&dir, &pve, &["--base", &flake_ref, "--eval-batch", "1"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let line = |host: &str| {
@@ -163,11 +178,12 @@ async fn every_probe_kind_shows_its_change_and_unchanged_hosts_show_nothing() {
 
 #[tokio::test]
 async fn a_base_that_does_not_evaluate_says_so_and_the_plan_goes_on() {
-    let (fleet, _git, base) = repository("{ this is not nix\n");
-    let pve = cluster(&fleet).await;
-    let run = plan(fleet.dir.path(), &pve, &["--format", "json", "--base", &base]);
+    let repo = repository("{ this is not nix\n");
+    let (fleet, base) = (&repo.fleet, &repo.base);
+    let pve = cluster(fleet).await;
+    let run = plan(fleet.dir.path(), &pve, &["--format", "json", "--base", base]);
     let by_host = changes_by_host(&json_plan(&run));
-    for host in ["web", "cache", "monitor", "broken", "oddity"] {
+    for host in ["web", "cache", "monitor", "broken"] {
         let changes = &by_host[host];
         assert_eq!(changes["state"], "unavailable", "{host}: {changes}");
         let reason = changes["reason"].as_str().expect("reason");
@@ -175,19 +191,30 @@ async fn a_base_that_does_not_evaluate_says_so_and_the_plan_goes_on() {
         assert!(reason.starts_with(&expected), "{host}: {reason}");
         assert!(!reason.contains('\n'));
     }
+    // What broke at the head is said first: that is the pull request's to fix.
+    let reason = by_host["oddity"]["reason"].as_str().expect("reason");
+    assert!(reason.starts_with("the probes failed to evaluate at the head: error:"), "{reason}");
     assert_eq!(by_host["db"], Value::Null);
+
+    // A revision the repository does not have.
+    let run = plan(fleet.dir.path(), &pve, &["--format", "json", "--base", "no-such-branch"]);
+    let top = repo.git.run(&["rev-parse", "--show-toplevel"]);
+    let expected = format!("the base `no-such-branch` is not a commit of the repository at `{top}`");
+    assert_eq!(changes_by_host(&json_plan(&run))["web"], json!({"state": "unavailable", "reason": expected}));
 }
 
 #[tokio::test]
 async fn a_shallow_clone_without_the_base_commit_gets_a_one_line_note_until_it_is_fetched() {
-    let (fleet, git, base) = repository("import ./base.nix\n");
-    let pve = cluster(&fleet).await;
+    let repo = repository("import ./base.nix\n");
+    let base = &repo.base;
+    let pve = cluster(&repo.fleet).await;
     let clone = tempfile::tempdir().expect("tempdir");
-    let source = format!("file://{}", git.dir.display());
-    Git { dir: clone.path().to_path_buf() }.run(&["clone", "--quiet", "--depth", "1", &source, "."]);
+    let source = format!("file://{}", repo.git.dir.display());
     let shallow = Git { dir: clone.path().to_path_buf() };
+    shallow.run(&["clone", "--quiet", "--depth", "1", &source, "."]);
+    let flake = clone.path().join(subdir(&repo));
 
-    let run = plan(clone.path(), &pve, &["--format", "json", "--base", &base]);
+    let run = plan(&flake, &pve, &["--format", "json", "--base", base]);
     let by_host = changes_by_host(&json_plan(&run));
     let expected = format!(
         "the base commit `{base}` is not in this shallow clone (fetch it: `git fetch --depth=1 origin {base}`, or check out with `fetch-depth: 0`)"
@@ -198,17 +225,17 @@ async fn a_shallow_clone_without_the_base_commit_gets_a_one_line_note_until_it_i
     // What the note says to do works: the clone stays shallow (nix is told `shallow=1`).
     shallow.run(&["fetch", "--quiet", "--depth=1", "origin", &base]);
     assert_eq!(shallow.run(&["rev-parse", "--is-shallow-repository"]), "true");
-    let by_host =
-        changes_by_host(&json_plan(&plan(clone.path(), &pve, &["--format", "json", "--base", &base])));
+    let by_host = changes_by_host(&json_plan(&plan(&flake, &pve, &["--format", "json", "--base", base])));
     assert_eq!(by_host["web"]["state"], "compared", "{}", by_host["web"]);
     assert_eq!(by_host["monitor"]["state"], "new_host");
 }
 
 #[tokio::test]
 async fn in_ci_the_base_is_the_pull_requests_base_commit() {
-    let (fleet, git, base) = repository("import ./base.nix\n");
-    let pve = cluster(&fleet).await;
-    let head = git.run(&["rev-parse", "HEAD"]);
+    let repo = repository("import ./base.nix\n");
+    let (fleet, base) = (&repo.fleet, &repo.base);
+    let pve = cluster(fleet).await;
+    let head = repo.git.run(&["rev-parse", "HEAD"]);
     let ci = tempfile::tempdir().expect("tempdir");
     // The parts of GitHub's `pull_request` payload nixprox reads (rest-api-description's
     // `webhook-pull-request-opened`: `pull_request.{number,head,base}.{sha,repo.full_name}`).
