@@ -2,9 +2,8 @@
 //!
 //! The data flows one way: the flake ([`flake`]) and the live cluster ([`proxmox`]) feed the
 //! pure planner ([`plan`]), whose result (with [`nixos_changes`], what changes inside NixOS) is
-//! rendered ([`render`]), posted to the forge
-//! ([`forge`]) and carried out by the executor ([`apply`]) through SSH ([`ssh`]) and
-//! nixos-anywhere ([`install`]).
+//! rendered ([`render`]), posted to the forge ([`forge`]) and carried out by the executor
+//! ([`apply`]) through SSH ([`ssh`]) and nixos-anywhere ([`install`]).
 
 pub mod apply;
 pub mod cli;

@@ -48,7 +48,8 @@ pub enum Detail {
     CountsOnly,
 }
 
-const LEVELS: [Detail; 6] = [
+/// Every level, richest first: the order [`render_within`] tries them in.
+pub const LEVELS: [Detail; 6] = [
     Detail::Full,
     Detail::NoNixosChanges,
     Detail::NoUnchanged,

@@ -57,14 +57,7 @@ fn a_500_host_plan_fits_the_comment_limit_and_stays_well_formed() {
     assert!(level > Detail::Full);
     assert!(body.contains("[job summary](https://ci.example/run/1)"));
     assert_well_formed(&body);
-    for level in [
-        Detail::Full,
-        Detail::NoNixosChanges,
-        Detail::NoUnchanged,
-        Detail::NoDiffs,
-        Detail::ListOnly,
-        Detail::CountsOnly,
-    ] {
+    for level in super::markdown::LEVELS {
         assert_well_formed(&markdown::render_at(&plan, &context(), level));
     }
 }
