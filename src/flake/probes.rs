@@ -90,11 +90,11 @@ pub async fn evaluate_base(req: &BaseRequest, hosts: &[String]) -> BTreeMap<Stri
             Err(_) => retry.extend(batch),
         }
     }
-    if !retry.is_empty() {
-        if let Err(message) = eval_base::<Vec<String>>(req, "builtins.attrNames".into()).await {
-            out.extend(retry.into_iter().map(|host| (host, BaseProbed::Failed(message.clone()))));
-            return out;
-        }
+    if !retry.is_empty()
+        && let Err(message) = eval_base::<Vec<String>>(req, "builtins.attrNames".into()).await
+    {
+        out.extend(retry.into_iter().map(|host| (host, BaseProbed::Failed(message.clone()))));
+        return out;
     }
     let alone = bounded(req.jobs, retry, |host| async move {
         let result = eval_batch(req, std::slice::from_ref(&host)).await;
