@@ -223,7 +223,7 @@ async fn a_shallow_clone_without_the_base_commit_gets_a_one_line_note_until_it_i
     assert!(run.stderr.contains("not comparing NixOS configurations with the base"), "{}", run.stderr);
 
     // What the note says to do works: the clone stays shallow (nix is told `shallow=1`).
-    shallow.run(&["fetch", "--quiet", "--depth=1", "origin", &base]);
+    shallow.run(&["fetch", "--quiet", "--depth=1", "origin", base]);
     assert_eq!(shallow.run(&["rev-parse", "--is-shallow-repository"]), "true");
     let by_host = changes_by_host(&json_plan(&plan(&flake, &pve, &["--format", "json", "--base", base])));
     assert_eq!(by_host["web"]["state"], "compared", "{}", by_host["web"]);
