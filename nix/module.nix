@@ -1,12 +1,15 @@
 # nixprox NixOS module: declares a host's Proxmox VM next to its NixOS system.
 #
 # Every option lives under `nixprox`. nixprox reads them with `nix eval` (see
-# docs/configuration.md); nothing here changes the NixOS system itself, so the
-# module is safe to import on any host, enabled or not.
-{ lib, ... }:
+# docs/configuration.md); nothing here changes the NixOS system itself (only
+# assertions and, for image hosts, disko's image format default), so the module
+# is safe to import on any host, enabled or not.
+{ config, options, lib, ... }:
 
 let
   inherit (lib) mkOption mkEnableOption types literalExpression;
+  cfg = config.nixprox;
+  image = cfg.bootstrap.image;
 
   # Proxmox VM names must be DNS names (PVE's `dns-name` format).
   dnsName = types.strMatching "[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*";
@@ -249,6 +252,40 @@ in
         example = "ip=10.0.0.5/24,gw=10.0.0.1";
         description = "Cloud-init network config of the first NIC (`ipconfig0`).";
       };
+      image = {
+        enable = mkEnableOption ''
+          booting new VMs straight from disk images of this host, built from the flake and
+          imported through the Proxmox API (instead of a template or ISO and nixos-anywhere;
+          needs Proxmox VE 8.4 or later). Excludes `bootstrap.template` and `bootstrap.iso`'';
+        package = mkOption {
+          type = types.nullOr types.package;
+          default = config.system.build.diskoImages or null;
+          defaultText = literalExpression "config.system.build.diskoImages (when disko is imported), else null";
+          description = ''
+            Derivation whose output holds one image per disk, named after the disk slot
+            (`scsi0.qcow2`, `virtio1.raw`, …); a single image is used for a single declared disk
+            whatever its name. disko's images are named after `disko.devices.disk.<name>.imageName`:
+            set it to the slot. Only its store path is evaluated when planning; apply builds it.
+          '';
+        };
+        format = mkOption {
+          type = types.enum [ "qcow2" "raw" ];
+          default = "qcow2";
+          description = ''
+            Format of the image files. With disko imported it is also disko's
+            `imageBuilder.imageFormat` default. qcow2 uploads only the written blocks.
+          '';
+        };
+        storage = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "local";
+          description = ''
+            File-based Proxmox storage with the `import` content type that the images are uploaded
+            to. `null` uses `defaults.image_storage` from nixprox.yaml.
+          '';
+        };
+      };
     };
 
     address = mkOption {
@@ -340,4 +377,23 @@ in
       };
     };
   };
+
+  # Only where the options exist: the module must also evaluate with plain `lib.evalModules`.
+  config = lib.mkMerge [
+    (lib.optionalAttrs (options ? assertions) {
+      assertions = [
+        {
+          assertion = !(image.enable && (cfg.bootstrap.template != null || cfg.bootstrap.iso != null));
+          message = "nixprox.bootstrap.image.enable excludes nixprox.bootstrap.template and nixprox.bootstrap.iso: keep one way to bootstrap the VM";
+        }
+        {
+          assertion = !(image.enable && image.package == null);
+          message = "nixprox.bootstrap.image.enable needs nixprox.bootstrap.image.package (or disko's module, whose system.build.diskoImages is the default)";
+        }
+      ];
+    })
+    (lib.optionalAttrs (lib.hasAttrByPath [ "disko" "imageBuilder" "imageFormat" ] options) {
+      disko.imageBuilder.imageFormat = lib.mkIf image.enable (lib.mkDefault image.format);
+    })
+  ];
 }

@@ -52,6 +52,8 @@ pub struct Defaults {
     pub bridge: Option<String>,
     /// Template name or VMID.
     pub template: Option<String>,
+    /// File-based storage with the `import` content type for image hosts' uploads.
+    pub image_storage: Option<String>,
 }
 
 /// Destructive actions: all off unless the settings file turns them on.

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod flake;
 pub mod forge;
+pub mod image;
 pub mod install;
 pub mod metadata;
 pub mod plan;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::image::ImageFormat;
 use crate::spec::{Bios, VmSpec};
 
 /// `config.nixprox` of one host as the inventory expression prints it (camelCase, as in
@@ -83,6 +84,19 @@ pub struct BootstrapDecl {
     pub user: String,
     pub ssh_keys: Vec<String>,
     pub ip_config: String,
+    /// Absent from modules older than the image bootstrap: then off.
+    #[serde(default)]
+    pub image: ImageDecl,
+}
+
+/// `nixprox.bootstrap.image` without `package`, whose store path is evaluated with the system
+/// (phase two: evaluating an image derivation can be as expensive as the system itself).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageDecl {
+    pub enable: bool,
+    pub format: ImageFormat,
+    pub storage: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +153,15 @@ pub enum Bootstrap {
     Iso { iso: String },
 }
 
+/// The image a host boots from, resolved: what the executor builds, names and uploads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageSource {
+    pub package: ImageEval,
+    pub format: ImageFormat,
+    /// The storage the images are uploaded to (`import` content).
+    pub storage: String,
+}
+
 /// The evaluated system of a host: what `install`/`switch` put on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SystemEval {
@@ -146,6 +169,20 @@ pub struct SystemEval {
     pub toplevel: String,
     /// `sha256:<hex>` of the evaluated `disko.devices`; a change means a reinstall.
     pub disk_layout_hash: String,
+    /// The image package of a host with `bootstrap.image.enable` (and a package): evaluated,
+    /// never built. Left out of the JSON when absent, so other hosts' plan ids do not change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageEval>,
+}
+
+/// Store paths of an image package (`nixprox.bootstrap.image.package`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageEval {
+    /// The package's out path, whose hash names the files on the storage.
+    pub out_path: String,
+    /// Its derivation (absent when the package is a plain store path).
+    pub drv_path: Option<String>,
 }
 
 /// One host as the planner sees it: the flake's declaration with every default resolved.

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use super::command::{Nix, NixError, NixVersion, OverrideInput, nix_string};
-use super::host::{HostDecl, SystemEval};
+use super::host::{HostDecl, ImageEval, SystemEval};
 
 const INVENTORY_EXPR: &str = include_str!("nix/inventory.nix");
 const SYSTEM_EXPR: &str = include_str!("nix/system.nix");
@@ -142,6 +142,8 @@ struct RawInventory {
 struct RawSystem {
     toplevel: String,
     disk_layout_hash: String,
+    #[serde(default)]
+    image: Option<ImageEval>,
 }
 
 /// The `--apply` expression of phase one.
@@ -262,7 +264,11 @@ async fn systems(req: &EvalRequest, attrs: Vec<String>) -> Result<Vec<SystemEval
                     message: "nix returned no system for this host".into(),
                 });
             };
-            systems.push(SystemEval { toplevel: raw.toplevel, disk_layout_hash: raw.disk_layout_hash });
+            systems.push(SystemEval {
+                toplevel: raw.toplevel,
+                disk_layout_hash: raw.disk_layout_hash,
+                image: raw.image,
+            });
         }
     }
     Ok(systems)

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::Defaults;
 use crate::spec::{DiskSpec, MANAGED_TAG, NetSpec, VmSpec, parse_size};
 
-use super::host::{Bootstrap, DesiredHost, HostDecl, SystemEval, TemplateRef};
+use super::host::{Bootstrap, DesiredHost, HostDecl, ImageSource, SystemEval, TemplateRef};
 use super::inventory::EvaluatedHost;
 
 /// A bare number in `disks.<slot>.size` means GiB (see the module).
@@ -30,6 +30,18 @@ pub enum ResolveError {
         "host `{host}`: neither `nixprox.bootstrap.template` nor `nixprox.bootstrap.iso` is set and nixprox.yaml has no `defaults.template` (set one of them)"
     )]
     NoBootstrap { host: String },
+    #[error(
+        "host `{host}`: `nixprox.bootstrap.image.enable` is set together with `nixprox.bootstrap.{other}` (keep one: a VM boots either from its image or from a template or ISO)"
+    )]
+    ImageAndOther { host: String, other: &'static str },
+    #[error(
+        "host `{host}`: `nixprox.bootstrap.image.enable` is set but `nixprox.bootstrap.image.package` is null (import disko's NixOS module, whose `system.build.diskoImages` is the default, or set the package)"
+    )]
+    NoImagePackage { host: String },
+    #[error(
+        "host `{host}`: `nixprox.bootstrap.image.enable` is set, but this nixprox cannot create VMs from images yet (unset it and use `nixprox.bootstrap.template` or `nixprox.bootstrap.iso` for now)"
+    )]
+    ImageBootstrapUnavailable { host: String },
     #[error(
         "host `{host}`: `nixprox.vm.disks.{slot}.size` is `{size}`, which is not a valid size (use a number with K, M, G or T, e.g. `32G`)"
     )]
@@ -115,6 +127,11 @@ pub fn resolve(
     }
 
     let bootstrap_decl = &decl.bootstrap;
+    if resolve_image(attr, decl, system, defaults)?.is_some() {
+        // The executor's image path (upload, create from import) is not wired yet: refusing is
+        // safer than silently cloning a template for a host that asked for its image.
+        return Err(ResolveError::ImageBootstrapUnavailable { host });
+    }
     let bootstrap = match (&bootstrap_decl.template, &bootstrap_decl.iso) {
         (Some(_), Some(_)) => return Err(ResolveError::TemplateAndIso { host }),
         (None, Some(iso)) => Bootstrap::Iso { iso: iso.clone() },
@@ -167,6 +184,38 @@ pub fn resolve(
         deploy: decl.deploy.clone(),
         system: system.clone(),
     })
+}
+
+/// The image a host boots from, with the storage resolved; `None` when
+/// `nixprox.bootstrap.image.enable` is off. Refuses an image host that also names a template
+/// or ISO (the settings' `defaults.template` is simply not used for it), has no package, or has
+/// no storage.
+pub fn resolve_image(
+    attr: &str,
+    decl: &HostDecl,
+    system: &SystemEval,
+    defaults: &Defaults,
+) -> Result<Option<ImageSource>, ResolveError> {
+    let image = &decl.bootstrap.image;
+    if !image.enable {
+        return Ok(None);
+    }
+    let host = attr.to_string();
+    if decl.bootstrap.template.is_some() {
+        return Err(ResolveError::ImageAndOther { host, other: "template" });
+    }
+    if decl.bootstrap.iso.is_some() {
+        return Err(ResolveError::ImageAndOther { host, other: "iso" });
+    }
+    let package = system.image.clone().ok_or_else(|| ResolveError::NoImagePackage { host: host.clone() })?;
+    let storage = image.storage.clone().or_else(|| defaults.image_storage.clone()).ok_or(
+        ResolveError::MissingDefault {
+            host,
+            option: "bootstrap.image.storage".into(),
+            setting: "image_storage",
+        },
+    )?;
+    Ok(Some(ImageSource { package, format: image.format, storage }))
 }
 
 /// Resolves every host and checks that no two share a VM name (compared case-insensitively,
@@ -236,6 +285,7 @@ mod tests {
         SystemEval {
             toplevel: "/nix/store/abc-nixos-system-web".into(),
             disk_layout_hash: "sha256:00".into(),
+            image: None,
         }
     }
 
@@ -245,6 +295,7 @@ mod tests {
             storage: Some("local-lvm".into()),
             bridge: Some("vmbr0".into()),
             template: Some("nixos-bootstrap".into()),
+            image_storage: Some("local".into()),
         }
     }
 
@@ -379,6 +430,69 @@ mod tests {
         assert_eq!(
             err(&decl(), &no_template),
             "host `web`: neither `nixprox.bootstrap.template` nor `nixprox.bootstrap.iso` is set and nixprox.yaml has no `defaults.template` (set one of them)"
+        );
+    }
+
+    #[test]
+    fn image_hosts_resolve_their_image_and_storage() {
+        use crate::flake::host::ImageEval;
+        use crate::image::ImageFormat;
+
+        let package = ImageEval {
+            out_path: "/nix/store/0c8y-web-images".into(),
+            drv_path: Some("/nix/store/1d-x.drv".into()),
+        };
+        let with_image = SystemEval { image: Some(package.clone()), ..system() };
+        let mut d = decl();
+        assert_eq!(resolve_image("web", &d, &with_image, &defaults()), Ok(None), "off by default");
+        d.bootstrap.image.enable = true;
+        let source = resolve_image("web", &d, &with_image, &defaults()).expect("valid").expect("enabled");
+        assert_eq!(
+            source,
+            ImageSource { package: package.clone(), format: ImageFormat::Qcow2, storage: "local".into() }
+        );
+        d.bootstrap.image.storage = Some("images".into());
+        d.bootstrap.image.format = ImageFormat::Raw;
+        let source = resolve_image("web", &d, &with_image, &defaults()).expect("valid").expect("enabled");
+        assert_eq!((source.storage.as_str(), source.format), ("images", ImageFormat::Raw));
+
+        // Until the executor can create VMs from images, such a host is refused as a whole.
+        assert_eq!(
+            resolve("web", &d, &with_image, &defaults()).expect_err("not yet").to_string(),
+            "host `web`: `nixprox.bootstrap.image.enable` is set, but this nixprox cannot create VMs from images yet (unset it and use `nixprox.bootstrap.template` or `nixprox.bootstrap.iso` for now)"
+        );
+    }
+
+    #[test]
+    fn image_hosts_need_a_package_a_storage_and_nothing_else() {
+        let with_image = SystemEval {
+            image: Some(crate::flake::host::ImageEval {
+                out_path: "/nix/store/0c8y-x".into(),
+                drv_path: None,
+            }),
+            ..system()
+        };
+        let mut d = decl();
+        d.bootstrap.image.enable = true;
+        let image_err = |d: &HostDecl, system: &SystemEval, defaults: &Defaults| {
+            resolve("web", d, system, defaults).expect_err("invalid").to_string()
+        };
+        assert_eq!(
+            image_err(&d, &system(), &defaults()),
+            "host `web`: `nixprox.bootstrap.image.enable` is set but `nixprox.bootstrap.image.package` is null (import disko's NixOS module, whose `system.build.diskoImages` is the default, or set the package)"
+        );
+        assert_eq!(
+            image_err(&d, &with_image, &Defaults { image_storage: None, ..defaults() }),
+            "host `web`: `nixprox.bootstrap.image.storage` is not set and nixprox.yaml has no `defaults.image_storage` (set one of them)"
+        );
+        d.bootstrap.iso = Some("local:iso/nixos.iso".into());
+        assert_eq!(
+            image_err(&d, &with_image, &defaults()),
+            "host `web`: `nixprox.bootstrap.image.enable` is set together with `nixprox.bootstrap.iso` (keep one: a VM boots either from its image or from a template or ISO)"
+        );
+        d.bootstrap.template = Some(TemplateRef::Id(9000));
+        assert!(
+            image_err(&d, &with_image, &defaults()).contains("together with `nixprox.bootstrap.template`")
         );
     }
 

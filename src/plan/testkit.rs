@@ -82,7 +82,11 @@ pub fn host(name: &str) -> DesiredHost {
             allow_failed_units: false,
             allow_reboot: false,
         },
-        system: SystemEval { toplevel: format!("{SYSTEM}-{name}"), disk_layout_hash: LAYOUT.into() },
+        system: SystemEval {
+            toplevel: format!("{SYSTEM}-{name}"),
+            disk_layout_hash: LAYOUT.into(),
+            image: None,
+        },
     }
 }
 

@@ -96,6 +96,7 @@ pub fn host(name: &str) -> DesiredHost {
         system: SystemEval {
             toplevel: format!("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-{name}"),
             disk_layout_hash: "sha256:1111".into(),
+            image: None,
         },
     }
 }

@@ -27,6 +27,11 @@ let
     in
     builtins.removeAttrs n [ "enable" ]
     // {
+      # The image package is evaluated with the system (system.nix), never here: it can be as
+      # expensive as the system, and this evaluation is one process for every host.
+      bootstrap =
+        n.bootstrap
+        // (if n.bootstrap ? image then { image = builtins.removeAttrs n.bootstrap.image [ "package" ]; } else { });
       vm = n.vm // {
         name =
           if n.vm.name != null then

@@ -1,6 +1,7 @@
 # Applied by `nix eval --json <flake>#nixosConfigurations --apply` for a batch of hosts (the HOSTS
-# placeholder, a list of attribute names): per host, the out path of its system and the hash of
-# its disk layout. Evaluating the out path builds nothing.
+# placeholder, a list of attribute names): per host, the out path of its system, the hash of its
+# disk layout and, for image hosts, the store paths of the image package. Evaluating out paths
+# builds nothing.
 configs:
 let
   hosts = @HOSTS@;
@@ -25,6 +26,21 @@ let
     else
       v;
 
+  # `null` unless `nixprox.bootstrap.image` is enabled with a package (modules older than the
+  # option have none). The package may be a derivation or a plain store path.
+  image =
+    c:
+    let
+      i = c.config.nixprox.bootstrap.image or null;
+    in
+    if i == null || !i.enable || i.package == null then
+      null
+    else
+      {
+        outPath = toString i.package;
+        drvPath = i.package.drvPath or null;
+      };
+
   system =
     c:
     let
@@ -33,6 +49,7 @@ let
     {
       toplevel = c.config.system.build.toplevel.outPath;
       diskLayoutHash = "sha256:" + builtins.hashString "sha256" layout;
+      image = image c;
     };
 in
 builtins.listToAttrs (

@@ -1,0 +1,136 @@
+//! Disk images a host boots from (the image bootstrap): their format, their file names on a
+//! Proxmox storage ([`name`]), building them with `nix` and finding one file per disk
+//! ([`build`]), and what their headers say ([`probe`]).
+//!
+//! Nothing here talks to Proxmox: uploading and importing live in [`crate::proxmox::upload`]
+//! and [`crate::proxmox::import`].
+
+pub mod build;
+pub mod name;
+pub mod probe;
+
+use serde::{Deserialize, Serialize};
+
+pub use build::{BuiltImages, ImageBuild, ImageFile, build_image, find_images};
+pub use name::{ImportName, import_file_name, parse_import_file_name, store_hash};
+pub use probe::{ImageInfo, probe};
+
+/// Format of an image file, as `nixprox.bootstrap.image.format` names it and as Proxmox
+/// imports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    #[default]
+    Qcow2,
+    Raw,
+}
+
+impl ImageFormat {
+    /// The file extension, which is also the format name Proxmox uses.
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Raw => "raw",
+        }
+    }
+
+    /// The format of an extension (`qcow2`, `raw`); `None` for anything else.
+    pub fn from_extension(extension: &str) -> Option<ImageFormat> {
+        match extension {
+            "qcow2" => Some(ImageFormat::Qcow2),
+            "raw" => Some(ImageFormat::Raw),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.extension())
+    }
+}
+
+/// Everything that can go wrong with a host's images before they reach Proxmox. Messages name
+/// the host, the file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("failed to build the image of host `{host}`: {message}")]
+    Build { host: String, message: String },
+    #[error(
+        "the image of host `{host}` was built as `{built}`, but the plan evaluated `{planned}` (the flake changed since the plan: run `nixprox plan` again)"
+    )]
+    OutPathChanged { host: String, planned: String, built: String },
+    #[error("failed to read image `{path}` of host `{host}`: {source}")]
+    Read { host: String, path: String, source: std::io::Error },
+    #[error(
+        "no image for disk `{slot}` of host `{host}` in `{out}` (found: {}; name the image `{slot}.{format}`, e.g. with disko's `imageName = \"{slot}\"`)",
+        list(found)
+    )]
+    MissingDisk { host: String, slot: String, format: ImageFormat, out: String, found: Vec<String> },
+    #[error(
+        "image `{file}` of host `{host}` belongs to no declared disk (declare it in `nixprox.vm.disks` or leave it out of `nixprox.bootstrap.image.package`)"
+    )]
+    UnmatchedImage { host: String, file: String },
+    #[error(
+        "image `{path}` of host `{host}` is not a {format} image: {reason} (check `nixprox.bootstrap.image.format`)"
+    )]
+    WrongFormat { host: String, path: String, format: ImageFormat, reason: String },
+    #[error(
+        "image `{path}` of host `{host}` has a backing file, which Proxmox refuses for uploads (build a self-contained image, e.g. `qemu-img convert -O qcow2`)"
+    )]
+    BackingFile { host: String, path: String },
+    #[error(
+        "image of disk `{slot}` of host `{host}` is {} but the disk is declared as {} (raise `nixprox.vm.disks.{slot}.size` or shrink the image)",
+        crate::spec::format_size(*image_bytes),
+        crate::spec::format_size(*disk_bytes)
+    )]
+    LargerThanDisk { host: String, slot: String, image_bytes: u64, disk_bytes: u64 },
+}
+
+fn list(found: &[String]) -> String {
+    if found.is_empty() {
+        "no image files".to_string()
+    } else {
+        found.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_round_trip_their_extension() {
+        for format in [ImageFormat::Qcow2, ImageFormat::Raw] {
+            assert_eq!(ImageFormat::from_extension(format.extension()), Some(format));
+            assert_eq!(serde_json::to_value(format).expect("serialise"), format.extension());
+        }
+        assert_eq!(ImageFormat::from_extension("vmdk"), None);
+        assert_eq!(ImageFormat::default(), ImageFormat::Qcow2);
+    }
+
+    #[test]
+    fn messages_name_host_disk_and_fix() {
+        let err = ImageError::MissingDisk {
+            host: "web".into(),
+            slot: "scsi1".into(),
+            format: ImageFormat::Qcow2,
+            out: "/nix/store/x-images".into(),
+            found: vec!["scsi0.qcow2".into()],
+        };
+        assert_eq!(
+            err.to_string(),
+            "no image for disk `scsi1` of host `web` in `/nix/store/x-images` (found: `scsi0.qcow2`; name the image `scsi1.qcow2`, e.g. with disko's `imageName = \"scsi1\"`)"
+        );
+        let err = ImageError::LargerThanDisk {
+            host: "web".into(),
+            slot: "scsi0".into(),
+            image_bytes: 32 << 30,
+            disk_bytes: 20 << 30,
+        };
+        assert_eq!(
+            err.to_string(),
+            "image of disk `scsi0` of host `web` is 32G but the disk is declared as 20G (raise `nixprox.vm.disks.scsi0.size` or shrink the image)"
+        );
+    }
+}
