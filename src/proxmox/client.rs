@@ -155,6 +155,11 @@ impl Client {
         &self.token.id
     }
 
+    /// The per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// `GET path?query`; returns `data`.
     pub async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, ProxmoxError> {
         self.call(Method::GET, path, query).await
@@ -224,6 +229,32 @@ impl Client {
             };
         }
         tracing::debug!(%method, path, "proxmox request");
+        self.answer(method, path, request).await
+    }
+
+    /// `POST path` with a `multipart/form-data` body (an upload), sent once: a streamed body
+    /// cannot be replayed, and PVE does the work in a task whose UPID is the answer. `timeout`
+    /// replaces the per-request timeout, which is sized for API calls, not for sending gigabytes.
+    pub async fn post_multipart(
+        &self,
+        path: &str,
+        form: reqwest::multipart::Form,
+        timeout: Duration,
+    ) -> Result<Value, ProxmoxError> {
+        let url = format!("{}{path}", self.api);
+        let request =
+            self.http.post(&url).header(AUTHORIZATION, self.auth.clone()).multipart(form).timeout(timeout);
+        tracing::debug!(method = %Method::POST, path, "proxmox upload");
+        self.answer(&Method::POST, path, request).await
+    }
+
+    /// Sends `request` and unwraps PVE's `{"data": …}` envelope, or turns the answer into an error.
+    async fn answer(
+        &self,
+        method: &Method,
+        path: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Value, ProxmoxError> {
         let response = request.send().await.map_err(|err| self.transport(method, path, &err))?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|err| self.transport(method, path, &err))?;

@@ -6,10 +6,13 @@
 
 pub mod client;
 pub mod error;
+pub mod guest;
+pub mod import;
 pub mod permissions;
 pub mod property;
 pub mod read;
 pub mod tasks;
+pub mod upload;
 pub mod vm;
 
 pub use client::{Client, ClientOptions, RetryPolicy};

@@ -26,8 +26,15 @@ Scenario file (every key optional):
       "grants": [{"user": "nixprox@pve", "path": "/vms", "privs": ["VM.Audit"]}],
       "nodes": ["pve1", {"name": "pve2", "online": false}],
       "storages": {"ceph-pool": {"type": "rbd", "pool": "rbd", "content": "images"}},
-      "time_scale": 0, "latency": 0, "lock_wait": 10, "ceph_slow": 0
+      "time_scale": 0, "latency": 0, "lock_wait": 10, "ceph_slow": 0, "version": "9.0.10"
     }
+
+`version` is what `GET /version` answers (`release` is its major.minor).
+
+The image bootstrap needs Proxmox behaviour fakepve 0.5 does not have; `install_image_support`
+adds it, each piece modelled on the Proxmox source it names: `import` uploads (multipart parsed
+as pve-http-server does, checked and checksummed as pve-storage does), VM disks created with
+`import-from` (qemu-server), and guest-agent `file-read` as qemu-server answers it.
 
 `ceph_slow` (PVE seconds) is fakepve's `ceph_slow()`: every operation on a disk of an RBD storage
 (clone, resize, start, …) takes that much longer; 0 ends it.
@@ -35,14 +42,21 @@ Scenario file (every key optional):
 
 import argparse
 import asyncio
+import hashlib
 import ipaddress
 import json
 import os
+import re
 import signal
 import sys
 
+import fakepve.agent
 from fakepve import FakePve, PveError, TaskError
 from fakepve.certs import make_cert
+from fakepve.lxc import format_size
+from fakepve.qemu import join_drive, split_drive
+from fakepve.routing import param_error, split_list
+from fakepve.storage import _is_file
 
 # Guest keys that are FakeVm/FakeCt attributes set after construction.
 VM_ATTRS = ('shutdown_secs', 'start_secs', 'stop_secs', 'start_error', 'ha_state', 'agent', 'agent_hangs', 'acpi',
@@ -119,6 +133,9 @@ def set_values(pve, values):
             pve.ceph_slow(float(values['ceph_slow']))
         else:
             pve.ceph_recover()
+    if values.get('version') is not None:
+        pve.version = str(values['version'])
+        pve.release_version = '.'.join(pve.version.replace('-', '.').split('.')[:2])
 
 
 def vm_of(pve, args):
@@ -175,6 +192,229 @@ async def run_task(pve, args):
     if warnings:
         fix_log(upid)
     return upid
+
+
+# ------------------------------------------------------------------ image bootstrap
+
+# pve-storage src/PVE/Storage.pm: $SAFE_CHAR_CLASS_RE and $UPLOAD_IMPORT_EXT_RE_1.
+SAFE_CHAR = r'[a-zA-Z0-9\-\.\+\=\_]'
+UPLOAD_IMPORT_EXT = r'\.(ova|qcow2|raw|vmdk)'
+# qemu-server src/PVE/API2/Qemu/Agent.pm: $MAX_READ_SIZE of file-read.
+MAX_READ_SIZE = 16 * 1024 * 1024
+QCOW2_MAGIC = b'QFI\xfb'
+ORIGINAL_UPLOAD = FakePve._upload
+ORIGINAL_CHECK_DRIVE = FakePve._qm_check_drive
+ORIGINAL_NEW_DRIVE = FakePve._qm_new_drive
+ORIGINAL_AGENT_RESULT = fakepve.agent.result
+
+
+def upload_failed(message='upload failed'):
+    """pve-http-server answers a body it cannot parse with HTTP 500 and the message."""
+    return PveError(500, message)
+
+
+def parse_multipart(body, boundary):
+    """Fields and file of an upload body, read the way pve-http-server reads them
+    (src/PVE/APIServer/AnyEvent.pm, file_upload_multipart): before the file, only `content`,
+    `checksum-algorithm` and `checksum` are taken, in that order; the file part must come next,
+    named `filename`; its data runs up to the closing delimiter."""
+    newline = rb'\r?\n'
+    delim = rb'--' + re.escape(boundary) + newline
+    close = rb'--' + re.escape(boundary) + rb'--'
+    found = re.match(rb'^.*?(' + delim + rb')', body, re.S)
+    if not found:
+        raise upload_failed()
+    buf = body[found.start(1):]
+    params = {}
+
+    def remove_until_data(buf):
+        return re.sub(rb'^.*?(?:' + newline + rb'){2}', b'', buf, count=1, flags=re.S)
+
+    def disposition(value):
+        if value != b'form-data':
+            raise upload_failed("wrong Content-Disposition '{0}' in multipart, expected 'form-data'".format(
+                value.decode('utf-8', 'replace')))
+
+    for name in (b'content', b'checksum-algorithm', b'checksum'):
+        found = re.match(rb'^' + delim + rb'.*?Content-Disposition: (.*?); name="' + name + rb'"(.*?' + delim + rb')',
+                         buf, re.S)
+        if found:
+            disposition(found.group(1))
+            buf = remove_until_data(found.group(2) + buf[found.end():])
+            value = re.match(rb'^(.*?)(' + delim + rb')', buf, re.S)
+            if value:
+                params[name.decode()] = value.group(1).strip().decode('utf-8', 'replace')
+                buf = buf[value.start(2):]
+    found = re.match(rb'^' + delim + rb'Content-Disposition: (.*?); name="(.*?)"; filename="([^"]+)"', buf, re.S)
+    if not found:
+        raise upload_failed()
+    disposition(found.group(1))
+    if found.group(2) != b'filename':
+        raise upload_failed("wrong field name '{0}' for file upload, expected 'filename'".format(
+            found.group(2).decode('utf-8', 'replace')))
+    params['filename'] = found.group(3).strip().decode('utf-8', 'replace')
+    buf = remove_until_data(buf[found.end():])
+    data = re.match(rb'^(.*?)(?:' + newline + rb')?+' + close + rb'.*$', buf, re.S)
+    if not data:
+        raise upload_failed()
+    return params, data.group(1)
+
+
+def version_tuple(pve):
+    return tuple(int(x) for x in re.findall(r'\d+', pve.release_version)[:2])
+
+
+def image_virtual_size(data, fmt):
+    """The disk size an image holds (QEMU docs/interop/qcow2.txt: the size is at byte 24), or raise
+    TaskError as PVE::Storage::Plugin::file_size_info does for an untrusted image it cannot read
+    or that references other files."""
+    if fmt == 'raw':
+        return len(data)
+    if fmt != 'qcow2':
+        return len(data)
+    if data[:4] != QCOW2_MAGIC or len(data) < 32:
+        raise TaskError('failed to query file information with qemu-img')
+    if int.from_bytes(data[8:16], 'big'):
+        raise TaskError("backing file not allowed for untrusted image '/var/tmp/pveupload-fake'!")
+    return int.from_bytes(data[24:32], 'big')
+
+
+async def upload(self, request):
+    """POST /nodes/{node}/storage/{storage}/upload with `import` content, as pve-storage
+    src/PVE/API2/Storage/Status.pm (upload) handles it after pve-http-server stored the body;
+    other content types keep fakepve's own handler."""
+    from fakepve.server import USER, ok
+    encoding = request.headers.get('Transfer-Encoding')
+    if encoding:
+        # pve-http-server AnyEvent.pm: uploads need a Content-Length.
+        raise PveError(501, 'chunked transfer encoding not supported' if encoding.lower() == 'chunked'
+                       else "Unknown transfer encoding '{0}'".format(encoding))
+    ctype = request.headers.get('Content-Type', '')
+    boundary = re.search(r'boundary\s*=\s*(\S+?)\s*(?:[;,]|$)', ctype)
+    if not ctype.startswith('multipart/form-data') or not boundary:
+        return await ORIGINAL_UPLOAD(self, request)
+    body = await request.read()
+    if int(request.headers.get('Content-Length', -1)) != len(body):
+        raise upload_failed()
+    fields, data = parse_multipart(body, boundary.group(1).encode())
+    if fields.get('content') != 'import':
+        return await ORIGINAL_UPLOAD(self, request)
+    name, node, user = request.match_info['storage'], request.match_info['node'], request[USER]
+    self.require(user, '/storage/' + name, 'Datastore.AllocateTemplate')
+    allowed = ['iso', 'vztmpl'] + (['import'] if version_tuple(self) >= (8, 4) else [])
+    if fields['content'] not in allowed:
+        raise param_error(content="value '{0}' does not have a value in the enumeration '{1}'".format(
+            fields['content'], ', '.join(allowed)))
+    if ('checksum' in fields) != ('checksum-algorithm' in fields):
+        missing = 'checksum' if 'checksum' not in fields else 'checksum-algorithm'
+        raise param_error(**{missing: "property is missing and it is not optional"})
+    algorithm = fields.get('checksum-algorithm')
+    if algorithm and algorithm not in ('md5', 'sha1', 'sha224', 'sha256', 'sha384', 'sha512'):
+        raise param_error(**{'checksum-algorithm': "value '{0}' does not have a value in the enumeration "
+                                                   "'md5, sha1, sha224, sha256, sha384, sha512'".format(algorithm)})
+    store = self._check_enabled(name, node)
+    if not _is_file(store):
+        raise PveError(500, "can't upload to storage type '{0}'".format(store.get('type')))
+    # PVE::Storage::normalize_content_filename
+    filename = re.sub(r'[^a-zA-Z0-9_.-]', '_', re.sub(r'^.*[/\\]', '', fields['filename'].rstrip('\n')))
+    found = re.search(SAFE_CHAR + '+' + UPLOAD_IMPORT_EXT + '$', filename)
+    if not found:
+        raise param_error(filename='invalid filename or wrong extension')
+    fmt = found.group(1)
+    if 'import' not in split_list(store.get('content')):
+        raise PveError(500, "storage '{0}' does not support 'import' content".format(name))
+    tmpfile = '/var/tmp/pveupload-' + hashlib.md5(body[:64] + str(len(body)).encode()).hexdigest()
+    log = ['starting file import from: ' + tmpfile]
+
+    async def body_():
+        if algorithm:
+            got = hashlib.new(algorithm, data).hexdigest()
+            if got.lower() != fields['checksum'].lower():
+                log.append('calculating checksum...')
+                raise TaskError("checksum mismatch: got '{0}' != expect '{1}'".format(got, fields['checksum']))
+            log.append('calculating checksum...OK, checksum verified')
+        virtual_size = image_virtual_size(data, fmt)
+        volname = 'import/' + filename
+        old = store.get('volumes', {}).get(volname)
+        if old and 'avail' in store:
+            # PVE overwrites the file: its old bytes are freed.
+            store['avail'] += int(old.get('size') or 0)
+        self.store_file(name, filename, len(data), 'import')
+        store['volumes'][volname]['virtual_size'] = virtual_size
+        log.extend(['target node: ' + node, 'target file: {0}/import/{1}'.format(self._base_path(name), filename),
+                    'file size is: {0}'.format(len(data))])
+        return 'finished file import successfully'
+    upid = await self.task(node, 'imgcopy', '', user, body_, log=log)
+    return ok(upid)
+
+
+def check_drive(self, user, vmid, pool, key, value, default):
+    """qemu-server src/PVE/API2/Qemu.pm ($check_drive_param, check_storage_access): a drive with
+    `import-from` must be `<storage>:0`, its source an `images` or `import` volume the user may
+    read, and an EFI disk must say `efitype` and `pre-enrolled-keys`."""
+    volume, props = split_drive(value)
+    source = props.get('import-from')
+    if source is None:
+        return ORIGINAL_CHECK_DRIVE(self, user, vmid, pool, key, value, default)
+    found = re.match(r'^(?:([^/:\s]+):)?(\d+(?:\.\d+)?)$', volume)
+    if not found or float(found.group(2)) != 0:
+        raise param_error(**{key: "'import-from' requires special syntax - use <storage ID>:0,import-from=<source>"})
+    if key == 'efidisk0':
+        for required in ('efitype', 'pre-enrolled-keys'):
+            if required not in props:
+                raise param_error(**{key: "need to specify '{0}' when using 'import-from'".format(required)})
+    self._qm_image_store(found.group(1) or default, user)
+    sid, _, volname = source.partition(':')
+    store = self._store(sid)
+    vtype, owner, _fmt = self._parse_volname(store, volname)
+    if vtype not in ('images', 'import'):
+        raise param_error(**{key: "{0} has wrong type '{1}' - needs to be 'images' or 'import'".format(source, vtype)})
+    self._check_access(user, sid, vtype, owner, source)
+
+
+def new_drive(self, vmid, key, value, default):
+    """qemu-server create_disks: an `import-from` disk is a new volume of the source's virtual
+    size holding a copy of it; the config keeps the new volume and its size, not `import-from`."""
+    volume, props = split_drive(value)
+    source = props.pop('import-from', None)
+    if source is None:
+        return ORIGINAL_NEW_DRIVE(self, vmid, key, value, default)
+    sid, _, volname = source.partition(':')
+    vol = self._volumes(sid).get(volname) if sid in self.storages else None
+    if vol is None:
+        raise PveError(500, "cannot import from '{0}' - could not get size of {0}".format(source))
+    size = int(vol.get('virtual_size') or vol.get('size') or 0)
+    target = volume.split(':', 1)[0] if ':' in volume else default
+    volid, _fmt = self._qm_alloc(target, vmid, props.pop('format', None), size)
+    props['size'] = format_size(size)
+    return join_drive(volid, props), [volid]
+
+
+def agent_result(vm, command, values):
+    """Guest-agent `file-read` as qemu-server src/PVE/API2/Qemu/Agent.pm answers it: the decoded
+    content, `bytes-read`, and `truncated` only when the read stopped before the end. A missing
+    file fails in `guest-file-open` (QEMU qga/commands-posix.c), which check_agent_error
+    (src/PVE/QemuServer/Agent.pm) reports as `Agent error: <the agent's message>`."""
+    if command != 'file-read':
+        return ORIGINAL_AGENT_RESULT(vm, command, values)
+    files = (vm.agent or {}).get('files') or {}
+    path = values['file']
+    if path not in files:
+        raise PveError(500, "Agent error: failed to open file '{0}' (mode: 'r'): No such file or directory".format(path))
+    offset = int(values.get('offset') or 0)
+    count = int(values.get('count') or MAX_READ_SIZE)
+    content = files[path][offset:]
+    result = {'content': content[:count], 'bytes-read': len(content[:count])}
+    if len(content) > count:
+        result['truncated'] = 1
+    return result
+
+
+def install_image_support():
+    FakePve._upload = upload
+    FakePve._qm_check_drive = check_drive
+    FakePve._qm_new_drive = new_drive
+    fakepve.agent.result = agent_result
 
 
 async def command(pve, args):
@@ -301,6 +541,7 @@ def main():
     parser.add_argument('--no-stdin', action='store_true', help='ignore stdin; run until SIGINT or SIGTERM')
     args = parser.parse_args()
     loopback_only(args.host)
+    install_image_support()
     try:
         asyncio.run(serve(args))
     except KeyboardInterrupt:
