@@ -179,7 +179,9 @@ pub struct SystemEval {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageEval {
-    /// The package's out path, whose hash names the files on the storage.
+    /// The package's out path, whose hash names the files on the storage (`storePath` in the
+    /// evaluation's JSON, where an `outPath` key would turn the object into a string).
+    #[serde(alias = "storePath")]
     pub out_path: String,
     /// Its derivation (absent when the package is a plain store path).
     pub drv_path: Option<String>,

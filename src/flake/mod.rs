@@ -13,4 +13,4 @@ pub mod resolve;
 pub use command::{Nix, NixError, NixVersion, OverrideInput};
 pub use host::{DesiredHost, HostDecl, SystemEval};
 pub use inventory::{EvalRequest, EvalTimings, EvaluatedHost, FlakeError, Inventory, evaluate};
-pub use resolve::{ResolveError, resolve, resolve_all};
+pub use resolve::{ResolveError, resolve, resolve_all, resolve_image};

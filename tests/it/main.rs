@@ -11,6 +11,7 @@ mod error_messages;
 mod flake;
 mod fleet;
 mod forge;
+mod image;
 mod install;
 mod plan_cli;
 mod probe_cli;

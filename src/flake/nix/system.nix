@@ -37,7 +37,8 @@ let
       null
     else
       {
-        outPath = toString i.package;
+        # Not `outPath`: toJSON would print an attribute set with `outPath` as that string.
+        storePath = toString i.package;
         drvPath = i.package.drvPath or null;
       };
 
