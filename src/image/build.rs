@@ -284,12 +284,8 @@ mod tests {
         assert_eq!(built.images["scsi0"].import_name, "nixprox-0c8yzlgy9xbfn6sjcx6rh6fzqfvc3ai2-scsi0.raw");
         assert!(built.images["scsi0"].path.ends_with("scsi0.raw"));
 
-        let three = BTreeMap::from(
-            [("scsi2".to_string(), disk(1 << 20))]
-                .into_iter()
-                .chain(disks.clone())
-                .collect::<BTreeMap<_, _>>(),
-        );
+        let three: BTreeMap<String, DiskSpec> =
+            disks.clone().into_iter().chain([("scsi2".to_string(), disk(1 << 20))]).collect();
         assert!(matches!(
             find_images("web", &out, &three, ImageFormat::Raw),
             Err(ImageError::MissingDisk { slot, found, .. }) if slot == "scsi2" && found == ["scsi0.raw", "scsi1.raw"]

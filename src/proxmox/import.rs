@@ -53,8 +53,15 @@ pub enum ImportError {
         with_import(content)
     )]
     NoImportContent { storage: String, node: String, content: BTreeSet<String> },
+    /// Boxed: the other variants are small, and this error is returned from cheap checks.
     #[error(transparent)]
-    Api(#[from] ProxmoxError),
+    Api(Box<ProxmoxError>),
+}
+
+impl From<ProxmoxError> for ImportError {
+    fn from(err: ProxmoxError) -> ImportError {
+        ImportError::Api(Box::new(err))
+    }
 }
 
 /// The content list `pvesm set --content` needs: what the storage has now, plus `import`.

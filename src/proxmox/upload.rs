@@ -58,7 +58,7 @@ impl UploadProgress {
 
     /// Whole percent sent (100 for an empty file).
     pub fn percent(&self) -> u8 {
-        if self.total == 0 { 100 } else { (self.sent.min(self.total) * 100 / self.total) as u8 }
+        (self.sent.min(self.total) * 100).checked_div(self.total).map_or(100, |percent| percent as u8)
     }
 }
 
@@ -86,6 +86,10 @@ impl TenPercentSteps {
 pub enum UploadError {
     #[error("failed to read `{}` to upload it: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot upload `{file}` as an import: Proxmox would rename it (use only letters, digits, `_`, `.` and `-`, ending in `.qcow2`, `.raw`, `.vmdk` or `.ova`)"
+    )]
+    InvalidName { file: String },
     #[error("failed to upload `{file}` to storage `{storage}` on node `{node}`: {source}")]
     Api { file: String, storage: String, node: String, source: ProxmoxError },
     #[error(
@@ -98,6 +102,18 @@ pub enum UploadError {
         "upload of `{file}` to storage `{storage}` on node `{node}` arrived damaged: Proxmox computed sha256 `{got}` but nixprox sent `{expected}` (the file changed while it was sent, or the connection corrupted it; apply again uploads it anew)"
     )]
     ChecksumMismatch { file: String, storage: String, node: String, got: String, expected: String },
+}
+
+/// Whether Proxmox stores an `import` upload under exactly this name: it takes names matching
+/// `[A-Za-z0-9.+=_-]+\.(ova|qcow2|raw|vmdk)`, after replacing every character but
+/// `[A-Za-z0-9_.-]` with `_` (pve-storage `API2/Storage/Status.pm` `upload`,
+/// `PVE::Storage::normalize_content_filename`). A renamed file would never be found again.
+pub fn is_kept_by_proxmox(name: &str) -> bool {
+    let Some((stem, extension)) = name.rsplit_once('.') else { return false };
+    matches!(extension, "ova" | "qcow2" | "raw" | "vmdk")
+        && !stem.is_empty()
+        && name.len() <= 255
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// SHA-256 of a file as lower-case hex, read in chunks on a blocking thread.
@@ -130,6 +146,9 @@ pub async fn start_upload(
     request: &UploadRequest,
     progress: impl Fn(UploadProgress) + Send + Sync + 'static,
 ) -> Result<Upid, UploadError> {
+    if !is_kept_by_proxmox(&request.file_name) {
+        return Err(UploadError::InvalidName { file: request.file_name.clone() });
+    }
     let read_error = |source| UploadError::Read { path: request.path.clone(), source };
     let file = tokio::fs::File::open(&request.path).await.map_err(read_error)?;
     let total = file.metadata().await.map_err(read_error)?.len();
@@ -247,6 +266,15 @@ mod tests {
             Some(("ab12".into(), "cd34".into()))
         );
         assert_eq!(checksum_mismatch("import failed: No space left on device"), None);
+    }
+
+    #[test]
+    fn proxmox_keeps_only_safe_names() {
+        assert!(is_kept_by_proxmox("a.raw") && is_kept_by_proxmox("A-b_c.1.vmdk"));
+        for name in ["a b.qcow2", "a+b.qcow2", "a=b.raw", "image.img", ".qcow2", "qcow2", "ä.raw"] {
+            assert!(!is_kept_by_proxmox(name), "{name}");
+        }
+        assert!(!is_kept_by_proxmox(&format!("{}.raw", "a".repeat(252))));
     }
 
     #[test]

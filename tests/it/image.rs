@@ -365,6 +365,11 @@ async fn uploads_need_allocate_template_on_the_storage() {
         sha256: sha256_file(&path).await.expect("hash"),
         path,
     };
+    let renamed = UploadRequest { file_name: "nixprox x.raw".into(), ..request.clone() };
+    let err =
+        upload_image(&client, &renamed, |_| {}, TASK_TIMEOUT).await.expect_err("Proxmox would rename it");
+    assert!(matches!(err, UploadError::InvalidName { .. }), "{err}");
+    assert!(pve.requests(false).iter().all(|(_, path)| !path.ends_with("/upload")), "refused before sending");
     let err = upload_image(&client, &request, |_| {}, TASK_TIMEOUT).await.expect_err("403");
     assert_eq!(
         err.to_string(),
