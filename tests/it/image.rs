@@ -296,6 +296,19 @@ async fn a_damaged_upload_is_refused_with_what_proxmox_computed() {
     assert!(list_import_files(&client, "pve1", "images").await.expect("list").is_empty(), "nothing kept");
 }
 
+/// A 4 KiB raw file in `dir`, to upload as `nixprox-x.raw` to `storage` on `pve1`.
+async fn small_upload(dir: &Path, storage: &str) -> UploadRequest {
+    let path = dir.join("x.raw");
+    std::fs::write(&path, vec![0u8; 4096]).expect("write");
+    UploadRequest {
+        node: "pve1".into(),
+        storage: storage.into(),
+        file_name: "nixprox-x.raw".into(),
+        sha256: sha256_file(&path).await.expect("hash"),
+        path,
+    }
+}
+
 #[tokio::test]
 async fn storages_and_versions_that_cannot_take_images_name_the_fix() {
     let pve = FakePve::start(image_cluster());
@@ -324,15 +337,7 @@ async fn storages_and_versions_that_cannot_take_images_name_the_fix() {
 
     // An upload there anyway: Proxmox's own refusal, with the file and the storage.
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("x.raw");
-    std::fs::write(&path, vec![0u8; 4096]).expect("write");
-    let request = UploadRequest {
-        node: "pve1".into(),
-        storage: "local".into(),
-        file_name: "nixprox-x.raw".into(),
-        sha256: sha256_file(&path).await.expect("hash"),
-        path,
-    };
+    let request = small_upload(dir.path(), "local").await;
     let err = upload_image(&client, &request, |_| {}, TASK_TIMEOUT).await.expect_err("no import content");
     assert_eq!(
         err.to_string(),
@@ -356,15 +361,7 @@ async fn uploads_need_allocate_template_on_the_storage() {
     check_import_storage(&client, "pve1", "images").await.expect("Datastore.Audit reads the status");
     assert!(list_import_files(&client, "pve1", "images").await.expect("and lists imports").is_empty());
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("x.raw");
-    std::fs::write(&path, b"raw").expect("write");
-    let request = UploadRequest {
-        node: "pve1".into(),
-        storage: "images".into(),
-        file_name: "nixprox-x.raw".into(),
-        sha256: sha256_file(&path).await.expect("hash"),
-        path,
-    };
+    let request = small_upload(dir.path(), "images").await;
     let renamed = UploadRequest { file_name: "nixprox x.raw".into(), ..request.clone() };
     let err =
         upload_image(&client, &renamed, |_| {}, TASK_TIMEOUT).await.expect_err("Proxmox would rename it");
