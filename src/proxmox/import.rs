@@ -27,7 +27,7 @@ const BLOCK_STORAGES: [&str; 8] = ["lvm", "lvmthin", "zfspool", "rbd", "iscsi", 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error(
-        "Proxmox VE {version} at `{url}` cannot take disk images as uploads (importing qcow2/raw images needs Proxmox VE {}.{} or later: upgrade the cluster, or bootstrap these hosts with `nixprox.bootstrap.template` or `nixprox.bootstrap.iso`)",
+        "cannot upload disk images to Proxmox VE {version} at `{url}` (importing qcow2/raw images needs Proxmox VE {}.{} or later: upgrade the cluster, or bootstrap these hosts with `nixprox.bootstrap.template` or `nixprox.bootstrap.iso`)",
         IMPORT_UPLOAD_SINCE.0,
         IMPORT_UPLOAD_SINCE.1
     )]
@@ -365,7 +365,7 @@ mod tests {
         let err = ImportError::TooOld { version: "8.3.5".into(), url: "https://pve:8006".into() };
         assert_eq!(
             err.to_string(),
-            "Proxmox VE 8.3.5 at `https://pve:8006` cannot take disk images as uploads (importing qcow2/raw images needs Proxmox VE 8.4 or later: upgrade the cluster, or bootstrap these hosts with `nixprox.bootstrap.template` or `nixprox.bootstrap.iso`)"
+            "cannot upload disk images to Proxmox VE 8.3.5 at `https://pve:8006` (importing qcow2/raw images needs Proxmox VE 8.4 or later: upgrade the cluster, or bootstrap these hosts with `nixprox.bootstrap.template` or `nixprox.bootstrap.iso`)"
         );
     }
 }
