@@ -82,7 +82,7 @@ fn words(line: &str) -> Vec<String> {
 fn nixprox_args(line: &str) -> Option<Vec<String>> {
     let line = line.strip_prefix("$ ").unwrap_or(line);
     let words = words(line);
-    let start = words.iter().position(|w| !(w.contains('=') && !w.starts_with('-')))?;
+    let start = words.iter().position(|w| !w.contains('=') || w.starts_with('-'))?;
     let words = &words[start..];
     match words.first().map(String::as_str) {
         Some("nixprox") => Some(words.to_vec()),
