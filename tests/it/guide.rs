@@ -1,17 +1,16 @@
 //! The guide and its example cannot drift from the code: every `nixprox …` command in the
 //! guides' shell blocks parses with the real command line, the example flake's nixprox part
-//! evaluates and plans (and applies) through the binary against fakepve, every pin names this
-//! release, and the runner module's options are documented.
+//! evaluates and plans (and applies) through the binary against fakepve, and every pin names
+//! this release.
 
 use std::path::Path;
-use std::process::Command;
 
 use clap::Parser;
 use serde_json::{Value, json};
 
 use crate::support::cli::{self, Run};
 use crate::support::fakepve::{FakePve, Scenario};
-use crate::support::nix::{Fixture, nixpkgs_lib, repo};
+use crate::support::nix::{Fixture, repo};
 
 /// The pages whose shell examples a user copies.
 const GUIDES: &[&str] = &["docs/guide.md", "docs/troubleshooting.md", "docs/releasing.md", "README.md"];
@@ -174,34 +173,6 @@ fn the_examples_and_the_guide_pin_this_release() {
     assert!(pins.len() >= 6, "pins found: {pins:?}");
     let wrong: Vec<_> = pins.iter().filter(|(_, version)| *version != tag).collect();
     assert!(wrong.is_empty(), "pins that are not {tag} (docs/releasing.md): {wrong:?}");
-}
-
-#[test]
-fn every_runner_option_is_documented() {
-    let expr = format!(
-        "let lib = import {lib}/lib; \
-         eval = lib.evalModules {{ modules = [ (import {runner} {{ self = {{}}; }}) \
-           {{ _module.check = false; _module.args.pkgs = {{}}; }} ]; }}; \
-         in map (o: o.name) (lib.optionAttrSetToDocList eval.options)",
-        lib = nixpkgs_lib().display(),
-        runner = repo().join("nix/runner.nix").display(),
-    );
-    let output = Command::new("nix")
-        .args(["--extra-experimental-features", "nix-command flakes", "eval", "--json", "--impure", "--expr"])
-        .arg(&expr)
-        .env("NIX_CONFIG", "substituters =")
-        .output()
-        .expect("run nix");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let names: Vec<String> = serde_json::from_slice(&output.stdout).expect("names");
-    let docs = std::fs::read_to_string(repo().join("docs/configuration.md")).expect("configuration.md");
-    let options: Vec<&String> = names
-        .iter()
-        .filter(|n| n.starts_with("services.nixprox-runner.") && !n.contains("._module."))
-        .collect();
-    assert!(options.len() >= 15, "{options:?}");
-    let missing: Vec<&&String> = options.iter().filter(|name| !docs.contains(&format!("`{name}`"))).collect();
-    assert!(missing.is_empty(), "runner options missing from docs/configuration.md: {missing:?}");
 }
 
 /// The example flake's nixprox part (`fixtures/example` wraps it with the stand-ins), with
