@@ -206,7 +206,8 @@ async fn check_privileges(request: &RunRequest<'_>, plan: &Plan, live: &[LiveVm]
             return Ok(());
         }
     };
-    let needs = permissions::needs_to_apply(plan, request.desired, live, request.deployer.is_some());
+    let needs =
+        crate::plan::privileges::needs_to_apply(plan, request.desired, live, request.deployer.is_some());
     let missing = permissions::missing(&granted, needs);
     if missing.is_empty() {
         return Ok(());

@@ -18,7 +18,7 @@ pub async fn check_read(planned: &Planned, probe: bool, in_ci: bool) -> anyhow::
             return Ok(());
         }
     };
-    let needs = permissions::needs_to_read(&planned.plan, &planned.desired, probe);
+    let needs = crate::plan::privileges::needs_to_read(&planned.plan, &planned.desired, probe);
     let missing = permissions::missing(&granted, needs);
     if !missing.is_empty() {
         let token = planned.client.token_id().to_string();
