@@ -54,14 +54,10 @@ impl Outcome {
 /// The exit code of a run that ended in `err`: [`exit::REFUSED`] when apply refused a plan
 /// that changed since review, [`exit::ERROR`] for everything else.
 pub fn error_code(err: &anyhow::Error) -> u8 {
-    let refused = err.chain().any(|cause| {
-        cause.downcast_ref::<crate::apply::StalePlan>().is_some()
-            || matches!(
-                cause.downcast_ref::<crate::apply::ApplyError>(),
-                Some(crate::apply::ApplyError::Stale(_))
-            )
-    });
-    if refused { exit::REFUSED } else { exit::ERROR }
+    match err.downcast_ref::<crate::apply::ApplyError>() {
+        Some(crate::apply::ApplyError::Stale(_)) => exit::REFUSED,
+        _ => exit::ERROR,
+    }
 }
 
 /// Logs go to stderr (stdout is data), filtered by `NIXPROX_LOG` (default `info`), without

@@ -114,7 +114,8 @@ fn api_token() -> anyhow::Result<ApiToken> {
             let text = std::fs::read_to_string(&path).with_context(|| {
                 format!("failed to read the API token from PROXMOX_API_TOKEN_FILE `{path}` (it must be readable by the user nixprox runs as)")
             })?;
-            (text, format!("PROXMOX_API_TOKEN_FILE `{path}`"))
+            // The first line: a trailing newline (or a comment below it) is not the secret.
+            (text.lines().next().unwrap_or_default().to_string(), format!("PROXMOX_API_TOKEN_FILE `{path}`"))
         }
         (None, None) => bail!(
             "PROXMOX_API_TOKEN is not set: create an API token in Proxmox (Datacenter → Permissions → API Tokens) and export it as `user@realm!tokenid=secret`, or put it in a file and set PROXMOX_API_TOKEN_FILE (see docs/guide.md)"

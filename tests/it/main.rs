@@ -18,4 +18,5 @@ mod privileges;
 mod probe_cli;
 mod proxmox;
 mod runner;
+mod secret_files;
 mod ssh;
