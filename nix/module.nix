@@ -7,9 +7,29 @@
 { config, options, lib, ... }:
 
 let
-  inherit (lib) mkOption mkEnableOption types literalExpression;
+  inherit (lib) mkOption mkEnableOption types literalExpression literalMD;
   cfg = config.nixprox;
   image = cfg.bootstrap.image;
+
+  # `bootstrap.ipConfig` from a static address declared once (`address` with
+  # `network.prefixLength`): what cloud-init gives the bootstrap system, so nixos-anywhere
+  # finds it at the address the flake names, before any NixOS runs.
+  isIPv4 = a: builtins.match "[0-9]{1,3}(\\.[0-9]{1,3}){3}" a != null;
+  isIPv6 = a: builtins.match "[0-9a-fA-F]*:[0-9a-fA-F:.]*" a != null;
+  staticIpConfig =
+    let
+      inherit (cfg) address;
+      inherit (cfg.network) prefixLength gateway;
+      withGateway = key: lib.optionalString (gateway != null) ",${key}=${gateway}";
+    in
+    if address == null || prefixLength == null then
+      "ip=dhcp"
+    else if isIPv4 address then
+      "ip=${address}/${toString prefixLength}${withGateway "gw"}"
+    else if isIPv6 address then
+      "ip6=${address}/${toString prefixLength}${withGateway "gw6"}"
+    else
+      throw "nixprox.network.prefixLength is set, but nixprox.address `${address}` is not an IP address: set nixprox.address to the host's static IP address, or leave nixprox.network.prefixLength null (DHCP)";
 
   # Proxmox VM names must be DNS names (PVE's `dns-name` format).
   dnsName = types.strMatching "[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*";
@@ -248,9 +268,13 @@ in
       };
       ipConfig = mkOption {
         type = types.str;
-        default = "ip=dhcp";
+        default = staticIpConfig;
+        defaultText = literalMD "`ip=<address>/<prefixLength>,gw=<gateway>` (`ip6=…,gw6=…` for IPv6) when `nixprox.address` is an IP address and `nixprox.network.prefixLength` is set, else `ip=dhcp`";
         example = "ip=10.0.0.5/24,gw=10.0.0.1";
-        description = "Cloud-init network config of the first NIC (`ipconfig0`).";
+        description = ''
+          Cloud-init network config of the first NIC (`ipconfig0`) for the bootstrap system.
+          Derived from the static address when there is one, so the address is declared once.
+        '';
       };
       image = {
         enable = mkEnableOption ''
@@ -296,6 +320,26 @@ in
         Address or DNS name nixprox uses to reach the host over SSH. `null` asks the QEMU guest
         agent and takes the first global unicast address of any non-loopback interface.
       '';
+    };
+
+    network = {
+      prefixLength = mkOption {
+        type = types.nullOr (types.ints.between 0 128);
+        default = null;
+        example = 24;
+        description = ''
+          Prefix length of the static `nixprox.address` (an IP address). With it, new VMs get
+          that address through cloud-init (see `bootstrap.ipConfig`), and the host's NixOS
+          networking can take address, prefix and gateway from `config.nixprox` so they are
+          declared once. `null`: DHCP.
+        '';
+      };
+      gateway = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "10.0.0.1";
+        description = "Default gateway that goes with the static `nixprox.address` (`gw=` in `bootstrap.ipConfig`).";
+      };
     };
 
     ssh = {

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
         Ok(outcome) => ExitCode::from(outcome.code()),
         Err(err) => {
             nixprox::run::report_error(&err);
-            ExitCode::from(1)
+            ExitCode::from(nixprox::run::error_code(&err))
         }
     }
 }

@@ -128,6 +128,9 @@ pub enum ApplyError {
     Stale(#[from] StalePlan),
     #[error("failed to read the cluster before applying: {0}")]
     Read(#[source] ProxmoxError),
+    /// The token lacks a privilege the plan's steps need (checked before any of them).
+    #[error(transparent)]
+    Privileges(#[from] crate::proxmox::permissions::MissingPrivileges),
 }
 
 /// The inputs of `nixprox apply` once the flake is evaluated: the CLI's thin entry point.
@@ -175,6 +178,7 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ApplyError> {
     for note in &approval.notes {
         tracing::warn!("{note}");
     }
+    check_privileges(&request, &plan, &live).await?;
     let report = apply(ApplyRequest {
         plan: &plan,
         desired: request.desired,
@@ -188,4 +192,26 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ApplyError> {
     })
     .await?;
     Ok(RunOutcome { plan, approval, report })
+}
+
+/// Before any step: the token holds every privilege the runnable actions need, or the run
+/// stops naming what is missing. An unanswered check is only logged (Proxmox still refuses
+/// what the token may not do, step by step).
+async fn check_privileges(request: &RunRequest<'_>, plan: &Plan, live: &[LiveVm]) -> Result<(), ApplyError> {
+    use crate::proxmox::permissions::{self, MissingPrivileges};
+    let granted = match permissions::fetch(request.client).await {
+        Ok(granted) => granted,
+        Err(err) => {
+            tracing::warn!("could not check the token's privileges ({err}); applying anyway");
+            return Ok(());
+        }
+    };
+    let needs =
+        crate::plan::privileges::needs_to_apply(plan, request.desired, live, request.deployer.is_some());
+    let missing = permissions::missing(&granted, needs);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let token = request.client.token_id().to_string();
+    Err(MissingPrivileges { token, role: permissions::APPLY_ROLE, missing }.into())
 }

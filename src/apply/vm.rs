@@ -110,10 +110,29 @@ pub async fn post_and_wait(
 
 /// The guest agent's view of the VM's addresses; `Ok(None)` while the agent is not up yet.
 pub async fn agent_address(client: &Client, node: &str, vmid: u32) -> Result<Option<String>, ProxmoxError> {
+    Ok(match agent_answer(client, node, vmid).await? {
+        AgentAnswer::Address(address) => Some(address),
+        AgentAnswer::NotRunning | AgentAnswer::NoAddress => None,
+    })
+}
+
+/// What one `network-get-interfaces` told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentAnswer {
+    /// The agent does not answer (the guest boots, or its image has no qemu-guest-agent).
+    NotRunning,
+    /// The agent answers, but no interface has a usable address yet.
+    NoAddress,
+    Address(String),
+}
+
+/// Asks the guest agent once.
+pub async fn agent_answer(client: &Client, node: &str, vmid: u32) -> Result<AgentAnswer, ProxmoxError> {
     let path = format!("{}/agent/network-get-interfaces", vm_path(node, vmid));
     match client.get(&path, &[]).await {
-        Ok(data) => Ok(pick_address(data.get("result").unwrap_or(&data))),
-        Err(err) if agent_not_ready(&err) => Ok(None),
+        Ok(data) => Ok(pick_address(data.get("result").unwrap_or(&data))
+            .map_or(AgentAnswer::NoAddress, AgentAnswer::Address)),
+        Err(err) if agent_not_ready(&err) => Ok(AgentAnswer::NotRunning),
         Err(err) => Err(err),
     }
 }
@@ -167,7 +186,10 @@ pub fn pick_address(interfaces: &Value) -> Option<String> {
     v4.or(v6)
 }
 
-/// Polls the agent until it reports an address or `timeout` passes.
+/// Polls the agent until it reports an address or `timeout` passes. An agent that has not
+/// answered for a while is said so in the log at once (a bootstrap image without
+/// qemu-guest-agent never answers, and waiting out the whole timeout silently looks like a
+/// hang), and the final error tells a silent agent from one without an address.
 pub async fn wait_for_address(
     client: &Client,
     node: &str,
@@ -176,13 +198,31 @@ pub async fn wait_for_address(
     interval: Duration,
 ) -> Result<String, StepError> {
     let started = Instant::now();
+    let warn_after = (timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let mut ever_answered = false;
+    let mut warned = false;
     loop {
-        if let Some(address) = agent_address(client, node, vmid).await? {
-            return Ok(address);
+        match agent_answer(client, node, vmid).await? {
+            AgentAnswer::Address(address) => return Ok(address),
+            AgentAnswer::NoAddress => ever_answered = true,
+            AgentAnswer::NotRunning if !ever_answered && !warned && started.elapsed() >= warn_after => {
+                warned = true;
+                tracing::warn!(
+                    "VM {vmid} on node `{node}`: the QEMU guest agent has not answered for {}s; waiting up to {}s (`apply.address_timeout`). A bootstrap image without qemu-guest-agent never answers: install it in the template, or declare `nixprox.address` (docs/troubleshooting.md#the-guest-agent-does-not-answer)",
+                    started.elapsed().as_secs(),
+                    timeout.as_secs()
+                );
+            }
+            AgentAnswer::NotRunning => {}
         }
         if started.elapsed() >= timeout {
+            let why = if ever_answered {
+                "the QEMU guest agent answered but reported no usable address (did the VM get a DHCP lease?)"
+            } else {
+                "the QEMU guest agent never answered (is qemu-guest-agent installed and running in the VM's image?)"
+            };
             return Err(StepError::other(format!(
-                "no address for VM {vmid} on node `{node}` within {}s: the QEMU guest agent did not report one (check that the image runs qemu-guest-agent, set `nixprox.address` for a static address, or raise `apply.address_timeout`)",
+                "no address for VM {vmid} on node `{node}` within {}s: {why}; set `nixprox.address` for a static address, or raise `apply.address_timeout` (docs/troubleshooting.md#the-guest-agent-does-not-answer)",
                 timeout.as_secs()
             )));
         }

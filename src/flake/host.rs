@@ -17,9 +17,21 @@ pub struct HostDecl {
     pub vm: VmDecl,
     pub bootstrap: BootstrapDecl,
     pub address: Option<String>,
+    /// `nixprox.network`: the module derives `bootstrap.ipConfig` from it (and the host's
+    /// NixOS networking may read it); accepted here, read by nothing else.
+    #[serde(default)]
+    pub network: StaticNetworkDecl,
     pub ssh: SshDecl,
     pub install: InstallDecl,
     pub deploy: DeployDecl,
+}
+
+/// `nixprox.network`: the prefix length and gateway that go with a static `nixprox.address`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticNetworkDecl {
+    pub prefix_length: Option<u8>,
+    pub gateway: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -4,6 +4,7 @@ pub mod engine;
 pub mod fields;
 pub mod id;
 pub mod model;
+pub mod privileges;
 #[cfg(test)]
 pub(crate) mod testkit;
 #[cfg(test)]

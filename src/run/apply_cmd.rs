@@ -38,7 +38,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         ),
         None => {
             tracing::warn!(
-                "no SSH key configured (ssh.key, ssh.key_env or {}): install and switch steps will be skipped",
+                "no SSH key configured (ssh.key, ssh.key_env, NIXPROX_SSH_KEY_FILE or {}): install and switch steps will be skipped",
                 crate::install::DEFAULT_KEY_ENV
             );
             None

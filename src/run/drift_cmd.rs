@@ -17,9 +17,7 @@ pub async fn run(args: DriftArgs, color: bool) -> anyhow::Result<Outcome> {
         _ => None,
     };
     let planned = super::source::plan(&args.source, args.probe).await?;
-    if context.is_some() {
-        super::source::warn_if_token_can_write(&planned.client).await;
-    }
+    super::privileges::check_read(&planned, args.probe, context.is_some()).await?;
     let plan = &planned.plan;
     print!("{}", text::render(plan, text::TextOptions { color }));
     let md_context = publish::markdown_context(context.as_ref(), Some("drift".into()));

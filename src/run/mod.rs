@@ -4,6 +4,7 @@
 mod apply_cmd;
 mod drift_cmd;
 mod plan_cmd;
+mod privileges;
 mod probe;
 mod publish;
 pub mod source;
@@ -12,7 +13,23 @@ use std::io::IsTerminal;
 
 use crate::cli::{Cli, ColorChoice, Command};
 
-/// How a successful run ends; errors are exit code 1.
+/// The process exit codes (docs/plan.md). CI scripts branch on them, so they never change
+/// meaning: 1 is any error, and the outcomes a workflow reacts to differently have their own.
+pub mod exit {
+    /// Success: nothing to do, or done.
+    pub const SUCCESS: u8 = 0;
+    /// An error (message on stderr): bad input, an unreachable API, a missing privilege, …
+    pub const ERROR: u8 = 1;
+    /// `plan`/`drift --detailed-exitcode`: the plan has changes.
+    pub const CHANGES: u8 = 2;
+    /// `apply` ran, and at least one host failed (the report says which and where); a re-run
+    /// resumes.
+    pub const HOSTS_FAILED: u8 = 3;
+    /// `apply` refused to start: the plan changed since it was reviewed (nothing was done).
+    pub const REFUSED: u8 = 4;
+}
+
+/// How a successful run ends; errors map through [`error_code`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Nothing to do, or done.
@@ -27,10 +44,19 @@ impl Outcome {
     /// The process exit code.
     pub fn code(self) -> u8 {
         match self {
-            Outcome::Success => 0,
-            Outcome::Changes => 2,
-            Outcome::HostsFailed => 1,
+            Outcome::Success => exit::SUCCESS,
+            Outcome::Changes => exit::CHANGES,
+            Outcome::HostsFailed => exit::HOSTS_FAILED,
         }
+    }
+}
+
+/// The exit code of a run that ended in `err`: [`exit::REFUSED`] when apply refused a plan
+/// that changed since review, [`exit::ERROR`] for everything else.
+pub fn error_code(err: &anyhow::Error) -> u8 {
+    match err.downcast_ref::<crate::apply::ApplyError>() {
+        Some(crate::apply::ApplyError::Stale(_)) => exit::REFUSED,
+        _ => exit::ERROR,
     }
 }
 

@@ -25,7 +25,12 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
         publish::status(forge, sha.as_deref(), STATUS, StatusState::Pending, "planning…", run_url.as_deref())
             .await;
     }
-    let planned = match super::source::plan(&args.source, args.probe).await {
+    let checked = async {
+        let planned = super::source::plan(&args.source, args.probe).await?;
+        super::privileges::check_read(&planned, args.probe, context.is_some()).await?;
+        anyhow::Ok(planned)
+    };
+    let planned = match checked.await {
         Ok(planned) => planned,
         Err(err) => {
             if let Some(forge) = &forge {
@@ -43,9 +48,6 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
             return Err(err);
         }
     };
-    if context.is_some() {
-        super::source::warn_if_token_can_write(&planned.client).await;
-    }
     let plan = &planned.plan;
 
     let started = std::time::Instant::now();

@@ -32,7 +32,7 @@ pub async fn probe(
     live: &[LiveVm],
 ) -> anyhow::Result<BTreeMap<String, Probe>> {
     let key = SshDeployer::client_key(settings, &super::publish::env).context(
-        "--probe needs an SSH key: set `ssh.key` or `ssh.key_env` in nixprox.yaml, or NIXPROX_SSH_KEY",
+        "--probe needs an SSH key: set `ssh.key` or `ssh.key_env` in nixprox.yaml, or NIXPROX_SSH_KEY_FILE or NIXPROX_SSH_KEY",
     )?;
     let key_file = key.materialize()?;
     let key = key_file.load()?;

@@ -81,6 +81,12 @@ pub fn load_settings(args: &SourceArgs) -> anyhow::Result<Settings> {
     if let Some(ca) = env_nonempty("PROXMOX_CA_CERT") {
         settings.proxmox.ca_cert = Some(PathBuf::from(ca));
     }
+    // A runner that keeps the key on disk (nixosModules.runner) names it here, so the
+    // repository's nixprox.yaml need not know the runner's paths.
+    if let Some(key) = env_nonempty("NIXPROX_SSH_KEY_FILE") {
+        settings.ssh.key = Some(PathBuf::from(key));
+        settings.ssh.key_env = None;
+    }
     Ok(settings)
 }
 
@@ -93,13 +99,29 @@ pub fn proxmox_client(settings: &Settings) -> anyhow::Result<Client> {
     let Some(url) = settings.proxmox.url.clone() else {
         bail!("no Proxmox URL: set `proxmox.url` in nixprox.yaml or the PROXMOX_URL environment variable");
     };
-    let Some(token) = env_nonempty("PROXMOX_API_TOKEN") else {
-        bail!(
-            "PROXMOX_API_TOKEN is not set: create an API token in Proxmox (Datacenter → Permissions → API Tokens) and export it as `user@realm!tokenid=secret`"
-        );
+    Ok(Client::new(ClientOptions::from_settings(&settings.proxmox, url, api_token()?))?)
+}
+
+/// The API token from `PROXMOX_API_TOKEN`, or from the file `PROXMOX_API_TOKEN_FILE` names
+/// (for runners that keep secrets on disk rather than in the forge).
+fn api_token() -> anyhow::Result<ApiToken> {
+    let (text, source) = match (env_nonempty("PROXMOX_API_TOKEN"), env_nonempty("PROXMOX_API_TOKEN_FILE")) {
+        (Some(_), Some(_)) => bail!(
+            "both PROXMOX_API_TOKEN and PROXMOX_API_TOKEN_FILE are set: unset one of them, so it is clear which token nixprox uses"
+        ),
+        (Some(token), None) => (token, "PROXMOX_API_TOKEN".to_string()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("failed to read the API token from PROXMOX_API_TOKEN_FILE `{path}` (it must be readable by the user nixprox runs as)")
+            })?;
+            // The first line: a trailing newline (or a comment below it) is not the secret.
+            (text.lines().next().unwrap_or_default().to_string(), format!("PROXMOX_API_TOKEN_FILE `{path}`"))
+        }
+        (None, None) => bail!(
+            "PROXMOX_API_TOKEN is not set: create an API token in Proxmox (Datacenter → Permissions → API Tokens) and export it as `user@realm!tokenid=secret`, or put it in a file and set PROXMOX_API_TOKEN_FILE (see docs/guide.md)"
+        ),
     };
-    let token = ApiToken::parse(&token).map_err(|msg| anyhow::anyhow!("invalid PROXMOX_API_TOKEN: {msg}"))?;
-    Ok(Client::new(ClientOptions::from_settings(&settings.proxmox, url, token))?)
+    ApiToken::parse(&text).map_err(|msg| anyhow::anyhow!("invalid {source}: {msg}"))
 }
 
 /// The flake's hosts, resolved against the settings' defaults.
@@ -221,25 +243,6 @@ impl Timings {
             "planning_ms": ms(self.planning),
             "render_ms": ms(render),
         })
-    }
-}
-
-/// Warns when the token used for planning could change the cluster: a pull request's workflow
-/// should hold a read-only token (see docs/ci.md). A failed check is only logged.
-pub async fn warn_if_token_can_write(client: &Client) {
-    match crate::proxmox::permissions::token_write_privileges(client).await {
-        Ok(privileges) if !privileges.is_empty() => {
-            let list: Vec<String> =
-                privileges.iter().take(5).map(|(path, p)| format!("{p} on {path}")).collect();
-            tracing::warn!(
-                "the Proxmox token `{}` can change the cluster ({}{}); planning only needs VM.Audit: give pull-request workflows a read-only token (docs/ci.md)",
-                client.token_id(),
-                list.join(", "),
-                if privileges.len() > 5 { ", …" } else { "" }
-            );
-        }
-        Ok(_) => {}
-        Err(err) => tracing::debug!("could not check the token's privileges: {err}"),
     }
 }
 

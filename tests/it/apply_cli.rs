@@ -108,7 +108,8 @@ fn apply_carries_out_the_reviewed_plan_and_a_rerun_converges() {
 fn apply_refuses_a_plan_that_changed_since_review() {
     let (fixture, pve) = homelab();
     let run = nixprox(&fixture, &pve, &["apply", "--plan-id", "0000000000000000", "--hosts", "db"]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
+    // Exit code 4: refused since review, distinct from errors (1) and failed hosts (3).
+    assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(run.stderr.contains("0000000000000000"), "{}", run.stderr);
     let vm = pve.vm(102);
     assert_eq!(vm["config"]["cores"].to_string().trim_matches('"'), "2", "nothing was changed");

@@ -352,7 +352,7 @@ fn a_failed_install_keeps_the_vm_and_the_next_apply_resumes_it() {
     assert_eq!(kinds(&plan), ["create_vm", "install"], "{plan:#}");
     let fail = [("NIXPROX_TEST_INSTALL_FAIL", "disko: /dev/sda is busy".to_string())];
     let (run, report) = lab.apply(&fail);
-    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 3, "a host failed: {}\n{}", run.stdout, run.stderr);
     let web = web_report(&report);
     assert_eq!(web["status"], "failed", "{report:#}");
     assert_eq!(web["step"], "install", "{report:#}");
@@ -475,7 +475,7 @@ fn a_small_vm_whose_install_failed_is_resumed_with_the_raised_memory() {
     lab.plan();
     let fail = [("NIXPROX_TEST_INSTALL_FAIL", "kexec: out of memory".to_string())];
     let (run, report) = lab.apply(&fail);
-    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 3, "a host failed: {}\n{}", run.stdout, run.stderr);
     assert_eq!(web_report(&report)["step"], "install", "{report:#}");
     // The raised memory stays for the next attempt.
     assert_eq!(lab.web()["config"]["memory"].to_string().trim_matches('"'), "1536");

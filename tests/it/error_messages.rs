@@ -68,7 +68,7 @@ fn missing_token_says_how_to_make_one() {
         cli::plan_command(&fixture, &pve, &[]).env_remove("PROXMOX_API_TOKEN").output().expect("run").into();
     assert_eq!(
         failure(&run, &[]),
-        "error: PROXMOX_API_TOKEN is not set: create an API token in Proxmox (Datacenter → Permissions → API Tokens) and export it as `user@realm!tokenid=secret`"
+        "error: PROXMOX_API_TOKEN is not set: create an API token in Proxmox (Datacenter → Permissions → API Tokens) and export it as `user@realm!tokenid=secret`, or put it in a file and set PROXMOX_API_TOKEN_FILE (see docs/guide.md)"
     );
 }
 

@@ -51,7 +51,7 @@ import signal
 import sys
 
 import fakepve.agent
-from fakepve import FakePve, PveError, TaskError
+from fakepve import FakePve, PveError, TaskError, shapes
 from fakepve.certs import make_cert
 from fakepve.lxc import format_size
 from fakepve.qemu import join_drive, split_drive
@@ -99,6 +99,73 @@ def add_guest(pve, guest):
         if key in guest:
             setattr(vm, key, guest[key])
     return vm
+
+
+# Paths `GET /access/permissions` always considers (pve-access-control
+# `PVE/RPCEnvironment.pm`, `get_effective_permissions`).
+TOP_LEVEL_PATHS = ('/', '/access', '/access/groups', '/nodes', '/pool', '/sdn', '/storage', '/vms')
+
+
+def model_token_privileges(pve):
+    """Tokens and `GET /access/permissions` as Proxmox has them.
+
+    fakepve gives a token the union of its own grants and its user's, and answers
+    `/access/permissions` with the grants as given. Proxmox (pve-access-control
+    `PVE/RPCEnvironment.pm`, `permissions` and `compile_acl_path`) gives a privilege-separated
+    token only what both the token and its user hold, a token without privilege separation
+    exactly its user's, and answers `/access/permissions` with, for every top-level path, every
+    ACL path and every pool member's path, the privileges that hold there after inheritance.
+    The scenario file cannot say whether a token is privilege-separated, so here a token with
+    grants of its own is (Proxmox's default, `privsep` 1 in `PVE/API2/User.pm`) and a token
+    without any is not.
+    """
+    def held(userid, path, priv):
+        paths = [path]
+        if path.startswith('/vms/'):
+            try:
+                vmid = int(path.split('/')[2])
+            except ValueError:
+                vmid = None
+            paths += ['/pool/' + name for name, ids in pve.pools.items() if vmid in ids]
+        elif path.startswith('/storage/'):
+            sid = path.split('/')[2]
+            paths += ['/pool/' + name for name, meta in pve.pool_info.items() if sid in meta['storage']]
+        for granted, privs in pve.acl.get(userid, []):
+            if priv in privs and any(p == granted or granted == '/' or p.startswith(granted + '/') for p in paths):
+                return True
+        return False
+
+    def allowed(user, path, priv):
+        owner = user.split('!')[0]
+        if pve.acl is None or owner == 'root@pam':
+            return True
+        if '!' in user and pve.acl.get(user):
+            return held(user, path, priv) and held(owner, path, priv)
+        return held(owner, path, priv)
+
+    async def permissions(v, user):
+        who = v.get('userid') or user
+        if pve.acl is None or who.split('!')[0] == 'root@pam':
+            answer = {'/': set(shapes.PRIVILEGES)}
+        else:
+            paths = set(TOP_LEVEL_PATHS)
+            for entries in pve.acl.values():
+                paths.update(path for path, _ in entries)
+            for ids in pve.pools.values():
+                paths.update('/vms/{0}'.format(vmid) for vmid in ids)
+            for meta in pve.pool_info.values():
+                paths.update('/storage/' + sid for sid in meta['storage'])
+            if v.get('path') is not None:
+                paths = {v['path']}
+            answer = {}
+            for path in paths:
+                privs = set(p for p in shapes.PRIVILEGES if allowed(who, path, p))
+                if privs:
+                    answer[path] = privs
+        return dict((path, dict.fromkeys(sorted(privs), 1)) for path, privs in sorted(answer.items()))
+
+    pve.allowed = allowed
+    pve._permissions = permissions
 
 
 def apply_scenario(pve, scenario):
@@ -515,6 +582,7 @@ async def serve(args):
     with open(args.scenario) as handle:
         scenario = json.load(handle)
     pve = FakePve(host=args.host, port=args.port, password=os.urandom(16).hex())
+    model_token_privileges(pve)
     apply_scenario(pve, scenario)
     os.makedirs(args.ca_dir, exist_ok=True)
     certfile, keyfile, _ = make_cert(args.ca_dir, hosts=(args.host,))

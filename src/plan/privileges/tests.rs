@@ -1,0 +1,114 @@
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::plan::{PlanInput, testkit};
+use crate::proxmox::permissions::{APPLY_ROLE, Granted, MissingPrivileges, missing};
+
+fn granted(answer: Value) -> Granted {
+    Granted::parse(&answer).expect("a permissions answer")
+}
+
+fn template(vmid: u32, node: &str) -> LiveVm {
+    LiveVm {
+        vmid,
+        node: node.into(),
+        name: "nixos-bootstrap".into(),
+        status: "stopped".into(),
+        template: true,
+        lock: None,
+        tags: Default::default(),
+        config: None,
+    }
+}
+
+fn plan_of(desired: &[DesiredHost], live: &[LiveVm]) -> Plan {
+    crate::plan::plan(PlanInput { desired, live, policies: Default::default(), only: None, probes: None })
+}
+
+#[test]
+fn a_clone_needs_the_template_the_new_vm_its_storage_and_its_bridge() {
+    let mut web = testkit::host("web");
+    web.address = None;
+    let live = vec![template(9000, "pve1"), template(9001, "pve2")];
+    let plan = plan_of(std::slice::from_ref(&web), &live);
+    let needs = needs_to_apply(&plan, &[web], &live, true);
+    let has = |privilege: &str, path: &str| {
+        needs.iter().any(|n| n.privileges.contains(&privilege) && n.path == path)
+    };
+    assert!(has("VM.Clone", "/vms/9000"), "the template on the host's node: {needs:#?}");
+    assert!(!has("VM.Clone", "/vms/9001"));
+    for privilege in ["VM.Allocate", "VM.Config.CPU", "VM.Config.Memory", "VM.Config.Options", "VM.PowerMgmt"]
+    {
+        assert!(has(privilege, "/vms/*"), "{privilege}: {needs:#?}");
+    }
+    assert!(has("VM.GuestAgent.Audit", "/vms/*"), "no static address: the agent");
+    assert!(has("Datastore.AllocateSpace", "/storage/local-lvm"));
+    assert!(has("SDN.Use", "/sdn/zones/localnetwork/vmbr0"));
+}
+
+#[test]
+fn an_update_needs_only_what_its_fields_touch() {
+    let mut db = testkit::host("db");
+    db.spec.cores = 4;
+    let live = vec![testkit::live("db", 102)];
+    let plan = plan_of(std::slice::from_ref(&db), &live);
+    let needs = needs_to_apply(&plan, &[db], &live, true);
+    let privileges: BTreeSet<&str> = needs.iter().flat_map(|n| n.privileges.iter().copied()).collect();
+    assert_eq!(privileges, BTreeSet::from(["VM.Config.CPU", "VM.Config.Options"]), "{needs:#?}");
+    assert!(needs.iter().all(|n| n.path == "/vms/102"), "{needs:#?}");
+}
+
+#[test]
+fn plan_needs_audit_on_every_vm_and_on_declared_pools() {
+    let mut web = testkit::host("web");
+    web.spec.pool = Some("lab".into());
+    let plan = plan_of(std::slice::from_ref(&web), &[]);
+    let needs = needs_to_read(&plan, &[web], false);
+    let reader = granted(json!({"/vms": {"VM.Audit": 1}}));
+    let lacking = missing(&reader, needs.clone());
+    assert_eq!(lacking.len(), 1, "{lacking:#?}");
+    assert_eq!((lacking[0].privileges, lacking[0].path.as_str()), (&["Pool.Audit"][..], "/pool/lab"));
+    let auditor = granted(json!({"/vms": {"VM.Audit": 1}, "/pool": {"Pool.Audit": 1}}));
+    assert!(missing(&auditor, needs).is_empty());
+}
+
+#[test]
+fn the_message_names_privilege_path_and_the_pveum_fix() {
+    let mut web = testkit::host("web");
+    web.address = None;
+    let live = vec![template(9000, "pve1")];
+    let plan = plan_of(std::slice::from_ref(&web), &live);
+    let needs = needs_to_apply(&plan, &[web], &live, true);
+    let mut all = json!({"/vms": {}, "/storage": {"Datastore.AllocateSpace": 1}, "/sdn": {}});
+    for privilege in [
+        "VM.Allocate",
+        "VM.Config.CPU",
+        "VM.Config.Memory",
+        "VM.Config.Options",
+        "VM.Config.Disk",
+        "VM.Config.Network",
+        "VM.Config.Cloudinit",
+        "VM.PowerMgmt",
+        "VM.Audit",
+    ] {
+        all["/vms"][privilege] = json!(1);
+    }
+    let err = MissingPrivileges {
+        token: "nixprox@pve!apply".into(),
+        role: APPLY_ROLE,
+        missing: missing(&granted(all), needs),
+    };
+    assert_eq!(
+        err.to_string(),
+        "the Proxmox token `nixprox@pve!apply` lacks privileges this run needs; nothing was changed:
+  SDN.Use on /sdn/zones/localnetwork/vmbr0 (`web`: network)
+  VM.Clone on /vms/9000 (`web`: clone the template)
+  VM.GuestAgent.Audit (VM.Monitor on PVE 8) on /vms (propagated) (`web`: its address (guest agent))
+grant the role `NixproxApply` (docs/guide.md#proxmox-tokens) on these paths to the token and its user (a privilege-separated token holds only what both hold):
+  pveum acl modify /sdn/zones/localnetwork --users 'nixprox@pve' --tokens 'nixprox@pve!apply' --roles NixproxApply
+  pveum acl modify /vms --users 'nixprox@pve' --tokens 'nixprox@pve!apply' --roles NixproxApply
+or add them to the role you use: pveum role modify <role> --append 1 --privs 'SDN.Use,VM.Clone,VM.GuestAgent.Audit'"
+    );
+}
