@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod flake;
 pub mod forge;
 pub mod install;
@@ -15,6 +16,7 @@ pub mod metadata;
 pub mod plan;
 pub mod proxmox;
 pub mod render;
+pub mod retry;
 pub mod run;
 pub mod secret;
 pub mod spec;

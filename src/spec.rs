@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 /// The tag every VM managed by nixprox carries; it is how orphans are recognised.
 pub const MANAGED_TAG: &str = "nixprox";
 
+/// Memory (MiB) nixos-anywhere's kexec installer needs. A VM with less gets this much for
+/// its install (apply raises it before and restores it after; the plan says so).
+pub const KEXEC_MIN_MEMORY_MIB: u64 = 1536;
+
 /// Firmware of a VM. Proxmox cannot switch it in place, so a change is a replacement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-pub use anywhere::{CLI_FLAGS, KEXEC_MIN_MEMORY_MIB, NixosAnywhere, default_command};
+pub use anywhere::{CLI_FLAGS, NixosAnywhere, default_command};
 pub use deployer::{DEFAULT_KEY_ENV, SshDeployer};
 pub use extra_files::{HOST_KEY_PATH, prepare_extra_files};
 pub use nix::{NixBuild, NixCopy, parse_build_json, run_build};

@@ -51,6 +51,11 @@ pub enum ProxmoxError {
     /// The client could not be set up (URL, CA file, token).
     #[error("{message}")]
     Config { message: String },
+    /// PVE accepted a write and answered with its task, but following that task failed (the
+    /// status could not be read): whether the write did its work is unknown. Shown as the
+    /// failure underneath; [`ProxmoxError::not_executed`] is false.
+    #[error(transparent)]
+    Unconfirmed(Box<ProxmoxError>),
 }
 
 /// A task that ended in an error: which, how, and the end of its log.
@@ -98,6 +103,7 @@ impl ProxmoxError {
                 let text = failure.exitstatus.as_str();
                 is_lock_timeout(text) || text.contains("got no worker upid") || locked_by_busy_task(text)
             }
+            ProxmoxError::Unconfirmed(inner) => inner.is_transient(),
             ProxmoxError::Decode { .. } | ProxmoxError::TaskTimeout { .. } | ProxmoxError::Config { .. } => {
                 false
             }
@@ -105,15 +111,56 @@ impl ProxmoxError {
     }
 
     /// Whether the request certainly did not take effect, so even a non-idempotent POST may be
-    /// sent again: PVE answered with an error (it checks before it acts), or the connection
-    /// was never made.
+    /// sent again: PVE answered with an error (it checks before it acts), the connection was
+    /// never made, or the task failed before it could act (a config lock it did not get, a
+    /// worker that did not start, a VM busy with a backup).
     pub fn not_executed(&self) -> bool {
         match self {
             ProxmoxError::Http { .. } => true,
             ProxmoxError::Transport { kind, .. } => {
                 matches!(kind, TransportKind::Connect | TransportKind::Tls)
             }
+            ProxmoxError::TaskFailed(_) => self.is_transient(),
             _ => false,
+        }
+    }
+
+    /// PVE's answer when a config write lost a compare-and-swap.
+    pub fn is_digest_conflict(&self) -> bool {
+        self.pve_message().is_some_and(|text| text.contains("checksum mismatch"))
+    }
+
+    /// PVE's answer when a VMID is taken: `unable to create VM 101: config file already
+    /// exists` (clone), `… - VM 101 already exists on node 'pve1'` (create), `VM 101 already
+    /// exists` (`/cluster/nextid?vmid=101`).
+    pub fn is_vmid_taken(&self) -> bool {
+        self.pve_message().is_some_and(|text| text.contains("already exists"))
+    }
+
+    /// PVE's answer for a VM that is not (or no longer) there.
+    pub fn is_missing(&self) -> bool {
+        matches!(self, ProxmoxError::Http { status: 500, message, .. } if message.contains("does not exist"))
+    }
+
+    /// "QEMU guest agent is not running" (the guest is still booting) and an agent that does
+    /// not answer yet (`guest-ping … got timeout`) both mean: ask again later.
+    pub fn agent_not_ready(&self) -> bool {
+        match self {
+            ProxmoxError::Http { status: 500, message, .. } => {
+                message.contains("guest agent is not running")
+                    || message.contains("got timeout")
+                    || message.contains("not running")
+            }
+            _ => false,
+        }
+    }
+
+    /// What PVE said: the message of an HTTP error or the exit status of a failed task.
+    fn pve_message(&self) -> Option<&str> {
+        match self {
+            ProxmoxError::Http { message, .. } => Some(message),
+            ProxmoxError::TaskFailed(failure) => Some(&failure.exitstatus),
+            _ => None,
         }
     }
 
@@ -123,6 +170,16 @@ impl ProxmoxError {
             ProxmoxError::Http { status, .. } => Some(*status),
             _ => None,
         }
+    }
+}
+
+impl crate::retry::Retryable for ProxmoxError {
+    fn is_transient(&self) -> bool {
+        ProxmoxError::is_transient(self)
+    }
+
+    fn not_executed(&self) -> bool {
+        ProxmoxError::not_executed(self)
     }
 }
 
@@ -310,6 +367,40 @@ mod tests {
             err.to_string(),
             "task qmstart of `101` on node `pve1` failed: can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout (task `UPID:pve1:00000001:00000002:00000003:qmstart:101:root@pam:`); last lines of its log:\n  starting\n  TASK ERROR: x"
         );
+    }
+
+    #[test]
+    fn pve_answers_apply_branches_on() {
+        let http = |message: &str| http(500, message);
+        assert!(http("QEMU guest agent is not running").agent_not_ready());
+        assert!(http("VM 101 qmp command 'guest-ping' failed - got timeout").agent_not_ready());
+        assert!(!http("Permission check failed (/vms/101, VM.GuestAgent.Audit)").agent_not_ready());
+        assert!(http("Configuration file 'nodes/pve1/qemu-server/101.conf' does not exist").is_missing());
+        assert!(http("checksum mismatch (file change by other user?)").is_digest_conflict());
+        assert!(http("unable to create VM 101: config file already exists").is_vmid_taken());
+        assert!(http("unable to create VM 101 - VM 101 already exists on node 'pve1'").is_vmid_taken());
+    }
+
+    #[test]
+    fn what_may_have_run() {
+        let task_failed = |exitstatus: &str| {
+            ProxmoxError::TaskFailed(Box::new(TaskFailure {
+                upid: String::new(),
+                node: "pve1".into(),
+                task_type: "qmclone".into(),
+                id: "9000".into(),
+                exitstatus: exitstatus.into(),
+                log_tail: Vec::new(),
+            }))
+        };
+        let lock = task_failed("can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout");
+        assert!(lock.not_executed(), "a task that did not get its lock did nothing");
+        let clone_failed = task_failed("clone failed: no space left on device");
+        assert!(!clone_failed.not_executed());
+        assert!(http(500, "VM is locked (backup)").not_executed(), "PVE refused it");
+        let unconfirmed = ProxmoxError::Unconfirmed(Box::new(http(503, "Service Unavailable")));
+        assert!(unconfirmed.is_transient() && !unconfirmed.not_executed());
+        assert_eq!(unconfirmed.to_string(), http(503, "Service Unavailable").to_string());
     }
 
     #[test]

@@ -4,10 +4,9 @@
 
 use anyhow::{Context, bail};
 
-use crate::apply::{
-    self, ApplyOptions, NixosDeployer, Progress, ProgressMode, Reviewed, ReviewedPlan, RunRequest,
-};
+use crate::apply::{self, ApplyOptions, Progress, ProgressMode, Reviewed, ReviewedPlan, RunRequest};
 use crate::cli::ApplyArgs;
+use crate::deploy::NixosDeployer;
 use crate::forge::{Forge, ForgeContext, StatusState};
 use crate::install::SshDeployer;
 
@@ -33,7 +32,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     let only = source::only(&args.source);
     let deployer = match SshDeployer::client_key(&settings, &publish::env) {
         Some(key) => Some(
-            SshDeployer::new(client.clone(), flake_for_install(&args.source.flake), key, &settings)
+            SshDeployer::new(flake_for_install(&args.source.flake), key, &settings)
                 .with_override_inputs(args.source.override_input.chunks(2).filter_map(pair).collect()),
         ),
         None => {

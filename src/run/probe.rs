@@ -82,7 +82,7 @@ async fn target(
 ) -> Result<(SshTarget, HostKeyPolicy), String> {
     let address = match &host.address {
         Some(address) => address.clone(),
-        None => match crate::apply::vm::agent_address(client, &vm.node, vm.vmid).await {
+        None => match crate::proxmox::qemu::agent_address(client, &vm.node, vm.vmid).await {
             Ok(Some(address)) => address,
             Ok(None) => return Err("the QEMU guest agent does not answer, so its address is unknown".into()),
             Err(err) => return Err(format!("could not ask the guest agent for its address: {err}")),
