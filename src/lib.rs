@@ -21,3 +21,4 @@ pub mod run;
 pub mod secret;
 pub mod spec;
 pub mod ssh;
+pub mod text;

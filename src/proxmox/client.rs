@@ -11,10 +11,11 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::error::{ProxmoxError, TransportKind, hint_for, redact};
+use super::error::{ProxmoxError, TransportKind, hint_for};
 use crate::config::ProxmoxSettings;
 use crate::retry::{Resend, RetryPolicy};
 use crate::secret::ApiToken;
+use crate::text::{redact, truncate};
 
 /// Bytes of an error body kept in [`ProxmoxError::Http::body`].
 const BODY_KEEP: usize = 4096;
@@ -174,7 +175,7 @@ impl Client {
             method: method.clone(),
             path: path.to_string(),
             detail,
-            body: cut(&text, BODY_SHOW),
+            body: truncate(&text, BODY_SHOW),
         };
         let mut envelope: Value =
             serde_json::from_str(&text).map_err(|err| decode(format!("invalid JSON: {err}")))?;
@@ -206,7 +207,7 @@ impl Client {
                 if body.is_empty() {
                     reason.to_string()
                 } else {
-                    format!("{reason}: {}", cut(body, BODY_SHOW))
+                    format!("{reason}: {}", truncate(body, BODY_SHOW))
                 }
             }
         };
@@ -216,7 +217,7 @@ impl Client {
             path: path.to_string(),
             status: status.as_u16(),
             message,
-            body: cut(text, BODY_KEEP),
+            body: truncate(text, BODY_KEEP),
             hint,
         }
     }
@@ -285,13 +286,6 @@ fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
         last = next;
     }
     last.to_string()
-}
-
-fn cut(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((index, _)) => format!("{}…", &text[..index]),
-        None => text.to_string(),
-    }
 }
 
 fn normalize_url(url: &str) -> Result<String, ProxmoxError> {

@@ -2,7 +2,7 @@
 //! can help. Callers (planner, executor) branch on the variants and on [`ProxmoxError::is_transient`].
 //!
 //! Every text here is built from what PVE answered, with the token secret removed (see
-//! [`redact`]): PVE never echoes it today, but a proxy in front of it, or a future error page,
+//! [`crate::text::redact`]): PVE never echoes it today, but a proxy in front of it, or a future error page,
 //! might, and these messages end up in CI logs and PR comments.
 
 use std::time::Duration;
@@ -288,11 +288,6 @@ fn permission_check(message: &str) -> Option<(&str, &str)> {
     (path.starts_with('/') && !privilege.is_empty()).then_some((path, privilege))
 }
 
-/// Removes `secret` from `text`. A no-op for an empty secret.
-pub(crate) fn redact(text: &str, secret: &str) -> String {
-    if secret.is_empty() { text.to_string() } else { text.replace(secret, "<redacted>") }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,11 +396,5 @@ mod tests {
         let unconfirmed = ProxmoxError::Unconfirmed(Box::new(http(503, "Service Unavailable")));
         assert!(unconfirmed.is_transient() && !unconfirmed.not_executed());
         assert_eq!(unconfirmed.to_string(), http(503, "Service Unavailable").to_string());
-    }
-
-    #[test]
-    fn redaction() {
-        assert_eq!(redact("token a=s3cret rejected", "s3cret"), "token a=<redacted> rejected");
-        assert_eq!(redact("x", ""), "x");
     }
 }

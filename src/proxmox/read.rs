@@ -122,7 +122,7 @@ async fn fetch_resources(client: &Client) -> Result<Vec<(LiveVm, Option<String>)
         method: Method::GET,
         path: PATH.into(),
         detail,
-        body: truncate_json(&data),
+        body: crate::text::truncate(&data.to_string(), 300),
     })
 }
 
@@ -177,7 +177,7 @@ pub async fn read_config(
         method: Method::GET,
         path: path.to_string(),
         detail,
-        body: truncate_json(data),
+        body: crate::text::truncate(&data.to_string(), 300),
     };
     let mut map =
         config.as_object().ok_or_else(|| decode(&path, "expected an object".into(), &config))?.clone();
@@ -282,14 +282,6 @@ fn spec_from_config(config: &Map<String, Value>, description: &str) -> VmSpec {
         on_boot: flag("onboot"),
         protection: flag("protection"),
         pool: None,
-    }
-}
-
-fn truncate_json(data: &Value) -> String {
-    let text = data.to_string();
-    match text.char_indices().nth(300) {
-        Some((index, _)) => format!("{}…", &text[..index]),
-        None => text,
     }
 }
 
