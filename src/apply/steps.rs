@@ -326,8 +326,10 @@ impl HostRun<'_> {
         if !power_state(client, node, vmid).await?.is_running() {
             return Ok(Done::already(Vec::new()).detail("VM stopped: changes apply at its next start"));
         }
-        let data = client.get(&format!("{}/pending", vm_path(node, vmid)), &[]).await?;
-        let keys: Vec<String> = pending_keys(&data).map_err(StepError::other)?.into_iter().collect();
+        let path = format!("{}/pending", vm_path(node, vmid));
+        let data = client.get(&path, &[]).await?;
+        let keys = pending_keys(&data).map_err(|err| err.at(reqwest::Method::GET, &path, &data))?;
+        let keys: Vec<String> = keys.into_iter().collect();
         let detail = if keys.is_empty() { "none".to_string() } else { keys.join(", ") };
         Ok(Done::ok(keys).detail(detail))
     }

@@ -39,13 +39,18 @@ pub enum DiskKeySource {
     Env(String),
 }
 
+/// A disk key source that is neither `file:/path` nor `env:VARIABLE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid disk key source `{0}` (expected `file:/path` or `env:VARIABLE`)")]
+pub struct InvalidDiskKeySource(pub String);
+
 impl DiskKeySource {
     /// Parses `file:/path` or `env:VAR`.
-    pub fn parse(text: &str) -> Result<DiskKeySource, String> {
+    pub fn parse(text: &str) -> Result<DiskKeySource, InvalidDiskKeySource> {
         match text.split_once(':') {
             Some(("file", path)) if !path.is_empty() => Ok(DiskKeySource::File(path.into())),
             Some(("env", var)) if !var.is_empty() => Ok(DiskKeySource::Env(var.into())),
-            _ => Err(format!("invalid disk key source `{text}` (expected `file:/path` or `env:VARIABLE`)")),
+            _ => Err(InvalidDiskKeySource(text.to_string())),
         }
     }
 }

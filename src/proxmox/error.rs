@@ -74,6 +74,24 @@ pub struct TaskFailure {
     pub log_tail: Vec<String>,
 }
 
+/// An answer that does not have the shape PVE's API documents, as the pure parsers of the
+/// read path find it; [`UnexpectedAnswer::at`] makes it the request's [`ProxmoxError::Decode`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnexpectedAnswer(pub String);
+
+impl UnexpectedAnswer {
+    /// The decode error of the request `method path` that answered `data`.
+    pub fn at(self, method: Method, path: &str, data: &serde_json::Value) -> ProxmoxError {
+        ProxmoxError::Decode {
+            method,
+            path: path.to_string(),
+            detail: self.0,
+            body: crate::text::truncate(&data.to_string(), 300),
+        }
+    }
+}
+
 /// Why a request got no HTTP answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {

@@ -18,7 +18,7 @@ pub mod vmid;
 
 pub use crate::retry::RetryPolicy;
 pub use client::{Client, ClientOptions};
-pub use error::{ProxmoxError, TaskFailure, TransportKind};
+pub use error::{ProxmoxError, TaskFailure, TransportKind, UnexpectedAnswer};
 pub use read::{
     Prefetched, ReadRequest, TemplateError, find_template, finish_read, list_vms, prefetch_cluster,
     read_cluster,
