@@ -2,8 +2,9 @@
 //!
 //! The data flows one way: the flake ([`flake`]) and the live cluster ([`proxmox`]) feed the
 //! pure planner ([`plan`]), whose result is rendered ([`render`]), posted to the forge
-//! ([`forge`]) and carried out by the executor ([`apply`]) through SSH ([`ssh`]) and
-//! nixos-anywhere ([`install`]).
+//! ([`forge`]) and carried out by the executor ([`apply`]), which hands the NixOS side over
+//! the [`deploy`] seam to nixos-anywhere and `nix copy` ([`install`]) over SSH ([`ssh`]).
+//! Which module may use which is a table in `docs/architecture.md`, enforced by a test.
 
 pub mod apply;
 pub mod cli;

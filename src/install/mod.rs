@@ -1,8 +1,10 @@
 //! Putting NixOS on a VM and keeping it current: install with nixos-anywhere (host key pinned
 //! before the install), switch with `nix copy` plus a detached, self-rolling-back activation.
 //!
-//! The requests are plain structs (no Proxmox types): the executor fills them from the plan
-//! and settings, and writes the metadata block from the outcomes.
+//! Nothing here talks to Proxmox. The apply executor hands [`SshDeployer`] a
+//! [`DeployTarget`](crate::deploy::DeployTarget) (the host, its address, the metadata block it
+//! read from the VM); the deployer fills the plain request structs below from it and the
+//! settings, and the executor writes the metadata block from the outcome.
 
 mod anywhere;
 mod deployer;

@@ -12,6 +12,7 @@ mod flake;
 mod fleet;
 mod forge;
 mod install;
+mod layering;
 mod plan_cli;
 mod probe_cli;
 mod proxmox;
