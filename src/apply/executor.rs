@@ -24,11 +24,13 @@ use crate::deploy::{DeployTarget, Deployed};
 use crate::flake::DesiredHost;
 use crate::flake::host::Bootstrap;
 use crate::plan::{ActionKind, HostPlan};
+use crate::proxmox::vmid::VmidAllocator;
 use crate::spec::KEXEC_MIN_MEMORY_MIB;
 
 /// Carries out the plan's runnable actions and reports per host. Blocked actions never run.
 pub async fn apply(request: ApplyRequest<'_>) -> Result<ApplyReport, ApplyError> {
     let started = Instant::now();
+    let vmids = VmidAllocator::new();
     let global = Arc::new(Semaphore::new(request.options.hosts.max(1)));
     let nodes: BTreeMap<&str, Arc<Semaphore>> = request
         .plan
@@ -39,13 +41,14 @@ pub async fn apply(request: ApplyRequest<'_>) -> Result<ApplyReport, ApplyError>
     let runs = request.plan.hosts.iter().map(|plan| {
         let global = Arc::clone(&global);
         let node = nodes.get(plan.vm.node.as_str()).cloned();
+        let vmids = &vmids;
         async move {
             let _global = global.acquire_owned().await;
             let _node = match node {
                 Some(node) => Some(node.acquire_owned().await),
                 None => None,
             };
-            let report = HostRun::new(request, plan).run().await;
+            let report = HostRun::new(request, plan, vmids).run().await;
             request.progress.host_finished(&report);
             report
         }
@@ -103,13 +106,15 @@ struct Provisioned {
 pub(super) struct HostRun<'r> {
     pub req: ApplyRequest<'r>,
     pub plan: &'r HostPlan,
+    /// The run's VMIDs for new VMs, shared by all hosts.
+    pub vmids: &'r VmidAllocator,
     desired: Option<&'r DesiredHost>,
 }
 
 impl<'r> HostRun<'r> {
-    fn new(req: ApplyRequest<'r>, plan: &'r HostPlan) -> HostRun<'r> {
+    fn new(req: ApplyRequest<'r>, plan: &'r HostPlan, vmids: &'r VmidAllocator) -> HostRun<'r> {
         let desired = if plan.orphan { None } else { req.desired.iter().find(|d| d.host == plan.host) };
-        HostRun { req, plan, desired }
+        HostRun { req, plan, vmids, desired }
     }
 
     async fn run(self) -> HostReport {

@@ -143,6 +143,22 @@ impl ProxmoxError {
         }
     }
 
+    /// Whether the request may or may not have done its work: sent, but no answer came (a
+    /// timeout, a connection lost), or PVE accepted it and its task could not be followed to
+    /// its end. Neither "not executed" nor a definite failure: a caller that must not act
+    /// twice looks for the effect before it sends anything again.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            ProxmoxError::Transport { kind, .. } => {
+                matches!(kind, TransportKind::Timeout | TransportKind::Broken)
+            }
+            ProxmoxError::Unconfirmed(_) | ProxmoxError::TaskTimeout { .. } | ProxmoxError::Decode { .. } => {
+                true
+            }
+            ProxmoxError::Http { .. } | ProxmoxError::TaskFailed(_) | ProxmoxError::Config { .. } => false,
+        }
+    }
+
     /// PVE's answer when a config write lost a compare-and-swap.
     pub fn is_digest_conflict(&self) -> bool {
         self.pve_message().is_some_and(|text| text.contains("checksum mismatch"))
@@ -412,7 +428,9 @@ mod tests {
         assert!(!clone_failed.not_executed());
         assert!(http(500, "VM is locked (backup)").not_executed(), "PVE refused it");
         let unconfirmed = ProxmoxError::Unconfirmed(Box::new(http(503, "Service Unavailable")));
-        assert!(unconfirmed.is_transient() && !unconfirmed.not_executed());
+        assert!(unconfirmed.is_transient() && !unconfirmed.not_executed() && unconfirmed.outcome_unknown());
+        assert!(!clone_failed.outcome_unknown(), "a failed task is a known outcome");
+        assert!(!http(500, "VM is locked (backup)").outcome_unknown());
         assert_eq!(unconfirmed.to_string(), http(503, "Service Unavailable").to_string());
     }
 }

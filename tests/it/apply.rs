@@ -581,6 +581,42 @@ async fn the_nextid_race_takes_the_next_free_id() {
     assert_eq!(lab.guests().len(), 3);
 }
 
+/// The clone's answer is lost while its task is still copying the disk: nixprox finds the VM
+/// locked by the clone, waits for the lock to go, sees its own notes and carries on. Nothing
+/// is sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_clone_answer_waits_for_the_running_clone_and_resumes_it() {
+    let lab = Lab::start(
+        Scenario::new()
+            .set("time_scale", json!(1))
+            .set(
+                "storages",
+                json!({"ceph-pool": {"type": "rbd", "pool": "rbd", "content": "images", "shared": 1}}),
+            )
+            .set("ceph_slow", json!(1.5)),
+    );
+    let mut web = host("web");
+    web.address = Some("127.0.0.37".into());
+    web.spec.disks.get_mut("scsi0").expect("scsi0").storage = "ceph-pool".into();
+    let desired = vec![web];
+    lab.pve.command(json!({"cmd": "lose_answer", "method": "POST", "path": "/qemu/9000/clone$", "times": 1}));
+    let plan = lab.plan(&desired).await;
+    lab.requests(true);
+    let outcome = lab.run(&desired, &reviewed_body(&plan), false).await.expect("apply runs");
+    assert!(is_done(outcome_of(&outcome, "web")), "{}", outcome.report.render_text());
+    let detail = step(&outcome, "web", "clone").detail.clone().unwrap_or_default();
+    assert!(detail.contains("answer was lost; the VM is there"), "{detail}");
+    let requests = lab.requests(false);
+    assert_eq!(requests.iter().filter(|r| r.is("POST", "/qemu/9000/clone")).count(), 1);
+    let vmid = outcome.report.hosts[0].vmid.expect("vmid");
+    // Before its first config write, configure reads the config once; the rest are looks.
+    let first_write = requests.iter().position(|r| r.is("POST", "/config")).expect("configure wrote");
+    let reads =
+        requests[..first_write].iter().filter(|r| r.is("GET", &format!("/qemu/{vmid}/config"))).count();
+    assert!(reads > 2, "the locked VM was looked at until the clone ended ({reads} reads)");
+    assert_eq!(lab.guests().len(), 1);
+}
+
 #[tokio::test]
 async fn a_token_without_the_privilege_names_it_and_the_path() {
     let privs = [

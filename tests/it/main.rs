@@ -8,6 +8,7 @@ mod apply_cli;
 mod deploy;
 mod docs;
 mod error_messages;
+mod faults;
 mod flake;
 mod fleet;
 mod forge;

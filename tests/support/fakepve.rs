@@ -57,7 +57,8 @@ impl Scenario {
         self
     }
 
-    /// A top-level knob: `time_scale`, `latency`, `lock_wait`, `ceph_slow`, `nodes`, `storages`.
+    /// A top-level knob: `time_scale`, `latency`, `lock_wait`, `ceph_slow`, `nodes`, `storages`,
+    /// `files` (see tests/support/fakepve_driver.py).
     pub fn set(mut self, key: &str, value: Value) -> Scenario {
         self.value[key] = value;
         self
