@@ -55,6 +55,17 @@ struct Sent {
     found: bool,
 }
 
+impl Sent {
+    /// The step's outcome: `created` describes a VM Proxmox just made for this request.
+    fn done(self, request: &str, created: String) -> Done<u32> {
+        if self.found {
+            let found = format!("vmid {} (the {request}'s answer was lost; the VM is there)", self.vmid);
+            return Done::ok(self.vmid).detail(found);
+        }
+        Done::ok(self.vmid).detail(created).warnings(self.warnings)
+    }
+}
+
 impl HostRun<'_> {
     /// VMID (declared, or `/cluster/nextid` retried on the race), then a full clone whose
     /// `description` already names the host.
@@ -88,14 +99,8 @@ impl HostRun<'_> {
                 async move { self.send_create("clone", path, &form).await }
             })
             .await?;
-        let vmid = sent.vmid;
-        if sent.found {
-            return Ok(
-                Done::ok(vmid).detail(format!("vmid {vmid} (the clone's answer was lost; the VM is there)"))
-            );
-        }
-        let detail = format!("vmid {vmid} from template {} (`{}`)", source.vmid, source.name);
-        Ok(Done::ok(vmid).detail(detail).warnings(sent.warnings))
+        let detail = format!("vmid {} from template {} (`{}`)", sent.vmid, source.vmid, source.name);
+        Ok(sent.done("clone", detail))
     }
 
     /// A VM from scratch that boots the installer ISO; tags and notes are set at creation.
@@ -118,13 +123,8 @@ impl HostRun<'_> {
                 async move { self.send_create("create", path, &form).await }
             })
             .await?;
-        let vmid = sent.vmid;
-        if sent.found {
-            return Ok(
-                Done::ok(vmid).detail(format!("vmid {vmid} (the create's answer was lost; the VM is there)"))
-            );
-        }
-        Ok(Done::ok(vmid).detail(format!("vmid {vmid}, booting `{iso}`")).warnings(sent.warnings))
+        let detail = format!("vmid {}, booting `{iso}`", sent.vmid);
+        Ok(sent.done("create", detail))
     }
 
     /// The create `POST` and its task. Not sent again unless the failure shows it did not run.

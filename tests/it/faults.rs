@@ -19,9 +19,7 @@ fn homelab() -> (Fixture, FakePve) {
 }
 
 fn nixprox(fixture: &Fixture, pve: &FakePve, args: &[&str]) -> Run {
-    let mut command = cli::nixprox();
-    command.args(args).args(cli::source_args(fixture)).envs(cli::pve_env(pve));
-    command.output().expect("run nixprox").into()
+    cli::run_on(&fixture.flake_ref(), pve, args)
 }
 
 fn path(fixture: &Fixture, name: &str) -> String {
@@ -87,69 +85,63 @@ fn converges_with_one_vm(fixture: &Fixture, pve: &FakePve, plan: &str, host: &st
     assert_eq!(vms_named(pve, host).len(), 1, "still one VM for `{host}`");
 }
 
+/// What a faulty apply of one new host did.
+struct FaultyRun {
+    /// The reviewed plan, for the re-run.
+    plan: String,
+    report: Value,
+    /// `POST`s on the create path (`create` of [`apply_with_fault`]) sent during the apply.
+    creates: usize,
+}
+
+/// Plans `host` alone, injects `fault` (a fakepve driver command), applies the reviewed plan.
+fn apply_with_fault(fixture: &Fixture, pve: &FakePve, host: &str, fault: Value, create: &str) -> FaultyRun {
+    let plan = reviewed_plan(fixture, pve, host);
+    pve.command(fault);
+    pve.requests(true);
+    let report = apply(fixture, pve, &plan, host);
+    let creates = pve.requests_with_bodies(false).into_iter().filter(|r| r.is("POST", create)).count();
+    FaultyRun { plan, report, creates }
+}
+
+/// Whether the report says the create step found the VM after a lost answer.
+fn found_after_loss(report: &Value, host: &str, step_name: &str) -> bool {
+    let found = step(report, host, step_name);
+    found["status"] == "ok"
+        && found["detail"].as_str().unwrap_or_default().contains("answer was lost; the VM is there")
+}
+
 #[test]
 fn a_clone_whose_answer_was_lost_after_it_ran_is_found_not_sent_again() {
     let (fixture, pve) = homelab();
-    let plan = reviewed_plan(&fixture, &pve, "matrix");
-    pve.command(json!({"cmd": "lose_answer", "method": "POST", "path": "/qemu/9000/clone$", "times": 1}));
-    pve.requests(true);
-    let report = apply(&fixture, &pve, &plan, "matrix");
-    let clones =
-        pve.requests_with_bodies(false).into_iter().filter(|r| r.is("POST", "/qemu/9000/clone")).count();
-    assert_eq!(clones, 1, "the clone was sent once");
-    let clone = step(&report, "matrix", "clone");
-    assert_eq!(clone["status"], "ok", "{report:#}");
-    assert!(
-        clone["detail"].as_str().unwrap_or_default().contains("answer was lost; the VM is there"),
-        "{clone}"
-    );
-    converges_with_one_vm(&fixture, &pve, &plan, "matrix", "/qemu/9000/clone");
+    let fault = json!({"cmd": "lose_answer", "method": "POST", "path": "/qemu/9000/clone$", "times": 1});
+    let run = apply_with_fault(&fixture, &pve, "matrix", fault, "/qemu/9000/clone");
+    assert_eq!(run.creates, 1, "the clone was sent once");
+    assert!(found_after_loss(&run.report, "matrix", "clone"), "{:#}", run.report);
+    converges_with_one_vm(&fixture, &pve, &run.plan, "matrix", "/qemu/9000/clone");
 }
 
 #[test]
 fn a_clone_whose_task_could_not_be_followed_is_found_not_sent_again() {
     let (fixture, pve) = homelab();
-    let plan = reviewed_plan(&fixture, &pve, "matrix");
     // The clone is answered with its task; every read of that task's status (the client's
     // first try and its 4 retries) loses its answer.
-    pve.command(json!({"cmd": "lose_answer", "method": "GET", "path": "/tasks/.+/status$", "times": 5}));
-    pve.requests(true);
-    let report = apply(&fixture, &pve, &plan, "matrix");
-    let clones =
-        pve.requests_with_bodies(false).into_iter().filter(|r| r.is("POST", "/qemu/9000/clone")).count();
-    assert_eq!(clones, 1, "the clone was sent once");
-    assert_eq!(step(&report, "matrix", "clone")["status"], "ok", "{report:#}");
-    converges_with_one_vm(&fixture, &pve, &plan, "matrix", "/qemu/9000/clone");
+    let fault = json!({"cmd": "lose_answer", "method": "GET", "path": "/tasks/.+/status$", "times": 5});
+    let run = apply_with_fault(&fixture, &pve, "matrix", fault, "/qemu/9000/clone");
+    assert_eq!(run.creates, 1, "the clone was sent once");
+    assert!(found_after_loss(&run.report, "matrix", "clone"), "{:#}", run.report);
+    converges_with_one_vm(&fixture, &pve, &run.plan, "matrix", "/qemu/9000/clone");
 }
 
 #[test]
 fn an_iso_create_whose_answer_was_lost_after_it_ran_is_found_not_sent_again() {
     let (fixture, pve) = homelab();
-    let plan = reviewed_plan(&fixture, &pve, "media");
-    pve.command(json!({"cmd": "lose_answer", "method": "POST", "path": "/nodes/pve1/qemu$", "times": 1}));
-    pve.requests(true);
-    let report = apply(&fixture, &pve, &plan, "media");
-    let creates =
-        pve.requests_with_bodies(false).into_iter().filter(|r| r.is("POST", "/nodes/pve1/qemu")).count();
-    assert_eq!(creates, 1, "the create was sent once");
-    let create = step(&report, "media", "create");
-    assert!(
-        create["detail"].as_str().unwrap_or_default().contains("answer was lost; the VM is there"),
-        "{create}"
-    );
+    let fault = json!({"cmd": "lose_answer", "method": "POST", "path": "/nodes/pve1/qemu$", "times": 1});
+    let run = apply_with_fault(&fixture, &pve, "media", fault, "/nodes/pve1/qemu");
+    assert_eq!(run.creates, 1, "the create was sent once");
+    assert!(found_after_loss(&run.report, "media", "create"), "{:#}", run.report);
     assert_eq!(vms_named(&pve, "media")[0]["vmid"], 120, "the declared VMID");
-    converges_with_one_vm(&fixture, &pve, &plan, "media", "/nodes/pve1/qemu");
-}
-
-/// `nixprox <subcommand> --flake <fleet> …` against `pve`.
-fn nixprox_fleet(fleet: &Fleet, pve: &FakePve, subcommand: &str, args: &[&str]) -> Run {
-    let mut command = cli::nixprox();
-    command.arg(subcommand).arg("--flake").arg(fleet.flake_ref());
-    for input in crate::support::nix::override_inputs() {
-        command.arg("--override-input").arg(&input.name).arg(&input.flake_ref);
-    }
-    command.args(args).envs(cli::pve_env(pve));
-    command.output().expect("run nixprox").into()
+    converges_with_one_vm(&fixture, &pve, &run.plan, "media", "/nodes/pve1/qemu");
 }
 
 #[test]
@@ -161,12 +153,13 @@ fn twenty_new_hosts_on_one_node_get_twenty_distinct_vmids() {
     let fleet = Fleet::generate_new_unnumbered(20);
     let pve = FakePve::start(fleet.apply_scenario(&Default::default(), 0.0).set("latency", json!(0.02)));
     let plan = fleet.dir.path().join("plan.json").display().to_string();
-    let run = nixprox_fleet(&fleet, &pve, "plan", &["--format", "json", "--out", &plan]);
+    let run = cli::run_on(&fleet.flake_ref(), &pve, &["plan", "--format", "json", "--out", &plan]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     pve.command(json!({"cmd": "fail", "method": "POST", "path": "/qemu/9000/clone",
                        "error": "unable_create_config_file_already", "times": 2}));
     let report_file = fleet.dir.path().join("report.json").display().to_string();
-    let run = nixprox_fleet(&fleet, &pve, "apply", &["--reviewed-plan", &plan, "--report", &report_file]);
+    let args = ["apply", "--reviewed-plan", &plan, "--report", &report_file];
+    let run = cli::run_on(&fleet.flake_ref(), &pve, &args);
     assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&report_file).expect("report")).expect("json");
