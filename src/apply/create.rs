@@ -67,8 +67,8 @@ impl Sent {
 }
 
 impl HostRun<'_> {
-    /// VMID (declared, or `/cluster/nextid` retried on the race), then a full clone whose
-    /// `description` already names the host.
+    /// A full clone of the host's template under a VMID (declared, or the run's allocator's)
+    /// whose `description` already names the host.
     pub(super) async fn clone_vm(
         &self,
         host: &DesiredHost,

@@ -24,7 +24,6 @@ use super::property::{
     value_bool, value_text, value_u64,
 };
 use super::vm::{LiveConfig, LiveVm};
-use crate::metadata::Notes;
 use crate::spec::{Bios, MANAGED_TAG, VmSpec};
 
 /// What to read.
@@ -218,7 +217,7 @@ pub fn pending_keys(data: &Value) -> Result<BTreeSet<String>, UnexpectedAnswer> 
 /// the user's text and nixprox's metadata block.
 pub fn live_config(config: &Map<String, Value>, pending: BTreeSet<String>) -> LiveConfig {
     let text = |key: &str| config.get(key).and_then(value_text);
-    let notes = Notes::parse(&text("description").unwrap_or_default());
+    let notes = super::qemu::notes_of(config);
     let spec = spec_from_config(config, &notes.user_text);
     LiveConfig {
         digest: text("digest").unwrap_or_default(),
@@ -352,7 +351,7 @@ pub fn find_template<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::Metadata;
+    use crate::metadata::{Metadata, Notes};
     use crate::spec::{DiskSpec, NetSpec};
     use serde_json::json;
 
