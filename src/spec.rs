@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 /// The tag every VM managed by nixprox carries; it is how orphans are recognised.
 pub const MANAGED_TAG: &str = "nixprox";
 
+/// Memory (MiB) nixos-anywhere's kexec installer needs. A VM with less gets this much for
+/// its install (apply raises it before and restores it after; the plan says so).
+pub const KEXEC_MIN_MEMORY_MIB: u64 = 1536;
+
 /// Firmware of a VM. Proxmox cannot switch it in place, so a change is a replacement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -27,6 +31,41 @@ impl Bios {
             Bios::Seabios => "seabios",
             Bios::Ovmf => "ovmf",
         }
+    }
+}
+
+/// Format of an image file, as `nixprox.bootstrap.image.format` names it and as Proxmox
+/// imports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    #[default]
+    Qcow2,
+    Raw,
+}
+
+impl ImageFormat {
+    /// The file extension, which is also the format name Proxmox uses.
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Raw => "raw",
+        }
+    }
+
+    /// The format of an extension (`qcow2`, `raw`); `None` for anything else.
+    pub fn from_extension(extension: &str) -> Option<ImageFormat> {
+        match extension {
+            "qcow2" => Some(ImageFormat::Qcow2),
+            "raw" => Some(ImageFormat::Raw),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.extension())
     }
 }
 

@@ -2,8 +2,10 @@
 //!
 //! [`approval`] decides whether the recomputed plan is the reviewed one; [`executor`] runs
 //! the hosts concurrently (a global and a per-node bound) and each host's actions as ordered
-//! steps ([`vm`] holds the Proxmox calls, [`params`] the config writes); [`retry`] retries
-//! transient failures; [`report`] and [`progress`] tell the user what happened.
+//! steps: `create` makes a VM exactly once, `steps` changes an existing one, [`params`]
+//! computes the config writes, and the Proxmox calls themselves live in
+//! [`crate::proxmox::qemu`]. Transient failures are retried by [`crate::retry`]'s rule;
+//! [`report`] and [`progress`] tell the user what happened.
 //!
 //! Resumable by construction: every step reads live state first and does only what is
 //! missing; the first write that creates a VM already carries the metadata block naming the
@@ -11,61 +13,28 @@
 //! approval accepts the changed plan as that run's unfinished work.
 
 pub mod approval;
+mod create;
 pub mod executor;
 pub mod params;
 pub mod progress;
 pub mod report;
-pub mod retry;
-pub mod vm;
+mod step;
+mod steps;
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-
 use crate::config::Settings;
+use crate::deploy::NixosDeployer;
 use crate::flake::DesiredHost;
 use crate::plan::{Plan, PlanInput};
-use crate::proxmox::{Client, LiveVm, ProxmoxError, ReadRequest, RetryPolicy, read_cluster};
+use crate::proxmox::{Client, LiveVm, ProxmoxError, ReadRequest, read_cluster};
+use crate::retry::RetryPolicy;
 
 pub use approval::{Approval, Reviewed, ReviewedPlan, StalePlan};
 pub use executor::apply;
 pub use progress::{Progress, ProgressMode};
 pub use report::{ApplyReport, HostOutcome, HostReport, StepReport, StepStatus};
-
-/// The VM a deploy step acts on.
-#[derive(Debug, Clone, Copy)]
-pub struct DeployTarget<'a> {
-    pub host: &'a DesiredHost,
-    pub node: &'a str,
-    pub vmid: u32,
-    /// Where SSH reaches the host (static, or from the guest agent).
-    pub address: &'a str,
-    /// The reviewed plan id (the deployer may record it; apply clears `applying` afterwards).
-    pub plan_id: &'a str,
-}
-
-/// What an install or switch leaves to record in the metadata block. The executor merges
-/// the fields that are set into the block (with the git revision) and clears `applying`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Deployed {
-    /// Store path of the system now active.
-    pub system: Option<String>,
-    /// Disk layout hash the disks were partitioned with (install only).
-    pub disk_layout: Option<String>,
-    /// The host key now pinned (install only).
-    pub host_key: Option<String>,
-    /// RFC 3339 time of the install or switch.
-    pub time: Option<String>,
-}
-
-/// Installing and switching NixOS: the SSH / nixos-anywhere side, implemented elsewhere.
-/// `reinstall` actions call [`NixosDeployer::install`] (nixos-anywhere wipes the disks).
-pub trait NixosDeployer: Send + Sync + fmt::Debug {
-    fn install<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>>;
-    fn switch<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>>;
-}
 
 /// Bounds and timeouts of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::ImageFormat;
-use crate::spec::{Bios, VmSpec};
+use crate::spec::{Bios, ImageFormat, VmSpec};
 
 /// `config.nixprox` of one host as the inventory expression prints it (camelCase, as in
 /// `nix/module.nix`). Unknown fields are rejected so that module and binary cannot drift apart

@@ -436,7 +436,7 @@ mod tests {
     #[test]
     fn image_hosts_resolve_their_image_and_storage() {
         use crate::flake::host::ImageEval;
-        use crate::image::ImageFormat;
+        use crate::spec::ImageFormat;
 
         let package = ImageEval {
             out_path: "/nix/store/0c8y-web-images".into(),

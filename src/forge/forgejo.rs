@@ -163,7 +163,7 @@ impl Forgejo {
         }
         let resp = req.send().await.map_err(|e| ForgeError::Transport {
             op: op.to_string(),
-            message: super::redact(&e.without_url().to_string(), token),
+            message: crate::text::redact(&e.without_url().to_string(), token),
         })?;
         let status = resp.status();
         if status.is_success() {
@@ -181,7 +181,7 @@ impl Forgejo {
     async fn json<T: DeserializeOwned>(&self, op: &str, resp: reqwest::Response) -> Result<T, ForgeError> {
         let bytes = resp.bytes().await.map_err(|e| ForgeError::Transport {
             op: op.to_string(),
-            message: super::redact(&e.without_url().to_string(), self.token.expose_secret()),
+            message: crate::text::redact(&e.without_url().to_string(), self.token.expose_secret()),
         })?;
         serde_json::from_slice(&bytes)
             .map_err(|e| ForgeError::Decode { op: op.to_string(), message: e.to_string() })

@@ -138,12 +138,12 @@ impl GitHub {
                 ForgeError::http(op, status, &body, token)
             }
             octocrab::Error::Serde { source, .. } => {
-                ForgeError::Decode { op, message: super::redact(&source.to_string(), token) }
+                ForgeError::Decode { op, message: crate::text::redact(&source.to_string(), token) }
             }
             octocrab::Error::Json { source, .. } => {
-                ForgeError::Decode { op, message: super::redact(&source.to_string(), token) }
+                ForgeError::Decode { op, message: crate::text::redact(&source.to_string(), token) }
             }
-            other => ForgeError::Transport { op, message: super::redact(&other.to_string(), token) },
+            other => ForgeError::Transport { op, message: crate::text::redact(&other.to_string(), token) },
         }
     }
 

@@ -85,13 +85,8 @@ impl ForgeError {
             404 => " (check the repository name and that the token can see it)",
             _ => "",
         };
-        ForgeError::Http { op, status, body: redact(body.trim(), token), hint: hint.to_string() }
+        ForgeError::Http { op, status, body: crate::text::redact(body.trim(), token), hint: hint.to_string() }
     }
-}
-
-/// Removes a secret from text that might echo it (error bodies, transport messages).
-pub(crate) fn redact(text: &str, secret: &str) -> String {
-    if secret.is_empty() { text.to_string() } else { text.replace(secret, "***") }
 }
 
 /// Bounded retries with exponential backoff. Writes are retried at the level of the whole
@@ -112,27 +107,30 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Runs `f` until it succeeds, fails with a non-retryable error, or attempts run out.
-    pub async fn run<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, ForgeError>
+    /// Runs `f` until it succeeds, fails with a non-retryable error, or attempts run out
+    /// ([`crate::retry`]'s loop; every forge operation looks before it writes, so it is
+    /// idempotent as a whole).
+    pub async fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T, ForgeError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ForgeError>>,
     {
-        let attempts = self.attempts.max(1);
-        let mut delay = self.base_delay;
-        let mut attempt = 1;
-        loop {
-            match f().await {
-                Ok(value) => return Ok(value),
-                Err(err) if err.is_retryable() && attempt < attempts => {
-                    tracing::warn!("{what}: attempt {attempt}/{attempts} failed, retrying: {err}");
-                    tokio::time::sleep(delay).await;
-                    delay = delay.saturating_mul(2);
-                    attempt += 1;
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        let retries = self.attempts.max(1) - 1;
+        let max_delay = self.base_delay.saturating_mul(1 << retries.min(16));
+        let policy = crate::retry::RetryPolicy { retries, base_delay: self.base_delay, max_delay };
+        policy.run(what, crate::retry::Resend::Idempotent, f).await
+    }
+}
+
+impl crate::retry::Retryable for ForgeError {
+    fn is_transient(&self) -> bool {
+        self.is_retryable()
+    }
+
+    /// Only [`Resend::Idempotent`](crate::retry::Resend::Idempotent) operations are retried
+    /// here, so this is never asked; no forge error proves a write did not happen.
+    fn not_executed(&self) -> bool {
+        false
     }
 }
 
@@ -336,7 +334,7 @@ impl Forge {
         description: &str,
         target_url: Option<&str>,
     ) -> Result<(), ForgeError> {
-        let description = truncate_chars(description, 140);
+        let description = crate::text::truncate(description, 140);
         let retry = self.retry();
         retry
             .run("set the commit status", || async {
@@ -354,31 +352,9 @@ fn check_size(op: &str, body: &str) -> Result<(), ForgeError> {
     Ok(())
 }
 
-/// Cuts `text` to at most `max` characters, ending with `…` when cut.
-pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_string();
-    }
-    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn truncates_by_characters() {
-        assert_eq!(truncate_chars("abc", 3), "abc");
-        assert_eq!(truncate_chars("äbcd", 3), "äb…");
-    }
-
-    #[test]
-    fn redacts_the_secret() {
-        assert_eq!(redact("bad token ghp_x", "ghp_x"), "bad token ***");
-        assert_eq!(redact("text", ""), "text");
-    }
 
     #[test]
     fn classifies_statuses() {

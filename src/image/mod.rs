@@ -9,46 +9,11 @@ pub mod build;
 pub mod name;
 pub mod probe;
 
-use serde::{Deserialize, Serialize};
-
+/// The format lives in `spec` (flake declarations and images both speak it).
+pub use crate::spec::ImageFormat;
 pub use build::{BuiltImages, ImageBuild, ImageFile, build_image, find_images};
 pub use name::{ImportName, import_file_name, parse_import_file_name, store_hash};
 pub use probe::{ImageInfo, probe};
-
-/// Format of an image file, as `nixprox.bootstrap.image.format` names it and as Proxmox
-/// imports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageFormat {
-    #[default]
-    Qcow2,
-    Raw,
-}
-
-impl ImageFormat {
-    /// The file extension, which is also the format name Proxmox uses.
-    pub fn extension(self) -> &'static str {
-        match self {
-            ImageFormat::Qcow2 => "qcow2",
-            ImageFormat::Raw => "raw",
-        }
-    }
-
-    /// The format of an extension (`qcow2`, `raw`); `None` for anything else.
-    pub fn from_extension(extension: &str) -> Option<ImageFormat> {
-        match extension {
-            "qcow2" => Some(ImageFormat::Qcow2),
-            "raw" => Some(ImageFormat::Raw),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for ImageFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.extension())
-    }
-}
 
 /// Everything that can go wrong with a host's images before they reach Proxmox. Messages name
 /// the host, the file and the fix.

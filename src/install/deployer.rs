@@ -1,7 +1,7 @@
 //! The bridge from the apply executor to SSH and nixos-anywhere: [`SshDeployer`] implements
 //! [`NixosDeployer`] with [`install_host`](super::install_host) and
 //! [`switch_host`](super::switch_host), taking what they need from the host's declaration,
-//! the settings and the VM's metadata block (the pinned host key).
+//! the settings and the metadata block the executor read from the VM (the pinned host key).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,11 +13,9 @@ use super::{
     DiskKeySource, InstallRequest, NixBuild, SwitchAction, SwitchRequest, default_command, install_host,
     run_build, switch_host,
 };
-use crate::apply::{DeployTarget, Deployed, NixosDeployer};
 use crate::config::Settings;
+use crate::deploy::{DeployTarget, Deployed, NixosDeployer};
 use crate::flake::host::{Bootstrap, DeployStrategy};
-use crate::metadata::Notes;
-use crate::proxmox::Client;
 use crate::ssh::{ClientKey, GeneratedHostKey, generate_host_key};
 
 /// The environment variable read for the SSH key when the settings name neither a key file
@@ -27,7 +25,6 @@ pub const DEFAULT_KEY_ENV: &str = "NIXPROX_SSH_KEY";
 /// Installs and switches hosts over SSH.
 #[derive(Debug)]
 pub struct SshDeployer {
-    client: Client,
     /// The flake reference nixos-anywhere builds `<flake>#<host>` from.
     flake: String,
     key: ClientKey,
@@ -53,9 +50,8 @@ impl SshDeployer {
         env(DEFAULT_KEY_ENV).filter(|v| !v.trim().is_empty()).map(|_| ClientKey::Env(DEFAULT_KEY_ENV.into()))
     }
 
-    pub fn new(client: Client, flake: String, key: ClientKey, settings: &Settings) -> SshDeployer {
+    pub fn new(flake: String, key: ClientKey, settings: &Settings) -> SshDeployer {
         SshDeployer {
-            client,
             flake,
             key,
             command: settings.install.command.clone().unwrap_or_else(default_command),
@@ -139,7 +135,7 @@ impl SshDeployer {
                 bail!("host `{}` has deploy.strategy = none; nothing to switch", host.host)
             }
         };
-        let host_key = self.pinned_key(&target).await?;
+        let host_key = Self::pinned_key(&target)?;
         self.build(host).await?;
         let request = SwitchRequest {
             host: host.host.clone(),
@@ -188,14 +184,10 @@ impl SshDeployer {
         self.user_override.clone().unwrap_or_else(|| target.host.ssh.user.clone())
     }
 
-    /// The host key recorded at install, read fresh from the VM's notes.
-    async fn pinned_key(&self, target: &DeployTarget<'_>) -> anyhow::Result<String> {
+    /// The host key recorded at install, from the metadata block the executor just read.
+    fn pinned_key(target: &DeployTarget<'_>) -> anyhow::Result<String> {
         let host = &target.host.host;
-        let config = crate::apply::vm::read_raw(&self.client, target.node, target.vmid)
-            .await?
-            .with_context(|| format!("the VM of host `{host}` ({}/{}) is gone", target.node, target.vmid))?;
-        let description = config.get("description").and_then(|v| v.as_str()).unwrap_or_default();
-        Notes::parse(description).metadata().and_then(|m| m.host_key.clone()).with_context(|| {
+        target.recorded.and_then(|m| m.host_key.clone()).with_context(|| {
             format!(
                 "host `{host}` has no pinned SSH host key in its metadata block, so nixprox cannot verify it; reinstall it through nixprox (policies.allow_reinstall) to pin one"
             )

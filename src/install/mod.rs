@@ -1,8 +1,10 @@
 //! Putting NixOS on a VM and keeping it current: install with nixos-anywhere (host key pinned
 //! before the install), switch with `nix copy` plus a detached, self-rolling-back activation.
 //!
-//! The requests are plain structs (no Proxmox types): the executor fills them from the plan
-//! and settings, and writes the metadata block from the outcomes.
+//! Nothing here talks to Proxmox. The apply executor hands [`SshDeployer`] a
+//! [`DeployTarget`](crate::deploy::DeployTarget) (the host, its address, the metadata block it
+//! read from the VM); the deployer fills the plain request structs below from it and the
+//! settings, and the executor writes the metadata block from the outcome.
 
 mod anywhere;
 mod deployer;
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-pub use anywhere::{CLI_FLAGS, KEXEC_MIN_MEMORY_MIB, NixosAnywhere, default_command};
+pub use anywhere::{CLI_FLAGS, NixosAnywhere, default_command};
 pub use deployer::{DEFAULT_KEY_ENV, SshDeployer};
 pub use extra_files::{HOST_KEY_PATH, prepare_extra_files};
 pub use nix::{NixBuild, NixCopy, parse_build_json, run_build};
@@ -39,13 +41,18 @@ pub enum DiskKeySource {
     Env(String),
 }
 
+/// A disk key source that is neither `file:/path` nor `env:VARIABLE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid disk key source `{0}` (expected `file:/path` or `env:VARIABLE`)")]
+pub struct InvalidDiskKeySource(pub String);
+
 impl DiskKeySource {
     /// Parses `file:/path` or `env:VAR`.
-    pub fn parse(text: &str) -> Result<DiskKeySource, String> {
+    pub fn parse(text: &str) -> Result<DiskKeySource, InvalidDiskKeySource> {
         match text.split_once(':') {
             Some(("file", path)) if !path.is_empty() => Ok(DiskKeySource::File(path.into())),
             Some(("env", var)) if !var.is_empty() => Ok(DiskKeySource::Env(var.into())),
-            _ => Err(format!("invalid disk key source `{text}` (expected `file:/path` or `env:VARIABLE`)")),
+            _ => Err(InvalidDiskKeySource(text.to_string())),
         }
     }
 }

@@ -9,13 +9,13 @@ use crate::config::Policies;
 use crate::flake::DesiredHost;
 use crate::flake::host::DeployStrategy;
 use crate::proxmox::LiveVm;
-use crate::spec::format_size;
+use crate::spec::{KEXEC_MIN_MEMORY_MIB, format_size};
 
 use super::fields::{self, SpecDiff};
 use super::id::plan_id;
 use super::model::{
-    Action, ActionKind, Blocked, Change, Drift, HostPlan, Plan, Probe, ProbeReport, SCHEMA_VERSION, Summary,
-    Unreachable, VmRef,
+    Action, ActionKind, Blocked, Change, Drift, HostPlan, Plan, PoolMove, Probe, ProbeReport, SCHEMA_VERSION,
+    Summary, Unreachable, VmRef,
 };
 
 /// Everything the planner looks at.
@@ -142,6 +142,7 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
     let mut vm = VmRef { node: host.node.clone(), vmid: host.vmid };
     let mut drift = None;
     let mut pending = Vec::new();
+    let mut pool_move = None;
     let actions = match found {
         Found::None => plan_create(host),
         Found::Taken(other) => vec![blocked(
@@ -169,7 +170,9 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
             vm = VmRef { node: live.node.clone(), vmid: Some(live.vmid) };
             drift = drift_of(live, probe);
             pending = live.config.as_ref().map(|c| c.pending.iter().cloned().collect()).unwrap_or_default();
-            plan_existing(host, live, adopting, policies, drift.as_ref())
+            let actions = plan_existing(host, live, adopting, policies, drift.as_ref());
+            pool_move = pool_move_of(host, live, &actions);
+            actions
         }
     };
     let actions = if actions.is_empty() {
@@ -177,7 +180,15 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
     } else {
         actions
     };
-    HostPlan { host: host.host.clone(), vm, orphan: false, drift, actions }
+    HostPlan { host: host.host.clone(), vm, orphan: false, drift, actions, pool_move }
+}
+
+/// The pool move of a runnable `update_vm` (whose `pool` change shows it), for the executor.
+fn pool_move_of(host: &DesiredHost, live: &LiveVm, actions: &[Action]) -> Option<PoolMove> {
+    let current = &live.config.as_ref()?.spec.pool;
+    let updating = actions.iter().any(|a| a.kind == ActionKind::UpdateVm && a.blocked.is_none());
+    (updating && *current != host.spec.pool)
+        .then(|| PoolMove { from: current.clone(), to: host.spec.pool.clone() })
 }
 
 /// "in sync", or that the VM is in sync once it reboots into changes already made.
@@ -216,7 +227,6 @@ fn create_changes(host: &DesiredHost) -> Vec<Change> {
 }
 
 fn install_action(host: &DesiredHost, reason: &str) -> Action {
-    use crate::install::KEXEC_MIN_MEMORY_MIB;
     // The executor raises the memory for nixos-anywhere's kexec image; the reviewer sees it.
     let reason = if host.spec.memory_mib < KEXEC_MIN_MEMORY_MIB {
         format!("{reason} (memory raised to {KEXEC_MIN_MEMORY_MIB} MiB for kexec, restored after)")
@@ -497,6 +507,7 @@ fn plan_orphan(vm: &LiveVm, policies: Policies) -> HostPlan {
         orphan: true,
         drift: None,
         actions: vec![destroy],
+        pool_move: None,
     }
 }
 

@@ -12,6 +12,6 @@ mod tests;
 
 pub use engine::{PlanInput, plan};
 pub use model::{
-    Action, ActionKind, Blocked, Change, Drift, Effect, HostPlan, Plan, Probe, ProbeReport, Summary,
-    Unreachable, VmRef,
+    Action, ActionKind, Blocked, Change, Drift, Effect, HostPlan, Plan, PoolMove, Probe, ProbeReport,
+    Summary, Unreachable, VmRef,
 };

@@ -138,6 +138,18 @@ pub struct HostPlan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drift: Option<Drift>,
     pub actions: Vec<Action>,
+    /// The pool move a runnable `update_vm` makes, typed for the executor (its `pool` change
+    /// shows it to the reviewer). Not serialised: the JSON and the plan id stay as they are.
+    #[serde(skip)]
+    pub pool_move: Option<PoolMove>,
+}
+
+/// A VM moving between resource pools (`None`: no pool). Pool membership is not part of the
+/// VM config, so apply writes it on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolMove {
+    pub from: Option<String>,
+    pub to: Option<String>,
 }
 
 /// What `plan --probe` read from one installed host over SSH.

@@ -12,9 +12,9 @@ use serde_json::Value;
 use super::{ActionKind, Change, Effect, HostPlan, Plan};
 use crate::flake::DesiredHost;
 use crate::flake::host::{Bootstrap, TemplateRef};
-use crate::install::KEXEC_MIN_MEMORY_MIB;
 use crate::proxmox::permissions::{AGENT_READ, Need};
 use crate::proxmox::{LiveVm, find_template};
+use crate::spec::KEXEC_MIN_MEMORY_MIB;
 
 /// What `plan` (and `drift`) need: `VM.Audit` on every VM (a VM the token cannot see would
 /// be planned as missing and created twice), `Pool.Audit` on declared pools (without it

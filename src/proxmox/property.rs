@@ -5,6 +5,9 @@
 //! (the agent). The first item may omit its key (the property's "default key"). Numbers arrive
 //! as JSON numbers or as strings, booleans as `0`/`1` (or `on`/`yes`/`true`), and tags are
 //! separated by `;`, `,` or spaces depending on who wrote them. Everything here is pure.
+//!
+//! About 600 lines, half of them tests: the parse and format of each kind (drives, NICs, tags,
+//! values) stay side by side, because they must round-trip.
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -18,13 +18,12 @@ use reqwest::Method;
 use serde_json::{Map, Value};
 
 use super::client::Client;
-use super::error::ProxmoxError;
+use super::error::{ProxmoxError, UnexpectedAnswer};
 use super::property::{
     Drive, PropertyString, agent_enabled, is_drive_key, is_net_key, parse_drive, parse_net, parse_tags,
     value_bool, value_text, value_u64,
 };
 use super::vm::{LiveConfig, LiveVm};
-use crate::metadata::Notes;
 use crate::spec::{Bios, MANAGED_TAG, VmSpec};
 
 /// What to read.
@@ -118,18 +117,14 @@ pub async fn list_vms(client: &Client) -> Result<Vec<LiveVm>, ProxmoxError> {
 async fn fetch_resources(client: &Client) -> Result<Vec<(LiveVm, Option<String>)>, ProxmoxError> {
     const PATH: &str = "/cluster/resources";
     let data = client.get(PATH, &[("type", "vm")]).await?;
-    parse_resources(&data).map_err(|detail| ProxmoxError::Decode {
-        method: Method::GET,
-        path: PATH.into(),
-        detail,
-        body: truncate_json(&data),
-    })
+    parse_resources(&data).map_err(|err| err.at(Method::GET, PATH, &data))
 }
 
 /// The resource list, reduced to QEMU VMs (containers and nodes dropped), each with its pool:
 /// the config does not name the pool, only the resource list does.
-pub fn parse_resources(data: &Value) -> Result<Vec<(LiveVm, Option<String>)>, String> {
-    let items = data.as_array().ok_or("expected a list of resources")?;
+pub fn parse_resources(data: &Value) -> Result<Vec<(LiveVm, Option<String>)>, UnexpectedAnswer> {
+    let unexpected = |detail: String| UnexpectedAnswer(detail);
+    let items = data.as_array().ok_or_else(|| unexpected("expected a list of resources".into()))?;
     let mut vms = Vec::new();
     for item in items {
         if item.get("type").and_then(Value::as_str) != Some("qemu") {
@@ -139,11 +134,11 @@ pub fn parse_resources(data: &Value) -> Result<Vec<(LiveVm, Option<String>)>, St
             .get("vmid")
             .and_then(value_u64)
             .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| format!("a qemu resource has no valid `vmid`: {item}"))?;
+            .ok_or_else(|| unexpected(format!("a qemu resource has no valid `vmid`: {item}")))?;
         let text = |key: &str| item.get(key).and_then(value_text);
         let vm = LiveVm {
             vmid,
-            node: text("node").ok_or_else(|| format!("VM {vmid} has no `node`"))?,
+            node: text("node").ok_or_else(|| unexpected(format!("VM {vmid} has no `node`")))?,
             name: text("name").unwrap_or_default(),
             status: text("status").unwrap_or_else(|| "unknown".into()),
             template: item.get("template").and_then(value_bool).unwrap_or(false),
@@ -173,17 +168,13 @@ pub async fn read_config(
     } else {
         (client.get(&path, &[]).await?, None)
     };
-    let decode = |path: &str, detail: String, data: &Value| ProxmoxError::Decode {
-        method: Method::GET,
-        path: path.to_string(),
-        detail,
-        body: truncate_json(data),
-    };
-    let mut map =
-        config.as_object().ok_or_else(|| decode(&path, "expected an object".into(), &config))?.clone();
+    let mut map = config
+        .as_object()
+        .ok_or_else(|| UnexpectedAnswer("expected an object".into()).at(Method::GET, &path, &config))?
+        .clone();
     let pending = match &pending {
         Some(data) => {
-            let keys = pending_keys(data).map_err(|detail| decode(&pending_path, detail, data))?;
+            let keys = pending_keys(data).map_err(|err| err.at(Method::GET, &pending_path, data))?;
             overlay_pending(&mut map, data);
             keys
         }
@@ -210,8 +201,9 @@ pub fn overlay_pending(config: &mut Map<String, Value>, data: &Value) {
 }
 
 /// Keys of `/pending` with a change waiting: a new value (`pending`) or a removal (`delete`).
-pub fn pending_keys(data: &Value) -> Result<BTreeSet<String>, String> {
-    let items = data.as_array().ok_or("expected a list of pending entries")?;
+pub fn pending_keys(data: &Value) -> Result<BTreeSet<String>, UnexpectedAnswer> {
+    let items =
+        data.as_array().ok_or_else(|| UnexpectedAnswer("expected a list of pending entries".into()))?;
     Ok(items
         .iter()
         .filter(|item| {
@@ -225,7 +217,7 @@ pub fn pending_keys(data: &Value) -> Result<BTreeSet<String>, String> {
 /// the user's text and nixprox's metadata block.
 pub fn live_config(config: &Map<String, Value>, pending: BTreeSet<String>) -> LiveConfig {
     let text = |key: &str| config.get(key).and_then(value_text);
-    let notes = Notes::parse(&text("description").unwrap_or_default());
+    let notes = super::qemu::notes_of(config);
     let spec = spec_from_config(config, &notes.user_text);
     LiveConfig {
         digest: text("digest").unwrap_or_default(),
@@ -282,14 +274,6 @@ fn spec_from_config(config: &Map<String, Value>, description: &str) -> VmSpec {
         on_boot: flag("onboot"),
         protection: flag("protection"),
         pool: None,
-    }
-}
-
-fn truncate_json(data: &Value) -> String {
-    let text = data.to_string();
-    match text.char_indices().nth(300) {
-        Some((index, _)) => format!("{}…", &text[..index]),
-        None => text,
     }
 }
 
@@ -367,7 +351,7 @@ pub fn find_template<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::Metadata;
+    use crate::metadata::{Metadata, Notes};
     use crate::spec::{DiskSpec, NetSpec};
     use serde_json::json;
 

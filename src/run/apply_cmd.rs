@@ -4,10 +4,9 @@
 
 use anyhow::{Context, bail};
 
-use crate::apply::{
-    self, ApplyOptions, NixosDeployer, Progress, ProgressMode, Reviewed, ReviewedPlan, RunRequest,
-};
+use crate::apply::{self, ApplyOptions, Progress, ProgressMode, Reviewed, ReviewedPlan, RunRequest};
 use crate::cli::ApplyArgs;
+use crate::deploy::NixosDeployer;
 use crate::forge::{Forge, ForgeContext, StatusState};
 use crate::install::SshDeployer;
 
@@ -31,19 +30,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     let client = source::proxmox_client(&settings)?;
     let evaluated = source::evaluate(&args.source, &settings).await?;
     let only = source::only(&args.source);
-    let deployer = match SshDeployer::client_key(&settings, &publish::env) {
-        Some(key) => Some(
-            SshDeployer::new(client.clone(), flake_for_install(&args.source.flake), key, &settings)
-                .with_override_inputs(args.source.override_input.chunks(2).filter_map(pair).collect()),
-        ),
-        None => {
-            tracing::warn!(
-                "no SSH key configured (ssh.key, ssh.key_env, NIXPROX_SSH_KEY_FILE or {}): install and switch steps will be skipped",
-                crate::install::DEFAULT_KEY_ENV
-            );
-            None
-        }
-    };
+    let deployer = deployer(&args, &settings);
     let git_rev = sha.clone().or_else(|| git_revision(&args.source.flake));
     let progress = Progress::new(ProgressMode::detect());
     let outcome = apply::run(RunRequest {
@@ -97,6 +84,22 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         }
     }
     Ok(if report.has_failures() { Outcome::HostsFailed } else { Outcome::Success })
+}
+
+/// The SSH deployer, or `None` (installs and switches skipped) when no SSH key is configured.
+fn deployer(args: &ApplyArgs, settings: &crate::config::Settings) -> Option<SshDeployer> {
+    let Some(key) = SshDeployer::client_key(settings, &publish::env) else {
+        tracing::warn!(
+            "no SSH key configured (ssh.key, ssh.key_env, NIXPROX_SSH_KEY_FILE or {}): install and switch steps will be skipped",
+            crate::install::DEFAULT_KEY_ENV
+        );
+        return None;
+    };
+    let overrides = args.source.override_input.chunks(2).filter_map(pair).collect();
+    Some(
+        SshDeployer::new(flake_for_install(&args.source.flake), key, settings)
+            .with_override_inputs(overrides),
+    )
 }
 
 fn pair(chunk: &[String]) -> Option<(String, String)> {

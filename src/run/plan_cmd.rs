@@ -65,16 +65,8 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
         None => print!("{rendered}"),
     }
     if let Some(path) = &args.timings {
-        let mut timings = planned.timings.to_json(render_time);
-        timings["render_formats_ms"] = render_every_format(plan, &md_context, args.shards);
-        let (comment, detail) = markdown::render_within(plan, &md_context, markdown::COMMENT_LIMIT);
-        timings["comment_chars"] = comment.chars().count().into();
-        timings["comment_detail"] = format!("{detail:?}").into();
-        if let Some(kib) = peak_rss_kib() {
-            timings["peak_rss_kib"] = kib.into();
-        }
-        std::fs::write(path, format!("{timings:#}\n"))
-            .with_context(|| format!("failed to write the timings to `{}`", path.display()))?;
+        let timings = planned.timings.to_json(render_time);
+        write_timings(path, timings, plan, &md_context, args.shards)?;
     }
 
     if context.is_some() {
@@ -97,6 +89,26 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
         publish::status(forge, sha.as_deref(), STATUS, state, &summary_line(plan), run_url.as_deref()).await;
     }
     Ok(if args.detailed_exitcode && plan.has_changes() { Outcome::Changes } else { Outcome::Success })
+}
+
+/// `--timings FILE`: the phases' wall times, every rendering timed, the comment's size and the
+/// peak memory, as JSON for the benchmark.
+fn write_timings(
+    path: &std::path::Path,
+    mut timings: serde_json::Value,
+    plan: &crate::plan::Plan,
+    md_context: &markdown::MarkdownContext,
+    shards: Option<usize>,
+) -> anyhow::Result<()> {
+    timings["render_formats_ms"] = render_every_format(plan, md_context, shards);
+    let (comment, detail) = markdown::render_within(plan, md_context, markdown::COMMENT_LIMIT);
+    timings["comment_chars"] = comment.chars().count().into();
+    timings["comment_detail"] = format!("{detail:?}").into();
+    if let Some(kib) = peak_rss_kib() {
+        timings["peak_rss_kib"] = kib.into();
+    }
+    std::fs::write(path, format!("{timings:#}\n"))
+        .with_context(|| format!("failed to write the timings to `{}`", path.display()))
 }
 
 /// With `--timings`, every rendering is timed (the benchmark reports them all from one run);

@@ -11,8 +11,9 @@ use crate::config::Settings;
 use crate::flake::DesiredHost;
 use crate::install::SshDeployer;
 use crate::plan::Probe;
-use crate::proxmox::{Client, LiveVm};
-use crate::ssh::{HostKeyPolicy, SshTarget, probe_systems};
+use crate::proxmox::qemu::agent_address;
+use crate::proxmox::{Client, LiveVm, ProxmoxError};
+use crate::ssh::{HostKeyPolicy, SshError, SshTarget, probe_systems};
 
 /// How long one host may take to answer a probe (connect, authenticate, read).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -20,7 +21,18 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 /// One installed host to ask: where, as whom, and which key it must present.
 struct Candidate {
     host: String,
-    target: Result<(SshTarget, HostKeyPolicy), String>,
+    target: Result<(SshTarget, HostKeyPolicy), Unaskable>,
+}
+
+/// Why an installed host cannot be asked at all; reported as the host's finding.
+#[derive(Debug, thiserror::Error)]
+enum Unaskable {
+    #[error("the QEMU guest agent does not answer, so its address is unknown")]
+    NoAddress,
+    #[error("could not ask the guest agent for its address: {0}")]
+    Agent(#[source] ProxmoxError),
+    #[error(transparent)]
+    HostKey(#[from] SshError),
 }
 
 /// Probes every desired host that nixprox installed (its VM's metadata records a system and a
@@ -56,7 +68,7 @@ pub async fn probe(
         match candidate.target {
             Ok(target) => reachable.push(target),
             Err(reason) => {
-                probes.insert(candidate.host, Probe::Unreachable { reason });
+                probes.insert(candidate.host, Probe::Unreachable { reason: reason.to_string() });
             }
         }
     }
@@ -79,16 +91,15 @@ async fn target(
     host: &DesiredHost,
     vm: &LiveVm,
     host_key: &str,
-) -> Result<(SshTarget, HostKeyPolicy), String> {
+) -> Result<(SshTarget, HostKeyPolicy), Unaskable> {
     let address = match &host.address {
         Some(address) => address.clone(),
-        None => match crate::apply::vm::agent_address(client, &vm.node, vm.vmid).await {
-            Ok(Some(address)) => address,
-            Ok(None) => return Err("the QEMU guest agent does not answer, so its address is unknown".into()),
-            Err(err) => return Err(format!("could not ask the guest agent for its address: {err}")),
-        },
+        None => agent_address(client, &vm.node, vm.vmid)
+            .await
+            .map_err(Unaskable::Agent)?
+            .ok_or(Unaskable::NoAddress)?,
     };
-    let policy = HostKeyPolicy::pinned(host_key).map_err(|err| err.to_string())?;
+    let policy = HostKeyPolicy::pinned(host_key)?;
     let user = settings.ssh.user.clone().unwrap_or_else(|| host.ssh.user.clone());
     Ok((SshTarget { host: host.host.clone(), address, port: host.ssh.port, user }, policy))
 }

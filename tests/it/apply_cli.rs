@@ -14,9 +14,7 @@ fn homelab() -> (Fixture, FakePve) {
 }
 
 fn nixprox(fixture: &Fixture, pve: &FakePve, args: &[&str]) -> Run {
-    let mut command = cli::nixprox();
-    command.args(args).args(cli::source_args(fixture)).envs(cli::pve_env(pve));
-    command.output().expect("run nixprox").into()
+    cli::run_on(&fixture.flake_ref(), pve, args)
 }
 
 fn path(fixture: &Fixture, name: &str) -> String {

@@ -13,17 +13,7 @@ fn plan(fleet: &Fleet, pve: &FakePve, args: &[&str]) -> Run {
 }
 
 fn nixprox_in(fleet: &Fleet, pve: &FakePve, subcommand: &str, args: &[&str]) -> Run {
-    let mut command = cli::nixprox();
-    command.arg(subcommand).arg("--flake").arg(fleet.flake_ref());
-    for input in crate::support::nix::override_inputs() {
-        command.arg("--override-input").arg(&input.name).arg(&input.flake_ref);
-    }
-    command
-        .args(args)
-        .env("PROXMOX_URL", pve.url())
-        .env("PROXMOX_CA_CERT", pve.ca_cert())
-        .env("PROXMOX_API_TOKEN", pve.token());
-    command.output().expect("run nixprox").into()
+    cli::run_on(&fleet.flake_ref(), pve, &[&[subcommand], args].concat())
 }
 
 #[tokio::test]

@@ -62,11 +62,23 @@ pub fn nixprox() -> Command {
 
 /// `--flake …` and the test's `--override-input`s for a fixture flake.
 pub fn source_args(fixture: &Fixture) -> Vec<String> {
-    let mut args = vec!["--flake".to_string(), fixture.flake_ref()];
+    flake_args(&fixture.flake_ref())
+}
+
+/// `--flake <flake>` and the test's `--override-input`s.
+pub fn flake_args(flake: &str) -> Vec<String> {
+    let mut args = vec!["--flake".to_string(), flake.to_string()];
     for input in override_inputs() {
         args.extend(["--override-input".to_string(), input.name, input.flake_ref]);
     }
     args
+}
+
+/// Runs `nixprox <args…>` (the subcommand first) on `flake` against `pve`.
+pub fn run_on(flake: &str, pve: &FakePve, args: &[&str]) -> Run {
+    let mut command = nixprox();
+    command.args(args).args(flake_args(flake)).envs(pve_env(pve));
+    command.output().expect("run nixprox").into()
 }
 
 /// The environment that points nixprox at a fakepve: URL, pinned CA and token.

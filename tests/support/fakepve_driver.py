@@ -26,10 +26,14 @@ Scenario file (every key optional):
       "grants": [{"user": "nixprox@pve", "path": "/vms", "privs": ["VM.Audit"]}],
       "nodes": ["pve1", {"name": "pve2", "online": false}],
       "storages": {"ceph-pool": {"type": "rbd", "pool": "rbd", "content": "images"}},
+      "files": [{"storage": "local", "name": "nixos-minimal.iso", "size": 1073741824}],
       "time_scale": 0, "latency": 0, "lock_wait": 10, "ceph_slow": 0, "version": "9.0.10"
     }
 
 `version` is what `GET /version` answers (`release` is its major.minor).
+
+`files` are put on a storage with fakepve's `store_file()` (`content` defaults to `iso`), so a
+VM created from scratch finds its installer ISO.
 
 The image bootstrap needs Proxmox behaviour fakepve 0.5 does not have; `install_image_support`
 adds it, each piece modelled on the Proxmox source it names: `import` uploads (multipart parsed
@@ -38,6 +42,9 @@ as pve-http-server does, checked and checksummed as pve-storage does), VM disks 
 
 `ceph_slow` (PVE seconds) is fakepve's `ceph_slow()`: every operation on a disk of an RBD storage
 (clone, resize, start, …) takes that much longer; 0 ends it.
+
+Faults fakepve itself has are commands that map onto its calls (`fail`, `flaky_network`, …).
+One it lacks is added here: `lose_answer` (see `AnswerLoss`).
 """
 
 import argparse
@@ -49,6 +56,8 @@ import os
 import re
 import signal
 import sys
+
+from aiohttp import web
 
 import fakepve.agent
 from fakepve import FakePve, PveError, TaskError, shapes
@@ -66,6 +75,69 @@ CT_ATTRS = ('shutdown_secs', 'start_secs', 'stop_secs', 'start_error', 'ha_state
 
 class CommandError(Exception):
     """A command that could not be carried out; its text goes back to the caller."""
+
+
+class AnswerLoss:
+    """The `lose_answer` fault: the request runs to its end, then its answer is lost.
+
+    It models a write that Proxmox carried out while nixprox never learnt it: the connection
+    broke after the request was sent (pveproxy restarted by a certificate renewal or an update,
+    a proxy or NAT in between dropping an idle connection, a client timeout firing while the
+    node was still answering). On a real node the work goes on regardless: the API handler
+    forks the task worker before it answers with the UPID (PVE::RESTEnvironment::fork_worker in
+    pve-common, called by qemu-server's PVE/API2/Qemu.pm for create_vm and clone_vm), so a
+    lost answer says nothing about whether the VM exists. fakepve's `flaky_network` only drops
+    connections *before* a request runs, so this is an aiohttp middleware put in front of all
+    of fakepve's: it lets the request (and, with `time_scale` 0, its task) finish, then closes
+    the connection instead of answering.
+
+    `{"cmd": "lose_answer", "method": "POST", "path": "/qemu/\\d+/clone$", "times": 1}` loses
+    the answers of the next `times` requests whose method matches and whose path matches the
+    regular expression (`re.search`); `times` null loses every one until `clear_answer_loss`.
+    """
+
+    def __init__(self):
+        self.rules = []
+
+    def add(self, method, path, times):
+        self.rules.append({'method': method.upper(), 'path': re.compile(path), 'times': times, 'lost': 0})
+
+    def clear(self):
+        self.rules.clear()
+
+    def _take(self, request):
+        for rule in self.rules:
+            if rule['method'] == request.method and rule['path'].search(request.path):
+                rule['lost'] += 1
+                if rule['times'] is not None:
+                    rule['times'] -= 1
+                    if rule['times'] <= 0:
+                        self.rules.remove(rule)
+                return True
+        return False
+
+    @web.middleware
+    async def middleware(self, request, handler):
+        response = await handler(request)
+        if self._take(request):
+            # The same way fakepve drops a connection (its `_middleware`): close, then raise so
+            # aiohttp sends nothing.
+            request.transport.close()
+            raise ConnectionResetError('fakepve_driver: answer lost after the request ran')
+        return response
+
+    def install(self, pve):
+        """Wraps the app fakepve builds at start, as its outermost middleware."""
+        build = pve._build_app
+
+        def build_with_loss():
+            app = build()
+            app.middlewares.insert(0, self.middleware)
+            return app
+        pve._build_app = build_with_loss
+
+
+ANSWER_LOSS = AnswerLoss()
 
 
 def loopback_only(host):
@@ -178,6 +250,8 @@ def apply_scenario(pve, scenario):
         store = {'active': 1, 'files': set()}
         store.update(options)
         pve.storages[name] = store
+    for item in scenario.get('files', []):
+        pve.store_file(item['storage'], item['name'], int(item.get('size', 0)), item.get('content', 'iso'))
     for tokenid, secret in scenario.get('tokens', {}).items():
         pve.apitokens[tokenid] = secret
     for grant in scenario.get('grants', []):
@@ -493,6 +567,12 @@ async def command(pve, args):
     if name == 'clear_failures':
         pve.failures.clear()
         return None
+    if name == 'lose_answer':
+        ANSWER_LOSS.add(args['method'], args['path'], args.get('times', 1))
+        return None
+    if name == 'clear_answer_loss':
+        ANSWER_LOSS.clear()
+        return None
     if name == 'hold_config_lock':
         await pve.hold_config_lock(int(args['vmid']), args.get('secs'))
         return None
@@ -583,6 +663,7 @@ async def serve(args):
         scenario = json.load(handle)
     pve = FakePve(host=args.host, port=args.port, password=os.urandom(16).hex())
     model_token_privileges(pve)
+    ANSWER_LOSS.install(pve)
     apply_scenario(pve, scenario)
     os.makedirs(args.ca_dir, exist_ok=True)
     certfile, keyfile, _ = make_cert(args.ca_dir, hosts=(args.host,))

@@ -18,6 +18,9 @@
 //! since `prune_orphans` is off), one untagged VM per 20 hosts that nixprox must not read, and
 //! the template `nixos-bootstrap`. Half the VMs run (so `/pending` is read for them).
 //!
+//! [`Fleet::generate_new_unnumbered`] is the same without declared VMIDs, every host on `pve1`:
+//! nixprox picks the ids (the nextid race of many creates at once).
+//!
 //! [`Fleet::generate_new`] is the apply benchmark's fleet: every host new (`create_vm` +
 //! `install`), nothing else in the cluster but the template, the hosts' disks on an RBD storage
 //! `ceph-pool` so fakepve's `ceph_slow` makes clone, resize and start take time
@@ -59,6 +62,7 @@ impl State {
 #[derive(Debug, Clone)]
 pub struct FleetHost {
     pub attr: String,
+    /// The declared `vm.id` (an unnumbered fleet declares none and lets nixprox pick).
     pub vmid: u32,
     pub node: String,
     pub state: State,
@@ -76,6 +80,8 @@ pub struct Fleet {
     /// Untagged VMs no host is named like: nixprox lists them and reads nothing else.
     pub strangers: usize,
     pub nodes: usize,
+    /// Whether the flake declares each host's `vm.id`.
+    pub declared_ids: bool,
 }
 
 /// How many actions of each kind the plan of a fleet must have.
@@ -107,6 +113,19 @@ impl Fleet {
         Fleet::build(n, |_| State::Missing, false)
     }
 
+    /// Like [`Fleet::generate_new`], but no host declares its `vm.id` and all are on `pve1`.
+    pub fn generate_new_unnumbered(n: usize) -> Fleet {
+        let mut fleet = Fleet::build(n, |_| State::Missing, false);
+        fleet.nodes = 1;
+        fleet.declared_ids = false;
+        for host in &mut fleet.hosts {
+            host.node = "pve1".into();
+        }
+        fleet.write_flake();
+        fleet.set_host_concurrency(None);
+        fleet
+    }
+
     fn build(n: usize, state: fn(usize) -> State, extras: bool) -> Fleet {
         let dir = tempfile::Builder::new().prefix(&format!("fleet-{n}-")).tempdir().expect("tempdir");
         let nodes = (n / 4).clamp(1, 10);
@@ -123,7 +142,7 @@ impl Fleet {
             .map(|k| (5000 + k as u32, format!("retired{k:03}"), format!("pve{}", 1 + k % nodes)))
             .collect();
         let strangers = if extras { n / 20 } else { 0 };
-        let fleet = Fleet { dir, hosts, orphans, strangers, nodes };
+        let fleet = Fleet { dir, hosts, orphans, strangers, nodes, declared_ids: true };
         fleet.write_flake();
         if !extras {
             fleet.set_host_concurrency(None);
@@ -165,13 +184,13 @@ impl Fleet {
         let mut hosts = String::new();
         for (i, host) in self.hosts.iter().enumerate() {
             let cores = if host.state == State::FewerCores { 4 } else { 2 };
+            let id = if self.declared_ids { format!("id = {}; ", host.vmid) } else { String::new() };
             let _ = writeln!(
                 hosts,
-                "        {attr} = host {{ name = \"{attr}\"; address = \"127.1.{}.{}\"; vm = {{ id = {vmid}; node = \"{node}\"; cores = {cores}; }}; }};",
+                "        {attr} = host {{ name = \"{attr}\"; address = \"127.1.{}.{}\"; vm = {{ {id}node = \"{node}\"; cores = {cores}; }}; }};",
                 i / 250,
                 1 + i % 250,
                 attr = host.attr,
-                vmid = host.vmid,
                 node = host.node,
             );
         }
