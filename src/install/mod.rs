@@ -101,8 +101,9 @@ impl InstallOutcome {
             host_key: Some(self.host_key.clone()),
             git_rev,
             time: Some(time),
-            // The install finished: nothing is left half done.
+            // The install finished: nothing is left half done, and the VM is installed.
             applying: None,
+            created: None,
         }
     }
 }

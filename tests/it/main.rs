@@ -11,6 +11,7 @@ mod error_messages;
 mod flake;
 mod fleet;
 mod forge;
+mod gates;
 mod install;
 mod plan_cli;
 mod probe_cli;
