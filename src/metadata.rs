@@ -5,11 +5,12 @@
 //!
 //! ```text
 //! Reverse proxy for the lab.
+//!
 //! <!-- nixprox:v1 {"host":"web","system":"/nix/store/…","disk_layout":"sha256:…",…} -->
 //! ```
 //!
 //! The user's text is everything else, byte for byte: [`Notes::parse`] removes only the block
-//! line and one line break next to it, and [`Notes::render`] adds exactly those back, so
+//! line and the line breaks that separate it, and [`Notes::render`] adds exactly those back, so
 //! `parse(render(text)).user_text == text` for every text (trailing newlines, CRLF, blank
 //! lines, text someone wrote after the block). The version in the marker lets later releases
 //! change the payload; a block with an unknown version or a damaged payload is kept as it is
@@ -19,6 +20,9 @@ use serde::{Deserialize, Serialize};
 
 const PREFIX: &str = "<!-- nixprox:v";
 const SUFFIX: &str = " -->";
+/// Between the user's text and the block: a blank line, so the block is a paragraph of its own
+/// in every Markdown renderer.
+const SEPARATOR: &str = "\n\n";
 /// The payload version this release writes and reads.
 pub const VERSION: u32 = 1;
 
@@ -73,7 +77,7 @@ impl Metadata {
 /// Notes split into the user's text and nixprox's block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notes {
-    /// Everything but the block line and one line break next to it, byte for byte.
+    /// Everything but the block line and the line breaks separating it, byte for byte.
     pub user_text: String,
     pub block: Block,
 }
@@ -100,9 +104,15 @@ impl Notes {
         };
         let block = parse_block(description[start..end].trim());
         // The block line goes with its own line break, or, when it is the last line, with the
-        // one before it (the separator `render` puts there).
-        let (cut_start, cut_end) =
-            if end < description.len() { (start, end + 1) } else { (start.saturating_sub(1), end) };
+        // separator before it: the blank line `render` puts there, or a single line break (a
+        // block someone moved up to the text by hand).
+        let (cut_start, cut_end) = if end < description.len() {
+            (start, end + 1)
+        } else if description[..start].ends_with(SEPARATOR) {
+            (start - SEPARATOR.len(), end)
+        } else {
+            (start.saturating_sub(1), end)
+        };
         let user_text = format!("{}{}", &description[..cut_start], &description[cut_end..]);
         Notes { user_text, block }
     }
@@ -123,11 +133,11 @@ impl Notes {
         }
     }
 
-    /// The notes Proxmox should store: `user_text` exactly, then the block on a line of its
-    /// own (the inverse of [`Notes::parse`]).
+    /// The notes Proxmox should store: `user_text` exactly, a blank line, then the block
+    /// (the inverse of [`Notes::parse`]).
     pub fn render(user_text: &str, metadata: &Metadata) -> String {
         let line = render_block(metadata);
-        if user_text.is_empty() { line } else { format!("{user_text}\n{line}") }
+        if user_text.is_empty() { line } else { format!("{user_text}{SEPARATOR}{line}") }
     }
 
     /// Whether two user texts say the same: equal but for trailing white space, which Proxmox
@@ -201,7 +211,7 @@ mod tests {
         let notes = Notes::render("Reverse proxy.\n\nOwned by Ana.\n", &sample());
         assert_eq!(
             notes,
-            "Reverse proxy.\n\nOwned by Ana.\n\n<!-- nixprox:v1 {\"host\":\"web\",\"system\":\"/nix/store/abc-nixos-system-web\",\"disk_layout\":\"sha256:00ff\",\"host_key\":\"ssh-ed25519 AAAAC3Nza test\",\"git_rev\":\"0123abc\",\"time\":\"2026-11-25T18:00:00Z\"} -->"
+            "Reverse proxy.\n\nOwned by Ana.\n\n\n<!-- nixprox:v1 {\"host\":\"web\",\"system\":\"/nix/store/abc-nixos-system-web\",\"disk_layout\":\"sha256:00ff\",\"host_key\":\"ssh-ed25519 AAAAC3Nza test\",\"git_rev\":\"0123abc\",\"time\":\"2026-11-25T18:00:00Z\"} -->"
         );
         let parsed = Notes::parse(&notes);
         assert_eq!(parsed.user_text, "Reverse proxy.\n\nOwned by Ana.\n");
@@ -242,6 +252,8 @@ mod tests {
         // A block line with blanks around it (edited by hand) is still the block.
         let parsed = Notes::parse(&format!("Owner\n  {block} \r"));
         assert_eq!(parsed.user_text, "Owner");
+        let parsed = Notes::parse(&format!("Owner\n\n\n{block}"));
+        assert_eq!(parsed.user_text, "Owner\n");
         assert_eq!(parsed.metadata(), Some(&sample()));
     }
 

@@ -21,7 +21,7 @@ use super::{ApplyError, ApplyRequest, DeployTarget, Deployed};
 use crate::flake::DesiredHost;
 use crate::flake::host::{Bootstrap, TemplateRef};
 use crate::install::KEXEC_MIN_MEMORY_MIB;
-use crate::metadata::{Block, Metadata, Notes};
+use crate::metadata::{Block, Created, Metadata, Notes};
 use crate::plan::{ActionKind, HostPlan};
 use crate::proxmox::find_template;
 use crate::proxmox::property::{
@@ -397,7 +397,7 @@ impl<'r> HostRun<'r> {
             Block::Absent => Metadata::default(),
             Block::Unreadable { reason, .. } => {
                 return Err(StepError::other(format!(
-                    "the nixprox block in the notes of VM {vmid} cannot be read ({reason}); refusing to overwrite it (upgrade nixprox, or remove the block by hand)"
+                    "the nixprox block in the notes of VM {vmid} cannot be read, so nixprox does not overwrite it: {reason}"
                 )));
             }
         };
@@ -406,13 +406,17 @@ impl<'r> HostRun<'r> {
         Ok(metadata)
     }
 
-    fn first_notes(&self, host: &DesiredHost) -> String {
+    /// The notes of a VM nixprox creates as `vmid`: the block names the host, the plan being
+    /// applied, and that nixprox created this VM (the only ungated install the planner allows).
+    fn first_notes(&self, host: &DesiredHost, vmid: u32) -> String {
+        let plan = self.req.reviewed_plan_id.to_string();
         let metadata = Metadata {
             host: host.host.clone(),
-            applying: Some(self.req.reviewed_plan_id.to_string()),
+            applying: Some(plan.clone()),
+            created: Some(Created { vmid, plan }),
             ..Metadata::default()
         };
-        params::notes(host, &metadata)
+        params::notes(host, "", &metadata)
     }
 
     /// VMID (declared, or `/cluster/nextid` retried on the race), then a full clone whose
@@ -437,7 +441,7 @@ impl<'r> HostRun<'r> {
                 ("name".into(), host.spec.name.clone()),
                 ("full".into(), "1".into()),
                 ("storage".into(), storage.clone()),
-                ("description".into(), self.first_notes(host)),
+                ("description".into(), self.first_notes(host, vmid)),
             ];
             if source.node != host.node {
                 form.push(("target".into(), host.node.clone()));
@@ -502,7 +506,7 @@ impl<'r> HostRun<'r> {
             let mut form: Vec<(String, String)> = vec![
                 ("vmid".into(), vmid.to_string()),
                 ("name".into(), spec.name.clone()),
-                ("description".into(), self.first_notes(host)),
+                ("description".into(), self.first_notes(host, vmid)),
                 ("tags".into(), format_tags(&tags)),
                 ("ostype".into(), "l26".into()),
                 ("scsihw".into(), "virtio-scsi-single".into()),
@@ -866,11 +870,14 @@ impl<'r> HostRun<'r> {
                     metadata.git_rev = Some(rev.to_string());
                 }
             }
-            let description = params::notes(host, &metadata);
+            if metadata.system.is_some() {
+                // Installed: from now on only a gated reinstall may wipe it.
+                metadata.created = None;
+            }
+            let current = raw.get("description").and_then(value_text).unwrap_or_default();
+            let description = params::notes(host, &current, &metadata);
             let tags = raw.get("tags").and_then(value_text).map(|t| parse_tags(&t)).unwrap_or_default();
-            if raw.get("description").and_then(value_text).unwrap_or_default() == description
-                && tags.contains(MANAGED_TAG)
-            {
+            if current == description && tags.contains(MANAGED_TAG) {
                 return Ok(already((), None));
             }
             let mut all_tags = tags;
@@ -911,9 +918,13 @@ impl<'r> HostRun<'r> {
             };
             let tags = raw.get("tags").and_then(value_text).map(|t| parse_tags(&t)).unwrap_or_default();
             let name = raw.get("name").and_then(value_text).unwrap_or_default();
-            let recorded = Notes::parse(&raw.get("description").and_then(value_text).unwrap_or_default())
-                .metadata()
-                .map(|m| m.host.clone());
+            let notes = Notes::parse(&raw.get("description").and_then(value_text).unwrap_or_default());
+            if let Some(reason) = notes.unreadable() {
+                return Err(StepError::other(format!(
+                    "refusing to destroy VM {vmid} on node `{node}`: the nixprox block in its notes cannot be read ({reason})"
+                )));
+            }
+            let recorded = notes.metadata().map(|m| m.host.clone());
             let same_vm = tags.contains(MANAGED_TAG)
                 && match &expected_name {
                     Some(expected) => &name == expected,

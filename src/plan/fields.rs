@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use crate::metadata::Notes;
 use crate::spec::{DiskSpec, NetSpec, VmSpec, format_size};
 
 use super::model::{Change, Effect};
@@ -113,8 +114,8 @@ pub fn diff(desired: &VmSpec, live: &VmSpec) -> SpecDiff {
     update("agent", json!(live.agent), json!(desired.agent), Effect::NeedsReboot);
     update("tags", json!(live.tags), json!(desired.tags), Effect::Hotplug);
     // An empty description leaves the notes alone: adopting a VM must not erase what its
-    // owner wrote there.
-    if !desired.description.is_empty() {
+    // owner wrote there. Trailing white space is not a difference (Proxmox drops it).
+    if !desired.description.is_empty() && !Notes::same_text(&desired.description, &live.description) {
         update("description", json!(live.description), json!(desired.description), Effect::Hotplug);
     }
     update("onBoot", json!(live.on_boot), json!(desired.on_boot), Effect::Hotplug);

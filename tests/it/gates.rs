@@ -86,7 +86,7 @@ fn a_vm_tagged_by_hand_without_a_block_is_never_installed_ungated() {
     assert_gated_reinstall(&plan, "dns", "no metadata block");
     // The Markdown plan shows it as destructive: the banner.
     let run = nixprox(&fixture, &pve, &["plan", "--format", "markdown", "--hosts", "dns"]);
-    assert!(run.stdout.contains("destructive"), "{}", run.stdout);
+    assert!(run.stdout.contains("**Destructive changes:** 0 will run on merge, 1 blocked"), "{}", run.stdout);
 }
 
 #[test]
