@@ -85,6 +85,15 @@ impl Lab {
         std::fs::write(self.dir().join("nixprox.yaml"), settings).expect("write nixprox.yaml");
     }
 
+    /// Declares `nixprox.vm.description` (`""`: none, the notes are the owner's).
+    fn declare_description(&self, description: &str) {
+        let path = self.dir().join("test-host.json");
+        let mut declared: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("test-host.json")).expect("json");
+        declared["description"] = json!(description);
+        std::fs::write(&path, declared.to_string()).expect("write test-host.json");
+    }
+
     /// `nix flake lock` with the offline inputs, so the flake evaluates without overrides.
     fn lock(&self) {
         let mut command = Command::new("nix");
@@ -382,6 +391,39 @@ fn a_failed_install_keeps_the_vm_and_the_next_apply_resumes_it() {
     assert_eq!(metadata.system.as_deref(), Some(toplevel.as_str()));
     assert_eq!(metadata.applying, None);
     assert_eq!(kinds(&lab.plan()), ["noop"]);
+}
+
+#[test]
+fn the_owners_notes_survive_install_and_switch_byte_for_byte() {
+    const OWNER: &str = "Owner: alice.\r\nBackups nightly; do not delete.\n\n";
+    let lab = Lab::start(2048, Key::File);
+    lab.declare_description("");
+    lab.commit("web: no description");
+    let plan = lab.plan();
+    assert_eq!(kinds(&plan), ["create_vm", "install"], "{plan:#}");
+    let fail = [("NIXPROX_TEST_INSTALL_FAIL", "disko: /dev/sda is busy".to_string())];
+    let (run, _) = lab.apply(&fail);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    // Between the runs the owner writes notes above nixprox's block in the Proxmox UI.
+    let vmid = lab.web()["vmid"].as_u64().expect("vmid");
+    let notes = Notes::render(OWNER, &lab.metadata());
+    lab.pve.command(json!({"cmd": "set_config", "vmid": vmid, "config": {"description": notes}}));
+    let owner_text = || Notes::parse(lab.web()["config"]["description"].as_str().expect("notes")).user_text;
+
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "install failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
+    assert_eq!(lab.metadata().system.as_deref(), Some(lab.toplevel().as_str()));
+    assert_eq!(owner_text(), OWNER, "after install");
+
+    lab.declare("2", 2048, false);
+    lab.declare_description("");
+    lab.commit("web: revision 2");
+    assert_eq!(kinds(&lab.plan()), ["switch"]);
+    let (run, _) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "switch failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(lab.metadata().system.as_deref(), Some(lab.toplevel().as_str()));
+    assert_eq!(owner_text(), OWNER, "after switch");
 }
 
 #[test]

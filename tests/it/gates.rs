@@ -5,59 +5,9 @@
 
 use serde_json::{Value, json};
 
-use crate::support::cli::{self, Run};
-use crate::support::fakepve::{FakePve, Scenario};
-use crate::support::nix::{Fixture, repo};
-
-/// The homelab fixture and its cluster, each guest passed through `edit` first.
-pub fn homelab_with(edit: impl Fn(&mut Value)) -> (Fixture, FakePve) {
-    let path = repo().join("fixtures/homelab/cluster.json");
-    let file: Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("cluster.json")).expect("json");
-    let scenario =
-        file["guests"].as_array().expect("guests").iter().cloned().fold(Scenario::new(), |s, mut g| {
-            edit(&mut g);
-            s.guest(g)
-        });
-    (Fixture::copy("homelab"), FakePve::start(scenario))
-}
-
-pub fn nixprox(fixture: &Fixture, pve: &FakePve, args: &[&str]) -> Run {
-    let mut command = cli::nixprox();
-    command.args(args).args(cli::source_args(fixture)).envs(cli::pve_env(pve));
-    command.output().expect("run nixprox").into()
-}
-
-/// `plan --format json` for `hosts`.
-pub fn plan(fixture: &Fixture, pve: &FakePve, hosts: &str) -> Value {
-    let run = nixprox(fixture, pve, &["plan", "--format", "json", "--hosts", hosts]);
-    assert_eq!(run.code, 0, "plan failed:\n{}", run.stderr);
-    serde_json::from_str(&run.stdout).expect("plan json")
-}
-
-/// `plan --out plan.json`, then `apply --reviewed-plan plan.json` for `hosts`; returns the
-/// apply run.
-pub fn plan_and_apply(fixture: &Fixture, pve: &FakePve, hosts: &str) -> Run {
-    let plan_file = fixture.dir.path().join("plan.json").display().to_string();
-    let run = nixprox(fixture, pve, &["plan", "--format", "json", "--hosts", hosts, "--out", &plan_file]);
-    assert_eq!(run.code, 0, "plan failed:\n{}", run.stderr);
-    nixprox(fixture, pve, &["apply", "--reviewed-plan", &plan_file, "--hosts", hosts])
-}
-
-/// The actions of `host` in a JSON plan.
-pub fn actions(plan: &Value, host: &str) -> Vec<Value> {
-    plan["hosts"]
-        .as_array()
-        .expect("hosts")
-        .iter()
-        .filter(|h| h["host"] == host)
-        .flat_map(|h| h["actions"].as_array().expect("actions").clone())
-        .collect()
-}
-
-pub fn kinds(plan: &Value, host: &str) -> Vec<String> {
-    actions(plan, host).iter().map(|a| a["kind"].as_str().expect("kind").to_string()).collect()
-}
+use crate::support::cli::{
+    actions, homelab_with, kinds, nixprox_in as nixprox, plan_and_apply, plan_hosts as plan,
+};
 
 /// `dns` (VM 110) edited into the case a test covers.
 fn edit_dns(guest: &mut Value, config: Value) {

@@ -13,6 +13,7 @@ mod fleet;
 mod forge;
 mod gates;
 mod install;
+mod notes;
 mod plan_cli;
 mod probe_cli;
 mod proxmox;
