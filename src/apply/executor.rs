@@ -23,13 +23,13 @@ use crate::flake::host::{Bootstrap, TemplateRef};
 use crate::install::KEXEC_MIN_MEMORY_MIB;
 use crate::metadata::{Block, Created, Metadata, Notes};
 use crate::plan::{ActionKind, HostPlan};
-use crate::proxmox::find_template;
 use crate::proxmox::property::{
     Drive, PropertyString, format_net, format_new_disk, format_tags, parse_drive, parse_tags, value_bool,
     value_text,
 };
 use crate::proxmox::read::pending_keys;
-use crate::spec::{Bios, MANAGED_TAG, format_size};
+use crate::proxmox::{ProxmoxError, find_template};
+use crate::spec::{Bios, MANAGED_TAG, allocation_size, format_size};
 
 /// Config writes retried after a digest conflict (someone else changed the VM in between).
 const CAS_ATTEMPTS: usize = 4;
@@ -660,38 +660,70 @@ impl<'r> HostRun<'r> {
         )))
     }
 
-    /// Grows every declared disk that is smaller than declared, with an absolute size (so a
-    /// repeated request is a no-op). Never shrinks.
+    /// Grows every declared disk that is smaller than declared to its allocation (whole 4 MiB,
+    /// see [`allocation_size`]), with an absolute size (so a repeated request is a no-op).
+    /// Never shrinks.
     async fn resize(&self, host: &DesiredHost, node: &str, vmid: u32) -> Result<Done<()>, StepError> {
         let client = self.req.client;
-        let raw = vm::read_raw(client, node, vmid).await?.ok_or_else(|| {
+        let gone = || {
             StepError::other(format!("VM {vmid} on node `{node}` disappeared before its disks were resized"))
-        })?;
-        let mut grown = Vec::new();
+        };
+        let raw = vm::read_raw(client, node, vmid).await?.ok_or_else(gone)?;
+        let recorded = |raw: &Map<String, Value>, slot: &str| match raw
+            .get(slot)
+            .and_then(value_text)
+            .map(|v| parse_drive(&v))
+        {
+            Some(Drive::Disk(live)) => Some(live.size_bytes),
+            _ => None,
+        };
+        let mut asked = Vec::new();
         let mut warnings = Vec::new();
         let path = format!("{}/resize", vm_path(node, vmid));
         for (slot, disk) in &host.spec.disks {
-            let Some(Drive::Disk(live)) = raw.get(slot).and_then(value_text).map(|v| parse_drive(&v)) else {
-                return Err(StepError::other(format!(
-                    "disk `{slot}` of VM {vmid} is missing after configure"
-                )));
-            };
-            if disk.size_bytes <= live.size_bytes {
+            let live = recorded(&raw, slot).ok_or_else(|| {
+                StepError::other(format!("disk `{slot}` of VM {vmid} is missing after configure"))
+            })?;
+            if disk.size_bytes <= live {
                 continue;
             }
-            let size = format_size(disk.size_bytes);
+            let size = format_size(allocation_size(disk.size_bytes));
             let result = with_retries(self.req.options.step_retry, "resize", || async {
                 let data = client.put(&path, &[("disk", slot.as_str()), ("size", size.as_str())]).await?;
                 vm::wait(client, &data, self.req.options.task_timeout).await
             })
-            .await?;
-            warnings.extend(result);
-            grown.push(format!("{slot} {}→{size}", format_size(live.size_bytes)));
+            .await;
+            match result {
+                Ok(more) => warnings.extend(more),
+                // qemu-server compares with the volume's real size: it holds more than that.
+                Err(ProxmoxError::TaskFailed(failure))
+                    if failure.exitstatus.contains("shrinking disks is not supported") => {}
+                Err(err) => return Err(err.into()),
+            }
+            asked.push((slot, disk.size_bytes, live, size));
         }
-        if grown.is_empty() {
+        if asked.is_empty() {
             return Ok(already((), None));
         }
-        Ok(Done { value: (), status: StepStatus::Ok, detail: Some(grown.join(", ")), warnings })
+        // qemu-server keeps the recorded size when the volume already holds what was asked for
+        // (a storage rounded an earlier size up): only a rescan on the node records the truth.
+        let raw = vm::read_raw(client, node, vmid).await?.ok_or_else(gone)?;
+        let mut grown = Vec::new();
+        for (slot, declared, before, size) in asked {
+            match recorded(&raw, slot) {
+                Some(now) if now >= declared => grown.push(format!("{slot} {}→{}", format_size(before), format_size(now))),
+                _ => warnings.push(format!(
+                    "Proxmox kept the recorded size {} of disk `{slot}` of VM {vmid}: its volume already holds at least {size} (the storage rounded an earlier size up); `qm disk rescan --vmid {vmid}` on node `{node}` records it",
+                    format_size(before)
+                )),
+            }
+        }
+        Ok(Done {
+            value: (),
+            status: StepStatus::Ok,
+            detail: Some(grown.join(", ")).filter(|d| !d.is_empty()),
+            warnings,
+        })
     }
 
     /// Sets the VM's `memory` alone (compare-and-swap on the digest). The value says whether

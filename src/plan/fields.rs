@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::metadata::Notes;
-use crate::spec::{DiskSpec, NetSpec, VmSpec, format_size};
+use crate::spec::{DiskSpec, NetSpec, SizeCheck, VmSpec, check_size, format_size};
 
 use super::model::{Change, Effect};
 
@@ -155,13 +155,14 @@ fn diff_disks(desired: &BTreeMap<String, DiskSpec>, live: &BTreeMap<String, Disk
             ));
         }
         let (before, after) = (format_size(have.size_bytes), format_size(want.size_bytes));
-        if want.size_bytes > have.size_bytes {
-            out.grows.push(change(field("size"), json!(before), json!(after), None));
-        } else if want.size_bytes < have.size_bytes {
-            out.replacements.push((
+        // A disk a little larger than declared is what the storage made of the declared size.
+        match check_size(want.size_bytes, have.size_bytes) {
+            SizeCheck::Grow => out.grows.push(change(field("size"), json!(before), json!(after), None)),
+            SizeCheck::InSync => {}
+            SizeCheck::Shrink => out.replacements.push((
                 change(field("size"), json!(before), json!(after), None),
                 format!("disk {slot} would shrink from {before} to {after}, and Proxmox cannot shrink disks"),
-            ));
+            )),
         }
         let mut option = |name: &str, before: Value, after: Value| {
             if before != after {

@@ -17,4 +17,5 @@ mod notes;
 mod plan_cli;
 mod probe_cli;
 mod proxmox;
+mod sizes;
 mod ssh;
