@@ -87,11 +87,36 @@ impl Lab {
 
     /// Declares `nixprox.vm.description` (`""`: none, the notes are the owner's).
     fn declare_description(&self, description: &str) {
+        self.declare_more("description", json!(description));
+    }
+
+    /// Sets one more field of `test-host.json` (`description`, `diskKeys`).
+    fn declare_more(&self, key: &str, value: Value) {
         let path = self.dir().join("test-host.json");
         let mut declared: Value =
             serde_json::from_str(&std::fs::read_to_string(&path).expect("test-host.json")).expect("json");
-        declared["description"] = json!(description);
+        declared[key] = value;
         std::fs::write(&path, declared.to_string()).expect("write test-host.json");
+    }
+
+    /// Appends `policies.allow_reinstall: true` to nixprox.yaml.
+    fn allow_reinstall(&self) {
+        let path = self.dir().join("nixprox.yaml");
+        let mut settings = std::fs::read_to_string(&path).expect("nixprox.yaml");
+        settings.push_str("policies:\n  allow_reinstall: true\n");
+        std::fs::write(&path, settings).expect("write nixprox.yaml");
+    }
+
+    /// Rewrites web's metadata block in its notes with `edit`, as someone could in the UI.
+    fn edit_metadata(&self, edit: impl FnOnce(&mut Metadata)) {
+        let vm = self.web();
+        let mut metadata = self.metadata();
+        edit(&mut metadata);
+        let notes = Notes::parse(vm["config"]["description"].as_str().expect("notes"));
+        let description = Notes::render(&notes.user_text, &metadata);
+        self.pve.command(
+            json!({"cmd": "set_config", "vmid": vm["vmid"], "config": {"description": description}}),
+        );
     }
 
     /// `nix flake lock` with the offline inputs, so the flake evaluates without overrides.
@@ -424,6 +449,58 @@ fn the_owners_notes_survive_install_and_switch_byte_for_byte() {
     assert_eq!(run.code, 0, "switch failed:\n{}\n{}", run.stdout, run.stderr);
     assert_eq!(lab.metadata().system.as_deref(), Some(lab.toplevel().as_str()));
     assert_eq!(owner_text(), OWNER, "after switch");
+}
+
+#[test]
+fn disk_keys_from_the_environment_reach_the_host_byte_for_byte() {
+    // Trailing blanks and newlines are part of the key: a trimmed key opens nothing.
+    const KEY: &str = "canary-disk-key-5e1f \t\n\n";
+    let lab = Lab::start(2048, Key::File);
+    lab.declare_more("diskKeys", json!({"/run/nixprox-disk.key": "env:DISK_KEY_FOR_TEST"}));
+    lab.commit("web: a disk key");
+    assert_eq!(kinds(&lab.plan()), ["create_vm", "install"]);
+    let (run, report) = lab.apply(&[("DISK_KEY_FOR_TEST", KEY.to_string())]);
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+    let placed = std::fs::read(lab.host.root().join("run/nixprox-disk.key")).expect("the key on the host");
+    assert_eq!(placed, KEY.as_bytes(), "the key arrives byte for byte");
+    let report = report.to_string();
+    for output in [&run.stdout, &run.stderr, &report] {
+        assert!(!output.contains("canary-disk-key"), "the disk key leaked:\n{output}");
+    }
+}
+
+#[test]
+fn a_reinstall_hands_secrets_only_to_the_machine_with_the_pinned_key() {
+    let lab = Lab::start(2048, Key::File);
+    let first = install(&lab);
+    let installed_key = lab.host.host_public();
+    lab.allow_reinstall();
+    lab.commit("allow reinstall");
+    // The block now says NixOS is gone (so a reinstall is planned), and pins another machine's
+    // key: the machine answering at the address is not the one nixprox installed.
+    let impostor = nixprox::ssh::generate_host_key("elsewhere").expect("key").public;
+    lab.edit_metadata(|m| {
+        m.system = None;
+        m.host_key = Some(impostor.clone());
+    });
+    assert_eq!(kinds(&lab.plan()), ["reinstall"]);
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let error = web_report(&report)["error"].as_str().expect("error").to_string();
+    assert!(error.starts_with("refusing to install `web`"), "{error}");
+    assert!(error.contains("nothing was sent to it"), "{error}");
+    assert_eq!(lab.host.host_public(), installed_key, "no new host key reached the machine");
+    assert_eq!(lab.host.current_system().as_deref(), Some(first.as_str()));
+
+    // Pinned to the machine's real key, the same reinstall goes ahead and pins a new key.
+    lab.edit_metadata(|m| m.host_key = Some(installed_key.trim().to_string()));
+    assert_eq!(kinds(&lab.plan()), ["reinstall"]);
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "reinstall failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
+    assert_ne!(lab.host.host_public(), installed_key);
+    assert_eq!(lab.metadata().host_key.as_deref(), Some(lab.host.host_public().trim()));
+    assert_eq!(lab.metadata().system.as_deref(), Some(first.as_str()));
 }
 
 #[test]

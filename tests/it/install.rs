@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use nixprox::install::{
-    BuildOn, InstallError, InstallRequest, SwitchAction, SwitchError, SwitchRequest, SwitchResult,
-    install_host, switch_host,
+    BuildOn, DiskKeySource, InstallError, InstallRequest, SwitchAction, SwitchError, SwitchRequest,
+    SwitchResult, install_host, switch_host,
 };
 use nixprox::ssh::{ClientKey, generate_host_key};
 
@@ -29,6 +29,7 @@ fn install_request(host: &TestHost, flake: &str, toplevel: &str, command: Vec<St
         extra_files: None,
         install_timeout: Duration::from_secs(120),
         connect_timeout: Duration::from_secs(30),
+        pinned_host_key: None,
     }
 }
 
@@ -110,6 +111,45 @@ async fn failed_install_carries_its_output_and_a_second_run_resumes() {
     let request = InstallRequest { toplevel: toplevel.clone(), ..request };
     let outcome = install_host(&request).await.expect("resumed install");
     assert_eq!(outcome.system, toplevel);
+}
+
+#[tokio::test]
+async fn a_reinstall_goes_only_to_the_machine_presenting_the_pinned_key() {
+    let host = TestHost::start();
+    let before = host.host_public();
+    let work = tempfile::tempdir().expect("tempdir");
+    systems::write_flake(work.path(), "web", &host.client_public, false);
+    let flake = format!("path:{}", work.path().display());
+    let toplevel = systems::build_flake(&flake, "web");
+    let fake = write_fake_nixos_anywhere(work.path());
+    let secret = work.path().join("disk.key");
+    std::fs::write(&secret, "correct horse").expect("write disk key");
+    let request = InstallRequest {
+        disk_encryption_keys: vec![("/run/disk.key".into(), DiskKeySource::File(secret))],
+        ..install_request(&host, &flake, &toplevel, vec![fake.display().to_string()])
+    };
+    // Another machine answers at the address: its key is not the one pinned for the VM.
+    let pinned = generate_host_key("the-real-web").expect("key").public;
+    let refused = InstallRequest { pinned_host_key: Some(pinned), ..request.clone() };
+    let err = install_host(&refused).await.expect_err("refused");
+    let text = err.to_string();
+    assert!(matches!(err, InstallError::Unverified { .. }), "{text}");
+    assert!(text.starts_with("refusing to install `web`"), "{text}");
+    assert!(
+        text.contains("nothing was sent to it") && text.contains("does not match the pinned key"),
+        "{text}"
+    );
+    // Nothing reached the machine: no disk key, no closure, no new host key.
+    assert!(!host.root().join("run/disk.key").exists());
+    assert!(!host.has_store_path(&toplevel));
+    assert_eq!(host.host_public(), before);
+
+    // The machine that presents the pinned key gets the install.
+    let verified = InstallRequest { pinned_host_key: Some(before.clone()), ..request };
+    let outcome = install_host(&verified).await.expect("install");
+    assert_eq!(outcome.system, toplevel);
+    assert_eq!(std::fs::read(host.root().join("run/disk.key")).expect("disk key"), b"correct horse");
+    assert_ne!(host.host_public(), before);
 }
 
 #[tokio::test]
