@@ -331,6 +331,8 @@ pub enum SwitchError {
 /// that never started.
 pub async fn switch_host(request: &SwitchRequest) -> Result<SwitchOutcome, SwitchError> {
     let host = request.host.clone();
+    // Another user than root does what needs root through `sudo -n` (docs/security.md).
+    let sudo = request.user != "root";
     let key_file = request.key.materialize()?;
     let key: Arc<_> = key_file.load()?;
     let policy = HostKeyPolicy::pinned(&request.host_key)?;
@@ -358,6 +360,7 @@ pub async fn switch_host(request: &SwitchRequest) -> Result<SwitchOutcome, Switc
         known_hosts: known_hosts.path().to_path_buf(),
         check_sigs: request.check_sigs,
         paths: vec![request.toplevel.clone()],
+        sudo,
     };
     tracing::info!(host = %host, "copying {} with nix copy", request.toplevel);
     run_streaming(&copy.spec(), &host, request.copy_timeout).await.map_err(|failure| SwitchError::Copy {
@@ -372,6 +375,7 @@ pub async fn switch_host(request: &SwitchRequest) -> Result<SwitchOutcome, Switc
         confirm_timeout: request.confirm_timeout,
         activation_timeout: request.activation_timeout,
         id: unique_id(),
+        sudo,
     };
     tracing::info!(host = %host, "activating ({})", request.action.as_str());
     let (status, log) =

@@ -99,6 +99,14 @@ impl Lab {
         std::fs::write(&path, declared.to_string()).expect("write test-host.json");
     }
 
+    /// Sets `ssh.user` in nixprox.yaml: every host is reached as `user`.
+    fn ssh_user(&self, user: &str) {
+        let path = self.dir().join("nixprox.yaml");
+        let settings = std::fs::read_to_string(&path).expect("nixprox.yaml");
+        std::fs::write(&path, settings.replacen("ssh:\n", &format!("ssh:\n  user: {user}\n"), 1))
+            .expect("write nixprox.yaml");
+    }
+
     /// Appends `policies.allow_reinstall: true` to nixprox.yaml.
     fn allow_reinstall(&self) {
         let path = self.dir().join("nixprox.yaml");
@@ -501,6 +509,45 @@ fn a_reinstall_hands_secrets_only_to_the_machine_with_the_pinned_key() {
     assert_ne!(lab.host.host_public(), installed_key);
     assert_eq!(lab.metadata().host_key.as_deref(), Some(lab.host.host_public().trim()));
     assert_eq!(lab.metadata().system.as_deref(), Some(first.as_str()));
+}
+
+#[test]
+fn a_user_with_passwordless_sudo_switches_probes_and_reinstalls() {
+    let lab = Lab::start(2048, Key::File);
+    let user = lab.host.sudo_user();
+    let first = install(&lab);
+    lab.declare("2", 2048, false);
+    lab.ssh_user(user);
+    lab.commit("web: revision 2, deployed as the sudo user");
+    let second = lab.toplevel();
+    assert_eq!(kinds(&lab.plan()), ["switch"]);
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "switch failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
+    assert_eq!(lab.host.current_system().as_deref(), Some(second.as_str()));
+    assert_eq!(lab.switch_log(), [format!("boot {first}"), format!("switch {second}")]);
+    assert_eq!(lab.metadata().system.as_deref(), Some(second.as_str()));
+    let sshd_log = std::fs::read_to_string(lab.host.root().join("sshd.log")).expect("sshd log");
+    assert!(sshd_log.contains(&format!("Accepted publickey for {user}")), "{sshd_log}");
+
+    // `plan --probe` as the same user: the host runs what the block records.
+    let run = lab.nixprox(&["plan", "--probe", "--format", "json"], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plan: Value = serde_json::from_str(&run.stdout).expect("plan json");
+    assert_eq!(plan["probe"]["probed"], 1, "{plan:#}");
+    assert_eq!(plan["probe"]["unreachable"], json!([]), "{plan:#}");
+    assert_eq!(kinds(&plan), ["noop"]);
+
+    // A reinstall logs in as the same user too; nixos-anywhere escalates with sudo.
+    lab.allow_reinstall();
+    lab.commit("allow reinstall");
+    lab.edit_metadata(|m| m.system = None);
+    assert_eq!(kinds(&lab.plan()), ["reinstall"]);
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "reinstall failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
+    assert_eq!(lab.metadata().system.as_deref(), Some(second.as_str()));
+    assert_eq!(lab.metadata().host_key.as_deref(), Some(lab.host.host_public().trim()));
 }
 
 #[test]

@@ -183,6 +183,36 @@ async fn switch_happy_path_copies_and_activates() {
 }
 
 #[tokio::test]
+async fn a_user_with_passwordless_sudo_switches_and_probes() {
+    let host = TestHost::start();
+    let user = host.sudo_user();
+    let first = installed(&host, "nixos-system-web-sudo-1").await;
+    let second = systems::build("nixos-system-web-sudo-2", &host.client_public, 0);
+    let request = SwitchRequest { user: user.into(), ..switch_request(&host, &second) };
+    let outcome = switch_host(&request).await.expect("switch as the sudo user");
+    assert_eq!(outcome.result, SwitchResult::Switched, "{}", outcome.log);
+    assert!(host.has_store_path(&second), "closure copied through `sudo -n nix-daemon`");
+    assert_eq!(host.current_system().as_deref(), Some(second.as_str()));
+    assert_eq!(host.switch_calls(), vec![format!("{first} switch"), format!("{second} switch")]);
+    // The switch's state is root's: the user reached it only through sudo.
+    let state =
+        std::fs::read_dir(host.root().join("run/nixprox")).expect("state dir").next().expect("one switch");
+    let mode = std::os::unix::fs::MetadataExt::mode(&state.expect("entry").metadata().expect("metadata"));
+    assert_eq!(mode & 0o777, 0o700);
+    // `plan --probe` reads /run/current-system as the same user, no sudo needed.
+    let target = nixprox::ssh::SshTarget {
+        host: "web".into(),
+        address: host.address.clone(),
+        port: host.port,
+        user: user.into(),
+    };
+    let key = ClientKey::File(host.client_key.clone()).materialize().expect("key").load().expect("load");
+    let policy = nixprox::ssh::HostKeyPolicy::pinned(&host.host_public()).expect("policy");
+    let running = nixprox::ssh::probe_system(&target, &key, &policy, Duration::from_secs(15)).await;
+    assert_eq!(running.expect("probe"), second);
+}
+
+#[tokio::test]
 async fn switch_that_breaks_connectivity_rolls_back_and_fails() {
     let host = TestHost::start();
     let first = installed(&host, "nixos-system-web-good").await;
