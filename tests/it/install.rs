@@ -10,7 +10,7 @@ use nixprox::install::{
 };
 use nixprox::ssh::{ClientKey, generate_host_key};
 
-use crate::support::sshd::{TestHost, systems, write_fake_nixos_anywhere};
+use crate::support::sshd::{PLAIN_USER, TestHost, systems, write_fake_nixos_anywhere};
 
 fn install_request(host: &TestHost, flake: &str, toplevel: &str, command: Vec<String>) -> InstallRequest {
     InstallRequest {
@@ -210,6 +210,20 @@ async fn a_user_with_passwordless_sudo_switches_and_probes() {
     let policy = nixprox::ssh::HostKeyPolicy::pinned(&host.host_public()).expect("policy");
     let running = nixprox::ssh::probe_system(&target, &key, &policy, Duration::from_secs(15)).await;
     assert_eq!(running.expect("probe"), second);
+}
+
+#[tokio::test]
+async fn a_user_without_sudo_gets_sudos_answer_and_nothing_changes() {
+    let host = TestHost::start();
+    host.sudo_user();
+    let first = installed(&host, "nixos-system-web-nosudo-1").await;
+    let second = systems::build("nixos-system-web-nosudo-2", &host.client_public, 0);
+    let request = SwitchRequest { user: PLAIN_USER.into(), ..switch_request(&host, &second) };
+    let err = switch_host(&request).await.expect_err("no sudo, no switch");
+    let text = err.to_string();
+    assert!(matches!(err, SwitchError::Copy { .. }), "{text}");
+    assert!(text.contains("sudo: a password is required"), "{text}");
+    assert_eq!(host.current_system().as_deref(), Some(first.as_str()));
 }
 
 #[tokio::test]

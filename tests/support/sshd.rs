@@ -26,6 +26,9 @@ const SUDO: &str = "/usr/bin/sudo";
 pub const SUDO_USER: &str = "deploy";
 /// Its uid and gid, far from Debian's system and user ranges.
 const SUDO_UID: u32 = 64242;
+/// A user who logs in like [`SUDO_USER`] but has no sudo rights.
+pub const PLAIN_USER: &str = "plain";
+const PLAIN_UID: u32 = 64243;
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// One test host; see the module docs.
@@ -183,8 +186,9 @@ fn write_private(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
 }
 
-/// The namespace's account files: the machine's, plus [`SUDO_USER`] (password `*`: no password,
-/// not locked, so sshd lets the key in) and a sudoers file giving it passwordless sudo.
+/// The namespace's account files: the machine's, plus [`SUDO_USER`] and [`PLAIN_USER`]
+/// (password `*`: no password, not locked, so sshd lets the key in) and a sudoers file giving
+/// the first passwordless sudo.
 fn write_accounts(root: &Path) {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
     let user = SUDO_USER;
@@ -193,14 +197,22 @@ fn write_accounts(root: &Path) {
         std::fs::write(&path, format!("{}{line}\n", read(base))).expect("write account file");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
     };
+    let plain = PLAIN_USER;
     add(
         "etc-passwd",
         "/etc/passwd",
-        format!("{user}:x:{SUDO_UID}:{SUDO_UID}:nixprox test deployer:/run:/bin/sh"),
+        format!(
+            "{user}:x:{SUDO_UID}:{SUDO_UID}:nixprox test deployer:/run:/bin/sh\n{plain}:x:{PLAIN_UID}:{PLAIN_UID}:no sudo:/run:/bin/sh"
+        ),
         0o644,
     );
-    add("etc-group", "/etc/group", format!("{user}:x:{SUDO_UID}:"), 0o644);
-    add("etc-shadow", "/etc/shadow", format!("{user}:*:19000:0:99999:7:::"), 0o640);
+    add("etc-group", "/etc/group", format!("{user}:x:{SUDO_UID}:\n{plain}:x:{PLAIN_UID}:"), 0o644);
+    add(
+        "etc-shadow",
+        "/etc/shadow",
+        format!("{user}:*:19000:0:99999:7:::\n{plain}:*:19000:0:99999:7:::"),
+        0o640,
+    );
     let sudoers = root.join("etc-sudoers");
     std::fs::write(
         &sudoers,
