@@ -19,7 +19,7 @@ use super::params;
 use super::step::{Done, StepError};
 use crate::flake::DesiredHost;
 use crate::flake::host::TemplateRef;
-use crate::metadata::Metadata;
+use crate::metadata::{self, Metadata};
 use crate::proxmox::qemu::{CloneForm, CreateForm, config_text, find_vm, notes_of, vm_path};
 use crate::proxmox::{ProxmoxError, find_template, post_and_wait};
 use crate::retry::Resend;
@@ -81,11 +81,11 @@ impl HostRun<'_> {
         let source = find_template(self.req.live, &wanted, Some(&host.node))
             .map_err(|e| StepError::other(e.to_string()))?;
         let storage = params::first_storage(host);
-        let notes = self.first_notes(host);
         let path = format!("{}/clone", vm_path(&source.node, source.vmid));
         let what = format!("failed to clone template `{wanted}` for host `{}`", host.host);
         let sent = self
             .with_fresh_vmid(host, &what, |vmid| {
+                let notes = self.first_notes(host, vmid);
                 let form = CloneForm {
                     newid: vmid,
                     name: &host.spec.name,
@@ -105,12 +105,12 @@ impl HostRun<'_> {
 
     /// A VM from scratch that boots the installer ISO; tags and notes are set at creation.
     pub(super) async fn create_vm(&self, host: &DesiredHost, iso: &str) -> Result<Done<u32>, StepError> {
-        let notes = self.first_notes(host);
         let efi_storage = params::first_storage(host);
         let path = format!("/nodes/{}/qemu", host.node);
         let what = format!("failed to create the VM of host `{}`", host.host);
         let sent = self
             .with_fresh_vmid(host, &what, |vmid| {
+                let notes = self.first_notes(host, vmid);
                 let form = CreateForm {
                     vmid,
                     spec: &host.spec,
@@ -256,14 +256,17 @@ impl HostRun<'_> {
         }
     }
 
-    /// The notes of a VM being created: the user's description and a block that names the
-    /// host and the plan being applied.
-    fn first_notes(&self, host: &DesiredHost) -> String {
+    /// The notes of a VM nixprox creates as `vmid`: the user's description and a block that
+    /// names the host, the plan being applied, and that nixprox created this VM (the only VM
+    /// the planner allows an ungated install on).
+    fn first_notes(&self, host: &DesiredHost, vmid: u32) -> String {
+        let plan = self.req.reviewed_plan_id.to_string();
         let metadata = Metadata {
             host: host.host.clone(),
-            applying: Some(self.req.reviewed_plan_id.to_string()),
+            applying: Some(plan.clone()),
+            created: Some(metadata::Created { vmid, plan }),
             ..Metadata::default()
         };
-        params::notes(host, &metadata)
+        params::notes(host, "", &metadata)
     }
 }

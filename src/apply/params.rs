@@ -84,9 +84,14 @@ pub fn encode_ssh_keys(keys: &[String]) -> String {
     utf8_percent_encode(&joined.join("\n"), URI_COMPONENT).to_string()
 }
 
-/// The notes nixprox writes: the user's description and the metadata block.
-pub fn notes(host: &DesiredHost, metadata: &Metadata) -> String {
-    Notes::render(&host.spec.description, metadata)
+/// The notes nixprox writes over `current` (the VM's notes now): the metadata block after the
+/// owner's text, kept byte for byte, unless the flake declares a description that says
+/// something else (an empty `nixprox.vm.description` never replaces anything).
+pub fn notes(host: &DesiredHost, current: &str, metadata: &Metadata) -> String {
+    let kept = Notes::parse(current).user_text;
+    let declared = &host.spec.description;
+    let text = if declared.is_empty() || Notes::same_text(declared, &kept) { &kept } else { declared };
+    Notes::render(text, metadata)
 }
 
 /// The write that brings `raw` (a `GET …/config` answer) to `host`'s declaration, with the
@@ -149,13 +154,9 @@ pub fn config_write(
     tags.insert(MANAGED_TAG.to_string());
     let live_tags = text("tags").map(|t| parse_tags(&t)).unwrap_or_default();
     set_if(&mut out, "tags", format_tags(&tags), live_tags != tags);
-    let description = notes(host, metadata);
-    set_if(
-        &mut out,
-        "description",
-        description.clone(),
-        text("description").unwrap_or_default() != description,
-    );
+    let current = text("description").unwrap_or_default();
+    let description = notes(host, &current, metadata);
+    set_if(&mut out, "description", description.clone(), current != description);
     set_if(&mut out, "onboot", bool_text(spec.on_boot), flag("onboot") != spec.on_boot);
     set_if(&mut out, "protection", bool_text(spec.protection), flag("protection") != spec.protection);
     if scope.cloud_init
@@ -335,12 +336,31 @@ mod tests {
             "name": "web", "memory": "2048", "cores": 2, "sockets": 1, "cpu": "x86-64-v2-AES,flags=+aes",
             "agent": "enabled=1,fstrim_cloned_disks=1", "scsi0": "local-lvm:vm-101-disk-0,size=20G",
             "net0": "virtio=BC:24:11:AA:BB:CC,bridge=vmbr0", "tags": "nixprox", "onboot": 1,
-            "description": notes(&host, &meta), "digest": "x"
+            "description": notes(&host, "", &meta), "digest": "x"
         }));
         assert_eq!(config_write(&host, &live, &meta, SCOPE_UPDATE), ConfigWrite::default());
         let cleared = Metadata { applying: None, ..meta };
         let write = config_write(&host, &live, &cleared, SCOPE_UPDATE);
         assert_eq!(write.keys(), vec!["description"]);
+    }
+
+    #[test]
+    fn the_owners_notes_are_kept_unless_a_description_is_declared() {
+        let mut host = testkit::host("web");
+        let meta = metadata("web");
+        let owner = "Owner: alice.\r\nBackups nightly; do not delete.\n\n";
+        // Nothing declared: the owner's bytes, block or no block before.
+        for current in [owner.to_string(), Notes::render(owner, &Metadata::default())] {
+            let written = notes(&host, &current, &meta);
+            assert_eq!(Notes::parse(&written).user_text, owner);
+            assert_eq!(Notes::parse(&written).metadata(), Some(&meta));
+        }
+        // The same text but for trailing white space: still the owner's bytes (no rewrite).
+        host.spec.description = "Owner: alice.\r\nBackups nightly; do not delete.".into();
+        assert_eq!(Notes::parse(&notes(&host, owner, &meta)).user_text, owner);
+        // Another text declared: it replaces the notes.
+        host.spec.description = "Reverse proxy.\n".into();
+        assert_eq!(Notes::parse(&notes(&host, owner, &meta)).user_text, "Reverse proxy.\n");
     }
 
     #[test]

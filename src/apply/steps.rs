@@ -12,15 +12,15 @@ use crate::deploy::Deployed;
 use crate::flake::DesiredHost;
 use crate::metadata::{Block, Metadata};
 use crate::plan::PoolMove;
-use crate::proxmox::post_and_wait;
 use crate::proxmox::property::{Drive, PropertyString, format_tags, parse_drive, value_bool, value_text};
 use crate::proxmox::qemu::{
     AddressWait, Form, RawConfig, config_text, digest_of, notes_of, power_state, read_raw, tags_of, vm_path,
     wait_for_address,
 };
 use crate::proxmox::read::pending_keys;
+use crate::proxmox::{ProxmoxError, post_and_wait};
 use crate::retry::Resend;
-use crate::spec::{MANAGED_TAG, format_size};
+use crate::spec::{MANAGED_TAG, allocation_size, format_size};
 
 /// Config writes retried after a digest conflict (someone else changed the VM in between).
 const CAS_ATTEMPTS: usize = 4;
@@ -93,7 +93,7 @@ impl HostRun<'_> {
             Block::Absent => Metadata::default(),
             Block::Unreadable { reason, .. } => {
                 return Err(StepError::other(format!(
-                    "the nixprox block in the notes of VM {vmid} cannot be read ({reason}); refusing to overwrite it (upgrade nixprox, or remove the block by hand)"
+                    "the nixprox block in the notes of VM {vmid} cannot be read, so nixprox does not overwrite it: {reason}"
                 )));
             }
         };
@@ -112,7 +112,13 @@ impl HostRun<'_> {
         let raw = read_raw(self.req.client, node, vmid).await?.ok_or_else(|| {
             StepError::other(format!("the VM of host `{}` ({node}/{vmid}) is gone", host.host))
         })?;
-        Ok(notes_of(&raw).metadata().cloned())
+        let notes = notes_of(&raw);
+        if let Some(reason) = notes.unreadable() {
+            return Err(StepError::other(format!(
+                "the nixprox block in the notes of VM {vmid} cannot be read: {reason}"
+            )));
+        }
+        Ok(notes.metadata().cloned())
     }
 
     /// Brings the config to the declaration with `POST …/config` (compare-and-swap, see
@@ -165,8 +171,9 @@ impl HostRun<'_> {
         }
     }
 
-    /// Grows every declared disk that is smaller than declared, with an absolute size (so a
-    /// repeated request is a no-op). Never shrinks.
+    /// Grows every declared disk that is smaller than declared to its allocation (whole 4 MiB,
+    /// see [`allocation_size`]), with an absolute size (so a repeated request is a no-op).
+    /// Never shrinks.
     pub(super) async fn resize(
         &self,
         host: &DesiredHost,
@@ -174,22 +181,25 @@ impl HostRun<'_> {
         vmid: u32,
     ) -> Result<Done<()>, StepError> {
         let client = self.req.client;
-        let raw = read_raw(client, node, vmid).await?.ok_or_else(|| {
+        let gone = || {
             StepError::other(format!("VM {vmid} on node `{node}` disappeared before its disks were resized"))
-        })?;
-        let mut grown = Vec::new();
+        };
+        let recorded = |raw: &RawConfig, slot: &str| match config_text(raw, slot).map(|v| parse_drive(&v)) {
+            Some(Drive::Disk(live)) => Some(live.size_bytes),
+            _ => None,
+        };
+        let raw = read_raw(client, node, vmid).await?.ok_or_else(gone)?;
+        let mut asked = Vec::new();
         let mut warnings = Vec::new();
         let path = format!("{}/resize", vm_path(node, vmid));
         for (slot, disk) in &host.spec.disks {
-            let Some(Drive::Disk(live)) = config_text(&raw, slot).map(|v| parse_drive(&v)) else {
-                return Err(StepError::other(format!(
-                    "disk `{slot}` of VM {vmid} is missing after configure"
-                )));
-            };
-            if disk.size_bytes <= live.size_bytes {
+            let live = recorded(&raw, slot).ok_or_else(|| {
+                StepError::other(format!("disk `{slot}` of VM {vmid} is missing after configure"))
+            })?;
+            if disk.size_bytes <= live {
                 continue;
             }
-            let size = format_size(disk.size_bytes);
+            let size = format_size(allocation_size(disk.size_bytes));
             let timeout = self.req.options.task_timeout;
             let result = self
                 .req
@@ -199,14 +209,36 @@ impl HostRun<'_> {
                     let data = client.put(&path, &[("disk", slot.as_str()), ("size", size.as_str())]).await?;
                     crate::proxmox::wait_answer(client, &data, timeout).await
                 })
-                .await?;
-            warnings.extend(result);
-            grown.push(format!("{slot} {}→{size}", format_size(live.size_bytes)));
+                .await;
+            match result {
+                Ok(more) => warnings.extend(more),
+                // qemu-server compares with the volume's real size: it holds more than that.
+                Err(ProxmoxError::TaskFailed(failure))
+                    if failure.exitstatus.contains("shrinking disks is not supported") => {}
+                Err(err) => return Err(err.into()),
+            }
+            asked.push((slot, disk.size_bytes, live, size));
         }
-        if grown.is_empty() {
+        if asked.is_empty() {
             return Ok(Done::already(()));
         }
-        Ok(Done::ok(()).detail(grown.join(", ")).warnings(warnings))
+        // qemu-server keeps the recorded size when the volume already holds what was asked for
+        // (a storage rounded an earlier size up): only a rescan on the node records the truth.
+        let raw = read_raw(client, node, vmid).await?.ok_or_else(gone)?;
+        let mut grown = Vec::new();
+        for (slot, declared, before, size) in asked {
+            match recorded(&raw, slot) {
+                Some(now) if now >= declared => {
+                    grown.push(format!("{slot} {}→{}", format_size(before), format_size(now)));
+                }
+                _ => warnings.push(format!(
+                    "Proxmox kept the recorded size {} of disk `{slot}` of VM {vmid}: its volume already holds at least {size} (the storage rounded an earlier size up); `qm disk rescan --vmid {vmid}` on node `{node}` records it",
+                    format_size(before)
+                )),
+            }
+        }
+        let done = Done::ok(()).warnings(warnings);
+        Ok(if grown.is_empty() { done } else { done.detail(grown.join(", ")) })
     }
 
     /// Sets the VM's `memory` alone (compare-and-swap). The value says whether the VM keeps
@@ -366,11 +398,14 @@ impl HostRun<'_> {
                 if let Some(deployed) = deployed {
                     record(&mut metadata, deployed, self.req.git_rev);
                 }
-                let description = params::notes(host, &metadata);
+                if metadata.system.is_some() {
+                    // Installed: from now on only a gated reinstall may wipe it.
+                    metadata.created = None;
+                }
+                let current = config_text(raw, "description").unwrap_or_default();
+                let description = params::notes(host, &current, &metadata);
                 let tags = tags_of(raw);
-                if config_text(raw, "description").unwrap_or_default() == description
-                    && tags.contains(MANAGED_TAG)
-                {
+                if current == description && tags.contains(MANAGED_TAG) {
                     return Ok(None);
                 }
                 let mut all_tags = tags;
@@ -418,7 +453,13 @@ impl HostRun<'_> {
     fn check_destroyable(&self, raw: &RawConfig, node: &str, vmid: u32) -> Result<String, StepError> {
         let host_name = self.plan.host.as_str();
         let name = config_text(raw, "name").unwrap_or_default();
-        let recorded = notes_of(raw).metadata().map(|m| m.host.clone());
+        let notes = notes_of(raw);
+        if let Some(reason) = notes.unreadable() {
+            return Err(StepError::other(format!(
+                "refusing to destroy VM {vmid} on node `{node}`: the nixprox block in its notes cannot be read ({reason})"
+            )));
+        }
+        let recorded = notes.metadata().map(|m| m.host.clone());
         let same_vm = tags_of(raw).contains(MANAGED_TAG)
             && if self.plan.orphan {
                 name == host_name

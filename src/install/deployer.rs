@@ -16,6 +16,7 @@ use super::{
 use crate::config::Settings;
 use crate::deploy::{DeployTarget, Deployed, NixosDeployer};
 use crate::flake::host::{Bootstrap, DeployStrategy};
+use crate::metadata::Metadata;
 use crate::ssh::{ClientKey, GeneratedHostKey, generate_host_key};
 
 /// The environment variable read for the SSH key when the settings name neither a key file
@@ -85,10 +86,14 @@ impl SshDeployer {
 
     async fn install_one(&self, target: DeployTarget<'_>) -> anyhow::Result<Deployed> {
         let host = target.host;
-        // nixos-anywhere logs in to the bootstrap system: the cloud-init user of a template.
+        let recorded = target.recorded;
+        let pinned_host_key = install_trust(&target, recorded)?;
+        // nixos-anywhere logs in to what runs now: an installed NixOS (a reinstall) as the
+        // host's SSH user; a new VM's bootstrap system as the template's cloud-init user.
+        let installed = recorded.is_some_and(|m| m.system.is_some());
         let user = match &host.bootstrap {
-            Bootstrap::Template { user, .. } => user.clone(),
-            Bootstrap::Iso { .. } => self.ssh_user(target),
+            Bootstrap::Template { user, .. } if !installed => user.clone(),
+            _ => self.ssh_user(target),
         };
         let disk_encryption_keys = host
             .install
@@ -116,6 +121,7 @@ impl SshDeployer {
             extra_files: host.install.extra_files.as_ref().map(PathBuf::from),
             install_timeout: self.install_timeout,
             connect_timeout: self.connect_timeout,
+            pinned_host_key,
         };
         let outcome = install_host(&request).await?;
         Ok(Deployed {
@@ -195,6 +201,23 @@ impl SshDeployer {
     }
 }
 
+/// Which machine an install may hand the new host key and the disk-encryption keys to: the one
+/// presenting the key pinned in the VM's block (`Some`), or, for a VM nixprox created and has
+/// not installed yet, whatever answers at its address (`None`: no key was ever pinned for it;
+/// see docs/security.md). Any other VM is refused: nothing identifies the machine.
+fn install_trust(target: &DeployTarget<'_>, recorded: Option<&Metadata>) -> anyhow::Result<Option<String>> {
+    match recorded {
+        Some(metadata) if metadata.created_uninstalled(target.vmid) => Ok(None),
+        Some(Metadata { host_key: Some(key), .. }) => Ok(Some(key.clone())),
+        _ => bail!(
+            "refusing to install `{}` on VM {}: no SSH host key is pinned for it in its metadata block and nixprox did not create it, so nixprox cannot verify the machine at `{}` before handing it the new host key and disk-encryption keys (check the key the VM presents on its console and add it to the block as `\"host_key\":\"ssh-ed25519 …\"`, or delete the VM so nixprox creates it anew)",
+            target.host.host,
+            target.vmid,
+            target.address
+        ),
+    }
+}
+
 impl NixosDeployer for SshDeployer {
     fn install<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>> {
         Box::pin(self.install_one(target))
@@ -207,4 +230,46 @@ impl NixosDeployer for SshDeployer {
 
 fn now() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::Created;
+    use crate::plan::testkit;
+
+    #[test]
+    fn secrets_go_to_a_pinned_machine_or_a_vm_nixprox_created() {
+        let host = testkit::host("web");
+        let target = DeployTarget {
+            host: &host,
+            node: "pve1",
+            vmid: 120,
+            address: "127.0.0.10",
+            plan_id: "p",
+            recorded: None,
+        };
+        let created = Metadata {
+            host: "web".into(),
+            created: Some(Created { vmid: 120, plan: "p".into() }),
+            ..Metadata::default()
+        };
+        assert_eq!(install_trust(&target, Some(&created)).expect("trusted"), None);
+        let pinned = Metadata { host_key: Some("ssh-ed25519 AAAA web".into()), ..created.clone() };
+        let installed = Metadata { system: Some("/nix/store/x".into()), ..pinned.clone() };
+        assert_eq!(
+            install_trust(&target, Some(&installed)).expect("pinned"),
+            Some("ssh-ed25519 AAAA web".into())
+        );
+        // A copy of the notes on another VM, an adopted VM, no block at all: refused.
+        let copied = Metadata { created: Some(Created { vmid: 99, plan: "p".into() }), ..created };
+        for recorded in [Some(&copied), Some(&Metadata { host: "web".into(), ..Metadata::default() }), None] {
+            let err = install_trust(&target, recorded).expect_err("refused").to_string();
+            assert!(
+                err.starts_with("refusing to install `web` on VM 120: no SSH host key is pinned"),
+                "{err}"
+            );
+            assert!(err.contains("`127.0.0.10`"), "{err}");
+        }
+    }
 }

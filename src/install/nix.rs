@@ -92,11 +92,16 @@ pub struct NixCopy {
     pub known_hosts: PathBuf,
     pub check_sigs: bool,
     pub paths: Vec<String>,
+    /// The login user is not root: the remote store is opened as root by `sudo -n nix-daemon
+    /// --stdio` (`?remote-program=`), so the user needs no place in nix's `trusted-users` to
+    /// add the unsigned closure, only passwordless sudo.
+    pub sudo: bool,
 }
 
 impl NixCopy {
     pub fn store_uri(&self) -> String {
-        format!("ssh-ng://{}@{}", self.user, self.address)
+        let remote_program = if self.sudo { "?remote-program=sudo%20-n%20nix-daemon" } else { "" };
+        format!("ssh-ng://{}@{}{remote_program}", self.user, self.address)
     }
 
     pub fn argv(&self) -> Vec<String> {
@@ -154,6 +159,7 @@ mod tests {
             known_hosts: "/tmp/kh".into(),
             check_sigs: false,
             paths: vec!["/nix/store/b-sys".into()],
+            sudo: false,
         };
         assert_eq!(
             copy.argv().join(" "),
@@ -166,6 +172,10 @@ mod tests {
                 "-p 2222 -i /tmp/key -o IdentitiesOnly=yes -o UserKnownHostsFile=/tmp/kh -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes".to_string()
             )]
         );
-        assert!(!NixCopy { check_sigs: true, ..copy }.argv().contains(&"--no-check-sigs".to_string()));
+        assert!(
+            !NixCopy { check_sigs: true, ..copy.clone() }.argv().contains(&"--no-check-sigs".to_string())
+        );
+        let as_deploy = NixCopy { user: "deploy".into(), sudo: true, ..copy };
+        assert_eq!(as_deploy.store_uri(), "ssh-ng://deploy@10.0.0.5?remote-program=sudo%20-n%20nix-daemon");
     }
 }

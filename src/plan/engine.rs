@@ -125,6 +125,11 @@ fn find_vm<'a>(host: &DesiredHost, live: &'a [LiveVm], claimed: &BTreeSet<u32>) 
     }
 }
 
+/// Why the VM's metadata block cannot be read (with the fix), if it cannot.
+fn unreadable_block(vm: &LiveVm) -> Option<&str> {
+    vm.config.as_ref()?.unreadable_block.as_deref()
+}
+
 fn recorded_host(vm: &LiveVm) -> Option<&str> {
     vm.config.as_ref()?.metadata.as_ref().map(|m| m.host.as_str())
 }
@@ -162,6 +167,17 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
                     vmids.len(),
                     host.spec.name,
                     ids.join(", ")
+                ),
+                None,
+            )]
+        }
+        Found::Vm(live, _) if let Some(reason) = unreadable_block(live) => {
+            vm = VmRef { node: live.node.clone(), vmid: Some(live.vmid) };
+            vec![blocked(
+                action(ActionKind::UpdateVm, "nixprox cannot read this VM's metadata block", Vec::new()),
+                format!(
+                    "the nixprox block in the notes of VM {} cannot be read: {reason}; nixprox leaves the VM untouched until then",
+                    live.vmid
                 ),
                 None,
             )]
@@ -377,20 +393,7 @@ fn plan_system(
     let want = &host.system;
     let system = metadata.and_then(|m| m.system.as_deref());
     let Some(system) = system else {
-        if adopting {
-            let reinstall = action(
-                ActionKind::Reinstall,
-                "the adopted VM has no NixOS installed by nixprox; installing wipes its disks",
-                vec![Change {
-                    field: "system".into(),
-                    before: None,
-                    after: Some(json!(want.toplevel)),
-                    effect: None,
-                }],
-            );
-            return vec![gate_reinstall(reinstall, live, policies)];
-        }
-        return vec![install_action(host, "no NixOS system is recorded for this VM")];
+        return vec![first_install(host, live, adopting, policies)];
     };
     let recorded_layout = metadata.and_then(|m| m.disk_layout.as_deref());
     if let Some(layout) = recorded_layout
@@ -450,6 +453,39 @@ fn plan_system(
     )]
 }
 
+/// NixOS on a VM that records no system. Without a gate only on a VM nixprox created itself
+/// (its `created` marker names this VMID): any other VM may hold data that the install wipes.
+fn first_install(host: &DesiredHost, live: &LiveVm, adopting: bool, policies: Policies) -> Action {
+    let metadata = live.config.as_ref().and_then(|c| c.metadata.as_ref());
+    let why = match metadata {
+        _ if adopting => "the adopted VM has no NixOS installed by nixprox".to_string(),
+        Some(m) if m.created_uninstalled(live.vmid) => {
+            return install_action(host, "nixprox created this VM and has not installed NixOS on it yet");
+        }
+        None => "the VM is tagged `nixprox` but its notes hold no metadata block, so nixprox did not create it"
+            .to_string(),
+        Some(m) => match &m.created {
+            Some(created) => format!(
+                "the metadata block says nixprox created VM {}, but this is VM {} (a copy or a restore?)",
+                created.vmid, live.vmid
+            ),
+            None if m.applying.is_some() => "an install started by an earlier nixprox did not finish, and its block does not record that nixprox created the VM (allow the install with `policies.allow_reinstall`, or delete the VM so nixprox creates it anew)".to_string(),
+            None => "no NixOS system is recorded and nixprox did not create this VM".to_string(),
+        },
+    };
+    let reinstall = action(
+        ActionKind::Reinstall,
+        format!("{why}; installing NixOS wipes its disks"),
+        vec![Change {
+            field: "system".into(),
+            before: None,
+            after: Some(json!(host.system.toplevel)),
+            effect: None,
+        }],
+    );
+    gate_reinstall(reinstall, live, policies)
+}
+
 fn strategy_name(strategy: DeployStrategy) -> &'static str {
     match strategy {
         DeployStrategy::Switch => "switch",
@@ -490,7 +526,16 @@ fn plan_orphan(vm: &LiveVm, policies: Policies) -> HostPlan {
     }
     let destroy = action(ActionKind::DestroyVm, reason, changes);
     let protected = config.is_some_and(|c| c.spec.protection);
-    let destroy = if protected {
+    let destroy = if let Some(unreadable) = unreadable_block(vm) {
+        blocked(
+            destroy,
+            format!(
+                "the nixprox block in the notes of VM {} cannot be read: {unreadable}; nixprox never destroys a VM it cannot identify, whatever `policies.prune_orphans` says",
+                vm.vmid
+            ),
+            None,
+        )
+    } else if protected {
         blocked(destroy, "the VM is protected in Proxmox; nixprox never destroys a protected VM", None)
     } else if !policies.prune_orphans {
         blocked(

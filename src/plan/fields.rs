@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::spec::{DiskSpec, NetSpec, VmSpec, format_size};
+use crate::metadata::Notes;
+use crate::spec::{DiskSpec, NetSpec, SizeCheck, VmSpec, check_size, format_size};
 
 use super::model::{Change, Effect};
 
@@ -113,8 +114,8 @@ pub fn diff(desired: &VmSpec, live: &VmSpec) -> SpecDiff {
     update("agent", json!(live.agent), json!(desired.agent), Effect::NeedsReboot);
     update("tags", json!(live.tags), json!(desired.tags), Effect::Hotplug);
     // An empty description leaves the notes alone: adopting a VM must not erase what its
-    // owner wrote there.
-    if !desired.description.is_empty() {
+    // owner wrote there. Trailing white space is not a difference (Proxmox drops it).
+    if !desired.description.is_empty() && !Notes::same_text(&desired.description, &live.description) {
         update("description", json!(live.description), json!(desired.description), Effect::Hotplug);
     }
     update("onBoot", json!(live.on_boot), json!(desired.on_boot), Effect::Hotplug);
@@ -154,13 +155,14 @@ fn diff_disks(desired: &BTreeMap<String, DiskSpec>, live: &BTreeMap<String, Disk
             ));
         }
         let (before, after) = (format_size(have.size_bytes), format_size(want.size_bytes));
-        if want.size_bytes > have.size_bytes {
-            out.grows.push(change(field("size"), json!(before), json!(after), None));
-        } else if want.size_bytes < have.size_bytes {
-            out.replacements.push((
+        // A disk a little larger than declared is what the storage made of the declared size.
+        match check_size(want.size_bytes, have.size_bytes) {
+            SizeCheck::Grow => out.grows.push(change(field("size"), json!(before), json!(after), None)),
+            SizeCheck::InSync => {}
+            SizeCheck::Shrink => out.replacements.push((
                 change(field("size"), json!(before), json!(after), None),
                 format!("disk {slot} would shrink from {before} to {after}, and Proxmox cannot shrink disks"),
-            ));
+            )),
         }
         let mut option = |name: &str, before: Value, after: Value| {
             if before != after {

@@ -111,6 +111,7 @@ pub fn live(name: &str, vmid: u32) -> LiveVm {
                 disk_layout: Some(LAYOUT.into()),
                 ..Metadata::default()
             }),
+            unreadable_block: None,
             pending: BTreeSet::new(),
         }),
     }

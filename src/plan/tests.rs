@@ -10,6 +10,7 @@ use super::{Plan, PlanInput, Probe, plan};
 use crate::config::Policies;
 use crate::flake::DesiredHost;
 use crate::flake::host::DeployStrategy;
+use crate::metadata::Created;
 use crate::proxmox::LiveVm;
 
 fn probed(
@@ -180,12 +181,54 @@ fn protected_vms_are_never_replaced_even_when_allowed() {
     assert!(blocked.reason.contains("protected"));
 }
 
+/// Marks the VM as created by nixprox (as VMID `vmid`) and not installed.
+fn created_uninstalled(vm: &mut LiveVm, vmid: u32) {
+    let metadata = config(vm).metadata.as_mut().expect("metadata");
+    metadata.system = None;
+    metadata.created = Some(Created { vmid, plan: "p".into() });
+}
+
 #[test]
-fn a_vm_without_recorded_system_gets_installed() {
+fn a_vm_nixprox_created_and_did_not_install_gets_installed() {
     let mut vm = live("web", 101);
-    config(&mut vm).metadata.as_mut().expect("metadata").system = None;
+    created_uninstalled(&mut vm, 101);
     let plan = run(&[host("web")], &[vm], Policies::default());
     assert_eq!(kinds(&plan, "web"), [(K::Install, false)]);
+}
+
+#[test]
+fn any_other_vm_without_a_system_gets_a_gated_reinstall() {
+    let mut no_marker = live("web", 101);
+    config(&mut no_marker).metadata.as_mut().expect("metadata").system = None;
+    let mut no_block = live("web", 101);
+    config(&mut no_block).metadata = None;
+    let mut copied = live("web", 101);
+    created_uninstalled(&mut copied, 150);
+    for vm in [no_marker, no_block, copied] {
+        let plan = run(&[host("web")], std::slice::from_ref(&vm), Policies::default());
+        assert_eq!(kinds(&plan, "web"), [(K::Reinstall, true)], "{vm:?}");
+        let blocked = plan.hosts[0].actions[0].blocked.as_ref().expect("blocked");
+        assert_eq!(blocked.setting.as_deref(), Some("policies.allow_reinstall"));
+        let plan = run(&[host("web")], std::slice::from_ref(&vm), all());
+        assert_eq!(kinds(&plan, "web"), [(K::Reinstall, false)], "allowed: {vm:?}");
+    }
+}
+
+#[test]
+fn a_vm_whose_block_cannot_be_read_is_left_alone() {
+    let mut vm = live("web", 101);
+    config(&mut vm).metadata = None;
+    config(&mut vm).unreadable_block = Some("the block is version 2".into());
+    config(&mut vm).spec.cores = 8;
+    let plan = run(&[host("web")], std::slice::from_ref(&vm), all());
+    assert_eq!(kinds(&plan, "web"), [(K::UpdateVm, true)]);
+    let blocked = plan.hosts[0].actions[0].blocked.as_ref().expect("blocked");
+    assert_eq!(blocked.setting, None);
+    assert!(blocked.reason.contains("VM 101") && blocked.reason.contains("version 2"), "{}", blocked.reason);
+    // The same VM as an orphan is never destroyed, even with pruning on.
+    let plan = run(&[], &[vm], all());
+    assert_eq!(kinds(&plan, "web"), [(K::DestroyVm, true)]);
+    assert_eq!(plan.hosts[0].actions[0].blocked.as_ref().expect("blocked").setting, None);
 }
 
 #[test]
@@ -295,7 +338,7 @@ fn host_filter_restricts_the_plan() {
 fn an_untagged_vm_whose_notes_name_the_host_is_resumed_not_adopted() {
     let mut vm = live("web", 101);
     vm.tags.clear();
-    config(&mut vm).metadata.as_mut().expect("metadata").system = None;
+    created_uninstalled(&mut vm, 101);
     let plan = run(&[host("web")], &[vm], Policies::default());
     assert_eq!(kinds(&plan, "web"), [(K::UpdateVm, false), (K::Install, false)]);
     assert_eq!(plan.hosts[0].actions[0].changes[0].field, "managed");

@@ -223,6 +223,7 @@ pub fn live_config(config: &Map<String, Value>, pending: BTreeSet<String>) -> Li
         digest: text("digest").unwrap_or_default(),
         spec,
         metadata: notes.metadata().cloned(),
+        unreadable_block: notes.unreadable().map(str::to_string),
         pending,
     }
 }

@@ -39,6 +39,9 @@ pub struct LiveConfig {
     pub spec: VmSpec,
     /// nixprox's metadata block from the notes, when present and readable.
     pub metadata: Option<Metadata>,
+    /// Why the notes' metadata block cannot be read (a newer version, a damaged payload), with
+    /// the fix. Such a VM is never planned as if it had no block: it is left untouched.
+    pub unreadable_block: Option<String>,
     /// Keys that differ in the pending config (changes waiting for a reboot).
     pub pending: BTreeSet<String>,
 }

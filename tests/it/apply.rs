@@ -329,7 +329,10 @@ async fn adopting_tags_the_vm_and_writes_the_metadata() {
     assert_eq!(notes.metadata().map(|m| m.host.as_str()), Some("db"));
     assert_eq!(notes.metadata().and_then(|m| m.applying.clone()), None, "all runnable work is done");
     assert_eq!(config_text(&vm, "ciuser"), "", "cloud-init is only written while creating");
-    assert_eq!(kinds(&lab.plan(&desired).await, "db"), [ActionKind::Install]);
+    // The next plan must not wipe it either: nixprox did not create it.
+    let next = lab.plan(&desired).await;
+    assert_eq!(kinds(&next, "db"), [ActionKind::Reinstall]);
+    assert!(next.hosts[0].actions[0].blocked.is_some(), "{next:#?}");
 }
 
 #[tokio::test]

@@ -129,7 +129,13 @@ async fn reads_managed_and_host_named_vms_and_flags_templates() {
         ..bare_spec("web")
     };
     let live = |vmid: u32, spec: VmSpec, metadata: Option<Metadata>, pending: &[&str]| {
-        Some(LiveConfig { digest: digest(vmid), spec, metadata, pending: set(pending) })
+        Some(LiveConfig {
+            digest: digest(vmid),
+            spec,
+            metadata,
+            unreadable_block: None,
+            pending: set(pending),
+        })
     };
     let expected = vec![
         vm(101, "web", "pve1", "running", &["nixprox", "web"], live(101, web, Some(metadata()), &["memory"])),

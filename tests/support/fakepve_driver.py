@@ -63,7 +63,7 @@ import fakepve.agent
 from fakepve import FakePve, PveError, TaskError, shapes
 from fakepve.certs import make_cert
 from fakepve.lxc import format_size
-from fakepve.qemu import join_drive, split_drive
+from fakepve.qemu import DRIVE_KEY, is_cdrom, join_drive, split_drive, volume_ref
 from fakepve.routing import param_error, split_list
 from fakepve.storage import _is_file
 
@@ -138,6 +138,169 @@ class AnswerLoss:
 
 
 ANSWER_LOSS = AnswerLoss()
+
+
+MIB = 1024 ** 2
+# The physical extent size `vgcreate` gives a volume group unless told otherwise (LVM's default,
+# also what the Proxmox installer's `pve` VG has): `lvcreate`/`lvextend` round sizes up to it.
+LVM_EXTENT = 4 * MIB
+# `zfs create -b` default for zvols since OpenZFS 2.2 (Proxmox VE 8): the `blocksize` storage option
+# overrides it.
+ZFS_DEFAULT_BLOCKSIZE = 16 * 1024
+# The schema's pattern for the `size` of PUT /nodes/{node}/qemu/{vmid}/resize, and the units.
+RESIZE_SIZE = re.compile(r'^(\+)?(\d+(\.\d+)?)([KMGT])?$')
+UNITS = {None: 1, 'K': 1024, 'M': MIB, 'G': 1024 ** 3, 'T': 1024 ** 4}
+
+
+def round_up(size, unit):
+    return -(-size // unit) * unit
+
+
+def parse_blocksize(text):
+    """A zfspool `blocksize` (`16k`, `1M`, `8192`) in bytes (pve-storage verify_zfs_blocksize)."""
+    found = re.fullmatch(r'(\d+)([kKmM]?)', str(text or '').strip())
+    if not found:
+        return ZFS_DEFAULT_BLOCKSIZE
+    return int(found.group(1)) * {'': 1, 'k': 1024, 'm': MIB}[found.group(2).lower()]
+
+
+def allocated(store, size):
+    """The bytes a storage really allocates for a volume of `size` bytes, per storage type.
+
+    From pve-storage's plugins (src/PVE/Storage/*.pm, 9.x):
+    - LVMPlugin.pm (`lvm`; LvmThinPlugin.pm defers to it for `lvmthin`): alloc_image and
+      volume_resize hand the size in KiB to `lvcreate --size`/`lvextend -L`, and LVM rounds up to
+      whole physical extents (LVM_EXTENT).
+    - ZFSPoolPlugin.pm (`zfspool`): zfs_create_zvol and volume_resize pad the KiB size up to whole
+      MiB ("always align size to 1M") before `zfs create -V`/`zfs set volsize`; ZFS itself refuses
+      a volsize that is not a multiple of the volblocksize (see `resize_error`).
+    - RBDPlugin.pm (`rbd`): volume_resize runs `rbd resize --size ceil(size / 1 MiB)`.
+    - Plugin.pm (file-based: `dir`, `nfs`, `cifs`, …): `qemu-img resize` to the exact size.
+    """
+    kind = store.get('type', 'dir')
+    if kind in ('lvm', 'lvmthin'):
+        return round_up(size, LVM_EXTENT)
+    if kind in ('zfspool', 'rbd'):
+        return round_up(size, MIB)
+    return size
+
+
+def resize_error(store, size):
+    """ZFS's refusal of a volsize that is not a multiple of the volblocksize, else None."""
+    if store.get('type') != 'zfspool':
+        return None
+    blocksize = parse_blocksize(store.get('blocksize'))
+    if size % blocksize:
+        return "zfs error: cannot set property: 'volsize' must be a multiple of volume block size ({0})".format(
+            format_size(blocksize))
+    return None
+
+
+class DriverPve(FakePve):
+    """FakePve plus what its release does not model, done the way Proxmox's source does it:
+
+    - `PUT /nodes/{node}/qemu/{vmid}/resize` (qemu-server src/PVE/API2/Qemu.pm, `resize_vm`);
+    - volumes allocated as the storage really allocates them (`allocated`), so a clone (which
+      records the new volume's real size, QemuServer.pm `clone_disk`) and `qm disk rescan` (the
+      `rescan` command) show the storage's rounding.
+    """
+
+    def _routes_qemu_resize(self):
+        return [('PUT', '/nodes/{node}/qemu/{vmid}/resize', self._qm_resize)]
+
+    def _qm_alloc(self, sid, vmid, fmt, size, linked_from=None):
+        volid, fmt = super()._qm_alloc(sid, vmid, fmt, size, linked_from)
+        store = self.storages[sid]
+        vol = self._qm_volume(volid)
+        real = allocated(store, size)
+        if vol is not None and real != size:
+            vol['size'] = real
+            if 'avail' in store:
+                store['avail'] -= real - size
+        return volid, fmt
+
+    async def _qm_resize(self, v, user):
+        """resize_vm: everything but the parameter checks happens in the worker, under the config lock."""
+        vm = self.find(v['node'], v['vmid'])
+        disk, text, digest = v['disk'], str(v['size']), v.get('digest')
+        if v.get('skiplock') and user != 'root@pam':
+            raise PveError(400, 'Parameter verification failed.', {'skiplock': 'Only root may use this option.'})
+
+        async def body():
+            if digest and digest != vm.digest():
+                raise TaskError('checksum mismatch (file change by other user?)')
+            if vm.lock and not v.get('skiplock'):
+                raise TaskError('VM is locked ({0})'.format(vm.lock))
+            value = vm.config.get(disk)
+            if not value:
+                raise TaskError("disk '{0}' does not exist".format(disk))
+            volume, props = split_drive(value)
+            if is_cdrom(volume, props):
+                raise TaskError("you can't resize a cdrom")
+            sid, name = volume_ref(volume)
+            if sid is None or sid not in self.storages:
+                raise TaskError("disk '{0}' has no associated volume".format(disk))
+            if not self.allowed(user, '/storage/' + sid, 'Datastore.AllocateSpace'):
+                raise TaskError('Permission check failed (/storage/{0}, Datastore.AllocateSpace)'.format(sid))
+            store = self.storages[sid]
+            vol = store.setdefault('volumes', {}).get(name)
+            if vol is None:
+                vol = self._scenario_volume(sid, name)
+                if vol is None:
+                    raise TaskError("Could not determine current size of volume '{0}'".format(volume))
+            size = int(vol.get('size') or 0)
+            found = RESIZE_SIZE.match(text)
+            newsize = float(found.group(2)) * UNITS[found.group(4)]
+            if found.group(1):
+                newsize += size
+            newsize = int(newsize)
+            if newsize < size:
+                raise TaskError('shrinking disks is not supported')
+            if newsize == size:
+                return None
+            real = allocated(store, newsize)
+            refused = resize_error(store, real)
+            if refused:
+                raise TaskError(refused)
+            await self.ceph_io(vm, [disk])
+            if 'avail' in store:
+                store['avail'] -= real - size
+            vol['size'] = real
+            # qemu-server records the size it asked for, not what the storage made of it.
+            vm.config[disk] = join_drive(volume, dict(props, size=format_size(newsize)))
+            return None
+        return await self.task(vm.node, 'resize', vm.vmid, user, body, vm=vm)
+
+    def _scenario_volume(self, sid, name):
+        """A volume only a scenario guest's config names, made real: the storage allocated it, so it
+        holds the storage's rounding of the size the config records."""
+        known = self._volumes(sid).get(name)
+        if known is None:
+            return None
+        store = self.storages[sid]
+        vol = store.setdefault('volumes', {})[name] = dict(known)
+        vol['size'] = allocated(store, int(known.get('size') or 0))
+        return vol
+
+    def rescan(self, vmid):
+        """`qm disk rescan --vmid N` (QemuServer.pm `rescan` → `update_disksize`): every disk's
+        `size=` in the config becomes its volume's real size."""
+        vm = self.vm(int(vmid))
+        if vm is None:
+            raise CommandError('no VM {0}'.format(vmid))
+        for key, value in list(vm.config.items()):
+            if not DRIVE_KEY.match(key):
+                continue
+            volume, props = split_drive(value)
+            if is_cdrom(volume, props):
+                continue
+            sid, name = volume_ref(volume)
+            if sid not in self.storages:
+                continue
+            vol = self.storages[sid].get('volumes', {}).get(name) or self._scenario_volume(sid, name)
+            if vol and vol.get('size'):
+                vm.config[key] = join_drive(volume, dict(props, size=format_size(int(vol['size']))))
+        return vm
 
 
 def loopback_only(host):
@@ -596,6 +759,19 @@ async def command(pve, args):
         if 'status' in args:
             vm.qmpstatus = args['status']
         return dump_vm(vm)
+    if name == 'rescan':
+        return dump_vm(pve.rescan(args['vmid']))
+    if name == 'volumes':
+        store = pve.storages.get(args['storage'])
+        if store is None:
+            raise CommandError('no storage {0}'.format(args['storage']))
+        return dict((volname, vol.get('size')) for volname, vol in store.get('volumes', {}).items())
+    if name == 'set_config':
+        # What an owner does in the Proxmox UI between two runs (edit the notes, …): the keys
+        # are written into the config as they are, bypassing the API's checks.
+        vm = vm_of(pve, args)
+        vm.config.update(args['config'])
+        return dump_vm(vm)
     if name == 'vm':
         return dump_vm(vm_of(pve, args))
     if name == 'vms':
@@ -661,7 +837,7 @@ async def answer_stdin(pve):
 async def serve(args):
     with open(args.scenario) as handle:
         scenario = json.load(handle)
-    pve = FakePve(host=args.host, port=args.port, password=os.urandom(16).hex())
+    pve = DriverPve(host=args.host, port=args.port, password=os.urandom(16).hex())
     model_token_privileges(pve)
     ANSWER_LOSS.install(pve)
     apply_scenario(pve, scenario)

@@ -36,6 +36,17 @@ if [ -n "${NIXPROX_TEST_INSTALL_FAIL:-}" ]; then
   exit 1
 fi
 ssh_opts=(-i "$key" -p "$port" -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o IdentitiesOnly=yes -o BatchMode=yes -o LogLevel=ERROR)
+# A user other than root: nixos-anywhere escalates with sudo (or doas) and aborts without it,
+# then works as root (it copies the user's authorized_keys to root's; the test host has one
+# authorized_keys file for every user, and its /root is the machine's, so nothing is copied).
+user=${target%@*}
+if [ "$user" != "$target" ] && [ "$user" != root ]; then
+  if ! ssh "${ssh_opts[@]}" "$target" 'sudo -n true'; then
+    echo 'Unable to find a command to use to escalate privileges: Could not find `sudo` or `doas`' >&2
+    exit 1
+  fi
+  target="root@${target#*@}"
+fi
 echo "### Building the system closure ###"
 attr=${flake#*#}
 json=$(nix --extra-experimental-features 'nix-command flakes' build --json --no-link --option sandbox false \
