@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use secrecy::SecretString;
 
+use crate::apply::approval::record::Record;
 use crate::cli::ForgeArgs;
 use crate::forge::{
     CommentOutcome, Forge, ForgeContext, ForgeKind, ForgeOverrides, StatusState,
@@ -137,10 +138,19 @@ pub async fn plan_comment(
     let pr = context
         .pr_number()
         .context("--comment needs a pull request: run on a `pull_request` event or pass `--pr`")?;
-    let budget = crate::forge::comment::plan_body_budget(key, &plan.plan_id);
+    let record = match Record::from_plan(plan).to_json() {
+        Ok(json) => Some(json),
+        Err(reason) => {
+            tracing::warn!(
+                "{reason}: the comment records only the plan id, so apply after the merge cannot resume a partial run or apply in shards without --reviewed-plan FILE"
+            );
+            None
+        }
+    };
+    let budget = crate::forge::comment::plan_body_budget(key, &plan.plan_id, record.as_deref());
     let (body, level) = markdown::render_within(plan, md, budget);
     tracing::debug!(?level, chars = body.chars().count(), "rendered the plan comment");
-    match forge.upsert_plan_comment(pr, key, &plan.plan_id, &body).await? {
+    match forge.upsert_plan_comment(pr, key, &plan.plan_id, &body, record.as_deref()).await? {
         CommentOutcome::Created { url, .. } | CommentOutcome::Updated { url, .. } => {
             tracing::info!("plan comment on #{pr}: {}", url.unwrap_or_default());
             Ok(true)

@@ -15,7 +15,7 @@ fn full(plan_id: &str) -> String {
     format!("{}\n{BODY}", plan_marker(KEY, plan_id))
 }
 
-fn filler(fake: &Fake, from: u64, n: u64, pr: u64) -> Vec<Value> {
+fn filler(fake: &Fake, from: i64, n: i64, pr: u64) -> Vec<Value> {
     (from..from + n).map(|id| fake.comment(id, MALLORY, pr, &format!("looks good ({id})"))).collect()
 }
 
@@ -50,7 +50,7 @@ async fn first_run_creates_second_run_edits(kind: ForgeKind) {
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = forge.upsert_plan_comment(17, KEY, "p-1", BODY).await.expect("first run");
+    let outcome = forge.upsert_plan_comment(17, KEY, "p-1", BODY, None).await.expect("first run");
     assert!(matches!(outcome, CommentOutcome::Created { id: 9001, .. }), "{outcome:?}");
     fake.next_run().await;
 
@@ -65,7 +65,7 @@ async fn first_run_creates_second_run_edits(kind: ForgeKind) {
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = forge.upsert_plan_comment(17, KEY, "p-2", BODY).await.expect("second run");
+    let outcome = forge.upsert_plan_comment(17, KEY, "p-2", BODY, None).await.expect("second run");
     assert!(matches!(outcome, CommentOutcome::Updated { id: 9001, .. }), "{outcome:?}");
     fake.next_run().await;
 }
@@ -87,7 +87,7 @@ async fn someone_elses_marker_is_not_touched(kind: ForgeKind) {
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-1", BODY).await.expect("upsert");
+    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-1", BODY, None).await.expect("upsert");
     assert!(matches!(outcome, CommentOutcome::Created { id: 9002, .. }), "{outcome:?}");
     // No PATCH reached the server: the catch-all would have failed the test.
     fake.next_run().await;
@@ -106,7 +106,7 @@ async fn finds_our_comment_beyond_the_first_hundred(kind: ForgeKind) {
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-2", BODY).await.expect("upsert");
+    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-2", BODY, None).await.expect("upsert");
     assert!(matches!(outcome, CommentOutcome::Updated { id: 9001, .. }), "{outcome:?}");
     fake.next_run().await;
 }
@@ -130,7 +130,7 @@ async fn fork_token_403_is_forbidden_not_an_error(kind: ForgeKind) {
         .expect(1) // 403 is not retried
         .mount(&fake.server)
         .await;
-    let outcome = fake.forge().upsert_plan_comment(18, KEY, "p-1", BODY).await.expect("not an error");
+    let outcome = fake.forge().upsert_plan_comment(18, KEY, "p-1", BODY, None).await.expect("not an error");
     let CommentOutcome::Forbidden { message } = outcome else {
         panic!("expected Forbidden, got {outcome:?}")
     };
@@ -155,7 +155,7 @@ async fn deleted_comment_404_creates_a_new_one(kind: ForgeKind) {
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-2", BODY).await.expect("upsert");
+    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-2", BODY, None).await.expect("upsert");
     assert!(matches!(outcome, CommentOutcome::Created { id: 9005, .. }), "{outcome:?}");
     fake.next_run().await;
 }
@@ -178,7 +178,7 @@ async fn server_errors_are_retried_boundedly(kind: ForgeKind) {
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = forge.upsert_plan_comment(17, KEY, "p-1", BODY).await.expect("retried");
+    let outcome = forge.upsert_plan_comment(17, KEY, "p-1", BODY, None).await.expect("retried");
     assert!(matches!(outcome, CommentOutcome::Created { .. }), "{outcome:?}");
     assert!(fake.logs.text().contains("attempt 1/3 failed, retrying"), "{}", fake.logs.text());
     fake.next_run().await;
@@ -221,7 +221,8 @@ async fn validation_errors_are_retried_then_reported_with_body(kind: ForgeKind) 
         .expect(3)
         .mount(&fake.server)
         .await;
-    let err = fake.forge().upsert_plan_comment(17, KEY, "p-1", BODY).await.expect_err("422 three times");
+    let err =
+        fake.forge().upsert_plan_comment(17, KEY, "p-1", BODY, None).await.expect_err("422 three times");
     assert_eq!(err.status(), Some(422));
     let text = err.to_string();
     assert!(text.starts_with("failed to comment on `home/lab#17`: HTTP 422: Validation Failed"), "{text}");
@@ -235,20 +236,21 @@ async fn oversized_body_is_refused_before_sending(kind: ForgeKind) {
     let fake = Fake::start(kind).await;
     fake.mount_user(ME).await;
     fake.mount_comments(17, vec![]).await;
-    let fits = "x".repeat(plan_body_budget(KEY, "p-1"));
+    let fits = "x".repeat(plan_body_budget(KEY, "p-1", None));
     fake.req("POST", &fake.repo_path("issues/17/comments"))
         .and(body_json(json!({ "body": format!("{}\n{fits}", plan_marker(KEY, "p-1")) })))
         .respond_with(ResponseTemplate::new(201).set_body_json(fake.comment(1, ME, 17, "x")))
         .expect(1)
         .mount(&fake.server)
         .await;
-    fake.forge().upsert_plan_comment(17, KEY, "p-1", &fits).await.expect("exactly the budget fits");
+    fake.forge().upsert_plan_comment(17, KEY, "p-1", &fits, None).await.expect("exactly the budget fits");
     fake.next_run().await;
 
     fake.mount_user(ME).await;
     fake.mount_comments(17, vec![]).await;
     let too_big = format!("{fits}y");
-    let err = fake.forge().upsert_plan_comment(17, KEY, "p-1", &too_big).await.expect_err("one too many");
+    let err =
+        fake.forge().upsert_plan_comment(17, KEY, "p-1", &too_big, None).await.expect_err("one too many");
     assert!(matches!(err, ForgeError::TooLarge { chars: 65_537, max: 65_536, .. }), "{err:?}");
     fake.next_run().await; // the catch-all proves no POST was sent
 }
@@ -439,7 +441,7 @@ async fn actions_token_without_user_endpoint(kind: ForgeKind) {
     // The automatic Actions token cannot ask who it is; its comments carry the Actions bot.
     let bot = match kind {
         ForgeKind::GitHub => ("github-actions[bot]", 41898282),
-        ForgeKind::Forgejo => ("forgejo-actions", 2),
+        ForgeKind::Forgejo => ("forgejo-actions", -2),
     };
     fake.req("GET", &format!("{}/user", fake.prefix()))
         .respond_with(
@@ -456,7 +458,7 @@ async fn actions_token_without_user_endpoint(kind: ForgeKind) {
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-2", BODY).await.expect("upsert");
+    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-2", BODY, None).await.expect("upsert");
     assert!(matches!(outcome, CommentOutcome::Updated { id: 9001, .. }), "{outcome:?}");
     fake.next_run().await;
 }
@@ -491,7 +493,7 @@ async fn github_rate_limit_403_is_retried_not_forbidden() {
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-1", BODY).await.expect("retried");
+    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-1", BODY, None).await.expect("retried");
     assert!(matches!(outcome, CommentOutcome::Created { id: 9001, .. }), "{outcome:?}");
     fake.next_run().await;
 }
@@ -540,7 +542,7 @@ async fn forgejo_endpoint_that_ignores_paging_is_read_once() {
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = fake.forge().upsert_plan_comment(5, KEY, "p-2", BODY).await.expect("upsert");
+    let outcome = fake.forge().upsert_plan_comment(5, KEY, "p-2", BODY, None).await.expect("upsert");
     assert!(matches!(outcome, CommentOutcome::Updated { id: 9001, .. }), "{outcome:?}");
     fake.next_run().await;
 }

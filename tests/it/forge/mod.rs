@@ -21,8 +21,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 pub const CANARY: &str = "ghp_CANARY0secret0value0do0not0leak";
 
 /// Our bot and someone else.
-pub const ME: (&str, u64) = ("nixprox-bot", 41);
-pub const MALLORY: (&str, u64) = ("mallory", 666);
+pub const ME: (&str, i64) = ("nixprox-bot", 41);
+pub const MALLORY: (&str, i64) = ("mallory", 666);
 
 /// Captured tracing output of one test.
 #[derive(Clone, Default)]
@@ -126,7 +126,7 @@ impl Fake {
             .and(wiremock::matchers::header("authorization", self.auth().as_str()))
     }
 
-    pub fn user(&self, (login, id): (&str, u64)) -> Value {
+    pub fn user(&self, (login, id): (&str, i64)) -> Value {
         match self.kind {
             ForgeKind::GitHub => json!({
                 "login": login, "id": id, "node_id": format!("MDQ6VXNlcj{id}"),
@@ -143,7 +143,7 @@ impl Fake {
         }
     }
 
-    pub fn comment(&self, id: u64, author: (&str, u64), pr: u64, body: &str) -> Value {
+    pub fn comment(&self, id: i64, author: (&str, i64), pr: u64, body: &str) -> Value {
         let user = self.user(author);
         match self.kind {
             ForgeKind::GitHub => json!({
@@ -164,7 +164,7 @@ impl Fake {
         }
     }
 
-    pub fn issue(&self, number: u64, author: (&str, u64), title: &str, body: &str, open: bool) -> Value {
+    pub fn issue(&self, number: u64, author: (&str, i64), title: &str, body: &str, open: bool) -> Value {
         let user = self.user(author);
         let state = if open { "open" } else { "closed" };
         match self.kind {
@@ -190,7 +190,7 @@ impl Fake {
     }
 
     /// `GET /user` answering `who`.
-    pub async fn mount_user(&self, who: (&str, u64)) {
+    pub async fn mount_user(&self, who: (&str, i64)) {
         Mock::given(method("GET"))
             .and(path(format!("{}/user", self.prefix())))
             .and(wiremock::matchers::header("authorization", self.auth().as_str()))
