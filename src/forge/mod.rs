@@ -230,11 +230,15 @@ impl Forge {
     /// Builds the client for the detected (or overridden) forge. The token is used only in the
     /// `Authorization` header (marked sensitive) and redacted from every error.
     pub fn from_context(ctx: &ForgeContext, token: SecretString) -> Result<Forge, ForgeError> {
-        Ok(match ctx.kind {
+        let forge = match ctx.kind {
             ForgeKind::GitHub => Forge::GitHub(github::GitHub::new(&ctx.api_url, ctx.repo.clone(), token)?),
             ForgeKind::Forgejo => {
                 Forge::Forgejo(forgejo::Forgejo::new(&ctx.api_url, ctx.repo.clone(), token)?)
             }
+        };
+        Ok(match &ctx.bot_login {
+            Some(login) => forge.with_login(login.clone()),
+            None => forge,
         })
     }
 

@@ -29,6 +29,7 @@ pub fn overrides(args: &ForgeArgs) -> anyhow::Result<ForgeOverrides> {
         pr: args.pr,
         api_url: args.api_url.clone(),
         token_env: args.token_env.clone(),
+        bot_login: args.bot_login.clone(),
         sha: args.sha.clone(),
     })
 }
