@@ -7,6 +7,7 @@ mod action;
 mod api;
 mod cli;
 mod env;
+mod identity;
 mod reviewed;
 mod schema;
 pub mod spec;
@@ -364,16 +365,6 @@ impl Fake {
         self.req("GET", &format!("{}/user", self.prefix()))
             .respond_with(self.error(Op::User, 403, "Resource not accessible by integration"))
             .named("GET /user (403)")
-            .mount(&self.server)
-            .await;
-    }
-
-    /// `POST /statuses/{sha}` answering with `creator` as the status's creator.
-    pub async fn mount_status(&self, sha: &str, creator: (&str, i64)) {
-        let answer = self.answer(Op::CreateStatus, 201, self.status("pending", "nixprox/apply", creator));
-        self.req("POST", &self.repo_path(&format!("statuses/{sha}")))
-            .respond_with(answer)
-            .named("POST statuses")
             .mount(&self.server)
             .await;
     }
