@@ -63,8 +63,7 @@ impl Lab {
         let run = run_in_ci(vec!["plan".into(), "--comment".into()], env, &self.fixture, &self.pve).await;
         assert_eq!(run.code, 0, "{}", run.stderr);
         fake.next_run().await;
-        let body = posted.lock().expect("lock").clone();
-        body
+        posted.lock().expect("lock").clone()
     }
 
     /// `nixprox apply --hosts …` on the push of the merge commit, with `comments` on the
