@@ -2,6 +2,7 @@
 //! Forgejo Actions environment, a forge API on wiremock, fakepve and the example flake.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use nixprox::forge::ForgeKind;
 use serde_json::{Value, json};
@@ -104,6 +105,25 @@ pub(super) async fn mount_plan_statuses(fake: &Fake, head: &str, creator: (&str,
     }
 }
 
+/// Expects one new comment on `pr` containing `marker`, answered as ours; returns where its
+/// body is kept once posted.
+pub(super) async fn capture_new_comment(fake: &Fake, pr: u64, marker: &str) -> Arc<Mutex<String>> {
+    let posted = Arc::new(Mutex::new(String::new()));
+    let created = fake.answer(Op::CreateComment, 201, fake.comment(9001, ME, pr, "the plan"));
+    let sink = posted.clone();
+    fake.req("POST", &fake.repo_path(&format!("issues/{pr}/comments")))
+        .and(body_string_contains(marker))
+        .respond_with(move |request: &Request| {
+            let body: Value = serde_json::from_slice(&request.body).expect("json body");
+            *sink.lock().expect("lock") = body["body"].as_str().unwrap_or_default().to_string();
+            created.clone()
+        })
+        .expect(1)
+        .mount(&fake.server)
+        .await;
+    posted
+}
+
 /// Starts what every binary run needs: the example flake, fakepve with its cluster, a
 /// directory for the job summary and outputs.
 pub(super) fn homelab() -> (Fixture, FakePve, tempfile::TempDir) {
@@ -122,19 +142,7 @@ async fn plan_comment_status_summary_and_outputs(kind: ForgeKind) {
 
     fake.mount_user(ME).await;
     fake.mount_comments(pr, Vec::new()).await;
-    let posted = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let created = fake.answer(Op::CreateComment, 201, fake.comment(9001, ME, pr, "the plan"));
-    let sink = posted.clone();
-    fake.req("POST", &fake.repo_path(&format!("issues/{pr}/comments")))
-        .and(body_string_contains("<!-- nixprox:plan"))
-        .respond_with(move |request: &Request| {
-            let body: Value = serde_json::from_slice(&request.body).expect("json body");
-            *sink.lock().expect("lock") = body["body"].as_str().unwrap_or_default().to_string();
-            created.clone()
-        })
-        .expect(1)
-        .mount(&fake.server)
-        .await;
+    let posted = capture_new_comment(&fake, pr, "<!-- nixprox:plan").await;
     mount_plan_statuses(&fake, &head, ME).await;
 
     let run = run_in_ci(vec!["plan".into(), "--comment".into()], env, &fixture, &pve).await;

@@ -4,14 +4,10 @@
 //! its hosts, while a host whose plan changed since review is still refused, and a marker
 //! pasted by someone else is never trusted.
 
-use std::sync::{Arc, Mutex};
-
 use nixprox::forge::ForgeKind;
 use serde_json::Value;
-use wiremock::Request;
-use wiremock::matchers::body_string_contains;
 
-use super::cli::{ci_env, homelab, mount_plan_statuses, pull_request, run_in_ci};
+use super::cli::{capture_new_comment, ci_env, homelab, mount_plan_statuses, pull_request, run_in_ci};
 use super::spec::Op;
 use super::{Fake, MALLORY, ME, both_forges};
 use crate::support::cli::Run;
@@ -43,21 +39,9 @@ impl Lab {
     /// `nixprox plan --comment` on the pull request; returns the comment it posted.
     async fn plan_on_the_pull_request(&self) -> String {
         let fake = &self.fake;
-        let posted = Arc::new(Mutex::new(String::new()));
-        let sink = posted.clone();
-        let created = fake.answer(Op::CreateComment, 201, fake.comment(9001, ME, self.pr, "the plan"));
         fake.mount_user(ME).await;
         fake.mount_comments(self.pr, Vec::new()).await;
-        fake.req("POST", &fake.repo_path(&format!("issues/{}/comments", self.pr)))
-            .and(body_string_contains("<!-- nixprox:reviewed "))
-            .respond_with(move |request: &Request| {
-                let body: Value = serde_json::from_slice(&request.body).expect("json body");
-                *sink.lock().expect("lock") = body["body"].as_str().unwrap_or_default().to_string();
-                created.clone()
-            })
-            .expect(1)
-            .mount(&fake.server)
-            .await;
+        let posted = capture_new_comment(fake, self.pr, "<!-- nixprox:reviewed ").await;
         mount_plan_statuses(fake, &self.head, ME).await;
         let env = ci_env(fake, "pull_request", "pull_request_opened.json", self.dir.path());
         let run = run_in_ci(vec!["plan".into(), "--comment".into()], env, &self.fixture, &self.pve).await;
