@@ -7,7 +7,7 @@ use wiremock::ResponseTemplate;
 use wiremock::matchers::body_json;
 
 use super::spec::Op;
-use super::{CANARY, FORGEJO_ACTIONS, Fake, GITHUB_ACTIONS, MALLORY, ME, both_forges};
+use super::{CANARY, FORGEJO_ACTIONS, Fake, GHOST, GITHUB_ACTIONS, MALLORY, ME, both_forges};
 
 const KEY: &str = "flake=.#,settings=nixprox.yaml";
 const BODY: &str = "## nixprox plan\n\n1 to create\n";
@@ -98,6 +98,8 @@ async fn finds_our_comment_beyond_the_first_hundred(kind: ForgeKind) {
     let fake = Fake::start(kind).await;
     fake.mount_user(ME).await;
     let mut comments = filler(&fake, 1, 230, 17);
+    // A deleted account's comment: GitHub answers `"user": null`, Forgejo the `Ghost` (-1).
+    comments.push(fake.comment(8999, GHOST, 17, &full("p-0")));
     comments.push(fake.comment(9001, ME, 17, &full("p-1")));
     comments.extend(filler(&fake, 300, 10, 17));
     fake.mount_comments(17, comments).await; // GitHub: 3 pages; Forgejo: 5 pages
