@@ -53,10 +53,15 @@ pub struct ForgeArgs {
     #[arg(long)]
     pub api_url: Option<String>,
 
-    /// Environment variable holding the forge token (default: `GITHUB_TOKEN`; `FORGEJO_TOKEN`
-    /// on Forgejo when set).
+    /// Environment variable holding the forge token; always wins over the runner's own
+    /// variables (default: `FORGEJO_TOKEN` on Forgejo when set, else `GITHUB_TOKEN`).
     #[arg(long)]
     pub token_env: Option<String>,
+
+    /// Login of the account nixprox comments as, for tokens that cannot tell (a GitHub App's
+    /// installation token: `<app-slug>[bot]`). Default: asked from the forge.
+    #[arg(long, env = "NIXPROX_BOT_LOGIN")]
+    pub bot_login: Option<String>,
 
     /// Commit to report statuses on (default: the pull request's head, or the pushed commit).
     #[arg(long)]

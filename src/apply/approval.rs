@@ -1,14 +1,21 @@
 //! Is the plan apply recomputed the one that was reviewed? Pure.
 //!
 //! With only the reviewed plan's id, the ids must be equal. With the reviewed plan's body
-//! (`nixprox plan --format json` output, `--reviewed-plan FILE`), hosts are compared one by
-//! one, and a host whose actions changed is still accepted when the change is apply's own
-//! unfinished work: its VM carries `applying == <reviewed id>` in the metadata block (a resumed
-//! run), or it is gone because the reviewed plan destroyed it. A resumed host never gains a
-//! destructive action the review did not show. `--allow-new-plan` accepts anything (blocked
-//! actions still never run).
+//! (`nixprox plan --format json` output, `--reviewed-plan FILE`) or the sticky comment's
+//! [`record`] (a digest of each changed host's actions), hosts are compared one by one:
+//!
+//! - a host whose actions are what was reviewed is accepted, so one shard of a fan-out
+//!   (`apply --hosts …`) is accepted against the reviewed plan of the whole pull request;
+//! - a host with nothing to do is accepted (a previous run finished it, or it is gone because
+//!   the reviewed plan destroyed it);
+//! - a host whose actions changed is accepted only as apply's own unfinished work: its VM
+//!   carries `applying == <reviewed id>` in the metadata block (a resumed run), and it gains no
+//!   destructive action the review did not show;
+//! - anything else is refused, naming the host and what it would do now.
+//!
+//! `--allow-new-plan` accepts anything (blocked actions still never run).
 
-use std::collections::BTreeMap;
+pub mod record;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -19,10 +26,12 @@ use crate::proxmox::LiveVm;
 /// What the reviewer saw.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reviewed {
-    /// Only the id (from the PR's sticky comment or `--plan-id`).
+    /// Only the id (`--plan-id`, or a sticky comment without a record).
     Id(String),
     /// The whole JSON rendering (`--reviewed-plan FILE`).
     Plan(ReviewedPlan),
+    /// The sticky comment's record: per-host digests.
+    Record(record::Record),
 }
 
 impl Reviewed {
@@ -30,8 +39,49 @@ impl Reviewed {
         match self {
             Reviewed::Id(id) => id,
             Reviewed::Plan(plan) => &plan.plan_id,
+            Reviewed::Record(record) => &record.plan_id,
         }
     }
+
+    /// What was reviewed of one host; `None` when it had no entry (not in the plan, or in the
+    /// record: nothing to do).
+    fn host(&self, host: &str, orphan: bool) -> Option<HostReview> {
+        match self {
+            Reviewed::Id(_) => None,
+            Reviewed::Plan(body) => {
+                body.hosts.iter().find(|h| h.host == host && h.orphan == orphan).map(|h| {
+                    let actions: Vec<Value> = h.actions.iter().map(strip).collect();
+                    HostReview {
+                        digest: record::digest(&actions),
+                        destructive: runnable_destructive(&actions),
+                        actions: Some(actions),
+                    }
+                })
+            }
+            Reviewed::Record(record) => record.entry(host, orphan).map(|entry| HostReview {
+                digest: entry.digest,
+                destructive: entry.destructive,
+                actions: None,
+            }),
+        }
+    }
+
+    /// How a host without an entry was reviewed, in words.
+    fn absent(&self) -> &'static str {
+        match self {
+            Reviewed::Record(_) => "nothing",
+            _ => "not in the plan",
+        }
+    }
+}
+
+/// One host as reviewed: the digest of its normalized actions, the destructive kinds it was
+/// allowed to run, and (from a plan file) the actions themselves.
+#[derive(Debug, Clone, PartialEq)]
+struct HostReview {
+    digest: String,
+    destructive: Vec<String>,
+    actions: Option<Vec<Value>>,
 }
 
 /// The parts of the JSON plan (schema version 1) the comparison needs.
@@ -104,7 +154,7 @@ pub fn check(
         current: plan.plan_id.clone(),
         lines,
     };
-    let problems = match reviewed {
+    let (problems, resumed) = match reviewed {
         Reviewed::Id(_) => {
             let mut lines = vec!["the reviewed plan's body is not available (pass --reviewed-plan FILE to compare host by host); the plan now is:".to_string()];
             lines.extend(plan.hosts.iter().filter(|h| h.has_changes()).map(|h| {
@@ -114,22 +164,14 @@ pub fn check(
                     describe_actions(&h.actions.iter().map(normalize).collect::<Vec<_>>())
                 )
             }));
-            lines
+            (lines, Vec::new())
         }
-        Reviewed::Plan(body) => compare(body, plan, live),
+        Reviewed::Plan(_) | Reviewed::Record(_) => compare(reviewed, plan, live),
     };
     if problems.is_empty() {
-        let notes = plan
-            .hosts
+        let notes = resumed
             .iter()
-            .filter(|h| {
-                body_host(reviewed, &h.host).is_none_or(|r| {
-                    r.actions.iter().map(strip).collect::<Vec<_>>()
-                        != h.actions.iter().map(normalize).collect::<Vec<_>>()
-                })
-            })
-            .filter(|h| h.has_changes())
-            .map(|h| format!("host `{}`: resuming unfinished work of plan `{reviewed_id}`", h.host))
+            .map(|host| format!("host `{host}`: resuming unfinished work of plan `{reviewed_id}`"))
             .collect();
         return Ok(Approval { reviewed_id, notes });
     }
@@ -142,13 +184,6 @@ pub fn check(
         return Ok(Approval { reviewed_id, notes });
     }
     Err(stale(problems))
-}
-
-fn body_host<'a>(reviewed: &'a Reviewed, host: &str) -> Option<&'a ReviewedHost> {
-    match reviewed {
-        Reviewed::Plan(body) => body.hosts.iter().find(|h| h.host == host),
-        Reviewed::Id(_) => None,
-    }
 }
 
 /// One action reduced to what it means: kind, blocked or not, and the changes.
@@ -181,37 +216,46 @@ fn runnable_destructive(actions: &[Value]) -> Vec<String> {
         .collect()
 }
 
-fn compare(body: &ReviewedPlan, plan: &Plan, live: &[LiveVm]) -> Vec<String> {
-    let reviewed: BTreeMap<&str, Vec<Value>> =
-        body.hosts.iter().map(|h| (h.host.as_str(), h.actions.iter().map(strip).collect())).collect();
+/// Compares host by host: the problem lines, and the hosts accepted as resumed work.
+fn compare(reviewed: &Reviewed, plan: &Plan, live: &[LiveVm]) -> (Vec<String>, Vec<String>) {
     let mut lines = Vec::new();
+    let mut resumed = Vec::new();
     for host in &plan.hosts {
-        let now: Vec<Value> = host.actions.iter().map(normalize).collect();
-        let before = reviewed.get(host.host.as_str());
-        if before == Some(&now) {
-            continue;
-        }
         // Doing nothing is always safe: a host a previous run finished shows no changes now.
         if !host.has_changes() {
             continue;
         }
-        if let Some(problem) = resume_problem(host, before.map(Vec::as_slice), &now, &body.plan_id, live) {
-            let reviewed_text =
-                before.map(|b| describe_actions(b)).unwrap_or_else(|| "not in the plan".into());
-            lines.push(format!(
-                "  host `{}`: reviewed {reviewed_text}; now {}{problem}",
-                host.host,
-                describe_actions(&now)
-            ));
+        let now: Vec<Value> = host.actions.iter().map(normalize).collect();
+        let before = reviewed.host(&host.host, host.orphan);
+        if before.as_ref().is_some_and(|b| b.digest == record::digest(&now)) {
+            continue;
+        }
+        let allowed = before.as_ref().map(|b| b.destructive.as_slice()).unwrap_or_default();
+        match resume_problem(host, allowed, &now, reviewed.plan_id(), live) {
+            None => resumed.push(host.host.clone()),
+            Some(problem) => {
+                let reviewed_text = match &before {
+                    Some(HostReview { actions: Some(actions), .. }) => describe_actions(actions),
+                    Some(HostReview { digest, .. }) => {
+                        format!("other actions (digest `{digest}`; pass --reviewed-plan FILE to see them)")
+                    }
+                    None => reviewed.absent().to_string(),
+                };
+                lines.push(format!(
+                    "  host `{}`: reviewed {reviewed_text}; now {}{problem}",
+                    host.host,
+                    describe_actions(&now)
+                ));
+            }
         }
     }
-    lines
+    (lines, resumed)
 }
 
 /// `None` when the host's changed actions are apply's own unfinished work; else why not.
 fn resume_problem(
     host: &HostPlan,
-    before: Option<&[Value]>,
+    allowed: &[String],
     now: &[Value],
     reviewed_id: &str,
     live: &[LiveVm],
@@ -224,7 +268,6 @@ fn resume_problem(
     if applying != Some(reviewed_id) {
         return Some(String::new());
     }
-    let allowed = before.map(runnable_destructive).unwrap_or_default();
     let new_destructive: Vec<String> =
         runnable_destructive(now).into_iter().filter(|k| !allowed.contains(k)).collect();
     if new_destructive.is_empty() {

@@ -84,8 +84,12 @@ pub struct ForgeOverrides {
     pub pr: Option<u64>,
     /// `--api-url URL` (Forgejo: ending in `/api/v1`)
     pub api_url: Option<String>,
-    /// `--token-env NAME`: the variable holding the forge token.
+    /// `--token-env NAME`: the variable holding the forge token. Always wins over the
+    /// runner's own variables (the action passes its `token` input this way).
     pub token_env: Option<String>,
+    /// `--bot-login LOGIN`: the account nixprox's comments and issues are written by, when
+    /// the token cannot tell (a GitHub App's installation token).
+    pub bot_login: Option<String>,
     /// `--sha SHA`: the commit to report statuses on (head of the PR, or the pushed commit).
     pub sha: Option<String>,
 }
@@ -138,6 +142,8 @@ pub struct ForgeContext {
     pub event: Event,
     /// The variable that holds the token.
     pub token_env: String,
+    /// `--bot-login`: whose comments and issues are ours (default: asked from the forge).
+    pub bot_login: Option<String>,
 }
 
 impl ForgeContext {
@@ -308,13 +314,11 @@ impl ForgeContext {
 
         let token_env = match &overrides.token_env {
             Some(name) => name.clone(),
-            None => match kind {
-                ForgeKind::Forgejo if var("FORGEJO_TOKEN").is_some() => "FORGEJO_TOKEN".into(),
-                _ => "GITHUB_TOKEN".into(),
-            },
+            None => default_token_env(kind, &var),
         };
+        let bot_login = overrides.bot_login.clone().filter(|l| !l.trim().is_empty());
 
-        Ok(Some(ForgeContext { kind, api_url, repo, run_url, event, token_env }))
+        Ok(Some(ForgeContext { kind, api_url, repo, run_url, event, token_env, bot_login }))
     }
 
     /// The pull request number, when the run is about one.
@@ -346,6 +350,24 @@ impl ForgeContext {
                 self.token_env, self.token_env
             ))),
         }
+    }
+}
+
+/// The runner's own token variable. Forgejo runners set the same token as `FORGEJO_TOKEN` and
+/// `GITHUB_TOKEN`, and a step's `env:` overrides only the name it sets; when the two differ one
+/// was set on purpose, but which one cannot be told: `FORGEJO_TOKEN` is used, with a warning
+/// naming the fix.
+fn default_token_env(kind: ForgeKind, var: &dyn Fn(&str) -> Option<String>) -> String {
+    match kind {
+        ForgeKind::Forgejo if var("FORGEJO_TOKEN").is_some() => {
+            if var("GITHUB_TOKEN").is_some_and(|github| Some(github) != var("FORGEJO_TOKEN")) {
+                tracing::warn!(
+                    "`FORGEJO_TOKEN` and `GITHUB_TOKEN` hold different tokens; using `FORGEJO_TOKEN` (pass `--token-env GITHUB_TOKEN`, or the action's `token` input, to use the other)"
+                );
+            }
+            "FORGEJO_TOKEN".into()
+        }
+        _ => "GITHUB_TOKEN".into(),
     }
 }
 
@@ -469,9 +491,11 @@ mod tests {
             pr: Some(7),
             api_url: Some("http://127.0.0.1:3000/api/v1".into()),
             token_env: Some("MY_TOKEN".into()),
+            bot_login: Some("nixprox[bot]".into()),
             sha: Some("abc".into()),
         };
         let ctx = detect(&[], &o).expect("ok").expect("some");
+        assert_eq!(ctx.bot_login.as_deref(), Some("nixprox[bot]"));
         assert_eq!(ctx.kind, ForgeKind::Forgejo);
         assert_eq!(ctx.repo.to_string(), "home/lab");
         assert_eq!(ctx.pr_number(), Some(7));
@@ -500,6 +524,21 @@ mod tests {
         assert_eq!(ctx.event, Event::Schedule { sha: Some("deadbeef".into()) });
         assert_eq!(ctx.run_url.as_deref(), Some("https://github.com/home/lab/actions/runs/42"));
         assert_eq!(ctx.token_env, "GITHUB_TOKEN");
+    }
+
+    #[test]
+    fn forgejo_token_wins_unless_a_variable_is_named() {
+        // Forgejo runners set both names; a step's `env:` may have overridden either.
+        let vars = [
+            ("FORGEJO_ACTIONS", "true"),
+            ("FORGEJO_API_URL", "https://forge.example/api/v1"),
+            ("FORGEJO_REPOSITORY", "home/lab"),
+            ("FORGEJO_TOKEN", "automatic"),
+            ("GITHUB_TOKEN", "set-by-the-step"),
+        ];
+        assert_eq!(detect(&vars, &Default::default()).expect("ok").expect("some").token_env, "FORGEJO_TOKEN");
+        let named = ForgeOverrides { token_env: Some("GITHUB_TOKEN".into()), ..Default::default() };
+        assert_eq!(detect(&vars, &named).expect("ok").expect("some").token_env, "GITHUB_TOKEN");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod comment;
 pub mod env;
 pub mod forgejo;
 pub mod github;
+pub mod identity;
 pub mod summary;
 
 use std::future::Future;
@@ -22,6 +23,7 @@ use thiserror::Error;
 
 pub use comment::{CommentOutcome, IssueOutcome, ReviewedPlan};
 pub use env::{Event, ForgeContext, ForgeKind, ForgeOverrides, PullRequestEvent, Repo};
+pub use identity::{Me, User};
 
 /// The most characters GitHub and Forgejo accept in a comment or issue body.
 pub const MAX_BODY_CHARS: usize = 65_536;
@@ -134,17 +136,10 @@ impl crate::retry::Retryable for ForgeError {
     }
 }
 
-/// A user (or bot) on the forge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub id: u64,
-    pub login: String,
-}
-
 /// A comment on an issue or pull request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Comment {
-    pub id: u64,
+    pub id: i64,
     pub author: User,
     pub body: String,
     pub url: Option<String>,
@@ -233,11 +228,15 @@ impl Forge {
     /// Builds the client for the detected (or overridden) forge. The token is used only in the
     /// `Authorization` header (marked sensitive) and redacted from every error.
     pub fn from_context(ctx: &ForgeContext, token: SecretString) -> Result<Forge, ForgeError> {
-        Ok(match ctx.kind {
+        let forge = match ctx.kind {
             ForgeKind::GitHub => Forge::GitHub(github::GitHub::new(&ctx.api_url, ctx.repo.clone(), token)?),
             ForgeKind::Forgejo => {
                 Forge::Forgejo(forgejo::Forgejo::new(&ctx.api_url, ctx.repo.clone(), token)?)
             }
+        };
+        Ok(match &ctx.bot_login {
+            Some(login) => forge.with_login(login.clone()),
+            None => forge,
         })
     }
 
@@ -250,14 +249,10 @@ impl Forge {
         self
     }
 
-    /// Sets the login whose comments count as ours when the token cannot ask `GET /user`
-    /// (the GitHub Actions token cannot; see [`github::ACTIONS_BOT_LOGIN`]).
-    pub fn with_login(mut self, login: impl Into<String>) -> Forge {
-        let login = Some(login.into());
-        match &mut self {
-            Forge::GitHub(b) => b.login_override = login,
-            Forge::Forgejo(b) => b.login_override = login,
-        }
+    /// Names the account whose comments and issues count as ours (`--bot-login`): needed
+    /// only when the token cannot tell (see [`identity`]).
+    pub fn with_login(self, login: impl Into<String>) -> Forge {
+        self.identity().set(Me::Known { id: None, login: login.into() });
         self
     }
 
@@ -275,6 +270,13 @@ impl Forge {
         }
     }
 
+    fn identity(&self) -> &identity::IdentityCache {
+        match self {
+            Forge::GitHub(b) => &b.me,
+            Forge::Forgejo(b) => &b.me,
+        }
+    }
+
     pub(crate) fn retry(&self) -> RetryPolicy {
         match self {
             Forge::GitHub(b) => b.retry,
@@ -282,9 +284,19 @@ impl Forge {
         }
     }
 
-    /// The login of the token's own user: only its comments and issues are ever edited.
-    pub async fn current_login(&self) -> Result<String, ForgeError> {
-        dispatch!(self, b => b.current_login())
+    /// Who the token writes as: only that account's comments and issues are ever edited or
+    /// trusted. Asked once per run (`GET /user`), unless `--bot-login` named it.
+    pub async fn me(&self) -> Result<Me, ForgeError> {
+        if let Some(me) = self.identity().get() {
+            return Ok(me);
+        }
+        let me = match dispatch!(self, b => b.whoami())? {
+            Some(user) => Me::Known { id: Some(user.id), login: user.login },
+            None => Me::SomeApp,
+        };
+        tracing::debug!("the forge token writes as {}", me.describe());
+        self.identity().set(me.clone());
+        Ok(me)
     }
 
     /// Every comment of an issue or pull request, all pages.
@@ -292,12 +304,15 @@ impl Forge {
         dispatch!(self, b => b.list_comments(number))
     }
 
+    /// Posts a comment; its author tells an installation token who it is.
     pub async fn create_comment(&self, number: u64, body: &str) -> Result<Comment, ForgeError> {
         check_size("create a comment", body)?;
-        dispatch!(self, b => b.create_comment(number, body))
+        let comment = dispatch!(self, b => b.create_comment(number, body))?;
+        self.identity().learn(&comment.author);
+        Ok(comment)
     }
 
-    pub async fn update_comment(&self, id: u64, body: &str) -> Result<Comment, ForgeError> {
+    pub async fn update_comment(&self, id: i64, body: &str) -> Result<Comment, ForgeError> {
         check_size("edit a comment", body)?;
         dispatch!(self, b => b.update_comment(id, body))
     }
@@ -309,7 +324,9 @@ impl Forge {
 
     pub async fn create_issue(&self, title: &str, body: &str) -> Result<Issue, ForgeError> {
         check_size("open an issue", body)?;
-        dispatch!(self, b => b.create_issue(title, body))
+        let issue = dispatch!(self, b => b.create_issue(title, body))?;
+        self.identity().learn(&issue.author);
+        Ok(issue)
     }
 
     pub async fn edit_issue(&self, number: u64, edit: &IssueEdit<'_>) -> Result<Issue, ForgeError> {
@@ -325,7 +342,8 @@ impl Forge {
     }
 
     /// Sets a commit status such as `nixprox/plan` on `sha`. The description is cut to the
-    /// 140 characters GitHub accepts.
+    /// 140 characters GitHub accepts. The answer's `creator` is the token's account: an
+    /// installation token learns its identity here.
     pub async fn set_status(
         &self,
         sha: &str,
@@ -336,11 +354,15 @@ impl Forge {
     ) -> Result<(), ForgeError> {
         let description = crate::text::truncate(description, 140);
         let retry = self.retry();
-        retry
+        let creator = retry
             .run("set the commit status", || async {
                 dispatch!(self, b => b.set_status(sha, context, state, &description, target_url))
             })
-            .await
+            .await?;
+        if let Some(creator) = creator {
+            self.identity().learn(&creator);
+        }
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 
 use anyhow::{Context, bail};
 
+use crate::apply::approval::record::Record;
 use crate::apply::{self, ApplyOptions, Progress, ProgressMode, Reviewed, ReviewedPlan, RunRequest};
 use crate::cli::ApplyArgs;
 use crate::deploy::NixosDeployer;
@@ -136,10 +137,27 @@ async fn reviewed_plan(
             "apply needs the reviewed plan: pass --plan-id or --reviewed-plan, or run in CI on the push of a merged pull request that has nixprox's plan comment"
         );
     };
+    // The pending status tells the PR what is happening, and its answer's `creator` tells an
+    // installation token which account it writes as (see forge::identity).
+    forge
+        .set_status(sha, STATUS, StatusState::Pending, "checking the reviewed plan…", None)
+        .await
+        .unwrap_or_else(|err| tracing::warn!("could not set the `{STATUS}` status: {err}"));
     match forge.find_reviewed_plan_id(sha, key).await? {
         Some(found) => {
             tracing::info!("applying plan {} reviewed on #{}", found.plan_id, found.pr);
-            Ok((Reviewed::Id(found.plan_id), Some(found.pr)))
+            let reviewed = match found.record.as_deref().map(|json| Record::parse(json, &found.plan_id)) {
+                Some(Ok(record)) => Reviewed::Record(record),
+                Some(Err(reason)) => {
+                    tracing::warn!(
+                        "ignoring the reviewed-plan record of the plan comment on #{}: {reason}; comparing plan ids only",
+                        found.pr
+                    );
+                    Reviewed::Id(found.plan_id)
+                }
+                None => Reviewed::Id(found.plan_id),
+            };
+            Ok((reviewed, Some(found.pr)))
         }
         None => bail!(
             "no reviewed plan for commit `{sha}`: no merged pull request with a nixprox plan comment for `{key}` (pass --plan-id, or --allow-new-plan with --plan-id of the new plan)"

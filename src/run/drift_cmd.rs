@@ -22,7 +22,7 @@ pub async fn run(args: DriftArgs, color: bool) -> anyhow::Result<Outcome> {
     print!("{}", text::render(plan, text::TextOptions { color }));
     let md_context = publish::markdown_context(context.as_ref(), Some("drift".into()));
     if context.is_some() {
-        publish::write_ci_files(plan, &markdown::render(plan, &md_context))?;
+        publish::write_ci_files(plan, &md_context)?;
     }
     if let Some(forge) = &forge {
         let key = publish::marker_key(&args.source.flake, args.source.config.as_deref());

@@ -70,7 +70,7 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
     }
 
     if context.is_some() {
-        publish::write_ci_files(plan, &markdown::render(plan, &md_context))?;
+        publish::write_ci_files(plan, &md_context)?;
     }
     if let (Some(forge), Some(context)) = (&forge, &context) {
         let key = publish::marker_key(&args.source.flake, args.source.config.as_deref());
