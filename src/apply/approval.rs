@@ -7,7 +7,8 @@
 //! - a host whose actions are what was reviewed is accepted, so one shard of a fan-out
 //!   (`apply --hosts …`) is accepted against the reviewed plan of the whole pull request;
 //! - a host with nothing to do is accepted (a previous run finished it, or it is gone because
-//!   the reviewed plan destroyed it);
+//!   the reviewed plan destroyed it), and so is one left with blocked actions only (they never
+//!   run: an adopted VM whose gated reinstall stays blocked);
 //! - a host whose actions changed is accepted only as apply's own unfinished work: its VM
 //!   carries `applying == <reviewed id>` in the metadata block (a resumed run), and it gains no
 //!   destructive action the review did not show;
@@ -221,8 +222,9 @@ fn compare(reviewed: &Reviewed, plan: &Plan, live: &[LiveVm]) -> (Vec<String>, V
     let mut lines = Vec::new();
     let mut resumed = Vec::new();
     for host in &plan.hosts {
-        // Doing nothing is always safe: a host a previous run finished shows no changes now.
-        if !host.has_changes() {
+        // Doing nothing is always safe: a host a previous run finished shows no changes now,
+        // and blocked actions never run.
+        if !host.actions.iter().any(|a| a.kind != ActionKind::Noop && a.blocked.is_none()) {
             continue;
         }
         let now: Vec<Value> = host.actions.iter().map(normalize).collect();
@@ -386,6 +388,27 @@ mod tests {
             Some("feedfeed".into());
         let now = plan_of(&desired, &other, Policies::default());
         assert!(check(&body(&reviewed), &now, &other, false).is_err());
+    }
+
+    #[test]
+    fn a_host_left_with_blocked_actions_only_is_accepted() {
+        let desired = vec![testkit::host("web")];
+        let mut live = vec![testkit::live("web", 101)];
+        let config = testkit::config(&mut live[0]);
+        config.spec.cores = 1;
+        let metadata = config.metadata.as_mut().expect("metadata");
+        metadata.disk_layout = Some("sha256:old".into());
+        metadata.system = Some("/nix/store/old".into());
+        let reviewed = plan_of(&desired, &live, Policies::default());
+        let kinds = |plan: &Plan| -> Vec<(ActionKind, bool)> {
+            plan.hosts[0].actions.iter().map(|a| (a.kind, a.blocked.is_some())).collect()
+        };
+        assert_eq!(kinds(&reviewed), [(ActionKind::UpdateVm, false), (ActionKind::Reinstall, true)]);
+        // A run applied the update; the reinstall stays blocked, and is not new.
+        testkit::config(&mut live[0]).spec.cores = 2;
+        let now = plan_of(&desired, &live, Policies::default());
+        assert_eq!(kinds(&now), [(ActionKind::Reinstall, true)]);
+        check(&body(&reviewed), &now, &live, false).expect("blocked actions never run");
     }
 
     #[test]
