@@ -149,7 +149,11 @@ impl<'r> HostRun<'r> {
                     // a cancelled host for a finished one.
                     for kind in [ActionKind::Install, ActionKind::Reinstall, ActionKind::Switch] {
                         if runnable.has(kind) && !log.steps.iter().any(|s| s.step == kind.as_str()) {
-                            log.record(kind.as_str(), StepStatus::Cancelled, "not started: apply was cancelled");
+                            log.record(
+                                kind.as_str(),
+                                StepStatus::Cancelled,
+                                "not started: apply was cancelled",
+                            );
                         }
                     }
                     HostOutcome::Cancelled { step: failure.step, reason: failure.error }

@@ -42,12 +42,7 @@ pub struct Progress {
 /// One line for a finished step: `web: clone ok (vmid 101) 2.1s`.
 pub fn step_line(host: &str, step: &StepReport) -> String {
     let detail = step.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
-    format!(
-        "{host}: {} {}{detail} {:.1}s",
-        step.step,
-        step.status.word(),
-        step.duration_ms as f64 / 1000.0
-    )
+    format!("{host}: {} {}{detail} {:.1}s", step.step, step.status.word(), step.duration_ms as f64 / 1000.0)
 }
 
 impl Progress {

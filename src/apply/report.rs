@@ -213,10 +213,8 @@ impl ApplyReport {
                     );
                 }
                 HostOutcome::Cancelled { step, reason } => {
-                    let _ = writeln!(
-                        out,
-                        "  cancelled at {step}: {reason}; run apply again to finish this host"
-                    );
+                    let _ =
+                        writeln!(out, "  cancelled at {step}: {reason}; run apply again to finish this host");
                 }
                 HostOutcome::Ok => {}
             }

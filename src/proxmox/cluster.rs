@@ -15,7 +15,9 @@ use super::error::ProxmoxError;
 pub enum Quorum {
     Quorate,
     /// The cluster (named) has lost quorum: nothing can be written.
-    Lost { cluster: String },
+    Lost {
+        cluster: String,
+    },
     /// A standalone node (no `cluster` entry), or a token that may not read the status
     /// (`Sys.Audit` on `/`): writes will tell.
     Unknown,
