@@ -101,17 +101,26 @@ pub struct ReviewedHost {
     pub actions: Vec<Value>,
 }
 
+/// Why a reviewed plan file cannot be compared with.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewedPlanError {
+    /// Not JSON, or not the shape `nixprox plan --format json` writes.
+    #[error("not a nixprox plan: {0}")]
+    NotAPlan(serde_json::Error),
+    /// Written by a nixprox with another plan schema.
+    #[error(
+        "plan schema version {found} is not the version {expected} this nixprox writes (re-run `nixprox plan` with this release)"
+    )]
+    Version { found: u32, expected: u32 },
+}
+
 impl ReviewedPlan {
     /// Parses `nixprox plan --format json` output.
-    pub fn parse(text: &str) -> Result<ReviewedPlan, String> {
-        let plan: ReviewedPlan =
-            serde_json::from_str(text).map_err(|err| format!("not a nixprox plan: {err}"))?;
-        if plan.version != crate::plan::model::SCHEMA_VERSION {
-            return Err(format!(
-                "plan schema version {} is not the version {} this nixprox writes (re-run `nixprox plan` with this release)",
-                plan.version,
-                crate::plan::model::SCHEMA_VERSION
-            ));
+    pub fn parse(text: &str) -> Result<ReviewedPlan, ReviewedPlanError> {
+        let plan: ReviewedPlan = serde_json::from_str(text).map_err(ReviewedPlanError::NotAPlan)?;
+        let expected = crate::plan::model::SCHEMA_VERSION;
+        if plan.version != expected {
+            return Err(ReviewedPlanError::Version { found: plan.version, expected });
         }
         Ok(plan)
     }
@@ -324,6 +333,19 @@ mod tests {
 
     fn body(plan: &Plan) -> Reviewed {
         Reviewed::Plan(ReviewedPlan::parse(&crate::render::json::render(plan)).expect("parses"))
+    }
+
+    #[test]
+    fn a_file_that_is_no_plan_or_another_version_says_so() {
+        let err = ReviewedPlan::parse("{}").expect_err("not a plan");
+        assert!(matches!(err, ReviewedPlanError::NotAPlan(_)), "{err}");
+        assert!(err.to_string().starts_with("not a nixprox plan: missing field"), "{err}");
+        let newer = r#"{"version": 99, "plan_id": "x", "hosts": []}"#;
+        let err = ReviewedPlan::parse(newer).expect_err("newer");
+        assert_eq!(
+            err.to_string(),
+            "plan schema version 99 is not the version 1 this nixprox writes (re-run `nixprox plan` with this release)"
+        );
     }
 
     #[test]

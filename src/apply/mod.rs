@@ -5,7 +5,8 @@
 //! steps: `create` makes a VM exactly once, `steps` changes an existing one, [`params`]
 //! computes the config writes, and the Proxmox calls themselves live in
 //! [`crate::proxmox::qemu`]. Transient failures are retried by [`crate::retry`]'s rule;
-//! [`report`] and [`progress`] tell the user what happened.
+//! [`report`] and [`progress`] tell the user what happened; [`cancel`] stops a run at step
+//! boundaries when asked (SIGINT/SIGTERM, wired by `run`).
 //!
 //! Resumable by construction: every step reads live state first and does only what is
 //! missing; the first write that creates a VM already carries the metadata block naming the
@@ -32,7 +33,7 @@ use crate::plan::{Plan, PlanInput};
 use crate::proxmox::{Client, LiveVm, ProxmoxError, ReadRequest, read_cluster};
 use crate::retry::RetryPolicy;
 
-pub use approval::{Approval, Reviewed, ReviewedPlan, StalePlan};
+pub use approval::{Approval, Reviewed, ReviewedPlan, ReviewedPlanError, StalePlan};
 pub use cancel::{Cancel, Signal};
 pub use executor::apply;
 pub use progress::{Progress, ProgressMode};

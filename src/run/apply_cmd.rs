@@ -148,7 +148,7 @@ async fn reviewed_plan(
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("failed to read the reviewed plan `{}`", path.display()))?;
         let plan = ReviewedPlan::parse(&text)
-            .map_err(|err| anyhow::anyhow!("invalid reviewed plan `{}`: {err}", path.display()))?;
+            .with_context(|| format!("invalid reviewed plan `{}`", path.display()))?;
         return Ok((Reviewed::Plan(plan), None));
     }
     if let Some(id) = &args.plan_id {
