@@ -464,14 +464,20 @@ fn the_owners_notes_survive_install_and_switch_byte_for_byte() {
     assert_eq!(owner_text(), OWNER, "after switch");
 }
 
-#[test]
-fn disk_keys_from_the_environment_reach_the_host_byte_for_byte() {
-    // Trailing blanks and newlines are part of the key: a trimmed key opens nothing.
-    const KEY: &str = "canary-disk-key-5e1f \t\n\n";
+/// A lab whose host takes a disk-encryption key from `DISK_KEY_FOR_TEST`, planned.
+fn lab_with_a_disk_key() -> Lab {
     let lab = Lab::start(2048, Key::File);
     lab.declare_more("diskKeys", json!({"/run/nixprox-disk.key": "env:DISK_KEY_FOR_TEST"}));
     lab.commit("web: a disk key");
     assert_eq!(kinds(&lab.plan()), ["create_vm", "install"]);
+    lab
+}
+
+#[test]
+fn disk_keys_from_the_environment_reach_the_host_byte_for_byte() {
+    // Trailing blanks and newlines are part of the key: a trimmed key opens nothing.
+    const KEY: &str = "canary-disk-key-5e1f \t\n\n";
+    let lab = lab_with_a_disk_key();
     let (run, report) = lab.apply(&[("DISK_KEY_FOR_TEST", KEY.to_string())]);
     assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
     let placed = std::fs::read(lab.host.root().join("run/nixprox-disk.key")).expect("the key on the host");
@@ -669,10 +675,7 @@ fn a_small_vm_whose_install_failed_is_resumed_with_the_raised_memory() {
 #[test]
 fn sigterm_during_an_install_stops_the_installer_leaves_no_secret_behind_and_a_rerun_installs() {
     const KEY: &str = "canary-disk-key-7d2a\n";
-    let lab = Lab::start(2048, Key::File);
-    lab.declare_more("diskKeys", json!({"/run/nixprox-disk.key": "env:DISK_KEY_FOR_TEST"}));
-    lab.commit("web: a disk key");
-    assert_eq!(kinds(&lab.plan()), ["create_vm", "install"]);
+    let lab = lab_with_a_disk_key();
     // nixprox's temporary files (the `--extra-files` directory with the new host key, the disk
     // key) and the installer's (its copy of the SSH key) all land in this TMPDIR.
     let tmp = tempfile::Builder::new().prefix("nixprox-deploy-tmp-").tempdir().expect("tempdir");
