@@ -7,7 +7,8 @@
 //! - a host whose actions are what was reviewed is accepted, so one shard of a fan-out
 //!   (`apply --hosts …`) is accepted against the reviewed plan of the whole pull request;
 //! - a host with nothing to do is accepted (a previous run finished it, or it is gone because
-//!   the reviewed plan destroyed it);
+//!   the reviewed plan destroyed it), and so is one left with blocked actions only (they never
+//!   run: an adopted VM whose gated reinstall stays blocked);
 //! - a host whose actions changed is accepted only as apply's own unfinished work: its VM
 //!   carries `applying == <reviewed id>` in the metadata block (a resumed run), and it gains no
 //!   destructive action the review did not show;
@@ -100,17 +101,26 @@ pub struct ReviewedHost {
     pub actions: Vec<Value>,
 }
 
+/// Why a reviewed plan file cannot be compared with.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewedPlanError {
+    /// Not JSON, or not the shape `nixprox plan --format json` writes.
+    #[error("not a nixprox plan: {0}")]
+    NotAPlan(serde_json::Error),
+    /// Written by a nixprox with another plan schema.
+    #[error(
+        "plan schema version {found} is not the version {expected} this nixprox writes (re-run `nixprox plan` with this release)"
+    )]
+    Version { found: u32, expected: u32 },
+}
+
 impl ReviewedPlan {
     /// Parses `nixprox plan --format json` output.
-    pub fn parse(text: &str) -> Result<ReviewedPlan, String> {
-        let plan: ReviewedPlan =
-            serde_json::from_str(text).map_err(|err| format!("not a nixprox plan: {err}"))?;
-        if plan.version != crate::plan::model::SCHEMA_VERSION {
-            return Err(format!(
-                "plan schema version {} is not the version {} this nixprox writes (re-run `nixprox plan` with this release)",
-                plan.version,
-                crate::plan::model::SCHEMA_VERSION
-            ));
+    pub fn parse(text: &str) -> Result<ReviewedPlan, ReviewedPlanError> {
+        let plan: ReviewedPlan = serde_json::from_str(text).map_err(ReviewedPlanError::NotAPlan)?;
+        let expected = crate::plan::model::SCHEMA_VERSION;
+        if plan.version != expected {
+            return Err(ReviewedPlanError::Version { found: plan.version, expected });
         }
         Ok(plan)
     }
@@ -221,8 +231,9 @@ fn compare(reviewed: &Reviewed, plan: &Plan, live: &[LiveVm]) -> (Vec<String>, V
     let mut lines = Vec::new();
     let mut resumed = Vec::new();
     for host in &plan.hosts {
-        // Doing nothing is always safe: a host a previous run finished shows no changes now.
-        if !host.has_changes() {
+        // Doing nothing is always safe: a host a previous run finished shows no changes now,
+        // and blocked actions never run.
+        if !host.actions.iter().any(|a| a.kind != ActionKind::Noop && a.blocked.is_none()) {
             continue;
         }
         let now: Vec<Value> = host.actions.iter().map(normalize).collect();
@@ -325,6 +336,19 @@ mod tests {
     }
 
     #[test]
+    fn a_file_that_is_no_plan_or_another_version_says_so() {
+        let err = ReviewedPlan::parse("{}").expect_err("not a plan");
+        assert!(matches!(err, ReviewedPlanError::NotAPlan(_)), "{err}");
+        assert!(err.to_string().starts_with("not a nixprox plan: missing field"), "{err}");
+        let newer = r#"{"version": 99, "plan_id": "x", "hosts": []}"#;
+        let err = ReviewedPlan::parse(newer).expect_err("newer");
+        assert_eq!(
+            err.to_string(),
+            "plan schema version 99 is not the version 1 this nixprox writes (re-run `nixprox plan` with this release)"
+        );
+    }
+
+    #[test]
     fn equal_ids_are_accepted() {
         let desired = vec![testkit::host("web")];
         let reviewed = plan_of(&desired, &[], Policies::default());
@@ -386,6 +410,27 @@ mod tests {
             Some("feedfeed".into());
         let now = plan_of(&desired, &other, Policies::default());
         assert!(check(&body(&reviewed), &now, &other, false).is_err());
+    }
+
+    #[test]
+    fn a_host_left_with_blocked_actions_only_is_accepted() {
+        let desired = vec![testkit::host("web")];
+        let mut live = vec![testkit::live("web", 101)];
+        let config = testkit::config(&mut live[0]);
+        config.spec.cores = 1;
+        let metadata = config.metadata.as_mut().expect("metadata");
+        metadata.disk_layout = Some("sha256:old".into());
+        metadata.system = Some("/nix/store/old".into());
+        let reviewed = plan_of(&desired, &live, Policies::default());
+        let kinds = |plan: &Plan| -> Vec<(ActionKind, bool)> {
+            plan.hosts[0].actions.iter().map(|a| (a.kind, a.blocked.is_some())).collect()
+        };
+        assert_eq!(kinds(&reviewed), [(ActionKind::UpdateVm, false), (ActionKind::Reinstall, true)]);
+        // A run applied the update; the reinstall stays blocked, and is not new.
+        testkit::config(&mut live[0]).spec.cores = 2;
+        let now = plan_of(&desired, &live, Policies::default());
+        assert_eq!(kinds(&now), [(ActionKind::Reinstall, true)]);
+        check(&body(&reviewed), &now, &live, false).expect("blocked actions never run");
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub async fn apply(request: ApplyRequest<'_>) -> Result<ApplyReport, ApplyError>
             .then(|| request.reviewed_plan_id.to_string()),
         git_rev: request.git_rev.map(str::to_string),
         duration_ms: millis(started.elapsed()),
+        cancelled_by: request.cancel.requested().map(|signal| signal.name().to_string()),
         hosts,
     })
 }
@@ -119,7 +120,12 @@ impl<'r> HostRun<'r> {
 
     async fn run(self) -> HostReport {
         let started = Instant::now();
-        let mut log = Log { progress: self.req.progress, host: &self.plan.host, steps: Vec::new() };
+        let mut log = Log {
+            progress: self.req.progress,
+            cancel: self.req.cancel,
+            host: &self.plan.host,
+            steps: Vec::new(),
+        };
         let mut state =
             State { node: self.plan.vm.node.clone(), vmid: self.plan.vm.vmid, ..State::default() };
         let runnable = Runnable::of(self.plan);
@@ -138,6 +144,20 @@ impl<'r> HostRun<'r> {
             }
         } else {
             match self.execute(&runnable, &mut log, &mut state).await {
+                Err(failure) if failure.cancelled => {
+                    // What the plan still owed and never reached: shown, so nobody mistakes
+                    // a cancelled host for a finished one.
+                    for kind in [ActionKind::Install, ActionKind::Reinstall, ActionKind::Switch] {
+                        if runnable.has(kind) && !log.steps.iter().any(|s| s.step == kind.as_str()) {
+                            log.record(
+                                kind.as_str(),
+                                StepStatus::Cancelled,
+                                "not started: apply was cancelled",
+                            );
+                        }
+                    }
+                    HostOutcome::Cancelled { step: failure.step, reason: failure.error }
+                }
                 Err(failure) => HostOutcome::Failed { step: failure.step, error: failure.error },
                 Ok(()) if !state.pending_reboot.is_empty() => {
                     HostOutcome::PendingReboot { keys: std::mem::take(&mut state.pending_reboot) }
@@ -250,7 +270,7 @@ impl<'r> HostRun<'r> {
         }
         if creating {
             log.step("start", self.start(&node, vmid)).await?;
-            state.address = Some(log.step("address", self.find_address(host, &node, vmid)).await?);
+            state.address = Some(log.interruptible("address", self.find_address(host, &node, vmid)).await?);
         } else if runnable.has(ActionKind::UpdateVm) {
             let pending = log.step("pending", self.pending(&node, vmid)).await?;
             if !pending.is_empty() {
@@ -292,11 +312,12 @@ impl<'r> HostRun<'r> {
                 continue;
             };
             if state.address.is_none() {
-                state.address = Some(log.step("address", self.find_address(host, node, vmid)).await?);
+                let address = log.interruptible("address", self.find_address(host, node, vmid)).await?;
+                state.address = Some(address);
             }
             let address = state.address.clone().unwrap_or_default();
             let outcome = log
-                .step(name, async {
+                .interruptible(name, async {
                     let recorded = self.recorded_metadata(host, node, vmid).await?;
                     let target = DeployTarget {
                         host,

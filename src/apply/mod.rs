@@ -5,7 +5,8 @@
 //! steps: `create` makes a VM exactly once, `steps` changes an existing one, [`params`]
 //! computes the config writes, and the Proxmox calls themselves live in
 //! [`crate::proxmox::qemu`]. Transient failures are retried by [`crate::retry`]'s rule;
-//! [`report`] and [`progress`] tell the user what happened.
+//! [`report`] and [`progress`] tell the user what happened; [`cancel`] stops a run at step
+//! boundaries when asked (SIGINT/SIGTERM, wired by `run`).
 //!
 //! Resumable by construction: every step reads live state first and does only what is
 //! missing; the first write that creates a VM already carries the metadata block naming the
@@ -13,6 +14,7 @@
 //! approval accepts the changed plan as that run's unfinished work.
 
 pub mod approval;
+pub mod cancel;
 mod create;
 pub mod executor;
 pub mod params;
@@ -31,7 +33,8 @@ use crate::plan::{Plan, PlanInput};
 use crate::proxmox::{Client, LiveVm, ProxmoxError, ReadRequest, read_cluster};
 use crate::retry::RetryPolicy;
 
-pub use approval::{Approval, Reviewed, ReviewedPlan, StalePlan};
+pub use approval::{Approval, Reviewed, ReviewedPlan, ReviewedPlanError, StalePlan};
+pub use cancel::{Cancel, Signal};
 pub use executor::apply;
 pub use progress::{Progress, ProgressMode};
 pub use report::{ApplyReport, HostOutcome, HostReport, StepReport, StepStatus};
@@ -88,6 +91,8 @@ pub struct ApplyRequest<'a> {
     /// `None`: install, switch and reinstall steps are reported as skipped.
     pub deployer: Option<&'a dyn NixosDeployer>,
     pub progress: &'a Progress,
+    /// Asked to stop (SIGINT, SIGTERM): no step starts after that (see [`cancel`]).
+    pub cancel: &'a Cancel,
 }
 
 /// What stops a run before any host is touched.
@@ -100,6 +105,11 @@ pub enum ApplyError {
     /// The token lacks a privilege the plan's steps need (checked before any of them).
     #[error(transparent)]
     Privileges(#[from] crate::proxmox::permissions::MissingPrivileges),
+    /// The cluster has lost quorum: every write would fail (checked before any of them).
+    #[error(
+        "the Proxmox cluster `{cluster}` has no quorum, so its configuration (/etc/pve) is read-only: every write would fail, and a destroy could free disks yet keep the VM; nothing was applied (check `pvecm status` on a node, bring enough nodes back online, then run apply again)"
+    )]
+    NoQuorum { cluster: String },
 }
 
 /// The inputs of `nixprox apply` once the flake is evaluated: the CLI's thin entry point.
@@ -119,6 +129,8 @@ pub struct RunRequest<'a> {
     pub progress: &'a Progress,
     /// Usually [`ApplyOptions::from_settings`].
     pub options: ApplyOptions,
+    /// Set by the caller when the run must stop (the CLI: on SIGINT/SIGTERM).
+    pub cancel: &'a Cancel,
 }
 
 /// What a run did: the recomputed plan, why it was accepted, and the report.
@@ -147,6 +159,7 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ApplyError> {
     for note in &approval.notes {
         tracing::warn!("{note}");
     }
+    check_quorum(request.client).await?;
     check_privileges(&request, &plan, &live).await?;
     let report = apply(ApplyRequest {
         plan: &plan,
@@ -158,9 +171,25 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ApplyError> {
         git_rev: request.git_rev,
         deployer: request.deployer,
         progress: request.progress,
+        cancel: request.cancel,
     })
     .await?;
     Ok(RunOutcome { plan, approval, report })
+}
+
+/// Before any step: the cluster has quorum, or the run stops. When the status cannot be read
+/// (no `Sys.Audit` on `/`, a standalone node, an error) the run goes on: without quorum, every
+/// write fails at once with PVE's message (it is not retried).
+async fn check_quorum(client: &Client) -> Result<(), ApplyError> {
+    use crate::proxmox::cluster::{self, Quorum};
+    match cluster::quorum(client).await {
+        Ok(Quorum::Lost { cluster }) => Err(ApplyError::NoQuorum { cluster }),
+        Ok(Quorum::Quorate | Quorum::Unknown) => Ok(()),
+        Err(err) => {
+            tracing::warn!("could not read the cluster's quorum ({err}); applying anyway");
+            Ok(())
+        }
+    }
 }
 
 /// Before any step: the token holds every privilege the runnable actions need, or the run

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::report::{HostReport, StepReport, StepStatus};
+use super::report::{HostReport, StepReport};
 
 /// Where progress goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,25 +39,10 @@ pub struct Progress {
     bars: Mutex<BTreeMap<String, ProgressBar>>,
 }
 
-fn status_word(status: &StepStatus) -> &'static str {
-    match status {
-        StepStatus::Ok => "ok",
-        StepStatus::AlreadyDone => "already done",
-        StepStatus::Failed => "failed",
-        StepStatus::Skipped => "skipped",
-        StepStatus::Blocked => "blocked",
-    }
-}
-
 /// One line for a finished step: `web: clone ok (vmid 101) 2.1s`.
 pub fn step_line(host: &str, step: &StepReport) -> String {
     let detail = step.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
-    format!(
-        "{host}: {} {}{detail} {:.1}s",
-        step.step,
-        status_word(&step.status),
-        step.duration_ms as f64 / 1000.0
-    )
+    format!("{host}: {} {}{detail} {:.1}s", step.step, step.status.word(), step.duration_ms as f64 / 1000.0)
 }
 
 impl Progress {
@@ -148,7 +133,7 @@ pub fn ci_group(report: &HostReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::report::HostOutcome;
+    use crate::apply::report::{HostOutcome, StepStatus};
 
     #[test]
     fn ci_groups_fold_one_host() {

@@ -231,7 +231,7 @@ fn locked_by_busy_task(message: &str) -> bool {
 }
 
 /// PVE's permanent 5xx answers: the same request will fail the same way.
-const PERMANENT: [&str; 12] = [
+const PERMANENT: [&str; 13] = [
     "does not exist",
     "already exists",
     "already running",
@@ -244,6 +244,9 @@ const PERMANENT: [&str; 12] = [
     "protection mode enabled",
     "you can't",
     "not allowed",
+    // Lost quorum: it lasts until an operator brings nodes back, so retrying only delays the
+    // message (pve-cluster `check_cfs_quorum`).
+    "no quorum",
 ];
 
 fn transient_message(message: &str) -> bool {
@@ -307,6 +310,9 @@ pub(crate) fn hint_for(status: u16, message: &str, token_id: &str) -> Option<Str
             None => "give the token the privilege this request needs".to_string(),
         }),
         595 | 596 => Some("a cluster node is offline or unreachable from the node answering the API".into()),
+        _ if message.contains("no quorum") => Some(
+            "the cluster has lost quorum and /etc/pve is read-only: check `pvecm status`, bring enough nodes back, then run apply again".into(),
+        ),
         _ if is_lock_timeout(message) => {
             Some("another task holds the VM's config lock; wait for it or check the node's task list".into())
         }
@@ -361,7 +367,6 @@ mod tests {
             "VM is locked (backup)",
             "got no worker upid - start worker failed",
             "proxy loop detected",
-            "cluster not ready - no quorum?",
         ] {
             assert!(http(500, message).is_transient(), "{message}");
         }
@@ -373,6 +378,7 @@ mod tests {
             "checksum mismatch (file change by other user?)",
             "VM is locked (snapshot)",
             "unable to parse worker upid 'x'",
+            "cluster not ready - no quorum?",
         ] {
             assert!(!http(500, message).is_transient(), "{message}");
         }

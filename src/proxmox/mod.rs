@@ -7,6 +7,7 @@
 //! formats PVE's property strings.
 
 pub mod client;
+pub mod cluster;
 pub mod error;
 pub mod guest;
 pub mod import;

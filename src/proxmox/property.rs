@@ -349,6 +349,9 @@ pub fn agent_enabled(text: &str) -> bool {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -5,7 +5,7 @@
 use anyhow::{Context, bail};
 
 use crate::apply::approval::record::Record;
-use crate::apply::{self, ApplyOptions, Progress, ProgressMode, Reviewed, ReviewedPlan, RunRequest};
+use crate::apply::{self, ApplyOptions, Cancel, Progress, ProgressMode, Reviewed, ReviewedPlan, RunRequest};
 use crate::cli::ApplyArgs;
 use crate::deploy::NixosDeployer;
 use crate::forge::{Forge, ForgeContext, StatusState};
@@ -16,6 +16,8 @@ use super::{Outcome, publish, source};
 const STATUS: &str = "nixprox/apply";
 
 pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
+    let cancel = Cancel::new();
+    super::signals::forward(&cancel).context("failed to listen for SIGINT and SIGTERM")?;
     let context = publish::detect(&args.forge, args.comment)?;
     let forge = match &context {
         Some(context) if args.comment || (args.plan_id.is_none() && args.reviewed_plan.is_none()) => {
@@ -29,7 +31,18 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
 
     let settings = source::load_settings(&args.source)?;
     let client = source::proxmox_client(&settings)?;
-    let evaluated = source::evaluate(&args.source, &settings).await?;
+    // Evaluating changes nothing: a signal meanwhile ends the run at once.
+    let evaluated = tokio::select! {
+        biased;
+        signal = cancel.wait_requested() => {
+            tracing::warn!("cancelled by {} while evaluating the flake: nothing was applied", signal.name());
+            return Ok(Outcome::Cancelled(signal));
+        }
+        evaluated = source::evaluate(&args.source, &settings) => match (evaluated, cancel.requested()) {
+            (Err(_), Some(signal)) => return Ok(Outcome::Cancelled(signal)),
+            (evaluated, _) => evaluated?,
+        },
+    };
     let only = source::only(&args.source);
     let deployer = deployer(&args, &settings);
     let git_rev = sha.clone().or_else(|| git_revision(&args.source.flake));
@@ -45,6 +58,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         deployer: deployer.as_ref().map(|d| d as &dyn NixosDeployer),
         progress: &progress,
         options: ApplyOptions::from_settings(&settings),
+        cancel: &cancel,
     })
     .await;
     let outcome = match outcome {
@@ -75,7 +89,11 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         publish::append_summary(&report.render_markdown())?;
     }
     if let Some(forge) = &forge {
-        let state = if report.has_failures() { StatusState::Failure } else { StatusState::Success };
+        let state = if report.has_failures() || report.cancelled_by.is_some() {
+            StatusState::Failure
+        } else {
+            StatusState::Success
+        };
         publish::status(forge, sha.as_deref(), STATUS, state, &report.summary_line(), run_url(&context))
             .await;
         if let (true, Some(pr)) = (args.comment, pr)
@@ -84,7 +102,11 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
             tracing::warn!("could not post the apply report on #{pr}: {err}");
         }
     }
-    Ok(if report.has_failures() { Outcome::HostsFailed } else { Outcome::Success })
+    Ok(match cancel.requested() {
+        Some(signal) => Outcome::Cancelled(signal),
+        None if report.has_failures() => Outcome::HostsFailed,
+        None => Outcome::Success,
+    })
 }
 
 /// The SSH deployer, or `None` (installs and switches skipped) when no SSH key is configured.
@@ -126,7 +148,7 @@ async fn reviewed_plan(
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("failed to read the reviewed plan `{}`", path.display()))?;
         let plan = ReviewedPlan::parse(&text)
-            .map_err(|err| anyhow::anyhow!("invalid reviewed plan `{}`: {err}", path.display()))?;
+            .with_context(|| format!("invalid reviewed plan `{}`", path.display()))?;
         return Ok((Reviewed::Plan(plan), None));
     }
     if let Some(id) = &args.plan_id {

@@ -7,6 +7,7 @@ mod plan_cmd;
 mod privileges;
 mod probe;
 mod publish;
+mod signals;
 pub mod source;
 
 use std::io::IsTerminal;
@@ -27,6 +28,11 @@ pub mod exit {
     pub const HOSTS_FAILED: u8 = 3;
     /// `apply` refused to start: the plan changed since it was reviewed (nothing was done).
     pub const REFUSED: u8 = 4;
+    /// `apply` stopped on SIGINT (128 + 2, the shells' convention); the report says what was
+    /// left, and a re-run resumes.
+    pub const INTERRUPTED: u8 = 130;
+    /// `apply` stopped on SIGTERM (128 + 15).
+    pub const TERMINATED: u8 = 143;
 }
 
 /// How a successful run ends; errors map through [`error_code`].
@@ -38,6 +44,8 @@ pub enum Outcome {
     Changes,
     /// `apply` ran, and at least one host failed (the report says which and where).
     HostsFailed,
+    /// `apply` was asked to stop by this signal (the report says what was left).
+    Cancelled(crate::apply::Signal),
 }
 
 impl Outcome {
@@ -47,6 +55,8 @@ impl Outcome {
             Outcome::Success => exit::SUCCESS,
             Outcome::Changes => exit::CHANGES,
             Outcome::HostsFailed => exit::HOSTS_FAILED,
+            Outcome::Cancelled(crate::apply::Signal::Interrupt) => exit::INTERRUPTED,
+            Outcome::Cancelled(crate::apply::Signal::Terminate) => exit::TERMINATED,
         }
     }
 }

@@ -84,6 +84,7 @@ impl Lab {
             deployer: None,
             progress: &self.progress,
             options: self.options(),
+            cancel: &nixprox::apply::Cancel::new(),
         })
         .await
     }
@@ -476,6 +477,7 @@ async fn the_executor_rechecks_protection_before_destroying() {
         git_rev: None,
         deployer: None,
         progress: &lab.progress,
+        cancel: &nixprox::apply::Cancel::new(),
     })
     .await
     .expect("apply");

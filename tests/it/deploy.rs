@@ -158,6 +158,11 @@ impl Lab {
 
     /// `nixprox <args> --flake path:<fixture>` against the fake cluster, no input overrides.
     fn nixprox(&self, args: &[&str], env: &[(&str, String)]) -> Run {
+        self.command(args, env).output().expect("run nixprox").into()
+    }
+
+    /// The command [`Lab::nixprox`] runs.
+    fn command(&self, args: &[&str], env: &[(&str, String)]) -> Command {
         let mut command = cli::nixprox();
         command
             .args(args)
@@ -168,7 +173,7 @@ impl Lab {
             let text = std::fs::read_to_string(&self.host.client_key).expect("read the client key");
             command.env("NIXPROX_SSH_KEY", text);
         }
-        command.output().expect("run nixprox").into()
+        command
     }
 
     fn path(&self, name: &str) -> String {
@@ -459,14 +464,20 @@ fn the_owners_notes_survive_install_and_switch_byte_for_byte() {
     assert_eq!(owner_text(), OWNER, "after switch");
 }
 
-#[test]
-fn disk_keys_from_the_environment_reach_the_host_byte_for_byte() {
-    // Trailing blanks and newlines are part of the key: a trimmed key opens nothing.
-    const KEY: &str = "canary-disk-key-5e1f \t\n\n";
+/// A lab whose host takes a disk-encryption key from `DISK_KEY_FOR_TEST`, planned.
+fn lab_with_a_disk_key() -> Lab {
     let lab = Lab::start(2048, Key::File);
     lab.declare_more("diskKeys", json!({"/run/nixprox-disk.key": "env:DISK_KEY_FOR_TEST"}));
     lab.commit("web: a disk key");
     assert_eq!(kinds(&lab.plan()), ["create_vm", "install"]);
+    lab
+}
+
+#[test]
+fn disk_keys_from_the_environment_reach_the_host_byte_for_byte() {
+    // Trailing blanks and newlines are part of the key: a trimmed key opens nothing.
+    const KEY: &str = "canary-disk-key-5e1f \t\n\n";
+    let lab = lab_with_a_disk_key();
     let (run, report) = lab.apply(&[("DISK_KEY_FOR_TEST", KEY.to_string())]);
     assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
     let placed = std::fs::read(lab.host.root().join("run/nixprox-disk.key")).expect("the key on the host");
@@ -658,5 +669,83 @@ fn a_small_vm_whose_install_failed_is_resumed_with_the_raised_memory() {
     assert_eq!(lab.guests().len(), 1, "no second VM");
     let vm = lab.web();
     assert_eq!(vm["pending"]["memory"].to_string().trim_matches('"'), "1024", "{vm:#}");
+    assert_eq!(lab.metadata().system.as_deref(), Some(lab.toplevel().as_str()));
+}
+
+#[test]
+fn sigterm_during_an_install_stops_the_installer_leaves_no_secret_behind_and_a_rerun_installs() {
+    const KEY: &str = "canary-disk-key-7d2a\n";
+    let lab = lab_with_a_disk_key();
+    // nixprox's temporary files (the `--extra-files` directory with the new host key, the disk
+    // key) and the installer's (its copy of the SSH key) all land in this TMPDIR.
+    let tmp = tempfile::Builder::new().prefix("nixprox-deploy-tmp-").tempdir().expect("tempdir");
+    let pids = lab.work.path().join("installer.pids");
+    let report = lab.path("report.json");
+    let env = [
+        ("DISK_KEY_FOR_TEST", KEY.to_string()),
+        ("NIXPROX_TEST_INSTALL_HANG", pids.display().to_string()),
+        ("TMPDIR", tmp.path().display().to_string()),
+    ];
+    let args = ["apply", "--reviewed-plan", &lab.path("plan.json"), "--report", &report];
+    let output = lab.work.path().join("apply.log");
+    let mut child = lab
+        .command(&args, &env)
+        .stdout(std::fs::File::create(lab.work.path().join("apply.out")).expect("stdout file"))
+        .stderr(std::fs::File::create(&output).expect("stderr file"))
+        .spawn()
+        .expect("start nixprox");
+    let log = || std::fs::read_to_string(&output).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !pids.exists() {
+        assert!(std::time::Instant::now() < deadline, "the install never started:\n{}", log());
+        assert!(child.try_wait().expect("wait").is_none(), "apply ended early:\n{}", log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let installer: Vec<String> =
+        std::fs::read_to_string(&pids).expect("pids").split_whitespace().map(String::from).collect();
+    assert!(
+        std::fs::read_dir(tmp.path()).expect("tmp").count() > 0,
+        "the install's temporary files exist while it runs"
+    );
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "apply did not stop:\n{}", log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(143), "{}", log());
+    // The installer and its children are gone, and so is every temporary file with a secret.
+    for pid in &installer {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start()).unwrap_or_default();
+        assert!(stat.is_empty() || state.starts_with('Z'), "installer process {pid} still runs: {stat}");
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("tmp").flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "temporary files left behind: {left:?}");
+    // The report says where the host stopped; the VM keeps `applying` for the next run.
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("report json");
+    let web = web_report(&report);
+    assert_eq!(
+        (web["status"].as_str(), web["step"].as_str()),
+        (Some("cancelled"), Some("install")),
+        "{report:#}"
+    );
+    assert!(steps(&report).contains(&("install".into(), "cancelled".into())), "{report:#}");
+    assert!(!step_names(&report).contains(&"finish".to_string()), "{report:#}");
+    assert_eq!(report["cancelled_by"], "SIGTERM");
+    assert!(!log().contains("canary-disk-key"), "the disk key leaked");
+    let metadata = lab.metadata();
+    assert!(metadata.applying.is_some() && metadata.system.is_none(), "{metadata:?}");
+
+    // The next run installs, once.
+    let (run, report) = lab.apply(&[("DISK_KEY_FOR_TEST", KEY.to_string())]);
+    assert_eq!(run.code, 0, "resumed apply failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
+    assert_eq!(lab.guests().len(), 1, "no second VM");
     assert_eq!(lab.metadata().system.as_deref(), Some(lab.toplevel().as_str()));
 }

@@ -98,3 +98,22 @@ fn tls_failure_hints_at_ca_cert() {
     let url = pve.url().to_string();
     insta::assert_snapshot!(failure(&run, &[(url.as_str(), "<url>")]));
 }
+
+#[test]
+fn no_quorum_stops_apply_with_the_fix() {
+    let fixture = Fixture::copy("homelab");
+    let pve = FakePve::start(cli::cluster_scenario(
+        &crate::support::nix::repo().join("fixtures/homelab/cluster.json"),
+    ));
+    let plan = fixture.dir.path().join("plan.json").display().to_string();
+    let run = cli::nixprox_in(&fixture, &pve, &["plan", "--format", "json", "--out", &plan]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    pve.command(serde_json::json!({"cmd": "quorum", "quorate": false}));
+    pve.requests(true);
+    let run = cli::nixprox_in(&fixture, &pve, &["apply", "--reviewed-plan", &plan]);
+    assert_eq!(
+        failure(&run, &[]),
+        "error: the Proxmox cluster `fakecluster` has no quorum, so its configuration (/etc/pve) is read-only: every write would fail, and a destroy could free disks yet keep the VM; nothing was applied (check `pvecm status` on a node, bring enough nodes back online, then run apply again)"
+    );
+    assert!(pve.requests(false).iter().all(|(method, _)| method == "GET"), "nothing was written");
+}

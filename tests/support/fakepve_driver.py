@@ -27,7 +27,8 @@ Scenario file (every key optional):
       "nodes": ["pve1", {"name": "pve2", "online": false}],
       "storages": {"ceph-pool": {"type": "rbd", "pool": "rbd", "content": "images"}},
       "files": [{"storage": "local", "name": "nixos-minimal.iso", "size": 1073741824}],
-      "time_scale": 0, "latency": 0, "lock_wait": 10, "ceph_slow": 0, "version": "9.0.10"
+      "time_scale": 0, "latency": 0, "lock_wait": 10, "ceph_slow": 0, "version": "9.0.10",
+      "task_secs": {"qmclone": 5}
     }
 
 `version` is what `GET /version` answers (`release` is its major.minor).
@@ -43,8 +44,13 @@ as pve-http-server does, checked and checksummed as pve-storage does), VM disks 
 `ceph_slow` (PVE seconds) is fakepve's `ceph_slow()`: every operation on a disk of an RBD storage
 (clone, resize, start, …) takes that much longer; 0 ends it.
 
-Faults fakepve itself has are commands that map onto its calls (`fail`, `flaky_network`, …).
-One it lacks is added here: `lose_answer` (see `AnswerLoss`).
+`task_secs` (PVE seconds per task type, `{}` ends it) makes every task of that type take that
+much longer, on any storage (see `DriverPve.task`).
+
+Faults fakepve itself has are commands that map onto its calls (`fail`, `flaky_network`,
+`quorum` for `lose_quorum`/`regain_quorum`, `set_node`, …). One it lacks is added here:
+`lose_answer` (see `AnswerLoss`). `set_storage` changes a storage's options (`avail`: the bytes
+left, which fakepve's allocations check) as an administrator or a filling disk would.
 """
 
 import argparse
@@ -202,8 +208,25 @@ class DriverPve(FakePve):
     - `PUT /nodes/{node}/qemu/{vmid}/resize` (qemu-server src/PVE/API2/Qemu.pm, `resize_vm`);
     - volumes allocated as the storage really allocates them (`allocated`), so a clone (which
       records the new volume's real size, QemuServer.pm `clone_disk`) and `qm disk rescan` (the
-      `rescan` command) show the storage's rounding.
+      `rescan` command) show the storage's rounding;
+    - tasks that take time (`task_secs`): fakepve's clone copies its disks at once, a real one
+      for as long as `qemu-img convert` or the drive mirror takes (qemu-server
+      PVE/API2/Qemu.pm `clone_vm`: the worker writes the new config with `lock: clone` first,
+      then copies every disk in QemuServer.pm `clone_disk`, then drops the lock). The pause
+      comes first in the task's body, so the VM is there, locked, for that long.
     """
+
+    task_secs = {}
+
+    async def task(self, node, ttype, tid, user, body, vm=None, lock=True, log=()):
+        secs = self.task_secs.get(ttype)
+        if secs:
+            work = body
+
+            async def body():
+                await self.pause(secs)
+                return await work()
+        return await super().task(node, ttype, tid, user, body, vm=vm, lock=lock, log=log)
 
     def _routes_qemu_resize(self):
         return [('PUT', '/nodes/{node}/qemu/{vmid}/resize', self._qm_resize)]
@@ -437,6 +460,8 @@ def set_values(pve, values):
             pve.ceph_slow(float(values['ceph_slow']))
         else:
             pve.ceph_recover()
+    if values.get('task_secs') is not None:
+        pve.task_secs = dict((str(k), float(v)) for k, v in values['task_secs'].items())
     if values.get('version') is not None:
         pve.version = str(values['version'])
         pve.release_version = '.'.join(pve.version.replace('-', '.').split('.')[:2])
@@ -805,6 +830,18 @@ async def command(pve, args):
     if name == 'set_node':
         pve.set_node_offline(args['node'], offline=not args.get('online', True))
         return None
+    if name == 'quorum':
+        if args.get('quorate', True):
+            pve.regain_quorum()
+        else:
+            pve.lose_quorum()
+        return None
+    if name == 'set_storage':
+        store = pve.storages.get(args['storage'])
+        if store is None:
+            raise CommandError('no storage {0}'.format(args['storage']))
+        store.update(args['options'])
+        return dict((k, v) for k, v in store.items() if k not in ('files', 'volumes'))
     if name == 'task':
         return await run_task(pve, args)
     if name == 'task_status':
