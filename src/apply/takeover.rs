@@ -14,7 +14,7 @@ use super::step::{Done, StepError};
 use crate::deploy::DeployTarget;
 use crate::flake::DesiredHost;
 use crate::metadata::{Adopted, Block, Metadata};
-use crate::proxmox::guest::{ED25519_HOST_KEY, read_guest_file};
+use crate::proxmox::guest::{ED25519_HOST_KEY, read_ed25519_host_key};
 use crate::proxmox::migrate::migrate_check;
 use crate::proxmox::post_and_wait;
 use crate::proxmox::property::format_tags;
@@ -103,18 +103,15 @@ impl HostRun<'_> {
     /// The VM's ed25519 host key, read through its guest agent over the TLS-pinned API.
     async fn agent_host_key(&self, node: &str, vmid: u32) -> Result<String, StepError> {
         let both = "declare the key in `nixprox.ssh.hostKey`, or make sure qemu-guest-agent runs in the VM; nothing was changed";
-        let file = read_guest_file(self.req.client, node, vmid, ED25519_HOST_KEY).await.map_err(|err| {
-            StepError::other(format!(
-                "could not read the SSH host key of VM {vmid} (`{ED25519_HOST_KEY}`) through the QEMU guest agent: {err}; {both}"
-            ))
-        })?;
-        let line = file.content.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
-        if file.truncated || !line.starts_with("ssh-ed25519 ") {
-            return Err(StepError::other(format!(
+        match read_ed25519_host_key(self.req.client, node, vmid).await {
+            Ok(Some(key)) => Ok(key),
+            Ok(None) => Err(StepError::other(format!(
                 "the guest agent of VM {vmid} answered no ed25519 public key for `{ED25519_HOST_KEY}`; {both}"
-            )));
+            ))),
+            Err(err) => Err(StepError::other(format!(
+                "could not read the SSH host key of VM {vmid} (`{ED25519_HOST_KEY}`) through the QEMU guest agent: {err}; {both}"
+            ))),
         }
-        Ok(line.to_string())
     }
 
     /// Moves the VM to `target` (live while it runs, its local disks with it) after asking
