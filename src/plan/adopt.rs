@@ -31,7 +31,7 @@ fn key_source(host: &DesiredHost, config: &LiveConfig) -> Option<&'static str> {
     if host.ssh.host_key.is_some() {
         Some("the declared `nixprox.ssh.hostKey`")
     } else if config.spec.agent {
-        Some("its ed25519 host key, read through the QEMU guest agent over the Proxmox API")
+        Some("the ed25519 host key its QEMU guest agent reads from it (over the Proxmox API)")
     } else {
         None
     }
@@ -51,7 +51,7 @@ pub(super) fn adopt_action(host: &DesiredHost, live: &LiveVm, config: &LiveConfi
     let (reason, blocked) = match key_source(host, config) {
         Some(source) if addressable => (
             format!(
-                "VM {vmid} is named like this host but not tagged `nixprox`: nixprox adopts it in place, without a reinstall, once the machine presenting {source} is found running NixOS over SSH; nothing is changed otherwise"
+                "VM {vmid} is named like this host but not tagged `nixprox`: nixprox adopts it in place, without a reinstall; apply first checks over SSH that it runs NixOS and presents {source}, and changes nothing otherwise"
             ),
             None,
         ),

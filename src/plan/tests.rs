@@ -86,7 +86,7 @@ fn unmanaged_vm_with_the_hosts_name_is_adopted_in_place_never_duplicated() {
     let plan = run(&[host("web")], &[unmanaged(150)], all());
     assert_eq!(kinds(&plan, "web"), [(K::Adopt, false), (K::Switch, false)]);
     let adopt = &plan.hosts[0].actions[0];
-    assert!(adopt.reason.contains("read through the QEMU guest agent"), "{}", adopt.reason);
+    assert!(adopt.reason.contains("its QEMU guest agent reads"), "{}", adopt.reason);
     let switch = &plan.hosts[0].actions[1];
     assert_eq!(
         (switch.changes[0].before.clone(), switch.changes[0].after.clone()),
