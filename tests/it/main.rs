@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod adopt;
 mod apply;
 mod apply_cli;
 mod deploy;
