@@ -27,3 +27,4 @@ mod runner;
 mod secret_files;
 mod sizes;
 mod ssh;
+mod takeover;

@@ -203,6 +203,10 @@ class DriverPve(FakePve):
     - volumes allocated as the storage really allocates them (`allocated`), so a clone (which
       records the new volume's real size, QemuServer.pm `clone_disk`) and `qm disk rescan` (the
       `rescan` command) show the storage's rounding;
+    - a disk deleted from a VM's config is detached, not dropped: its volume stays as `unusedN`
+      (qemu-server src/PVE/QemuServer.pm `vmconfig_delete_or_detach_drive` and
+      `vmconfig_register_unused_drive`), and a protected VM refuses it (API2/Qemu.pm,
+      `check_protection` "can't remove drive"); fakepve forgets the volume;
     - `GET` and `POST /nodes/{node}/qemu/{vmid}/migrate` (qemu-server src/PVE/API2/Qemu.pm,
       `migrate_vm_precondition` and `migrate_vm`; src/PVE/QemuMigrate.pm, `prepare` and
       `scan_local_volumes`): fakepve answers these with a task that moves nothing.
@@ -210,6 +214,23 @@ class DriverPve(FakePve):
 
     def _routes_qemu_resize(self):
         return [('PUT', '/nodes/{node}/qemu/{vmid}/resize', self._qm_resize)]
+
+    async def _apply_config(self, vm, user, p):
+        deletes = [k for k in str(p.get('delete', '') or '').split(',') if DRIVE_KEY.match(k) and k in vm.config]
+        if deletes and vm.config.get('protection') in (1, '1', True):
+            raise PveError(500, "can't remove drive '{0}' - protection mode enabled".format(deletes[0]))
+        detached = {}
+        for key in deletes:
+            volume, props = split_drive(vm.config[key])
+            sid, name = volume_ref(volume)
+            # Only a volume of this VM on a storage PVE manages becomes `unusedN`; CD-ROMs do not.
+            if sid is not None and not is_cdrom(volume, props) and 'vm-{0}-'.format(vm.vmid) in name:
+                detached[key] = volume
+        await super()._apply_config(vm, user, p)
+        for key, volume in detached.items():
+            if key not in vm.config:
+                n = next(i for i in range(256) if 'unused{0}'.format(i) not in vm.config)
+                vm.config['unused{0}'.format(n)] = volume
 
     def _routes_qemu_migrate(self):
         return [('GET', '/nodes/{node}/qemu/{vmid}/migrate', self._qm_migrate_check),
