@@ -208,11 +208,7 @@ fn runnable_destructive(actions: &[Value]) -> Vec<String> {
         .iter()
         .filter(|a| a.get("blocked") == Some(&json!(false)))
         .map(|a| kind_of(a).to_string())
-        .filter(|k| {
-            [ActionKind::DestroyVm, ActionKind::ReplaceVm, ActionKind::Reinstall]
-                .iter()
-                .any(|d| d.as_str() == k)
-        })
+        .filter(|k| ActionKind::ALL.iter().any(|d| d.is_destructive() && d.as_str() == k))
         .collect()
 }
 
