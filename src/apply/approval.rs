@@ -385,6 +385,35 @@ mod tests {
     }
 
     #[test]
+    fn an_interrupted_adoption_resumes_as_its_switch() {
+        let desired = vec![testkit::host("web")];
+        let mut vm = testkit::live("web", 150);
+        vm.tags.clear();
+        testkit::config(&mut vm).metadata = None;
+        let reviewed = plan_of(&desired, &[vm.clone()], Policies::default());
+        assert_eq!(
+            reviewed.hosts[0].actions.iter().map(|a| a.kind).collect::<Vec<_>>(),
+            [ActionKind::Adopt, ActionKind::Switch]
+        );
+        // The adopt step's one write: tagged, the running system, the key, `applying`.
+        vm.tags.insert("nixprox".into());
+        testkit::config(&mut vm).metadata = Some(crate::metadata::Metadata {
+            host: "web".into(),
+            system: Some("/nix/store/running-web".into()),
+            host_key: Some("ssh-ed25519 AAAA".into()),
+            disk_layout: Some(testkit::LAYOUT.into()),
+            applying: Some(reviewed.plan_id.clone()),
+            adopted: Some(crate::metadata::Adopted { vmid: 150, plan: reviewed.plan_id.clone() }),
+            ..Default::default()
+        });
+        let live = vec![vm];
+        let now = plan_of(&desired, &live, Policies::default());
+        assert_eq!(now.hosts[0].actions.iter().map(|a| a.kind).collect::<Vec<_>>(), [ActionKind::Switch]);
+        let approval = check(&body(&reviewed), &now, &live, false).expect("resumed");
+        assert_eq!(approval.notes.len(), 1, "{:?}", approval.notes);
+    }
+
+    #[test]
     fn a_destroyed_orphan_may_disappear_but_nothing_destructive_appears() {
         let mut orphan = testkit::live("old", 150);
         orphan.name = "old".into();

@@ -388,6 +388,29 @@ mod tests {
     }
 
     #[test]
+    fn undeclared_disks_are_detached_only_in_scope_and_never_the_boot_disk() {
+        let host = testkit::host("web");
+        let live = raw(json!({
+            "virtio0": "local-lvm:vm-101-disk-0,size=20G", "scsi1": "local-lvm:vm-101-disk-1,size=8G",
+            "boot": "order=virtio0", "ide2": "none,media=cdrom"
+        }));
+        let meta = metadata("web");
+        let write = config_write(&host, &live, &meta, SCOPE_UPDATE);
+        assert!(write.delete.is_empty(), "{write:?}");
+        assert!(write.set.iter().any(|(k, _)| k == "scsi0"), "the declared disk is added: {write:?}");
+        // Allowed: the undeclared data disk goes, the boot disk never (the boot order may have
+        // changed since the plan).
+        let detach = Scope { detach_disks: true, ..Scope::UPDATE };
+        assert_eq!(config_write(&host, &live, &meta, detach).delete, ["scsi1"]);
+        // A blocked detach holds the additions back.
+        let held = Scope { add_disks: false, ..Scope::UPDATE };
+        assert!(!config_write(&host, &live, &meta, held).set.iter().any(|(k, _)| k == "scsi0"));
+        // A VM being created drops its template's extra disks, whatever they are.
+        let created = config_write(&host, &live, &meta, Scope::CREATE);
+        assert_eq!(created.delete, ["scsi1", "virtio0"]);
+    }
+
+    #[test]
     fn new_disks_missing_cloud_init_drive_and_efi() {
         let mut host = testkit::host("db");
         host.spec.bios = Bios::Ovmf;
