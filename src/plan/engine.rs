@@ -102,7 +102,9 @@ fn find_vm<'a>(host: &DesiredHost, live: &'a [LiveVm], claimed: &BTreeSet<u32>) 
                     Found::Taken(vm)
                 }
             }
-            Some(vm) if vm.name == host.spec.name => Found::Vm(vm, true),
+            // Untagged, its block naming this host: a create that stopped before the tag.
+            Some(vm) if recorded_host(vm) == Some(host.host.as_str()) => Found::Vm(vm, false),
+            Some(vm) if vm.name == host.spec.name && recorded_host(vm).is_none() => Found::Vm(vm, true),
             Some(vm) => Found::Taken(vm),
         };
     }

@@ -109,6 +109,21 @@ fn unmanaged_vm_with_the_hosts_name_is_adopted_in_place_never_duplicated() {
 }
 
 #[test]
+fn a_create_stopped_before_the_tag_is_resumed_not_adopted_even_by_vmid() {
+    let mut want = host("web");
+    want.vmid = Some(120);
+    let mut vm = live("web", 120);
+    vm.tags.clear();
+    created_uninstalled(&mut vm, 120);
+    let plan = run(std::slice::from_ref(&want), std::slice::from_ref(&vm), Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::UpdateVm, false), (K::Install, false)]);
+    // A block naming another host: that VMID is not this host's.
+    config(&mut vm).metadata.as_mut().expect("metadata").host = "db".into();
+    let plan = run(&[want], &[vm], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::CreateVm, true)]);
+}
+
+#[test]
 fn an_adoption_without_a_way_to_pin_the_host_key_is_blocked_naming_both() {
     let mut vm = unmanaged(150);
     config(&mut vm).spec.agent = false;
