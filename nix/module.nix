@@ -237,6 +237,16 @@ in
         default = null;
         description = "Resource pool the VM belongs to.";
       };
+      keep = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Let go of this host's VM without destroying it: the plan shows `release`, which removes
+          the VM's `nixprox` tag and metadata block and leaves the VM, its disks and the rest of
+          its notes as they are. From then on nixprox never creates, adopts or changes a VM for
+          this host. (`nixprox forget HOST` does the same at once, without a plan.)
+        '';
+      };
     };
 
     bootstrap = {
@@ -352,6 +362,22 @@ in
         type = types.port;
         default = 22;
         description = "SSH port.";
+      };
+      hostKey = mkOption {
+        type = types.nullOr (
+          types.strMatching "(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh.com|sk-ecdsa-sha2-nistp256@openssh.com) [A-Za-z0-9+/]+=*( .*)?"
+        );
+        default = null;
+        example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI… root@web";
+        description = ''
+          The host's SSH public host key, as one line of `/etc/ssh/ssh_host_ed25519_key.pub`
+          (what agenix and sops-nix users already keep). nixprox verifies the host against it
+          instead of the key in the VM's metadata block: to adopt a VM that already runs NixOS
+          without trusting the network on first contact, and on every later connection. A VM
+          nixprox installs then needs its private half in `install.hostKeyFile`. `null`: the key
+          nixprox pinned when it installed the host, or, to adopt a VM, the key read through the
+          QEMU guest agent.
+        '';
       };
     };
 

@@ -31,6 +31,46 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Plan on a schedule and keep one issue open while the cluster differs from the flake.
     Drift(DriftArgs),
+    /// Stop managing a host's VM without destroying it: remove its `nixprox` tag and metadata
+    /// block, leave the VM and the rest of its notes as they are.
+    Forget(ForgetArgs),
+    /// Print the `nixprox.vm` block (Nix) that declares an existing VM as it is, from its live
+    /// config: paste it into the host's module.
+    Import(ImportArgs),
+}
+
+/// Where the settings come from, for commands that do not evaluate the flake.
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// The flake whose root holds `nixprox.yaml` (only read for the settings).
+    #[arg(long, default_value = ".", env = "NIXPROX_FLAKE")]
+    pub flake: String,
+
+    /// Settings file; default `nixprox.yaml` at the flake root (optional there).
+    #[arg(long, env = "NIXPROX_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// The host (attribute name under `nixosConfigurations`) whose VM nixprox lets go of.
+    pub host: String,
+
+    /// The VM, when the host's name alone does not tell (several VMs carry it).
+    #[arg(long)]
+    pub vmid: Option<u32>,
+
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The VM: its VMID, or its name when no other VM has it.
+    pub vm: String,
+
+    #[command(flatten)]
+    pub settings: SettingsArgs,
 }
 
 /// Where nixprox reports in CI; every value is detected from the environment and can be

@@ -66,6 +66,10 @@ pub struct Policies {
     pub allow_reinstall: bool,
     /// Destroy and recreate a VM for changes Proxmox cannot make in place.
     pub allow_replace: bool,
+    /// Detach disks the flake does not declare from existing VMs (never the boot disk).
+    /// Left out of the serialised form while off, so plan ids computed before it existed stay.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_detach_disks: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -198,7 +202,7 @@ mod tests {
             .expect_err("unknown key");
         assert_eq!(
             err.to_string(),
-            "invalid settings file `nixprox.yaml` at line 2, column 3: policies: unknown field `prune_orphan`, expected one of `prune_orphans`, `allow_reinstall`, `allow_replace`"
+            "invalid settings file `nixprox.yaml` at line 2, column 3: policies: unknown field `prune_orphan`, expected one of `prune_orphans`, `allow_reinstall`, `allow_replace`, `allow_detach_disks`"
         );
     }
 

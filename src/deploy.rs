@@ -44,4 +44,12 @@ pub struct Deployed {
 pub trait NixosDeployer: Send + Sync + fmt::Debug {
     fn install<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>>;
     fn switch<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>>;
+    /// The store path of the system a VM to adopt runs (`/run/current-system`), read from the
+    /// machine at `target.address` only once it presents `host_key`. Fails, having sent
+    /// nothing, when it presents another key; fails when it does not run NixOS.
+    fn read_system<'a>(
+        &'a self,
+        target: DeployTarget<'a>,
+        host_key: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<String>>;
 }

@@ -55,6 +55,12 @@ pub struct Metadata {
     /// that get an install without a gate. Any other such VM may hold someone's data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<Created>,
+    /// Written when nixprox adopts a VM that already runs NixOS, in place: its disks were laid
+    /// out by someone else. `disk_layout` then holds the flake's layout at adoption (not what
+    /// the disks hold), so a later change of `disko.devices` plans a gated `reinstall`, never a
+    /// silent one. Dropped when nixprox installs the VM itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<Adopted>,
 }
 
 /// The record that nixprox created a VM and has not installed it yet.
@@ -64,6 +70,15 @@ pub struct Created {
     /// the Proxmox UI, a restore to another id) does not match, so it gets no ungated install.
     pub vmid: u32,
     /// The reviewed plan whose apply created it (for the reader; not interpreted).
+    pub plan: String,
+}
+
+/// The record that nixprox adopted a running NixOS VM in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adopted {
+    /// The VMID the VM had when it was adopted.
+    pub vmid: u32,
+    /// The reviewed plan whose apply adopted it (for the reader; not interpreted).
     pub plan: String,
 }
 
@@ -203,6 +218,7 @@ mod tests {
             time: Some("2026-11-25T18:00:00Z".into()),
             applying: None,
             created: None,
+            adopted: None,
         }
     }
 

@@ -218,11 +218,7 @@ fn runnable_destructive(actions: &[Value]) -> Vec<String> {
         .iter()
         .filter(|a| a.get("blocked") == Some(&json!(false)))
         .map(|a| kind_of(a).to_string())
-        .filter(|k| {
-            [ActionKind::DestroyVm, ActionKind::ReplaceVm, ActionKind::Reinstall]
-                .iter()
-                .any(|d| d.as_str() == k)
-        })
+        .filter(|k| ActionKind::ALL.iter().any(|d| d.is_destructive() && d.as_str() == k))
         .collect()
 }
 
@@ -431,6 +427,35 @@ mod tests {
         let now = plan_of(&desired, &live, Policies::default());
         assert_eq!(kinds(&now), [(ActionKind::Reinstall, true)]);
         check(&body(&reviewed), &now, &live, false).expect("blocked actions never run");
+    }
+
+    #[test]
+    fn an_interrupted_adoption_resumes_as_its_switch() {
+        let desired = vec![testkit::host("web")];
+        let mut vm = testkit::live("web", 150);
+        vm.tags.clear();
+        testkit::config(&mut vm).metadata = None;
+        let reviewed = plan_of(&desired, &[vm.clone()], Policies::default());
+        assert_eq!(
+            reviewed.hosts[0].actions.iter().map(|a| a.kind).collect::<Vec<_>>(),
+            [ActionKind::Adopt, ActionKind::Switch]
+        );
+        // The adopt step's one write: tagged, the running system, the key, `applying`.
+        vm.tags.insert("nixprox".into());
+        testkit::config(&mut vm).metadata = Some(crate::metadata::Metadata {
+            host: "web".into(),
+            system: Some("/nix/store/running-web".into()),
+            host_key: Some("ssh-ed25519 AAAA".into()),
+            disk_layout: Some(testkit::LAYOUT.into()),
+            applying: Some(reviewed.plan_id.clone()),
+            adopted: Some(crate::metadata::Adopted { vmid: 150, plan: reviewed.plan_id.clone() }),
+            ..Default::default()
+        });
+        let live = vec![vm];
+        let now = plan_of(&desired, &live, Policies::default());
+        assert_eq!(now.hosts[0].actions.iter().map(|a| a.kind).collect::<Vec<_>>(), [ActionKind::Switch]);
+        let approval = check(&body(&reviewed), &now, &live, false).expect("resumed");
+        assert_eq!(approval.notes.len(), 1, "{:?}", approval.notes);
     }
 
     #[test]

@@ -93,6 +93,9 @@ struct State {
     address: Option<String>,
     /// Keys waiting for a reboot nixprox was not allowed to do.
     pending_reboot: Vec<String>,
+    /// The system an adopted VM was found running (its switch is a no-op when it is the
+    /// flake's).
+    running: Option<String>,
 }
 
 /// The VM the provision phase left for the deploy phase.
@@ -187,6 +190,14 @@ impl<'r> HostRun<'r> {
         log: &mut Log<'_>,
         state: &mut State,
     ) -> Result<(), Failure> {
+        if runnable.has(ActionKind::Release) {
+            let vmid = state.vmid.ok_or_else(|| {
+                Failure::new("release", format!("the plan names no VM to release for `{}`", self.plan.host))
+            })?;
+            let node = state.node.clone();
+            log.step("release", self.release(&node, vmid)).await?;
+            return Ok(());
+        }
         let mut replaced = false;
         if runnable.has(ActionKind::DestroyVm) || runnable.has(ActionKind::ReplaceVm) {
             let vmid = state.vmid.ok_or_else(|| {
@@ -204,8 +215,42 @@ impl<'r> HostRun<'r> {
                 format!("host `{}` is not among the evaluated hosts (re-run the plan)", self.plan.host);
             return Err(Failure::new("plan", error));
         };
+        if runnable.has(ActionKind::Adopt) && !replaced && self.req.deployer.is_none() {
+            // Adopting in place starts by reading what the VM runs over SSH: without a key,
+            // nothing of the host is done (not even its tag), and the next run adopts it.
+            log.record(
+                "adopt",
+                StepStatus::Skipped,
+                "no SSH key configured: nixprox adopts a VM in place only after reading the system it runs over SSH",
+            );
+            return Ok(());
+        }
         let vm = self.provision(host, runnable, replaced, log, state).await?;
         self.deploy(host, runnable, &vm, log, state).await
+    }
+
+    /// Before anything else changes an existing VM: its adoption (which checks what runs on
+    /// it and writes nothing otherwise), then its move to the declared node.
+    async fn take_over(
+        &self,
+        host: &DesiredHost,
+        runnable: &Runnable,
+        vmid: u32,
+        log: &mut Log<'_>,
+        state: &mut State,
+    ) -> Result<(), Failure> {
+        if runnable.has(ActionKind::Adopt) {
+            let node = state.node.clone();
+            let adopted = log.step("adopt", self.adopt(host, &node, vmid)).await?;
+            state.address = Some(adopted.address);
+            state.running = Some(adopted.system);
+        }
+        if runnable.has(ActionKind::MigrateVm) {
+            let node = state.node.clone();
+            log.step("migrate", self.migrate(host, &node, vmid, &host.node)).await?;
+            state.node = host.node.clone();
+        }
+        Ok(())
     }
 
     /// Creates the VM when it is missing, then brings its settings, pool and disks to the
@@ -237,12 +282,22 @@ impl<'r> HostRun<'r> {
                     log.step("clone", self.clone_vm(host, template)).await?
                 }
                 Bootstrap::Iso { iso } => log.step("create", self.create_vm(host, iso)).await?,
+                Bootstrap::Undeclared => {
+                    let error = format!(
+                        "host `{}` declares no template or ISO to create its VM from (re-run the plan)",
+                        host.host
+                    );
+                    return Err(Failure::new("create", error));
+                }
             };
             state.vmid = Some(vmid);
         }
         let vmid = state.vmid.ok_or_else(|| {
             Failure::new("plan", format!("the plan names no VM for host `{}` (re-run the plan)", host.host))
         })?;
+        if !creating {
+            self.take_over(host, runnable, vmid, log, state).await?;
+        }
         let node = state.node.clone();
         // nixos-anywhere's kexec image needs ~1.5 GiB: a smaller VM gets that much until the
         // install is done (configure keeps it), then its declared memory back.
@@ -258,8 +313,13 @@ impl<'r> HostRun<'r> {
                 log.step("reboot", self.reboot(&node, vmid)).await?;
             }
         }
-        if creating || runnable.has(ActionKind::Adopt) || runnable.has(ActionKind::UpdateVm) {
-            let scope = Scope { cloud_init: creating, firmware: creating };
+        let detaching = runnable.has(ActionKind::DetachDisk);
+        if creating || detaching || runnable.has(ActionKind::Adopt) || runnable.has(ActionKind::UpdateVm) {
+            let scope = if creating {
+                Scope::CREATE
+            } else {
+                Scope { detach_disks: detaching, add_disks: !self.detach_held(), ..Scope::UPDATE }
+            };
             log.step("configure", self.configure(&configured, &node, vmid, scope)).await?;
         }
         if let Some(pool_move) = &self.plan.pool_move {
@@ -271,7 +331,7 @@ impl<'r> HostRun<'r> {
         if creating {
             log.step("start", self.start(&node, vmid)).await?;
             state.address = Some(log.interruptible("address", self.find_address(host, &node, vmid)).await?);
-        } else if runnable.has(ActionKind::UpdateVm) {
+        } else if runnable.has(ActionKind::UpdateVm) || detaching {
             let pending = log.step("pending", self.pending(&node, vmid)).await?;
             if !pending.is_empty() {
                 if host.deploy.allow_reboot {
@@ -311,6 +371,11 @@ impl<'r> HostRun<'r> {
                 log.record(name, StepStatus::Skipped, "no deployer configured");
                 continue;
             };
+            if kind == ActionKind::Switch && state.running.as_deref() == Some(host.system.toplevel.as_str()) {
+                let already = Done::already(()).detail("the adopted VM already runs the flake's system");
+                log.step(name, async { Ok(already) }).await?;
+                continue;
+            }
             if state.address.is_none() {
                 let address = log.interruptible("address", self.find_address(host, node, vmid)).await?;
                 state.address = Some(address);

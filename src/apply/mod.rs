@@ -19,9 +19,11 @@ mod create;
 pub mod executor;
 pub mod params;
 pub mod progress;
+pub mod release;
 pub mod report;
 mod step;
 mod steps;
+mod takeover;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

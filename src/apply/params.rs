@@ -14,6 +14,7 @@ use crate::proxmox::property::{
     Drive, PropertyString, agent_enabled, format_net, format_new_disk, format_tags, is_drive_key, is_net_key,
     parse_drive, parse_tags, update_disk, update_net, value_bool, value_text,
 };
+use crate::proxmox::read::boot_disks;
 use crate::spec::{Bios, MANAGED_TAG};
 
 /// Keys to set and keys to delete in one `POST …/config`.
@@ -61,6 +62,21 @@ pub struct Scope {
     pub cloud_init: bool,
     /// Firmware: only for a VM being created (an existing VM's change is a replacement).
     pub firmware: bool,
+    /// Disks the flake does not declare are detached: a VM being created (its template's
+    /// extra disks), or an existing one whose `detach_disk` the plan allows. Never the disk an
+    /// existing VM boots from.
+    pub detach_disks: bool,
+    /// Declared disks the VM lacks are added: not while the plan holds a `detach_disk` back
+    /// (the VM's own disks are not declared yet, see `plan::detach`).
+    pub add_disks: bool,
+}
+
+impl Scope {
+    /// A VM being created: everything.
+    pub const CREATE: Scope = Scope { cloud_init: true, firmware: true, detach_disks: true, add_disks: true };
+    /// An existing VM: its hardware and options, new disks, no detaching.
+    pub const UPDATE: Scope =
+        Scope { cloud_init: false, firmware: false, detach_disks: false, add_disks: true };
 }
 
 /// Characters kept as they are in `sshkeys`: what JavaScript's `encodeURIComponent` keeps,
@@ -148,7 +164,7 @@ pub fn config_write(
             out.put("efidisk0", format!("{storage}:1,efitype=4m,pre-enrolled-keys=0"));
         }
     }
-    disks(host, raw, &mut out);
+    disks(host, raw, scope, &mut out);
     networks(host, raw, &mut out);
     let mut tags: BTreeSet<String> = spec.tags.iter().map(|t| t.to_lowercase()).collect();
     tags.insert(MANAGED_TAG.to_string());
@@ -176,7 +192,7 @@ pub fn first_storage(host: &DesiredHost) -> String {
     host.spec.disks.values().next().map(|d| d.storage.clone()).unwrap_or_else(|| "local-lvm".into())
 }
 
-fn disks(host: &DesiredHost, raw: &Map<String, Value>, out: &mut ConfigWrite) {
+fn disks(host: &DesiredHost, raw: &Map<String, Value>, scope: Scope, out: &mut ConfigWrite) {
     for (slot, disk) in &host.spec.disks {
         match raw.get(slot).and_then(value_text) {
             Some(existing) if matches!(parse_drive(&existing), Drive::Disk(_)) => {
@@ -185,14 +201,23 @@ fn disks(host: &DesiredHost, raw: &Map<String, Value>, out: &mut ConfigWrite) {
                     out.put(slot, updated);
                 }
             }
-            _ => out.put(slot, format_new_disk(disk)),
+            _ if scope.add_disks => out.put(slot, format_new_disk(disk)),
+            _ => {}
         }
     }
+    if !scope.detach_disks {
+        return;
+    }
+    // An existing VM keeps the disks it boots from whatever the plan said: the boot order may
+    // have changed since. A VM being created (cloud-init is written only then) drops its
+    // template's extra disks, boot disk or not.
+    let booting = if scope.cloud_init { Vec::new() } else { boot_disks(raw) };
     let mut undeclared: Vec<&String> = raw
         .iter()
         .filter(|(key, value)| {
             is_drive_key(key)
                 && !host.spec.disks.contains_key(*key)
+                && !booting.contains(key)
                 && value_text(value).is_some_and(|v| matches!(parse_drive(&v), Drive::Disk(_)))
         })
         .map(|(key, _)| key)
@@ -268,7 +293,7 @@ mod tests {
         Metadata { host: host.into(), applying: Some("abc".into()), ..Metadata::default() }
     }
 
-    const SCOPE_UPDATE: Scope = Scope { cloud_init: false, firmware: false };
+    const SCOPE_UPDATE: Scope = Scope::UPDATE;
 
     #[test]
     fn ssh_keys_are_encoded_like_encode_uri_component() {
@@ -301,8 +326,7 @@ mod tests {
             "net1": "virtio=BC:24:11:AA:BB:CD,bridge=vmbr0", "ide2": "local-lvm:vm-101-cloudinit,media=cdrom",
             "scsihw": "virtio-scsi-single"
         }));
-        let write =
-            config_write(&host, &template, &metadata("web"), Scope { cloud_init: true, firmware: true });
+        let write = config_write(&host, &template, &metadata("web"), Scope::CREATE);
         let set: Vec<(&str, &str)> = write.set.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(
             set,
@@ -364,6 +388,29 @@ mod tests {
     }
 
     #[test]
+    fn undeclared_disks_are_detached_only_in_scope_and_never_the_boot_disk() {
+        let host = testkit::host("web");
+        let live = raw(json!({
+            "virtio0": "local-lvm:vm-101-disk-0,size=20G", "scsi1": "local-lvm:vm-101-disk-1,size=8G",
+            "boot": "order=virtio0", "ide2": "none,media=cdrom"
+        }));
+        let meta = metadata("web");
+        let write = config_write(&host, &live, &meta, SCOPE_UPDATE);
+        assert!(write.delete.is_empty(), "{write:?}");
+        assert!(write.set.iter().any(|(k, _)| k == "scsi0"), "the declared disk is added: {write:?}");
+        // Allowed: the undeclared data disk goes, the boot disk never (the boot order may have
+        // changed since the plan).
+        let detach = Scope { detach_disks: true, ..Scope::UPDATE };
+        assert_eq!(config_write(&host, &live, &meta, detach).delete, ["scsi1"]);
+        // A blocked detach holds the additions back.
+        let held = Scope { add_disks: false, ..Scope::UPDATE };
+        assert!(!config_write(&host, &live, &meta, held).set.iter().any(|(k, _)| k == "scsi0"));
+        // A VM being created drops its template's extra disks, whatever they are.
+        let created = config_write(&host, &live, &meta, Scope::CREATE);
+        assert_eq!(created.delete, ["scsi1", "virtio0"]);
+    }
+
+    #[test]
     fn new_disks_missing_cloud_init_drive_and_efi() {
         let mut host = testkit::host("db");
         host.spec.bios = Bios::Ovmf;
@@ -379,7 +426,7 @@ mod tests {
             },
         );
         let live = raw(json!({"scsi0": "local-lvm:vm-9-disk-0,size=20G", "ide2": "none,media=cdrom"}));
-        let write = config_write(&host, &live, &metadata("db"), Scope { cloud_init: true, firmware: true });
+        let write = config_write(&host, &live, &metadata("db"), Scope::CREATE);
         let get = |key: &str| write.set.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         assert_eq!(get("bios"), Some("ovmf"));
         assert_eq!(get("efidisk0"), Some("local-lvm:1,efitype=4m,pre-enrolled-keys=0"));

@@ -3,6 +3,8 @@
 //! reads live state first and writes only what is missing; each write goes through the
 //! [`retry`](crate::retry) rule with how it behaves when sent twice.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use super::executor::HostRun;
@@ -18,65 +20,79 @@ use crate::proxmox::qemu::{
     wait_for_address,
 };
 use crate::proxmox::read::pending_keys;
-use crate::proxmox::{ProxmoxError, post_and_wait};
-use crate::retry::Resend;
+use crate::proxmox::{Client, ProxmoxError, post_and_wait};
+use crate::retry::{Resend, RetryPolicy};
 use crate::spec::{MANAGED_TAG, allocation_size, format_size};
 
 /// Config writes retried after a digest conflict (someone else changed the VM in between).
 const CAS_ATTEMPTS: usize = 4;
 
 /// A compare-and-swap write that went through.
-struct Written {
-    warnings: Vec<String>,
+pub(super) struct Written {
+    pub warnings: Vec<String>,
     /// Digest conflicts on the way: someone else changed the VM meanwhile.
-    conflicts: u32,
+    pub conflicts: u32,
+}
+
+/// Writes the form `next` computes from the config just read, with that config's digest
+/// (compare-and-swap). When someone else wrote in between, PVE refuses ("checksum
+/// mismatch"), and the config is read and the form computed again, up to [`CAS_ATTEMPTS`]
+/// times. `Ok(None)`: `next` found nothing to write. `doing` completes "while nixprox …".
+pub(super) async fn cas_write(
+    client: &Client,
+    retry: RetryPolicy,
+    timeout: Duration,
+    node: &str,
+    vmid: u32,
+    doing: &str,
+    mut next: impl FnMut(&RawConfig) -> Result<Option<Form>, StepError>,
+) -> Result<Option<Written>, StepError> {
+    let path = format!("{}/config", vm_path(node, vmid));
+    let mut conflicts = 0;
+    for _ in 0..CAS_ATTEMPTS {
+        let raw = read_raw(client, node, vmid).await?.ok_or_else(|| {
+            StepError::other(format!("VM {vmid} on node `{node}` disappeared while nixprox {doing}"))
+        })?;
+        let Some(mut form) = next(&raw)? else { return Ok(None) };
+        let digest = digest_of(&raw);
+        if !digest.is_empty() {
+            form.push(("digest".into(), digest));
+        }
+        let result = retry
+            .run(&format!("config of VM {vmid}"), Resend::Idempotent, || {
+                post_and_wait(client, &path, &form, timeout)
+            })
+            .await;
+        match result {
+            Ok(warnings) => return Ok(Some(Written { warnings, conflicts })),
+            Err(err) if err.is_digest_conflict() => {
+                conflicts += 1;
+                tracing::warn!("the config of VM {vmid} changed since it was read; reading it again");
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(StepError::other(format!(
+        "failed to update `{path}`: the config changed under nixprox {CAS_ATTEMPTS} times in a row (digest conflicts; is another tool editing VM {vmid}?)"
+    )))
 }
 
 impl HostRun<'_> {
-    /// Writes the form `next` computes from the config just read, with that config's digest
-    /// (compare-and-swap). When someone else wrote in between, PVE refuses ("checksum
-    /// mismatch"), and the config is read and the form computed again, up to [`CAS_ATTEMPTS`]
-    /// times. `Ok(None)`: `next` found nothing to write. `doing` completes "while nixprox …".
-    async fn cas_write(
+    /// [`cas_write`] with this run's client, retry policy and task timeout.
+    pub(super) async fn cas_write(
         &self,
         node: &str,
         vmid: u32,
         doing: &str,
-        mut next: impl FnMut(&RawConfig) -> Result<Option<Form>, StepError>,
+        next: impl FnMut(&RawConfig) -> Result<Option<Form>, StepError>,
     ) -> Result<Option<Written>, StepError> {
-        let client = self.req.client;
-        let path = format!("{}/config", vm_path(node, vmid));
-        let mut conflicts = 0;
-        for _ in 0..CAS_ATTEMPTS {
-            let raw = read_raw(client, node, vmid).await?.ok_or_else(|| {
-                StepError::other(format!("VM {vmid} on node `{node}` disappeared while nixprox {doing}"))
-            })?;
-            let Some(mut form) = next(&raw)? else { return Ok(None) };
-            let digest = digest_of(&raw);
-            if !digest.is_empty() {
-                form.push(("digest".into(), digest));
-            }
-            let timeout = self.req.options.task_timeout;
-            let result = self
-                .req
-                .options
-                .step_retry
-                .run(&format!("config of VM {vmid}"), Resend::Idempotent, || {
-                    post_and_wait(client, &path, &form, timeout)
-                })
-                .await;
-            match result {
-                Ok(warnings) => return Ok(Some(Written { warnings, conflicts })),
-                Err(err) if err.is_digest_conflict() => {
-                    conflicts += 1;
-                    tracing::warn!("the config of VM {vmid} changed since it was read; reading it again");
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Err(StepError::other(format!(
-            "failed to update `{path}`: the config changed under nixprox {CAS_ATTEMPTS} times in a row (digest conflicts; is another tool editing VM {vmid}?)"
-        )))
+        let options = self.req.options;
+        cas_write(self.req.client, options.step_retry, options.task_timeout, node, vmid, doing, next).await
+    }
+
+    /// Whether the plan holds a `detach_disk` back: the disks the flake adds wait with it.
+    pub(super) fn detach_held(&self) -> bool {
+        self.plan.actions.iter().any(|a| a.kind == crate::plan::ActionKind::DetachDisk && a.blocked.is_some())
     }
 
     /// The metadata block to write: the one in the notes (or a new one), naming the host,
@@ -193,9 +209,15 @@ impl HostRun<'_> {
         let mut warnings = Vec::new();
         let path = format!("{}/resize", vm_path(node, vmid));
         for (slot, disk) in &host.spec.disks {
-            let live = recorded(&raw, slot).ok_or_else(|| {
-                StepError::other(format!("disk `{slot}` of VM {vmid} is missing after configure"))
-            })?;
+            let Some(live) = recorded(&raw, slot) else {
+                if self.detach_held() {
+                    // Not added: it waits for the blocked `detach_disk` (see `plan::detach`).
+                    continue;
+                }
+                return Err(StepError::other(format!(
+                    "disk `{slot}` of VM {vmid} is missing after configure"
+                )));
+            };
             if disk.size_bytes <= live {
                 continue;
             }
@@ -401,6 +423,10 @@ impl HostRun<'_> {
                 if metadata.system.is_some() {
                     // Installed: from now on only a gated reinstall may wipe it.
                     metadata.created = None;
+                }
+                if deployed.is_some_and(|d| d.disk_layout.is_some()) {
+                    // nixprox partitioned the disks itself: they are no longer someone else's.
+                    metadata.adopted = None;
                 }
                 let current = config_text(raw, "description").unwrap_or_default();
                 let description = params::notes(host, &current, &metadata);

@@ -56,6 +56,9 @@ pub struct VmDecl {
     pub on_boot: bool,
     pub protection: bool,
     pub pool: Option<String>,
+    /// `nixprox.vm.keep`: let go of the VM (absent from modules older than it: off).
+    #[serde(default)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -115,6 +118,10 @@ pub struct ImageDecl {
 pub struct SshDecl {
     pub user: String,
     pub port: u16,
+    /// `nixprox.ssh.hostKey`: the host's SSH public key line, pinned without trusting the
+    /// network. Absent from modules older than it, and left out of the plan id when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +169,9 @@ pub enum Bootstrap {
     Template { template: TemplateRef, user: String, ssh_keys: Vec<String>, ip_config: String },
     /// Created from scratch, booting an installer ISO.
     Iso { iso: String },
+    /// Neither a template nor an ISO is declared (nor `defaults.template`): fine for a host
+    /// whose VM exists; a plan that would create or replace its VM blocks that instead.
+    Undeclared,
 }
 
 /// The image a host boots from, resolved: what the executor builds, names and uploads.
@@ -212,4 +222,8 @@ pub struct DesiredHost {
     pub install: InstallDecl,
     pub deploy: DeployDecl,
     pub system: SystemEval,
+    /// `nixprox.vm.keep`: nixprox lets go of the VM (`release`) and never creates, adopts or
+    /// changes it. Left out of the plan id when off.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keep: bool,
 }

@@ -27,10 +27,6 @@ pub enum ResolveError {
     )]
     TemplateAndIso { host: String },
     #[error(
-        "host `{host}`: neither `nixprox.bootstrap.template` nor `nixprox.bootstrap.iso` is set and nixprox.yaml has no `defaults.template` (set one of them)"
-    )]
-    NoBootstrap { host: String },
-    #[error(
         "host `{host}`: `nixprox.bootstrap.image.enable` is set together with `nixprox.bootstrap.{other}` (keep one: a VM boots either from its image or from a template or ISO)"
     )]
     ImageAndOther { host: String, other: &'static str },
@@ -136,15 +132,16 @@ pub fn resolve(
         (Some(_), Some(_)) => return Err(ResolveError::TemplateAndIso { host }),
         (None, Some(iso)) => Bootstrap::Iso { iso: iso.clone() },
         (template, None) => {
-            let template = template
-                .clone()
-                .or_else(|| defaults.template.as_deref().map(template_ref))
-                .ok_or_else(|| ResolveError::NoBootstrap { host: host.clone() })?;
-            Bootstrap::Template {
-                template,
-                user: bootstrap_decl.user.clone(),
-                ssh_keys: bootstrap_decl.ssh_keys.clone(),
-                ip_config: bootstrap_decl.ip_config.clone(),
+            // Only a VM to create needs one: the planner blocks that create (or replacement)
+            // and says what to set; a host whose VM exists plans without it.
+            match template.clone().or_else(|| defaults.template.as_deref().map(template_ref)) {
+                Some(template) => Bootstrap::Template {
+                    template,
+                    user: bootstrap_decl.user.clone(),
+                    ssh_keys: bootstrap_decl.ssh_keys.clone(),
+                    ip_config: bootstrap_decl.ip_config.clone(),
+                },
+                None => Bootstrap::Undeclared,
             }
         }
     };
@@ -183,6 +180,7 @@ pub fn resolve(
         install: decl.install.clone(),
         deploy: decl.deploy.clone(),
         system: system.clone(),
+        keep: vm.keep,
     })
 }
 
@@ -426,11 +424,11 @@ mod tests {
             err(&d, &defaults()),
             "host `web`: `nixprox.bootstrap.template` and `nixprox.bootstrap.iso` are both set (keep one: a VM is either cloned from a template or booted from an ISO)"
         );
+        // Neither is needed to plan a host whose VM exists: the planner asks for one only
+        // when it would create the VM.
         let no_template = Defaults { template: None, ..defaults() };
-        assert_eq!(
-            err(&decl(), &no_template),
-            "host `web`: neither `nixprox.bootstrap.template` nor `nixprox.bootstrap.iso` is set and nixprox.yaml has no `defaults.template` (set one of them)"
-        );
+        let host = resolve("web", &decl(), &system(), &no_template).expect("valid");
+        assert_eq!(host.bootstrap, Bootstrap::Undeclared);
     }
 
     #[test]

@@ -15,9 +15,13 @@ use super::{
 };
 use crate::config::Settings;
 use crate::deploy::{DeployTarget, Deployed, NixosDeployer};
+use crate::flake::DesiredHost;
 use crate::flake::host::{Bootstrap, DeployStrategy};
 use crate::metadata::Metadata;
-use crate::ssh::{ClientKey, GeneratedHostKey, generate_host_key};
+use crate::ssh::{
+    ClientKey, ConnectOptions, GeneratedHostKey, HostKeyPolicy, SshError, SshTarget, generate_host_key,
+    read_current_system,
+};
 
 /// The environment variable read for the SSH key when the settings name neither a key file
 /// nor another variable.
@@ -69,19 +73,34 @@ impl SshDeployer {
         self
     }
 
+    /// The host key the install puts in place: `install.hostKeyFile`'s, or a new one. With
+    /// `ssh.hostKey` declared it must be that key's private half: a new key would not match
+    /// what the flake says the host presents, and every later connection would be refused.
     fn host_key(target: &DeployTarget<'_>) -> anyhow::Result<GeneratedHostKey> {
         let host = &target.host.host;
-        match &target.host.install.host_key_file {
+        let key = match &target.host.install.host_key_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| {
                     format!(
                         "failed to read the host key `{path}` of host `{host}` (nixprox.install.hostKeyFile)"
                     )
                 })?;
-                Ok(GeneratedHostKey::from_private_openssh(&text)?)
+                GeneratedHostKey::from_private_openssh(&text)?
             }
-            None => Ok(generate_host_key(&format!("root@{host}"))?),
+            None if target.host.ssh.host_key.is_some() => bail!(
+                "host `{host}` declares `nixprox.ssh.hostKey`, so its install must put that key in place: set `nixprox.install.hostKeyFile` to its private half on the runner, or unset `nixprox.ssh.hostKey` to let nixprox generate and pin a new key"
+            ),
+            None => generate_host_key(&format!("root@{host}"))?,
+        };
+        if let Some(declared) = &target.host.ssh.host_key
+            && !same_key(declared, &key.public)
+        {
+            bail!(
+                "the key in `nixprox.install.hostKeyFile` of host `{host}` is not the one `nixprox.ssh.hostKey` declares (`{}`): make them the two halves of one key",
+                declared.trim()
+            );
         }
+        Ok(key)
     }
 
     async fn install_one(&self, target: DeployTarget<'_>) -> anyhow::Result<Deployed> {
@@ -190,15 +209,56 @@ impl SshDeployer {
         self.user_override.clone().unwrap_or_else(|| target.host.ssh.user.clone())
     }
 
-    /// The host key recorded at install, from the metadata block the executor just read.
+    /// The key the host must present: the declared `nixprox.ssh.hostKey`, else the one
+    /// pinned in the metadata block the executor just read.
     fn pinned_key(target: &DeployTarget<'_>) -> anyhow::Result<String> {
         let host = &target.host.host;
-        target.recorded.and_then(|m| m.host_key.clone()).with_context(|| {
+        pinned_host_key(target.host, target.recorded).map(str::to_string).with_context(|| {
             format!(
-                "host `{host}` has no pinned SSH host key in its metadata block, so nixprox cannot verify it; reinstall it through nixprox (policies.allow_reinstall) to pin one"
+                "host `{host}` has no pinned SSH host key (neither `nixprox.ssh.hostKey` nor one in its metadata block), so nixprox cannot verify it; declare `nixprox.ssh.hostKey`, or reinstall it through nixprox (policies.allow_reinstall) to pin one"
             )
         })
     }
+
+    async fn read_system_one(&self, target: DeployTarget<'_>, host_key: &str) -> anyhow::Result<String> {
+        let host = &target.host.host;
+        let vmid = target.vmid;
+        let policy = HostKeyPolicy::pinned(host_key)
+            .map_err(|err| anyhow!("refusing to adopt `{host}` (VM {vmid}): {err}; nothing was changed"))?;
+        let key_file = self.key.materialize()?;
+        let key = key_file.load()?;
+        let ssh = SshTarget {
+            host: host.clone(),
+            address: target.address.to_string(),
+            port: target.host.ssh.port,
+            user: self.ssh_user(target),
+        };
+        let options = ConnectOptions { bound: self.connect_timeout, ..ConnectOptions::default() };
+        match read_current_system(&ssh, &key, &policy, &options, Duration::from_secs(30)).await {
+            Ok(Some(system)) => Ok(system),
+            Ok(None) => bail!(
+                "refusing to adopt `{host}` (VM {vmid}) in place: the machine at `{}` does not run NixOS (it has no `/run/current-system`); nothing was changed. To install NixOS on it, which wipes its disks, tag the VM `nixprox` in Proxmox: the next plan shows a gated `reinstall` (policies.allow_reinstall)",
+                target.address
+            ),
+            Err(err @ SshError::HostKeyMismatch { .. }) => {
+                bail!("refusing to adopt `{host}` (VM {vmid}): {err}; nothing was sent to it or changed")
+            }
+            Err(err) => Err(anyhow!(err).context(format!(
+                "failed to read the running system of `{host}` (VM {vmid}) before adopting it; nothing was changed"
+            ))),
+        }
+    }
+}
+
+/// The key a host must present: the declared `nixprox.ssh.hostKey` (the flake is reviewed,
+/// and an agenix or sops-nix user rotates the key there), else the one its metadata block pins.
+pub fn pinned_host_key<'a>(host: &'a DesiredHost, recorded: Option<&'a Metadata>) -> Option<&'a str> {
+    host.ssh.host_key.as_deref().or_else(|| recorded.and_then(|m| m.host_key.as_deref())).map(str::trim)
+}
+
+/// Whether two OpenSSH public key lines are the same key (comments do not count).
+fn same_key(a: &str, b: &str) -> bool {
+    a.split_whitespace().take(2).eq(b.split_whitespace().take(2))
 }
 
 /// Which machine an install may hand the new host key and the disk-encryption keys to: the one
@@ -206,10 +266,12 @@ impl SshDeployer {
 /// not installed yet, whatever answers at its address (`None`: no key was ever pinned for it;
 /// see docs/security.md). Any other VM is refused: nothing identifies the machine.
 fn install_trust(target: &DeployTarget<'_>, recorded: Option<&Metadata>) -> anyhow::Result<Option<String>> {
-    match recorded {
-        Some(metadata) if metadata.created_uninstalled(target.vmid) => Ok(None),
-        Some(Metadata { host_key: Some(key), .. }) => Ok(Some(key.clone())),
-        _ => bail!(
+    if recorded.is_some_and(|m| m.created_uninstalled(target.vmid)) {
+        return Ok(None);
+    }
+    match pinned_host_key(target.host, recorded) {
+        Some(key) => Ok(Some(key.to_string())),
+        None => bail!(
             "refusing to install `{}` on VM {}: no SSH host key is pinned for it in its metadata block and nixprox did not create it, so nixprox cannot verify the machine at `{}` before handing it the new host key and disk-encryption keys (check the key the VM presents on its console and add it to the block as `\"host_key\":\"ssh-ed25519 …\"`, or delete the VM so nixprox creates it anew)",
             target.host.host,
             target.vmid,
@@ -225,6 +287,14 @@ impl NixosDeployer for SshDeployer {
 
     fn switch<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>> {
         Box::pin(self.switch_one(target))
+    }
+
+    fn read_system<'a>(
+        &'a self,
+        target: DeployTarget<'a>,
+        host_key: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<String>> {
+        Box::pin(self.read_system_one(target, host_key))
     }
 }
 

@@ -14,7 +14,7 @@ mod run;
 mod switch;
 
 pub use anywhere::{CLI_FLAGS, NixosAnywhere, default_command};
-pub use deployer::{DEFAULT_KEY_ENV, SshDeployer};
+pub use deployer::{DEFAULT_KEY_ENV, SshDeployer, pinned_host_key};
 pub use extra_files::{HOST_KEY_PATH, prepare_extra_files};
 pub use nix::{NixBuild, NixCopy, parse_build_json, run_build};
 pub use run::{CommandSpec, RunFailure, TAIL_LINES, run_streaming};
@@ -112,6 +112,7 @@ impl InstallOutcome {
             // The install finished: nothing is left half done, and the VM is installed.
             applying: None,
             created: None,
+            adopted: None,
         }
     }
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::config::Policies;
 use crate::flake::DesiredHost;
-use crate::flake::host::DeployStrategy;
+use crate::flake::host::{Bootstrap, DeployStrategy};
 use crate::proxmox::LiveVm;
 use crate::spec::{KEXEC_MIN_MEMORY_MIB, format_size};
 
@@ -102,7 +102,9 @@ fn find_vm<'a>(host: &DesiredHost, live: &'a [LiveVm], claimed: &BTreeSet<u32>) 
                     Found::Taken(vm)
                 }
             }
-            Some(vm) if vm.name == host.spec.name => Found::Vm(vm, true),
+            // Untagged, its block naming this host: a create that stopped before the tag.
+            Some(vm) if recorded_host(vm) == Some(host.host.as_str()) => Found::Vm(vm, false),
+            Some(vm) if vm.name == host.spec.name && recorded_host(vm).is_none() => Found::Vm(vm, true),
             Some(vm) => Found::Taken(vm),
         };
     }
@@ -144,6 +146,9 @@ fn blocked(mut action: Action, reason: impl Into<String>, setting: Option<&str>)
 }
 
 fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Option<&Probe>) -> HostPlan {
+    if host.keep {
+        return plan_kept(host, found);
+    }
     let mut vm = VmRef { node: host.node.clone(), vmid: host.vmid };
     let mut drift = None;
     let mut pending = Vec::new();
@@ -197,6 +202,25 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
         actions
     };
     HostPlan { host: host.host.clone(), vm, orphan: false, drift, actions, pool_move }
+}
+
+/// A host with `nixprox.vm.keep`: `release` of the VM nixprox manages for it, else `noop`.
+fn plan_kept(host: &DesiredHost, found: Found<'_>) -> HostPlan {
+    let (vm, managed) = match found {
+        Found::Vm(vm, adopting) => (Some(vm), !adopting),
+        _ => (None, false),
+    };
+    let released = super::adopt::plan_keep(vm.filter(|_| managed), vm.and_then(unreadable_block));
+    let actions = if released.is_empty() {
+        vec![action(ActionKind::Noop, super::adopt::kept_reason(vm), Vec::new())]
+    } else {
+        released
+    };
+    let vm = match vm {
+        Some(vm) => VmRef { node: vm.node.clone(), vmid: Some(vm.vmid) },
+        None => VmRef { node: host.node.clone(), vmid: host.vmid },
+    };
+    HostPlan { host: host.host.clone(), vm, orphan: false, drift: None, actions, pool_move: None }
 }
 
 /// The pool move of a runnable `update_vm` (whose `pool` change shows it), for the executor.
@@ -261,13 +285,20 @@ fn install_action(host: &DesiredHost, reason: &str) -> Action {
     )
 }
 
+/// Why a VM cannot be created (or recreated) for the host: it declares no way to boot one.
+const NO_BOOTSTRAP: &str = "neither `nixprox.bootstrap.template` nor `nixprox.bootstrap.iso` is set and nixprox.yaml has no `defaults.template`: set one of them (only a VM nixprox creates needs one)";
+
 fn plan_create(host: &DesiredHost) -> Vec<Action> {
     let source = match &host.bootstrap {
-        crate::flake::host::Bootstrap::Template { template, .. } => match template {
+        Bootstrap::Template { template, .. } => match template {
             crate::flake::host::TemplateRef::Id(id) => format!("clone of template {id}"),
             crate::flake::host::TemplateRef::Name(name) => format!("clone of template `{name}`"),
         },
-        crate::flake::host::Bootstrap::Iso { iso } => format!("booting `{iso}`"),
+        Bootstrap::Iso { iso } => format!("booting `{iso}`"),
+        Bootstrap::Undeclared => {
+            let create = action(ActionKind::CreateVm, "no VM exists for this host", create_changes(host));
+            return vec![blocked(create, NO_BOOTSTRAP, None)];
+        }
     };
     vec![
         action(
@@ -297,21 +328,14 @@ fn plan_existing(
         )];
     };
     if adopting {
-        actions.push(action(
-            ActionKind::Adopt,
-            format!(
-                "VM {} is named like this host but not tagged `nixprox`; it will be tagged and managed",
-                live.vmid
-            ),
-            vec![Change {
-                field: "managed".into(),
-                before: Some(json!(false)),
-                after: Some(json!(true)),
-                effect: None,
-            }],
-        ));
+        let adopt = super::adopt::adopt_action(host, live, config);
+        if adopt.blocked.is_some() {
+            // Nothing may change on a VM nixprox cannot adopt: no tag, no update.
+            return vec![adopt];
+        }
+        actions.push(adopt);
     }
-    let SpecDiff { mut updates, grows, mut replacements } = fields::diff(&host.spec, &config.spec);
+    let SpecDiff { mut updates, grows, mut replacements, detaches } = fields::diff(&host.spec, &config.spec);
     if !adopting && !live.is_managed() {
         updates.insert(
             0,
@@ -323,43 +347,36 @@ fn plan_existing(
             },
         );
     }
-    if live.node != host.node {
-        replacements.insert(
-            0,
-            (
-                Change {
-                    field: "node".into(),
-                    before: Some(json!(live.node)),
-                    after: Some(json!(host.node)),
-                    effect: None,
-                },
-                format!("the VM moves from node {} to {}", live.node, host.node),
-            ),
-        );
-    }
+    let node_change = (live.node != host.node).then(|| Change {
+        field: "node".into(),
+        before: Some(json!(live.node)),
+        after: Some(json!(host.node)),
+        effect: None,
+    });
     if !replacements.is_empty() {
-        let reason = replacements.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>().join("; ");
-        let changes = replacements.into_iter().map(|(c, _)| c).collect();
-        let replace =
-            action(ActionKind::ReplaceVm, format!("{reason}: destroy and recreate the VM"), changes);
-        if config.spec.protection {
-            actions.push(blocked(
-                replace,
-                "the VM is protected in Proxmox; turn off its protection (and `nixprox.vm.protection`) first",
-                None,
-            ));
-        } else if !policies.allow_replace {
-            actions.push(blocked(
-                replace,
-                "replacing destroys the VM and its disks",
-                Some("policies.allow_replace"),
-            ));
-        } else {
+        if let Some(change) = node_change {
+            // Recreated anyway: on the new node.
+            let why = format!("the VM moves from node {} to {}", live.node, host.node);
+            replacements.insert(0, (change, why));
+        }
+        let replace = plan_replace(host, config, replacements, policies);
+        if replace.blocked.is_none() {
             actions.push(replace);
             actions.push(install_action(host, "the replaced VM needs NixOS installed"));
             return actions;
         }
+        actions.push(replace);
+    } else if let Some(change) = node_change {
+        actions.push(action(
+            ActionKind::MigrateVm,
+            format!(
+                "the VM moves from node {} to {}: Proxmox migrates it (live while it runs, its local disks with it), keeping its VMID, disks and system",
+                live.node, host.node
+            ),
+            vec![change],
+        ));
     }
+    let detach = super::detach::plan_detach(live.vmid, config, detaches, &mut updates, policies);
     if !updates.is_empty() {
         let reboot = updates.iter().any(|c| c.effect == Some(super::model::Effect::NeedsReboot));
         let reason = if reboot {
@@ -369,6 +386,7 @@ fn plan_existing(
         };
         actions.push(action(ActionKind::UpdateVm, reason, updates));
     }
+    actions.extend(detach);
     if !grows.is_empty() {
         let n = grows.len();
         actions.push(action(
@@ -377,23 +395,47 @@ fn plan_existing(
             grows,
         ));
     }
-    actions.extend(plan_system(host, live, adopting, policies, drift));
+    if adopting {
+        actions.extend(super::adopt::adopted_switch(host));
+    } else {
+        actions.extend(plan_system(host, live, policies, drift));
+    }
     actions
 }
 
-/// install, switch or reinstall, from the metadata block against the evaluated system.
-fn plan_system(
+/// `replace_vm` for what Proxmox cannot change in place, gated: never on a protected VM, never
+/// without a way to create the VM again, and only with `policies.allow_replace`.
+fn plan_replace(
     host: &DesiredHost,
-    live: &LiveVm,
-    adopting: bool,
+    config: &crate::proxmox::LiveConfig,
+    replacements: Vec<(Change, String)>,
     policies: Policies,
-    drift: Option<&Drift>,
-) -> Vec<Action> {
+) -> Action {
+    let reason = replacements.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>().join("; ");
+    let changes = replacements.into_iter().map(|(c, _)| c).collect();
+    let replace = action(ActionKind::ReplaceVm, format!("{reason}: destroy and recreate the VM"), changes);
+    if config.spec.protection {
+        blocked(
+            replace,
+            "the VM is protected in Proxmox; turn off its protection (and `nixprox.vm.protection`) first",
+            None,
+        )
+    } else if host.bootstrap == Bootstrap::Undeclared {
+        blocked(replace, NO_BOOTSTRAP, None)
+    } else if !policies.allow_replace {
+        blocked(replace, "replacing destroys the VM and its disks", Some("policies.allow_replace"))
+    } else {
+        replace
+    }
+}
+
+/// install, switch or reinstall, from the metadata block against the evaluated system.
+fn plan_system(host: &DesiredHost, live: &LiveVm, policies: Policies, drift: Option<&Drift>) -> Vec<Action> {
     let metadata = live.config.as_ref().and_then(|c| c.metadata.as_ref());
     let want = &host.system;
     let system = metadata.and_then(|m| m.system.as_deref());
     let Some(system) = system else {
-        return vec![first_install(host, live, adopting, policies)];
+        return vec![first_install(host, live, policies)];
     };
     let recorded_layout = metadata.and_then(|m| m.disk_layout.as_deref());
     if let Some(layout) = recorded_layout
@@ -455,10 +497,9 @@ fn plan_system(
 
 /// NixOS on a VM that records no system. Without a gate only on a VM nixprox created itself
 /// (its `created` marker names this VMID): any other VM may hold data that the install wipes.
-fn first_install(host: &DesiredHost, live: &LiveVm, adopting: bool, policies: Policies) -> Action {
+fn first_install(host: &DesiredHost, live: &LiveVm, policies: Policies) -> Action {
     let metadata = live.config.as_ref().and_then(|c| c.metadata.as_ref());
     let why = match metadata {
-        _ if adopting => "the adopted VM has no NixOS installed by nixprox".to_string(),
         Some(m) if m.created_uninstalled(live.vmid) => {
             return install_action(host, "nixprox created this VM and has not installed NixOS on it yet");
         }
@@ -475,7 +516,10 @@ fn first_install(host: &DesiredHost, live: &LiveVm, adopting: bool, policies: Po
     };
     let reinstall = action(
         ActionKind::Reinstall,
-        format!("{why}; installing NixOS wipes its disks"),
+        format!(
+            "{why}; installing NixOS wipes its disks (if it already runs NixOS, `nixprox forget {}` lets the next plan adopt it in place instead)",
+            host.host
+        ),
         vec![Change {
             field: "system".into(),
             before: None,

@@ -19,6 +19,8 @@ pub struct SpecDiff {
     pub grows: Vec<Change>,
     /// Changes Proxmox cannot make in place, with the reason (`replace_vm`).
     pub replacements: Vec<(Change, String)>,
+    /// Disks the VM has and the flake does not declare (`detach_disk`, gated).
+    pub detaches: Vec<Change>,
 }
 
 /// Every field of a spec as `(field, value)`, in display order: the `after` side of a create.
@@ -176,12 +178,13 @@ fn diff_disks(desired: &BTreeMap<String, DiskSpec>, live: &BTreeMap<String, Disk
     }
     for (slot, have) in live {
         if !desired.contains_key(slot) {
-            // Proxmox detaches a removed disk as `unusedN`: the data stays on the storage.
-            out.updates.push(Change {
+            // Proxmox detaches a removed disk as `unusedN` (the data stays on the storage), but
+            // the guest loses it: never a plain update (see `plan::detach`).
+            out.detaches.push(Change {
                 field: format!("disks.{slot}"),
                 before: Some(disk_value(have)),
                 after: None,
-                effect: Some(Effect::NeedsReboot),
+                effect: None,
             });
         }
     }

@@ -15,27 +15,33 @@ pub enum ActionKind {
     CreateVm,
     Adopt,
     UpdateVm,
+    MigrateVm,
+    DetachDisk,
     ResizeDisk,
     Install,
     Switch,
     Reinstall,
     ReplaceVm,
     DestroyVm,
+    Release,
     Noop,
 }
 
 impl ActionKind {
     /// Every kind, in the order summaries list them.
-    pub const ALL: [ActionKind; 10] = [
+    pub const ALL: [ActionKind; 13] = [
         ActionKind::CreateVm,
         ActionKind::Adopt,
         ActionKind::UpdateVm,
+        ActionKind::MigrateVm,
+        ActionKind::DetachDisk,
         ActionKind::ResizeDisk,
         ActionKind::Install,
         ActionKind::Switch,
         ActionKind::Reinstall,
         ActionKind::ReplaceVm,
         ActionKind::DestroyVm,
+        ActionKind::Release,
         ActionKind::Noop,
     ];
 
@@ -45,19 +51,27 @@ impl ActionKind {
             ActionKind::CreateVm => "create_vm",
             ActionKind::Adopt => "adopt",
             ActionKind::UpdateVm => "update_vm",
+            ActionKind::MigrateVm => "migrate_vm",
+            ActionKind::DetachDisk => "detach_disk",
             ActionKind::ResizeDisk => "resize_disk",
             ActionKind::Install => "install",
             ActionKind::Switch => "switch",
             ActionKind::Reinstall => "reinstall",
             ActionKind::ReplaceVm => "replace_vm",
             ActionKind::DestroyVm => "destroy_vm",
+            ActionKind::Release => "release",
             ActionKind::Noop => "noop",
         }
     }
 
-    /// Whether the action loses data or running state that cannot be recovered.
+    /// Whether the action loses data or running state that cannot be recovered. Detaching a
+    /// disk counts: the guest loses it (Proxmox keeps the volume as `unusedN`, but a system
+    /// that boots or mounts from it breaks).
     pub fn is_destructive(self) -> bool {
-        matches!(self, ActionKind::Reinstall | ActionKind::ReplaceVm | ActionKind::DestroyVm)
+        matches!(
+            self,
+            ActionKind::Reinstall | ActionKind::ReplaceVm | ActionKind::DestroyVm | ActionKind::DetachDisk
+        )
     }
 
     /// The verb summaries use: "2 to create".
@@ -66,12 +80,15 @@ impl ActionKind {
             ActionKind::CreateVm => "create",
             ActionKind::Adopt => "adopt",
             ActionKind::UpdateVm => "update",
+            ActionKind::MigrateVm => "migrate",
+            ActionKind::DetachDisk => "detach",
             ActionKind::ResizeDisk => "resize",
             ActionKind::Install => "install",
             ActionKind::Switch => "switch",
             ActionKind::Reinstall => "reinstall",
             ActionKind::ReplaceVm => "replace",
             ActionKind::DestroyVm => "destroy",
+            ActionKind::Release => "release",
             ActionKind::Noop => "unchanged",
         }
     }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::{ActionKind, Change, Effect, HostPlan, Plan};
 use crate::flake::DesiredHost;
 use crate::flake::host::{Bootstrap, TemplateRef};
-use crate::proxmox::permissions::{AGENT_READ, Need};
+use crate::proxmox::permissions::{AGENT_FILE_READ, AGENT_READ, Need};
 use crate::proxmox::{LiveVm, find_template};
 use crate::spec::KEXEC_MIN_MEMORY_MIB;
 
@@ -84,6 +84,10 @@ fn host_needs(
     let mut add = |privileges, path: &str, pool: Option<&String>, what: &str| {
         needs.push(Need::new(privileges, path.to_string(), pool.cloned(), name, what));
     };
+    if has(ActionKind::Release) {
+        add(&["VM.Config.Options"], &current, None, "remove its tag and metadata block");
+        return;
+    }
     if has(ActionKind::DestroyVm) || has(ActionKind::ReplaceVm) {
         add(&["VM.Allocate"], &current, None, "destroy");
         let running = planned.vm.vmid.and_then(|id| live.iter().find(|vm| vm.vmid == id));
@@ -106,9 +110,20 @@ fn host_needs(
     let pool = pool.as_ref();
     if creating {
         create_needs(host, live, &vm, pool, &mut add);
-    } else if has(ActionKind::Adopt) || has(ActionKind::UpdateVm) {
+    } else if [ActionKind::Adopt, ActionKind::UpdateVm, ActionKind::DetachDisk].into_iter().any(has) {
         add(&["VM.Config.Options"], &vm, None, "tag and metadata block");
         update_needs(planned, host, &vm, &mut add);
+    }
+    if has(ActionKind::Adopt) && !creating && deploying {
+        if host.ssh.host_key.is_none() {
+            add(AGENT_FILE_READ, &vm, None, "its SSH host key, to adopt it (guest agent)");
+        }
+        if host.address.is_none() {
+            add(AGENT_READ, &vm, None, "its address, to adopt it (guest agent)");
+        }
+    }
+    if has(ActionKind::MigrateVm) {
+        add(&["VM.Migrate"], &vm, None, &format!("move it to node {}", host.node));
     }
     if has(ActionKind::ResizeDisk) && !creating {
         add(&["VM.Config.Disk"], &vm, None, "grow disks");
@@ -156,6 +171,8 @@ fn create_needs(
             add(&["Datastore.AllocateSpace"], &format!("/storage/{target}"), None, "the clone's disks");
             add(&["VM.Config.Cloudinit", "VM.Config.Network"], vm, pool, "cloud-init settings");
         }
+        // Its create is blocked (nothing to create the VM from): nothing runs.
+        Bootstrap::Undeclared => {}
         Bootstrap::Iso { iso } => {
             if let Some((storage, _)) = iso.split_once(':') {
                 let path = format!("/storage/{storage}");
@@ -192,7 +209,10 @@ fn update_needs(
     let changes = planned
         .actions
         .iter()
-        .filter(|a| a.blocked.is_none() && matches!(a.kind, ActionKind::UpdateVm | ActionKind::Adopt))
+        .filter(|a| {
+            a.blocked.is_none()
+                && matches!(a.kind, ActionKind::UpdateVm | ActionKind::Adopt | ActionKind::DetachDisk)
+        })
         .flat_map(|a| &a.changes);
     let mut reboot = false;
     for change in changes {

@@ -67,7 +67,7 @@ pub fn host(name: &str) -> DesiredHost {
             ip_config: "ip=dhcp".into(),
         },
         address: Some("127.0.0.10".into()),
-        ssh: SshDecl { user: "root".into(), port: 22 },
+        ssh: SshDecl { user: "root".into(), port: 22, host_key: None },
         install: InstallDecl {
             build_on: BuildOn::Auto,
             extra_files: None,
@@ -87,6 +87,7 @@ pub fn host(name: &str) -> DesiredHost {
             disk_layout_hash: LAYOUT.into(),
             image: None,
         },
+        keep: false,
     }
 }
 
@@ -113,6 +114,7 @@ pub fn live(name: &str, vmid: u32) -> LiveVm {
             }),
             unreadable_block: None,
             pending: BTreeSet::new(),
+            boot_disks: vec!["scsi0".into()],
         }),
     }
 }

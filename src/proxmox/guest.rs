@@ -41,6 +41,22 @@ pub async fn read_guest_file(
     })
 }
 
+/// The VM's ed25519 SSH host key (the public line of [`ED25519_HOST_KEY`]) read through its
+/// guest agent; `Ok(None)` when the file holds no such line.
+pub async fn read_ed25519_host_key(
+    client: &Client,
+    node: &str,
+    vmid: u32,
+) -> Result<Option<String>, ProxmoxError> {
+    let file = read_guest_file(client, node, vmid, ED25519_HOST_KEY).await?;
+    Ok(ed25519_line(&file))
+}
+
+fn ed25519_line(file: &GuestFile) -> Option<String> {
+    let line = file.content.lines().map(str::trim).find(|line| !line.is_empty())?;
+    (!file.truncated && line.starts_with("ssh-ed25519 ")).then(|| line.to_string())
+}
+
 fn guest_file(data: &Value) -> Option<GuestFile> {
     Some(GuestFile {
         content: data.get("content")?.as_str()?.to_string(),
@@ -68,5 +84,17 @@ mod tests {
         );
         assert_eq!(guest_file(&json!({"content": "", "truncated": false})).map(|f| f.truncated), Some(false));
         assert_eq!(guest_file(&json!({"bytes-read": 0})), None);
+    }
+
+    #[test]
+    fn only_an_ed25519_public_key_line_is_a_host_key() {
+        let file = |content: &str, truncated| GuestFile { content: content.into(), truncated };
+        assert_eq!(
+            ed25519_line(&file("\nssh-ed25519 AAAA root@web\n", false)).as_deref(),
+            Some("ssh-ed25519 AAAA root@web")
+        );
+        assert_eq!(ed25519_line(&file("ssh-rsa AAAA\n", false)), None);
+        assert_eq!(ed25519_line(&file("ssh-ed25519 AAAA", true)), None);
+        assert_eq!(ed25519_line(&file("", false)), None);
     }
 }

@@ -21,6 +21,11 @@ use super::{Client, ProxmoxError};
 /// one of them is right on either version.
 pub const AGENT_READ: &[&str] = &["VM.GuestAgent.Audit", "VM.GuestAgent.Unrestricted", "VM.Monitor"];
 
+/// Reading a file in a guest through its agent (`agent/file-read`, qemu-server
+/// `API2/Qemu/Agent.pm`): the SSH host key of a VM to adopt. `VM.GuestAgent.FileRead` from
+/// qemu-server 9.0.3, `VM.Monitor` before; `VM.GuestAgent.Unrestricted` covers it too.
+pub const AGENT_FILE_READ: &[&str] = &["VM.GuestAgent.FileRead", "VM.GuestAgent.Unrestricted", "VM.Monitor"];
+
 /// The role docs/guide.md creates for the apply token.
 pub const APPLY_ROLE: &str = "NixproxApply";
 /// The built-in read-only role docs/guide.md gives the plan token.
@@ -192,6 +197,8 @@ impl MissingPrivileges {
         for need in &self.missing {
             let label = if need.privileges == AGENT_READ {
                 "VM.GuestAgent.Audit (VM.Monitor on PVE 8)".to_string()
+            } else if need.privileges == AGENT_FILE_READ {
+                "VM.GuestAgent.FileRead (VM.Monitor on PVE 8)".to_string()
             } else {
                 need.privileges.join(" or ")
             };

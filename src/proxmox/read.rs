@@ -225,7 +225,35 @@ pub fn live_config(config: &Map<String, Value>, pending: BTreeSet<String>) -> Li
         metadata: notes.metadata().cloned(),
         unreadable_block: notes.unreadable().map(str::to_string),
         pending,
+        boot_disks: boot_disks(config),
     }
+}
+
+/// The disk slots a VM boots from, as qemu-server decides (`PVE/QemuServer/Drive.pm`,
+/// `get_bootdisks`, and `PVE/QemuServer.pm`, `get_default_bootdevices`): the drives of
+/// `boot: order=…`; with the legacy form (`boot: cdn`) or no `boot` at all, `bootdisk` when
+/// set, else the first disk that is not a CD-ROM in the order ide, scsi, virtio, sata (what
+/// the firmware then boots). Only real disks are listed (no CD-ROM, cloud-init or NIC).
+pub fn boot_disks(config: &Map<String, Value>) -> Vec<String> {
+    let text = |key: &str| config.get(key).and_then(value_text);
+    let is_disk = |slot: &str| {
+        is_drive_key(slot) && text(slot).is_some_and(|v| matches!(parse_drive(&v), Drive::Disk(_)))
+    };
+    let boot = text("boot").map(|b| PropertyString::parse(&b));
+    if let Some(order) = boot.as_ref().and_then(|b| b.get("order").map(str::to_string)) {
+        return order.split(';').map(str::trim).filter(|slot| is_disk(slot)).map(str::to_string).collect();
+    }
+    if let Some(disk) = text("bootdisk").filter(|d| is_disk(d)) {
+        return vec![disk];
+    }
+    let index = |slot: &str, bus: &str| slot.strip_prefix(bus).and_then(|n| n.parse::<u32>().ok());
+    ["ide", "scsi", "virtio", "sata"]
+        .iter()
+        .find_map(|bus| {
+            config.keys().filter(|k| is_disk(k)).filter_map(|k| index(k, bus).map(|i| (i, k))).min()
+        })
+        .map(|(_, slot)| vec![slot.clone()])
+        .unwrap_or_default()
 }
 
 /// The comparable part of a config. Defaults are qemu-server's for an absent key.
@@ -443,6 +471,26 @@ mod tests {
             }
         );
         assert_eq!(spec.networks["net1"].mac.as_deref(), Some("BC:24:11:00:00:02"));
+    }
+
+    #[test]
+    fn boot_disks_follow_qemu_servers_rules() {
+        let disks = |config: Value| boot_disks(&object(config));
+        let base = json!({"virtio0": "local-lvm:vm-1-disk-0,size=32G", "scsi1": "local-lvm:vm-1-disk-1,size=8G",
+                          "ide2": "local:iso/x.iso,media=cdrom", "net0": "virtio,bridge=vmbr0"});
+        let with = |key: &str, value: &str| {
+            let mut config = base.clone();
+            config[key] = json!(value);
+            config
+        };
+        assert_eq!(disks(with("boot", "order=virtio0;ide2;net0")), ["virtio0"]);
+        assert_eq!(disks(with("boot", "order=ide2;scsi1;virtio0")), ["scsi1", "virtio0"]);
+        // Legacy forms: `bootdisk`, else the first disk in qemu-server's bus order.
+        assert_eq!(disks(with("bootdisk", "virtio0")), ["virtio0"]);
+        assert_eq!(disks(with("boot", "cdn")), ["scsi1"]);
+        assert_eq!(disks(base.clone()), ["scsi1"]);
+        assert_eq!(disks(json!({"scsi10": "a:b,size=1G", "scsi2": "a:c,size=1G"})), ["scsi2"]);
+        assert!(disks(json!({"ide2": "none,media=cdrom"})).is_empty());
     }
 
     #[test]

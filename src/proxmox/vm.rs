@@ -44,4 +44,6 @@ pub struct LiveConfig {
     pub unreadable_block: Option<String>,
     /// Keys that differ in the pending config (changes waiting for a reboot).
     pub pending: BTreeSet<String>,
+    /// The disk slots the VM boots from ([`super::read::boot_disks`]): never detached.
+    pub boot_disks: Vec<String>,
 }

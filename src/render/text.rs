@@ -29,7 +29,10 @@ impl Paint {
         let code = match action.kind {
             _ if action.blocked.is_some() => "2",
             ActionKind::CreateVm | ActionKind::Install | ActionKind::Adopt => "32",
-            ActionKind::DestroyVm | ActionKind::ReplaceVm | ActionKind::Reinstall => "31",
+            ActionKind::DestroyVm
+            | ActionKind::ReplaceVm
+            | ActionKind::Reinstall
+            | ActionKind::DetachDisk => "31",
             _ => "33",
         };
         self.wrap(code, action.kind.as_str())
@@ -41,7 +44,7 @@ fn sign(action: &Action) -> char {
         _ if action.blocked.is_some() => '!',
         ActionKind::CreateVm | ActionKind::Install | ActionKind::Adopt => '+',
         ActionKind::DestroyVm => '-',
-        ActionKind::ReplaceVm | ActionKind::Reinstall => '±',
+        ActionKind::ReplaceVm | ActionKind::Reinstall | ActionKind::DetachDisk => '±',
         _ => '~',
     }
 }

@@ -3,6 +3,8 @@
 
 mod apply_cmd;
 mod drift_cmd;
+mod forget_cmd;
+mod import_cmd;
 mod plan_cmd;
 mod privileges;
 mod probe;
@@ -109,6 +111,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Command::Plan(args) => plan_cmd::run(args, stdout_color(cli.color)).await,
             Command::Apply(args) => apply_cmd::run(args).await,
             Command::Drift(args) => drift_cmd::run(args, stdout_color(cli.color)).await,
+            Command::Forget(args) => forget_cmd::run(args).await,
+            Command::Import(args) => import_cmd::run(args).await,
         }
     })
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::config::Settings;
 use crate::flake::DesiredHost;
-use crate::install::SshDeployer;
+use crate::install::{SshDeployer, pinned_host_key};
 use crate::plan::Probe;
 use crate::proxmox::qemu::agent_address;
 use crate::proxmox::{Client, LiveVm, ProxmoxError};
@@ -35,8 +35,8 @@ enum Unaskable {
     HostKey(#[from] SshError),
 }
 
-/// Probes every desired host that nixprox installed (its VM's metadata records a system and a
-/// host key). Hosts not installed yet are not asked.
+/// Probes every desired host that nixprox installed or adopted (its VM's metadata records a
+/// system) and whose host key is pinned (declared, or in the block). Other hosts are not asked.
 pub async fn probe(
     client: &Client,
     settings: &Settings,
@@ -56,7 +56,9 @@ pub async fn probe(
         }) else {
             continue;
         };
-        let (Some(_), Some(host_key)) = (&metadata.system, &metadata.host_key) else { continue };
+        let (Some(_), Some(host_key)) = (&metadata.system, pinned_host_key(host, Some(metadata))) else {
+            continue;
+        };
         candidates.push(Candidate {
             host: host.host.clone(),
             target: target(client, settings, host, vm, host_key).await,

@@ -38,11 +38,11 @@ pub struct Timings {
 }
 
 /// The settings file: `--config`, else `nixprox.yaml` at a local flake's root.
-fn settings_path(args: &SourceArgs) -> (Option<PathBuf>, bool) {
-    if let Some(path) = &args.config {
-        return (Some(path.clone()), true);
+fn settings_path(flake: &str, config: Option<&Path>) -> (Option<PathBuf>, bool) {
+    if let Some(path) = config {
+        return (Some(path.to_path_buf()), true);
     }
-    (local_flake_dir(&args.flake).map(|dir| dir.join(config::FILE_NAME)), false)
+    (local_flake_dir(flake).map(|dir| dir.join(config::FILE_NAME)), false)
 }
 
 /// The directory of a flake given as a local path (`.`, `./x`, `path:/x`, `git+file:///x`).
@@ -63,7 +63,12 @@ fn local_flake_dir(flake: &str) -> Option<PathBuf> {
 
 /// Loads the settings and applies `PROXMOX_URL` / `PROXMOX_CA_CERT`.
 pub fn load_settings(args: &SourceArgs) -> anyhow::Result<Settings> {
-    let (path, explicit) = settings_path(args);
+    settings_of(&args.flake, args.config.as_deref())
+}
+
+/// [`load_settings`] for the flake `flake` (a local one holds `nixprox.yaml`) or the file `config`.
+pub fn settings_of(flake: &str, config: Option<&Path>) -> anyhow::Result<Settings> {
+    let (path, explicit) = settings_path(flake, config);
     let mut settings = match &path {
         Some(path) => Settings::load(path, explicit)?,
         None => Settings::default(),

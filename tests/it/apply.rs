@@ -305,9 +305,9 @@ async fn a_second_run_of_a_finished_create_repeats_nothing() {
 }
 
 #[tokio::test]
-async fn adopting_tags_the_vm_and_writes_the_metadata() {
+async fn an_adoption_without_an_ssh_key_changes_nothing() {
     let scenario = Scenario::new().guest(json!({
-        "vmid": 130, "name": "db", "node": "pve1", "status": "stopped",
+        "vmid": 130, "name": "db", "node": "pve1", "status": "running",
         "config": {"cores": 2, "memory": "2048", "cpu": "x86-64-v2-AES", "agent": "1", "onboot": 1,
                    "scsi0": "local-lvm:vm-130-disk-0,discard=on,size=20G", "net0": "virtio=BC:24:11:00:01:30,bridge=vmbr0",
                    "description": "hand-made", "tags": "lab"}
@@ -315,25 +315,24 @@ async fn adopting_tags_the_vm_and_writes_the_metadata() {
     let lab = Lab::start(scenario);
     let desired = vec![host("db")];
     let plan = lab.plan(&desired).await;
-    assert_eq!(kinds(&plan, "db"), [ActionKind::Adopt, ActionKind::UpdateVm, ActionKind::Reinstall]);
+    // Adopted in place (never reinstalled): the guest agent gives the host key.
+    assert_eq!(kinds(&plan, "db"), [ActionKind::Adopt, ActionKind::UpdateVm, ActionKind::Switch]);
+    let before = lab.pve.vm(130);
+    lab.requests(true);
     let outcome = lab.run(&desired, &reviewed_body(&plan), false).await.expect("apply");
-    // The VM is adopted; its reinstall stays blocked, so the host is not reported as done.
+    // Adopting starts by reading what the VM runs over SSH: without a key, the host is
+    // skipped and nothing is written, not even the tag.
     assert!(
-        matches!(outcome_of(&outcome, "db"), HostOutcome::Skipped { reason } if reason.contains("reinstalling wipes")),
+        matches!(outcome_of(&outcome, "db"), HostOutcome::Skipped { reason } if reason.contains("no SSH key configured")),
         "{}",
         outcome.report.render_text()
     );
-    assert_eq!(step(&outcome, "db", "reinstall").status, StepStatus::Blocked);
-    let vm = lab.pve.vm(130);
-    assert_eq!(config_text(&vm, "tags"), "lab;nixprox");
-    let notes = Notes::parse(&config_text(&vm, "description"));
-    assert_eq!(notes.metadata().map(|m| m.host.as_str()), Some("db"));
-    assert_eq!(notes.metadata().and_then(|m| m.applying.clone()), None, "all runnable work is done");
-    assert_eq!(config_text(&vm, "ciuser"), "", "cloud-init is only written while creating");
-    // The next plan must not wipe it either: nixprox did not create it.
-    let next = lab.plan(&desired).await;
-    assert_eq!(kinds(&next, "db"), [ActionKind::Reinstall]);
-    assert!(next.hosts[0].actions[0].blocked.is_some(), "{next:#?}");
+    assert_eq!(step(&outcome, "db", "adopt").status, StepStatus::Skipped);
+    let writes: Vec<Request> = lab.requests(false).into_iter().filter(|r| r.method != "GET").collect();
+    assert_eq!(writes, Vec::<Request>::new(), "nothing is written");
+    assert_eq!(lab.pve.vm(130)["config"], before["config"]);
+    // The next plan is the same adoption, never an install.
+    assert_eq!(lab.plan(&desired).await.plan_id, plan.plan_id);
 }
 
 #[tokio::test]

@@ -41,7 +41,7 @@ fn unknown_settings_key_names_line_and_column() {
     let path = config.display().to_string();
     assert_eq!(
         failure(&run, &[(path.as_str(), "<dir>/bad.yaml")]),
-        "error: invalid settings file `<dir>/bad.yaml` at line 3, column 3: policies: unknown field `alow_replace`, expected one of `prune_orphans`, `allow_reinstall`, `allow_replace`"
+        "error: invalid settings file `<dir>/bad.yaml` at line 3, column 3: policies: unknown field `alow_replace`, expected one of `prune_orphans`, `allow_reinstall`, `allow_replace`, `allow_detach_disks`"
     );
 }
 

@@ -13,7 +13,8 @@ use crate::support::fakepve::{FakePve, Scenario};
 use crate::support::nix::{Fixture, repo};
 
 /// The pages whose shell examples a user copies.
-const GUIDES: &[&str] = &["docs/guide.md", "docs/troubleshooting.md", "docs/releasing.md", "README.md"];
+const GUIDES: &[&str] =
+    &["docs/guide.md", "docs/troubleshooting.md", "docs/releasing.md", "docs/migrate.md", "README.md"];
 
 /// Shell lines of the ```sh/bash/console/shell blocks, continuation lines joined.
 fn shell_lines(markdown: &str) -> Vec<String> {

@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod adopt;
 mod apply;
 mod apply_cli;
 mod deploy;
@@ -26,3 +27,4 @@ mod runner;
 mod secret_files;
 mod sizes;
 mod ssh;
+mod takeover;

@@ -1,11 +1,12 @@
 //! The owner's notes survive every write nixprox makes, byte for byte, through the binary
-//! against fakepve: adopt, update and finish (install and switch in `deploy.rs`).
+//! against fakepve: update and finish of a VM adopted in place (the adoption itself, install
+//! and switch are in `adopt.rs` and `deploy.rs`, which need the SSH test host).
 
 use serde_json::Value;
 
-use crate::support::cli::{homelab_with, kinds, plan_and_apply, plan_hosts};
+use crate::support::cli::{actions, homelab_with, kinds, plan_and_apply, plan_hosts};
 use crate::support::fakepve::FakePve;
-use nixprox::metadata::Notes;
+use nixprox::metadata::{Adopted, Metadata, Notes};
 
 const OWNER: &str = "Owner: alice. Backups nightly; do not delete.\n";
 
@@ -21,7 +22,7 @@ fn assert_kept(pve: &FakePve, owner: &str, when: &str) {
 }
 
 #[test]
-fn the_owners_notes_survive_adopt_update_and_finish_exactly() {
+fn the_owners_notes_survive_update_and_finish_exactly() {
     for owner in [
         OWNER.to_string(),
         format!("{OWNER}\n\n\n"),
@@ -35,9 +36,20 @@ fn the_owners_notes_survive_adopt_update_and_finish_exactly() {
         // `dns` declares no description: the plan never shows a notes change.
         let plan = plan_hosts(&fixture, &pve, "dns");
         assert!(!plan.to_string().contains("\"description\""), "{plan:#}");
-        let run = plan_and_apply(&fixture, &pve, "dns");
-        assert_eq!(run.code, 0, "adopt failed:\n{}\n{}", run.stdout, run.stderr);
-        assert_kept(&pve, &owner, "after adopt and finish");
+        // dns as an adoption in place leaves it: tagged, running the flake's system.
+        let switch = actions(&plan, "dns").into_iter().find(|a| a["kind"] == "switch").expect("switch");
+        let metadata = Metadata {
+            host: "dns".into(),
+            system: switch["changes"][0]["after"].as_str().map(str::to_string),
+            host_key: Some(
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIdnsxxxxxxxxxxxxxxxxxxxxxxxxxxxxx root@dns".into(),
+            ),
+            adopted: Some(Adopted { vmid: 110, plan: "0123456789abcdef".into() }),
+            ..Metadata::default()
+        };
+        let notes = Notes::render(&owner, &metadata);
+        pve.command(serde_json::json!({"cmd": "set_config", "vmid": 110, "config": {"tags": "nixprox", "description": notes}}));
+        assert_eq!(kinds(&plan_hosts(&fixture, &pve, "dns"), "dns"), ["noop"]);
 
         // An update (another core) rewrites the config and the block, never the owner's text.
         let flake = fixture.dir.path().join("flake.nix");
@@ -45,7 +57,7 @@ fn the_owners_notes_survive_adopt_update_and_finish_exactly() {
         assert_eq!(text.matches("cores = 1;").count(), 1, "dns is the only host with one core");
         std::fs::write(&flake, text.replace("cores = 1;", "cores = 2;")).expect("write flake.nix");
         let plan = plan_hosts(&fixture, &pve, "dns");
-        assert_eq!(kinds(&plan, "dns"), ["update_vm", "reinstall"], "{plan:#}");
+        assert_eq!(kinds(&plan, "dns"), ["update_vm"], "{plan:#}");
         let run = plan_and_apply(&fixture, &pve, "dns");
         assert_eq!(run.code, 0, "update failed:\n{}\n{}", run.stdout, run.stderr);
         let vm = pve.vm(110);

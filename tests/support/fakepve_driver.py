@@ -69,8 +69,8 @@ import fakepve.agent
 from fakepve import FakePve, PveError, TaskError, shapes
 from fakepve.certs import make_cert
 from fakepve.lxc import format_size
-from fakepve.qemu import DRIVE_KEY, is_cdrom, join_drive, split_drive, volume_ref
-from fakepve.routing import param_error, split_list
+from fakepve.qemu import DRIVE_KEY, drives_of, is_cdrom, join_drive, split_drive, volume_ref
+from fakepve.routing import die, param_error, split_list
 from fakepve.storage import _is_file
 
 # Guest keys that are FakeVm/FakeCt attributes set after construction.
@@ -214,6 +214,13 @@ class DriverPve(FakePve):
       PVE/API2/Qemu.pm `clone_vm`: the worker writes the new config with `lock: clone` first,
       then copies every disk in QemuServer.pm `clone_disk`, then drops the lock). The pause
       comes first in the task's body, so the VM is there, locked, for that long.
+    - a disk deleted from a VM's config is detached, not dropped: its volume stays as `unusedN`
+      (qemu-server src/PVE/QemuServer.pm `vmconfig_delete_or_detach_drive` and
+      `vmconfig_register_unused_drive`), and a protected VM refuses it (API2/Qemu.pm,
+      `check_protection` "can't remove drive"); fakepve forgets the volume;
+    - `GET` and `POST /nodes/{node}/qemu/{vmid}/migrate` (qemu-server src/PVE/API2/Qemu.pm,
+      `migrate_vm_precondition` and `migrate_vm`; src/PVE/QemuMigrate.pm, `prepare` and
+      `scan_local_volumes`): fakepve answers these with a task that moves nothing.
     """
 
     task_secs = {}
@@ -230,6 +237,109 @@ class DriverPve(FakePve):
 
     def _routes_qemu_resize(self):
         return [('PUT', '/nodes/{node}/qemu/{vmid}/resize', self._qm_resize)]
+
+    async def _apply_config(self, vm, user, p):
+        deletes = [k for k in str(p.get('delete', '') or '').split(',') if DRIVE_KEY.match(k) and k in vm.config]
+        if deletes and vm.config.get('protection') in (1, '1', True):
+            raise PveError(500, "can't remove drive '{0}' - protection mode enabled".format(deletes[0]))
+        detached = {}
+        for key in deletes:
+            volume, props = split_drive(vm.config[key])
+            sid, name = volume_ref(volume)
+            # Only a volume of this VM on a storage PVE manages becomes `unusedN`; CD-ROMs do not.
+            if sid is not None and not is_cdrom(volume, props) and 'vm-{0}-'.format(vm.vmid) in name:
+                detached[key] = volume
+        await super()._apply_config(vm, user, p)
+        for key, volume in detached.items():
+            if key not in vm.config:
+                n = next(i for i in range(256) if 'unused{0}'.format(i) not in vm.config)
+                vm.config['unused{0}'.format(n)] = volume
+
+    def _routes_qemu_migrate(self):
+        return [('GET', '/nodes/{node}/qemu/{vmid}/migrate', self._qm_migrate_check),
+                ('POST', '/nodes/{node}/qemu/{vmid}/migrate', self._qm_migrate)]
+
+    def _local_disks(self, vm):
+        """$check_vm_disks_local (API2/Qemu.pm): the VM's volumes on storages that are not shared,
+        CD-ROMs included except the empty drive `none`; each with the slot it is attached to."""
+        disks = []
+        for key, volume, props in drives_of(vm.config):
+            sid, _name = volume_ref(volume)
+            if sid is None or sid not in self.storages or self.storages[sid].get('shared') or props.get('shared'):
+                continue
+            vol = self._qm_volume(volume) or {}
+            disks.append({'volid': volume, 'drivename': key, 'size': int(vol.get('size') or 0),
+                          'cdrom': 1 if is_cdrom(volume, props) else 0, 'is_unused': 0})
+        return disks
+
+    def _unavailable_storages(self, vm, node):
+        """check_storage_availability / check_local_storage_availability (QemuServer.pm): the
+        storages of the VM's volumes that are not enabled on `node`."""
+        sids = sorted(set(volume_ref(volume)[0] for _key, volume, _props in drives_of(vm.config)) - {None})
+        return [sid for sid in sids if sid in self.storages and not self._storage_enabled(sid, node)]
+
+    async def _qm_migrate_check(self, v, user):
+        """migrate_vm_precondition: what blocks a migration, per node, before one is asked for."""
+        vm = self.find(v['node'], v['vmid'])
+        if not self.quorate:
+            raise die('cluster not ready - no quorum?')
+        if vm.lock:
+            raise die('VM is locked ({0})'.format(vm.lock))
+        allowed, not_allowed = [], {}
+        for node in sorted(self.nodes):
+            if node == vm.node:
+                continue
+            missing = self._unavailable_storages(vm, node)
+            if missing:
+                not_allowed[node] = {'unavailable_storages': missing}
+            else:
+                allowed.append(node)
+        return {'running': 1 if vm.status == 'running' else 0, 'allowed_nodes': allowed,
+                'not_allowed_nodes': not_allowed, 'local_disks': self._local_disks(vm),
+                'local_resources': [], 'mapped-resources': [], 'mapped-resource-info': {},
+                'has-dbus-vmstate': 1}
+
+    async def _qm_migrate(self, v, user):
+        """migrate_vm: the checks the API makes before it forks the `qmigrate` worker, then the
+        worker's own (QemuMigrate.pm): a running VM with attached local disks needs
+        `with-local-disks`; the VM is locked `migrate` while it moves and keeps its VMID."""
+        vm = self.find(v['node'], v['vmid'])
+        target = v['target']
+        if target == vm.node:
+            raise param_error(target='target is local node.')
+        if not self.quorate:
+            raise die('cluster not ready - no quorum?')
+        if target not in self.nodes:
+            raise die("no such cluster node '{0}'".format(target))
+        for option in ('force', 'migration_type', 'migration_network'):
+            if v.get(option) and user != 'root@pam':
+                raise param_error(**{option: 'Only root may use this option.'})
+        if vm.lock:
+            raise die('VM is locked ({0})'.format(vm.lock))
+        running = vm.status == 'running'
+        if running and not v.get('online'):
+            raise die("can't migrate running VM without --online")
+        for sid in self._unavailable_storages(vm, target):
+            raise die("storage '{0}' is not available on node '{1}'".format(sid, target))
+        attached = [d for d in self._local_disks(vm) if not d['cdrom']]
+        log = ['starting migration of VM {0} to node {1!r}'.format(vm.vmid, target)]
+
+        async def body():
+            self._qm_lock(vm, 'migrate')
+            try:
+                for disk in attached:
+                    log.append("found local disk '{0}' (attached)".format(disk['volid']))
+                if running and attached and not v.get('with-local-disks'):
+                    for disk in attached:
+                        log.append("can't migrate local disk '{0}': can't live migrate attached local "
+                                   "disks without with-local-disks option".format(disk['volid']))
+                    raise TaskError("can't migrate VM - check log")
+                await self.pause(5)
+                vm.node = target
+            finally:
+                self._qm_lock(vm, None)
+            return 'migration finished successfully'
+        return await self.task(vm.node, 'qmigrate', vm.vmid, user, body, vm=vm, lock=False, log=log)
 
     def _qm_alloc(self, sid, vmid, fmt, size, linked_from=None):
         volid, fmt = super()._qm_alloc(sid, vmid, fmt, size, linked_from)

@@ -78,7 +78,7 @@ pub fn host(name: &str) -> DesiredHost {
             ip_config: "ip=dhcp".into(),
         },
         address: None,
-        ssh: SshDecl { user: "root".into(), port: 22 },
+        ssh: SshDecl { user: "root".into(), port: 22, host_key: None },
         install: InstallDecl {
             build_on: BuildOn::Auto,
             extra_files: None,
@@ -98,6 +98,7 @@ pub fn host(name: &str) -> DesiredHost {
             disk_layout_hash: "sha256:1111".into(),
             image: None,
         },
+        keep: false,
     }
 }
 

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::plan::{PlanInput, testkit};
-use crate::proxmox::permissions::{APPLY_ROLE, Granted, MissingPrivileges, missing};
+use crate::proxmox::permissions::{AGENT_FILE_READ, APPLY_ROLE, Granted, MissingPrivileges, Need, missing};
 
 fn granted(answer: Value) -> Granted {
     Granted::parse(&answer).expect("a permissions answer")
@@ -111,4 +111,64 @@ grant the role `NixproxApply` (docs/guide.md#proxmox-tokens) on these paths to t
   pveum acl modify /vms --users 'nixprox@pve' --tokens 'nixprox@pve!apply' --roles NixproxApply
 or add them to the role you use: pveum role modify <role> --append 1 --privs 'SDN.Use,VM.Clone,VM.GuestAgent.Audit'"
     );
+}
+
+#[test]
+fn taking_over_moving_and_letting_go_need_their_own_privileges() {
+    let has = |needs: &[Need], privilege: &str, path: &str| {
+        needs.iter().any(|n| n.privileges.contains(&privilege) && n.path == path)
+    };
+    // Adopting in place with the key from the guest agent (no declared key, no static address).
+    let mut web = testkit::host("web");
+    web.address = None;
+    let mut vm = testkit::live("web", 150);
+    vm.tags.clear();
+    testkit::config(&mut vm).metadata = None;
+    let live = vec![vm];
+    let plan = plan_of(std::slice::from_ref(&web), &live);
+    let needs = needs_to_apply(&plan, std::slice::from_ref(&web), &live, true);
+    assert!(has(&needs, "VM.GuestAgent.FileRead", "/vms/150"), "{needs:#?}");
+    assert!(needs.iter().any(|n| n.privileges == AGENT_FILE_READ), "VM.Monitor on PVE 8: {needs:#?}");
+    assert!(has(&needs, "VM.GuestAgent.Audit", "/vms/150"));
+    assert!(has(&needs, "VM.Config.Options", "/vms/150"));
+    // A declared key needs no file read.
+    web.ssh.host_key = Some("ssh-ed25519 AAAA root@web".into());
+    let needs = needs_to_apply(&plan_of(std::slice::from_ref(&web), &live), &[web], &live, true);
+    assert!(!has(&needs, "VM.GuestAgent.FileRead", "/vms/150"), "{needs:#?}");
+
+    // Moving to another node: VM.Migrate, nothing of a destroy or create.
+    let mut moved = testkit::host("db");
+    moved.node = "pve2".into();
+    let live = vec![testkit::live("db", 102)];
+    let needs = needs_to_apply(&plan_of(std::slice::from_ref(&moved), &live), &[moved], &live, true);
+    let privileges: BTreeSet<&str> = needs.iter().flat_map(|n| n.privileges.iter().copied()).collect();
+    assert_eq!(privileges, BTreeSet::from(["VM.Config.Options", "VM.Migrate"]), "{needs:#?}");
+    assert!(has(&needs, "VM.Migrate", "/vms/102"));
+
+    // Letting go: the notes and tags only.
+    let mut kept = testkit::host("cache");
+    kept.keep = true;
+    let live = vec![testkit::live("cache", 103)];
+    let needs = needs_to_apply(&plan_of(std::slice::from_ref(&kept), &live), &[kept], &live, true);
+    assert_eq!(needs.len(), 1, "{needs:#?}");
+    assert!(has(&needs, "VM.Config.Options", "/vms/103"));
+}
+
+#[test]
+fn an_allowed_detach_needs_the_disk_privilege() {
+    let db = testkit::host("db");
+    let mut vm = testkit::live("db", 102);
+    let disk = testkit::config(&mut vm).spec.disks["scsi0"].clone();
+    testkit::config(&mut vm).spec.disks.insert("scsi1".into(), disk);
+    let live = vec![vm];
+    let policies = crate::config::Policies { allow_detach_disks: true, ..Default::default() };
+    let plan = crate::plan::plan(PlanInput {
+        desired: std::slice::from_ref(&db),
+        live: &live,
+        policies,
+        only: None,
+        probes: None,
+    });
+    let needs = needs_to_apply(&plan, &[db], &live, true);
+    assert!(needs.iter().any(|n| n.privileges == ["VM.Config.Disk"] && n.path == "/vms/102"), "{needs:#?}");
 }
