@@ -26,8 +26,8 @@ use crate::spec::{MANAGED_TAG, allocation_size, format_size};
 const CAS_ATTEMPTS: usize = 4;
 
 /// A compare-and-swap write that went through.
-struct Written {
-    warnings: Vec<String>,
+pub(super) struct Written {
+    pub(super) warnings: Vec<String>,
     /// Digest conflicts on the way: someone else changed the VM meanwhile.
     conflicts: u32,
 }
@@ -37,7 +37,7 @@ impl HostRun<'_> {
     /// (compare-and-swap). When someone else wrote in between, PVE refuses ("checksum
     /// mismatch"), and the config is read and the form computed again, up to [`CAS_ATTEMPTS`]
     /// times. `Ok(None)`: `next` found nothing to write. `doing` completes "while nixprox …".
-    async fn cas_write(
+    pub(super) async fn cas_write(
         &self,
         node: &str,
         vmid: u32,

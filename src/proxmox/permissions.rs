@@ -21,6 +21,11 @@ use super::{Client, ProxmoxError};
 /// one of them is right on either version.
 pub const AGENT_READ: &[&str] = &["VM.GuestAgent.Audit", "VM.GuestAgent.Unrestricted", "VM.Monitor"];
 
+/// Reading a file in the guest through its agent (an image host's SSH host key): qemu-server
+/// 9.0.3 checks `VM.GuestAgent.FileRead` (or `VM.GuestAgent.Unrestricted`), earlier releases
+/// `VM.Monitor` (`API2/Qemu/Agent.pm`, `file-read`).
+pub const AGENT_FILE_READ: &[&str] = &["VM.GuestAgent.FileRead", "VM.GuestAgent.Unrestricted", "VM.Monitor"];
+
 /// The role docs/guide.md creates for the apply token.
 pub const APPLY_ROLE: &str = "NixproxApply";
 /// The built-in read-only role docs/guide.md gives the plan token.
@@ -50,6 +55,7 @@ const WRITE_PRIVILEGES: &[&str] = &[
     "VM.Snapshot.Rollback",
     "Datastore.Allocate",
     "Datastore.AllocateSpace",
+    "Datastore.AllocateTemplate",
     "Permissions.Modify",
     "Pool.Allocate",
     "Sys.Modify",
@@ -192,6 +198,8 @@ impl MissingPrivileges {
         for need in &self.missing {
             let label = if need.privileges == AGENT_READ {
                 "VM.GuestAgent.Audit (VM.Monitor on PVE 8)".to_string()
+            } else if need.privileges == AGENT_FILE_READ {
+                "VM.GuestAgent.FileRead (VM.Monitor on PVE 8)".to_string()
             } else {
                 need.privileges.join(" or ")
             };

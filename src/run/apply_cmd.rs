@@ -8,7 +8,9 @@ use crate::apply::approval::record::Record;
 use crate::apply::{self, ApplyOptions, Progress, ProgressMode, Reviewed, ReviewedPlan, RunRequest};
 use crate::cli::ApplyArgs;
 use crate::deploy::NixosDeployer;
+use crate::flake::{Nix, OverrideInput};
 use crate::forge::{Forge, ForgeContext, StatusState};
+use crate::image::ImageBuild;
 use crate::install::SshDeployer;
 
 use super::{Outcome, publish, source};
@@ -32,6 +34,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     let evaluated = source::evaluate(&args.source, &settings).await?;
     let only = source::only(&args.source);
     let deployer = deployer(&args, &settings);
+    let image_build = image_build(&args);
     let git_rev = sha.clone().or_else(|| git_revision(&args.source.flake));
     let progress = Progress::new(ProgressMode::detect());
     let outcome = apply::run(RunRequest {
@@ -43,6 +46,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         allow_new_plan: args.allow_new_plan,
         git_rev: git_rev.as_deref(),
         deployer: deployer.as_ref().map(|d| d as &dyn NixosDeployer),
+        image_build: Some(&image_build),
         progress: &progress,
         options: ApplyOptions::from_settings(&settings),
     })
@@ -101,6 +105,20 @@ fn deployer(args: &ApplyArgs, settings: &crate::config::Settings) -> Option<SshD
         SshDeployer::new(flake_for_install(&args.source.flake), key, settings)
             .with_override_inputs(overrides),
     )
+}
+
+/// How image hosts' packages are built: the flake and the `--override-input`s it was
+/// evaluated with, so the build is the package the plan evaluated.
+fn image_build(args: &ApplyArgs) -> ImageBuild {
+    let mut build = ImageBuild::new(Nix::default(), flake_for_install(&args.source.flake), "");
+    build.override_inputs = args
+        .source
+        .override_input
+        .chunks(2)
+        .filter_map(pair)
+        .map(|(n, r)| OverrideInput::new(n, r))
+        .collect();
+    build
 }
 
 fn pair(chunk: &[String]) -> Option<(String, String)> {

@@ -213,13 +213,16 @@ pub async fn plan(args: &SourceArgs, probe: bool) -> anyhow::Result<Planned> {
         if probe { Some(super::probe::probe(&client, &settings, &desired, &live).await?) } else { None };
     let started = Instant::now();
     let only = only(args);
-    let plan = crate::plan::plan(PlanInput {
+    let input = PlanInput {
         desired: &desired,
         live: &live,
         policies: settings.policies,
         only: only.as_ref(),
         probes: probes.as_ref(),
-    });
+    };
+    let plan = crate::apply::plan_with_image_stores(&client, input)
+        .await
+        .context("failed to read the image storages")?;
     let planning = started.elapsed();
     let timings = Timings {
         eval_declarations: declarations,
