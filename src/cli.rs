@@ -31,6 +31,9 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Plan on a schedule and keep one issue open while the cluster differs from the flake.
     Drift(DriftArgs),
+    /// List the `nixprox-*` image files no host of the flake refers to any more; remove them
+    /// with `--delete`.
+    GcImages(GcImagesArgs),
 }
 
 /// Where nixprox reports in CI; every value is detected from the environment and can be
@@ -202,4 +205,18 @@ pub struct DriftArgs {
 
     #[command(flatten)]
     pub forge: ForgeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GcImagesArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Remove the files listed (without it, nothing is deleted).
+    #[arg(long)]
+    pub delete: bool,
+
+    /// Exit 2 when there are files to remove and `--delete` is not given.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
 }

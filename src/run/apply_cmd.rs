@@ -71,6 +71,9 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     };
     let report = &outcome.report;
     print!("{}", report.render_text());
+    if settings.apply.gc_images {
+        super::gc_cmd::after_apply(&client, &settings, &evaluated.desired).await;
+    }
     if let Some(path) = &args.report {
         std::fs::write(path, report.to_json())
             .with_context(|| format!("failed to write the report to `{}`", path.display()))?;

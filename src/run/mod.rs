@@ -3,6 +3,7 @@
 
 mod apply_cmd;
 mod drift_cmd;
+mod gc_cmd;
 mod plan_cmd;
 mod privileges;
 mod probe;
@@ -99,6 +100,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Command::Plan(args) => plan_cmd::run(args, stdout_color(cli.color)).await,
             Command::Apply(args) => apply_cmd::run(args).await,
             Command::Drift(args) => drift_cmd::run(args, stdout_color(cli.color)).await,
+            Command::GcImages(args) => gc_cmd::run(args).await,
         }
     })
 }
