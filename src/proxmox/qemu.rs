@@ -397,6 +397,62 @@ mod tests {
     }
 
     #[test]
+    fn a_vm_from_images_imports_every_disk_and_boots_the_first() {
+        use crate::spec::{DiskSpec, VmSpec};
+        let disk = |serial: &str| DiskSpec {
+            storage: "local-lvm".into(),
+            size_bytes: 20 << 30,
+            serial: Some(serial.into()),
+            discard: true,
+            ssd: false,
+            iothread: false,
+        };
+        let spec = VmSpec {
+            name: "web".into(),
+            cores: 2,
+            sockets: 1,
+            cpu_type: "host".into(),
+            memory_mib: 2048,
+            balloon_mib: None,
+            bios: Bios::Ovmf,
+            machine: None,
+            agent: true,
+            disks: [("scsi0".to_string(), disk("root")), ("scsi1".to_string(), disk("data"))].into(),
+            networks: Default::default(),
+            tags: Default::default(),
+            description: String::new(),
+            on_boot: true,
+            protection: false,
+            pool: None,
+        };
+        let imports = BTreeMap::from([
+            ("scsi0".to_string(), "images:import/nixprox-h-scsi0.raw".to_string()),
+            ("scsi1".to_string(), "images:import/nixprox-h-scsi1.raw".to_string()),
+        ]);
+        let form = ImageCreateForm {
+            vmid: 120,
+            spec: &spec,
+            description: "n",
+            imports: &imports,
+            efi_storage: "local-lvm",
+        }
+        .form()
+        .expect("every disk has an image");
+        let value = |key: &str| form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        assert_eq!(
+            value("scsi0"),
+            Some("local-lvm:0,import-from=images:import/nixprox-h-scsi0.raw,discard=on,serial=root")
+        );
+        assert_eq!(value("efidisk0"), Some("local-lvm:1,efitype=4m,pre-enrolled-keys=0"));
+        assert_eq!(value("boot"), Some("order=scsi0"));
+        assert_eq!(value("ide2"), None, "no installer");
+        let one = BTreeMap::from([("scsi0".to_string(), "images:import/x.raw".to_string())]);
+        let missing =
+            ImageCreateForm { imports: &one, vmid: 120, spec: &spec, description: "n", efi_storage: "s" };
+        assert_eq!(missing.form(), Err("scsi1".to_string()));
+    }
+
+    #[test]
     fn clone_form_names_the_target_and_pool_only_when_set() {
         let form = CloneForm {
             newid: 101,

@@ -365,7 +365,7 @@ async fn two_hosts_share_one_upload_boot_from_it_and_the_next_plan_is_empty() {
 
     // apply.gc_images removed only the file nothing refers to.
     let files: Vec<String> = lab.imports().into_iter().map(|(name, _)| name).collect();
-    assert_eq!(files, [file.clone()]);
+    assert_eq!(files, [file]);
 
     let plan = lab.plan(&[]);
     assert_eq!(kinds(&plan, "web"), ["noop"], "{plan:#}");
