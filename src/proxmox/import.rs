@@ -329,16 +329,22 @@ pub async fn read_image_stores(
     }
     for (node, storage) in pairs {
         let fact = match check_import_storage(client, node, storage).await {
-            Ok(status) => Ok(ImageStore {
-                shared: status.shared,
-                files: list_import_files(client, node, storage).await?,
-            }),
-            Err(ImportError::Api(err)) => return Err(*err),
+            Ok(status) => match list_import_files(client, node, storage).await {
+                Ok(files) => Ok(ImageStore { shared: status.shared, files }),
+                Err(err) => Err(forbidden(err)?),
+            },
+            Err(ImportError::Api(err)) => Err(forbidden(*err)?),
             Err(refused) => Err(refused.to_string()),
         };
         facts.stores.insert((node.clone(), storage.clone()), fact);
     }
     Ok(facts)
+}
+
+/// A storage the token may not read is a fact about the plan (its upload is blocked, and the
+/// privilege preflight names the fix), not a failed read.
+fn forbidden(err: ProxmoxError) -> Result<String, ProxmoxError> {
+    if err.status() == Some(403) { Ok(err.to_string()) } else { Err(err) }
 }
 
 /// `DELETE /nodes/{node}/storage/{storage}/content/{volid}` and its `imgdel` task (needs
