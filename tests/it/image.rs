@@ -1,4 +1,4 @@
-//! The groundwork of the image bootstrap against its real counterparts: the image fixture
+//! The image bootstrap's parts against their real counterparts: the image fixture
 //! (`fixtures/image`) evaluated and built by the real `nix`, its images made by Debian's
 //! `qemu-img`, uploaded to and imported by fakepve (with the Proxmox behaviour the test driver
 //! adds), and guest files read through fakepve's guest agent.
