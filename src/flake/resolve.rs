@@ -228,12 +228,9 @@ fn check_image_sizes(
     disks: &BTreeMap<String, DiskSpec>,
 ) -> Result<(), ResolveError> {
     let sizes = &image.package.image_sizes;
+    let only = disks.keys().next().filter(|_| disks.len() == 1 && sizes.len() == 1);
     for (name, size) in sizes {
-        let slot = match disks.keys().next() {
-            _ if disks.contains_key(name) => name,
-            Some(only) if disks.len() == 1 && sizes.len() == 1 => only,
-            _ => continue,
-        };
+        let Some(slot) = disks.get_key_value(name).map(|(slot, _)| slot).or(only) else { continue };
         // A size disko's builder takes (`truncate -s`): a bare number is bytes.
         let Some(bytes) = parse_size(size, 1) else { continue };
         let disk = disks[slot].size_bytes;

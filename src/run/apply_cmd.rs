@@ -8,7 +8,7 @@ use crate::apply::approval::record::Record;
 use crate::apply::{self, ApplyOptions, Progress, ProgressMode, Reviewed, ReviewedPlan, RunRequest};
 use crate::cli::ApplyArgs;
 use crate::deploy::NixosDeployer;
-use crate::flake::{Nix, OverrideInput};
+use crate::flake::Nix;
 use crate::forge::{Forge, ForgeContext, StatusState};
 use crate::image::ImageBuild;
 use crate::install::SshDeployer;
@@ -34,7 +34,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     let evaluated = source::evaluate(&args.source, &settings).await?;
     let only = source::only(&args.source);
     let deployer = deployer(&args, &settings);
-    let image_build = image_build(&args);
+    let image_build = image_build(&args)?;
     let git_rev = sha.clone().or_else(|| git_revision(&args.source.flake));
     let progress = Progress::new(ProgressMode::detect());
     let outcome = apply::run(RunRequest {
@@ -112,16 +112,10 @@ fn deployer(args: &ApplyArgs, settings: &crate::config::Settings) -> Option<SshD
 
 /// How image hosts' packages are built: the flake and the `--override-input`s it was
 /// evaluated with, so the build is the package the plan evaluated.
-fn image_build(args: &ApplyArgs) -> ImageBuild {
+fn image_build(args: &ApplyArgs) -> anyhow::Result<ImageBuild> {
     let mut build = ImageBuild::new(Nix::default(), flake_for_install(&args.source.flake), "");
-    build.override_inputs = args
-        .source
-        .override_input
-        .chunks(2)
-        .filter_map(pair)
-        .map(|(n, r)| OverrideInput::new(n, r))
-        .collect();
-    build
+    build.override_inputs = source::override_inputs(&args.source.override_input)?;
+    Ok(build)
 }
 
 fn pair(chunk: &[String]) -> Option<(String, String)> {

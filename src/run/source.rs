@@ -249,7 +249,7 @@ impl Timings {
     }
 }
 
-fn override_inputs(pairs: &[String]) -> anyhow::Result<Vec<OverrideInput>> {
+pub(super) fn override_inputs(pairs: &[String]) -> anyhow::Result<Vec<OverrideInput>> {
     if !pairs.len().is_multiple_of(2) {
         bail!("--override-input takes two values: NAME REF");
     }
