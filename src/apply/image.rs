@@ -106,7 +106,7 @@ impl HostRun<'_> {
     ) -> Result<Done<BuiltImages>, StepError> {
         let Some(template) = self.req.image_build else {
             return Err(StepError::other(format!(
-                "host `{}` boots from an image, but this apply has no image builder (run `nixprox apply` from the flake's checkout)",
+                "host `{}` boots from an image, but this apply was started without an image builder (`ApplyRequest::image_build`)",
                 host.host
             )));
         };
@@ -151,8 +151,8 @@ impl HostRun<'_> {
             let (outcome, ran) =
                 self.images.uploads.run(&key, || self.upload_file(host, storage, image)).await;
             let what = match outcome.map_err(StepError::other)? {
-                _ if !ran => "uploaded for another host in this run".to_string(),
                 Upload::Present => "on the storage already".to_string(),
+                Upload::Sent { .. } if !ran => "uploaded for another host in this run".to_string(),
                 Upload::Sent { bytes, took, replaced } => {
                     sent = true;
                     let rate = bytes as f64 / took.as_secs_f64().max(0.001);
