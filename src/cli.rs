@@ -37,6 +37,9 @@ pub enum Command {
     /// Print the `nixprox.vm` block (Nix) that declares an existing VM as it is, from its live
     /// config: paste it into the host's module.
     Import(ImportArgs),
+    /// List the `nixprox-*` image files no host of the flake refers to any more; remove them
+    /// with `--delete`.
+    GcImages(GcImagesArgs),
 }
 
 /// Where the settings come from, for commands that do not evaluate the flake.
@@ -242,4 +245,18 @@ pub struct DriftArgs {
 
     #[command(flatten)]
     pub forge: ForgeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GcImagesArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Remove the files listed (without it, nothing is deleted).
+    #[arg(long)]
+    pub delete: bool,
+
+    /// Exit 2 when there are files to remove and `--delete` is not given.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
 }

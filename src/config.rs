@@ -85,11 +85,13 @@ pub struct Concurrency {
     pub api: usize,
     /// Concurrent `nix eval` processes; 0 = number of CPUs.
     pub eval_jobs: usize,
+    /// Image uploads at once (image hosts): each one streams a whole disk image to a node.
+    pub uploads: usize,
 }
 
 impl Default for Concurrency {
     fn default() -> Self {
-        Concurrency { hosts: 16, per_node: 8, api: 32, eval_jobs: 0 }
+        Concurrency { hosts: 16, per_node: 8, api: 32, eval_jobs: 0, uploads: 2 }
     }
 }
 
@@ -129,11 +131,14 @@ pub struct ApplySettings {
     pub address_timeout: u64,
     /// Seconds a guest gets to shut down cleanly before it is stopped.
     pub shutdown_timeout: u64,
+    /// After applying, remove the `nixprox-*` image files no host of the flake refers to any
+    /// more (what `nixprox gc-images --delete` does). Off: the files stay until asked.
+    pub gc_images: bool,
 }
 
 impl Default for ApplySettings {
     fn default() -> Self {
-        ApplySettings { address_timeout: 300, shutdown_timeout: 120 }
+        ApplySettings { address_timeout: 300, shutdown_timeout: 120, gc_images: false }
     }
 }
 

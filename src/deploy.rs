@@ -52,4 +52,10 @@ pub trait NixosDeployer: Send + Sync + fmt::Debug {
         target: DeployTarget<'a>,
         host_key: &'a str,
     ) -> BoxFuture<'a, anyhow::Result<String>>;
+
+    /// A VM that booted from the host's image (nothing installed it): connect with the host
+    /// key pinned in `target.recorded` (read through the guest agent, never from the network),
+    /// check that it runs the host's toplevel, and switch to it when the image held another
+    /// system (a generic image several hosts share). Reports what to record as an install does.
+    fn verify_image_boot<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>>;
 }

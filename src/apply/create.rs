@@ -20,7 +20,7 @@ use super::step::{Done, StepError};
 use crate::flake::DesiredHost;
 use crate::flake::host::TemplateRef;
 use crate::metadata::{self, Metadata};
-use crate::proxmox::qemu::{CloneForm, CreateForm, config_text, find_vm, notes_of, vm_path};
+use crate::proxmox::qemu::{CloneForm, CreateForm, ImageCreateForm, config_text, find_vm, notes_of, vm_path};
 use crate::proxmox::{ProxmoxError, find_template, post_and_wait};
 use crate::retry::Resend;
 
@@ -124,6 +124,47 @@ impl HostRun<'_> {
             })
             .await?;
         let detail = format!("vmid {}, booting `{iso}`", sent.vmid);
+        Ok(sent.done("create", detail))
+    }
+
+    /// A VM from scratch whose disks are imported from the host's image files (uploaded by the
+    /// run's `upload` step); tags and notes are set at creation.
+    pub(super) async fn create_from_image(
+        &self,
+        host: &DesiredHost,
+        imports: Option<&super::image::Imports>,
+    ) -> Result<Done<u32>, StepError> {
+        let imports = imports.ok_or_else(|| {
+            StepError::other(format!(
+                "the image files of host `{}` were not uploaded in this run (re-run the plan: it plans `upload_image` before `create_vm`)",
+                host.host
+            ))
+        })?;
+        let efi_storage = params::first_storage(host);
+        let path = format!("/nodes/{}/qemu", host.node);
+        let what = format!("failed to create the VM of host `{}` from its image", host.host);
+        let sent = self
+            .with_fresh_vmid(host, &what, |vmid| {
+                let notes = self.first_notes(host, vmid);
+                let form = ImageCreateForm {
+                    vmid,
+                    spec: &host.spec,
+                    description: &notes,
+                    imports,
+                    efi_storage: &efi_storage,
+                }
+                .form();
+                let path = &path;
+                async move {
+                    let form = form.map_err(|slot| ProxmoxError::Config {
+                        message: format!("disk `{slot}` of host `{}` has no image file", host.host),
+                    })?;
+                    self.send_create("create", path, &form).await
+                }
+            })
+            .await?;
+        let files: Vec<&str> = imports.values().map(String::as_str).collect();
+        let detail = format!("vmid {}, disks from {}", sent.vmid, files.join(", "));
         Ok(sent.done("create", detail))
     }
 

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
+use super::image::{ImageWork, Imports};
 use super::params::Scope;
 use super::report::{ApplyReport, HostOutcome, HostReport, REPORT_VERSION, StepStatus, millis};
 use super::step::{Done, Failure, Log, StepError};
@@ -31,6 +32,7 @@ use crate::spec::KEXEC_MIN_MEMORY_MIB;
 pub async fn apply(request: ApplyRequest<'_>) -> Result<ApplyReport, ApplyError> {
     let started = Instant::now();
     let vmids = VmidAllocator::new();
+    let images = ImageWork::new(request.options.uploads);
     let global = Arc::new(Semaphore::new(request.options.hosts.max(1)));
     let nodes: BTreeMap<&str, Arc<Semaphore>> = request
         .plan
@@ -41,14 +43,14 @@ pub async fn apply(request: ApplyRequest<'_>) -> Result<ApplyReport, ApplyError>
     let runs = request.plan.hosts.iter().map(|plan| {
         let global = Arc::clone(&global);
         let node = nodes.get(plan.vm.node.as_str()).cloned();
-        let vmids = &vmids;
+        let (vmids, images) = (&vmids, &images);
         async move {
             let _global = global.acquire_owned().await;
             let _node = match node {
                 Some(node) => Some(node.acquire_owned().await),
                 None => None,
             };
-            let report = HostRun::new(request, plan, vmids).run().await;
+            let report = HostRun::new(request, plan, vmids, images).run().await;
             request.progress.host_finished(&report);
             report
         }
@@ -96,6 +98,8 @@ struct State {
     /// The system an adopted VM was found running (its switch is a no-op when it is the
     /// flake's).
     running: Option<String>,
+    /// An image host's import volumes, by disk, once uploaded.
+    imports: Option<Imports>,
 }
 
 /// The VM the provision phase left for the deploy phase.
@@ -104,6 +108,8 @@ struct Provisioned {
     vmid: u32,
     /// The memory was raised for nixos-anywhere's kexec image and must be restored.
     kexec_memory: bool,
+    /// An image host's VM that booted from its image and was not checked yet.
+    image_boot: bool,
 }
 
 /// One host's run: the read-only context the steps share.
@@ -112,13 +118,20 @@ pub(super) struct HostRun<'r> {
     pub plan: &'r HostPlan,
     /// The run's VMIDs for new VMs, shared by all hosts.
     pub vmids: &'r VmidAllocator,
+    /// The run's image builds and uploads, shared by all hosts.
+    pub images: &'r ImageWork,
     desired: Option<&'r DesiredHost>,
 }
 
 impl<'r> HostRun<'r> {
-    fn new(req: ApplyRequest<'r>, plan: &'r HostPlan, vmids: &'r VmidAllocator) -> HostRun<'r> {
+    fn new(
+        req: ApplyRequest<'r>,
+        plan: &'r HostPlan,
+        vmids: &'r VmidAllocator,
+        images: &'r ImageWork,
+    ) -> HostRun<'r> {
         let desired = if plan.orphan { None } else { req.desired.iter().find(|d| d.host == plan.host) };
-        HostRun { req, plan, vmids, desired }
+        HostRun { req, plan, vmids, images, desired }
     }
 
     async fn run(self) -> HostReport {
@@ -199,6 +212,14 @@ impl<'r> HostRun<'r> {
             return Ok(());
         }
         let mut replaced = false;
+        // An image is built and uploaded before anything is destroyed or created.
+        if runnable.has(ActionKind::UploadImage)
+            && let Some(host) = self.desired
+            && let Bootstrap::Image(source) = &host.bootstrap
+        {
+            let built = log.step("build", self.build(host, source)).await?;
+            state.imports = Some(log.step("upload", self.upload(host, source, &built)).await?);
+        }
         if runnable.has(ActionKind::DestroyVm) || runnable.has(ActionKind::ReplaceVm) {
             let vmid = state.vmid.ok_or_else(|| {
                 Failure::new("destroy", format!("the plan names no VM to destroy for `{}`", self.plan.host))
@@ -284,10 +305,13 @@ impl<'r> HostRun<'r> {
                 Bootstrap::Iso { iso } => log.step("create", self.create_vm(host, iso)).await?,
                 Bootstrap::Undeclared => {
                     let error = format!(
-                        "host `{}` declares no template or ISO to create its VM from (re-run the plan)",
+                        "host `{}` declares no template, ISO or image to create its VM from (re-run the plan)",
                         host.host
                     );
                     return Err(Failure::new("create", error));
+                }
+                Bootstrap::Image(_) => {
+                    log.step("create", self.create_from_image(host, state.imports.as_ref())).await?
                 }
             };
             state.vmid = Some(vmid);
@@ -341,7 +365,13 @@ impl<'r> HostRun<'r> {
                 }
             }
         }
-        Ok(Provisioned { node, vmid, kexec_memory })
+        // A VM created from the image, now or by a run that did not check it: nothing
+        // installs it; its key is pinned through the agent and its system checked.
+        let unchecked = live
+            .and_then(|vm| vm.config.as_ref()?.metadata.as_ref())
+            .is_some_and(|m| m.created_uninstalled(vmid));
+        let image_boot = matches!(host.bootstrap, Bootstrap::Image(_)) && (creating || unchecked);
+        Ok(Provisioned { node, vmid, kexec_memory, image_boot })
     }
 
     /// Installs, reinstalls or switches NixOS, gives back the memory raised for kexec, and
@@ -356,6 +386,9 @@ impl<'r> HostRun<'r> {
         state: &mut State,
     ) -> Result<(), Failure> {
         let (node, vmid) = (vm.node.as_str(), vm.vmid);
+        if vm.image_boot {
+            return self.check_image_boot(host, vm, log, state).await;
+        }
         let mut unfinished = false;
         let mut deployed: Option<Deployed> = None;
         for (kind, name) in [
@@ -415,5 +448,48 @@ impl<'r> HostRun<'r> {
             log.step("finish", self.finish(host, node, vmid, deployed.as_ref())).await?;
         }
         Ok(())
+    }
+
+    /// A VM booted from the host's image: its host key pinned from the guest agent, then the
+    /// deployer checks over SSH what it runs (switching to the host's system when the image
+    /// held another), and the result is recorded as an install's. Without a deployer the check
+    /// is skipped and `applying` stays, so the next run resumes it.
+    async fn check_image_boot(
+        &self,
+        host: &DesiredHost,
+        vm: &Provisioned,
+        log: &mut Log<'_>,
+        state: &mut State,
+    ) -> Result<(), Failure> {
+        let (node, vmid) = (vm.node.as_str(), vm.vmid);
+        if state.address.is_none() {
+            state.address = Some(log.step("address", self.find_address(host, node, vmid)).await?);
+        }
+        log.step("host key", self.pin_host_key(host, node, vmid)).await?;
+        let Some(deployer) = self.req.deployer else {
+            log.record("verify", StepStatus::Skipped, "no deployer configured");
+            return Ok(());
+        };
+        let address = state.address.clone().unwrap_or_default();
+        let deployed = log
+            .step("verify", async {
+                let recorded = self.recorded_metadata(host, node, vmid).await?;
+                let target = DeployTarget {
+                    host,
+                    node,
+                    vmid,
+                    address: &address,
+                    plan_id: self.req.reviewed_plan_id,
+                    recorded: recorded.as_ref(),
+                };
+                let deployed = deployer
+                    .verify_image_boot(target)
+                    .await
+                    .map_err(|err| StepError::other(format!("{err:#}")))?;
+                let detail = format!("runs `{}`", deployed.system.as_deref().unwrap_or_default());
+                Ok(Done::ok(deployed).detail(detail))
+            })
+            .await?;
+        log.step("finish", self.finish(host, node, vmid, Some(&deployed))).await
     }
 }

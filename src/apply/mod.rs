@@ -17,6 +17,7 @@ pub mod approval;
 pub mod cancel;
 mod create;
 pub mod executor;
+mod image;
 pub mod params;
 pub mod progress;
 pub mod release;
@@ -31,6 +32,7 @@ use std::time::Duration;
 use crate::config::Settings;
 use crate::deploy::NixosDeployer;
 use crate::flake::DesiredHost;
+use crate::image::ImageBuild;
 use crate::plan::{Plan, PlanInput};
 use crate::proxmox::{Client, LiveVm, ProxmoxError, ReadRequest, read_cluster};
 use crate::retry::RetryPolicy;
@@ -58,6 +60,10 @@ pub struct ApplyOptions {
     pub step_retry: RetryPolicy,
     /// Interval between guest-agent polls.
     pub poll_interval: Duration,
+    /// Image uploads at once, over all hosts.
+    pub uploads: usize,
+    /// How long building one image package may take.
+    pub build_timeout: Duration,
 }
 
 impl ApplyOptions {
@@ -74,6 +80,8 @@ impl ApplyOptions {
                 max_delay: Duration::from_secs(30),
             },
             poll_interval: Duration::from_secs(2),
+            uploads: settings.concurrency.uploads.max(1),
+            build_timeout: Duration::from_secs(settings.install.timeout.max(1)),
         }
     }
 }
@@ -92,6 +100,9 @@ pub struct ApplyRequest<'a> {
     pub git_rev: Option<&'a str>,
     /// `None`: install, switch and reinstall steps are reported as skipped.
     pub deployer: Option<&'a dyn NixosDeployer>,
+    /// How image hosts' packages are built (the flake, its inputs; the host is filled in per
+    /// build). `None`: an image host's build step fails, naming the fix.
+    pub image_build: Option<&'a ImageBuild>,
     pub progress: &'a Progress,
     /// Asked to stop (SIGINT, SIGTERM): no step starts after that (see [`cancel`]).
     pub cancel: &'a Cancel,
@@ -128,6 +139,8 @@ pub struct RunRequest<'a> {
     pub allow_new_plan: bool,
     pub git_rev: Option<&'a str>,
     pub deployer: Option<&'a dyn NixosDeployer>,
+    /// See [`ApplyRequest::image_build`].
+    pub image_build: Option<&'a ImageBuild>,
     pub progress: &'a Progress,
     /// Usually [`ApplyOptions::from_settings`].
     pub options: ApplyOptions,
@@ -150,13 +163,14 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ApplyError> {
         concurrency: request.settings.concurrency.api,
     };
     let live = read_cluster(request.client, &read).await.map_err(ApplyError::Read)?;
-    let plan = crate::plan::plan(PlanInput {
+    let input = PlanInput {
         desired: request.desired,
         live: &live,
         policies: request.settings.policies,
         only: request.only,
         probes: None,
-    });
+    };
+    let plan = plan_with_image_stores(request.client, input).await.map_err(ApplyError::Read)?;
     let approval = approval::check(request.reviewed, &plan, &live, request.allow_new_plan)?;
     for note in &approval.notes {
         tracing::warn!("{note}");
@@ -172,6 +186,7 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ApplyError> {
         reviewed_plan_id: &approval.reviewed_id,
         git_rev: request.git_rev,
         deployer: request.deployer,
+        image_build: request.image_build,
         progress: request.progress,
         cancel: request.cancel,
     })
@@ -192,6 +207,19 @@ async fn check_quorum(client: &Client) -> Result<(), ApplyError> {
             Ok(())
         }
     }
+}
+
+/// The plan, with what the image storages hold and allow when it (re)creates image hosts:
+/// the planner is pure, so a first plan names the storages, they are read, and the plan is
+/// made again with them. Plans without image hosts cost nothing more.
+pub async fn plan_with_image_stores(client: &Client, input: PlanInput<'_>) -> Result<Plan, ProxmoxError> {
+    let first = crate::plan::plan(input);
+    let stores = crate::plan::image_stores_to_read(&first, input.desired);
+    if stores.is_empty() {
+        return Ok(first);
+    }
+    let facts = crate::proxmox::import::read_image_stores(client, &stores).await?;
+    Ok(crate::plan::plan_with_images(input, &facts))
 }
 
 /// Before any step: the token holds every privilege the runnable actions need, or the run

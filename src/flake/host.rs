@@ -172,6 +172,9 @@ pub enum Bootstrap {
     /// Neither a template nor an ISO is declared (nor `defaults.template`): fine for a host
     /// whose VM exists; a plan that would create or replace its VM blocks that instead.
     Undeclared,
+    /// Created from scratch with its disks imported from the host's own images: it boots
+    /// straight into its system (no installer).
+    Image(ImageSource),
 }
 
 /// The image a host boots from, resolved: what the executor builds, names and uploads.
@@ -206,6 +209,11 @@ pub struct ImageEval {
     pub out_path: String,
     /// Its derivation (absent when the package is a plain store path).
     pub drv_path: Option<String>,
+    /// Image file name (without extension) → size as declared, when the package is disko's
+    /// default (`disko.devices.disk.<name>.imageSize`, by `imageName`): what planning can know
+    /// about an image's size without building it. Empty for any other package.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub image_sizes: BTreeMap<String, String>,
 }
 
 /// One host as the planner sees it: the flake's declaration with every default resolved.

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Defaults;
-use crate::spec::{DiskSpec, MANAGED_TAG, NetSpec, VmSpec, parse_size};
+use crate::spec::{DiskSpec, MANAGED_TAG, NetSpec, VmSpec, format_size, parse_size};
 
 use super::host::{Bootstrap, DesiredHost, HostDecl, ImageSource, SystemEval, TemplateRef};
 use super::inventory::EvaluatedHost;
@@ -35,9 +35,9 @@ pub enum ResolveError {
     )]
     NoImagePackage { host: String },
     #[error(
-        "host `{host}`: `nixprox.bootstrap.image.enable` is set, but this nixprox cannot create VMs from images yet (unset it and use `nixprox.bootstrap.template` or `nixprox.bootstrap.iso` for now)"
+        "host `{host}`: disko's image `{image}` for disk `{slot}` is {image_size} (`disko.devices.disk.*.imageSize`) but `nixprox.vm.disks.{slot}.size` is {disk_size} (raise the disk's size, or lower the image's: an imported disk can only grow)"
     )]
-    ImageBootstrapUnavailable { host: String },
+    ImageLargerThanDisk { host: String, slot: String, image: String, image_size: String, disk_size: String },
     #[error(
         "host `{host}`: `nixprox.vm.disks.{slot}.size` is `{size}`, which is not a valid size (use a number with K, M, G or T, e.g. `32G`)"
     )]
@@ -123,12 +123,12 @@ pub fn resolve(
     }
 
     let bootstrap_decl = &decl.bootstrap;
-    if resolve_image(attr, decl, system, defaults)?.is_some() {
-        // The executor's image path (upload, create from import) is not wired yet: refusing is
-        // safer than silently cloning a template for a host that asked for its image.
-        return Err(ResolveError::ImageBootstrapUnavailable { host });
+    let image = resolve_image(attr, decl, system, defaults)?;
+    if let Some(image) = &image {
+        check_image_sizes(&host, image, &disks)?;
     }
     let bootstrap = match (&bootstrap_decl.template, &bootstrap_decl.iso) {
+        _ if let Some(image) = image => Bootstrap::Image(image),
         (Some(_), Some(_)) => return Err(ResolveError::TemplateAndIso { host }),
         (None, Some(iso)) => Bootstrap::Iso { iso: iso.clone() },
         (template, None) => {
@@ -214,6 +214,35 @@ pub fn resolve_image(
         },
     )?;
     Ok(Some(ImageSource { package, format: image.format, storage }))
+}
+
+/// Refuses an image that planning knows to be larger than its disk (disko's declared
+/// `imageSize`): Proxmox sizes an imported disk by its image, and nixprox only grows disks.
+/// An image maps to the disk of its name, or a single image to a single disk, as apply finds
+/// them in the built package; sizes of other packages are checked once built.
+fn check_image_sizes(
+    host: &str,
+    image: &ImageSource,
+    disks: &BTreeMap<String, DiskSpec>,
+) -> Result<(), ResolveError> {
+    let sizes = &image.package.image_sizes;
+    let only = disks.keys().next().filter(|_| disks.len() == 1 && sizes.len() == 1);
+    for (name, size) in sizes {
+        let Some(slot) = disks.get_key_value(name).map(|(slot, _)| slot).or(only) else { continue };
+        // A size disko's builder takes (`truncate -s`): a bare number is bytes.
+        let Some(bytes) = parse_size(size, 1) else { continue };
+        let disk = disks[slot].size_bytes;
+        if bytes > disk {
+            return Err(ResolveError::ImageLargerThanDisk {
+                host: host.to_string(),
+                slot: slot.clone(),
+                image: name.clone(),
+                image_size: format_size(bytes),
+                disk_size: format_size(disk),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Resolves every host and checks that no two share a VM name (compared case-insensitively,
@@ -439,6 +468,7 @@ mod tests {
         let package = ImageEval {
             out_path: "/nix/store/0c8y-web-images".into(),
             drv_path: Some("/nix/store/1d-x.drv".into()),
+            image_sizes: BTreeMap::new(),
         };
         let with_image = SystemEval { image: Some(package.clone()), ..system() };
         let mut d = decl();
@@ -454,10 +484,42 @@ mod tests {
         let source = resolve_image("web", &d, &with_image, &defaults()).expect("valid").expect("enabled");
         assert_eq!((source.storage.as_str(), source.format), ("images", ImageFormat::Raw));
 
-        // Until the executor can create VMs from images, such a host is refused as a whole.
+        // The host boots from its image; `defaults.template` is not used for it.
+        let host = resolve("web", &d, &with_image, &defaults()).expect("an image host");
+        assert_eq!(host.bootstrap, Bootstrap::Image(source));
+    }
+
+    #[test]
+    fn an_image_that_planning_knows_is_too_large_is_refused() {
+        use crate::flake::host::ImageEval;
+
+        let sized = |sizes: &[(&str, &str)]| SystemEval {
+            image: Some(ImageEval {
+                out_path: "/nix/store/0c8y-web-disko-images".into(),
+                drv_path: None,
+                image_sizes: sizes.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect(),
+            }),
+            ..system()
+        };
+        let mut d = decl();
+        d.bootstrap.image.enable = true;
+        // The only image serves the only disk (20G) whatever its name.
+        assert!(resolve("web", &d, &sized(&[("main", "20G")]), &defaults()).is_ok());
         assert_eq!(
-            resolve("web", &d, &with_image, &defaults()).expect_err("not yet").to_string(),
-            "host `web`: `nixprox.bootstrap.image.enable` is set, but this nixprox cannot create VMs from images yet (unset it and use `nixprox.bootstrap.template` or `nixprox.bootstrap.iso` for now)"
+            resolve("web", &d, &sized(&[("main", "32G")]), &defaults()).expect_err("too large").to_string(),
+            "host `web`: disko's image `main` for disk `scsi0` is 32G (`disko.devices.disk.*.imageSize`) but `nixprox.vm.disks.scsi0.size` is 20G (raise the disk's size, or lower the image's: an imported disk can only grow)"
+        );
+        // With several disks, images map by name; others are checked once built.
+        d.vm.disks.insert("scsi1".into(), d.vm.disks["scsi0"].clone());
+        assert!(resolve("web", &d, &sized(&[("main", "32G"), ("data", "64G")]), &defaults()).is_ok());
+        let err = resolve("web", &d, &sized(&[("scsi1", "21G")]), &defaults()).expect_err("too large");
+        assert!(
+            matches!(err, ResolveError::ImageLargerThanDisk { ref slot, .. } if slot == "scsi1"),
+            "{err}"
+        );
+        assert!(
+            resolve("web", &d, &sized(&[("scsi1", "lots")]), &defaults()).is_ok(),
+            "unreadable: apply checks"
         );
     }
 
@@ -467,6 +529,7 @@ mod tests {
             image: Some(crate::flake::host::ImageEval {
                 out_path: "/nix/store/0c8y-x".into(),
                 drv_path: None,
+                image_sizes: BTreeMap::new(),
             }),
             ..system()
         };

@@ -43,6 +43,12 @@ impl ImageBuild {
         }
     }
 
+    /// The same build (flake, inputs, options) for another host: apply holds one template
+    /// and builds each image host's package from it.
+    pub fn for_host(&self, host: &str) -> ImageBuild {
+        ImageBuild { host: host.to_string(), ..self.clone() }
+    }
+
     pub fn installable(&self) -> String {
         format!("{}#nixosConfigurations.\"{}\".config.nixprox.bootstrap.image.package", self.flake, self.host)
     }

@@ -1,11 +1,13 @@
 //! Disk images a host boots from (the image bootstrap): their format, their file names on a
 //! Proxmox storage ([`name`]), building them with `nix` and finding one file per disk
-//! ([`build`]), and what their headers say ([`probe`]).
+//! ([`build`]), what their headers say ([`probe`]), and which files on the storages no host
+//! refers to any more ([`gc`]).
 //!
 //! Nothing here talks to Proxmox: uploading and importing live in [`crate::proxmox::upload`]
 //! and [`crate::proxmox::import`].
 
 pub mod build;
+pub mod gc;
 pub mod name;
 pub mod probe;
 

@@ -20,7 +20,7 @@ use crate::flake::host::{Bootstrap, DeployStrategy};
 use crate::metadata::Metadata;
 use crate::ssh::{
     ClientKey, ConnectOptions, GeneratedHostKey, HostKeyPolicy, SshError, SshTarget, generate_host_key,
-    read_current_system,
+    probe_system, read_current_system, wait_for_port,
 };
 
 /// The environment variable read for the SSH key when the settings name neither a key file
@@ -186,6 +186,42 @@ impl SshDeployer {
         Ok(Deployed { system: Some(outcome.system), disk_layout: None, host_key: None, time: Some(now()) })
     }
 
+    /// What an image boot left: the system the VM runs, checked over SSH against the key
+    /// pinned from the guest agent; a switch when that is not the host's toplevel.
+    async fn verify_image_one(&self, target: DeployTarget<'_>) -> anyhow::Result<Deployed> {
+        let host = target.host;
+        let host_key = Self::pinned_key(&target)?;
+        let key_file = self.key.materialize()?;
+        let policy = HostKeyPolicy::pinned(&host_key)?;
+        let ssh = SshTarget {
+            host: host.host.clone(),
+            address: target.address.to_string(),
+            port: host.ssh.port,
+            user: self.ssh_user(target),
+        };
+        // The VM has just booted: wait for sshd (it may still be generating its keys).
+        wait_for_port(&host.host, target.address, host.ssh.port, self.connect_timeout).await?;
+        let running = probe_system(&ssh, &key_file.load()?, &policy, self.connect_timeout)
+            .await
+            .with_context(|| format!("failed to check which system host `{}` booted", host.host))?;
+        let booted = Deployed {
+            system: Some(running.clone()),
+            disk_layout: Some(host.system.disk_layout_hash.clone()),
+            host_key: Some(host_key),
+            time: Some(now()),
+        };
+        if running == host.system.toplevel {
+            return Ok(booted);
+        }
+        tracing::info!(
+            host = %host.host,
+            "the image booted `{running}`, not the host's system: switching to {}",
+            host.system.toplevel
+        );
+        let switched = self.switch_one(target).await?;
+        Ok(Deployed { system: switched.system, time: switched.time, ..booted })
+    }
+
     /// Builds the host's toplevel on this runner, so `nix copy` has a closure to send (the
     /// plan only evaluated it). A different out path means the flake changed since evaluation.
     async fn build(&self, host: &crate::flake::DesiredHost) -> anyhow::Result<()> {
@@ -295,6 +331,10 @@ impl NixosDeployer for SshDeployer {
         host_key: &'a str,
     ) -> BoxFuture<'a, anyhow::Result<String>> {
         Box::pin(self.read_system_one(target, host_key))
+    }
+
+    fn verify_image_boot<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>> {
+        Box::pin(self.verify_image_one(target))
     }
 }
 

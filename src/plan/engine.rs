@@ -9,6 +9,7 @@ use crate::config::Policies;
 use crate::flake::DesiredHost;
 use crate::flake::host::{Bootstrap, DeployStrategy};
 use crate::proxmox::LiveVm;
+use crate::proxmox::import::ImageStores;
 use crate::spec::{KEXEC_MIN_MEMORY_MIB, format_size};
 
 use super::fields::{self, SpecDiff};
@@ -30,8 +31,14 @@ pub struct PlanInput<'a> {
     pub probes: Option<&'a BTreeMap<String, Probe>>,
 }
 
-/// Computes the plan.
+/// Computes the plan (image hosts as if their storages were empty and able to take images).
 pub fn plan(input: PlanInput<'_>) -> Plan {
+    plan_with_images(input, &ImageStores::default())
+}
+
+/// Computes the plan, with what the image storages of image hosts hold and allow
+/// ([`crate::proxmox::import::read_image_stores`]).
+pub fn plan_with_images(input: PlanInput<'_>, images: &ImageStores) -> Plan {
     let mut claimed = BTreeSet::new();
     let mut hosts: Vec<HostPlan> = Vec::new();
     let mut desired: Vec<&DesiredHost> = input.desired.iter().collect();
@@ -54,6 +61,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
     if let Some(only) = input.only {
         hosts.retain(|h| only.contains(&h.host));
     }
+    super::image::amend(&mut hosts, input.desired, images);
     let summary = summarize(&hosts);
     let id = plan_id(&hosts, input.desired, input.policies);
     let probe = input.probes.map(|probes| probe_report(probes, &hosts));
@@ -295,6 +303,7 @@ fn plan_create(host: &DesiredHost) -> Vec<Action> {
             crate::flake::host::TemplateRef::Name(name) => format!("clone of template `{name}`"),
         },
         Bootstrap::Iso { iso } => format!("booting `{iso}`"),
+        Bootstrap::Image(_) => "VM from its image".to_string(),
         Bootstrap::Undeclared => {
             let create = action(ActionKind::CreateVm, "no VM exists for this host", create_changes(host));
             return vec![blocked(create, NO_BOOTSTRAP, None)];

@@ -12,6 +12,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionKind {
+    UploadImage,
     CreateVm,
     Adopt,
     UpdateVm,
@@ -29,7 +30,8 @@ pub enum ActionKind {
 
 impl ActionKind {
     /// Every kind, in the order summaries list them.
-    pub const ALL: [ActionKind; 13] = [
+    pub const ALL: [ActionKind; 14] = [
+        ActionKind::UploadImage,
         ActionKind::CreateVm,
         ActionKind::Adopt,
         ActionKind::UpdateVm,
@@ -48,6 +50,7 @@ impl ActionKind {
     /// The snake_case name used in JSON, docs and the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
+            ActionKind::UploadImage => "upload_image",
             ActionKind::CreateVm => "create_vm",
             ActionKind::Adopt => "adopt",
             ActionKind::UpdateVm => "update_vm",
@@ -77,6 +80,7 @@ impl ActionKind {
     /// The verb summaries use: "2 to create".
     pub fn summary_verb(self) -> &'static str {
         match self {
+            ActionKind::UploadImage => "upload",
             ActionKind::CreateVm => "create",
             ActionKind::Adopt => "adopt",
             ActionKind::UpdateVm => "update",

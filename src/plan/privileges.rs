@@ -32,6 +32,14 @@ pub fn needs_to_read(plan: &Plan, desired: &[DesiredHost], probe: bool) -> Vec<N
             needs.push(Need::new(&["Pool.Audit"], format!("/pool/{pool}"), None, &host.host, "its pool"));
         }
     }
+    for planned in &plan.hosts {
+        for action in planned.actions.iter().filter(|a| a.kind == ActionKind::UploadImage) {
+            for storage in image_storages(action) {
+                let path = format!("/storage/{storage}");
+                needs.push(Need::new(STORAGE_READ, path, None, &planned.host, "its image storage's files"));
+            }
+        }
+    }
     if probe {
         for planned in &plan.hosts {
             let declared = desired.iter().find(|d| d.host == planned.host);
@@ -125,6 +133,15 @@ fn host_needs(
     if has(ActionKind::MigrateVm) {
         add(&["VM.Migrate"], &vm, None, &format!("move it to node {}", host.node));
     }
+    if has(ActionKind::UploadImage) {
+        for action in planned.actions.iter().filter(|a| a.kind == ActionKind::UploadImage) {
+            for storage in image_storages(action) {
+                let path = format!("/storage/{storage}");
+                add(STORAGE_READ, &path, None, "its image storage's files");
+                add(&["Datastore.AllocateTemplate"], &path, None, "upload its image");
+            }
+        }
+    }
     if has(ActionKind::ResizeDisk) && !creating {
         add(&["VM.Config.Disk"], &vm, None, "grow disks");
         for disk in host.spec.disks.values() {
@@ -134,6 +151,9 @@ fn host_needs(
     let deploys = [ActionKind::Install, ActionKind::Reinstall, ActionKind::Switch].into_iter().any(has);
     if (creating || (deploying && deploys)) && host.address.is_none() && host.spec.agent {
         add(AGENT_READ, &vm, pool, "its address (guest agent)");
+    }
+    if boots_from_image(host, planned, live, creating) {
+        add(AGENT_FILE_READ, &vm, pool, "its host key (guest agent)");
     }
     let installs = has(ActionKind::Install) || has(ActionKind::Reinstall);
     if deploying && installs && host.spec.memory_mib < KEXEC_MIN_MEMORY_MIB {
@@ -173,6 +193,14 @@ fn create_needs(
         }
         // Its create is blocked (nothing to create the VM from): nothing runs.
         Bootstrap::Undeclared => {}
+        Bootstrap::Image(source) => {
+            // pve-storage `Storage.pm` `check_volume_access`: an `import` volume needs read
+            // access to its storage.
+            let path = format!("/storage/{}", source.storage);
+            add(STORAGE_READ, &path, None, "import its image");
+            add(&["VM.Config.HWType"], vm, pool, "SCSI controller");
+            add(&["VM.Config.Disk"], vm, pool, "boot order");
+        }
         Bootstrap::Iso { iso } => {
             if let Some((storage, _)) = iso.split_once(':') {
                 let path = format!("/storage/{storage}");
@@ -197,6 +225,34 @@ fn create_needs(
         add(&["SDN.Use"], &bridge_path(&net.bridge, net.vlan), None, "network");
     }
     add(&["VM.PowerMgmt"], vm, pool, "start");
+}
+
+/// Reading a storage's status and content (pve-storage `API2/Storage/Status.pm` and
+/// `Content.pm`: either privilege).
+const STORAGE_READ: &[&str] = &["Datastore.Audit", "Datastore.AllocateSpace"];
+
+/// The storages an `upload_image` action uploads to (from its changes' volume ids).
+fn image_storages(action: &super::Action) -> BTreeSet<String> {
+    action
+        .changes
+        .iter()
+        .filter_map(|c| c.after.as_ref()?.as_str()?.split_once(':').map(|(s, _)| s.to_string()))
+        .collect()
+}
+
+/// Whether apply reads the VM's host key through the guest agent: a VM created from the
+/// host's image, now or by an earlier run that did not check it yet.
+fn boots_from_image(host: &DesiredHost, planned: &HostPlan, live: &[LiveVm], creating: bool) -> bool {
+    if !matches!(host.bootstrap, Bootstrap::Image(_)) {
+        return false;
+    }
+    let unchecked = planned.vm.vmid.is_some_and(|vmid| {
+        live.iter()
+            .find(|vm| vm.vmid == vmid)
+            .and_then(|vm| vm.config.as_ref()?.metadata.as_ref())
+            .is_some_and(|m| m.created_uninstalled(vmid))
+    });
+    creating || unchecked
 }
 
 /// An existing VM's config changes, by the field the plan names.

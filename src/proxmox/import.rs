@@ -9,7 +9,7 @@
 //! `API2/Qemu.pm`, `create_disks`). Node and storage names go into paths as they are: PVE's
 //! formats for both (`pve-node`, `pve-storage-id`) allow no character that needs escaping.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
@@ -265,6 +265,100 @@ pub fn import_volid(storage: &str, name: &str) -> String {
 /// The disk then has the image's virtual size; apply grows it to the declared size.
 pub fn format_import_disk(disk: &DiskSpec, source_volid: &str) -> String {
     update_disk(&format!("{}:0,import-from={source_volid}", disk.storage), disk)
+}
+
+/// What planning knows about the storages image hosts upload to: read once per plan by
+/// [`read_image_stores`], consumed by the (pure) planner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageStores {
+    /// Why this cluster cannot take image uploads at all (its version, with the fix).
+    pub refused: Option<String>,
+    /// Per `(node, storage)`: what the storage holds, or why it cannot take images (with the fix).
+    pub stores: BTreeMap<(String, String), Result<ImageStore, String>>,
+}
+
+/// One storage that can take image uploads, as seen from one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageStore {
+    /// One upload serves every node that has the storage.
+    pub shared: bool,
+    pub files: Vec<ImportFile>,
+}
+
+impl ImageStores {
+    /// Whether the storage (from the node) holds a file of that name.
+    pub fn has_file(&self, node: &str, storage: &str, name: &str) -> bool {
+        self.store(node, storage).is_some_and(|s| s.files.iter().any(|f| f.name == name))
+    }
+
+    /// The storage as read from the node, when it can take images.
+    pub fn store(&self, node: &str, storage: &str) -> Option<&ImageStore> {
+        self.stores.get(&(node.to_string(), storage.to_string())).and_then(|s| s.as_ref().ok())
+    }
+
+    /// Why images cannot go to the storage from the node, when they cannot.
+    pub fn refusal(&self, node: &str, storage: &str) -> Option<&str> {
+        if let Some(refused) = &self.refused {
+            return Some(refused);
+        }
+        match self.stores.get(&(node.to_string(), storage.to_string())) {
+            Some(Err(reason)) => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the cluster's version and, for each `(node, storage)`, the storage's status and
+/// import files. A cluster or storage that cannot take images is a fact for the plan (the
+/// host's upload is blocked with the fix); a failed request is an error.
+pub async fn read_image_stores(
+    client: &Client,
+    pairs: &BTreeSet<(String, String)>,
+) -> Result<ImageStores, ProxmoxError> {
+    let mut facts = ImageStores::default();
+    if pairs.is_empty() {
+        return Ok(facts);
+    }
+    match check_import_version(client).await {
+        Ok(_) => {}
+        Err(ImportError::Api(err)) => return Err(*err),
+        Err(refused) => {
+            facts.refused = Some(refused.to_string());
+            return Ok(facts);
+        }
+    }
+    for (node, storage) in pairs {
+        let fact = match check_import_storage(client, node, storage).await {
+            Ok(status) => match list_import_files(client, node, storage).await {
+                Ok(files) => Ok(ImageStore { shared: status.shared, files }),
+                Err(err) => Err(forbidden(err)?),
+            },
+            Err(ImportError::Api(err)) => Err(forbidden(*err)?),
+            Err(refused) => Err(refused.to_string()),
+        };
+        facts.stores.insert((node.clone(), storage.clone()), fact);
+    }
+    Ok(facts)
+}
+
+/// A storage the token may not read is a fact about the plan (its upload is blocked, and the
+/// privilege preflight names the fix), not a failed read.
+fn forbidden(err: ProxmoxError) -> Result<String, ProxmoxError> {
+    if err.status() == Some(403) { Ok(err.to_string()) } else { Err(err) }
+}
+
+/// `DELETE /nodes/{node}/storage/{storage}/content/{volid}` and its `imgdel` task (needs
+/// `Datastore.Allocate` on the storage: pve-storage `API2/Storage/Content.pm`, `delete`).
+pub async fn delete_import_file(
+    client: &Client,
+    node: &str,
+    volid: &str,
+    timeout: std::time::Duration,
+) -> Result<(), ProxmoxError> {
+    let (storage, _) = volid.split_once(':').unwrap_or((volid, ""));
+    let path = format!("/nodes/{node}/storage/{storage}/content/{volid}");
+    let data = client.delete(&path, &[]).await?;
+    super::wait_answer(client, &data, timeout).await.map(|_| ())
 }
 
 #[cfg(test)]

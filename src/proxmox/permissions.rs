@@ -22,8 +22,9 @@ use super::{Client, ProxmoxError};
 pub const AGENT_READ: &[&str] = &["VM.GuestAgent.Audit", "VM.GuestAgent.Unrestricted", "VM.Monitor"];
 
 /// Reading a file in a guest through its agent (`agent/file-read`, qemu-server
-/// `API2/Qemu/Agent.pm`): the SSH host key of a VM to adopt. `VM.GuestAgent.FileRead` from
-/// qemu-server 9.0.3, `VM.Monitor` before; `VM.GuestAgent.Unrestricted` covers it too.
+/// `API2/Qemu/Agent.pm`): the SSH host key of a VM to adopt or of an image host.
+/// `VM.GuestAgent.FileRead` from qemu-server 9.0.3, `VM.Monitor` before;
+/// `VM.GuestAgent.Unrestricted` covers it too.
 pub const AGENT_FILE_READ: &[&str] = &["VM.GuestAgent.FileRead", "VM.GuestAgent.Unrestricted", "VM.Monitor"];
 
 /// The role docs/guide.md creates for the apply token.
@@ -55,6 +56,7 @@ const WRITE_PRIVILEGES: &[&str] = &[
     "VM.Snapshot.Rollback",
     "Datastore.Allocate",
     "Datastore.AllocateSpace",
+    "Datastore.AllocateTemplate",
     "Permissions.Modify",
     "Pool.Allocate",
     "Sys.Modify",

@@ -3,7 +3,7 @@
 //! a VM from scratch. Apply's steps and `plan --probe` call these; none of them decides
 //! *whether* to act, which is the caller's business.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::client::Client;
 use super::error::ProxmoxError;
+use super::import::format_import_disk;
 use super::property::{format_net, format_new_disk, format_tags, parse_tags, value_text};
 use crate::metadata::Notes;
 use crate::spec::{Bios, MANAGED_TAG, VmSpec};
@@ -261,49 +262,92 @@ pub struct CreateForm<'a> {
 impl CreateForm<'_> {
     pub fn form(&self) -> Form {
         let spec = self.spec;
-        let flag = |on: bool| if on { "1" } else { "0" }.to_string();
-        let mut tags: BTreeSet<String> = spec.tags.iter().map(|t| t.to_lowercase()).collect();
-        tags.insert(MANAGED_TAG.into());
-        let mut form: Form = vec![
-            ("vmid".into(), self.vmid.to_string()),
-            ("name".into(), spec.name.clone()),
-            ("description".into(), self.description.into()),
-            ("tags".into(), format_tags(&tags)),
-            ("ostype".into(), "l26".into()),
-            ("scsihw".into(), "virtio-scsi-single".into()),
-            ("cores".into(), spec.cores.to_string()),
-            ("sockets".into(), spec.sockets.to_string()),
-            ("cpu".into(), spec.cpu_type.clone()),
-            ("memory".into(), spec.memory_mib.to_string()),
-            ("bios".into(), spec.bios.as_str().into()),
-            ("agent".into(), flag(spec.agent)),
-            ("onboot".into(), flag(spec.on_boot)),
-            ("protection".into(), flag(spec.protection)),
-            ("ide2".into(), format!("{},media=cdrom", self.iso)),
-        ];
-        if let Some(balloon) = spec.balloon_mib {
-            form.push(("balloon".into(), balloon.to_string()));
-        }
-        if let Some(machine) = &spec.machine {
-            form.push(("machine".into(), machine.clone()));
-        }
-        if spec.bios == Bios::Ovmf {
-            form.push(("efidisk0".into(), format!("{}:1,efitype=4m,pre-enrolled-keys=0", self.efi_storage)));
-        }
-        for (slot, disk) in &spec.disks {
-            form.push((slot.clone(), format_new_disk(disk)));
-        }
-        for (slot, net) in &spec.networks {
-            form.push((slot.clone(), format_net(net)));
-        }
+        let disks = spec.disks.iter().map(|(slot, disk)| (slot.clone(), format_new_disk(disk))).collect();
+        let cdrom = ("ide2".to_string(), format!("{},media=cdrom", self.iso));
         let boot: Vec<String> =
             spec.disks.keys().next().cloned().into_iter().chain(["ide2".into()]).collect();
-        form.push(("boot".into(), format!("order={}", boot.join(";"))));
-        if let Some(pool) = &spec.pool {
-            form.push(("pool".into(), pool.clone()));
-        }
-        form
+        new_vm_form(self.vmid, spec, self.description, self.efi_storage, Some(cdrom), disks, &boot)
     }
+}
+
+/// `POST /nodes/{node}/qemu`: a VM from scratch whose disks are imported from image files
+/// (`<disk storage>:0,import-from=<volume>`: each new disk gets its image's size, apply grows it
+/// afterwards), booting from the first disk; tags and notes set at creation.
+#[derive(Debug, Clone)]
+pub struct ImageCreateForm<'a> {
+    pub vmid: u32,
+    pub spec: &'a VmSpec,
+    pub description: &'a str,
+    /// Disk slot → the import volume its disk is created from (`local:import/nixprox-….qcow2`).
+    pub imports: &'a BTreeMap<String, String>,
+    /// Where the EFI vars disk goes (OVMF only): a new, empty one.
+    pub efi_storage: &'a str,
+}
+
+impl ImageCreateForm<'_> {
+    /// The form, or the slot of a declared disk that has no image.
+    pub fn form(&self) -> Result<Form, String> {
+        let spec = self.spec;
+        let mut disks = Vec::new();
+        for (slot, disk) in &spec.disks {
+            let source = self.imports.get(slot).ok_or_else(|| slot.clone())?;
+            disks.push((slot.clone(), format_import_disk(disk, source)));
+        }
+        let boot: Vec<String> = spec.disks.keys().next().cloned().into_iter().collect();
+        Ok(new_vm_form(self.vmid, spec, self.description, self.efi_storage, None, disks, &boot))
+    }
+}
+
+/// The create form both ways share: identity, notes and tags, hardware, firmware (an EFI disk
+/// with Proxmox's 4 MiB layout and no pre-enrolled keys for OVMF), the given drives, NICs, boot
+/// order and pool.
+fn new_vm_form(
+    vmid: u32,
+    spec: &VmSpec,
+    description: &str,
+    efi_storage: &str,
+    cdrom: Option<(String, String)>,
+    disks: Vec<(String, String)>,
+    boot: &[String],
+) -> Form {
+    let flag = |on: bool| if on { "1" } else { "0" }.to_string();
+    let mut tags: BTreeSet<String> = spec.tags.iter().map(|t| t.to_lowercase()).collect();
+    tags.insert(MANAGED_TAG.into());
+    let mut form: Form = vec![
+        ("vmid".into(), vmid.to_string()),
+        ("name".into(), spec.name.clone()),
+        ("description".into(), description.into()),
+        ("tags".into(), format_tags(&tags)),
+        ("ostype".into(), "l26".into()),
+        ("scsihw".into(), "virtio-scsi-single".into()),
+        ("cores".into(), spec.cores.to_string()),
+        ("sockets".into(), spec.sockets.to_string()),
+        ("cpu".into(), spec.cpu_type.clone()),
+        ("memory".into(), spec.memory_mib.to_string()),
+        ("bios".into(), spec.bios.as_str().into()),
+        ("agent".into(), flag(spec.agent)),
+        ("onboot".into(), flag(spec.on_boot)),
+        ("protection".into(), flag(spec.protection)),
+    ];
+    form.extend(cdrom);
+    if let Some(balloon) = spec.balloon_mib {
+        form.push(("balloon".into(), balloon.to_string()));
+    }
+    if let Some(machine) = &spec.machine {
+        form.push(("machine".into(), machine.clone()));
+    }
+    if spec.bios == Bios::Ovmf {
+        form.push(("efidisk0".into(), format!("{efi_storage}:1,efitype=4m,pre-enrolled-keys=0")));
+    }
+    form.extend(disks);
+    for (slot, net) in &spec.networks {
+        form.push((slot.clone(), format_net(net)));
+    }
+    form.push(("boot".into(), format!("order={}", boot.join(";"))));
+    if let Some(pool) = &spec.pool {
+        form.push(("pool".into(), pool.clone()));
+    }
+    form
 }
 
 #[cfg(test)]
@@ -350,6 +394,62 @@ mod tests {
         let notes = notes_of(raw);
         assert_eq!(notes.user_text, "hand-made");
         assert_eq!(notes.metadata().map(|m| m.host.as_str()), Some("web"));
+    }
+
+    #[test]
+    fn a_vm_from_images_imports_every_disk_and_boots_the_first() {
+        use crate::spec::{DiskSpec, VmSpec};
+        let disk = |serial: &str| DiskSpec {
+            storage: "local-lvm".into(),
+            size_bytes: 20 << 30,
+            serial: Some(serial.into()),
+            discard: true,
+            ssd: false,
+            iothread: false,
+        };
+        let spec = VmSpec {
+            name: "web".into(),
+            cores: 2,
+            sockets: 1,
+            cpu_type: "host".into(),
+            memory_mib: 2048,
+            balloon_mib: None,
+            bios: Bios::Ovmf,
+            machine: None,
+            agent: true,
+            disks: [("scsi0".to_string(), disk("root")), ("scsi1".to_string(), disk("data"))].into(),
+            networks: Default::default(),
+            tags: Default::default(),
+            description: String::new(),
+            on_boot: true,
+            protection: false,
+            pool: None,
+        };
+        let imports = BTreeMap::from([
+            ("scsi0".to_string(), "images:import/nixprox-h-scsi0.raw".to_string()),
+            ("scsi1".to_string(), "images:import/nixprox-h-scsi1.raw".to_string()),
+        ]);
+        let form = ImageCreateForm {
+            vmid: 120,
+            spec: &spec,
+            description: "n",
+            imports: &imports,
+            efi_storage: "local-lvm",
+        }
+        .form()
+        .expect("every disk has an image");
+        let value = |key: &str| form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        assert_eq!(
+            value("scsi0"),
+            Some("local-lvm:0,import-from=images:import/nixprox-h-scsi0.raw,discard=on,serial=root")
+        );
+        assert_eq!(value("efidisk0"), Some("local-lvm:1,efitype=4m,pre-enrolled-keys=0"));
+        assert_eq!(value("boot"), Some("order=scsi0"));
+        assert_eq!(value("ide2"), None, "no installer");
+        let one = BTreeMap::from([("scsi0".to_string(), "images:import/x.raw".to_string())]);
+        let missing =
+            ImageCreateForm { imports: &one, vmid: 120, spec: &spec, description: "n", efi_storage: "s" };
+        assert_eq!(missing.form(), Err("scsi1".to_string()));
     }
 
     #[test]

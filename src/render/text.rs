@@ -28,7 +28,7 @@ impl Paint {
     fn kind(&self, action: &Action) -> String {
         let code = match action.kind {
             _ if action.blocked.is_some() => "2",
-            ActionKind::CreateVm | ActionKind::Install | ActionKind::Adopt => "32",
+            ActionKind::UploadImage | ActionKind::CreateVm | ActionKind::Install | ActionKind::Adopt => "32",
             ActionKind::DestroyVm
             | ActionKind::ReplaceVm
             | ActionKind::Reinstall
@@ -42,7 +42,7 @@ impl Paint {
 fn sign(action: &Action) -> char {
     match action.kind {
         _ if action.blocked.is_some() => '!',
-        ActionKind::CreateVm | ActionKind::Install | ActionKind::Adopt => '+',
+        ActionKind::UploadImage | ActionKind::CreateVm | ActionKind::Install | ActionKind::Adopt => '+',
         ActionKind::DestroyVm => '-',
         ActionKind::ReplaceVm | ActionKind::Reinstall | ActionKind::DetachDisk => '±',
         _ => '~',

@@ -8,7 +8,9 @@ use crate::apply::approval::record::Record;
 use crate::apply::{self, ApplyOptions, Cancel, Progress, ProgressMode, Reviewed, ReviewedPlan, RunRequest};
 use crate::cli::ApplyArgs;
 use crate::deploy::NixosDeployer;
+use crate::flake::Nix;
 use crate::forge::{Forge, ForgeContext, StatusState};
+use crate::image::ImageBuild;
 use crate::install::SshDeployer;
 
 use super::{Outcome, publish, source};
@@ -45,6 +47,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     };
     let only = source::only(&args.source);
     let deployer = deployer(&args, &settings);
+    let image_build = image_build(&args)?;
     let git_rev = sha.clone().or_else(|| git_revision(&args.source.flake));
     let progress = Progress::new(ProgressMode::detect());
     let outcome = apply::run(RunRequest {
@@ -56,6 +59,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         allow_new_plan: args.allow_new_plan,
         git_rev: git_rev.as_deref(),
         deployer: deployer.as_ref().map(|d| d as &dyn NixosDeployer),
+        image_build: Some(&image_build),
         progress: &progress,
         options: ApplyOptions::from_settings(&settings),
         cancel: &cancel,
@@ -81,6 +85,9 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     };
     let report = &outcome.report;
     print!("{}", report.render_text());
+    if settings.apply.gc_images {
+        super::gc_cmd::after_apply(&client, &settings, &evaluated.desired).await;
+    }
     if let Some(path) = &args.report {
         std::fs::write(path, report.to_json())
             .with_context(|| format!("failed to write the report to `{}`", path.display()))?;
@@ -123,6 +130,14 @@ fn deployer(args: &ApplyArgs, settings: &crate::config::Settings) -> Option<SshD
         SshDeployer::new(flake_for_install(&args.source.flake), key, settings)
             .with_override_inputs(overrides),
     )
+}
+
+/// How image hosts' packages are built: the flake and the `--override-input`s it was
+/// evaluated with, so the build is the package the plan evaluated.
+fn image_build(args: &ApplyArgs) -> anyhow::Result<ImageBuild> {
+    let mut build = ImageBuild::new(Nix::default(), flake_for_install(&args.source.flake), "");
+    build.override_inputs = source::override_inputs(&args.source.override_input)?;
+    Ok(build)
 }
 
 fn pair(chunk: &[String]) -> Option<(String, String)> {

@@ -4,6 +4,7 @@
 mod apply_cmd;
 mod drift_cmd;
 mod forget_cmd;
+mod gc_cmd;
 mod import_cmd;
 mod plan_cmd;
 mod privileges;
@@ -113,6 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Command::Drift(args) => drift_cmd::run(args, stdout_color(cli.color)).await,
             Command::Forget(args) => forget_cmd::run(args).await,
             Command::Import(args) => import_cmd::run(args).await,
+            Command::GcImages(args) => gc_cmd::run(args).await,
         }
     })
 }

@@ -218,13 +218,16 @@ pub async fn plan(args: &SourceArgs, probe: bool) -> anyhow::Result<Planned> {
         if probe { Some(super::probe::probe(&client, &settings, &desired, &live).await?) } else { None };
     let started = Instant::now();
     let only = only(args);
-    let plan = crate::plan::plan(PlanInput {
+    let input = PlanInput {
         desired: &desired,
         live: &live,
         policies: settings.policies,
         only: only.as_ref(),
         probes: probes.as_ref(),
-    });
+    };
+    let plan = crate::apply::plan_with_image_stores(&client, input)
+        .await
+        .context("failed to read the image storages")?;
     let planning = started.elapsed();
     let timings = Timings {
         eval_declarations: declarations,
@@ -251,7 +254,7 @@ impl Timings {
     }
 }
 
-fn override_inputs(pairs: &[String]) -> anyhow::Result<Vec<OverrideInput>> {
+pub(super) fn override_inputs(pairs: &[String]) -> anyhow::Result<Vec<OverrideInput>> {
     if !pairs.len().is_multiple_of(2) {
         bail!("--override-input takes two values: NAME REF");
     }

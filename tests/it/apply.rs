@@ -82,6 +82,7 @@ impl Lab {
             allow_new_plan: allow,
             git_rev: Some("0123abc"),
             deployer: None,
+            image_build: None,
             progress: &self.progress,
             options: self.options(),
             cancel: &nixprox::apply::Cancel::new(),
@@ -475,6 +476,7 @@ async fn the_executor_rechecks_protection_before_destroying() {
         reviewed_plan_id: &plan.plan_id,
         git_rev: None,
         deployer: None,
+        image_build: None,
         progress: &lab.progress,
         cancel: &nixprox::apply::Cancel::new(),
     })

@@ -117,3 +117,19 @@ fn no_quorum_stops_apply_with_the_fix() {
     );
     assert!(pve.requests(false).iter().all(|(method, _)| method == "GET"), "nothing was written");
 }
+
+#[test]
+fn a_disko_image_larger_than_its_disk_names_both_sizes_and_the_fix() {
+    // The example's image host, its disko image declared larger than its 32G disk.
+    let fixture = Fixture::copy("homelab");
+    let flake = fixture.dir.path().join("flake.nix");
+    let text = std::fs::read_to_string(&flake).expect("flake.nix");
+    assert!(text.contains("imageSize = \"8G\";"), "the example declares ci's image size");
+    std::fs::write(&flake, text.replace("imageSize = \"8G\";", "imageSize = \"40G\";")).expect("write");
+    let pve = empty_cluster();
+    let run = cli::plan(&fixture, &pve, &[]);
+    assert_eq!(
+        failure(&run, &[]),
+        "error: host `ci`: disko's image `scsi0` for disk `scsi0` is 40G (`disko.devices.disk.*.imageSize`) but `nixprox.vm.disks.scsi0.size` is 32G (raise the disk's size, or lower the image's: an imported disk can only grow)"
+    );
+}

@@ -36,7 +36,10 @@ async fn homelab_inventory_has_every_managed_host_as_declared() {
     assert!(inventory.nix_version.major >= 2, "{:?}", inventory.nix_version);
     assert_eq!(inventory.skipped, ["laptop", "router"]);
     let attrs: Vec<&str> = inventory.hosts.iter().map(|h| h.attr.as_str()).collect();
-    assert_eq!(attrs, ["cache", "db", "dns", "forge", "matrix", "media", "monitor", "nas", "vault", "web"]);
+    assert_eq!(
+        attrs,
+        ["cache", "ci", "db", "dns", "forge", "matrix", "media", "monitor", "nas", "vault", "web"]
+    );
     let host = |attr: &str| -> &HostDecl {
         &inventory.hosts.iter().find(|h| h.attr == attr).expect("host in inventory").decl
     };
@@ -86,7 +89,7 @@ async fn homelab_inventory_has_every_managed_host_as_declared() {
         let suffix = if h.attr == "monitor" { "nixos".to_string() } else { h.decl.vm.name.clone() };
         assert!(toplevel.ends_with(&format!("-nixos-system-{suffix}")), "{}: {toplevel}", h.attr);
         let layout = &h.system.disk_layout_hash;
-        if h.attr == "nas" {
+        if h.attr == "nas" || h.attr == "ci" {
             assert_ne!(layout, &sha256("null"));
             assert!(layout.starts_with("sha256:") && layout.len() == 71, "{layout}");
         } else {
@@ -109,6 +112,12 @@ async fn homelab_inventory_has_every_managed_host_as_declared() {
         matches!(&matrix.bootstrap, Bootstrap::Template { template: TemplateRef::Name(t), .. } if t == "nixos-bootstrap")
     );
     assert_eq!(matrix.node, "pve1");
+    // ci boots from disko's images: the package, its image's declared size, the default storage.
+    let ci = desired.iter().find(|d| d.host == "ci").expect("ci");
+    let Bootstrap::Image(image) = &ci.bootstrap else { panic!("ci is an image host: {:?}", ci.bootstrap) };
+    assert_eq!(image.storage, "images");
+    assert!(image.package.out_path.ends_with("-ci-disko-images"), "{}", image.package.out_path);
+    assert_eq!(image.package.image_sizes, BTreeMap::from([("scsi0".to_string(), "8G".to_string())]));
     assert_eq!(
         desired.iter().find(|d| d.host == "dns").expect("dns").spec.networks["net0"].mac.as_deref(),
         Some("BC:24:11:00:00:18")

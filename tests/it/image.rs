@@ -1,4 +1,4 @@
-//! The groundwork of the image bootstrap against its real counterparts: the image fixture
+//! The image bootstrap's parts against their real counterparts: the image fixture
 //! (`fixtures/image`) evaluated and built by the real `nix`, its images made by Debian's
 //! `qemu-img`, uploaded to and imported by fakepve (with the Proxmox behaviour the test driver
 //! adds), and guest files read through fakepve's guest agent.
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nixprox::config::Defaults;
-use nixprox::flake::host::ImageEval;
+use nixprox::flake::host::{Bootstrap, ImageEval};
 use nixprox::flake::{EvaluatedHost, ResolveError, evaluate, resolve, resolve_all, resolve_image};
 use nixprox::image::{BuiltImages, ImageBuild, ImageError, ImageFormat, build_image, find_images};
 use nixprox::proxmox::guest::{ED25519_HOST_KEY, read_guest_file};
@@ -58,12 +58,9 @@ fn host<'a>(hosts: &'a [EvaluatedHost], attr: &str) -> &'a EvaluatedHost {
     hosts.iter().find(|h| h.attr == attr).unwrap_or_else(|| panic!("host `{attr}` in the inventory"))
 }
 
-/// The host's declared disks, resolved (with the image switched off: resolve refuses image
-/// hosts until the executor can create VMs from images).
+/// The host's declared disks, resolved.
 fn disks(host: &EvaluatedHost) -> BTreeMap<String, DiskSpec> {
-    let mut decl = host.decl.clone();
-    decl.bootstrap.image.enable = false;
-    resolve(&host.attr, &decl, &host.system, &defaults()).expect("the host resolves").spec.disks
+    resolve(&host.attr, &host.decl, &host.system, &defaults()).expect("the host resolves").spec.disks
 }
 
 fn package(host: &EvaluatedHost) -> &ImageEval {
@@ -134,9 +131,15 @@ async fn image_packages_are_evaluated_never_built() {
         resolve_image(&nopackage.attr, &nopackage.decl, &nopackage.system, &defaults()),
         Err(ResolveError::NoImagePackage { .. })
     ));
-    // Until apply can create VMs from images, planning such a flake stops with the fix.
-    let err = resolve_all(&hosts, &defaults()).expect_err("image hosts are refused for now");
-    assert!(matches!(err, ResolveError::ImageBootstrapUnavailable { ref host } if host == "cache"), "{err}");
+    // A host without a package stops the whole flake with the fix; the others resolve.
+    let err = resolve_all(&hosts, &defaults()).expect_err("nopackage has none");
+    assert!(matches!(err, ResolveError::NoImagePackage { ref host } if host == "nopackage"), "{err}");
+    let others: Vec<EvaluatedHost> = hosts.iter().filter(|h| h.attr != "nopackage").cloned().collect();
+    let resolved = resolve_all(&others, &defaults()).expect("image hosts resolve");
+    let disko = resolved.iter().find(|h| h.host == "disko").expect("disko");
+    assert!(
+        matches!(&disko.bootstrap, Bootstrap::Image(source) if source.package.image_sizes["main"] == "32M")
+    );
 }
 
 #[tokio::test]

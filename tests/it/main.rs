@@ -16,6 +16,7 @@ mod forge;
 mod gates;
 mod guide;
 mod image;
+mod image_apply;
 mod install;
 mod layering;
 mod notes;

@@ -56,7 +56,8 @@ fn names(pve: &FakePve) -> Vec<String> {
 #[test]
 fn plan_with_a_token_that_cannot_see_every_vm_fails_with_the_fix() {
     let fixture = Fixture::copy("homelab");
-    // Only one VM is visible: planning would create the others a second time.
+    // Only one VM is visible: planning would create the others a second time. Nor can it read
+    // the image storage `ci` uploads to.
     let scenario = cli::cluster_scenario(&repo().join("fixtures/homelab/cluster.json"))
         .grant(USER, "/vms/101", &["VM.Audit"])
         .grant(TOKEN_ID, "/vms/101", &["VM.Audit"]);
@@ -67,10 +68,12 @@ fn plan_with_a_token_that_cannot_see_every_vm_fails_with_the_fix() {
     assert_eq!(
         error_text(&run),
         "error: the Proxmox token `nixprox@pve!test` lacks privileges this run needs; nothing was changed:
+  Datastore.Audit or Datastore.AllocateSpace on /storage/images (`ci`: its image storage's files)
   VM.Audit on /vms (propagated) (reading the cluster's VMs)
 grant the role `PVEAuditor` (docs/guide.md#proxmox-tokens) on these paths to the token and its user (a privilege-separated token holds only what both hold):
+  pveum acl modify /storage/images --users 'nixprox@pve' --tokens 'nixprox@pve!test' --roles PVEAuditor
   pveum acl modify /vms --users 'nixprox@pve' --tokens 'nixprox@pve!test' --roles PVEAuditor
-or add them to the role you use: pveum role modify <role> --append 1 --privs 'VM.Audit'"
+or add them to the role you use: pveum role modify <role> --append 1 --privs 'Datastore.Audit,VM.Audit'"
     );
     assert!(!run.stderr.contains(pve.secret()));
 }

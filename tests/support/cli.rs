@@ -9,12 +9,20 @@ use serde_json::Value;
 use super::fakepve::{FakePve, Scenario};
 use super::nix::{Fixture, override_inputs, repo};
 
-/// A scenario holding the guests of a fakepve guests file (`fixtures/<name>/cluster.json`).
+/// A scenario holding the guests (and storages, when it has any) of a fakepve guests file
+/// (`fixtures/<name>/cluster.json`).
 pub fn cluster_scenario(path: &Path) -> Scenario {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let file: Value = serde_json::from_str(&text).expect("cluster file is JSON");
     let guests = file["guests"].as_array().expect("cluster file has guests").clone();
-    guests.into_iter().fold(Scenario::new(), Scenario::guest)
+    with_storages(guests.into_iter().fold(Scenario::new(), Scenario::guest), &file)
+}
+
+fn with_storages(scenario: Scenario, file: &Value) -> Scenario {
+    match file.get("storages") {
+        Some(storages) => scenario.set("storages", storages.clone()),
+        None => scenario,
+    }
 }
 
 /// What one run printed and how it ended.
@@ -112,7 +120,7 @@ pub fn homelab_with(edit: impl Fn(&mut Value)) -> (Fixture, FakePve) {
             edit(&mut g);
             s.guest(g)
         });
-    (Fixture::copy("homelab"), FakePve::start(scenario))
+    (Fixture::copy("homelab"), FakePve::start(with_storages(scenario, &file)))
 }
 
 /// `nixprox <args>` with the fixture flake, against the fakepve.

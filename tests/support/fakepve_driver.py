@@ -39,7 +39,10 @@ VM created from scratch finds its installer ISO.
 The image bootstrap needs Proxmox behaviour fakepve 0.5 does not have; `install_image_support`
 adds it, each piece modelled on the Proxmox source it names: `import` uploads (multipart parsed
 as pve-http-server does, checked and checksummed as pve-storage does), VM disks created with
-`import-from` (qemu-server), and guest-agent `file-read` as qemu-server answers it.
+`import-from` (qemu-server), and guest-agent `file-read` as qemu-server answers it. The command
+`boot_agent` (`{"cmd": "boot_agent", "name": "web", "agent": {...}}`) gives every VM of that name
+those agent answers once it runs, as the image's guest agent would; `store_file` puts a file on
+a storage between runs (`content`, and `virtual_size` for an import).
 
 `ceph_slow` (PVE seconds) is fakepve's `ceph_slow()`: every operation on a disk of an RBD storage
 (clone, resize, start, …) takes that much longer; 0 ends it.
@@ -718,6 +721,12 @@ def image_virtual_size(data, fmt):
     return int.from_bytes(data[24:32], 'big')
 
 
+# The `corrupt_upload` fault (`{"cmd": "corrupt_upload", "times": 1}`): the next uploads arrive with
+# their first byte flipped, as a connection that damaged them would deliver them; pve-storage then
+# computes another checksum than the one sent and its task fails (Status.pm, upload).
+CORRUPTED_UPLOADS = {'left': 0}
+
+
 async def upload(self, request):
     """POST /nodes/{node}/storage/{storage}/upload with `import` content, as pve-storage
     src/PVE/API2/Storage/Status.pm (upload) handles it after pve-http-server stored the body;
@@ -736,6 +745,10 @@ async def upload(self, request):
     if int(request.headers.get('Content-Length', -1)) != len(body):
         raise upload_failed()
     fields, data = parse_multipart(body, boundary.group(1).encode())
+    if CORRUPTED_UPLOADS['left'] > 0 and data:
+        # The `corrupt_upload` fault: the bytes that arrived are not the bytes sent.
+        CORRUPTED_UPLOADS['left'] -= 1
+        data = bytes([data[0] ^ 0xff]) + data[1:]
     if fields.get('content') != 'import':
         return await ORIGINAL_UPLOAD(self, request)
     name, node, user = request.match_info['storage'], request.match_info['node'], request[USER]
@@ -849,10 +862,26 @@ def agent_result(vm, command, values):
     return result
 
 
+# VM name -> the guest-agent answers (`interfaces`, `files`) its image's qemu-guest-agent gives
+# once the VM runs (the `boot_agent` command). A VM created from an image has no agent until it
+# boots; a NixOS image with `services.qemuGuest.enable` answers from then on, and its sshd has
+# written its host key (`/etc/ssh/ssh_host_ed25519_key.pub`, read through `file-read`).
+BOOT_AGENTS = {}
+ORIGINAL_AGENT_CALL = FakePve._agent_call
+
+
+async def agent_call(self, match, values):
+    vm = self.find(values['node'], values['vmid'])
+    if vm is not None and vm.agent is None and vm.status == 'running' and vm.name in BOOT_AGENTS:
+        vm.agent = json.loads(json.dumps(BOOT_AGENTS[vm.name]))
+    return await ORIGINAL_AGENT_CALL(self, match, values)
+
+
 def install_image_support():
     FakePve._upload = upload
     FakePve._qm_check_drive = check_drive
     FakePve._qm_new_drive = new_drive
+    FakePve._agent_call = agent_call
     fakepve.agent.result = agent_result
 
 
@@ -894,6 +923,20 @@ async def command(pve, args):
         if 'status' in args:
             vm.qmpstatus = args['status']
         return dump_vm(vm)
+    if name == 'corrupt_upload':
+        CORRUPTED_UPLOADS['left'] = int(args.get('times', 1))
+        return None
+    if name == 'boot_agent':
+        BOOT_AGENTS[args['name']] = args['agent']
+        return None
+    if name == 'store_file':
+        # fakepve's store_file(): a file already on a storage (an earlier upload, complete or
+        # cut short); `virtual_size` is what an import's image header says.
+        pve.store_file(args['storage'], args['name'], int(args['size']), args.get('content', 'iso'))
+        if args.get('virtual_size') is not None:
+            volname = '{0}/{1}'.format(args.get('content', 'iso'), args['name'])
+            pve.storages[args['storage']]['volumes'][volname]['virtual_size'] = int(args['virtual_size'])
+        return None
     if name == 'rescan':
         return dump_vm(pve.rescan(args['vmid']))
     if name == 'volumes':

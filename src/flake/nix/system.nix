@@ -32,6 +32,20 @@ let
     c:
     let
       i = c.config.nixprox.bootstrap.image or null;
+      disko = c.config.system.build.diskoImages or null;
+      disks = c.config.disko.devices.disk or { };
+      # disko's images are `<imageName>.<format>` of `imageSize` (disko's defaults: the disk's
+      # name, 2G): the one package whose image sizes are known without building it.
+      sizes =
+        if disko != null && toString disko == toString i.package then
+          builtins.listToAttrs (
+            map (name: {
+              name = disks.${name}.imageName or name;
+              value = disks.${name}.imageSize or "2G";
+            }) (builtins.attrNames disks)
+          )
+        else
+          { };
     in
     if i == null || !i.enable || i.package == null then
       null
@@ -40,6 +54,7 @@ let
         # Not `outPath`: toJSON would print an attribute set with `outPath` as that string.
         storePath = toString i.package;
         drvPath = i.package.drvPath or null;
+        imageSizes = sizes;
       };
 
   system =

@@ -172,3 +172,61 @@ fn an_allowed_detach_needs_the_disk_privilege() {
     let needs = needs_to_apply(&plan, &[db], &live, true);
     assert!(needs.iter().any(|n| n.privileges == ["VM.Config.Disk"] && n.path == "/vms/102"), "{needs:#?}");
 }
+
+/// `web` as an image host whose images go to the `images` storage.
+fn image_host() -> DesiredHost {
+    use crate::flake::host::{ImageEval, ImageSource};
+    let mut web = testkit::host("web");
+    web.bootstrap = Bootstrap::Image(ImageSource {
+        package: ImageEval {
+            out_path: "/nix/store/0c8yzlgy9xbfn6sjcx6rh6fzqfvc3ai2-web-images".into(),
+            drv_path: None,
+            image_sizes: Default::default(),
+        },
+        format: crate::spec::ImageFormat::Qcow2,
+        storage: "images".into(),
+    });
+    web
+}
+
+#[test]
+fn an_image_host_needs_the_upload_the_import_and_the_agent_file_read() {
+    let web = image_host();
+    let plan = plan_of(std::slice::from_ref(&web), &[]);
+    let needs = needs_to_apply(&plan, std::slice::from_ref(&web), &[], true);
+    let has = |privilege: &str, path: &str| {
+        needs.iter().any(|n| n.privileges.contains(&privilege) && n.path == path)
+    };
+    // pve-storage Status.pm `upload`; Storage.pm `check_volume_access` for an `import` volume.
+    assert!(has("Datastore.AllocateTemplate", "/storage/images"), "{needs:#?}");
+    assert!(has("Datastore.Audit", "/storage/images"));
+    assert!(has("VM.GuestAgent.FileRead", "/vms/*"), "the host key through the agent");
+    assert!(has("VM.Allocate", "/vms/*") && has("Datastore.AllocateSpace", "/storage/local-lvm"));
+    assert!(!has("VM.Clone", "/vms/9000"), "no template");
+    let reader = needs_to_read(&plan, &[web], false);
+    assert!(
+        reader.iter().any(|n| n.path == "/storage/images" && n.privileges.contains(&"Datastore.Audit")),
+        "planning reads the image storage: {reader:#?}"
+    );
+    let apply_token = granted(json!({"/vms": {"VM.Audit": 1}}));
+    let lacking = MissingPrivileges {
+        token: "nixprox@pve!apply".into(),
+        role: APPLY_ROLE,
+        missing: missing(&apply_token, needs),
+    };
+    assert!(
+        lacking.to_string().contains("\n  VM.GuestAgent.FileRead (VM.Monitor on PVE 8) on /vms (propagated) (`web`: its host key (guest agent))"),
+        "{lacking}"
+    );
+}
+
+#[test]
+fn an_installed_image_host_switches_without_reading_files_in_the_guest() {
+    let mut web = image_host();
+    web.system.toplevel.push_str("-2");
+    let live = vec![testkit::live("web", 101)];
+    let plan = plan_of(std::slice::from_ref(&web), &live);
+    let needs = needs_to_apply(&plan, &[web], &live, true);
+    assert!(!needs.iter().any(|n| n.privileges.contains(&"VM.GuestAgent.FileRead")), "{needs:#?}");
+    assert!(!needs.iter().any(|n| n.path.starts_with("/storage/")), "{needs:#?}");
+}
