@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{Bios, VmSpec};
 
-/// `config.nixprox` of one host as the inventory expression prints it (camelCase, as in
+/// `config.nixprox` of one host as the evaluation prints it (camelCase, as in
 /// `nix/module.nix`). Unknown fields are rejected so that module and binary cannot drift apart
-/// silently.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// silently. Serialised the same way into plan shards (`plan --shard`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostDecl {
     pub vm: VmDecl,
@@ -21,10 +21,10 @@ pub struct HostDecl {
     pub deploy: DeployDecl,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VmDecl {
-    /// Already resolved by the inventory expression: `vm.name`, else an explicitly set
+    /// Already resolved by the evaluation (`eval.nix`): `vm.name`, else an explicitly set
     /// `networking.hostName`, else the attribute name.
     pub name: String,
     pub node: Option<String>,
@@ -46,7 +46,7 @@ pub struct VmDecl {
     pub pool: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DiskDecl {
     pub storage: Option<String>,
@@ -57,7 +57,7 @@ pub struct DiskDecl {
     pub iothread: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkDecl {
     pub bridge: Option<String>,
@@ -75,7 +75,7 @@ pub enum TemplateRef {
     Name(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BootstrapDecl {
     pub template: Option<TemplateRef>,
@@ -140,7 +140,7 @@ pub enum Bootstrap {
 }
 
 /// The evaluated system of a host: what `install`/`switch` put on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemEval {
     /// Out path of `system.build.toplevel`.
     pub toplevel: String,

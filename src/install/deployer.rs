@@ -10,12 +10,13 @@ use anyhow::{Context, anyhow, bail};
 use futures::future::BoxFuture;
 
 use super::{
-    DiskKeySource, InstallRequest, NixBuild, SwitchAction, SwitchRequest, default_command, install_host,
-    run_build, switch_host,
+    DiskKeySource, InstallRequest, SwitchAction, SwitchRequest, build_toplevel, default_command,
+    install_host, run_build, switch_host,
 };
 use crate::apply::{DeployTarget, Deployed, NixosDeployer};
 use crate::config::Settings;
 use crate::flake::host::{Bootstrap, DeployStrategy};
+use crate::flake::{Nix, OverrideInput};
 use crate::metadata::Notes;
 use crate::proxmox::Client;
 use crate::ssh::{ClientKey, GeneratedHostKey, generate_host_key};
@@ -33,9 +34,9 @@ pub struct SshDeployer {
     key: ClientKey,
     command: Vec<String>,
     user_override: Option<String>,
-    /// `--override-input` pairs for the builds nixprox runs itself (nixos-anywhere evaluates
-    /// the flake with its lock file).
-    override_inputs: Vec<(String, String)>,
+    /// `--override-input`s for the builds nixprox runs itself (nixos-anywhere evaluates the
+    /// flake with its lock file).
+    override_inputs: Vec<OverrideInput>,
     install_timeout: Duration,
     connect_timeout: Duration,
 }
@@ -66,9 +67,9 @@ impl SshDeployer {
         }
     }
 
-    /// Builds with these `--override-input` pairs (the ones the flake was evaluated with).
-    pub fn with_override_inputs(mut self, pairs: Vec<(String, String)>) -> SshDeployer {
-        self.override_inputs = pairs;
+    /// Builds with these `--override-input`s (the ones the flake was evaluated with).
+    pub fn with_override_inputs(mut self, inputs: Vec<OverrideInput>) -> SshDeployer {
+        self.override_inputs = inputs;
         self
     }
 
@@ -168,11 +169,10 @@ impl SshDeployer {
     /// Builds the host's toplevel on this runner, so `nix copy` has a closure to send (the
     /// plan only evaluated it). A different out path means the flake changed since evaluation.
     async fn build(&self, host: &crate::flake::DesiredHost) -> anyhow::Result<()> {
-        let mut build = NixBuild::toplevel(&self.flake, &host.host);
-        build.override_inputs = self.override_inputs.clone();
+        let build = build_toplevel(&Nix::default(), &self.flake, &host.host, &self.override_inputs);
         tracing::info!(host = %host.host, "building {}", host.system.toplevel);
         let built = run_build(&build, self.install_timeout).await.map_err(|reason| {
-            anyhow!("failed to build the system of host `{}` (`{}`): {reason}", host.host, build.installable)
+            anyhow!("failed to build the system of host `{}` (`{}`): {reason}", host.host, build.describe())
         })?;
         if built != host.system.toplevel {
             bail!(

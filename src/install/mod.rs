@@ -20,7 +20,8 @@ use secrecy::SecretString;
 pub use anywhere::{CLI_FLAGS, KEXEC_MIN_MEMORY_MIB, NixosAnywhere, default_command};
 pub use deployer::{DEFAULT_KEY_ENV, SshDeployer};
 pub use extra_files::{HOST_KEY_PATH, prepare_extra_files};
-pub use nix::{NixBuild, NixCopy, parse_build_json, run_build};
+pub use nix::{NixCopy, build_toplevel, run_build};
+pub use crate::flake::parse_build_json;
 pub use run::{CommandSpec, RunFailure, TAIL_LINES, run_streaming};
 pub use switch::{ACTIVATE_SCRIPT, Activation, FinalStatus, SwitchAction};
 
@@ -322,7 +323,7 @@ pub async fn switch_host(request: &SwitchRequest) -> Result<SwitchOutcome, Switc
         paths: vec![request.toplevel.clone()],
     };
     tracing::info!(host = %host, "copying {} with nix copy", request.toplevel);
-    run_streaming(&copy.spec(), &host, request.copy_timeout).await.map_err(|failure| SwitchError::Copy {
+    run_streaming(&copy.spec(&crate::flake::Nix::default()), &host, request.copy_timeout).await.map_err(|failure| SwitchError::Copy {
         host: host.clone(),
         system: request.toplevel.clone(),
         reason: failure.describe(),

@@ -15,8 +15,8 @@ pub mod vm;
 pub use client::{Client, ClientOptions, RetryPolicy};
 pub use error::{ProxmoxError, TaskFailure, TransportKind};
 pub use read::{
-    Prefetched, ReadRequest, TemplateError, find_template, finish_read, list_vms, prefetch_cluster,
-    read_cluster,
+    Prefetched, ReadRequest, TemplateError, find_template, finish_read, list_cluster, list_vms,
+    prefetch_cluster, read_cluster, read_managed,
 };
 pub use tasks::{TaskOutcome, Upid, wait_task};
 pub use vm::{LiveConfig, LiveVm};

@@ -16,6 +16,7 @@ use super::{Outcome, publish, source};
 const STATUS: &str = "nixprox/apply";
 
 pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
+    let source = source::Source::from_args(&args.source)?;
     let context = publish::detect(&args.forge, args.comment)?;
     let forge = match &context {
         Some(context) if args.comment || (args.plan_id.is_none() && args.reviewed_plan.is_none()) => {
@@ -27,14 +28,14 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     let key = publish::marker_key(&args.source.flake, args.source.config.as_deref());
     let (reviewed, pr) = reviewed_plan(&args, forge.as_ref(), sha.as_deref(), &key).await?;
 
-    let settings = source::load_settings(&args.source)?;
+    let settings = source::load_settings(&source)?;
     let client = source::proxmox_client(&settings)?;
-    let evaluated = source::evaluate(&args.source, &settings).await?;
-    let only = source::only(&args.source);
+    let evaluated = source::evaluate(&source, &settings).await?;
+    let only = source.only();
     let deployer = match SshDeployer::client_key(&settings, &publish::env) {
         Some(key) => Some(
             SshDeployer::new(client.clone(), flake_for_install(&args.source.flake), key, &settings)
-                .with_override_inputs(args.source.override_input.chunks(2).filter_map(pair).collect()),
+                .with_override_inputs(source.override_inputs.clone()),
         ),
         None => {
             tracing::warn!(
@@ -97,13 +98,6 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         }
     }
     Ok(if report.has_failures() { Outcome::HostsFailed } else { Outcome::Success })
-}
-
-fn pair(chunk: &[String]) -> Option<(String, String)> {
-    match chunk {
-        [name, flake_ref] => Some((name.clone(), flake_ref.clone())),
-        _ => None,
-    }
 }
 
 fn run_url(context: &Option<ForgeContext>) -> Option<&str> {

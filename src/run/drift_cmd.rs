@@ -16,9 +16,10 @@ pub async fn run(args: DriftArgs, color: bool) -> anyhow::Result<Outcome> {
         }
         _ => None,
     };
-    let planned = super::source::plan(&args.source, args.probe).await?;
-    if context.is_some() {
-        super::source::warn_if_token_can_write(&planned.client).await;
+    let source = super::source::Source::from_args(&args.source)?;
+    let planned = super::source::plan(&source, args.probe).await?;
+    if let (Some(_), Some(client)) = (&context, &planned.client) {
+        super::source::warn_if_token_can_write(client).await;
     }
     let plan = &planned.plan;
     print!("{}", text::render(plan, text::TextOptions { color }));

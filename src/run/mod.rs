@@ -6,6 +6,7 @@ mod drift_cmd;
 mod plan_cmd;
 mod probe;
 mod publish;
+pub mod shard;
 pub mod source;
 
 use std::io::IsTerminal;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use nixprox::config::Settings;
 use nixprox::flake::host::{Bootstrap, TemplateRef};
-use nixprox::flake::{EvalRequest, FlakeError, HostDecl, Inventory, evaluate, resolve_all};
+use nixprox::flake::{EvalRequest, FlakeError, HostDecl, Hosts, Inventory, evaluate, resolve_all};
 use nixprox::metadata::Notes;
 use sha2::{Digest, Sha256};
 
@@ -201,16 +201,16 @@ async fn eval_error_names_the_host_and_keeps_nix_message() {
         "{err}"
     );
 
-    // A host whose options evaluate but whose system does not: phase two names it.
+    // A host whose options evaluate but whose system does not: named as well.
     let mut request = fixture.request();
-    request.hosts = Some(vec!["good".into(), "broken-system".into()]);
+    request.hosts = Hosts::Only(vec!["good".into(), "broken-system".into()]);
     let err = eval_err(&request).await;
     let FlakeError::Host { host, message, .. } = &err else { panic!("not a host error: {err}") };
     assert_eq!(host, "broken-system");
     assert!(message.contains("no revision: the flake is not a git checkout"), "{message}");
 
     // `--hosts` leaves the broken ones out entirely.
-    request.hosts = Some(vec!["good".into()]);
+    request.hosts = Hosts::Only(vec!["good".into()]);
     let inventory = eval(&request).await;
     assert_eq!(inventory.hosts.len(), 1);
     assert_eq!(inventory.hosts[0].attr, "good");
@@ -220,7 +220,7 @@ async fn eval_error_names_the_host_and_keeps_nix_message() {
 async fn unknown_hosts_in_the_filter_are_errors() {
     let fixture = Fixture::copy("eval-error");
     let mut request = fixture.request();
-    request.hosts = Some(vec!["good".into(), "nope".into()]);
+    request.hosts = Hosts::Only(vec!["good".into(), "nope".into()]);
     let err = eval_err(&request).await;
     assert_eq!(
         err.to_string(),

@@ -301,8 +301,8 @@ pub mod systems {
 
     /// Builds the flake's toplevel the way the executor would (the library's argv builder).
     pub fn build_flake(flake: &str, host: &str) -> String {
-        let mut build = nixprox::install::NixBuild::toplevel(flake, host);
-        build.options.push(("sandbox".into(), "false".into()));
+        let build = nixprox::install::build_toplevel(&nixprox::flake::Nix::default(), flake, host, &[])
+            .option("sandbox", "false");
         let argv = build.argv();
         let output = Command::new(&argv[0])
             .args(&argv[1..])

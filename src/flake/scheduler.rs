@@ -1,0 +1,505 @@
+//! The evaluation scheduler: runs [`worker`](super::worker)s over the hosts within a CPU bound
+//! (`jobs` processes) and a memory bound (`eval.max_memory` for all of them together), and
+//! collects every host's result.
+//!
+//! How it adapts without tuning:
+//! - **Start**: `jobs` workers split the hosts among themselves inside nix (every `jobs`-th
+//!   name), so no separate listing is paid for; each reserves `max_memory / jobs`.
+//! - **Cheap hosts** stay in those few big workers: one process start, one flake fetch and one
+//!   evaluation of the shared libraries per worker.
+//! - **Memory**: every worker's resident memory is sampled every [`SAMPLE_EVERY`]. A worker
+//!   that would pass its reservation with its next host is replaced at that host boundary
+//!   (nothing is lost: finished hosts were reported); one that passes it mid-host is killed
+//!   and its hosts go back to the queue. When even a fresh worker cannot finish its first host
+//!   within its reservation, reservations double (fewer workers at once, each with more room:
+//!   heavy hosts end up one per worker), up to the whole `max_memory`; a host that does not
+//!   fit in that alone is an error naming it and the setting.
+//! - **Balance**: when a slot is free and nothing is queued, the tail of the busiest worker's
+//!   list is handed to a new worker, if what is left there takes longer than starting one; the
+//!   old worker is stopped when it reaches the handed-off part.
+//! - **Failures**: nix stops at the first host that fails, and the host being evaluated is the
+//!   first one the worker had not reported, so no second evaluation is needed to blame it.
+//!   The error reported is the first failing host in name order (lists are sorted, and hosts
+//!   after a known failure are not started), so it does not depend on timing.
+//!
+//! The worker count, reservations, restarts and the peak of the summed memory are reported in
+//! [`EvalStats`] for `--timings` and the benchmark.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::command::{NixCommand, NixError, trim_stderr};
+use super::worker::{self, Event, Handle};
+
+/// How often every worker's resident memory is read.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+
+/// What a worker may start before the first one reported how long that takes.
+const STARTUP_GUESS: Duration = Duration::from_millis(300);
+
+/// What one worker evaluates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Of all attributes (sorted), every `count`-th from `index` on, applied in turn.
+    Partition(Vec<[usize; 2]>),
+    /// These attributes (sorted).
+    Names(Vec<String>),
+}
+
+/// The bounds of one evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Workers at once (at least 1).
+    pub jobs: usize,
+    /// Resident memory of all workers together, in bytes.
+    pub max_memory: u64,
+    /// Most hosts one process evaluates before it is replaced; 0 = no limit.
+    pub batch: usize,
+}
+
+/// How the evaluation went, for `--timings` and the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EvalStats {
+    /// `nix eval` processes started.
+    pub processes: usize,
+    /// Workers replaced because of memory or `--eval-batch` (their hosts went on elsewhere).
+    pub restarts: usize,
+    /// Tails of a worker's list handed to a new worker.
+    pub steals: usize,
+    /// The largest sum of all workers' resident memory seen, in bytes.
+    pub peak_memory: u64,
+    /// The largest reservation a worker had at the end, in bytes.
+    pub reservation: u64,
+    /// Workers that ran at once at most.
+    pub max_workers: usize,
+}
+
+/// Every host's result as `eval.nix` reported it, and what went wrong.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub results: BTreeMap<String, Value>,
+    /// Requested names the flake does not have.
+    pub missing: Vec<String>,
+    pub stats: EvalStats,
+}
+
+/// Why an evaluation stopped.
+#[derive(Debug)]
+pub enum Failure {
+    Nix(NixError),
+    /// Outside any host (the flake, `nixosConfigurations`): nix's trimmed message.
+    Flake(String),
+    /// The first failing host in name order, with nix's trimmed message.
+    Host { host: String, message: String },
+    /// A host that alone needs more than `max_memory` (`None`: before any host).
+    Memory { host: Option<String>, rss: u64 },
+}
+
+/// Builds the command of a worker for a selection and the run's marker.
+pub type CommandFor<'a> = dyn Fn(&Selection, &str) -> NixCommand + Send + Sync + 'a;
+
+#[derive(Debug)]
+enum Stop {
+    /// Replace it at a host boundary: its unreported hosts go back to the queue.
+    Restart,
+    /// Past its reservation mid-host.
+    OverShare { rss: u64 },
+    /// It reached the part of its list another worker took over.
+    Finished,
+    /// Only hosts after a known failure are left.
+    Abandon,
+}
+
+#[derive(Debug)]
+struct Queued {
+    selection: Selection,
+    reservation: u64,
+}
+
+#[derive(Debug)]
+struct Running {
+    handle: Handle,
+    selection: Selection,
+    reservation: u64,
+    spawned: Instant,
+    /// Known from the worker's first report.
+    hosts: Option<Vec<String>>,
+    /// The worker answers for `hosts[..end]`; the rest was handed off.
+    end: usize,
+    done: usize,
+    /// When the worker listed its hosts, and its memory then.
+    hello: Option<(Instant, u64)>,
+    stop: Option<Stop>,
+}
+
+impl Running {
+    fn next_host(&self) -> Option<&str> {
+        let hosts = self.hosts.as_ref()?;
+        (self.done < self.end).then(|| hosts[self.done].as_str())
+    }
+
+    fn rss(&self) -> u64 {
+        self.handle.pid.and_then(worker::rss_bytes).unwrap_or(0)
+    }
+}
+
+struct Scheduler<'a> {
+    command_for: &'a CommandFor<'a>,
+    limits: Limits,
+    marker: String,
+    events: mpsc::UnboundedSender<Event>,
+    next_id: usize,
+    running: BTreeMap<usize, Running>,
+    queue: VecDeque<Queued>,
+    /// The reservation new workers get: starts at `max_memory / jobs`, doubles when a fresh
+    /// worker cannot finish its first host within it.
+    current: u64,
+    reserved: u64,
+    startup: Option<Duration>,
+    collected: Collected,
+    failures: BTreeMap<String, String>,
+    fatal: Option<Failure>,
+}
+
+/// Evaluates `initial` (each selection one worker to start with) within `limits`.
+pub async fn run(
+    initial: Vec<Selection>,
+    limits: Limits,
+    command_for: &CommandFor<'_>,
+    marker: String,
+) -> Result<Collected, Failure> {
+    let limits = Limits { jobs: limits.jobs.max(1), max_memory: limits.max_memory.max(1), ..limits };
+    let (events, mut receiver) = mpsc::unbounded_channel();
+    let starting = initial.len().clamp(1, limits.jobs) as u64;
+    let current = limits.max_memory / starting;
+    let mut scheduler = Scheduler {
+        command_for,
+        limits,
+        marker,
+        events,
+        next_id: 0,
+        running: BTreeMap::new(),
+        queue: initial.into_iter().map(|selection| Queued { selection, reservation: current }).collect(),
+        current,
+        reserved: 0,
+        startup: None,
+        collected: Collected::default(),
+        failures: BTreeMap::new(),
+        fatal: None,
+    };
+    scheduler.fill()?;
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while !scheduler.running.is_empty() {
+        tokio::select! {
+            event = receiver.recv() => {
+                if let Some(event) = event {
+                    scheduler.on_event(event);
+                    if scheduler.fatal.is_some() {
+                        break;
+                    }
+                    scheduler.fill()?;
+                }
+            }
+            _ = tick.tick() => scheduler.sample(),
+        }
+    }
+    // Dropping the handles kills whatever still runs (after a fatal error).
+    scheduler.finish()
+}
+
+impl Scheduler<'_> {
+    fn finish(mut self) -> Result<Collected, Failure> {
+        if let Some(fatal) = self.fatal.take() {
+            return Err(fatal);
+        }
+        if let Some((host, message)) = self.failures.pop_first() {
+            return Err(Failure::Host { host, message });
+        }
+        self.collected.stats.reservation = self.current;
+        self.collected.missing.sort();
+        self.collected.missing.dedup();
+        Ok(self.collected)
+    }
+
+    /// The first failing host so far: later hosts need not be evaluated.
+    fn first_failure(&self) -> Option<&str> {
+        self.failures.keys().next().map(String::as_str)
+    }
+
+    /// Starts queued work, then steals, while slots and memory allow.
+    fn fill(&mut self) -> Result<(), Failure> {
+        while self.running.len() < self.limits.jobs {
+            if let Some(queued) = self.queue.front_mut() {
+                if let (Selection::Names(names), Some(first)) = (&mut queued.selection, self.failures.keys().next())
+                {
+                    names.retain(|n| n < first);
+                }
+                if matches!(&queued.selection, Selection::Names(names) if names.is_empty()) {
+                    self.queue.pop_front();
+                    continue;
+                }
+                if self.reserved + queued.reservation > self.limits.max_memory && !self.running.is_empty() {
+                    break;
+                }
+                if let Some(queued) = self.queue.pop_front() {
+                    self.spawn(queued)?;
+                }
+                continue;
+            }
+            if self.reserved + self.current > self.limits.max_memory || !self.steal()? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, queued: Queued) -> Result<(), Failure> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let command = (self.command_for)(&queued.selection, &self.marker);
+        let handle = worker::spawn(id, &command, self.marker.clone(), self.events.clone()).map_err(Failure::Nix)?;
+        tracing::debug!(
+            worker = id,
+            reservation_mib = queued.reservation >> 20,
+            selection = ?short(&queued.selection),
+            "starting an evaluation worker"
+        );
+        self.reserved += queued.reservation;
+        self.running.insert(
+            id,
+            Running {
+                handle,
+                selection: queued.selection,
+                reservation: queued.reservation,
+                spawned: Instant::now(),
+                hosts: None,
+                end: 0,
+                done: 0,
+                hello: None,
+                stop: None,
+            },
+        );
+        self.collected.stats.processes += 1;
+        self.collected.stats.max_workers = self.collected.stats.max_workers.max(self.running.len());
+        Ok(())
+    }
+
+    /// Hands the second half of the busiest worker's unstarted hosts to a new worker, when
+    /// what is left there takes longer than twice a worker's start.
+    fn steal(&mut self) -> Result<bool, Failure> {
+        let startup = self.startup.unwrap_or(STARTUP_GUESS);
+        let now = Instant::now();
+        let victim = self
+            .running
+            .iter()
+            .filter(|(_, w)| w.stop.is_none())
+            .filter_map(|(&id, w)| {
+                let (since, _) = w.hello?;
+                let left = w.end.checked_sub(w.done + 1)?;
+                let per_host = now.duration_since(since) / u32::try_from(w.done.max(1)).unwrap_or(u32::MAX);
+                (left >= 2 && per_host * u32::try_from(left).unwrap_or(u32::MAX) > startup * 2).then_some((left, id))
+            })
+            .max();
+        let Some((left, id)) = victim else { return Ok(false) };
+        let Some(worker) = self.running.get_mut(&id) else { return Ok(false) };
+        let Some(hosts) = &worker.hosts else { return Ok(false) };
+        let split = worker.done + 1 + left / 2;
+        let tail = hosts[split..worker.end].to_vec();
+        worker.end = split;
+        tracing::debug!(from = id, hosts = tail.len(), "handing the tail of a worker's hosts to a new worker");
+        self.collected.stats.steals += 1;
+        let reservation = self.current;
+        self.spawn(Queued { selection: Selection::Names(tail), reservation })?;
+        Ok(true)
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Hello { worker, hosts, missing } => {
+                self.collected.missing.extend(missing);
+                let Some(w) = self.running.get_mut(&worker) else { return };
+                let rss = w.rss();
+                let now = Instant::now();
+                let took = now.duration_since(w.spawned);
+                self.startup = Some(self.startup.map_or(took, |s| s.max(took)));
+                w.end = hosts.len();
+                w.hosts = Some(hosts);
+                w.hello = Some((now, rss));
+                self.abandon_after_failure(worker);
+            }
+            Event::Host { worker, result } => self.on_host(worker, result),
+            Event::Exit { worker, status, stderr } => self.on_exit(worker, status, &stderr),
+        }
+    }
+
+    fn on_host(&mut self, worker: usize, result: Value) {
+        let Some(w) = self.running.get_mut(&worker) else { return };
+        let Some(host) = result.get("host").and_then(Value::as_str).map(str::to_string) else { return };
+        if w.next_host() == Some(host.as_str()) {
+            w.done += 1;
+        }
+        self.collected.results.entry(host).or_insert(result);
+        if w.stop.is_some() {
+            return;
+        }
+        let Some(hosts) = &w.hosts else { return };
+        if w.done >= w.end {
+            if w.end < hosts.len() {
+                w.stop = Some(Stop::Finished);
+                w.handle.kill();
+            }
+            return;
+        }
+        let rss = w.rss();
+        let base = w.hello.map_or(0, |(_, rss)| rss);
+        let per_host = rss.saturating_sub(base) / w.done.max(1) as u64;
+        let batch_full = self.limits.batch > 0 && w.done >= self.limits.batch;
+        if batch_full || rss + per_host > w.reservation {
+            tracing::debug!(
+                worker,
+                rss_mib = rss >> 20,
+                reservation_mib = w.reservation >> 20,
+                done = w.done,
+                "replacing an evaluation worker at a host boundary"
+            );
+            w.stop = Some(Stop::Restart);
+            w.handle.kill();
+            self.collected.stats.restarts += 1;
+            return;
+        }
+        self.abandon_after_failure(worker);
+    }
+
+    /// Stops a worker whose remaining hosts all come after a known failure.
+    fn abandon_after_failure(&mut self, worker: usize) {
+        let Some(first) = self.first_failure().map(str::to_string) else { return };
+        let Some(w) = self.running.get_mut(&worker) else { return };
+        if w.stop.is_none() && w.next_host().is_some_and(|next| next > first.as_str()) {
+            w.stop = Some(Stop::Abandon);
+            w.handle.kill();
+        }
+    }
+
+    fn on_exit(&mut self, worker: usize, status: Result<std::process::ExitStatus, String>, stderr: &str) {
+        let Some(w) = self.running.remove(&worker) else { return };
+        self.reserved -= w.reservation;
+        let rest = |w: &Running| -> Option<Vec<String>> {
+            let hosts = w.hosts.as_ref()?;
+            (w.done < w.end).then(|| hosts[w.done..w.end].to_vec())
+        };
+        match w.stop {
+            Some(Stop::Finished | Stop::Abandon) => {}
+            Some(Stop::Restart) => {
+                if let Some(rest) = rest(&w) {
+                    let reservation = self.current;
+                    self.queue.push_front(Queued { selection: Selection::Names(rest), reservation });
+                }
+            }
+            Some(Stop::OverShare { rss }) => self.over_share(&w, rss, rest(&w)),
+            None => self.ended(&w, status, stderr),
+        }
+    }
+
+    /// A worker passed its reservation mid-host.
+    fn over_share(&mut self, w: &Running, rss: u64, rest: Option<Vec<String>>) {
+        self.collected.stats.restarts += 1;
+        if w.done > 0 {
+            // Its first hosts fit: the rest may too, in a fresh worker.
+            if let Some(rest) = rest {
+                let reservation = self.current;
+                self.queue.push_front(Queued { selection: Selection::Names(rest), reservation });
+            }
+            return;
+        }
+        let host = w.next_host().map(str::to_string);
+        if w.reservation >= self.limits.max_memory {
+            self.fatal = Some(Failure::Memory { host, rss });
+            return;
+        }
+        let reservation = (w.reservation.saturating_mul(2)).min(self.limits.max_memory);
+        tracing::info!(
+            host = host.as_deref().unwrap_or("(listing)"),
+            "a host needs more than {} MiB to evaluate: giving each evaluation worker {} MiB (fewer at once)",
+            w.reservation >> 20,
+            reservation >> 20
+        );
+        self.current = self.current.max(reservation);
+        let selection = match rest {
+            Some(rest) => Selection::Names(rest),
+            None => w.selection.clone(),
+        };
+        self.queue.push_front(Queued { selection, reservation });
+    }
+
+    /// A worker ended on its own.
+    fn ended(&mut self, w: &Running, status: Result<std::process::ExitStatus, String>, stderr: &str) {
+        let status = match status {
+            Ok(status) => status,
+            Err(err) => {
+                self.fatal = Some(Failure::Flake(format!("could not wait for nix: {err}")));
+                return;
+            }
+        };
+        let message = match status.code() {
+            Some(0) => match w.next_host() {
+                None if w.hosts.is_some() => return,
+                None => "nix finished without listing the hosts it evaluated".to_string(),
+                Some(_) => "nix finished without reporting this host".to_string(),
+            },
+            Some(_) => trim_stderr(stderr),
+            None => format!(
+                "nix was killed by a signal (out of memory? `eval.max_memory` in nixprox.yaml bounds nixprox's own evaluations){}",
+                tail_note(stderr)
+            ),
+        };
+        match w.next_host() {
+            Some(host) => {
+                self.failures.insert(host.to_string(), message);
+                let ids: Vec<usize> = self.running.keys().copied().collect();
+                for id in ids {
+                    self.abandon_after_failure(id);
+                }
+            }
+            // Failed before listing its hosts: the flake itself (or a host reported beyond
+            // the part this worker answered for, which its new owner reports again).
+            None if w.hosts.is_none() => self.fatal = Some(Failure::Flake(message)),
+            None => {}
+        }
+    }
+
+    /// Reads every worker's memory; kills those past their reservation.
+    fn sample(&mut self) {
+        let mut total = 0;
+        for w in self.running.values_mut() {
+            let rss = w.rss();
+            total += rss;
+            if rss > w.reservation && w.stop.is_none() {
+                tracing::debug!(rss_mib = rss >> 20, reservation_mib = w.reservation >> 20, "evaluation worker over its memory");
+                w.stop = Some(Stop::OverShare { rss });
+                w.handle.kill();
+            }
+        }
+        self.collected.stats.peak_memory = self.collected.stats.peak_memory.max(total);
+    }
+}
+
+fn tail_note(stderr: &str) -> String {
+    let trimmed = trim_stderr(stderr);
+    if trimmed.is_empty() { String::new() } else { format!(": {trimmed}") }
+}
+
+/// A selection for the log: the partition, or the first names and how many.
+fn short(selection: &Selection) -> String {
+    match selection {
+        Selection::Partition(parts) => format!("partition {parts:?}"),
+        Selection::Names(names) => match names.as_slice() {
+            [] => "no hosts".into(),
+            [one] => one.clone(),
+            [first, .., last] => format!("{first}…{last} ({})", names.len()),
+        },
+    }
+}
