@@ -164,13 +164,13 @@ pub enum FlakeError {
     #[error("failed to evaluate host `{host}` of flake `{flake}`: {message}")]
     Host { host: String, flake: String, message: String },
     #[error(
-        "host `{host}` of flake `{flake}` alone needs more than `eval.max_memory` ({limit} MiB) to evaluate: nix reached {used} MiB on this host alone (raise `eval.max_memory` in nixprox.yaml)"
+        "host `{host}` of flake `{flake}` alone needs more than `eval.max_memory` ({limit} MiB) to evaluate: a `nix eval` of only this host outgrew it (raise `eval.max_memory` in nixprox.yaml)"
     )]
-    HostMemory { host: String, flake: String, limit: u64, used: u64 },
+    HostMemory { host: String, flake: String, limit: u64 },
     #[error(
-        "listing the hosts of flake `{flake}` needs more than `eval.max_memory` ({limit} MiB): nix reached {used} MiB before evaluating any host (raise `eval.max_memory` in nixprox.yaml)"
+        "listing the hosts of flake `{flake}` needs more than `eval.max_memory` ({limit} MiB): `nix eval` outgrew it before evaluating any host (raise `eval.max_memory` in nixprox.yaml)"
     )]
-    FlakeMemory { flake: String, limit: u64, used: u64 },
+    FlakeMemory { flake: String, limit: u64 },
     #[error(
         "failed to decode the `nixprox` options of host `{host}`: {source} (does the flake use a nixprox module of another version than this binary?)"
     )]
@@ -251,12 +251,8 @@ pub async fn evaluate(req: &EvalRequest) -> Result<Inventory, FlakeError> {
             Failure::Nix(err) => FlakeError::Nix(err),
             Failure::Flake(message) => FlakeError::Flake { flake, message },
             Failure::Host { host, message } => FlakeError::Host { host, flake, message },
-            Failure::Memory { host: Some(host), rss } => {
-                FlakeError::HostMemory { host, flake, limit: mib(req.max_memory), used: mib(rss) }
-            }
-            Failure::Memory { host: None, rss } => {
-                FlakeError::FlakeMemory { flake, limit: mib(req.max_memory), used: mib(rss) }
-            }
+            Failure::Memory { host: Some(host) } => FlakeError::HostMemory { host, flake, limit: mib(req.max_memory) },
+            Failure::Memory { host: None } => FlakeError::FlakeMemory { flake, limit: mib(req.max_memory) },
         }
     })?;
     let elapsed = started.elapsed();

@@ -95,7 +95,7 @@ pub enum Failure {
     /// The first failing host in name order, with nix's trimmed message.
     Host { host: String, message: String },
     /// A host that alone needs more than `max_memory` (`None`: before any host).
-    Memory { host: Option<String>, rss: u64 },
+    Memory { host: Option<String> },
 }
 
 /// Builds the command of a worker for a selection and the run's marker.
@@ -160,7 +160,8 @@ struct Scheduler<'a> {
     reserved: u64,
     startup: Option<Duration>,
     collected: Collected,
-    failures: BTreeMap<String, String>,
+    /// Failed hosts: nix's message, or `None` when the host alone outgrew `max_memory`.
+    failures: BTreeMap<String, Option<String>>,
     fatal: Option<Failure>,
 }
 
@@ -216,8 +217,10 @@ impl Scheduler<'_> {
         if let Some(fatal) = self.fatal.take() {
             return Err(fatal);
         }
-        if let Some((host, message)) = self.failures.pop_first() {
-            return Err(Failure::Host { host, message });
+        match self.failures.pop_first() {
+            Some((host, Some(message))) => return Err(Failure::Host { host, message }),
+            Some((host, None)) => return Err(Failure::Memory { host: Some(host) }),
+            None => {}
         }
         self.collected.stats.reservation = self.current;
         self.collected.missing.sort();
@@ -417,7 +420,11 @@ impl Scheduler<'_> {
         }
         let host = w.next_host().map(str::to_string);
         if w.reservation >= self.limits.max_memory {
-            self.fatal = Some(Failure::Memory { host, rss });
+            tracing::debug!(host = host.as_deref().unwrap_or("(listing)"), rss_mib = rss >> 20, "alone over max_memory");
+            match host {
+                Some(host) => self.fail(host, None),
+                None => self.fatal = Some(Failure::Memory { host: None }),
+            }
             return;
         }
         let reservation = (w.reservation.saturating_mul(2)).min(self.limits.max_memory);
@@ -457,17 +464,20 @@ impl Scheduler<'_> {
             ),
         };
         match w.next_host() {
-            Some(host) => {
-                self.failures.insert(host.to_string(), message);
-                let ids: Vec<usize> = self.running.keys().copied().collect();
-                for id in ids {
-                    self.abandon_after_failure(id);
-                }
-            }
+            Some(host) => self.fail(host.to_string(), Some(message)),
             // Failed before listing its hosts: the flake itself (or a host reported beyond
             // the part this worker answered for, which its new owner reports again).
             None if w.hosts.is_none() => self.fatal = Some(Failure::Flake(message)),
             None => {}
+        }
+    }
+
+    /// Records a failed host and stops the workers that only have later hosts left.
+    fn fail(&mut self, host: String, message: Option<String>) {
+        self.failures.insert(host, message);
+        let ids: Vec<usize> = self.running.keys().copied().collect();
+        for id in ids {
+            self.abandon_after_failure(id);
         }
     }
 
