@@ -32,13 +32,17 @@ pub struct OverrideInput {
 /// A malformed `--override-input`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OverrideInputError {
-    #[error("`--override-input {0}` has no flake reference (it takes two values: `--override-input NAME REF`)")]
+    #[error(
+        "`--override-input {0}` has no flake reference (it takes two values: `--override-input NAME REF`)"
+    )]
     MissingRef(String),
     #[error(
         "`--override-input` has an empty input name (it takes two values: `--override-input NAME REF`, e.g. `--override-input nixpkgs github:NixOS/nixpkgs/nixos-24.11`)"
     )]
     EmptyName,
-    #[error("`--override-input {0}` has an empty flake reference (give a flake reference, e.g. `path:/src/nixpkgs`)")]
+    #[error(
+        "`--override-input {0}` has an empty flake reference (give a flake reference, e.g. `path:/src/nixpkgs`)"
+    )]
     EmptyRef(String),
 }
 
@@ -512,7 +516,8 @@ mod tests {
 
     #[test]
     fn copy_argv_has_no_flake_options_and_its_own_env() {
-        let command = Nix::default().with_env("NIX_CONFIG", "substituters =")
+        let command = Nix::default()
+            .with_env("NIX_CONFIG", "substituters =")
             .copy_to("ssh-ng://root@127.0.0.5", vec!["/nix/store/b-sys".into()])
             .override_inputs(&[OverrideInput::new("ignored", "path:/x")])
             .env_var("NIX_SSHOPTS", "-p 2222");

@@ -108,10 +108,11 @@ impl EvalRequest {
 
     /// The `nix eval` of one worker.
     fn worker_command(&self, selection: &Selection, marker: &str) -> NixCommand {
-        self.nix
-            .eval(self.installable())
-            .override_inputs(&self.override_inputs)
-            .apply(eval_expr(selection, self.extra.as_deref(), Some(marker)))
+        self.nix.eval(self.installable()).override_inputs(&self.override_inputs).apply(eval_expr(
+            selection,
+            self.extra.as_deref(),
+            Some(marker),
+        ))
     }
 
     /// ONE plain `nix eval` of everything an evaluation needs for the selected hosts, without
@@ -122,10 +123,11 @@ impl EvalRequest {
             Hosts::Shard { index, count } => Selection::Partition(vec![[*count, *index]]),
             Hosts::Only(names) => Selection::Names(names.clone()),
         };
-        self.nix
-            .eval(self.installable())
-            .override_inputs(&self.override_inputs)
-            .apply(eval_expr(&selection, self.extra.as_deref(), None))
+        self.nix.eval(self.installable()).override_inputs(&self.override_inputs).apply(eval_expr(
+            &selection,
+            self.extra.as_deref(),
+            None,
+        ))
     }
 }
 
@@ -212,11 +214,16 @@ struct RawSystem {
 /// The `--apply` expression for a selection. With a `marker`, hosts are streamed as traces
 /// (a worker); without, the value is every result (one plain evaluation).
 pub fn eval_expr(selection: &Selection, extra: Option<&str>, marker: Option<&str>) -> String {
-    let list = |names: &[String]| format!("[ {} ]", names.iter().map(|n| nix_string(n)).collect::<Vec<_>>().join(" "));
+    let list = |names: &[String]| {
+        format!("[ {} ]", names.iter().map(|n| nix_string(n)).collect::<Vec<_>>().join(" "))
+    };
     let (names, partition) = match selection {
         Selection::Partition(parts) => (
             "null".to_string(),
-            format!("[ {} ]", parts.iter().map(|[c, i]| format!("[ {c} {i} ]")).collect::<Vec<_>>().join(" ")),
+            format!(
+                "[ {} ]",
+                parts.iter().map(|[c, i]| format!("[ {c} {i} ]")).collect::<Vec<_>>().join(" ")
+            ),
         ),
         Selection::Names(names) => (list(names), "[ ]".to_string()),
     };
@@ -244,17 +251,22 @@ pub async fn evaluate(req: &EvalRequest) -> Result<Inventory, FlakeError> {
     let started = Instant::now();
     let limits = Limits { jobs: req.jobs(), max_memory: req.max_memory, batch: req.batch };
     let command_for = |selection: &Selection, marker: &str| req.worker_command(selection, marker);
-    let collected = scheduler::run(req.initial(), limits, &command_for, marker()).await.map_err(|failure| {
-        let flake = req.flake.clone();
-        let mib = |bytes: u64| bytes >> 20;
-        match failure {
-            Failure::Nix(err) => FlakeError::Nix(err),
-            Failure::Flake(message) => FlakeError::Flake { flake, message },
-            Failure::Host { host, message } => FlakeError::Host { host, flake, message },
-            Failure::Memory { host: Some(host) } => FlakeError::HostMemory { host, flake, limit: mib(req.max_memory) },
-            Failure::Memory { host: None } => FlakeError::FlakeMemory { flake, limit: mib(req.max_memory) },
-        }
-    })?;
+    let collected =
+        scheduler::run(req.initial(), limits, &command_for, marker()).await.map_err(|failure| {
+            let flake = req.flake.clone();
+            let mib = |bytes: u64| bytes >> 20;
+            match failure {
+                Failure::Nix(err) => FlakeError::Nix(err),
+                Failure::Flake(message) => FlakeError::Flake { flake, message },
+                Failure::Host { host, message } => FlakeError::Host { host, flake, message },
+                Failure::Memory { host: Some(host) } => {
+                    FlakeError::HostMemory { host, flake, limit: mib(req.max_memory) }
+                }
+                Failure::Memory { host: None } => {
+                    FlakeError::FlakeMemory { flake, limit: mib(req.max_memory) }
+                }
+            }
+        })?;
     let elapsed = started.elapsed();
     if !collected.missing.is_empty() {
         return Err(FlakeError::UnknownHosts { flake: req.flake.clone(), names: collected.missing });
@@ -262,20 +274,23 @@ pub async fn evaluate(req: &EvalRequest) -> Result<Inventory, FlakeError> {
     let mut hosts = Vec::new();
     let mut skipped = Vec::new();
     for (attr, value) in collected.results {
-        let raw: RawHost =
-            serde_json::from_value(value).map_err(|source| FlakeError::Decode { host: attr.clone(), source })?;
+        let raw: RawHost = serde_json::from_value(value)
+            .map_err(|source| FlakeError::Decode { host: attr.clone(), source })?;
         match (raw.skipped, raw.decl, raw.system) {
             (true, _, _) => skipped.push(raw.host),
             (false, Some(decl), Some(system)) => {
                 let decl = serde_json::from_value::<HostDecl>(decl)
                     .map_err(|source| FlakeError::Decode { host: attr.clone(), source })?;
-                let system = SystemEval { toplevel: system.toplevel, disk_layout_hash: system.disk_layout_hash };
+                let system =
+                    SystemEval { toplevel: system.toplevel, disk_layout_hash: system.disk_layout_hash };
                 hosts.push(EvaluatedHost { attr, decl, system, extra: raw.extra });
             }
             _ => {
                 return Err(FlakeError::Decode {
                     host: attr,
-                    source: serde::de::Error::custom("the report has neither `skipped` nor `decl` and `system`"),
+                    source: serde::de::Error::custom(
+                        "the report has neither `skipped` nor `decl` and `system`",
+                    ),
                 });
             }
         }
@@ -298,7 +313,8 @@ pub async fn flake_identity(
         locks: serde_json::Value,
     }
     let flake_ref = flake.split('#').next().unwrap_or(flake);
-    let metadata: Metadata = nix.flake_metadata(flake_ref).override_inputs(override_inputs).run_json().await?;
+    let metadata: Metadata =
+        nix.flake_metadata(flake_ref).override_inputs(override_inputs).run_json().await?;
     let nar_hash = metadata.locked.get("narHash").and_then(|v| v.as_str()).unwrap_or_default().to_string();
     let locks = serde_json::to_vec(&canonical(&metadata.locks)).unwrap_or_default();
     let digest = <sha2::Sha256 as sha2::Digest>::digest(&locks);
@@ -319,7 +335,8 @@ pub struct FlakeIdentity {
 fn canonical(value: &serde_json::Value) -> serde_json::Value {
     match value {
         serde_json::Value::Object(map) => {
-            let sorted: BTreeMap<&String, serde_json::Value> = map.iter().map(|(k, v)| (k, canonical(v))).collect();
+            let sorted: BTreeMap<&String, serde_json::Value> =
+                map.iter().map(|(k, v)| (k, canonical(v))).collect();
             serde_json::Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
         }
         serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(canonical).collect()),
@@ -370,7 +387,11 @@ mod tests {
     fn markers_differ_and_canonical_json_sorts_keys() {
         assert_ne!(marker(), marker());
         assert!(marker().starts_with("nixprox-"));
-        let a: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":{"d":[{"y":1,"x":2}],"c":2}}"#).expect("json");
-        assert_eq!(serde_json::to_string(&canonical(&a)).expect("json"), r#"{"a":{"c":2,"d":[{"x":2,"y":1}]},"b":1}"#);
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b":1,"a":{"d":[{"y":1,"x":2}],"c":2}}"#).expect("json");
+        assert_eq!(
+            serde_json::to_string(&canonical(&a)).expect("json"),
+            r#"{"a":{"c":2,"d":[{"x":2,"y":1}]},"b":1}"#
+        );
     }
 }

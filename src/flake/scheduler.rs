@@ -93,9 +93,14 @@ pub enum Failure {
     /// Outside any host (the flake, `nixosConfigurations`): nix's trimmed message.
     Flake(String),
     /// The first failing host in name order, with nix's trimmed message.
-    Host { host: String, message: String },
+    Host {
+        host: String,
+        message: String,
+    },
     /// A host that alone needs more than `max_memory` (`None`: before any host).
-    Memory { host: Option<String> },
+    Memory {
+        host: Option<String>,
+    },
 }
 
 /// Builds the command of a worker for a selection and the run's marker.
@@ -237,7 +242,8 @@ impl Scheduler<'_> {
     fn fill(&mut self) -> Result<(), Failure> {
         while self.running.len() < self.limits.jobs {
             if let Some(queued) = self.queue.front_mut() {
-                if let (Selection::Names(names), Some(first)) = (&mut queued.selection, self.failures.keys().next())
+                if let (Selection::Names(names), Some(first)) =
+                    (&mut queued.selection, self.failures.keys().next())
                 {
                     names.retain(|n| n < first);
                 }
@@ -264,7 +270,8 @@ impl Scheduler<'_> {
         let id = self.next_id;
         self.next_id += 1;
         let command = (self.command_for)(&queued.selection, &self.marker);
-        let handle = worker::spawn(id, &command, self.marker.clone(), self.events.clone()).map_err(Failure::Nix)?;
+        let handle =
+            worker::spawn(id, &command, self.marker.clone(), self.events.clone()).map_err(Failure::Nix)?;
         tracing::debug!(
             worker = id,
             reservation_mib = queued.reservation >> 20,
@@ -304,7 +311,8 @@ impl Scheduler<'_> {
                 let (since, _) = w.hello?;
                 let left = w.end.checked_sub(w.done + 1)?;
                 let per_host = now.duration_since(since) / u32::try_from(w.done.max(1)).unwrap_or(u32::MAX);
-                (left >= 2 && per_host * u32::try_from(left).unwrap_or(u32::MAX) > startup * 2).then_some((left, id))
+                (left >= 2 && per_host * u32::try_from(left).unwrap_or(u32::MAX) > startup * 2)
+                    .then_some((left, id))
             })
             .max();
         let Some((left, id)) = victim else { return Ok(false) };
@@ -313,7 +321,11 @@ impl Scheduler<'_> {
         let split = worker.done + 1 + left / 2;
         let tail = hosts[split..worker.end].to_vec();
         worker.end = split;
-        tracing::debug!(from = id, hosts = tail.len(), "handing the tail of a worker's hosts to a new worker");
+        tracing::debug!(
+            from = id,
+            hosts = tail.len(),
+            "handing the tail of a worker's hosts to a new worker"
+        );
         self.collected.stats.steals += 1;
         let reservation = self.current;
         self.spawn(Queued { selection: Selection::Names(tail), reservation })?;
@@ -420,7 +432,11 @@ impl Scheduler<'_> {
         }
         let host = w.next_host().map(str::to_string);
         if w.reservation >= self.limits.max_memory {
-            tracing::debug!(host = host.as_deref().unwrap_or("(listing)"), rss_mib = rss >> 20, "alone over max_memory");
+            tracing::debug!(
+                host = host.as_deref().unwrap_or("(listing)"),
+                rss_mib = rss >> 20,
+                "alone over max_memory"
+            );
             match host {
                 Some(host) => self.fail(host, None),
                 None => self.fatal = Some(Failure::Memory { host: None }),
@@ -488,7 +504,11 @@ impl Scheduler<'_> {
             let rss = w.rss();
             total += rss;
             if rss > w.reservation && w.stop.is_none() {
-                tracing::debug!(rss_mib = rss >> 20, reservation_mib = w.reservation >> 20, "evaluation worker over its memory");
+                tracing::debug!(
+                    rss_mib = rss >> 20,
+                    reservation_mib = w.reservation >> 20,
+                    "evaluation worker over its memory"
+                );
                 w.stop = Some(Stop::OverShare { rss });
                 w.handle.kill();
             }

@@ -170,8 +170,9 @@ mod tests {
         }
         assert!(report("trace: nixprox-other:{\"host\":\"x\"}", marker).is_none());
         assert!(report("trace: hello from the flake", marker).is_none());
-        let hello = report(&format!("trace: {marker}{{\"hosts\":[\"a\",\"b\"],\"missing\":[\"c\"]}}"), marker)
-            .map(|v| event(0, v));
+        let hello =
+            report(&format!("trace: {marker}{{\"hosts\":[\"a\",\"b\"],\"missing\":[\"c\"]}}"), marker)
+                .map(|v| event(0, v));
         let Some(Event::Hello { hosts, missing, .. }) = hello else { panic!("no hello") };
         assert_eq!((hosts, missing), (vec!["a".to_string(), "b".to_string()], vec!["c".to_string()]));
     }

@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+pub use crate::flake::parse_build_json;
 pub use anywhere::{CLI_FLAGS, KEXEC_MIN_MEMORY_MIB, NixosAnywhere, default_command};
 pub use deployer::{DEFAULT_KEY_ENV, SshDeployer};
 pub use extra_files::{HOST_KEY_PATH, prepare_extra_files};
 pub use nix::{NixCopy, build_toplevel, run_build};
-pub use crate::flake::parse_build_json;
 pub use run::{CommandSpec, RunFailure, TAIL_LINES, run_streaming};
 pub use switch::{ACTIVATE_SCRIPT, Activation, FinalStatus, SwitchAction};
 
@@ -323,11 +323,13 @@ pub async fn switch_host(request: &SwitchRequest) -> Result<SwitchOutcome, Switc
         paths: vec![request.toplevel.clone()],
     };
     tracing::info!(host = %host, "copying {} with nix copy", request.toplevel);
-    run_streaming(&copy.spec(&crate::flake::Nix::default()), &host, request.copy_timeout).await.map_err(|failure| SwitchError::Copy {
-        host: host.clone(),
-        system: request.toplevel.clone(),
-        reason: failure.describe(),
-    })?;
+    run_streaming(&copy.spec(&crate::flake::Nix::default()), &host, request.copy_timeout).await.map_err(
+        |failure| SwitchError::Copy {
+            host: host.clone(),
+            system: request.toplevel.clone(),
+            reason: failure.describe(),
+        },
+    )?;
     let activation = Activation {
         system: request.toplevel.clone(),
         action: request.action,

@@ -12,8 +12,11 @@ use crate::flake::{Nix, NixCommand, OverrideInput, parse_build_json};
 /// the `--override-input`s the flake was evaluated with, so the build is the system nixprox
 /// evaluated.
 pub fn build_toplevel(nix: &Nix, flake: &str, host: &str, override_inputs: &[OverrideInput]) -> NixCommand {
-    nix.build(format!("{flake}#nixosConfigurations.{}.config.system.build.toplevel", crate::flake::nix_string(host)))
-        .override_inputs(override_inputs)
+    nix.build(format!(
+        "{flake}#nixosConfigurations.{}.config.system.build.toplevel",
+        crate::flake::nix_string(host)
+    ))
+    .override_inputs(override_inputs)
 }
 
 /// Runs a build and returns the built `out` path. The error carries the last lines of nix's

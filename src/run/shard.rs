@@ -50,7 +50,9 @@ impl ShardSpec {
             .and_then(|(i, n)| Some((i.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
         match parsed {
             Some((index, count)) if index >= 1 && index <= count => Ok(ShardSpec { index, count }),
-            _ => bail!("`--shard {text}` is not a shard: use `--shard I/N` with 1 ≤ I ≤ N, e.g. `--shard 2/3`"),
+            _ => {
+                bail!("`--shard {text}` is not a shard: use `--shard I/N` with 1 ≤ I ≤ N, e.g. `--shard 2/3`")
+            }
         }
     }
 }
@@ -137,14 +139,12 @@ pub async fn plan_shard(source: &Source, spec: ShardSpec) -> anyhow::Result<(Sha
     let concurrency = source.concurrency.unwrap_or(settings.concurrency.api);
     let hosts = Hosts::Shard { index: spec.index - 1, count: spec.count };
     let evaluation = async {
-        let (inventory, identity) = tokio::try_join!(
-            source::evaluate_hosts(source, &settings, hosts),
-            async {
+        let (inventory, identity) =
+            tokio::try_join!(source::evaluate_hosts(source, &settings, hosts), async {
                 flake::flake_identity(&flake::Nix::default(), &source.flake, &source.override_inputs)
                     .await
                     .map_err(anyhow::Error::from)
-            },
-        )?;
+            },)?;
         Ok((inventory, identity))
     };
     let reader = client.clone();
@@ -154,12 +154,14 @@ pub async fn plan_shard(source: &Source, spec: ShardSpec) -> anyhow::Result<(Sha
             let listed = crate::proxmox::list_cluster(&reader).await?;
             let nodes = nodes_of(&listed, spec);
             let prefetched =
-                crate::proxmox::read_managed(&reader, listed, concurrency, |vm| nodes.contains(&vm.node)).await?;
+                crate::proxmox::read_managed(&reader, listed, concurrency, |vm| nodes.contains(&vm.node))
+                    .await?;
             Ok::<_, crate::proxmox::ProxmoxError>((prefetched, nodes))
         };
         (read.await, started.elapsed())
     };
-    let ((inventory, identity), (read, prefetch_time), started) = source::overlap(evaluation, prefetch).await?;
+    let ((inventory, identity), (read, prefetch_time), started) =
+        source::overlap(evaluation, prefetch).await?;
     let (prefetched, nodes) = read.context("failed to read the cluster")?;
     let cluster = cluster_digest(&prefetched);
     // Untagged VMs named like this shard's hosts; tagged ones are their node's shard's. The
@@ -201,7 +203,8 @@ pub async fn plan_shard(source: &Source, spec: ShardSpec) -> anyhow::Result<(Sha
 pub async fn merge(source: &Source, paths: &[PathBuf]) -> anyhow::Result<Planned> {
     let settings = source::load_settings(source)?;
     let shards = paths.iter().map(|path| read_shard(path)).collect::<anyhow::Result<Vec<_>>>()?;
-    let identity = flake::flake_identity(&flake::Nix::default(), &source.flake, &source.override_inputs).await?;
+    let identity =
+        flake::flake_identity(&flake::Nix::default(), &source.flake, &source.override_inputs).await?;
     let (hosts, live) = combine(&shards, &identity, &settings_digest(&settings))?;
     let evaluated: Vec<EvaluatedHost> = hosts
         .into_iter()
@@ -330,7 +333,9 @@ fn combine(
         );
     }
     if first.settings != settings {
-        bail!("the shards planned with other settings than the nixprox.yaml here: re-run the shards with this nixprox.yaml");
+        bail!(
+            "the shards planned with other settings than the nixprox.yaml here: re-run the shards with this nixprox.yaml"
+        );
     }
     let mut hosts: Vec<ShardHost> = shards.iter().flat_map(|(_, s)| s.hosts.iter().cloned()).collect();
     hosts.sort_by(|a, b| a.attr.cmp(&b.attr));
@@ -369,7 +374,9 @@ mod tests {
             let err = ShardSpec::parse(bad).expect_err(bad);
             assert_eq!(
                 err.to_string(),
-                format!("`--shard {bad}` is not a shard: use `--shard I/N` with 1 ≤ I ≤ N, e.g. `--shard 2/3`")
+                format!(
+                    "`--shard {bad}` is not a shard: use `--shard I/N` with 1 ≤ I ≤ N, e.g. `--shard 2/3`"
+                )
             );
         }
     }

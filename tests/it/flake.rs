@@ -266,7 +266,12 @@ async fn bad_type_names_the_option_and_the_type() {
 
 /// An evaluation request for a generated fleet with the test inputs.
 fn fleet_request(fleet: &Fleet) -> EvalRequest {
-    EvalRequest { nix: nix(), override_inputs: override_inputs(), eval_jobs: 2, ..EvalRequest::new(fleet.flake_ref()) }
+    EvalRequest {
+        nix: nix(),
+        override_inputs: override_inputs(),
+        eval_jobs: 2,
+        ..EvalRequest::new(fleet.flake_ref())
+    }
 }
 
 /// However the scheduler splits the work (one worker, two, one host per process, a memory bound
@@ -298,9 +303,11 @@ async fn every_evaluation_strategy_gives_the_same_inventory() {
         hosts: Vec<serde_json::Value>,
         missing: Vec<String>,
     }
-    let single: Single = fleet_request(&fleet).single_process_command().run_json().await.expect("one nix eval");
+    let single: Single =
+        fleet_request(&fleet).single_process_command().run_json().await.expect("one nix eval");
     assert!(single.missing.is_empty());
-    let toplevels: Vec<&str> = single.hosts.iter().map(|h| h["system"]["toplevel"].as_str().expect("toplevel")).collect();
+    let toplevels: Vec<&str> =
+        single.hosts.iter().map(|h| h["system"]["toplevel"].as_str().expect("toplevel")).collect();
     let expected: Vec<&str> = reference.hosts.iter().map(|h| h.system.toplevel.as_str()).collect();
     assert_eq!(toplevels, expected);
 }
@@ -312,7 +319,8 @@ async fn shards_partition_the_hosts() {
     let all = eval(&fleet_request(&fleet)).await;
     let mut union = Vec::new();
     for index in 0..3 {
-        let shard = eval(&EvalRequest { hosts: Hosts::Shard { index, count: 3 }, ..fleet_request(&fleet) }).await;
+        let shard =
+            eval(&EvalRequest { hosts: Hosts::Shard { index, count: 3 }, ..fleet_request(&fleet) }).await;
         let attrs: Vec<&str> = shard.hosts.iter().map(|h| h.attr.as_str()).collect();
         let expected: Vec<String> = (index..7).step_by(3).map(|i| format!("h{i:04}")).collect();
         assert_eq!(attrs, expected);
@@ -327,7 +335,9 @@ async fn shards_partition_the_hosts() {
 async fn extra_attributes_are_evaluated_with_the_host() {
     let fixture = Fixture::copy("homelab");
     let request = EvalRequest {
-        extra: Some("attr: host: { inherit attr; revision = host.config.system.configurationRevision; }".into()),
+        extra: Some(
+            "attr: host: { inherit attr; revision = host.config.system.configurationRevision; }".into(),
+        ),
         ..fixture.request()
     };
     let inventory = eval(&request).await;
@@ -346,7 +356,8 @@ async fn traces_of_the_flake_are_not_reports() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("lib")).expect("mkdir lib");
     for file in ["mkHost.nix", "standin.nix"] {
-        std::fs::copy(repo().join("fixtures/lib").join(file), dir.path().join("lib").join(file)).expect("copy lib");
+        std::fs::copy(repo().join("fixtures/lib").join(file), dir.path().join("lib").join(file))
+            .expect("copy lib");
     }
     std::fs::write(
         dir.path().join("flake.nix"),
