@@ -21,6 +21,10 @@ pub use super::scheduler::EvalStats;
 
 const EVAL_EXPR: &str = include_str!("nix/eval.nix");
 
+/// The Boehm GC's initial heap size, which nix reads at start (its own default is a quarter of
+/// the RAM, at most 384 MiB).
+const GC_HEAP_VAR: &str = "GC_INITIAL_HEAP_SIZE";
+
 /// `eval.max_memory` when the settings do not say: room for a few NixOS evaluations at once
 /// on a 7 GiB CI runner (GitHub's standard Linux runner for private repositories), leaving the
 /// rest to nixprox, the runner and the page cache.
@@ -107,12 +111,20 @@ impl EvalRequest {
     }
 
     /// The `nix eval` of one worker.
-    fn worker_command(&self, selection: &Selection, marker: &str) -> NixCommand {
-        self.nix.eval(self.installable()).override_inputs(&self.override_inputs).apply(eval_expr(
-            selection,
-            self.extra.as_deref(),
-            Some(marker),
-        ))
+    /// The `nix eval` of one worker; `heap` is its initial GC heap (`GC_INITIAL_HEAP_SIZE`,
+    /// unless the environment already sets one: the user's choice wins).
+    fn worker_command(&self, selection: &Selection, marker: &str, heap: Option<u64>) -> NixCommand {
+        let command = self
+            .nix
+            .eval(self.installable())
+            .override_inputs(&self.override_inputs)
+            .apply(eval_expr(selection, self.extra.as_deref(), Some(marker)));
+        let user_set =
+            std::env::var_os(GC_HEAP_VAR).is_some() || self.nix.env.iter().any(|(k, _)| k == GC_HEAP_VAR);
+        match heap {
+            Some(bytes) if !user_set => command.env_var(GC_HEAP_VAR, bytes.to_string()),
+            _ => command,
+        }
     }
 
     /// ONE plain `nix eval` of everything an evaluation needs for the selected hosts, without
@@ -250,7 +262,8 @@ pub async fn evaluate(req: &EvalRequest) -> Result<Inventory, FlakeError> {
     }
     let started = Instant::now();
     let limits = Limits { jobs: req.jobs(), max_memory: req.max_memory, batch: req.batch };
-    let command_for = |selection: &Selection, marker: &str| req.worker_command(selection, marker);
+    let command_for =
+        |selection: &Selection, marker: &str, heap: Option<u64>| req.worker_command(selection, marker, heap);
     let collected =
         scheduler::run(req.initial(), limits, &command_for, marker()).await.map_err(|failure| {
             let flake = req.flake.clone();

@@ -7,6 +7,11 @@
 //!   name), so no separate listing is paid for; each reserves `max_memory / jobs`.
 //! - **Cheap hosts** stay in those few big workers: one process start, one flake fetch and one
 //!   evaluation of the shared libraries per worker.
+//! - **Garbage collection** is deferred to the reservation: a worker's initial GC heap
+//!   (`GC_INITIAL_HEAP_SIZE`) is its reservation, so it does not collect garbage before it
+//!   would be replaced anyway (nix's own default is at most 384 MiB; with NixOS-sized hosts
+//!   collection is a third to half of the CPU, docs/performance.md). A host that does not fit
+//!   in `max_memory` this way is tried once more with nix's own collection before it fails.
 //! - **Memory**: every worker's resident memory is sampled every [`SAMPLE_EVERY`]. A worker
 //!   that would pass its reservation with its next host is replaced at that host boundary
 //!   (nothing is lost: finished hosts were reported); one that passes it mid-host is killed
@@ -103,8 +108,9 @@ pub enum Failure {
     },
 }
 
-/// Builds the command of a worker for a selection and the run's marker.
-pub type CommandFor<'a> = dyn Fn(&Selection, &str) -> NixCommand + Send + Sync + 'a;
+/// Builds the command of a worker for a selection, the run's marker and the initial GC heap it
+/// gets (`None`: nix's own default).
+pub type CommandFor<'a> = dyn Fn(&Selection, &str, Option<u64>) -> NixCommand + Send + Sync + 'a;
 
 #[derive(Debug)]
 enum Stop {
@@ -122,6 +128,15 @@ enum Stop {
 struct Queued {
     selection: Selection,
     reservation: u64,
+    /// Garbage collection deferred to the reservation (the initial GC heap is the
+    /// reservation); `false` for the last try of a host that did not fit that way.
+    deferred_gc: bool,
+}
+
+impl Queued {
+    fn new(selection: Selection, reservation: u64) -> Queued {
+        Queued { selection, reservation, deferred_gc: true }
+    }
 }
 
 #[derive(Debug)]
@@ -129,6 +144,7 @@ struct Running {
     handle: Handle,
     selection: Selection,
     reservation: u64,
+    deferred_gc: bool,
     spawned: Instant,
     /// Known from the worker's first report.
     hosts: Option<Vec<String>>,
@@ -188,7 +204,7 @@ pub async fn run(
         events,
         next_id: 0,
         running: BTreeMap::new(),
-        queue: initial.into_iter().map(|selection| Queued { selection, reservation: current }).collect(),
+        queue: initial.into_iter().map(|selection| Queued::new(selection, current)).collect(),
         current,
         reserved: 0,
         startup: None,
@@ -269,7 +285,8 @@ impl Scheduler<'_> {
     fn spawn(&mut self, queued: Queued) -> Result<(), Failure> {
         let id = self.next_id;
         self.next_id += 1;
-        let command = (self.command_for)(&queued.selection, &self.marker);
+        let heap = queued.deferred_gc.then_some(queued.reservation);
+        let command = (self.command_for)(&queued.selection, &self.marker, heap);
         let handle =
             worker::spawn(id, &command, self.marker.clone(), self.events.clone()).map_err(Failure::Nix)?;
         tracing::debug!(
@@ -285,6 +302,7 @@ impl Scheduler<'_> {
                 handle,
                 selection: queued.selection,
                 reservation: queued.reservation,
+                deferred_gc: queued.deferred_gc,
                 spawned: Instant::now(),
                 hosts: None,
                 end: 0,
@@ -328,7 +346,7 @@ impl Scheduler<'_> {
         );
         self.collected.stats.steals += 1;
         let reservation = self.current;
-        self.spawn(Queued { selection: Selection::Names(tail), reservation })?;
+        self.spawn(Queued::new(Selection::Names(tail), reservation))?;
         Ok(true)
     }
 
@@ -410,8 +428,7 @@ impl Scheduler<'_> {
             Some(Stop::Finished | Stop::Abandon) => {}
             Some(Stop::Restart) => {
                 if let Some(rest) = rest(&w) {
-                    let reservation = self.current;
-                    self.queue.push_front(Queued { selection: Selection::Names(rest), reservation });
+                    self.queue.push_front(Queued::new(Selection::Names(rest), self.current));
                 }
             }
             Some(Stop::OverShare { rss }) => self.over_share(&w, rss, rest(&w)),
@@ -425,12 +442,20 @@ impl Scheduler<'_> {
         if w.done > 0 {
             // Its first hosts fit: the rest may too, in a fresh worker.
             if let Some(rest) = rest {
-                let reservation = self.current;
-                self.queue.push_front(Queued { selection: Selection::Names(rest), reservation });
+                self.queue.push_front(Queued::new(Selection::Names(rest), self.current));
             }
             return;
         }
         let host = w.next_host().map(str::to_string);
+        let selection = match rest {
+            Some(rest) => Selection::Names(rest),
+            None => w.selection.clone(),
+        };
+        if w.reservation >= self.limits.max_memory && w.deferred_gc {
+            // Without collecting garbage it did not fit: once more, collecting as nix does.
+            self.queue.push_front(Queued { selection, reservation: w.reservation, deferred_gc: false });
+            return;
+        }
         if w.reservation >= self.limits.max_memory {
             tracing::debug!(
                 host = host.as_deref().unwrap_or("(listing)"),
@@ -451,11 +476,7 @@ impl Scheduler<'_> {
             reservation >> 20
         );
         self.current = self.current.max(reservation);
-        let selection = match rest {
-            Some(rest) => Selection::Names(rest),
-            None => w.selection.clone(),
-        };
-        self.queue.push_front(Queued { selection, reservation });
+        self.queue.push_front(Queued::new(selection, reservation));
     }
 
     /// A worker ended on its own.
