@@ -89,28 +89,22 @@ impl EvalRequest {
         format!("{}#nixosConfigurations", self.flake)
     }
 
-    /// The workers to start with: `jobs` of them, splitting the hosts among themselves.
+    /// The worker to start with; the scheduler splits its hosts with more workers as they
+    /// prove worth it.
     fn initial(&self) -> Vec<Selection> {
-        let jobs = self.jobs();
-        match &self.hosts {
-            Hosts::All => (0..jobs).map(|k| Selection::Partition(vec![[jobs, k]])).collect(),
-            Hosts::Shard { index, count } => {
-                (0..jobs).map(|k| Selection::Partition(vec![[*count, *index], [jobs, k]])).collect()
-            }
+        let selection = match &self.hosts {
+            Hosts::All => Selection::Partition(Vec::new()),
+            Hosts::Shard { index, count } => Selection::Partition(vec![[*count, *index]]),
             Hosts::Only(names) => {
                 let mut names = names.clone();
                 names.sort();
                 names.dedup();
-                let workers = jobs.min(names.len()).max(1);
-                (0..workers)
-                    .map(|k| Selection::Names(names.iter().skip(k).step_by(workers).cloned().collect()))
-                    .filter(|s| !matches!(s, Selection::Names(n) if n.is_empty()))
-                    .collect()
+                Selection::Names(names)
             }
-        }
+        };
+        vec![selection]
     }
 
-    /// The `nix eval` of one worker.
     /// The `nix eval` of one worker; `heap` is its initial GC heap (`GC_INITIAL_HEAP_SIZE`,
     /// unless the environment already sets one: the user's choice wins).
     fn worker_command(&self, selection: &Selection, marker: &str, heap: Option<u64>) -> NixCommand {
@@ -130,11 +124,7 @@ impl EvalRequest {
     /// ONE plain `nix eval` of everything an evaluation needs for the selected hosts, without
     /// workers or streaming: the reference the plan benchmark compares with.
     pub fn single_process_command(&self) -> NixCommand {
-        let selection = match &self.hosts {
-            Hosts::All => Selection::Partition(Vec::new()),
-            Hosts::Shard { index, count } => Selection::Partition(vec![[*count, *index]]),
-            Hosts::Only(names) => Selection::Names(names.clone()),
-        };
+        let selection = self.initial().into_iter().next().unwrap_or(Selection::Names(Vec::new()));
         self.nix.eval(self.installable()).override_inputs(&self.override_inputs).apply(eval_expr(
             &selection,
             self.extra.as_deref(),
@@ -161,7 +151,7 @@ pub struct Inventory {
     pub hosts: Vec<EvaluatedHost>,
     /// Selected attributes that are not managed (no `nixprox` options, or `enable = false`).
     pub skipped: Vec<String>,
-    /// Wall time of the evaluation (without the version probe).
+    /// Wall time of the evaluation.
     pub elapsed: Duration,
     pub stats: EvalStats,
 }
@@ -256,30 +246,31 @@ fn marker() -> String {
 
 /// Evaluates the flake: every selected managed host's declaration and system.
 pub async fn evaluate(req: &EvalRequest) -> Result<Inventory, FlakeError> {
-    let nix_version = req.nix.version().await?;
-    if !nix_version.is_supported() {
-        return Err(FlakeError::UnsupportedNix { found: nix_version.to_string(), raw: nix_version.raw });
-    }
     let started = Instant::now();
     let limits = Limits { jobs: req.jobs(), max_memory: req.max_memory, batch: req.batch };
     let command_for =
         |selection: &Selection, marker: &str, heap: Option<u64>| req.worker_command(selection, marker, heap);
-    let collected =
-        scheduler::run(req.initial(), limits, &command_for, marker()).await.map_err(|failure| {
-            let flake = req.flake.clone();
-            let mib = |bytes: u64| bytes >> 20;
-            match failure {
-                Failure::Nix(err) => FlakeError::Nix(err),
-                Failure::Flake(message) => FlakeError::Flake { flake, message },
-                Failure::Host { host, message } => FlakeError::Host { host, flake, message },
-                Failure::Memory { host: Some(host) } => {
-                    FlakeError::HostMemory { host, flake, limit: mib(req.max_memory) }
-                }
-                Failure::Memory { host: None } => {
-                    FlakeError::FlakeMemory { flake, limit: mib(req.max_memory) }
-                }
+    // The version probe runs beside the evaluation (it is on the critical path otherwise); a
+    // nix too old for the evaluation's flags is reported as such, whatever the evaluation did.
+    let (nix_version, collected) =
+        tokio::join!(req.nix.version(), scheduler::run(req.initial(), limits, &command_for, marker()));
+    let nix_version = nix_version?;
+    if !nix_version.is_supported() {
+        return Err(FlakeError::UnsupportedNix { found: nix_version.to_string(), raw: nix_version.raw });
+    }
+    let collected = collected.map_err(|failure| {
+        let flake = req.flake.clone();
+        let mib = |bytes: u64| bytes >> 20;
+        match failure {
+            Failure::Nix(err) => FlakeError::Nix(err),
+            Failure::Flake(message) => FlakeError::Flake { flake, message },
+            Failure::Host { host, message } => FlakeError::Host { host, flake, message },
+            Failure::Memory { host: Some(host) } => {
+                FlakeError::HostMemory { host, flake, limit: mib(req.max_memory) }
             }
-        })?;
+            Failure::Memory { host: None } => FlakeError::FlakeMemory { flake, limit: mib(req.max_memory) },
+        }
+    })?;
     let elapsed = started.elapsed();
     if !collected.missing.is_empty() {
         return Err(FlakeError::UnknownHosts { flake: req.flake.clone(), names: collected.missing });
@@ -376,24 +367,16 @@ mod tests {
     }
 
     #[test]
-    fn workers_split_the_hosts_and_respect_the_shard() {
+    fn one_worker_starts_with_every_selected_host() {
         let mut req = EvalRequest::new(".");
-        req.eval_jobs = 2;
-        assert_eq!(req.initial(), [Selection::Partition(vec![[2, 0]]), Selection::Partition(vec![[2, 1]])]);
+        assert_eq!(req.initial(), [Selection::Partition(vec![])]);
         req.hosts = Hosts::Shard { index: 1, count: 3 };
-        assert_eq!(
-            req.initial(),
-            [Selection::Partition(vec![[3, 1], [2, 0]]), Selection::Partition(vec![[3, 1], [2, 1]])]
-        );
+        assert_eq!(req.initial(), [Selection::Partition(vec![[3, 1]])]);
         req.hosts = Hosts::Only(vec!["c".into(), "a".into(), "b".into(), "a".into()]);
-        assert_eq!(
-            req.initial(),
-            [Selection::Names(vec!["a".into(), "c".into()]), Selection::Names(vec!["b".into()])]
-        );
-        req.hosts = Hosts::Only(vec!["a".into()]);
-        assert_eq!(req.initial(), [Selection::Names(vec!["a".into()])]);
-        req.eval_jobs = 0;
+        assert_eq!(req.initial(), [Selection::Names(vec!["a".into(), "b".into(), "c".into()])]);
         assert!(req.jobs() >= 1);
+        req.eval_jobs = 3;
+        assert_eq!(req.jobs(), 3);
     }
 
     #[test]

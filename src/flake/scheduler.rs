@@ -3,10 +3,15 @@
 //! collects every host's result.
 //!
 //! How it adapts without tuning:
-//! - **Start**: `jobs` workers split the hosts among themselves inside nix (every `jobs`-th
-//!   name), so no separate listing is paid for; each reserves `max_memory / jobs`.
-//! - **Cheap hosts** stay in those few big workers: one process start, one flake fetch and one
-//!   evaluation of the shared libraries per worker.
+//! - **Start**: one worker takes every host (or the shard's), so no separate listing is paid
+//!   for; each worker reserves `max_memory / jobs`.
+//! - **Spreading**: while a slot and memory are free, the unstarted hosts of the busiest worker
+//!   are split with new workers, when what it has left takes longer than twice a worker's
+//!   start (measured). So a few cheap hosts stay in one process (one start, one flake fetch,
+//!   one evaluation of the shared libraries), many cheap hosts end in a few big workers, and
+//!   heavy hosts spread over every core after the first fraction of a second. When a worker
+//!   finishes early, it is split again; the old worker is stopped when it reaches the part
+//!   handed off.
 //! - **Garbage collection** is deferred to the reservation: a worker's initial GC heap
 //!   (`GC_INITIAL_HEAP_SIZE`) is its reservation, so it does not collect garbage before it
 //!   would be replaced anyway (nix's own default is at most 384 MiB; with NixOS-sized hosts
@@ -19,9 +24,6 @@
 //!   within its reservation, reservations double (fewer workers at once, each with more room:
 //!   heavy hosts end up one per worker), up to the whole `max_memory`; a host that does not
 //!   fit in that alone is an error naming it and the setting.
-//! - **Balance**: when a slot is free and nothing is queued, the tail of the busiest worker's
-//!   list is handed to a new worker, if what is left there takes longer than starting one; the
-//!   old worker is stopped when it reaches the handed-off part.
 //! - **Failures**: nix stops at the first host that fails, and the host being evaluated is the
 //!   first one the worker had not reported, so no second evaluation is needed to blame it.
 //!   The error reported is the first failing host in name order (lists are sorted, and hosts
@@ -153,6 +155,8 @@ struct Running {
     done: usize,
     /// When the worker listed its hosts, and its memory then.
     hello: Option<(Instant, u64)>,
+    /// When its first host was reported.
+    first_done: Option<Instant>,
     stop: Option<Stop>,
 }
 
@@ -164,6 +168,22 @@ impl Running {
 
     fn rss(&self) -> u64 {
         self.handle.pid.and_then(worker::rss_bytes).unwrap_or(0)
+    }
+
+    /// What one more host costs this worker, as far as it can tell: the hosts after its first
+    /// (the first also pays for what all hosts share: the module system, nixpkgs). Before its
+    /// first host is done, only a first host that already took longer than two worker starts
+    /// counts (heavy hosts), with the time so far as a lower bound.
+    fn per_host(&self, now: Instant, startup: Duration) -> Option<Duration> {
+        let count = |n: usize| u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+        match (self.hello, self.first_done) {
+            (_, Some(first)) => Some(now.duration_since(first) / count(self.done - 1)),
+            (Some((since, _)), None) => {
+                let spent = now.duration_since(since);
+                (spent > startup * 2).then_some(spent)
+            }
+            (None, None) => None,
+        }
     }
 }
 
@@ -195,8 +215,9 @@ pub async fn run(
 ) -> Result<Collected, Failure> {
     let limits = Limits { jobs: limits.jobs.max(1), max_memory: limits.max_memory.max(1), ..limits };
     let (events, mut receiver) = mpsc::unbounded_channel();
-    let starting = initial.len().clamp(1, limits.jobs) as u64;
-    let current = limits.max_memory / starting;
+    // Every worker that may run at once must fit: `jobs` shares from the start, even when
+    // one worker starts alone and the others join by splitting its list.
+    let current = limits.max_memory / limits.jobs as u64;
     let mut scheduler = Scheduler {
         command_for,
         limits,
@@ -226,7 +247,11 @@ pub async fn run(
                     scheduler.fill()?;
                 }
             }
-            _ = tick.tick() => scheduler.sample(),
+            _ = tick.tick() => {
+                scheduler.sample();
+                // A worker's first host may take long: spread its list before it is done.
+                scheduler.fill()?;
+            }
         }
     }
     // Dropping the handles kills whatever still runs (after a fatal error).
@@ -308,6 +333,7 @@ impl Scheduler<'_> {
                 end: 0,
                 done: 0,
                 hello: None,
+                first_done: None,
                 stop: None,
             },
         );
@@ -316,9 +342,16 @@ impl Scheduler<'_> {
         Ok(())
     }
 
-    /// Hands the second half of the busiest worker's unstarted hosts to a new worker, when
-    /// what is left there takes longer than twice a worker's start.
+    /// Splits the busiest worker's unstarted hosts with as many new workers as slots and memory
+    /// allow, when what is left there takes longer than twice a worker's start: the worker
+    /// keeps the first part, each new worker takes one of the others.
     fn steal(&mut self) -> Result<bool, Failure> {
+        let free_memory = (self.limits.max_memory - self.reserved) / self.current.max(1);
+        let slots =
+            (self.limits.jobs - self.running.len()).min(usize::try_from(free_memory).unwrap_or(usize::MAX));
+        if slots == 0 {
+            return Ok(false);
+        }
         let startup = self.startup.unwrap_or(STARTUP_GUESS);
         let now = Instant::now();
         let victim = self
@@ -326,9 +359,8 @@ impl Scheduler<'_> {
             .iter()
             .filter(|(_, w)| w.stop.is_none())
             .filter_map(|(&id, w)| {
-                let (since, _) = w.hello?;
                 let left = w.end.checked_sub(w.done + 1)?;
-                let per_host = now.duration_since(since) / u32::try_from(w.done.max(1)).unwrap_or(u32::MAX);
+                let per_host = w.per_host(now, startup)?;
                 (left >= 2 && per_host * u32::try_from(left).unwrap_or(u32::MAX) > startup * 2)
                     .then_some((left, id))
             })
@@ -336,17 +368,21 @@ impl Scheduler<'_> {
         let Some((left, id)) = victim else { return Ok(false) };
         let Some(worker) = self.running.get_mut(&id) else { return Ok(false) };
         let Some(hosts) = &worker.hosts else { return Ok(false) };
-        let split = worker.done + 1 + left / 2;
-        let tail = hosts[split..worker.end].to_vec();
-        worker.end = split;
+        let parts = (slots + 1).min(left);
+        let first = worker.done + 1;
+        let bounds: Vec<usize> = (0..=parts).map(|k| first + left * k / parts).collect();
+        let tails: Vec<Vec<String>> = bounds.windows(2).skip(1).map(|b| hosts[b[0]..b[1]].to_vec()).collect();
+        worker.end = bounds[1];
         tracing::debug!(
             from = id,
-            hosts = tail.len(),
-            "handing the tail of a worker's hosts to a new worker"
+            workers = tails.len(),
+            left,
+            "splitting a worker's hosts with new workers"
         );
-        self.collected.stats.steals += 1;
-        let reservation = self.current;
-        self.spawn(Queued::new(Selection::Names(tail), reservation))?;
+        for tail in tails {
+            self.collected.stats.steals += 1;
+            self.spawn(Queued::new(Selection::Names(tail), self.current))?;
+        }
         Ok(true)
     }
 
@@ -374,6 +410,7 @@ impl Scheduler<'_> {
         let Some(host) = result.get("host").and_then(Value::as_str).map(str::to_string) else { return };
         if w.next_host() == Some(host.as_str()) {
             w.done += 1;
+            w.first_done.get_or_insert_with(Instant::now);
         }
         self.collected.results.entry(host).or_insert(result);
         if w.stop.is_some() {

@@ -7,8 +7,8 @@
 # nixprox fills the placeholders:
 #   @NAMES@      null (every attribute) or a list of attribute names
 #   @PARTITION@  a list of [ count index ] pairs: keep every count-th name from index on, in
-#                turn (shard I of N, then worker k of W), so workers split the hosts among
-#                themselves without a separate listing
+#                turn (`plan --shard I/N` is [ [ N I-1 ] ]), so a shard needs no separate
+#                listing
 #   @EXTRA@      null, or a function `attr: host: { … }` whose JSON-able result is reported
 #                under `extra` for every managed host (same process, same module system)
 #   @STREAM@     true: report each host as soon as it is computed, as one line on stderr
