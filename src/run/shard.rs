@@ -25,7 +25,6 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Settings;
 use crate::flake::{self, EvaluatedHost, FlakeIdentity, Hosts};
-use crate::plan::PlanInput;
 use crate::proxmox::{LiveVm, Prefetched, ReadRequest};
 
 use super::source::{self, Planned, Source, Timings};
@@ -211,15 +210,8 @@ pub async fn merge(source: &Source, paths: &[PathBuf]) -> anyhow::Result<Planned
         .map(|h| EvaluatedHost { attr: h.attr, decl: h.decl, system: h.system, extra: None })
         .collect();
     let desired = flake::resolve_all(&evaluated, &settings.defaults)?;
-    let started = Instant::now();
-    let plan = crate::plan::plan(PlanInput {
-        desired: &desired,
-        live: &live,
-        policies: settings.policies,
-        only: source.only().as_ref(),
-        probes: None,
-    });
-    let timings = Timings { planning: started.elapsed(), ..Timings::default() };
+    let (plan, planning) = source::compute(source, &settings, &desired, &live, None);
+    let timings = Timings { planning, ..Timings::default() };
     Ok(Planned { settings, desired, live, plan, client: None, timings })
 }
 

@@ -1,7 +1,7 @@
 //! The shared front half of plan, apply and drift: settings, the flake's hosts, the live
 //! cluster, and the plan computed from them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use crate::cli::SourceArgs;
 use crate::config::{self, Settings};
 use crate::flake::{self, DesiredHost, EvalRequest, EvalStats, Hosts, Inventory, Nix, OverrideInput};
-use crate::plan::{Plan, PlanInput};
+use crate::plan::{Plan, PlanInput, Probe};
 use crate::proxmox::{Client, ClientOptions, LiveVm, ReadRequest};
 use crate::secret::ApiToken;
 
@@ -221,17 +221,28 @@ pub async fn plan(source: &Source, probe: bool) -> anyhow::Result<Planned> {
 
     let probes =
         if probe { Some(super::probe::probe(&client, &settings, &desired, &live).await?) } else { None };
-    let started = Instant::now();
-    let plan = crate::plan::plan(PlanInput {
-        desired: &desired,
-        live: &live,
-        policies: settings.policies,
-        only: source.only().as_ref(),
-        probes: probes.as_ref(),
-    });
-    let planning = started.elapsed();
+    let (plan, planning) = compute(source, &settings, &desired, &live, probes.as_ref());
     let timings = Timings { eval: elapsed, eval_stats: stats, proxmox, proxmox_after_eval, planning };
     Ok(Planned { settings, desired, live, plan, client: Some(client), timings })
+}
+
+/// The pure planning step (of a run, or of merged shards), timed.
+pub fn compute(
+    source: &Source,
+    settings: &Settings,
+    desired: &[DesiredHost],
+    live: &[LiveVm],
+    probes: Option<&BTreeMap<String, Probe>>,
+) -> (Plan, Duration) {
+    let started = Instant::now();
+    let plan = crate::plan::plan(PlanInput {
+        desired,
+        live,
+        policies: settings.policies,
+        only: source.only().as_ref(),
+        probes,
+    });
+    (plan, started.elapsed())
 }
 
 /// Runs `work` (the evaluation) and `side` (cluster reads) at once: `work`'s error wins and

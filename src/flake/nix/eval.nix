@@ -58,6 +58,11 @@ let
     in
     builtins.removeAttrs n [ "enable" ]
     // {
+      # An image package (`nixprox.bootstrap.image.package`, where the module has it) is a
+      # derivation: its store paths are reported with the system, not in the declaration.
+      bootstrap =
+        n.bootstrap
+        // (if n.bootstrap ? image then { image = builtins.removeAttrs n.bootstrap.image [ "package" ]; } else { });
       vm = n.vm // {
         name =
           if n.vm.name != null then
@@ -89,11 +94,27 @@ let
     else
       v;
 
-  # Evaluating the out path builds nothing.
+  # The store paths of an enabled image package, else null (also for modules without the
+  # option). `storePath`, not `outPath`: toJSON prints a set with `outPath` as that string.
+  image =
+    c:
+    let
+      i = c.config.nixprox.bootstrap.image or null;
+    in
+    if i == null || !i.enable || i.package == null then
+      null
+    else
+      {
+        storePath = toString i.package;
+        drvPath = i.package.drvPath or null;
+      };
+
+  # Evaluating out paths builds nothing.
   system = c: {
     toplevel = c.config.system.build.toplevel.outPath;
     diskLayoutHash =
       "sha256:" + builtins.hashString "sha256" (builtins.toJSON (sanitise (c.config.disko.devices or null)));
+    image = image c;
   };
 
   result =
