@@ -14,7 +14,9 @@
 //!
 //! fakepve shares the machine's CPUs with nix (a real Proxmox API would not): the tables show
 //! the API reads' own time and what they added after nix, so the critical path is visible.
-//! Every measurement is the median of `--runs` repetitions (default 3). Memory is the peak of
+//! Every measurement is the median of `--runs` repetitions (default 3); the repetitions
+//! interleave the reference and the builds, and a ratio is the median of the per-repetition
+//! ratios, so a change of the machine's load between repetitions does not skew it. Memory is the peak of
 //! the summed resident memory of all `nix` processes under the measured process, sampled every
 //! 10 ms from `/proc` (independently of nixprox's own accounting). The load average is printed
 //! with every fleet: this runs on shared machines. Everything runs on loopback.
@@ -89,10 +91,12 @@ fn options() -> Options {
     options
 }
 
-/// One measured run.
+/// One measured run (or the median of several, with every run's wall time).
 #[derive(Debug, Clone)]
 struct Measured {
     wall: Duration,
+    /// Every repetition's wall time, in the order run.
+    walls: Vec<Duration>,
     /// Peak of the summed RSS of every `nix` process under the measured one, bytes.
     nix_peak: u64,
     /// `--timings` of a nixprox run (empty for the reference).
@@ -101,11 +105,13 @@ struct Measured {
 
 /// The median run of several (by wall time), with the median memory peak.
 fn median(mut runs: Vec<Measured>) -> Measured {
+    let walls: Vec<Duration> = runs.iter().map(|m| m.wall).collect();
     let mut peaks: Vec<u64> = runs.iter().map(|m| m.nix_peak).collect();
     peaks.sort_unstable();
     runs.sort_by_key(|m| m.wall);
     let mut middle = runs[runs.len() / 2].clone();
     middle.nix_peak = peaks[peaks.len() / 2];
+    middle.walls = walls;
     middle
 }
 
@@ -189,7 +195,7 @@ fn reference(fleet: &Fleet) -> (Measured, BTreeMap<String, String>) {
             Some((h["host"].as_str()?.to_string(), h["system"]["toplevel"].as_str()?.to_string()))
         })
         .collect();
-    (Measured { wall, nix_peak, timings: Value::Null }, toplevels)
+    (Measured { wall, walls: vec![wall], nix_peak, timings: Value::Null }, toplevels)
 }
 
 /// `nixprox plan --format json` of the fleet against `pve` with `binary`; checks the plan.
@@ -217,11 +223,7 @@ fn plan(binary: &Path, fleet: &Fleet, pve: &FakePve, config: Option<&Path>) -> M
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);
-    Measured { wall, nix_peak, timings }
-}
-
-fn runs(n: usize, mut run: impl FnMut() -> Measured) -> Measured {
-    median((0..n).map(|_| run()).collect())
+    Measured { wall, walls: vec![wall], nix_peak, timings }
 }
 
 fn secs(d: Duration) -> String {
@@ -232,8 +234,8 @@ fn mib(bytes: u64) -> String {
     format!("{} MiB", bytes >> 20)
 }
 
-fn ratio(a: Duration, reference: Duration) -> String {
-    format!("{:.2}×", a.as_secs_f64() / reference.as_secs_f64())
+fn ratio(value: f64) -> String {
+    format!("{value:.2}×")
 }
 
 fn load() -> String {
@@ -242,22 +244,46 @@ fn load() -> String {
         .unwrap_or_default()
 }
 
+/// The median run of a column, and the median of its per-repetition ratios to the reference.
+#[derive(Debug, Clone)]
+struct Ratioed {
+    median: Measured,
+    ratio: f64,
+}
+
+impl Ratioed {
+    fn new(runs: Vec<Measured>, reference: &[Duration]) -> Ratioed {
+        let mut ratios: Vec<f64> =
+            runs.iter().zip(reference).map(|(m, r)| m.wall.as_secs_f64() / r.as_secs_f64()).collect();
+        ratios.sort_by(f64::total_cmp);
+        Ratioed { ratio: ratios[ratios.len() / 2], median: median(runs) }
+    }
+}
+
 /// One table row and the JSON record of a fleet.
 struct Row {
     fleet: String,
     hosts: usize,
     variant: String,
     reference: Measured,
-    now: Measured,
-    before: Option<Measured>,
+    now: Ratioed,
+    before: Option<Ratioed>,
 }
 
 impl Row {
     fn print(&self) {
+        let spread = |m: &Measured| {
+            let secs: Vec<String> = m.walls.iter().map(|w| format!("{:.2}", w.as_secs_f64())).collect();
+            secs.join(" ")
+        };
+        eprintln!(
+            "  runs (s): reference {} | plan {}{}",
+            spread(&self.reference),
+            spread(&self.now.median),
+            self.before.as_ref().map(|b| format!(" | before {}", spread(&b.median))).unwrap_or_default()
+        );
         let before = match &self.before {
-            Some(b) => {
-                format!("{} | {} | {}", secs(b.wall), ratio(b.wall, self.reference.wall), mib(b.nix_peak))
-            }
+            Some(b) => format!("{} | {} | {}", secs(b.median.wall), ratio(b.ratio), mib(b.median.nix_peak)),
             None => "— | — | —".into(),
         };
         println!(
@@ -267,15 +293,15 @@ impl Row {
             self.variant,
             secs(self.reference.wall),
             mib(self.reference.nix_peak),
-            secs(self.now.wall),
-            ratio(self.now.wall, self.reference.wall),
-            mib(self.now.nix_peak),
+            secs(self.now.median.wall),
+            ratio(self.now.ratio),
+            mib(self.now.median.nix_peak),
             before
         );
     }
 
     fn details(&self) -> String {
-        let t = &self.now.timings;
+        let t = &self.now.median.timings;
         let ms = |key: &str| t[key].as_f64().map_or("—".into(), |v| format!("{v:.0} ms"));
         let count = |key: &str| t[key].as_u64().map_or("—".into(), |v| v.to_string());
         let slowest_render = t["render_formats_ms"]
@@ -300,10 +326,14 @@ impl Row {
     }
 
     fn json(&self) -> Value {
-        let m = |m: &Measured| json!({"wall_ms": m.wall.as_secs_f64() * 1000.0, "nix_peak_kib": m.nix_peak / 1024, "timings": m.timings});
+        let m = |m: &Measured| {
+            let walls: Vec<f64> = m.walls.iter().map(|w| w.as_secs_f64() * 1000.0).collect();
+            json!({"wall_ms": m.wall.as_secs_f64() * 1000.0, "walls_ms": walls, "nix_peak_kib": m.nix_peak / 1024, "timings": m.timings})
+        };
+        let r = |r: &Ratioed| json!({"median": m(&r.median), "ratio": r.ratio});
         json!({
             "fleet": self.fleet, "hosts": self.hosts, "variant": self.variant,
-            "reference": m(&self.reference), "now": m(&self.now), "before": self.before.as_ref().map(m),
+            "reference": m(&self.reference), "now": r(&self.now), "before": self.before.as_ref().map(r),
         })
     }
 }
@@ -333,9 +363,6 @@ fn main() {
         println!("\n{kind} fleet, {n} hosts: load average {}", load());
         // The first reference run also warms the store copy of the flake and gives the systems.
         let (first, toplevels) = reference(fleet);
-        let mut references = vec![first];
-        references.extend((1..options.runs).map(|_| reference(fleet).0));
-        let reference = median(references);
         let scenario = fleet
             .scenario(&toplevels)
             .set("time_scale", json!(1))
@@ -352,15 +379,35 @@ fn main() {
                 variants.push((format!("`max_memory: {limit}`"), Some(path)));
             }
         }
-        for (variant, config) in variants {
-            let now = runs(options.runs, || plan(&now_bin, fleet, &pve, config.as_deref()));
-            // The build before has no `eval` settings: it runs once, with its defaults.
-            let before = match (&options.before, &config) {
-                (Some(bin), None) => Some(runs(options.runs, || plan(bin, fleet, &pve, None))),
-                _ => None,
+        // Repetitions interleave the reference, every variant and the build before, so that
+        // each repetition's ratios compare runs made under the same load.
+        let mut references = vec![first];
+        let mut nows: Vec<Vec<Measured>> = vec![Vec::new(); variants.len()];
+        let mut befores = Vec::new();
+        for repetition in 0..options.runs {
+            if repetition > 0 {
+                references.push(reference(fleet).0);
+            }
+            for (i, (_, config)) in variants.iter().enumerate() {
+                nows[i].push(plan(&now_bin, fleet, &pve, config.as_deref()));
+            }
+            // The build before has no `eval` settings: it runs with its defaults only.
+            if let Some(bin) = &options.before {
+                befores.push(plan(bin, fleet, &pve, None));
+            }
+        }
+        let ref_walls: Vec<Duration> = references.iter().map(|m| m.wall).collect();
+        let reference = median(references);
+        let before = (!befores.is_empty()).then(|| Ratioed::new(befores, &ref_walls));
+        for (i, ((variant, _), now)) in variants.into_iter().zip(nows).enumerate() {
+            let row = Row {
+                fleet: kind.clone(),
+                hosts: *n,
+                variant,
+                reference: reference.clone(),
+                now: Ratioed::new(now, &ref_walls),
+                before: if i == 0 { before.clone() } else { None },
             };
-            let row =
-                Row { fleet: kind.clone(), hosts: *n, variant, reference: reference.clone(), now, before };
             row.print();
             rows.push(row);
         }
@@ -375,9 +422,9 @@ fn main() {
         row.print();
     }
     println!(
-        "\n| fleet | hosts | variant | evaluation | nix processes | restarts | steals | most at once | Proxmox after nix | planning | slowest render |"
+        "\n| fleet | hosts | variant | evaluation | nix processes | restarts | steals | most at once | Proxmox reads | Proxmox after nix | planning | slowest render |"
     );
-    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in &rows {
         println!("{}", row.details());
     }
