@@ -134,7 +134,8 @@ pub struct SourceArgs {
     #[arg(long)]
     pub eval_jobs: Option<usize>,
 
-    /// Hosts whose systems one `nix eval` evaluates (default 8; 1 is one process per host).
+    /// Most hosts one `nix eval` process evaluates before a fresh one takes over (default: no
+    /// limit; `eval.max_memory` decides). 1 is one process per host.
     #[arg(long, value_name = "N")]
     pub eval_batch: Option<usize>,
 
@@ -191,6 +192,17 @@ pub struct PlanArgs {
     /// Write the wall time of each phase as JSON to this file (for benchmarks).
     #[arg(long)]
     pub timings: Option<PathBuf>,
+
+    /// Plan only shard I of N (`2/3`): evaluate every N-th host and read the VMs of this
+    /// shard's Proxmox nodes, and write a shard file (`--format json --out part-2.json`) for
+    /// `--merge`. See docs/ci.md.
+    #[arg(long, value_name = "I/N", conflicts_with_all = ["merge", "comment", "probe", "detailed_exitcode"])]
+    pub shard: Option<String>,
+
+    /// Merge the shard files of every `--shard I/N` run into the plan one unsharded run would
+    /// make (same plan id); refused when a shard is missing or read another commit or cluster.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "probe")]
+    pub merge: Vec<PathBuf>,
 
     #[command(flatten)]
     pub forge: ForgeArgs,

@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{Bios, ImageFormat, VmSpec};
 
-/// `config.nixprox` of one host as the inventory expression prints it (camelCase, as in
+/// `config.nixprox` of one host as the evaluation prints it (camelCase, as in
 /// `nix/module.nix`). Unknown fields are rejected so that module and binary cannot drift apart
-/// silently.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// silently. Serialised the same way into plan shards (`plan --shard`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostDecl {
     pub vm: VmDecl,
@@ -26,17 +26,17 @@ pub struct HostDecl {
 }
 
 /// `nixprox.network`: the prefix length and gateway that go with a static `nixprox.address`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StaticNetworkDecl {
     pub prefix_length: Option<u8>,
     pub gateway: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VmDecl {
-    /// Already resolved by the inventory expression: `vm.name`, else an explicitly set
+    /// Already resolved by the evaluation (`eval.nix`): `vm.name`, else an explicitly set
     /// `networking.hostName`, else the attribute name.
     pub name: String,
     pub node: Option<String>,
@@ -61,7 +61,7 @@ pub struct VmDecl {
     pub keep: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DiskDecl {
     pub storage: Option<String>,
@@ -72,7 +72,7 @@ pub struct DiskDecl {
     pub iothread: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkDecl {
     pub bridge: Option<String>,
@@ -90,7 +90,7 @@ pub enum TemplateRef {
     Name(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BootstrapDecl {
     pub template: Option<TemplateRef>,
@@ -105,7 +105,7 @@ pub struct BootstrapDecl {
 
 /// `nixprox.bootstrap.image` without `package`, whose store path is evaluated with the system
 /// (phase two: evaluating an image derivation can be as expensive as the system itself).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageDecl {
     pub enable: bool,
@@ -187,7 +187,7 @@ pub struct ImageSource {
 }
 
 /// The evaluated system of a host: what `install`/`switch` put on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemEval {
     /// Out path of `system.build.toplevel`.
     pub toplevel: String,

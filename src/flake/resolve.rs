@@ -584,7 +584,7 @@ mod tests {
         let mut d = decl();
         d.vm.name = name.into();
         d.vm.id = id;
-        EvaluatedHost { attr: attr.into(), decl: d, system: system() }
+        EvaluatedHost { attr: attr.into(), decl: d, system: system(), extra: None }
     }
 
     #[test]

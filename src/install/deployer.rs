@@ -10,13 +10,14 @@ use anyhow::{Context, anyhow, bail};
 use futures::future::BoxFuture;
 
 use super::{
-    DiskKeySource, InstallRequest, NixBuild, SwitchAction, SwitchRequest, default_command, install_host,
-    run_build, switch_host,
+    DiskKeySource, InstallRequest, SwitchAction, SwitchRequest, build_toplevel, default_command,
+    install_host, run_build, switch_host,
 };
 use crate::config::Settings;
 use crate::deploy::{DeployTarget, Deployed, NixosDeployer};
 use crate::flake::DesiredHost;
 use crate::flake::host::{Bootstrap, DeployStrategy};
+use crate::flake::{Nix, OverrideInput};
 use crate::metadata::Metadata;
 use crate::ssh::{
     ClientKey, ConnectOptions, GeneratedHostKey, HostKeyPolicy, SshError, SshTarget, generate_host_key,
@@ -35,9 +36,9 @@ pub struct SshDeployer {
     key: ClientKey,
     command: Vec<String>,
     user_override: Option<String>,
-    /// `--override-input` pairs for the builds nixprox runs itself (nixos-anywhere evaluates
-    /// the flake with its lock file).
-    override_inputs: Vec<(String, String)>,
+    /// `--override-input`s for the builds nixprox runs itself (nixos-anywhere evaluates the
+    /// flake with its lock file).
+    override_inputs: Vec<OverrideInput>,
     install_timeout: Duration,
     connect_timeout: Duration,
 }
@@ -67,9 +68,9 @@ impl SshDeployer {
         }
     }
 
-    /// Builds with these `--override-input` pairs (the ones the flake was evaluated with).
-    pub fn with_override_inputs(mut self, pairs: Vec<(String, String)>) -> SshDeployer {
-        self.override_inputs = pairs;
+    /// Builds with these `--override-input`s (the ones the flake was evaluated with).
+    pub fn with_override_inputs(mut self, inputs: Vec<OverrideInput>) -> SshDeployer {
+        self.override_inputs = inputs;
         self
     }
 
@@ -225,11 +226,10 @@ impl SshDeployer {
     /// Builds the host's toplevel on this runner, so `nix copy` has a closure to send (the
     /// plan only evaluated it). A different out path means the flake changed since evaluation.
     async fn build(&self, host: &crate::flake::DesiredHost) -> anyhow::Result<()> {
-        let mut build = NixBuild::toplevel(&self.flake, &host.host);
-        build.override_inputs = self.override_inputs.clone();
+        let build = build_toplevel(&Nix::default(), &self.flake, &host.host, &self.override_inputs);
         tracing::info!(host = %host.host, "building {}", host.system.toplevel);
         let built = run_build(&build, self.install_timeout).await.map_err(|reason| {
-            anyhow!("failed to build the system of host `{}` (`{}`): {reason}", host.host, build.installable)
+            anyhow!("failed to build the system of host `{}` (`{}`): {reason}", host.host, build.describe())
         })?;
         if built != host.system.toplevel {
             bail!(

@@ -16,7 +16,7 @@ mod switch;
 pub use anywhere::{CLI_FLAGS, NixosAnywhere, default_command};
 pub use deployer::{DEFAULT_KEY_ENV, SshDeployer, pinned_host_key};
 pub use extra_files::{HOST_KEY_PATH, prepare_extra_files};
-pub use nix::{NixBuild, NixCopy, parse_build_json, run_build};
+pub use nix::{NixCopy, build_toplevel, run_build};
 pub use run::{CommandSpec, RunFailure, TAIL_LINES, run_streaming};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -370,11 +370,13 @@ pub async fn switch_host(request: &SwitchRequest) -> Result<SwitchOutcome, Switc
         sudo,
     };
     tracing::info!(host = %host, "copying {} with nix copy", request.toplevel);
-    run_streaming(&copy.spec(), &host, request.copy_timeout).await.map_err(|failure| SwitchError::Copy {
-        host: host.clone(),
-        system: request.toplevel.clone(),
-        reason: failure.describe(),
-    })?;
+    run_streaming(&copy.spec(&crate::flake::Nix::default()), &host, request.copy_timeout).await.map_err(
+        |failure| SwitchError::Copy {
+            host: host.clone(),
+            system: request.toplevel.clone(),
+            reason: failure.describe(),
+        },
+    )?;
     let activation = Activation {
         system: request.toplevel.clone(),
         action: request.action,

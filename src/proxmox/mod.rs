@@ -25,8 +25,8 @@ pub use crate::retry::RetryPolicy;
 pub use client::{Client, ClientOptions};
 pub use error::{ProxmoxError, TaskFailure, TransportKind, UnexpectedAnswer};
 pub use read::{
-    Prefetched, ReadRequest, TemplateError, find_template, finish_read, list_vms, prefetch_cluster,
-    read_cluster,
+    Prefetched, ReadRequest, TemplateError, find_template, finish_read, list_cluster, list_vms,
+    prefetch_cluster, read_cluster, read_managed,
 };
 pub use tasks::{TaskOutcome, Upid, post_and_wait, wait_answer, wait_task};
 pub use vm::{LiveConfig, LiveVm};

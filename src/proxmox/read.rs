@@ -50,14 +50,42 @@ pub struct Prefetched {
     listed: Vec<(LiveVm, Option<String>)>,
     /// Configs read so far, by index into `listed`.
     configs: Vec<(usize, LiveConfig)>,
+    /// Indices whose config another reader owns (a plan shard reads only its nodes' VMs):
+    /// [`finish_read`] leaves them alone.
+    settled: BTreeSet<usize>,
+}
+
+impl Prefetched {
+    /// The resource list: every QEMU VM with its pool, sorted by VMID.
+    pub fn listing(&self) -> impl Iterator<Item = (&LiveVm, Option<&str>)> {
+        self.listed.iter().map(|(vm, pool)| (vm, pool.as_deref()))
+    }
 }
 
 /// Lists the VMs and reads the configs of the managed ones, `concurrency` at a time.
 pub async fn prefetch_cluster(client: &Client, concurrency: usize) -> Result<Prefetched, ProxmoxError> {
-    let listed = fetch_resources(client).await?;
-    let wanted = select(&listed, |vm| vm.is_managed());
-    let configs = read_configs(client, wanted, concurrency).await?;
-    Ok(Prefetched { listed, configs })
+    let listed = list_cluster(client).await?;
+    read_managed(client, listed, concurrency, |_| true).await
+}
+
+/// The resource list alone (no config read yet).
+pub async fn list_cluster(client: &Client) -> Result<Prefetched, ProxmoxError> {
+    Ok(Prefetched { listed: fetch_resources(client).await?, configs: Vec::new(), settled: BTreeSet::new() })
+}
+
+/// Reads the configs of the managed VMs that `owned` keeps; the other managed VMs are
+/// settled (someone else reads them, and [`finish_read`] will not).
+pub async fn read_managed(
+    client: &Client,
+    prefetched: Prefetched,
+    concurrency: usize,
+    owned: impl Fn(&LiveVm) -> bool,
+) -> Result<Prefetched, ProxmoxError> {
+    let Prefetched { listed, mut configs, mut settled } = prefetched;
+    let wanted = select(&listed, |vm| vm.is_managed() && owned(vm));
+    settled.extend(select(&listed, |vm| vm.is_managed() && !owned(vm)).into_iter().map(|w| w.0));
+    configs.extend(read_configs(client, wanted, concurrency).await?);
+    Ok(Prefetched { listed, configs, settled })
 }
 
 /// Reads the configs of the VMs named like a declared host that the prefetch did not read
@@ -67,8 +95,8 @@ pub async fn finish_read(
     prefetched: Prefetched,
     request: &ReadRequest,
 ) -> Result<Vec<LiveVm>, ProxmoxError> {
-    let Prefetched { listed, mut configs } = prefetched;
-    let done: BTreeSet<usize> = configs.iter().map(|(index, _)| *index).collect();
+    let Prefetched { listed, mut configs, settled } = prefetched;
+    let done: BTreeSet<usize> = configs.iter().map(|(index, _)| *index).chain(settled).collect();
     let wanted: Vec<Wanted> = select(&listed, |vm| request.host_names.contains(&vm.name))
         .into_iter()
         .filter(|w| !done.contains(&w.0))

@@ -2,13 +2,13 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metadata::Metadata;
 use crate::spec::VmSpec;
 
 /// One QEMU VM from `/cluster/resources`, with its config when it was read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveVm {
     pub vmid: u32,
     pub node: String,
@@ -32,7 +32,7 @@ impl LiveVm {
 }
 
 /// `/nodes/{node}/qemu/{vmid}/config`, parsed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveConfig {
     /// The config digest, passed back on writes as a compare-and-swap.
     pub digest: String,

@@ -20,6 +20,7 @@ const STATUS: &str = "nixprox/apply";
 pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     let cancel = Cancel::new();
     super::signals::forward(&cancel).context("failed to listen for SIGINT and SIGTERM")?;
+    let source = source::Source::from_args(&args.source)?;
     let context = publish::detect(&args.forge, args.comment)?;
     let forge = match &context {
         Some(context) if args.comment || (args.plan_id.is_none() && args.reviewed_plan.is_none()) => {
@@ -31,7 +32,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     let key = publish::marker_key(&args.source.flake, args.source.config.as_deref());
     let (reviewed, pr) = reviewed_plan(&args, forge.as_ref(), sha.as_deref(), &key).await?;
 
-    let settings = source::load_settings(&args.source)?;
+    let settings = source::load_settings(&source)?;
     let client = source::proxmox_client(&settings)?;
     // Evaluating changes nothing: a signal meanwhile ends the run at once.
     let evaluated = tokio::select! {
@@ -40,14 +41,14 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
             tracing::warn!("cancelled by {} while evaluating the flake: nothing was applied", signal.name());
             return Ok(Outcome::Cancelled(signal));
         }
-        evaluated = source::evaluate(&args.source, &settings) => match (evaluated, cancel.requested()) {
+        evaluated = source::evaluate(&source, &settings) => match (evaluated, cancel.requested()) {
             (Err(_), Some(signal)) => return Ok(Outcome::Cancelled(signal)),
             (evaluated, _) => evaluated?,
         },
     };
-    let only = source::only(&args.source);
-    let deployer = deployer(&args, &settings);
-    let image_build = image_build(&args)?;
+    let only = source.only();
+    let deployer = deployer(&source, &settings);
+    let image_build = image_build(&source);
     let git_rev = sha.clone().or_else(|| git_revision(&args.source.flake));
     let progress = Progress::new(ProgressMode::detect());
     let outcome = apply::run(RunRequest {
@@ -117,7 +118,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
 }
 
 /// The SSH deployer, or `None` (installs and switches skipped) when no SSH key is configured.
-fn deployer(args: &ApplyArgs, settings: &crate::config::Settings) -> Option<SshDeployer> {
+fn deployer(source: &source::Source, settings: &crate::config::Settings) -> Option<SshDeployer> {
     let Some(key) = SshDeployer::client_key(settings, &publish::env) else {
         tracing::warn!(
             "no SSH key configured (ssh.key, ssh.key_env, NIXPROX_SSH_KEY_FILE or {}): install and switch steps will be skipped",
@@ -125,26 +126,18 @@ fn deployer(args: &ApplyArgs, settings: &crate::config::Settings) -> Option<SshD
         );
         return None;
     };
-    let overrides = args.source.override_input.chunks(2).filter_map(pair).collect();
     Some(
-        SshDeployer::new(flake_for_install(&args.source.flake), key, settings)
-            .with_override_inputs(overrides),
+        SshDeployer::new(flake_for_install(&source.flake), key, settings)
+            .with_override_inputs(source.override_inputs.clone()),
     )
 }
 
 /// How image hosts' packages are built: the flake and the `--override-input`s it was
 /// evaluated with, so the build is the package the plan evaluated.
-fn image_build(args: &ApplyArgs) -> anyhow::Result<ImageBuild> {
-    let mut build = ImageBuild::new(Nix::default(), flake_for_install(&args.source.flake), "");
-    build.override_inputs = source::override_inputs(&args.source.override_input)?;
-    Ok(build)
-}
-
-fn pair(chunk: &[String]) -> Option<(String, String)> {
-    match chunk {
-        [name, flake_ref] => Some((name.clone(), flake_ref.clone())),
-        _ => None,
-    }
+fn image_build(source: &source::Source) -> ImageBuild {
+    let mut build = ImageBuild::new(Nix::default(), flake_for_install(&source.flake), "");
+    build.override_inputs = source.override_inputs.clone();
+    build
 }
 
 fn run_url(context: &Option<ForgeContext>) -> Option<&str> {

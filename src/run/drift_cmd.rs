@@ -16,7 +16,8 @@ pub async fn run(args: DriftArgs, color: bool) -> anyhow::Result<Outcome> {
         }
         _ => None,
     };
-    let planned = super::source::plan(&args.source, args.probe).await?;
+    let source = super::source::Source::from_args(&args.source)?;
+    let planned = super::source::plan(&source, args.probe).await?;
     super::privileges::check_read(&planned, args.probe, context.is_some()).await?;
     let plan = &planned.plan;
     print!("{}", text::render(plan, text::TextOptions { color }));

@@ -18,9 +18,10 @@ use super::{Outcome, source};
 const DELETE_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub async fn run(args: GcImagesArgs) -> anyhow::Result<Outcome> {
-    let settings = source::load_settings(&args.source)?;
+    let source = source::Source::from_args(&args.source)?;
+    let settings = source::load_settings(&source)?;
     let client = source::proxmox_client(&settings)?;
-    let evaluated = source::evaluate(&args.source, &settings).await?;
+    let evaluated = source::evaluate(&source, &settings).await?;
     let garbage = find(&client, &settings, &evaluated.desired).await?;
     if garbage.is_empty() {
         println!("No unreferenced nixprox image files.");

@@ -10,6 +10,7 @@ mod plan_cmd;
 mod privileges;
 mod probe;
 mod publish;
+pub mod shard;
 mod signals;
 pub mod source;
 

@@ -1,16 +1,25 @@
-//! `nixprox plan`: plan, render, write, report in CI, and choose the exit code.
+//! `nixprox plan`: plan (or plan one shard, or merge shards), render, write, report in CI, and
+//! choose the exit code.
 
-use anyhow::Context;
+use std::path::Path;
+
+use anyhow::{Context, bail};
 
 use crate::cli::{Format, PlanArgs};
 use crate::forge::StatusState;
 use crate::render::{json, markdown, matrix, summary_line, text};
 
+use super::shard::{self, ShardSpec};
+use super::source::{self, Source};
 use super::{Outcome, publish};
 
 const STATUS: &str = "nixprox/plan";
 
 pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
+    let source = Source::from_args(&args.source)?;
+    if let Some(spec) = &args.shard {
+        return run_shard(&args, &source, ShardSpec::parse(spec)?).await;
+    }
     let context = publish::detect(&args.forge, args.comment)?;
     let forge = match (&context, args.comment) {
         (Some(context), true) => Some(publish::connect(context)?),
@@ -26,7 +35,11 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
             .await;
     }
     let checked = async {
-        let planned = super::source::plan(&args.source, args.probe).await?;
+        let planned = if args.merge.is_empty() {
+            source::plan(&source, args.probe).await?
+        } else {
+            shard::merge(&source, &args.merge).await?
+        };
         super::privileges::check_read(&planned, args.probe, context.is_some()).await?;
         anyhow::Ok(planned)
     };
@@ -59,11 +72,7 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
         Format::Matrix => matrix::render(plan, args.shards),
     };
     let render_time = started.elapsed();
-    match &args.out {
-        Some(path) => std::fs::write(path, &rendered)
-            .with_context(|| format!("failed to write the plan to `{}`", path.display()))?,
-        None => print!("{rendered}"),
-    }
+    write_out(args.out.as_deref(), &rendered)?;
     if let Some(path) = &args.timings {
         let timings = planned.timings.to_json(render_time);
         write_timings(path, timings, plan, &md_context, args.shards)?;
@@ -109,6 +118,46 @@ fn write_timings(
     }
     std::fs::write(path, format!("{timings:#}\n"))
         .with_context(|| format!("failed to write the timings to `{}`", path.display()))
+}
+
+/// `--shard I/N`: writes the shard file for `--merge` (always JSON) and the timings.
+async fn run_shard(args: &PlanArgs, source: &Source, spec: ShardSpec) -> anyhow::Result<Outcome> {
+    if args.format != Format::Json {
+        bail!("`--shard` writes a shard file for `plan --merge`, which is JSON: add `--format json`");
+    }
+    let (file, timings) = shard::plan_shard(source, spec).await?;
+    let started = std::time::Instant::now();
+    let rendered = format!("{}\n", serde_json::to_string(&file).context("failed to serialise the shard")?);
+    let render_time = started.elapsed();
+    write_out(args.out.as_deref(), &rendered)?;
+    if let Some(path) = &args.timings {
+        let mut timings = timings.to_json(render_time);
+        if let Some(kib) = peak_rss_kib() {
+            timings["peak_rss_kib"] = kib.into();
+        }
+        std::fs::write(path, format!("{timings:#}\n"))
+            .with_context(|| format!("failed to write the timings to `{}`", path.display()))?;
+    }
+    tracing::info!(
+        "wrote shard {} of {}: {} hosts, the VMs of {} node(s)",
+        spec.index,
+        spec.count,
+        file.hosts.len(),
+        file.nodes.len()
+    );
+    Ok(Outcome::Success)
+}
+
+/// The rendering to `--out`, or stdout.
+fn write_out(out: Option<&Path>, rendered: &str) -> anyhow::Result<()> {
+    match out {
+        Some(path) => std::fs::write(path, rendered)
+            .with_context(|| format!("failed to write the plan to `{}`", path.display())),
+        None => {
+            print!("{rendered}");
+            Ok(())
+        }
+    }
 }
 
 /// With `--timings`, every rendering is timed (the benchmark reports them all from one run);

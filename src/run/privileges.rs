@@ -10,8 +10,12 @@ use super::source::Planned;
 
 /// Fails when the token lacks a privilege planning needs; warns in CI when it could write.
 /// A permissions answer that cannot be had is only logged: the API still enforces everything.
+/// A merge of shards read nothing itself: there is no token to check.
 pub async fn check_read(planned: &Planned, probe: bool, in_ci: bool) -> anyhow::Result<()> {
-    let granted = match permissions::fetch(&planned.client).await {
+    let Some(client) = &planned.client else {
+        return Ok(());
+    };
+    let granted = match permissions::fetch(client).await {
         Ok(granted) => granted,
         Err(err) => {
             tracing::warn!("could not check the token's privileges ({err}); planning goes on");
@@ -21,7 +25,7 @@ pub async fn check_read(planned: &Planned, probe: bool, in_ci: bool) -> anyhow::
     let needs = crate::plan::privileges::needs_to_read(&planned.plan, &planned.desired, probe);
     let missing = permissions::missing(&granted, needs);
     if !missing.is_empty() {
-        let token = planned.client.token_id().to_string();
+        let token = client.token_id().to_string();
         return Err(MissingPrivileges { token, role: permissions::PLAN_ROLE, missing }.into());
     }
     let writes = granted.write_privileges();
@@ -29,7 +33,7 @@ pub async fn check_read(planned: &Planned, probe: bool, in_ci: bool) -> anyhow::
         let list: Vec<String> = writes.iter().take(5).map(|(path, p)| format!("{p} on {path}")).collect();
         tracing::warn!(
             "the Proxmox token `{}` can change the cluster ({}{}); planning needs only read access (the `PVEAuditor` role on `/vms`): give pull-request workflows a read-only token (docs/guide.md#proxmox-tokens)",
-            planned.client.token_id(),
+            client.token_id(),
             list.join(", "),
             if writes.len() > 5 { ", …" } else { "" }
         );

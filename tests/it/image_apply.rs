@@ -11,7 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use nixprox::install::{SwitchAction, SwitchRequest, parse_build_json, switch_host};
+use nixprox::flake::parse_build_json;
+use nixprox::install::{SwitchAction, SwitchRequest, switch_host};
 use nixprox::metadata::{Metadata, Notes};
 use nixprox::proxmox::guest::ED25519_HOST_KEY;
 use nixprox::ssh::ClientKey;

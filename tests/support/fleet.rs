@@ -20,6 +20,9 @@
 //!
 //! [`Fleet::generate_new_unnumbered`] is the same without declared VMIDs, every host on `pve1`:
 //! nixprox picks the ids (the nextid race of many creates at once).
+//! [`Fleet::generate_heavy`] is the same fleet with hosts that cost what a small NixOS costs to
+//! evaluate: each imports `fixtures/lib/heavy.nix` with `standin.units` set (see
+//! [`HEAVY_UNITS`] and docs/performance.md for the calibration).
 //!
 //! [`Fleet::generate_new`] is the apply benchmark's fleet: every host new (`create_vm` +
 //! `install`), nothing else in the cluster but the template, the hosts' disks on an RBD storage
@@ -98,35 +101,45 @@ pub struct Expected {
 }
 
 const TEMPLATE_VMID: u32 = 9000;
+
+/// `standin.units` of a heavy host: about 0.3 s of CPU and 100 MiB of evaluator heap per host
+/// on the benchmark machine (measured with `/usr/bin/time -v`, docs/performance.md).
+pub const HEAVY_UNITS: usize = 650;
 /// The RBD storage of [`Fleet::generate_new`]'s disks.
 pub const SLOW_STORAGE: &str = "ceph-pool";
 
 impl Fleet {
     /// Writes an `n`-host flake into a fresh temporary directory.
     pub fn generate(n: usize) -> Fleet {
-        Fleet::build(n, State::of, true)
+        Fleet::build(n, State::of, true, 0)
+    }
+
+    /// [`Fleet::generate`] with heavy hosts: `units` stand-in units each ([`HEAVY_UNITS`]
+    /// for the benchmark).
+    pub fn generate_heavy(n: usize, units: usize) -> Fleet {
+        Fleet::build(n, State::of, true, units)
     }
 
     /// Writes an `n`-host flake whose hosts all lack a VM, with no orphans or strangers: the
     /// apply benchmark's fleet. Its disks go to `ceph-pool` (see [`Fleet::apply_scenario`]).
     pub fn generate_new(n: usize) -> Fleet {
-        Fleet::build(n, |_| State::Missing, false)
+        Fleet::build(n, |_| State::Missing, false, 0)
     }
 
     /// Like [`Fleet::generate_new`], but no host declares its `vm.id` and all are on `pve1`.
     pub fn generate_new_unnumbered(n: usize) -> Fleet {
-        let mut fleet = Fleet::build(n, |_| State::Missing, false);
+        let mut fleet = Fleet::build(n, |_| State::Missing, false, 0);
         fleet.nodes = 1;
         fleet.declared_ids = false;
         for host in &mut fleet.hosts {
             host.node = "pve1".into();
         }
-        fleet.write_flake();
+        fleet.write_flake(0);
         fleet.set_host_concurrency(None);
         fleet
     }
 
-    fn build(n: usize, state: fn(usize) -> State, extras: bool) -> Fleet {
+    fn build(n: usize, state: fn(usize) -> State, extras: bool, units: usize) -> Fleet {
         let dir = tempfile::Builder::new().prefix(&format!("fleet-{n}-")).tempdir().expect("tempdir");
         let nodes = (n / 4).clamp(1, 10);
         let hosts: Vec<FleetHost> = (0..n)
@@ -143,7 +156,7 @@ impl Fleet {
             .collect();
         let strangers = if extras { n / 20 } else { 0 };
         let fleet = Fleet { dir, hosts, orphans, strangers, nodes, declared_ids: true };
-        fleet.write_flake();
+        fleet.write_flake(units);
         if !extras {
             fleet.set_host_concurrency(None);
         }
@@ -178,7 +191,15 @@ impl Fleet {
         format!("path:{}", self.dir.path().display())
     }
 
-    fn write_flake(&self) {
+    /// Appends `text` to `nixprox.yaml` (e.g. an `eval:` section).
+    pub fn append_settings(&self, text: &str) {
+        let path = self.dir.path().join("nixprox.yaml");
+        let mut settings = std::fs::read_to_string(&path).expect("read nixprox.yaml");
+        settings.push_str(text);
+        std::fs::write(path, settings).expect("write nixprox.yaml");
+    }
+
+    fn write_flake(&self, units: usize) {
         let dir = self.dir.path();
         copy_dir(&repo().join("fixtures/lib"), &dir.join("lib"));
         let mut hosts = String::new();
@@ -194,7 +215,12 @@ impl Fleet {
                 node = host.node,
             );
         }
-        let flake = FLAKE.replace("@HOSTS@", hosts.trim_end());
+        let heavy = if units == 0 {
+            "[ ]".to_string()
+        } else {
+            format!("[ ./lib/heavy.nix {{ standin.units = {units}; }} ]")
+        };
+        let flake = FLAKE.replace("@HOSTS@", hosts.trim_end()).replace("@HEAVY@", &heavy);
         std::fs::write(dir.join("flake.nix"), flake).expect("write flake.nix");
         std::fs::write(dir.join("nixprox.yaml"), SETTINGS).expect("write nixprox.yaml");
     }
@@ -364,7 +390,8 @@ const FLAKE: &str = r#"# A generated fleet (tests/support/fleet.rs): the style o
               nixprox.vm = vm;
               nixprox.bootstrap.sshKeys = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDnixproxExampleKeyOnlyForTheFixture ops@fleet" ];
             }
-          ];
+          ]
+          ++ @HEAVY@;
         };
     in
     {

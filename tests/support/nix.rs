@@ -106,11 +106,9 @@ impl Fixture {
     pub fn request(&self) -> EvalRequest {
         EvalRequest {
             nix: nix(),
-            flake: self.flake_ref(),
             override_inputs: override_inputs(),
             eval_jobs: 2,
-            hosts: None,
-            batch: 0,
+            ..EvalRequest::new(self.flake_ref())
         }
     }
 }

@@ -345,7 +345,7 @@ pub mod systems {
             .output()
             .expect("run nix (install Debian's nix-bin)");
         assert!(output.status.success(), "nix build failed: {}", String::from_utf8_lossy(&output.stderr));
-        nixprox::install::parse_build_json(&String::from_utf8_lossy(&output.stdout)).expect("nix build json")
+        nixprox::flake::parse_build_json(&String::from_utf8_lossy(&output.stdout)).expect("nix build json")
     }
 
     /// `x86_64-linux` etc.
@@ -369,8 +369,8 @@ pub mod systems {
 
     /// Builds the flake's toplevel the way the executor would (the library's argv builder).
     pub fn build_flake(flake: &str, host: &str) -> String {
-        let mut build = nixprox::install::NixBuild::toplevel(flake, host);
-        build.options.push(("sandbox".into(), "false".into()));
+        let build = nixprox::install::build_toplevel(&nixprox::flake::Nix::default(), flake, host, &[])
+            .option("sandbox", "false");
         let argv = build.argv();
         let output = Command::new(&argv[0])
             .args(&argv[1..])
@@ -378,6 +378,6 @@ pub mod systems {
             .output()
             .expect("run nix");
         assert!(output.status.success(), "nix build failed: {}", String::from_utf8_lossy(&output.stderr));
-        nixprox::install::parse_build_json(&String::from_utf8_lossy(&output.stdout)).expect("json")
+        nixprox::flake::parse_build_json(&String::from_utf8_lossy(&output.stdout)).expect("json")
     }
 }
