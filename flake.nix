@@ -19,6 +19,8 @@
     {
       nixosModules.default = ./nix/module.nix;
       nixosModules.nixprox = ./nix/module.nix;
+      # A Forgejo or GitHub Actions runner that can plan and apply (nix/runner.nix).
+      nixosModules.runner = import ./nix/runner.nix { inherit self; };
 
       packages = forAllSystems (pkgs: {
         default = pkgs.rustPlatform.buildRustPackage {

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs nixprox for the composite action. Inputs arrive as ACTION_* variables (never expanded
-# into the script text); the forge token as GITHUB_TOKEN, which nixprox reads by default.
+# into the script text); the `token` input as NIXPROX_ACTION_TOKEN, named with `--token-env` so
+# that it wins over the runner's own GITHUB_TOKEN/FORGEJO_TOKEN (Forgejo runners set both, and a
+# step's `env:` overrides only the name it sets).
 set -euo pipefail
 
 args=()
@@ -22,6 +24,11 @@ case "${ACTION_COMMAND:-plan}" in
 esac
 [[ -n "${ACTION_FLAKE:-}" ]] && args+=(--flake "$ACTION_FLAKE")
 [[ -n "${ACTION_CONFIG:-}" ]] && args+=(--config "$ACTION_CONFIG")
+# `--token-env` given in `args` is the user's explicit choice: do not add a second one.
+if [[ -n "${NIXPROX_ACTION_TOKEN:-}" && " ${ACTION_ARGS:-} " != *" --token-env"* ]]; then
+  args+=(--token-env NIXPROX_ACTION_TOKEN)
+fi
+[[ -n "${ACTION_BOT_LOGIN:-}" ]] && args+=(--bot-login "$ACTION_BOT_LOGIN")
 if [[ -n "${ACTION_ARGS:-}" ]]; then
   read -r -a extra <<<"$ACTION_ARGS"
   args+=("${extra[@]}")

@@ -1,12 +1,35 @@
 # nixprox NixOS module: declares a host's Proxmox VM next to its NixOS system.
 #
 # Every option lives under `nixprox`. nixprox reads them with `nix eval` (see
-# docs/configuration.md); nothing here changes the NixOS system itself, so the
-# module is safe to import on any host, enabled or not.
-{ lib, ... }:
+# docs/configuration.md); nothing here changes the NixOS system itself (only
+# assertions and, for image hosts, disko's image format default), so the module
+# is safe to import on any host, enabled or not.
+{ config, options, lib, ... }:
 
 let
-  inherit (lib) mkOption mkEnableOption types literalExpression;
+  inherit (lib) mkOption mkEnableOption types literalExpression literalMD;
+  cfg = config.nixprox;
+  image = cfg.bootstrap.image;
+
+  # `bootstrap.ipConfig` from a static address declared once (`address` with
+  # `network.prefixLength`): what cloud-init gives the bootstrap system, so nixos-anywhere
+  # finds it at the address the flake names, before any NixOS runs.
+  isIPv4 = a: builtins.match "[0-9]{1,3}(\\.[0-9]{1,3}){3}" a != null;
+  isIPv6 = a: builtins.match "[0-9a-fA-F]*:[0-9a-fA-F:.]*" a != null;
+  staticIpConfig =
+    let
+      inherit (cfg) address;
+      inherit (cfg.network) prefixLength gateway;
+      withGateway = key: lib.optionalString (gateway != null) ",${key}=${gateway}";
+    in
+    if address == null || prefixLength == null then
+      "ip=dhcp"
+    else if isIPv4 address then
+      "ip=${address}/${toString prefixLength}${withGateway "gw"}"
+    else if isIPv6 address then
+      "ip6=${address}/${toString prefixLength}${withGateway "gw6"}"
+    else
+      throw "nixprox.network.prefixLength is set, but nixprox.address `${address}` is not an IP address: set nixprox.address to the host's static IP address, or leave nixprox.network.prefixLength null (DHCP)";
 
   # Proxmox VM names must be DNS names (PVE's `dns-name` format).
   dnsName = types.strMatching "[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*";
@@ -214,6 +237,16 @@ in
         default = null;
         description = "Resource pool the VM belongs to.";
       };
+      keep = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Let go of this host's VM without destroying it: the plan shows `release`, which removes
+          the VM's `nixprox` tag and metadata block and leaves the VM, its disks and the rest of
+          its notes as they are. From then on nixprox never creates, adopts or changes a VM for
+          this host. (`nixprox forget HOST` does the same at once, without a plan.)
+        '';
+      };
     };
 
     bootstrap = {
@@ -245,9 +278,47 @@ in
       };
       ipConfig = mkOption {
         type = types.str;
-        default = "ip=dhcp";
+        default = staticIpConfig;
+        defaultText = literalMD "`ip=<address>/<prefixLength>,gw=<gateway>` (`ip6=…,gw6=…` for IPv6) when `nixprox.address` is an IP address and `nixprox.network.prefixLength` is set, else `ip=dhcp`";
         example = "ip=10.0.0.5/24,gw=10.0.0.1";
-        description = "Cloud-init network config of the first NIC (`ipconfig0`).";
+        description = ''
+          Cloud-init network config of the first NIC (`ipconfig0`) for the bootstrap system.
+          Derived from the static address when there is one, so the address is declared once.
+        '';
+      };
+      image = {
+        enable = mkEnableOption ''
+          booting new VMs straight from disk images of this host, built from the flake and
+          imported through the Proxmox API (instead of a template or ISO and nixos-anywhere;
+          needs Proxmox VE 8.4 or later). Excludes `bootstrap.template` and `bootstrap.iso`'';
+        package = mkOption {
+          type = types.nullOr types.package;
+          default = config.system.build.diskoImages or null;
+          defaultText = literalExpression "config.system.build.diskoImages (when disko is imported), else null";
+          description = ''
+            Derivation whose output holds one image per disk, named after the disk slot
+            (`scsi0.qcow2`, `virtio1.raw`, …); a single image is used for a single declared disk
+            whatever its name. disko's images are named after `disko.devices.disk.<name>.imageName`:
+            set it to the slot. Only its store path is evaluated when planning; apply builds it.
+          '';
+        };
+        format = mkOption {
+          type = types.enum [ "qcow2" "raw" ];
+          default = "qcow2";
+          description = ''
+            Format of the image files. With disko imported it is also disko's
+            `imageBuilder.imageFormat` default. qcow2 uploads only the written blocks.
+          '';
+        };
+        storage = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "local";
+          description = ''
+            File-based Proxmox storage with the `import` content type that the images are uploaded
+            to. `null` uses `defaults.image_storage` from nixprox.yaml.
+          '';
+        };
       };
     };
 
@@ -261,6 +332,26 @@ in
       '';
     };
 
+    network = {
+      prefixLength = mkOption {
+        type = types.nullOr (types.ints.between 0 128);
+        default = null;
+        example = 24;
+        description = ''
+          Prefix length of the static `nixprox.address` (an IP address). With it, new VMs get
+          that address through cloud-init (see `bootstrap.ipConfig`), and the host's NixOS
+          networking can take address, prefix and gateway from `config.nixprox` so they are
+          declared once. `null`: DHCP.
+        '';
+      };
+      gateway = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "10.0.0.1";
+        description = "Default gateway that goes with the static `nixprox.address` (`gw=` in `bootstrap.ipConfig`).";
+      };
+    };
+
     ssh = {
       user = mkOption {
         type = types.str;
@@ -271,6 +362,22 @@ in
         type = types.port;
         default = 22;
         description = "SSH port.";
+      };
+      hostKey = mkOption {
+        type = types.nullOr (
+          types.strMatching "(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh.com|sk-ecdsa-sha2-nistp256@openssh.com) [A-Za-z0-9+/]+=*( .*)?"
+        );
+        default = null;
+        example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI… root@web";
+        description = ''
+          The host's SSH public host key, as one line of `/etc/ssh/ssh_host_ed25519_key.pub`
+          (what agenix and sops-nix users already keep). nixprox verifies the host against it
+          instead of the key in the VM's metadata block: to adopt a VM that already runs NixOS
+          without trusting the network on first contact, and on every later connection. A VM
+          nixprox installs then needs its private half in `install.hostKeyFile`. `null`: the key
+          nixprox pinned when it installed the host, or, to adopt a VM, the key read through the
+          QEMU guest agent.
+        '';
       };
     };
 
@@ -354,4 +461,23 @@ in
       };
     };
   };
+
+  # Only where the options exist: the module must also evaluate with plain `lib.evalModules`.
+  config = lib.mkMerge [
+    (lib.optionalAttrs (options ? assertions) {
+      assertions = [
+        {
+          assertion = !(image.enable && (cfg.bootstrap.template != null || cfg.bootstrap.iso != null));
+          message = "nixprox.bootstrap.image.enable excludes nixprox.bootstrap.template and nixprox.bootstrap.iso: keep one way to bootstrap the VM";
+        }
+        {
+          assertion = !(image.enable && image.package == null);
+          message = "nixprox.bootstrap.image.enable needs nixprox.bootstrap.image.package (or disko's module, whose system.build.diskoImages is the default)";
+        }
+      ];
+    })
+    (lib.optionalAttrs (lib.hasAttrByPath [ "disko" "imageBuilder" "imageFormat" ] options) {
+      disko.imageBuilder.imageFormat = lib.mkIf image.enable (lib.mkDefault image.format);
+    })
+  ];
 }

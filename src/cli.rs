@@ -31,6 +31,49 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Plan on a schedule and keep one issue open while the cluster differs from the flake.
     Drift(DriftArgs),
+    /// Stop managing a host's VM without destroying it: remove its `nixprox` tag and metadata
+    /// block, leave the VM and the rest of its notes as they are.
+    Forget(ForgetArgs),
+    /// Print the `nixprox.vm` block (Nix) that declares an existing VM as it is, from its live
+    /// config: paste it into the host's module.
+    Import(ImportArgs),
+    /// List the `nixprox-*` image files no host of the flake refers to any more; remove them
+    /// with `--delete`.
+    GcImages(GcImagesArgs),
+}
+
+/// Where the settings come from, for commands that do not evaluate the flake.
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// The flake whose root holds `nixprox.yaml` (only read for the settings).
+    #[arg(long, default_value = ".", env = "NIXPROX_FLAKE")]
+    pub flake: String,
+
+    /// Settings file; default `nixprox.yaml` at the flake root (optional there).
+    #[arg(long, env = "NIXPROX_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// The host (attribute name under `nixosConfigurations`) whose VM nixprox lets go of.
+    pub host: String,
+
+    /// The VM, when the host's name alone does not tell (several VMs carry it).
+    #[arg(long)]
+    pub vmid: Option<u32>,
+
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The VM: its VMID, or its name when no other VM has it.
+    pub vm: String,
+
+    #[command(flatten)]
+    pub settings: SettingsArgs,
 }
 
 /// Where nixprox reports in CI; every value is detected from the environment and can be
@@ -53,10 +96,15 @@ pub struct ForgeArgs {
     #[arg(long)]
     pub api_url: Option<String>,
 
-    /// Environment variable holding the forge token (default: `GITHUB_TOKEN`; `FORGEJO_TOKEN`
-    /// on Forgejo when set).
+    /// Environment variable holding the forge token; always wins over the runner's own
+    /// variables (default: `FORGEJO_TOKEN` on Forgejo when set, else `GITHUB_TOKEN`).
     #[arg(long)]
     pub token_env: Option<String>,
+
+    /// Login of the account nixprox comments as, for tokens that cannot tell (a GitHub App's
+    /// installation token: `<app-slug>[bot]`). Default: asked from the forge.
+    #[arg(long, env = "NIXPROX_BOT_LOGIN")]
+    pub bot_login: Option<String>,
 
     /// Commit to report statuses on (default: the pull request's head, or the pushed commit).
     #[arg(long)]
@@ -86,7 +134,8 @@ pub struct SourceArgs {
     #[arg(long)]
     pub eval_jobs: Option<usize>,
 
-    /// Hosts whose systems one `nix eval` evaluates (default 8; 1 is one process per host).
+    /// Most hosts one `nix eval` process evaluates before a fresh one takes over (default: no
+    /// limit; `eval.max_memory` decides). 1 is one process per host.
     #[arg(long, value_name = "N")]
     pub eval_batch: Option<usize>,
 
@@ -153,6 +202,16 @@ pub struct PlanArgs {
     /// Do not compare with any base (no NixOS changes in the plan, no extra evaluation).
     #[arg(long, conflicts_with = "base")]
     pub no_base: bool,
+    /// Plan only shard I of N (`2/3`): evaluate every N-th host and read the VMs of this
+    /// shard's Proxmox nodes, and write a shard file (`--format json --out part-2.json`) for
+    /// `--merge`. See docs/ci.md.
+    #[arg(long, value_name = "I/N", conflicts_with_all = ["merge", "comment", "probe", "detailed_exitcode"])]
+    pub shard: Option<String>,
+
+    /// Merge the shard files of every `--shard I/N` run into the plan one unsharded run would
+    /// make (same plan id); refused when a shard is missing or read another commit or cluster.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "probe")]
+    pub merge: Vec<PathBuf>,
 
     #[command(flatten)]
     pub forge: ForgeArgs,
@@ -207,4 +266,18 @@ pub struct DriftArgs {
 
     #[command(flatten)]
     pub forge: ForgeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GcImagesArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Remove the files listed (without it, nothing is deleted).
+    #[arg(long)]
+    pub delete: bool,
+
+    /// Exit 2 when there are files to remove and `--delete` is not given.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
 }

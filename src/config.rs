@@ -20,6 +20,7 @@ pub struct Settings {
     pub ssh: SshSettings,
     pub install: InstallSettings,
     pub apply: ApplySettings,
+    pub eval: EvalSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -52,6 +53,8 @@ pub struct Defaults {
     pub bridge: Option<String>,
     /// Template name or VMID.
     pub template: Option<String>,
+    /// File-based storage with the `import` content type for image hosts' uploads.
+    pub image_storage: Option<String>,
 }
 
 /// Destructive actions: all off unless the settings file turns them on.
@@ -64,6 +67,10 @@ pub struct Policies {
     pub allow_reinstall: bool,
     /// Destroy and recreate a VM for changes Proxmox cannot make in place.
     pub allow_replace: bool,
+    /// Detach disks the flake does not declare from existing VMs (never the boot disk).
+    /// Left out of the serialised form while off, so plan ids computed before it existed stay.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_detach_disks: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -79,11 +86,13 @@ pub struct Concurrency {
     pub api: usize,
     /// Concurrent `nix eval` processes; 0 = number of CPUs.
     pub eval_jobs: usize,
+    /// Image uploads at once (image hosts): each one streams a whole disk image to a node.
+    pub uploads: usize,
 }
 
 impl Default for Concurrency {
     fn default() -> Self {
-        Concurrency { hosts: 16, per_node: 8, api: 32, eval_jobs: 0 }
+        Concurrency { hosts: 16, per_node: 8, api: 32, eval_jobs: 0, uploads: 2 }
     }
 }
 
@@ -123,11 +132,85 @@ pub struct ApplySettings {
     pub address_timeout: u64,
     /// Seconds a guest gets to shut down cleanly before it is stopped.
     pub shutdown_timeout: u64,
+    /// After applying, remove the `nixprox-*` image files no host of the flake refers to any
+    /// more (what `nixprox gc-images --delete` does). Off: the files stay until asked.
+    pub gc_images: bool,
 }
 
 impl Default for ApplySettings {
     fn default() -> Self {
-        ApplySettings { address_timeout: 300, shutdown_timeout: 120 }
+        ApplySettings { address_timeout: 300, shutdown_timeout: 120, gc_images: false }
+    }
+}
+
+/// How the flake is evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSettings {
+    /// Resident memory of all `nix eval` processes of one run together; a process that would
+    /// grow past its share is replaced (like nix-eval-jobs' `--max-memory-size`).
+    pub max_memory: MemorySize,
+}
+
+/// `eval.max_memory` when the settings do not say: room for a few NixOS evaluations at once
+/// on a 7 GiB CI runner (GitHub's standard Linux runner for private repositories), leaving the
+/// rest to nixprox, the runner and the page cache.
+pub const DEFAULT_MAX_MEMORY: u64 = 4 << 30;
+
+/// An amount of memory written like a disk size (`4G`, `1536M`); a bare number is MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemorySize(pub u64);
+
+impl MemorySize {
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for MemorySize {
+    fn default() -> Self {
+        MemorySize(DEFAULT_MAX_MEMORY)
+    }
+}
+
+impl Serialize for MemorySize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        const GIB: u64 = 1 << 30;
+        if self.0.is_multiple_of(GIB) {
+            serializer.serialize_str(&format!("{}G", self.0 / GIB))
+        } else {
+            serializer.serialize_str(&format!("{}M", self.0 >> 20))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MemorySize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // A visitor rather than an untagged enum, so an error keeps its line and column.
+        struct Visitor;
+        const EXPECTED: &str = "a memory size of at least 64M, like `4G` or `1536M` (a bare number is MiB)";
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = MemorySize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_u64<E: serde::de::Error>(self, mib: u64) -> Result<MemorySize, E> {
+                checked(mib.checked_mul(1 << 20))
+            }
+            fn visit_i64<E: serde::de::Error>(self, mib: i64) -> Result<MemorySize, E> {
+                checked(u64::try_from(mib).ok().and_then(|m| m.checked_mul(1 << 20)))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<MemorySize, E> {
+                checked(crate::spec::parse_size(text, 1 << 20))
+            }
+        }
+        fn checked<E: serde::de::Error>(bytes: Option<u64>) -> Result<MemorySize, E> {
+            match bytes {
+                Some(bytes) if bytes >= 64 << 20 => Ok(MemorySize(bytes)),
+                _ => Err(E::custom(format!("expected {EXPECTED}"))),
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -196,7 +279,7 @@ mod tests {
             .expect_err("unknown key");
         assert_eq!(
             err.to_string(),
-            "invalid settings file `nixprox.yaml` at line 2, column 3: policies: unknown field `prune_orphan`, expected one of `prune_orphans`, `allow_reinstall`, `allow_replace`"
+            "invalid settings file `nixprox.yaml` at line 2, column 3: policies: unknown field `prune_orphan`, expected one of `prune_orphans`, `allow_reinstall`, `allow_replace`, `allow_detach_disks`"
         );
     }
 
@@ -205,5 +288,22 @@ mod tests {
         let err =
             Settings::parse("concurrency:\n  hosts: many\n", Path::new("n.yaml")).expect_err("wrong type");
         assert!(err.to_string().starts_with("invalid settings file `n.yaml` at line 2, column 10:"), "{err}");
+    }
+
+    #[test]
+    fn eval_memory_is_a_size_and_round_trips() {
+        assert_eq!(Settings::default().eval.max_memory, MemorySize(4 << 30));
+        let parse = |text: &str| Settings::parse(text, Path::new("n.yaml")).map(|s| s.eval.max_memory);
+        assert_eq!(parse("eval:\n  max_memory: 1536M\n").ok(), Some(MemorySize(1536 << 20)));
+        assert_eq!(parse("eval:\n  max_memory: 2G\n").ok(), Some(MemorySize(2 << 30)));
+        assert_eq!(parse("eval:\n  max_memory: 512\n").ok(), Some(MemorySize(512 << 20)));
+        let err = parse("eval:\n  max_memory: lots\n").expect_err("not a size");
+        assert_eq!(
+            err.to_string(),
+            "invalid settings file `n.yaml` at line 2, column 15: eval.max_memory: expected a memory size of at least 64M, like `4G` or `1536M` (a bare number is MiB)"
+        );
+        assert!(parse("eval:\n  max_memory: 1M\n").is_err());
+        let yaml = yaml_serde::to_string(&Settings::default()).expect("serialise");
+        assert_eq!(Settings::parse(&yaml, Path::new("x")).expect("round trip"), Settings::default());
     }
 }

@@ -13,20 +13,27 @@ pub struct ApiToken {
     secret: SecretString,
 }
 
+/// Why a text is not an API token. The texts never contain the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("expected `user@realm!tokenid=secret` (no `=` found)")]
+    NoSecret,
+    #[error("expected `user@realm!tokenid=secret` (the id before `=` needs `@realm` and `!tokenid`)")]
+    BadId,
+    #[error("the token secret after `=` is empty")]
+    EmptySecret,
+}
+
 impl ApiToken {
     /// Parses `user@realm!tokenid=secret` (the form Proxmox shows when a token is created).
-    pub fn parse(text: &str) -> Result<ApiToken, String> {
+    pub fn parse(text: &str) -> Result<ApiToken, TokenError> {
         let text = text.trim();
-        let (id, secret) =
-            text.split_once('=').ok_or("expected `user@realm!tokenid=secret` (no `=` found)")?;
+        let (id, secret) = text.split_once('=').ok_or(TokenError::NoSecret)?;
         if !id.contains('@') || !id.contains('!') {
-            return Err(
-                "expected `user@realm!tokenid=secret` (the id before `=` needs `@realm` and `!tokenid`)"
-                    .into(),
-            );
+            return Err(TokenError::BadId);
         }
         if secret.is_empty() {
-            return Err("the token secret after `=` is empty".into());
+            return Err(TokenError::EmptySecret);
         }
         Ok(ApiToken { id: id.to_string(), secret: SecretString::from(secret.to_string()) })
     }
@@ -62,8 +69,8 @@ mod tests {
 
     #[test]
     fn rejects_malformed_tokens() {
-        assert!(ApiToken::parse("secret-only").is_err());
-        assert!(ApiToken::parse("root@pam=abc").is_err());
-        assert!(ApiToken::parse("root@pam!t=").is_err());
+        assert_eq!(ApiToken::parse("secret-only").err(), Some(TokenError::NoSecret));
+        assert_eq!(ApiToken::parse("root@pam=abc").err(), Some(TokenError::BadId));
+        assert_eq!(ApiToken::parse("root@pam!t=").err(), Some(TokenError::EmptySecret));
     }
 }

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 /// The tag every VM managed by nixprox carries; it is how orphans are recognised.
 pub const MANAGED_TAG: &str = "nixprox";
 
+/// Memory (MiB) nixos-anywhere's kexec installer needs. A VM with less gets this much for
+/// its install (apply raises it before and restores it after; the plan says so).
+pub const KEXEC_MIN_MEMORY_MIB: u64 = 1536;
+
 /// Firmware of a VM. Proxmox cannot switch it in place, so a change is a replacement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -27,6 +31,41 @@ impl Bios {
             Bios::Seabios => "seabios",
             Bios::Ovmf => "ovmf",
         }
+    }
+}
+
+/// Format of an image file, as `nixprox.bootstrap.image.format` names it and as Proxmox
+/// imports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    #[default]
+    Qcow2,
+    Raw,
+}
+
+impl ImageFormat {
+    /// The file extension, which is also the format name Proxmox uses.
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Raw => "raw",
+        }
+    }
+
+    /// The format of an extension (`qcow2`, `raw`); `None` for anything else.
+    pub fn from_extension(extension: &str) -> Option<ImageFormat> {
+        match extension {
+            "qcow2" => Some(ImageFormat::Qcow2),
+            "raw" => Some(ImageFormat::Raw),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.extension())
     }
 }
 
@@ -120,9 +159,98 @@ pub fn format_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// What nixprox asks a storage for: a declared size rounded up to whole 4 MiB. That is LVM's
+/// default extent (LVM and LVM-thin round every volume up to it), a multiple of ZFS's 1 MiB
+/// padding and of Ceph's whole MiB, so on those storages Proxmox's recorded size is what the
+/// storage really allocated, and a later small grow never asks for less than the volume holds
+/// (which Proxmox refuses as a shrink).
+pub const ALLOCATION_UNIT: u64 = 4 << 20;
+
+/// How much larger than declared a disk may read back and still be in sync: sizes rounded up to
+/// whole 16 MiB, the largest block size a Proxmox ZFS storage allows (pve-storage
+/// `verify_zfs_blocksize`). Every power-of-two allocation unit up to it (KiB, ZFS blocks, LVM's
+/// default extents, Ceph's MiB) divides it, so whatever such a storage made of a declared size
+/// (and `qm disk rescan`, a clone or a restore records) is within it.
+pub const ROUNDING_TOLERANCE: u64 = 16 << 20;
+
+/// The size nixprox allocates or grows a disk to for a declared size.
+pub fn allocation_size(declared: u64) -> u64 {
+    declared.div_ceil(ALLOCATION_UNIT).saturating_mul(ALLOCATION_UNIT)
+}
+
+/// A live disk size against a declared one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeCheck {
+    /// Smaller than declared: grow it.
+    Grow,
+    /// The declared size, or what a storage rounded it up to.
+    InSync,
+    /// Larger than any storage's rounding explains: Proxmox cannot shrink it.
+    Shrink,
+}
+
+/// Compares a live disk size with the declared one, allowing for the storage's rounding.
+pub fn check_size(declared: u64, live: u64) -> SizeCheck {
+    if live < declared {
+        SizeCheck::Grow
+    } else if live <= declared.div_ceil(ROUNDING_TOLERANCE).saturating_mul(ROUNDING_TOLERANCE) {
+        SizeCheck::InSync
+    } else {
+        SizeCheck::Shrink
+    }
+}
+
+/// Bytes as an exact decimal number of GiB (`10.30078125`): what qemu-server takes for a new
+/// disk (`storage:<GiB>`). A byte count has a finite binary, hence decimal, fraction of a GiB.
+pub fn exact_gib(bytes: u64) -> String {
+    const GIB: u64 = 1 << 30;
+    let mut text = (bytes / GIB).to_string();
+    let mut rest = bytes % GIB;
+    if rest > 0 {
+        text.push('.');
+    }
+    while rest > 0 {
+        rest *= 10;
+        text.push(char::from(b'0' + u8::try_from(rest / GIB).unwrap_or(0)));
+        rest %= GIB;
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declared_sizes_are_allocated_in_whole_4_mib() {
+        const M: u64 = 1 << 20;
+        assert_eq!(allocation_size(20 << 30), 20 << 30);
+        assert_eq!(allocation_size(2049 * M), 2052 * M);
+        let root = parse_size("10.3G", 1).expect("size");
+        assert_eq!(allocation_size(root) % (4 * M), 0);
+        assert!(allocation_size(root) - root < 4 * M);
+    }
+
+    #[test]
+    fn read_back_sizes_within_a_storages_rounding_are_in_sync() {
+        const M: u64 = 1 << 20;
+        let root = parse_size("10.3G", 1).expect("size");
+        assert_eq!(check_size(root, root), SizeCheck::InSync);
+        assert_eq!(check_size(root, allocation_size(root)), SizeCheck::InSync);
+        assert_eq!(check_size(root, root.next_multiple_of(16 * M)), SizeCheck::InSync);
+        assert_eq!(check_size(root, root.next_multiple_of(16 * M) + 1), SizeCheck::Shrink);
+        assert_eq!(check_size(root, root - 1), SizeCheck::Grow);
+        assert_eq!(check_size(20 << 30, (20 << 30) + M), SizeCheck::Shrink, "a whole GiB needs no rounding");
+        assert_eq!(check_size(2049 * M, 2052 * M), SizeCheck::InSync);
+    }
+
+    #[test]
+    fn gib_decimals_are_exact() {
+        assert_eq!(exact_gib(20 << 30), "20");
+        assert_eq!(exact_gib(2052 << 20), "2.00390625");
+        assert_eq!(exact_gib(1 << 29), "0.5");
+        assert_eq!(exact_gib(1), "0.000000000931322574615478515625");
+    }
 
     #[test]
     fn sizes_in_every_unit_proxmox_prints() {

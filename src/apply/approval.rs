@@ -1,14 +1,22 @@
 //! Is the plan apply recomputed the one that was reviewed? Pure.
 //!
 //! With only the reviewed plan's id, the ids must be equal. With the reviewed plan's body
-//! (`nixprox plan --format json` output, `--reviewed-plan FILE`), hosts are compared one by
-//! one, and a host whose actions changed is still accepted when the change is apply's own
-//! unfinished work: its VM carries `applying == <reviewed id>` in the metadata block (a resumed
-//! run), or it is gone because the reviewed plan destroyed it. A resumed host never gains a
-//! destructive action the review did not show. `--allow-new-plan` accepts anything (blocked
-//! actions still never run).
+//! (`nixprox plan --format json` output, `--reviewed-plan FILE`) or the sticky comment's
+//! [`record`] (a digest of each changed host's actions), hosts are compared one by one:
+//!
+//! - a host whose actions are what was reviewed is accepted, so one shard of a fan-out
+//!   (`apply --hosts …`) is accepted against the reviewed plan of the whole pull request;
+//! - a host with nothing to do is accepted (a previous run finished it, or it is gone because
+//!   the reviewed plan destroyed it), and so is one left with blocked actions only (they never
+//!   run: an adopted VM whose gated reinstall stays blocked);
+//! - a host whose actions changed is accepted only as apply's own unfinished work: its VM
+//!   carries `applying == <reviewed id>` in the metadata block (a resumed run), and it gains no
+//!   destructive action the review did not show;
+//! - anything else is refused, naming the host and what it would do now.
+//!
+//! `--allow-new-plan` accepts anything (blocked actions still never run).
 
-use std::collections::BTreeMap;
+pub mod record;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -19,10 +27,12 @@ use crate::proxmox::LiveVm;
 /// What the reviewer saw.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reviewed {
-    /// Only the id (from the PR's sticky comment or `--plan-id`).
+    /// Only the id (`--plan-id`, or a sticky comment without a record).
     Id(String),
     /// The whole JSON rendering (`--reviewed-plan FILE`).
     Plan(ReviewedPlan),
+    /// The sticky comment's record: per-host digests.
+    Record(record::Record),
 }
 
 impl Reviewed {
@@ -30,8 +40,49 @@ impl Reviewed {
         match self {
             Reviewed::Id(id) => id,
             Reviewed::Plan(plan) => &plan.plan_id,
+            Reviewed::Record(record) => &record.plan_id,
         }
     }
+
+    /// What was reviewed of one host; `None` when it had no entry (not in the plan, or in the
+    /// record: nothing to do).
+    fn host(&self, host: &str, orphan: bool) -> Option<HostReview> {
+        match self {
+            Reviewed::Id(_) => None,
+            Reviewed::Plan(body) => {
+                body.hosts.iter().find(|h| h.host == host && h.orphan == orphan).map(|h| {
+                    let actions: Vec<Value> = h.actions.iter().map(strip).collect();
+                    HostReview {
+                        digest: record::digest(&actions),
+                        destructive: runnable_destructive(&actions),
+                        actions: Some(actions),
+                    }
+                })
+            }
+            Reviewed::Record(record) => record.entry(host, orphan).map(|entry| HostReview {
+                digest: entry.digest,
+                destructive: entry.destructive,
+                actions: None,
+            }),
+        }
+    }
+
+    /// How a host without an entry was reviewed, in words.
+    fn absent(&self) -> &'static str {
+        match self {
+            Reviewed::Record(_) => "nothing",
+            _ => "not in the plan",
+        }
+    }
+}
+
+/// One host as reviewed: the digest of its normalized actions, the destructive kinds it was
+/// allowed to run, and (from a plan file) the actions themselves.
+#[derive(Debug, Clone, PartialEq)]
+struct HostReview {
+    digest: String,
+    destructive: Vec<String>,
+    actions: Option<Vec<Value>>,
 }
 
 /// The parts of the JSON plan (schema version 1) the comparison needs.
@@ -50,17 +101,26 @@ pub struct ReviewedHost {
     pub actions: Vec<Value>,
 }
 
+/// Why a reviewed plan file cannot be compared with.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewedPlanError {
+    /// Not JSON, or not the shape `nixprox plan --format json` writes.
+    #[error("not a nixprox plan: {0}")]
+    NotAPlan(serde_json::Error),
+    /// Written by a nixprox with another plan schema.
+    #[error(
+        "plan schema version {found} is not the version {expected} this nixprox writes (re-run `nixprox plan` with this release)"
+    )]
+    Version { found: u32, expected: u32 },
+}
+
 impl ReviewedPlan {
     /// Parses `nixprox plan --format json` output.
-    pub fn parse(text: &str) -> Result<ReviewedPlan, String> {
-        let plan: ReviewedPlan =
-            serde_json::from_str(text).map_err(|err| format!("not a nixprox plan: {err}"))?;
-        if plan.version != crate::plan::model::SCHEMA_VERSION {
-            return Err(format!(
-                "plan schema version {} is not the version {} this nixprox writes (re-run `nixprox plan` with this release)",
-                plan.version,
-                crate::plan::model::SCHEMA_VERSION
-            ));
+    pub fn parse(text: &str) -> Result<ReviewedPlan, ReviewedPlanError> {
+        let plan: ReviewedPlan = serde_json::from_str(text).map_err(ReviewedPlanError::NotAPlan)?;
+        let expected = crate::plan::model::SCHEMA_VERSION;
+        if plan.version != expected {
+            return Err(ReviewedPlanError::Version { found: plan.version, expected });
         }
         Ok(plan)
     }
@@ -104,7 +164,7 @@ pub fn check(
         current: plan.plan_id.clone(),
         lines,
     };
-    let problems = match reviewed {
+    let (problems, resumed) = match reviewed {
         Reviewed::Id(_) => {
             let mut lines = vec!["the reviewed plan's body is not available (pass --reviewed-plan FILE to compare host by host); the plan now is:".to_string()];
             lines.extend(plan.hosts.iter().filter(|h| h.has_changes()).map(|h| {
@@ -114,22 +174,14 @@ pub fn check(
                     describe_actions(&h.actions.iter().map(normalize).collect::<Vec<_>>())
                 )
             }));
-            lines
+            (lines, Vec::new())
         }
-        Reviewed::Plan(body) => compare(body, plan, live),
+        Reviewed::Plan(_) | Reviewed::Record(_) => compare(reviewed, plan, live),
     };
     if problems.is_empty() {
-        let notes = plan
-            .hosts
+        let notes = resumed
             .iter()
-            .filter(|h| {
-                body_host(reviewed, &h.host).is_none_or(|r| {
-                    r.actions.iter().map(strip).collect::<Vec<_>>()
-                        != h.actions.iter().map(normalize).collect::<Vec<_>>()
-                })
-            })
-            .filter(|h| h.has_changes())
-            .map(|h| format!("host `{}`: resuming unfinished work of plan `{reviewed_id}`", h.host))
+            .map(|host| format!("host `{host}`: resuming unfinished work of plan `{reviewed_id}`"))
             .collect();
         return Ok(Approval { reviewed_id, notes });
     }
@@ -142,13 +194,6 @@ pub fn check(
         return Ok(Approval { reviewed_id, notes });
     }
     Err(stale(problems))
-}
-
-fn body_host<'a>(reviewed: &'a Reviewed, host: &str) -> Option<&'a ReviewedHost> {
-    match reviewed {
-        Reviewed::Plan(body) => body.hosts.iter().find(|h| h.host == host),
-        Reviewed::Id(_) => None,
-    }
 }
 
 /// One action reduced to what it means: kind, blocked or not, and the changes.
@@ -173,45 +218,51 @@ fn runnable_destructive(actions: &[Value]) -> Vec<String> {
         .iter()
         .filter(|a| a.get("blocked") == Some(&json!(false)))
         .map(|a| kind_of(a).to_string())
-        .filter(|k| {
-            [ActionKind::DestroyVm, ActionKind::ReplaceVm, ActionKind::Reinstall]
-                .iter()
-                .any(|d| d.as_str() == k)
-        })
+        .filter(|k| ActionKind::ALL.iter().any(|d| d.is_destructive() && d.as_str() == k))
         .collect()
 }
 
-fn compare(body: &ReviewedPlan, plan: &Plan, live: &[LiveVm]) -> Vec<String> {
-    let reviewed: BTreeMap<&str, Vec<Value>> =
-        body.hosts.iter().map(|h| (h.host.as_str(), h.actions.iter().map(strip).collect())).collect();
+/// Compares host by host: the problem lines, and the hosts accepted as resumed work.
+fn compare(reviewed: &Reviewed, plan: &Plan, live: &[LiveVm]) -> (Vec<String>, Vec<String>) {
     let mut lines = Vec::new();
+    let mut resumed = Vec::new();
     for host in &plan.hosts {
+        // Doing nothing is always safe: a host a previous run finished shows no changes now,
+        // and blocked actions never run.
+        if !host.actions.iter().any(|a| a.kind != ActionKind::Noop && a.blocked.is_none()) {
+            continue;
+        }
         let now: Vec<Value> = host.actions.iter().map(normalize).collect();
-        let before = reviewed.get(host.host.as_str());
-        if before == Some(&now) {
+        let before = reviewed.host(&host.host, host.orphan);
+        if before.as_ref().is_some_and(|b| b.digest == record::digest(&now)) {
             continue;
         }
-        // Doing nothing is always safe: a host a previous run finished shows no changes now.
-        if !host.has_changes() {
-            continue;
-        }
-        if let Some(problem) = resume_problem(host, before.map(Vec::as_slice), &now, &body.plan_id, live) {
-            let reviewed_text =
-                before.map(|b| describe_actions(b)).unwrap_or_else(|| "not in the plan".into());
-            lines.push(format!(
-                "  host `{}`: reviewed {reviewed_text}; now {}{problem}",
-                host.host,
-                describe_actions(&now)
-            ));
+        let allowed = before.as_ref().map(|b| b.destructive.as_slice()).unwrap_or_default();
+        match resume_problem(host, allowed, &now, reviewed.plan_id(), live) {
+            None => resumed.push(host.host.clone()),
+            Some(problem) => {
+                let reviewed_text = match &before {
+                    Some(HostReview { actions: Some(actions), .. }) => describe_actions(actions),
+                    Some(HostReview { digest, .. }) => {
+                        format!("other actions (digest `{digest}`; pass --reviewed-plan FILE to see them)")
+                    }
+                    None => reviewed.absent().to_string(),
+                };
+                lines.push(format!(
+                    "  host `{}`: reviewed {reviewed_text}; now {}{problem}",
+                    host.host,
+                    describe_actions(&now)
+                ));
+            }
         }
     }
-    lines
+    (lines, resumed)
 }
 
 /// `None` when the host's changed actions are apply's own unfinished work; else why not.
 fn resume_problem(
     host: &HostPlan,
-    before: Option<&[Value]>,
+    allowed: &[String],
     now: &[Value],
     reviewed_id: &str,
     live: &[LiveVm],
@@ -224,7 +275,6 @@ fn resume_problem(
     if applying != Some(reviewed_id) {
         return Some(String::new());
     }
-    let allowed = before.map(runnable_destructive).unwrap_or_default();
     let new_destructive: Vec<String> =
         runnable_destructive(now).into_iter().filter(|k| !allowed.contains(k)).collect();
     if new_destructive.is_empty() {
@@ -279,6 +329,19 @@ mod tests {
 
     fn body(plan: &Plan) -> Reviewed {
         Reviewed::Plan(ReviewedPlan::parse(&crate::render::json::render(plan)).expect("parses"))
+    }
+
+    #[test]
+    fn a_file_that_is_no_plan_or_another_version_says_so() {
+        let err = ReviewedPlan::parse("{}").expect_err("not a plan");
+        assert!(matches!(err, ReviewedPlanError::NotAPlan(_)), "{err}");
+        assert!(err.to_string().starts_with("not a nixprox plan: missing field"), "{err}");
+        let newer = r#"{"version": 99, "plan_id": "x", "hosts": []}"#;
+        let err = ReviewedPlan::parse(newer).expect_err("newer");
+        assert_eq!(
+            err.to_string(),
+            "plan schema version 99 is not the version 1 this nixprox writes (re-run `nixprox plan` with this release)"
+        );
     }
 
     #[test]
@@ -343,6 +406,56 @@ mod tests {
             Some("feedfeed".into());
         let now = plan_of(&desired, &other, Policies::default());
         assert!(check(&body(&reviewed), &now, &other, false).is_err());
+    }
+
+    #[test]
+    fn a_host_left_with_blocked_actions_only_is_accepted() {
+        let desired = vec![testkit::host("web")];
+        let mut live = vec![testkit::live("web", 101)];
+        let config = testkit::config(&mut live[0]);
+        config.spec.cores = 1;
+        let metadata = config.metadata.as_mut().expect("metadata");
+        metadata.disk_layout = Some("sha256:old".into());
+        metadata.system = Some("/nix/store/old".into());
+        let reviewed = plan_of(&desired, &live, Policies::default());
+        let kinds = |plan: &Plan| -> Vec<(ActionKind, bool)> {
+            plan.hosts[0].actions.iter().map(|a| (a.kind, a.blocked.is_some())).collect()
+        };
+        assert_eq!(kinds(&reviewed), [(ActionKind::UpdateVm, false), (ActionKind::Reinstall, true)]);
+        // A run applied the update; the reinstall stays blocked, and is not new.
+        testkit::config(&mut live[0]).spec.cores = 2;
+        let now = plan_of(&desired, &live, Policies::default());
+        assert_eq!(kinds(&now), [(ActionKind::Reinstall, true)]);
+        check(&body(&reviewed), &now, &live, false).expect("blocked actions never run");
+    }
+
+    #[test]
+    fn an_interrupted_adoption_resumes_as_its_switch() {
+        let desired = vec![testkit::host("web")];
+        let mut vm = testkit::live("web", 150);
+        vm.tags.clear();
+        testkit::config(&mut vm).metadata = None;
+        let reviewed = plan_of(&desired, &[vm.clone()], Policies::default());
+        assert_eq!(
+            reviewed.hosts[0].actions.iter().map(|a| a.kind).collect::<Vec<_>>(),
+            [ActionKind::Adopt, ActionKind::Switch]
+        );
+        // The adopt step's one write: tagged, the running system, the key, `applying`.
+        vm.tags.insert("nixprox".into());
+        testkit::config(&mut vm).metadata = Some(crate::metadata::Metadata {
+            host: "web".into(),
+            system: Some("/nix/store/running-web".into()),
+            host_key: Some("ssh-ed25519 AAAA".into()),
+            disk_layout: Some(testkit::LAYOUT.into()),
+            applying: Some(reviewed.plan_id.clone()),
+            adopted: Some(crate::metadata::Adopted { vmid: 150, plan: reviewed.plan_id.clone() }),
+            ..Default::default()
+        });
+        let live = vec![vm];
+        let now = plan_of(&desired, &live, Policies::default());
+        assert_eq!(now.hosts[0].actions.iter().map(|a| a.kind).collect::<Vec<_>>(), [ActionKind::Switch]);
+        let approval = check(&body(&reviewed), &now, &live, false).expect("resumed");
+        assert_eq!(approval.notes.len(), 1, "{:?}", approval.notes);
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //!
 //! [`approval`] decides whether the recomputed plan is the reviewed one; [`executor`] runs
 //! the hosts concurrently (a global and a per-node bound) and each host's actions as ordered
-//! steps ([`vm`] holds the Proxmox calls, [`params`] the config writes); [`retry`] retries
-//! transient failures; [`report`] and [`progress`] tell the user what happened.
+//! steps: `create` makes a VM exactly once, `steps` changes an existing one, [`params`]
+//! computes the config writes, and the Proxmox calls themselves live in
+//! [`crate::proxmox::qemu`]. Transient failures are retried by [`crate::retry`]'s rule;
+//! [`report`] and [`progress`] tell the user what happened; [`cancel`] stops a run at step
+//! boundaries when asked (SIGINT/SIGTERM, wired by `run`).
 //!
 //! Resumable by construction: every step reads live state first and does only what is
 //! missing; the first write that creates a VM already carries the metadata block naming the
@@ -11,61 +14,34 @@
 //! approval accepts the changed plan as that run's unfinished work.
 
 pub mod approval;
+pub mod cancel;
+mod create;
 pub mod executor;
+mod image;
 pub mod params;
 pub mod progress;
+pub mod release;
 pub mod report;
-pub mod retry;
-pub mod vm;
+mod step;
+mod steps;
+mod takeover;
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-
 use crate::config::Settings;
+use crate::deploy::NixosDeployer;
 use crate::flake::DesiredHost;
+use crate::image::ImageBuild;
 use crate::plan::{Plan, PlanInput};
-use crate::proxmox::{Client, LiveVm, ProxmoxError, ReadRequest, RetryPolicy, read_cluster};
+use crate::proxmox::{Client, LiveVm, ProxmoxError, ReadRequest, read_cluster};
+use crate::retry::RetryPolicy;
 
-pub use approval::{Approval, Reviewed, ReviewedPlan, StalePlan};
+pub use approval::{Approval, Reviewed, ReviewedPlan, ReviewedPlanError, StalePlan};
+pub use cancel::{Cancel, Signal};
 pub use executor::apply;
 pub use progress::{Progress, ProgressMode};
 pub use report::{ApplyReport, HostOutcome, HostReport, StepReport, StepStatus};
-
-/// The VM a deploy step acts on.
-#[derive(Debug, Clone, Copy)]
-pub struct DeployTarget<'a> {
-    pub host: &'a DesiredHost,
-    pub node: &'a str,
-    pub vmid: u32,
-    /// Where SSH reaches the host (static, or from the guest agent).
-    pub address: &'a str,
-    /// The reviewed plan id (the deployer may record it; apply clears `applying` afterwards).
-    pub plan_id: &'a str,
-}
-
-/// What an install or switch leaves to record in the metadata block. The executor merges
-/// the fields that are set into the block (with the git revision) and clears `applying`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Deployed {
-    /// Store path of the system now active.
-    pub system: Option<String>,
-    /// Disk layout hash the disks were partitioned with (install only).
-    pub disk_layout: Option<String>,
-    /// The host key now pinned (install only).
-    pub host_key: Option<String>,
-    /// RFC 3339 time of the install or switch.
-    pub time: Option<String>,
-}
-
-/// Installing and switching NixOS: the SSH / nixos-anywhere side, implemented elsewhere.
-/// `reinstall` actions call [`NixosDeployer::install`] (nixos-anywhere wipes the disks).
-pub trait NixosDeployer: Send + Sync + fmt::Debug {
-    fn install<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>>;
-    fn switch<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>>;
-}
 
 /// Bounds and timeouts of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +60,10 @@ pub struct ApplyOptions {
     pub step_retry: RetryPolicy,
     /// Interval between guest-agent polls.
     pub poll_interval: Duration,
+    /// Image uploads at once, over all hosts.
+    pub uploads: usize,
+    /// How long building one image package may take.
+    pub build_timeout: Duration,
 }
 
 impl ApplyOptions {
@@ -100,6 +80,8 @@ impl ApplyOptions {
                 max_delay: Duration::from_secs(30),
             },
             poll_interval: Duration::from_secs(2),
+            uploads: settings.concurrency.uploads.max(1),
+            build_timeout: Duration::from_secs(settings.install.timeout.max(1)),
         }
     }
 }
@@ -118,7 +100,12 @@ pub struct ApplyRequest<'a> {
     pub git_rev: Option<&'a str>,
     /// `None`: install, switch and reinstall steps are reported as skipped.
     pub deployer: Option<&'a dyn NixosDeployer>,
+    /// How image hosts' packages are built (the flake, its inputs; the host is filled in per
+    /// build). `None`: an image host's build step fails, naming the fix.
+    pub image_build: Option<&'a ImageBuild>,
     pub progress: &'a Progress,
+    /// Asked to stop (SIGINT, SIGTERM): no step starts after that (see [`cancel`]).
+    pub cancel: &'a Cancel,
 }
 
 /// What stops a run before any host is touched.
@@ -128,6 +115,14 @@ pub enum ApplyError {
     Stale(#[from] StalePlan),
     #[error("failed to read the cluster before applying: {0}")]
     Read(#[source] ProxmoxError),
+    /// The token lacks a privilege the plan's steps need (checked before any of them).
+    #[error(transparent)]
+    Privileges(#[from] crate::proxmox::permissions::MissingPrivileges),
+    /// The cluster has lost quorum: every write would fail (checked before any of them).
+    #[error(
+        "the Proxmox cluster `{cluster}` has no quorum, so its configuration (/etc/pve) is read-only: every write would fail, and a destroy could free disks yet keep the VM; nothing was applied (check `pvecm status` on a node, bring enough nodes back online, then run apply again)"
+    )]
+    NoQuorum { cluster: String },
 }
 
 /// The inputs of `nixprox apply` once the flake is evaluated: the CLI's thin entry point.
@@ -144,9 +139,13 @@ pub struct RunRequest<'a> {
     pub allow_new_plan: bool,
     pub git_rev: Option<&'a str>,
     pub deployer: Option<&'a dyn NixosDeployer>,
+    /// See [`ApplyRequest::image_build`].
+    pub image_build: Option<&'a ImageBuild>,
     pub progress: &'a Progress,
     /// Usually [`ApplyOptions::from_settings`].
     pub options: ApplyOptions,
+    /// Set by the caller when the run must stop (the CLI: on SIGINT/SIGTERM).
+    pub cancel: &'a Cancel,
 }
 
 /// What a run did: the recomputed plan, why it was accepted, and the report.
@@ -164,17 +163,20 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ApplyError> {
         concurrency: request.settings.concurrency.api,
     };
     let live = read_cluster(request.client, &read).await.map_err(ApplyError::Read)?;
-    let plan = crate::plan::plan(PlanInput {
+    let input = PlanInput {
         desired: request.desired,
         live: &live,
         policies: request.settings.policies,
         only: request.only,
         probes: None,
-    });
+    };
+    let plan = plan_with_image_stores(request.client, input).await.map_err(ApplyError::Read)?;
     let approval = approval::check(request.reviewed, &plan, &live, request.allow_new_plan)?;
     for note in &approval.notes {
         tracing::warn!("{note}");
     }
+    check_quorum(request.client).await?;
+    check_privileges(&request, &plan, &live).await?;
     let report = apply(ApplyRequest {
         plan: &plan,
         desired: request.desired,
@@ -184,8 +186,60 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ApplyError> {
         reviewed_plan_id: &approval.reviewed_id,
         git_rev: request.git_rev,
         deployer: request.deployer,
+        image_build: request.image_build,
         progress: request.progress,
+        cancel: request.cancel,
     })
     .await?;
     Ok(RunOutcome { plan, approval, report })
+}
+
+/// Before any step: the cluster has quorum, or the run stops. When the status cannot be read
+/// (no `Sys.Audit` on `/`, a standalone node, an error) the run goes on: without quorum, every
+/// write fails at once with PVE's message (it is not retried).
+async fn check_quorum(client: &Client) -> Result<(), ApplyError> {
+    use crate::proxmox::cluster::{self, Quorum};
+    match cluster::quorum(client).await {
+        Ok(Quorum::Lost { cluster }) => Err(ApplyError::NoQuorum { cluster }),
+        Ok(Quorum::Quorate | Quorum::Unknown) => Ok(()),
+        Err(err) => {
+            tracing::warn!("could not read the cluster's quorum ({err}); applying anyway");
+            Ok(())
+        }
+    }
+}
+
+/// The plan, with what the image storages hold and allow when it (re)creates image hosts:
+/// the planner is pure, so a first plan names the storages, they are read, and the plan is
+/// made again with them. Plans without image hosts cost nothing more.
+pub async fn plan_with_image_stores(client: &Client, input: PlanInput<'_>) -> Result<Plan, ProxmoxError> {
+    let first = crate::plan::plan(input);
+    let stores = crate::plan::image_stores_to_read(&first, input.desired);
+    if stores.is_empty() {
+        return Ok(first);
+    }
+    let facts = crate::proxmox::import::read_image_stores(client, &stores).await?;
+    Ok(crate::plan::plan_with_images(input, &facts))
+}
+
+/// Before any step: the token holds every privilege the runnable actions need, or the run
+/// stops naming what is missing. An unanswered check is only logged (Proxmox still refuses
+/// what the token may not do, step by step).
+async fn check_privileges(request: &RunRequest<'_>, plan: &Plan, live: &[LiveVm]) -> Result<(), ApplyError> {
+    use crate::proxmox::permissions::{self, MissingPrivileges};
+    let granted = match permissions::fetch(request.client).await {
+        Ok(granted) => granted,
+        Err(err) => {
+            tracing::warn!("could not check the token's privileges ({err}); applying anyway");
+            return Ok(());
+        }
+    };
+    let needs =
+        crate::plan::privileges::needs_to_apply(plan, request.desired, live, request.deployer.is_some());
+    let missing = permissions::missing(&granted, needs);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let token = request.client.token_id().to_string();
+    Err(MissingPrivileges { token, role: permissions::APPLY_ROLE, missing }.into())
 }

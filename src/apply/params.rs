@@ -14,6 +14,7 @@ use crate::proxmox::property::{
     Drive, PropertyString, agent_enabled, format_net, format_new_disk, format_tags, is_drive_key, is_net_key,
     parse_drive, parse_tags, update_disk, update_net, value_bool, value_text,
 };
+use crate::proxmox::read::boot_disks;
 use crate::spec::{Bios, MANAGED_TAG};
 
 /// Keys to set and keys to delete in one `POST …/config`.
@@ -61,6 +62,21 @@ pub struct Scope {
     pub cloud_init: bool,
     /// Firmware: only for a VM being created (an existing VM's change is a replacement).
     pub firmware: bool,
+    /// Disks the flake does not declare are detached: a VM being created (its template's
+    /// extra disks), or an existing one whose `detach_disk` the plan allows. Never the disk an
+    /// existing VM boots from.
+    pub detach_disks: bool,
+    /// Declared disks the VM lacks are added: not while the plan holds a `detach_disk` back
+    /// (the VM's own disks are not declared yet, see `plan::detach`).
+    pub add_disks: bool,
+}
+
+impl Scope {
+    /// A VM being created: everything.
+    pub const CREATE: Scope = Scope { cloud_init: true, firmware: true, detach_disks: true, add_disks: true };
+    /// An existing VM: its hardware and options, new disks, no detaching.
+    pub const UPDATE: Scope =
+        Scope { cloud_init: false, firmware: false, detach_disks: false, add_disks: true };
 }
 
 /// Characters kept as they are in `sshkeys`: what JavaScript's `encodeURIComponent` keeps,
@@ -84,9 +100,14 @@ pub fn encode_ssh_keys(keys: &[String]) -> String {
     utf8_percent_encode(&joined.join("\n"), URI_COMPONENT).to_string()
 }
 
-/// The notes nixprox writes: the user's description and the metadata block.
-pub fn notes(host: &DesiredHost, metadata: &Metadata) -> String {
-    Notes::render(&host.spec.description, metadata)
+/// The notes nixprox writes over `current` (the VM's notes now): the metadata block after the
+/// owner's text, kept byte for byte, unless the flake declares a description that says
+/// something else (an empty `nixprox.vm.description` never replaces anything).
+pub fn notes(host: &DesiredHost, current: &str, metadata: &Metadata) -> String {
+    let kept = Notes::parse(current).user_text;
+    let declared = &host.spec.description;
+    let text = if declared.is_empty() || Notes::same_text(declared, &kept) { &kept } else { declared };
+    Notes::render(text, metadata)
 }
 
 /// The write that brings `raw` (a `GET …/config` answer) to `host`'s declaration, with the
@@ -143,19 +164,15 @@ pub fn config_write(
             out.put("efidisk0", format!("{storage}:1,efitype=4m,pre-enrolled-keys=0"));
         }
     }
-    disks(host, raw, &mut out);
+    disks(host, raw, scope, &mut out);
     networks(host, raw, &mut out);
     let mut tags: BTreeSet<String> = spec.tags.iter().map(|t| t.to_lowercase()).collect();
     tags.insert(MANAGED_TAG.to_string());
     let live_tags = text("tags").map(|t| parse_tags(&t)).unwrap_or_default();
     set_if(&mut out, "tags", format_tags(&tags), live_tags != tags);
-    let description = notes(host, metadata);
-    set_if(
-        &mut out,
-        "description",
-        description.clone(),
-        text("description").unwrap_or_default() != description,
-    );
+    let current = text("description").unwrap_or_default();
+    let description = notes(host, &current, metadata);
+    set_if(&mut out, "description", description.clone(), current != description);
     set_if(&mut out, "onboot", bool_text(spec.on_boot), flag("onboot") != spec.on_boot);
     set_if(&mut out, "protection", bool_text(spec.protection), flag("protection") != spec.protection);
     if scope.cloud_init
@@ -175,7 +192,7 @@ pub fn first_storage(host: &DesiredHost) -> String {
     host.spec.disks.values().next().map(|d| d.storage.clone()).unwrap_or_else(|| "local-lvm".into())
 }
 
-fn disks(host: &DesiredHost, raw: &Map<String, Value>, out: &mut ConfigWrite) {
+fn disks(host: &DesiredHost, raw: &Map<String, Value>, scope: Scope, out: &mut ConfigWrite) {
     for (slot, disk) in &host.spec.disks {
         match raw.get(slot).and_then(value_text) {
             Some(existing) if matches!(parse_drive(&existing), Drive::Disk(_)) => {
@@ -184,14 +201,23 @@ fn disks(host: &DesiredHost, raw: &Map<String, Value>, out: &mut ConfigWrite) {
                     out.put(slot, updated);
                 }
             }
-            _ => out.put(slot, format_new_disk(disk)),
+            _ if scope.add_disks => out.put(slot, format_new_disk(disk)),
+            _ => {}
         }
     }
+    if !scope.detach_disks {
+        return;
+    }
+    // An existing VM keeps the disks it boots from whatever the plan said: the boot order may
+    // have changed since. A VM being created (cloud-init is written only then) drops its
+    // template's extra disks, boot disk or not.
+    let booting = if scope.cloud_init { Vec::new() } else { boot_disks(raw) };
     let mut undeclared: Vec<&String> = raw
         .iter()
         .filter(|(key, value)| {
             is_drive_key(key)
                 && !host.spec.disks.contains_key(*key)
+                && !booting.contains(key)
                 && value_text(value).is_some_and(|v| matches!(parse_drive(&v), Drive::Disk(_)))
         })
         .map(|(key, _)| key)
@@ -267,7 +293,7 @@ mod tests {
         Metadata { host: host.into(), applying: Some("abc".into()), ..Metadata::default() }
     }
 
-    const SCOPE_UPDATE: Scope = Scope { cloud_init: false, firmware: false };
+    const SCOPE_UPDATE: Scope = Scope::UPDATE;
 
     #[test]
     fn ssh_keys_are_encoded_like_encode_uri_component() {
@@ -300,8 +326,7 @@ mod tests {
             "net1": "virtio=BC:24:11:AA:BB:CD,bridge=vmbr0", "ide2": "local-lvm:vm-101-cloudinit,media=cdrom",
             "scsihw": "virtio-scsi-single"
         }));
-        let write =
-            config_write(&host, &template, &metadata("web"), Scope { cloud_init: true, firmware: true });
+        let write = config_write(&host, &template, &metadata("web"), Scope::CREATE);
         let set: Vec<(&str, &str)> = write.set.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(
             set,
@@ -335,12 +360,54 @@ mod tests {
             "name": "web", "memory": "2048", "cores": 2, "sockets": 1, "cpu": "x86-64-v2-AES,flags=+aes",
             "agent": "enabled=1,fstrim_cloned_disks=1", "scsi0": "local-lvm:vm-101-disk-0,size=20G",
             "net0": "virtio=BC:24:11:AA:BB:CC,bridge=vmbr0", "tags": "nixprox", "onboot": 1,
-            "description": notes(&host, &meta), "digest": "x"
+            "description": notes(&host, "", &meta), "digest": "x"
         }));
         assert_eq!(config_write(&host, &live, &meta, SCOPE_UPDATE), ConfigWrite::default());
         let cleared = Metadata { applying: None, ..meta };
         let write = config_write(&host, &live, &cleared, SCOPE_UPDATE);
         assert_eq!(write.keys(), vec!["description"]);
+    }
+
+    #[test]
+    fn the_owners_notes_are_kept_unless_a_description_is_declared() {
+        let mut host = testkit::host("web");
+        let meta = metadata("web");
+        let owner = "Owner: alice.\r\nBackups nightly; do not delete.\n\n";
+        // Nothing declared: the owner's bytes, block or no block before.
+        for current in [owner.to_string(), Notes::render(owner, &Metadata::default())] {
+            let written = notes(&host, &current, &meta);
+            assert_eq!(Notes::parse(&written).user_text, owner);
+            assert_eq!(Notes::parse(&written).metadata(), Some(&meta));
+        }
+        // The same text but for trailing white space: still the owner's bytes (no rewrite).
+        host.spec.description = "Owner: alice.\r\nBackups nightly; do not delete.".into();
+        assert_eq!(Notes::parse(&notes(&host, owner, &meta)).user_text, owner);
+        // Another text declared: it replaces the notes.
+        host.spec.description = "Reverse proxy.\n".into();
+        assert_eq!(Notes::parse(&notes(&host, owner, &meta)).user_text, "Reverse proxy.\n");
+    }
+
+    #[test]
+    fn undeclared_disks_are_detached_only_in_scope_and_never_the_boot_disk() {
+        let host = testkit::host("web");
+        let live = raw(json!({
+            "virtio0": "local-lvm:vm-101-disk-0,size=20G", "scsi1": "local-lvm:vm-101-disk-1,size=8G",
+            "boot": "order=virtio0", "ide2": "none,media=cdrom"
+        }));
+        let meta = metadata("web");
+        let write = config_write(&host, &live, &meta, SCOPE_UPDATE);
+        assert!(write.delete.is_empty(), "{write:?}");
+        assert!(write.set.iter().any(|(k, _)| k == "scsi0"), "the declared disk is added: {write:?}");
+        // Allowed: the undeclared data disk goes, the boot disk never (the boot order may have
+        // changed since the plan).
+        let detach = Scope { detach_disks: true, ..Scope::UPDATE };
+        assert_eq!(config_write(&host, &live, &meta, detach).delete, ["scsi1"]);
+        // A blocked detach holds the additions back.
+        let held = Scope { add_disks: false, ..Scope::UPDATE };
+        assert!(!config_write(&host, &live, &meta, held).set.iter().any(|(k, _)| k == "scsi0"));
+        // A VM being created drops its template's extra disks, whatever they are.
+        let created = config_write(&host, &live, &meta, Scope::CREATE);
+        assert_eq!(created.delete, ["scsi1", "virtio0"]);
     }
 
     #[test]
@@ -359,7 +426,7 @@ mod tests {
             },
         );
         let live = raw(json!({"scsi0": "local-lvm:vm-9-disk-0,size=20G", "ide2": "none,media=cdrom"}));
-        let write = config_write(&host, &live, &metadata("db"), Scope { cloud_init: true, firmware: true });
+        let write = config_write(&host, &live, &metadata("db"), Scope::CREATE);
         let get = |key: &str| write.set.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         assert_eq!(get("bios"), Some("ovmf"));
         assert_eq!(get("efidisk0"), Some("local-lvm:1,efitype=4m,pre-enrolled-keys=0"));

@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::report::{HostReport, StepReport, StepStatus};
+use super::report::{HostReport, StepReport};
+use crate::proxmox::upload::{TenPercentSteps, UploadProgress};
 
 /// Where progress goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,25 +40,10 @@ pub struct Progress {
     bars: Mutex<BTreeMap<String, ProgressBar>>,
 }
 
-fn status_word(status: &StepStatus) -> &'static str {
-    match status {
-        StepStatus::Ok => "ok",
-        StepStatus::AlreadyDone => "already done",
-        StepStatus::Failed => "failed",
-        StepStatus::Skipped => "skipped",
-        StepStatus::Blocked => "blocked",
-    }
-}
-
 /// One line for a finished step: `web: clone ok (vmid 101) 2.1s`.
 pub fn step_line(host: &str, step: &StepReport) -> String {
     let detail = step.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
-    format!(
-        "{host}: {} {}{detail} {:.1}s",
-        step.step,
-        status_word(&step.status),
-        step.duration_ms as f64 / 1000.0
-    )
+    format!("{host}: {} {}{detail} {:.1}s", step.step, step.status.word(), step.duration_ms as f64 / 1000.0)
 }
 
 impl Progress {
@@ -106,6 +92,45 @@ impl Progress {
         }
     }
 
+    /// What an upload reports as it goes: on a terminal a bar with bytes, rate and time left;
+    /// in CI a line each time another 10 % is sent; nothing when quiet. Owned, because the
+    /// upload hands it to the connection's body stream.
+    pub fn upload_reporter(
+        &self,
+        host: &str,
+        file: &str,
+        total: u64,
+    ) -> impl Fn(UploadProgress) + Send + Sync + 'static {
+        let bar = self.multi.as_ref().map(|multi| {
+            let bar = multi.add(ProgressBar::new(total));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:.bold} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} (eta {eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_prefix(host.to_string());
+            bar.set_message(format!("upload {file}"));
+            bar
+        });
+        let lines = (self.mode == ProgressMode::Ci).then(|| Mutex::new(TenPercentSteps::default()));
+        let label = format!("{host}: upload {file}");
+        move |progress: UploadProgress| {
+            if let Some(bar) = &bar {
+                bar.set_position(progress.sent);
+                if progress.sent >= progress.total {
+                    bar.finish_and_clear();
+                }
+            }
+            let step = lines
+                .as_ref()
+                .and_then(|steps| steps.lock().unwrap_or_else(|e| e.into_inner()).step(&progress));
+            if let Some(step) = step {
+                eprintln!("{}", upload_line(&label, step, &progress));
+            }
+        }
+    }
+
     /// A host finished: close its spinner, or print its folded group in CI.
     pub fn host_finished(&self, report: &HostReport) {
         match self.mode {
@@ -123,6 +148,16 @@ impl Progress {
             ProgressMode::Quiet => {}
         }
     }
+}
+
+/// One CI line of an upload: `web: upload x.qcow2 40% (1.2 GiB of 3 GiB, 85 MiB/s)`.
+pub fn upload_line(label: &str, step: u8, progress: &UploadProgress) -> String {
+    format!(
+        "{label} {step}% ({} of {}, {}/s)",
+        HumanBytes(progress.sent),
+        HumanBytes(progress.total),
+        HumanBytes(progress.rate() as u64)
+    )
 }
 
 /// A host's steps inside `::group::` / `::endgroup::`.
@@ -148,7 +183,17 @@ pub fn ci_group(report: &HostReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::report::HostOutcome;
+    use crate::apply::report::{HostOutcome, StepStatus};
+
+    #[test]
+    fn upload_lines_show_bytes_and_rate() {
+        let progress =
+            UploadProgress { sent: 3 << 29, total: 3 << 30, elapsed: std::time::Duration::from_secs(16) };
+        assert_eq!(
+            upload_line("web: upload nixprox-x-scsi0.qcow2", 50, &progress),
+            "web: upload nixprox-x-scsi0.qcow2 50% (1.50 GiB of 3.00 GiB, 96.00 MiB/s)"
+        );
+    }
 
     #[test]
     fn ci_groups_fold_one_host() {

@@ -1,6 +1,7 @@
-//! The apply report: per host ok, failed (at which step, with the error), skipped or pending
-//! reboot, with every step's duration and the warnings Proxmox tasks ended with. Rendered as
-//! text (end of the run), JSON (`--report`) and Markdown (PR comment, job summary).
+//! The apply report: per host ok, failed (at which step, with the error), skipped, pending
+//! reboot or cancelled (the run was asked to stop), with every step's duration and the warnings
+//! Proxmox tasks ended with. Rendered as text (end of the run), JSON (`--report`) and Markdown
+//! (PR comment, job summary).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -21,6 +22,22 @@ pub enum StepStatus {
     Skipped,
     /// The plan blocked the action; it was not run.
     Blocked,
+    /// The run was asked to stop (SIGINT, SIGTERM): the step did not start, or was stopped.
+    Cancelled,
+}
+
+impl StepStatus {
+    /// The word the text report and the progress lines show.
+    pub fn word(&self) -> &'static str {
+        match self {
+            StepStatus::Ok => "ok",
+            StepStatus::AlreadyDone => "already done",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Blocked => "blocked",
+            StepStatus::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// One step of a host.
@@ -54,6 +71,12 @@ pub enum HostOutcome {
     PendingReboot {
         keys: Vec<String>,
     },
+    /// The run was asked to stop before the host was done: `step` did not start (or was
+    /// stopped while it ran). A re-run resumes from there.
+    Cancelled {
+        step: String,
+        reason: String,
+    },
 }
 
 impl HostOutcome {
@@ -63,6 +86,7 @@ impl HostOutcome {
             HostOutcome::Failed { .. } => "failed",
             HostOutcome::Skipped { .. } => "skipped",
             HostOutcome::PendingReboot { .. } => "pending reboot",
+            HostOutcome::Cancelled { .. } => "cancelled",
         }
     }
 }
@@ -101,6 +125,9 @@ pub struct ApplyReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub git_rev: Option<String>,
     pub duration_ms: u64,
+    /// The signal that stopped the run (`SIGINT`, `SIGTERM`), when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<String>,
     pub hosts: Vec<HostReport>,
 }
 
@@ -113,7 +140,7 @@ fn seconds(ms: u64) -> String {
 }
 
 impl ApplyReport {
-    /// Whether any host failed: the exit code is 1 then.
+    /// Whether any host failed: the exit code is 3 then (unless the run was cancelled).
     pub fn has_failures(&self) -> bool {
         self.hosts.iter().any(|h| matches!(h.outcome, HostOutcome::Failed { .. }))
     }
@@ -127,13 +154,15 @@ impl ApplyReport {
     pub fn summary_line(&self) -> String {
         let count = |label: &str| self.hosts.iter().filter(|h| h.outcome.label() == label).count();
         let mut parts = vec![format!("{} ok", count("ok")), format!("{} failed", count("failed"))];
-        for label in ["skipped", "pending reboot"] {
+        for label in ["skipped", "pending reboot", "cancelled"] {
             let n = count(label);
             if n > 0 {
                 parts.push(format!("{n} {label}"));
             }
         }
-        format!("{} in {}", parts.join(", "), seconds(self.duration_ms))
+        let cancelled =
+            self.cancelled_by.as_ref().map(|signal| format!(" (cancelled by {signal})")).unwrap_or_default();
+        format!("{} in {}{cancelled}", parts.join(", "), seconds(self.duration_ms))
     }
 
     /// Pretty JSON with a trailing newline (`--report FILE`).
@@ -160,11 +189,8 @@ impl ApplyReport {
             );
             for step in &host.steps {
                 let status = match step.status {
-                    StepStatus::Ok => "ok",
-                    StepStatus::AlreadyDone => "already done",
                     StepStatus::Failed => "FAILED",
-                    StepStatus::Skipped => "skipped",
-                    StepStatus::Blocked => "blocked",
+                    ref other => other.word(),
                 };
                 let detail = step.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
                 let _ = writeln!(out, "  {:<14} {status}{detail} {}", step.step, seconds(step.duration_ms));
@@ -185,6 +211,10 @@ impl ApplyReport {
                         "  {} take effect at the next reboot (set `nixprox.deploy.allowReboot` to let nixprox reboot)",
                         keys.join(", ")
                     );
+                }
+                HostOutcome::Cancelled { step, reason } => {
+                    let _ =
+                        writeln!(out, "  cancelled at {step}: {reason}; run apply again to finish this host");
                 }
                 HostOutcome::Ok => {}
             }
@@ -212,6 +242,7 @@ impl ApplyReport {
                 }
                 HostOutcome::Skipped { reason } => reason.clone(),
                 HostOutcome::PendingReboot { keys } => format!("waits for a reboot: {}", keys.join(", ")),
+                HostOutcome::Cancelled { step, reason } => format!("at `{step}`: {reason}"),
             };
             let detail = detail.replace('|', "\\|");
             let _ = writeln!(
@@ -247,6 +278,7 @@ mod tests {
             reviewed_plan_id: None,
             git_rev: Some("abc".into()),
             duration_ms: 12_300,
+            cancelled_by: None,
             hosts: vec![
                 HostReport {
                     host: "web".into(),

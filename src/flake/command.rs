@@ -1,8 +1,13 @@
-//! The `nix` command line: one builder ([`NixCommand`]) whose exact argument list is unit-tested,
-//! the version probe ([`NixVersion`]), and the trimming of nix's stderr into an error message.
+//! The `nix` command line: one builder ([`NixCommand`]) for every `nix` invocation nixprox makes
+//! (`eval`, `build`, `copy`, `flake metadata`), whose exact argument list is unit-tested without
+//! running anything; the one [`OverrideInput`] type; the version probe ([`NixVersion`]); and the
+//! trimming of nix's stderr into an error message.
 //!
 //! A pull request's flake is untrusted input, so every evaluation is pure (never `--impure`)
-//! and refuses import-from-derivation: evaluating a PR must never build or run anything.
+//! and refuses import-from-derivation: evaluating a PR must never build or run anything. The
+//! same options go on `nix build` (apply builds what plan evaluated, so a flake that plan
+//! refused never reaches it) and `nix flake metadata`; `nix copy` evaluates nothing.
+//! Only forms Nix 2.8 already has (`nix build --json`, not `--print-out-paths`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -15,16 +20,51 @@ use tokio::process::Command;
 /// 2.19-ish (and Debian's 2.8) does not enable them by default.
 pub const EXPERIMENTAL_FEATURES: &str = "nix-command flakes";
 
-/// An input replaced on the command line (`--override-input NAME REF`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An input replaced on the command line (`--override-input NAME REF`). Parsed once from the
+/// command line ([`OverrideInput::parse_pairs`]) and handed to every evaluation and build, so
+/// apply builds exactly what plan evaluated.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OverrideInput {
     pub name: String,
     pub flake_ref: String,
 }
 
+/// A malformed `--override-input`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverrideInputError {
+    #[error(
+        "`--override-input {0}` has no flake reference (it takes two values: `--override-input NAME REF`)"
+    )]
+    MissingRef(String),
+    #[error(
+        "`--override-input` has an empty input name (it takes two values: `--override-input NAME REF`, e.g. `--override-input nixpkgs github:NixOS/nixpkgs/nixos-24.11`)"
+    )]
+    EmptyName,
+    #[error(
+        "`--override-input {0}` has an empty flake reference (give a flake reference, e.g. `path:/src/nixpkgs`)"
+    )]
+    EmptyRef(String),
+}
+
 impl OverrideInput {
     pub fn new(name: impl Into<String>, flake_ref: impl Into<String>) -> OverrideInput {
         OverrideInput { name: name.into(), flake_ref: flake_ref.into() }
+    }
+
+    /// The command line's flat `NAME REF NAME REF …` list as pairs. Every value is checked here,
+    /// once, so no command can drop or pass on a malformed one.
+    pub fn parse_pairs(values: &[String]) -> Result<Vec<OverrideInput>, OverrideInputError> {
+        values
+            .chunks(2)
+            .map(|pair| match pair {
+                [name, ..] if name.trim().is_empty() => Err(OverrideInputError::EmptyName),
+                [name, flake_ref] if flake_ref.trim().is_empty() => {
+                    Err(OverrideInputError::EmptyRef(name.clone()))
+                }
+                [name, flake_ref] => Ok(OverrideInput::new(name.clone(), flake_ref.clone())),
+                _ => Err(OverrideInputError::MissingRef(pair.concat())),
+            })
+            .collect()
     }
 }
 
@@ -49,16 +89,35 @@ impl Nix {
         self
     }
 
-    /// `nix eval --json INSTALLABLE`.
-    pub fn eval(&self, installable: impl Into<String>) -> NixCommand {
+    fn command(&self, subcommand: Subcommand) -> NixCommand {
         NixCommand {
             nix: self.clone(),
-            subcommand: "eval",
-            installable: installable.into(),
-            apply: None,
+            subcommand,
             override_inputs: Vec::new(),
             options: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// `nix eval --json INSTALLABLE`.
+    pub fn eval(&self, installable: impl Into<String>) -> NixCommand {
+        self.command(Subcommand::Eval { installable: installable.into(), apply: None })
+    }
+
+    /// `nix build --json --no-link INSTALLABLE`: the out path is read from the JSON
+    /// ([`parse_build_json`]), since `--print-out-paths` does not exist in 2.8.
+    pub fn build(&self, installable: impl Into<String>) -> NixCommand {
+        self.command(Subcommand::Build { installable: installable.into() })
+    }
+
+    /// `nix copy --to STORE PATHS…` (`--no-check-sigs` unless [`NixCommand::check_sigs`]).
+    pub fn copy_to(&self, store: impl Into<String>, paths: Vec<String>) -> NixCommand {
+        self.command(Subcommand::Copy { store: store.into(), paths, check_sigs: false })
+    }
+
+    /// `nix flake metadata --json FLAKE`: the locked flake (`locked.narHash`, `locks`).
+    pub fn flake_metadata(&self, flake: impl Into<String>) -> NixCommand {
+        self.command(Subcommand::FlakeMetadata { flake: flake.into() })
     }
 
     /// Runs `nix --version` and parses it.
@@ -117,22 +176,50 @@ impl std::fmt::Display for NixVersion {
     }
 }
 
+/// What a [`NixCommand`] does; each kind has its own words after the common prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Subcommand {
+    Eval { installable: String, apply: Option<String> },
+    Build { installable: String },
+    Copy { store: String, paths: Vec<String>, check_sigs: bool },
+    FlakeMetadata { flake: String },
+}
+
+impl Subcommand {
+    /// Whether the command evaluates a flake: those get the purity options, the overrides and
+    /// `--no-write-lock-file` (a plan never writes to the checkout).
+    fn evaluates(&self) -> bool {
+        !matches!(self, Subcommand::Copy { .. })
+    }
+}
+
 /// One `nix` invocation. Build it, check [`NixCommand::argv`], run it with
-/// [`NixCommand::run_json`].
+/// [`NixCommand::run_json`] (or hand [`NixCommand::argv`] and [`NixCommand::env`] to a runner
+/// that streams the output).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NixCommand {
     nix: Nix,
-    subcommand: &'static str,
-    installable: String,
-    apply: Option<String>,
+    subcommand: Subcommand,
     override_inputs: Vec<OverrideInput>,
     options: Vec<(String, String)>,
+    /// Environment of this command only (e.g. `NIX_SSHOPTS` for a copy).
+    env: Vec<(OsString, OsString)>,
 }
 
 impl NixCommand {
-    /// `--apply EXPR`: a function applied to the installable's value before printing.
+    /// `--apply EXPR` of an eval: a function applied to the installable's value before printing.
     pub fn apply(mut self, expr: impl Into<String>) -> NixCommand {
-        self.apply = Some(expr.into());
+        if let Subcommand::Eval { apply, .. } = &mut self.subcommand {
+            *apply = Some(expr.into());
+        }
+        self
+    }
+
+    /// Checks signatures on a copy (off by default: the closure was built by this runner).
+    pub fn check_sigs(mut self, check: bool) -> NixCommand {
+        if let Subcommand::Copy { check_sigs, .. } = &mut self.subcommand {
+            *check_sigs = check;
+        }
         self
     }
 
@@ -147,45 +234,92 @@ impl NixCommand {
         self
     }
 
-    /// The full command line, program first.
+    /// An environment variable for this command only.
+    pub fn env_var(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> NixCommand {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The full command line, program first: global options, then the subcommand's words, then
+    /// the flake options.
     pub fn argv(&self) -> Vec<String> {
         let mut argv = vec![
             self.nix.program.display().to_string(),
             "--extra-experimental-features".into(),
             EXPERIMENTAL_FEATURES.into(),
-            "--option".into(),
-            "allow-import-from-derivation".into(),
-            "false".into(),
         ];
+        let evaluates = self.subcommand.evaluates();
+        if evaluates {
+            argv.extend(["--option".into(), "allow-import-from-derivation".into(), "false".into()]);
+        }
         for (name, value) in &self.options {
             argv.extend(["--option".into(), name.clone(), value.clone()]);
         }
-        argv.extend([self.subcommand.to_string(), "--json".into(), self.installable.clone()]);
-        if let Some(expr) = &self.apply {
-            argv.extend(["--apply".into(), expr.clone()]);
+        match &self.subcommand {
+            Subcommand::Eval { installable, apply } => {
+                argv.extend(["eval".into(), "--json".into(), installable.clone()]);
+                if let Some(expr) = apply {
+                    argv.extend(["--apply".into(), expr.clone()]);
+                }
+            }
+            Subcommand::Build { installable } => {
+                argv.extend(["build".into(), "--json".into(), "--no-link".into(), installable.clone()]);
+            }
+            Subcommand::Copy { store, paths, check_sigs } => {
+                argv.extend(["copy".into(), "--to".into(), store.clone()]);
+                if !check_sigs {
+                    argv.push("--no-check-sigs".into());
+                }
+                argv.extend(paths.iter().cloned());
+            }
+            Subcommand::FlakeMetadata { flake } => {
+                argv.extend(["flake".into(), "metadata".into(), "--json".into(), flake.clone()]);
+            }
         }
-        for input in &self.override_inputs {
-            argv.extend(["--override-input".into(), input.name.clone(), input.flake_ref.clone()]);
+        if evaluates {
+            for input in &self.override_inputs {
+                argv.extend(["--override-input".into(), input.name.clone(), input.flake_ref.clone()]);
+            }
+            argv.push("--no-write-lock-file".into());
         }
-        argv.push("--no-write-lock-file".into());
         argv
     }
 
-    /// How the command is named in errors: the subcommand and the installable, not the
-    /// (long) `--apply` expression.
+    /// The environment the command runs with: the handle's, then the command's own.
+    pub fn env(&self) -> Vec<(OsString, OsString)> {
+        self.nix.env.iter().chain(&self.env).cloned().collect()
+    }
+
+    /// A process for this command with stdin closed, killed when dropped; the caller picks
+    /// what happens to stdout and stderr.
+    pub fn command(&self) -> Command {
+        let argv = self.argv();
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]).envs(self.env()).stdin(Stdio::null()).kill_on_drop(true);
+        command
+    }
+
+    /// The program, for spawn errors.
+    pub fn program(&self) -> &std::path::Path {
+        &self.nix.program
+    }
+
+    /// How the command is named in errors: the subcommand and its object, not the (long)
+    /// `--apply` expression.
     pub fn describe(&self) -> String {
-        format!("nix {} {}", self.subcommand, self.installable)
+        match &self.subcommand {
+            Subcommand::Eval { installable, .. } => format!("nix eval {installable}"),
+            Subcommand::Build { installable } => format!("nix build {installable}"),
+            Subcommand::Copy { store, .. } => format!("nix copy --to {store}"),
+            Subcommand::FlakeMetadata { flake } => format!("nix flake metadata {flake}"),
+        }
     }
 
     /// Runs the command and decodes its JSON stdout. A failure carries nix's trimmed stderr.
     pub async fn run_json<T: DeserializeOwned>(&self) -> Result<T, NixError> {
-        let argv = self.argv();
         tracing::debug!(command = %self.describe(), "running nix");
-        let output = Command::new(&argv[0])
-            .args(&argv[1..])
-            .envs(self.nix.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
+        let output = self
+            .command()
             .output()
             .await
             .map_err(|source| NixError::Spawn { program: self.nix.program.clone(), source })?;
@@ -198,6 +332,19 @@ impl NixCommand {
         serde_json::from_slice(&output.stdout)
             .map_err(|source| NixError::Decode { command: self.describe(), source })
     }
+}
+
+/// The `out` path of the first result of `nix build --json`.
+pub fn parse_build_json(stdout: &str) -> Result<String, String> {
+    let value: serde_json::Value = serde_json::from_str(stdout.trim())
+        .map_err(|err| format!("invalid `nix build --json` output: {err}"))?;
+    value
+        .get(0)
+        .and_then(|first| first.get("outputs"))
+        .and_then(|outputs| outputs.get("out"))
+        .and_then(|out| out.as_str())
+        .map(String::from)
+        .ok_or_else(|| format!("`nix build --json` output has no `outputs.out`: {}", stdout.trim()))
 }
 
 /// A `nix` invocation that did not produce what was asked.
@@ -346,6 +493,71 @@ mod tests {
                 "--no-write-lock-file"
             ]
         );
+    }
+
+    #[test]
+    fn build_argv_is_pure_json_with_the_same_overrides_as_eval() {
+        let command = Nix::default()
+            .build("path:/src/lab#nixosConfigurations.\"web\".config.system.build.toplevel")
+            .option("sandbox", "false")
+            .override_inputs(&[OverrideInput::new("nixpkgs", "path:/n")]);
+        assert_eq!(
+            command.argv().join(" "),
+            "nix --extra-experimental-features nix-command flakes --option allow-import-from-derivation false --option sandbox false build --json --no-link path:/src/lab#nixosConfigurations.\"web\".config.system.build.toplevel --override-input nixpkgs path:/n --no-write-lock-file"
+        );
+        assert_eq!(
+            command.describe(),
+            "nix build path:/src/lab#nixosConfigurations.\"web\".config.system.build.toplevel"
+        );
+        let json = r#"[{"drvPath":"/nix/store/a.drv","outputs":{"out":"/nix/store/b-nixos-system-web"}}]"#;
+        assert_eq!(parse_build_json(json).as_deref(), Ok("/nix/store/b-nixos-system-web"));
+        assert!(parse_build_json("[]").is_err());
+    }
+
+    #[test]
+    fn copy_argv_has_no_flake_options_and_its_own_env() {
+        let command = Nix::default()
+            .with_env("NIX_CONFIG", "substituters =")
+            .copy_to("ssh-ng://root@127.0.0.5", vec!["/nix/store/b-sys".into()])
+            .override_inputs(&[OverrideInput::new("ignored", "path:/x")])
+            .env_var("NIX_SSHOPTS", "-p 2222");
+        assert_eq!(
+            command.argv().join(" "),
+            "nix --extra-experimental-features nix-command flakes copy --to ssh-ng://root@127.0.0.5 --no-check-sigs /nix/store/b-sys"
+        );
+        assert_eq!(
+            command.env(),
+            [("NIX_CONFIG".into(), "substituters =".into()), ("NIX_SSHOPTS".into(), "-p 2222".into())]
+        );
+        assert!(!command.clone().check_sigs(true).argv().contains(&"--no-check-sigs".to_string()));
+        assert_eq!(command.describe(), "nix copy --to ssh-ng://root@127.0.0.5");
+    }
+
+    #[test]
+    fn flake_metadata_argv() {
+        let argv = Nix::default()
+            .flake_metadata("path:/src/lab")
+            .override_inputs(&[OverrideInput::new("nixpkgs-lib", "path:/l")])
+            .argv();
+        assert_eq!(
+            argv.join(" "),
+            "nix --extra-experimental-features nix-command flakes --option allow-import-from-derivation false flake metadata --json path:/src/lab --override-input nixpkgs-lib path:/l --no-write-lock-file"
+        );
+    }
+
+    #[test]
+    fn override_inputs_are_parsed_once_and_checked() {
+        let pairs = |values: &[&str]| {
+            OverrideInput::parse_pairs(&values.iter().map(|v| v.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            pairs(&["nixpkgs", "path:/n", "lib", "path:/l"]),
+            Ok(vec![OverrideInput::new("nixpkgs", "path:/n"), OverrideInput::new("lib", "path:/l")])
+        );
+        assert_eq!(pairs(&[]), Ok(vec![]));
+        assert_eq!(pairs(&["nixpkgs"]), Err(OverrideInputError::MissingRef("nixpkgs".into())));
+        assert_eq!(pairs(&["", "path:/n"]), Err(OverrideInputError::EmptyName));
+        assert_eq!(pairs(&["nixpkgs", " "]), Err(OverrideInputError::EmptyRef("nixpkgs".into())));
     }
 
     #[test]

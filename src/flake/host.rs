@@ -5,26 +5,38 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{Bios, VmSpec};
+use crate::spec::{Bios, ImageFormat, VmSpec};
 
-/// `config.nixprox` of one host as the inventory expression prints it (camelCase, as in
+/// `config.nixprox` of one host as the evaluation prints it (camelCase, as in
 /// `nix/module.nix`). Unknown fields are rejected so that module and binary cannot drift apart
-/// silently.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// silently. Serialised the same way into plan shards (`plan --shard`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostDecl {
     pub vm: VmDecl,
     pub bootstrap: BootstrapDecl,
     pub address: Option<String>,
+    /// `nixprox.network`: the module derives `bootstrap.ipConfig` from it (and the host's
+    /// NixOS networking may read it); accepted here, read by nothing else.
+    #[serde(default)]
+    pub network: StaticNetworkDecl,
     pub ssh: SshDecl,
     pub install: InstallDecl,
     pub deploy: DeployDecl,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// `nixprox.network`: the prefix length and gateway that go with a static `nixprox.address`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticNetworkDecl {
+    pub prefix_length: Option<u8>,
+    pub gateway: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VmDecl {
-    /// Already resolved by the inventory expression: `vm.name`, else an explicitly set
+    /// Already resolved by the evaluation (`eval.nix`): `vm.name`, else an explicitly set
     /// `networking.hostName`, else the attribute name.
     pub name: String,
     pub node: Option<String>,
@@ -44,9 +56,12 @@ pub struct VmDecl {
     pub on_boot: bool,
     pub protection: bool,
     pub pool: Option<String>,
+    /// `nixprox.vm.keep`: let go of the VM (absent from modules older than it: off).
+    #[serde(default)]
+    pub keep: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DiskDecl {
     pub storage: Option<String>,
@@ -57,7 +72,7 @@ pub struct DiskDecl {
     pub iothread: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkDecl {
     pub bridge: Option<String>,
@@ -75,7 +90,7 @@ pub enum TemplateRef {
     Name(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BootstrapDecl {
     pub template: Option<TemplateRef>,
@@ -83,6 +98,19 @@ pub struct BootstrapDecl {
     pub user: String,
     pub ssh_keys: Vec<String>,
     pub ip_config: String,
+    /// Absent from modules older than the image bootstrap: then off.
+    #[serde(default)]
+    pub image: ImageDecl,
+}
+
+/// `nixprox.bootstrap.image` without `package`, whose store path is evaluated with the system
+/// (phase two: evaluating an image derivation can be as expensive as the system itself).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageDecl {
+    pub enable: bool,
+    pub format: ImageFormat,
+    pub storage: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +118,10 @@ pub struct BootstrapDecl {
 pub struct SshDecl {
     pub user: String,
     pub port: u16,
+    /// `nixprox.ssh.hostKey`: the host's SSH public key line, pinned without trusting the
+    /// network. Absent from modules older than it, and left out of the plan id when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,15 +169,51 @@ pub enum Bootstrap {
     Template { template: TemplateRef, user: String, ssh_keys: Vec<String>, ip_config: String },
     /// Created from scratch, booting an installer ISO.
     Iso { iso: String },
+    /// Neither a template nor an ISO is declared (nor `defaults.template`): fine for a host
+    /// whose VM exists; a plan that would create or replace its VM blocks that instead.
+    Undeclared,
+    /// Created from scratch with its disks imported from the host's own images: it boots
+    /// straight into its system (no installer).
+    Image(ImageSource),
+}
+
+/// The image a host boots from, resolved: what the executor builds, names and uploads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageSource {
+    pub package: ImageEval,
+    pub format: ImageFormat,
+    /// The storage the images are uploaded to (`import` content).
+    pub storage: String,
 }
 
 /// The evaluated system of a host: what `install`/`switch` put on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemEval {
     /// Out path of `system.build.toplevel`.
     pub toplevel: String,
     /// `sha256:<hex>` of the evaluated `disko.devices`; a change means a reinstall.
     pub disk_layout_hash: String,
+    /// The image package of a host with `bootstrap.image.enable` (and a package): evaluated,
+    /// never built. Left out of the JSON when absent, so other hosts' plan ids do not change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageEval>,
+}
+
+/// Store paths of an image package (`nixprox.bootstrap.image.package`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageEval {
+    /// The package's out path, whose hash names the files on the storage (`storePath` in the
+    /// evaluation's JSON, where an `outPath` key would turn the object into a string).
+    #[serde(alias = "storePath")]
+    pub out_path: String,
+    /// Its derivation (absent when the package is a plain store path).
+    pub drv_path: Option<String>,
+    /// Image file name (without extension) → size as declared, when the package is disko's
+    /// default (`disko.devices.disk.<name>.imageSize`, by `imageName`): what planning can know
+    /// about an image's size without building it. Empty for any other package.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub image_sizes: BTreeMap<String, String>,
 }
 
 /// One host as the planner sees it: the flake's declaration with every default resolved.
@@ -162,4 +230,8 @@ pub struct DesiredHost {
     pub install: InstallDecl,
     pub deploy: DeployDecl,
     pub system: SystemEval,
+    /// `nixprox.vm.keep`: nixprox lets go of the VM (`release`) and never creates, adopts or
+    /// changes it. Left out of the plan id when off.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keep: bool,
 }

@@ -1,28 +1,43 @@
 //! The host inventory: which hosts a flake manages, what each declares (`config.nixprox`) and
-//! what each evaluates to (system out path, disk layout hash).
+//! what each evaluates to (system out path, disk layout hash), from ONE evaluation of each
+//! host's module system.
 //!
-//! Phase one is ONE `nix eval` over `nixosConfigurations` that prints every managed host's
-//! declaration, because evaluating the module system once per host costs a process start and
-//! a flake fetch each. Phase two evaluates the hosts' systems in batches, one `nix eval` per
-//! batch and at most `eval_jobs` at a time: those evaluations are the expensive, independent
-//! part, and a batch pays nix's start, the flake fetch and the shared library evaluation once
-//! instead of once per host (docs/performance.md). A batch is bounded ([`EvalRequest::batch`])
-//! because one process holds every system it evaluated in memory, and a real NixOS system is
-//! hundreds of MiB.
+//! The evaluation runs in [`scheduler`](super::scheduler)-managed worker processes (`nix eval`
+//! of [`eval.nix`](nix/eval.nix)), bounded by `jobs` processes and `max_memory` bytes for all
+//! of them together: cheap hosts share a few long-lived processes, heavy ones end up one per
+//! process, and a host that alone does not fit is an error naming it (docs/performance.md).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use tokio::sync::Semaphore;
 
 use super::command::{Nix, NixCommand, NixError, NixVersion, OverrideInput, nix_string};
-use super::host::{HostDecl, SystemEval};
-use super::probes::{Probed, probes_function};
+use super::host::{HostDecl, ImageEval, SystemEval};
+use super::scheduler::{self, Failure, HostFailures, Limits, Selection};
 
-const INVENTORY_EXPR: &str = include_str!("nix/inventory.nix");
-const SYSTEM_EXPR: &str = include_str!("nix/system.nix");
+pub use super::scheduler::EvalStats;
+
+const EVAL_EXPR: &str = include_str!("nix/eval.nix");
+
+/// The Boehm GC's initial heap size, which nix reads at start (its own default is a quarter of
+/// the RAM, at most 384 MiB).
+const GC_HEAP_VAR: &str = "GC_INITIAL_HEAP_SIZE";
+
+pub use crate::config::DEFAULT_MAX_MEMORY;
+
+/// Which hosts to evaluate.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Hosts {
+    /// Every attribute of `nixosConfigurations`.
+    #[default]
+    All,
+    /// These attribute names (an unknown one is an error).
+    Only(Vec<String>),
+    /// Shard `index` (0-based) of `count`: every `count`-th attribute in name order.
+    Shard { index: usize, count: usize },
+}
 
 /// What to evaluate and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,20 +46,22 @@ pub struct EvalRequest {
     /// Flake reference as nix understands it (`.`, `path:/src`, `github:owner/repo`).
     pub flake: String,
     pub override_inputs: Vec<OverrideInput>,
-    /// Concurrent `nix eval` processes in phase two; 0 means the number of CPUs.
+    /// Concurrent `nix eval` processes; 0 means the number of CPUs.
     pub eval_jobs: usize,
-    /// Attribute names to evaluate (`--hosts`); `None` means all.
-    pub hosts: Option<Vec<String>>,
-    /// Most hosts whose systems one `nix eval` evaluates; 0 means [`DEFAULT_BATCH`].
+    pub hosts: Hosts,
+    /// Most hosts one `nix eval` process evaluates before it is replaced; 0 = no limit (the
+    /// memory bound decides).
     pub batch: usize,
-    /// Also evaluate each host's NixOS probes (`nix/probes.nix`) with its system, for the
-    /// plan's NixOS changes ([`Inventory::probes`]).
-    pub probes: bool,
+    /// Resident memory of all `nix eval` processes together, in bytes (`eval.max_memory`).
+    pub max_memory: u64,
+    /// A Nix function `attr: host: { … }` evaluated for every managed host in the same
+    /// process as its system (`host` is the `nixosConfigurations` value, with `config` and
+    /// `options`); its JSON-able result lands in [`EvaluatedHost::extra`]. For callers that
+    /// want more per host at no second evaluation (e.g. change summaries). nix cannot catch
+    /// every error in it, so a host that fails with it is evaluated once more without it: its
+    /// system counts, its `extra` failed ([`EvaluatedHost::extra_error`]).
+    pub extra: Option<String>,
 }
-
-/// Hosts per system evaluation by default: few enough that a process evaluating real NixOS
-/// systems stays within a few GiB, many enough that nix's start-up stops dominating.
-pub const DEFAULT_BATCH: usize = 8;
 
 impl EvalRequest {
     pub fn new(flake: impl Into<String>) -> EvalRequest {
@@ -53,19 +70,14 @@ impl EvalRequest {
             flake: flake.into(),
             override_inputs: Vec::new(),
             eval_jobs: 0,
-            hosts: None,
+            hosts: Hosts::All,
             batch: 0,
-            probes: false,
+            max_memory: DEFAULT_MAX_MEMORY,
+            extra: None,
         }
     }
 
-    /// Hosts per `nix eval` for `hosts` hosts: spread over the jobs, at most the batch size.
-    pub(crate) fn batch_size(&self, hosts: usize) -> usize {
-        let limit = if self.batch == 0 { DEFAULT_BATCH } else { self.batch };
-        hosts.div_ceil(self.jobs()).clamp(1, limit)
-    }
-
-    pub(crate) fn jobs(&self) -> usize {
+    fn jobs(&self) -> usize {
         match self.eval_jobs {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
@@ -75,6 +87,86 @@ impl EvalRequest {
     fn installable(&self) -> String {
         format!("{}#nixosConfigurations", self.flake)
     }
+
+    /// The worker to start with; the scheduler splits its hosts with more workers as they
+    /// prove worth it.
+    fn initial(&self) -> Vec<Selection> {
+        let selection = match &self.hosts {
+            Hosts::All => Selection::Partition(Vec::new()),
+            Hosts::Shard { index, count } => Selection::Partition(vec![[*count, *index]]),
+            Hosts::Only(names) => {
+                let mut names = names.clone();
+                names.sort();
+                names.dedup();
+                Selection::Names(names)
+            }
+        };
+        vec![selection]
+    }
+
+    /// The `nix eval` of one worker; `heap` is its initial GC heap (`GC_INITIAL_HEAP_SIZE`,
+    /// unless the environment already sets one: the user's choice wins).
+    fn worker_command(
+        &self,
+        selection: &Selection,
+        marker: &str,
+        heap: Option<u64>,
+        mode: ExtraMode,
+    ) -> NixCommand {
+        let command = self
+            .nix
+            .eval(self.installable())
+            .override_inputs(&self.override_inputs)
+            .apply(eval_expr(selection, mode.of(self.extra.as_deref()), Some(marker)));
+        let user_set =
+            std::env::var_os(GC_HEAP_VAR).is_some() || self.nix.env.iter().any(|(k, _)| k == GC_HEAP_VAR);
+        match heap {
+            Some(bytes) if !user_set => command.env_var(GC_HEAP_VAR, bytes.to_string()),
+            _ => command,
+        }
+    }
+
+    /// ONE plain `nix eval` of everything an evaluation needs for the selected hosts, without
+    /// workers or streaming: the reference the plan benchmark compares with.
+    pub fn single_process_command(&self) -> NixCommand {
+        let selection = self.initial().into_iter().next().unwrap_or(Selection::Names(Vec::new()));
+        self.nix.eval(self.installable()).override_inputs(&self.override_inputs).apply(eval_expr(
+            &selection,
+            ExtraMode::With.of(self.extra.as_deref()),
+            None,
+        ))
+    }
+}
+
+/// What a worker does with [`EvalRequest::extra`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExtraMode {
+    /// Evaluates it with each managed host's declaration and system.
+    With,
+    /// Leaves it out (a host retried after it failed with it).
+    Without,
+    /// Evaluates only it, for every selected host ([`evaluate_extra`]).
+    Only,
+}
+
+impl ExtraMode {
+    fn of(self, extra: Option<&str>) -> Extra<'_> {
+        match (self, extra) {
+            (ExtraMode::Without, _) | (_, None) => Extra::None,
+            (ExtraMode::With, Some(e)) => Extra::With(e),
+            (ExtraMode::Only, Some(e)) => Extra::Only(e),
+        }
+    }
+}
+
+/// The `extra` part of [`eval_expr`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extra<'a> {
+    None,
+    /// This function, beside each managed host's declaration and system.
+    With(&'a str),
+    /// Only this function, for every selected host.
+    Only(&'a str),
 }
 
 /// One managed host, as evaluated.
@@ -84,15 +176,11 @@ pub struct EvaluatedHost {
     pub attr: String,
     pub decl: HostDecl,
     pub system: SystemEval,
-}
-
-/// Wall time of the two phases, for `--timings` and the performance docs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct EvalTimings {
-    /// The one evaluation of every host's `config.nixprox`.
-    pub declarations: Duration,
-    /// All per-host system evaluations, from the first start to the last finish.
-    pub systems: Duration,
+    /// The result of [`EvalRequest::extra`] for this host.
+    pub extra: Option<serde_json::Value>,
+    /// Why [`EvalRequest::extra`] failed for this host (nix's message); its system was
+    /// evaluated without it.
+    pub extra_error: Option<String>,
 }
 
 /// Everything the flake says, in attribute-name order.
@@ -102,9 +190,9 @@ pub struct Inventory {
     pub hosts: Vec<EvaluatedHost>,
     /// Selected attributes that are not managed (no `nixprox` options, or `enable = false`).
     pub skipped: Vec<String>,
-    pub timings: EvalTimings,
-    /// Each host's NixOS probes, when [`EvalRequest::probes`] asked for them.
-    pub probes: BTreeMap<String, Probed>,
+    /// Wall time of the evaluation.
+    pub elapsed: Duration,
+    pub stats: EvalStats,
 }
 
 /// The flake could not be turned into an inventory.
@@ -118,6 +206,14 @@ pub enum FlakeError {
     Flake { flake: String, message: String },
     #[error("failed to evaluate host `{host}` of flake `{flake}`: {message}")]
     Host { host: String, flake: String, message: String },
+    #[error(
+        "host `{host}` of flake `{flake}` alone needs more than `eval.max_memory` ({limit} MiB) to evaluate: a `nix eval` of only this host outgrew it (raise `eval.max_memory` in nixprox.yaml)"
+    )]
+    HostMemory { host: String, flake: String, limit: u64 },
+    #[error(
+        "listing the hosts of flake `{flake}` needs more than `eval.max_memory` ({limit} MiB): `nix eval` outgrew it before evaluating any host (raise `eval.max_memory` in nixprox.yaml)"
+    )]
+    FlakeMemory { flake: String, limit: u64 },
     #[error(
         "failed to decode the `nixprox` options of host `{host}`: {source} (does the flake use a nixprox module of another version than this binary?)"
     )]
@@ -137,11 +233,16 @@ impl FlakeError {
     }
 }
 
+/// What `eval.nix` reports for one host.
 #[derive(Debug, Deserialize)]
-struct RawInventory {
-    hosts: BTreeMap<String, serde_json::Value>,
-    skipped: Vec<String>,
-    missing: Vec<String>,
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    host: String,
+    #[serde(default)]
+    skipped: bool,
+    decl: Option<serde_json::Value>,
+    system: Option<RawSystem>,
+    extra: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,231 +251,201 @@ struct RawSystem {
     toplevel: String,
     disk_layout_hash: String,
     #[serde(default)]
-    probes: Option<serde_json::Value>,
+    image: Option<ImageEval>,
 }
 
-/// The `--apply` expression of phase one.
-pub fn inventory_expr(hosts: Option<&[String]>) -> String {
-    let filter = match hosts {
-        None => "null".to_string(),
-        Some(names) => format!("[ {} ]", names.iter().map(|n| nix_string(n)).collect::<Vec<_>>().join(" ")),
+/// The `--apply` expression for a selection. With a `marker`, hosts are streamed as traces
+/// (a worker); without, the value is every result (one plain evaluation).
+pub fn eval_expr(selection: &Selection, extra: Extra<'_>, marker: Option<&str>) -> String {
+    let list = |names: &[String]| {
+        format!("[ {} ]", names.iter().map(|n| nix_string(n)).collect::<Vec<_>>().join(" "))
     };
-    INVENTORY_EXPR.replace("@FILTER@", &filter)
+    let (names, partition) = match selection {
+        Selection::Partition(parts) => (
+            "null".to_string(),
+            format!(
+                "[ {} ]",
+                parts.iter().map(|[c, i]| format!("[ {c} {i} ]")).collect::<Vec<_>>().join(" ")
+            ),
+        ),
+        Selection::Names(names) => (list(names), "[ ]".to_string()),
+    };
+    EVAL_EXPR
+        .replace("@NAMES@", &names)
+        .replace("@PARTITION@", &partition)
+        .replace(
+            "@EXTRA@",
+            &match extra {
+                Extra::None => "null".to_string(),
+                Extra::With(e) | Extra::Only(e) => format!("({e})"),
+            },
+        )
+        .replace("@EXTRA_ONLY@", if matches!(extra, Extra::Only(_)) { "true" } else { "false" })
+        .replace("@STREAM@", if marker.is_some() { "true" } else { "false" })
+        .replace("@MARKER@", marker.unwrap_or(""))
 }
 
-/// The `--apply` expression of phase two for the hosts `attrs`, with their NixOS probes when
-/// `probes` is set.
-pub fn systems_expr(attrs: &[String], probes: bool) -> String {
-    let list = attrs.iter().map(|n| nix_string(n)).collect::<Vec<_>>().join(" ");
-    let probes = if probes { probes_function() } else { "null".to_string() };
-    SYSTEM_EXPR.replace("@HOSTS@", &format!("[ {list} ]")).replace("@PROBES@", &probes)
+/// A prefix no flake can guess: a flake's own `builtins.trace` output never counts as a report.
+fn marker() -> String {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let random = std::collections::hash_map::RandomState::new().hash_one((seed, std::process::id()));
+    format!("nixprox-{random:016x}:")
 }
 
-/// Evaluates the flake: every managed host's declaration and system.
+/// Evaluates the flake: every selected managed host's declaration and system.
 pub async fn evaluate(req: &EvalRequest) -> Result<Inventory, FlakeError> {
-    let nix_version = req.nix.version().await?;
+    let started = Instant::now();
+    let (nix_version, collected) = run(req, ExtraMode::With).await?;
+    let elapsed = started.elapsed();
+    if !collected.missing.is_empty() {
+        return Err(FlakeError::UnknownHosts { flake: req.flake.clone(), names: collected.missing });
+    }
+    let mut hosts = Vec::new();
+    let mut skipped = Vec::new();
+    for (attr, value) in collected.results {
+        let raw: RawHost = serde_json::from_value(value)
+            .map_err(|source| FlakeError::Decode { host: attr.clone(), source })?;
+        match (raw.skipped, raw.decl, raw.system) {
+            (true, _, _) => skipped.push(raw.host),
+            (false, Some(decl), Some(system)) => {
+                let decl = serde_json::from_value::<HostDecl>(decl)
+                    .map_err(|source| FlakeError::Decode { host: attr.clone(), source })?;
+                let system = SystemEval {
+                    toplevel: system.toplevel,
+                    disk_layout_hash: system.disk_layout_hash,
+                    image: system.image,
+                };
+                let extra_error = collected.failed.get(&attr).cloned();
+                hosts.push(EvaluatedHost { attr, decl, system, extra: raw.extra, extra_error });
+            }
+            _ => {
+                return Err(FlakeError::Decode {
+                    host: attr,
+                    source: serde::de::Error::custom(
+                        "the report has neither `skipped` nor `decl` and `system`",
+                    ),
+                });
+            }
+        }
+    }
+    Ok(Inventory { nix_version, hosts, skipped, elapsed, stats: collected.stats })
+}
+
+/// Runs the workers of `req` with `extra` as `mode` says, after checking nix's version.
+async fn run(req: &EvalRequest, mode: ExtraMode) -> Result<(NixVersion, scheduler::Collected), FlakeError> {
+    let limits = Limits { jobs: req.jobs(), max_memory: req.max_memory, batch: req.batch };
+    let host_failures = match (mode, &req.extra) {
+        (ExtraMode::Only, _) => HostFailures::Record,
+        (_, Some(_)) => HostFailures::RetryWithoutExtra,
+        (_, None) => HostFailures::Fatal,
+    };
+    let command_for = |selection: &Selection, marker: &str, heap: Option<u64>, extra: bool| {
+        let mode = if extra { mode } else { ExtraMode::Without };
+        req.worker_command(selection, marker, heap, mode)
+    };
+    // The version probe runs beside the evaluation (it is on the critical path otherwise); a
+    // nix too old for the evaluation's flags is reported as such, whatever the evaluation did.
+    let (nix_version, collected) = tokio::join!(
+        req.nix.version(),
+        scheduler::run(req.initial(), limits, host_failures, &command_for, marker())
+    );
+    let nix_version = nix_version?;
     if !nix_version.is_supported() {
         return Err(FlakeError::UnsupportedNix { found: nix_version.to_string(), raw: nix_version.raw });
     }
+    let collected = collected.map_err(|failure| {
+        let flake = req.flake.clone();
+        let mib = |bytes: u64| bytes >> 20;
+        match failure {
+            Failure::Nix(err) => FlakeError::Nix(err),
+            Failure::Flake(message) => FlakeError::Flake { flake, message },
+            Failure::Host { host, message } => FlakeError::Host { host, flake, message },
+            Failure::Memory { host: Some(host) } => {
+                FlakeError::HostMemory { host, flake, limit: mib(req.max_memory) }
+            }
+            Failure::Memory { host: None } => FlakeError::FlakeMemory { flake, limit: mib(req.max_memory) },
+        }
+    })?;
+    Ok((nix_version, collected))
+}
 
+/// What [`evaluate_extra`] found, host by host.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Extras {
+    /// [`EvalRequest::extra`]'s result for each host that evaluated.
+    pub values: BTreeMap<String, serde_json::Value>,
+    /// Hosts that failed (nix's message); the others are not affected.
+    pub failed: BTreeMap<String, String>,
+    /// Requested hosts the flake does not have.
+    pub missing: Vec<String>,
+    pub elapsed: Duration,
+    pub stats: EvalStats,
+}
+
+/// Evaluates only [`EvalRequest::extra`] for the selected hosts (managed or not), with the same
+/// workers and bounds as [`evaluate`]: a host that fails or is missing is part of the answer,
+/// not an error. An error is what stops every host (the flake, `nixosConfigurations`, nix).
+pub async fn evaluate_extra(req: &EvalRequest) -> Result<Extras, FlakeError> {
     let started = Instant::now();
-    let raw = declarations(req).await?;
-    let declarations_time = started.elapsed();
-    if !raw.missing.is_empty() {
-        return Err(FlakeError::UnknownHosts { flake: req.flake.clone(), names: raw.missing });
-    }
-    let mut decls = Vec::with_capacity(raw.hosts.len());
-    for (attr, value) in raw.hosts {
-        let decl = serde_json::from_value::<HostDecl>(value)
-            .map_err(|source| FlakeError::Decode { host: attr.clone(), source })?;
-        decls.push((attr, decl));
-    }
-
-    let started = Instant::now();
-    let (systems, probes) = systems(req, decls.iter().map(|(attr, _)| attr.clone()).collect()).await?;
-    let systems_time = started.elapsed();
-
-    let hosts = decls
+    let (_, collected) = run(req, ExtraMode::Only).await?;
+    let values = collected
+        .results
         .into_iter()
-        .zip(systems)
-        .map(|((attr, decl), system)| EvaluatedHost { attr, decl, system })
+        .filter_map(|(host, mut value)| Some((host, value.get_mut("extra")?.take())))
         .collect();
-    Ok(Inventory {
-        nix_version,
-        hosts,
-        skipped: raw.skipped,
-        timings: EvalTimings { declarations: declarations_time, systems: systems_time },
-        probes,
+    Ok(Extras {
+        values,
+        failed: collected.failed,
+        missing: collected.missing,
+        elapsed: started.elapsed(),
+        stats: collected.stats,
     })
 }
 
-/// Phase one. When the combined evaluation fails, each selected host is evaluated alone to
-/// find the one to blame: nix's message alone rarely says which configuration it came from.
-async fn declarations(req: &EvalRequest) -> Result<RawInventory, FlakeError> {
-    let command = req.nix.eval(req.installable()).override_inputs(&req.override_inputs);
-    let err = match command.clone().apply(inventory_expr(req.hosts.as_deref())).run_json().await {
-        Ok(raw) => return Ok(raw),
-        Err(NixError::Failed { message, .. }) => message,
-        Err(other) => return Err(other.into()),
-    };
-    let names: Vec<String> = match &req.hosts {
-        Some(names) => names.clone(),
-        None => match command.apply("builtins.attrNames").run_json().await {
-            Ok(names) => names,
-            Err(NixError::Failed { message, .. }) => {
-                return Err(FlakeError::Flake { flake: req.flake.clone(), message });
-            }
-            Err(other) => return Err(other.into()),
-        },
-    };
-    let results = bounded(req.jobs(), names, |name| {
-        let command = req.nix.eval(req.installable()).override_inputs(&req.override_inputs);
-        let expr = inventory_expr(Some(std::slice::from_ref(&name)));
-        async move { (name, command.apply(expr).run_json::<RawInventory>().await) }
-    })
-    .await;
-    for (host, result) in results {
-        match result {
-            Ok(_) => {}
-            Err(NixError::Failed { message, .. }) => {
-                return Err(FlakeError::Host { host, flake: req.flake.clone(), message });
-            }
-            Err(other) => return Err(other.into()),
-        }
+/// The locked identity of a flake with its overrides: `locked.narHash` (the content of the
+/// source tree) and a digest of `locks` (every input, as locked or overridden). Equal
+/// identities evaluate to equal results, so sharded plans can check they read one commit.
+pub async fn flake_identity(
+    nix: &Nix,
+    flake: &str,
+    override_inputs: &[OverrideInput],
+) -> Result<FlakeIdentity, FlakeError> {
+    #[derive(Deserialize)]
+    struct Metadata {
+        locked: BTreeMap<String, serde_json::Value>,
+        #[serde(default)]
+        locks: serde_json::Value,
     }
-    // Every host evaluates alone but not together (or the failure was outside any host).
-    Err(FlakeError::Flake { flake: req.flake.clone(), message: err })
+    let flake_ref = flake.split('#').next().unwrap_or(flake);
+    let metadata: Metadata =
+        nix.flake_metadata(flake_ref).override_inputs(override_inputs).run_json().await?;
+    let nar_hash = metadata.locked.get("narHash").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let locks = serde_json::to_vec(&canonical(&metadata.locks)).unwrap_or_default();
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(&locks);
+    Ok(FlakeIdentity { nar_hash, locks: format!("sha256:{}", hex::encode(digest)) })
 }
 
-/// Phase two, in `attrs` order (with the probes by host, when asked). When a batch fails, its
-/// hosts are evaluated one by one to name the host to blame, with nix's message for that host
-/// alone.
-async fn systems(
-    req: &EvalRequest,
-    attrs: Vec<String>,
-) -> Result<(Vec<SystemEval>, BTreeMap<String, Probed>), FlakeError> {
-    let batches: Vec<Vec<String>> =
-        attrs.chunks(req.batch_size(attrs.len())).map(<[String]>::to_vec).collect();
-    let results = bounded(req.jobs(), batches, |batch| {
-        let command = req.nix.eval(req.installable()).override_inputs(&req.override_inputs);
-        async move {
-            let result = batch_systems(command, &batch, req.probes).await;
-            (batch, result)
-        }
-    })
-    .await;
-    let mut systems = Vec::with_capacity(attrs.len());
-    let mut probes = BTreeMap::new();
-    for (batch, result) in results {
-        let (mut raw, mut probe_errors) = match result {
-            Ok(raw) => raw,
-            Err(NixError::Failed { message, .. }) => return Err(blame(req, batch, message).await),
-            Err(other) => return Err(other.into()),
-        };
-        for host in batch {
-            let Some(raw) = raw.remove(&host) else {
-                return Err(FlakeError::Host {
-                    host,
-                    flake: req.flake.clone(),
-                    message: "nix returned no system for this host".into(),
-                });
-            };
-            if req.probes {
-                let probed = match (probe_errors.remove(&host), raw.probes) {
-                    (Some(message), _) => Probed::Failed(message),
-                    (None, value) => Probed::Evaluated(value.unwrap_or_default()),
-                };
-                probes.insert(host.clone(), probed);
-            }
-            systems.push(SystemEval { toplevel: raw.toplevel, disk_layout_hash: raw.disk_layout_hash });
-        }
-    }
-    Ok((systems, probes))
+/// What [`flake_identity`] returns.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FlakeIdentity {
+    /// `locked.narHash` of the flake itself.
+    pub nar_hash: String,
+    /// `sha256:` of the canonical JSON of `locks` (the inputs); paths and times of `path:`
+    /// inputs are part of it, as they are part of what was evaluated.
+    pub locks: String,
 }
 
-/// HOOK(nixos-changes): one batch's systems, with the probes when asked, and by host nix's
-/// message when the probes broke its evaluation. `tryEval` catches a probe that throws, not one
-/// with a type error: such a batch is evaluated again host by host, and a host whose probes
-/// still fail is evaluated without them, so probes never fail a plan nor cost other hosts
-/// their comparison. The follow-up moves this into the batched evaluator.
-async fn batch_systems(
-    command: NixCommand,
-    batch: &[String],
-    probes: bool,
-) -> Result<(BTreeMap<String, RawSystem>, BTreeMap<String, String>), NixError> {
-    let run = |hosts: &[String], probes: bool| {
-        let command = command.clone().apply(systems_expr(hosts, probes));
-        async move { command.run_json().await }
-    };
-    if !probes {
-        return Ok((run(batch, false).await?, BTreeMap::new()));
-    }
-    let message = match run(batch, true).await {
-        Ok(raw) => return Ok((raw, BTreeMap::new())),
-        Err(NixError::Failed { message, .. }) => message,
-        Err(other) => return Err(other),
-    };
-    let mut systems = BTreeMap::new();
-    let mut failed = BTreeMap::new();
-    for host in batch {
-        let alone = std::slice::from_ref(host);
-        let outcome = if batch.len() == 1 {
-            Err(message.clone())
-        } else {
-            run(alone, true).await.map_err(|e| e.nix_message().map_or_else(|| e.to_string(), str::to_string))
-        };
-        match outcome {
-            Ok(raw) => systems.extend(raw),
-            Err(message) => {
-                systems.extend(run(alone, false).await?);
-                failed.insert(host.clone(), message);
-            }
+/// JSON with object keys sorted, so equal data gives equal bytes whatever order nix printed.
+fn canonical(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let sorted: BTreeMap<&String, serde_json::Value> =
+                map.iter().map(|(k, v)| (k, canonical(v))).collect();
+            serde_json::Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
         }
+        serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
     }
-    Ok((systems, failed))
-}
-
-/// The error of the first host of a failed batch that fails alone.
-async fn blame(req: &EvalRequest, batch: Vec<String>, batch_message: String) -> FlakeError {
-    if let [host] = batch.as_slice() {
-        return FlakeError::Host { host: host.clone(), flake: req.flake.clone(), message: batch_message };
-    }
-    let results = bounded(req.jobs(), batch, |attr| {
-        let command = req.nix.eval(req.installable()).override_inputs(&req.override_inputs);
-        let expr = systems_expr(std::slice::from_ref(&attr), false);
-        async move { (attr, command.apply(expr).run_json::<BTreeMap<String, RawSystem>>().await) }
-    })
-    .await;
-    for (host, result) in results {
-        match result {
-            Ok(_) => {}
-            Err(NixError::Failed { message, .. }) => {
-                return FlakeError::Host { host, flake: req.flake.clone(), message };
-            }
-            Err(other) => return other.into(),
-        }
-    }
-    // Every host evaluates alone but not together.
-    FlakeError::Flake { flake: req.flake.clone(), message: batch_message }
-}
-
-/// Runs `task` for every item, at most `jobs` at once, and returns the results in input order.
-pub(crate) async fn bounded<I, F, Fut, T>(jobs: usize, items: Vec<I>, task: F) -> Vec<T>
-where
-    F: Fn(I) -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    let semaphore = Arc::new(Semaphore::new(jobs.max(1)));
-    let futures = items.into_iter().map(|item| {
-        let semaphore = Arc::clone(&semaphore);
-        let future = task(item);
-        async move {
-            // The semaphore is never closed, so acquiring cannot fail.
-            let _permit = semaphore.acquire().await.ok();
-            future.await
-        }
-    });
-    futures::future::join_all(futures).await
 }
 
 #[cfg(test)]
@@ -382,60 +453,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn filter_is_embedded_as_nix_strings() {
-        assert!(inventory_expr(None).contains("filter = null;"));
-        let expr = inventory_expr(Some(&["web".into(), "db\"x".into()]));
-        assert!(expr.contains("filter = [ \"web\" \"db\\\"x\" ];"), "{expr}");
-        assert!(!expr.contains('@'));
-        let expr = systems_expr(&["web".into(), "db".into()], false);
-        assert!(expr.contains("hosts = [ \"web\" \"db\" ];"), "{expr}");
-        assert!(expr.contains("probes = null;"), "{expr}");
-        assert!(!expr.contains('@'));
-        let expr = systems_expr(&["web".into()], true);
-        assert!(expr.contains("probes = (\n"), "{expr}");
-        assert!(!expr.contains('@'));
+    fn selections_are_embedded_as_nix_values() {
+        let expr = eval_expr(&Selection::Partition(vec![[3, 1], [2, 0]]), Extra::None, Some("nixprox-ab:"));
+        assert!(expr.contains("names = null;"), "{expr}");
+        assert!(expr.contains("partition = [ [ 3 1 ] [ 2 0 ] ];"), "{expr}");
+        assert!(expr.contains("extra = null;") && expr.contains("stream = true;"), "{expr}");
+        assert!(expr.contains("marker = \"nixprox-ab:\";"), "{expr}");
+        assert!(!expr.contains('@'), "{expr}");
+        let expr =
+            eval_expr(&Selection::Names(vec!["web".into(), "db\"x".into()]), Extra::With("a: h: { }"), None);
+        assert!(expr.contains("names = [ \"web\" \"db\\\"x\" ];"), "{expr}");
+        assert!(expr.contains("partition = [ ];") && expr.contains("stream = false;"), "{expr}");
+        assert!(expr.contains("extra = (a: h: { });") && expr.contains("extraOnly = false;"), "{expr}");
+        let expr = eval_expr(&Selection::Names(vec!["web".into()]), Extra::Only("a: h: { }"), None);
+        assert!(expr.contains("extra = (a: h: { });") && expr.contains("extraOnly = true;"), "{expr}");
     }
 
     #[test]
-    fn jobs_default_to_the_cpus() {
+    fn one_worker_starts_with_every_selected_host() {
         let mut req = EvalRequest::new(".");
+        assert_eq!(req.initial(), [Selection::Partition(vec![])]);
+        req.hosts = Hosts::Shard { index: 1, count: 3 };
+        assert_eq!(req.initial(), [Selection::Partition(vec![[3, 1]])]);
+        req.hosts = Hosts::Only(vec!["c".into(), "a".into(), "b".into(), "a".into()]);
+        assert_eq!(req.initial(), [Selection::Names(vec!["a".into(), "b".into(), "c".into()])]);
         assert!(req.jobs() >= 1);
         req.eval_jobs = 3;
         assert_eq!(req.jobs(), 3);
     }
 
     #[test]
-    fn batches_spread_over_the_jobs_and_stay_bounded() {
-        let mut req = EvalRequest::new(".");
-        req.eval_jobs = 2;
-        assert_eq!(req.batch_size(0), 1);
-        assert_eq!(req.batch_size(5), 3);
-        assert_eq!(req.batch_size(500), DEFAULT_BATCH);
-        req.batch = 1;
-        assert_eq!(req.batch_size(500), 1, "one host per process, as before batching");
-        req.eval_jobs = 1;
-        req.batch = 100;
-        assert_eq!(req.batch_size(40), 40);
-    }
-
-    #[tokio::test]
-    async fn bounded_keeps_order_and_limit() {
-        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let out = bounded(2, (0..6).collect(), |i: u32| {
-            let running = Arc::clone(&running);
-            let peak = Arc::clone(&peak);
-            async move {
-                use std::sync::atomic::Ordering::SeqCst;
-                let now = running.fetch_add(1, SeqCst) + 1;
-                peak.fetch_max(now, SeqCst);
-                tokio::time::sleep(Duration::from_millis(5 * u64::from(6 - i))).await;
-                running.fetch_sub(1, SeqCst);
-                i * 10
-            }
-        })
-        .await;
-        assert_eq!(out, [0, 10, 20, 30, 40, 50]);
-        assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
+    fn markers_differ_and_canonical_json_sorts_keys() {
+        assert_ne!(marker(), marker());
+        assert!(marker().starts_with("nixprox-"));
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b":1,"a":{"d":[{"y":1,"x":2}],"c":2}}"#).expect("json");
+        assert_eq!(
+            serde_json::to_string(&canonical(&a)).expect("json"),
+            r#"{"a":{"c":2,"d":[{"x":2,"y":1}]},"b":1}"#
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! The flake side: evaluating `nixosConfigurations` with the real `nix` binary into
 //! [`DesiredHost`]s.
 //!
-//! [`command`] builds `nix` invocations, [`inventory`] runs them (one evaluation of every host's
-//! `config.nixprox`, then each host's system in parallel), [`resolve`] applies the settings'
-//! defaults and checks what the module's types cannot. [`probes`] and [`base`] serve the plan's
-//! NixOS changes: the probes of each host at the pull request's base and head.
+//! [`command`] builds every `nix` invocation (eval, build, copy, flake metadata), [`inventory`]
+//! evaluates each host's module system once (declaration, system, disk layout) in
+//! [`scheduler`]-managed [`worker`] processes bounded in number and memory, [`resolve`]
+//! applies the settings' defaults and checks what the module's types cannot. [`probes`] and
+//! [`base`] serve the plan's NixOS changes: the probes ride on the evaluation's `extra` hook,
+//! at the pull request's head and at its base.
 
 pub mod base;
 pub mod command;
@@ -12,8 +14,15 @@ pub mod host;
 pub mod inventory;
 pub mod probes;
 pub mod resolve;
+pub mod scheduler;
+pub mod worker;
 
-pub use command::{Nix, NixError, NixVersion, OverrideInput};
+pub use command::{
+    Nix, NixCommand, NixError, NixVersion, OverrideInput, OverrideInputError, nix_string, parse_build_json,
+};
 pub use host::{DesiredHost, HostDecl, SystemEval};
-pub use inventory::{EvalRequest, EvalTimings, EvaluatedHost, FlakeError, Inventory, evaluate};
-pub use resolve::{ResolveError, resolve, resolve_all};
+pub use inventory::{
+    DEFAULT_MAX_MEMORY, EvalRequest, EvalStats, EvaluatedHost, Extras, FlakeError, FlakeIdentity, Hosts,
+    Inventory, evaluate, evaluate_extra, flake_identity,
+};
+pub use resolve::{ResolveError, resolve, resolve_all, resolve_image};

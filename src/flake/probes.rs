@@ -1,36 +1,50 @@
-//! The NixOS probes (`nix/probes.nix`): at the head they ride along with each host's system
-//! evaluation (the hook in `inventory.rs`); at the pull request's base they are evaluated here,
-//! only for the hosts whose system changes, in batches like the systems. Nothing is built.
+//! The NixOS probes (`nix/probes.nix`) as the evaluator's `extra` hook: at the head they ride
+//! along with each host's own evaluation ([`EvalRequest::extra`], same process, same module
+//! system); at the pull request's base only they are evaluated ([`evaluate_extra`]), with the
+//! same workers and `eval.max_memory`, for the hosts whose system changes. Nothing is built.
 //!
 //! Nothing in here fails a plan: a base that cannot be fetched or evaluated, a host it lacks,
 //! a probe that throws, all end up as a one-line reason per host.
 
 use std::collections::BTreeMap;
 
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::command::{Nix, OverrideInput, nix_string};
-use super::inventory::bounded;
+use super::inventory::{EvalRequest, Hosts, evaluate_extra};
 
 const PROBES_EXPR: &str = include_str!("nix/probes.nix");
 
-/// The probes function, parenthesised to be embedded in another `--apply` expression.
-pub fn probes_function() -> String {
-    format!("(\n{PROBES_EXPR}\n)")
+/// The probes as an [`EvalRequest::extra`] function (`attr: host: { … }`).
+pub fn probes_extra() -> String {
+    format!("_attr: (\n{PROBES_EXPR}\n)")
 }
 
-/// One host's probes from the head evaluation.
-#[derive(Debug, Clone, PartialEq)]
+/// One host's probes from the head evaluation (also in plan shard files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Probed {
     /// probes.nix's output.
     Evaluated(Value),
-    /// The probes broke the host's batch (nix's message); its system was evaluated without them.
+    /// The probes failed in a way nix cannot catch (nix's message); the host's system was
+    /// evaluated without them.
     Failed(String),
 }
 
-/// One host's probes at the base.
-#[derive(Debug, Clone, PartialEq)]
+impl Probed {
+    /// The head's probes of an evaluated host: its `extra`, or why it failed.
+    pub fn of(extra: Option<&Value>, extra_error: Option<&str>) -> Option<Probed> {
+        match (extra, extra_error) {
+            (_, Some(message)) => Some(Probed::Failed(message.to_string())),
+            (Some(value), None) => Some(Probed::Evaluated(value.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
+/// One host's probes at the base (also in plan shard files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BaseProbed {
     Evaluated(Value),
     /// The base's `nixosConfigurations` has no attribute of this name.
@@ -39,99 +53,41 @@ pub enum BaseProbed {
     Failed(String),
 }
 
-/// What to evaluate at the base.
-#[derive(Debug, Clone)]
-pub struct BaseRequest {
-    pub nix: Nix,
-    /// The base as a flake reference (`git+file:///src?rev=…`, `github:o/r/<rev>`, …).
-    pub flake: String,
-    pub override_inputs: Vec<OverrideInput>,
-    /// Concurrent `nix eval` processes (at least 1).
-    pub jobs: usize,
-    /// Hosts per process (at least 1), as the head's systems are batched
-    /// (`EvalRequest::batch_size`).
-    pub batch: usize,
-}
-
-/// The `--apply` expression for the hosts `attrs` at the base: each host's probes, or `null`
-/// when the base does not have it.
-pub fn base_expr(attrs: &[String]) -> String {
-    let list = attrs.iter().map(|n| nix_string(n)).collect::<Vec<_>>().join(" ");
-    format!(
-        "configs: let probes = {}; in builtins.listToAttrs (map (name: {{ inherit name; value = \
-         if configs ? ${{name}} then probes configs.${{name}} else null; }}) [ {list} ])",
-        probes_function()
-    )
-}
-
-/// Evaluates the probes of `hosts` at the base, in batches spread over the jobs. After a failed
-/// batch, one evaluation of the base's host names tells a base that cannot be used at all (every
-/// host gets its message, nothing more is evaluated) from hosts that fail at the base: those are
-/// evaluated one by one, so one host that does not evaluate costs only itself.
-pub async fn evaluate_base(req: &BaseRequest, hosts: &[String]) -> BTreeMap<String, BaseProbed> {
-    let batches: Vec<Vec<String>> = hosts.chunks(req.batch.max(1)).map(<[String]>::to_vec).collect();
-    let results = bounded(req.jobs, batches, |batch| async move {
-        let result = eval_batch(req, &batch).await;
-        (batch, result)
-    })
-    .await;
-    let mut out = BTreeMap::new();
-    let mut retry = Vec::new();
-    for (batch, result) in results {
-        match result {
-            Ok(mut raw) => {
-                for host in batch {
-                    out.insert(host.clone(), take(&mut raw, &host));
-                }
-            }
-            Err(message) if batch.len() == 1 => {
-                out.extend(batch.into_iter().map(|host| (host, BaseProbed::Failed(message.clone()))));
-            }
-            Err(_) => retry.extend(batch),
+/// Evaluates the probes of `hosts` at the base `base` (a flake reference), with the head's
+/// evaluation settings (`like`: nix, overrides, jobs, batch, memory). A host that fails at the
+/// base costs only itself; a base that cannot be evaluated at all gives every host its message.
+pub async fn evaluate_base(like: &EvalRequest, base: &str, hosts: &[String]) -> BTreeMap<String, BaseProbed> {
+    if hosts.is_empty() {
+        return BTreeMap::new();
+    }
+    let request = EvalRequest {
+        flake: base.to_string(),
+        hosts: Hosts::Only(hosts.to_vec()),
+        extra: Some(probes_extra()),
+        ..like.clone()
+    };
+    let extras = match evaluate_extra(&request).await {
+        Ok(extras) => extras,
+        Err(err) => {
+            let message = err.nix_message().map_or_else(|| err.to_string(), str::to_string);
+            return hosts.iter().map(|h| (h.clone(), BaseProbed::Failed(message.clone()))).collect();
         }
-    }
-    if !retry.is_empty()
-        && let Err(message) = eval_base::<Vec<String>>(req, "builtins.attrNames".into()).await
-    {
-        out.extend(retry.into_iter().map(|host| (host, BaseProbed::Failed(message.clone()))));
-        return out;
-    }
-    let alone = bounded(req.jobs, retry, |host| async move {
-        let result = eval_batch(req, std::slice::from_ref(&host)).await;
-        (host, result)
-    })
-    .await;
-    for (host, result) in alone {
-        let probed = match result {
-            Ok(mut raw) => take(&mut raw, &host),
-            Err(message) => BaseProbed::Failed(message),
-        };
-        out.insert(host, probed);
-    }
-    out
-}
-
-fn take(raw: &mut BTreeMap<String, Value>, host: &str) -> BaseProbed {
-    match raw.remove(host) {
-        Some(Value::Null) => BaseProbed::NotInBase,
-        Some(value) => BaseProbed::Evaluated(value),
-        None => BaseProbed::Failed("nix returned no probes for this host".into()),
-    }
-}
-
-/// One `nix eval` of a batch at the base.
-async fn eval_batch(req: &BaseRequest, batch: &[String]) -> Result<BTreeMap<String, Value>, String> {
-    eval_base(req, base_expr(batch)).await
-}
-
-/// `nix eval <base>#nixosConfigurations --apply EXPR`; the error is the message to show.
-async fn eval_base<T: DeserializeOwned>(req: &BaseRequest, apply: String) -> Result<T, String> {
-    let command = req
-        .nix
-        .eval(format!("{}#nixosConfigurations", req.flake))
-        .override_inputs(&req.override_inputs)
-        .apply(apply);
-    command.run_json().await.map_err(|err| err.nix_message().map_or_else(|| err.to_string(), str::to_string))
+    };
+    hosts
+        .iter()
+        .map(|host| {
+            let probed = if let Some(value) = extras.values.get(host) {
+                BaseProbed::Evaluated(value.clone())
+            } else if let Some(message) = extras.failed.get(host) {
+                BaseProbed::Failed(message.clone())
+            } else if extras.missing.contains(host) {
+                BaseProbed::NotInBase
+            } else {
+                BaseProbed::Failed("nix returned no probes for this host".into())
+            };
+            (host.clone(), probed)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -139,10 +95,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base_expression_names_the_hosts_and_embeds_the_probes() {
-        let expr = base_expr(&["web".into(), "db\"x".into()]);
-        assert!(expr.starts_with("configs: let probes = (\n"), "{expr}");
-        assert!(expr.ends_with("[ \"web\" \"db\\\"x\" ])"), "{expr}");
-        assert!(expr.contains("if configs ? ${name} then probes configs.${name} else null;"), "{expr}");
+    fn the_probes_are_an_extra_function() {
+        let extra = probes_extra();
+        assert!(extra.starts_with("_attr: (\n"), "{extra}");
+        assert!(extra.trim_end().ends_with(')'), "{extra}");
+    }
+
+    #[test]
+    fn head_probes_prefer_the_failure() {
+        let value = serde_json::json!({"kernel": null});
+        assert_eq!(Probed::of(Some(&value), None), Some(Probed::Evaluated(value.clone())));
+        assert_eq!(Probed::of(None, Some("boom")), Some(Probed::Failed("boom".into())));
+        assert_eq!(Probed::of(None, None), None);
     }
 }

@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Defaults;
-use crate::spec::{DiskSpec, MANAGED_TAG, NetSpec, VmSpec, parse_size};
+use crate::spec::{DiskSpec, MANAGED_TAG, NetSpec, VmSpec, format_size, parse_size};
 
-use super::host::{Bootstrap, DesiredHost, HostDecl, SystemEval, TemplateRef};
+use super::host::{Bootstrap, DesiredHost, HostDecl, ImageSource, SystemEval, TemplateRef};
 use super::inventory::EvaluatedHost;
 
 /// A bare number in `disks.<slot>.size` means GiB (see the module).
@@ -27,9 +27,17 @@ pub enum ResolveError {
     )]
     TemplateAndIso { host: String },
     #[error(
-        "host `{host}`: neither `nixprox.bootstrap.template` nor `nixprox.bootstrap.iso` is set and nixprox.yaml has no `defaults.template` (set one of them)"
+        "host `{host}`: `nixprox.bootstrap.image.enable` is set together with `nixprox.bootstrap.{other}` (keep one: a VM boots either from its image or from a template or ISO)"
     )]
-    NoBootstrap { host: String },
+    ImageAndOther { host: String, other: &'static str },
+    #[error(
+        "host `{host}`: `nixprox.bootstrap.image.enable` is set but `nixprox.bootstrap.image.package` is null (import disko's NixOS module, whose `system.build.diskoImages` is the default, or set the package)"
+    )]
+    NoImagePackage { host: String },
+    #[error(
+        "host `{host}`: disko's image `{image}` for disk `{slot}` is {image_size} (`disko.devices.disk.*.imageSize`) but `nixprox.vm.disks.{slot}.size` is {disk_size} (raise the disk's size, or lower the image's: an imported disk can only grow)"
+    )]
+    ImageLargerThanDisk { host: String, slot: String, image: String, image_size: String, disk_size: String },
     #[error(
         "host `{host}`: `nixprox.vm.disks.{slot}.size` is `{size}`, which is not a valid size (use a number with K, M, G or T, e.g. `32G`)"
     )]
@@ -115,19 +123,25 @@ pub fn resolve(
     }
 
     let bootstrap_decl = &decl.bootstrap;
+    let image = resolve_image(attr, decl, system, defaults)?;
+    if let Some(image) = &image {
+        check_image_sizes(&host, image, &disks)?;
+    }
     let bootstrap = match (&bootstrap_decl.template, &bootstrap_decl.iso) {
+        _ if let Some(image) = image => Bootstrap::Image(image),
         (Some(_), Some(_)) => return Err(ResolveError::TemplateAndIso { host }),
         (None, Some(iso)) => Bootstrap::Iso { iso: iso.clone() },
         (template, None) => {
-            let template = template
-                .clone()
-                .or_else(|| defaults.template.as_deref().map(template_ref))
-                .ok_or_else(|| ResolveError::NoBootstrap { host: host.clone() })?;
-            Bootstrap::Template {
-                template,
-                user: bootstrap_decl.user.clone(),
-                ssh_keys: bootstrap_decl.ssh_keys.clone(),
-                ip_config: bootstrap_decl.ip_config.clone(),
+            // Only a VM to create needs one: the planner blocks that create (or replacement)
+            // and says what to set; a host whose VM exists plans without it.
+            match template.clone().or_else(|| defaults.template.as_deref().map(template_ref)) {
+                Some(template) => Bootstrap::Template {
+                    template,
+                    user: bootstrap_decl.user.clone(),
+                    ssh_keys: bootstrap_decl.ssh_keys.clone(),
+                    ip_config: bootstrap_decl.ip_config.clone(),
+                },
+                None => Bootstrap::Undeclared,
             }
         }
     };
@@ -166,7 +180,69 @@ pub fn resolve(
         install: decl.install.clone(),
         deploy: decl.deploy.clone(),
         system: system.clone(),
+        keep: vm.keep,
     })
+}
+
+/// The image a host boots from, with the storage resolved; `None` when
+/// `nixprox.bootstrap.image.enable` is off. Refuses an image host that also names a template
+/// or ISO (the settings' `defaults.template` is simply not used for it), has no package, or has
+/// no storage.
+pub fn resolve_image(
+    attr: &str,
+    decl: &HostDecl,
+    system: &SystemEval,
+    defaults: &Defaults,
+) -> Result<Option<ImageSource>, ResolveError> {
+    let image = &decl.bootstrap.image;
+    if !image.enable {
+        return Ok(None);
+    }
+    let host = attr.to_string();
+    if decl.bootstrap.template.is_some() {
+        return Err(ResolveError::ImageAndOther { host, other: "template" });
+    }
+    if decl.bootstrap.iso.is_some() {
+        return Err(ResolveError::ImageAndOther { host, other: "iso" });
+    }
+    let package = system.image.clone().ok_or_else(|| ResolveError::NoImagePackage { host: host.clone() })?;
+    let storage = image.storage.clone().or_else(|| defaults.image_storage.clone()).ok_or(
+        ResolveError::MissingDefault {
+            host,
+            option: "bootstrap.image.storage".into(),
+            setting: "image_storage",
+        },
+    )?;
+    Ok(Some(ImageSource { package, format: image.format, storage }))
+}
+
+/// Refuses an image that planning knows to be larger than its disk (disko's declared
+/// `imageSize`): Proxmox sizes an imported disk by its image, and nixprox only grows disks.
+/// An image maps to the disk of its name, or a single image to a single disk, as apply finds
+/// them in the built package; sizes of other packages are checked once built.
+fn check_image_sizes(
+    host: &str,
+    image: &ImageSource,
+    disks: &BTreeMap<String, DiskSpec>,
+) -> Result<(), ResolveError> {
+    let sizes = &image.package.image_sizes;
+    let only = disks.keys().next().filter(|_| disks.len() == 1 && sizes.len() == 1);
+    for (name, size) in sizes {
+        let Some(slot) = disks.get_key_value(name).map(|(slot, _)| slot).or(only) else { continue };
+        // A size disko's builder takes (`truncate -s`): a bare number is bytes.
+        let Some(bytes) = parse_size(size, 1) else { continue };
+        let disk = disks[slot].size_bytes;
+        if bytes > disk {
+            return Err(ResolveError::ImageLargerThanDisk {
+                host: host.to_string(),
+                slot: slot.clone(),
+                image: name.clone(),
+                image_size: format_size(bytes),
+                disk_size: format_size(disk),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Resolves every host and checks that no two share a VM name (compared case-insensitively,
@@ -236,6 +312,7 @@ mod tests {
         SystemEval {
             toplevel: "/nix/store/abc-nixos-system-web".into(),
             disk_layout_hash: "sha256:00".into(),
+            image: None,
         }
     }
 
@@ -245,6 +322,7 @@ mod tests {
             storage: Some("local-lvm".into()),
             bridge: Some("vmbr0".into()),
             template: Some("nixos-bootstrap".into()),
+            image_storage: Some("local".into()),
         }
     }
 
@@ -375,10 +453,107 @@ mod tests {
             err(&d, &defaults()),
             "host `web`: `nixprox.bootstrap.template` and `nixprox.bootstrap.iso` are both set (keep one: a VM is either cloned from a template or booted from an ISO)"
         );
+        // Neither is needed to plan a host whose VM exists: the planner asks for one only
+        // when it would create the VM.
         let no_template = Defaults { template: None, ..defaults() };
+        let host = resolve("web", &decl(), &system(), &no_template).expect("valid");
+        assert_eq!(host.bootstrap, Bootstrap::Undeclared);
+    }
+
+    #[test]
+    fn image_hosts_resolve_their_image_and_storage() {
+        use crate::flake::host::ImageEval;
+        use crate::spec::ImageFormat;
+
+        let package = ImageEval {
+            out_path: "/nix/store/0c8y-web-images".into(),
+            drv_path: Some("/nix/store/1d-x.drv".into()),
+            image_sizes: BTreeMap::new(),
+        };
+        let with_image = SystemEval { image: Some(package.clone()), ..system() };
+        let mut d = decl();
+        assert_eq!(resolve_image("web", &d, &with_image, &defaults()), Ok(None), "off by default");
+        d.bootstrap.image.enable = true;
+        let source = resolve_image("web", &d, &with_image, &defaults()).expect("valid").expect("enabled");
         assert_eq!(
-            err(&decl(), &no_template),
-            "host `web`: neither `nixprox.bootstrap.template` nor `nixprox.bootstrap.iso` is set and nixprox.yaml has no `defaults.template` (set one of them)"
+            source,
+            ImageSource { package: package.clone(), format: ImageFormat::Qcow2, storage: "local".into() }
+        );
+        d.bootstrap.image.storage = Some("images".into());
+        d.bootstrap.image.format = ImageFormat::Raw;
+        let source = resolve_image("web", &d, &with_image, &defaults()).expect("valid").expect("enabled");
+        assert_eq!((source.storage.as_str(), source.format), ("images", ImageFormat::Raw));
+
+        // The host boots from its image; `defaults.template` is not used for it.
+        let host = resolve("web", &d, &with_image, &defaults()).expect("an image host");
+        assert_eq!(host.bootstrap, Bootstrap::Image(source));
+    }
+
+    #[test]
+    fn an_image_that_planning_knows_is_too_large_is_refused() {
+        use crate::flake::host::ImageEval;
+
+        let sized = |sizes: &[(&str, &str)]| SystemEval {
+            image: Some(ImageEval {
+                out_path: "/nix/store/0c8y-web-disko-images".into(),
+                drv_path: None,
+                image_sizes: sizes.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect(),
+            }),
+            ..system()
+        };
+        let mut d = decl();
+        d.bootstrap.image.enable = true;
+        // The only image serves the only disk (20G) whatever its name.
+        assert!(resolve("web", &d, &sized(&[("main", "20G")]), &defaults()).is_ok());
+        assert_eq!(
+            resolve("web", &d, &sized(&[("main", "32G")]), &defaults()).expect_err("too large").to_string(),
+            "host `web`: disko's image `main` for disk `scsi0` is 32G (`disko.devices.disk.*.imageSize`) but `nixprox.vm.disks.scsi0.size` is 20G (raise the disk's size, or lower the image's: an imported disk can only grow)"
+        );
+        // With several disks, images map by name; others are checked once built.
+        d.vm.disks.insert("scsi1".into(), d.vm.disks["scsi0"].clone());
+        assert!(resolve("web", &d, &sized(&[("main", "32G"), ("data", "64G")]), &defaults()).is_ok());
+        let err = resolve("web", &d, &sized(&[("scsi1", "21G")]), &defaults()).expect_err("too large");
+        assert!(
+            matches!(err, ResolveError::ImageLargerThanDisk { ref slot, .. } if slot == "scsi1"),
+            "{err}"
+        );
+        assert!(
+            resolve("web", &d, &sized(&[("scsi1", "lots")]), &defaults()).is_ok(),
+            "unreadable: apply checks"
+        );
+    }
+
+    #[test]
+    fn image_hosts_need_a_package_a_storage_and_nothing_else() {
+        let with_image = SystemEval {
+            image: Some(crate::flake::host::ImageEval {
+                out_path: "/nix/store/0c8y-x".into(),
+                drv_path: None,
+                image_sizes: BTreeMap::new(),
+            }),
+            ..system()
+        };
+        let mut d = decl();
+        d.bootstrap.image.enable = true;
+        let image_err = |d: &HostDecl, system: &SystemEval, defaults: &Defaults| {
+            resolve("web", d, system, defaults).expect_err("invalid").to_string()
+        };
+        assert_eq!(
+            image_err(&d, &system(), &defaults()),
+            "host `web`: `nixprox.bootstrap.image.enable` is set but `nixprox.bootstrap.image.package` is null (import disko's NixOS module, whose `system.build.diskoImages` is the default, or set the package)"
+        );
+        assert_eq!(
+            image_err(&d, &with_image, &Defaults { image_storage: None, ..defaults() }),
+            "host `web`: `nixprox.bootstrap.image.storage` is not set and nixprox.yaml has no `defaults.image_storage` (set one of them)"
+        );
+        d.bootstrap.iso = Some("local:iso/nixos.iso".into());
+        assert_eq!(
+            image_err(&d, &with_image, &defaults()),
+            "host `web`: `nixprox.bootstrap.image.enable` is set together with `nixprox.bootstrap.iso` (keep one: a VM boots either from its image or from a template or ISO)"
+        );
+        d.bootstrap.template = Some(TemplateRef::Id(9000));
+        assert!(
+            image_err(&d, &with_image, &defaults()).contains("together with `nixprox.bootstrap.template`")
         );
     }
 
@@ -409,7 +584,7 @@ mod tests {
         let mut d = decl();
         d.vm.name = name.into();
         d.vm.id = id;
-        EvaluatedHost { attr: attr.into(), decl: d, system: system() }
+        EvaluatedHost { attr: attr.into(), decl: d, system: system(), extra: None, extra_error: None }
     }
 
     #[test]

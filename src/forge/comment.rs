@@ -3,23 +3,28 @@
 //!
 //! A hidden marker `<!-- nixprox:plan key=<key> plan_id=<id> -->` heads the plan comment: `key`
 //! tells flake/settings files apart when one repository has several, `plan_id` lets apply find
-//! the plan that was reviewed. Only comments and issues written by the token's own user are
-//! ever edited or trusted: anyone can paste a marker into a comment.
+//! the plan that was reviewed. A second hidden block at the end,
+//! `<!-- nixprox:reviewed {…} -->`, carries the reviewed-plan record (per-host digests, see
+//! `apply::approval::record`) that lets apply resume and fan out host by host. Only comments
+//! and issues written by the token's own account are ever edited or trusted (see
+//! [`super::identity`]): anyone can paste a marker into a comment.
 
-use super::{Comment, Forge, ForgeError, IssueEdit, MAX_BODY_CHARS};
+use super::identity::ours;
+use super::{Comment, Forge, ForgeError, Issue, IssueEdit, MAX_BODY_CHARS};
 
 const PLAN_MARKER: &str = "nixprox:plan";
 const DRIFT_MARKER: &str = "nixprox:drift";
+const RECORD_MARKER: &str = "<!-- nixprox:reviewed ";
 
 /// What happened to a comment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommentOutcome {
     Created {
-        id: u64,
+        id: i64,
         url: Option<String>,
     },
     Updated {
-        id: u64,
+        id: i64,
         url: Option<String>,
     },
     /// The token may not comment (fork PRs get a read-only token). The caller warns and relies on
@@ -52,6 +57,8 @@ pub enum IssueOutcome {
 pub struct ReviewedPlan {
     pub pr: u64,
     pub plan_id: String,
+    /// The JSON of the reviewed-plan record, when the comment has one for this plan id.
+    pub record: Option<String>,
     pub comment_url: Option<String>,
 }
 
@@ -74,10 +81,36 @@ fn drift_marker(key: &str) -> String {
     format!("<!-- {DRIFT_MARKER} key={} -->", marker_key(key))
 }
 
-/// The characters left for the rendered plan once the marker line is added: the renderer's
-/// budget.
-pub fn plan_body_budget(key: &str, plan_id: &str) -> usize {
-    MAX_BODY_CHARS - plan_marker(key, plan_id).chars().count() - 1
+/// The hidden last line carrying the reviewed-plan record (JSON). `>` is written as `\u003e`
+/// (valid in JSON strings, the only place it can occur), so no host name can end the HTML
+/// comment early.
+pub fn record_block(record_json: &str) -> String {
+    format!("{RECORD_MARKER}{} -->", record_json.replace('>', "\\u003e"))
+}
+
+/// The record's JSON in `body`, if it has one.
+pub fn parse_record_block(body: &str) -> Option<&str> {
+    let start = body.rfind(RECORD_MARKER)? + RECORD_MARKER.len();
+    let len = body[start..].find(" -->")?;
+    Some(&body[start..start + len])
+}
+
+/// The characters left for the rendered plan once the marker line (and the record's line) are
+/// added: the renderer's budget.
+pub fn plan_body_budget(key: &str, plan_id: &str, record_json: Option<&str>) -> usize {
+    let record = record_json.map_or(0, |r| record_block(r).chars().count() + 1);
+    MAX_BODY_CHARS.saturating_sub(plan_marker(key, plan_id).chars().count() + 1 + record)
+}
+
+fn plan_comment_text(key: &str, plan_id: &str, body: &str, record_json: Option<&str>) -> String {
+    let mut full = format!("{}\n{body}", plan_marker(key, plan_id));
+    if let Some(record) = record_json {
+        if !full.ends_with('\n') {
+            full.push('\n');
+        }
+        full.push_str(&record_block(record));
+    }
+    full
 }
 
 /// The characters left for the drift issue body once its marker line is added.
@@ -128,8 +161,9 @@ impl Forge {
         key: &str,
         plan_id: &str,
         body: &str,
+        record_json: Option<&str>,
     ) -> Result<CommentOutcome, ForgeError> {
-        let full = format!("{}\n{body}", plan_marker(key, plan_id));
+        let full = plan_comment_text(key, plan_id, body, record_json);
         let result = self
             .retry()
             .run(&format!("update the plan comment on #{pr}"), || self.upsert_once(pr, key, &full))
@@ -138,13 +172,12 @@ impl Forge {
     }
 
     async fn upsert_once(&self, pr: u64, key: &str, full: &str) -> Result<CommentOutcome, ForgeError> {
-        let me = self.current_login().await?;
+        let me = self.me().await?;
         let comments = self.list_comments(pr).await?;
-        let ours = comments
-            .iter()
-            .rev()
-            .find(|c| c.author.login.eq_ignore_ascii_case(&me) && parse_plan_marker(&c.body, key).is_some());
-        if let Some(existing) = ours {
+        let marked: Vec<Comment> =
+            comments.into_iter().filter(|c| parse_plan_marker(&c.body, key).is_some()).collect();
+        let ours = ours(&me, &marked, |c| &c.author, "plan comment")?;
+        if let Some(existing) = ours.last() {
             match self.update_comment(existing.id, full).await {
                 Ok(c) => {
                     tracing::info!("updated the plan comment on #{pr} (comment {})", c.id);
@@ -192,17 +225,18 @@ impl Forge {
             tracing::info!("commit `{sha}` belongs to no pull request");
             return Ok(None);
         };
-        let me = retry.run("read the token's user", || self.current_login()).await?;
+        let me = retry.run("read the token's user", || self.me()).await?;
         let comments = retry.run("list the plan comments", || self.list_comments(pr.number)).await?;
-        let found = comments.iter().rev().find_map(|c| {
-            if !c.author.login.eq_ignore_ascii_case(&me) {
-                return None;
-            }
-            parse_plan_marker(&c.body, key).map(|plan_id| ReviewedPlan {
+        let marked: Vec<Comment> =
+            comments.into_iter().filter(|c| parse_plan_marker(&c.body, key).is_some()).collect();
+        let found = ours(&me, &marked, |c| &c.author, "plan comment")?.last().map(|c| {
+            let plan_id = parse_plan_marker(&c.body, key).unwrap_or_default();
+            ReviewedPlan {
                 pr: pr.number,
+                record: parse_record_block(&c.body).map(str::to_string),
                 plan_id,
                 comment_url: c.url.clone(),
-            })
+            }
         });
         if found.is_none() {
             tracing::info!("pull request #{} has no nixprox plan comment for `{key}`", pr.number);
@@ -221,11 +255,12 @@ impl Forge {
         let full = format!("{}\n{body}", drift_marker(key));
         self.retry()
             .run("update the drift issue", || async {
-                let me = self.current_login().await?;
+                let me = self.me().await?;
                 let issues = self.list_issues().await?;
-                let ours = issues
-                    .iter()
-                    .filter(|i| i.author.login.eq_ignore_ascii_case(&me) && is_drift_issue(&i.body, key))
+                let marked: Vec<Issue> =
+                    issues.into_iter().filter(|i| is_drift_issue(&i.body, key)).collect();
+                let ours = ours(&me, &marked, |i| &i.author, "drift issue")?
+                    .into_iter()
                     .max_by_key(|i| (i.open, i.number));
                 match ours {
                     Some(issue) => {
@@ -252,11 +287,11 @@ impl Forge {
     pub async fn close_drift_issue(&self, key: &str) -> Result<Option<u64>, ForgeError> {
         self.retry()
             .run("close the drift issue", || async {
-                let me = self.current_login().await?;
+                let me = self.me().await?;
                 let issues = self.list_issues().await?;
-                let open = issues.iter().find(|i| {
-                    i.open && i.author.login.eq_ignore_ascii_case(&me) && is_drift_issue(&i.body, key)
-                });
+                let marked: Vec<Issue> =
+                    issues.into_iter().filter(|i| i.open && is_drift_issue(&i.body, key)).collect();
+                let open = ours(&me, &marked, |i| &i.author, "drift issue")?.into_iter().next();
                 match open {
                     Some(issue) => {
                         let edit = IssueEdit { open: Some(false), ..IssueEdit::default() };
@@ -300,9 +335,25 @@ mod tests {
     }
 
     #[test]
-    fn budgets_leave_room_for_the_marker() {
-        let budget = plan_body_budget("k", "id");
+    fn budgets_leave_room_for_the_marker_and_the_record() {
+        let budget = plan_body_budget("k", "id", None);
         assert_eq!(budget + plan_marker("k", "id").len() + 1, MAX_BODY_CHARS);
+        let record = r#"{"v":1}"#;
+        let with_record = plan_body_budget("k", "id", Some(record));
+        assert_eq!(with_record + record_block(record).len() + 1, budget);
+        let full = plan_comment_text("k", "id", &"x".repeat(with_record), Some(record));
+        assert_eq!(full.chars().count(), MAX_BODY_CHARS);
         assert!(drift_body_budget("k") < MAX_BODY_CHARS);
+    }
+
+    #[test]
+    fn the_record_round_trips_and_cannot_close_the_comment() {
+        let record = r#"{"v":1,"hosts":{"a-->b":"x"}}"#;
+        let body = plan_comment_text("k", "id", "## plan\n", Some(record));
+        assert!(body.ends_with(r#"{"v":1,"hosts":{"a--\u003eb":"x"}} -->"#), "{body}");
+        let parsed: serde_json::Value =
+            serde_json::from_str(parse_record_block(&body).expect("record")).expect("json");
+        assert_eq!(parsed["hosts"]["a-->b"], "x");
+        assert_eq!(parse_record_block("<!-- nixprox:plan key=k plan_id=id -->\nbody"), None);
     }
 }

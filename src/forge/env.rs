@@ -84,8 +84,12 @@ pub struct ForgeOverrides {
     pub pr: Option<u64>,
     /// `--api-url URL` (Forgejo: ending in `/api/v1`)
     pub api_url: Option<String>,
-    /// `--token-env NAME`: the variable holding the forge token.
+    /// `--token-env NAME`: the variable holding the forge token. Always wins over the
+    /// runner's own variables (the action passes its `token` input this way).
     pub token_env: Option<String>,
+    /// `--bot-login LOGIN`: the account nixprox's comments and issues are written by, when
+    /// the token cannot tell (a GitHub App's installation token).
+    pub bot_login: Option<String>,
     /// `--sha SHA`: the commit to report statuses on (head of the PR, or the pushed commit).
     pub sha: Option<String>,
 }
@@ -138,6 +142,8 @@ pub struct ForgeContext {
     pub event: Event,
     /// The variable that holds the token.
     pub token_env: String,
+    /// `--bot-login`: whose comments and issues are ours (default: asked from the forge).
+    pub bot_login: Option<String>,
 }
 
 impl ForgeContext {
@@ -147,174 +153,39 @@ impl ForgeContext {
         overrides: &ForgeOverrides,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Option<ForgeContext>, ForgeError> {
-        let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-        let is_forgejo = ["FORGEJO_ACTIONS", "GITEA_ACTIONS", "FORGEJO_API_URL", "FORGEJO_SERVER_URL"]
-            .iter()
-            .any(|n| var(n).is_some());
-        let detected = if is_forgejo {
-            Some(ForgeKind::Forgejo)
-        } else if var("GITHUB_ACTIONS").as_deref() == Some("true") {
-            Some(ForgeKind::GitHub)
-        } else {
-            None
-        };
-        let kind = match (overrides.forge, detected) {
-            (Some(kind), _) | (None, Some(kind)) => kind,
-            (None, None) => {
-                if overrides.repo.is_some() || overrides.pr.is_some() || overrides.api_url.is_some() {
-                    return Err(ForgeError::Env(
-                        "not running in GitHub or Forgejo Actions: pass `--forge github|forgejo` \
-                         together with `--repo` and `--api-url`"
-                            .into(),
-                    ));
-                }
-                return Ok(None);
-            }
-        };
-        // Forgejo runners set both `FORGEJO_*` and `GITHUB_*`: prefer the former.
-        let pick = |names: &[&'static str]| names.iter().find_map(|n| var(n).map(|v| (*n, v)));
-        let ns = |suffix: &str| -> [&'static str; 2] {
-            match suffix {
-                "REPOSITORY" => ["FORGEJO_REPOSITORY", "GITHUB_REPOSITORY"],
-                "SERVER_URL" => ["FORGEJO_SERVER_URL", "GITHUB_SERVER_URL"],
-                "EVENT_NAME" => ["FORGEJO_EVENT_NAME", "GITHUB_EVENT_NAME"],
-                "EVENT_PATH" => ["FORGEJO_EVENT_PATH", "GITHUB_EVENT_PATH"],
-                "SHA" => ["FORGEJO_SHA", "GITHUB_SHA"],
-                "REF" => ["FORGEJO_REF", "GITHUB_REF"],
-                "RUN_ID" => ["FORGEJO_RUN_ID", "GITHUB_RUN_ID"],
-                _ => ["FORGEJO_RUN_NUMBER", "GITHUB_RUN_NUMBER"],
-            }
-        };
-        let names = |suffix: &str| -> Vec<&'static str> {
-            let both = ns(suffix);
-            match kind {
-                ForgeKind::Forgejo => both.to_vec(),
-                ForgeKind::GitHub => vec![both[1]],
-            }
-        };
-
-        let api_url = match &overrides.api_url {
-            Some(url) => parse_url(url, "`--api-url`")?,
-            None => match kind {
-                ForgeKind::GitHub => match var("GITHUB_API_URL") {
-                    Some(url) => parse_url(&url, "`GITHUB_API_URL`")?,
-                    None => parse_url("https://api.github.com", "the default")?,
-                },
-                ForgeKind::Forgejo => {
-                    if let Some((name, url)) = pick(&["FORGEJO_API_URL", "GITHUB_API_URL"]) {
-                        parse_url(&url, &format!("`{name}`"))?
-                    } else if let Some((name, url)) = pick(&names("SERVER_URL")) {
-                        parse_url(&format!("{}/api/v1", url.trim_end_matches('/')), &format!("`{name}`"))?
-                    } else {
-                        return Err(ForgeError::Env(
-                            "cannot tell the Forgejo API URL: `FORGEJO_API_URL` is not set \
-                             (pass `--api-url https://forge.example/api/v1`)"
-                                .into(),
-                        ));
-                    }
-                }
-            },
-        };
-
+        let Some(kind) = detect_kind(overrides, env)? else { return Ok(None) };
+        let vars = CiVars { env, kind };
+        let api_url = api_url(overrides, &vars)?;
         let repo = match &overrides.repo {
             Some(repo) => Repo::parse(repo, "`--repo`")?,
             None => {
-                let (name, value) = pick(&names("REPOSITORY")).ok_or_else(|| {
+                let (name, value) = vars.get("REPOSITORY").ok_or_else(|| {
                     ForgeError::Env(format!(
                         "cannot tell the repository: `{}` is not set (pass `--repo owner/name`)",
-                        names("REPOSITORY").join("` or `")
+                        vars.names("REPOSITORY").join("` or `")
                     ))
                 })?;
                 Repo::parse(&value, &format!("`{name}`"))?
             }
         };
-
-        let event_name = pick(&names("EVENT_NAME")).map(|(_, v)| v);
-        let env_sha = pick(&names("SHA")).map(|(_, v)| v);
-        let git_ref = pick(&names("REF")).map(|(_, v)| v);
-        let payload = |required: bool| -> Result<Option<Payload>, ForgeError> {
-            match pick(&names("EVENT_PATH")) {
-                Some((name, path)) => read_payload(Path::new(&path), name).map(Some),
-                None if required => Err(ForgeError::Env(format!(
-                    "`{}` is not set, so the `{}` event cannot be read (run inside GitHub or Forgejo \
-                     Actions, or pass `--pr` and `--sha`)",
-                    names("EVENT_PATH").join("` or `"),
-                    event_name.as_deref().unwrap_or("?"),
-                ))),
-                None => Ok(None),
-            }
-        };
-
-        let mut event = match event_name.as_deref() {
-            Some("pull_request" | "pull_request_target") if overrides.pr.is_none() => {
-                let (var_name, path) = pick(&names("EVENT_PATH")).unzip();
-                let payload = payload(true)?.unwrap_or_default();
-                Event::PullRequest(payload.pull_request_event(
-                    var_name.unwrap_or("GITHUB_EVENT_PATH"),
-                    path.as_deref().unwrap_or(""),
-                )?)
-            }
-            Some("push") => {
-                let payload = payload(false)?.unwrap_or_default();
-                let sha = payload.after.filter(|s| !is_zero_sha(s)).or(env_sha.clone()).ok_or_else(|| {
-                    ForgeError::Env(format!(
-                        "the `push` event has no commit: neither the payload's `after` nor `{}` is set",
-                        names("SHA").join("` or `")
-                    ))
-                })?;
-                Event::Push { sha, git_ref: payload.git_ref.or(git_ref) }
-            }
-            Some("schedule") => Event::Schedule { sha: env_sha.clone() },
-            Some("workflow_dispatch") => Event::WorkflowDispatch { sha: env_sha.clone(), git_ref },
-            name => Event::Other { name: name.map(str::to_string), sha: env_sha.clone() },
-        };
-        if let Some(number) = overrides.pr {
-            // `--pr` given: use the payload's SHAs only when it describes that same PR.
-            let from_payload = match event_name.as_deref() {
-                Some("pull_request" | "pull_request_target") => payload(false)?
-                    .and_then(|p| p.pull_request_event("GITHUB_EVENT_PATH", "").ok())
-                    .filter(|pr| pr.number == number),
-                _ => None,
-            };
-            event = Event::PullRequest(from_payload.unwrap_or(PullRequestEvent {
-                number,
-                action: None,
-                head_sha: env_sha.clone(),
-                base_sha: None,
-                from_fork: false,
-            }));
-        }
-        if let Some(sha) = &overrides.sha {
-            match &mut event {
-                Event::PullRequest(pr) => pr.head_sha = Some(sha.clone()),
-                Event::Push { sha: s, .. } => *s = sha.clone(),
-                Event::Schedule { sha: s }
-                | Event::WorkflowDispatch { sha: s, .. }
-                | Event::Other { sha: s, .. } => *s = Some(sha.clone()),
-            }
-        }
-
-        let run_url = match (pick(&names("SERVER_URL")), overrides.repo.is_none()) {
+        let event = event(overrides, &vars)?;
+        let run_url = match (vars.get("SERVER_URL"), overrides.repo.is_none()) {
             (Some((_, server)), true) => {
                 // GitHub's run page uses the run id; Forgejo's uses the run number (the index).
                 let run = match kind {
-                    ForgeKind::GitHub => pick(&names("RUN_ID")),
-                    ForgeKind::Forgejo => pick(&names("RUN_NUMBER")),
+                    ForgeKind::GitHub => vars.get("RUN_ID"),
+                    ForgeKind::Forgejo => vars.get("RUN_NUMBER"),
                 };
                 run.map(|(_, id)| format!("{}/{repo}/actions/runs/{id}", server.trim_end_matches('/')))
             }
             _ => None,
         };
-
         let token_env = match &overrides.token_env {
             Some(name) => name.clone(),
-            None => match kind {
-                ForgeKind::Forgejo if var("FORGEJO_TOKEN").is_some() => "FORGEJO_TOKEN".into(),
-                _ => "GITHUB_TOKEN".into(),
-            },
+            None => default_token_env(kind, &|name| vars.var(name)),
         };
-
-        Ok(Some(ForgeContext { kind, api_url, repo, run_url, event, token_env }))
+        let bot_login = overrides.bot_login.clone().filter(|l| !l.trim().is_empty());
+        Ok(Some(ForgeContext { kind, api_url, repo, run_url, event, token_env, bot_login }))
     }
 
     /// The pull request number, when the run is about one.
@@ -346,6 +217,194 @@ impl ForgeContext {
                 self.token_env, self.token_env
             ))),
         }
+    }
+}
+
+/// The CI variables of one forge. Forgejo runners set each `GITHUB_X` also as `FORGEJO_X`
+/// (and a step's `env:` overrides only the name it sets), so there `FORGEJO_X` comes first; on
+/// GitHub only `GITHUB_X` counts.
+struct CiVars<'e> {
+    env: &'e dyn Fn(&str) -> Option<String>,
+    kind: ForgeKind,
+}
+
+impl CiVars<'_> {
+    /// A variable's value, unless it is unset or blank.
+    fn var(&self, name: &str) -> Option<String> {
+        (self.env)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// The first of `names` that is set, with its name (for messages).
+    fn pick(&self, names: &[&'static str]) -> Option<(&'static str, String)> {
+        names.iter().find_map(|n| self.var(n).map(|v| (*n, v)))
+    }
+
+    /// The names the variable `suffix` (`REPOSITORY`, `SHA`, …) goes by on this forge, in order.
+    fn names(&self, suffix: &str) -> Vec<&'static str> {
+        let both = match suffix {
+            "REPOSITORY" => ["FORGEJO_REPOSITORY", "GITHUB_REPOSITORY"],
+            "SERVER_URL" => ["FORGEJO_SERVER_URL", "GITHUB_SERVER_URL"],
+            "EVENT_NAME" => ["FORGEJO_EVENT_NAME", "GITHUB_EVENT_NAME"],
+            "EVENT_PATH" => ["FORGEJO_EVENT_PATH", "GITHUB_EVENT_PATH"],
+            "SHA" => ["FORGEJO_SHA", "GITHUB_SHA"],
+            "REF" => ["FORGEJO_REF", "GITHUB_REF"],
+            "RUN_ID" => ["FORGEJO_RUN_ID", "GITHUB_RUN_ID"],
+            _ => ["FORGEJO_RUN_NUMBER", "GITHUB_RUN_NUMBER"],
+        };
+        match self.kind {
+            ForgeKind::Forgejo => both.to_vec(),
+            ForgeKind::GitHub => vec![both[1]],
+        }
+    }
+
+    /// The variable `suffix` on this forge, with the name it was found under.
+    fn get(&self, suffix: &str) -> Option<(&'static str, String)> {
+        self.pick(&self.names(suffix))
+    }
+}
+
+/// The forge `--forge` names, else the one whose runner set the environment; `None` outside
+/// CI (an error when other overrides were given: they need to know the forge).
+fn detect_kind(
+    overrides: &ForgeOverrides,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<ForgeKind>, ForgeError> {
+    let set = |name: &str| env(name).is_some_and(|v| !v.trim().is_empty());
+    let detected = if ["FORGEJO_ACTIONS", "GITEA_ACTIONS", "FORGEJO_API_URL", "FORGEJO_SERVER_URL"]
+        .iter()
+        .any(|n| set(n))
+    {
+        Some(ForgeKind::Forgejo)
+    } else if env("GITHUB_ACTIONS").as_deref() == Some("true") {
+        Some(ForgeKind::GitHub)
+    } else {
+        None
+    };
+    match (overrides.forge, detected) {
+        (Some(kind), _) | (None, Some(kind)) => Ok(Some(kind)),
+        (None, None) if overrides.repo.is_some() || overrides.pr.is_some() || overrides.api_url.is_some() => {
+            Err(ForgeError::Env(
+                "not running in GitHub or Forgejo Actions: pass `--forge github|forgejo` together with \
+                 `--repo` and `--api-url`"
+                    .into(),
+            ))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// `--api-url`, else the runner's API URL (Forgejo: `FORGEJO_API_URL`, or its server URL plus
+/// `/api/v1`), else GitHub's public API.
+fn api_url(overrides: &ForgeOverrides, vars: &CiVars<'_>) -> Result<Url, ForgeError> {
+    if let Some(url) = &overrides.api_url {
+        return parse_url(url, "`--api-url`");
+    }
+    match vars.kind {
+        ForgeKind::GitHub => match vars.var("GITHUB_API_URL") {
+            Some(url) => parse_url(&url, "`GITHUB_API_URL`"),
+            None => parse_url("https://api.github.com", "the default"),
+        },
+        ForgeKind::Forgejo => {
+            if let Some((name, url)) = vars.pick(&["FORGEJO_API_URL", "GITHUB_API_URL"]) {
+                parse_url(&url, &format!("`{name}`"))
+            } else if let Some((name, url)) = vars.get("SERVER_URL") {
+                parse_url(&format!("{}/api/v1", url.trim_end_matches('/')), &format!("`{name}`"))
+            } else {
+                Err(ForgeError::Env(
+                    "cannot tell the Forgejo API URL: `FORGEJO_API_URL` is not set \
+                     (pass `--api-url https://forge.example/api/v1`)"
+                        .into(),
+                ))
+            }
+        }
+    }
+}
+
+/// What triggered the run, from the event name and its payload file, with `--pr` and `--sha`
+/// applied.
+fn event(overrides: &ForgeOverrides, vars: &CiVars<'_>) -> Result<Event, ForgeError> {
+    let event_name = vars.get("EVENT_NAME").map(|(_, v)| v);
+    let env_sha = vars.get("SHA").map(|(_, v)| v);
+    let git_ref = vars.get("REF").map(|(_, v)| v);
+    let payload = |required: bool| -> Result<Option<Payload>, ForgeError> {
+        match vars.get("EVENT_PATH") {
+            Some((name, path)) => read_payload(Path::new(&path), name).map(Some),
+            None if required => Err(ForgeError::Env(format!(
+                "`{}` is not set, so the `{}` event cannot be read (run inside GitHub or Forgejo \
+                 Actions, or pass `--pr` and `--sha`)",
+                vars.names("EVENT_PATH").join("` or `"),
+                event_name.as_deref().unwrap_or("?"),
+            ))),
+            None => Ok(None),
+        }
+    };
+    let mut event =
+        match event_name.as_deref() {
+            Some("pull_request" | "pull_request_target") if overrides.pr.is_none() => {
+                let (var_name, path) = vars.get("EVENT_PATH").unzip();
+                let payload = payload(true)?.unwrap_or_default();
+                Event::PullRequest(payload.pull_request_event(
+                    var_name.unwrap_or("GITHUB_EVENT_PATH"),
+                    path.as_deref().unwrap_or(""),
+                )?)
+            }
+            Some("push") => {
+                let payload = payload(false)?.unwrap_or_default();
+                let sha = payload.after.filter(|s| !is_zero_sha(s)).or(env_sha.clone()).ok_or_else(|| {
+                    ForgeError::Env(format!(
+                        "the `push` event has no commit: neither the payload's `after` nor `{}` is set",
+                        vars.names("SHA").join("` or `")
+                    ))
+                })?;
+                Event::Push { sha, git_ref: payload.git_ref.or(git_ref) }
+            }
+            Some("schedule") => Event::Schedule { sha: env_sha.clone() },
+            Some("workflow_dispatch") => Event::WorkflowDispatch { sha: env_sha.clone(), git_ref },
+            name => Event::Other { name: name.map(str::to_string), sha: env_sha.clone() },
+        };
+    if let Some(number) = overrides.pr {
+        // `--pr` given: use the payload's SHAs only when it describes that same PR.
+        let from_payload = match event_name.as_deref() {
+            Some("pull_request" | "pull_request_target") => payload(false)?
+                .and_then(|p| p.pull_request_event("GITHUB_EVENT_PATH", "").ok())
+                .filter(|pr| pr.number == number),
+            _ => None,
+        };
+        event = Event::PullRequest(from_payload.unwrap_or(PullRequestEvent {
+            number,
+            action: None,
+            head_sha: env_sha.clone(),
+            base_sha: None,
+            from_fork: false,
+        }));
+    }
+    if let Some(sha) = &overrides.sha {
+        match &mut event {
+            Event::PullRequest(pr) => pr.head_sha = Some(sha.clone()),
+            Event::Push { sha: s, .. } => *s = sha.clone(),
+            Event::Schedule { sha: s }
+            | Event::WorkflowDispatch { sha: s, .. }
+            | Event::Other { sha: s, .. } => *s = Some(sha.clone()),
+        }
+    }
+    Ok(event)
+}
+
+/// The runner's own token variable. Forgejo runners set the same token as `FORGEJO_TOKEN` and
+/// `GITHUB_TOKEN`, and a step's `env:` overrides only the name it sets; when the two differ one
+/// was set on purpose, but which one cannot be told: `FORGEJO_TOKEN` is used, with a warning
+/// naming the fix.
+fn default_token_env(kind: ForgeKind, var: &dyn Fn(&str) -> Option<String>) -> String {
+    match kind {
+        ForgeKind::Forgejo if var("FORGEJO_TOKEN").is_some() => {
+            if var("GITHUB_TOKEN").is_some_and(|github| Some(github) != var("FORGEJO_TOKEN")) {
+                tracing::warn!(
+                    "`FORGEJO_TOKEN` and `GITHUB_TOKEN` hold different tokens; using `FORGEJO_TOKEN` (pass `--token-env GITHUB_TOKEN`, or the action's `token` input, to use the other)"
+                );
+            }
+            "FORGEJO_TOKEN".into()
+        }
+        _ => "GITHUB_TOKEN".into(),
     }
 }
 
@@ -469,9 +528,11 @@ mod tests {
             pr: Some(7),
             api_url: Some("http://127.0.0.1:3000/api/v1".into()),
             token_env: Some("MY_TOKEN".into()),
+            bot_login: Some("nixprox[bot]".into()),
             sha: Some("abc".into()),
         };
         let ctx = detect(&[], &o).expect("ok").expect("some");
+        assert_eq!(ctx.bot_login.as_deref(), Some("nixprox[bot]"));
         assert_eq!(ctx.kind, ForgeKind::Forgejo);
         assert_eq!(ctx.repo.to_string(), "home/lab");
         assert_eq!(ctx.pr_number(), Some(7));
@@ -500,6 +561,21 @@ mod tests {
         assert_eq!(ctx.event, Event::Schedule { sha: Some("deadbeef".into()) });
         assert_eq!(ctx.run_url.as_deref(), Some("https://github.com/home/lab/actions/runs/42"));
         assert_eq!(ctx.token_env, "GITHUB_TOKEN");
+    }
+
+    #[test]
+    fn forgejo_token_wins_unless_a_variable_is_named() {
+        // Forgejo runners set both names; a step's `env:` may have overridden either.
+        let vars = [
+            ("FORGEJO_ACTIONS", "true"),
+            ("FORGEJO_API_URL", "https://forge.example/api/v1"),
+            ("FORGEJO_REPOSITORY", "home/lab"),
+            ("FORGEJO_TOKEN", "automatic"),
+            ("GITHUB_TOKEN", "set-by-the-step"),
+        ];
+        assert_eq!(detect(&vars, &Default::default()).expect("ok").expect("some").token_env, "FORGEJO_TOKEN");
+        let named = ForgeOverrides { token_env: Some("GITHUB_TOKEN".into()), ..Default::default() };
+        assert_eq!(detect(&vars, &named).expect("ok").expect("some").token_env, "GITHUB_TOKEN");
     }
 
     #[test]

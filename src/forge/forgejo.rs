@@ -13,13 +13,16 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use url::Url;
 
+use super::identity::IdentityCache;
 use super::{Comment, ForgeError, Issue, IssueEdit, PullRequest, Repo, RetryPolicy, StatusState, User};
 
 /// Page size: Forgejo's default `MAX_RESPONSE_ITEMS` is 50, larger limits are cut to it.
 const PAGE_LIMIT: usize = 50;
 
-/// The login Forgejo shows for the automatic Actions token, which has no `GET /user`.
-pub const ACTIONS_BOT_LOGIN: &str = "forgejo-actions";
+/// Forgejo's system user behind the automatic Actions token (`models/user/user_system.go`:
+/// `ActionsUserID = -2`, `ActionsUserName = "forgejo-actions"`). Forgejo answers `GET /user`
+/// with it; only servers that refuse that call need this fallback.
+pub const ACTIONS_USER: (i64, &str) = (-2, "forgejo-actions");
 
 /// A Forgejo repository reached through one token.
 pub struct Forgejo {
@@ -27,7 +30,7 @@ pub struct Forgejo {
     base: String,
     pub(crate) repo: Repo,
     pub(crate) retry: RetryPolicy,
-    pub(crate) login_override: Option<String>,
+    pub(crate) me: IdentityCache,
     /// Kept only to redact it from error texts a server might echo.
     token: SecretString,
 }
@@ -38,50 +41,45 @@ impl std::fmt::Debug for Forgejo {
     }
 }
 
+// The wire types read only the fields nixprox needs. Ids are `int64` in the swagger document
+// and negative for system users (`Ghost` -1, `forgejo-actions` -2); every Go pointer or slice
+// may be null; unknown fields are ignored. Shapes: fixtures/forge-api/forgejo-swagger-extract.json.
+
+/// `User`.
 #[derive(Deserialize)]
 struct FjUser {
-    id: u64,
+    id: i64,
+    #[serde(default)]
     login: String,
 }
 
-impl From<FjUser> for User {
-    fn from(u: FjUser) -> User {
-        User { id: u.id, login: u.login }
-    }
+fn author(user: Option<FjUser>) -> User {
+    user.map(|u| User { id: u.id, login: u.login, app: None }).unwrap_or_else(User::unknown)
 }
 
-fn ghost() -> User {
-    User { id: 0, login: "Ghost".into() }
-}
-
+/// `Comment`.
 #[derive(Deserialize)]
 struct FjComment {
-    id: u64,
+    id: i64,
     user: Option<FjUser>,
-    #[serde(default)]
-    body: String,
+    body: Option<String>,
     html_url: Option<String>,
 }
 
 impl From<FjComment> for Comment {
     fn from(c: FjComment) -> Comment {
-        Comment {
-            id: c.id,
-            author: c.user.map(User::from).unwrap_or_else(ghost),
-            body: c.body,
-            url: c.html_url,
-        }
+        Comment { id: c.id, author: author(c.user), body: c.body.unwrap_or_default(), url: c.html_url }
     }
 }
 
+/// `Issue`.
 #[derive(Deserialize)]
 struct FjIssue {
     number: u64,
     user: Option<FjUser>,
-    title: String,
-    #[serde(default)]
-    body: String,
-    state: String,
+    title: Option<String>,
+    body: Option<String>,
+    state: Option<String>,
     html_url: Option<String>,
     pull_request: Option<serde_json::Value>,
 }
@@ -90,27 +88,37 @@ impl From<FjIssue> for Issue {
     fn from(i: FjIssue) -> Issue {
         Issue {
             number: i.number,
-            author: i.user.map(User::from).unwrap_or_else(ghost),
-            title: i.title,
-            body: i.body,
-            open: i.state == "open",
+            author: author(i.user),
+            title: i.title.unwrap_or_default(),
+            body: i.body.unwrap_or_default(),
+            open: i.state.as_deref() == Some("open"),
             url: i.html_url,
         }
     }
 }
 
+/// `PullRequest` (`merge_commit_sha` is a `*string`).
 #[derive(Deserialize)]
 struct FjPull {
     number: u64,
-    #[serde(default)]
-    merged: bool,
+    merged: Option<bool>,
     merge_commit_sha: Option<String>,
 }
 
 impl From<FjPull> for PullRequest {
     fn from(p: FjPull) -> PullRequest {
-        PullRequest { number: p.number, merged: p.merged, merge_commit_sha: p.merge_commit_sha }
+        PullRequest {
+            number: p.number,
+            merged: p.merged.unwrap_or(false),
+            merge_commit_sha: p.merge_commit_sha,
+        }
     }
+}
+
+/// `CommitStatus`: its `creator` is the token's account.
+#[derive(Deserialize)]
+struct FjStatus {
+    creator: Option<FjUser>,
 }
 
 impl Forgejo {
@@ -134,7 +142,7 @@ impl Forgejo {
             base: api_url.as_str().trim_end_matches('/').to_string(),
             repo,
             retry: RetryPolicy::default(),
-            login_override: None,
+            me: IdentityCache::default(),
             token,
         })
     }
@@ -163,7 +171,7 @@ impl Forgejo {
         }
         let resp = req.send().await.map_err(|e| ForgeError::Transport {
             op: op.to_string(),
-            message: super::redact(&e.without_url().to_string(), token),
+            message: crate::text::redact(&e.without_url().to_string(), token),
         })?;
         let status = resp.status();
         if status.is_success() {
@@ -181,7 +189,7 @@ impl Forgejo {
     async fn json<T: DeserializeOwned>(&self, op: &str, resp: reqwest::Response) -> Result<T, ForgeError> {
         let bytes = resp.bytes().await.map_err(|e| ForgeError::Transport {
             op: op.to_string(),
-            message: super::redact(&e.without_url().to_string(), self.token.expose_secret()),
+            message: crate::text::redact(&e.without_url().to_string(), self.token.expose_secret()),
         })?;
         serde_json::from_slice(&bytes)
             .map_err(|e| ForgeError::Decode { op: op.to_string(), message: e.to_string() })
@@ -189,12 +197,12 @@ impl Forgejo {
 
     /// Every page of a list. Stops at `X-Total-Count`, at a short page, or (for servers that
     /// ignore paging on an endpoint) when a page repeats what was already seen.
-    async fn all<T: DeserializeOwned>(
+    async fn all<T: DeserializeOwned, K: Eq + std::hash::Hash>(
         &self,
         op: &str,
         url: &str,
         query: &[(&str, String)],
-        id: impl Fn(&T) -> u64,
+        id: impl Fn(&T) -> K,
     ) -> Result<Vec<T>, ForgeError> {
         let mut out: Vec<T> = Vec::new();
         let mut seen = HashSet::new();
@@ -228,16 +236,19 @@ impl Forgejo {
         Ok(out)
     }
 
-    pub(crate) async fn current_login(&self) -> Result<String, ForgeError> {
-        if let Some(login) = &self.login_override {
-            return Ok(login.clone());
-        }
+    /// The token's account from `GET /user` (Forgejo answers it for the automatic Actions
+    /// token too: `forgejo-actions`, id -2). A server that refuses the call is assumed to have
+    /// given the Actions token.
+    pub(crate) async fn whoami(&self) -> Result<Option<User>, ForgeError> {
         let op = "read the token's user (`GET /user`)";
         match self.send(op, Method::GET, &self.url("/user"), &[], None).await {
-            Ok(resp) => Ok(self.json::<FjUser>(op, resp).await?.login),
+            Ok(resp) => Ok(Some(author(Some(self.json::<FjUser>(op, resp).await?)))),
             Err(e) if matches!(e.status(), Some(401 | 403)) => {
-                tracing::debug!("`GET /user` is not allowed for this token; assuming `{ACTIONS_BOT_LOGIN}`");
-                Ok(ACTIONS_BOT_LOGIN.to_string())
+                let (id, login) = ACTIONS_USER;
+                tracing::warn!(
+                    "`GET /user` is not allowed for this token; assuming the Actions user `{login}` (set `--bot-login` if nixprox writes as another account)"
+                );
+                Ok(Some(User { id, login: login.into(), app: None }))
             }
             Err(e) => Err(e),
         }
@@ -257,7 +268,7 @@ impl Forgejo {
         Ok(self.json::<FjComment>(&op, resp).await?.into())
     }
 
-    pub(crate) async fn update_comment(&self, id: u64, body: &str) -> Result<Comment, ForgeError> {
+    pub(crate) async fn update_comment(&self, id: i64, body: &str) -> Result<Comment, ForgeError> {
         let op = format!("edit comment `{id}` in `{}`", self.repo);
         let url = self.repo_url(&format!("issues/comments/{id}"));
         let resp = self.send(&op, Method::PATCH, &url, &[], Some(&json!({ "body": body }))).await?;
@@ -313,10 +324,11 @@ impl Forgejo {
         state: StatusState,
         description: &str,
         target_url: Option<&str>,
-    ) -> Result<(), ForgeError> {
+    ) -> Result<Option<User>, ForgeError> {
         let op = format!("set status `{context}` on commit `{sha}`");
         let body = super::status_body(state, context, description, target_url);
-        self.send(&op, Method::POST, &self.repo_url(&format!("statuses/{sha}")), &[], Some(&body)).await?;
-        Ok(())
+        let url = self.repo_url(&format!("statuses/{sha}"));
+        let resp = self.send(&op, Method::POST, &url, &[], Some(&body)).await?;
+        Ok(self.json::<FjStatus>(&op, resp).await?.creator.map(|c| author(Some(c))))
     }
 }

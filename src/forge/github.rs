@@ -8,17 +8,15 @@ use serde::Deserialize;
 use serde_json::json;
 use url::Url;
 
+use super::identity::IdentityCache;
 use super::{Comment, ForgeError, Issue, IssueEdit, PullRequest, Repo, RetryPolicy, StatusState, User};
-
-/// The login of the `GITHUB_TOKEN` of GitHub Actions, which cannot call `GET /user`.
-pub const ACTIONS_BOT_LOGIN: &str = "github-actions[bot]";
 
 /// A GitHub repository reached through one token.
 pub struct GitHub {
     client: Octocrab,
     pub(crate) repo: Repo,
     pub(crate) retry: RetryPolicy,
-    pub(crate) login_override: Option<String>,
+    pub(crate) me: IdentityCache,
     /// Kept only to redact it from error texts a server might echo.
     token: SecretString,
 }
@@ -29,63 +27,80 @@ impl std::fmt::Debug for GitHub {
     }
 }
 
+// The wire types read only the fields nixprox needs, each optional or defaulted where the
+// OpenAPI description allows null or absence (`nullable-simple-user`, `body`, `merged_at`…);
+// unknown fields are ignored. Shapes: fixtures/forge-api/github-openapi-extract.json.
+
+/// `simple-user` (and the `oneOf` of `GET /user`).
 #[derive(Deserialize)]
 struct GhUser {
-    id: u64,
+    id: i64,
+    #[serde(default)]
     login: String,
 }
 
-impl From<GhUser> for User {
-    fn from(u: GhUser) -> User {
-        User { id: u.id, login: u.login }
+/// The `slug` of `nullable-integration` (`performed_via_github_app`).
+#[derive(Deserialize)]
+struct GhApp {
+    slug: Option<String>,
+}
+
+fn author(user: Option<GhUser>, app: Option<GhApp>) -> User {
+    match user {
+        Some(u) => User::github(u.id, u.login, app.as_ref().and_then(|a| a.slug.as_deref())),
+        None => User::unknown(),
     }
 }
 
+/// `issue-comment`.
 #[derive(Deserialize)]
 struct GhComment {
-    id: u64,
+    id: i64,
     user: Option<GhUser>,
-    #[serde(default)]
     body: Option<String>,
     html_url: Option<String>,
+    performed_via_github_app: Option<GhApp>,
 }
 
 impl From<GhComment> for Comment {
     fn from(c: GhComment) -> Comment {
         Comment {
             id: c.id,
-            author: c.user.map(User::from).unwrap_or(User { id: 0, login: "ghost".into() }),
+            author: author(c.user, c.performed_via_github_app),
             body: c.body.unwrap_or_default(),
             url: c.html_url,
         }
     }
 }
 
+/// `issue`.
 #[derive(Deserialize)]
 struct GhIssue {
     number: u64,
     user: Option<GhUser>,
-    title: String,
+    title: Option<String>,
     body: Option<String>,
-    state: String,
+    state: Option<String>,
     html_url: Option<String>,
     /// Present when the "issue" is a pull request.
     pull_request: Option<serde_json::Value>,
+    performed_via_github_app: Option<GhApp>,
 }
 
 impl From<GhIssue> for Issue {
     fn from(i: GhIssue) -> Issue {
         Issue {
             number: i.number,
-            author: i.user.map(User::from).unwrap_or(User { id: 0, login: "ghost".into() }),
-            title: i.title,
+            author: author(i.user, i.performed_via_github_app),
+            title: i.title.unwrap_or_default(),
             body: i.body.unwrap_or_default(),
-            open: i.state == "open",
+            open: i.state.as_deref() == Some("open"),
             url: i.html_url,
         }
     }
 }
 
+/// `pull-request-simple`.
 #[derive(Deserialize)]
 struct GhPull {
     number: u64,
@@ -99,6 +114,12 @@ impl From<GhPull> for PullRequest {
     }
 }
 
+/// `status`: its `creator` is the token's account.
+#[derive(Deserialize)]
+struct GhStatus {
+    creator: Option<GhUser>,
+}
+
 impl GitHub {
     pub fn new(api_url: &Url, repo: Repo, token: SecretString) -> Result<GitHub, ForgeError> {
         let client = Octocrab::builder()
@@ -109,7 +130,7 @@ impl GitHub {
             .set_read_timeout(Some(std::time::Duration::from_secs(60)))
             .build()
             .map_err(|e| ForgeError::Env(format!("failed to build the GitHub client: {e}")))?;
-        Ok(GitHub { client, repo, retry: RetryPolicy::default(), login_override: None, token })
+        Ok(GitHub { client, repo, retry: RetryPolicy::default(), me: IdentityCache::default(), token })
     }
 
     fn route(&self, rest: &str) -> String {
@@ -138,12 +159,12 @@ impl GitHub {
                 ForgeError::http(op, status, &body, token)
             }
             octocrab::Error::Serde { source, .. } => {
-                ForgeError::Decode { op, message: super::redact(&source.to_string(), token) }
+                ForgeError::Decode { op, message: crate::text::redact(&source.to_string(), token) }
             }
             octocrab::Error::Json { source, .. } => {
-                ForgeError::Decode { op, message: super::redact(&source.to_string(), token) }
+                ForgeError::Decode { op, message: crate::text::redact(&source.to_string(), token) }
             }
-            other => ForgeError::Transport { op, message: super::redact(&other.to_string(), token) },
+            other => ForgeError::Transport { op, message: crate::text::redact(&other.to_string(), token) },
         }
     }
 
@@ -160,17 +181,15 @@ impl GitHub {
         self.client.all_pages(first).await.map_err(|e| self.err(op.to_string(), e))
     }
 
-    pub(crate) async fn current_login(&self) -> Result<String, ForgeError> {
-        if let Some(login) = &self.login_override {
-            return Ok(login.clone());
-        }
+    /// The token's account from `GET /user`; `None` for an installation token (the Actions
+    /// `GITHUB_TOKEN` or a GitHub App's), which GitHub answers with 403 ("Resource not
+    /// accessible by integration").
+    pub(crate) async fn whoami(&self) -> Result<Option<User>, ForgeError> {
         match self.client.get::<GhUser, _, ()>("/user", None).await {
-            Ok(user) => Ok(user.login),
-            // The Actions token is an installation token: `/user` answers 403 ("Resource not
-            // accessible by integration"); its comments are written as the Actions bot.
+            Ok(user) => Ok(Some(author(Some(user), None))),
             Err(octocrab::Error::GitHub { source, .. }) if source.status_code.as_u16() == 403 => {
-                tracing::debug!("`GET /user` is not allowed for this token; assuming `{ACTIONS_BOT_LOGIN}`");
-                Ok(ACTIONS_BOT_LOGIN.to_string())
+                tracing::debug!("`GET /user` is not allowed for this token: an installation token");
+                Ok(None)
             }
             Err(e) => Err(self.err("read the token's user (`GET /user`)".into(), e)),
         }
@@ -193,7 +212,7 @@ impl GitHub {
         Ok(c.into())
     }
 
-    pub(crate) async fn update_comment(&self, id: u64, body: &str) -> Result<Comment, ForgeError> {
+    pub(crate) async fn update_comment(&self, id: i64, body: &str) -> Result<Comment, ForgeError> {
         let route = self.route(&format!("issues/comments/{id}"));
         let c: GhComment = self
             .client
@@ -255,13 +274,13 @@ impl GitHub {
         state: StatusState,
         description: &str,
         target_url: Option<&str>,
-    ) -> Result<(), ForgeError> {
+    ) -> Result<Option<User>, ForgeError> {
         let body = super::status_body(state, context, description, target_url);
-        let _: serde_json::Value = self
+        let status: GhStatus = self
             .client
             .post(self.route(&format!("statuses/{sha}")), Some(&body))
             .await
             .map_err(|e| self.err(format!("set status `{context}` on commit `{sha}`"), e))?;
-        Ok(())
+        Ok(status.creator.map(|c| author(Some(c), None)))
     }
 }

@@ -12,6 +12,7 @@ pub mod comment;
 pub mod env;
 pub mod forgejo;
 pub mod github;
+pub mod identity;
 pub mod summary;
 
 use std::future::Future;
@@ -22,6 +23,7 @@ use thiserror::Error;
 
 pub use comment::{CommentOutcome, IssueOutcome, ReviewedPlan};
 pub use env::{Event, ForgeContext, ForgeKind, ForgeOverrides, PullRequestEvent, Repo};
+pub use identity::{Me, User};
 
 /// The most characters GitHub and Forgejo accept in a comment or issue body.
 pub const MAX_BODY_CHARS: usize = 65_536;
@@ -85,13 +87,8 @@ impl ForgeError {
             404 => " (check the repository name and that the token can see it)",
             _ => "",
         };
-        ForgeError::Http { op, status, body: redact(body.trim(), token), hint: hint.to_string() }
+        ForgeError::Http { op, status, body: crate::text::redact(body.trim(), token), hint: hint.to_string() }
     }
-}
-
-/// Removes a secret from text that might echo it (error bodies, transport messages).
-pub(crate) fn redact(text: &str, secret: &str) -> String {
-    if secret.is_empty() { text.to_string() } else { text.replace(secret, "***") }
 }
 
 /// Bounded retries with exponential backoff. Writes are retried at the level of the whole
@@ -112,41 +109,37 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Runs `f` until it succeeds, fails with a non-retryable error, or attempts run out.
-    pub async fn run<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, ForgeError>
+    /// Runs `f` until it succeeds, fails with a non-retryable error, or attempts run out
+    /// ([`crate::retry`]'s loop; every forge operation looks before it writes, so it is
+    /// idempotent as a whole).
+    pub async fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T, ForgeError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ForgeError>>,
     {
-        let attempts = self.attempts.max(1);
-        let mut delay = self.base_delay;
-        let mut attempt = 1;
-        loop {
-            match f().await {
-                Ok(value) => return Ok(value),
-                Err(err) if err.is_retryable() && attempt < attempts => {
-                    tracing::warn!("{what}: attempt {attempt}/{attempts} failed, retrying: {err}");
-                    tokio::time::sleep(delay).await;
-                    delay = delay.saturating_mul(2);
-                    attempt += 1;
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        let retries = self.attempts.max(1) - 1;
+        let max_delay = self.base_delay.saturating_mul(1 << retries.min(16));
+        let policy = crate::retry::RetryPolicy { retries, base_delay: self.base_delay, max_delay };
+        policy.run(what, crate::retry::Resend::Idempotent, f).await
     }
 }
 
-/// A user (or bot) on the forge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub id: u64,
-    pub login: String,
+impl crate::retry::Retryable for ForgeError {
+    fn is_transient(&self) -> bool {
+        self.is_retryable()
+    }
+
+    /// Only [`Resend::Idempotent`](crate::retry::Resend::Idempotent) operations are retried
+    /// here, so this is never asked; no forge error proves a write did not happen.
+    fn not_executed(&self) -> bool {
+        false
+    }
 }
 
 /// A comment on an issue or pull request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Comment {
-    pub id: u64,
+    pub id: i64,
     pub author: User,
     pub body: String,
     pub url: Option<String>,
@@ -235,11 +228,15 @@ impl Forge {
     /// Builds the client for the detected (or overridden) forge. The token is used only in the
     /// `Authorization` header (marked sensitive) and redacted from every error.
     pub fn from_context(ctx: &ForgeContext, token: SecretString) -> Result<Forge, ForgeError> {
-        Ok(match ctx.kind {
+        let forge = match ctx.kind {
             ForgeKind::GitHub => Forge::GitHub(github::GitHub::new(&ctx.api_url, ctx.repo.clone(), token)?),
             ForgeKind::Forgejo => {
                 Forge::Forgejo(forgejo::Forgejo::new(&ctx.api_url, ctx.repo.clone(), token)?)
             }
+        };
+        Ok(match &ctx.bot_login {
+            Some(login) => forge.with_login(login.clone()),
+            None => forge,
         })
     }
 
@@ -252,14 +249,10 @@ impl Forge {
         self
     }
 
-    /// Sets the login whose comments count as ours when the token cannot ask `GET /user`
-    /// (the GitHub Actions token cannot; see [`github::ACTIONS_BOT_LOGIN`]).
-    pub fn with_login(mut self, login: impl Into<String>) -> Forge {
-        let login = Some(login.into());
-        match &mut self {
-            Forge::GitHub(b) => b.login_override = login,
-            Forge::Forgejo(b) => b.login_override = login,
-        }
+    /// Names the account whose comments and issues count as ours (`--bot-login`): needed
+    /// only when the token cannot tell (see [`identity`]).
+    pub fn with_login(self, login: impl Into<String>) -> Forge {
+        self.identity().set(Me::Known { id: None, login: login.into() });
         self
     }
 
@@ -277,6 +270,13 @@ impl Forge {
         }
     }
 
+    fn identity(&self) -> &identity::IdentityCache {
+        match self {
+            Forge::GitHub(b) => &b.me,
+            Forge::Forgejo(b) => &b.me,
+        }
+    }
+
     pub(crate) fn retry(&self) -> RetryPolicy {
         match self {
             Forge::GitHub(b) => b.retry,
@@ -284,9 +284,19 @@ impl Forge {
         }
     }
 
-    /// The login of the token's own user: only its comments and issues are ever edited.
-    pub async fn current_login(&self) -> Result<String, ForgeError> {
-        dispatch!(self, b => b.current_login())
+    /// Who the token writes as: only that account's comments and issues are ever edited or
+    /// trusted. Asked once per run (`GET /user`), unless `--bot-login` named it.
+    pub async fn me(&self) -> Result<Me, ForgeError> {
+        if let Some(me) = self.identity().get() {
+            return Ok(me);
+        }
+        let me = match dispatch!(self, b => b.whoami())? {
+            Some(user) => Me::Known { id: Some(user.id), login: user.login },
+            None => Me::SomeApp,
+        };
+        tracing::debug!("the forge token writes as {}", me.describe());
+        self.identity().set(me.clone());
+        Ok(me)
     }
 
     /// Every comment of an issue or pull request, all pages.
@@ -294,12 +304,15 @@ impl Forge {
         dispatch!(self, b => b.list_comments(number))
     }
 
+    /// Posts a comment; its author tells an installation token who it is.
     pub async fn create_comment(&self, number: u64, body: &str) -> Result<Comment, ForgeError> {
         check_size("create a comment", body)?;
-        dispatch!(self, b => b.create_comment(number, body))
+        let comment = dispatch!(self, b => b.create_comment(number, body))?;
+        self.identity().learn(&comment.author);
+        Ok(comment)
     }
 
-    pub async fn update_comment(&self, id: u64, body: &str) -> Result<Comment, ForgeError> {
+    pub async fn update_comment(&self, id: i64, body: &str) -> Result<Comment, ForgeError> {
         check_size("edit a comment", body)?;
         dispatch!(self, b => b.update_comment(id, body))
     }
@@ -311,7 +324,9 @@ impl Forge {
 
     pub async fn create_issue(&self, title: &str, body: &str) -> Result<Issue, ForgeError> {
         check_size("open an issue", body)?;
-        dispatch!(self, b => b.create_issue(title, body))
+        let issue = dispatch!(self, b => b.create_issue(title, body))?;
+        self.identity().learn(&issue.author);
+        Ok(issue)
     }
 
     pub async fn edit_issue(&self, number: u64, edit: &IssueEdit<'_>) -> Result<Issue, ForgeError> {
@@ -327,7 +342,8 @@ impl Forge {
     }
 
     /// Sets a commit status such as `nixprox/plan` on `sha`. The description is cut to the
-    /// 140 characters GitHub accepts.
+    /// 140 characters GitHub accepts. The answer's `creator` is the token's account: an
+    /// installation token learns its identity here.
     pub async fn set_status(
         &self,
         sha: &str,
@@ -336,13 +352,17 @@ impl Forge {
         description: &str,
         target_url: Option<&str>,
     ) -> Result<(), ForgeError> {
-        let description = truncate_chars(description, 140);
+        let description = crate::text::truncate(description, 140);
         let retry = self.retry();
-        retry
+        let creator = retry
             .run("set the commit status", || async {
                 dispatch!(self, b => b.set_status(sha, context, state, &description, target_url))
             })
-            .await
+            .await?;
+        if let Some(creator) = creator {
+            self.identity().learn(&creator);
+        }
+        Ok(())
     }
 }
 
@@ -354,31 +374,9 @@ fn check_size(op: &str, body: &str) -> Result<(), ForgeError> {
     Ok(())
 }
 
-/// Cuts `text` to at most `max` characters, ending with `…` when cut.
-pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_string();
-    }
-    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn truncates_by_characters() {
-        assert_eq!(truncate_chars("abc", 3), "abc");
-        assert_eq!(truncate_chars("äbcd", 3), "äb…");
-    }
-
-    #[test]
-    fn redacts_the_secret() {
-        assert_eq!(redact("bad token ghp_x", "ghp_x"), "bad token ***");
-        assert_eq!(redact("text", ""), "text");
-    }
 
     #[test]
     fn classifies_statuses() {

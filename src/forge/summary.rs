@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+/// The most a step's job summary may hold: GitHub drops a larger one ("upload aborted").
+pub const STEP_SUMMARY_LIMIT: usize = 1024 * 1024;
+
 /// The files the runner reads back after the step.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CiFiles {

@@ -43,10 +43,6 @@ pub const CLI_FLAGS: &[&str] = &[
     "--build-on",
 ];
 
-/// Memory (MiB) the kexec installer needs; a VM with less gets more for the install
-/// (the executor raises it before and restores it after).
-pub const KEXEC_MIN_MEMORY_MIB: u64 = 1536;
-
 /// One nixos-anywhere invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NixosAnywhere {

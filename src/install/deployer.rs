@@ -1,7 +1,7 @@
 //! The bridge from the apply executor to SSH and nixos-anywhere: [`SshDeployer`] implements
 //! [`NixosDeployer`] with [`install_host`](super::install_host) and
 //! [`switch_host`](super::switch_host), taking what they need from the host's declaration,
-//! the settings and the VM's metadata block (the pinned host key).
+//! the settings and the metadata block the executor read from the VM (the pinned host key).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,15 +10,19 @@ use anyhow::{Context, anyhow, bail};
 use futures::future::BoxFuture;
 
 use super::{
-    DiskKeySource, InstallRequest, NixBuild, SwitchAction, SwitchRequest, default_command, install_host,
-    run_build, switch_host,
+    DiskKeySource, InstallRequest, SwitchAction, SwitchRequest, build_toplevel, default_command,
+    install_host, run_build, switch_host,
 };
-use crate::apply::{DeployTarget, Deployed, NixosDeployer};
 use crate::config::Settings;
+use crate::deploy::{DeployTarget, Deployed, NixosDeployer};
+use crate::flake::DesiredHost;
 use crate::flake::host::{Bootstrap, DeployStrategy};
-use crate::metadata::Notes;
-use crate::proxmox::Client;
-use crate::ssh::{ClientKey, GeneratedHostKey, generate_host_key};
+use crate::flake::{Nix, OverrideInput};
+use crate::metadata::Metadata;
+use crate::ssh::{
+    ClientKey, ConnectOptions, GeneratedHostKey, HostKeyPolicy, SshError, SshTarget, generate_host_key,
+    probe_system, read_current_system, wait_for_port,
+};
 
 /// The environment variable read for the SSH key when the settings name neither a key file
 /// nor another variable.
@@ -27,15 +31,14 @@ pub const DEFAULT_KEY_ENV: &str = "NIXPROX_SSH_KEY";
 /// Installs and switches hosts over SSH.
 #[derive(Debug)]
 pub struct SshDeployer {
-    client: Client,
     /// The flake reference nixos-anywhere builds `<flake>#<host>` from.
     flake: String,
     key: ClientKey,
     command: Vec<String>,
     user_override: Option<String>,
-    /// `--override-input` pairs for the builds nixprox runs itself (nixos-anywhere evaluates
-    /// the flake with its lock file).
-    override_inputs: Vec<(String, String)>,
+    /// `--override-input`s for the builds nixprox runs itself (nixos-anywhere evaluates the
+    /// flake with its lock file).
+    override_inputs: Vec<OverrideInput>,
     install_timeout: Duration,
     connect_timeout: Duration,
 }
@@ -53,9 +56,8 @@ impl SshDeployer {
         env(DEFAULT_KEY_ENV).filter(|v| !v.trim().is_empty()).map(|_| ClientKey::Env(DEFAULT_KEY_ENV.into()))
     }
 
-    pub fn new(client: Client, flake: String, key: ClientKey, settings: &Settings) -> SshDeployer {
+    pub fn new(flake: String, key: ClientKey, settings: &Settings) -> SshDeployer {
         SshDeployer {
-            client,
             flake,
             key,
             command: settings.install.command.clone().unwrap_or_else(default_command),
@@ -66,33 +68,52 @@ impl SshDeployer {
         }
     }
 
-    /// Builds with these `--override-input` pairs (the ones the flake was evaluated with).
-    pub fn with_override_inputs(mut self, pairs: Vec<(String, String)>) -> SshDeployer {
-        self.override_inputs = pairs;
+    /// Builds with these `--override-input`s (the ones the flake was evaluated with).
+    pub fn with_override_inputs(mut self, inputs: Vec<OverrideInput>) -> SshDeployer {
+        self.override_inputs = inputs;
         self
     }
 
+    /// The host key the install puts in place: `install.hostKeyFile`'s, or a new one. With
+    /// `ssh.hostKey` declared it must be that key's private half: a new key would not match
+    /// what the flake says the host presents, and every later connection would be refused.
     fn host_key(target: &DeployTarget<'_>) -> anyhow::Result<GeneratedHostKey> {
         let host = &target.host.host;
-        match &target.host.install.host_key_file {
+        let key = match &target.host.install.host_key_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| {
                     format!(
                         "failed to read the host key `{path}` of host `{host}` (nixprox.install.hostKeyFile)"
                     )
                 })?;
-                Ok(GeneratedHostKey::from_private_openssh(&text)?)
+                GeneratedHostKey::from_private_openssh(&text)?
             }
-            None => Ok(generate_host_key(&format!("root@{host}"))?),
+            None if target.host.ssh.host_key.is_some() => bail!(
+                "host `{host}` declares `nixprox.ssh.hostKey`, so its install must put that key in place: set `nixprox.install.hostKeyFile` to its private half on the runner, or unset `nixprox.ssh.hostKey` to let nixprox generate and pin a new key"
+            ),
+            None => generate_host_key(&format!("root@{host}"))?,
+        };
+        if let Some(declared) = &target.host.ssh.host_key
+            && !same_key(declared, &key.public)
+        {
+            bail!(
+                "the key in `nixprox.install.hostKeyFile` of host `{host}` is not the one `nixprox.ssh.hostKey` declares (`{}`): make them the two halves of one key",
+                declared.trim()
+            );
         }
+        Ok(key)
     }
 
     async fn install_one(&self, target: DeployTarget<'_>) -> anyhow::Result<Deployed> {
         let host = target.host;
-        // nixos-anywhere logs in to the bootstrap system: the cloud-init user of a template.
+        let recorded = target.recorded;
+        let pinned_host_key = install_trust(&target, recorded)?;
+        // nixos-anywhere logs in to what runs now: an installed NixOS (a reinstall) as the
+        // host's SSH user; a new VM's bootstrap system as the template's cloud-init user.
+        let installed = recorded.is_some_and(|m| m.system.is_some());
         let user = match &host.bootstrap {
-            Bootstrap::Template { user, .. } => user.clone(),
-            Bootstrap::Iso { .. } => self.ssh_user(target),
+            Bootstrap::Template { user, .. } if !installed => user.clone(),
+            _ => self.ssh_user(target),
         };
         let disk_encryption_keys = host
             .install
@@ -120,6 +141,7 @@ impl SshDeployer {
             extra_files: host.install.extra_files.as_ref().map(PathBuf::from),
             install_timeout: self.install_timeout,
             connect_timeout: self.connect_timeout,
+            pinned_host_key,
         };
         let outcome = install_host(&request).await?;
         Ok(Deployed {
@@ -139,7 +161,7 @@ impl SshDeployer {
                 bail!("host `{}` has deploy.strategy = none; nothing to switch", host.host)
             }
         };
-        let host_key = self.pinned_key(&target).await?;
+        let host_key = Self::pinned_key(&target)?;
         self.build(host).await?;
         let request = SwitchRequest {
             host: host.host.clone(),
@@ -165,14 +187,49 @@ impl SshDeployer {
         Ok(Deployed { system: Some(outcome.system), disk_layout: None, host_key: None, time: Some(now()) })
     }
 
+    /// What an image boot left: the system the VM runs, checked over SSH against the key
+    /// pinned from the guest agent; a switch when that is not the host's toplevel.
+    async fn verify_image_one(&self, target: DeployTarget<'_>) -> anyhow::Result<Deployed> {
+        let host = target.host;
+        let host_key = Self::pinned_key(&target)?;
+        let key_file = self.key.materialize()?;
+        let policy = HostKeyPolicy::pinned(&host_key)?;
+        let ssh = SshTarget {
+            host: host.host.clone(),
+            address: target.address.to_string(),
+            port: host.ssh.port,
+            user: self.ssh_user(target),
+        };
+        // The VM has just booted: wait for sshd (it may still be generating its keys).
+        wait_for_port(&host.host, target.address, host.ssh.port, self.connect_timeout).await?;
+        let running = probe_system(&ssh, &key_file.load()?, &policy, self.connect_timeout)
+            .await
+            .with_context(|| format!("failed to check which system host `{}` booted", host.host))?;
+        let booted = Deployed {
+            system: Some(running.clone()),
+            disk_layout: Some(host.system.disk_layout_hash.clone()),
+            host_key: Some(host_key),
+            time: Some(now()),
+        };
+        if running == host.system.toplevel {
+            return Ok(booted);
+        }
+        tracing::info!(
+            host = %host.host,
+            "the image booted `{running}`, not the host's system: switching to {}",
+            host.system.toplevel
+        );
+        let switched = self.switch_one(target).await?;
+        Ok(Deployed { system: switched.system, time: switched.time, ..booted })
+    }
+
     /// Builds the host's toplevel on this runner, so `nix copy` has a closure to send (the
     /// plan only evaluated it). A different out path means the flake changed since evaluation.
     async fn build(&self, host: &crate::flake::DesiredHost) -> anyhow::Result<()> {
-        let mut build = NixBuild::toplevel(&self.flake, &host.host);
-        build.override_inputs = self.override_inputs.clone();
+        let build = build_toplevel(&Nix::default(), &self.flake, &host.host, &self.override_inputs);
         tracing::info!(host = %host.host, "building {}", host.system.toplevel);
         let built = run_build(&build, self.install_timeout).await.map_err(|reason| {
-            anyhow!("failed to build the system of host `{}` (`{}`): {reason}", host.host, build.installable)
+            anyhow!("failed to build the system of host `{}` (`{}`): {reason}", host.host, build.describe())
         })?;
         if built != host.system.toplevel {
             bail!(
@@ -188,18 +245,74 @@ impl SshDeployer {
         self.user_override.clone().unwrap_or_else(|| target.host.ssh.user.clone())
     }
 
-    /// The host key recorded at install, read fresh from the VM's notes.
-    async fn pinned_key(&self, target: &DeployTarget<'_>) -> anyhow::Result<String> {
+    /// The key the host must present: the declared `nixprox.ssh.hostKey`, else the one
+    /// pinned in the metadata block the executor just read.
+    fn pinned_key(target: &DeployTarget<'_>) -> anyhow::Result<String> {
         let host = &target.host.host;
-        let config = crate::apply::vm::read_raw(&self.client, target.node, target.vmid)
-            .await?
-            .with_context(|| format!("the VM of host `{host}` ({}/{}) is gone", target.node, target.vmid))?;
-        let description = config.get("description").and_then(|v| v.as_str()).unwrap_or_default();
-        Notes::parse(description).metadata().and_then(|m| m.host_key.clone()).with_context(|| {
+        pinned_host_key(target.host, target.recorded).map(str::to_string).with_context(|| {
             format!(
-                "host `{host}` has no pinned SSH host key in its metadata block, so nixprox cannot verify it; reinstall it through nixprox (policies.allow_reinstall) to pin one"
+                "host `{host}` has no pinned SSH host key (neither `nixprox.ssh.hostKey` nor one in its metadata block), so nixprox cannot verify it; declare `nixprox.ssh.hostKey`, or reinstall it through nixprox (policies.allow_reinstall) to pin one"
             )
         })
+    }
+
+    async fn read_system_one(&self, target: DeployTarget<'_>, host_key: &str) -> anyhow::Result<String> {
+        let host = &target.host.host;
+        let vmid = target.vmid;
+        let policy = HostKeyPolicy::pinned(host_key)
+            .map_err(|err| anyhow!("refusing to adopt `{host}` (VM {vmid}): {err}; nothing was changed"))?;
+        let key_file = self.key.materialize()?;
+        let key = key_file.load()?;
+        let ssh = SshTarget {
+            host: host.clone(),
+            address: target.address.to_string(),
+            port: target.host.ssh.port,
+            user: self.ssh_user(target),
+        };
+        let options = ConnectOptions { bound: self.connect_timeout, ..ConnectOptions::default() };
+        match read_current_system(&ssh, &key, &policy, &options, Duration::from_secs(30)).await {
+            Ok(Some(system)) => Ok(system),
+            Ok(None) => bail!(
+                "refusing to adopt `{host}` (VM {vmid}) in place: the machine at `{}` does not run NixOS (it has no `/run/current-system`); nothing was changed. To install NixOS on it, which wipes its disks, tag the VM `nixprox` in Proxmox: the next plan shows a gated `reinstall` (policies.allow_reinstall)",
+                target.address
+            ),
+            Err(err @ SshError::HostKeyMismatch { .. }) => {
+                bail!("refusing to adopt `{host}` (VM {vmid}): {err}; nothing was sent to it or changed")
+            }
+            Err(err) => Err(anyhow!(err).context(format!(
+                "failed to read the running system of `{host}` (VM {vmid}) before adopting it; nothing was changed"
+            ))),
+        }
+    }
+}
+
+/// The key a host must present: the declared `nixprox.ssh.hostKey` (the flake is reviewed,
+/// and an agenix or sops-nix user rotates the key there), else the one its metadata block pins.
+pub fn pinned_host_key<'a>(host: &'a DesiredHost, recorded: Option<&'a Metadata>) -> Option<&'a str> {
+    host.ssh.host_key.as_deref().or_else(|| recorded.and_then(|m| m.host_key.as_deref())).map(str::trim)
+}
+
+/// Whether two OpenSSH public key lines are the same key (comments do not count).
+fn same_key(a: &str, b: &str) -> bool {
+    a.split_whitespace().take(2).eq(b.split_whitespace().take(2))
+}
+
+/// Which machine an install may hand the new host key and the disk-encryption keys to: the one
+/// presenting the key pinned in the VM's block (`Some`), or, for a VM nixprox created and has
+/// not installed yet, whatever answers at its address (`None`: no key was ever pinned for it;
+/// see docs/security.md). Any other VM is refused: nothing identifies the machine.
+fn install_trust(target: &DeployTarget<'_>, recorded: Option<&Metadata>) -> anyhow::Result<Option<String>> {
+    if recorded.is_some_and(|m| m.created_uninstalled(target.vmid)) {
+        return Ok(None);
+    }
+    match pinned_host_key(target.host, recorded) {
+        Some(key) => Ok(Some(key.to_string())),
+        None => bail!(
+            "refusing to install `{}` on VM {}: no SSH host key is pinned for it in its metadata block and nixprox did not create it, so nixprox cannot verify the machine at `{}` before handing it the new host key and disk-encryption keys (check the key the VM presents on its console and add it to the block as `\"host_key\":\"ssh-ed25519 …\"`, or delete the VM so nixprox creates it anew)",
+            target.host.host,
+            target.vmid,
+            target.address
+        ),
     }
 }
 
@@ -211,8 +324,62 @@ impl NixosDeployer for SshDeployer {
     fn switch<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>> {
         Box::pin(self.switch_one(target))
     }
+
+    fn read_system<'a>(
+        &'a self,
+        target: DeployTarget<'a>,
+        host_key: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<String>> {
+        Box::pin(self.read_system_one(target, host_key))
+    }
+
+    fn verify_image_boot<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>> {
+        Box::pin(self.verify_image_one(target))
+    }
 }
 
 fn now() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::Created;
+    use crate::plan::testkit;
+
+    #[test]
+    fn secrets_go_to_a_pinned_machine_or_a_vm_nixprox_created() {
+        let host = testkit::host("web");
+        let target = DeployTarget {
+            host: &host,
+            node: "pve1",
+            vmid: 120,
+            address: "127.0.0.10",
+            plan_id: "p",
+            recorded: None,
+        };
+        let created = Metadata {
+            host: "web".into(),
+            created: Some(Created { vmid: 120, plan: "p".into() }),
+            ..Metadata::default()
+        };
+        assert_eq!(install_trust(&target, Some(&created)).expect("trusted"), None);
+        let pinned = Metadata { host_key: Some("ssh-ed25519 AAAA web".into()), ..created.clone() };
+        let installed = Metadata { system: Some("/nix/store/x".into()), ..pinned.clone() };
+        assert_eq!(
+            install_trust(&target, Some(&installed)).expect("pinned"),
+            Some("ssh-ed25519 AAAA web".into())
+        );
+        // A copy of the notes on another VM, an adopted VM, no block at all: refused.
+        let copied = Metadata { created: Some(Created { vmid: 99, plan: "p".into() }), ..created };
+        for recorded in [Some(&copied), Some(&Metadata { host: "web".into(), ..Metadata::default() }), None] {
+            let err = install_trust(&target, recorded).expect_err("refused").to_string();
+            assert!(
+                err.starts_with("refusing to install `web` on VM 120: no SSH host key is pinned"),
+                "{err}"
+            );
+            assert!(err.contains("`127.0.0.10`"), "{err}");
+        }
+    }
 }

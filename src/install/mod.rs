@@ -1,8 +1,10 @@
 //! Putting NixOS on a VM and keeping it current: install with nixos-anywhere (host key pinned
 //! before the install), switch with `nix copy` plus a detached, self-rolling-back activation.
 //!
-//! The requests are plain structs (no Proxmox types): the executor fills them from the plan
-//! and settings, and writes the metadata block from the outcomes.
+//! Nothing here talks to Proxmox. The apply executor hands [`SshDeployer`] a
+//! [`DeployTarget`](crate::deploy::DeployTarget) (the host, its address, the metadata block it
+//! read from the VM); the deployer fills the plain request structs below from it and the
+//! settings, and the executor writes the metadata block from the outcome.
 
 mod anywhere;
 mod deployer;
@@ -11,17 +13,14 @@ mod nix;
 mod run;
 mod switch;
 
+pub use anywhere::{CLI_FLAGS, NixosAnywhere, default_command};
+pub use deployer::{DEFAULT_KEY_ENV, SshDeployer, pinned_host_key};
+pub use extra_files::{HOST_KEY_PATH, prepare_extra_files};
+pub use nix::{NixCopy, build_toplevel, run_build};
+pub use run::{CommandSpec, RunFailure, TAIL_LINES, run_streaming};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
-use secrecy::SecretString;
-
-pub use anywhere::{CLI_FLAGS, KEXEC_MIN_MEMORY_MIB, NixosAnywhere, default_command};
-pub use deployer::{DEFAULT_KEY_ENV, SshDeployer};
-pub use extra_files::{HOST_KEY_PATH, prepare_extra_files};
-pub use nix::{NixBuild, NixCopy, parse_build_json, run_build};
-pub use run::{CommandSpec, RunFailure, TAIL_LINES, run_streaming};
 pub use switch::{ACTIVATE_SCRIPT, Activation, FinalStatus, SwitchAction};
 
 pub use crate::flake::host::BuildOn;
@@ -39,13 +38,18 @@ pub enum DiskKeySource {
     Env(String),
 }
 
+/// A disk key source that is neither `file:/path` nor `env:VARIABLE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid disk key source `{0}` (expected `file:/path` or `env:VARIABLE`)")]
+pub struct InvalidDiskKeySource(pub String);
+
 impl DiskKeySource {
     /// Parses `file:/path` or `env:VAR`.
-    pub fn parse(text: &str) -> Result<DiskKeySource, String> {
+    pub fn parse(text: &str) -> Result<DiskKeySource, InvalidDiskKeySource> {
         match text.split_once(':') {
             Some(("file", path)) if !path.is_empty() => Ok(DiskKeySource::File(path.into())),
             Some(("env", var)) if !var.is_empty() => Ok(DiskKeySource::Env(var.into())),
-            _ => Err(format!("invalid disk key source `{text}` (expected `file:/path` or `env:VARIABLE`)")),
+            _ => Err(InvalidDiskKeySource(text.to_string())),
         }
     }
 }
@@ -77,6 +81,10 @@ pub struct InstallRequest {
     pub install_timeout: Duration,
     /// Bound for the SSH port to answer before, and for the pinned SSH after, the install.
     pub connect_timeout: Duration,
+    /// The host key the machine at `address` must present before anything is handed to
+    /// nixos-anywhere (the key pinned in the VM's metadata block). `None` only for a VM nixprox
+    /// created and has not installed yet: no key was ever pinned for it.
+    pub pinned_host_key: Option<String>,
 }
 
 /// A verified install.
@@ -101,8 +109,10 @@ impl InstallOutcome {
             host_key: Some(self.host_key.clone()),
             git_rev,
             time: Some(time),
-            // The install finished: nothing is left half done.
+            // The install finished: nothing is left half done, and the VM is installed.
             applying: None,
+            created: None,
+            adopted: None,
         }
     }
 }
@@ -114,6 +124,10 @@ pub enum InstallError {
     Prepare { host: String, reason: String },
     #[error(transparent)]
     Ssh(#[from] SshError),
+    #[error(
+        "refusing to install `{host}`: the machine at its address could not be verified against the host key pinned for its VM, so nothing was sent to it (no host key, no disk-encryption key): {reason}"
+    )]
+    Unverified { host: String, reason: String },
     #[error(
         "nixos-anywhere failed for `{host}`: {reason}\n(the VM is left as it is; fix the cause and run apply again to resume)"
     )]
@@ -140,12 +154,14 @@ pub async fn install_host(request: &InstallRequest) -> Result<InstallOutcome, In
         let local = match source {
             DiskKeySource::File(path) => path.clone(),
             DiskKeySource::Env(var) => {
-                let value = std::env::var(var).map_err(|_| {
+                // Byte for byte: a key's trailing newline or spaces are part of the key.
+                let value = std::env::var_os(var).filter(|v| !v.is_empty()).ok_or_else(|| {
                     prepare(format!(
-                        "environment variable `{var}` for disk key `{remote}` is not set (set the CI secret)"
+                        "environment variable `{var}` for disk key `{remote}` is not set or empty (set the CI secret)"
                     ))
                 })?;
-                let file = KeyFile::from_text(&SecretString::from(value))?;
+                let file =
+                    KeyFile::from_exact_bytes(std::os::unix::ffi::OsStrExt::as_bytes(value.as_os_str()))?;
                 let path = file.path().to_path_buf();
                 disk_key_files.push(file);
                 path
@@ -154,6 +170,9 @@ pub async fn install_host(request: &InstallRequest) -> Result<InstallOutcome, In
         disk_keys.push((remote.clone(), local));
     }
     wait_for_port(&request.host, &request.address, request.port, request.connect_timeout).await?;
+    if let Some(pinned) = &request.pinned_host_key {
+        verify_target(request, &key_file, pinned).await?;
+    }
     let anywhere = NixosAnywhere {
         command: request.command.clone(),
         flake: request.flake.clone(),
@@ -191,6 +210,32 @@ pub async fn install_host(request: &InstallRequest) -> Result<InstallOutcome, In
         return Err(InstallError::SystemMismatch { host, expected: request.toplevel.clone(), got: system });
     }
     Ok(InstallOutcome { host, system, host_key: request.host_key.public.trim().to_string(), log_tail })
+}
+
+/// Checks that the machine at the request's address presents `pinned` (and lets nixprox's key
+/// in) before the new host key and the disk-encryption keys go to nixos-anywhere. nixos-anywhere
+/// itself connects without checking host keys (`StrictHostKeyChecking=no`, which
+/// `--ssh-option` cannot undo: ssh keeps an option's first value), so this check, right before
+/// it starts, is what stands between the secrets and a machine that took over the address.
+async fn verify_target(
+    request: &InstallRequest,
+    key_file: &KeyFile,
+    pinned: &str,
+) -> Result<(), InstallError> {
+    let unverified = |reason: String| InstallError::Unverified { host: request.host.clone(), reason };
+    let policy = HostKeyPolicy::pinned(pinned).map_err(|err| unverified(err.to_string()))?;
+    let target = SshTarget {
+        host: request.host.clone(),
+        address: request.address.clone(),
+        port: request.port,
+        user: request.user.clone(),
+    };
+    let options = ConnectOptions { bound: request.connect_timeout, ..Default::default() };
+    let session = Session::connect(&target, &key_file.load()?, &policy, &options)
+        .await
+        .map_err(|err| unverified(err.to_string()))?;
+    session.close().await;
+    Ok(())
 }
 
 /// Everything one switch needs.
@@ -293,6 +338,8 @@ pub enum SwitchError {
 /// that never started.
 pub async fn switch_host(request: &SwitchRequest) -> Result<SwitchOutcome, SwitchError> {
     let host = request.host.clone();
+    // Another user than root does what needs root through `sudo -n` (docs/security.md).
+    let sudo = request.user != "root";
     let key_file = request.key.materialize()?;
     let key: Arc<_> = key_file.load()?;
     let policy = HostKeyPolicy::pinned(&request.host_key)?;
@@ -320,13 +367,16 @@ pub async fn switch_host(request: &SwitchRequest) -> Result<SwitchOutcome, Switc
         known_hosts: known_hosts.path().to_path_buf(),
         check_sigs: request.check_sigs,
         paths: vec![request.toplevel.clone()],
+        sudo,
     };
     tracing::info!(host = %host, "copying {} with nix copy", request.toplevel);
-    run_streaming(&copy.spec(), &host, request.copy_timeout).await.map_err(|failure| SwitchError::Copy {
-        host: host.clone(),
-        system: request.toplevel.clone(),
-        reason: failure.describe(),
-    })?;
+    run_streaming(&copy.spec(&crate::flake::Nix::default()), &host, request.copy_timeout).await.map_err(
+        |failure| SwitchError::Copy {
+            host: host.clone(),
+            system: request.toplevel.clone(),
+            reason: failure.describe(),
+        },
+    )?;
     let activation = Activation {
         system: request.toplevel.clone(),
         action: request.action,
@@ -334,6 +384,7 @@ pub async fn switch_host(request: &SwitchRequest) -> Result<SwitchOutcome, Switc
         confirm_timeout: request.confirm_timeout,
         activation_timeout: request.activation_timeout,
         id: unique_id(),
+        sudo,
     };
     tracing::info!(host = %host, "activating ({})", request.action.as_str());
     let (status, log) =

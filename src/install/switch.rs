@@ -77,6 +77,9 @@ pub struct Activation {
     pub activation_timeout: Duration,
     /// A unique name for this switch's state directory.
     pub id: String,
+    /// The login user is not root: every command on the target runs through `sudo -n` (the
+    /// state directory, the system profile and `switch-to-configuration` need root).
+    pub sudo: bool,
 }
 
 impl Activation {
@@ -88,14 +91,20 @@ impl Activation {
     pub fn launch_command(&self) -> String {
         let dir = self.state_dir();
         let script = base64::engine::general_purpose::STANDARD.encode(ACTIVATE_SCRIPT);
-        format!(
+        self.as_root(&format!(
             "mkdir -p {dir} && chmod 700 {dir} && printf %s {script} | base64 -d > {dir}/activate.sh && \
              {{ setsid nohup sh {dir}/activate.sh {dir} {system} {action} {wait} {rollback} > {dir}/log 2>&1 < /dev/null & }}",
             system = shell_quote(&self.system),
             action = self.action.as_str(),
             wait = self.confirm_timeout.as_secs().max(1),
             rollback = u8::from(self.rollback),
-        )
+        ))
+    }
+
+    /// `command` as root: as it is, or through `sudo -n sh -c` (never prompts; without
+    /// passwordless sudo it fails with sudo's message).
+    pub fn as_root(&self, command: &str) -> String {
+        if self.sudo { format!("sudo -n sh -c {}", shell_quote(command)) } else { command.to_string() }
     }
 }
 
@@ -154,7 +163,7 @@ pub async fn activate(
         )));
     }
     let dir = activation.state_dir();
-    let read_status = format!("cat {dir}/status 2>/dev/null; true");
+    let read_status = activation.as_root(&format!("cat {dir}/status 2>/dev/null; true"));
     let poll = ConnectOptions {
         attempt_timeout: connect.attempt_timeout.min(Duration::from_secs(5)),
         bound: Duration::from_secs(5),
@@ -186,7 +195,14 @@ pub async fn activate(
         };
         tracing::debug!(host = %target.host, "activation status: `{status}` (last: {last})");
         if let Some(status) = parse_status(&status) {
-            let log = read_log(target, key, policy, &poll, &dir).await;
+            let log = read_log(
+                target,
+                key,
+                policy,
+                &poll,
+                &activation.as_root(&format!("tail -n 30 {dir}/log 2>/dev/null; true")),
+            )
+            .await;
             return Ok((status, log));
         }
         if !status.is_empty() {
@@ -196,7 +212,8 @@ pub async fn activate(
             // A fresh connection, opened after activation finished.
             match Session::connect(target, key, policy, &poll).await {
                 Ok(session) => {
-                    let out = session.exec(&format!("touch {dir}/confirm"), Duration::from_secs(10)).await;
+                    let confirm = activation.as_root(&format!("touch {dir}/confirm"));
+                    let out = session.exec(&confirm, Duration::from_secs(10)).await;
                     session.close().await;
                     confirmed = matches!(out, Ok(ref o) if o.success());
                     if !confirmed {
@@ -214,15 +231,16 @@ pub async fn activate(
     Err(ActivateError::Unconfirmed { waited: started.elapsed(), last })
 }
 
+/// The tail of the activation's log (`command` prints it).
 async fn read_log(
     target: &SshTarget,
     key: &std::sync::Arc<russh::keys::PrivateKey>,
     policy: &HostKeyPolicy,
     options: &ConnectOptions,
-    dir: &str,
+    command: &str,
 ) -> String {
     let Ok(session) = Session::connect(target, key, policy, options).await else { return String::new() };
-    let out = session.exec(&format!("tail -n 30 {dir}/log 2>/dev/null; true"), Duration::from_secs(10)).await;
+    let out = session.exec(command, Duration::from_secs(10)).await;
     session.close().await;
     out.map(|o| o.stdout.trim_end().to_string()).unwrap_or_default()
 }
@@ -270,10 +288,16 @@ mod tests {
             confirm_timeout: Duration::from_secs(60),
             activation_timeout: Duration::from_secs(600),
             id: "42".into(),
+            sudo: false,
         };
         let command = activation.launch_command();
         assert!(command.contains("{ setsid nohup sh /run/nixprox/switch-42/activate.sh /run/nixprox/switch-42 '/nix/store/abc-nixos-system-web' boot 60 1 > /run/nixprox/switch-42/log 2>&1 < /dev/null & }"), "{command}");
         assert_eq!(shell_quote("a'b"), r"'a'\''b'");
+        let with_sudo = Activation { sudo: true, ..activation };
+        let command = with_sudo.launch_command();
+        assert!(command.starts_with("sudo -n sh -c 'mkdir -p /run/nixprox/switch-42 && "), "{command}");
+        assert!(command.contains(r"'\''/nix/store/abc-nixos-system-web'\'' boot"), "{command}");
+        assert_eq!(with_sudo.as_root("touch x"), "sudo -n sh -c 'touch x'");
     }
 
     #[test]

@@ -7,15 +7,16 @@ use serde_json::json;
 
 use crate::config::Policies;
 use crate::flake::DesiredHost;
-use crate::flake::host::DeployStrategy;
+use crate::flake::host::{Bootstrap, DeployStrategy};
 use crate::proxmox::LiveVm;
-use crate::spec::format_size;
+use crate::proxmox::import::ImageStores;
+use crate::spec::{KEXEC_MIN_MEMORY_MIB, format_size};
 
 use super::fields::{self, SpecDiff};
 use super::id::plan_id;
 use super::model::{
-    Action, ActionKind, Blocked, Change, Drift, HostPlan, Plan, Probe, ProbeReport, SCHEMA_VERSION, Summary,
-    Unreachable, VmRef,
+    Action, ActionKind, Blocked, Change, Drift, HostPlan, Plan, PoolMove, Probe, ProbeReport, SCHEMA_VERSION,
+    Summary, Unreachable, VmRef,
 };
 
 /// Everything the planner looks at.
@@ -30,8 +31,14 @@ pub struct PlanInput<'a> {
     pub probes: Option<&'a BTreeMap<String, Probe>>,
 }
 
-/// Computes the plan.
+/// Computes the plan (image hosts as if their storages were empty and able to take images).
 pub fn plan(input: PlanInput<'_>) -> Plan {
+    plan_with_images(input, &ImageStores::default())
+}
+
+/// Computes the plan, with what the image storages of image hosts hold and allow
+/// ([`crate::proxmox::import::read_image_stores`]).
+pub fn plan_with_images(input: PlanInput<'_>, images: &ImageStores) -> Plan {
     let mut claimed = BTreeSet::new();
     let mut hosts: Vec<HostPlan> = Vec::new();
     let mut desired: Vec<&DesiredHost> = input.desired.iter().collect();
@@ -54,6 +61,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
     if let Some(only) = input.only {
         hosts.retain(|h| only.contains(&h.host));
     }
+    super::image::amend(&mut hosts, input.desired, images);
     let summary = summarize(&hosts);
     let id = plan_id(&hosts, input.desired, input.policies);
     let probe = input.probes.map(|probes| probe_report(probes, &hosts));
@@ -102,7 +110,9 @@ fn find_vm<'a>(host: &DesiredHost, live: &'a [LiveVm], claimed: &BTreeSet<u32>) 
                     Found::Taken(vm)
                 }
             }
-            Some(vm) if vm.name == host.spec.name => Found::Vm(vm, true),
+            // Untagged, its block naming this host: a create that stopped before the tag.
+            Some(vm) if recorded_host(vm) == Some(host.host.as_str()) => Found::Vm(vm, false),
+            Some(vm) if vm.name == host.spec.name && recorded_host(vm).is_none() => Found::Vm(vm, true),
             Some(vm) => Found::Taken(vm),
         };
     }
@@ -125,6 +135,11 @@ fn find_vm<'a>(host: &DesiredHost, live: &'a [LiveVm], claimed: &BTreeSet<u32>) 
     }
 }
 
+/// Why the VM's metadata block cannot be read (with the fix), if it cannot.
+fn unreadable_block(vm: &LiveVm) -> Option<&str> {
+    vm.config.as_ref()?.unreadable_block.as_deref()
+}
+
 fn recorded_host(vm: &LiveVm) -> Option<&str> {
     vm.config.as_ref()?.metadata.as_ref().map(|m| m.host.as_str())
 }
@@ -139,9 +154,13 @@ fn blocked(mut action: Action, reason: impl Into<String>, setting: Option<&str>)
 }
 
 fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Option<&Probe>) -> HostPlan {
+    if host.keep {
+        return plan_kept(host, found);
+    }
     let mut vm = VmRef { node: host.node.clone(), vmid: host.vmid };
     let mut drift = None;
     let mut pending = Vec::new();
+    let mut pool_move = None;
     let actions = match found {
         Found::None => plan_create(host),
         Found::Taken(other) => vec![blocked(
@@ -165,11 +184,24 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
                 None,
             )]
         }
+        Found::Vm(live, _) if let Some(reason) = unreadable_block(live) => {
+            vm = VmRef { node: live.node.clone(), vmid: Some(live.vmid) };
+            vec![blocked(
+                action(ActionKind::UpdateVm, "nixprox cannot read this VM's metadata block", Vec::new()),
+                format!(
+                    "the nixprox block in the notes of VM {} cannot be read: {reason}; nixprox leaves the VM untouched until then",
+                    live.vmid
+                ),
+                None,
+            )]
+        }
         Found::Vm(live, adopting) => {
             vm = VmRef { node: live.node.clone(), vmid: Some(live.vmid) };
             drift = drift_of(live, probe);
             pending = live.config.as_ref().map(|c| c.pending.iter().cloned().collect()).unwrap_or_default();
-            plan_existing(host, live, adopting, policies, drift.as_ref())
+            let actions = plan_existing(host, live, adopting, policies, drift.as_ref());
+            pool_move = pool_move_of(host, live, &actions);
+            actions
         }
     };
     let actions = if actions.is_empty() {
@@ -177,7 +209,34 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
     } else {
         actions
     };
-    HostPlan { host: host.host.clone(), vm, orphan: false, drift, actions, nixos_changes: None }
+    HostPlan { host: host.host.clone(), vm, orphan: false, drift, actions, pool_move, nixos_changes: None }
+}
+
+/// A host with `nixprox.vm.keep`: `release` of the VM nixprox manages for it, else `noop`.
+fn plan_kept(host: &DesiredHost, found: Found<'_>) -> HostPlan {
+    let (vm, managed) = match found {
+        Found::Vm(vm, adopting) => (Some(vm), !adopting),
+        _ => (None, false),
+    };
+    let released = super::adopt::plan_keep(vm.filter(|_| managed), vm.and_then(unreadable_block));
+    let actions = if released.is_empty() {
+        vec![action(ActionKind::Noop, super::adopt::kept_reason(vm), Vec::new())]
+    } else {
+        released
+    };
+    let vm = match vm {
+        Some(vm) => VmRef { node: vm.node.clone(), vmid: Some(vm.vmid) },
+        None => VmRef { node: host.node.clone(), vmid: host.vmid },
+    };
+    HostPlan { host: host.host.clone(), vm, orphan: false, drift: None, actions, pool_move: None, nixos_changes: None }
+}
+
+/// The pool move of a runnable `update_vm` (whose `pool` change shows it), for the executor.
+fn pool_move_of(host: &DesiredHost, live: &LiveVm, actions: &[Action]) -> Option<PoolMove> {
+    let current = &live.config.as_ref()?.spec.pool;
+    let updating = actions.iter().any(|a| a.kind == ActionKind::UpdateVm && a.blocked.is_none());
+    (updating && *current != host.spec.pool)
+        .then(|| PoolMove { from: current.clone(), to: host.spec.pool.clone() })
 }
 
 /// "in sync", or that the VM is in sync once it reboots into changes already made.
@@ -216,7 +275,6 @@ fn create_changes(host: &DesiredHost) -> Vec<Change> {
 }
 
 fn install_action(host: &DesiredHost, reason: &str) -> Action {
-    use crate::install::KEXEC_MIN_MEMORY_MIB;
     // The executor raises the memory for nixos-anywhere's kexec image; the reviewer sees it.
     let reason = if host.spec.memory_mib < KEXEC_MIN_MEMORY_MIB {
         format!("{reason} (memory raised to {KEXEC_MIN_MEMORY_MIB} MiB for kexec, restored after)")
@@ -235,13 +293,21 @@ fn install_action(host: &DesiredHost, reason: &str) -> Action {
     )
 }
 
+/// Why a VM cannot be created (or recreated) for the host: it declares no way to boot one.
+const NO_BOOTSTRAP: &str = "neither `nixprox.bootstrap.template` nor `nixprox.bootstrap.iso` is set and nixprox.yaml has no `defaults.template`: set one of them (only a VM nixprox creates needs one)";
+
 fn plan_create(host: &DesiredHost) -> Vec<Action> {
     let source = match &host.bootstrap {
-        crate::flake::host::Bootstrap::Template { template, .. } => match template {
+        Bootstrap::Template { template, .. } => match template {
             crate::flake::host::TemplateRef::Id(id) => format!("clone of template {id}"),
             crate::flake::host::TemplateRef::Name(name) => format!("clone of template `{name}`"),
         },
-        crate::flake::host::Bootstrap::Iso { iso } => format!("booting `{iso}`"),
+        Bootstrap::Iso { iso } => format!("booting `{iso}`"),
+        Bootstrap::Image(_) => "VM from its image".to_string(),
+        Bootstrap::Undeclared => {
+            let create = action(ActionKind::CreateVm, "no VM exists for this host", create_changes(host));
+            return vec![blocked(create, NO_BOOTSTRAP, None)];
+        }
     };
     vec![
         action(
@@ -271,21 +337,14 @@ fn plan_existing(
         )];
     };
     if adopting {
-        actions.push(action(
-            ActionKind::Adopt,
-            format!(
-                "VM {} is named like this host but not tagged `nixprox`; it will be tagged and managed",
-                live.vmid
-            ),
-            vec![Change {
-                field: "managed".into(),
-                before: Some(json!(false)),
-                after: Some(json!(true)),
-                effect: None,
-            }],
-        ));
+        let adopt = super::adopt::adopt_action(host, live, config);
+        if adopt.blocked.is_some() {
+            // Nothing may change on a VM nixprox cannot adopt: no tag, no update.
+            return vec![adopt];
+        }
+        actions.push(adopt);
     }
-    let SpecDiff { mut updates, grows, mut replacements } = fields::diff(&host.spec, &config.spec);
+    let SpecDiff { mut updates, grows, mut replacements, detaches } = fields::diff(&host.spec, &config.spec);
     if !adopting && !live.is_managed() {
         updates.insert(
             0,
@@ -297,43 +356,36 @@ fn plan_existing(
             },
         );
     }
-    if live.node != host.node {
-        replacements.insert(
-            0,
-            (
-                Change {
-                    field: "node".into(),
-                    before: Some(json!(live.node)),
-                    after: Some(json!(host.node)),
-                    effect: None,
-                },
-                format!("the VM moves from node {} to {}", live.node, host.node),
-            ),
-        );
-    }
+    let node_change = (live.node != host.node).then(|| Change {
+        field: "node".into(),
+        before: Some(json!(live.node)),
+        after: Some(json!(host.node)),
+        effect: None,
+    });
     if !replacements.is_empty() {
-        let reason = replacements.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>().join("; ");
-        let changes = replacements.into_iter().map(|(c, _)| c).collect();
-        let replace =
-            action(ActionKind::ReplaceVm, format!("{reason}: destroy and recreate the VM"), changes);
-        if config.spec.protection {
-            actions.push(blocked(
-                replace,
-                "the VM is protected in Proxmox; turn off its protection (and `nixprox.vm.protection`) first",
-                None,
-            ));
-        } else if !policies.allow_replace {
-            actions.push(blocked(
-                replace,
-                "replacing destroys the VM and its disks",
-                Some("policies.allow_replace"),
-            ));
-        } else {
+        if let Some(change) = node_change {
+            // Recreated anyway: on the new node.
+            let why = format!("the VM moves from node {} to {}", live.node, host.node);
+            replacements.insert(0, (change, why));
+        }
+        let replace = plan_replace(host, config, replacements, policies);
+        if replace.blocked.is_none() {
             actions.push(replace);
             actions.push(install_action(host, "the replaced VM needs NixOS installed"));
             return actions;
         }
+        actions.push(replace);
+    } else if let Some(change) = node_change {
+        actions.push(action(
+            ActionKind::MigrateVm,
+            format!(
+                "the VM moves from node {} to {}: Proxmox migrates it (live while it runs, its local disks with it), keeping its VMID, disks and system",
+                live.node, host.node
+            ),
+            vec![change],
+        ));
     }
+    let detach = super::detach::plan_detach(live.vmid, config, detaches, &mut updates, policies);
     if !updates.is_empty() {
         let reboot = updates.iter().any(|c| c.effect == Some(super::model::Effect::NeedsReboot));
         let reason = if reboot {
@@ -343,6 +395,7 @@ fn plan_existing(
         };
         actions.push(action(ActionKind::UpdateVm, reason, updates));
     }
+    actions.extend(detach);
     if !grows.is_empty() {
         let n = grows.len();
         actions.push(action(
@@ -351,36 +404,47 @@ fn plan_existing(
             grows,
         ));
     }
-    actions.extend(plan_system(host, live, adopting, policies, drift));
+    if adopting {
+        actions.extend(super::adopt::adopted_switch(host));
+    } else {
+        actions.extend(plan_system(host, live, policies, drift));
+    }
     actions
 }
 
-/// install, switch or reinstall, from the metadata block against the evaluated system.
-fn plan_system(
+/// `replace_vm` for what Proxmox cannot change in place, gated: never on a protected VM, never
+/// without a way to create the VM again, and only with `policies.allow_replace`.
+fn plan_replace(
     host: &DesiredHost,
-    live: &LiveVm,
-    adopting: bool,
+    config: &crate::proxmox::LiveConfig,
+    replacements: Vec<(Change, String)>,
     policies: Policies,
-    drift: Option<&Drift>,
-) -> Vec<Action> {
+) -> Action {
+    let reason = replacements.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>().join("; ");
+    let changes = replacements.into_iter().map(|(c, _)| c).collect();
+    let replace = action(ActionKind::ReplaceVm, format!("{reason}: destroy and recreate the VM"), changes);
+    if config.spec.protection {
+        blocked(
+            replace,
+            "the VM is protected in Proxmox; turn off its protection (and `nixprox.vm.protection`) first",
+            None,
+        )
+    } else if host.bootstrap == Bootstrap::Undeclared {
+        blocked(replace, NO_BOOTSTRAP, None)
+    } else if !policies.allow_replace {
+        blocked(replace, "replacing destroys the VM and its disks", Some("policies.allow_replace"))
+    } else {
+        replace
+    }
+}
+
+/// install, switch or reinstall, from the metadata block against the evaluated system.
+fn plan_system(host: &DesiredHost, live: &LiveVm, policies: Policies, drift: Option<&Drift>) -> Vec<Action> {
     let metadata = live.config.as_ref().and_then(|c| c.metadata.as_ref());
     let want = &host.system;
     let system = metadata.and_then(|m| m.system.as_deref());
     let Some(system) = system else {
-        if adopting {
-            let reinstall = action(
-                ActionKind::Reinstall,
-                "the adopted VM has no NixOS installed by nixprox; installing wipes its disks",
-                vec![Change {
-                    field: "system".into(),
-                    before: None,
-                    after: Some(json!(want.toplevel)),
-                    effect: None,
-                }],
-            );
-            return vec![gate_reinstall(reinstall, live, policies)];
-        }
-        return vec![install_action(host, "no NixOS system is recorded for this VM")];
+        return vec![first_install(host, live, policies)];
     };
     let recorded_layout = metadata.and_then(|m| m.disk_layout.as_deref());
     if let Some(layout) = recorded_layout
@@ -440,6 +504,41 @@ fn plan_system(
     )]
 }
 
+/// NixOS on a VM that records no system. Without a gate only on a VM nixprox created itself
+/// (its `created` marker names this VMID): any other VM may hold data that the install wipes.
+fn first_install(host: &DesiredHost, live: &LiveVm, policies: Policies) -> Action {
+    let metadata = live.config.as_ref().and_then(|c| c.metadata.as_ref());
+    let why = match metadata {
+        Some(m) if m.created_uninstalled(live.vmid) => {
+            return install_action(host, "nixprox created this VM and has not installed NixOS on it yet");
+        }
+        None => "the VM is tagged `nixprox` but its notes hold no metadata block, so nixprox did not create it"
+            .to_string(),
+        Some(m) => match &m.created {
+            Some(created) => format!(
+                "the metadata block says nixprox created VM {}, but this is VM {} (a copy or a restore?)",
+                created.vmid, live.vmid
+            ),
+            None if m.applying.is_some() => "an install started by an earlier nixprox did not finish, and its block does not record that nixprox created the VM (allow the install with `policies.allow_reinstall`, or delete the VM so nixprox creates it anew)".to_string(),
+            None => "no NixOS system is recorded and nixprox did not create this VM".to_string(),
+        },
+    };
+    let reinstall = action(
+        ActionKind::Reinstall,
+        format!(
+            "{why}; installing NixOS wipes its disks (if it already runs NixOS, `nixprox forget {}` lets the next plan adopt it in place instead)",
+            host.host
+        ),
+        vec![Change {
+            field: "system".into(),
+            before: None,
+            after: Some(json!(host.system.toplevel)),
+            effect: None,
+        }],
+    );
+    gate_reinstall(reinstall, live, policies)
+}
+
 fn strategy_name(strategy: DeployStrategy) -> &'static str {
     match strategy {
         DeployStrategy::Switch => "switch",
@@ -480,7 +579,16 @@ fn plan_orphan(vm: &LiveVm, policies: Policies) -> HostPlan {
     }
     let destroy = action(ActionKind::DestroyVm, reason, changes);
     let protected = config.is_some_and(|c| c.spec.protection);
-    let destroy = if protected {
+    let destroy = if let Some(unreadable) = unreadable_block(vm) {
+        blocked(
+            destroy,
+            format!(
+                "the nixprox block in the notes of VM {} cannot be read: {unreadable}; nixprox never destroys a VM it cannot identify, whatever `policies.prune_orphans` says",
+                vm.vmid
+            ),
+            None,
+        )
+    } else if protected {
         blocked(destroy, "the VM is protected in Proxmox; nixprox never destroys a protected VM", None)
     } else if !policies.prune_orphans {
         blocked(
@@ -497,6 +605,7 @@ fn plan_orphan(vm: &LiveVm, policies: Policies) -> HostPlan {
         orphan: true,
         drift: None,
         actions: vec![destroy],
+        pool_move: None,
         nixos_changes: None,
     }
 }

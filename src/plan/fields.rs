@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::spec::{DiskSpec, NetSpec, VmSpec, format_size};
+use crate::metadata::Notes;
+use crate::spec::{DiskSpec, NetSpec, SizeCheck, VmSpec, check_size, format_size};
 
 use super::model::{Change, Effect};
 
@@ -18,6 +19,8 @@ pub struct SpecDiff {
     pub grows: Vec<Change>,
     /// Changes Proxmox cannot make in place, with the reason (`replace_vm`).
     pub replacements: Vec<(Change, String)>,
+    /// Disks the VM has and the flake does not declare (`detach_disk`, gated).
+    pub detaches: Vec<Change>,
 }
 
 /// Every field of a spec as `(field, value)`, in display order: the `after` side of a create.
@@ -113,8 +116,8 @@ pub fn diff(desired: &VmSpec, live: &VmSpec) -> SpecDiff {
     update("agent", json!(live.agent), json!(desired.agent), Effect::NeedsReboot);
     update("tags", json!(live.tags), json!(desired.tags), Effect::Hotplug);
     // An empty description leaves the notes alone: adopting a VM must not erase what its
-    // owner wrote there.
-    if !desired.description.is_empty() {
+    // owner wrote there. Trailing white space is not a difference (Proxmox drops it).
+    if !desired.description.is_empty() && !Notes::same_text(&desired.description, &live.description) {
         update("description", json!(live.description), json!(desired.description), Effect::Hotplug);
     }
     update("onBoot", json!(live.on_boot), json!(desired.on_boot), Effect::Hotplug);
@@ -154,13 +157,14 @@ fn diff_disks(desired: &BTreeMap<String, DiskSpec>, live: &BTreeMap<String, Disk
             ));
         }
         let (before, after) = (format_size(have.size_bytes), format_size(want.size_bytes));
-        if want.size_bytes > have.size_bytes {
-            out.grows.push(change(field("size"), json!(before), json!(after), None));
-        } else if want.size_bytes < have.size_bytes {
-            out.replacements.push((
+        // A disk a little larger than declared is what the storage made of the declared size.
+        match check_size(want.size_bytes, have.size_bytes) {
+            SizeCheck::Grow => out.grows.push(change(field("size"), json!(before), json!(after), None)),
+            SizeCheck::InSync => {}
+            SizeCheck::Shrink => out.replacements.push((
                 change(field("size"), json!(before), json!(after), None),
                 format!("disk {slot} would shrink from {before} to {after}, and Proxmox cannot shrink disks"),
-            ));
+            )),
         }
         let mut option = |name: &str, before: Value, after: Value| {
             if before != after {
@@ -174,12 +178,13 @@ fn diff_disks(desired: &BTreeMap<String, DiskSpec>, live: &BTreeMap<String, Disk
     }
     for (slot, have) in live {
         if !desired.contains_key(slot) {
-            // Proxmox detaches a removed disk as `unusedN`: the data stays on the storage.
-            out.updates.push(Change {
+            // Proxmox detaches a removed disk as `unusedN` (the data stays on the storage), but
+            // the guest loses it: never a plain update (see `plan::detach`).
+            out.detaches.push(Change {
                 field: format!("disks.{slot}"),
                 before: Some(disk_value(have)),
                 after: None,
-                effect: Some(Effect::NeedsReboot),
+                effect: None,
             });
         }
     }

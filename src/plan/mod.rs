@@ -1,16 +1,21 @@
 //! The planner: desired hosts against live VMs, as a pure function, and the plan's data.
 
+mod adopt;
+mod detach;
 pub mod engine;
 pub mod fields;
 pub mod id;
+pub mod image;
 pub mod model;
+pub mod privileges;
 #[cfg(test)]
 pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{PlanInput, plan};
+pub use engine::{PlanInput, plan, plan_with_images};
+pub use image::image_stores_to_read;
 pub use model::{
-    Action, ActionKind, Blocked, Change, Drift, Effect, HostPlan, Plan, Probe, ProbeReport, Summary,
-    Unreachable, VmRef,
+    Action, ActionKind, Blocked, Change, Drift, Effect, HostPlan, Plan, PoolMove, Probe, ProbeReport,
+    Summary, Unreachable, VmRef,
 };

@@ -12,66 +12,87 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionKind {
+    UploadImage,
     CreateVm,
     Adopt,
     UpdateVm,
+    MigrateVm,
+    DetachDisk,
     ResizeDisk,
     Install,
     Switch,
     Reinstall,
     ReplaceVm,
     DestroyVm,
+    Release,
     Noop,
 }
 
 impl ActionKind {
     /// Every kind, in the order summaries list them.
-    pub const ALL: [ActionKind; 10] = [
+    pub const ALL: [ActionKind; 14] = [
+        ActionKind::UploadImage,
         ActionKind::CreateVm,
         ActionKind::Adopt,
         ActionKind::UpdateVm,
+        ActionKind::MigrateVm,
+        ActionKind::DetachDisk,
         ActionKind::ResizeDisk,
         ActionKind::Install,
         ActionKind::Switch,
         ActionKind::Reinstall,
         ActionKind::ReplaceVm,
         ActionKind::DestroyVm,
+        ActionKind::Release,
         ActionKind::Noop,
     ];
 
     /// The snake_case name used in JSON, docs and the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
+            ActionKind::UploadImage => "upload_image",
             ActionKind::CreateVm => "create_vm",
             ActionKind::Adopt => "adopt",
             ActionKind::UpdateVm => "update_vm",
+            ActionKind::MigrateVm => "migrate_vm",
+            ActionKind::DetachDisk => "detach_disk",
             ActionKind::ResizeDisk => "resize_disk",
             ActionKind::Install => "install",
             ActionKind::Switch => "switch",
             ActionKind::Reinstall => "reinstall",
             ActionKind::ReplaceVm => "replace_vm",
             ActionKind::DestroyVm => "destroy_vm",
+            ActionKind::Release => "release",
             ActionKind::Noop => "noop",
         }
     }
 
-    /// Whether the action loses data or running state that cannot be recovered.
+    /// Whether the action loses data or running state that cannot be recovered. Detaching a
+    /// disk counts: the guest loses it (Proxmox keeps the volume as `unusedN`, but a system
+    /// that boots or mounts from it breaks).
     pub fn is_destructive(self) -> bool {
-        matches!(self, ActionKind::Reinstall | ActionKind::ReplaceVm | ActionKind::DestroyVm)
+        matches!(
+            self,
+            ActionKind::Reinstall | ActionKind::ReplaceVm | ActionKind::DestroyVm | ActionKind::DetachDisk
+        )
     }
 
     /// The verb summaries use: "2 to create".
     pub fn summary_verb(self) -> &'static str {
         match self {
+            ActionKind::UploadImage => "upload",
             ActionKind::CreateVm => "create",
             ActionKind::Adopt => "adopt",
             ActionKind::UpdateVm => "update",
+            ActionKind::MigrateVm => "migrate",
+            ActionKind::DetachDisk => "detach",
             ActionKind::ResizeDisk => "resize",
             ActionKind::Install => "install",
             ActionKind::Switch => "switch",
             ActionKind::Reinstall => "reinstall",
             ActionKind::ReplaceVm => "replace",
             ActionKind::DestroyVm => "destroy",
+            ActionKind::Release => "release",
             ActionKind::Noop => "unchanged",
         }
     }
@@ -138,10 +159,22 @@ pub struct HostPlan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drift: Option<Drift>,
     pub actions: Vec<Action>,
+    /// The pool move a runnable `update_vm` makes, typed for the executor (its `pool` change
+    /// shows it to the reviewer). Not serialised: the JSON and the plan id stay as they are.
+    #[serde(skip)]
+    pub pool_move: Option<PoolMove>,
     /// What changes inside NixOS between the pull request's base and head, for hosts whose
     /// system changes; set after planning (`run::changes`), never part of the plan id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nixos_changes: Option<crate::nixos_changes::NixosChanges>,
+}
+
+/// A VM moving between resource pools (`None`: no pool). Pool membership is not part of the
+/// VM config, so apply writes it on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolMove {
+    pub from: Option<String>,
+    pub to: Option<String>,
 }
 
 /// What `plan --probe` read from one installed host over SSH.

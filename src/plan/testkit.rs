@@ -67,7 +67,7 @@ pub fn host(name: &str) -> DesiredHost {
             ip_config: "ip=dhcp".into(),
         },
         address: Some("127.0.0.10".into()),
-        ssh: SshDecl { user: "root".into(), port: 22 },
+        ssh: SshDecl { user: "root".into(), port: 22, host_key: None },
         install: InstallDecl {
             build_on: BuildOn::Auto,
             extra_files: None,
@@ -82,7 +82,12 @@ pub fn host(name: &str) -> DesiredHost {
             allow_failed_units: false,
             allow_reboot: false,
         },
-        system: SystemEval { toplevel: format!("{SYSTEM}-{name}"), disk_layout_hash: LAYOUT.into() },
+        system: SystemEval {
+            toplevel: format!("{SYSTEM}-{name}"),
+            disk_layout_hash: LAYOUT.into(),
+            image: None,
+        },
+        keep: false,
     }
 }
 
@@ -107,7 +112,9 @@ pub fn live(name: &str, vmid: u32) -> LiveVm {
                 disk_layout: Some(LAYOUT.into()),
                 ..Metadata::default()
             }),
+            unreadable_block: None,
             pending: BTreeSet::new(),
+            boot_disks: vec!["scsi0".into()],
         }),
     }
 }

@@ -10,6 +10,7 @@ use super::{Plan, PlanInput, Probe, plan};
 use crate::config::Policies;
 use crate::flake::DesiredHost;
 use crate::flake::host::DeployStrategy;
+use crate::metadata::Created;
 use crate::proxmox::LiveVm;
 
 fn probed(
@@ -30,7 +31,7 @@ fn kinds(plan: &Plan, host: &str) -> Vec<(K, bool)> {
 }
 
 fn all() -> Policies {
-    Policies { prune_orphans: true, allow_reinstall: true, allow_replace: true }
+    Policies { prune_orphans: true, allow_reinstall: true, allow_replace: true, allow_detach_disks: true }
 }
 
 #[test]
@@ -72,16 +73,199 @@ fn install_on_a_small_vm_says_that_memory_is_raised_for_kexec() {
     assert_eq!(reason("db"), "new VM: install NixOS with nixos-anywhere");
 }
 
-#[test]
-fn unmanaged_vm_with_the_hosts_name_is_adopted_never_duplicated() {
-    let mut vm = live("web", 150);
+fn unmanaged(vmid: u32) -> LiveVm {
+    let mut vm = live("web", vmid);
     vm.tags.clear();
     config(&mut vm).metadata = None;
-    let plan = run(&[host("web")], &[vm.clone()], Policies::default());
-    // Adopting a VM nixprox did not install means wiping it: blocked by default.
-    assert_eq!(kinds(&plan, "web"), [(K::Adopt, false), (K::Reinstall, true)]);
-    let plan = run(&[host("web")], &[vm], all());
-    assert_eq!(kinds(&plan, "web"), [(K::Adopt, false), (K::Reinstall, false)]);
+    vm
+}
+
+#[test]
+fn unmanaged_vm_with_the_hosts_name_is_adopted_in_place_never_duplicated() {
+    // The guest agent is on: apply reads the host key through it. Never a reinstall.
+    let plan = run(&[host("web")], &[unmanaged(150)], all());
+    assert_eq!(kinds(&plan, "web"), [(K::Adopt, false), (K::Switch, false)]);
+    let adopt = &plan.hosts[0].actions[0];
+    assert!(adopt.reason.contains("its QEMU guest agent reads"), "{}", adopt.reason);
+    let switch = &plan.hosts[0].actions[1];
+    assert_eq!(
+        (switch.changes[0].before.clone(), switch.changes[0].after.clone()),
+        (None, Some(json!(format!("{SYSTEM}-web"))))
+    );
+    assert!(!plan.has_destructive());
+    // Declared key, no agent but a static address: the same.
+    let mut declared = host("web");
+    declared.ssh.host_key = Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIdeclared".into());
+    let mut no_agent = unmanaged(150);
+    config(&mut no_agent).spec.agent = false;
+    let plan = run(&[declared.clone()], std::slice::from_ref(&no_agent), Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::Adopt, false), (K::UpdateVm, false), (K::Switch, false)]);
+    assert!(plan.hosts[0].actions[0].reason.contains("the declared `nixprox.ssh.hostKey`"));
+    // deploy.strategy = none: adopted, not switched.
+    declared.deploy.strategy = DeployStrategy::None;
+    let plan = run(&[declared], &[no_agent], Policies::default());
+    assert_eq!(kinds(&plan, "web")[0], (K::Adopt, false));
+    assert!(!kinds(&plan, "web").contains(&(K::Switch, false)));
+}
+
+#[test]
+fn a_create_stopped_before_the_tag_is_resumed_not_adopted_even_by_vmid() {
+    let mut want = host("web");
+    want.vmid = Some(120);
+    let mut vm = live("web", 120);
+    vm.tags.clear();
+    created_uninstalled(&mut vm, 120);
+    let plan = run(std::slice::from_ref(&want), std::slice::from_ref(&vm), Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::UpdateVm, false), (K::Install, false)]);
+    // A block naming another host: that VMID is not this host's.
+    config(&mut vm).metadata.as_mut().expect("metadata").host = "db".into();
+    let plan = run(&[want], &[vm], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::CreateVm, true)]);
+}
+
+#[test]
+fn an_adoption_without_a_way_to_pin_the_host_key_is_blocked_naming_both() {
+    let mut vm = unmanaged(150);
+    config(&mut vm).spec.agent = false;
+    config(&mut vm).spec.cores = 8;
+    let plan = run(&[host("web")], &[vm.clone()], all());
+    // Nothing else either: no tag, no update of a VM nixprox cannot adopt.
+    assert_eq!(kinds(&plan, "web"), [(K::Adopt, true)]);
+    let blocked = plan.hosts[0].actions[0].blocked.as_ref().expect("blocked");
+    assert_eq!(blocked.setting, None);
+    for says in ["VM 150", "`nixprox.ssh.hostKey`", "QEMU guest agent", "never trusts a key on first use"] {
+        assert!(blocked.reason.contains(says), "`{says}` in {}", blocked.reason);
+    }
+    // A declared key without an address to reach: blocked too, asking for the address.
+    let mut declared = host("web");
+    declared.ssh.host_key = Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIdeclared".into());
+    declared.address = None;
+    let plan = run(&[declared], &[vm], all());
+    let blocked = plan.hosts[0].actions[0].blocked.as_ref().expect("blocked");
+    assert!(blocked.reason.contains("`nixprox.address`"), "{}", blocked.reason);
+}
+
+#[test]
+fn a_node_change_alone_is_a_migration() {
+    let mut want = host("web");
+    want.node = "pve2".into();
+    let plan = run(&[want.clone()], &[live("web", 101)], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::MigrateVm, false)]);
+    let change = &plan.hosts[0].actions[0].changes[0];
+    assert_eq!(
+        (change.field.as_str(), change.before.clone(), change.after.clone()),
+        ("node", Some(json!("pve1")), Some(json!("pve2")))
+    );
+    assert_eq!(plan.hosts[0].vm.node, "pve1", "the move starts from where the VM is");
+    assert!(!plan.has_destructive());
+    // With other changes, in the order apply makes them.
+    want.spec.cores = 4;
+    let plan = run(&[want], &[live("web", 101)], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::MigrateVm, false), (K::UpdateVm, false)]);
+}
+
+#[test]
+fn a_slot_mismatch_is_never_an_update_and_the_boot_disk_is_never_detached() {
+    // The flake says scsi0, the VM boots from virtio0.
+    let mut vm = live("web", 101);
+    let disk = config(&mut vm).spec.disks.remove("scsi0").expect("scsi0");
+    config(&mut vm).spec.disks.insert("virtio0".into(), disk);
+    config(&mut vm).boot_disks = vec!["virtio0".into()];
+    let plan = run(&[host("web")], std::slice::from_ref(&vm), all());
+    assert_eq!(kinds(&plan, "web"), [(K::DetachDisk, true)], "{plan:#?}");
+    let detach = &plan.hosts[0].actions[0];
+    let blocked = detach.blocked.as_ref().expect("blocked");
+    assert_eq!(blocked.setting, None, "nothing allows detaching a boot disk");
+    assert!(blocked.reason.contains("`virtio0` is the disk VM 101 boots from"), "{}", blocked.reason);
+    assert!(
+        detach.reason.contains(r#"`virtio0 = { storage = "local-lvm"; size = "20G"; };`"#),
+        "{}",
+        detach.reason
+    );
+    assert!(detach.reason.contains("nixprox import 101"), "{}", detach.reason);
+    // The disk the flake adds waits with it: shown there, never in an update.
+    let fields: Vec<&str> = detach.changes.iter().map(|c| c.field.as_str()).collect();
+    assert_eq!(fields, ["disks.virtio0", "disks.scsi0"]);
+    assert!(plan.has_destructive());
+}
+
+#[test]
+fn detaching_another_disk_is_gated_and_never_on_a_protected_vm() {
+    let mut vm = live("web", 101);
+    let mut data = config(&mut vm).spec.disks["scsi0"].clone();
+    data.size_bytes = 100 << 30;
+    config(&mut vm).spec.disks.insert("scsi1".into(), data);
+    let plan = run(&[host("web")], std::slice::from_ref(&vm), Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::DetachDisk, true)]);
+    let detach = &plan.hosts[0].actions[0];
+    assert_eq!(
+        detach.blocked.as_ref().and_then(|b| b.setting.as_deref()),
+        Some("policies.allow_detach_disks")
+    );
+    assert_eq!(detach.changes[0].field, "disks.scsi1");
+    let plan = run(&[host("web")], std::slice::from_ref(&vm), all());
+    assert_eq!(kinds(&plan, "web"), [(K::DetachDisk, false)]);
+    config(&mut vm).spec.protection = true;
+    let mut want = host("web");
+    want.spec.protection = true;
+    let plan = run(&[want], &[vm], all());
+    let blocked = plan.hosts[0].actions[0].blocked.as_ref().expect("blocked");
+    assert!(blocked.setting.is_none() && blocked.reason.contains("protected"), "{blocked:?}");
+}
+
+#[test]
+fn a_kept_host_releases_its_vm_and_never_creates_or_adopts_one() {
+    let mut keep = host("web");
+    keep.keep = true;
+    let plan = run(std::slice::from_ref(&keep), &[live("web", 101)], all());
+    assert_eq!(kinds(&plan, "web"), [(K::Release, false)]);
+    assert_eq!(plan.hosts[0].vm.vmid, Some(101));
+    assert!(!plan.has_destructive());
+    assert_eq!(plan.summary.orphans, 0, "a kept VM is no orphan");
+    // Released (untagged, no block): nothing more, and never adopted again.
+    let plan = run(std::slice::from_ref(&keep), &[unmanaged(101)], all());
+    assert_eq!(kinds(&plan, "web"), [(K::Noop, false)]);
+    assert!(plan.hosts[0].actions[0].reason.contains("not managed by nixprox"));
+    // No VM: none is created.
+    let plan = run(std::slice::from_ref(&keep), &[], all());
+    assert_eq!(kinds(&plan, "web"), [(K::Noop, false)]);
+    // A block nixprox cannot read is not rewritten.
+    let mut vm = live("web", 101);
+    config(&mut vm).metadata = None;
+    config(&mut vm).unreadable_block = Some("the block is version 2".into());
+    let plan = run(&[keep], &[vm], all());
+    assert_eq!(kinds(&plan, "web"), [(K::Release, true)]);
+}
+
+#[test]
+fn a_host_without_a_template_or_iso_plans_until_its_vm_must_be_created() {
+    let mut bare = host("web");
+    bare.bootstrap = crate::flake::host::Bootstrap::Undeclared;
+    let plan = run(std::slice::from_ref(&bare), &[live("web", 101)], all());
+    assert_eq!(kinds(&plan, "web"), [(K::Noop, false)]);
+    let plan = run(std::slice::from_ref(&bare), &[], all());
+    assert_eq!(kinds(&plan, "web"), [(K::CreateVm, true)]);
+    let blocked = plan.hosts[0].actions[0].blocked.as_ref().expect("blocked");
+    assert!(
+        blocked.reason.contains("`nixprox.bootstrap.template`") && blocked.setting.is_none(),
+        "{blocked:?}"
+    );
+    bare.spec.bios = crate::spec::Bios::Ovmf;
+    let plan = run(&[bare], &[live("web", 101)], all());
+    assert_eq!(kinds(&plan, "web"), [(K::ReplaceVm, true)]);
+}
+
+#[test]
+fn an_adopted_vm_gets_a_gated_reinstall_when_its_disk_layout_changes() {
+    let mut vm = live("web", 101);
+    config(&mut vm).metadata.as_mut().expect("metadata").adopted =
+        Some(crate::metadata::Adopted { vmid: 101, plan: "p".into() });
+    let plan = run(&[host("web")], std::slice::from_ref(&vm), Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::Noop, false)]);
+    let mut want = host("web");
+    want.system.disk_layout_hash = "sha256:new".into();
+    let plan = run(&[want], &[vm], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::Reinstall, true)]);
 }
 
 #[test]
@@ -180,12 +364,54 @@ fn protected_vms_are_never_replaced_even_when_allowed() {
     assert!(blocked.reason.contains("protected"));
 }
 
+/// Marks the VM as created by nixprox (as VMID `vmid`) and not installed.
+fn created_uninstalled(vm: &mut LiveVm, vmid: u32) {
+    let metadata = config(vm).metadata.as_mut().expect("metadata");
+    metadata.system = None;
+    metadata.created = Some(Created { vmid, plan: "p".into() });
+}
+
 #[test]
-fn a_vm_without_recorded_system_gets_installed() {
+fn a_vm_nixprox_created_and_did_not_install_gets_installed() {
     let mut vm = live("web", 101);
-    config(&mut vm).metadata.as_mut().expect("metadata").system = None;
+    created_uninstalled(&mut vm, 101);
     let plan = run(&[host("web")], &[vm], Policies::default());
     assert_eq!(kinds(&plan, "web"), [(K::Install, false)]);
+}
+
+#[test]
+fn any_other_vm_without_a_system_gets_a_gated_reinstall() {
+    let mut no_marker = live("web", 101);
+    config(&mut no_marker).metadata.as_mut().expect("metadata").system = None;
+    let mut no_block = live("web", 101);
+    config(&mut no_block).metadata = None;
+    let mut copied = live("web", 101);
+    created_uninstalled(&mut copied, 150);
+    for vm in [no_marker, no_block, copied] {
+        let plan = run(&[host("web")], std::slice::from_ref(&vm), Policies::default());
+        assert_eq!(kinds(&plan, "web"), [(K::Reinstall, true)], "{vm:?}");
+        let blocked = plan.hosts[0].actions[0].blocked.as_ref().expect("blocked");
+        assert_eq!(blocked.setting.as_deref(), Some("policies.allow_reinstall"));
+        let plan = run(&[host("web")], std::slice::from_ref(&vm), all());
+        assert_eq!(kinds(&plan, "web"), [(K::Reinstall, false)], "allowed: {vm:?}");
+    }
+}
+
+#[test]
+fn a_vm_whose_block_cannot_be_read_is_left_alone() {
+    let mut vm = live("web", 101);
+    config(&mut vm).metadata = None;
+    config(&mut vm).unreadable_block = Some("the block is version 2".into());
+    config(&mut vm).spec.cores = 8;
+    let plan = run(&[host("web")], std::slice::from_ref(&vm), all());
+    assert_eq!(kinds(&plan, "web"), [(K::UpdateVm, true)]);
+    let blocked = plan.hosts[0].actions[0].blocked.as_ref().expect("blocked");
+    assert_eq!(blocked.setting, None);
+    assert!(blocked.reason.contains("VM 101") && blocked.reason.contains("version 2"), "{}", blocked.reason);
+    // The same VM as an orphan is never destroyed, even with pruning on.
+    let plan = run(&[], &[vm], all());
+    assert_eq!(kinds(&plan, "web"), [(K::DestroyVm, true)]);
+    assert_eq!(plan.hosts[0].actions[0].blocked.as_ref().expect("blocked").setting, None);
 }
 
 #[test]
@@ -295,7 +521,7 @@ fn host_filter_restricts_the_plan() {
 fn an_untagged_vm_whose_notes_name_the_host_is_resumed_not_adopted() {
     let mut vm = live("web", 101);
     vm.tags.clear();
-    config(&mut vm).metadata.as_mut().expect("metadata").system = None;
+    created_uninstalled(&mut vm, 101);
     let plan = run(&[host("web")], &[vm], Policies::default());
     assert_eq!(kinds(&plan, "web"), [(K::UpdateVm, false), (K::Install, false)]);
     assert_eq!(plan.hosts[0].actions[0].changes[0].field, "managed");

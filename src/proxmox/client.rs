@@ -11,9 +11,11 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::error::{ProxmoxError, TransportKind, hint_for, redact};
+use super::error::{ProxmoxError, TransportKind, hint_for};
 use crate::config::ProxmoxSettings;
+use crate::retry::{Resend, RetryPolicy};
 use crate::secret::ApiToken;
+use crate::text::{redact, truncate};
 
 /// Bytes of an error body kept in [`ProxmoxError::Http::body`].
 const BODY_KEEP: usize = 4096;
@@ -48,47 +50,6 @@ impl ClientOptions {
             retry: RetryPolicy::new(settings.retries),
         }
     }
-}
-
-/// How often and how patiently transient failures are retried: exponential backoff with
-/// jitter, capped per wait, so a flapping API costs at most `retries × max_delay`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt.
-    pub retries: u32,
-    /// The first wait; each further wait doubles, up to `max_delay`.
-    pub base_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl RetryPolicy {
-    /// `retries` retries starting at 500 ms, capped at 8 s per wait.
-    pub fn new(retries: u32) -> RetryPolicy {
-        RetryPolicy { retries, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(8) }
-    }
-
-    /// No retries at all.
-    pub fn none() -> RetryPolicy {
-        RetryPolicy { retries: 0, ..RetryPolicy::new(0) }
-    }
-
-    /// The wait before retry number `attempt` (0-based): the backoff step with ±25 % jitter,
-    /// so many clients retrying the same node do not hit it in lockstep.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let step = self.base_delay.saturating_mul(1u32 << attempt.min(16)).min(self.max_delay);
-        let jitter = 0.75 + 0.5 * random_unit();
-        step.mul_f64(jitter).min(self.max_delay)
-    }
-}
-
-/// A number in `[0, 1)`, random enough for jitter without pulling in a RNG crate.
-fn random_unit() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
-    );
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// A connection to one Proxmox VE API. Cheap to clone (the HTTP pool is shared).
@@ -155,6 +116,11 @@ impl Client {
         &self.token.id
     }
 
+    /// The per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// `GET path?query`; returns `data`.
     pub async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, ProxmoxError> {
         self.call(Method::GET, path, query).await
@@ -175,38 +141,16 @@ impl Client {
         self.call(Method::DELETE, path, query).await
     }
 
-    /// One API call with retries: transient failures are retried when the method is
-    /// idempotent, or when the failure shows the request did not take effect (a POST that
-    /// timed out may have started a task, so it is not sent twice).
+    /// One API call with retries ([`crate::retry`]'s rule: a POST that may have started a
+    /// task, e.g. one that timed out, is not sent twice).
     pub async fn call(
         &self,
         method: Method,
         path: &str,
         params: &[(&str, &str)],
     ) -> Result<Value, ProxmoxError> {
-        let idempotent = matches!(method, Method::GET | Method::PUT | Method::DELETE);
-        let mut attempt = 0;
-        loop {
-            match self.once(&method, path, params).await {
-                Ok(data) => return Ok(data),
-                Err(err)
-                    if attempt < self.retry.retries
-                        && err.is_transient()
-                        && (idempotent || err.not_executed()) =>
-                {
-                    let wait = self.retry.delay(attempt);
-                    tracing::warn!(
-                        "{err}; retrying in {:.1}s ({}/{})",
-                        wait.as_secs_f64(),
-                        attempt + 1,
-                        self.retry.retries
-                    );
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        let what = format!("{method} {path}");
+        self.retry.run(&what, Resend::for_method(&method), || self.once(&method, path, params)).await
     }
 
     async fn once(
@@ -224,6 +168,32 @@ impl Client {
             };
         }
         tracing::debug!(%method, path, "proxmox request");
+        self.answer(method, path, request).await
+    }
+
+    /// `POST path` with a `multipart/form-data` body (an upload), sent once: a streamed body
+    /// cannot be replayed, and PVE does the work in a task whose UPID is the answer. `timeout`
+    /// replaces the per-request timeout, which is sized for API calls, not for sending gigabytes.
+    pub async fn post_multipart(
+        &self,
+        path: &str,
+        form: reqwest::multipart::Form,
+        timeout: Duration,
+    ) -> Result<Value, ProxmoxError> {
+        let url = format!("{}{path}", self.api);
+        let request =
+            self.http.post(&url).header(AUTHORIZATION, self.auth.clone()).multipart(form).timeout(timeout);
+        tracing::debug!(method = %Method::POST, path, "proxmox upload");
+        self.answer(&Method::POST, path, request).await
+    }
+
+    /// Sends `request` and unwraps PVE's `{"data": …}` envelope, or turns the answer into an error.
+    async fn answer(
+        &self,
+        method: &Method,
+        path: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Value, ProxmoxError> {
         let response = request.send().await.map_err(|err| self.transport(method, path, &err))?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|err| self.transport(method, path, &err))?;
@@ -236,7 +206,7 @@ impl Client {
             method: method.clone(),
             path: path.to_string(),
             detail,
-            body: cut(&text, BODY_SHOW),
+            body: truncate(&text, BODY_SHOW),
         };
         let mut envelope: Value =
             serde_json::from_str(&text).map_err(|err| decode(format!("invalid JSON: {err}")))?;
@@ -268,7 +238,7 @@ impl Client {
                 if body.is_empty() {
                     reason.to_string()
                 } else {
-                    format!("{reason}: {}", cut(body, BODY_SHOW))
+                    format!("{reason}: {}", truncate(body, BODY_SHOW))
                 }
             }
         };
@@ -278,7 +248,7 @@ impl Client {
             path: path.to_string(),
             status: status.as_u16(),
             message,
-            body: cut(text, BODY_KEEP),
+            body: truncate(text, BODY_KEEP),
             hint,
         }
     }
@@ -349,13 +319,6 @@ fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
     last.to_string()
 }
 
-fn cut(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((index, _)) => format!("{}…", &text[..index]),
-        None => text.to_string(),
-    }
-}
-
 fn normalize_url(url: &str) -> Result<String, ProxmoxError> {
     let trimmed = url.trim().trim_end_matches('/');
     let trimmed = trimmed.strip_suffix("/api2/json").unwrap_or(trimmed);
@@ -412,21 +375,6 @@ mod tests {
             "invalid Proxmox URL `http://pve:8006`: expected `https://host:port` (the API only speaks HTTPS)"
         );
         assert!(normalize_url("pve:8006").is_err());
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_stays_bounded() {
-        let policy = RetryPolicy {
-            retries: 10,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-        };
-        for attempt in 0..10 {
-            let delay = policy.delay(attempt);
-            let step = Duration::from_millis(100 * (1 << attempt)).min(Duration::from_secs(1));
-            assert!(delay >= step.mul_f64(0.75) && delay <= Duration::from_secs(1), "{attempt}: {delay:?}");
-        }
-        assert_eq!(RetryPolicy::none().retries, 0);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! can help. Callers (planner, executor) branch on the variants and on [`ProxmoxError::is_transient`].
 //!
 //! Every text here is built from what PVE answered, with the token secret removed (see
-//! [`redact`]): PVE never echoes it today, but a proxy in front of it, or a future error page,
+//! [`crate::text::redact`]): PVE never echoes it today, but a proxy in front of it, or a future error page,
 //! might, and these messages end up in CI logs and PR comments.
 
 use std::time::Duration;
@@ -51,6 +51,11 @@ pub enum ProxmoxError {
     /// The client could not be set up (URL, CA file, token).
     #[error("{message}")]
     Config { message: String },
+    /// PVE accepted a write and answered with its task, but following that task failed (the
+    /// status could not be read): whether the write did its work is unknown. Shown as the
+    /// failure underneath; [`ProxmoxError::not_executed`] is false.
+    #[error(transparent)]
+    Unconfirmed(Box<ProxmoxError>),
 }
 
 /// A task that ended in an error: which, how, and the end of its log.
@@ -67,6 +72,24 @@ pub struct TaskFailure {
     pub exitstatus: String,
     /// The last lines of the task log (up to [`crate::proxmox::tasks::LOG_TAIL_LINES`]).
     pub log_tail: Vec<String>,
+}
+
+/// An answer that does not have the shape PVE's API documents, as the pure parsers of the
+/// read path find it; [`UnexpectedAnswer::at`] makes it the request's [`ProxmoxError::Decode`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnexpectedAnswer(pub String);
+
+impl UnexpectedAnswer {
+    /// The decode error of the request `method path` that answered `data`.
+    pub fn at(self, method: Method, path: &str, data: &serde_json::Value) -> ProxmoxError {
+        ProxmoxError::Decode {
+            method,
+            path: path.to_string(),
+            detail: self.0,
+            body: crate::text::truncate(&data.to_string(), 300),
+        }
+    }
 }
 
 /// Why a request got no HTTP answer.
@@ -98,6 +121,7 @@ impl ProxmoxError {
                 let text = failure.exitstatus.as_str();
                 is_lock_timeout(text) || text.contains("got no worker upid") || locked_by_busy_task(text)
             }
+            ProxmoxError::Unconfirmed(inner) => inner.is_transient(),
             ProxmoxError::Decode { .. } | ProxmoxError::TaskTimeout { .. } | ProxmoxError::Config { .. } => {
                 false
             }
@@ -105,15 +129,72 @@ impl ProxmoxError {
     }
 
     /// Whether the request certainly did not take effect, so even a non-idempotent POST may be
-    /// sent again: PVE answered with an error (it checks before it acts), or the connection
-    /// was never made.
+    /// sent again: PVE answered with an error (it checks before it acts), the connection was
+    /// never made, or the task failed before it could act (a config lock it did not get, a
+    /// worker that did not start, a VM busy with a backup).
     pub fn not_executed(&self) -> bool {
         match self {
             ProxmoxError::Http { .. } => true,
             ProxmoxError::Transport { kind, .. } => {
                 matches!(kind, TransportKind::Connect | TransportKind::Tls)
             }
+            ProxmoxError::TaskFailed(_) => self.is_transient(),
             _ => false,
+        }
+    }
+
+    /// Whether the request may or may not have done its work: sent, but no answer came (a
+    /// timeout, a connection lost), or PVE accepted it and its task could not be followed to
+    /// its end. Neither "not executed" nor a definite failure: a caller that must not act
+    /// twice looks for the effect before it sends anything again.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            ProxmoxError::Transport { kind, .. } => {
+                matches!(kind, TransportKind::Timeout | TransportKind::Broken)
+            }
+            ProxmoxError::Unconfirmed(_) | ProxmoxError::TaskTimeout { .. } | ProxmoxError::Decode { .. } => {
+                true
+            }
+            ProxmoxError::Http { .. } | ProxmoxError::TaskFailed(_) | ProxmoxError::Config { .. } => false,
+        }
+    }
+
+    /// PVE's answer when a config write lost a compare-and-swap.
+    pub fn is_digest_conflict(&self) -> bool {
+        self.pve_message().is_some_and(|text| text.contains("checksum mismatch"))
+    }
+
+    /// PVE's answer when a VMID is taken: `unable to create VM 101: config file already
+    /// exists` (clone), `… - VM 101 already exists on node 'pve1'` (create), `VM 101 already
+    /// exists` (`/cluster/nextid?vmid=101`).
+    pub fn is_vmid_taken(&self) -> bool {
+        self.pve_message().is_some_and(|text| text.contains("already exists"))
+    }
+
+    /// PVE's answer for a VM that is not (or no longer) there.
+    pub fn is_missing(&self) -> bool {
+        matches!(self, ProxmoxError::Http { status: 500, message, .. } if message.contains("does not exist"))
+    }
+
+    /// "QEMU guest agent is not running" (the guest is still booting) and an agent that does
+    /// not answer yet (`guest-ping … got timeout`) both mean: ask again later.
+    pub fn agent_not_ready(&self) -> bool {
+        match self {
+            ProxmoxError::Http { status: 500, message, .. } => {
+                message.contains("guest agent is not running")
+                    || message.contains("got timeout")
+                    || message.contains("not running")
+            }
+            _ => false,
+        }
+    }
+
+    /// What PVE said: the message of an HTTP error or the exit status of a failed task.
+    fn pve_message(&self) -> Option<&str> {
+        match self {
+            ProxmoxError::Http { message, .. } => Some(message),
+            ProxmoxError::TaskFailed(failure) => Some(&failure.exitstatus),
+            _ => None,
         }
     }
 
@@ -123,6 +204,16 @@ impl ProxmoxError {
             ProxmoxError::Http { status, .. } => Some(*status),
             _ => None,
         }
+    }
+}
+
+impl crate::retry::Retryable for ProxmoxError {
+    fn is_transient(&self) -> bool {
+        ProxmoxError::is_transient(self)
+    }
+
+    fn not_executed(&self) -> bool {
+        ProxmoxError::not_executed(self)
     }
 }
 
@@ -140,7 +231,7 @@ fn locked_by_busy_task(message: &str) -> bool {
 }
 
 /// PVE's permanent 5xx answers: the same request will fail the same way.
-const PERMANENT: [&str; 12] = [
+const PERMANENT: [&str; 13] = [
     "does not exist",
     "already exists",
     "already running",
@@ -153,6 +244,9 @@ const PERMANENT: [&str; 12] = [
     "protection mode enabled",
     "you can't",
     "not allowed",
+    // Lost quorum: it lasts until an operator brings nodes back, so retrying only delays the
+    // message (pve-cluster `check_cfs_quorum`).
+    "no quorum",
 ];
 
 fn transient_message(message: &str) -> bool {
@@ -216,6 +310,9 @@ pub(crate) fn hint_for(status: u16, message: &str, token_id: &str) -> Option<Str
             None => "give the token the privilege this request needs".to_string(),
         }),
         595 | 596 => Some("a cluster node is offline or unreachable from the node answering the API".into()),
+        _ if message.contains("no quorum") => Some(
+            "the cluster has lost quorum and /etc/pve is read-only: check `pvecm status`, bring enough nodes back, then run apply again".into(),
+        ),
         _ if is_lock_timeout(message) => {
             Some("another task holds the VM's config lock; wait for it or check the node's task list".into())
         }
@@ -229,11 +326,6 @@ fn permission_check(message: &str) -> Option<(&str, &str)> {
     let (path, privilege) = inside.split_once(',')?;
     let (path, privilege) = (path.trim(), privilege.trim());
     (path.starts_with('/') && !privilege.is_empty()).then_some((path, privilege))
-}
-
-/// Removes `secret` from `text`. A no-op for an empty secret.
-pub(crate) fn redact(text: &str, secret: &str) -> String {
-    if secret.is_empty() { text.to_string() } else { text.replace(secret, "<redacted>") }
 }
 
 #[cfg(test)]
@@ -275,7 +367,6 @@ mod tests {
             "VM is locked (backup)",
             "got no worker upid - start worker failed",
             "proxy loop detected",
-            "cluster not ready - no quorum?",
         ] {
             assert!(http(500, message).is_transient(), "{message}");
         }
@@ -287,6 +378,7 @@ mod tests {
             "checksum mismatch (file change by other user?)",
             "VM is locked (snapshot)",
             "unable to parse worker upid 'x'",
+            "cluster not ready - no quorum?",
         ] {
             assert!(!http(500, message).is_transient(), "{message}");
         }
@@ -313,8 +405,38 @@ mod tests {
     }
 
     #[test]
-    fn redaction() {
-        assert_eq!(redact("token a=s3cret rejected", "s3cret"), "token a=<redacted> rejected");
-        assert_eq!(redact("x", ""), "x");
+    fn pve_answers_apply_branches_on() {
+        let http = |message: &str| http(500, message);
+        assert!(http("QEMU guest agent is not running").agent_not_ready());
+        assert!(http("VM 101 qmp command 'guest-ping' failed - got timeout").agent_not_ready());
+        assert!(!http("Permission check failed (/vms/101, VM.GuestAgent.Audit)").agent_not_ready());
+        assert!(http("Configuration file 'nodes/pve1/qemu-server/101.conf' does not exist").is_missing());
+        assert!(http("checksum mismatch (file change by other user?)").is_digest_conflict());
+        assert!(http("unable to create VM 101: config file already exists").is_vmid_taken());
+        assert!(http("unable to create VM 101 - VM 101 already exists on node 'pve1'").is_vmid_taken());
+    }
+
+    #[test]
+    fn what_may_have_run() {
+        let task_failed = |exitstatus: &str| {
+            ProxmoxError::TaskFailed(Box::new(TaskFailure {
+                upid: String::new(),
+                node: "pve1".into(),
+                task_type: "qmclone".into(),
+                id: "9000".into(),
+                exitstatus: exitstatus.into(),
+                log_tail: Vec::new(),
+            }))
+        };
+        let lock = task_failed("can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout");
+        assert!(lock.not_executed(), "a task that did not get its lock did nothing");
+        let clone_failed = task_failed("clone failed: no space left on device");
+        assert!(!clone_failed.not_executed());
+        assert!(http(500, "VM is locked (backup)").not_executed(), "PVE refused it");
+        let unconfirmed = ProxmoxError::Unconfirmed(Box::new(http(503, "Service Unavailable")));
+        assert!(unconfirmed.is_transient() && !unconfirmed.not_executed() && unconfirmed.outcome_unknown());
+        assert!(!clone_failed.outcome_unknown(), "a failed task is a known outcome");
+        assert!(!http(500, "VM is locked (backup)").outcome_unknown());
+        assert_eq!(unconfirmed.to_string(), http(503, "Service Unavailable").to_string());
     }
 }

@@ -1,11 +1,40 @@
-//! What the API token may do: plan needs only `VM.Audit`, so a plan token that can change VMs
-//! is worth a warning (a pull request's workflow should never hold write access).
+//! What the API token may do, checked before plan and apply act.
+//!
+//! `GET /access/permissions` (allowed to every token for itself) answers the token's effective
+//! privileges: per ACL path, each privilege with its propagate flag, already intersected with
+//! the owning user's for a privilege-separated token (pve-access-control `RPCEnvironment.pm`,
+//! `get_effective_permissions` and `compile_acl_path`). [`Granted`] reads that answer the way
+//! Proxmox checks a path; a [`Need`] is one privilege on one path (what a plan needs is
+//! `plan::privileges`); [`MissingPrivileges`] names what is missing and the `pveum` fix. The
+//! API still enforces everything itself: this only moves the failure to the start, where
+//! nothing is half done.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
 use super::{Client, ProxmoxError};
 
-/// Privileges that change or create VMs, storage or access: none of them is needed to plan.
+/// Reading guest-agent answers (the address of a host without a static one). PVE 9
+/// (qemu-server 9.0.3, pve-access-control 9.0.2) replaced `VM.Monitor` with `VM.GuestAgent.*`;
+/// a PVE 8 cluster knows only the former and a PVE 9 cluster only the latter, so holding any
+/// one of them is right on either version.
+pub const AGENT_READ: &[&str] = &["VM.GuestAgent.Audit", "VM.GuestAgent.Unrestricted", "VM.Monitor"];
+
+/// Reading a file in a guest through its agent (`agent/file-read`, qemu-server
+/// `API2/Qemu/Agent.pm`): the SSH host key of a VM to adopt or of an image host.
+/// `VM.GuestAgent.FileRead` from qemu-server 9.0.3, `VM.Monitor` before;
+/// `VM.GuestAgent.Unrestricted` covers it too.
+pub const AGENT_FILE_READ: &[&str] = &["VM.GuestAgent.FileRead", "VM.GuestAgent.Unrestricted", "VM.Monitor"];
+
+/// The role docs/guide.md creates for the apply token.
+pub const APPLY_ROLE: &str = "NixproxApply";
+/// The built-in read-only role docs/guide.md gives the plan token.
+pub const PLAN_ROLE: &str = "PVEAuditor";
+
+/// Privileges that change or create VMs, storage or access, or reach into a guest: none of
+/// them is needed to plan. `VM.Monitor` (PVE 8) opens the QEMU monitor, which can change a
+/// running VM.
 const WRITE_PRIVILEGES: &[&str] = &[
     "VM.Allocate",
     "VM.Clone",
@@ -17,57 +46,217 @@ const WRITE_PRIVILEGES: &[&str] = &[
     "VM.Config.Memory",
     "VM.Config.Network",
     "VM.Config.Options",
+    "VM.Console",
+    "VM.GuestAgent.FileWrite",
+    "VM.GuestAgent.Unrestricted",
     "VM.Migrate",
+    "VM.Monitor",
     "VM.PowerMgmt",
+    "VM.Snapshot",
+    "VM.Snapshot.Rollback",
     "Datastore.Allocate",
     "Datastore.AllocateSpace",
+    "Datastore.AllocateTemplate",
     "Permissions.Modify",
+    "Pool.Allocate",
     "Sys.Modify",
 ];
 
-/// `(path, privilege)` pairs the token holds that could change the cluster, sorted.
-pub fn write_privileges(permissions: &Value) -> Vec<(String, String)> {
-    let mut found = Vec::new();
-    if let Some(paths) = permissions.as_object() {
+/// The token's privileges per ACL path, with their propagate flag, as Proxmox reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Granted {
+    paths: BTreeMap<String, BTreeMap<String, bool>>,
+}
+
+impl Granted {
+    /// Reads `GET /access/permissions`: `{path: {privilege: propagate}}`, propagate `1`/`0`.
+    pub fn parse(answer: &Value) -> Result<Granted, String> {
+        let paths = answer.as_object().ok_or("expected an object of ACL paths")?;
+        let mut granted = Granted::default();
         for (path, privileges) in paths {
+            let privileges =
+                privileges.as_object().ok_or_else(|| format!("`{path}` has no privilege map"))?;
+            let map = privileges
+                .iter()
+                .map(|(name, flag)| {
+                    (name.clone(), flag.as_u64().map_or(flag == &Value::Bool(true), |n| n != 0))
+                })
+                .collect();
+            granted.paths.insert(path.clone(), map);
+        }
+        Ok(granted)
+    }
+
+    /// Whether `privilege` holds on `path`. Proxmox lists every path that has an ACL (and the
+    /// top-level ones) with the privileges that hold there after inheritance, so the nearest
+    /// listed path decides: the path itself, or an ancestor whose privilege propagates. A path
+    /// ending in `/*` stands for any child of the part before it (a VM whose id is not known).
+    pub fn holds(&self, path: &str, privilege: &str) -> bool {
+        for (depth, candidate) in ancestors(path).enumerate() {
+            if let Some(privileges) = self.paths.get(candidate) {
+                return privileges.get(privilege).is_some_and(|&propagate| depth == 0 || propagate);
+            }
+        }
+        false
+    }
+
+    /// `(path, privilege)` pairs that could change the cluster, sorted.
+    pub fn write_privileges(&self) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        for (path, privileges) in &self.paths {
             for privilege in WRITE_PRIVILEGES {
-                let granted = privileges.get(*privilege).is_some_and(|v| v.as_u64() == Some(1) || v == true);
-                if granted {
+                if privileges.contains_key(*privilege) {
                     found.push((path.clone(), (*privilege).to_string()));
                 }
             }
         }
+        found.sort();
+        found
     }
-    found.sort();
-    found
 }
 
-/// `GET /access/permissions` for the token itself, reduced to its write privileges.
-pub async fn token_write_privileges(client: &Client) -> Result<Vec<(String, String)>, ProxmoxError> {
-    let permissions = client.get("/access/permissions", &[]).await?;
-    Ok(write_privileges(&permissions))
+/// `path`, then its parents up to `/`.
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    let mut next = Some(path);
+    std::iter::from_fn(move || {
+        let current = next?;
+        next = match current.rfind('/') {
+            _ if current == "/" => None,
+            Some(0) => Some("/"),
+            Some(i) => Some(&current[..i]),
+            None => None,
+        };
+        Some(current)
+    })
+}
+
+/// `GET /access/permissions` for the token itself.
+pub async fn fetch(client: &Client) -> Result<Granted, ProxmoxError> {
+    const PATH: &str = "/access/permissions";
+    let answer = client.get(PATH, &[]).await?;
+    Granted::parse(&answer).map_err(|detail| ProxmoxError::Decode {
+        method: reqwest::Method::GET,
+        path: PATH.into(),
+        detail,
+        body: answer.to_string(),
+    })
+}
+
+/// One privilege a run needs on one path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Need {
+    /// Any one of these is enough (usually just one).
+    pub privileges: &'static [&'static str],
+    /// The ACL path Proxmox checks: `/vms/101`, `/storage/local-lvm`; `/vms/*` for a VM whose
+    /// id is not known yet (an ACL on `/vms` must propagate to it).
+    pub path: String,
+    /// The pool a new VM goes into: Proxmox accepts the privilege on `/pool/<name>` as well.
+    pub pool: Option<String>,
+    /// The host and the step: "`web`: clone".
+    pub why: String,
+}
+
+impl Need {
+    pub fn new(
+        privileges: &'static [&'static str],
+        path: String,
+        pool: Option<String>,
+        host: &str,
+        what: &str,
+    ) -> Need {
+        Need { privileges, path, pool, why: format!("`{host}`: {what}") }
+    }
+
+    fn holds(&self, granted: &Granted) -> bool {
+        std::iter::once(&self.path)
+            .chain(self.pool.as_ref())
+            .any(|path| self.privileges.iter().any(|p| granted.holds(path, p)))
+    }
+}
+
+/// The needs `granted` does not cover, each (privilege, path) once.
+pub fn missing(granted: &Granted, needs: Vec<Need>) -> Vec<Need> {
+    let mut out: Vec<Need> = needs.into_iter().filter(|need| !need.holds(granted)).collect();
+    out.sort();
+    out
+}
+
+/// The token lacks privileges the run needs; nothing was done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct MissingPrivileges {
+    /// `user@realm!tokenid`.
+    pub token: String,
+    /// The role docs/guide.md gives this kind of token.
+    pub role: &'static str,
+    /// What the token does not hold.
+    pub missing: Vec<Need>,
+}
+
+impl MissingPrivileges {
+    fn render(&self) -> String {
+        let mut grouped: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for need in &self.missing {
+            let label = if need.privileges == AGENT_READ {
+                "VM.GuestAgent.Audit (VM.Monitor on PVE 8)".to_string()
+            } else if need.privileges == AGENT_FILE_READ {
+                "VM.GuestAgent.FileRead (VM.Monitor on PVE 8)".to_string()
+            } else {
+                need.privileges.join(" or ")
+            };
+            let path = match need.path.strip_suffix("/*") {
+                Some(parent) => format!("{parent} (propagated)"),
+                None => need.path.clone(),
+            };
+            let whys = grouped.entry(format!("{label} on {path}")).or_default();
+            if !whys.contains(&need.why.as_str()) {
+                whys.push(&need.why);
+            }
+        }
+        let mut text = format!(
+            "the Proxmox token `{}` lacks privileges this run needs; nothing was changed:",
+            self.token
+        );
+        for (what, whys) in &grouped {
+            let shown: Vec<&str> = whys.iter().take(3).copied().collect();
+            let more = if whys.len() > 3 { format!(", and {} more", whys.len() - 3) } else { String::new() };
+            text.push_str(&format!("\n  {what} ({}{more})", shown.join("; ")));
+        }
+        let user = self.token.split('!').next().unwrap_or(&self.token);
+        let acl_paths: BTreeSet<&str> = self.missing.iter().map(|n| acl_path(&n.path)).collect();
+        text.push_str(&format!(
+            "\ngrant the role `{}` (docs/guide.md#proxmox-tokens) on these paths to the token and its user (a privilege-separated token holds only what both hold):",
+            self.role
+        ));
+        for path in &acl_paths {
+            text.push_str(&format!(
+                "\n  pveum acl modify {path} --users '{user}' --tokens '{}' --roles {}",
+                self.token, self.role
+            ));
+        }
+        let mut privileges: BTreeSet<&str> = BTreeSet::new();
+        for need in &self.missing {
+            privileges.insert(need.privileges[0]);
+        }
+        let list: Vec<&str> = privileges.into_iter().collect();
+        text.push_str(&format!(
+            "\nor add them to the role you use: pveum role modify <role> --append 1 --privs '{}'",
+            list.join(",")
+        ));
+        text
+    }
+}
+
+/// The path an operator grants on: VMs as a whole, one storage, the local bridges, one pool.
+fn acl_path(path: &str) -> &str {
+    if path.starts_with("/vms") {
+        "/vms"
+    } else if path.starts_with("/sdn/zones/localnetwork") {
+        "/sdn/zones/localnetwork"
+    } else {
+        path
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn finds_write_privileges_only() {
-        let answer = json!({
-            "/": {"Sys.Audit": 1, "VM.Audit": 1},
-            "/vms": {"VM.Audit": 1, "VM.PowerMgmt": 1, "VM.Allocate": 1},
-            "/storage": {"Datastore.Audit": 1}
-        });
-        assert_eq!(
-            write_privileges(&answer),
-            [
-                ("/vms".to_string(), "VM.Allocate".to_string()),
-                ("/vms".to_string(), "VM.PowerMgmt".to_string())
-            ]
-        );
-        assert!(write_privileges(&json!({"/": {"VM.Audit": 1}})).is_empty());
-    }
-}
+mod tests;

@@ -18,13 +18,12 @@ use reqwest::Method;
 use serde_json::{Map, Value};
 
 use super::client::Client;
-use super::error::ProxmoxError;
+use super::error::{ProxmoxError, UnexpectedAnswer};
 use super::property::{
     Drive, PropertyString, agent_enabled, is_drive_key, is_net_key, parse_drive, parse_net, parse_tags,
     value_bool, value_text, value_u64,
 };
 use super::vm::{LiveConfig, LiveVm};
-use crate::metadata::Notes;
 use crate::spec::{Bios, MANAGED_TAG, VmSpec};
 
 /// What to read.
@@ -51,14 +50,42 @@ pub struct Prefetched {
     listed: Vec<(LiveVm, Option<String>)>,
     /// Configs read so far, by index into `listed`.
     configs: Vec<(usize, LiveConfig)>,
+    /// Indices whose config another reader owns (a plan shard reads only its nodes' VMs):
+    /// [`finish_read`] leaves them alone.
+    settled: BTreeSet<usize>,
+}
+
+impl Prefetched {
+    /// The resource list: every QEMU VM with its pool, sorted by VMID.
+    pub fn listing(&self) -> impl Iterator<Item = (&LiveVm, Option<&str>)> {
+        self.listed.iter().map(|(vm, pool)| (vm, pool.as_deref()))
+    }
 }
 
 /// Lists the VMs and reads the configs of the managed ones, `concurrency` at a time.
 pub async fn prefetch_cluster(client: &Client, concurrency: usize) -> Result<Prefetched, ProxmoxError> {
-    let listed = fetch_resources(client).await?;
-    let wanted = select(&listed, |vm| vm.is_managed());
-    let configs = read_configs(client, wanted, concurrency).await?;
-    Ok(Prefetched { listed, configs })
+    let listed = list_cluster(client).await?;
+    read_managed(client, listed, concurrency, |_| true).await
+}
+
+/// The resource list alone (no config read yet).
+pub async fn list_cluster(client: &Client) -> Result<Prefetched, ProxmoxError> {
+    Ok(Prefetched { listed: fetch_resources(client).await?, configs: Vec::new(), settled: BTreeSet::new() })
+}
+
+/// Reads the configs of the managed VMs that `owned` keeps; the other managed VMs are
+/// settled (someone else reads them, and [`finish_read`] will not).
+pub async fn read_managed(
+    client: &Client,
+    prefetched: Prefetched,
+    concurrency: usize,
+    owned: impl Fn(&LiveVm) -> bool,
+) -> Result<Prefetched, ProxmoxError> {
+    let Prefetched { listed, mut configs, mut settled } = prefetched;
+    let wanted = select(&listed, |vm| vm.is_managed() && owned(vm));
+    settled.extend(select(&listed, |vm| vm.is_managed() && !owned(vm)).into_iter().map(|w| w.0));
+    configs.extend(read_configs(client, wanted, concurrency).await?);
+    Ok(Prefetched { listed, configs, settled })
 }
 
 /// Reads the configs of the VMs named like a declared host that the prefetch did not read
@@ -68,8 +95,8 @@ pub async fn finish_read(
     prefetched: Prefetched,
     request: &ReadRequest,
 ) -> Result<Vec<LiveVm>, ProxmoxError> {
-    let Prefetched { listed, mut configs } = prefetched;
-    let done: BTreeSet<usize> = configs.iter().map(|(index, _)| *index).collect();
+    let Prefetched { listed, mut configs, settled } = prefetched;
+    let done: BTreeSet<usize> = configs.iter().map(|(index, _)| *index).chain(settled).collect();
     let wanted: Vec<Wanted> = select(&listed, |vm| request.host_names.contains(&vm.name))
         .into_iter()
         .filter(|w| !done.contains(&w.0))
@@ -118,18 +145,14 @@ pub async fn list_vms(client: &Client) -> Result<Vec<LiveVm>, ProxmoxError> {
 async fn fetch_resources(client: &Client) -> Result<Vec<(LiveVm, Option<String>)>, ProxmoxError> {
     const PATH: &str = "/cluster/resources";
     let data = client.get(PATH, &[("type", "vm")]).await?;
-    parse_resources(&data).map_err(|detail| ProxmoxError::Decode {
-        method: Method::GET,
-        path: PATH.into(),
-        detail,
-        body: truncate_json(&data),
-    })
+    parse_resources(&data).map_err(|err| err.at(Method::GET, PATH, &data))
 }
 
 /// The resource list, reduced to QEMU VMs (containers and nodes dropped), each with its pool:
 /// the config does not name the pool, only the resource list does.
-pub fn parse_resources(data: &Value) -> Result<Vec<(LiveVm, Option<String>)>, String> {
-    let items = data.as_array().ok_or("expected a list of resources")?;
+pub fn parse_resources(data: &Value) -> Result<Vec<(LiveVm, Option<String>)>, UnexpectedAnswer> {
+    let unexpected = |detail: String| UnexpectedAnswer(detail);
+    let items = data.as_array().ok_or_else(|| unexpected("expected a list of resources".into()))?;
     let mut vms = Vec::new();
     for item in items {
         if item.get("type").and_then(Value::as_str) != Some("qemu") {
@@ -139,11 +162,11 @@ pub fn parse_resources(data: &Value) -> Result<Vec<(LiveVm, Option<String>)>, St
             .get("vmid")
             .and_then(value_u64)
             .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| format!("a qemu resource has no valid `vmid`: {item}"))?;
+            .ok_or_else(|| unexpected(format!("a qemu resource has no valid `vmid`: {item}")))?;
         let text = |key: &str| item.get(key).and_then(value_text);
         let vm = LiveVm {
             vmid,
-            node: text("node").ok_or_else(|| format!("VM {vmid} has no `node`"))?,
+            node: text("node").ok_or_else(|| unexpected(format!("VM {vmid} has no `node`")))?,
             name: text("name").unwrap_or_default(),
             status: text("status").unwrap_or_else(|| "unknown".into()),
             template: item.get("template").and_then(value_bool).unwrap_or(false),
@@ -173,17 +196,13 @@ pub async fn read_config(
     } else {
         (client.get(&path, &[]).await?, None)
     };
-    let decode = |path: &str, detail: String, data: &Value| ProxmoxError::Decode {
-        method: Method::GET,
-        path: path.to_string(),
-        detail,
-        body: truncate_json(data),
-    };
-    let mut map =
-        config.as_object().ok_or_else(|| decode(&path, "expected an object".into(), &config))?.clone();
+    let mut map = config
+        .as_object()
+        .ok_or_else(|| UnexpectedAnswer("expected an object".into()).at(Method::GET, &path, &config))?
+        .clone();
     let pending = match &pending {
         Some(data) => {
-            let keys = pending_keys(data).map_err(|detail| decode(&pending_path, detail, data))?;
+            let keys = pending_keys(data).map_err(|err| err.at(Method::GET, &pending_path, data))?;
             overlay_pending(&mut map, data);
             keys
         }
@@ -210,8 +229,9 @@ pub fn overlay_pending(config: &mut Map<String, Value>, data: &Value) {
 }
 
 /// Keys of `/pending` with a change waiting: a new value (`pending`) or a removal (`delete`).
-pub fn pending_keys(data: &Value) -> Result<BTreeSet<String>, String> {
-    let items = data.as_array().ok_or("expected a list of pending entries")?;
+pub fn pending_keys(data: &Value) -> Result<BTreeSet<String>, UnexpectedAnswer> {
+    let items =
+        data.as_array().ok_or_else(|| UnexpectedAnswer("expected a list of pending entries".into()))?;
     Ok(items
         .iter()
         .filter(|item| {
@@ -225,14 +245,43 @@ pub fn pending_keys(data: &Value) -> Result<BTreeSet<String>, String> {
 /// the user's text and nixprox's metadata block.
 pub fn live_config(config: &Map<String, Value>, pending: BTreeSet<String>) -> LiveConfig {
     let text = |key: &str| config.get(key).and_then(value_text);
-    let notes = Notes::parse(&text("description").unwrap_or_default());
+    let notes = super::qemu::notes_of(config);
     let spec = spec_from_config(config, &notes.user_text);
     LiveConfig {
         digest: text("digest").unwrap_or_default(),
         spec,
         metadata: notes.metadata().cloned(),
+        unreadable_block: notes.unreadable().map(str::to_string),
         pending,
+        boot_disks: boot_disks(config),
     }
+}
+
+/// The disk slots a VM boots from, as qemu-server decides (`PVE/QemuServer/Drive.pm`,
+/// `get_bootdisks`, and `PVE/QemuServer.pm`, `get_default_bootdevices`): the drives of
+/// `boot: order=…`; with the legacy form (`boot: cdn`) or no `boot` at all, `bootdisk` when
+/// set, else the first disk that is not a CD-ROM in the order ide, scsi, virtio, sata (what
+/// the firmware then boots). Only real disks are listed (no CD-ROM, cloud-init or NIC).
+pub fn boot_disks(config: &Map<String, Value>) -> Vec<String> {
+    let text = |key: &str| config.get(key).and_then(value_text);
+    let is_disk = |slot: &str| {
+        is_drive_key(slot) && text(slot).is_some_and(|v| matches!(parse_drive(&v), Drive::Disk(_)))
+    };
+    let boot = text("boot").map(|b| PropertyString::parse(&b));
+    if let Some(order) = boot.as_ref().and_then(|b| b.get("order").map(str::to_string)) {
+        return order.split(';').map(str::trim).filter(|slot| is_disk(slot)).map(str::to_string).collect();
+    }
+    if let Some(disk) = text("bootdisk").filter(|d| is_disk(d)) {
+        return vec![disk];
+    }
+    let index = |slot: &str, bus: &str| slot.strip_prefix(bus).and_then(|n| n.parse::<u32>().ok());
+    ["ide", "scsi", "virtio", "sata"]
+        .iter()
+        .find_map(|bus| {
+            config.keys().filter(|k| is_disk(k)).filter_map(|k| index(k, bus).map(|i| (i, k))).min()
+        })
+        .map(|(_, slot)| vec![slot.clone()])
+        .unwrap_or_default()
 }
 
 /// The comparable part of a config. Defaults are qemu-server's for an absent key.
@@ -282,14 +331,6 @@ fn spec_from_config(config: &Map<String, Value>, description: &str) -> VmSpec {
         on_boot: flag("onboot"),
         protection: flag("protection"),
         pool: None,
-    }
-}
-
-fn truncate_json(data: &Value) -> String {
-    let text = data.to_string();
-    match text.char_indices().nth(300) {
-        Some((index, _)) => format!("{}…", &text[..index]),
-        None => text,
     }
 }
 
@@ -367,7 +408,7 @@ pub fn find_template<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::Metadata;
+    use crate::metadata::{Metadata, Notes};
     use crate::spec::{DiskSpec, NetSpec};
     use serde_json::json;
 
@@ -458,6 +499,26 @@ mod tests {
             }
         );
         assert_eq!(spec.networks["net1"].mac.as_deref(), Some("BC:24:11:00:00:02"));
+    }
+
+    #[test]
+    fn boot_disks_follow_qemu_servers_rules() {
+        let disks = |config: Value| boot_disks(&object(config));
+        let base = json!({"virtio0": "local-lvm:vm-1-disk-0,size=32G", "scsi1": "local-lvm:vm-1-disk-1,size=8G",
+                          "ide2": "local:iso/x.iso,media=cdrom", "net0": "virtio,bridge=vmbr0"});
+        let with = |key: &str, value: &str| {
+            let mut config = base.clone();
+            config[key] = json!(value);
+            config
+        };
+        assert_eq!(disks(with("boot", "order=virtio0;ide2;net0")), ["virtio0"]);
+        assert_eq!(disks(with("boot", "order=ide2;scsi1;virtio0")), ["scsi1", "virtio0"]);
+        // Legacy forms: `bootdisk`, else the first disk in qemu-server's bus order.
+        assert_eq!(disks(with("bootdisk", "virtio0")), ["virtio0"]);
+        assert_eq!(disks(with("boot", "cdn")), ["scsi1"]);
+        assert_eq!(disks(base.clone()), ["scsi1"]);
+        assert_eq!(disks(json!({"scsi10": "a:b,size=1G", "scsi2": "a:c,size=1G"})), ["scsi2"]);
+        assert!(disks(json!({"ide2": "none,media=cdrom"})).is_empty());
     }
 
     #[test]

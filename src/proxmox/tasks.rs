@@ -162,6 +162,46 @@ pub async fn wait_task(client: &Client, upid: &Upid, timeout: Duration) -> Resul
     }
 }
 
+/// Waits for the task a write answered with and returns the warnings of a `WARNINGS: n`
+/// ending; `null` (a synchronous answer) is done at once. A failed task is
+/// [`ProxmoxError::TaskFailed`]; any other failure while following the task is wrapped in
+/// [`ProxmoxError::Unconfirmed`]: the write was accepted, so it must not count as not executed.
+pub async fn wait_answer(
+    client: &Client,
+    data: &Value,
+    timeout: Duration,
+) -> Result<Vec<String>, ProxmoxError> {
+    if data.is_null() {
+        return Ok(Vec::new());
+    }
+    let upid = Upid::from_data(data).map_err(|err| {
+        ProxmoxError::Unconfirmed(Box::new(ProxmoxError::Decode {
+            method: reqwest::Method::POST,
+            path: "(task id)".into(),
+            detail: err.to_string(),
+            body: data.to_string(),
+        }))
+    })?;
+    match wait_task(client, &upid, timeout).await {
+        Ok(TaskOutcome::Ok) => Ok(Vec::new()),
+        Ok(TaskOutcome::Warnings(warnings)) => Ok(warnings),
+        Err(err @ ProxmoxError::TaskFailed(_)) => Err(err),
+        Err(err) => Err(ProxmoxError::Unconfirmed(Box::new(err))),
+    }
+}
+
+/// `POST path` with owned form pairs, then [`wait_answer`].
+pub async fn post_and_wait(
+    client: &Client,
+    path: &str,
+    form: &[(String, String)],
+    timeout: Duration,
+) -> Result<Vec<String>, ProxmoxError> {
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let data = client.post(path, &pairs).await?;
+    wait_answer(client, &data, timeout).await
+}
+
 async fn finish(client: &Client, upid: &Upid, exitstatus: String) -> Result<TaskOutcome, ProxmoxError> {
     if exitstatus == "OK" {
         return Ok(TaskOutcome::Ok);

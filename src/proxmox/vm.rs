@@ -2,13 +2,13 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metadata::Metadata;
 use crate::spec::VmSpec;
 
 /// One QEMU VM from `/cluster/resources`, with its config when it was read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveVm {
     pub vmid: u32,
     pub node: String,
@@ -32,13 +32,18 @@ impl LiveVm {
 }
 
 /// `/nodes/{node}/qemu/{vmid}/config`, parsed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveConfig {
     /// The config digest, passed back on writes as a compare-and-swap.
     pub digest: String,
     pub spec: VmSpec,
     /// nixprox's metadata block from the notes, when present and readable.
     pub metadata: Option<Metadata>,
+    /// Why the notes' metadata block cannot be read (a newer version, a damaged payload), with
+    /// the fix. Such a VM is never planned as if it had no block: it is left untouched.
+    pub unreadable_block: Option<String>,
     /// Keys that differ in the pending config (changes waiting for a reboot).
     pub pending: BTreeSet<String>,
+    /// The disk slots the VM boots from ([`super::read::boot_disks`]): never detached.
+    pub boot_disks: Vec<String>,
 }

@@ -26,8 +26,10 @@ pub struct MarkdownContext {
     pub commit: Option<String>,
     /// When it was planned, already formatted (`2026-11-25 18:00 UTC`).
     pub planned_at: Option<String>,
-    /// Where the full plan can be read when the comment is trimmed (the run's job summary).
-    pub details_url: Option<String>,
+    /// Where the full plan can be read when a rendering is trimmed, as Markdown: "the [job
+    /// summary](…)" on GitHub, "the log of [the run](…)" on Forgejo (which shows job summaries
+    /// only in the log).
+    pub full_plan: Option<String>,
 }
 
 /// How much a rendering shows; each level drops more than the one before.
@@ -48,6 +50,24 @@ pub enum Detail {
     CountsOnly,
 }
 
+impl Detail {
+    /// What a rendering at this level leaves out, for the note that says so.
+    pub fn left_out(self) -> &'static str {
+        match self {
+            Detail::Full => "nothing",
+            Detail::NoNixosChanges => "the NixOS changes of each host",
+            Detail::NoUnchanged => "the NixOS changes of each host and the list of unchanged hosts",
+            Detail::NoDiffs => {
+                "the NixOS changes and field-by-field diffs of each host, and the list of unchanged hosts"
+            }
+            Detail::ListOnly => {
+                "the reasons, diffs, NixOS changes and probe details of each host, and the list of unchanged hosts"
+            }
+            Detail::CountsOnly => "every host (only the counts are shown)",
+        }
+    }
+}
+
 /// Every level, richest first: the order [`render_within`] tries them in.
 pub const LEVELS: [Detail; 6] = [
     Detail::Full,
@@ -62,10 +82,20 @@ pub const LEVELS: [Detail; 6] = [
 /// `usize::MAX` for the job summary). Returns the body and the level used.
 pub fn render_within(plan: &Plan, context: &MarkdownContext, limit: usize) -> (String, Detail) {
     let budget = limit.saturating_sub(MARKER_RESERVE);
+    render_fitting(plan, context, |body| body.chars().count() <= budget)
+}
+
+/// Renders the richest body of at most `max_bytes` bytes (the job summary's limit is in bytes:
+/// GitHub drops a step's summary over 1 MiB).
+pub fn render_within_bytes(plan: &Plan, context: &MarkdownContext, max_bytes: usize) -> (String, Detail) {
+    render_fitting(plan, context, |body| body.len() <= max_bytes)
+}
+
+fn render_fitting(plan: &Plan, context: &MarkdownContext, fits: impl Fn(&str) -> bool) -> (String, Detail) {
     let mut last = (String::new(), Detail::CountsOnly);
     for level in LEVELS {
         let body = render_at(plan, context, level);
-        if body.chars().count() <= budget {
+        if fits(&body) {
             return (body, level);
         }
         last = (body, level);
@@ -121,10 +151,10 @@ pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> Strin
         let _ = writeln!(out, "Unchanged: {}\n", names.join(", "));
     }
     if level > Detail::Full {
-        let _ = write!(out, "_Details trimmed to fit the comment size limit");
-        match &context.details_url {
-            Some(url) => {
-                let _ = writeln!(out, "; the full plan is in the [job summary]({url})._");
+        let _ = write!(out, "_Details trimmed to fit the size limit (left out: {})", level.left_out());
+        match &context.full_plan {
+            Some(full_plan) => {
+                let _ = writeln!(out, "; the full plan is in {full_plan}._");
             }
             None => {
                 let _ = writeln!(out, "; run `nixprox plan` for the full plan._");

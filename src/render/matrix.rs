@@ -150,6 +150,7 @@ mod tests {
             orphan: false,
             actions: vec![Action { kind, reason: String::new(), changes: Vec::new(), blocked: None }],
             nixos_changes: None,
+            pool_move: None,
         }
     }
 

@@ -1,9 +1,11 @@
-//! Renderings of a plan: text for terminals, Markdown for PR comments, JSON for machines.
+//! Renderings of a plan: text for terminals, Markdown for PR comments, JSON for machines;
+//! and, for `nixprox import`, a VM's declaration as Nix.
 //! All pure: the caller passes whatever context (commit, time, links) a rendering shows.
 
 pub mod json;
 pub mod markdown;
 pub mod matrix;
+pub mod nix;
 pub mod nixos;
 pub mod text;
 mod values;

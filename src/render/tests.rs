@@ -9,7 +9,7 @@ fn context() -> MarkdownContext {
         title: None,
         commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
         planned_at: Some("2026-11-25 18:00 UTC".into()),
-        details_url: Some("https://ci.example/run/1".into()),
+        full_plan: Some("the [job summary](https://ci.example/run/1)".into()),
     }
 }
 

@@ -28,8 +28,11 @@ impl Paint {
     fn kind(&self, action: &Action) -> String {
         let code = match action.kind {
             _ if action.blocked.is_some() => "2",
-            ActionKind::CreateVm | ActionKind::Install | ActionKind::Adopt => "32",
-            ActionKind::DestroyVm | ActionKind::ReplaceVm | ActionKind::Reinstall => "31",
+            ActionKind::UploadImage | ActionKind::CreateVm | ActionKind::Install | ActionKind::Adopt => "32",
+            ActionKind::DestroyVm
+            | ActionKind::ReplaceVm
+            | ActionKind::Reinstall
+            | ActionKind::DetachDisk => "31",
             _ => "33",
         };
         self.wrap(code, action.kind.as_str())
@@ -39,9 +42,9 @@ impl Paint {
 fn sign(action: &Action) -> char {
     match action.kind {
         _ if action.blocked.is_some() => '!',
-        ActionKind::CreateVm | ActionKind::Install | ActionKind::Adopt => '+',
+        ActionKind::UploadImage | ActionKind::CreateVm | ActionKind::Install | ActionKind::Adopt => '+',
         ActionKind::DestroyVm => '-',
-        ActionKind::ReplaceVm | ActionKind::Reinstall => '±',
+        ActionKind::ReplaceVm | ActionKind::Reinstall | ActionKind::DetachDisk => '±',
         _ => '~',
     }
 }

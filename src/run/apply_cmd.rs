@@ -4,11 +4,13 @@
 
 use anyhow::{Context, bail};
 
-use crate::apply::{
-    self, ApplyOptions, NixosDeployer, Progress, ProgressMode, Reviewed, ReviewedPlan, RunRequest,
-};
+use crate::apply::approval::record::Record;
+use crate::apply::{self, ApplyOptions, Cancel, Progress, ProgressMode, Reviewed, ReviewedPlan, RunRequest};
 use crate::cli::ApplyArgs;
+use crate::deploy::NixosDeployer;
+use crate::flake::Nix;
 use crate::forge::{Forge, ForgeContext, StatusState};
+use crate::image::ImageBuild;
 use crate::install::SshDeployer;
 
 use super::{Outcome, publish, source};
@@ -16,6 +18,9 @@ use super::{Outcome, publish, source};
 const STATUS: &str = "nixprox/apply";
 
 pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
+    let cancel = Cancel::new();
+    super::signals::forward(&cancel).context("failed to listen for SIGINT and SIGTERM")?;
+    let source = source::Source::from_args(&args.source)?;
     let context = publish::detect(&args.forge, args.comment)?;
     let forge = match &context {
         Some(context) if args.comment || (args.plan_id.is_none() && args.reviewed_plan.is_none()) => {
@@ -27,23 +32,23 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     let key = publish::marker_key(&args.source.flake, args.source.config.as_deref());
     let (reviewed, pr) = reviewed_plan(&args, forge.as_ref(), sha.as_deref(), &key).await?;
 
-    let settings = source::load_settings(&args.source)?;
+    let settings = source::load_settings(&source)?;
     let client = source::proxmox_client(&settings)?;
-    let evaluated = source::evaluate(&args.source, &settings).await?;
-    let only = source::only(&args.source);
-    let deployer = match SshDeployer::client_key(&settings, &publish::env) {
-        Some(key) => Some(
-            SshDeployer::new(client.clone(), flake_for_install(&args.source.flake), key, &settings)
-                .with_override_inputs(args.source.override_input.chunks(2).filter_map(pair).collect()),
-        ),
-        None => {
-            tracing::warn!(
-                "no SSH key configured (ssh.key, ssh.key_env or {}): install and switch steps will be skipped",
-                crate::install::DEFAULT_KEY_ENV
-            );
-            None
+    // Evaluating changes nothing: a signal meanwhile ends the run at once.
+    let evaluated = tokio::select! {
+        biased;
+        signal = cancel.wait_requested() => {
+            tracing::warn!("cancelled by {} while evaluating the flake: nothing was applied", signal.name());
+            return Ok(Outcome::Cancelled(signal));
         }
+        evaluated = source::evaluate(&source, &settings) => match (evaluated, cancel.requested()) {
+            (Err(_), Some(signal)) => return Ok(Outcome::Cancelled(signal)),
+            (evaluated, _) => evaluated?,
+        },
     };
+    let only = source.only();
+    let deployer = deployer(&source, &settings);
+    let image_build = image_build(&source);
     let git_rev = sha.clone().or_else(|| git_revision(&args.source.flake));
     let progress = Progress::new(ProgressMode::detect());
     let outcome = apply::run(RunRequest {
@@ -55,8 +60,10 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         allow_new_plan: args.allow_new_plan,
         git_rev: git_rev.as_deref(),
         deployer: deployer.as_ref().map(|d| d as &dyn NixosDeployer),
+        image_build: Some(&image_build),
         progress: &progress,
         options: ApplyOptions::from_settings(&settings),
+        cancel: &cancel,
     })
     .await;
     let outcome = match outcome {
@@ -79,6 +86,9 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     };
     let report = &outcome.report;
     print!("{}", report.render_text());
+    if settings.apply.gc_images {
+        super::gc_cmd::after_apply(&client, &settings, &evaluated.desired).await;
+    }
     if let Some(path) = &args.report {
         std::fs::write(path, report.to_json())
             .with_context(|| format!("failed to write the report to `{}`", path.display()))?;
@@ -87,7 +97,11 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         publish::append_summary(&report.render_markdown())?;
     }
     if let Some(forge) = &forge {
-        let state = if report.has_failures() { StatusState::Failure } else { StatusState::Success };
+        let state = if report.has_failures() || report.cancelled_by.is_some() {
+            StatusState::Failure
+        } else {
+            StatusState::Success
+        };
         publish::status(forge, sha.as_deref(), STATUS, state, &report.summary_line(), run_url(&context))
             .await;
         if let (true, Some(pr)) = (args.comment, pr)
@@ -96,14 +110,34 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
             tracing::warn!("could not post the apply report on #{pr}: {err}");
         }
     }
-    Ok(if report.has_failures() { Outcome::HostsFailed } else { Outcome::Success })
+    Ok(match cancel.requested() {
+        Some(signal) => Outcome::Cancelled(signal),
+        None if report.has_failures() => Outcome::HostsFailed,
+        None => Outcome::Success,
+    })
 }
 
-fn pair(chunk: &[String]) -> Option<(String, String)> {
-    match chunk {
-        [name, flake_ref] => Some((name.clone(), flake_ref.clone())),
-        _ => None,
-    }
+/// The SSH deployer, or `None` (installs and switches skipped) when no SSH key is configured.
+fn deployer(source: &source::Source, settings: &crate::config::Settings) -> Option<SshDeployer> {
+    let Some(key) = SshDeployer::client_key(settings, &publish::env) else {
+        tracing::warn!(
+            "no SSH key configured (ssh.key, ssh.key_env, NIXPROX_SSH_KEY_FILE or {}): install and switch steps will be skipped",
+            crate::install::DEFAULT_KEY_ENV
+        );
+        return None;
+    };
+    Some(
+        SshDeployer::new(flake_for_install(&source.flake), key, settings)
+            .with_override_inputs(source.override_inputs.clone()),
+    )
+}
+
+/// How image hosts' packages are built: the flake and the `--override-input`s it was
+/// evaluated with, so the build is the package the plan evaluated.
+fn image_build(source: &source::Source) -> ImageBuild {
+    let mut build = ImageBuild::new(Nix::default(), flake_for_install(&source.flake), "");
+    build.override_inputs = source.override_inputs.clone();
+    build
 }
 
 fn run_url(context: &Option<ForgeContext>) -> Option<&str> {
@@ -122,7 +156,7 @@ async fn reviewed_plan(
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("failed to read the reviewed plan `{}`", path.display()))?;
         let plan = ReviewedPlan::parse(&text)
-            .map_err(|err| anyhow::anyhow!("invalid reviewed plan `{}`: {err}", path.display()))?;
+            .with_context(|| format!("invalid reviewed plan `{}`", path.display()))?;
         return Ok((Reviewed::Plan(plan), None));
     }
     if let Some(id) = &args.plan_id {
@@ -133,10 +167,27 @@ async fn reviewed_plan(
             "apply needs the reviewed plan: pass --plan-id or --reviewed-plan, or run in CI on the push of a merged pull request that has nixprox's plan comment"
         );
     };
+    // The pending status tells the PR what is happening, and its answer's `creator` tells an
+    // installation token which account it writes as (see forge::identity).
+    forge
+        .set_status(sha, STATUS, StatusState::Pending, "checking the reviewed plan…", None)
+        .await
+        .unwrap_or_else(|err| tracing::warn!("could not set the `{STATUS}` status: {err}"));
     match forge.find_reviewed_plan_id(sha, key).await? {
         Some(found) => {
             tracing::info!("applying plan {} reviewed on #{}", found.plan_id, found.pr);
-            Ok((Reviewed::Id(found.plan_id), Some(found.pr)))
+            let reviewed = match found.record.as_deref().map(|json| Record::parse(json, &found.plan_id)) {
+                Some(Ok(record)) => Reviewed::Record(record),
+                Some(Err(reason)) => {
+                    tracing::warn!(
+                        "ignoring the reviewed-plan record of the plan comment on #{}: {reason}; comparing plan ids only",
+                        found.pr
+                    );
+                    Reviewed::Id(found.plan_id)
+                }
+                None => Reviewed::Id(found.plan_id),
+            };
+            Ok((reviewed, Some(found.pr)))
         }
         None => bail!(
             "no reviewed plan for commit `{sha}`: no merged pull request with a nixprox plan comment for `{key}` (pass --plan-id, or --allow-new-plan with --plan-id of the new plan)"

@@ -16,15 +16,14 @@ pub async fn run(args: DriftArgs, color: bool) -> anyhow::Result<Outcome> {
         }
         _ => None,
     };
-    let planned = super::source::plan(&args.source, args.probe).await?;
-    if context.is_some() {
-        super::source::warn_if_token_can_write(&planned.client).await;
-    }
+    let source = super::source::Source::from_args(&args.source)?;
+    let planned = super::source::plan(&source, args.probe).await?;
+    super::privileges::check_read(&planned, args.probe, context.is_some()).await?;
     let plan = &planned.plan;
     print!("{}", text::render(plan, text::TextOptions { color }));
     let md_context = publish::markdown_context(context.as_ref(), Some("drift".into()));
     if context.is_some() {
-        publish::write_ci_files(plan, &markdown::render(plan, &md_context))?;
+        publish::write_ci_files(plan, &md_context)?;
     }
     if let Some(forge) = &forge {
         let key = publish::marker_key(&args.source.flake, args.source.config.as_deref());

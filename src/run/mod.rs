@@ -4,16 +4,43 @@
 mod apply_cmd;
 mod changes;
 mod drift_cmd;
+mod forget_cmd;
+mod gc_cmd;
+mod import_cmd;
 mod plan_cmd;
+mod privileges;
 mod probe;
 mod publish;
+pub mod shard;
+mod signals;
 pub mod source;
 
 use std::io::IsTerminal;
 
 use crate::cli::{Cli, ColorChoice, Command};
 
-/// How a successful run ends; errors are exit code 1.
+/// The process exit codes (docs/plan.md). CI scripts branch on them, so they never change
+/// meaning: 1 is any error, and the outcomes a workflow reacts to differently have their own.
+pub mod exit {
+    /// Success: nothing to do, or done.
+    pub const SUCCESS: u8 = 0;
+    /// An error (message on stderr): bad input, an unreachable API, a missing privilege, …
+    pub const ERROR: u8 = 1;
+    /// `plan`/`drift --detailed-exitcode`: the plan has changes.
+    pub const CHANGES: u8 = 2;
+    /// `apply` ran, and at least one host failed (the report says which and where); a re-run
+    /// resumes.
+    pub const HOSTS_FAILED: u8 = 3;
+    /// `apply` refused to start: the plan changed since it was reviewed (nothing was done).
+    pub const REFUSED: u8 = 4;
+    /// `apply` stopped on SIGINT (128 + 2, the shells' convention); the report says what was
+    /// left, and a re-run resumes.
+    pub const INTERRUPTED: u8 = 130;
+    /// `apply` stopped on SIGTERM (128 + 15).
+    pub const TERMINATED: u8 = 143;
+}
+
+/// How a successful run ends; errors map through [`error_code`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Nothing to do, or done.
@@ -22,16 +49,29 @@ pub enum Outcome {
     Changes,
     /// `apply` ran, and at least one host failed (the report says which and where).
     HostsFailed,
+    /// `apply` was asked to stop by this signal (the report says what was left).
+    Cancelled(crate::apply::Signal),
 }
 
 impl Outcome {
     /// The process exit code.
     pub fn code(self) -> u8 {
         match self {
-            Outcome::Success => 0,
-            Outcome::Changes => 2,
-            Outcome::HostsFailed => 1,
+            Outcome::Success => exit::SUCCESS,
+            Outcome::Changes => exit::CHANGES,
+            Outcome::HostsFailed => exit::HOSTS_FAILED,
+            Outcome::Cancelled(crate::apply::Signal::Interrupt) => exit::INTERRUPTED,
+            Outcome::Cancelled(crate::apply::Signal::Terminate) => exit::TERMINATED,
         }
+    }
+}
+
+/// The exit code of a run that ended in `err`: [`exit::REFUSED`] when apply refused a plan
+/// that changed since review, [`exit::ERROR`] for everything else.
+pub fn error_code(err: &anyhow::Error) -> u8 {
+    match err.downcast_ref::<crate::apply::ApplyError>() {
+        Some(crate::apply::ApplyError::Stale(_)) => exit::REFUSED,
+        _ => exit::ERROR,
     }
 }
 
@@ -74,6 +114,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Command::Plan(args) => plan_cmd::run(args, stdout_color(cli.color)).await,
             Command::Apply(args) => apply_cmd::run(args).await,
             Command::Drift(args) => drift_cmd::run(args, stdout_color(cli.color)).await,
+            Command::Forget(args) => forget_cmd::run(args).await,
+            Command::Import(args) => import_cmd::run(args).await,
+            Command::GcImages(args) => gc_cmd::run(args).await,
         }
     })
 }

@@ -1,17 +1,33 @@
-//! `nixprox plan`: plan, render, write, report in CI, and choose the exit code.
+//! `nixprox plan`: plan (or plan one shard, or merge shards), render, write, report in CI, and
+//! choose the exit code.
 
-use anyhow::Context;
+use std::path::Path;
+
+use anyhow::{Context, bail};
 
 use crate::cli::{Format, PlanArgs};
 use crate::forge::StatusState;
 use crate::render::{json, markdown, matrix, summary_line, text};
 
+use super::shard::{self, ShardSpec};
+use super::source::Source;
+use super::changes;
 use super::{Outcome, publish};
 
 const STATUS: &str = "nixprox/plan";
 
 pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
+    let mut source = Source::from_args(&args.source)?;
+    if let Some(spec) = &args.shard {
+        // A shard only reads the event for the pull request's base (it posts nothing).
+        let context = publish::detect(&args.forge, false)?;
+        let base = changes::base_spec(&args, context.as_ref());
+        source.nixos_probes = base.is_some();
+        return run_shard(&args, &source, ShardSpec::parse(spec)?, base.as_ref()).await;
+    }
     let context = publish::detect(&args.forge, args.comment)?;
+    let base = changes::base_spec(&args, context.as_ref());
+    source.nixos_probes = base.is_some() && args.merge.is_empty();
     let forge = match (&context, args.comment) {
         (Some(context), true) => Some(publish::connect(context)?),
         (None, true) => anyhow::bail!(
@@ -25,8 +41,16 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
         publish::status(forge, sha.as_deref(), STATUS, StatusState::Pending, "planning…", run_url.as_deref())
             .await;
     }
-    let base = super::changes::base_spec(&args, context.as_ref());
-    let mut planned = match super::source::plan_with(&args.source, args.probe, base.is_some()).await {
+    let checked = async {
+        let planned = if args.merge.is_empty() {
+            changes::plan(&source, args.probe, base.as_ref()).await?
+        } else {
+            shard::merge(&source, &args.merge, base.is_some()).await?
+        };
+        super::privileges::check_read(&planned, args.probe, context.is_some()).await?;
+        anyhow::Ok(planned)
+    };
+    let planned = match checked.await {
         Ok(planned) => planned,
         Err(err) => {
             if let Some(forge) = &forge {
@@ -44,14 +68,6 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
             return Err(err);
         }
     };
-    if let Some(base) = &base {
-        let started = std::time::Instant::now();
-        super::changes::attach(&mut planned, base, &args).await?;
-        planned.timings.nixos_changes = Some(started.elapsed());
-    }
-    if context.is_some() {
-        super::source::warn_if_token_can_write(&planned.client).await;
-    }
     let plan = &planned.plan;
 
     let started = std::time::Instant::now();
@@ -63,26 +79,14 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
         Format::Matrix => matrix::render(plan, args.shards),
     };
     let render_time = started.elapsed();
-    match &args.out {
-        Some(path) => std::fs::write(path, &rendered)
-            .with_context(|| format!("failed to write the plan to `{}`", path.display()))?,
-        None => print!("{rendered}"),
-    }
+    write_out(args.out.as_deref(), &rendered)?;
     if let Some(path) = &args.timings {
-        let mut timings = planned.timings.to_json(render_time);
-        timings["render_formats_ms"] = render_every_format(plan, &md_context, args.shards);
-        let (comment, detail) = markdown::render_within(plan, &md_context, markdown::COMMENT_LIMIT);
-        timings["comment_chars"] = comment.chars().count().into();
-        timings["comment_detail"] = format!("{detail:?}").into();
-        if let Some(kib) = peak_rss_kib() {
-            timings["peak_rss_kib"] = kib.into();
-        }
-        std::fs::write(path, format!("{timings:#}\n"))
-            .with_context(|| format!("failed to write the timings to `{}`", path.display()))?;
+        let timings = planned.timings.to_json(render_time);
+        write_timings(path, timings, plan, &md_context, args.shards)?;
     }
 
     if context.is_some() {
-        publish::write_ci_files(plan, &markdown::render(plan, &md_context))?;
+        publish::write_ci_files(plan, &md_context)?;
     }
     if let (Some(forge), Some(context)) = (&forge, &context) {
         let key = publish::marker_key(&args.source.flake, args.source.config.as_deref());
@@ -101,6 +105,71 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
         publish::status(forge, sha.as_deref(), STATUS, state, &summary_line(plan), run_url.as_deref()).await;
     }
     Ok(if args.detailed_exitcode && plan.has_changes() { Outcome::Changes } else { Outcome::Success })
+}
+
+/// `--timings FILE`: the phases' wall times, every rendering timed, the comment's size and the
+/// peak memory, as JSON for the benchmark.
+fn write_timings(
+    path: &std::path::Path,
+    mut timings: serde_json::Value,
+    plan: &crate::plan::Plan,
+    md_context: &markdown::MarkdownContext,
+    shards: Option<usize>,
+) -> anyhow::Result<()> {
+    timings["render_formats_ms"] = render_every_format(plan, md_context, shards);
+    let (comment, detail) = markdown::render_within(plan, md_context, markdown::COMMENT_LIMIT);
+    timings["comment_chars"] = comment.chars().count().into();
+    timings["comment_detail"] = format!("{detail:?}").into();
+    if let Some(kib) = peak_rss_kib() {
+        timings["peak_rss_kib"] = kib.into();
+    }
+    std::fs::write(path, format!("{timings:#}\n"))
+        .with_context(|| format!("failed to write the timings to `{}`", path.display()))
+}
+
+/// `--shard I/N`: writes the shard file for `--merge` (always JSON) and the timings.
+async fn run_shard(
+    args: &PlanArgs,
+    source: &Source,
+    spec: ShardSpec,
+    base: Option<&crate::flake::base::BaseSpec>,
+) -> anyhow::Result<Outcome> {
+    if args.format != Format::Json {
+        bail!("`--shard` writes a shard file for `plan --merge`, which is JSON: add `--format json`");
+    }
+    let (file, timings) = shard::plan_shard(source, spec, base).await?;
+    let started = std::time::Instant::now();
+    let rendered = format!("{}\n", serde_json::to_string(&file).context("failed to serialise the shard")?);
+    let render_time = started.elapsed();
+    write_out(args.out.as_deref(), &rendered)?;
+    if let Some(path) = &args.timings {
+        let mut timings = timings.to_json(render_time);
+        if let Some(kib) = peak_rss_kib() {
+            timings["peak_rss_kib"] = kib.into();
+        }
+        std::fs::write(path, format!("{timings:#}\n"))
+            .with_context(|| format!("failed to write the timings to `{}`", path.display()))?;
+    }
+    tracing::info!(
+        "wrote shard {} of {}: {} hosts, the VMs of {} node(s)",
+        spec.index,
+        spec.count,
+        file.hosts.len(),
+        file.nodes.len()
+    );
+    Ok(Outcome::Success)
+}
+
+/// The rendering to `--out`, or stdout.
+fn write_out(out: Option<&Path>, rendered: &str) -> anyhow::Result<()> {
+    match out {
+        Some(path) => std::fs::write(path, rendered)
+            .with_context(|| format!("failed to write the plan to `{}`", path.display())),
+        None => {
+            print!("{rendered}");
+            Ok(())
+        }
+    }
 }
 
 /// With `--timings`, every rendering is timed (the benchmark reports them all from one run);

@@ -9,10 +9,11 @@ use anyhow::Context;
 
 use crate::config::Settings;
 use crate::flake::DesiredHost;
-use crate::install::SshDeployer;
+use crate::install::{SshDeployer, pinned_host_key};
 use crate::plan::Probe;
-use crate::proxmox::{Client, LiveVm};
-use crate::ssh::{HostKeyPolicy, SshTarget, probe_systems};
+use crate::proxmox::qemu::agent_address;
+use crate::proxmox::{Client, LiveVm, ProxmoxError};
+use crate::ssh::{HostKeyPolicy, SshError, SshTarget, probe_systems};
 
 /// How long one host may take to answer a probe (connect, authenticate, read).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -20,11 +21,22 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 /// One installed host to ask: where, as whom, and which key it must present.
 struct Candidate {
     host: String,
-    target: Result<(SshTarget, HostKeyPolicy), String>,
+    target: Result<(SshTarget, HostKeyPolicy), Unaskable>,
 }
 
-/// Probes every desired host that nixprox installed (its VM's metadata records a system and a
-/// host key). Hosts not installed yet are not asked.
+/// Why an installed host cannot be asked at all; reported as the host's finding.
+#[derive(Debug, thiserror::Error)]
+enum Unaskable {
+    #[error("the QEMU guest agent does not answer, so its address is unknown")]
+    NoAddress,
+    #[error("could not ask the guest agent for its address: {0}")]
+    Agent(#[source] ProxmoxError),
+    #[error(transparent)]
+    HostKey(#[from] SshError),
+}
+
+/// Probes every desired host that nixprox installed or adopted (its VM's metadata records a
+/// system) and whose host key is pinned (declared, or in the block). Other hosts are not asked.
 pub async fn probe(
     client: &Client,
     settings: &Settings,
@@ -32,7 +44,7 @@ pub async fn probe(
     live: &[LiveVm],
 ) -> anyhow::Result<BTreeMap<String, Probe>> {
     let key = SshDeployer::client_key(settings, &super::publish::env).context(
-        "--probe needs an SSH key: set `ssh.key` or `ssh.key_env` in nixprox.yaml, or NIXPROX_SSH_KEY",
+        "--probe needs an SSH key: set `ssh.key` or `ssh.key_env` in nixprox.yaml, or NIXPROX_SSH_KEY_FILE or NIXPROX_SSH_KEY",
     )?;
     let key_file = key.materialize()?;
     let key = key_file.load()?;
@@ -44,7 +56,9 @@ pub async fn probe(
         }) else {
             continue;
         };
-        let (Some(_), Some(host_key)) = (&metadata.system, &metadata.host_key) else { continue };
+        let (Some(_), Some(host_key)) = (&metadata.system, pinned_host_key(host, Some(metadata))) else {
+            continue;
+        };
         candidates.push(Candidate {
             host: host.host.clone(),
             target: target(client, settings, host, vm, host_key).await,
@@ -56,7 +70,7 @@ pub async fn probe(
         match candidate.target {
             Ok(target) => reachable.push(target),
             Err(reason) => {
-                probes.insert(candidate.host, Probe::Unreachable { reason });
+                probes.insert(candidate.host, Probe::Unreachable { reason: reason.to_string() });
             }
         }
     }
@@ -79,16 +93,15 @@ async fn target(
     host: &DesiredHost,
     vm: &LiveVm,
     host_key: &str,
-) -> Result<(SshTarget, HostKeyPolicy), String> {
+) -> Result<(SshTarget, HostKeyPolicy), Unaskable> {
     let address = match &host.address {
         Some(address) => address.clone(),
-        None => match crate::apply::vm::agent_address(client, &vm.node, vm.vmid).await {
-            Ok(Some(address)) => address,
-            Ok(None) => return Err("the QEMU guest agent does not answer, so its address is unknown".into()),
-            Err(err) => return Err(format!("could not ask the guest agent for its address: {err}")),
-        },
+        None => agent_address(client, &vm.node, vm.vmid)
+            .await
+            .map_err(Unaskable::Agent)?
+            .ok_or(Unaskable::NoAddress)?,
     };
-    let policy = HostKeyPolicy::pinned(host_key).map_err(|err| err.to_string())?;
+    let policy = HostKeyPolicy::pinned(host_key)?;
     let user = settings.ssh.user.clone().unwrap_or_else(|| host.ssh.user.clone());
     Ok((SshTarget { host: host.host.clone(), address, port: host.ssh.port, user }, policy))
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use secrecy::SecretString;
 
+use crate::apply::approval::record::Record;
 use crate::cli::ForgeArgs;
 use crate::forge::{
     CommentOutcome, Forge, ForgeContext, ForgeKind, ForgeOverrides, StatusState,
@@ -28,6 +29,7 @@ pub fn overrides(args: &ForgeArgs) -> anyhow::Result<ForgeOverrides> {
         pr: args.pr,
         api_url: args.api_url.clone(),
         token_env: args.token_env.clone(),
+        bot_login: args.bot_login.clone(),
         sha: args.sha.clone(),
     })
 }
@@ -65,24 +67,33 @@ pub fn now_text() -> String {
     time::OffsetDateTime::now_utc().format(&format).unwrap_or_default()
 }
 
-/// The Markdown context for a plan planned now in this CI context.
+/// The Markdown context for a plan planned now in this CI context. A trimmed comment points
+/// to where the full plan is: GitHub shows the job summary on the run's page; Forgejo shows
+/// job summaries only in the job log, so there it points to the run.
 pub fn markdown_context(context: Option<&ForgeContext>, title: Option<String>) -> markdown::MarkdownContext {
+    let full_plan = context.and_then(|c| {
+        let url = c.run_url.as_deref()?;
+        Some(match c.kind {
+            ForgeKind::GitHub => format!("the [job summary]({url})"),
+            ForgeKind::Forgejo => format!("the log of [the run]({url})"),
+        })
+    });
     markdown::MarkdownContext {
         title,
         commit: context.and_then(|c| c.head_sha().map(str::to_string)),
         // Only in CI: a plan printed locally stays byte-for-byte reproducible.
         planned_at: context.map(|_| now_text()),
-        details_url: context.and_then(|c| c.run_url.clone()),
+        full_plan,
     }
 }
 
-/// Appends the full plan to the job summary and writes the step outputs, when the runner
-/// provides the files.
-pub fn write_ci_files(plan: &Plan, body: &str) -> anyhow::Result<()> {
+/// Appends the plan to the job summary, as detailed as fits the step's 1 MiB (degraded level
+/// by level like the comment, saying what it left out; the job log has the full text plan),
+/// and writes the step outputs, when the runner provides the files.
+pub fn write_ci_files(plan: &Plan, md: &markdown::MarkdownContext) -> anyhow::Result<()> {
     let files = CiFiles::from_env(&env);
     if let Some(path) = &files.step_summary {
-        summary::append_step_summary(path, body)
-            .with_context(|| format!("failed to write the job summary `{}`", path.display()))?;
+        write_plan_summary(path, plan, md)?;
     }
     if let Some(path) = &files.output {
         let counts: BTreeMap<String, usize> =
@@ -97,6 +108,32 @@ pub fn write_ci_files(plan: &Plan, body: &str) -> anyhow::Result<()> {
             .with_context(|| format!("failed to write the step outputs `{}`", path.display()))?;
     }
     Ok(())
+}
+
+/// Appends the plan to the job summary file within [`summary::STEP_SUMMARY_LIMIT`] (counting
+/// what the step already wrote there).
+fn write_plan_summary(
+    path: &std::path::Path,
+    plan: &Plan,
+    md: &markdown::MarkdownContext,
+) -> anyhow::Result<()> {
+    let used = std::fs::metadata(path).map(|m| m.len() as usize).unwrap_or(0);
+    let context = markdown::MarkdownContext {
+        full_plan: Some("the job log (the text plan nixprox printed)".into()),
+        ..md.clone()
+    };
+    // One byte for the newline the append may add.
+    let room = summary::STEP_SUMMARY_LIMIT.saturating_sub(used + 1);
+    let (body, level) = markdown::render_within_bytes(plan, &context, room);
+    if level != markdown::Detail::Full {
+        tracing::warn!(
+            "the full plan does not fit the job summary's {} bytes: left out {}",
+            summary::STEP_SUMMARY_LIMIT,
+            level.left_out()
+        );
+    }
+    summary::append_step_summary(path, &body)
+        .with_context(|| format!("failed to write the job summary `{}`", path.display()))
 }
 
 /// Appends Markdown to the job summary, when the runner provides the file.
@@ -137,10 +174,19 @@ pub async fn plan_comment(
     let pr = context
         .pr_number()
         .context("--comment needs a pull request: run on a `pull_request` event or pass `--pr`")?;
-    let budget = crate::forge::comment::plan_body_budget(key, &plan.plan_id);
+    let record = match Record::from_plan(plan).to_json() {
+        Ok(json) => Some(json),
+        Err(reason) => {
+            tracing::warn!(
+                "{reason}: the comment records only the plan id, so apply after the merge cannot resume a partial run or apply in shards without --reviewed-plan FILE"
+            );
+            None
+        }
+    };
+    let budget = crate::forge::comment::plan_body_budget(key, &plan.plan_id, record.as_deref());
     let (body, level) = markdown::render_within(plan, md, budget);
     tracing::debug!(?level, chars = body.chars().count(), "rendered the plan comment");
-    match forge.upsert_plan_comment(pr, key, &plan.plan_id, &body).await? {
+    match forge.upsert_plan_comment(pr, key, &plan.plan_id, &body, record.as_deref()).await? {
         CommentOutcome::Created { url, .. } | CommentOutcome::Updated { url, .. } => {
             tracing::info!("plan comment on #{pr}: {}", url.unwrap_or_default());
             Ok(true)
@@ -151,5 +197,79 @@ pub async fn plan_comment(
             );
             Ok(false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Policies;
+    use crate::plan::{PlanInput, testkit};
+
+    /// A plan whose full Markdown is well over 1 MiB: 4,000 hosts to update.
+    fn huge_plan() -> Plan {
+        let desired: Vec<_> = (0..4000).map(|i| testkit::host(&format!("host-{i:04}"))).collect();
+        let mut live: Vec<_> = (0..4000).map(|i| testkit::live(&format!("host-{i:04}"), 1000 + i)).collect();
+        for vm in &mut live {
+            let config = testkit::config(vm);
+            config.spec.cores = 1;
+            config.spec.memory_mib = 512;
+        }
+        crate::plan::plan(PlanInput {
+            desired: &desired,
+            live: &live,
+            policies: Policies::default(),
+            only: None,
+            probes: None,
+        })
+    }
+
+    #[test]
+    fn the_job_summary_stays_within_its_limit_and_says_what_it_left_out() {
+        let plan = huge_plan();
+        let md = markdown::MarkdownContext::default();
+        assert!(
+            markdown::render(&plan, &md).len() > summary::STEP_SUMMARY_LIMIT,
+            "the test plan is big enough"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("summary.md");
+        // The step already wrote something there.
+        std::fs::write(&path, "x".repeat(100_000)).expect("write");
+        write_plan_summary(&path, &plan, &md).expect("summary");
+        let written = std::fs::read_to_string(&path).expect("read");
+        assert!(written.len() <= summary::STEP_SUMMARY_LIMIT, "{} bytes", written.len());
+        assert!(
+            written.contains("_Details trimmed to fit the size limit (left out: "),
+            "says what it left out"
+        );
+        assert!(written.contains("the full plan is in the job log"), "and where the rest is");
+    }
+
+    #[test]
+    fn a_trimmed_comment_points_to_the_summary_on_github_and_to_the_run_on_forgejo() {
+        let mut context = ForgeContext::detect(
+            &ForgeOverrides {
+                forge: Some(ForgeKind::GitHub),
+                repo: Some("home/lab".into()),
+                api_url: Some("http://127.0.0.1:9/".into()),
+                ..ForgeOverrides::default()
+            },
+            &|_| None,
+        )
+        .expect("context")
+        .expect("some");
+        context.run_url = Some("https://forge.example/home/lab/actions/runs/7".into());
+        let github = markdown_context(Some(&context), None).full_plan;
+        assert_eq!(
+            github.as_deref(),
+            Some("the [job summary](https://forge.example/home/lab/actions/runs/7)")
+        );
+        context.kind = ForgeKind::Forgejo;
+        let forgejo = markdown_context(Some(&context), None).full_plan;
+        assert_eq!(
+            forgejo.as_deref(),
+            Some("the log of [the run](https://forge.example/home/lab/actions/runs/7)")
+        );
     }
 }

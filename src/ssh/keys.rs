@@ -56,6 +56,16 @@ impl KeyFile {
         Ok(KeyFile { path: file.path().to_path_buf(), _temp: Some(file) })
     }
 
+    /// Writes `bytes` exactly as they are (no trimming, no added newline) to a new 0600
+    /// temporary file: for secrets whose every byte counts, such as disk-encryption keys.
+    pub fn from_exact_bytes(bytes: &[u8]) -> Result<KeyFile, SshError> {
+        let mut file =
+            tempfile::Builder::new().prefix("nixprox-secret-").tempfile().map_err(SshError::TempFile)?;
+        file.write_all(bytes).map_err(SshError::TempFile)?;
+        file.flush().map_err(SshError::TempFile)?;
+        Ok(KeyFile { path: file.path().to_path_buf(), _temp: Some(file) })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

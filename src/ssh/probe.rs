@@ -29,23 +29,43 @@ pub async fn probe_system(
     timeout: Duration,
 ) -> Result<String, SshError> {
     let options = ConnectOptions { attempt_timeout: timeout, bound: timeout, ..ConnectOptions::default() };
-    let session = Session::connect(target, key, policy, &options).await?;
+    read_current_system(target, key, policy, &options, timeout).await?.ok_or_else(|| SshError::Protocol {
+        host: target.host.clone(),
+        address: format!("{}:{}", target.address, target.port),
+        reason: format!(
+            "`{READ_CURRENT_SYSTEM}` found no `/run/current-system` (is this host running NixOS?)"
+        ),
+    })
+}
+
+/// The store path `/run/current-system` points to on a host verified against `policy`, or
+/// `None` when the host answers but has no `/run/current-system` (it does not run NixOS).
+/// Nothing but that one `readlink` runs on the host.
+pub async fn read_current_system(
+    target: &SshTarget,
+    key: &Arc<PrivateKey>,
+    policy: &HostKeyPolicy,
+    options: &ConnectOptions,
+    timeout: Duration,
+) -> Result<Option<String>, SshError> {
+    let session = Session::connect(target, key, policy, options).await?;
     let output = session.exec(READ_CURRENT_SYSTEM, timeout).await;
     session.close().await;
     let output = output?;
     let path = output.stdout.trim();
-    if !output.success() || !path.starts_with('/') {
-        return Err(SshError::Protocol {
+    match output.exit_status {
+        Some(0) if path.starts_with('/') => Ok(Some(path.to_string())),
+        // readlink(1) exits 1, printing nothing, for a path that is missing or no link.
+        Some(1) if path.is_empty() => Ok(None),
+        status => Err(SshError::Protocol {
             host: target.host.clone(),
             address: format!("{}:{}", target.address, target.port),
             reason: format!(
-                "`{READ_CURRENT_SYSTEM}` exited with {:?}: {} (is this host running NixOS?)",
-                output.exit_status,
+                "`{READ_CURRENT_SYSTEM}` exited with {status:?}: {} (is this host running NixOS?)",
                 output.stderr.trim()
             ),
-        });
+        }),
     }
-    Ok(path.to_string())
 }
 
 /// Probes many hosts, at most `concurrency` at once, each bounded by `timeout`; results come

@@ -14,9 +14,7 @@ fn homelab() -> (Fixture, FakePve) {
 }
 
 fn nixprox(fixture: &Fixture, pve: &FakePve, args: &[&str]) -> Run {
-    let mut command = cli::nixprox();
-    command.args(args).args(cli::source_args(fixture)).envs(cli::pve_env(pve));
-    command.output().expect("run nixprox").into()
+    cli::run_on(&fixture.flake_ref(), pve, args)
 }
 
 fn path(fixture: &Fixture, name: &str) -> String {
@@ -91,11 +89,8 @@ fn apply_carries_out_the_reviewed_plan_and_a_rerun_converges() {
             })
             .collect()
     };
-    // fakepve answers a qemu `/resize` without changing the volume, so the grown disk shows
-    // again here; on Proxmox only the install is left. No second VM, no second create.
-    let matrix = kinds("matrix");
-    assert!(!matrix.contains(&"create_vm".to_string()), "{matrix:?}");
-    assert_eq!(matrix.last().map(String::as_str), Some("install"), "{matrix:?}");
+    // Only the install is left: no second VM, no second create, the grown disk in sync.
+    assert_eq!(kinds("matrix"), ["install"]);
     assert_eq!(kinds("db"), ["noop"]);
     let db_reason = plan["hosts"].as_array().expect("hosts").iter().find(|h| h["host"] == "db").expect("db")
         ["actions"][0]["reason"]
@@ -108,7 +103,8 @@ fn apply_carries_out_the_reviewed_plan_and_a_rerun_converges() {
 fn apply_refuses_a_plan_that_changed_since_review() {
     let (fixture, pve) = homelab();
     let run = nixprox(&fixture, &pve, &["apply", "--plan-id", "0000000000000000", "--hosts", "db"]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
+    // Exit code 4: refused since review, distinct from errors (1) and failed hosts (3).
+    assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(run.stderr.contains("0000000000000000"), "{}", run.stderr);
     let vm = pve.vm(102);
     assert_eq!(vm["config"]["cores"].to_string().trim_matches('"'), "2", "nothing was changed");

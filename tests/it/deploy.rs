@@ -85,6 +85,48 @@ impl Lab {
         std::fs::write(self.dir().join("nixprox.yaml"), settings).expect("write nixprox.yaml");
     }
 
+    /// Declares `nixprox.vm.description` (`""`: none, the notes are the owner's).
+    fn declare_description(&self, description: &str) {
+        self.declare_more("description", json!(description));
+    }
+
+    /// Sets one more field of `test-host.json` (`description`, `diskKeys`).
+    fn declare_more(&self, key: &str, value: Value) {
+        let path = self.dir().join("test-host.json");
+        let mut declared: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("test-host.json")).expect("json");
+        declared[key] = value;
+        std::fs::write(&path, declared.to_string()).expect("write test-host.json");
+    }
+
+    /// Sets `ssh.user` in nixprox.yaml: every host is reached as `user`.
+    fn ssh_user(&self, user: &str) {
+        let path = self.dir().join("nixprox.yaml");
+        let settings = std::fs::read_to_string(&path).expect("nixprox.yaml");
+        std::fs::write(&path, settings.replacen("ssh:\n", &format!("ssh:\n  user: {user}\n"), 1))
+            .expect("write nixprox.yaml");
+    }
+
+    /// Appends `policies.allow_reinstall: true` to nixprox.yaml.
+    fn allow_reinstall(&self) {
+        let path = self.dir().join("nixprox.yaml");
+        let mut settings = std::fs::read_to_string(&path).expect("nixprox.yaml");
+        settings.push_str("policies:\n  allow_reinstall: true\n");
+        std::fs::write(&path, settings).expect("write nixprox.yaml");
+    }
+
+    /// Rewrites web's metadata block in its notes with `edit`, as someone could in the UI.
+    fn edit_metadata(&self, edit: impl FnOnce(&mut Metadata)) {
+        let vm = self.web();
+        let mut metadata = self.metadata();
+        edit(&mut metadata);
+        let notes = Notes::parse(vm["config"]["description"].as_str().expect("notes"));
+        let description = Notes::render(&notes.user_text, &metadata);
+        self.pve.command(
+            json!({"cmd": "set_config", "vmid": vm["vmid"], "config": {"description": description}}),
+        );
+    }
+
     /// `nix flake lock` with the offline inputs, so the flake evaluates without overrides.
     fn lock(&self) {
         let mut command = Command::new("nix");
@@ -116,6 +158,11 @@ impl Lab {
 
     /// `nixprox <args> --flake path:<fixture>` against the fake cluster, no input overrides.
     fn nixprox(&self, args: &[&str], env: &[(&str, String)]) -> Run {
+        self.command(args, env).output().expect("run nixprox").into()
+    }
+
+    /// The command [`Lab::nixprox`] runs.
+    fn command(&self, args: &[&str], env: &[(&str, String)]) -> Command {
         let mut command = cli::nixprox();
         command
             .args(args)
@@ -126,7 +173,7 @@ impl Lab {
             let text = std::fs::read_to_string(&self.host.client_key).expect("read the client key");
             command.env("NIXPROX_SSH_KEY", text);
         }
-        command.output().expect("run nixprox").into()
+        command
     }
 
     fn path(&self, name: &str) -> String {
@@ -352,7 +399,7 @@ fn a_failed_install_keeps_the_vm_and_the_next_apply_resumes_it() {
     assert_eq!(kinds(&plan), ["create_vm", "install"], "{plan:#}");
     let fail = [("NIXPROX_TEST_INSTALL_FAIL", "disko: /dev/sda is busy".to_string())];
     let (run, report) = lab.apply(&fail);
-    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 3, "a host failed: {}\n{}", run.stdout, run.stderr);
     let web = web_report(&report);
     assert_eq!(web["status"], "failed", "{report:#}");
     assert_eq!(web["step"], "install", "{report:#}");
@@ -382,6 +429,136 @@ fn a_failed_install_keeps_the_vm_and_the_next_apply_resumes_it() {
     assert_eq!(metadata.system.as_deref(), Some(toplevel.as_str()));
     assert_eq!(metadata.applying, None);
     assert_eq!(kinds(&lab.plan()), ["noop"]);
+}
+
+#[test]
+fn the_owners_notes_survive_install_and_switch_byte_for_byte() {
+    const OWNER: &str = "Owner: alice.\r\nBackups nightly; do not delete.\n\n";
+    let lab = Lab::start(2048, Key::File);
+    lab.declare_description("");
+    lab.commit("web: no description");
+    let plan = lab.plan();
+    assert_eq!(kinds(&plan), ["create_vm", "install"], "{plan:#}");
+    let fail = [("NIXPROX_TEST_INSTALL_FAIL", "disko: /dev/sda is busy".to_string())];
+    let (run, _) = lab.apply(&fail);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    // Between the runs the owner writes notes above nixprox's block in the Proxmox UI.
+    let vmid = lab.web()["vmid"].as_u64().expect("vmid");
+    let notes = Notes::render(OWNER, &lab.metadata());
+    lab.pve.command(json!({"cmd": "set_config", "vmid": vmid, "config": {"description": notes}}));
+    let owner_text = || Notes::parse(lab.web()["config"]["description"].as_str().expect("notes")).user_text;
+
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "install failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
+    assert_eq!(lab.metadata().system.as_deref(), Some(lab.toplevel().as_str()));
+    assert_eq!(owner_text(), OWNER, "after install");
+
+    lab.declare("2", 2048, false);
+    lab.declare_description("");
+    lab.commit("web: revision 2");
+    assert_eq!(kinds(&lab.plan()), ["switch"]);
+    let (run, _) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "switch failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(lab.metadata().system.as_deref(), Some(lab.toplevel().as_str()));
+    assert_eq!(owner_text(), OWNER, "after switch");
+}
+
+/// A lab whose host takes a disk-encryption key from `DISK_KEY_FOR_TEST`, planned.
+fn lab_with_a_disk_key() -> Lab {
+    let lab = Lab::start(2048, Key::File);
+    lab.declare_more("diskKeys", json!({"/run/nixprox-disk.key": "env:DISK_KEY_FOR_TEST"}));
+    lab.commit("web: a disk key");
+    assert_eq!(kinds(&lab.plan()), ["create_vm", "install"]);
+    lab
+}
+
+#[test]
+fn disk_keys_from_the_environment_reach_the_host_byte_for_byte() {
+    // Trailing blanks and newlines are part of the key: a trimmed key opens nothing.
+    const KEY: &str = "canary-disk-key-5e1f \t\n\n";
+    let lab = lab_with_a_disk_key();
+    let (run, report) = lab.apply(&[("DISK_KEY_FOR_TEST", KEY.to_string())]);
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+    let placed = std::fs::read(lab.host.root().join("run/nixprox-disk.key")).expect("the key on the host");
+    assert_eq!(placed, KEY.as_bytes(), "the key arrives byte for byte");
+    let report = report.to_string();
+    for output in [&run.stdout, &run.stderr, &report] {
+        assert!(!output.contains("canary-disk-key"), "the disk key leaked:\n{output}");
+    }
+}
+
+#[test]
+fn a_reinstall_hands_secrets_only_to_the_machine_with_the_pinned_key() {
+    let lab = Lab::start(2048, Key::File);
+    let first = install(&lab);
+    let installed_key = lab.host.host_public();
+    lab.allow_reinstall();
+    lab.commit("allow reinstall");
+    // The block now says NixOS is gone (so a reinstall is planned), and pins another machine's
+    // key: the machine answering at the address is not the one nixprox installed.
+    let impostor = nixprox::ssh::generate_host_key("elsewhere").expect("key").public;
+    lab.edit_metadata(|m| {
+        m.system = None;
+        m.host_key = Some(impostor.clone());
+    });
+    assert_eq!(kinds(&lab.plan()), ["reinstall"]);
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    let error = web_report(&report)["error"].as_str().expect("error").to_string();
+    assert!(error.starts_with("refusing to install `web`"), "{error}");
+    assert!(error.contains("nothing was sent to it"), "{error}");
+    assert_eq!(lab.host.host_public(), installed_key, "no new host key reached the machine");
+    assert_eq!(lab.host.current_system().as_deref(), Some(first.as_str()));
+
+    // Pinned to the machine's real key, the same reinstall goes ahead and pins a new key.
+    lab.edit_metadata(|m| m.host_key = Some(installed_key.trim().to_string()));
+    assert_eq!(kinds(&lab.plan()), ["reinstall"]);
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "reinstall failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
+    assert_ne!(lab.host.host_public(), installed_key);
+    assert_eq!(lab.metadata().host_key.as_deref(), Some(lab.host.host_public().trim()));
+    assert_eq!(lab.metadata().system.as_deref(), Some(first.as_str()));
+}
+
+#[test]
+fn a_user_with_passwordless_sudo_switches_probes_and_reinstalls() {
+    let lab = Lab::start(2048, Key::File);
+    let user = lab.host.sudo_user();
+    let first = install(&lab);
+    lab.declare("2", 2048, false);
+    lab.ssh_user(user);
+    lab.commit("web: revision 2, deployed as the sudo user");
+    let second = lab.toplevel();
+    assert_eq!(kinds(&lab.plan()), ["switch"]);
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "switch failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
+    assert_eq!(lab.host.current_system().as_deref(), Some(second.as_str()));
+    assert_eq!(lab.switch_log(), [format!("boot {first}"), format!("switch {second}")]);
+    assert_eq!(lab.metadata().system.as_deref(), Some(second.as_str()));
+    let sshd_log = std::fs::read_to_string(lab.host.root().join("sshd.log")).expect("sshd log");
+    assert!(sshd_log.contains(&format!("Accepted publickey for {user}")), "{sshd_log}");
+
+    // `plan --probe` as the same user: the host runs what the block records.
+    let run = lab.nixprox(&["plan", "--probe", "--format", "json"], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plan: Value = serde_json::from_str(&run.stdout).expect("plan json");
+    assert_eq!(plan["probe"]["probed"], 1, "{plan:#}");
+    assert_eq!(plan["probe"]["unreachable"], json!([]), "{plan:#}");
+    assert_eq!(kinds(&plan), ["noop"]);
+
+    // A reinstall logs in as the same user too; nixos-anywhere escalates with sudo.
+    lab.allow_reinstall();
+    lab.commit("allow reinstall");
+    lab.edit_metadata(|m| m.system = None);
+    assert_eq!(kinds(&lab.plan()), ["reinstall"]);
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "reinstall failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
+    assert_eq!(lab.metadata().system.as_deref(), Some(second.as_str()));
+    assert_eq!(lab.metadata().host_key.as_deref(), Some(lab.host.host_public().trim()));
 }
 
 #[test]
@@ -475,7 +652,7 @@ fn a_small_vm_whose_install_failed_is_resumed_with_the_raised_memory() {
     lab.plan();
     let fail = [("NIXPROX_TEST_INSTALL_FAIL", "kexec: out of memory".to_string())];
     let (run, report) = lab.apply(&fail);
-    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 3, "a host failed: {}\n{}", run.stdout, run.stderr);
     assert_eq!(web_report(&report)["step"], "install", "{report:#}");
     // The raised memory stays for the next attempt.
     assert_eq!(lab.web()["config"]["memory"].to_string().trim_matches('"'), "1536");
@@ -492,5 +669,83 @@ fn a_small_vm_whose_install_failed_is_resumed_with_the_raised_memory() {
     assert_eq!(lab.guests().len(), 1, "no second VM");
     let vm = lab.web();
     assert_eq!(vm["pending"]["memory"].to_string().trim_matches('"'), "1024", "{vm:#}");
+    assert_eq!(lab.metadata().system.as_deref(), Some(lab.toplevel().as_str()));
+}
+
+#[test]
+fn sigterm_during_an_install_stops_the_installer_leaves_no_secret_behind_and_a_rerun_installs() {
+    const KEY: &str = "canary-disk-key-7d2a\n";
+    let lab = lab_with_a_disk_key();
+    // nixprox's temporary files (the `--extra-files` directory with the new host key, the disk
+    // key) and the installer's (its copy of the SSH key) all land in this TMPDIR.
+    let tmp = tempfile::Builder::new().prefix("nixprox-deploy-tmp-").tempdir().expect("tempdir");
+    let pids = lab.work.path().join("installer.pids");
+    let report = lab.path("report.json");
+    let env = [
+        ("DISK_KEY_FOR_TEST", KEY.to_string()),
+        ("NIXPROX_TEST_INSTALL_HANG", pids.display().to_string()),
+        ("TMPDIR", tmp.path().display().to_string()),
+    ];
+    let args = ["apply", "--reviewed-plan", &lab.path("plan.json"), "--report", &report];
+    let output = lab.work.path().join("apply.log");
+    let mut child = lab
+        .command(&args, &env)
+        .stdout(std::fs::File::create(lab.work.path().join("apply.out")).expect("stdout file"))
+        .stderr(std::fs::File::create(&output).expect("stderr file"))
+        .spawn()
+        .expect("start nixprox");
+    let log = || std::fs::read_to_string(&output).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !pids.exists() {
+        assert!(std::time::Instant::now() < deadline, "the install never started:\n{}", log());
+        assert!(child.try_wait().expect("wait").is_none(), "apply ended early:\n{}", log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let installer: Vec<String> =
+        std::fs::read_to_string(&pids).expect("pids").split_whitespace().map(String::from).collect();
+    assert!(
+        std::fs::read_dir(tmp.path()).expect("tmp").count() > 0,
+        "the install's temporary files exist while it runs"
+    );
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "apply did not stop:\n{}", log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(143), "{}", log());
+    // The installer and its children are gone, and so is every temporary file with a secret.
+    for pid in &installer {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start()).unwrap_or_default();
+        assert!(stat.is_empty() || state.starts_with('Z'), "installer process {pid} still runs: {stat}");
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("tmp").flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "temporary files left behind: {left:?}");
+    // The report says where the host stopped; the VM keeps `applying` for the next run.
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("report json");
+    let web = web_report(&report);
+    assert_eq!(
+        (web["status"].as_str(), web["step"].as_str()),
+        (Some("cancelled"), Some("install")),
+        "{report:#}"
+    );
+    assert!(steps(&report).contains(&("install".into(), "cancelled".into())), "{report:#}");
+    assert!(!step_names(&report).contains(&"finish".to_string()), "{report:#}");
+    assert_eq!(report["cancelled_by"], "SIGTERM");
+    assert!(!log().contains("canary-disk-key"), "the disk key leaked");
+    let metadata = lab.metadata();
+    assert!(metadata.applying.is_some() && metadata.system.is_none(), "{metadata:?}");
+
+    // The next run installs, once.
+    let (run, report) = lab.apply(&[("DISK_KEY_FOR_TEST", KEY.to_string())]);
+    assert_eq!(run.code, 0, "resumed apply failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
+    assert_eq!(lab.guests().len(), 1, "no second VM");
     assert_eq!(lab.metadata().system.as_deref(), Some(lab.toplevel().as_str()));
 }

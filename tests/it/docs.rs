@@ -1,5 +1,6 @@
-//! The docs cannot drift from the code: every module option (read from `nix/module.nix` by the
-//! real nix) and every settings key has its entry in `docs/configuration.md`.
+//! The docs cannot drift from the code: every module option (read from `nix/module.nix` and
+//! `nix/runner.nix` by the real nix) and every settings key has its entry in
+//! `docs/configuration.md`.
 
 use std::process::Command;
 
@@ -9,14 +10,14 @@ fn configuration_md() -> String {
     std::fs::read_to_string(repo().join("docs/configuration.md")).expect("docs/configuration.md")
 }
 
-#[test]
-fn every_module_option_is_documented() {
+/// The names of the options `module` (a Nix expression) declares under `prefix`, read by the
+/// real nix; submodule internals (`_module.*`) are left out.
+fn option_names(module: &str, prefix: &str) -> Vec<String> {
     let expr = format!(
         "let lib = import {lib}/lib; \
-         eval = lib.evalModules {{ modules = [ {module} {{ _module.check = false; }} ]; }}; \
+         eval = lib.evalModules {{ modules = [ {module} {{ _module.check = false; _module.args.pkgs = {{}}; }} ]; }}; \
          in map (o: o.name) (lib.optionAttrSetToDocList eval.options)",
         lib = nixpkgs_lib().display(),
-        module = repo().join("nix/module.nix").display(),
     );
     let output = Command::new("nix")
         .args(["--extra-experimental-features", "nix-command flakes", "eval", "--json", "--impure", "--expr"])
@@ -26,16 +27,30 @@ fn every_module_option_is_documented() {
         .expect("run nix (install Debian's nix-bin)");
     assert!(output.status.success(), "nix eval failed: {}", String::from_utf8_lossy(&output.stderr));
     let names: Vec<String> = serde_json::from_slice(&output.stdout).expect("option names");
-    let docs = configuration_md();
-    // Submodule internals (`_module.*`) are not user options; the docs call `<name>` a slot.
-    let options: Vec<&String> =
-        names.iter().filter(|n| n.starts_with("nixprox.") && !n.contains("._module.")).collect();
+    names.into_iter().filter(|n| n.starts_with(prefix) && !n.contains("._module.")).collect()
+}
+
+#[test]
+fn every_module_option_is_documented() {
+    let options = option_names(&repo().join("nix/module.nix").display().to_string(), "nixprox.");
     assert!(options.len() > 40, "the module declares its options: {options:?}");
-    let missing: Vec<&&String> = options
+    let docs = configuration_md();
+    // The docs call `<name>` a slot.
+    let missing: Vec<&String> = options
         .iter()
         .filter(|name| !docs.contains(&format!("`{}`", name.replace("<name>", "<slot>"))))
         .collect();
     assert!(missing.is_empty(), "options missing from docs/configuration.md: {missing:?}");
+}
+
+#[test]
+fn every_runner_option_is_documented() {
+    let runner = format!("(import {} {{ self = {{}}; }})", repo().join("nix/runner.nix").display());
+    let options = option_names(&runner, "services.nixprox-runner.");
+    assert!(options.len() >= 15, "the runner module declares its options: {options:?}");
+    let docs = configuration_md();
+    let missing: Vec<&String> = options.iter().filter(|name| !docs.contains(&format!("`{name}`"))).collect();
+    assert!(missing.is_empty(), "runner options missing from docs/configuration.md: {missing:?}");
 }
 
 #[test]

@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 
 use nixprox::config::Settings;
 use nixprox::flake::host::{Bootstrap, TemplateRef};
-use nixprox::flake::{EvalRequest, FlakeError, HostDecl, Inventory, evaluate, resolve_all};
+use nixprox::flake::{EvalRequest, FlakeError, HostDecl, Hosts, Inventory, evaluate, resolve_all};
 use nixprox::metadata::Notes;
 use sha2::{Digest, Sha256};
 
-use crate::support::nix::{Fixture, repo};
+use crate::support::fleet::Fleet;
+use crate::support::nix::{Fixture, nix, override_inputs, repo};
 
 async fn eval(request: &EvalRequest) -> Inventory {
     match evaluate(request).await {
@@ -36,7 +37,10 @@ async fn homelab_inventory_has_every_managed_host_as_declared() {
     assert!(inventory.nix_version.major >= 2, "{:?}", inventory.nix_version);
     assert_eq!(inventory.skipped, ["laptop", "router"]);
     let attrs: Vec<&str> = inventory.hosts.iter().map(|h| h.attr.as_str()).collect();
-    assert_eq!(attrs, ["cache", "db", "dns", "forge", "matrix", "media", "monitor", "nas", "vault", "web"]);
+    assert_eq!(
+        attrs,
+        ["cache", "ci", "db", "dns", "forge", "matrix", "media", "monitor", "nas", "vault", "web"]
+    );
     let host = |attr: &str| -> &HostDecl {
         &inventory.hosts.iter().find(|h| h.attr == attr).expect("host in inventory").decl
     };
@@ -86,7 +90,7 @@ async fn homelab_inventory_has_every_managed_host_as_declared() {
         let suffix = if h.attr == "monitor" { "nixos".to_string() } else { h.decl.vm.name.clone() };
         assert!(toplevel.ends_with(&format!("-nixos-system-{suffix}")), "{}: {toplevel}", h.attr);
         let layout = &h.system.disk_layout_hash;
-        if h.attr == "nas" {
+        if h.attr == "nas" || h.attr == "ci" {
             assert_ne!(layout, &sha256("null"));
             assert!(layout.starts_with("sha256:") && layout.len() == 71, "{layout}");
         } else {
@@ -109,6 +113,12 @@ async fn homelab_inventory_has_every_managed_host_as_declared() {
         matches!(&matrix.bootstrap, Bootstrap::Template { template: TemplateRef::Name(t), .. } if t == "nixos-bootstrap")
     );
     assert_eq!(matrix.node, "pve1");
+    // ci boots from disko's images: the package, its image's declared size, the default storage.
+    let ci = desired.iter().find(|d| d.host == "ci").expect("ci");
+    let Bootstrap::Image(image) = &ci.bootstrap else { panic!("ci is an image host: {:?}", ci.bootstrap) };
+    assert_eq!(image.storage, "images");
+    assert!(image.package.out_path.ends_with("-ci-disko-images"), "{}", image.package.out_path);
+    assert_eq!(image.package.image_sizes, BTreeMap::from([("scsi0".to_string(), "8G".to_string())]));
     assert_eq!(
         desired.iter().find(|d| d.host == "dns").expect("dns").spec.networks["net0"].mac.as_deref(),
         Some("BC:24:11:00:00:18")
@@ -201,16 +211,16 @@ async fn eval_error_names_the_host_and_keeps_nix_message() {
         "{err}"
     );
 
-    // A host whose options evaluate but whose system does not: phase two names it.
+    // A host whose options evaluate but whose system does not: named as well.
     let mut request = fixture.request();
-    request.hosts = Some(vec!["good".into(), "broken-system".into()]);
+    request.hosts = Hosts::Only(vec!["good".into(), "broken-system".into()]);
     let err = eval_err(&request).await;
     let FlakeError::Host { host, message, .. } = &err else { panic!("not a host error: {err}") };
     assert_eq!(host, "broken-system");
     assert!(message.contains("no revision: the flake is not a git checkout"), "{message}");
 
     // `--hosts` leaves the broken ones out entirely.
-    request.hosts = Some(vec!["good".into()]);
+    request.hosts = Hosts::Only(vec!["good".into()]);
     let inventory = eval(&request).await;
     assert_eq!(inventory.hosts.len(), 1);
     assert_eq!(inventory.hosts[0].attr, "good");
@@ -220,7 +230,7 @@ async fn eval_error_names_the_host_and_keeps_nix_message() {
 async fn unknown_hosts_in_the_filter_are_errors() {
     let fixture = Fixture::copy("eval-error");
     let mut request = fixture.request();
-    request.hosts = Some(vec!["good".into(), "nope".into()]);
+    request.hosts = Hosts::Only(vec!["good".into(), "nope".into()]);
     let err = eval_err(&request).await;
     assert_eq!(
         err.to_string(),
@@ -261,4 +271,131 @@ async fn bad_type_names_the_option_and_the_type() {
         ),
         "{message}"
     );
+}
+
+/// An evaluation request for a generated fleet with the test inputs.
+fn fleet_request(fleet: &Fleet) -> EvalRequest {
+    EvalRequest {
+        nix: nix(),
+        override_inputs: override_inputs(),
+        eval_jobs: 2,
+        ..EvalRequest::new(fleet.flake_ref())
+    }
+}
+
+/// However the scheduler splits the work (one worker, two, one host per process, a memory bound
+/// so tight that workers restart and reservations double), every host's module system is
+/// evaluated to the same declaration, system and disk layout, and so is the one plain `nix eval`
+/// the benchmark uses as its reference.
+#[tokio::test]
+async fn every_evaluation_strategy_gives_the_same_inventory() {
+    let fleet = Fleet::generate_heavy(6, 200);
+    let reference = eval(&fleet_request(&fleet)).await;
+    assert_eq!(reference.hosts.len(), 6);
+    assert!(reference.hosts.iter().all(|h| h.extra.is_none()));
+
+    let one_worker = eval(&EvalRequest { eval_jobs: 1, ..fleet_request(&fleet) }).await;
+    assert_eq!(one_worker.hosts, reference.hosts);
+    assert_eq!(one_worker.stats.processes, 1, "{:?}", one_worker.stats);
+
+    let per_host = eval(&EvalRequest { batch: 1, ..fleet_request(&fleet) }).await;
+    assert_eq!(per_host.hosts, reference.hosts);
+    assert!(per_host.stats.processes >= 6, "one process per host: {:?}", per_host.stats);
+
+    let bounded = eval(&EvalRequest { eval_jobs: 3, max_memory: 128 << 20, ..fleet_request(&fleet) }).await;
+    assert_eq!(bounded.hosts, reference.hosts);
+    assert!(bounded.stats.restarts > 0, "a 128 MiB bound replaces workers: {:?}", bounded.stats);
+    assert!(bounded.stats.processes > 3, "{:?}", bounded.stats);
+
+    #[derive(serde::Deserialize)]
+    struct Single {
+        hosts: Vec<serde_json::Value>,
+        missing: Vec<String>,
+    }
+    let single: Single =
+        fleet_request(&fleet).single_process_command().run_json().await.expect("one nix eval");
+    assert!(single.missing.is_empty());
+    let toplevels: Vec<&str> =
+        single.hosts.iter().map(|h| h["system"]["toplevel"].as_str().expect("toplevel")).collect();
+    let expected: Vec<&str> = reference.hosts.iter().map(|h| h.system.toplevel.as_str()).collect();
+    assert_eq!(toplevels, expected);
+}
+
+/// A shard evaluates every N-th host; the shards together are the whole inventory.
+#[tokio::test]
+async fn shards_partition_the_hosts() {
+    let fleet = Fleet::generate(7);
+    let all = eval(&fleet_request(&fleet)).await;
+    let mut union = Vec::new();
+    for index in 0..3 {
+        let shard =
+            eval(&EvalRequest { hosts: Hosts::Shard { index, count: 3 }, ..fleet_request(&fleet) }).await;
+        let attrs: Vec<&str> = shard.hosts.iter().map(|h| h.attr.as_str()).collect();
+        let expected: Vec<String> = (index..7).step_by(3).map(|i| format!("h{i:04}")).collect();
+        assert_eq!(attrs, expected);
+        union.extend(shard.hosts);
+    }
+    union.sort_by(|a, b| a.attr.cmp(&b.attr));
+    assert_eq!(union, all.hosts);
+}
+
+/// The caller's extra attributes come from the same evaluation, for managed hosts only.
+#[tokio::test]
+async fn extra_attributes_are_evaluated_with_the_host() {
+    let fixture = Fixture::copy("homelab");
+    let request = EvalRequest {
+        extra: Some(
+            "attr: host: { inherit attr; revision = host.config.system.configurationRevision; }".into(),
+        ),
+        ..fixture.request()
+    };
+    let inventory = eval(&request).await;
+    assert_eq!(inventory.skipped, ["laptop", "router"]);
+    for host in &inventory.hosts {
+        let extra = host.extra.as_ref().expect("extra for every managed host");
+        assert_eq!(extra["attr"], host.attr.as_str());
+        assert!(extra.get("revision").is_some(), "{extra}");
+    }
+}
+
+/// A flake's own `builtins.trace` output, even one that looks like nixprox's reports, neither
+/// breaks the evaluation nor adds hosts: the report marker is random per run.
+#[tokio::test]
+async fn traces_of_the_flake_are_not_reports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("lib")).expect("mkdir lib");
+    for file in ["mkHost.nix", "standin.nix"] {
+        std::fs::copy(repo().join("fixtures/lib").join(file), dir.path().join("lib").join(file))
+            .expect("copy lib");
+    }
+    std::fs::write(
+        dir.path().join("flake.nix"),
+        r#"{
+  inputs.nixpkgs-lib.url = "github:nix-community/nixpkgs.lib";
+  inputs.nixprox.url = "github:nixprox/nixprox";
+  inputs.nixprox.inputs.nixpkgs.follows = "nixpkgs-lib";
+  outputs = { nixpkgs-lib, nixprox, ... }:
+    let
+      mkHost = import ./lib/mkHost.nix { inherit (nixpkgs-lib) lib; nixproxModule = nixprox.nixosModules.default; };
+      noisy = builtins.trace ''nixprox-0000000000000000:{"host":"forged","skipped":true}'';
+    in {
+      nixosConfigurations.web = mkHost {
+        name = "web";
+        modules = [ { nixprox.enable = true; nixprox.vm.node = noisy (builtins.trace "plain trace" "pve1"); } ];
+      };
+    };
+}
+"#,
+    )
+    .expect("write flake");
+    let request = EvalRequest {
+        nix: nix(),
+        override_inputs: override_inputs(),
+        ..EvalRequest::new(format!("path:{}", dir.path().display()))
+    };
+    let inventory = eval(&request).await;
+    let attrs: Vec<&str> = inventory.hosts.iter().map(|h| h.attr.as_str()).collect();
+    assert_eq!(attrs, ["web"]);
+    assert!(inventory.skipped.is_empty(), "{:?}", inventory.skipped);
+    assert_eq!(inventory.hosts[0].decl.vm.node.as_deref(), Some("pve1"));
 }

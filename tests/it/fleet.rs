@@ -13,17 +13,7 @@ fn plan(fleet: &Fleet, pve: &FakePve, args: &[&str]) -> Run {
 }
 
 fn nixprox_in(fleet: &Fleet, pve: &FakePve, subcommand: &str, args: &[&str]) -> Run {
-    let mut command = cli::nixprox();
-    command.arg(subcommand).arg("--flake").arg(fleet.flake_ref());
-    for input in crate::support::nix::override_inputs() {
-        command.arg("--override-input").arg(&input.name).arg(&input.flake_ref);
-    }
-    command
-        .args(args)
-        .env("PROXMOX_URL", pve.url())
-        .env("PROXMOX_CA_CERT", pve.ca_cert())
-        .env("PROXMOX_API_TOKEN", pve.token());
-    command.output().expect("run nixprox").into()
+    cli::run_on(&fleet.flake_ref(), pve, &[&[subcommand], args].concat())
 }
 
 #[tokio::test]
@@ -121,4 +111,144 @@ fn the_apply_fleet_plans_one_create_per_host_and_applies_on_the_slow_storage() {
         let disk = vm["config"]["scsi0"].as_str().expect("scsi0");
         assert!(disk.starts_with(&format!("{SLOW_STORAGE}:")), "{disk}");
     }
+}
+
+/// `GET …/config` paths a run read, sorted.
+fn config_reads(pve: &FakePve) -> Vec<String> {
+    let mut reads: Vec<String> = pve
+        .requests(true)
+        .into_iter()
+        .filter(|(method, path)| method == "GET" && path.ends_with("/config"))
+        .map(|(_, path)| path)
+        .collect();
+    reads.sort();
+    reads
+}
+
+/// Three shards (`plan --shard I/3`), each reading only the VMs of its nodes, merged with
+/// `plan --merge` give exactly the plan of one unsharded run: the same JSON, the same plan id,
+/// the same exit code. A missing shard, a shard of another commit, shards of another commit than
+/// the checkout, and a shard that read another cluster are refused with what to do.
+#[tokio::test]
+async fn three_shards_merge_into_the_unsharded_plan_and_stale_ones_are_refused() {
+    let fleet = Fleet::generate(12);
+    let toplevels = fleet.toplevels().await;
+    let pve = FakePve::start(fleet.scenario(&toplevels));
+    // Outside the flake: a file beside a `path:` flake is part of its content (its narHash).
+    let out = tempfile::tempdir().expect("tempdir");
+    let part = |name: &str| out.path().join(name).display().to_string();
+
+    pve.requests(true);
+    let whole = plan(&fleet, &pve, &["--format", "json", "--detailed-exitcode"]);
+    assert_eq!(whole.code, 2, "{}", whole.stderr);
+    let unsharded_reads = config_reads(&pve);
+
+    let mut sharded_reads = Vec::new();
+    let mut hosts = Vec::new();
+    for i in 1..=3 {
+        let out = part(&format!("part-{i}.json"));
+        let run = plan(&fleet, &pve, &["--shard", &format!("{i}/3"), "--format", "json", "--out", &out]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let shard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).expect("shard written")).expect("shard json");
+        assert_eq!((shard["shard"].as_u64(), shard["shards"].as_u64()), (Some(i), Some(3)));
+        // Only the tagged VMs of its own nodes (no untagged VM is named like a host here).
+        let nodes: Vec<&str> =
+            shard["nodes"].as_array().expect("nodes").iter().filter_map(|n| n.as_str()).collect();
+        assert!(!nodes.is_empty(), "{shard}");
+        let reads = config_reads(&pve);
+        for read in &reads {
+            assert!(
+                nodes.iter().any(|n| read.contains(&format!("/nodes/{n}/"))),
+                "shard {i} read {read}, nodes {nodes:?}"
+            );
+        }
+        sharded_reads.extend(reads);
+        hosts.extend(
+            shard["hosts"]
+                .as_array()
+                .expect("hosts")
+                .iter()
+                .map(|h| h["attr"].as_str().expect("attr").to_string()),
+        );
+    }
+    sharded_reads.sort();
+    assert_eq!(sharded_reads, unsharded_reads, "the shards together read what one run reads, once");
+    hosts.sort();
+    assert_eq!(
+        hosts,
+        fleet.hosts.iter().map(|h| h.attr.clone()).collect::<Vec<_>>(),
+        "every host evaluated once"
+    );
+
+    let (p1, p2, p3) = (part("part-1.json"), part("part-2.json"), part("part-3.json"));
+    let merged = plan(&fleet, &pve, &["--merge", &p3, &p1, &p2, "--format", "json", "--detailed-exitcode"]);
+    assert_eq!(merged.code, 2, "{}", merged.stderr);
+    assert_eq!(merged.stdout, whole.stdout, "the merged plan is the unsharded plan");
+    assert!(config_reads(&pve).is_empty(), "a merge reads nothing from Proxmox");
+    let text_whole = plan(&fleet, &pve, &["--format", "text"]);
+    let text_merged = plan(&fleet, &pve, &["--merge", &p1, &p2, &p3]);
+    assert_eq!(text_merged.stdout, text_whole.stdout);
+
+    let error = |run: &Run| -> String {
+        assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+        run.stderr.lines().filter(|l| l.starts_with("error:")).collect::<Vec<_>>().join("\n")
+    };
+    let missing = plan(&fleet, &pve, &["--merge", &p1, &p3, "--format", "json"]);
+    assert_eq!(
+        error(&missing),
+        "error: shard 2 of 3 missing: pass every shard file of the run (`--merge part-*.json`), and re-run a shard job that failed"
+    );
+    let twice = plan(&fleet, &pve, &["--merge", &p1, &p2, &p2, &p3]);
+    assert_eq!(
+        error(&twice),
+        format!("error: shard 2 of 3 is given twice (`{p2}` and `{p2}`): pass each shard file once")
+    );
+
+    // Another commit: the flake changes, shard 2 runs again.
+    let flake = fleet.dir.path().join("flake.nix");
+    let original = std::fs::read_to_string(&flake).expect("flake");
+    std::fs::write(&flake, format!("{original}# a later commit\n")).expect("edit flake");
+    let p2_new = part("part-2-new.json");
+    assert_eq!(plan(&fleet, &pve, &["--shard", "2/3", "--format", "json", "--out", &p2_new]).code, 0);
+    let stale = error(&plan(&fleet, &pve, &["--merge", &p1, &p2_new, &p3]));
+    assert!(
+        stale.starts_with(&format!(
+            "error: shard 2 (`{p2_new}`) evaluated another commit than shard 1 (flake sha256-"
+        )),
+        "{stale}"
+    );
+    assert!(stale.ends_with("): re-run every shard on the same commit"), "{stale}");
+    // All three of the old commit, merged in the new checkout.
+    let old = error(&plan(&fleet, &pve, &["--merge", &p1, &p2, &p3]));
+    assert!(
+        old.starts_with("error: the shards evaluated another commit than the flake here (flake sha256-"),
+        "{old}"
+    );
+    std::fs::write(&flake, &original).expect("restore flake");
+
+    // Another cluster: a VM is renamed between the shard runs.
+    let p3_new = part("part-3-new.json");
+    pve.client().put("/nodes/pve1/qemu/1000/config", &[("name", "renamed")]).await.expect("rename a VM");
+    assert_eq!(plan(&fleet, &pve, &["--shard", "3/3", "--format", "json", "--out", &p3_new]).code, 0);
+    assert_eq!(
+        error(&plan(&fleet, &pve, &["--merge", &p1, &p2, &p3_new])),
+        format!(
+            "error: shard 3 (`{p3_new}`) read another cluster than shard 1 (VMs were created, removed, renamed, moved, started or stopped between the shard runs): re-run every shard"
+        )
+    );
+
+    // Not a shard at all, and a shard without `--format json`.
+    let plan_file = part("plan.json");
+    std::fs::write(&plan_file, &whole.stdout).expect("write plan");
+    assert_eq!(
+        error(&plan(&fleet, &pve, &["--merge", &plan_file])),
+        format!(
+            "error: `{plan_file}` is not a nixprox plan shard (write one with `nixprox plan --shard I/N --format json --out FILE`)"
+        )
+    );
+    assert_eq!(
+        error(&plan(&fleet, &pve, &["--shard", "1/3"])),
+        "error: `--shard` writes a shard file for `plan --merge`, which is JSON: add `--format json`"
+    );
 }

@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use nixprox::install::{
-    BuildOn, InstallError, InstallRequest, SwitchAction, SwitchError, SwitchRequest, SwitchResult,
-    install_host, switch_host,
+    BuildOn, DiskKeySource, InstallError, InstallRequest, SwitchAction, SwitchError, SwitchRequest,
+    SwitchResult, install_host, switch_host,
 };
 use nixprox::ssh::{ClientKey, generate_host_key};
 
-use crate::support::sshd::{TestHost, systems, write_fake_nixos_anywhere};
+use crate::support::sshd::{PLAIN_USER, TestHost, systems, write_fake_nixos_anywhere};
 
 fn install_request(host: &TestHost, flake: &str, toplevel: &str, command: Vec<String>) -> InstallRequest {
     InstallRequest {
@@ -29,6 +29,7 @@ fn install_request(host: &TestHost, flake: &str, toplevel: &str, command: Vec<St
         extra_files: None,
         install_timeout: Duration::from_secs(120),
         connect_timeout: Duration::from_secs(30),
+        pinned_host_key: None,
     }
 }
 
@@ -113,6 +114,45 @@ async fn failed_install_carries_its_output_and_a_second_run_resumes() {
 }
 
 #[tokio::test]
+async fn a_reinstall_goes_only_to_the_machine_presenting_the_pinned_key() {
+    let host = TestHost::start();
+    let before = host.host_public();
+    let work = tempfile::tempdir().expect("tempdir");
+    systems::write_flake(work.path(), "web", &host.client_public, false);
+    let flake = format!("path:{}", work.path().display());
+    let toplevel = systems::build_flake(&flake, "web");
+    let fake = write_fake_nixos_anywhere(work.path());
+    let secret = work.path().join("disk.key");
+    std::fs::write(&secret, "correct horse").expect("write disk key");
+    let request = InstallRequest {
+        disk_encryption_keys: vec![("/run/disk.key".into(), DiskKeySource::File(secret))],
+        ..install_request(&host, &flake, &toplevel, vec![fake.display().to_string()])
+    };
+    // Another machine answers at the address: its key is not the one pinned for the VM.
+    let pinned = generate_host_key("the-real-web").expect("key").public;
+    let refused = InstallRequest { pinned_host_key: Some(pinned), ..request.clone() };
+    let err = install_host(&refused).await.expect_err("refused");
+    let text = err.to_string();
+    assert!(matches!(err, InstallError::Unverified { .. }), "{text}");
+    assert!(text.starts_with("refusing to install `web`"), "{text}");
+    assert!(
+        text.contains("nothing was sent to it") && text.contains("does not match the pinned key"),
+        "{text}"
+    );
+    // Nothing reached the machine: no disk key, no closure, no new host key.
+    assert!(!host.root().join("run/disk.key").exists());
+    assert!(!host.has_store_path(&toplevel));
+    assert_eq!(host.host_public(), before);
+
+    // The machine that presents the pinned key gets the install.
+    let verified = InstallRequest { pinned_host_key: Some(before.clone()), ..request };
+    let outcome = install_host(&verified).await.expect("install");
+    assert_eq!(outcome.system, toplevel);
+    assert_eq!(std::fs::read(host.root().join("run/disk.key")).expect("disk key"), b"correct horse");
+    assert_ne!(host.host_public(), before);
+}
+
+#[tokio::test]
 async fn installer_flags_are_accepted_by_the_test_nixos_anywhere_only_if_real() {
     // The fake rejects options the real CLI lacks; one extra bogus flag through `command`.
     let host = TestHost::start();
@@ -140,6 +180,50 @@ async fn switch_happy_path_copies_and_activates() {
     assert!(host.has_store_path(&second), "closure copied with nix copy");
     assert_eq!(host.current_system().as_deref(), Some(second.as_str()));
     assert_eq!(host.switch_calls(), vec![format!("{first} switch"), format!("{second} switch")]);
+}
+
+#[tokio::test]
+async fn a_user_with_passwordless_sudo_switches_and_probes() {
+    let host = TestHost::start();
+    let user = host.sudo_user();
+    let first = installed(&host, "nixos-system-web-sudo-1").await;
+    let second = systems::build("nixos-system-web-sudo-2", &host.client_public, 0);
+    let request = SwitchRequest { user: user.into(), ..switch_request(&host, &second) };
+    let outcome = switch_host(&request).await.expect("switch as the sudo user");
+    assert_eq!(outcome.result, SwitchResult::Switched, "{}", outcome.log);
+    assert!(host.has_store_path(&second), "closure copied through `sudo -n nix-daemon`");
+    assert_eq!(host.current_system().as_deref(), Some(second.as_str()));
+    assert_eq!(host.switch_calls(), vec![format!("{first} switch"), format!("{second} switch")]);
+    // The switch's state is root's: the user reached it only through sudo.
+    let state =
+        std::fs::read_dir(host.root().join("run/nixprox")).expect("state dir").next().expect("one switch");
+    let mode = std::os::unix::fs::MetadataExt::mode(&state.expect("entry").metadata().expect("metadata"));
+    assert_eq!(mode & 0o777, 0o700);
+    // `plan --probe` reads /run/current-system as the same user, no sudo needed.
+    let target = nixprox::ssh::SshTarget {
+        host: "web".into(),
+        address: host.address.clone(),
+        port: host.port,
+        user: user.into(),
+    };
+    let key = ClientKey::File(host.client_key.clone()).materialize().expect("key").load().expect("load");
+    let policy = nixprox::ssh::HostKeyPolicy::pinned(&host.host_public()).expect("policy");
+    let running = nixprox::ssh::probe_system(&target, &key, &policy, Duration::from_secs(15)).await;
+    assert_eq!(running.expect("probe"), second);
+}
+
+#[tokio::test]
+async fn a_user_without_sudo_gets_sudos_answer_and_nothing_changes() {
+    let host = TestHost::start();
+    host.sudo_user();
+    let first = installed(&host, "nixos-system-web-nosudo-1").await;
+    let second = systems::build("nixos-system-web-nosudo-2", &host.client_public, 0);
+    let request = SwitchRequest { user: PLAIN_USER.into(), ..switch_request(&host, &second) };
+    let err = switch_host(&request).await.expect_err("no sudo, no switch");
+    let text = err.to_string();
+    assert!(matches!(err, SwitchError::Copy { .. }), "{text}");
+    assert!(text.contains("sudo: a password is required"), "{text}");
+    assert_eq!(host.current_system().as_deref(), Some(first.as_str()));
 }
 
 #[tokio::test]

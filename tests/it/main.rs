@@ -3,17 +3,30 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod adopt;
 mod apply;
 mod apply_cli;
 mod deploy;
 mod docs;
 mod error_messages;
+mod faults;
 mod flake;
 mod fleet;
 mod forge;
+mod gates;
+mod guide;
+mod image;
+mod image_apply;
 mod install;
+mod layering;
 mod nixos_changes;
+mod notes;
 mod plan_cli;
+mod privileges;
 mod probe_cli;
 mod proxmox;
+mod runner;
+mod secret_files;
+mod sizes;
 mod ssh;
+mod takeover;

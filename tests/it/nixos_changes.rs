@@ -46,7 +46,7 @@ fn repository(base_state: &str) -> Repository {
         host("broken", 305, State::OldSystem),
         host("oddity", 306, State::OldSystem),
     ];
-    let fleet = Fleet { dir: fixture.dir, hosts, orphans: vec![], strangers: 0, nodes: 1 };
+    let fleet = Fleet { dir: fixture.dir, hosts, orphans: vec![], strangers: 0, nodes: 1, declared_ids: true };
     Repository { fleet, git, base, _root: root }
 }
 

@@ -57,7 +57,8 @@ fn homelab_json_has_every_action_kind() {
             "replace_vm",
             "resize_disk",
             "switch",
-            "update_vm"
+            "update_vm",
+            "upload_image"
         ]
     );
 }

@@ -10,7 +10,7 @@ use crate::support::nix::{Fixture, repo};
 use crate::support::sshd::TestHost;
 
 /// The homelab with `web` reachable at the test host, and a cluster recording the test host's key.
-fn lab(host: &TestHost) -> (Fixture, FakePve) {
+pub(crate) fn lab(host: &TestHost) -> (Fixture, FakePve) {
     let fixture = Fixture::copy("homelab");
     let flake = fixture.dir.path().join("flake.nix");
     let text = std::fs::read_to_string(&flake).expect("flake.nix");
@@ -39,7 +39,7 @@ fn lab(host: &TestHost) -> (Fixture, FakePve) {
     (fixture, FakePve::start(scenario))
 }
 
-fn probe(fixture: &Fixture, pve: &FakePve, host: &TestHost) -> Run {
+pub(crate) fn probe(fixture: &Fixture, pve: &FakePve, host: &TestHost) -> Run {
     let key = std::fs::read_to_string(&host.client_key).expect("client key");
     let run: Run = cli::plan_command(fixture, pve, &["--probe", "--hosts", "web", "--format", "json"])
         .env("NIXPROX_SSH_KEY", &key)

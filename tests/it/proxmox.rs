@@ -129,7 +129,16 @@ async fn reads_managed_and_host_named_vms_and_flags_templates() {
         ..bare_spec("web")
     };
     let live = |vmid: u32, spec: VmSpec, metadata: Option<Metadata>, pending: &[&str]| {
-        Some(LiveConfig { digest: digest(vmid), spec, metadata, pending: set(pending) })
+        // qemu-server's boot disk: the first disk, as neither config says otherwise.
+        let boot_disks = spec.disks.keys().take(1).cloned().collect();
+        Some(LiveConfig {
+            digest: digest(vmid),
+            spec,
+            metadata,
+            unreadable_block: None,
+            pending: set(pending),
+            boot_disks,
+        })
     };
     let expected = vec![
         vm(101, "web", "pve1", "running", &["nixprox", "web"], live(101, web, Some(metadata()), &["memory"])),

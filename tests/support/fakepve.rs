@@ -57,7 +57,8 @@ impl Scenario {
         self
     }
 
-    /// A top-level knob: `time_scale`, `latency`, `lock_wait`, `ceph_slow`, `nodes`, `storages`.
+    /// A top-level knob: `time_scale`, `latency`, `lock_wait`, `ceph_slow`, `nodes`, `storages`,
+    /// `files` (see tests/support/fakepve_driver.py).
     pub fn set(mut self, key: &str, value: Value) -> Scenario {
         self.value[key] = value;
         self
@@ -65,6 +66,22 @@ impl Scenario {
 
     fn array(&mut self, key: &str) -> &mut Vec<Value> {
         self.value[key].as_array_mut().expect("scenario arrays are created in Scenario::new")
+    }
+}
+
+/// One request fakepve received: `path` without its query (`/api2/json/nodes/pve1/qemu`),
+/// `body` the form body as sent (secrets redacted by fakepve).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub body: String,
+}
+
+impl Request {
+    /// Whether this is `method` on a path ending in `suffix`.
+    pub fn is(&self, method: &str, suffix: &str) -> bool {
+        self.method == method && self.path.ends_with(suffix)
     }
 }
 
@@ -200,6 +217,19 @@ impl FakePve {
             .iter()
             .map(|r| {
                 (r[0].as_str().unwrap_or_default().to_string(), r[1].as_str().unwrap_or_default().to_string())
+            })
+            .collect()
+    }
+
+    /// Every request seen so far with its (form) body, oldest first; `clear` forgets them.
+    pub fn requests_with_bodies(&self, clear: bool) -> Vec<Request> {
+        let seen = self.command(json!({"cmd": "requests", "clear": clear}));
+        seen.as_array()
+            .expect("requests is a list")
+            .iter()
+            .map(|r| {
+                let text = |i: usize| r[i].as_str().unwrap_or_default().to_string();
+                Request { method: text(0), path: text(1), body: text(2) }
             })
             .collect()
     }

@@ -26,23 +26,55 @@ Scenario file (every key optional):
       "grants": [{"user": "nixprox@pve", "path": "/vms", "privs": ["VM.Audit"]}],
       "nodes": ["pve1", {"name": "pve2", "online": false}],
       "storages": {"ceph-pool": {"type": "rbd", "pool": "rbd", "content": "images"}},
-      "time_scale": 0, "latency": 0, "lock_wait": 10, "ceph_slow": 0
+      "files": [{"storage": "local", "name": "nixos-minimal.iso", "size": 1073741824}],
+      "time_scale": 0, "latency": 0, "lock_wait": 10, "ceph_slow": 0, "version": "9.0.10",
+      "task_secs": {"qmclone": 5}
     }
+
+`version` is what `GET /version` answers (`release` is its major.minor).
+
+`files` are put on a storage with fakepve's `store_file()` (`content` defaults to `iso`), so a
+VM created from scratch finds its installer ISO.
+
+The image bootstrap needs Proxmox behaviour fakepve 0.5 does not have; `install_image_support`
+adds it, each piece modelled on the Proxmox source it names: `import` uploads (multipart parsed
+as pve-http-server does, checked and checksummed as pve-storage does), VM disks created with
+`import-from` (qemu-server), and guest-agent `file-read` as qemu-server answers it. The command
+`boot_agent` (`{"cmd": "boot_agent", "name": "web", "agent": {...}}`) gives every VM of that name
+those agent answers once it runs, as the image's guest agent would; `store_file` puts a file on
+a storage between runs (`content`, and `virtual_size` for an import).
 
 `ceph_slow` (PVE seconds) is fakepve's `ceph_slow()`: every operation on a disk of an RBD storage
 (clone, resize, start, …) takes that much longer; 0 ends it.
+
+`task_secs` (PVE seconds per task type, `{}` ends it) makes every task of that type take that
+much longer, on any storage (see `DriverPve.task`).
+
+Faults fakepve itself has are commands that map onto its calls (`fail`, `flaky_network`,
+`quorum` for `lose_quorum`/`regain_quorum`, `set_node`, …). One it lacks is added here:
+`lose_answer` (see `AnswerLoss`). `set_storage` changes a storage's options (`avail`: the bytes
+left, which fakepve's allocations check) as an administrator or a filling disk would.
 """
 
 import argparse
 import asyncio
+import hashlib
 import ipaddress
 import json
 import os
+import re
 import signal
 import sys
 
-from fakepve import FakePve, PveError, TaskError
+from aiohttp import web
+
+import fakepve.agent
+from fakepve import FakePve, PveError, TaskError, shapes
 from fakepve.certs import make_cert
+from fakepve.lxc import format_size
+from fakepve.qemu import DRIVE_KEY, drives_of, is_cdrom, join_drive, split_drive, volume_ref
+from fakepve.routing import die, param_error, split_list
+from fakepve.storage import _is_file
 
 # Guest keys that are FakeVm/FakeCt attributes set after construction.
 VM_ATTRS = ('shutdown_secs', 'start_secs', 'stop_secs', 'start_error', 'ha_state', 'agent', 'agent_hangs', 'acpi',
@@ -52,6 +84,359 @@ CT_ATTRS = ('shutdown_secs', 'start_secs', 'stop_secs', 'start_error', 'ha_state
 
 class CommandError(Exception):
     """A command that could not be carried out; its text goes back to the caller."""
+
+
+class AnswerLoss:
+    """The `lose_answer` fault: the request runs to its end, then its answer is lost.
+
+    It models a write that Proxmox carried out while nixprox never learnt it: the connection
+    broke after the request was sent (pveproxy restarted by a certificate renewal or an update,
+    a proxy or NAT in between dropping an idle connection, a client timeout firing while the
+    node was still answering). On a real node the work goes on regardless: the API handler
+    forks the task worker before it answers with the UPID (PVE::RESTEnvironment::fork_worker in
+    pve-common, called by qemu-server's PVE/API2/Qemu.pm for create_vm and clone_vm), so a
+    lost answer says nothing about whether the VM exists. fakepve's `flaky_network` only drops
+    connections *before* a request runs, so this is an aiohttp middleware put in front of all
+    of fakepve's: it lets the request (and, with `time_scale` 0, its task) finish, then closes
+    the connection instead of answering.
+
+    `{"cmd": "lose_answer", "method": "POST", "path": "/qemu/\\d+/clone$", "times": 1}` loses
+    the answers of the next `times` requests whose method matches and whose path matches the
+    regular expression (`re.search`); `times` null loses every one until `clear_answer_loss`.
+    """
+
+    def __init__(self):
+        self.rules = []
+
+    def add(self, method, path, times):
+        self.rules.append({'method': method.upper(), 'path': re.compile(path), 'times': times, 'lost': 0})
+
+    def clear(self):
+        self.rules.clear()
+
+    def _take(self, request):
+        for rule in self.rules:
+            if rule['method'] == request.method and rule['path'].search(request.path):
+                rule['lost'] += 1
+                if rule['times'] is not None:
+                    rule['times'] -= 1
+                    if rule['times'] <= 0:
+                        self.rules.remove(rule)
+                return True
+        return False
+
+    @web.middleware
+    async def middleware(self, request, handler):
+        response = await handler(request)
+        if self._take(request):
+            # The same way fakepve drops a connection (its `_middleware`): close, then raise so
+            # aiohttp sends nothing.
+            request.transport.close()
+            raise ConnectionResetError('fakepve_driver: answer lost after the request ran')
+        return response
+
+    def install(self, pve):
+        """Wraps the app fakepve builds at start, as its outermost middleware."""
+        build = pve._build_app
+
+        def build_with_loss():
+            app = build()
+            app.middlewares.insert(0, self.middleware)
+            return app
+        pve._build_app = build_with_loss
+
+
+ANSWER_LOSS = AnswerLoss()
+
+
+MIB = 1024 ** 2
+# The physical extent size `vgcreate` gives a volume group unless told otherwise (LVM's default,
+# also what the Proxmox installer's `pve` VG has): `lvcreate`/`lvextend` round sizes up to it.
+LVM_EXTENT = 4 * MIB
+# `zfs create -b` default for zvols since OpenZFS 2.2 (Proxmox VE 8): the `blocksize` storage option
+# overrides it.
+ZFS_DEFAULT_BLOCKSIZE = 16 * 1024
+# The schema's pattern for the `size` of PUT /nodes/{node}/qemu/{vmid}/resize, and the units.
+RESIZE_SIZE = re.compile(r'^(\+)?(\d+(\.\d+)?)([KMGT])?$')
+UNITS = {None: 1, 'K': 1024, 'M': MIB, 'G': 1024 ** 3, 'T': 1024 ** 4}
+
+
+def round_up(size, unit):
+    return -(-size // unit) * unit
+
+
+def parse_blocksize(text):
+    """A zfspool `blocksize` (`16k`, `1M`, `8192`) in bytes (pve-storage verify_zfs_blocksize)."""
+    found = re.fullmatch(r'(\d+)([kKmM]?)', str(text or '').strip())
+    if not found:
+        return ZFS_DEFAULT_BLOCKSIZE
+    return int(found.group(1)) * {'': 1, 'k': 1024, 'm': MIB}[found.group(2).lower()]
+
+
+def allocated(store, size):
+    """The bytes a storage really allocates for a volume of `size` bytes, per storage type.
+
+    From pve-storage's plugins (src/PVE/Storage/*.pm, 9.x):
+    - LVMPlugin.pm (`lvm`; LvmThinPlugin.pm defers to it for `lvmthin`): alloc_image and
+      volume_resize hand the size in KiB to `lvcreate --size`/`lvextend -L`, and LVM rounds up to
+      whole physical extents (LVM_EXTENT).
+    - ZFSPoolPlugin.pm (`zfspool`): zfs_create_zvol and volume_resize pad the KiB size up to whole
+      MiB ("always align size to 1M") before `zfs create -V`/`zfs set volsize`; ZFS itself refuses
+      a volsize that is not a multiple of the volblocksize (see `resize_error`).
+    - RBDPlugin.pm (`rbd`): volume_resize runs `rbd resize --size ceil(size / 1 MiB)`.
+    - Plugin.pm (file-based: `dir`, `nfs`, `cifs`, …): `qemu-img resize` to the exact size.
+    """
+    kind = store.get('type', 'dir')
+    if kind in ('lvm', 'lvmthin'):
+        return round_up(size, LVM_EXTENT)
+    if kind in ('zfspool', 'rbd'):
+        return round_up(size, MIB)
+    return size
+
+
+def resize_error(store, size):
+    """ZFS's refusal of a volsize that is not a multiple of the volblocksize, else None."""
+    if store.get('type') != 'zfspool':
+        return None
+    blocksize = parse_blocksize(store.get('blocksize'))
+    if size % blocksize:
+        return "zfs error: cannot set property: 'volsize' must be a multiple of volume block size ({0})".format(
+            format_size(blocksize))
+    return None
+
+
+class DriverPve(FakePve):
+    """FakePve plus what its release does not model, done the way Proxmox's source does it:
+
+    - `PUT /nodes/{node}/qemu/{vmid}/resize` (qemu-server src/PVE/API2/Qemu.pm, `resize_vm`);
+    - volumes allocated as the storage really allocates them (`allocated`), so a clone (which
+      records the new volume's real size, QemuServer.pm `clone_disk`) and `qm disk rescan` (the
+      `rescan` command) show the storage's rounding;
+    - tasks that take time (`task_secs`): fakepve's clone copies its disks at once, a real one
+      for as long as `qemu-img convert` or the drive mirror takes (qemu-server
+      PVE/API2/Qemu.pm `clone_vm`: the worker writes the new config with `lock: clone` first,
+      then copies every disk in QemuServer.pm `clone_disk`, then drops the lock). The pause
+      comes first in the task's body, so the VM is there, locked, for that long.
+    - a disk deleted from a VM's config is detached, not dropped: its volume stays as `unusedN`
+      (qemu-server src/PVE/QemuServer.pm `vmconfig_delete_or_detach_drive` and
+      `vmconfig_register_unused_drive`), and a protected VM refuses it (API2/Qemu.pm,
+      `check_protection` "can't remove drive"); fakepve forgets the volume;
+    - `GET` and `POST /nodes/{node}/qemu/{vmid}/migrate` (qemu-server src/PVE/API2/Qemu.pm,
+      `migrate_vm_precondition` and `migrate_vm`; src/PVE/QemuMigrate.pm, `prepare` and
+      `scan_local_volumes`): fakepve answers these with a task that moves nothing.
+    """
+
+    task_secs = {}
+
+    async def task(self, node, ttype, tid, user, body, vm=None, lock=True, log=()):
+        secs = self.task_secs.get(ttype)
+        if secs:
+            work = body
+
+            async def body():
+                await self.pause(secs)
+                return await work()
+        return await super().task(node, ttype, tid, user, body, vm=vm, lock=lock, log=log)
+
+    def _routes_qemu_resize(self):
+        return [('PUT', '/nodes/{node}/qemu/{vmid}/resize', self._qm_resize)]
+
+    async def _apply_config(self, vm, user, p):
+        deletes = [k for k in str(p.get('delete', '') or '').split(',') if DRIVE_KEY.match(k) and k in vm.config]
+        if deletes and vm.config.get('protection') in (1, '1', True):
+            raise PveError(500, "can't remove drive '{0}' - protection mode enabled".format(deletes[0]))
+        detached = {}
+        for key in deletes:
+            volume, props = split_drive(vm.config[key])
+            sid, name = volume_ref(volume)
+            # Only a volume of this VM on a storage PVE manages becomes `unusedN`; CD-ROMs do not.
+            if sid is not None and not is_cdrom(volume, props) and 'vm-{0}-'.format(vm.vmid) in name:
+                detached[key] = volume
+        await super()._apply_config(vm, user, p)
+        for key, volume in detached.items():
+            if key not in vm.config:
+                n = next(i for i in range(256) if 'unused{0}'.format(i) not in vm.config)
+                vm.config['unused{0}'.format(n)] = volume
+
+    def _routes_qemu_migrate(self):
+        return [('GET', '/nodes/{node}/qemu/{vmid}/migrate', self._qm_migrate_check),
+                ('POST', '/nodes/{node}/qemu/{vmid}/migrate', self._qm_migrate)]
+
+    def _local_disks(self, vm):
+        """$check_vm_disks_local (API2/Qemu.pm): the VM's volumes on storages that are not shared,
+        CD-ROMs included except the empty drive `none`; each with the slot it is attached to."""
+        disks = []
+        for key, volume, props in drives_of(vm.config):
+            sid, _name = volume_ref(volume)
+            if sid is None or sid not in self.storages or self.storages[sid].get('shared') or props.get('shared'):
+                continue
+            vol = self._qm_volume(volume) or {}
+            disks.append({'volid': volume, 'drivename': key, 'size': int(vol.get('size') or 0),
+                          'cdrom': 1 if is_cdrom(volume, props) else 0, 'is_unused': 0})
+        return disks
+
+    def _unavailable_storages(self, vm, node):
+        """check_storage_availability / check_local_storage_availability (QemuServer.pm): the
+        storages of the VM's volumes that are not enabled on `node`."""
+        sids = sorted(set(volume_ref(volume)[0] for _key, volume, _props in drives_of(vm.config)) - {None})
+        return [sid for sid in sids if sid in self.storages and not self._storage_enabled(sid, node)]
+
+    async def _qm_migrate_check(self, v, user):
+        """migrate_vm_precondition: what blocks a migration, per node, before one is asked for."""
+        vm = self.find(v['node'], v['vmid'])
+        if not self.quorate:
+            raise die('cluster not ready - no quorum?')
+        if vm.lock:
+            raise die('VM is locked ({0})'.format(vm.lock))
+        allowed, not_allowed = [], {}
+        for node in sorted(self.nodes):
+            if node == vm.node:
+                continue
+            missing = self._unavailable_storages(vm, node)
+            if missing:
+                not_allowed[node] = {'unavailable_storages': missing}
+            else:
+                allowed.append(node)
+        return {'running': 1 if vm.status == 'running' else 0, 'allowed_nodes': allowed,
+                'not_allowed_nodes': not_allowed, 'local_disks': self._local_disks(vm),
+                'local_resources': [], 'mapped-resources': [], 'mapped-resource-info': {},
+                'has-dbus-vmstate': 1}
+
+    async def _qm_migrate(self, v, user):
+        """migrate_vm: the checks the API makes before it forks the `qmigrate` worker, then the
+        worker's own (QemuMigrate.pm): a running VM with attached local disks needs
+        `with-local-disks`; the VM is locked `migrate` while it moves and keeps its VMID."""
+        vm = self.find(v['node'], v['vmid'])
+        target = v['target']
+        if target == vm.node:
+            raise param_error(target='target is local node.')
+        if not self.quorate:
+            raise die('cluster not ready - no quorum?')
+        if target not in self.nodes:
+            raise die("no such cluster node '{0}'".format(target))
+        for option in ('force', 'migration_type', 'migration_network'):
+            if v.get(option) and user != 'root@pam':
+                raise param_error(**{option: 'Only root may use this option.'})
+        if vm.lock:
+            raise die('VM is locked ({0})'.format(vm.lock))
+        running = vm.status == 'running'
+        if running and not v.get('online'):
+            raise die("can't migrate running VM without --online")
+        for sid in self._unavailable_storages(vm, target):
+            raise die("storage '{0}' is not available on node '{1}'".format(sid, target))
+        attached = [d for d in self._local_disks(vm) if not d['cdrom']]
+        log = ['starting migration of VM {0} to node {1!r}'.format(vm.vmid, target)]
+
+        async def body():
+            self._qm_lock(vm, 'migrate')
+            try:
+                for disk in attached:
+                    log.append("found local disk '{0}' (attached)".format(disk['volid']))
+                if running and attached and not v.get('with-local-disks'):
+                    for disk in attached:
+                        log.append("can't migrate local disk '{0}': can't live migrate attached local "
+                                   "disks without with-local-disks option".format(disk['volid']))
+                    raise TaskError("can't migrate VM - check log")
+                await self.pause(5)
+                vm.node = target
+            finally:
+                self._qm_lock(vm, None)
+            return 'migration finished successfully'
+        return await self.task(vm.node, 'qmigrate', vm.vmid, user, body, vm=vm, lock=False, log=log)
+
+    def _qm_alloc(self, sid, vmid, fmt, size, linked_from=None):
+        volid, fmt = super()._qm_alloc(sid, vmid, fmt, size, linked_from)
+        store = self.storages[sid]
+        vol = self._qm_volume(volid)
+        real = allocated(store, size)
+        if vol is not None and real != size:
+            vol['size'] = real
+            if 'avail' in store:
+                store['avail'] -= real - size
+        return volid, fmt
+
+    async def _qm_resize(self, v, user):
+        """resize_vm: everything but the parameter checks happens in the worker, under the config lock."""
+        vm = self.find(v['node'], v['vmid'])
+        disk, text, digest = v['disk'], str(v['size']), v.get('digest')
+        if v.get('skiplock') and user != 'root@pam':
+            raise PveError(400, 'Parameter verification failed.', {'skiplock': 'Only root may use this option.'})
+
+        async def body():
+            if digest and digest != vm.digest():
+                raise TaskError('checksum mismatch (file change by other user?)')
+            if vm.lock and not v.get('skiplock'):
+                raise TaskError('VM is locked ({0})'.format(vm.lock))
+            value = vm.config.get(disk)
+            if not value:
+                raise TaskError("disk '{0}' does not exist".format(disk))
+            volume, props = split_drive(value)
+            if is_cdrom(volume, props):
+                raise TaskError("you can't resize a cdrom")
+            sid, name = volume_ref(volume)
+            if sid is None or sid not in self.storages:
+                raise TaskError("disk '{0}' has no associated volume".format(disk))
+            if not self.allowed(user, '/storage/' + sid, 'Datastore.AllocateSpace'):
+                raise TaskError('Permission check failed (/storage/{0}, Datastore.AllocateSpace)'.format(sid))
+            store = self.storages[sid]
+            vol = store.setdefault('volumes', {}).get(name)
+            if vol is None:
+                vol = self._scenario_volume(sid, name)
+                if vol is None:
+                    raise TaskError("Could not determine current size of volume '{0}'".format(volume))
+            size = int(vol.get('size') or 0)
+            found = RESIZE_SIZE.match(text)
+            newsize = float(found.group(2)) * UNITS[found.group(4)]
+            if found.group(1):
+                newsize += size
+            newsize = int(newsize)
+            if newsize < size:
+                raise TaskError('shrinking disks is not supported')
+            if newsize == size:
+                return None
+            real = allocated(store, newsize)
+            refused = resize_error(store, real)
+            if refused:
+                raise TaskError(refused)
+            await self.ceph_io(vm, [disk])
+            if 'avail' in store:
+                store['avail'] -= real - size
+            vol['size'] = real
+            # qemu-server records the size it asked for, not what the storage made of it.
+            vm.config[disk] = join_drive(volume, dict(props, size=format_size(newsize)))
+            return None
+        return await self.task(vm.node, 'resize', vm.vmid, user, body, vm=vm)
+
+    def _scenario_volume(self, sid, name):
+        """A volume only a scenario guest's config names, made real: the storage allocated it, so it
+        holds the storage's rounding of the size the config records."""
+        known = self._volumes(sid).get(name)
+        if known is None:
+            return None
+        store = self.storages[sid]
+        vol = store.setdefault('volumes', {})[name] = dict(known)
+        vol['size'] = allocated(store, int(known.get('size') or 0))
+        return vol
+
+    def rescan(self, vmid):
+        """`qm disk rescan --vmid N` (QemuServer.pm `rescan` → `update_disksize`): every disk's
+        `size=` in the config becomes its volume's real size."""
+        vm = self.vm(int(vmid))
+        if vm is None:
+            raise CommandError('no VM {0}'.format(vmid))
+        for key, value in list(vm.config.items()):
+            if not DRIVE_KEY.match(key):
+                continue
+            volume, props = split_drive(value)
+            if is_cdrom(volume, props):
+                continue
+            sid, name = volume_ref(volume)
+            if sid not in self.storages:
+                continue
+            vol = self.storages[sid].get('volumes', {}).get(name) or self._scenario_volume(sid, name)
+            if vol and vol.get('size'):
+                vm.config[key] = join_drive(volume, dict(props, size=format_size(int(vol['size']))))
+        return vm
 
 
 def loopback_only(host):
@@ -87,6 +472,73 @@ def add_guest(pve, guest):
     return vm
 
 
+# Paths `GET /access/permissions` always considers (pve-access-control
+# `PVE/RPCEnvironment.pm`, `get_effective_permissions`).
+TOP_LEVEL_PATHS = ('/', '/access', '/access/groups', '/nodes', '/pool', '/sdn', '/storage', '/vms')
+
+
+def model_token_privileges(pve):
+    """Tokens and `GET /access/permissions` as Proxmox has them.
+
+    fakepve gives a token the union of its own grants and its user's, and answers
+    `/access/permissions` with the grants as given. Proxmox (pve-access-control
+    `PVE/RPCEnvironment.pm`, `permissions` and `compile_acl_path`) gives a privilege-separated
+    token only what both the token and its user hold, a token without privilege separation
+    exactly its user's, and answers `/access/permissions` with, for every top-level path, every
+    ACL path and every pool member's path, the privileges that hold there after inheritance.
+    The scenario file cannot say whether a token is privilege-separated, so here a token with
+    grants of its own is (Proxmox's default, `privsep` 1 in `PVE/API2/User.pm`) and a token
+    without any is not.
+    """
+    def held(userid, path, priv):
+        paths = [path]
+        if path.startswith('/vms/'):
+            try:
+                vmid = int(path.split('/')[2])
+            except ValueError:
+                vmid = None
+            paths += ['/pool/' + name for name, ids in pve.pools.items() if vmid in ids]
+        elif path.startswith('/storage/'):
+            sid = path.split('/')[2]
+            paths += ['/pool/' + name for name, meta in pve.pool_info.items() if sid in meta['storage']]
+        for granted, privs in pve.acl.get(userid, []):
+            if priv in privs and any(p == granted or granted == '/' or p.startswith(granted + '/') for p in paths):
+                return True
+        return False
+
+    def allowed(user, path, priv):
+        owner = user.split('!')[0]
+        if pve.acl is None or owner == 'root@pam':
+            return True
+        if '!' in user and pve.acl.get(user):
+            return held(user, path, priv) and held(owner, path, priv)
+        return held(owner, path, priv)
+
+    async def permissions(v, user):
+        who = v.get('userid') or user
+        if pve.acl is None or who.split('!')[0] == 'root@pam':
+            answer = {'/': set(shapes.PRIVILEGES)}
+        else:
+            paths = set(TOP_LEVEL_PATHS)
+            for entries in pve.acl.values():
+                paths.update(path for path, _ in entries)
+            for ids in pve.pools.values():
+                paths.update('/vms/{0}'.format(vmid) for vmid in ids)
+            for meta in pve.pool_info.values():
+                paths.update('/storage/' + sid for sid in meta['storage'])
+            if v.get('path') is not None:
+                paths = {v['path']}
+            answer = {}
+            for path in paths:
+                privs = set(p for p in shapes.PRIVILEGES if allowed(who, path, p))
+                if privs:
+                    answer[path] = privs
+        return dict((path, dict.fromkeys(sorted(privs), 1)) for path, privs in sorted(answer.items()))
+
+    pve.allowed = allowed
+    pve._permissions = permissions
+
+
 def apply_scenario(pve, scenario):
     for node in scenario.get('nodes', []):
         if isinstance(node, str):
@@ -97,6 +549,8 @@ def apply_scenario(pve, scenario):
         store = {'active': 1, 'files': set()}
         store.update(options)
         pve.storages[name] = store
+    for item in scenario.get('files', []):
+        pve.store_file(item['storage'], item['name'], int(item.get('size', 0)), item.get('content', 'iso'))
     for tokenid, secret in scenario.get('tokens', {}).items():
         pve.apitokens[tokenid] = secret
     for grant in scenario.get('grants', []):
@@ -119,6 +573,11 @@ def set_values(pve, values):
             pve.ceph_slow(float(values['ceph_slow']))
         else:
             pve.ceph_recover()
+    if values.get('task_secs') is not None:
+        pve.task_secs = dict((str(k), float(v)) for k, v in values['task_secs'].items())
+    if values.get('version') is not None:
+        pve.version = str(values['version'])
+        pve.release_version = '.'.join(pve.version.replace('-', '.').split('.')[:2])
 
 
 def vm_of(pve, args):
@@ -177,6 +636,255 @@ async def run_task(pve, args):
     return upid
 
 
+# ------------------------------------------------------------------ image bootstrap
+
+# pve-storage src/PVE/Storage.pm: $SAFE_CHAR_CLASS_RE and $UPLOAD_IMPORT_EXT_RE_1.
+SAFE_CHAR = r'[a-zA-Z0-9\-\.\+\=\_]'
+UPLOAD_IMPORT_EXT = r'\.(ova|qcow2|raw|vmdk)'
+# qemu-server src/PVE/API2/Qemu/Agent.pm: $MAX_READ_SIZE of file-read.
+MAX_READ_SIZE = 16 * 1024 * 1024
+QCOW2_MAGIC = b'QFI\xfb'
+ORIGINAL_UPLOAD = FakePve._upload
+ORIGINAL_CHECK_DRIVE = FakePve._qm_check_drive
+ORIGINAL_NEW_DRIVE = FakePve._qm_new_drive
+ORIGINAL_AGENT_RESULT = fakepve.agent.result
+
+
+def upload_failed(message='upload failed'):
+    """pve-http-server answers a body it cannot parse with HTTP 500 and the message."""
+    return PveError(500, message)
+
+
+def parse_multipart(body, boundary):
+    """Fields and file of an upload body, read the way pve-http-server reads them
+    (src/PVE/APIServer/AnyEvent.pm, file_upload_multipart): before the file, only `content`,
+    `checksum-algorithm` and `checksum` are taken, in that order; the file part must come next,
+    named `filename`; its data runs up to the closing delimiter."""
+    newline = rb'\r?\n'
+    delim = rb'--' + re.escape(boundary) + newline
+    close = rb'--' + re.escape(boundary) + rb'--'
+    found = re.match(rb'^.*?(' + delim + rb')', body, re.S)
+    if not found:
+        raise upload_failed()
+    buf = body[found.start(1):]
+    params = {}
+
+    def remove_until_data(buf):
+        return re.sub(rb'^.*?(?:' + newline + rb'){2}', b'', buf, count=1, flags=re.S)
+
+    def disposition(value):
+        if value != b'form-data':
+            raise upload_failed("wrong Content-Disposition '{0}' in multipart, expected 'form-data'".format(
+                value.decode('utf-8', 'replace')))
+
+    for name in (b'content', b'checksum-algorithm', b'checksum'):
+        found = re.match(rb'^' + delim + rb'.*?Content-Disposition: (.*?); name="' + name + rb'"(.*?' + delim + rb')',
+                         buf, re.S)
+        if found:
+            disposition(found.group(1))
+            buf = remove_until_data(found.group(2) + buf[found.end():])
+            value = re.match(rb'^(.*?)(' + delim + rb')', buf, re.S)
+            if value:
+                params[name.decode()] = value.group(1).strip().decode('utf-8', 'replace')
+                buf = buf[value.start(2):]
+    found = re.match(rb'^' + delim + rb'Content-Disposition: (.*?); name="(.*?)"; filename="([^"]+)"', buf, re.S)
+    if not found:
+        raise upload_failed()
+    disposition(found.group(1))
+    if found.group(2) != b'filename':
+        raise upload_failed("wrong field name '{0}' for file upload, expected 'filename'".format(
+            found.group(2).decode('utf-8', 'replace')))
+    params['filename'] = found.group(3).strip().decode('utf-8', 'replace')
+    buf = remove_until_data(buf[found.end():])
+    data = re.match(rb'^(.*?)(?:' + newline + rb')?+' + close + rb'.*$', buf, re.S)
+    if not data:
+        raise upload_failed()
+    return params, data.group(1)
+
+
+def version_tuple(pve):
+    return tuple(int(x) for x in re.findall(r'\d+', pve.release_version)[:2])
+
+
+def image_virtual_size(data, fmt):
+    """The disk size an image holds (QEMU docs/interop/qcow2.txt: the size is at byte 24), or raise
+    TaskError as PVE::Storage::Plugin::file_size_info does for an untrusted image it cannot read
+    or that references other files."""
+    if fmt == 'raw':
+        return len(data)
+    if fmt != 'qcow2':
+        return len(data)
+    if data[:4] != QCOW2_MAGIC or len(data) < 32:
+        raise TaskError('failed to query file information with qemu-img')
+    if int.from_bytes(data[8:16], 'big'):
+        raise TaskError("backing file not allowed for untrusted image '/var/tmp/pveupload-fake'!")
+    return int.from_bytes(data[24:32], 'big')
+
+
+# The `corrupt_upload` fault (`{"cmd": "corrupt_upload", "times": 1}`): the next uploads arrive with
+# their first byte flipped, as a connection that damaged them would deliver them; pve-storage then
+# computes another checksum than the one sent and its task fails (Status.pm, upload).
+CORRUPTED_UPLOADS = {'left': 0}
+
+
+async def upload(self, request):
+    """POST /nodes/{node}/storage/{storage}/upload with `import` content, as pve-storage
+    src/PVE/API2/Storage/Status.pm (upload) handles it after pve-http-server stored the body;
+    other content types keep fakepve's own handler."""
+    from fakepve.server import USER, ok
+    encoding = request.headers.get('Transfer-Encoding')
+    if encoding:
+        # pve-http-server AnyEvent.pm: uploads need a Content-Length.
+        raise PveError(501, 'chunked transfer encoding not supported' if encoding.lower() == 'chunked'
+                       else "Unknown transfer encoding '{0}'".format(encoding))
+    ctype = request.headers.get('Content-Type', '')
+    boundary = re.search(r'boundary\s*=\s*(\S+?)\s*(?:[;,]|$)', ctype)
+    if not ctype.startswith('multipart/form-data') or not boundary:
+        return await ORIGINAL_UPLOAD(self, request)
+    body = await request.read()
+    if int(request.headers.get('Content-Length', -1)) != len(body):
+        raise upload_failed()
+    fields, data = parse_multipart(body, boundary.group(1).encode())
+    if CORRUPTED_UPLOADS['left'] > 0 and data:
+        # The `corrupt_upload` fault: the bytes that arrived are not the bytes sent.
+        CORRUPTED_UPLOADS['left'] -= 1
+        data = bytes([data[0] ^ 0xff]) + data[1:]
+    if fields.get('content') != 'import':
+        return await ORIGINAL_UPLOAD(self, request)
+    name, node, user = request.match_info['storage'], request.match_info['node'], request[USER]
+    self.require(user, '/storage/' + name, 'Datastore.AllocateTemplate')
+    allowed = ['iso', 'vztmpl'] + (['import'] if version_tuple(self) >= (8, 4) else [])
+    if fields['content'] not in allowed:
+        raise param_error(content="value '{0}' does not have a value in the enumeration '{1}'".format(
+            fields['content'], ', '.join(allowed)))
+    if ('checksum' in fields) != ('checksum-algorithm' in fields):
+        missing = 'checksum' if 'checksum' not in fields else 'checksum-algorithm'
+        raise param_error(**{missing: "property is missing and it is not optional"})
+    algorithm = fields.get('checksum-algorithm')
+    if algorithm and algorithm not in ('md5', 'sha1', 'sha224', 'sha256', 'sha384', 'sha512'):
+        raise param_error(**{'checksum-algorithm': "value '{0}' does not have a value in the enumeration "
+                                                   "'md5, sha1, sha224, sha256, sha384, sha512'".format(algorithm)})
+    store = self._check_enabled(name, node)
+    if not _is_file(store):
+        raise PveError(500, "can't upload to storage type '{0}'".format(store.get('type')))
+    # PVE::Storage::normalize_content_filename
+    filename = re.sub(r'[^a-zA-Z0-9_.-]', '_', re.sub(r'^.*[/\\]', '', fields['filename'].rstrip('\n')))
+    found = re.search(SAFE_CHAR + '+' + UPLOAD_IMPORT_EXT + '$', filename)
+    if not found:
+        raise param_error(filename='invalid filename or wrong extension')
+    fmt = found.group(1)
+    if 'import' not in split_list(store.get('content')):
+        raise PveError(500, "storage '{0}' does not support 'import' content".format(name))
+    tmpfile = '/var/tmp/pveupload-' + hashlib.md5(body[:64] + str(len(body)).encode()).hexdigest()
+    log = ['starting file import from: ' + tmpfile]
+
+    async def body_():
+        if algorithm:
+            got = hashlib.new(algorithm, data).hexdigest()
+            if got.lower() != fields['checksum'].lower():
+                log.append('calculating checksum...')
+                raise TaskError("checksum mismatch: got '{0}' != expect '{1}'".format(got, fields['checksum']))
+            log.append('calculating checksum...OK, checksum verified')
+        virtual_size = image_virtual_size(data, fmt)
+        volname = 'import/' + filename
+        old = store.get('volumes', {}).get(volname)
+        if old and 'avail' in store:
+            # PVE overwrites the file: its old bytes are freed.
+            store['avail'] += int(old.get('size') or 0)
+        self.store_file(name, filename, len(data), 'import')
+        store['volumes'][volname]['virtual_size'] = virtual_size
+        log.extend(['target node: ' + node, 'target file: {0}/import/{1}'.format(self._base_path(name), filename),
+                    'file size is: {0}'.format(len(data))])
+        return 'finished file import successfully'
+    upid = await self.task(node, 'imgcopy', '', user, body_, log=log)
+    return ok(upid)
+
+
+def check_drive(self, user, vmid, pool, key, value, default):
+    """qemu-server src/PVE/API2/Qemu.pm ($check_drive_param, check_storage_access): a drive with
+    `import-from` must be `<storage>:0`, its source an `images` or `import` volume the user may
+    read, and an EFI disk must say `efitype` and `pre-enrolled-keys`."""
+    volume, props = split_drive(value)
+    source = props.get('import-from')
+    if source is None:
+        return ORIGINAL_CHECK_DRIVE(self, user, vmid, pool, key, value, default)
+    found = re.match(r'^(?:([^/:\s]+):)?(\d+(?:\.\d+)?)$', volume)
+    if not found or float(found.group(2)) != 0:
+        raise param_error(**{key: "'import-from' requires special syntax - use <storage ID>:0,import-from=<source>"})
+    if key == 'efidisk0':
+        for required in ('efitype', 'pre-enrolled-keys'):
+            if required not in props:
+                raise param_error(**{key: "need to specify '{0}' when using 'import-from'".format(required)})
+    self._qm_image_store(found.group(1) or default, user)
+    sid, _, volname = source.partition(':')
+    store = self._store(sid)
+    vtype, owner, _fmt = self._parse_volname(store, volname)
+    if vtype not in ('images', 'import'):
+        raise param_error(**{key: "{0} has wrong type '{1}' - needs to be 'images' or 'import'".format(source, vtype)})
+    self._check_access(user, sid, vtype, owner, source)
+
+
+def new_drive(self, vmid, key, value, default):
+    """qemu-server create_disks: an `import-from` disk is a new volume of the source's virtual
+    size holding a copy of it; the config keeps the new volume and its size, not `import-from`."""
+    volume, props = split_drive(value)
+    source = props.pop('import-from', None)
+    if source is None:
+        return ORIGINAL_NEW_DRIVE(self, vmid, key, value, default)
+    sid, _, volname = source.partition(':')
+    vol = self._volumes(sid).get(volname) if sid in self.storages else None
+    if vol is None:
+        raise PveError(500, "cannot import from '{0}' - could not get size of {0}".format(source))
+    size = int(vol.get('virtual_size') or vol.get('size') or 0)
+    target = volume.split(':', 1)[0] if ':' in volume else default
+    volid, _fmt = self._qm_alloc(target, vmid, props.pop('format', None), size)
+    props['size'] = format_size(size)
+    return join_drive(volid, props), [volid]
+
+
+def agent_result(vm, command, values):
+    """Guest-agent `file-read` as qemu-server src/PVE/API2/Qemu/Agent.pm answers it: the decoded
+    content, `bytes-read`, and `truncated` only when the read stopped before the end. A missing
+    file fails in `guest-file-open` (QEMU qga/commands-posix.c), which check_agent_error
+    (src/PVE/QemuServer/Agent.pm) reports as `Agent error: <the agent's message>`."""
+    if command != 'file-read':
+        return ORIGINAL_AGENT_RESULT(vm, command, values)
+    files = (vm.agent or {}).get('files') or {}
+    path = values['file']
+    if path not in files:
+        raise PveError(500, "Agent error: failed to open file '{0}' (mode: 'r'): No such file or directory".format(path))
+    offset = int(values.get('offset') or 0)
+    count = int(values.get('count') or MAX_READ_SIZE)
+    content = files[path][offset:]
+    result = {'content': content[:count], 'bytes-read': len(content[:count])}
+    if len(content) > count:
+        result['truncated'] = 1
+    return result
+
+
+# VM name -> the guest-agent answers (`interfaces`, `files`) its image's qemu-guest-agent gives
+# once the VM runs (the `boot_agent` command). A VM created from an image has no agent until it
+# boots; a NixOS image with `services.qemuGuest.enable` answers from then on, and its sshd has
+# written its host key (`/etc/ssh/ssh_host_ed25519_key.pub`, read through `file-read`).
+BOOT_AGENTS = {}
+ORIGINAL_AGENT_CALL = FakePve._agent_call
+
+
+async def agent_call(self, match, values):
+    vm = self.find(values['node'], values['vmid'])
+    if vm is not None and vm.agent is None and vm.status == 'running' and vm.name in BOOT_AGENTS:
+        vm.agent = json.loads(json.dumps(BOOT_AGENTS[vm.name]))
+    return await ORIGINAL_AGENT_CALL(self, match, values)
+
+
+def install_image_support():
+    FakePve._upload = upload
+    FakePve._qm_check_drive = check_drive
+    FakePve._qm_new_drive = new_drive
+    FakePve._agent_call = agent_call
+    fakepve.agent.result = agent_result
+
+
 async def command(pve, args):
     name = args.get('cmd')
     if name == 'fail':
@@ -185,6 +893,12 @@ async def command(pve, args):
         return None
     if name == 'clear_failures':
         pve.failures.clear()
+        return None
+    if name == 'lose_answer':
+        ANSWER_LOSS.add(args['method'], args['path'], args.get('times', 1))
+        return None
+    if name == 'clear_answer_loss':
+        ANSWER_LOSS.clear()
         return None
     if name == 'hold_config_lock':
         await pve.hold_config_lock(int(args['vmid']), args.get('secs'))
@@ -208,6 +922,33 @@ async def command(pve, args):
                 setattr(vm, key, args[key])
         if 'status' in args:
             vm.qmpstatus = args['status']
+        return dump_vm(vm)
+    if name == 'corrupt_upload':
+        CORRUPTED_UPLOADS['left'] = int(args.get('times', 1))
+        return None
+    if name == 'boot_agent':
+        BOOT_AGENTS[args['name']] = args['agent']
+        return None
+    if name == 'store_file':
+        # fakepve's store_file(): a file already on a storage (an earlier upload, complete or
+        # cut short); `virtual_size` is what an import's image header says.
+        pve.store_file(args['storage'], args['name'], int(args['size']), args.get('content', 'iso'))
+        if args.get('virtual_size') is not None:
+            volname = '{0}/{1}'.format(args.get('content', 'iso'), args['name'])
+            pve.storages[args['storage']]['volumes'][volname]['virtual_size'] = int(args['virtual_size'])
+        return None
+    if name == 'rescan':
+        return dump_vm(pve.rescan(args['vmid']))
+    if name == 'volumes':
+        store = pve.storages.get(args['storage'])
+        if store is None:
+            raise CommandError('no storage {0}'.format(args['storage']))
+        return dict((volname, vol.get('size')) for volname, vol in store.get('volumes', {}).items())
+    if name == 'set_config':
+        # What an owner does in the Proxmox UI between two runs (edit the notes, …): the keys
+        # are written into the config as they are, bypassing the API's checks.
+        vm = vm_of(pve, args)
+        vm.config.update(args['config'])
         return dump_vm(vm)
     if name == 'vm':
         return dump_vm(vm_of(pve, args))
@@ -242,6 +983,18 @@ async def command(pve, args):
     if name == 'set_node':
         pve.set_node_offline(args['node'], offline=not args.get('online', True))
         return None
+    if name == 'quorum':
+        if args.get('quorate', True):
+            pve.regain_quorum()
+        else:
+            pve.lose_quorum()
+        return None
+    if name == 'set_storage':
+        store = pve.storages.get(args['storage'])
+        if store is None:
+            raise CommandError('no storage {0}'.format(args['storage']))
+        store.update(args['options'])
+        return dict((k, v) for k, v in store.items() if k not in ('files', 'volumes'))
     if name == 'task':
         return await run_task(pve, args)
     if name == 'task_status':
@@ -274,7 +1027,9 @@ async def answer_stdin(pve):
 async def serve(args):
     with open(args.scenario) as handle:
         scenario = json.load(handle)
-    pve = FakePve(host=args.host, port=args.port, password=os.urandom(16).hex())
+    pve = DriverPve(host=args.host, port=args.port, password=os.urandom(16).hex())
+    model_token_privileges(pve)
+    ANSWER_LOSS.install(pve)
     apply_scenario(pve, scenario)
     os.makedirs(args.ca_dir, exist_ok=True)
     certfile, keyfile, _ = make_cert(args.ca_dir, hosts=(args.host,))
@@ -301,6 +1056,7 @@ def main():
     parser.add_argument('--no-stdin', action='store_true', help='ignore stdin; run until SIGINT or SIGTERM')
     args = parser.parse_args()
     loopback_only(args.host)
+    install_image_support()
     try:
         asyncio.run(serve(args))
     except KeyboardInterrupt:

@@ -18,6 +18,12 @@
 //! since `prune_orphans` is off), one untagged VM per 20 hosts that nixprox must not read, and
 //! the template `nixos-bootstrap`. Half the VMs run (so `/pending` is read for them).
 //!
+//! [`Fleet::generate_new_unnumbered`] is the same without declared VMIDs, every host on `pve1`:
+//! nixprox picks the ids (the nextid race of many creates at once).
+//! [`Fleet::generate_heavy`] is the same fleet with hosts that cost what a small NixOS costs to
+//! evaluate: each imports `fixtures/lib/heavy.nix` with `standin.units` set (see
+//! [`HEAVY_UNITS`] and docs/performance.md for the calibration).
+//!
 //! [`Fleet::generate_new`] is the apply benchmark's fleet: every host new (`create_vm` +
 //! `install`), nothing else in the cluster but the template, the hosts' disks on an RBD storage
 //! `ceph-pool` so fakepve's `ceph_slow` makes clone, resize and start take time
@@ -59,6 +65,7 @@ impl State {
 #[derive(Debug, Clone)]
 pub struct FleetHost {
     pub attr: String,
+    /// The declared `vm.id` (an unnumbered fleet declares none and lets nixprox pick).
     pub vmid: u32,
     pub node: String,
     pub state: State,
@@ -76,6 +83,8 @@ pub struct Fleet {
     /// Untagged VMs no host is named like: nixprox lists them and reads nothing else.
     pub strangers: usize,
     pub nodes: usize,
+    /// Whether the flake declares each host's `vm.id`.
+    pub declared_ids: bool,
 }
 
 /// How many actions of each kind the plan of a fleet must have.
@@ -92,13 +101,23 @@ pub struct Expected {
 }
 
 const TEMPLATE_VMID: u32 = 9000;
+
+/// `standin.units` of a heavy host: about 0.3 s of CPU and 100 MiB of evaluator heap per host
+/// on the benchmark machine (measured with `/usr/bin/time -v`, docs/performance.md).
+pub const HEAVY_UNITS: usize = 650;
 /// The RBD storage of [`Fleet::generate_new`]'s disks.
 pub const SLOW_STORAGE: &str = "ceph-pool";
 
 impl Fleet {
     /// Writes an `n`-host flake into a fresh temporary directory.
     pub fn generate(n: usize) -> Fleet {
-        Fleet::build(n, State::of, true, false)
+        Fleet::build(n, State::of, true, 0, false)
+    }
+
+    /// [`Fleet::generate`] with heavy hosts: `units` stand-in units each ([`HEAVY_UNITS`]
+    /// for the benchmark).
+    pub fn generate_heavy(n: usize, units: usize) -> Fleet {
+        Fleet::build(n, State::of, true, units, false)
     }
 
     /// Writes an `n`-host flake whose hosts declare the NixOS options the plan's NixOS changes
@@ -108,7 +127,7 @@ impl Fleet {
     /// as the head), and their VMs record an older system, so they switch; the other hosts stay
     /// at version 1 and their VMs are in sync (give [`Fleet::scenario`] the head's toplevels).
     pub fn generate_nixos(n: usize, changed: usize) -> Fleet {
-        let mut fleet = Fleet::build(n, |_| State::InSync, false, true);
+        let mut fleet = Fleet::build(n, |_| State::InSync, false, 0, true);
         for host in fleet.hosts.iter_mut().take(changed) {
             host.state = State::OldSystem;
         }
@@ -129,10 +148,23 @@ impl Fleet {
     /// Writes an `n`-host flake whose hosts all lack a VM, with no orphans or strangers: the
     /// apply benchmark's fleet. Its disks go to `ceph-pool` (see [`Fleet::apply_scenario`]).
     pub fn generate_new(n: usize) -> Fleet {
-        Fleet::build(n, |_| State::Missing, false, false)
+        Fleet::build(n, |_| State::Missing, false, 0, false)
     }
 
-    fn build(n: usize, state: fn(usize) -> State, extras: bool, nixos: bool) -> Fleet {
+    /// Like [`Fleet::generate_new`], but no host declares its `vm.id` and all are on `pve1`.
+    pub fn generate_new_unnumbered(n: usize) -> Fleet {
+        let mut fleet = Fleet::build(n, |_| State::Missing, false, 0, false);
+        fleet.nodes = 1;
+        fleet.declared_ids = false;
+        for host in &mut fleet.hosts {
+            host.node = "pve1".into();
+        }
+        fleet.write_flake(0, false);
+        fleet.set_host_concurrency(None);
+        fleet
+    }
+
+    fn build(n: usize, state: fn(usize) -> State, extras: bool, units: usize, nixos: bool) -> Fleet {
         let dir = tempfile::Builder::new().prefix(&format!("fleet-{n}-")).tempdir().expect("tempdir");
         let nodes = (n / 4).clamp(1, 10);
         let hosts: Vec<FleetHost> = (0..n)
@@ -148,8 +180,8 @@ impl Fleet {
             .map(|k| (5000 + k as u32, format!("retired{k:03}"), format!("pve{}", 1 + k % nodes)))
             .collect();
         let strangers = if extras { n / 20 } else { 0 };
-        let fleet = Fleet { dir, hosts, orphans, strangers, nodes };
-        fleet.write_flake(nixos);
+        let fleet = Fleet { dir, hosts, orphans, strangers, nodes, declared_ids: true };
+        fleet.write_flake(units, nixos);
         if !extras && !nixos {
             fleet.set_host_concurrency(None);
         }
@@ -184,27 +216,41 @@ impl Fleet {
         format!("path:{}", self.dir.path().display())
     }
 
-    fn write_flake(&self, nixos: bool) {
+    /// Appends `text` to `nixprox.yaml` (e.g. an `eval:` section).
+    pub fn append_settings(&self, text: &str) {
+        let path = self.dir.path().join("nixprox.yaml");
+        let mut settings = std::fs::read_to_string(&path).expect("read nixprox.yaml");
+        settings.push_str(text);
+        std::fs::write(path, settings).expect("write nixprox.yaml");
+    }
+
+    fn write_flake(&self, units: usize, nixos: bool) {
         let dir = self.dir.path();
         copy_dir(&repo().join("fixtures/lib"), &dir.join("lib"));
         let mut hosts = String::new();
         for (i, host) in self.hosts.iter().enumerate() {
             let cores = if host.state == State::FewerCores { 4 } else { 2 };
+            let id = if self.declared_ids { format!("id = {}; ", host.vmid) } else { String::new() };
             let _ = writeln!(
                 hosts,
-                "        {attr} = host {{ name = \"{attr}\"; address = \"127.1.{}.{}\"; vm = {{ id = {vmid}; node = \"{node}\"; cores = {cores}; }}; }};",
+                "        {attr} = host {{ name = \"{attr}\"; address = \"127.1.{}.{}\"; vm = {{ {id}node = \"{node}\"; cores = {cores}; }}; }};",
                 i / 250,
                 1 + i % 250,
                 attr = host.attr,
-                vmid = host.vmid,
                 node = host.node,
             );
         }
+        let heavy = if units == 0 {
+            "[ ]".to_string()
+        } else {
+            format!("[ ./lib/heavy.nix {{ standin.units = {units}; }} ]")
+        };
         let (with_nixos, modules) = if nixos { ("true", "[ ./nixos-host.nix ]") } else { ("false", "[ ]") };
         let flake = FLAKE
             .replace("@HOSTS@", hosts.trim_end())
             .replace("@NIXOS@", with_nixos)
-            .replace("@MODULES@", modules);
+            .replace("@MODULES@", modules)
+            .replace("@HEAVY@", &heavy);
         std::fs::write(dir.join("flake.nix"), flake).expect("write flake.nix");
         std::fs::write(dir.join("nixprox.yaml"), SETTINGS).expect("write nixprox.yaml");
     }
@@ -402,7 +448,8 @@ const FLAKE: &str = r#"# A generated fleet (tests/support/fleet.rs): the style o
               nixprox.vm = vm;
               nixprox.bootstrap.sshKeys = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDnixproxExampleKeyOnlyForTheFixture ops@fleet" ];
             }
-          ];
+          ]
+          ++ @HEAVY@;
         };
     in
     {

@@ -78,7 +78,7 @@ pub fn host(name: &str) -> DesiredHost {
             ip_config: "ip=dhcp".into(),
         },
         address: None,
-        ssh: SshDecl { user: "root".into(), port: 22 },
+        ssh: SshDecl { user: "root".into(), port: 22, host_key: None },
         install: InstallDecl {
             build_on: BuildOn::Auto,
             extra_files: None,
@@ -96,7 +96,9 @@ pub fn host(name: &str) -> DesiredHost {
         system: SystemEval {
             toplevel: format!("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-{name}"),
             disk_layout_hash: "sha256:1111".into(),
+            image: None,
         },
+        keep: false,
     }
 }
 

@@ -45,14 +45,21 @@ pub fn nixpkgs_lib() -> PathBuf {
 }
 
 /// `--override-input` pairs for fixture flakes. The nixprox input is a copy of only `flake.nix`
-/// and `nix/` (a `path:` input of the repository would copy `target/` into the store), made
+/// and the modules in `nix/` (a `path:` input of the repository would copy `target/` into the store), made
 /// once per content under the target's tmp dir, so parallel test processes share it safely.
 pub fn override_inputs() -> Vec<OverrideInput> {
     static INPUT: OnceLock<PathBuf> = OnceLock::new();
     let input = INPUT.get_or_init(|| {
-        let files = [repo().join("flake.nix"), repo().join("nix/module.nix")];
+        let mut modules: Vec<PathBuf> = std::fs::read_dir(repo().join("nix"))
+            .expect("read nix/")
+            .map(|entry| entry.expect("nix/ entry").path())
+            .filter(|path| path.extension().is_some_and(|e| e == "nix"))
+            .collect();
+        modules.sort();
+        let files: Vec<PathBuf> = std::iter::once(repo().join("flake.nix")).chain(modules).collect();
         let mut hash = Sha256::new();
         for file in &files {
+            hash.update(file.file_name().expect("file name").as_encoded_bytes());
             hash.update(std::fs::read(file).expect("read flake input file"));
         }
         let digest = hex::encode(hash.finalize());
@@ -62,7 +69,10 @@ pub fn override_inputs() -> Vec<OverrideInput> {
             let staging = tempfile::tempdir_in(base).expect("staging dir");
             std::fs::create_dir(staging.path().join("nix")).expect("mkdir nix");
             std::fs::copy(&files[0], staging.path().join("flake.nix")).expect("copy flake.nix");
-            std::fs::copy(&files[1], staging.path().join("nix/module.nix")).expect("copy module");
+            for module in &files[1..] {
+                let name = module.file_name().expect("file name");
+                std::fs::copy(module, staging.path().join("nix").join(name)).expect("copy module");
+            }
             // Another process may have won the race; its copy is identical.
             let _ = std::fs::rename(staging.keep(), &dest);
         }
@@ -102,12 +112,9 @@ impl Fixture {
     pub fn request(&self) -> EvalRequest {
         EvalRequest {
             nix: nix(),
-            flake: self.flake_ref(),
             override_inputs: override_inputs(),
             eval_jobs: 2,
-            hosts: None,
-            batch: 0,
-            probes: false,
+            ..EvalRequest::new(self.flake_ref())
         }
     }
 }

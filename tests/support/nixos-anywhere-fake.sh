@@ -29,6 +29,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$flake" ] && [ -n "$target" ] && [ -n "$key" ] || { echo "missing --flake, target or -i" >&2; exit 1; }
+# Like nixos-anywhere (src/nixos-anywhere.sh): a private temporary directory, removed by a
+# `trap … EXIT`, holding a copy of the SSH key it was given.
+tempDir=$(mktemp -d)
+trap 'rm -rf "$tempDir"' EXIT
+cp "$key" "$tempDir/nixos-anywhere"
 # Tests make an install fail with NIXPROX_TEST_INSTALL_FAIL=<message>, as a failing disko would.
 if [ -n "${NIXPROX_TEST_INSTALL_FAIL:-}" ]; then
   echo "### Formatting hard drive with disko ###"
@@ -36,6 +41,17 @@ if [ -n "${NIXPROX_TEST_INSTALL_FAIL:-}" ]; then
   exit 1
 fi
 ssh_opts=(-i "$key" -p "$port" -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o IdentitiesOnly=yes -o BatchMode=yes -o LogLevel=ERROR)
+# A user other than root: nixos-anywhere escalates with sudo (or doas) and aborts without it,
+# then works as root (it copies the user's authorized_keys to root's; the test host has one
+# authorized_keys file for every user, and its /root is the machine's, so nothing is copied).
+user=${target%@*}
+if [ "$user" != "$target" ] && [ "$user" != root ]; then
+  if ! ssh "${ssh_opts[@]}" "$target" 'sudo -n true'; then
+    echo 'Unable to find a command to use to escalate privileges: Could not find `sudo` or `doas`' >&2
+    exit 1
+  fi
+  target="root@${target#*@}"
+fi
 echo "### Building the system closure ###"
 attr=${flake#*#}
 json=$(nix --extra-experimental-features 'nix-command flakes' build --json --no-link --option sandbox false \
@@ -47,6 +63,13 @@ while [ $i -lt ${#disk_keys[@]} ]; do
   ssh "${ssh_opts[@]}" "$target" "mkdir -p \$(dirname ${disk_keys[$i]}) && cat > ${disk_keys[$i]}" < "${disk_keys[$((i+1))]}"
   i=$((i+2))
 done
+# Tests stop an install half way with NIXPROX_TEST_INSTALL_HANG=<file>: the installer writes
+# its pid and its child's there and waits, as a long `nix copy` would.
+if [ -n "${NIXPROX_TEST_INSTALL_HANG:-}" ]; then
+  sleep 300 &
+  echo "$$ $!" > "$NIXPROX_TEST_INSTALL_HANG"
+  wait
+fi
 echo "### Installing NixOS ###"
 NIX_SSHOPTS="${ssh_opts[*]}" nix --extra-experimental-features 'nix-command flakes' copy --no-check-sigs \
   --to "ssh-ng://$target" "$system"
@@ -55,5 +78,8 @@ if [ -n "$extra" ]; then
 fi
 ssh "${ssh_opts[@]}" "$target" "nix-env -p /nix/var/nix/profiles/system --set $system && $system/bin/switch-to-configuration boot"
 echo "### Rebooting ###"
-ssh "${ssh_opts[@]}" "$target" 'touch /run/nixprox-test-reboot'
+# Like nixos-anywhere, the reboot is scheduled in the background so this SSH session ends
+# before the machine goes down (a reboot under the session's feet would fail the install with
+# "connection closed by remote host", exit 255).
+ssh "${ssh_opts[@]}" "$target" "nohup sh -c 'sleep 0.5 && touch /run/nixprox-test-reboot' >/dev/null 2>&1 </dev/null &"
 echo "### Done! ###"

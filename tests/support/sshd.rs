@@ -4,6 +4,11 @@
 //! NixOS. A "reboot" (requested by the test installer touching `/run/nixprox-test-reboot`)
 //! restarts sshd with the host key the install placed under `/mnt`. Drop kills every process
 //! in the namespace.
+//!
+//! The namespace also sees its own `/etc/passwd`, `/etc/group`, `/etc/shadow` and (with sudo
+//! installed) `/etc/sudoers`: copies of the machine's with one more user, [`SUDO_USER`], who
+//! logs in with the same client key and has passwordless sudo, as a deploy user of colmena or
+//! deploy-rs has. The machine's own files are never touched.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +21,14 @@ use nixprox::ssh::{GeneratedHostKey, generate_host_key};
 use secrecy::ExposeSecret;
 
 const SSHD: &str = "/usr/sbin/sshd";
+const SUDO: &str = "/usr/bin/sudo";
+/// The test host's user other than root, with passwordless sudo (`ALL=(root) NOPASSWD: ALL`).
+pub const SUDO_USER: &str = "deploy";
+/// Its uid and gid, far from Debian's system and user ranges.
+const SUDO_UID: u32 = 64242;
+/// A user who logs in like [`SUDO_USER`] but has no sudo rights.
+pub const PLAIN_USER: &str = "plain";
+const PLAIN_UID: u32 = 64243;
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// One test host; see the module docs.
@@ -63,6 +76,7 @@ impl TestHost {
         let client_key = root.join("client_key");
         write_private(&client_key, client.private_openssh.expose_secret());
         std::fs::write(root.join("etc-ssh/authorized_keys"), format!("{}\n", client.public)).expect("write");
+        write_accounts(root);
         let host_key = generate_host_key("bootstrap").expect("host key");
         write_private(&root.join("etc-ssh/ssh_host_ed25519_key"), host_key.private_openssh.expose_secret());
         std::fs::write(
@@ -108,6 +122,15 @@ impl TestHost {
 
     pub fn root(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// [`SUDO_USER`]; fails with the fix when sudo is not installed on this machine.
+    pub fn sudo_user(&self) -> &'static str {
+        assert!(
+            Path::new(SUDO).exists(),
+            "`{SUDO}` not found: the test host's non-root user needs it; install Debian's sudo (apt-get install sudo, or scripts/setup)"
+        );
+        SUDO_USER
     }
 
     pub fn host_public(&self) -> String {
@@ -163,11 +186,56 @@ fn write_private(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
 }
 
+/// The namespace's account files: the machine's, plus [`SUDO_USER`] and [`PLAIN_USER`]
+/// (password `*`: no password, not locked, so sshd lets the key in) and a sudoers file giving
+/// the first passwordless sudo.
+fn write_accounts(root: &Path) {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let user = SUDO_USER;
+    let add = |name: &str, base: &str, line: String, mode: u32| {
+        let path = root.join(name);
+        std::fs::write(&path, format!("{}{line}\n", read(base))).expect("write account file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let plain = PLAIN_USER;
+    add(
+        "etc-passwd",
+        "/etc/passwd",
+        format!(
+            "{user}:x:{SUDO_UID}:{SUDO_UID}:nixprox test deployer:/run:/bin/sh\n{plain}:x:{PLAIN_UID}:{PLAIN_UID}:no sudo:/run:/bin/sh"
+        ),
+        0o644,
+    );
+    add("etc-group", "/etc/group", format!("{user}:x:{SUDO_UID}:\n{plain}:x:{PLAIN_UID}:"), 0o644);
+    add(
+        "etc-shadow",
+        "/etc/shadow",
+        format!("{user}:*:19000:0:99999:7:::\n{plain}:*:19000:0:99999:7:::"),
+        0o640,
+    );
+    let sudoers = root.join("etc-sudoers");
+    std::fs::write(
+        &sudoers,
+        format!("Defaults env_reset\nroot ALL=(ALL:ALL) ALL\n{user} ALL=(root) NOPASSWD: ALL\n"),
+    )
+    .expect("write sudoers");
+    // sudo refuses a sudoers file that others can write.
+    std::fs::set_permissions(&sudoers, std::fs::Permissions::from_mode(0o440)).expect("chmod sudoers");
+}
+
 fn start_sshd(root: &Path, address: &str, port: u16, slot: &Mutex<Option<Child>>) {
     let t = root.display();
+    // Without sudo on the machine there is no /etc/sudoers to cover (and no sudo to use).
+    let sudoers = if Path::new("/etc/sudoers").exists() {
+        format!("mount --bind {t}/etc-sudoers /etc/sudoers && ")
+    } else {
+        String::new()
+    };
     let script = format!(
         "mount --bind {t}/nix /nix && mount --bind {t}/run /run && mount --bind {t}/etc-ssh /etc/ssh && \
-         mount --bind {t}/mnt /mnt && exec {SSHD} -D -e -f {t}/sshd_config"
+         mount --bind {t}/mnt /mnt && mount --bind {t}/etc-passwd /etc/passwd && \
+         mount --bind {t}/etc-group /etc/group && mount --bind {t}/etc-shadow /etc/shadow && \
+         {sudoers}exec {SSHD} -D -e -f {t}/sshd_config"
     );
     let log = std::fs::OpenOptions::new().create(true).append(true).open(root.join("sshd.log")).expect("log");
     let child = Command::new("unshare")
@@ -277,7 +345,7 @@ pub mod systems {
             .output()
             .expect("run nix (install Debian's nix-bin)");
         assert!(output.status.success(), "nix build failed: {}", String::from_utf8_lossy(&output.stderr));
-        nixprox::install::parse_build_json(&String::from_utf8_lossy(&output.stdout)).expect("nix build json")
+        nixprox::flake::parse_build_json(&String::from_utf8_lossy(&output.stdout)).expect("nix build json")
     }
 
     /// `x86_64-linux` etc.
@@ -301,8 +369,8 @@ pub mod systems {
 
     /// Builds the flake's toplevel the way the executor would (the library's argv builder).
     pub fn build_flake(flake: &str, host: &str) -> String {
-        let mut build = nixprox::install::NixBuild::toplevel(flake, host);
-        build.options.push(("sandbox".into(), "false".into()));
+        let build = nixprox::install::build_toplevel(&nixprox::flake::Nix::default(), flake, host, &[])
+            .option("sandbox", "false");
         let argv = build.argv();
         let output = Command::new(&argv[0])
             .args(&argv[1..])
@@ -310,6 +378,6 @@ pub mod systems {
             .output()
             .expect("run nix");
         assert!(output.status.success(), "nix build failed: {}", String::from_utf8_lossy(&output.stderr));
-        nixprox::install::parse_build_json(&String::from_utf8_lossy(&output.stdout)).expect("json")
+        nixprox::flake::parse_build_json(&String::from_utf8_lossy(&output.stdout)).expect("json")
     }
 }

@@ -69,6 +69,28 @@ fn apply_and_drift() {
 }
 
 #[test]
+fn the_token_input_is_named_explicitly_and_the_bot_login_passed() {
+    let (ok, argv, _) = run_script(&[
+        ("ACTION_COMMAND", "plan"),
+        ("ACTION_COMMENT", "true"),
+        ("NIXPROX_ACTION_TOKEN", "tok"),
+        ("ACTION_BOT_LOGIN", "nixprox-lab[bot]"),
+    ]);
+    assert!(ok);
+    assert_eq!(
+        argv,
+        ["plan", "--comment", "--token-env", "NIXPROX_ACTION_TOKEN", "--bot-login", "nixprox-lab[bot]"]
+    );
+    // The user's own `--token-env` in `args` is not doubled (clap would refuse it).
+    let (_, argv, _) = run_script(&[
+        ("ACTION_COMMAND", "drift"),
+        ("NIXPROX_ACTION_TOKEN", "tok"),
+        ("ACTION_ARGS", "--token-env MY_PAT"),
+    ]);
+    assert_eq!(argv, ["drift", "--issue", "--token-env", "MY_PAT"]);
+}
+
+#[test]
 fn hostile_input_is_one_literal_argument() {
     let (ok, argv, _) = run_script(&[
         ("ACTION_COMMAND", "plan"),

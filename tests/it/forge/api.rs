@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 use wiremock::ResponseTemplate;
 use wiremock::matchers::body_json;
 
-use super::{CANARY, Fake, MALLORY, ME, both_forges};
+use super::spec::Op;
+use super::{CANARY, FORGEJO_ACTIONS, Fake, GHOST, GITHUB_ACTIONS, MALLORY, ME, both_forges};
 
 const KEY: &str = "flake=.#,settings=nixprox.yaml";
 const BODY: &str = "## nixprox plan\n\n1 to create\n";
@@ -15,7 +16,7 @@ fn full(plan_id: &str) -> String {
     format!("{}\n{BODY}", plan_marker(KEY, plan_id))
 }
 
-fn filler(fake: &Fake, from: u64, n: u64, pr: u64) -> Vec<Value> {
+fn filler(fake: &Fake, from: i64, n: i64, pr: u64) -> Vec<Value> {
     (from..from + n).map(|id| fake.comment(id, MALLORY, pr, &format!("looks good ({id})"))).collect()
 }
 
@@ -46,11 +47,11 @@ async fn first_run_creates_second_run_edits(kind: ForgeKind) {
     fake.mount_comments(17, filler(&fake, 1, 2, 17)).await;
     fake.req("POST", &comments)
         .and(body_json(json!({ "body": full("p-1") })))
-        .respond_with(ResponseTemplate::new(201).set_body_json(fake.comment(9001, ME, 17, &full("p-1"))))
+        .respond_with(fake.answer(Op::CreateComment, 201, fake.comment(9001, ME, 17, &full("p-1"))))
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = forge.upsert_plan_comment(17, KEY, "p-1", BODY).await.expect("first run");
+    let outcome = forge.upsert_plan_comment(17, KEY, "p-1", BODY, None).await.expect("first run");
     assert!(matches!(outcome, CommentOutcome::Created { id: 9001, .. }), "{outcome:?}");
     fake.next_run().await;
 
@@ -61,11 +62,11 @@ async fn first_run_creates_second_run_edits(kind: ForgeKind) {
     fake.mount_comments(17, listed).await;
     fake.req("PATCH", &fake.repo_path("issues/comments/9001"))
         .and(body_json(json!({ "body": full("p-2") })))
-        .respond_with(ResponseTemplate::new(200).set_body_json(fake.comment(9001, ME, 17, &full("p-2"))))
+        .respond_with(fake.answer(Op::EditComment, 200, fake.comment(9001, ME, 17, &full("p-2"))))
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = forge.upsert_plan_comment(17, KEY, "p-2", BODY).await.expect("second run");
+    let outcome = forge.upsert_plan_comment(17, KEY, "p-2", BODY, None).await.expect("second run");
     assert!(matches!(outcome, CommentOutcome::Updated { id: 9001, .. }), "{outcome:?}");
     fake.next_run().await;
 }
@@ -83,11 +84,11 @@ async fn someone_elses_marker_is_not_touched(kind: ForgeKind) {
     .await;
     fake.req("POST", &fake.repo_path("issues/17/comments"))
         .and(body_json(json!({ "body": full("p-1") })))
-        .respond_with(ResponseTemplate::new(201).set_body_json(fake.comment(9002, ME, 17, &full("p-1"))))
+        .respond_with(fake.answer(Op::CreateComment, 201, fake.comment(9002, ME, 17, &full("p-1"))))
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-1", BODY).await.expect("upsert");
+    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-1", BODY, None).await.expect("upsert");
     assert!(matches!(outcome, CommentOutcome::Created { id: 9002, .. }), "{outcome:?}");
     // No PATCH reached the server: the catch-all would have failed the test.
     fake.next_run().await;
@@ -97,16 +98,18 @@ async fn finds_our_comment_beyond_the_first_hundred(kind: ForgeKind) {
     let fake = Fake::start(kind).await;
     fake.mount_user(ME).await;
     let mut comments = filler(&fake, 1, 230, 17);
+    // A deleted account's comment: GitHub answers `"user": null`, Forgejo the `Ghost` (-1).
+    comments.push(fake.comment(8999, GHOST, 17, &full("p-0")));
     comments.push(fake.comment(9001, ME, 17, &full("p-1")));
     comments.extend(filler(&fake, 300, 10, 17));
     fake.mount_comments(17, comments).await; // GitHub: 3 pages; Forgejo: 5 pages
     fake.req("PATCH", &fake.repo_path("issues/comments/9001"))
         .and(body_json(json!({ "body": full("p-2") })))
-        .respond_with(ResponseTemplate::new(200).set_body_json(fake.comment(9001, ME, 17, &full("p-2"))))
+        .respond_with(fake.answer(Op::EditComment, 200, fake.comment(9001, ME, 17, &full("p-2"))))
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-2", BODY).await.expect("upsert");
+    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-2", BODY, None).await.expect("upsert");
     assert!(matches!(outcome, CommentOutcome::Updated { id: 9001, .. }), "{outcome:?}");
     fake.next_run().await;
 }
@@ -116,21 +119,15 @@ async fn fork_token_403_is_forbidden_not_an_error(kind: ForgeKind) {
     fake.mount_user(ME).await;
     fake.mount_comments(18, vec![]).await;
     let denied = match kind {
-        ForgeKind::GitHub => json!({
-            "message": "Resource not accessible by integration",
-            "documentation_url": "https://docs.github.com/rest/issues/comments#create-an-issue-comment",
-            "status": "403"
-        }),
-        ForgeKind::Forgejo => {
-            json!({ "message": "user should have a permission to write to the target branch", "url": "https://forge.example/api/swagger" })
-        }
+        ForgeKind::GitHub => "Resource not accessible by integration",
+        ForgeKind::Forgejo => "user should have a permission to write to the target branch",
     };
     fake.req("POST", &fake.repo_path("issues/18/comments"))
-        .respond_with(ResponseTemplate::new(403).set_body_json(denied))
+        .respond_with(fake.error(Op::CreateComment, 403, denied))
         .expect(1) // 403 is not retried
         .mount(&fake.server)
         .await;
-    let outcome = fake.forge().upsert_plan_comment(18, KEY, "p-1", BODY).await.expect("not an error");
+    let outcome = fake.forge().upsert_plan_comment(18, KEY, "p-1", BODY, None).await.expect("not an error");
     let CommentOutcome::Forbidden { message } = outcome else {
         panic!("expected Forbidden, got {outcome:?}")
     };
@@ -145,17 +142,17 @@ async fn deleted_comment_404_creates_a_new_one(kind: ForgeKind) {
     fake.mount_user(ME).await;
     fake.mount_comments(17, vec![fake.comment(9001, ME, 17, &full("p-1"))]).await;
     fake.req("PATCH", &fake.repo_path("issues/comments/9001"))
-        .respond_with(ResponseTemplate::new(404).set_body_json(json!({ "message": "Not Found" })))
+        .respond_with(fake.error(Op::EditComment, 404, "Not Found"))
         .expect(1)
         .mount(&fake.server)
         .await;
     fake.req("POST", &fake.repo_path("issues/17/comments"))
         .and(body_json(json!({ "body": full("p-2") })))
-        .respond_with(ResponseTemplate::new(201).set_body_json(fake.comment(9005, ME, 17, &full("p-2"))))
+        .respond_with(fake.answer(Op::CreateComment, 201, fake.comment(9005, ME, 17, &full("p-2"))))
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-2", BODY).await.expect("upsert");
+    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-2", BODY, None).await.expect("upsert");
     assert!(matches!(outcome, CommentOutcome::Created { id: 9005, .. }), "{outcome:?}");
     fake.next_run().await;
 }
@@ -166,19 +163,20 @@ async fn server_errors_are_retried_boundedly(kind: ForgeKind) {
     // One 502, then success: two attempts of the whole operation, one comment.
     fake.mount_user(ME).await;
     fake.req("GET", &fake.repo_path("issues/17/comments"))
+        // A reverse proxy's answer, not the forge's: not a schema-shaped body.
         .respond_with(ResponseTemplate::new(502).set_body_string("<html>502 Bad Gateway</html>"))
         .up_to_n_times(1)
         .with_priority(1)
         .expect(1)
         .mount(&fake.server)
         .await;
-    fake.mount_list(&fake.repo_path("issues/17/comments"), &[], vec![]).await;
+    fake.mount_comments(17, vec![]).await;
     fake.req("POST", &fake.repo_path("issues/17/comments"))
-        .respond_with(ResponseTemplate::new(201).set_body_json(fake.comment(9001, ME, 17, &full("p-1"))))
+        .respond_with(fake.answer(Op::CreateComment, 201, fake.comment(9001, ME, 17, &full("p-1"))))
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = forge.upsert_plan_comment(17, KEY, "p-1", BODY).await.expect("retried");
+    let outcome = forge.upsert_plan_comment(17, KEY, "p-1", BODY, None).await.expect("retried");
     assert!(matches!(outcome, CommentOutcome::Created { .. }), "{outcome:?}");
     assert!(fake.logs.text().contains("attempt 1/3 failed, retrying"), "{}", fake.logs.text());
     fake.next_run().await;
@@ -186,6 +184,7 @@ async fn server_errors_are_retried_boundedly(kind: ForgeKind) {
     // Always 503: exactly three attempts, then the error with the body.
     fake.mount_user(ME).await;
     fake.req("POST", &fake.repo_path("statuses/abc123"))
+        // A reverse proxy's answer, not the forge's.
         .respond_with(ResponseTemplate::new(503).set_body_string("upstream overloaded"))
         .expect(3)
         .mount(&fake.server)
@@ -206,7 +205,7 @@ async fn validation_errors_are_retried_then_reported_with_body(kind: ForgeKind) 
     fake.mount_user(ME).await;
     // Each attempt lists again (in case a failed write went through): three listings.
     fake.req("GET", &fake.repo_path("issues/17/comments"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .respond_with(fake.answer(Op::ListComments, 200, json!([])))
         .expect(3)
         .mount(&fake.server)
         .await;
@@ -217,11 +216,12 @@ async fn validation_errors_are_retried_then_reported_with_body(kind: ForgeKind) 
         "status": "422"
     });
     fake.req("POST", &fake.repo_path("issues/17/comments"))
-        .respond_with(ResponseTemplate::new(422).set_body_json(invalid))
+        .respond_with(fake.answer(Op::CreateComment, 422, invalid))
         .expect(3)
         .mount(&fake.server)
         .await;
-    let err = fake.forge().upsert_plan_comment(17, KEY, "p-1", BODY).await.expect_err("422 three times");
+    let err =
+        fake.forge().upsert_plan_comment(17, KEY, "p-1", BODY, None).await.expect_err("422 three times");
     assert_eq!(err.status(), Some(422));
     let text = err.to_string();
     assert!(text.starts_with("failed to comment on `home/lab#17`: HTTP 422: Validation Failed"), "{text}");
@@ -235,20 +235,21 @@ async fn oversized_body_is_refused_before_sending(kind: ForgeKind) {
     let fake = Fake::start(kind).await;
     fake.mount_user(ME).await;
     fake.mount_comments(17, vec![]).await;
-    let fits = "x".repeat(plan_body_budget(KEY, "p-1"));
+    let fits = "x".repeat(plan_body_budget(KEY, "p-1", None));
     fake.req("POST", &fake.repo_path("issues/17/comments"))
         .and(body_json(json!({ "body": format!("{}\n{fits}", plan_marker(KEY, "p-1")) })))
-        .respond_with(ResponseTemplate::new(201).set_body_json(fake.comment(1, ME, 17, "x")))
+        .respond_with(fake.answer(Op::CreateComment, 201, fake.comment(1, ME, 17, "x")))
         .expect(1)
         .mount(&fake.server)
         .await;
-    fake.forge().upsert_plan_comment(17, KEY, "p-1", &fits).await.expect("exactly the budget fits");
+    fake.forge().upsert_plan_comment(17, KEY, "p-1", &fits, None).await.expect("exactly the budget fits");
     fake.next_run().await;
 
     fake.mount_user(ME).await;
     fake.mount_comments(17, vec![]).await;
     let too_big = format!("{fits}y");
-    let err = fake.forge().upsert_plan_comment(17, KEY, "p-1", &too_big).await.expect_err("one too many");
+    let err =
+        fake.forge().upsert_plan_comment(17, KEY, "p-1", &too_big, None).await.expect_err("one too many");
     assert!(matches!(err, ForgeError::TooLarge { chars: 65_537, max: 65_536, .. }), "{err:?}");
     fake.next_run().await; // the catch-all proves no POST was sent
 }
@@ -265,11 +266,7 @@ async fn commit_status_on_the_head_sha(kind: ForgeKind) {
             "description": cut,
             "target_url": "https://github.com/home/lab/actions/runs/42"
         })))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({
-            "id": 1, "state": "failure", "context": "nixprox/plan", "description": cut,
-            "target_url": "https://github.com/home/lab/actions/runs/42",
-            "created_at": "2026-11-20T10:00:00Z", "updated_at": "2026-11-20T10:00:00Z"
-        })))
+        .respond_with(fake.answer(Op::CreateStatus, 201, fake.status("failure", "nixprox/plan", ME)))
         .expect(1)
         .mount(&fake.server)
         .await;
@@ -300,7 +297,7 @@ async fn drift_issue_opened_updated_closed(kind: ForgeKind) {
     let body1 = format!("{marker}\n1 VM drifted");
     fake.req("POST", &fake.repo_path("issues"))
         .and(body_json(json!({ "title": title, "body": body1 })))
-        .respond_with(ResponseTemplate::new(201).set_body_json(fake.issue(12, ME, title, &body1, true)))
+        .respond_with(fake.answer(Op::CreateIssue, 201, fake.issue(12, ME, title, &body1, true)))
         .expect(1)
         .mount(&fake.server)
         .await;
@@ -315,7 +312,11 @@ async fn drift_issue_opened_updated_closed(kind: ForgeKind) {
     let body2 = format!("{marker}\n2 VMs drifted");
     fake.req("PATCH", &fake.repo_path("issues/12"))
         .and(body_json(json!({ "title": title, "body": body2, "state": "open" })))
-        .respond_with(ResponseTemplate::new(200).set_body_json(fake.issue(12, ME, title, &body2, true)))
+        .respond_with(fake.answer(
+            Op::EditIssue,
+            fake.edit_issue_status(),
+            fake.issue(12, ME, title, &body2, true),
+        ))
         .expect(1)
         .mount(&fake.server)
         .await;
@@ -329,7 +330,11 @@ async fn drift_issue_opened_updated_closed(kind: ForgeKind) {
         .await;
     fake.req("PATCH", &fake.repo_path("issues/12"))
         .and(body_json(json!({ "state": "closed" })))
-        .respond_with(ResponseTemplate::new(200).set_body_json(fake.issue(12, ME, title, &body2, false)))
+        .respond_with(fake.answer(
+            Op::EditIssue,
+            fake.edit_issue_status(),
+            fake.issue(12, ME, title, &body2, false),
+        ))
         .expect(1)
         .mount(&fake.server)
         .await;
@@ -341,7 +346,11 @@ async fn drift_issue_opened_updated_closed(kind: ForgeKind) {
     fake.mount_issues(vec![unrelated.clone(), fake.issue(12, ME, title, &body2, false)]).await;
     fake.req("PATCH", &fake.repo_path("issues/12"))
         .and(body_json(json!({ "title": title, "body": body1, "state": "open" })))
-        .respond_with(ResponseTemplate::new(200).set_body_json(fake.issue(12, ME, title, &body1, true)))
+        .respond_with(fake.answer(
+            Op::EditIssue,
+            fake.edit_issue_status(),
+            fake.issue(12, ME, title, &body1, true),
+        ))
         .expect(1)
         .mount(&fake.server)
         .await;
@@ -359,25 +368,9 @@ async fn drift_issue_opened_updated_closed(kind: ForgeKind) {
 async fn reviewed_plan_found_after_merge(kind: ForgeKind) {
     let fake = Fake::start(kind).await;
     let merge = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
-    let pull = json!({
-        "number": 17, "state": "closed", "title": "Grow the media VM",
-        "merged_at": "2026-11-20T11:00:00Z", "merged": true, "merge_commit_sha": merge,
-        "head": { "ref": "media-cores", "sha": "1f0c4a7e9b2d3c5a6e8f0b1d2c3e4f5a6b7c8d9e" },
-        "base": { "ref": "main", "sha": "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d" }
-    });
+    let pull = fake.pull(17, merge, "1f0c4a7e9b2d3c5a6e8f0b1d2c3e4f5a6b7c8d9e");
     fake.mount_user(ME).await;
-    match kind {
-        ForgeKind::GitHub => {
-            fake.mount_list(&fake.repo_path(&format!("commits/{merge}/pulls")), &[], vec![pull]).await
-        }
-        ForgeKind::Forgejo => {
-            fake.req("GET", &fake.repo_path(&format!("commits/{merge}/pull")))
-                .respond_with(ResponseTemplate::new(200).set_body_json(pull))
-                .expect(1)
-                .mount(&fake.server)
-                .await
-        }
-    }
+    fake.mount_commit_pull(merge, Some(pull)).await;
     fake.mount_comments(
         17,
         vec![
@@ -392,21 +385,7 @@ async fn reviewed_plan_found_after_merge(kind: ForgeKind) {
 
     // A direct push (no pull request).
     let direct = "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b";
-    match kind {
-        ForgeKind::GitHub => {
-            fake.mount_list(&fake.repo_path(&format!("commits/{direct}/pulls")), &[], vec![]).await
-        }
-        ForgeKind::Forgejo => {
-            fake.req("GET", &fake.repo_path(&format!("commits/{direct}/pull")))
-                .respond_with(
-                    ResponseTemplate::new(404)
-                        .set_body_json(json!({ "message": "pull request does not exist" })),
-                )
-                .expect(1)
-                .mount(&fake.server)
-                .await
-        }
-    }
+    fake.mount_commit_pull(direct, None).await;
     assert_eq!(fake.forge().find_reviewed_plan_id(direct, KEY).await.expect("lookup"), None);
     fake.next_run().await;
 }
@@ -436,27 +415,21 @@ async fn echoed_token_is_redacted_from_errors(kind: ForgeKind) {
 
 async fn actions_token_without_user_endpoint(kind: ForgeKind) {
     let fake = Fake::start(kind).await;
-    // The automatic Actions token cannot ask who it is; its comments carry the Actions bot.
+    // GitHub refuses `GET /user` to the Actions token (an installation token), whose comments
+    // are the Actions app's; a Forgejo that refused it would mean its Actions user.
     let bot = match kind {
-        ForgeKind::GitHub => ("github-actions[bot]", 41898282),
-        ForgeKind::Forgejo => ("forgejo-actions", 2),
+        ForgeKind::GitHub => GITHUB_ACTIONS,
+        ForgeKind::Forgejo => FORGEJO_ACTIONS,
     };
-    fake.req("GET", &format!("{}/user", fake.prefix()))
-        .respond_with(
-            ResponseTemplate::new(403)
-                .set_body_json(json!({ "message": "Resource not accessible by integration" })),
-        )
-        .expect(1)
-        .mount(&fake.server)
-        .await;
+    fake.mount_user_refused().await;
     fake.mount_comments(17, vec![fake.comment(9001, bot, 17, &full("p-1"))]).await;
     fake.req("PATCH", &fake.repo_path("issues/comments/9001"))
         .and(body_json(json!({ "body": full("p-2") })))
-        .respond_with(ResponseTemplate::new(200).set_body_json(fake.comment(9001, bot, 17, &full("p-2"))))
+        .respond_with(fake.answer(Op::EditComment, 200, fake.comment(9001, bot, 17, &full("p-2"))))
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-2", BODY).await.expect("upsert");
+    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-2", BODY, None).await.expect("upsert");
     assert!(matches!(outcome, CommentOutcome::Updated { id: 9001, .. }), "{outcome:?}");
     fake.next_run().await;
 }
@@ -467,19 +440,15 @@ async fn github_rate_limit_403_is_retried_not_forbidden() {
     fake.mount_user(ME).await;
     // Listed once per attempt: the retry looks again before writing.
     fake.req("GET", &fake.repo_path("issues/17/comments"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .respond_with(fake.answer(Op::ListComments, 200, json!([])))
         .expect(2)
         .mount(&fake.server)
         .await;
     fake.req("POST", &fake.repo_path("issues/17/comments"))
         .respond_with(
-            ResponseTemplate::new(403)
+            fake.error(Op::CreateComment, 403, "API rate limit exceeded for installation ID 4242.")
                 .insert_header("x-ratelimit-remaining", "0")
-                .insert_header("x-ratelimit-reset", "1790000000")
-                .set_body_json(json!({
-                    "message": "API rate limit exceeded for installation ID 4242.",
-                    "documentation_url": "https://docs.github.com/rest/overview/resources-in-the-rest-api#rate-limiting"
-                })),
+                .insert_header("x-ratelimit-reset", "1790000000"),
         )
         .up_to_n_times(1)
         .with_priority(1)
@@ -487,11 +456,11 @@ async fn github_rate_limit_403_is_retried_not_forbidden() {
         .mount(&fake.server)
         .await;
     fake.req("POST", &fake.repo_path("issues/17/comments"))
-        .respond_with(ResponseTemplate::new(201).set_body_json(fake.comment(9001, ME, 17, &full("p-1"))))
+        .respond_with(fake.answer(Op::CreateComment, 201, fake.comment(9001, ME, 17, &full("p-1"))))
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-1", BODY).await.expect("retried");
+    let outcome = fake.forge().upsert_plan_comment(17, KEY, "p-1", BODY, None).await.expect("retried");
     assert!(matches!(outcome, CommentOutcome::Created { id: 9001, .. }), "{outcome:?}");
     fake.next_run().await;
 }
@@ -501,7 +470,7 @@ async fn apply_report_is_a_new_comment(kind: ForgeKind) {
     let report = "## nixprox apply\n\n2 done, 0 failed\n";
     fake.req("POST", &fake.repo_path("issues/17/comments"))
         .and(body_json(json!({ "body": report })))
-        .respond_with(ResponseTemplate::new(201).set_body_json(fake.comment(9100, ME, 17, report)))
+        .respond_with(fake.answer(Op::CreateComment, 201, fake.comment(9100, ME, 17, report)))
         .expect(1)
         .mount(&fake.server)
         .await;
@@ -510,10 +479,7 @@ async fn apply_report_is_a_new_comment(kind: ForgeKind) {
     fake.next_run().await;
 
     fake.req("POST", &fake.repo_path("issues/17/comments"))
-        .respond_with(
-            ResponseTemplate::new(403)
-                .set_body_json(json!({ "message": "Resource not accessible by integration" })),
-        )
+        .respond_with(fake.error(Op::CreateComment, 403, "Resource not accessible by integration"))
         .expect(1) // never retried: a retried create could post twice
         .mount(&fake.server)
         .await;
@@ -531,16 +497,16 @@ async fn forgejo_endpoint_that_ignores_paging_is_read_once() {
     let mut all = filler(&fake, 1, 59, 5);
     all.push(fake.comment(9001, ME, 5, &full("p-1")));
     fake.req("GET", &fake.repo_path("issues/5/comments"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(Value::Array(all)))
+        .respond_with(fake.answer(Op::ListComments, 200, Value::Array(all)))
         .expect(2)
         .mount(&fake.server)
         .await;
     fake.req("PATCH", &fake.repo_path("issues/comments/9001"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(fake.comment(9001, ME, 5, &full("p-2"))))
+        .respond_with(fake.answer(Op::EditComment, 200, fake.comment(9001, ME, 5, &full("p-2"))))
         .expect(1)
         .mount(&fake.server)
         .await;
-    let outcome = fake.forge().upsert_plan_comment(5, KEY, "p-2", BODY).await.expect("upsert");
+    let outcome = fake.forge().upsert_plan_comment(5, KEY, "p-2", BODY, None).await.expect("upsert");
     assert!(matches!(outcome, CommentOutcome::Updated { id: 9001, .. }), "{outcome:?}");
     fake.next_run().await;
 }

@@ -2,19 +2,21 @@
 //! Forgejo Actions environment, a forge API on wiremock, fakepve and the example flake.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use nixprox::forge::ForgeKind;
 use serde_json::{Value, json};
+use wiremock::Request;
 use wiremock::matchers::{body_partial_json, body_string_contains};
-use wiremock::{Request, ResponseTemplate};
 
+use super::spec::Op;
 use super::{CANARY, Fake, ME, both_forges};
 use crate::support::cli::{self, Run};
 use crate::support::fakepve::FakePve;
 use crate::support::nix::{Fixture, repo};
 
 /// The pull request number and head commit of a forge's `pull_request_opened.json` fixture.
-fn pull_request(kind: ForgeKind) -> (u64, String) {
+pub(super) fn pull_request(kind: ForgeKind) -> (u64, String) {
     let dir = match kind {
         ForgeKind::GitHub => "github",
         ForgeKind::Forgejo => "forgejo",
@@ -27,7 +29,12 @@ fn pull_request(kind: ForgeKind) -> (u64, String) {
 }
 
 /// The CI variables a runner sets for a pull request (or another `event`).
-fn ci_env(fake: &Fake, event: &str, payload: &str, dir: &std::path::Path) -> BTreeMap<String, String> {
+pub(super) fn ci_env(
+    fake: &Fake,
+    event: &str,
+    payload: &str,
+    dir: &std::path::Path,
+) -> BTreeMap<String, String> {
     let kind = match fake.kind {
         ForgeKind::GitHub => "github",
         ForgeKind::Forgejo => "forgejo",
@@ -64,7 +71,7 @@ fn ci_env(fake: &Fake, event: &str, payload: &str, dir: &std::path::Path) -> BTr
     env
 }
 
-async fn run_in_ci(
+pub(super) async fn run_in_ci(
     args: Vec<String>,
     env: BTreeMap<String, String>,
     fixture: &Fixture,
@@ -85,6 +92,46 @@ fn status_body(state: &str) -> Value {
     json!({ "state": state, "context": "nixprox/plan" })
 }
 
+/// Mounts the two statuses a `plan --comment` run sets, answered with `creator` as the
+/// status's creator (the token's account).
+pub(super) async fn mount_plan_statuses(fake: &Fake, head: &str, creator: (&str, i64)) {
+    for state in ["pending", "success"] {
+        fake.req("POST", &fake.repo_path(&format!("statuses/{head}")))
+            .and(body_partial_json(status_body(state)))
+            .respond_with(fake.answer(Op::CreateStatus, 201, fake.status(state, "nixprox/plan", creator)))
+            .expect(1)
+            .mount(&fake.server)
+            .await;
+    }
+}
+
+/// Expects one new comment on `pr` containing `marker`, answered as ours; returns where its
+/// body is kept once posted.
+pub(super) async fn capture_new_comment(fake: &Fake, pr: u64, marker: &str) -> Arc<Mutex<String>> {
+    let posted = Arc::new(Mutex::new(String::new()));
+    let created = fake.answer(Op::CreateComment, 201, fake.comment(9001, ME, pr, "the plan"));
+    let sink = posted.clone();
+    fake.req("POST", &fake.repo_path(&format!("issues/{pr}/comments")))
+        .and(body_string_contains(marker))
+        .respond_with(move |request: &Request| {
+            let body: Value = serde_json::from_slice(&request.body).expect("json body");
+            *sink.lock().expect("lock") = body["body"].as_str().unwrap_or_default().to_string();
+            created.clone()
+        })
+        .expect(1)
+        .mount(&fake.server)
+        .await;
+    posted
+}
+
+/// Starts what every binary run needs: the example flake, fakepve with its cluster, a
+/// directory for the job summary and outputs.
+pub(super) fn homelab() -> (Fixture, FakePve, tempfile::TempDir) {
+    let fixture = Fixture::copy("homelab");
+    let pve = FakePve::start(cli::cluster_scenario(&repo().join("fixtures/homelab/cluster.json")));
+    (fixture, pve, tempfile::tempdir().expect("tempdir"))
+}
+
 async fn plan_comment_status_summary_and_outputs(kind: ForgeKind) {
     let fake = Fake::start(kind).await;
     let fixture = Fixture::copy("homelab");
@@ -95,27 +142,8 @@ async fn plan_comment_status_summary_and_outputs(kind: ForgeKind) {
 
     fake.mount_user(ME).await;
     fake.mount_comments(pr, Vec::new()).await;
-    let posted = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = posted.clone();
-    fake.req("POST", &fake.repo_path(&format!("issues/{pr}/comments")))
-        .and(body_string_contains("<!-- nixprox:plan"))
-        .respond_with(move |request: &Request| {
-            let body: Value = serde_json::from_slice(&request.body).expect("json body");
-            *sink.lock().expect("lock") = body["body"].as_str().unwrap_or_default().to_string();
-            ResponseTemplate::new(201)
-                .set_body_json(json!({"id": 9001, "body": "", "user": {"login": ME.0, "id": ME.1}}))
-        })
-        .expect(1)
-        .mount(&fake.server)
-        .await;
-    for state in ["pending", "success"] {
-        fake.req("POST", &fake.repo_path(&format!("statuses/{head}")))
-            .and(body_partial_json(status_body(state)))
-            .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 1, "state": state})))
-            .expect(1)
-            .mount(&fake.server)
-            .await;
-    }
+    let posted = capture_new_comment(&fake, pr, "<!-- nixprox:plan").await;
+    mount_plan_statuses(&fake, &head, ME).await;
 
     let run = run_in_ci(vec!["plan".into(), "--comment".into()], env, &fixture, &pve).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -145,13 +173,13 @@ async fn fork_pull_request_warns_and_still_succeeds(kind: ForgeKind) {
     let mount = || async {
         fake.mount_user(ME).await;
         fake.mount_comments(pr, Vec::new()).await;
-        let forbidden = json!({"message": "Resource not accessible by integration"});
+        let forbidden = "Resource not accessible by integration";
         fake.req("POST", &fake.repo_path(&format!("issues/{pr}/comments")))
-            .respond_with(ResponseTemplate::new(403).set_body_json(forbidden.clone()))
+            .respond_with(fake.error(Op::CreateComment, 403, forbidden))
             .mount(&fake.server)
             .await;
         fake.req("POST", &fake.repo_path(&format!("statuses/{head}")))
-            .respond_with(ResponseTemplate::new(403).set_body_json(forbidden))
+            .respond_with(fake.error(Op::CreateStatus, 403, forbidden))
             .mount(&fake.server)
             .await;
     };
@@ -182,7 +210,7 @@ async fn drift_opens_an_issue_when_the_cluster_differs(kind: ForgeKind) {
     fake.mount_issues(Vec::new()).await;
     fake.req("POST", &fake.repo_path("issues"))
         .and(body_string_contains("nixprox:drift"))
-        .respond_with(ResponseTemplate::new(201).set_body_json(fake.issue(5, ME, "drift", "", true)))
+        .respond_with(fake.answer(Op::CreateIssue, 201, fake.issue(5, ME, "drift", "", true)))
         .expect(1)
         .mount(&fake.server)
         .await;

@@ -161,6 +161,7 @@ fn every_value_can_be_overridden() {
         pr: Some(99),
         api_url: Some("http://127.0.0.1:9/api/v3".into()),
         token_env: Some("NIXPROX_FORGE_TOKEN".into()),
+        bot_login: None,
         sha: Some("abc".into()),
     };
     let ctx = detect(&env, &o);

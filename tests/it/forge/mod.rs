@@ -1,11 +1,18 @@
 //! Integration tests of the forge layer against local wiremock servers standing in for the
 //! GitHub and Forgejo REST APIs. Every test runs for both forges; the [`Fake`] knows each one's
-//! paths, auth scheme, paging and payload shapes, and asserts the exact requests.
+//! paths, auth scheme and paging, asserts the exact requests, and answers with bodies built
+//! from the published API descriptions and validated against them ([`spec`]).
 
 mod action;
 mod api;
 mod cli;
 mod env;
+mod examples;
+mod identity;
+mod probe_key;
+mod reviewed;
+mod schema;
+pub mod spec;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -14,6 +21,7 @@ use std::time::Duration;
 use nixprox::forge::{Event, Forge, ForgeContext, ForgeKind, Repo, RetryPolicy};
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use spec::{Op, Spec};
 use wiremock::matchers::{any, method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -21,8 +29,15 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 pub const CANARY: &str = "ghp_CANARY0secret0value0do0not0leak";
 
 /// Our bot and someone else.
-pub const ME: (&str, u64) = ("nixprox-bot", 41);
-pub const MALLORY: (&str, u64) = ("mallory", 666);
+pub const ME: (&str, i64) = ("nixprox-bot", 41);
+pub const MALLORY: (&str, i64) = ("mallory", 666);
+/// Forgejo's system users (`models/user/user_system.go`): the automatic Actions token's user,
+/// and what a deleted account shows as.
+pub const FORGEJO_ACTIONS: (&str, i64) = ("forgejo-actions", -2);
+pub const GHOST: (&str, i64) = ("Ghost", -1);
+/// GitHub's Actions bot (`GITHUB_TOKEN`) and a GitHub App's bot account.
+pub const GITHUB_ACTIONS: (&str, i64) = ("github-actions[bot]", 41898282);
+pub const APP_BOT: (&str, i64) = ("nixprox-lab[bot]", 170000001);
 
 /// Captured tracing output of one test.
 #[derive(Clone, Default)]
@@ -95,6 +110,7 @@ impl Fake {
             run_url: None,
             event: Event::Other { name: None, sha: None },
             token_env: "GITHUB_TOKEN".into(),
+            bot_login: None,
         };
         Forge::from_context(&ctx, SecretString::from(CANARY))
             .expect("client")
@@ -126,83 +142,260 @@ impl Fake {
             .and(wiremock::matchers::header("authorization", self.auth().as_str()))
     }
 
-    pub fn user(&self, (login, id): (&str, u64)) -> Value {
+    pub fn spec(&self) -> &'static Spec {
+        Spec::of(self.kind)
+    }
+
+    /// An answer of `op`: the body is checked against the operation's published schema first.
+    pub fn answer(&self, op: Op, status: u16, body: Value) -> ResponseTemplate {
+        self.spec().assert_valid(op, status, &body);
+        ResponseTemplate::new(status).set_body_json(body)
+    }
+
+    /// `PATCH` of an issue answers 200 on GitHub and 201 on Forgejo (its swagger, and
+    /// `routers/api/v1/repo/issue.go`, say `StatusCreated`).
+    pub fn edit_issue_status(&self) -> u16 {
         match self.kind {
-            ForgeKind::GitHub => json!({
-                "login": login, "id": id, "node_id": format!("MDQ6VXNlcj{id}"),
-                "avatar_url": format!("https://avatars.githubusercontent.com/u/{id}?v=4"),
-                "gravatar_id": "", "url": format!("https://api.github.com/users/{login}"),
-                "html_url": format!("https://github.com/{login}"), "type": "User", "site_admin": false
-            }),
-            ForgeKind::Forgejo => json!({
-                "id": id, "login": login, "login_name": "", "full_name": "", "email": format!("{login}@noreply.forge.example"),
-                "avatar_url": format!("https://forge.example/avatars/{id}"), "html_url": format!("https://forge.example/{login}"),
-                "language": "", "is_admin": false, "restricted": false, "active": false, "prohibit_login": false,
-                "visibility": "public", "username": login
-            }),
+            ForgeKind::GitHub => 200,
+            ForgeKind::Forgejo => 201,
         }
     }
 
-    pub fn comment(&self, id: u64, author: (&str, u64), pr: u64, body: &str) -> Value {
-        let user = self.user(author);
+    /// An error answer in the forge's own shape (GitHub `basic-error`/`validation-error`,
+    /// Forgejo `APIError`).
+    pub fn error(&self, op: Op, status: u16, message: &str) -> ResponseTemplate {
+        self.answer(op, status, self.error_body(status, message))
+    }
+
+    pub fn error_body(&self, status: u16, message: &str) -> Value {
         match self.kind {
             ForgeKind::GitHub => json!({
-                "url": format!("https://api.github.com/repos/home/lab/issues/comments/{id}"),
-                "html_url": format!("https://github.com/home/lab/pull/{pr}#issuecomment-{id}"),
-                "issue_url": format!("https://api.github.com/repos/home/lab/issues/{pr}"),
-                "id": id, "node_id": format!("IC_kwDO{id}"), "user": user,
-                "created_at": "2026-11-20T10:00:00Z", "updated_at": "2026-11-20T10:00:00Z",
-                "author_association": "NONE", "body": body,
-                "reactions": { "url": "", "total_count": 0, "+1": 0, "-1": 0 }
+                "message": message,
+                "documentation_url": "https://docs.github.com/rest",
+                "status": status.to_string()
             }),
-            ForgeKind::Forgejo => json!({
-                "id": id, "html_url": format!("https://forge.example/home/lab/pulls/{pr}#issuecomment-{id}"),
-                "pull_request_url": format!("https://forge.example/home/lab/pulls/{pr}"), "issue_url": "",
-                "user": user, "original_author": "", "original_author_id": 0, "body": body, "assets": [],
-                "created_at": "2026-11-20T10:00:00Z", "updated_at": "2026-11-20T10:00:00Z"
-            }),
+            ForgeKind::Forgejo => json!({ "message": message, "url": "https://forge.example/api/swagger" }),
         }
     }
 
-    pub fn issue(&self, number: u64, author: (&str, u64), title: &str, body: &str, open: bool) -> Value {
+    /// An account as it appears inside other answers (GitHub `simple-user`, Forgejo `User`).
+    pub fn user(&self, (login, id): (&str, i64)) -> Value {
+        match self.kind {
+            ForgeKind::GitHub => {
+                let kind = if login.ends_with("[bot]") { "Bot" } else { "User" };
+                self.spec().example(
+                    "simple-user",
+                    json!({
+                        "login": login, "id": id, "node_id": format!("MDQ6VXNlcj{id}"), "type": kind,
+                        "avatar_url": format!("https://avatars.githubusercontent.com/u/{id}?v=4"),
+                        "url": format!("https://api.github.com/users/{login}"),
+                        "html_url": format!("https://github.com/{login}"), "gravatar_id": "",
+                        "user_view_type": "public"
+                    }),
+                )
+            }
+            // Forgejo's `User.MarshalJSON` adds `username`, which the swagger does not list: an
+            // extra field nixprox must ignore.
+            ForgeKind::Forgejo => self.spec().example(
+                "User",
+                json!({
+                    "id": id, "login": login, "username": login,
+                    "email": if id == GHOST.1 { String::new() } else { format!("{login}@noreply.forge.example") },
+                    "avatar_url": format!("https://forge.example/avatars/{id}"),
+                    "html_url": format!("https://forge.example/{login}"),
+                    "active": id != GHOST.1, "visibility": "public"
+                }),
+            ),
+        }
+    }
+
+    /// The answer of `GET /user` (GitHub: `public-user`, the `oneOf` branch without private
+    /// fields).
+    pub fn whoami(&self, who: (&str, i64)) -> Value {
+        match self.kind {
+            ForgeKind::GitHub => {
+                let mut user = self.user(who);
+                for (key, value) in [
+                    ("name", json!(null)),
+                    ("company", json!(null)),
+                    ("blog", json!("")),
+                    ("location", json!(null)),
+                    ("email", json!(null)),
+                    ("hireable", json!(null)),
+                    ("bio", json!(null)),
+                    ("public_repos", json!(2)),
+                    ("public_gists", json!(0)),
+                    ("followers", json!(0)),
+                    ("following", json!(0)),
+                    ("created_at", json!("2020-01-01T00:00:00Z")),
+                    ("updated_at", json!("2026-11-01T00:00:00Z")),
+                ] {
+                    user[key] = value;
+                }
+                user
+            }
+            ForgeKind::Forgejo => self.user(who),
+        }
+    }
+
+    /// The GitHub App a `<slug>[bot]` account acts for (`performed_via_github_app`).
+    fn app(&self, login: &str) -> Value {
+        match login.strip_suffix("[bot]") {
+            Some(slug) if self.kind == ForgeKind::GitHub => self.spec().example(
+                "integration",
+                json!({
+                    "id": 15368, "slug": slug, "node_id": "MDM6QXBwMTUzNjg=", "name": slug,
+                    "owner": self.user(("home", 1)), "description": null,
+                    "external_url": format!("https://github.com/apps/{slug}"),
+                    "html_url": format!("https://github.com/apps/{slug}"),
+                    "permissions": { "issues": "write", "pull_requests": "write", "statuses": "write" },
+                    "events": []
+                }),
+            ),
+            _ => Value::Null,
+        }
+    }
+
+    /// A comment by `author`; `None` is an author the API answers as null (GitHub) or as the
+    /// `Ghost` user (Forgejo).
+    pub fn comment(&self, id: i64, author: (&str, i64), pr: u64, body: &str) -> Value {
+        let user =
+            if author == GHOST && self.kind == ForgeKind::GitHub { Value::Null } else { self.user(author) };
+        match self.kind {
+            ForgeKind::GitHub => self.spec().example(
+                "issue-comment",
+                json!({
+                    "url": format!("https://api.github.com/repos/home/lab/issues/comments/{id}"),
+                    "html_url": format!("https://github.com/home/lab/pull/{pr}#issuecomment-{id}"),
+                    "issue_url": format!("https://api.github.com/repos/home/lab/issues/{pr}"),
+                    "id": id, "node_id": format!("IC_kwDO{id}"), "user": user,
+                    "author_association": if author == ME { "MEMBER" } else { "NONE" }, "body": body,
+                    "performed_via_github_app": self.app(author.0)
+                }),
+            ),
+            ForgeKind::Forgejo => self.spec().example(
+                "Comment",
+                json!({
+                    "id": id, "html_url": format!("https://forge.example/home/lab/pulls/{pr}#issuecomment-{id}"),
+                    "pull_request_url": format!("https://forge.example/home/lab/pulls/{pr}"), "issue_url": "",
+                    "user": user, "body": body, "assets": []
+                }),
+            ),
+        }
+    }
+
+    pub fn issue(&self, number: u64, author: (&str, i64), title: &str, body: &str, open: bool) -> Value {
         let user = self.user(author);
         let state = if open { "open" } else { "closed" };
         match self.kind {
-            ForgeKind::GitHub => json!({
-                "url": format!("https://api.github.com/repos/home/lab/issues/{number}"),
-                "html_url": format!("https://github.com/home/lab/issues/{number}"),
-                "id": 7000 + number, "node_id": "I_kwDO", "number": number, "title": title, "user": user,
-                "labels": [], "state": state, "locked": false, "assignee": null, "assignees": [],
-                "comments": 0, "created_at": "2026-11-01T04:17:00Z", "updated_at": "2026-11-01T04:17:00Z",
-                "closed_at": null, "author_association": "NONE", "body": body
-            }),
-            ForgeKind::Forgejo => json!({
-                "id": 7000 + number, "url": format!("https://forge.example/api/v1/repos/home/lab/issues/{number}"),
-                "html_url": format!("https://forge.example/home/lab/issues/{number}"), "number": number,
-                "user": user, "original_author": "", "title": title, "body": body, "ref": "", "assets": [],
-                "labels": [], "milestone": null, "assignee": null, "assignees": null, "state": state,
-                "is_locked": false, "comments": 0, "created_at": "2026-11-01T04:17:00Z",
-                "updated_at": "2026-11-01T04:17:00Z", "closed_at": null, "due_date": null,
-                "pull_request": null, "repository": { "id": 11, "name": "lab", "owner": "home", "full_name": "home/lab" },
-                "pin_order": 0
-            }),
+            ForgeKind::GitHub => self.spec().example(
+                "issue",
+                json!({
+                    "url": format!("https://api.github.com/repos/home/lab/issues/{number}"),
+                    "html_url": format!("https://github.com/home/lab/issues/{number}"),
+                    "id": 7000 + number, "node_id": "I_kwDO", "number": number, "title": title, "user": user,
+                    "state": state, "body": body, "author_association": "NONE",
+                    "performed_via_github_app": self.app(author.0)
+                }),
+            ),
+            ForgeKind::Forgejo => self.spec().example(
+                "Issue",
+                json!({
+                    "id": 7000 + number, "url": format!("https://forge.example/api/v1/repos/home/lab/issues/{number}"),
+                    "html_url": format!("https://forge.example/home/lab/issues/{number}"), "number": number,
+                    "user": user, "title": title, "body": body, "labels": [], "state": state,
+                    "repository": { "id": 11, "name": "lab", "owner": "home", "full_name": "home/lab" }
+                }),
+            ),
+        }
+    }
+
+    /// A pull request (GitHub `pull-request-simple`, Forgejo `PullRequest`).
+    pub fn pull(&self, number: u64, merge_commit_sha: &str, head_sha: &str) -> Value {
+        match self.kind {
+            ForgeKind::GitHub => self.spec().example(
+                "pull-request-simple",
+                json!({
+                    "number": number, "state": "closed", "title": "Grow the media VM",
+                    "merged_at": "2026-11-20T11:00:00Z", "merge_commit_sha": merge_commit_sha,
+                    "user": self.user(MALLORY), "author_association": "CONTRIBUTOR",
+                    "head": { "ref": "media-cores", "sha": head_sha, "label": "home:media-cores" },
+                    "base": { "ref": "main", "sha": "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d", "label": "home:main" }
+                }),
+            ),
+            ForgeKind::Forgejo => self.spec().example(
+                "PullRequest",
+                json!({
+                    "number": number, "state": "closed", "title": "Grow the media VM", "merged": true,
+                    "merged_at": "2026-11-20T11:00:00Z", "merge_commit_sha": merge_commit_sha,
+                    "user": self.user(MALLORY), "merged_by": self.user(ME),
+                    "head": { "ref": "media-cores", "sha": head_sha, "label": "media-cores", "repo_id": 11 },
+                    "base": { "ref": "main", "sha": "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d", "label": "main", "repo_id": 11 }
+                }),
+            ),
+        }
+    }
+
+    /// A commit status as the forge answers its creation; `creator` is the token's account.
+    pub fn status(&self, state: &str, context: &str, creator: (&str, i64)) -> Value {
+        match self.kind {
+            ForgeKind::GitHub => self.spec().example(
+                "status",
+                json!({ "id": 1, "state": state, "context": context, "creator": self.user(creator),
+                        "url": "https://api.github.com/repos/home/lab/statuses/1" }),
+            ),
+            ForgeKind::Forgejo => self.spec().example(
+                "CommitStatus",
+                json!({ "id": 1, "status": state, "context": context, "creator": self.user(creator) }),
+            ),
         }
     }
 
     /// `GET /user` answering `who`.
-    pub async fn mount_user(&self, who: (&str, u64)) {
+    pub async fn mount_user(&self, who: (&str, i64)) {
         Mock::given(method("GET"))
             .and(path(format!("{}/user", self.prefix())))
             .and(wiremock::matchers::header("authorization", self.auth().as_str()))
-            .respond_with(ResponseTemplate::new(200).set_body_json(self.user(who)))
+            .respond_with(self.answer(Op::User, 200, self.whoami(who)))
             .named("GET /user")
             .mount(&self.server)
             .await;
     }
 
+    /// `GET /user` refused, as GitHub refuses it to an installation token.
+    pub async fn mount_user_refused(&self) {
+        self.req("GET", &format!("{}/user", self.prefix()))
+            .respond_with(self.error(Op::User, 403, "Resource not accessible by integration"))
+            .named("GET /user (403)")
+            .mount(&self.server)
+            .await;
+    }
+
+    /// The pull request of a merge commit: GitHub lists the commit's pull requests, Forgejo
+    /// answers the one (`404` when there is none).
+    pub async fn mount_commit_pull(&self, sha: &str, pull: Option<Value>) {
+        match self.kind {
+            ForgeKind::GitHub => {
+                let p = self.repo_path(&format!("commits/{sha}/pulls"));
+                self.mount_list(Op::CommitPulls, &p, &[], pull.into_iter().collect()).await
+            }
+            ForgeKind::Forgejo => {
+                let answer = match pull {
+                    Some(pull) => self.answer(Op::CommitPulls, 200, pull),
+                    None => self.error(Op::CommitPulls, 404, "pull request does not exist"),
+                };
+                self.req("GET", &self.repo_path(&format!("commits/{sha}/pull")))
+                    .respond_with(answer)
+                    .expect(1..)
+                    .mount(&self.server)
+                    .await
+            }
+        }
+    }
+
     /// Serves `items` at `p` in this forge's paging: GitHub 100 per page with a `Link` header,
     /// Forgejo `page`/`limit=50` with `X-Total-Count`. Each page is expected exactly once.
-    pub async fn mount_list(&self, p: &str, extra_query: &[(&str, &str)], items: Vec<Value>) {
+    pub async fn mount_list(&self, op: Op, p: &str, extra_query: &[(&str, &str)], items: Vec<Value>) {
         let per_page = match self.kind {
             ForgeKind::GitHub => 100,
             ForgeKind::Forgejo => 50,
@@ -216,7 +409,7 @@ impl Fake {
             for (k, v) in extra_query {
                 mock = mock.and(query_param(*k, *v));
             }
-            let mut resp = ResponseTemplate::new(200).set_body_json(Value::Array(chunk.to_vec()));
+            let mut resp = self.answer(op, 200, Value::Array(chunk.to_vec()));
             match self.kind {
                 ForgeKind::GitHub => {
                     mock = mock.and(query_param("per_page", "100"));
@@ -249,7 +442,8 @@ impl Fake {
     }
 
     pub async fn mount_comments(&self, pr: u64, comments: Vec<Value>) {
-        self.mount_list(&self.repo_path(&format!("issues/{pr}/comments")), &[], comments).await;
+        self.mount_list(Op::ListComments, &self.repo_path(&format!("issues/{pr}/comments")), &[], comments)
+            .await;
     }
 
     pub async fn mount_issues(&self, issues: Vec<Value>) {
@@ -257,7 +451,7 @@ impl Fake {
             ForgeKind::GitHub => &[("state", "all")],
             ForgeKind::Forgejo => &[("state", "all"), ("type", "issues")],
         };
-        self.mount_list(&self.repo_path("issues"), query, issues).await;
+        self.mount_list(Op::ListIssues, &self.repo_path("issues"), query, issues).await;
     }
 
     /// Every request carried our token in the right scheme, and the token appeared nowhere

@@ -1,0 +1,66 @@
+# A homelab on two Proxmox VE nodes, managed by nixprox: every directory under ./hosts is one
+# VM and its NixOS system. See ./README.md, and docs/guide.md for the whole setup.
+{
+  description = "Homelab on Proxmox VE, managed by nixprox";
+
+  inputs = {
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
+    # Keep this tag equal to the nixprox release the workflows install (docs/releasing.md).
+    nixprox.url = "github:nixprox/nixprox/v0.1.0";
+    nixprox.inputs.nixpkgs.follows = "nixpkgs";
+    disko.url = "github:nix-community/disko";
+    disko.inputs.nixpkgs.follows = "nixpkgs";
+    agenix.url = "github:ryantm/agenix";
+    agenix.inputs.nixpkgs.follows = "nixpkgs";
+  };
+
+  outputs =
+    {
+      nixpkgs,
+      nixprox,
+      disko,
+      agenix,
+      ...
+    }:
+    let
+      # One VM per directory: hosts/<name>/{nixprox,disko,configuration}.nix.
+      names = builtins.attrNames (nixpkgs.lib.filterAttrs (_: type: type == "directory") (builtins.readDir ./hosts));
+      host =
+        name:
+        nixpkgs.lib.nixosSystem {
+          system = "x86_64-linux";
+          modules = [
+            nixprox.nixosModules.default
+            disko.nixosModules.disko
+            agenix.nixosModules.default
+            # The VM, its address and its disks: the part nixprox plans from.
+            ./modules/nixprox.nix
+            ./hosts/${name}/nixprox.nix
+            ./hosts/${name}/disko.nix
+            # The NixOS every host shares, and what this one runs.
+            ./modules/common.nix
+            ./hosts/${name}/configuration.nix
+            { networking.hostName = name; }
+          ];
+        };
+      runner =
+        role:
+        nixpkgs.lib.nixosSystem {
+          system = "x86_64-linux";
+          modules = [
+            nixprox.nixosModules.runner
+            agenix.nixosModules.default
+            role
+          ];
+        };
+    in
+    {
+      nixosConfigurations = nixpkgs.lib.genAttrs names host // {
+        # The CI runners: machines of their own (not VMs nixprox manages: an apply must never
+        # switch the runner it runs on), deployed by hand with nixos-rebuild. Two machines, so
+        # pull-request jobs never share one with the apply secrets (docs/guide.md, "The runner").
+        runner-apply = runner ./runner/apply.nix;
+        runner-plan = runner ./runner/plan.nix;
+      };
+    };
+}

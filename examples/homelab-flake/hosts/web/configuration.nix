@@ -1,0 +1,10 @@
+# What `web` runs.
+{ ... }:
+
+{
+  services.nginx.enable = true;
+  networking.firewall.allowedTCPPorts = [
+    80
+    443
+  ];
+}

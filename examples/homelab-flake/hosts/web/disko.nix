@@ -1,0 +1,4 @@
+# The disk layout of `web`: the system disk alone.
+{
+  imports = [ ../../modules/root-disk.nix ];
+}

@@ -1,0 +1,174 @@
+//! The steps that take over a VM nixprox did not create, move one between nodes, or let go
+//! of one: `adopt` (in place, after checking what runs on it), `migrate` and `release`.
+//!
+//! Adopting writes nothing until two preconditions hold, both checked here because the plan
+//! cannot see them (see `plan::adopt`): the machine at the VM's address presents the pinned
+//! host key (declared, or read through the guest agent over the TLS-pinned API), and it runs
+//! NixOS. Then one compare-and-swap write tags the VM and records the running system, the
+//! host key and the `adopted` marker, so a run stopped right after it resumes as an ordinary
+//! switch, and never looks like a VM waiting for its first install.
+
+use super::executor::HostRun;
+use super::release::{Released, release_vm};
+use super::step::{Done, StepError};
+use crate::deploy::DeployTarget;
+use crate::flake::DesiredHost;
+use crate::metadata::{Adopted, Block, Metadata};
+use crate::proxmox::guest::{ED25519_HOST_KEY, read_ed25519_host_key};
+use crate::proxmox::migrate::migrate_check;
+use crate::proxmox::post_and_wait;
+use crate::proxmox::property::format_tags;
+use crate::proxmox::qemu::{notes_of, power_state, read_raw, tags_of, vm_path};
+use crate::retry::Resend;
+use crate::spec::MANAGED_TAG;
+
+/// What adopting found on the VM.
+pub(super) struct AdoptedVm {
+    pub address: String,
+    /// The store path `/run/current-system` pointed to.
+    pub system: String,
+}
+
+impl HostRun<'_> {
+    /// Adopts a running NixOS VM in place; fails, having changed nothing, when it cannot
+    /// verify the machine or the machine does not run NixOS.
+    pub(super) async fn adopt(
+        &self,
+        host: &DesiredHost,
+        node: &str,
+        vmid: u32,
+    ) -> Result<Done<AdoptedVm>, StepError> {
+        let client = self.req.client;
+        let nothing = "nothing was changed";
+        let deployer = self.req.deployer.ok_or_else(|| {
+            StepError::other(format!("no SSH key configured to read what VM {vmid} runs; {nothing}"))
+        })?;
+        let raw = read_raw(client, node, vmid).await?.ok_or_else(|| {
+            StepError::other(format!("VM {vmid} on node `{node}` is gone (re-run the plan)"))
+        })?;
+        let notes = notes_of(&raw);
+        if tags_of(&raw).contains(MANAGED_TAG) || notes.block != Block::Absent {
+            return Err(StepError::other(format!(
+                "VM {vmid} was tagged `nixprox` or given a metadata block since the plan was made; {nothing} (re-run the plan)"
+            )));
+        }
+        if !power_state(client, node, vmid).await?.is_running() {
+            return Err(StepError::other(format!(
+                "VM {vmid} is not running: nixprox adopts a VM in place only after reading the system it runs over SSH; start it and run apply again ({nothing})"
+            )));
+        }
+        let (host_key, source) = match &host.ssh.host_key {
+            Some(key) => (key.trim().to_string(), "the declared `nixprox.ssh.hostKey`"),
+            None => (self.agent_host_key(node, vmid).await?, "the key read through the guest agent"),
+        };
+        let address = self.find_address(host, node, vmid).await?.value;
+        let target = DeployTarget {
+            host,
+            node,
+            vmid,
+            address: &address,
+            plan_id: self.req.reviewed_plan_id,
+            recorded: None,
+        };
+        let system = deployer
+            .read_system(target, &host_key)
+            .await
+            .map_err(|err| StepError::other(format!("{err:#}")))?;
+        let plan = self.req.reviewed_plan_id.to_string();
+        let metadata = Metadata {
+            host: host.host.clone(),
+            system: Some(system.clone()),
+            // The flake's layout now: a later change of it plans a gated reinstall.
+            disk_layout: Some(host.system.disk_layout_hash.clone()),
+            host_key: Some(host_key),
+            applying: Some(plan.clone()),
+            adopted: Some(Adopted { vmid, plan }),
+            ..Metadata::default()
+        };
+        let written = self
+            .cas_write(node, vmid, "adopted it", |raw| {
+                let mut tags = tags_of(raw);
+                tags.insert(MANAGED_TAG.into());
+                let current = crate::proxmox::qemu::config_text(raw, "description").unwrap_or_default();
+                let description = super::params::notes(host, &current, &metadata);
+                Ok(Some(vec![("tags".into(), format_tags(&tags)), ("description".into(), description)]))
+            })
+            .await?;
+        let warnings = written.map(|w| w.warnings).unwrap_or_default();
+        Ok(Done::ok(AdoptedVm { address, system: system.clone() })
+            .detail(format!("runs `{system}`; {source} matched"))
+            .warnings(warnings))
+    }
+
+    /// The VM's ed25519 host key, read through its guest agent over the TLS-pinned API.
+    async fn agent_host_key(&self, node: &str, vmid: u32) -> Result<String, StepError> {
+        let both = "declare the key in `nixprox.ssh.hostKey`, or make sure qemu-guest-agent runs in the VM; nothing was changed";
+        match read_ed25519_host_key(self.req.client, node, vmid).await {
+            Ok(Some(key)) => Ok(key),
+            Ok(None) => Err(StepError::other(format!(
+                "the guest agent of VM {vmid} answered no ed25519 public key for `{ED25519_HOST_KEY}`; {both}"
+            ))),
+            Err(err) => Err(StepError::other(format!(
+                "could not read the SSH host key of VM {vmid} (`{ED25519_HOST_KEY}`) through the QEMU guest agent: {err}; {both}"
+            ))),
+        }
+    }
+
+    /// Moves the VM to `target` (live while it runs, its local disks with it) after asking
+    /// Proxmox what could stop it. Marks the block `applying` first, so a run that stops after
+    /// the move resumes on the new node as this plan's work.
+    pub(super) async fn migrate(
+        &self,
+        host: &DesiredHost,
+        node: &str,
+        vmid: u32,
+        target: &str,
+    ) -> Result<Done<()>, StepError> {
+        let client = self.req.client;
+        if node == target {
+            return Ok(Done::already(()).detail(format!("on `{target}`")));
+        }
+        self.cas_write(node, vmid, "marked it as being applied", |raw| {
+            let metadata = self.metadata_for(host, vmid, raw, true)?;
+            let current = crate::proxmox::qemu::config_text(raw, "description").unwrap_or_default();
+            let description = super::params::notes(host, &current, &metadata);
+            Ok((description != current).then(|| vec![("description".into(), description)]))
+        })
+        .await?;
+        let check = migrate_check(client, node, vmid, target).await?;
+        if let Some(blocker) = check.blocker(vmid, target) {
+            return Err(StepError::other(blocker));
+        }
+        let form = check.form(target);
+        let path = format!("{}/migrate", vm_path(node, vmid));
+        let timeout = self.req.options.task_timeout;
+        // A second migrate of a VM that already moved fails on the old node: never re-sent blind.
+        let warnings = self
+            .req
+            .options
+            .step_retry
+            .run("migrate", Resend::OnlyIfNotExecuted, || post_and_wait(client, &path, &form, timeout))
+            .await?;
+        let how = if check.running { "live" } else { "offline" };
+        let disks = if check.local_disks.is_empty() {
+            String::new()
+        } else {
+            format!(", with its local disks {}", check.local_disks.join(", "))
+        };
+        Ok(Done::ok(()).detail(format!("{node} → {target}, {how}{disks}")).warnings(warnings))
+    }
+
+    /// Lets go of the VM (`nixprox.vm.keep`): see [`super::release`].
+    pub(super) async fn release(&self, node: &str, vmid: u32) -> Result<Done<()>, StepError> {
+        let options = self.req.options;
+        let released = release_vm(self.req.client, options.step_retry, options.task_timeout, node, vmid)
+            .await
+            .map_err(|err| StepError::other(err.to_string()))?;
+        Ok(match released {
+            Released::Done { warnings } => Done::ok(())
+                .detail(format!("VM {vmid}: `nixprox` tag and metadata block removed"))
+                .warnings(warnings),
+            Released::AlreadyUnmanaged => Done::already(()),
+        })
+    }
+}

@@ -1,0 +1,310 @@
+//! The guide and its example cannot drift from the code: every `nixprox …` command in the
+//! guides' shell blocks parses with the real command line, the example flake's nixprox part
+//! evaluates and plans (and applies) through the binary against fakepve, and every pin names
+//! this release.
+
+use std::path::Path;
+
+use clap::Parser;
+use serde_json::{Value, json};
+
+use crate::support::cli::{self, Run};
+use crate::support::fakepve::{FakePve, Scenario};
+use crate::support::nix::{Fixture, repo};
+
+/// The pages whose shell examples a user copies.
+const GUIDES: &[&str] =
+    &["docs/guide.md", "docs/troubleshooting.md", "docs/releasing.md", "docs/migrate.md", "README.md"];
+
+/// Shell lines of the ```sh/bash/console/shell blocks, continuation lines joined.
+fn shell_lines(markdown: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut in_shell = false;
+    let mut pending = String::new();
+    for line in markdown.lines() {
+        let trimmed = line.trim_start();
+        if let Some(info) = trimmed.strip_prefix("```") {
+            in_shell = !in_shell && matches!(info.trim(), "sh" | "bash" | "console" | "shell");
+            continue;
+        }
+        if !in_shell {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(start) => pending.push_str(start),
+            None => {
+                pending.push_str(trimmed);
+                lines.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    lines
+}
+
+/// Splits a shell line into words (single and double quotes, no expansion) up to a comment
+/// or an operator that ends the command.
+fn words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quote: Option<char> = None;
+    let mut started = false;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                started = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                    started = false;
+                }
+            }
+            (None, '#') if !started => break,
+            (None, c) => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    let end = words.iter().position(|w| matches!(w.as_str(), "|" | "||" | "&&" | ";" | ">" | "2>&1"));
+    words.truncate(end.unwrap_or(words.len()));
+    words
+}
+
+/// The nixprox argument list of a line: `nixprox …` (after `VAR=value` assignments and a
+/// `$ ` prompt), or the arguments after `--` of `nix run github:nixprox/nixprox… -- …`.
+fn nixprox_args(line: &str) -> Option<Vec<String>> {
+    let line = line.strip_prefix("$ ").unwrap_or(line);
+    let words = words(line);
+    let start = words.iter().position(|w| !w.contains('=') || w.starts_with('-'))?;
+    let words = &words[start..];
+    match words.first().map(String::as_str) {
+        Some("nixprox") => Some(words.to_vec()),
+        Some("nix") if words.iter().any(|w| w.starts_with("github:nixprox/nixprox")) => {
+            let rest = words.iter().position(|w| w == "--")?;
+            Some(std::iter::once("nixprox".to_string()).chain(words[rest + 1..].iter().cloned()).collect())
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn every_nixprox_command_in_the_guides_parses() {
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for page in GUIDES {
+        let text = std::fs::read_to_string(repo().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        for line in shell_lines(&text) {
+            let Some(args) = nixprox_args(&line) else { continue };
+            checked += 1;
+            match nixprox::cli::Cli::try_parse_from(&args) {
+                Ok(_) => {}
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+                    ) => {}
+                Err(err) => failures.push(format!("{page}: `{line}`: {}", err.kind())),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "commands that do not parse:\n{}", failures.join("\n"));
+    assert!(checked >= 8, "the guides show nixprox commands: only {checked} found");
+}
+
+#[test]
+fn the_command_extraction_sees_what_a_shell_would() {
+    assert_eq!(words("nixprox plan --hosts 'a b' # why"), ["nixprox", "plan", "--hosts", "a b"]);
+    assert_eq!(
+        nixprox_args("NIXPROX_LOG=debug nixprox plan | less"),
+        Some(vec!["nixprox".into(), "plan".into()])
+    );
+    assert_eq!(
+        nixprox_args("nix run github:nixprox/nixprox/v0.1.0 -- --version"),
+        Some(vec!["nixprox".into(), "--version".into()])
+    );
+    assert_eq!(nixprox_args("pveum acl modify /vms"), None);
+    let bad = nixprox_args("nixprox plan --no-such-flag").expect("a nixprox line");
+    assert!(nixprox::cli::Cli::try_parse_from(bad).is_err(), "a wrong flag is caught");
+}
+
+#[test]
+fn the_guide_is_linked_from_the_readmes_first_screen() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let first_screen: String = readme.lines().take(24).collect::<Vec<_>>().join("\n");
+    assert!(first_screen.contains("(docs/guide.md)"), "{first_screen}");
+}
+
+#[test]
+fn the_examples_and_the_guide_pin_this_release() {
+    let tag = format!("v{}", env!("CARGO_PKG_VERSION"));
+    let mut pins = Vec::new();
+    for dir in ["examples/github", "examples/forgejo"] {
+        for entry in std::fs::read_dir(repo().join(dir)).expect("examples") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("workflow");
+            for line in text.lines().map(str::trim) {
+                if let Some(version) = line.strip_prefix("version: ") {
+                    pins.push((path.display().to_string(), version.trim().to_string()));
+                }
+                if line.contains("nixprox/nixprox@")
+                    && let Some((_, comment)) = line.split_once("# ")
+                {
+                    pins.push((path.display().to_string(), comment.trim().to_string()));
+                }
+            }
+        }
+    }
+    let flake = std::fs::read_to_string(repo().join("examples/homelab-flake/flake.nix")).expect("flake");
+    let guide = std::fs::read_to_string(repo().join("docs/guide.md")).expect("guide");
+    for (name, text) in [("examples/homelab-flake/flake.nix", &flake), ("docs/guide.md", &guide)] {
+        for (i, _) in text.match_indices("github:nixprox/nixprox/") {
+            let rest = &text[i + "github:nixprox/nixprox/".len()..];
+            let version: String =
+                rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.').collect();
+            pins.push((name.to_string(), version));
+        }
+    }
+    assert!(pins.len() >= 6, "pins found: {pins:?}");
+    let wrong: Vec<_> = pins.iter().filter(|(_, version)| *version != tag).collect();
+    assert!(wrong.is_empty(), "pins that are not {tag} (docs/releasing.md): {wrong:?}");
+}
+
+/// The example flake's nixprox part (`fixtures/example` wraps it with the stand-ins), with
+/// the example's nixprox.yaml and a short address timeout.
+fn example() -> (Fixture, String) {
+    let fixture = Fixture::copy("example");
+    copy_dir(&repo().join("examples/homelab-flake"), &fixture.dir.path().join("example"));
+    let config = fixture.dir.path().join("nixprox.yaml");
+    let settings =
+        std::fs::read_to_string(repo().join("examples/homelab-flake/nixprox.yaml")).expect("settings");
+    std::fs::write(&config, format!("{settings}apply:\n  address_timeout: 4\n")).expect("write settings");
+    let config = config.display().to_string();
+    (fixture, config)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Two nodes on local storage, each with its own copy of the bootstrap template.
+fn two_nodes() -> FakePve {
+    let template = |vmid: u32, node: &str| {
+        json!({
+            "vmid": vmid, "name": "nixos-bootstrap", "node": node, "status": "stopped", "template": true,
+            "config": {
+                "name": "nixos-bootstrap", "cores": 2, "memory": 2048, "agent": "1", "ostype": "l26",
+                "scsihw": "virtio-scsi-single", "scsi0": format!("local-lvm:base-{vmid}-disk-0,size=4G"),
+                "ide2": format!("local-lvm:vm-{vmid}-cloudinit,media=cdrom"),
+                "net0": "virtio=BC:24:11:00:90:00,bridge=vmbr0", "boot": "order=scsi0"
+            }
+        })
+    };
+    FakePve::start(
+        Scenario::new()
+            .set("nodes", json!(["pve1", "pve2"]))
+            .guest(template(9000, "pve1"))
+            .guest(template(9001, "pve2")),
+    )
+}
+
+fn run(fixture: &Fixture, pve: &FakePve, config: &str, args: &[&str]) -> Run {
+    let mut command = cli::nixprox();
+    command.args(args).args(cli::source_args(fixture)).args(["--config", config]).envs(cli::pve_env(pve));
+    command.output().expect("run nixprox").into()
+}
+
+fn vm_named(pve: &FakePve, name: &str) -> Value {
+    let vms = pve.command(json!({"cmd": "vms"}));
+    let vmid = vms.as_array().expect("vms").iter().find(|v| v["name"] == name).expect(name)["vmid"].as_u64();
+    pve.vm(vmid.expect("vmid") as u32)
+}
+
+#[test]
+fn the_example_flake_plans_and_applies_its_vms_with_serials_and_the_declared_address() {
+    let (fixture, config) = example();
+    let pve = two_nodes();
+    let plan_file = fixture.dir.path().join("plan.json").display().to_string();
+    let planned = run(&fixture, &pve, &config, &["plan", "--format", "json", "--out", &plan_file]);
+    assert_eq!(planned.code, 0, "{}", planned.stderr);
+    let plan: Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan_file).expect("plan")).expect("json");
+    let hosts: Vec<(String, String, Vec<String>)> = plan["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| {
+            let kinds = h["actions"].as_array().expect("actions").iter();
+            (
+                h["host"].as_str().expect("host").to_string(),
+                h["vm"]["node"].as_str().expect("node").to_string(),
+                kinds.map(|a| a["kind"].as_str().expect("kind").to_string()).collect(),
+            )
+        })
+        .collect();
+    let create = vec!["create_vm".to_string(), "install".to_string()];
+    assert_eq!(
+        hosts,
+        [
+            ("db".into(), "pve2".into(), create.clone()),
+            ("dns".into(), "pve1".into(), create.clone()),
+            ("web".into(), "pve1".into(), create)
+        ]
+    );
+
+    // No SSH key: installs are skipped, nothing dials a VM. `dns` has no static address and
+    // its clone runs no guest agent: nixprox says so and fails that host alone.
+    pve.requests(true);
+    let applied = run(&fixture, &pve, &config, &["apply", "--reviewed-plan", &plan_file]);
+    assert_eq!(applied.code, 3, "one host failed:\n{}\n{}", applied.stdout, applied.stderr);
+    assert!(applied.stderr.contains("install and switch steps will be skipped"), "{}", applied.stderr);
+    let warning = applied.stderr.lines().find(|l| l.contains("the QEMU guest agent has not answered for"));
+    assert!(
+        warning.is_some_and(|l| l.contains("s; waiting up to 4s (`apply.address_timeout`)")),
+        "the agent's silence is said while waiting:\n{}",
+        applied.stderr
+    );
+    assert!(
+        applied
+            .stdout
+            .contains("the QEMU guest agent never answered (is qemu-guest-agent installed and running"),
+        "{}",
+        applied.stdout
+    );
+
+    // Each clone came from the template on its own node (two clones racing for the same
+    // free VMID may each take more than one attempt).
+    let clones: Vec<String> =
+        pve.requests(false).into_iter().filter(|(_, p)| p.ends_with("/clone")).map(|(_, p)| p).collect();
+    assert!(clones.iter().all(|p| p.ends_with("/nodes/pve2/qemu/9001/clone") || p.ends_with("/nodes/pve1/qemu/9000/clone")));
+    assert!(clones.iter().any(|p| p.ends_with("/nodes/pve2/qemu/9001/clone")), "{clones:?}");
+    assert_eq!(vm_named(&pve, "web")["node"], "pve1");
+    assert_eq!(vm_named(&pve, "dns")["node"], "pve1");
+
+    let web = vm_named(&pve, "web");
+    assert_eq!(web["config"]["ipconfig0"], "ip=10.0.20.10/24,gw=10.0.20.1", "{web:#}");
+    assert!(web["config"]["scsi0"].as_str().expect("scsi0").contains("serial=root"), "{web:#}");
+    let db = vm_named(&pve, "db");
+    assert_eq!(db["node"], "pve2");
+    assert_eq!(db["config"]["ipconfig0"], "ip=10.0.20.11/24,gw=10.0.20.1", "{db:#}");
+    assert!(db["config"]["scsi1"].as_str().expect("scsi1").contains("serial=data"), "{db:#}");
+    let dns = vm_named(&pve, "dns");
+    assert_eq!(dns["config"]["ipconfig0"], "ip=dhcp", "{dns:#}");
+    let sshkeys = web["config"]["sshkeys"].as_str().expect("sshkeys");
+    assert!(sshkeys.starts_with("ssh-ed25519%20AAAA"), "the example's bootstrap key: {sshkeys}");
+}
