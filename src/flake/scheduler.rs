@@ -599,7 +599,8 @@ impl Scheduler<'_> {
             self.queue.push_back(Queued::like(w, Selection::Names(rest), self.current));
         }
         if retry {
-            let alone = Queued { extra: false, ..Queued::new(Selection::Names(vec![host.clone()]), self.current) };
+            let alone =
+                Queued { extra: false, ..Queued::new(Selection::Names(vec![host.clone()]), self.current) };
             self.queue.push_back(alone);
         }
         self.collected.failed.insert(host, message);

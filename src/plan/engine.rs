@@ -228,7 +228,15 @@ fn plan_kept(host: &DesiredHost, found: Found<'_>) -> HostPlan {
         Some(vm) => VmRef { node: vm.node.clone(), vmid: Some(vm.vmid) },
         None => VmRef { node: host.node.clone(), vmid: host.vmid },
     };
-    HostPlan { host: host.host.clone(), vm, orphan: false, drift: None, actions, pool_move: None, nixos_changes: None }
+    HostPlan {
+        host: host.host.clone(),
+        vm,
+        orphan: false,
+        drift: None,
+        actions,
+        pool_move: None,
+        nixos_changes: None,
+    }
 }
 
 /// The pool move of a runnable `update_vm` (whose `pool` change shows it), for the executor.

@@ -10,12 +10,12 @@
 use std::collections::BTreeMap;
 
 use crate::cli::PlanArgs;
+use crate::flake::Hosts;
 use crate::flake::base::{self, Base, BaseSpec};
 use crate::flake::probes::{BaseProbed, Probed, evaluate_base};
 use crate::flake::{EvalRequest, Nix, OverrideInput};
 use crate::forge::{Event, ForgeContext};
 use crate::nixos_changes::{BaseProbes, HeadProbes, NixosChanges, changes_for};
-use crate::flake::Hosts;
 use crate::plan::{ActionKind, HostPlan, Plan};
 
 use super::source::{self, Planned, Source};
@@ -57,7 +57,11 @@ pub fn base_spec(args: &PlanArgs, context: Option<&ForgeContext>) -> Option<Base
 /// Resolves the base and fetches it (`nix flake metadata`, which copies and locks it), so its
 /// evaluation does not pay for the fetch: meant to run beside the head's evaluation. The error
 /// is the one line every compared host shows.
-pub async fn prepare(spec: &BaseSpec, flake: &str, override_inputs: &[OverrideInput]) -> Result<Base, String> {
+pub async fn prepare(
+    spec: &BaseSpec,
+    flake: &str,
+    override_inputs: &[OverrideInput],
+) -> Result<Base, String> {
     let local = base::local_flake_dir(flake);
     let base = base::resolve(spec, local.as_deref()).await?;
     let fetched = Nix::default()
@@ -121,7 +125,11 @@ pub fn attach(plan: &mut Plan, head: &BTreeMap<String, Probed>, base: &Result<At
     }
     match base {
         Ok(base) if compared > 0 => {
-            tracing::info!(hosts = compared, "compared the NixOS configurations with the base `{}`", base.label);
+            tracing::info!(
+                hosts = compared,
+                "compared the NixOS configurations with the base `{}`",
+                base.label
+            );
         }
         Err(reason) if compared > 0 => {
             tracing::warn!("not comparing NixOS configurations with the base: {reason}");

@@ -9,9 +9,9 @@ use crate::cli::{Format, PlanArgs};
 use crate::forge::StatusState;
 use crate::render::{json, markdown, matrix, summary_line, text};
 
+use super::changes;
 use super::shard::{self, ShardSpec};
 use super::source::Source;
-use super::changes;
 use super::{Outcome, publish};
 
 const STATUS: &str = "nixprox/plan";

@@ -263,7 +263,13 @@ pub async fn merge(source: &Source, paths: &[PathBuf], wanted: bool) -> anyhow::
     });
     let evaluated: Vec<EvaluatedHost> = hosts
         .into_iter()
-        .map(|h| EvaluatedHost { attr: h.attr, decl: h.decl, system: h.system, extra: None, extra_error: None })
+        .map(|h| EvaluatedHost {
+            attr: h.attr,
+            decl: h.decl,
+            system: h.system,
+            extra: None,
+            extra_error: None,
+        })
         .collect();
     let desired = flake::resolve_all(&evaluated, &settings.defaults)?;
     let (mut plan, planning) = source::compute(source, &settings, &desired, &live, None, None).await?;

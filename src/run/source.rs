@@ -189,7 +189,12 @@ pub async fn evaluate(source: &Source, settings: &Settings) -> anyhow::Result<Ev
     // `--hosts` may name orphan VMs, which are not attributes: the filter applies to the plan.
     let inventory = evaluate_hosts(source, settings, Hosts::All).await?;
     let desired = flake::resolve_all(&inventory.hosts, &settings.defaults)?;
-    Ok(Evaluated { desired, elapsed: inventory.elapsed, stats: inventory.stats, probes: head_probes(&inventory) })
+    Ok(Evaluated {
+        desired,
+        elapsed: inventory.elapsed,
+        stats: inventory.stats,
+        probes: head_probes(&inventory),
+    })
 }
 
 /// Each host's NixOS probes (its `extra`), when the evaluation had them.

@@ -46,7 +46,8 @@ fn repository(base_state: &str) -> Repository {
         host("broken", 305, State::OldSystem),
         host("oddity", 306, State::OldSystem),
     ];
-    let fleet = Fleet { dir: fixture.dir, hosts, orphans: vec![], strangers: 0, nodes: 1, declared_ids: true };
+    let fleet =
+        Fleet { dir: fixture.dir, hosts, orphans: vec![], strangers: 0, nodes: 1, declared_ids: true };
     Repository { fleet, git, base, _root: root }
 }
 
@@ -353,4 +354,49 @@ async fn the_comment_of_500_changed_hosts_fits_the_limit_and_timings_show_the_ph
     assert!(chars <= 65_536, "{chars} characters");
     assert_ne!(timings["comment_detail"], "Full", "500 hosts' details cannot all fit");
     assert!(timings["nixos_changes_ms"].as_f64().expect("nixos_changes_ms") > 0.0, "{timings}");
+}
+
+#[tokio::test]
+async fn a_sharded_plan_carries_the_nixos_changes_of_the_unsharded_one() {
+    let repo = repository("import ./base.nix\n");
+    let (fleet, base) = (&repo.fleet, &repo.base);
+    let pve = cluster(fleet).await;
+    let dir = fleet.dir.path().to_path_buf();
+    let unsharded = json_plan(&plan(&dir, &pve, &["--format", "json", "--base", base]));
+
+    let out = tempfile::tempdir().expect("tempdir");
+    let part = |i: usize| out.path().join(format!("part-{i}.json")).display().to_string();
+    for i in 1..=2 {
+        let spec = format!("{i}/2");
+        let run =
+            plan(&dir, &pve, &["--shard", &spec, "--format", "json", "--out", &part(i), "--base", base]);
+        assert_eq!(run.code, 0, "shard {i}:\n{}", run.stderr);
+    }
+    let merged = json_plan(&plan(&dir, &pve, &["--format", "json", "--merge", &part(1), &part(2)]));
+    assert_eq!(merged["plan_id"], unsharded["plan_id"]);
+    assert_eq!(changes_by_host(&merged), changes_by_host(&unsharded));
+    assert_eq!(changes_by_host(&merged)["monitor"], json!({"state": "new_host"}));
+
+    // Shards planned without a base: the merge says the summary is absent.
+    for i in 1..=2 {
+        let spec = format!("{i}/2");
+        let run = plan(&dir, &pve, &["--shard", &spec, "--format", "json", "--out", &part(i)]);
+        assert_eq!(run.code, 0, "shard {i}:\n{}", run.stderr);
+    }
+    let run = plan(&dir, &pve, &["--format", "json", "--merge", &part(1), &part(2), "--base", base]);
+    let merged = json_plan(&run);
+    assert!(changes_by_host(&merged).values().all(Value::is_null));
+    assert!(
+        run.stderr
+            .contains("the shards were planned without a base, so the merged plan shows no NixOS changes"),
+        "{}",
+        run.stderr
+    );
+
+    // Shards that compared with different bases are refused.
+    let run = plan(&dir, &pve, &["--shard", "1/2", "--format", "json", "--out", &part(1), "--base", base]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = plan(&dir, &pve, &["--format", "json", "--merge", &part(1), &part(2)]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("compared with another base than shard 1"), "{}", run.stderr);
 }
