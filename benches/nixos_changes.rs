@@ -6,7 +6,7 @@
 //! sync), starts fakepve with its VMs, and runs the real `nixprox plan --format json --timings` alternately with
 //! `--no-base` (the head evaluation alone) and with `--base <base commit>`, after one warm-up
 //! run of each. It prints the medians of the phases and the extra wall time of the comparison
-//! against the head evaluation (declarations + systems of the `--no-base` runs).
+//! against the head evaluation (`eval_ms` of the `--no-base` runs, which evaluate no probes).
 //!
 //! Options (after `--`): `--hosts 100`, `--changed N` (default: all hosts), `--runs 5`, `--latency 20` (ms), `--json FILE`, and
 //! `--plan-args "--eval-batch 50"` (passed to every `nixprox plan`, split on whitespace).
@@ -139,24 +139,22 @@ fn main() {
         median(runs.iter().map(|(_, t)| t[key].as_f64().unwrap_or(0.0)).collect())
     };
     let wall = |runs: &[(f64, Value)]| median(runs.iter().map(|(w, _)| *w).collect());
-    let head = of(&without, "eval_declarations_ms") + of(&without, "eval_systems_ms");
+    let head = of(&without, "eval_ms");
     let extra = wall(&with) - wall(&without);
     println!("\n| phase (median of {} runs) | `--no-base` | `--base <commit>` |", options.runs);
     println!("| --- | ---: | ---: |");
-    for (key, name) in
-        [("eval_declarations_ms", "nix: declarations"), ("eval_systems_ms", "nix: systems (+ head probes)")]
-    {
-        println!("| {name} | {:.0} ms | {:.0} ms |", of(&without, key), of(&with, key));
+    for (key, name) in [("eval_ms", "nix: the evaluation (+ head probes)"), ("eval_processes", "nix processes")] {
+        println!("| {name} | {:.0} | {:.0} |", of(&without, key), of(&with, key));
     }
     println!(
-        "| base: resolve, evaluate, compare (`nixos_changes_ms`) | — | {:.0} ms |",
+        "| base: evaluate, compare (`nixos_changes_ms`; resolved and fetched during the head) | — | {:.0} ms |",
         of(&with, "nixos_changes_ms")
     );
     println!("| **total (wall)** | {:.0} ms | {:.0} ms |", wall(&without), wall(&with));
     println!(
         "\nextra wall time: {extra:.0} ms = {:.1} % of the head evaluation ({head:.0} ms); head probes {:+.0} ms, base phase {:.0} ms",
         100.0 * extra / head,
-        of(&with, "eval_systems_ms") - of(&without, "eval_systems_ms"),
+        of(&with, "eval_ms") - of(&without, "eval_ms"),
         of(&with, "nixos_changes_ms"),
     );
     if let Some(path) = options.json {
