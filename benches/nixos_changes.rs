@@ -143,7 +143,9 @@ fn main() {
     let extra = wall(&with) - wall(&without);
     println!("\n| phase (median of {} runs) | `--no-base` | `--base <commit>` |", options.runs);
     println!("| --- | ---: | ---: |");
-    for (key, name) in [("eval_ms", "nix: the evaluation (+ head probes)"), ("eval_processes", "nix processes")] {
+    for (key, name) in
+        [("eval_ms", "nix: the evaluation (+ head probes)"), ("eval_processes", "nix processes")]
+    {
         println!("| {name} | {:.0} | {:.0} |", of(&without, key), of(&with, key));
     }
     println!(

@@ -589,7 +589,10 @@ impl Scheduler<'_> {
         let retry = match (self.host_failures, w.extra) {
             (HostFailures::RetryWithoutExtra, true) => true,
             (HostFailures::Record, _) => false,
-            _ => return self.fail(host, Some(message)),
+            _ => {
+                self.fail(host, Some(message));
+                return;
+            }
         };
         tracing::debug!(host, retry, "a host failed: {message}");
         if let Some(hosts) = &w.hosts
