@@ -463,7 +463,7 @@ impl<'r> HostRun<'r> {
     ) -> Result<(), Failure> {
         let (node, vmid) = (vm.node.as_str(), vm.vmid);
         if state.address.is_none() {
-            state.address = Some(log.step("address", self.find_address(host, node, vmid)).await?);
+            state.address = Some(log.interruptible("address", self.find_address(host, node, vmid)).await?);
         }
         log.step("host key", self.pin_host_key(host, node, vmid)).await?;
         let Some(deployer) = self.req.deployer else {
@@ -471,8 +471,9 @@ impl<'r> HostRun<'r> {
             return Ok(());
         };
         let address = state.address.clone().unwrap_or_default();
+        // Only SSH (and maybe a switch): stopped at once on a cancel, like an install.
         let deployed = log
-            .step("verify", async {
+            .interruptible("verify", async {
                 let recorded = self.recorded_metadata(host, node, vmid).await?;
                 let target = DeployTarget {
                     host,
