@@ -71,6 +71,13 @@ pub struct Created {
     pub vmid: u32,
     /// The reviewed plan whose apply created it (for the reader; not interpreted).
     pub plan: String,
+    /// The image package its disks were imported from, when nixprox created it from an image
+    /// (`nixprox.bootstrap.image`). Such a VM boots its system and is finished by a check (and
+    /// a switch), never by nixos-anywhere; a VM cloned from a template is finished by an
+    /// install. Recorded here because the host's bootstrap option may change before the
+    /// interrupted run is resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// The record that nixprox adopted a running NixOS VM in place.
@@ -86,6 +93,11 @@ impl Metadata {
     /// Whether nixprox created VM `vmid` and has not installed NixOS on it yet.
     pub fn created_uninstalled(&self, vmid: u32) -> bool {
         self.system.is_none() && self.created.as_ref().is_some_and(|c| c.vmid == vmid)
+    }
+
+    /// Whether nixprox created VM `vmid` from an image and has not checked what it runs yet.
+    pub fn created_from_image_unchecked(&self, vmid: u32) -> bool {
+        self.created_uninstalled(vmid) && self.created.as_ref().is_some_and(|c| c.image.is_some())
     }
 }
 
@@ -312,7 +324,7 @@ mod tests {
     fn only_a_matching_created_marker_counts() {
         let mut metadata = Metadata {
             host: "web".into(),
-            created: Some(Created { vmid: 120, plan: "p".into() }),
+            created: Some(Created { vmid: 120, plan: "p".into(), image: None }),
             ..sample()
         };
         metadata.system = None;
@@ -322,6 +334,19 @@ mod tests {
         assert!(!metadata.created_uninstalled(120), "installed");
         let notes = Notes::render("", &metadata);
         assert!(notes.contains(r#""created":{"vmid":120,"plan":"p"}"#), "{notes}");
+
+        metadata.system = None;
+        assert!(!metadata.created_from_image_unchecked(120), "cloned from a template");
+        let package = "/nix/store/0c8yzlgy9xbfn6sjcx6rh6fzqfvc3ai2-web-images";
+        metadata.created = Some(Created { vmid: 120, plan: "p".into(), image: Some(package.into()) });
+        assert!(metadata.created_from_image_unchecked(120));
+        assert!(!metadata.created_from_image_unchecked(121));
+        let notes = Notes::render("", &metadata);
+        assert!(
+            notes.contains(&format!(r#""created":{{"vmid":120,"plan":"p","image":"{package}"}}"#)),
+            "{notes}"
+        );
+        assert_eq!(Notes::parse(&notes).metadata(), Some(&metadata));
     }
 
     #[test]

@@ -310,8 +310,8 @@ impl<'r> HostRun<'r> {
                     );
                     return Err(Failure::new("create", error));
                 }
-                Bootstrap::Image(_) => {
-                    log.step("create", self.create_from_image(host, state.imports.as_ref())).await?
+                Bootstrap::Image(source) => {
+                    log.step("create", self.create_from_image(host, source, state.imports.as_ref())).await?
                 }
             };
             state.vmid = Some(vmid);
@@ -365,12 +365,15 @@ impl<'r> HostRun<'r> {
                 }
             }
         }
-        // A VM created from the image, now or by a run that did not check it: nothing
-        // installs it; its key is pinned through the agent and its system checked.
-        let unchecked = live
+        // A VM created from the image, now or by a run that did not check it (its notes say
+        // so, whatever the host's bootstrap is now): nothing installs it; its key is pinned
+        // through the agent and its system checked. A VM cloned from a template by an earlier
+        // run is installed, even when the host boots from an image now.
+        let from_image = live
             .and_then(|vm| vm.config.as_ref()?.metadata.as_ref())
-            .is_some_and(|m| m.created_uninstalled(vmid));
-        let image_boot = matches!(host.bootstrap, Bootstrap::Image(_)) && (creating || unchecked);
+            .is_some_and(|m| m.created_from_image_unchecked(vmid));
+        let created_now = creating && live.is_none();
+        let image_boot = from_image || (created_now && matches!(host.bootstrap, Bootstrap::Image(_)));
         Ok(Provisioned { node, vmid, kexec_memory, image_boot })
     }
 
