@@ -605,3 +605,27 @@ async fn an_image_vm_is_finished_after_an_interruption_and_changed_by_switches_n
     lab.declare(json!({"bootstrap": "image", "salt": format!("{}-again", std::process::id())}));
     assert_eq!(kinds(&lab.plan(&["--hosts", "web"]), "web"), ["noop"]);
 }
+
+/// A package planning cannot size (not disko's) whose image is larger than the declared disk:
+/// the plan shows the upload (it cannot know), apply builds the image, reads its header and
+/// stops the host before anything is sent or created, naming both sizes and the fix.
+#[test]
+fn an_image_larger_than_its_disk_stops_the_host_before_the_upload() {
+    require_qemu_img();
+    let lab = Lab::start(cluster("iso,import"), &[]);
+    lab.declare(json!({"webDisk": "32M"}));
+    let plan = lab.plan(&["--hosts", "web"]);
+    assert_eq!(kinds(&plan, "web"), ["upload_image", "create_vm"], "{plan:#}");
+    lab.pve.requests(true);
+    let (run, report) = lab.apply(&["--hosts", "web"]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    let web = host_report(&report, "web");
+    assert_eq!(web["step"], "build", "{report:#}");
+    assert_eq!(
+        web["error"],
+        "image of disk `scsi0` of host `web` is 64M but the disk is declared as 32M (raise `nixprox.vm.disks.scsi0.size` or shrink the image)"
+    );
+    assert_eq!(lab.uploads(), 0);
+    assert!(lab.imports().is_empty());
+    assert!(lab.pve.command(json!({"cmd": "vms"})).as_array().expect("vms").is_empty());
+}
