@@ -450,6 +450,15 @@ async fn a_damaged_or_interrupted_upload_is_sent_again_and_a_complete_file_is_no
     assert_eq!(upload["status"], "already_done");
     assert_eq!(upload["detail"], format!("{file}: on the storage already"));
     assert_eq!(lab.metadata("web").system.as_deref(), Some(web_system.as_str()));
+
+    // The same reviewed plan applied once more (a re-run CI job): nothing is sent or created.
+    lab.pve.requests(true);
+    let (run, report) = lab.apply(&["--hosts", "web"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(host_report(&report, "web")["status"], "ok", "{report:#}");
+    assert_eq!(steps(&report, "web"), [], "nothing left to do: {report:#}");
+    assert_eq!(lab.uploads(), 0);
+    assert!(!lab.pve.requests(false).iter().any(|(m, _)| m == "POST"), "nothing written");
     assert_eq!(kinds(&lab.plan(&["--hosts", "web"]), "web"), ["noop"]);
 }
 
