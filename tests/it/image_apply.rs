@@ -554,6 +554,15 @@ async fn an_image_vm_is_finished_after_an_interruption_and_changed_by_switches_n
     let created = metadata.created.expect("created by nixprox");
     assert!(created.image.as_deref().is_some_and(|p| p.ends_with("-shared-images")), "{created:?}");
 
+    // The same reviewed plan re-run while the key is still missing: the run resumes its own
+    // VM (no second upload, no second VM) and stops at the same step.
+    lab.pve.requests(true);
+    let (run, report) = lab.apply(&["--hosts", "web"]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(host_report(&report, "web")["step"], "host key", "{report:#}");
+    assert_eq!(lab.uploads(), 0);
+    assert!(!lab.pve.requests(false).iter().any(|(m, p)| m == "POST" && p == "/nodes/pve1/qemu"));
+
     // sshd wrote its key meanwhile, and the host was switched to a template bootstrap: the VM
     // its notes say was created from an image is checked (a switch), never installed over.
     let vmid = lab.vm("web")["vmid"].clone();
