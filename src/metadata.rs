@@ -113,7 +113,8 @@ pub struct Notes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Block {
     Absent,
-    Current(Metadata),
+    /// Boxed: a block is read once per VM, and the payload is much larger than the other variants.
+    Current(Box<Metadata>),
     /// A block this release cannot read (newer version, or damaged): kept verbatim, and the
     /// VM left alone. `reason` says what is wrong and how to fix it.
     Unreadable {
@@ -147,7 +148,7 @@ impl Notes {
     /// The metadata, when the block is current.
     pub fn metadata(&self) -> Option<&Metadata> {
         match &self.block {
-            Block::Current(metadata) => Some(metadata),
+            Block::Current(metadata) => Some(metadata.as_ref()),
             _ => None,
         }
     }
@@ -198,7 +199,7 @@ fn parse_block(line: &str) -> Block {
     };
     match version.parse::<u32>() {
         Ok(VERSION) => match serde_json::from_str::<Metadata>(json) {
-            Ok(metadata) => Block::Current(metadata),
+            Ok(metadata) => Block::Current(Box::new(metadata)),
             Err(err) => unreadable(format!("invalid payload: {err} ({REPAIR})")),
         },
         Ok(other) => unreadable(format!(
