@@ -295,6 +295,17 @@ impl<'r> HostRun<'r> {
             .is_some_and(|m| m.host == host.host && m.applying.is_some() && m.system.is_none());
         let creating =
             runnable.has(ActionKind::CreateVm) || runnable.has(ActionKind::ReplaceVm) || resuming_create;
+        // A VM created from the image, now or by a run that did not check it (its notes say
+        // so, whatever the host's bootstrap is now): nothing installs it, and no cloud-init is
+        // written for it; its key is pinned through the agent and its system checked. A VM
+        // cloned from a template by an earlier run is installed, even when the host boots from
+        // an image now.
+        let from_image = live.is_some_and(|vm| {
+            let metadata = vm.config.as_ref().and_then(|c| c.metadata.as_ref());
+            metadata.is_some_and(|m| m.created_from_image_unchecked(vm.vmid))
+        });
+        let image_boot =
+            from_image || (creating && live.is_none() && matches!(host.bootstrap, Bootstrap::Image(_)));
         // The VM to create does not exist yet (a declared VMID is in the plan before it exists).
         if creating && live.is_none() {
             state.node = host.node.clone();
@@ -310,8 +321,8 @@ impl<'r> HostRun<'r> {
                     );
                     return Err(Failure::new("create", error));
                 }
-                Bootstrap::Image(_) => {
-                    log.step("create", self.create_from_image(host, state.imports.as_ref())).await?
+                Bootstrap::Image(source) => {
+                    log.step("create", self.create_from_image(host, source, state.imports.as_ref())).await?
                 }
             };
             state.vmid = Some(vmid);
@@ -340,7 +351,7 @@ impl<'r> HostRun<'r> {
         let detaching = runnable.has(ActionKind::DetachDisk);
         if creating || detaching || runnable.has(ActionKind::Adopt) || runnable.has(ActionKind::UpdateVm) {
             let scope = if creating {
-                Scope::CREATE
+                Scope { cloud_init: !image_boot, ..Scope::CREATE }
             } else {
                 Scope { detach_disks: detaching, add_disks: !self.detach_held(), ..Scope::UPDATE }
             };
@@ -365,12 +376,6 @@ impl<'r> HostRun<'r> {
                 }
             }
         }
-        // A VM created from the image, now or by a run that did not check it: nothing
-        // installs it; its key is pinned through the agent and its system checked.
-        let unchecked = live
-            .and_then(|vm| vm.config.as_ref()?.metadata.as_ref())
-            .is_some_and(|m| m.created_uninstalled(vmid));
-        let image_boot = matches!(host.bootstrap, Bootstrap::Image(_)) && (creating || unchecked);
         Ok(Provisioned { node, vmid, kexec_memory, image_boot })
     }
 

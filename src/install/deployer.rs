@@ -361,7 +361,7 @@ mod tests {
         };
         let created = Metadata {
             host: "web".into(),
-            created: Some(Created { vmid: 120, plan: "p".into() }),
+            created: Some(Created { vmid: 120, plan: "p".into(), image: None }),
             ..Metadata::default()
         };
         assert_eq!(install_trust(&target, Some(&created)).expect("trusted"), None);
@@ -372,7 +372,8 @@ mod tests {
             Some("ssh-ed25519 AAAA web".into())
         );
         // A copy of the notes on another VM, an adopted VM, no block at all: refused.
-        let copied = Metadata { created: Some(Created { vmid: 99, plan: "p".into() }), ..created };
+        let copied =
+            Metadata { created: Some(Created { vmid: 99, plan: "p".into(), image: None }), ..created };
         for recorded in [Some(&copied), Some(&Metadata { host: "web".into(), ..Metadata::default() }), None] {
             let err = install_trust(&target, recorded).expect_err("refused").to_string();
             assert!(

@@ -61,7 +61,7 @@ pub fn plan_with_images(input: PlanInput<'_>, images: &ImageStores) -> Plan {
     if let Some(only) = input.only {
         hosts.retain(|h| only.contains(&h.host));
     }
-    super::image::amend(&mut hosts, input.desired, images);
+    super::image::amend(&mut hosts, input.desired, input.live, images);
     let summary = summarize(&hosts);
     let id = plan_id(&hosts, input.desired, input.policies);
     let probe = input.probes.map(|probes| probe_report(probes, &hosts));
