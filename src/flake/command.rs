@@ -12,6 +12,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use tokio::process::Command;
@@ -332,19 +333,71 @@ impl NixCommand {
         serde_json::from_slice(&output.stdout)
             .map_err(|source| NixError::Decode { command: self.describe(), source })
     }
+
+    /// Runs a `nix build` and returns the built `out` path; nix is killed after `timeout`.
+    /// A failure keeps nix's stderr (the build log) for the caller to show.
+    pub async fn run_build(&self, timeout: Duration) -> Result<String, BuildError> {
+        let output = match tokio::time::timeout(timeout, self.command().output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(source)) => return Err(BuildError::Spawn { program: self.nix.program.clone(), source }),
+            Err(_) => return Err(BuildError::TimedOut { timeout }),
+        };
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            return Err(BuildError::Failed { code: output.status.code(), stderr });
+        }
+        Ok(parse_build_json(&String::from_utf8_lossy(&output.stdout))?)
+    }
 }
 
-/// The `out` path of the first result of `nix build --json`.
-pub fn parse_build_json(stdout: &str) -> Result<String, String> {
-    let value: serde_json::Value = serde_json::from_str(stdout.trim())
-        .map_err(|err| format!("invalid `nix build --json` output: {err}"))?;
+/// The `out` path of the first result of `nix build --json`
+/// (`[{"drvPath": …, "outputs": {"out": …}}]`).
+pub fn parse_build_json(stdout: &str) -> Result<String, BuildOutputError> {
+    let value: serde_json::Value =
+        serde_json::from_str(stdout.trim()).map_err(|err| BuildOutputError::InvalidJson(err.to_string()))?;
     value
         .get(0)
         .and_then(|first| first.get("outputs"))
         .and_then(|outputs| outputs.get("out"))
         .and_then(|out| out.as_str())
         .map(String::from)
-        .ok_or_else(|| format!("`nix build --json` output has no `outputs.out`: {}", stdout.trim()))
+        .ok_or_else(|| BuildOutputError::NoOut(stdout.trim().to_string()))
+}
+
+/// `nix build --json` succeeded but printed no out path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildOutputError {
+    #[error("`nix build --json` printed invalid JSON: {0}")]
+    InvalidJson(String),
+    #[error("`nix build --json` printed no `outputs.out`: {0}")]
+    NoOut(String),
+}
+
+/// Lines of a failed build's log that [`BuildError::Failed`] shows.
+const BUILD_LOG_LINES: usize = 30;
+
+/// A `nix build` ([`NixCommand::run_build`]) that gave no out path. The image build words the
+/// timeout and the failure its own way (with the fix when the builder lacks KVM).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("could not start `{}`: {source}", program.display())]
+    Spawn { program: PathBuf, source: std::io::Error },
+    #[error("timed out after {}s", timeout.as_secs())]
+    TimedOut { timeout: Duration },
+    #[error("{}; last lines of its output:\n{}", exit_reason(*code), last_lines(stderr, BUILD_LOG_LINES))]
+    Failed { code: Option<i32>, stderr: String },
+    #[error(transparent)]
+    Output(#[from] BuildOutputError),
+}
+
+/// How a process ended, for messages: `exit code N` or `killed by a signal`.
+pub fn exit_reason(code: Option<i32>) -> String {
+    code.map_or("killed by a signal".to_string(), |c| format!("exit code {c}"))
+}
+
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
 }
 
 /// A `nix` invocation that did not produce what was asked.
@@ -511,7 +564,11 @@ mod tests {
         );
         let json = r#"[{"drvPath":"/nix/store/a.drv","outputs":{"out":"/nix/store/b-nixos-system-web"}}]"#;
         assert_eq!(parse_build_json(json).as_deref(), Ok("/nix/store/b-nixos-system-web"));
-        assert!(parse_build_json("[]").is_err());
+        assert_eq!(
+            parse_build_json("[]").map_err(|e| e.to_string()),
+            Err("`nix build --json` printed no `outputs.out`: []".to_string())
+        );
+        assert!(parse_build_json("warning: x").is_err());
     }
 
     #[test]
