@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::Defaults;
 use crate::spec::{DiskSpec, MANAGED_TAG, NetSpec, VmSpec, format_size, parse_size};
 
-use super::host::{Bootstrap, DesiredHost, HostDecl, ImageSource, SystemEval, TemplateRef};
+use super::host::{Bootstrap, DesiredHost, HostDecl, ImageSource, SystemEval, TemplateRef, VmDecl};
 use super::inventory::EvaluatedHost;
 
 /// A bare number in `disks.<slot>.size` means GiB (see the module).
@@ -54,7 +54,8 @@ pub enum ResolveError {
     DuplicateId { id: u32, first: String, second: String },
 }
 
-/// Resolves one host.
+/// Resolves one host: its disks, networks and bootstrap with the settings' defaults, then the
+/// VM it declares.
 pub fn resolve(
     attr: &str,
     decl: &HostDecl,
@@ -62,90 +63,15 @@ pub fn resolve(
     defaults: &Defaults,
 ) -> Result<DesiredHost, ResolveError> {
     let host = attr.to_string();
-    let missing = |option: String, setting: &'static str| ResolveError::MissingDefault {
-        host: host.clone(),
-        option,
-        setting,
-    };
     let vm = &decl.vm;
-
-    let node =
-        vm.node.clone().or_else(|| defaults.node.clone()).ok_or_else(|| missing("vm.node".into(), "node"))?;
-
-    if vm.disks.is_empty() {
-        return Err(ResolveError::NoDisks { host });
-    }
-    let mut disks = BTreeMap::new();
-    for (slot, disk) in &vm.disks {
-        let storage = disk
-            .storage
-            .clone()
-            .or_else(|| defaults.storage.clone())
-            .ok_or_else(|| missing(format!("vm.disks.{slot}.storage"), "storage"))?;
-        let size_bytes = parse_size(&disk.size, GIB).ok_or_else(|| ResolveError::InvalidSize {
-            host: host.clone(),
-            slot: slot.clone(),
-            size: disk.size.clone(),
-        })?;
-        if size_bytes == 0 {
-            return Err(ResolveError::EmptyDisk { host, slot: slot.clone() });
-        }
-        disks.insert(
-            slot.clone(),
-            DiskSpec {
-                storage,
-                size_bytes,
-                serial: disk.serial.clone(),
-                discard: disk.discard,
-                ssd: disk.ssd,
-                iothread: disk.iothread,
-            },
-        );
-    }
-
-    let mut networks = BTreeMap::new();
-    for (slot, net) in &vm.networks {
-        let bridge = net
-            .bridge
-            .clone()
-            .or_else(|| defaults.bridge.clone())
-            .ok_or_else(|| missing(format!("vm.networks.{slot}.bridge"), "bridge"))?;
-        networks.insert(
-            slot.clone(),
-            NetSpec {
-                model: net.model.clone(),
-                mac: net.mac_address.as_ref().map(|mac| mac.to_ascii_uppercase()),
-                bridge,
-                vlan: net.vlan,
-                firewall: net.firewall,
-            },
-        );
-    }
-
-    let bootstrap_decl = &decl.bootstrap;
-    let image = resolve_image(attr, decl, system, defaults)?;
-    if let Some(image) = &image {
-        check_image_sizes(&host, image, &disks)?;
-    }
-    let bootstrap = match (&bootstrap_decl.template, &bootstrap_decl.iso) {
-        _ if let Some(image) = image => Bootstrap::Image(image),
-        (Some(_), Some(_)) => return Err(ResolveError::TemplateAndIso { host }),
-        (None, Some(iso)) => Bootstrap::Iso { iso: iso.clone() },
-        (template, None) => {
-            // Only a VM to create needs one: the planner blocks that create (or replacement)
-            // and says what to set; a host whose VM exists plans without it.
-            match template.clone().or_else(|| defaults.template.as_deref().map(template_ref)) {
-                Some(template) => Bootstrap::Template {
-                    template,
-                    user: bootstrap_decl.user.clone(),
-                    ssh_keys: bootstrap_decl.ssh_keys.clone(),
-                    ip_config: bootstrap_decl.ip_config.clone(),
-                },
-                None => Bootstrap::Undeclared,
-            }
-        }
-    };
-
+    let node = vm
+        .node
+        .clone()
+        .or_else(|| defaults.node.clone())
+        .ok_or_else(|| missing_default(&host, "vm.node".into(), "node"))?;
+    let disks = resolve_disks(&host, vm, defaults)?;
+    let networks = resolve_networks(&host, vm, defaults)?;
+    let bootstrap = resolve_bootstrap(attr, decl, system, defaults, &disks)?;
     let tags: BTreeSet<String> =
         vm.tags.iter().map(|t| t.to_ascii_lowercase()).filter(|t| t != MANAGED_TAG).collect();
 
@@ -181,6 +107,111 @@ pub fn resolve(
         deploy: decl.deploy.clone(),
         system: system.clone(),
         keep: vm.keep,
+    })
+}
+
+fn missing_default(host: &str, option: String, setting: &'static str) -> ResolveError {
+    ResolveError::MissingDefault { host: host.to_string(), option, setting }
+}
+
+/// The declared disks with the default storage and sizes in bytes; at least one, none empty.
+fn resolve_disks(
+    host: &str,
+    vm: &VmDecl,
+    defaults: &Defaults,
+) -> Result<BTreeMap<String, DiskSpec>, ResolveError> {
+    if vm.disks.is_empty() {
+        return Err(ResolveError::NoDisks { host: host.to_string() });
+    }
+    let mut disks = BTreeMap::new();
+    for (slot, disk) in &vm.disks {
+        let storage = disk
+            .storage
+            .clone()
+            .or_else(|| defaults.storage.clone())
+            .ok_or_else(|| missing_default(host, format!("vm.disks.{slot}.storage"), "storage"))?;
+        let size_bytes = parse_size(&disk.size, GIB).ok_or_else(|| ResolveError::InvalidSize {
+            host: host.to_string(),
+            slot: slot.clone(),
+            size: disk.size.clone(),
+        })?;
+        if size_bytes == 0 {
+            return Err(ResolveError::EmptyDisk { host: host.to_string(), slot: slot.clone() });
+        }
+        disks.insert(
+            slot.clone(),
+            DiskSpec {
+                storage,
+                size_bytes,
+                serial: disk.serial.clone(),
+                discard: disk.discard,
+                ssd: disk.ssd,
+                iothread: disk.iothread,
+            },
+        );
+    }
+    Ok(disks)
+}
+
+/// The declared network devices with the default bridge and upper-case MACs.
+fn resolve_networks(
+    host: &str,
+    vm: &VmDecl,
+    defaults: &Defaults,
+) -> Result<BTreeMap<String, NetSpec>, ResolveError> {
+    let mut networks = BTreeMap::new();
+    for (slot, net) in &vm.networks {
+        let bridge = net
+            .bridge
+            .clone()
+            .or_else(|| defaults.bridge.clone())
+            .ok_or_else(|| missing_default(host, format!("vm.networks.{slot}.bridge"), "bridge"))?;
+        networks.insert(
+            slot.clone(),
+            NetSpec {
+                model: net.model.clone(),
+                mac: net.mac_address.as_ref().map(|mac| mac.to_ascii_uppercase()),
+                bridge,
+                vlan: net.vlan,
+                firewall: net.firewall,
+            },
+        );
+    }
+    Ok(networks)
+}
+
+/// How the VM comes to be: its image (checked against its disks), an ISO, or a template (the
+/// declared one, else `defaults.template`), else [`Bootstrap::Undeclared`].
+fn resolve_bootstrap(
+    attr: &str,
+    decl: &HostDecl,
+    system: &SystemEval,
+    defaults: &Defaults,
+    disks: &BTreeMap<String, DiskSpec>,
+) -> Result<Bootstrap, ResolveError> {
+    let host = attr.to_string();
+    let bootstrap_decl = &decl.bootstrap;
+    let image = resolve_image(attr, decl, system, defaults)?;
+    if let Some(image) = &image {
+        check_image_sizes(&host, image, disks)?;
+    }
+    Ok(match (&bootstrap_decl.template, &bootstrap_decl.iso) {
+        _ if let Some(image) = image => Bootstrap::Image(image),
+        (Some(_), Some(_)) => return Err(ResolveError::TemplateAndIso { host }),
+        (None, Some(iso)) => Bootstrap::Iso { iso: iso.clone() },
+        (template, None) => {
+            // Only a VM to create needs one: the planner blocks that create (or replacement)
+            // and says what to set; a host whose VM exists plans without it.
+            match template.clone().or_else(|| defaults.template.as_deref().map(template_ref)) {
+                Some(template) => Bootstrap::Template {
+                    template,
+                    user: bootstrap_decl.user.clone(),
+                    ssh_keys: bootstrap_decl.ssh_keys.clone(),
+                    ip_config: bootstrap_decl.ip_config.clone(),
+                },
+                None => Bootstrap::Undeclared,
+            }
+        }
     })
 }
 
