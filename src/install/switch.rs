@@ -174,25 +174,7 @@ pub async fn activate(
     let mut confirmed = false;
     let mut last = String::from("no status read yet");
     while started.elapsed() < deadline {
-        let status = match Session::connect(target, key, policy, &poll).await {
-            Ok(session) => {
-                let out = session.exec(&read_status, Duration::from_secs(10)).await;
-                session.close().await;
-                match out {
-                    Ok(out) => out.stdout.trim().to_string(),
-                    Err(err) => {
-                        last = err.to_string();
-                        String::new()
-                    }
-                }
-            }
-            // A wrong host key is never retried into acceptance: fail now.
-            Err(err @ SshError::HostKeyMismatch { .. }) => return Err(err.into()),
-            Err(err) => {
-                last = err.to_string();
-                String::new()
-            }
-        };
+        let status = poll_status(target, key, policy, &poll, &read_status, &mut last).await?;
         tracing::debug!(host = %target.host, "activation status: `{status}` (last: {last})");
         if let Some(status) = parse_status(&status) {
             let log = read_log(
@@ -209,26 +191,71 @@ pub async fn activate(
             last = format!("status `{status}`");
         }
         if status.starts_with("activated") && !confirmed {
-            // A fresh connection, opened after activation finished.
-            match Session::connect(target, key, policy, &poll).await {
-                Ok(session) => {
-                    let confirm = activation.as_root(&format!("touch {dir}/confirm"));
-                    let out = session.exec(&confirm, Duration::from_secs(10)).await;
-                    session.close().await;
-                    confirmed = matches!(out, Ok(ref o) if o.success());
-                    if !confirmed {
-                        tracing::warn!(host = %target.host, "could not confirm the switch: {out:?}");
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(host = %target.host, "switched host does not accept ssh: {err}");
-                    last = format!("switched host does not accept ssh: {err}");
-                }
-            }
+            let confirm = activation.as_root(&format!("touch {dir}/confirm"));
+            confirmed = confirm_switch(target, key, policy, &poll, &confirm, &mut last).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Err(ActivateError::Unconfirmed { waited: started.elapsed(), last })
+}
+
+/// One read of the status file (`command` prints it) on a new connection: its text, or empty
+/// with `last` set to why it could not be read. A wrong host key ends the activation.
+async fn poll_status(
+    target: &SshTarget,
+    key: &std::sync::Arc<russh::keys::PrivateKey>,
+    policy: &HostKeyPolicy,
+    options: &ConnectOptions,
+    command: &str,
+    last: &mut String,
+) -> Result<String, ActivateError> {
+    match Session::connect(target, key, policy, options).await {
+        Ok(session) => {
+            let out = session.exec(command, Duration::from_secs(10)).await;
+            session.close().await;
+            match out {
+                Ok(out) => Ok(out.stdout.trim().to_string()),
+                Err(err) => {
+                    *last = err.to_string();
+                    Ok(String::new())
+                }
+            }
+        }
+        // A wrong host key is never retried into acceptance: fail now.
+        Err(err @ SshError::HostKeyMismatch { .. }) => Err(err.into()),
+        Err(err) => {
+            *last = err.to_string();
+            Ok(String::new())
+        }
+    }
+}
+
+/// Confirms the switch (`command` touches the confirm file) on a fresh connection, opened
+/// after activation finished; whether it was confirmed.
+async fn confirm_switch(
+    target: &SshTarget,
+    key: &std::sync::Arc<russh::keys::PrivateKey>,
+    policy: &HostKeyPolicy,
+    options: &ConnectOptions,
+    command: &str,
+    last: &mut String,
+) -> bool {
+    match Session::connect(target, key, policy, options).await {
+        Ok(session) => {
+            let out = session.exec(command, Duration::from_secs(10)).await;
+            session.close().await;
+            let confirmed = matches!(out, Ok(ref o) if o.success());
+            if !confirmed {
+                tracing::warn!(host = %target.host, "could not confirm the switch: {out:?}");
+            }
+            confirmed
+        }
+        Err(err) => {
+            tracing::warn!(host = %target.host, "switched host does not accept ssh: {err}");
+            *last = format!("switched host does not accept ssh: {err}");
+            false
+        }
+    }
 }
 
 /// The tail of the activation's log (`command` prints it).
