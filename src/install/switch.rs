@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use crate::ssh::{ConnectOptions, HostKeyPolicy, Retry, Session, SshError, SshTarget};
+use crate::ssh::{ConnectOptions, ExecOutput, HostKeyPolicy, Retry, Session, SshError, SshTarget};
 
 /// Where the target keeps one switch's script, log, status and confirmation.
 pub const STATE_ROOT: &str = "/run/nixprox";
@@ -199,6 +199,21 @@ pub async fn activate(
     Err(ActivateError::Unconfirmed { waited: started.elapsed(), last })
 }
 
+/// Runs `command` on a new connection, closed after it: the outer error is the connection's,
+/// the inner one the command's.
+async fn exec_fresh(
+    target: &SshTarget,
+    key: &std::sync::Arc<russh::keys::PrivateKey>,
+    policy: &HostKeyPolicy,
+    options: &ConnectOptions,
+    command: &str,
+) -> Result<Result<ExecOutput, SshError>, SshError> {
+    let session = Session::connect(target, key, policy, options).await?;
+    let out = session.exec(command, Duration::from_secs(10)).await;
+    session.close().await;
+    Ok(out)
+}
+
 /// One read of the status file (`command` prints it) on a new connection: its text, or empty
 /// with `last` set to why it could not be read. A wrong host key ends the activation.
 async fn poll_status(
@@ -209,21 +224,11 @@ async fn poll_status(
     command: &str,
     last: &mut String,
 ) -> Result<String, ActivateError> {
-    match Session::connect(target, key, policy, options).await {
-        Ok(session) => {
-            let out = session.exec(command, Duration::from_secs(10)).await;
-            session.close().await;
-            match out {
-                Ok(out) => Ok(out.stdout.trim().to_string()),
-                Err(err) => {
-                    *last = err.to_string();
-                    Ok(String::new())
-                }
-            }
-        }
+    match exec_fresh(target, key, policy, options, command).await {
+        Ok(Ok(out)) => Ok(out.stdout.trim().to_string()),
         // A wrong host key is never retried into acceptance: fail now.
         Err(err @ SshError::HostKeyMismatch { .. }) => Err(err.into()),
-        Err(err) => {
+        Ok(Err(err)) | Err(err) => {
             *last = err.to_string();
             Ok(String::new())
         }
@@ -240,10 +245,8 @@ async fn confirm_switch(
     command: &str,
     last: &mut String,
 ) -> bool {
-    match Session::connect(target, key, policy, options).await {
-        Ok(session) => {
-            let out = session.exec(command, Duration::from_secs(10)).await;
-            session.close().await;
+    match exec_fresh(target, key, policy, options, command).await {
+        Ok(out) => {
             let confirmed = matches!(out, Ok(ref o) if o.success());
             if !confirmed {
                 tracing::warn!(host = %target.host, "could not confirm the switch: {out:?}");
@@ -266,10 +269,10 @@ async fn read_log(
     options: &ConnectOptions,
     command: &str,
 ) -> String {
-    let Ok(session) = Session::connect(target, key, policy, options).await else { return String::new() };
-    let out = session.exec(command, Duration::from_secs(10)).await;
-    session.close().await;
-    out.map(|o| o.stdout.trim_end().to_string()).unwrap_or_default()
+    match exec_fresh(target, key, policy, options, command).await {
+        Ok(Ok(out)) => out.stdout.trim_end().to_string(),
+        _ => String::new(),
+    }
 }
 
 /// Why [`activate`] could not tell how the switch ended.
