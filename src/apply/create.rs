@@ -20,7 +20,9 @@ use super::step::{Done, StepError};
 use crate::flake::DesiredHost;
 use crate::flake::host::{ImageSource, TemplateRef};
 use crate::metadata::{self, Metadata};
-use crate::proxmox::qemu::{CloneForm, CreateForm, ImageCreateForm, config_text, find_vm, notes_of, vm_path};
+use crate::proxmox::qemu::{
+    CloneForm, CreateForm, ImageCreateForm, NoImage, config_text, find_vm, notes_of, vm_path,
+};
 use crate::proxmox::{ProxmoxError, find_template, post_and_wait};
 use crate::retry::Resend;
 
@@ -157,7 +159,7 @@ impl HostRun<'_> {
                 .form();
                 let path = &path;
                 async move {
-                    let form = form.map_err(|slot| ProxmoxError::Config {
+                    let form = form.map_err(|NoImage { slot }| ProxmoxError::Config {
                         message: format!("disk `{slot}` of host `{}` has no image file", host.host),
                     })?;
                     self.send_create("create", path, &form).await

@@ -308,24 +308,7 @@ impl<'r> HostRun<'r> {
             from_image || (creating && live.is_none() && matches!(host.bootstrap, Bootstrap::Image(_)));
         // The VM to create does not exist yet (a declared VMID is in the plan before it exists).
         if creating && live.is_none() {
-            state.node = host.node.clone();
-            let vmid = match &host.bootstrap {
-                Bootstrap::Template { template, .. } => {
-                    log.step("clone", self.clone_vm(host, template)).await?
-                }
-                Bootstrap::Iso { iso } => log.step("create", self.create_vm(host, iso)).await?,
-                Bootstrap::Undeclared => {
-                    let error = format!(
-                        "host `{}` declares no template, ISO or image to create its VM from (re-run the plan)",
-                        host.host
-                    );
-                    return Err(Failure::new("create", error));
-                }
-                Bootstrap::Image(source) => {
-                    log.step("create", self.create_from_image(host, source, state.imports.as_ref())).await?
-                }
-            };
-            state.vmid = Some(vmid);
+            self.create(host, log, state).await?;
         }
         let vmid = state.vmid.ok_or_else(|| {
             Failure::new("plan", format!("the plan names no VM for host `{}` (re-run the plan)", host.host))
@@ -367,16 +350,52 @@ impl<'r> HostRun<'r> {
             log.step("start", self.start(&node, vmid)).await?;
             state.address = Some(log.interruptible("address", self.find_address(host, &node, vmid)).await?);
         } else if runnable.has(ActionKind::UpdateVm) || detaching {
-            let pending = log.step("pending", self.pending(&node, vmid)).await?;
-            if !pending.is_empty() {
-                if host.deploy.allow_reboot {
-                    log.step("reboot", self.reboot(&node, vmid)).await?;
-                } else {
-                    state.pending_reboot = pending;
-                }
-            }
+            self.apply_pending(host, &node, vmid, log, state).await?;
         }
         Ok(Provisioned { node, vmid, kexec_memory, image_boot })
+    }
+
+    /// Creates the host's VM on its node the way it declares (clone, ISO or image) and notes
+    /// its VMID.
+    async fn create(&self, host: &DesiredHost, log: &mut Log<'_>, state: &mut State) -> Result<(), Failure> {
+        state.node = host.node.clone();
+        let vmid = match &host.bootstrap {
+            Bootstrap::Template { template, .. } => log.step("clone", self.clone_vm(host, template)).await?,
+            Bootstrap::Iso { iso } => log.step("create", self.create_vm(host, iso)).await?,
+            Bootstrap::Undeclared => {
+                let error = format!(
+                    "host `{}` declares no template, ISO or image to create its VM from (re-run the plan)",
+                    host.host
+                );
+                return Err(Failure::new("create", error));
+            }
+            Bootstrap::Image(source) => {
+                log.step("create", self.create_from_image(host, source, state.imports.as_ref())).await?
+            }
+        };
+        state.vmid = Some(vmid);
+        Ok(())
+    }
+
+    /// Changes of an updated VM that wait for its restart: rebooted into with
+    /// `deploy.allowReboot`, else reported as pending.
+    async fn apply_pending(
+        &self,
+        host: &DesiredHost,
+        node: &str,
+        vmid: u32,
+        log: &mut Log<'_>,
+        state: &mut State,
+    ) -> Result<(), Failure> {
+        let pending = log.step("pending", self.pending(node, vmid)).await?;
+        if !pending.is_empty() {
+            if host.deploy.allow_reboot {
+                log.step("reboot", self.reboot(node, vmid)).await?;
+            } else {
+                state.pending_reboot = pending;
+            }
+        }
+        Ok(())
     }
 
     /// Installs, reinstalls or switches NixOS, gives back the memory raised for kexec, and

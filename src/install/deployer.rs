@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 
 use super::{
     DiskKeySource, InstallRequest, SwitchAction, SwitchRequest, build_toplevel, default_command,
-    install_host, run_build, switch_host,
+    install_host, switch_host,
 };
 use crate::config::Settings;
 use crate::deploy::{DeployTarget, Deployed, NixosDeployer};
@@ -228,7 +228,7 @@ impl SshDeployer {
     async fn build(&self, host: &crate::flake::DesiredHost) -> anyhow::Result<()> {
         let build = build_toplevel(&Nix::default(), &self.flake, &host.host, &self.override_inputs);
         tracing::info!(host = %host.host, "building {}", host.system.toplevel);
-        let built = run_build(&build, self.install_timeout).await.map_err(|reason| {
+        let built = build.run_build(self.install_timeout).await.map_err(|reason| {
             anyhow!("failed to build the system of host `{}` (`{}`): {reason}", host.host, build.describe())
         })?;
         if built != host.system.toplevel {

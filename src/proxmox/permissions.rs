@@ -62,6 +62,15 @@ const WRITE_PRIVILEGES: &[&str] = &[
     "Sys.Modify",
 ];
 
+/// A `GET /access/permissions` answer not shaped as Proxmox documents it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PermissionsShape {
+    #[error("expected an object of ACL paths")]
+    NotAnObject,
+    #[error("`{0}` has no privilege map")]
+    NoPrivilegeMap(String),
+}
+
 /// The token's privileges per ACL path, with their propagate flag, as Proxmox reports them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Granted {
@@ -70,12 +79,12 @@ pub struct Granted {
 
 impl Granted {
     /// Reads `GET /access/permissions`: `{path: {privilege: propagate}}`, propagate `1`/`0`.
-    pub fn parse(answer: &Value) -> Result<Granted, String> {
-        let paths = answer.as_object().ok_or("expected an object of ACL paths")?;
+    pub fn parse(answer: &Value) -> Result<Granted, PermissionsShape> {
+        let paths = answer.as_object().ok_or(PermissionsShape::NotAnObject)?;
         let mut granted = Granted::default();
         for (path, privileges) in paths {
             let privileges =
-                privileges.as_object().ok_or_else(|| format!("`{path}` has no privilege map"))?;
+                privileges.as_object().ok_or_else(|| PermissionsShape::NoPrivilegeMap(path.clone()))?;
             let map = privileges
                 .iter()
                 .map(|(name, flag)| {
@@ -134,10 +143,10 @@ fn ancestors(path: &str) -> impl Iterator<Item = &str> {
 pub async fn fetch(client: &Client) -> Result<Granted, ProxmoxError> {
     const PATH: &str = "/access/permissions";
     let answer = client.get(PATH, &[]).await?;
-    Granted::parse(&answer).map_err(|detail| ProxmoxError::Decode {
+    Granted::parse(&answer).map_err(|shape| ProxmoxError::Decode {
         method: reqwest::Method::GET,
         path: PATH.into(),
-        detail,
+        detail: shape.to_string(),
         body: answer.to_string(),
     })
 }
