@@ -308,3 +308,57 @@ fn the_example_flake_plans_and_applies_its_vms_with_serials_and_the_declared_add
     let sshkeys = web["config"]["sshkeys"].as_str().expect("sshkeys");
     assert!(sshkeys.starts_with("ssh-ed25519%20AAAA"), "the example's bootstrap key: {sshkeys}");
 }
+
+/// `nix eval --json` of an output of the example fixture (with the test inputs).
+fn eval_example(fixture: &Fixture, attr: &str) -> Value {
+    let mut command = std::process::Command::new(crate::support::nix::nix().program);
+    command
+        .args(["--extra-experimental-features", "nix-command flakes", "eval", "--json"])
+        .arg(format!("{}#{attr}", fixture.flake_ref()))
+        .env("NIX_CONFIG", "substituters =");
+    for input in crate::support::nix::override_inputs() {
+        command.args(["--override-input", &input.name, &input.flake_ref]);
+    }
+    let output = command.output().expect("run nix");
+    assert!(output.status.success(), "nix eval {attr}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("json")
+}
+
+/// The guide's "The flake": the installed NixOS takes its address from the nixprox options
+/// declared once, runs the guest agent and sshd, lets nixprox in as the non-root deploy user
+/// with passwordless sudo (and nobody as root), and decrypts agenix secrets with the host key
+/// nixprox installs.
+#[test]
+fn the_example_nixos_takes_address_and_deploy_user_from_the_nixprox_options() {
+    let (fixture, _config) = example();
+    let common = eval_example(&fixture, "exampleCommon");
+    let key = std::fs::read_to_string(repo().join("examples/homelab-flake/secrets/nixprox-ssh-key.pub"))
+        .expect("key");
+    for (host, address) in [("web", Some("10.0.20.10/24")), ("db", Some("10.0.20.11/24")), ("dns", None)] {
+        let nixos = &common[host];
+        let lan = &nixos["systemd"]["network"]["networks"]["10-lan"];
+        match address {
+            Some(address) => {
+                assert_eq!(lan["address"], json!([address]), "{host}: {lan:#}");
+                assert_eq!(lan["gateway"], json!(["10.0.20.1"]), "{host}: {lan:#}");
+                assert_eq!(lan["networkConfig"]["DHCP"], "no", "{host}: {lan:#}");
+            }
+            None => {
+                assert_eq!(lan["address"], json!([]), "{host}: {lan:#}");
+                assert_eq!(lan["networkConfig"]["DHCP"], "ipv4", "{host}: {lan:#}");
+                assert_eq!(lan["dhcpV4Config"]["ClientIdentifier"], "mac", "{host}: {lan:#}");
+            }
+        }
+        assert_eq!(nixos["services"]["qemuGuest"]["enable"], true, "{host}");
+        assert_eq!(nixos["services"]["openssh"]["enable"], true, "{host}");
+        assert_eq!(nixos["services"]["openssh"]["settings"]["PermitRootLogin"], "no", "{host}");
+        let deploy = &nixos["users"]["users"]["deploy"];
+        assert_eq!(deploy["openssh"]["authorizedKeys"]["keys"], json!([key.trim_end()]), "{host}: {deploy:#}");
+        assert_eq!(
+            nixos["security"]["sudo"]["extraRules"],
+            json!([{"users": ["deploy"], "commands": [{"command": "ALL", "options": ["NOPASSWD"]}]}]),
+            "{host}"
+        );
+        assert_eq!(nixos["age"]["identityPaths"], json!(["/etc/ssh/ssh_host_ed25519_key"]), "{host}");
+    }
+}
