@@ -353,7 +353,11 @@ fn the_example_nixos_takes_address_and_deploy_user_from_the_nixprox_options() {
         assert_eq!(nixos["services"]["openssh"]["enable"], true, "{host}");
         assert_eq!(nixos["services"]["openssh"]["settings"]["PermitRootLogin"], "no", "{host}");
         let deploy = &nixos["users"]["users"]["deploy"];
-        assert_eq!(deploy["openssh"]["authorizedKeys"]["keys"], json!([key.trim_end()]), "{host}: {deploy:#}");
+        assert_eq!(
+            deploy["openssh"]["authorizedKeys"]["keys"],
+            json!([key.trim_end()]),
+            "{host}: {deploy:#}"
+        );
         assert_eq!(
             nixos["security"]["sudo"]["extraRules"],
             json!([{"users": ["deploy"], "commands": [{"command": "ALL", "options": ["NOPASSWD"]}]}]),
@@ -361,4 +365,88 @@ fn the_example_nixos_takes_address_and_deploy_user_from_the_nixprox_options() {
         );
         assert_eq!(nixos["age"]["identityPaths"], json!(["/etc/ssh/ssh_host_ed25519_key"]), "{host}");
     }
+}
+
+/// Replaces `from` with `to` in a file of the example copy.
+fn edit_example(fixture: &Fixture, file: &str, from: &str, to: &str) {
+    let path = fixture.dir.path().join("example").join(file);
+    let text = std::fs::read_to_string(&path).expect("example file");
+    assert!(text.contains(from), "{file} has `{from}`");
+    std::fs::write(&path, text.replacen(from, to, 1)).expect("write example file");
+}
+
+fn plan_to(fixture: &Fixture, pve: &FakePve, config: &str, name: &str) -> String {
+    let file = fixture.dir.path().join(name).display().to_string();
+    let planned = run(fixture, pve, config, &["plan", "--format", "json", "--out", &file]);
+    assert_eq!(planned.code, 0, "{}", planned.stderr);
+    file
+}
+
+fn cores(pve: &FakePve, name: &str) -> String {
+    let vm = vm_named(pve, name);
+    let value =
+        if vm["pending"]["cores"].is_null() { &vm["config"]["cores"] } else { &vm["pending"]["cores"] };
+    value.to_string().trim_matches('"').to_string()
+}
+
+/// The guide's "Two pull requests merged in quick succession", through the binary: the second
+/// pull request's apply is compared host by host with what its review showed. Refused as a
+/// whole (exit 4, nothing changed) while the first one's change of another host is still
+/// pending; its own hosts alone (a fan-out shard) proceed; and once the first is applied, the
+/// second applies as reviewed.
+#[test]
+fn a_second_pull_request_is_refused_while_the_first_is_pending_and_applies_after_it() {
+    let (fixture, config) = example();
+    std::fs::remove_dir_all(fixture.dir.path().join("example/hosts/dns")).expect("drop dns (DHCP)");
+    let pve = two_nodes();
+    // The default branch, applied: web and db exist (no SSH key: their installs stay pending).
+    let main = plan_to(&fixture, &pve, &config, "main.json");
+    let applied = run(&fixture, &pve, &config, &["apply", "--reviewed-plan", &main]);
+    assert_eq!(applied.code, 0, "{}\n{}", applied.stdout, applied.stderr);
+    assert_eq!((cores(&pve, "web").as_str(), cores(&pve, "db").as_str()), ("2", "4"));
+
+    // Both pull requests branch from it and are reviewed: the first changes web, the second db.
+    edit_example(&fixture, "hosts/web/nixprox.nix", "cores = 2;", "cores = 3;");
+    let first = plan_to(&fixture, &pve, &config, "first.json");
+    edit_example(&fixture, "hosts/web/nixprox.nix", "cores = 3;", "cores = 2;");
+    edit_example(&fixture, "hosts/db/nixprox.nix", "cores = 4;", "cores = 6;");
+    let second = plan_to(&fixture, &pve, &config, "second.json");
+
+    // Both merged; the second's merge commit holds both changes, and its apply runs before
+    // the first one's finished: web would do what its review did not show.
+    edit_example(&fixture, "hosts/web/nixprox.nix", "cores = 2;", "cores = 3;");
+    let refused = run(&fixture, &pve, &config, &["apply", "--reviewed-plan", &second]);
+    assert_eq!(refused.code, 4, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(refused.stderr.contains("the plan changed since it was reviewed"), "{}", refused.stderr);
+    let web_line = refused.stderr.lines().find(|l| l.starts_with("  host `web`: reviewed "));
+    assert!(
+        web_line.is_some_and(|l| l.contains("; now update_vm(cores 2→3)")),
+        "the refused host with its delta:\n{}",
+        refused.stderr
+    );
+    assert!(!refused.stderr.contains("host `db`"), "db is as reviewed:\n{}", refused.stderr);
+    assert_eq!((cores(&pve, "web").as_str(), cores(&pve, "db").as_str()), ("2", "4"), "nothing applied");
+
+    // The first one's apply, on its own merge commit (web changed, db not), then the second's
+    // re-run: the first's change is done, the second's is what was reviewed.
+    edit_example(&fixture, "hosts/db/nixprox.nix", "cores = 6;", "cores = 4;");
+    let first_applied = run(&fixture, &pve, &config, &["apply", "--reviewed-plan", &first]);
+    assert_eq!(first_applied.code, 0, "{}\n{}", first_applied.stdout, first_applied.stderr);
+    assert_eq!((cores(&pve, "web").as_str(), cores(&pve, "db").as_str()), ("3", "4"));
+    edit_example(&fixture, "hosts/db/nixprox.nix", "cores = 4;", "cores = 6;");
+    let rerun = run(&fixture, &pve, &config, &["apply", "--reviewed-plan", &second]);
+    assert_eq!(rerun.code, 0, "{}\n{}", rerun.stdout, rerun.stderr);
+    assert!(!rerun.stderr.contains("--allow-new-plan"), "{}", rerun.stderr);
+    assert_eq!((cores(&pve, "web").as_str(), cores(&pve, "db").as_str()), ("3", "6"));
+
+    // A fan-out shard is decided on its own hosts: the same race again, and the second's shard
+    // of db proceeds while web's change is pending.
+    edit_example(&fixture, "hosts/db/nixprox.nix", "cores = 6;", "cores = 8;");
+    let fourth = plan_to(&fixture, &pve, &config, "fourth.json");
+    edit_example(&fixture, "hosts/web/nixprox.nix", "cores = 3;", "cores = 5;");
+    let refused = run(&fixture, &pve, &config, &["apply", "--reviewed-plan", &fourth]);
+    assert_eq!(refused.code, 4, "{}\n{}", refused.stdout, refused.stderr);
+    let shard = run(&fixture, &pve, &config, &["apply", "--reviewed-plan", &fourth, "--hosts", "db"]);
+    assert_eq!(shard.code, 0, "{}\n{}", shard.stdout, shard.stderr);
+    assert_eq!((cores(&pve, "web").as_str(), cores(&pve, "db").as_str()), ("3", "8"));
 }
