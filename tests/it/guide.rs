@@ -1,5 +1,6 @@
 //! The guide and its example cannot drift from the code: every `nixprox …` command in the
-//! guides' shell blocks parses with the real command line, the example flake's nixprox part
+//! docs' shell blocks and inline code parses with the real command line, the guide shows every
+//! subcommand, the example flake's nixprox part
 //! evaluates and plans (and applies) through the binary against fakepve, and every pin names
 //! this release.
 
@@ -12,9 +13,35 @@ use crate::support::cli::{self, Run};
 use crate::support::fakepve::{FakePve, Scenario};
 use crate::support::nix::{Fixture, repo};
 
-/// The pages whose shell examples a user copies.
-const GUIDES: &[&str] =
-    &["docs/guide.md", "docs/troubleshooting.md", "docs/releasing.md", "docs/migrate.md", "README.md"];
+/// The pages whose shell examples a user copies: every page of docs/, the README and the
+/// example flake's README.
+fn guides() -> Vec<String> {
+    let mut pages: Vec<String> = std::fs::read_dir(repo().join("docs"))
+        .expect("docs/")
+        .map(|entry| entry.expect("docs entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "md"))
+        .map(|path| format!("docs/{}", path.file_name().expect("name").to_string_lossy()))
+        .collect();
+    pages.sort();
+    pages.extend(["README.md".to_string(), "examples/homelab-flake/README.md".to_string()]);
+    pages
+}
+
+/// What the guide must show how to run: every subcommand (but `help`) and the flags of the
+/// paths it describes.
+const GUIDE_COVERS: &[&[&str]] = &[
+    &["plan"],
+    &["plan", "--format", "--out"],
+    &["plan", "--shard"],
+    &["plan", "--merge"],
+    &["apply", "--reviewed-plan"],
+    &["drift"],
+    &["forget"],
+    &["forget", "--vmid"],
+    &["import"],
+    &["gc-images"],
+    &["gc-images", "--delete"],
+];
 
 /// Shell lines of the ```sh/bash/console/shell blocks, continuation lines joined.
 fn shell_lines(markdown: &str) -> Vec<String> {
@@ -39,6 +66,30 @@ fn shell_lines(markdown: &str) -> Vec<String> {
         }
     }
     lines
+}
+
+/// The inline code spans of the prose (outside fenced blocks) that are a `nixprox …` command.
+fn inline_commands(markdown: &str) -> Vec<String> {
+    let mut spans = Vec::new();
+    let mut fenced = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        // Odd pieces between backticks are code spans.
+        spans.extend(
+            line.split('`')
+                .skip(1)
+                .step_by(2)
+                .filter(|span| span.starts_with("nixprox "))
+                .map(str::to_string),
+        );
+    }
+    spans
 }
 
 /// Splits a shell line into words (single and double quotes, no expansion) up to a comment
@@ -81,6 +132,7 @@ fn words(line: &str) -> Vec<String> {
 /// `$ ` prompt), or the arguments after `--` of `nix run github:nixprox/nixprox… -- …`.
 fn nixprox_args(line: &str) -> Option<Vec<String>> {
     let line = line.strip_prefix("$ ").unwrap_or(line);
+    let line = line.strip_prefix("exec ").unwrap_or(line);
     let words = words(line);
     let start = words.iter().position(|w| !w.contains('=') || w.starts_with('-'))?;
     let words = &words[start..];
@@ -98,11 +150,19 @@ fn nixprox_args(line: &str) -> Option<Vec<String>> {
 fn every_nixprox_command_in_the_guides_parses() {
     let mut checked = 0;
     let mut failures = Vec::new();
-    for page in GUIDES {
-        let text = std::fs::read_to_string(repo().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
-        for line in shell_lines(&text) {
+    let mut in_guide: Vec<Vec<String>> = Vec::new();
+    for page in guides() {
+        let text = std::fs::read_to_string(repo().join(&page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        let inline = inline_commands(&text);
+        for line in shell_lines(&text).into_iter().chain(inline.iter().cloned()) {
             let Some(args) = nixprox_args(&line) else { continue };
+            // Prose names a command by itself (`nixprox import`): it must exist, its
+            // arguments are elsewhere.
+            let named_only = args.len() == 2 && inline.contains(&line);
             checked += 1;
+            if page == "docs/guide.md" {
+                in_guide.push(args.clone());
+            }
             match nixprox::cli::Cli::try_parse_from(&args) {
                 Ok(_) => {}
                 Err(err)
@@ -110,12 +170,40 @@ fn every_nixprox_command_in_the_guides_parses() {
                         err.kind(),
                         clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
                     ) => {}
+                Err(err) if named_only && err.kind() == clap::error::ErrorKind::MissingRequiredArgument => {}
                 Err(err) => failures.push(format!("{page}: `{line}`: {}", err.kind())),
             }
         }
     }
     assert!(failures.is_empty(), "commands that do not parse:\n{}", failures.join("\n"));
-    assert!(checked >= 8, "the guides show nixprox commands: only {checked} found");
+    assert!(checked >= 30, "the guides show nixprox commands: only {checked} found");
+    let missing: Vec<String> = GUIDE_COVERS
+        .iter()
+        .filter(|want| {
+            !in_guide.iter().any(|args| {
+                args.get(1).is_some_and(|sub| sub == want[0])
+                    && want[1..]
+                        .iter()
+                        .all(|flag| args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}="))))
+            })
+        })
+        .map(|want| want.join(" "))
+        .collect();
+    assert!(missing.is_empty(), "docs/guide.md shows no `nixprox …` shell line for: {missing:?}");
+}
+
+/// The guide covers every subcommand the binary has.
+#[test]
+fn the_guide_covers_every_subcommand() {
+    use clap::CommandFactory;
+    let covered: Vec<&str> = GUIDE_COVERS.iter().map(|want| want[0]).collect();
+    for sub in nixprox::cli::Cli::command().get_subcommands() {
+        assert!(
+            covered.contains(&sub.get_name()),
+            "`nixprox {}` is missing from GUIDE_COVERS",
+            sub.get_name()
+        );
+    }
 }
 
 #[test]
@@ -130,6 +218,14 @@ fn the_command_extraction_sees_what_a_shell_would() {
         Some(vec!["nixprox".into(), "--version".into()])
     );
     assert_eq!(nixprox_args("pveum acl modify /vms"), None);
+    assert_eq!(
+        nixprox_args("exec nixprox apply --hosts \"$HOSTS\""),
+        Some(vec!["nixprox".into(), "apply".into(), "--hosts".into(), "$HOSTS".into()])
+    );
+    assert_eq!(
+        inline_commands("run `nixprox plan --hosts a` or `ls`\n```sh\necho `nixprox x`\n```\n"),
+        ["nixprox plan --hosts a"]
+    );
     let bad = nixprox_args("nixprox plan --no-such-flag").expect("a nixprox line");
     assert!(nixprox::cli::Cli::try_parse_from(bad).is_err(), "a wrong flag is caught");
 }
