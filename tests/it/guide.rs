@@ -546,3 +546,60 @@ fn a_second_pull_request_is_refused_while_the_first_is_pending_and_applies_after
     assert_eq!(shard.code, 0, "{}\n{}", shard.stdout, shard.stderr);
     assert_eq!((cores(&pve, "web").as_str(), cores(&pve, "db").as_str()), ("3", "8"));
 }
+
+/// Every exit code of `nixprox::run::exit` is documented alike in the README, the
+/// configuration reference, plan.md's and troubleshooting.md's tables, and nowhere a code the
+/// binary does not have.
+#[test]
+fn the_exit_codes_are_documented_alike_everywhere() {
+    use nixprox::run::exit;
+    let codes: Vec<u8> = vec![
+        exit::SUCCESS,
+        exit::ERROR,
+        exit::CHANGES,
+        exit::HOSTS_FAILED,
+        exit::REFUSED,
+        exit::INTERRUPTED,
+        exit::TERMINATED,
+    ];
+    let numbers = |text: &str| -> Vec<u8> {
+        let mut found: Vec<u8> = text
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .filter(|n| codes.contains(n) || *n > 4)
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    };
+    let read = |page: &str| std::fs::read_to_string(repo().join(page)).expect(page);
+    // A table: the first cell of each row under the `## Exit codes` heading.
+    let table = |page: &str| -> Vec<u8> {
+        let text = read(page);
+        let section = text.split("## Exit codes").nth(1).unwrap_or_else(|| panic!("{page}: no exit codes"));
+        let rows: Vec<&str> = section
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .map(|row| row.split('|').nth(1).expect("first cell"))
+            .collect();
+        numbers(&rows.join(" "))
+    };
+    // A list: the paragraph starting with `Exit codes:`.
+    let list = |page: &str| -> Vec<u8> {
+        let text = read(page);
+        let start = text.find("Exit codes: ").unwrap_or_else(|| panic!("{page}: no `Exit codes:` list"));
+        numbers(text[start..].split("\n\n").next().expect("paragraph"))
+    };
+    let mut expected = codes.clone();
+    expected.sort_unstable();
+    for (page, found) in [
+        ("docs/plan.md", table("docs/plan.md")),
+        ("docs/troubleshooting.md", table("docs/troubleshooting.md")),
+        ("docs/configuration.md", list("docs/configuration.md")),
+        ("README.md", list("README.md")),
+    ] {
+        assert_eq!(found, expected, "{page} documents other exit codes than the binary has");
+    }
+}
