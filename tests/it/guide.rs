@@ -1,8 +1,9 @@
 //! The guide and its example cannot drift from the code: every `nixprox …` command in the
 //! docs' shell blocks and inline code parses with the real command line, the guide shows every
-//! subcommand, the example flake's nixprox part
-//! evaluates and plans (and applies) through the binary against fakepve, and every pin names
-//! this release.
+//! subcommand, the exit codes are documented alike, the example flake's nixprox part evaluates
+//! and plans (and applies) through the binary against fakepve, its NixOS part derives address
+//! and deploy user from it, the guide's two-pull-request race behaves as described, and every
+//! pin names this release.
 
 use std::path::Path;
 
