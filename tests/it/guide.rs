@@ -336,9 +336,7 @@ fn vm_named(pve: &FakePve, name: &str) -> Value {
 fn the_example_flake_plans_and_applies_its_vms_with_serials_and_the_declared_address() {
     let (fixture, config) = example();
     let pve = two_nodes();
-    let plan_file = fixture.dir.path().join("plan.json").display().to_string();
-    let planned = run(&fixture, &pve, &config, &["plan", "--format", "json", "--out", &plan_file]);
-    assert_eq!(planned.code, 0, "{}", planned.stderr);
+    let plan_file = plan_to(&fixture, &pve, &config, "plan.json");
     let plan: Value =
         serde_json::from_str(&std::fs::read_to_string(&plan_file).expect("plan")).expect("json");
     let hosts: Vec<(String, String, Vec<String>)> = plan["hosts"]
@@ -479,11 +477,33 @@ fn plan_to(fixture: &Fixture, pve: &FakePve, config: &str, name: &str) -> String
     file
 }
 
-fn cores(pve: &FakePve, name: &str) -> String {
-    let vm = vm_named(pve, name);
-    let value =
-        if vm["pending"]["cores"].is_null() { &vm["config"]["cores"] } else { &vm["pending"]["cores"] };
-    value.to_string().trim_matches('"').to_string()
+/// The cores of `web` and `db` (pending ones first: a running VM gets them at its reboot).
+fn cores(pve: &FakePve) -> (String, String) {
+    let of = |name: &str| {
+        let vm = vm_named(pve, name);
+        let value =
+            if vm["pending"]["cores"].is_null() { &vm["config"]["cores"] } else { &vm["pending"]["cores"] };
+        value.to_string().trim_matches('"').to_string()
+    };
+    (of("web"), of("db"))
+}
+
+/// `nixprox apply --reviewed-plan <reviewed> [--hosts <hosts>]`, expecting `code`.
+fn apply_reviewed(
+    fixture: &Fixture,
+    pve: &FakePve,
+    config: &str,
+    reviewed: &str,
+    hosts: &[&str],
+    code: i32,
+) -> Run {
+    let mut args = vec!["apply", "--reviewed-plan", reviewed];
+    if !hosts.is_empty() {
+        args.extend(["--hosts"].iter().chain(hosts));
+    }
+    let applied = run(fixture, pve, config, &args);
+    assert_eq!(applied.code, code, "{args:?}:\n{}\n{}", applied.stdout, applied.stderr);
+    applied
 }
 
 /// The guide's "Two pull requests merged in quick succession", through the binary: the second
@@ -498,9 +518,8 @@ fn a_second_pull_request_is_refused_while_the_first_is_pending_and_applies_after
     let pve = two_nodes();
     // The default branch, applied: web and db exist (no SSH key: their installs stay pending).
     let main = plan_to(&fixture, &pve, &config, "main.json");
-    let applied = run(&fixture, &pve, &config, &["apply", "--reviewed-plan", &main]);
-    assert_eq!(applied.code, 0, "{}\n{}", applied.stdout, applied.stderr);
-    assert_eq!((cores(&pve, "web").as_str(), cores(&pve, "db").as_str()), ("2", "4"));
+    apply_reviewed(&fixture, &pve, &config, &main, &[], 0);
+    assert_eq!(cores(&pve), ("2".into(), "4".into()));
 
     // Both pull requests branch from it and are reviewed: the first changes web, the second db.
     edit_example(&fixture, "hosts/web/nixprox.nix", "cores = 2;", "cores = 3;");
@@ -512,8 +531,7 @@ fn a_second_pull_request_is_refused_while_the_first_is_pending_and_applies_after
     // Both merged; the second's merge commit holds both changes, and its apply runs before
     // the first one's finished: web would do what its review did not show.
     edit_example(&fixture, "hosts/web/nixprox.nix", "cores = 2;", "cores = 3;");
-    let refused = run(&fixture, &pve, &config, &["apply", "--reviewed-plan", &second]);
-    assert_eq!(refused.code, 4, "{}\n{}", refused.stdout, refused.stderr);
+    let refused = apply_reviewed(&fixture, &pve, &config, &second, &[], 4);
     assert!(refused.stderr.contains("the plan changed since it was reviewed"), "{}", refused.stderr);
     let web_line = refused.stderr.lines().find(|l| l.starts_with("  host `web`: reviewed "));
     assert!(
@@ -522,30 +540,26 @@ fn a_second_pull_request_is_refused_while_the_first_is_pending_and_applies_after
         refused.stderr
     );
     assert!(!refused.stderr.contains("host `db`"), "db is as reviewed:\n{}", refused.stderr);
-    assert_eq!((cores(&pve, "web").as_str(), cores(&pve, "db").as_str()), ("2", "4"), "nothing applied");
+    assert_eq!(cores(&pve), ("2".into(), "4".into()), "nothing applied");
 
     // The first one's apply, on its own merge commit (web changed, db not), then the second's
     // re-run: the first's change is done, the second's is what was reviewed.
     edit_example(&fixture, "hosts/db/nixprox.nix", "cores = 6;", "cores = 4;");
-    let first_applied = run(&fixture, &pve, &config, &["apply", "--reviewed-plan", &first]);
-    assert_eq!(first_applied.code, 0, "{}\n{}", first_applied.stdout, first_applied.stderr);
-    assert_eq!((cores(&pve, "web").as_str(), cores(&pve, "db").as_str()), ("3", "4"));
+    apply_reviewed(&fixture, &pve, &config, &first, &[], 0);
+    assert_eq!(cores(&pve), ("3".into(), "4".into()));
     edit_example(&fixture, "hosts/db/nixprox.nix", "cores = 4;", "cores = 6;");
-    let rerun = run(&fixture, &pve, &config, &["apply", "--reviewed-plan", &second]);
-    assert_eq!(rerun.code, 0, "{}\n{}", rerun.stdout, rerun.stderr);
+    let rerun = apply_reviewed(&fixture, &pve, &config, &second, &[], 0);
     assert!(!rerun.stderr.contains("--allow-new-plan"), "{}", rerun.stderr);
-    assert_eq!((cores(&pve, "web").as_str(), cores(&pve, "db").as_str()), ("3", "6"));
+    assert_eq!(cores(&pve), ("3".into(), "6".into()));
 
     // A fan-out shard is decided on its own hosts: the same race again, and the second's shard
     // of db proceeds while web's change is pending.
     edit_example(&fixture, "hosts/db/nixprox.nix", "cores = 6;", "cores = 8;");
     let fourth = plan_to(&fixture, &pve, &config, "fourth.json");
     edit_example(&fixture, "hosts/web/nixprox.nix", "cores = 3;", "cores = 5;");
-    let refused = run(&fixture, &pve, &config, &["apply", "--reviewed-plan", &fourth]);
-    assert_eq!(refused.code, 4, "{}\n{}", refused.stdout, refused.stderr);
-    let shard = run(&fixture, &pve, &config, &["apply", "--reviewed-plan", &fourth, "--hosts", "db"]);
-    assert_eq!(shard.code, 0, "{}\n{}", shard.stdout, shard.stderr);
-    assert_eq!((cores(&pve, "web").as_str(), cores(&pve, "db").as_str()), ("3", "8"));
+    apply_reviewed(&fixture, &pve, &config, &fourth, &[], 4);
+    apply_reviewed(&fixture, &pve, &config, &fourth, &["db"], 0);
+    assert_eq!(cores(&pve), ("3".into(), "8".into()));
 }
 
 /// Every exit code of `nixprox::run::exit` is documented alike in the README, the
