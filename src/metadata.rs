@@ -202,9 +202,11 @@ fn parse_block(line: &str) -> Block {
             Ok(metadata) => Block::Current(Box::new(metadata)),
             Err(err) => unreadable(format!("invalid payload: {err} ({REPAIR})")),
         },
-        Ok(other) => unreadable(format!(
+        Ok(other) if other > VERSION => unreadable(format!(
             "the block is version {other}, newer than this nixprox reads (v{VERSION}): upgrade nixprox to one that reads v{other}, or remove the block by hand"
         )),
+        // No release ever wrote one below v1: someone edited it.
+        Ok(other) => unreadable(format!("unknown version `{other}` ({REPAIR})")),
         Err(_) => unreadable(format!("invalid version `{version}` ({REPAIR})")),
     }
 }
@@ -312,6 +314,10 @@ mod tests {
             )
         );
         assert_eq!(parsed.user_text, "x");
+        assert_eq!(
+            Notes::parse("<!-- nixprox:v0 {} -->").unreadable(),
+            Some("unknown version `0` (repair or remove the block in the VM's notes by hand)")
+        );
         let parsed = Notes::parse("<!-- nixprox:v1 {not json} -->");
         let reason = parsed.unreadable().expect("unreadable");
         assert!(reason.starts_with("invalid payload"), "{reason}");

@@ -109,6 +109,26 @@ impl Granted {
         false
     }
 
+    /// A NIC's bridge is checked on `/sdn/zones/localnetwork/<bridge>` when it is a plain
+    /// Linux bridge, but on `/sdn/zones/<zone>/<bridge>` when it is an SDN VNet of `<zone>`
+    /// (qemu-server `check_bridge_access`). Which one it is takes reading the SDN config, so
+    /// the same bridge under every zone the token has an ACL in counts too: a grant that does
+    /// not apply shows up as Proxmox's 403 at that step, never as a wrong refusal here.
+    fn other_zone_paths(&self, path: &str) -> Vec<String> {
+        const LOCAL: &str = "/sdn/zones/localnetwork/";
+        let Some(bridge) = path.strip_prefix(LOCAL) else {
+            return Vec::new();
+        };
+        let zones: BTreeSet<&str> = self
+            .paths
+            .keys()
+            .filter_map(|p| p.strip_prefix("/sdn/zones/"))
+            .filter_map(|rest| rest.split('/').next())
+            .filter(|zone| !zone.is_empty() && *zone != "localnetwork")
+            .collect();
+        zones.into_iter().map(|zone| format!("/sdn/zones/{zone}/{bridge}")).collect()
+    }
+
     /// `(path, privilege)` pairs that could change the cluster, sorted.
     pub fn write_privileges(&self) -> Vec<(String, String)> {
         let mut found = Vec::new();
@@ -179,6 +199,7 @@ impl Need {
     fn holds(&self, granted: &Granted) -> bool {
         std::iter::once(&self.path)
             .chain(self.pool.as_ref())
+            .chain(granted.other_zone_paths(&self.path).iter())
             .any(|path| self.privileges.iter().any(|p| granted.holds(path, p)))
     }
 }
