@@ -71,6 +71,13 @@ pub struct Created {
     pub vmid: u32,
     /// The reviewed plan whose apply created it (for the reader; not interpreted).
     pub plan: String,
+    /// The image package its disks were imported from, when nixprox created it from an image
+    /// (`nixprox.bootstrap.image`). Such a VM boots its system and is finished by a check (and
+    /// a switch), never by nixos-anywhere; a VM cloned from a template is finished by an
+    /// install. Recorded here because the host's bootstrap option may change before the
+    /// interrupted run is resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// The record that nixprox adopted a running NixOS VM in place.
@@ -87,6 +94,11 @@ impl Metadata {
     pub fn created_uninstalled(&self, vmid: u32) -> bool {
         self.system.is_none() && self.created.as_ref().is_some_and(|c| c.vmid == vmid)
     }
+
+    /// Whether nixprox created VM `vmid` from an image and has not checked what it runs yet.
+    pub fn created_from_image_unchecked(&self, vmid: u32) -> bool {
+        self.created_uninstalled(vmid) && self.created.as_ref().is_some_and(|c| c.image.is_some())
+    }
 }
 
 /// Notes split into the user's text and nixprox's block.
@@ -101,7 +113,8 @@ pub struct Notes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Block {
     Absent,
-    Current(Metadata),
+    /// Boxed: a block is read once per VM, and the payload is much larger than the other variants.
+    Current(Box<Metadata>),
     /// A block this release cannot read (newer version, or damaged): kept verbatim, and the
     /// VM left alone. `reason` says what is wrong and how to fix it.
     Unreadable {
@@ -135,7 +148,7 @@ impl Notes {
     /// The metadata, when the block is current.
     pub fn metadata(&self) -> Option<&Metadata> {
         match &self.block {
-            Block::Current(metadata) => Some(metadata),
+            Block::Current(metadata) => Some(metadata.as_ref()),
             _ => None,
         }
     }
@@ -186,12 +199,14 @@ fn parse_block(line: &str) -> Block {
     };
     match version.parse::<u32>() {
         Ok(VERSION) => match serde_json::from_str::<Metadata>(json) {
-            Ok(metadata) => Block::Current(metadata),
+            Ok(metadata) => Block::Current(Box::new(metadata)),
             Err(err) => unreadable(format!("invalid payload: {err} ({REPAIR})")),
         },
-        Ok(other) => unreadable(format!(
+        Ok(other) if other > VERSION => unreadable(format!(
             "the block is version {other}, newer than this nixprox reads (v{VERSION}): upgrade nixprox to one that reads v{other}, or remove the block by hand"
         )),
+        // No release ever wrote one below v1: someone edited it.
+        Ok(other) => unreadable(format!("unknown version `{other}` ({REPAIR})")),
         Err(_) => unreadable(format!("invalid version `{version}` ({REPAIR})")),
     }
 }
@@ -299,6 +314,10 @@ mod tests {
             )
         );
         assert_eq!(parsed.user_text, "x");
+        assert_eq!(
+            Notes::parse("<!-- nixprox:v0 {} -->").unreadable(),
+            Some("unknown version `0` (repair or remove the block in the VM's notes by hand)")
+        );
         let parsed = Notes::parse("<!-- nixprox:v1 {not json} -->");
         let reason = parsed.unreadable().expect("unreadable");
         assert!(reason.starts_with("invalid payload"), "{reason}");
@@ -312,7 +331,7 @@ mod tests {
     fn only_a_matching_created_marker_counts() {
         let mut metadata = Metadata {
             host: "web".into(),
-            created: Some(Created { vmid: 120, plan: "p".into() }),
+            created: Some(Created { vmid: 120, plan: "p".into(), image: None }),
             ..sample()
         };
         metadata.system = None;
@@ -322,6 +341,19 @@ mod tests {
         assert!(!metadata.created_uninstalled(120), "installed");
         let notes = Notes::render("", &metadata);
         assert!(notes.contains(r#""created":{"vmid":120,"plan":"p"}"#), "{notes}");
+
+        metadata.system = None;
+        assert!(!metadata.created_from_image_unchecked(120), "cloned from a template");
+        let package = "/nix/store/0c8yzlgy9xbfn6sjcx6rh6fzqfvc3ai2-web-images";
+        metadata.created = Some(Created { vmid: 120, plan: "p".into(), image: Some(package.into()) });
+        assert!(metadata.created_from_image_unchecked(120));
+        assert!(!metadata.created_from_image_unchecked(121));
+        let notes = Notes::render("", &metadata);
+        assert!(
+            notes.contains(&format!(r#""created":{{"vmid":120,"plan":"p","image":"{package}"}}"#)),
+            "{notes}"
+        );
+        assert_eq!(Notes::parse(&notes).metadata(), Some(&metadata));
     }
 
     #[test]

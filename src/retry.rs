@@ -3,7 +3,8 @@
 //!
 //! Every retry loop of nixprox is [`RetryPolicy::run`]: the Proxmox client's per-request
 //! retries, apply's retries of a whole request-and-task step, and the forge's retries of
-//! find-then-write operations. The rule that keeps retries from doing harm lives in
+//! find-then-write operations. (Waiting for a booting host's SSH is a poll bounded by a
+//! deadline, not a retry of a failed request: it lives in `ssh`.) The rule that keeps retries from doing harm lives in
 //! [`may_retry`] and nowhere else: a failure is retried only when it is transient, and an
 //! operation that acts again when sent twice (a POST that clones, creates or reboots) only
 //! when the failure shows the first attempt cannot have been executed. A failure that leaves

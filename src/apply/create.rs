@@ -18,9 +18,11 @@ use super::executor::HostRun;
 use super::params;
 use super::step::{Done, StepError};
 use crate::flake::DesiredHost;
-use crate::flake::host::TemplateRef;
+use crate::flake::host::{ImageSource, TemplateRef};
 use crate::metadata::{self, Metadata};
-use crate::proxmox::qemu::{CloneForm, CreateForm, ImageCreateForm, config_text, find_vm, notes_of, vm_path};
+use crate::proxmox::qemu::{
+    CloneForm, CreateForm, ImageCreateForm, NoImage, config_text, find_vm, notes_of, vm_path,
+};
 use crate::proxmox::{ProxmoxError, find_template, post_and_wait};
 use crate::retry::Resend;
 
@@ -85,7 +87,7 @@ impl HostRun<'_> {
         let what = format!("failed to clone template `{wanted}` for host `{}`", host.host);
         let sent = self
             .with_fresh_vmid(host, &what, |vmid| {
-                let notes = self.first_notes(host, vmid);
+                let notes = self.first_notes(host, vmid, None);
                 let form = CloneForm {
                     newid: vmid,
                     name: &host.spec.name,
@@ -110,7 +112,7 @@ impl HostRun<'_> {
         let what = format!("failed to create the VM of host `{}`", host.host);
         let sent = self
             .with_fresh_vmid(host, &what, |vmid| {
-                let notes = self.first_notes(host, vmid);
+                let notes = self.first_notes(host, vmid, None);
                 let form = CreateForm {
                     vmid,
                     spec: &host.spec,
@@ -132,6 +134,7 @@ impl HostRun<'_> {
     pub(super) async fn create_from_image(
         &self,
         host: &DesiredHost,
+        source: &ImageSource,
         imports: Option<&super::image::Imports>,
     ) -> Result<Done<u32>, StepError> {
         let imports = imports.ok_or_else(|| {
@@ -145,7 +148,7 @@ impl HostRun<'_> {
         let what = format!("failed to create the VM of host `{}` from its image", host.host);
         let sent = self
             .with_fresh_vmid(host, &what, |vmid| {
-                let notes = self.first_notes(host, vmid);
+                let notes = self.first_notes(host, vmid, Some(&source.package.out_path));
                 let form = ImageCreateForm {
                     vmid,
                     spec: &host.spec,
@@ -156,7 +159,7 @@ impl HostRun<'_> {
                 .form();
                 let path = &path;
                 async move {
-                    let form = form.map_err(|slot| ProxmoxError::Config {
+                    let form = form.map_err(|NoImage { slot }| ProxmoxError::Config {
                         message: format!("disk `{slot}` of host `{}` has no image file", host.host),
                     })?;
                     self.send_create("create", path, &form).await
@@ -299,13 +302,15 @@ impl HostRun<'_> {
 
     /// The notes of a VM nixprox creates as `vmid`: the user's description and a block that
     /// names the host, the plan being applied, and that nixprox created this VM (the only VM
-    /// the planner allows an ungated install on).
-    fn first_notes(&self, host: &DesiredHost, vmid: u32) -> String {
+    /// the planner allows an ungated install on), and the image package its disks come from
+    /// when they are imported (how the VM is finished after an interruption).
+    fn first_notes(&self, host: &DesiredHost, vmid: u32, image: Option<&str>) -> String {
         let plan = self.req.reviewed_plan_id.to_string();
+        let image = image.map(str::to_string);
         let metadata = Metadata {
             host: host.host.clone(),
             applying: Some(plan.clone()),
-            created: Some(metadata::Created { vmid, plan }),
+            created: Some(metadata::Created { vmid, plan, image }),
             ..Metadata::default()
         };
         params::notes(host, "", &metadata)

@@ -295,26 +295,20 @@ impl<'r> HostRun<'r> {
             .is_some_and(|m| m.host == host.host && m.applying.is_some() && m.system.is_none());
         let creating =
             runnable.has(ActionKind::CreateVm) || runnable.has(ActionKind::ReplaceVm) || resuming_create;
+        // A VM created from the image, now or by a run that did not check it (its notes say
+        // so, whatever the host's bootstrap is now): nothing installs it, and no cloud-init is
+        // written for it; its key is pinned through the agent and its system checked. A VM
+        // cloned from a template by an earlier run is installed, even when the host boots from
+        // an image now.
+        let from_image = live.is_some_and(|vm| {
+            let metadata = vm.config.as_ref().and_then(|c| c.metadata.as_ref());
+            metadata.is_some_and(|m| m.created_from_image_unchecked(vm.vmid))
+        });
+        let image_boot =
+            from_image || (creating && live.is_none() && matches!(host.bootstrap, Bootstrap::Image(_)));
         // The VM to create does not exist yet (a declared VMID is in the plan before it exists).
         if creating && live.is_none() {
-            state.node = host.node.clone();
-            let vmid = match &host.bootstrap {
-                Bootstrap::Template { template, .. } => {
-                    log.step("clone", self.clone_vm(host, template)).await?
-                }
-                Bootstrap::Iso { iso } => log.step("create", self.create_vm(host, iso)).await?,
-                Bootstrap::Undeclared => {
-                    let error = format!(
-                        "host `{}` declares no template, ISO or image to create its VM from (re-run the plan)",
-                        host.host
-                    );
-                    return Err(Failure::new("create", error));
-                }
-                Bootstrap::Image(_) => {
-                    log.step("create", self.create_from_image(host, state.imports.as_ref())).await?
-                }
-            };
-            state.vmid = Some(vmid);
+            self.create(host, log, state).await?;
         }
         let vmid = state.vmid.ok_or_else(|| {
             Failure::new("plan", format!("the plan names no VM for host `{}` (re-run the plan)", host.host))
@@ -340,7 +334,7 @@ impl<'r> HostRun<'r> {
         let detaching = runnable.has(ActionKind::DetachDisk);
         if creating || detaching || runnable.has(ActionKind::Adopt) || runnable.has(ActionKind::UpdateVm) {
             let scope = if creating {
-                Scope::CREATE
+                Scope { cloud_init: !image_boot, ..Scope::CREATE }
             } else {
                 Scope { detach_disks: detaching, add_disks: !self.detach_held(), ..Scope::UPDATE }
             };
@@ -356,22 +350,52 @@ impl<'r> HostRun<'r> {
             log.step("start", self.start(&node, vmid)).await?;
             state.address = Some(log.interruptible("address", self.find_address(host, &node, vmid)).await?);
         } else if runnable.has(ActionKind::UpdateVm) || detaching {
-            let pending = log.step("pending", self.pending(&node, vmid)).await?;
-            if !pending.is_empty() {
-                if host.deploy.allow_reboot {
-                    log.step("reboot", self.reboot(&node, vmid)).await?;
-                } else {
-                    state.pending_reboot = pending;
-                }
+            self.apply_pending(host, &node, vmid, log, state).await?;
+        }
+        Ok(Provisioned { node, vmid, kexec_memory, image_boot })
+    }
+
+    /// Creates the host's VM on its node the way it declares (clone, ISO or image) and notes
+    /// its VMID.
+    async fn create(&self, host: &DesiredHost, log: &mut Log<'_>, state: &mut State) -> Result<(), Failure> {
+        state.node = host.node.clone();
+        let vmid = match &host.bootstrap {
+            Bootstrap::Template { template, .. } => log.step("clone", self.clone_vm(host, template)).await?,
+            Bootstrap::Iso { iso } => log.step("create", self.create_vm(host, iso)).await?,
+            Bootstrap::Undeclared => {
+                let error = format!(
+                    "host `{}` declares no template, ISO or image to create its VM from (re-run the plan)",
+                    host.host
+                );
+                return Err(Failure::new("create", error));
+            }
+            Bootstrap::Image(source) => {
+                log.step("create", self.create_from_image(host, source, state.imports.as_ref())).await?
+            }
+        };
+        state.vmid = Some(vmid);
+        Ok(())
+    }
+
+    /// Changes of an updated VM that wait for its restart: rebooted into with
+    /// `deploy.allowReboot`, else reported as pending.
+    async fn apply_pending(
+        &self,
+        host: &DesiredHost,
+        node: &str,
+        vmid: u32,
+        log: &mut Log<'_>,
+        state: &mut State,
+    ) -> Result<(), Failure> {
+        let pending = log.step("pending", self.pending(node, vmid)).await?;
+        if !pending.is_empty() {
+            if host.deploy.allow_reboot {
+                log.step("reboot", self.reboot(node, vmid)).await?;
+            } else {
+                state.pending_reboot = pending;
             }
         }
-        // A VM created from the image, now or by a run that did not check it: nothing
-        // installs it; its key is pinned through the agent and its system checked.
-        let unchecked = live
-            .and_then(|vm| vm.config.as_ref()?.metadata.as_ref())
-            .is_some_and(|m| m.created_uninstalled(vmid));
-        let image_boot = matches!(host.bootstrap, Bootstrap::Image(_)) && (creating || unchecked);
-        Ok(Provisioned { node, vmid, kexec_memory, image_boot })
+        Ok(())
     }
 
     /// Installs, reinstalls or switches NixOS, gives back the memory raised for kexec, and
@@ -463,7 +487,7 @@ impl<'r> HostRun<'r> {
     ) -> Result<(), Failure> {
         let (node, vmid) = (vm.node.as_str(), vm.vmid);
         if state.address.is_none() {
-            state.address = Some(log.step("address", self.find_address(host, node, vmid)).await?);
+            state.address = Some(log.interruptible("address", self.find_address(host, node, vmid)).await?);
         }
         log.step("host key", self.pin_host_key(host, node, vmid)).await?;
         let Some(deployer) = self.req.deployer else {
@@ -471,8 +495,9 @@ impl<'r> HostRun<'r> {
             return Ok(());
         };
         let address = state.address.clone().unwrap_or_default();
+        // Only SSH (and maybe a switch): stopped at once on a cancel, like an install.
         let deployed = log
-            .step("verify", async {
+            .interruptible("verify", async {
                 let recorded = self.recorded_metadata(host, node, vmid).await?;
                 let target = DeployTarget {
                     host,

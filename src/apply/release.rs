@@ -19,6 +19,15 @@ use crate::spec::MANAGED_TAG;
 #[error("{0}")]
 pub struct ReleaseError(String);
 
+/// The VM's notes hold a nixprox block this version cannot read: it is never rewritten.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the nixprox block in its notes cannot be read ({reason}), and nixprox does not rewrite a block it cannot read"
+)]
+pub struct UnreadableBlock {
+    pub reason: String,
+}
+
 /// What letting go of a VM did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Released {
@@ -31,12 +40,10 @@ pub enum Released {
 /// The write that lets go of a VM: the tags without `nixprox`, the notes without the block
 /// (`delete` for what becomes empty, as PVE wants). `Ok(None)`: nothing to remove. An
 /// unreadable block is never rewritten: the caller says how to repair it.
-pub fn release_form(raw: &RawConfig) -> Result<Option<Form>, String> {
+pub fn release_form(raw: &RawConfig) -> Result<Option<Form>, UnreadableBlock> {
     let notes = notes_of(raw);
     if let Some(reason) = notes.unreadable() {
-        return Err(format!(
-            "the nixprox block in its notes cannot be read ({reason}), and nixprox does not rewrite a block it cannot read"
-        ));
+        return Err(UnreadableBlock { reason: reason.to_string() });
     }
     let mut form = Form::new();
     let mut delete = Vec::new();
@@ -134,7 +141,8 @@ mod tests {
     #[test]
     fn an_unreadable_block_is_not_rewritten() {
         let err = release_form(&raw(json!({"tags": "nixprox", "description": "<!-- nixprox:v9 {} -->"})))
-            .expect_err("unreadable");
+            .expect_err("unreadable")
+            .to_string();
         assert!(err.contains("version 9"), "{err}");
     }
 }

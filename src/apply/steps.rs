@@ -105,7 +105,7 @@ impl HostRun<'_> {
         applying: bool,
     ) -> Result<Metadata, StepError> {
         let mut metadata = match notes_of(raw).block {
-            Block::Current(metadata) => metadata,
+            Block::Current(metadata) => *metadata,
             Block::Absent => Metadata::default(),
             Block::Unreadable { reason, .. } => {
                 return Err(StepError::other(format!(

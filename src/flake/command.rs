@@ -12,6 +12,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use tokio::process::Command;
@@ -332,19 +333,71 @@ impl NixCommand {
         serde_json::from_slice(&output.stdout)
             .map_err(|source| NixError::Decode { command: self.describe(), source })
     }
+
+    /// Runs a `nix build` and returns the built `out` path; nix is killed after `timeout`.
+    /// A failure keeps nix's stderr (the build log) for the caller to show.
+    pub async fn run_build(&self, timeout: Duration) -> Result<String, BuildError> {
+        let output = match tokio::time::timeout(timeout, self.command().output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(source)) => return Err(BuildError::Spawn { program: self.nix.program.clone(), source }),
+            Err(_) => return Err(BuildError::TimedOut { timeout }),
+        };
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            return Err(BuildError::Failed { code: output.status.code(), stderr });
+        }
+        Ok(parse_build_json(&String::from_utf8_lossy(&output.stdout))?)
+    }
 }
 
-/// The `out` path of the first result of `nix build --json`.
-pub fn parse_build_json(stdout: &str) -> Result<String, String> {
-    let value: serde_json::Value = serde_json::from_str(stdout.trim())
-        .map_err(|err| format!("invalid `nix build --json` output: {err}"))?;
+/// The `out` path of the first result of `nix build --json`
+/// (`[{"drvPath": …, "outputs": {"out": …}}]`).
+pub fn parse_build_json(stdout: &str) -> Result<String, BuildOutputError> {
+    let value: serde_json::Value =
+        serde_json::from_str(stdout.trim()).map_err(|err| BuildOutputError::InvalidJson(err.to_string()))?;
     value
         .get(0)
         .and_then(|first| first.get("outputs"))
         .and_then(|outputs| outputs.get("out"))
         .and_then(|out| out.as_str())
         .map(String::from)
-        .ok_or_else(|| format!("`nix build --json` output has no `outputs.out`: {}", stdout.trim()))
+        .ok_or_else(|| BuildOutputError::NoOut(stdout.trim().to_string()))
+}
+
+/// `nix build --json` succeeded but printed no out path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildOutputError {
+    #[error("`nix build --json` printed invalid JSON: {0}")]
+    InvalidJson(String),
+    #[error("`nix build --json` printed no `outputs.out`: {0}")]
+    NoOut(String),
+}
+
+/// Lines of a failed build's log that [`BuildError::Failed`] shows.
+const BUILD_LOG_LINES: usize = 30;
+
+/// A `nix build` ([`NixCommand::run_build`]) that gave no out path. The image build words the
+/// timeout and the failure its own way (with the fix when the builder lacks KVM).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("could not start `{}`: {source}", program.display())]
+    Spawn { program: PathBuf, source: std::io::Error },
+    #[error("timed out after {}s", timeout.as_secs())]
+    TimedOut { timeout: Duration },
+    #[error("{}; last lines of its output:\n{}", exit_reason(*code), last_lines(stderr, BUILD_LOG_LINES))]
+    Failed { code: Option<i32>, stderr: String },
+    #[error(transparent)]
+    Output(#[from] BuildOutputError),
+}
+
+/// How a process ended, for messages: `exit code N` or `killed by a signal`.
+pub fn exit_reason(code: Option<i32>) -> String {
+    code.map_or("killed by a signal".to_string(), |c| format!("exit code {c}"))
+}
+
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
 }
 
 /// A `nix` invocation that did not produce what was asked.
@@ -433,163 +486,4 @@ pub fn nix_string(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn eval_argv_is_pure_json_and_never_writes_the_lock_file() {
-        let command = Nix { program: "/usr/bin/nix".into(), env: vec![] }
-            .eval("path:/src#nixosConfigurations")
-            .apply("c: builtins.attrNames c")
-            .override_inputs(&[
-                OverrideInput::new("nixpkgs-lib", "path:/shared/nixpkgs-lib"),
-                OverrideInput::new("nixprox", "path:/tmp/nixprox"),
-            ]);
-        assert_eq!(
-            command.argv(),
-            [
-                "/usr/bin/nix",
-                "--extra-experimental-features",
-                "nix-command flakes",
-                "--option",
-                "allow-import-from-derivation",
-                "false",
-                "eval",
-                "--json",
-                "path:/src#nixosConfigurations",
-                "--apply",
-                "c: builtins.attrNames c",
-                "--override-input",
-                "nixpkgs-lib",
-                "path:/shared/nixpkgs-lib",
-                "--override-input",
-                "nixprox",
-                "path:/tmp/nixprox",
-                "--no-write-lock-file",
-            ]
-        );
-        assert!(!command.argv().iter().any(|a| a == "--impure"));
-        assert_eq!(command.describe(), "nix eval path:/src#nixosConfigurations");
-    }
-
-    #[test]
-    fn extra_options_come_before_the_subcommand() {
-        let argv = Nix::default().eval(".#x").option("substituters", "").argv();
-        assert_eq!(
-            argv,
-            [
-                "nix",
-                "--extra-experimental-features",
-                "nix-command flakes",
-                "--option",
-                "allow-import-from-derivation",
-                "false",
-                "--option",
-                "substituters",
-                "",
-                "eval",
-                "--json",
-                ".#x",
-                "--no-write-lock-file"
-            ]
-        );
-    }
-
-    #[test]
-    fn build_argv_is_pure_json_with_the_same_overrides_as_eval() {
-        let command = Nix::default()
-            .build("path:/src/lab#nixosConfigurations.\"web\".config.system.build.toplevel")
-            .option("sandbox", "false")
-            .override_inputs(&[OverrideInput::new("nixpkgs", "path:/n")]);
-        assert_eq!(
-            command.argv().join(" "),
-            "nix --extra-experimental-features nix-command flakes --option allow-import-from-derivation false --option sandbox false build --json --no-link path:/src/lab#nixosConfigurations.\"web\".config.system.build.toplevel --override-input nixpkgs path:/n --no-write-lock-file"
-        );
-        assert_eq!(
-            command.describe(),
-            "nix build path:/src/lab#nixosConfigurations.\"web\".config.system.build.toplevel"
-        );
-        let json = r#"[{"drvPath":"/nix/store/a.drv","outputs":{"out":"/nix/store/b-nixos-system-web"}}]"#;
-        assert_eq!(parse_build_json(json).as_deref(), Ok("/nix/store/b-nixos-system-web"));
-        assert!(parse_build_json("[]").is_err());
-    }
-
-    #[test]
-    fn copy_argv_has_no_flake_options_and_its_own_env() {
-        let command = Nix::default()
-            .with_env("NIX_CONFIG", "substituters =")
-            .copy_to("ssh-ng://root@127.0.0.5", vec!["/nix/store/b-sys".into()])
-            .override_inputs(&[OverrideInput::new("ignored", "path:/x")])
-            .env_var("NIX_SSHOPTS", "-p 2222");
-        assert_eq!(
-            command.argv().join(" "),
-            "nix --extra-experimental-features nix-command flakes copy --to ssh-ng://root@127.0.0.5 --no-check-sigs /nix/store/b-sys"
-        );
-        assert_eq!(
-            command.env(),
-            [("NIX_CONFIG".into(), "substituters =".into()), ("NIX_SSHOPTS".into(), "-p 2222".into())]
-        );
-        assert!(!command.clone().check_sigs(true).argv().contains(&"--no-check-sigs".to_string()));
-        assert_eq!(command.describe(), "nix copy --to ssh-ng://root@127.0.0.5");
-    }
-
-    #[test]
-    fn flake_metadata_argv() {
-        let argv = Nix::default()
-            .flake_metadata("path:/src/lab")
-            .override_inputs(&[OverrideInput::new("nixpkgs-lib", "path:/l")])
-            .argv();
-        assert_eq!(
-            argv.join(" "),
-            "nix --extra-experimental-features nix-command flakes --option allow-import-from-derivation false flake metadata --json path:/src/lab --override-input nixpkgs-lib path:/l --no-write-lock-file"
-        );
-    }
-
-    #[test]
-    fn override_inputs_are_parsed_once_and_checked() {
-        let pairs = |values: &[&str]| {
-            OverrideInput::parse_pairs(&values.iter().map(|v| v.to_string()).collect::<Vec<_>>())
-        };
-        assert_eq!(
-            pairs(&["nixpkgs", "path:/n", "lib", "path:/l"]),
-            Ok(vec![OverrideInput::new("nixpkgs", "path:/n"), OverrideInput::new("lib", "path:/l")])
-        );
-        assert_eq!(pairs(&[]), Ok(vec![]));
-        assert_eq!(pairs(&["nixpkgs"]), Err(OverrideInputError::MissingRef("nixpkgs".into())));
-        assert_eq!(pairs(&["", "path:/n"]), Err(OverrideInputError::EmptyName));
-        assert_eq!(pairs(&["nixpkgs", " "]), Err(OverrideInputError::EmptyRef("nixpkgs".into())));
-    }
-
-    #[test]
-    fn versions_of_nix_lix_and_determinate() {
-        let v = NixVersion::parse("nix (Nix) 2.8.0\n").expect("nix");
-        assert_eq!((v.major, v.minor, v.patch), (2, 8, 0));
-        assert_eq!(v.raw, "nix (Nix) 2.8.0");
-        assert_eq!(v.to_string(), "2.8.0");
-        let v = NixVersion::parse("nix (Lix, like Nix) 2.91.1").expect("lix");
-        assert_eq!((v.major, v.minor, v.patch), (2, 91, 1));
-        let v = NixVersion::parse("nix (Determinate Nix 3.6.2) 2.29.0").expect("determinate");
-        assert_eq!((v.major, v.minor, v.patch), (2, 29, 0));
-        let v = NixVersion::parse("nix (Nix) 2.25pre20241101_dirty").expect("pre");
-        assert_eq!((v.major, v.minor), (2, 25));
-        assert!(v.is_supported());
-        assert!(!NixVersion::parse("nix (Nix) 2.3.16").expect("old").is_supported());
-        assert_eq!(NixVersion::parse("no version here"), None);
-    }
-
-    #[test]
-    fn stderr_keeps_the_error_and_drops_the_noise() {
-        let stderr = "warning: Git tree '/src' is dirty\nwarning: not writing modified lock file of flake 'path:/x':\n• Added input 'nixprox':\n    'path:/tmp/p' (2026-11-25)\n\u{1b}[31;1merror:\u{1b}[0m The option `nixprox.vm.corse' does not exist. Definition values:\n       - In `/nix/store/abc-source/flake.nix': 4\n\n(use '--show-trace' to show detailed location information)\n";
-        assert_eq!(
-            trim_stderr(stderr),
-            "error: The option `nixprox.vm.corse' does not exist. Definition values:\n       - In `/nix/store/abc-source/flake.nix': 4"
-        );
-        assert_eq!(trim_stderr("warning: dirty\nsomething odd\n"), "something odd");
-    }
-
-    #[test]
-    fn nix_strings_are_escaped() {
-        assert_eq!(nix_string("web"), "\"web\"");
-        assert_eq!(nix_string("a\"b\\c${x}"), "\"a\\\"b\\\\c\\${x}\"");
-    }
-}
+mod tests;

@@ -18,7 +18,8 @@ pub mod scheduler;
 pub mod worker;
 
 pub use command::{
-    Nix, NixCommand, NixError, NixVersion, OverrideInput, OverrideInputError, nix_string, parse_build_json,
+    BuildError, BuildOutputError, Nix, NixCommand, NixError, NixVersion, OverrideInput, OverrideInputError,
+    exit_reason, nix_string, parse_build_json,
 };
 pub use host::{DesiredHost, HostDecl, SystemEval};
 pub use inventory::{

@@ -489,7 +489,7 @@ impl Scheduler<'_> {
         }
     }
 
-    fn on_exit(&mut self, worker: usize, status: Result<std::process::ExitStatus, String>, stderr: &str) {
+    fn on_exit(&mut self, worker: usize, status: std::io::Result<std::process::ExitStatus>, stderr: &str) {
         let Some(w) = self.running.remove(&worker) else { return };
         self.reserved -= w.reservation;
         let rest = |w: &Running| -> Option<Vec<String>> {
@@ -553,7 +553,7 @@ impl Scheduler<'_> {
     }
 
     /// A worker ended on its own.
-    fn ended(&mut self, w: &Running, status: Result<std::process::ExitStatus, String>, stderr: &str) {
+    fn ended(&mut self, w: &Running, status: std::io::Result<std::process::ExitStatus>, stderr: &str) {
         let status = match status {
             Ok(status) => status,
             Err(err) => {

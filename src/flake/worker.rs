@@ -31,7 +31,7 @@ pub enum Event {
     Host { worker: usize, result: Value },
     /// The process ended; `stderr` is nix's own output (reports removed). Always the last
     /// event of a worker.
-    Exit { worker: usize, status: Result<ExitStatus, String>, stderr: String },
+    Exit { worker: usize, status: std::io::Result<ExitStatus>, stderr: String },
 }
 
 /// A running worker, as the scheduler holds it.
@@ -113,7 +113,7 @@ async fn drive(
             }
         }
     }
-    let status = child.wait().await.map_err(|err| err.to_string());
+    let status = child.wait().await;
     let _ = drain.await;
     let stderr = kept.into_iter().collect::<Vec<_>>().join("\n");
     let _ = events.send(Event::Exit { worker, status, stderr });

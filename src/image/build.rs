@@ -2,15 +2,15 @@
 //!
 //! The package is built from the flake attribute the plan evaluated
 //! (`nixosConfigurations.<host>.config.nixprox.bootstrap.image.package`) and its out path is
-//! checked against the planned one, so apply uploads exactly the image the plan named. Only
-//! forms Nix 2.8 has: `nix build --json --no-link` (no `--print-out-paths`).
+//! checked against the planned one, so apply uploads exactly the image the plan named. The
+//! command comes from the one nix command builder ([`crate::flake::NixCommand`]), with the
+//! purity options of every other build.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use crate::flake::{Nix, OverrideInput};
+use crate::flake::{BuildError, Nix, NixCommand, OverrideInput, exit_reason};
 use crate::spec::DiskSpec;
 
 use super::probe::{ImageInfo, probe};
@@ -53,21 +53,16 @@ impl ImageBuild {
         format!("{}#nixosConfigurations.\"{}\".config.nixprox.bootstrap.image.package", self.flake, self.host)
     }
 
+    /// The `nix build` through the one command builder, with the same purity options as every
+    /// other build (no import-from-derivation, no lock file written).
+    pub fn command(&self) -> NixCommand {
+        let command = self.nix.build(self.installable()).override_inputs(&self.override_inputs);
+        self.options.iter().fold(command, |command, (name, value)| command.option(name, value))
+    }
+
     /// The whole command line, program first.
     pub fn argv(&self) -> Vec<String> {
-        let mut argv = vec![self.nix.program.display().to_string()];
-        argv.extend(
-            ["--extra-experimental-features", crate::flake::command::EXPERIMENTAL_FEATURES].map(String::from),
-        );
-        argv.extend(["build", "--json", "--no-link"].map(String::from));
-        for (name, value) in &self.options {
-            argv.extend(["--option".into(), name.clone(), value.clone()]);
-        }
-        for input in &self.override_inputs {
-            argv.extend(["--override-input".into(), input.name.clone(), input.flake_ref.clone()]);
-        }
-        argv.push(self.installable());
-        argv
+        self.command().argv()
     }
 }
 
@@ -78,26 +73,18 @@ pub async fn build_image(
     planned_out: &str,
     timeout: Duration,
 ) -> Result<String, ImageError> {
-    let failed = |message: String| ImageError::Build { host: build.host.clone(), message };
-    let argv = build.argv();
-    let mut command = tokio::process::Command::new(&build.nix.program);
-    command
-        .args(&argv[1..])
-        .envs(build.nix.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    tracing::info!(host = %build.host, "building the image: {}", argv.join(" "));
-    let output = match tokio::time::timeout(timeout, command.output()).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(err)) => {
-            return Err(failed(format!("could not start `{}`: {err}", build.nix.program.display())));
-        }
-        Err(_) => return Err(failed(format!("`nix build` did not finish within {}s", timeout.as_secs()))),
-    };
-    if !output.status.success() {
-        return Err(failed(build_failure(&String::from_utf8_lossy(&output.stderr), output.status.code())));
-    }
-    let built = out_path(&String::from_utf8_lossy(&output.stdout)).map_err(failed)?;
+    let command = build.command();
+    tracing::info!(host = %build.host, "building the image: {}", command.argv().join(" "));
+    let built = command.run_build(timeout).await.map_err(|err| {
+        let message = match err {
+            BuildError::TimedOut { timeout } => {
+                format!("`nix build` did not finish within {}s", timeout.as_secs())
+            }
+            BuildError::Failed { code, stderr } => build_failure(&stderr, code),
+            other => other.to_string(),
+        };
+        ImageError::Build { host: build.host.clone(), message }
+    })?;
     if built != planned_out {
         return Err(ImageError::OutPathChanged {
             host: build.host.clone(),
@@ -108,23 +95,13 @@ pub async fn build_image(
     Ok(built)
 }
 
-/// The `out` path in `nix build --json`'s answer (`[{"drvPath": …, "outputs": {"out": …}}]`).
-fn out_path(stdout: &str) -> Result<String, String> {
-    let value: serde_json::Value = serde_json::from_str(stdout.trim())
-        .map_err(|err| format!("`nix build --json` printed invalid JSON: {err}"))?;
-    value[0]["outputs"]["out"]
-        .as_str()
-        .map(String::from)
-        .ok_or_else(|| format!("`nix build --json` printed no `outputs.out`: {}", stdout.trim()))
-}
-
 /// nix's exit and the end of its log, with the fix when the builder lacks KVM: disko's image
 /// builder boots a VM, and nix refuses the build on a machine without the `kvm` feature
 /// ("a 'x86_64-linux' with features {kvm} is required to build …").
 fn build_failure(stderr: &str, code: Option<i32>) -> String {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
-    let code = code.map_or("killed by a signal".to_string(), |c| format!("exit code {c}"));
+    let code = exit_reason(code);
     let needs_kvm = stderr.contains("is required to build") && stderr.contains("kvm");
     let hint = if needs_kvm {
         " (building the image needs KVM: run apply on a machine with /dev/kvm and `system-features = kvm` in nix.conf, or give nix a remote builder that has them)"
@@ -244,16 +221,8 @@ mod tests {
         build.override_inputs.push(OverrideInput::new("nixpkgs-lib", "path:/lib"));
         assert_eq!(
             build.argv().join(" "),
-            "nix --extra-experimental-features nix-command flakes build --json --no-link --option sandbox false --override-input nixpkgs-lib path:/lib path:/src/lab#nixosConfigurations.\"web\".config.nixprox.bootstrap.image.package"
+            "nix --extra-experimental-features nix-command flakes --option allow-import-from-derivation false --option sandbox false build --json --no-link path:/src/lab#nixosConfigurations.\"web\".config.nixprox.bootstrap.image.package --override-input nixpkgs-lib path:/lib --no-write-lock-file"
         );
-    }
-
-    #[test]
-    fn out_path_from_build_json() {
-        let json = r#"[{"drvPath":"/nix/store/a.drv","outputs":{"out":"/nix/store/b-web-images"}}]"#;
-        assert_eq!(out_path(json).as_deref(), Ok("/nix/store/b-web-images"));
-        assert_eq!(out_path("[]"), Err("`nix build --json` printed no `outputs.out`: []".to_string()));
-        assert!(out_path("warning: x").is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 
 use super::{
     DiskKeySource, InstallRequest, SwitchAction, SwitchRequest, build_toplevel, default_command,
-    install_host, run_build, switch_host,
+    install_host, switch_host,
 };
 use crate::config::Settings;
 use crate::deploy::{DeployTarget, Deployed, NixosDeployer};
@@ -228,7 +228,7 @@ impl SshDeployer {
     async fn build(&self, host: &crate::flake::DesiredHost) -> anyhow::Result<()> {
         let build = build_toplevel(&Nix::default(), &self.flake, &host.host, &self.override_inputs);
         tracing::info!(host = %host.host, "building {}", host.system.toplevel);
-        let built = run_build(&build, self.install_timeout).await.map_err(|reason| {
+        let built = build.run_build(self.install_timeout).await.map_err(|reason| {
             anyhow!("failed to build the system of host `{}` (`{}`): {reason}", host.host, build.describe())
         })?;
         if built != host.system.toplevel {
@@ -361,7 +361,7 @@ mod tests {
         };
         let created = Metadata {
             host: "web".into(),
-            created: Some(Created { vmid: 120, plan: "p".into() }),
+            created: Some(Created { vmid: 120, plan: "p".into(), image: None }),
             ..Metadata::default()
         };
         assert_eq!(install_trust(&target, Some(&created)).expect("trusted"), None);
@@ -372,7 +372,8 @@ mod tests {
             Some("ssh-ed25519 AAAA web".into())
         );
         // A copy of the notes on another VM, an adopted VM, no block at all: refused.
-        let copied = Metadata { created: Some(Created { vmid: 99, plan: "p".into() }), ..created };
+        let copied =
+            Metadata { created: Some(Created { vmid: 99, plan: "p".into(), image: None }), ..created };
         for recorded in [Some(&copied), Some(&Metadata { host: "web".into(), ..Metadata::default() }), None] {
             let err = install_trust(&target, recorded).expect_err("refused").to_string();
             assert!(

@@ -16,7 +16,7 @@ mod switch;
 pub use anywhere::{CLI_FLAGS, NixosAnywhere, default_command};
 pub use deployer::{DEFAULT_KEY_ENV, SshDeployer, pinned_host_key};
 pub use extra_files::{HOST_KEY_PATH, prepare_extra_files};
-pub use nix::{NixCopy, build_toplevel, run_build};
+pub use nix::{NixCopy, build_toplevel};
 pub use run::{CommandSpec, RunFailure, TAIL_LINES, run_streaming};
 use std::path::PathBuf;
 use std::sync::Arc;

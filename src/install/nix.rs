@@ -1,12 +1,13 @@
 //! The `nix` commands the install/switch layer runs, built with the one command builder
 //! ([`crate::flake::NixCommand`]): `nix build --json` of a host's toplevel and `nix copy --to
 //! ssh-ng://…` of a closure. This module only adds what is particular to them: the toplevel's
-//! installable, running a build with a timeout, and the pinned-key ssh options of a copy.
+//! installable and the pinned-key ssh options of a copy ([`NixCommand::run_build`] runs the
+//! build).
 
 use std::path::PathBuf;
 
 use super::run::CommandSpec;
-use crate::flake::{Nix, NixCommand, OverrideInput, parse_build_json};
+use crate::flake::{Nix, NixCommand, OverrideInput};
 
 /// `nix build` of `nixosConfigurations.<host>.config.system.build.toplevel` of `flake`, with
 /// the `--override-input`s the flake was evaluated with, so the build is the system nixprox
@@ -17,25 +18,6 @@ pub fn build_toplevel(nix: &Nix, flake: &str, host: &str, override_inputs: &[Ove
         crate::flake::nix_string(host)
     ))
     .override_inputs(override_inputs)
-}
-
-/// Runs a build and returns the built `out` path. The error carries the last lines of nix's
-/// stderr (the build log), bounded by `timeout` (nix is killed after it).
-pub async fn run_build(build: &NixCommand, timeout: std::time::Duration) -> Result<String, String> {
-    let output = match tokio::time::timeout(timeout, build.command().output()).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(err)) => return Err(format!("could not start `{}`: {err}", build.program().display())),
-        Err(_) => return Err(format!("timed out after {}s", timeout.as_secs())),
-    };
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let lines: Vec<&str> = stderr.lines().collect();
-        let tail = lines[lines.len().saturating_sub(super::TAIL_LINES)..].join("\n");
-        let code =
-            output.status.code().map_or("killed by a signal".to_string(), |c| format!("exit code {c}"));
-        return Err(format!("{code}; last lines of its output:\n{tail}"));
-    }
-    parse_build_json(&String::from_utf8_lossy(&output.stdout))
 }
 
 /// `nix copy --to ssh-ng://user@address <paths>`, with ssh pinned to the host's key through

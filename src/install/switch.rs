@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use crate::ssh::{ConnectOptions, HostKeyPolicy, Retry, Session, SshError, SshTarget};
+use crate::ssh::{ConnectOptions, ExecOutput, HostKeyPolicy, Retry, Session, SshError, SshTarget};
 
 /// Where the target keeps one switch's script, log, status and confirmation.
 pub const STATE_ROOT: &str = "/run/nixprox";
@@ -174,25 +174,7 @@ pub async fn activate(
     let mut confirmed = false;
     let mut last = String::from("no status read yet");
     while started.elapsed() < deadline {
-        let status = match Session::connect(target, key, policy, &poll).await {
-            Ok(session) => {
-                let out = session.exec(&read_status, Duration::from_secs(10)).await;
-                session.close().await;
-                match out {
-                    Ok(out) => out.stdout.trim().to_string(),
-                    Err(err) => {
-                        last = err.to_string();
-                        String::new()
-                    }
-                }
-            }
-            // A wrong host key is never retried into acceptance: fail now.
-            Err(err @ SshError::HostKeyMismatch { .. }) => return Err(err.into()),
-            Err(err) => {
-                last = err.to_string();
-                String::new()
-            }
-        };
+        let status = poll_status(target, key, policy, &poll, &read_status, &mut last).await?;
         tracing::debug!(host = %target.host, "activation status: `{status}` (last: {last})");
         if let Some(status) = parse_status(&status) {
             let log = read_log(
@@ -209,26 +191,74 @@ pub async fn activate(
             last = format!("status `{status}`");
         }
         if status.starts_with("activated") && !confirmed {
-            // A fresh connection, opened after activation finished.
-            match Session::connect(target, key, policy, &poll).await {
-                Ok(session) => {
-                    let confirm = activation.as_root(&format!("touch {dir}/confirm"));
-                    let out = session.exec(&confirm, Duration::from_secs(10)).await;
-                    session.close().await;
-                    confirmed = matches!(out, Ok(ref o) if o.success());
-                    if !confirmed {
-                        tracing::warn!(host = %target.host, "could not confirm the switch: {out:?}");
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(host = %target.host, "switched host does not accept ssh: {err}");
-                    last = format!("switched host does not accept ssh: {err}");
-                }
-            }
+            let confirm = activation.as_root(&format!("touch {dir}/confirm"));
+            confirmed = confirm_switch(target, key, policy, &poll, &confirm, &mut last).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Err(ActivateError::Unconfirmed { waited: started.elapsed(), last })
+}
+
+/// Runs `command` on a new connection, closed after it: the outer error is the connection's,
+/// the inner one the command's.
+async fn exec_fresh(
+    target: &SshTarget,
+    key: &std::sync::Arc<russh::keys::PrivateKey>,
+    policy: &HostKeyPolicy,
+    options: &ConnectOptions,
+    command: &str,
+) -> Result<Result<ExecOutput, SshError>, SshError> {
+    let session = Session::connect(target, key, policy, options).await?;
+    let out = session.exec(command, Duration::from_secs(10)).await;
+    session.close().await;
+    Ok(out)
+}
+
+/// One read of the status file (`command` prints it) on a new connection: its text, or empty
+/// with `last` set to why it could not be read. A wrong host key ends the activation.
+async fn poll_status(
+    target: &SshTarget,
+    key: &std::sync::Arc<russh::keys::PrivateKey>,
+    policy: &HostKeyPolicy,
+    options: &ConnectOptions,
+    command: &str,
+    last: &mut String,
+) -> Result<String, ActivateError> {
+    match exec_fresh(target, key, policy, options, command).await {
+        Ok(Ok(out)) => Ok(out.stdout.trim().to_string()),
+        // A wrong host key is never retried into acceptance: fail now.
+        Err(err @ SshError::HostKeyMismatch { .. }) => Err(err.into()),
+        Ok(Err(err)) | Err(err) => {
+            *last = err.to_string();
+            Ok(String::new())
+        }
+    }
+}
+
+/// Confirms the switch (`command` touches the confirm file) on a fresh connection, opened
+/// after activation finished; whether it was confirmed.
+async fn confirm_switch(
+    target: &SshTarget,
+    key: &std::sync::Arc<russh::keys::PrivateKey>,
+    policy: &HostKeyPolicy,
+    options: &ConnectOptions,
+    command: &str,
+    last: &mut String,
+) -> bool {
+    match exec_fresh(target, key, policy, options, command).await {
+        Ok(out) => {
+            let confirmed = matches!(out, Ok(ref o) if o.success());
+            if !confirmed {
+                tracing::warn!(host = %target.host, "could not confirm the switch: {out:?}");
+            }
+            confirmed
+        }
+        Err(err) => {
+            tracing::warn!(host = %target.host, "switched host does not accept ssh: {err}");
+            *last = format!("switched host does not accept ssh: {err}");
+            false
+        }
+    }
 }
 
 /// The tail of the activation's log (`command` prints it).
@@ -239,10 +269,10 @@ async fn read_log(
     options: &ConnectOptions,
     command: &str,
 ) -> String {
-    let Ok(session) = Session::connect(target, key, policy, options).await else { return String::new() };
-    let out = session.exec(command, Duration::from_secs(10)).await;
-    session.close().await;
-    out.map(|o| o.stdout.trim_end().to_string()).unwrap_or_default()
+    match exec_fresh(target, key, policy, options, command).await {
+        Ok(Ok(out)) => out.stdout.trim_end().to_string(),
+        _ => String::new(),
+    }
 }
 
 /// Why [`activate`] could not tell how the switch ended.

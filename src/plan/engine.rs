@@ -7,10 +7,10 @@ use serde_json::json;
 
 use crate::config::Policies;
 use crate::flake::DesiredHost;
-use crate::flake::host::{Bootstrap, DeployStrategy};
+use crate::flake::host::Bootstrap;
 use crate::proxmox::LiveVm;
 use crate::proxmox::import::ImageStores;
-use crate::spec::{KEXEC_MIN_MEMORY_MIB, format_size};
+use crate::spec::format_size;
 
 use super::fields::{self, SpecDiff};
 use super::id::plan_id;
@@ -18,6 +18,7 @@ use super::model::{
     Action, ActionKind, Blocked, Change, Drift, HostPlan, Plan, PoolMove, Probe, ProbeReport, SCHEMA_VERSION,
     Summary, Unreachable, VmRef,
 };
+use super::system::{install_action, plan_system};
 
 /// Everything the planner looks at.
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +62,7 @@ pub fn plan_with_images(input: PlanInput<'_>, images: &ImageStores) -> Plan {
     if let Some(only) = input.only {
         hosts.retain(|h| only.contains(&h.host));
     }
-    super::image::amend(&mut hosts, input.desired, images);
+    super::image::amend(&mut hosts, input.desired, input.live, images);
     let summary = summarize(&hosts);
     let id = plan_id(&hosts, input.desired, input.policies);
     let probe = input.probes.map(|probes| probe_report(probes, &hosts));
@@ -144,11 +145,11 @@ fn recorded_host(vm: &LiveVm) -> Option<&str> {
     vm.config.as_ref()?.metadata.as_ref().map(|m| m.host.as_str())
 }
 
-fn action(kind: ActionKind, reason: impl Into<String>, changes: Vec<Change>) -> Action {
+pub(super) fn action(kind: ActionKind, reason: impl Into<String>, changes: Vec<Change>) -> Action {
     Action { kind, reason: reason.into(), changes, blocked: None }
 }
 
-fn blocked(mut action: Action, reason: impl Into<String>, setting: Option<&str>) -> Action {
+pub(super) fn blocked(mut action: Action, reason: impl Into<String>, setting: Option<&str>) -> Action {
     action.blocked = Some(Blocked { reason: reason.into(), setting: setting.map(str::to_string) });
     action
 }
@@ -282,25 +283,6 @@ fn create_changes(host: &DesiredHost) -> Vec<Change> {
     changes
 }
 
-fn install_action(host: &DesiredHost, reason: &str) -> Action {
-    // The executor raises the memory for nixos-anywhere's kexec image; the reviewer sees it.
-    let reason = if host.spec.memory_mib < KEXEC_MIN_MEMORY_MIB {
-        format!("{reason} (memory raised to {KEXEC_MIN_MEMORY_MIB} MiB for kexec, restored after)")
-    } else {
-        reason.to_string()
-    };
-    action(
-        ActionKind::Install,
-        reason,
-        vec![Change {
-            field: "system".into(),
-            before: None,
-            after: Some(json!(host.system.toplevel)),
-            effect: None,
-        }],
-    )
-}
-
 /// Why a VM cannot be created (or recreated) for the host: it declares no way to boot one.
 const NO_BOOTSTRAP: &str = "neither `nixprox.bootstrap.template` nor `nixprox.bootstrap.iso` is set and nixprox.yaml has no `defaults.template`: set one of them (only a VM nixprox creates needs one)";
 
@@ -352,18 +334,49 @@ fn plan_existing(
         }
         actions.push(adopt);
     }
-    let SpecDiff { mut updates, grows, mut replacements, detaches } = fields::diff(&host.spec, &config.spec);
+    let SpecDiff { mut updates, grows, replacements, detaches } = fields::diff(&host.spec, &config.spec);
     if !adopting && !live.is_managed() {
-        updates.insert(
-            0,
-            Change {
-                field: "managed".into(),
-                before: Some(json!(false)),
-                after: Some(json!(true)),
-                effect: Some(super::model::Effect::Hotplug),
-            },
-        );
+        updates.insert(0, managed_change());
     }
+    let placement = plan_placement(host, live, config, replacements, policies);
+    let replacing =
+        placement.as_ref().is_some_and(|a| a.kind == ActionKind::ReplaceVm && a.blocked.is_none());
+    actions.extend(placement);
+    if replacing {
+        actions.push(install_action(host, "the replaced VM needs NixOS installed"));
+        return actions;
+    }
+    let detach = super::detach::plan_detach(live.vmid, config, detaches, &mut updates, policies);
+    actions.extend(update_action(updates));
+    actions.extend(detach);
+    actions.extend(resize_action(grows));
+    if adopting {
+        actions.extend(super::adopt::adopted_switch(host));
+    } else {
+        actions.extend(plan_system(host, live, policies, drift));
+    }
+    actions
+}
+
+/// The tag a managed VM gets when nixprox takes it over (a VM matched by its block alone).
+fn managed_change() -> Change {
+    Change {
+        field: "managed".into(),
+        before: Some(json!(false)),
+        after: Some(json!(true)),
+        effect: Some(super::model::Effect::Hotplug),
+    }
+}
+
+/// Where the VM lives: `replace_vm` for what cannot change in place (on the new node, if it
+/// moves too), else `migrate_vm` when only the node differs.
+fn plan_placement(
+    host: &DesiredHost,
+    live: &LiveVm,
+    config: &crate::proxmox::LiveConfig,
+    mut replacements: Vec<(Change, String)>,
+    policies: Policies,
+) -> Option<Action> {
     let node_change = (live.node != host.node).then(|| Change {
         field: "node".into(),
         before: Some(json!(live.node)),
@@ -376,48 +389,44 @@ fn plan_existing(
             let why = format!("the VM moves from node {} to {}", live.node, host.node);
             replacements.insert(0, (change, why));
         }
-        let replace = plan_replace(host, config, replacements, policies);
-        if replace.blocked.is_none() {
-            actions.push(replace);
-            actions.push(install_action(host, "the replaced VM needs NixOS installed"));
-            return actions;
-        }
-        actions.push(replace);
-    } else if let Some(change) = node_change {
-        actions.push(action(
+        return Some(plan_replace(host, config, replacements, policies));
+    }
+    node_change.map(|change| {
+        action(
             ActionKind::MigrateVm,
             format!(
                 "the VM moves from node {} to {}: Proxmox migrates it (live while it runs, its local disks with it), keeping its VMID, disks and system",
                 live.node, host.node
             ),
             vec![change],
-        ));
+        )
+    })
+}
+
+/// `update_vm` for the settings that differ, saying when some wait for a reboot.
+fn update_action(updates: Vec<Change>) -> Option<Action> {
+    if updates.is_empty() {
+        return None;
     }
-    let detach = super::detach::plan_detach(live.vmid, config, detaches, &mut updates, policies);
-    if !updates.is_empty() {
-        let reboot = updates.iter().any(|c| c.effect == Some(super::model::Effect::NeedsReboot));
-        let reason = if reboot {
-            "the VM's settings differ from the flake; some take effect after a reboot"
-        } else {
-            "the VM's settings differ from the flake"
-        };
-        actions.push(action(ActionKind::UpdateVm, reason, updates));
-    }
-    actions.extend(detach);
-    if !grows.is_empty() {
-        let n = grows.len();
-        actions.push(action(
+    let reboot = updates.iter().any(|c| c.effect == Some(super::model::Effect::NeedsReboot));
+    let reason = if reboot {
+        "the VM's settings differ from the flake; some take effect after a reboot"
+    } else {
+        "the VM's settings differ from the flake"
+    };
+    Some(action(ActionKind::UpdateVm, reason, updates))
+}
+
+/// `resize_disk` for the disks that grow.
+fn resize_action(grows: Vec<Change>) -> Option<Action> {
+    let n = grows.len();
+    (n > 0).then(|| {
+        action(
             ActionKind::ResizeDisk,
             if n == 1 { "a disk grows".to_string() } else { format!("{n} disks grow") },
             grows,
-        ));
-    }
-    if adopting {
-        actions.extend(super::adopt::adopted_switch(host));
-    } else {
-        actions.extend(plan_system(host, live, policies, drift));
-    }
-    actions
+        )
+    })
 }
 
 /// `replace_vm` for what Proxmox cannot change in place, gated: never on a protected VM, never
@@ -443,126 +452,6 @@ fn plan_replace(
         blocked(replace, "replacing destroys the VM and its disks", Some("policies.allow_replace"))
     } else {
         replace
-    }
-}
-
-/// install, switch or reinstall, from the metadata block against the evaluated system.
-fn plan_system(host: &DesiredHost, live: &LiveVm, policies: Policies, drift: Option<&Drift>) -> Vec<Action> {
-    let metadata = live.config.as_ref().and_then(|c| c.metadata.as_ref());
-    let want = &host.system;
-    let system = metadata.and_then(|m| m.system.as_deref());
-    let Some(system) = system else {
-        return vec![first_install(host, live, policies)];
-    };
-    let recorded_layout = metadata.and_then(|m| m.disk_layout.as_deref());
-    if let Some(layout) = recorded_layout
-        && layout != want.disk_layout_hash
-    {
-        let reinstall = action(
-            ActionKind::Reinstall,
-            "the disk layout (disko.devices) changed; the disks must be repartitioned",
-            vec![
-                Change {
-                    field: "diskLayout".into(),
-                    before: Some(json!(layout)),
-                    after: Some(json!(want.disk_layout_hash)),
-                    effect: None,
-                },
-                Change {
-                    field: "system".into(),
-                    before: Some(json!(system)),
-                    after: Some(json!(want.toplevel)),
-                    effect: None,
-                },
-            ],
-        );
-        return vec![gate_reinstall(reinstall, live, policies)];
-    }
-    if host.deploy.strategy == DeployStrategy::None {
-        return Vec::new();
-    }
-    let strategy = strategy_name(host.deploy.strategy);
-    let (reason, before) = match drift {
-        Some(drift) if system != want.toplevel => (
-            format!(
-                "the configuration changed, and the running system was changed outside nixprox (deploy.strategy = {strategy})"
-            ),
-            drift.running.as_str(),
-        ),
-        Some(drift) => (
-            format!(
-                "the running system was changed outside nixprox; switch back to the flake's system (deploy.strategy = {strategy})"
-            ),
-            drift.running.as_str(),
-        ),
-        None if system != want.toplevel => {
-            (format!("the configuration changed (deploy.strategy = {strategy})"), system)
-        }
-        None => return Vec::new(),
-    };
-    vec![action(
-        ActionKind::Switch,
-        reason,
-        vec![Change {
-            field: "system".into(),
-            before: Some(json!(before)),
-            after: Some(json!(want.toplevel)),
-            effect: None,
-        }],
-    )]
-}
-
-/// NixOS on a VM that records no system. Without a gate only on a VM nixprox created itself
-/// (its `created` marker names this VMID): any other VM may hold data that the install wipes.
-fn first_install(host: &DesiredHost, live: &LiveVm, policies: Policies) -> Action {
-    let metadata = live.config.as_ref().and_then(|c| c.metadata.as_ref());
-    let why = match metadata {
-        Some(m) if m.created_uninstalled(live.vmid) => {
-            return install_action(host, "nixprox created this VM and has not installed NixOS on it yet");
-        }
-        None => "the VM is tagged `nixprox` but its notes hold no metadata block, so nixprox did not create it"
-            .to_string(),
-        Some(m) => match &m.created {
-            Some(created) => format!(
-                "the metadata block says nixprox created VM {}, but this is VM {} (a copy or a restore?)",
-                created.vmid, live.vmid
-            ),
-            None if m.applying.is_some() => "an install started by an earlier nixprox did not finish, and its block does not record that nixprox created the VM (allow the install with `policies.allow_reinstall`, or delete the VM so nixprox creates it anew)".to_string(),
-            None => "no NixOS system is recorded and nixprox did not create this VM".to_string(),
-        },
-    };
-    let reinstall = action(
-        ActionKind::Reinstall,
-        format!(
-            "{why}; installing NixOS wipes its disks (if it already runs NixOS, `nixprox forget {}` lets the next plan adopt it in place instead)",
-            host.host
-        ),
-        vec![Change {
-            field: "system".into(),
-            before: None,
-            after: Some(json!(host.system.toplevel)),
-            effect: None,
-        }],
-    );
-    gate_reinstall(reinstall, live, policies)
-}
-
-fn strategy_name(strategy: DeployStrategy) -> &'static str {
-    match strategy {
-        DeployStrategy::Switch => "switch",
-        DeployStrategy::Boot => "boot",
-        DeployStrategy::None => "none",
-    }
-}
-
-fn gate_reinstall(reinstall: Action, live: &LiveVm, policies: Policies) -> Action {
-    let protected = live.config.as_ref().is_some_and(|c| c.spec.protection);
-    if protected {
-        blocked(reinstall, "the VM is protected in Proxmox; turn off its protection first", None)
-    } else if !policies.allow_reinstall {
-        blocked(reinstall, "reinstalling wipes the VM's disks", Some("policies.allow_reinstall"))
-    } else {
-        reinstall
     }
 }
 

@@ -7,7 +7,10 @@
 //!   the VM boots into its system;
 //! - a VM nixprox created from an image but has not checked yet (an interrupted apply) owes a
 //!   `switch`, not an install: apply reads its host key through the guest agent, checks over
-//!   SSH which system it runs, and switches only when that is not the host's.
+//!   SSH which system it runs, and switches only when that is not the host's. How the VM was
+//!   created is read from its notes, not from the host's bootstrap option, which may have
+//!   changed since: a VM cloned from a template keeps its install even when the host now
+//!   boots from an image, and one created from an image keeps its check when it no longer does.
 //!
 //! Whether the cluster and the storage can take the upload is a fact read before planning
 //! ([`ImageStores`]); when they cannot, the upload and the create are blocked with the fix.
@@ -22,6 +25,7 @@ use super::model::{Action, ActionKind, Blocked, Change, HostPlan, Plan};
 use crate::flake::DesiredHost;
 use crate::flake::host::{Bootstrap, ImageSource};
 use crate::image::import_file_name;
+use crate::proxmox::LiveVm;
 use crate::proxmox::import::{ImageStores, import_volid};
 
 /// Where one upload goes: a shared storage once for all nodes, else per node.
@@ -48,7 +52,7 @@ pub fn image_stores_to_read(plan: &Plan, desired: &[DesiredHost]) -> BTreeSet<(S
 }
 
 /// Rewrites the actions of the image hosts among `hosts` (see the module docs).
-pub(super) fn amend(hosts: &mut [HostPlan], desired: &[DesiredHost], stores: &ImageStores) {
+pub(super) fn amend(hosts: &mut [HostPlan], desired: &[DesiredHost], live: &[LiveVm], stores: &ImageStores) {
     let image_of = |name: &str| {
         desired.iter().find(|d| d.host == name).and_then(|d| match &d.bootstrap {
             Bootstrap::Image(source) => Some((d, source)),
@@ -65,14 +69,26 @@ pub(super) fn amend(hosts: &mut [HostPlan], desired: &[DesiredHost], stores: &Im
         }
     }
     for plan in hosts.iter_mut().filter(|h| !h.orphan) {
-        let Some((host, source)) = image_of(&plan.host) else { continue };
-        if creates(plan) {
+        let image = image_of(&plan.host);
+        if let Some((host, source)) = image
+            && creates(plan)
+        {
             let others = &sharing[&target(host, source, stores)];
             plan_upload(plan, host, source, stores, others);
-        } else {
+        } else if created_from_image_unchecked(plan, live) {
             finish_created(plan);
         }
     }
+}
+
+/// Whether the host's VM is one nixprox created from an image and has not checked yet (its
+/// notes say so).
+pub(super) fn created_from_image_unchecked(plan: &HostPlan, live: &[LiveVm]) -> bool {
+    let Some(vmid) = plan.vm.vmid else { return false };
+    live.iter()
+        .find(|vm| vm.vmid == vmid)
+        .and_then(|vm| vm.config.as_ref()?.metadata.as_ref())
+        .is_some_and(|m| m.created_from_image_unchecked(vmid))
 }
 
 /// Whether the host's VM is (re)created: a `create_vm`, planned or blocked, or a runnable
@@ -204,7 +220,6 @@ mod tests {
     use crate::metadata::Created;
     use crate::plan::testkit::{config, host, live};
     use crate::plan::{PlanInput, plan_with_images};
-    use crate::proxmox::LiveVm;
     use crate::proxmox::import::{ImageStore, ImportFile};
     use crate::spec::ImageFormat;
 
@@ -338,14 +353,20 @@ mod tests {
         assert_eq!(kinds(&plan, "web"), [(ActionKind::UploadImage, true), (ActionKind::CreateVm, true)]);
     }
 
-    #[test]
-    fn a_vm_created_from_its_image_but_not_checked_gets_a_switch() {
-        let web = image_host("web");
+    /// A VM nixprox created (and has not installed or checked yet), from `image` or, when
+    /// `None`, cloned from a template.
+    fn created_vm(image: Option<&str>) -> LiveVm {
         let mut vm = live("web", 120);
         let metadata = config(&mut vm).metadata.as_mut().expect("metadata");
         metadata.system = None;
-        metadata.created = Some(Created { vmid: 120, plan: "p".into() });
-        let plan = run(std::slice::from_ref(&web), &[vm], &ImageStores::default());
+        metadata.created = Some(Created { vmid: 120, plan: "p".into(), image: image.map(String::from) });
+        vm
+    }
+
+    #[test]
+    fn a_vm_created_from_its_image_but_not_checked_gets_a_switch() {
+        let web = image_host("web");
+        let plan = run(std::slice::from_ref(&web), &[created_vm(Some(PACKAGE))], &ImageStores::default());
         assert_eq!(kinds(&plan, "web"), [(ActionKind::Switch, false)]);
         assert!(actions(&plan, "web")[0].reason.contains("reads its host key through the guest agent"));
         assert!(image_stores_to_read(&plan, &[web]).is_empty(), "nothing to upload for an existing VM");
@@ -354,6 +375,18 @@ mod tests {
         let mut installed = image_host("web");
         installed.system.toplevel.push_str("-2");
         let plan = run(&[installed], &[live("web", 120)], &ImageStores::default());
+        assert_eq!(kinds(&plan, "web"), [(ActionKind::Switch, false)]);
+    }
+
+    #[test]
+    fn how_an_unfinished_vm_is_finished_follows_how_it_was_created_not_the_bootstrap_now() {
+        // Cloned from a template by a run that stopped before nixos-anywhere; the host boots
+        // from an image now: the clone is not the image's system, so it is installed.
+        let plan = run(&[image_host("web")], &[created_vm(None)], &ImageStores::default());
+        assert_eq!(kinds(&plan, "web"), [(ActionKind::Install, false)]);
+        // Created from an image by a run that stopped before its check; the host is cloned
+        // from a template now: the VM runs NixOS already and is checked, never reinstalled.
+        let plan = run(&[host("web")], &[created_vm(Some(PACKAGE))], &ImageStores::default());
         assert_eq!(kinds(&plan, "web"), [(ActionKind::Switch, false)]);
     }
 }

@@ -8,6 +8,7 @@ pub mod id;
 pub mod image;
 pub mod model;
 pub mod privileges;
+mod system;
 #[cfg(test)]
 pub(crate) mod testkit;
 #[cfg(test)]

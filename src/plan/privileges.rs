@@ -241,18 +241,10 @@ fn image_storages(action: &super::Action) -> BTreeSet<String> {
 }
 
 /// Whether apply reads the VM's host key through the guest agent: a VM created from the
-/// host's image, now or by an earlier run that did not check it yet.
+/// host's image now, or one an earlier run created from an image and did not check yet.
 fn boots_from_image(host: &DesiredHost, planned: &HostPlan, live: &[LiveVm], creating: bool) -> bool {
-    if !matches!(host.bootstrap, Bootstrap::Image(_)) {
-        return false;
-    }
-    let unchecked = planned.vm.vmid.is_some_and(|vmid| {
-        live.iter()
-            .find(|vm| vm.vmid == vmid)
-            .and_then(|vm| vm.config.as_ref()?.metadata.as_ref())
-            .is_some_and(|m| m.created_uninstalled(vmid))
-    });
-    creating || unchecked
+    (creating && matches!(host.bootstrap, Bootstrap::Image(_)))
+        || super::image::created_from_image_unchecked(planned, live)
 }
 
 /// An existing VM's config changes, by the field the plan names.

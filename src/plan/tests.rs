@@ -368,7 +368,7 @@ fn protected_vms_are_never_replaced_even_when_allowed() {
 fn created_uninstalled(vm: &mut LiveVm, vmid: u32) {
     let metadata = config(vm).metadata.as_mut().expect("metadata");
     metadata.system = None;
-    metadata.created = Some(Created { vmid, plan: "p".into() });
+    metadata.created = Some(Created { vmid, plan: "p".into(), image: None });
 }
 
 #[test]

@@ -62,6 +62,15 @@ const WRITE_PRIVILEGES: &[&str] = &[
     "Sys.Modify",
 ];
 
+/// A `GET /access/permissions` answer not shaped as Proxmox documents it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PermissionsShape {
+    #[error("expected an object of ACL paths")]
+    NotAnObject,
+    #[error("`{0}` has no privilege map")]
+    NoPrivilegeMap(String),
+}
+
 /// The token's privileges per ACL path, with their propagate flag, as Proxmox reports them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Granted {
@@ -70,12 +79,12 @@ pub struct Granted {
 
 impl Granted {
     /// Reads `GET /access/permissions`: `{path: {privilege: propagate}}`, propagate `1`/`0`.
-    pub fn parse(answer: &Value) -> Result<Granted, String> {
-        let paths = answer.as_object().ok_or("expected an object of ACL paths")?;
+    pub fn parse(answer: &Value) -> Result<Granted, PermissionsShape> {
+        let paths = answer.as_object().ok_or(PermissionsShape::NotAnObject)?;
         let mut granted = Granted::default();
         for (path, privileges) in paths {
             let privileges =
-                privileges.as_object().ok_or_else(|| format!("`{path}` has no privilege map"))?;
+                privileges.as_object().ok_or_else(|| PermissionsShape::NoPrivilegeMap(path.clone()))?;
             let map = privileges
                 .iter()
                 .map(|(name, flag)| {
@@ -98,6 +107,26 @@ impl Granted {
             }
         }
         false
+    }
+
+    /// A NIC's bridge is checked on `/sdn/zones/localnetwork/<bridge>` when it is a plain
+    /// Linux bridge, but on `/sdn/zones/<zone>/<bridge>` when it is an SDN VNet of `<zone>`
+    /// (qemu-server `check_bridge_access`). Which one it is takes reading the SDN config, so
+    /// the same bridge under every zone the token has an ACL in counts too: a grant that does
+    /// not apply shows up as Proxmox's 403 at that step, never as a wrong refusal here.
+    fn other_zone_paths(&self, path: &str) -> Vec<String> {
+        const LOCAL: &str = "/sdn/zones/localnetwork/";
+        let Some(bridge) = path.strip_prefix(LOCAL) else {
+            return Vec::new();
+        };
+        let zones: BTreeSet<&str> = self
+            .paths
+            .keys()
+            .filter_map(|p| p.strip_prefix("/sdn/zones/"))
+            .filter_map(|rest| rest.split('/').next())
+            .filter(|zone| !zone.is_empty() && *zone != "localnetwork")
+            .collect();
+        zones.into_iter().map(|zone| format!("/sdn/zones/{zone}/{bridge}")).collect()
     }
 
     /// `(path, privilege)` pairs that could change the cluster, sorted.
@@ -134,10 +163,10 @@ fn ancestors(path: &str) -> impl Iterator<Item = &str> {
 pub async fn fetch(client: &Client) -> Result<Granted, ProxmoxError> {
     const PATH: &str = "/access/permissions";
     let answer = client.get(PATH, &[]).await?;
-    Granted::parse(&answer).map_err(|detail| ProxmoxError::Decode {
+    Granted::parse(&answer).map_err(|shape| ProxmoxError::Decode {
         method: reqwest::Method::GET,
         path: PATH.into(),
-        detail,
+        detail: shape.to_string(),
         body: answer.to_string(),
     })
 }
@@ -170,6 +199,7 @@ impl Need {
     fn holds(&self, granted: &Granted) -> bool {
         std::iter::once(&self.path)
             .chain(self.pool.as_ref())
+            .chain(granted.other_zone_paths(&self.path).iter())
             .any(|path| self.privileges.iter().any(|p| granted.holds(path, p)))
     }
 }

@@ -285,17 +285,25 @@ pub struct ImageCreateForm<'a> {
 }
 
 impl ImageCreateForm<'_> {
-    /// The form, or the slot of a declared disk that has no image.
-    pub fn form(&self) -> Result<Form, String> {
+    /// The form, or the declared disk that has no image.
+    pub fn form(&self) -> Result<Form, NoImage> {
         let spec = self.spec;
         let mut disks = Vec::new();
         for (slot, disk) in &spec.disks {
-            let source = self.imports.get(slot).ok_or_else(|| slot.clone())?;
+            let source = self.imports.get(slot).ok_or_else(|| NoImage { slot: slot.clone() })?;
             disks.push((slot.clone(), format_import_disk(disk, source)));
         }
         let boot: Vec<String> = spec.disks.keys().next().cloned().into_iter().collect();
         Ok(new_vm_form(self.vmid, spec, self.description, self.efi_storage, None, disks, &boot))
     }
+}
+
+/// A declared disk without an image to import ([`ImageCreateForm::form`]); the caller names
+/// the host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("disk `{slot}` has no image file")]
+pub struct NoImage {
+    pub slot: String,
 }
 
 /// The create form both ways share: identity, notes and tags, hardware, firmware (an EFI disk
@@ -449,7 +457,7 @@ mod tests {
         let one = BTreeMap::from([("scsi0".to_string(), "images:import/x.raw".to_string())]);
         let missing =
             ImageCreateForm { imports: &one, vmid: 120, spec: &spec, description: "n", efi_storage: "s" };
-        assert_eq!(missing.form(), Err("scsi1".to_string()));
+        assert_eq!(missing.form(), Err(NoImage { slot: "scsi1".to_string() }));
     }
 
     #[test]

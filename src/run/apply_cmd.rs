@@ -5,7 +5,9 @@
 use anyhow::{Context, bail};
 
 use crate::apply::approval::record::Record;
-use crate::apply::{self, ApplyOptions, Cancel, Progress, ProgressMode, Reviewed, ReviewedPlan, RunRequest};
+use crate::apply::{
+    self, ApplyOptions, ApplyReport, Cancel, Progress, ProgressMode, Reviewed, ReviewedPlan, RunRequest,
+};
 use crate::cli::ApplyArgs;
 use crate::deploy::NixosDeployer;
 use crate::flake::Nix;
@@ -89,6 +91,24 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     if settings.apply.gc_images {
         super::gc_cmd::after_apply(&client, &settings, &evaluated.desired).await;
     }
+    publish_report(report, &args, forge.as_ref(), sha.as_deref(), pr, &context).await?;
+    Ok(match cancel.requested() {
+        Some(signal) => Outcome::Cancelled(signal),
+        None if report.has_failures() => Outcome::HostsFailed,
+        None => Outcome::Success,
+    })
+}
+
+/// The report to `--report`, the job summary, the `nixprox/apply` status and (`--comment`)
+/// the merged pull request.
+async fn publish_report(
+    report: &ApplyReport,
+    args: &ApplyArgs,
+    forge: Option<&Forge>,
+    sha: Option<&str>,
+    pr: Option<u64>,
+    context: &Option<ForgeContext>,
+) -> anyhow::Result<()> {
     if let Some(path) = &args.report {
         std::fs::write(path, report.to_json())
             .with_context(|| format!("failed to write the report to `{}`", path.display()))?;
@@ -96,25 +116,20 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     if context.is_some() {
         publish::append_summary(&report.render_markdown())?;
     }
-    if let Some(forge) = &forge {
+    if let Some(forge) = forge {
         let state = if report.has_failures() || report.cancelled_by.is_some() {
             StatusState::Failure
         } else {
             StatusState::Success
         };
-        publish::status(forge, sha.as_deref(), STATUS, state, &report.summary_line(), run_url(&context))
-            .await;
+        publish::status(forge, sha, STATUS, state, &report.summary_line(), run_url(context)).await;
         if let (true, Some(pr)) = (args.comment, pr)
             && let Err(err) = forge.post_comment(pr, &report.render_markdown()).await
         {
             tracing::warn!("could not post the apply report on #{pr}: {err}");
         }
     }
-    Ok(match cancel.requested() {
-        Some(signal) => Outcome::Cancelled(signal),
-        None if report.has_failures() => Outcome::HostsFailed,
-        None => Outcome::Success,
-    })
+    Ok(())
 }
 
 /// The SSH deployer, or `None` (installs and switches skipped) when no SSH key is configured.

@@ -22,7 +22,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<Outcome> {
     let live = read_cluster(&client, &request).await.context("failed to read the cluster")?;
     let vm = pick(&live, &args.vm)?;
     let config = vm.config.as_ref().with_context(|| format!("the config of VM {} was not read", vm.vmid))?;
-    let key = host_key(&client, vm, config.spec.agent).await;
+    let key = host_key(&client, vm, config.spec.agent).await.map_err(|err| err.to_string());
     print!(
         "{}",
         vm_declaration(Imported {
@@ -55,13 +55,11 @@ fn pick<'a>(vms: &'a [LiveVm], wanted: &str) -> anyhow::Result<&'a LiveVm> {
 }
 
 /// The VM's ed25519 host key through its guest agent, or why it was not read.
-async fn host_key(client: &Client, vm: &LiveVm, agent: bool) -> Result<String, String> {
+async fn host_key(client: &Client, vm: &LiveVm, agent: bool) -> anyhow::Result<String> {
     if vm.status != "running" || !agent {
-        return Err("the VM is not running with its QEMU guest agent enabled".into());
+        bail!("the VM is not running with its QEMU guest agent enabled");
     }
-    match read_ed25519_host_key(client, &vm.node, vm.vmid).await {
-        Ok(Some(key)) => Ok(key),
-        Ok(None) => Err(format!("the guest agent answered no ed25519 key for `{ED25519_HOST_KEY}`")),
-        Err(err) => Err(err.to_string()),
-    }
+    read_ed25519_host_key(client, &vm.node, vm.vmid)
+        .await?
+        .with_context(|| format!("the guest agent answered no ed25519 key for `{ED25519_HOST_KEY}`"))
 }

@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 use crate::cli::{Format, PlanArgs};
-use crate::forge::StatusState;
+use crate::forge::{Forge, ForgeContext, StatusState};
+use crate::plan::Plan;
 use crate::render::{json, markdown, matrix, summary_line, text};
 
 use super::changes;
@@ -89,22 +90,34 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
         publish::write_ci_files(plan, &md_context)?;
     }
     if let (Some(forge), Some(context)) = (&forge, &context) {
-        let key = publish::marker_key(&args.source.flake, args.source.config.as_deref());
-        let posted = match publish::plan_comment(forge, context, &key, plan, &md_context).await {
-            Ok(posted) => posted,
-            Err(err) if !args.comment_required => {
-                tracing::warn!("could not post the plan comment: {err:#}");
-                false
-            }
-            Err(err) => return Err(err),
-        };
-        if !posted && args.comment_required {
-            anyhow::bail!("the plan comment could not be posted and --comment-required is set");
-        }
+        post_comment(&args, forge, context, plan, &md_context).await?;
         let state = StatusState::Success;
         publish::status(forge, sha.as_deref(), STATUS, state, &summary_line(plan), run_url.as_deref()).await;
     }
     Ok(if args.detailed_exitcode && plan.has_changes() { Outcome::Changes } else { Outcome::Success })
+}
+
+/// The sticky plan comment; failing to post it fails the run only with `--comment-required`.
+async fn post_comment(
+    args: &PlanArgs,
+    forge: &Forge,
+    context: &ForgeContext,
+    plan: &Plan,
+    md_context: &markdown::MarkdownContext,
+) -> anyhow::Result<()> {
+    let key = publish::marker_key(&args.source.flake, args.source.config.as_deref());
+    let posted = match publish::plan_comment(forge, context, &key, plan, md_context).await {
+        Ok(posted) => posted,
+        Err(err) if !args.comment_required => {
+            tracing::warn!("could not post the plan comment: {err:#}");
+            false
+        }
+        Err(err) => return Err(err),
+    };
+    if !posted && args.comment_required {
+        anyhow::bail!("the plan comment could not be posted and --comment-required is set");
+    }
+    Ok(())
 }
 
 /// `--timings FILE`: the phases' wall times, every rendering timed, the comment's size and the

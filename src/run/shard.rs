@@ -340,7 +340,23 @@ fn combine(
     settings: &str,
 ) -> anyhow::Result<(Vec<ShardHost>, Vec<LiveVm>)> {
     let Some((first_path, first)) = shards.first() else { bail!("`--merge` needs the shard files") };
-    let name = |path: &PathBuf| path.display().to_string();
+    check_complete_run(shards, first_path, first)?;
+    check_same_inputs(shards, first, identity, settings)?;
+    let mut hosts: Vec<ShardHost> = shards.iter().flat_map(|(_, s)| s.hosts.iter().cloned()).collect();
+    hosts.sort_by(|a, b| a.attr.cmp(&b.attr));
+    Ok((hosts, merged_listing(shards, first)?))
+}
+
+fn name(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Every shard of one run, each once, written by this nixprox.
+fn check_complete_run(
+    shards: &[(PathBuf, ShardFile)],
+    first_path: &Path,
+    first: &ShardFile,
+) -> anyhow::Result<()> {
     let version = env!("CARGO_PKG_VERSION");
     let mut seen: BTreeMap<usize, &PathBuf> = BTreeMap::new();
     for (path, shard) in shards {
@@ -382,6 +398,16 @@ fn combine(
             first.shards
         );
     }
+    Ok(())
+}
+
+/// The shards read the same commit, settings and cluster, and it is this checkout's.
+fn check_same_inputs(
+    shards: &[(PathBuf, ShardFile)],
+    first: &ShardFile,
+    identity: &FlakeIdentity,
+    settings: &str,
+) -> anyhow::Result<()> {
     for (path, shard) in shards {
         if shard.flake != first.flake {
             bail!(
@@ -422,8 +448,12 @@ fn combine(
             "the shards planned with other settings than the nixprox.yaml here: re-run the shards with this nixprox.yaml"
         );
     }
-    let mut hosts: Vec<ShardHost> = shards.iter().flat_map(|(_, s)| s.hosts.iter().cloned()).collect();
-    hosts.sort_by(|a, b| a.attr.cmp(&b.attr));
+    Ok(())
+}
+
+/// The first shard's listing with the config each shard read of its own VMs; two shards that
+/// read one VM differently mean the cluster changed between them.
+fn merged_listing(shards: &[(PathBuf, ShardFile)], first: &ShardFile) -> anyhow::Result<Vec<LiveVm>> {
     let mut live = first.live.clone();
     for vm in &mut live {
         vm.config = None;
@@ -444,7 +474,7 @@ fn combine(
             }
         }
     }
-    Ok((hosts, live))
+    Ok(live)
 }
 
 #[cfg(test)]

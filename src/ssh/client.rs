@@ -114,6 +114,16 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// The first wait between attempts to reach a host that is coming up (a booting VM).
+const FIRST_WAIT: Duration = Duration::from_millis(250);
+
+/// The wait after `delay`: doubling up to 5 s. The caller's deadline bounds the waiting, not
+/// a number of attempts, so this is a poll rather than [`crate::retry`]'s retry of a failed
+/// request; one runner waits for one host, so there is no jitter.
+fn next_wait(delay: Duration) -> Duration {
+    (delay * 2).min(Duration::from_secs(5))
+}
+
 impl Session {
     /// Connects and authenticates, retrying with backoff (250 ms doubling to 5 s) until
     /// `options.bound` passes. A wrong host key is never accepted; with [`Retry::Network`] it
@@ -126,7 +136,7 @@ impl Session {
     ) -> Result<Session, SshError> {
         let started = Instant::now();
         let deadline = started + options.bound;
-        let mut delay = Duration::from_millis(250);
+        let mut delay = FIRST_WAIT;
         let mut last;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -150,7 +160,7 @@ impl Session {
             }
             tracing::debug!(host = %target.host, "ssh not ready yet, retrying in {}ms", delay.as_millis());
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            delay = next_wait(delay);
         }
         Err(match last {
             Attempt::Mismatch(got) => mismatch(target, policy, got),
@@ -275,7 +285,7 @@ fn auth(target: &SshTarget) -> SshError {
 /// before handing a fresh VM to nixos-anywhere.
 pub async fn wait_for_port(host: &str, address: &str, port: u16, bound: Duration) -> Result<(), SshError> {
     let started = Instant::now();
-    let mut delay = Duration::from_millis(250);
+    let mut delay = FIRST_WAIT;
     loop {
         let attempt =
             tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((address, port)))
@@ -294,6 +304,6 @@ pub async fn wait_for_port(host: &str, address: &str, port: u16, bound: Duration
             });
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        delay = next_wait(delay);
     }
 }

@@ -1,7 +1,9 @@
 //! The guide and its example cannot drift from the code: every `nixprox …` command in the
-//! guides' shell blocks parses with the real command line, the example flake's nixprox part
-//! evaluates and plans (and applies) through the binary against fakepve, and every pin names
-//! this release.
+//! docs' shell blocks and inline code parses with the real command line, the guide shows every
+//! subcommand, the exit codes are documented alike, the example flake's nixprox part evaluates
+//! and plans (and applies) through the binary against fakepve, its NixOS part derives address
+//! and deploy user from it, the guide's two-pull-request race behaves as described, and every
+//! pin names this release.
 
 use std::path::Path;
 
@@ -12,9 +14,35 @@ use crate::support::cli::{self, Run};
 use crate::support::fakepve::{FakePve, Scenario};
 use crate::support::nix::{Fixture, repo};
 
-/// The pages whose shell examples a user copies.
-const GUIDES: &[&str] =
-    &["docs/guide.md", "docs/troubleshooting.md", "docs/releasing.md", "docs/migrate.md", "README.md"];
+/// The pages whose shell examples a user copies: every page of docs/, the README and the
+/// example flake's README.
+fn guides() -> Vec<String> {
+    let mut pages: Vec<String> = std::fs::read_dir(repo().join("docs"))
+        .expect("docs/")
+        .map(|entry| entry.expect("docs entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "md"))
+        .map(|path| format!("docs/{}", path.file_name().expect("name").to_string_lossy()))
+        .collect();
+    pages.sort();
+    pages.extend(["README.md".to_string(), "examples/homelab-flake/README.md".to_string()]);
+    pages
+}
+
+/// What the guide must show how to run: every subcommand (but `help`) and the flags of the
+/// paths it describes.
+const GUIDE_COVERS: &[&[&str]] = &[
+    &["plan"],
+    &["plan", "--format", "--out"],
+    &["plan", "--shard"],
+    &["plan", "--merge"],
+    &["apply", "--reviewed-plan"],
+    &["drift"],
+    &["forget"],
+    &["forget", "--vmid"],
+    &["import"],
+    &["gc-images"],
+    &["gc-images", "--delete"],
+];
 
 /// Shell lines of the ```sh/bash/console/shell blocks, continuation lines joined.
 fn shell_lines(markdown: &str) -> Vec<String> {
@@ -39,6 +67,30 @@ fn shell_lines(markdown: &str) -> Vec<String> {
         }
     }
     lines
+}
+
+/// The inline code spans of the prose (outside fenced blocks) that are a `nixprox …` command.
+fn inline_commands(markdown: &str) -> Vec<String> {
+    let mut spans = Vec::new();
+    let mut fenced = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        // Odd pieces between backticks are code spans.
+        spans.extend(
+            line.split('`')
+                .skip(1)
+                .step_by(2)
+                .filter(|span| span.starts_with("nixprox "))
+                .map(str::to_string),
+        );
+    }
+    spans
 }
 
 /// Splits a shell line into words (single and double quotes, no expansion) up to a comment
@@ -81,6 +133,7 @@ fn words(line: &str) -> Vec<String> {
 /// `$ ` prompt), or the arguments after `--` of `nix run github:nixprox/nixprox… -- …`.
 fn nixprox_args(line: &str) -> Option<Vec<String>> {
     let line = line.strip_prefix("$ ").unwrap_or(line);
+    let line = line.strip_prefix("exec ").unwrap_or(line);
     let words = words(line);
     let start = words.iter().position(|w| !w.contains('=') || w.starts_with('-'))?;
     let words = &words[start..];
@@ -98,11 +151,19 @@ fn nixprox_args(line: &str) -> Option<Vec<String>> {
 fn every_nixprox_command_in_the_guides_parses() {
     let mut checked = 0;
     let mut failures = Vec::new();
-    for page in GUIDES {
-        let text = std::fs::read_to_string(repo().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
-        for line in shell_lines(&text) {
+    let mut in_guide: Vec<Vec<String>> = Vec::new();
+    for page in guides() {
+        let text = std::fs::read_to_string(repo().join(&page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        let inline = inline_commands(&text);
+        for line in shell_lines(&text).into_iter().chain(inline.iter().cloned()) {
             let Some(args) = nixprox_args(&line) else { continue };
+            // Prose names a command by itself (`nixprox import`): it must exist, its
+            // arguments are elsewhere.
+            let named_only = args.len() == 2 && inline.contains(&line);
             checked += 1;
+            if page == "docs/guide.md" {
+                in_guide.push(args.clone());
+            }
             match nixprox::cli::Cli::try_parse_from(&args) {
                 Ok(_) => {}
                 Err(err)
@@ -110,12 +171,40 @@ fn every_nixprox_command_in_the_guides_parses() {
                         err.kind(),
                         clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
                     ) => {}
+                Err(err) if named_only && err.kind() == clap::error::ErrorKind::MissingRequiredArgument => {}
                 Err(err) => failures.push(format!("{page}: `{line}`: {}", err.kind())),
             }
         }
     }
     assert!(failures.is_empty(), "commands that do not parse:\n{}", failures.join("\n"));
-    assert!(checked >= 8, "the guides show nixprox commands: only {checked} found");
+    assert!(checked >= 30, "the guides show nixprox commands: only {checked} found");
+    let missing: Vec<String> = GUIDE_COVERS
+        .iter()
+        .filter(|want| {
+            !in_guide.iter().any(|args| {
+                args.get(1).is_some_and(|sub| sub == want[0])
+                    && want[1..]
+                        .iter()
+                        .all(|flag| args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}="))))
+            })
+        })
+        .map(|want| want.join(" "))
+        .collect();
+    assert!(missing.is_empty(), "docs/guide.md shows no `nixprox …` shell line for: {missing:?}");
+}
+
+/// The guide covers every subcommand the binary has.
+#[test]
+fn the_guide_covers_every_subcommand() {
+    use clap::CommandFactory;
+    let covered: Vec<&str> = GUIDE_COVERS.iter().map(|want| want[0]).collect();
+    for sub in nixprox::cli::Cli::command().get_subcommands() {
+        assert!(
+            covered.contains(&sub.get_name()),
+            "`nixprox {}` is missing from GUIDE_COVERS",
+            sub.get_name()
+        );
+    }
 }
 
 #[test]
@@ -130,6 +219,14 @@ fn the_command_extraction_sees_what_a_shell_would() {
         Some(vec!["nixprox".into(), "--version".into()])
     );
     assert_eq!(nixprox_args("pveum acl modify /vms"), None);
+    assert_eq!(
+        nixprox_args("exec nixprox apply --hosts \"$HOSTS\""),
+        Some(vec!["nixprox".into(), "apply".into(), "--hosts".into(), "$HOSTS".into()])
+    );
+    assert_eq!(
+        inline_commands("run `nixprox plan --hosts a` or `ls`\n```sh\necho `nixprox x`\n```\n"),
+        ["nixprox plan --hosts a"]
+    );
     let bad = nixprox_args("nixprox plan --no-such-flag").expect("a nixprox line");
     assert!(nixprox::cli::Cli::try_parse_from(bad).is_err(), "a wrong flag is caught");
 }
@@ -239,9 +336,7 @@ fn vm_named(pve: &FakePve, name: &str) -> Value {
 fn the_example_flake_plans_and_applies_its_vms_with_serials_and_the_declared_address() {
     let (fixture, config) = example();
     let pve = two_nodes();
-    let plan_file = fixture.dir.path().join("plan.json").display().to_string();
-    let planned = run(&fixture, &pve, &config, &["plan", "--format", "json", "--out", &plan_file]);
-    assert_eq!(planned.code, 0, "{}", planned.stderr);
+    let plan_file = plan_to(&fixture, &pve, &config, "plan.json");
     let plan: Value =
         serde_json::from_str(&std::fs::read_to_string(&plan_file).expect("plan")).expect("json");
     let hosts: Vec<(String, String, Vec<String>)> = plan["hosts"]
@@ -307,4 +402,219 @@ fn the_example_flake_plans_and_applies_its_vms_with_serials_and_the_declared_add
     assert_eq!(dns["config"]["ipconfig0"], "ip=dhcp", "{dns:#}");
     let sshkeys = web["config"]["sshkeys"].as_str().expect("sshkeys");
     assert!(sshkeys.starts_with("ssh-ed25519%20AAAA"), "the example's bootstrap key: {sshkeys}");
+}
+
+/// `nix eval --json` of an output of the example fixture (with the test inputs).
+fn eval_example(fixture: &Fixture, attr: &str) -> Value {
+    let mut command = std::process::Command::new(crate::support::nix::nix().program);
+    command
+        .args(["--extra-experimental-features", "nix-command flakes", "eval", "--json"])
+        .arg(format!("{}#{attr}", fixture.flake_ref()))
+        .env("NIX_CONFIG", "substituters =");
+    for input in crate::support::nix::override_inputs() {
+        command.args(["--override-input", &input.name, &input.flake_ref]);
+    }
+    let output = command.output().expect("run nix");
+    assert!(output.status.success(), "nix eval {attr}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("json")
+}
+
+/// The guide's "The flake": the installed NixOS takes its address from the nixprox options
+/// declared once, runs the guest agent and sshd, lets nixprox in as the non-root deploy user
+/// with passwordless sudo (and nobody as root), and decrypts agenix secrets with the host key
+/// nixprox installs.
+#[test]
+fn the_example_nixos_takes_address_and_deploy_user_from_the_nixprox_options() {
+    let (fixture, _config) = example();
+    let common = eval_example(&fixture, "exampleCommon");
+    let key = std::fs::read_to_string(repo().join("examples/homelab-flake/secrets/nixprox-ssh-key.pub"))
+        .expect("key");
+    for (host, address) in [("web", Some("10.0.20.10/24")), ("db", Some("10.0.20.11/24")), ("dns", None)] {
+        let nixos = &common[host];
+        let lan = &nixos["systemd"]["network"]["networks"]["10-lan"];
+        match address {
+            Some(address) => {
+                assert_eq!(lan["address"], json!([address]), "{host}: {lan:#}");
+                assert_eq!(lan["gateway"], json!(["10.0.20.1"]), "{host}: {lan:#}");
+                assert_eq!(lan["networkConfig"]["DHCP"], "no", "{host}: {lan:#}");
+            }
+            None => {
+                assert_eq!(lan["address"], json!([]), "{host}: {lan:#}");
+                assert_eq!(lan["networkConfig"]["DHCP"], "ipv4", "{host}: {lan:#}");
+                assert_eq!(lan["dhcpV4Config"]["ClientIdentifier"], "mac", "{host}: {lan:#}");
+            }
+        }
+        assert_eq!(nixos["services"]["qemuGuest"]["enable"], true, "{host}");
+        assert_eq!(nixos["services"]["openssh"]["enable"], true, "{host}");
+        assert_eq!(nixos["services"]["openssh"]["settings"]["PermitRootLogin"], "no", "{host}");
+        let deploy = &nixos["users"]["users"]["deploy"];
+        assert_eq!(
+            deploy["openssh"]["authorizedKeys"]["keys"],
+            json!([key.trim_end()]),
+            "{host}: {deploy:#}"
+        );
+        assert_eq!(
+            nixos["security"]["sudo"]["extraRules"],
+            json!([{"users": ["deploy"], "commands": [{"command": "ALL", "options": ["NOPASSWD"]}]}]),
+            "{host}"
+        );
+        assert_eq!(nixos["age"]["identityPaths"], json!(["/etc/ssh/ssh_host_ed25519_key"]), "{host}");
+    }
+}
+
+/// Replaces `from` with `to` in a file of the example copy.
+fn edit_example(fixture: &Fixture, file: &str, from: &str, to: &str) {
+    let path = fixture.dir.path().join("example").join(file);
+    let text = std::fs::read_to_string(&path).expect("example file");
+    assert!(text.contains(from), "{file} has `{from}`");
+    std::fs::write(&path, text.replacen(from, to, 1)).expect("write example file");
+}
+
+fn plan_to(fixture: &Fixture, pve: &FakePve, config: &str, name: &str) -> String {
+    let file = fixture.dir.path().join(name).display().to_string();
+    let planned = run(fixture, pve, config, &["plan", "--format", "json", "--out", &file]);
+    assert_eq!(planned.code, 0, "{}", planned.stderr);
+    file
+}
+
+/// The cores of `web` and `db` (pending ones first: a running VM gets them at its reboot).
+fn cores(pve: &FakePve) -> (String, String) {
+    let of = |name: &str| {
+        let vm = vm_named(pve, name);
+        let value =
+            if vm["pending"]["cores"].is_null() { &vm["config"]["cores"] } else { &vm["pending"]["cores"] };
+        value.to_string().trim_matches('"').to_string()
+    };
+    (of("web"), of("db"))
+}
+
+/// `nixprox apply --reviewed-plan <reviewed> [--hosts <hosts>]`, expecting `code`.
+fn apply_reviewed(
+    fixture: &Fixture,
+    pve: &FakePve,
+    config: &str,
+    reviewed: &str,
+    hosts: &[&str],
+    code: i32,
+) -> Run {
+    let mut args = vec!["apply", "--reviewed-plan", reviewed];
+    if !hosts.is_empty() {
+        args.extend(["--hosts"].iter().chain(hosts));
+    }
+    let applied = run(fixture, pve, config, &args);
+    assert_eq!(applied.code, code, "{args:?}:\n{}\n{}", applied.stdout, applied.stderr);
+    applied
+}
+
+/// The guide's "Two pull requests merged in quick succession", through the binary: the second
+/// pull request's apply is compared host by host with what its review showed. Refused as a
+/// whole (exit 4, nothing changed) while the first one's change of another host is still
+/// pending; its own hosts alone (a fan-out shard) proceed; and once the first is applied, the
+/// second applies as reviewed.
+#[test]
+fn a_second_pull_request_is_refused_while_the_first_is_pending_and_applies_after_it() {
+    let (fixture, config) = example();
+    std::fs::remove_dir_all(fixture.dir.path().join("example/hosts/dns")).expect("drop dns (DHCP)");
+    let pve = two_nodes();
+    // The default branch, applied: web and db exist (no SSH key: their installs stay pending).
+    let main = plan_to(&fixture, &pve, &config, "main.json");
+    apply_reviewed(&fixture, &pve, &config, &main, &[], 0);
+    assert_eq!(cores(&pve), ("2".into(), "4".into()));
+
+    // Both pull requests branch from it and are reviewed: the first changes web, the second db.
+    edit_example(&fixture, "hosts/web/nixprox.nix", "cores = 2;", "cores = 3;");
+    let first = plan_to(&fixture, &pve, &config, "first.json");
+    edit_example(&fixture, "hosts/web/nixprox.nix", "cores = 3;", "cores = 2;");
+    edit_example(&fixture, "hosts/db/nixprox.nix", "cores = 4;", "cores = 6;");
+    let second = plan_to(&fixture, &pve, &config, "second.json");
+
+    // Both merged; the second's merge commit holds both changes, and its apply runs before
+    // the first one's finished: web would do what its review did not show.
+    edit_example(&fixture, "hosts/web/nixprox.nix", "cores = 2;", "cores = 3;");
+    let refused = apply_reviewed(&fixture, &pve, &config, &second, &[], 4);
+    assert!(refused.stderr.contains("the plan changed since it was reviewed"), "{}", refused.stderr);
+    let web_line = refused.stderr.lines().find(|l| l.starts_with("  host `web`: reviewed "));
+    assert!(
+        web_line.is_some_and(|l| l.contains("; now update_vm(cores 2→3)")),
+        "the refused host with its delta:\n{}",
+        refused.stderr
+    );
+    assert!(!refused.stderr.contains("host `db`"), "db is as reviewed:\n{}", refused.stderr);
+    assert_eq!(cores(&pve), ("2".into(), "4".into()), "nothing applied");
+
+    // The first one's apply, on its own merge commit (web changed, db not), then the second's
+    // re-run: the first's change is done, the second's is what was reviewed.
+    edit_example(&fixture, "hosts/db/nixprox.nix", "cores = 6;", "cores = 4;");
+    apply_reviewed(&fixture, &pve, &config, &first, &[], 0);
+    assert_eq!(cores(&pve), ("3".into(), "4".into()));
+    edit_example(&fixture, "hosts/db/nixprox.nix", "cores = 4;", "cores = 6;");
+    let rerun = apply_reviewed(&fixture, &pve, &config, &second, &[], 0);
+    assert!(!rerun.stderr.contains("--allow-new-plan"), "{}", rerun.stderr);
+    assert_eq!(cores(&pve), ("3".into(), "6".into()));
+
+    // A fan-out shard is decided on its own hosts: the same race again, and the second's shard
+    // of db proceeds while web's change is pending.
+    edit_example(&fixture, "hosts/db/nixprox.nix", "cores = 6;", "cores = 8;");
+    let fourth = plan_to(&fixture, &pve, &config, "fourth.json");
+    edit_example(&fixture, "hosts/web/nixprox.nix", "cores = 3;", "cores = 5;");
+    apply_reviewed(&fixture, &pve, &config, &fourth, &[], 4);
+    apply_reviewed(&fixture, &pve, &config, &fourth, &["db"], 0);
+    assert_eq!(cores(&pve), ("3".into(), "8".into()));
+}
+
+/// Every exit code of `nixprox::run::exit` is documented alike in the README, the
+/// configuration reference, plan.md's and troubleshooting.md's tables, and nowhere a code the
+/// binary does not have.
+#[test]
+fn the_exit_codes_are_documented_alike_everywhere() {
+    use nixprox::run::exit;
+    let codes: Vec<u8> = vec![
+        exit::SUCCESS,
+        exit::ERROR,
+        exit::CHANGES,
+        exit::HOSTS_FAILED,
+        exit::REFUSED,
+        exit::INTERRUPTED,
+        exit::TERMINATED,
+    ];
+    let numbers = |text: &str| -> Vec<u8> {
+        let mut found: Vec<u8> = text
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .filter(|n| codes.contains(n) || *n > 4)
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    };
+    let read = |page: &str| std::fs::read_to_string(repo().join(page)).expect(page);
+    // A table: the first cell of each row under the `## Exit codes` heading.
+    let table = |page: &str| -> Vec<u8> {
+        let text = read(page);
+        let section = text.split("## Exit codes").nth(1).unwrap_or_else(|| panic!("{page}: no exit codes"));
+        let rows: Vec<&str> = section
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .map(|row| row.split('|').nth(1).expect("first cell"))
+            .collect();
+        numbers(&rows.join(" "))
+    };
+    // A list: the paragraph starting with `Exit codes:`.
+    let list = |page: &str| -> Vec<u8> {
+        let text = read(page);
+        let start = text.find("Exit codes: ").unwrap_or_else(|| panic!("{page}: no `Exit codes:` list"));
+        numbers(text[start..].split("\n\n").next().expect("paragraph"))
+    };
+    let mut expected = codes.clone();
+    expected.sort_unstable();
+    for (page, found) in [
+        ("docs/plan.md", table("docs/plan.md")),
+        ("docs/troubleshooting.md", table("docs/troubleshooting.md")),
+        ("docs/configuration.md", list("docs/configuration.md")),
+        ("README.md", list("README.md")),
+    ] {
+        assert_eq!(found, expected, "{page} documents other exit codes than the binary has");
+    }
 }

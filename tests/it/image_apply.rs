@@ -172,9 +172,18 @@ impl Lab {
         let outcome = switch_host(&request).await.expect("the image's system onto the test host");
         assert!(!outcome.is_failure(), "{}", outcome.log);
         assert_eq!(host.current_system().as_deref(), Some(system));
-        let mut agent = agent_with(&host.address);
-        agent["files"] = json!({ ED25519_HOST_KEY: format!("{} root@{name}\n", host.host_public().trim()) });
-        self.pve.command(json!({"cmd": "boot_agent", "name": name, "agent": agent}));
+        self.pve.command(json!({"cmd": "boot_agent", "name": name, "agent": booted_agent(name, host)}));
+    }
+
+    /// Changes keys of ./test-image.json: what the flake declares from now on.
+    fn declare(&self, changes: Value) {
+        let path = self.fixture.dir.path().join("test-image.json");
+        let text = std::fs::read_to_string(&path).expect("read test-image.json");
+        let mut declared: Value = serde_json::from_str(&text).expect("test-image.json");
+        for (key, value) in changes.as_object().expect("an object of changes") {
+            declared[key] = value.clone();
+        }
+        std::fs::write(path, declared.to_string()).expect("write test-image.json");
     }
 
     /// The VM named `name`, as fakepve holds it.
@@ -207,6 +216,14 @@ impl Lab {
     fn uploads(&self) -> usize {
         self.pve.requests(false).iter().filter(|(m, p)| m == "POST" && p.ends_with("/upload")).count()
     }
+}
+
+/// The guest agent of a VM booted from the image, with the test host's address and the public
+/// host key its sshd generated on first boot.
+fn booted_agent(name: &str, host: &TestHost) -> Value {
+    let mut agent = agent_with(&host.address);
+    agent["files"] = json!({ ED25519_HOST_KEY: format!("{} root@{name}\n", host.host_public().trim()) });
+    agent
 }
 
 /// The import file of the fixture's shared image, from a plan's `upload_image` change.
@@ -433,6 +450,15 @@ async fn a_damaged_or_interrupted_upload_is_sent_again_and_a_complete_file_is_no
     assert_eq!(upload["status"], "already_done");
     assert_eq!(upload["detail"], format!("{file}: on the storage already"));
     assert_eq!(lab.metadata("web").system.as_deref(), Some(web_system.as_str()));
+
+    // The same reviewed plan applied once more (a re-run CI job): nothing is sent or created.
+    lab.pve.requests(true);
+    let (run, report) = lab.apply(&["--hosts", "web"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(host_report(&report, "web")["status"], "ok", "{report:#}");
+    assert_eq!(steps(&report, "web"), [], "nothing left to do: {report:#}");
+    assert_eq!(lab.uploads(), 0);
+    assert!(!lab.pve.requests(false).iter().any(|(m, _)| m == "POST"), "nothing written");
     assert_eq!(kinds(&lab.plan(&["--hosts", "web"]), "web"), ["noop"]);
 }
 
@@ -496,4 +522,128 @@ fn gc_images_lists_and_removes_only_files_no_host_refers_to() {
     assert_eq!(left, kept);
     let run = lab.nixprox(&["gc-images", "--detailed-exitcode"]);
     assert_eq!((run.code, run.stdout.as_str()), (0, "No unreferenced nixprox image files.\n"));
+}
+
+/// A VM created from its image whose first apply stopped before the check (its sshd had not
+/// written a host key in time) is finished by the next plan's `switch`, even after the host
+/// moved to a template bootstrap; from then on a config change, even one that changes the
+/// image, is a switch over SSH (no upload, no new VM); the old image is garbage; and the
+/// host's bootstrap may change to a template and back without touching the VM.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_vm_is_finished_after_an_interruption_and_changed_by_switches_never_rebuilt() {
+    require_qemu_img();
+    let lab = Lab::start(cluster("iso,import"), &["web"]);
+    let web_system = lab.toplevel("web");
+    lab.boot("web", lab.web(), &web_system).await;
+    // Booted, but its host key is not there yet: the agent answers, the file is missing.
+    lab.pve.command(json!({"cmd": "boot_agent", "name": "web", "agent": agent_with(&lab.web().address)}));
+    lab.settings(&format!(
+        "ssh:\n  key: {}\n  connect_timeout: 60\napply:\n  address_timeout: 3\n",
+        lab.web().client_key.display()
+    ));
+    let plan = lab.plan(&["--hosts", "web"]);
+    let first_file = image_file(&plan, "web");
+    let (run, report) = lab.apply(&["--hosts", "web"]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    let web = host_report(&report, "web");
+    assert_eq!(web["step"], "host key", "{report:#}");
+    let error = web["error"].as_str().expect("error");
+    assert!(error.starts_with("no SSH host key for host `web` through the guest agent of VM "), "{error}");
+    let metadata = lab.metadata("web");
+    assert_eq!(metadata.system, None);
+    let created = metadata.created.expect("created by nixprox");
+    assert!(created.image.as_deref().is_some_and(|p| p.ends_with("-shared-images")), "{created:?}");
+
+    // The same reviewed plan re-run while the key is still missing: the run resumes its own
+    // VM (no second upload, no second VM) and stops at the same step.
+    lab.pve.requests(true);
+    let (run, report) = lab.apply(&["--hosts", "web"]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(host_report(&report, "web")["step"], "host key", "{report:#}");
+    assert_eq!(lab.uploads(), 0);
+    assert!(!lab.pve.requests(false).iter().any(|(m, p)| m == "POST" && p == "/nodes/pve1/qemu"));
+
+    // sshd wrote its key meanwhile, and the host was switched to a template bootstrap: the VM
+    // its notes say was created from an image is checked (a switch), never installed over.
+    let vmid = lab.vm("web")["vmid"].clone();
+    lab.pve.command(json!({"cmd": "set_agent", "vmid": vmid, "agent": booted_agent("web", lab.web())}));
+    lab.declare(json!({"bootstrap": "template"}));
+    let plan = lab.plan(&["--hosts", "web"]);
+    assert_eq!(kinds(&plan, "web"), ["switch"], "{plan:#}");
+    let reason = cli::actions(&plan, "web")[0]["reason"].as_str().expect("reason").to_string();
+    assert!(
+        reason.starts_with("nixprox created this VM from its image and has not checked it yet"),
+        "{reason}"
+    );
+    lab.pve.requests(true);
+    let (run, report) = lab.apply(&["--hosts", "web"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let names: Vec<String> = steps(&report, "web").into_iter().map(|(s, _)| s).collect();
+    // The create's remaining steps (its notes still name the interrupted apply), then the check.
+    assert_eq!(
+        names,
+        ["configure", "resize", "start", "address", "host key", "verify", "finish"],
+        "{report:#}"
+    );
+    assert_eq!(lab.uploads(), 0);
+    let metadata = lab.metadata("web");
+    assert_eq!(metadata.system.as_deref(), Some(web_system.as_str()));
+    assert_eq!(metadata.host_key.as_deref(), Some(key_of(&lab.web().host_public()).as_str()));
+    assert_eq!(metadata.created, None);
+    let config = &lab.vm("web")["config"];
+    assert!(config.get("ciuser").is_none() && config.get("ide0").is_none(), "no cloud-init: {config:#}");
+
+    // Back to the image bootstrap; the configuration changes, and with it the image (a new
+    // store path): a switch of the running VM, never an upload or a new VM.
+    lab.declare(
+        json!({"bootstrap": "image", "revision": "2", "salt": format!("{}-changed", std::process::id())}),
+    );
+    let changed_system = lab.toplevel("web");
+    assert_ne!(changed_system, web_system);
+    let plan = lab.plan(&["--hosts", "web"]);
+    assert_eq!(kinds(&plan, "web"), ["switch"], "{plan:#}");
+    assert_eq!(plan["summary"]["upload_image"], 0);
+    lab.pve.requests(true);
+    let (run, report) = lab.apply(&["--hosts", "web"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(lab.uploads(), 0, "no image is built or uploaded for an existing VM");
+    assert!(steps(&report, "web").iter().all(|(s, _)| s != "build" && s != "create"), "{report:#}");
+    assert_eq!(lab.web().current_system().as_deref(), Some(changed_system.as_str()));
+    assert_eq!(lab.metadata("web").system.as_deref(), Some(changed_system.as_str()));
+    assert_eq!(lab.vm("web")["vmid"], vmid, "the same VM");
+
+    // The first image is referred to by no host any more.
+    let run = lab.nixprox(&["gc-images"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains(&format!("  images:import/{first_file} (node pve1,")), "{}", run.stdout);
+
+    // The host's bootstrap changes to a template and back: the installed VM is left as it is.
+    lab.declare(json!({"bootstrap": "template"}));
+    assert_eq!(kinds(&lab.plan(&["--hosts", "web"]), "web"), ["noop"]);
+    lab.declare(json!({"bootstrap": "image", "salt": format!("{}-again", std::process::id())}));
+    assert_eq!(kinds(&lab.plan(&["--hosts", "web"]), "web"), ["noop"]);
+}
+
+/// A package planning cannot size (not disko's) whose image is larger than the declared disk:
+/// the plan shows the upload (it cannot know), apply builds the image, reads its header and
+/// stops the host before anything is sent or created, naming both sizes and the fix.
+#[test]
+fn an_image_larger_than_its_disk_stops_the_host_before_the_upload() {
+    require_qemu_img();
+    let lab = Lab::start(cluster("iso,import"), &[]);
+    lab.declare(json!({"webDisk": "32M"}));
+    let plan = lab.plan(&["--hosts", "web"]);
+    assert_eq!(kinds(&plan, "web"), ["upload_image", "create_vm"], "{plan:#}");
+    lab.pve.requests(true);
+    let (run, report) = lab.apply(&["--hosts", "web"]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    let web = host_report(&report, "web");
+    assert_eq!(web["step"], "build", "{report:#}");
+    assert_eq!(
+        web["error"],
+        "image of disk `scsi0` of host `web` is 64M but the disk is declared as 32M (raise `nixprox.vm.disks.scsi0.size` or shrink the image)"
+    );
+    assert_eq!(lab.uploads(), 0);
+    assert!(lab.imports().is_empty());
+    assert!(lab.pve.command(json!({"cmd": "vms"})).as_array().expect("vms").is_empty());
 }

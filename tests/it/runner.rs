@@ -142,3 +142,65 @@ fn the_flake_exports_the_runner_module() {
     let out: Value = serde_json::from_slice(&output.stdout).expect("json");
     assert_eq!(out, json!({"names": ["default", "nixprox", "runner"], "runner": true}));
 }
+
+/// The labels a runner of `role` registers for `forge`, as the forge matches them: Forgejo
+/// takes the name before `:host` and adds nothing; a GitHub runner also has the default labels
+/// `self-hosted`, `Linux` and `X64` (actions/runner, `--no-default-labels` unset).
+fn runner_labels(forge: &str, role: &str) -> Vec<String> {
+    let instance = format!(
+        r#"{{ r = {{ forge = "{forge}"; url = "https://git.lab"; tokenFile = "/run/agenix/runner"; role = "{role}";
+                   proxmox.apiTokenFile = "/run/agenix/token"; }}; }}"#
+    );
+    let out = evaluate(&instance).unwrap_or_else(|e| panic!("{e}"));
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array().expect("labels").iter().map(|l| l.as_str().expect("label").to_string()).collect()
+    };
+    match forge {
+        "forgejo" => strings(&out["forgejo"]["nixprox_r"]["labels"])
+            .into_iter()
+            .map(|l| l.split(':').next().expect("name").to_string())
+            .collect(),
+        _ => {
+            let mut labels = strings(&out["github"]["nixprox_r"]["extraLabels"]);
+            labels.extend(["self-hosted", "Linux", "X64"].map(String::from));
+            labels
+        }
+    }
+}
+
+/// Every job of the example workflows can start on a runner the module sets up: its `runs-on`
+/// labels are all among the labels of the runner of its role (apply jobs on the apply runner,
+/// everything else on the plan runner). A label no runner has leaves the job queued forever.
+#[test]
+fn the_example_workflows_run_on_the_module_runners_labels() {
+    for forge in ["forgejo", "github"] {
+        let plan = runner_labels(forge, "plan");
+        let apply = runner_labels(forge, "apply");
+        let dir = repo().join("examples").join(forge);
+        let mut jobs = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("workflow");
+            let yaml: Value = yaml_serde::from_str(&text).expect("yaml");
+            let is_apply = path.file_stem().is_some_and(|s| s == "apply");
+            for (name, job) in yaml["jobs"].as_object().expect("jobs") {
+                let wanted: Vec<&str> = job["runs-on"]
+                    .as_array()
+                    .expect("runs-on list")
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let has = if is_apply { &apply } else { &plan };
+                let missing: Vec<&&str> = wanted.iter().filter(|l| !has.iter().any(|h| h == **l)).collect();
+                assert!(
+                    missing.is_empty(),
+                    "{}: job `{name}` asks for {missing:?}, which the {} runner ({has:?}) does not have",
+                    path.display(),
+                    if is_apply { "apply" } else { "plan" }
+                );
+                jobs += 1;
+            }
+        }
+        assert!(jobs >= 5, "{forge}: {jobs} jobs");
+    }
+}

@@ -1,6 +1,7 @@
-# What every managed host's NixOS shares (./nixprox.nix is what its VM shares). The address, prefix and gateway are declared once, in
-# hosts/<name>/nixprox.nix: nixprox gives them to the bootstrap system through cloud-init, and
-# the installed system takes them from `config.nixprox` here.
+# What every managed host's NixOS shares (./nixprox.nix is what its VM shares). The address,
+# prefix and gateway are declared once, in hosts/<name>/nixprox.nix: nixprox gives them to the
+# bootstrap system through cloud-init, and the installed system takes them from
+# `config.nixprox` here. The same goes for the deploy user (`nixprox.ssh.user`) and its key.
 { config, lib, ... }:
 
 let
@@ -15,10 +16,29 @@ in
   services.openssh = {
     enable = true;
     settings.PasswordAuthentication = false;
-    settings.PermitRootLogin = "prohibit-password";
+    # Nobody logs in as root: nixprox and nixos-anywhere use the deploy user below.
+    settings.PermitRootLogin = "no";
   };
-  # nixprox logs in as root with the runner's key, as the bootstrap system let it.
-  users.users.root.openssh.authorizedKeys.keys = cfg.bootstrap.sshKeys;
+
+  # The deploy user (`nixprox.ssh.user`, modules/nixprox.nix) with the runner's key, the same
+  # one the bootstrap system let in as root. Activating a system runs its code as root, so any
+  # sudo rule that allows it is root-equivalent: the user gets passwordless sudo for everything
+  # (`sudo -n`, never a prompt; docs/security.md).
+  users.users.${cfg.ssh.user} = {
+    isNormalUser = true;
+    openssh.authorizedKeys.keys = cfg.bootstrap.sshKeys;
+  };
+  security.sudo.extraRules = [
+    {
+      users = [ cfg.ssh.user ];
+      commands = [
+        {
+          command = "ALL";
+          options = [ "NOPASSWD" ];
+        }
+      ];
+    }
+  ];
 
   # One NIC (`net0`, `ens18` in the guest). A static host uses the address, prefix and gateway
   # from `nixprox`; a DHCP host identifies by MAC, so the lease stays the one the bootstrap

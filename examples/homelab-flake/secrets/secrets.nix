@@ -1,13 +1,15 @@
 # agenix recipients: who can decrypt each secret (`agenix -e <name>.age` in this directory).
-# The keys below are examples whose private halves no longer exist: replace them with yours.
+# The keys below and in ./host-keys are examples whose private halves no longer exist: replace
+# them with yours.
 let
   # You, to edit the secrets.
   admin = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB4cyNHHlL6C82zXo0VGxWz7yPnTw2Z7FrnvhMayxP5o admin";
   # The CI runners' own host keys (`cat /etc/ssh/ssh_host_ed25519_key.pub` on each).
   runner-apply = builtins.readFile ./host-keys/runner-apply.pub;
   runner-plan = builtins.readFile ./host-keys/runner-plan.pub;
-  # The managed hosts' host keys: generated before the first install (README.md, step 3); the
-  # private halves are secrets of the apply runner, which nixprox installs on the VMs.
+  # The managed hosts' host keys: generated before the first install (docs/guide.md, "Secrets
+  # with host keys"); the private halves are secrets of the apply runner (host-key-<name>.age
+  # below), which nixprox installs on the VMs (`nixprox.install.hostKeyFile`).
   db = builtins.readFile ./host-keys/db.pub;
 in
 {

@@ -26,6 +26,30 @@ pub const RECORD_VERSION: u32 = 1;
 /// the rendered plan, which degrades to fit).
 pub const MAX_RECORD_CHARS: usize = 40_000;
 
+/// Why a record is not written to the comment, or not read from it (apply then compares
+/// plan ids only, with a warning).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("failed to serialise the reviewed-plan record: {0}")]
+    Serialize(String),
+    #[error(
+        "the reviewed-plan record of {hosts} changed hosts takes {chars} characters, more than the {MAX_RECORD_CHARS} the plan comment keeps for it"
+    )]
+    TooLarge { hosts: usize, chars: usize },
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error(
+        "it has version {0}, and this nixprox reads version {RECORD_VERSION} (use the nixprox release that planned)"
+    )]
+    Version(u64),
+    #[error("it has no version")]
+    NoVersion,
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("it is for plan `{found}`, not `{wanted}`")]
+    OtherPlan { found: String, wanted: String },
+}
+
 /// The record, as JSON: `{"v":1,"plan_id":"…","hosts":{"web":"<digest>","db":"<digest> reinstall"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -84,34 +108,28 @@ impl Record {
         record
     }
 
-    /// The JSON for the comment, or `None` (with the reason) when it would not fit.
-    pub fn to_json(&self) -> Result<String, String> {
-        let json = serde_json::to_string(self).map_err(|e| e.to_string())?;
+    /// The JSON for the comment, or why it is left out (it would not fit).
+    pub fn to_json(&self) -> Result<String, RecordError> {
+        let json = serde_json::to_string(self).map_err(|e| RecordError::Serialize(e.to_string()))?;
         let chars = json.chars().count();
         if chars > MAX_RECORD_CHARS {
-            return Err(format!(
-                "the reviewed-plan record of {} changed hosts takes {chars} characters, more than the {MAX_RECORD_CHARS} the plan comment keeps for it",
-                self.hosts.len() + self.orphans.len()
-            ));
+            return Err(RecordError::TooLarge { hosts: self.hosts.len() + self.orphans.len(), chars });
         }
         Ok(json)
     }
 
     /// Reads a record from the comment; `plan_id` is the comment marker's, which it must repeat.
-    pub fn parse(json: &str, plan_id: &str) -> Result<Record, String> {
-        let version: Value = serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
+    pub fn parse(json: &str, plan_id: &str) -> Result<Record, RecordError> {
+        let version: Value = serde_json::from_str(json).map_err(|e| RecordError::NotJson(e.to_string()))?;
         match version.get("v").and_then(Value::as_u64) {
             Some(v) if v == u64::from(RECORD_VERSION) => {}
-            Some(v) => {
-                return Err(format!(
-                    "it has version {v}, and this nixprox reads version {RECORD_VERSION} (use the nixprox release that planned)"
-                ));
-            }
-            None => return Err("it has no version".into()),
+            Some(v) => return Err(RecordError::Version(v)),
+            None => return Err(RecordError::NoVersion),
         }
-        let record: Record = serde_json::from_value(version).map_err(|e| format!("malformed: {e}"))?;
+        let record: Record =
+            serde_json::from_value(version).map_err(|e| RecordError::Malformed(e.to_string()))?;
         if record.plan_id != plan_id {
-            return Err(format!("it is for plan `{}`, not `{plan_id}`", record.plan_id));
+            return Err(RecordError::OtherPlan { found: record.plan_id, wanted: plan_id.to_string() });
         }
         Ok(record)
     }
@@ -153,9 +171,9 @@ mod tests {
 
         let json = record.to_json().expect("fits");
         assert_eq!(Record::parse(&json, &plan.plan_id).expect("parses"), record);
-        assert!(Record::parse(&json, "other").expect_err("wrong id").contains("not `other`"));
+        assert!(Record::parse(&json, "other").expect_err("wrong id").to_string().contains("not `other`"));
         let newer = json.replacen("\"v\":1", "\"v\":2", 1);
-        assert!(Record::parse(&newer, &plan.plan_id).expect_err("newer").contains("version 2"));
+        assert!(Record::parse(&newer, &plan.plan_id).expect_err("newer").to_string().contains("version 2"));
         assert!(Record::parse("{", &plan.plan_id).is_err());
     }
 
@@ -163,6 +181,6 @@ mod tests {
     fn a_record_too_large_for_the_comment_is_refused() {
         let hosts = (0..2000).map(|i| (format!("host-with-a-long-name-{i:04}"), "0".repeat(16))).collect();
         let record = Record { v: 1, plan_id: "p".into(), hosts, orphans: BTreeMap::new() };
-        assert!(record.to_json().expect_err("too big").contains("2000 changed hosts"));
+        assert!(record.to_json().expect_err("too big").to_string().contains("2000 changed hosts"));
     }
 }

@@ -55,3 +55,17 @@ fn ancestors_walk_up_to_the_root() {
     assert_eq!(ancestors("/").collect::<Vec<_>>(), ["/"]);
     assert_eq!(ancestors("/sdn/zones/localnetwork/vmbr0/20").count(), 6);
 }
+
+#[test]
+fn a_bridge_granted_under_an_sdn_zone_counts_and_no_other_grant_does() {
+    let need = |path: &str| Need::new(&["SDN.Use"], path.to_string(), None, "web", "network");
+    // A VNet `vnet1` of zone `lab`: Proxmox checks /sdn/zones/lab/vnet1, not localnetwork.
+    let zone_grant = granted(json!({"/sdn/zones/lab": {"SDN.Use": 1}}));
+    assert!(missing(&zone_grant, vec![need("/sdn/zones/localnetwork/vnet1")]).is_empty());
+    assert!(missing(&zone_grant, vec![need("/sdn/zones/localnetwork/vnet1/20")]).is_empty(), "a tagged NIC");
+    let vnet_grant = granted(json!({"/sdn/zones/lab/vnet1": {"SDN.Use": 0}}));
+    assert!(missing(&vnet_grant, vec![need("/sdn/zones/localnetwork/vnet1")]).is_empty());
+    assert_eq!(missing(&vnet_grant, vec![need("/sdn/zones/localnetwork/vmbr0")]).len(), 1, "another bridge");
+    let other = granted(json!({"/sdn/zones/lab": {"SDN.Audit": 1}, "/vms": {"SDN.Use": 1}}));
+    assert_eq!(missing(&other, vec![need("/sdn/zones/localnetwork/vnet1")]).len(), 1);
+}
