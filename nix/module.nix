@@ -446,6 +446,20 @@ in
         description = "Let apply reboot the VM when a hardware change only takes effect after a reboot.";
       };
     };
+
+    summary = {
+      extra = mkOption {
+        # Lazy: listing the names must not evaluate the values, so one that throws fails alone.
+        type = types.lazyAttrsOf types.anything;
+        default = { };
+        example = literalExpression ''{ "grafana port" = config.services.grafana.settings.server.http_port; }'';
+        description = ''
+          Your own probes for the plan's NixOS changes: each value (any JSON-able value) is shown
+          as before → after when it differs between the pull request's base and head. Every
+          entry is evaluated on its own, so one that throws only says so. Not part of the VM.
+        '';
+      };
+    };
   };
 
   # Only where the options exist: the module must also evaluate with plain `lib.evalModules`.

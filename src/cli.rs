@@ -193,6 +193,15 @@ pub struct PlanArgs {
     #[arg(long)]
     pub timings: Option<PathBuf>,
 
+    /// Compare the NixOS configuration of every host whose system changes with this base: a
+    /// flake reference (`github:…`, `git+file:…`, a path) or a git revision of the local flake
+    /// (`main`, a commit). Default in CI: the pull request's base commit.
+    #[arg(long, value_name = "REF")]
+    pub base: Option<String>,
+
+    /// Do not compare with any base (no NixOS changes in the plan, no extra evaluation).
+    #[arg(long, conflicts_with = "base")]
+    pub no_base: bool,
     /// Plan only shard I of N (`2/3`): evaluate every N-th host and read the VMs of this
     /// shard's Proxmox nodes, and write a shard file (`--format json --out part-2.json`) for
     /// `--merge`. See docs/ci.md.

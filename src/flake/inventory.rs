@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::command::{Nix, NixCommand, NixError, NixVersion, OverrideInput, nix_string};
 use super::host::{HostDecl, ImageEval, SystemEval};
-use super::scheduler::{self, Failure, Limits, Selection};
+use super::scheduler::{self, Failure, HostFailures, Limits, Selection};
 
 pub use super::scheduler::EvalStats;
 
@@ -57,7 +57,9 @@ pub struct EvalRequest {
     /// A Nix function `attr: host: { … }` evaluated for every managed host in the same
     /// process as its system (`host` is the `nixosConfigurations` value, with `config` and
     /// `options`); its JSON-able result lands in [`EvaluatedHost::extra`]. For callers that
-    /// want more per host at no second evaluation (e.g. change summaries).
+    /// want more per host at no second evaluation (e.g. change summaries). nix cannot catch
+    /// every error in it, so a host that fails with it is evaluated once more without it: its
+    /// system counts, its `extra` failed ([`EvaluatedHost::extra_error`]).
     pub extra: Option<String>,
 }
 
@@ -104,12 +106,18 @@ impl EvalRequest {
 
     /// The `nix eval` of one worker; `heap` is its initial GC heap (`GC_INITIAL_HEAP_SIZE`,
     /// unless the environment already sets one: the user's choice wins).
-    fn worker_command(&self, selection: &Selection, marker: &str, heap: Option<u64>) -> NixCommand {
+    fn worker_command(
+        &self,
+        selection: &Selection,
+        marker: &str,
+        heap: Option<u64>,
+        mode: ExtraMode,
+    ) -> NixCommand {
         let command = self
             .nix
             .eval(self.installable())
             .override_inputs(&self.override_inputs)
-            .apply(eval_expr(selection, self.extra.as_deref(), Some(marker)));
+            .apply(eval_expr(selection, mode.of(self.extra.as_deref()), Some(marker)));
         let user_set =
             std::env::var_os(GC_HEAP_VAR).is_some() || self.nix.env.iter().any(|(k, _)| k == GC_HEAP_VAR);
         match heap {
@@ -124,10 +132,41 @@ impl EvalRequest {
         let selection = self.initial().into_iter().next().unwrap_or(Selection::Names(Vec::new()));
         self.nix.eval(self.installable()).override_inputs(&self.override_inputs).apply(eval_expr(
             &selection,
-            self.extra.as_deref(),
+            ExtraMode::With.of(self.extra.as_deref()),
             None,
         ))
     }
+}
+
+/// What a worker does with [`EvalRequest::extra`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExtraMode {
+    /// Evaluates it with each managed host's declaration and system.
+    With,
+    /// Leaves it out (a host retried after it failed with it).
+    Without,
+    /// Evaluates only it, for every selected host ([`evaluate_extra`]).
+    Only,
+}
+
+impl ExtraMode {
+    fn of(self, extra: Option<&str>) -> Extra<'_> {
+        match (self, extra) {
+            (ExtraMode::Without, _) | (_, None) => Extra::None,
+            (ExtraMode::With, Some(e)) => Extra::With(e),
+            (ExtraMode::Only, Some(e)) => Extra::Only(e),
+        }
+    }
+}
+
+/// The `extra` part of [`eval_expr`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extra<'a> {
+    None,
+    /// This function, beside each managed host's declaration and system.
+    With(&'a str),
+    /// Only this function, for every selected host.
+    Only(&'a str),
 }
 
 /// One managed host, as evaluated.
@@ -139,6 +178,9 @@ pub struct EvaluatedHost {
     pub system: SystemEval,
     /// The result of [`EvalRequest::extra`] for this host.
     pub extra: Option<serde_json::Value>,
+    /// Why [`EvalRequest::extra`] failed for this host (nix's message); its system was
+    /// evaluated without it.
+    pub extra_error: Option<String>,
 }
 
 /// Everything the flake says, in attribute-name order.
@@ -214,7 +256,7 @@ struct RawSystem {
 
 /// The `--apply` expression for a selection. With a `marker`, hosts are streamed as traces
 /// (a worker); without, the value is every result (one plain evaluation).
-pub fn eval_expr(selection: &Selection, extra: Option<&str>, marker: Option<&str>) -> String {
+pub fn eval_expr(selection: &Selection, extra: Extra<'_>, marker: Option<&str>) -> String {
     let list = |names: &[String]| {
         format!("[ {} ]", names.iter().map(|n| nix_string(n)).collect::<Vec<_>>().join(" "))
     };
@@ -231,7 +273,14 @@ pub fn eval_expr(selection: &Selection, extra: Option<&str>, marker: Option<&str
     EVAL_EXPR
         .replace("@NAMES@", &names)
         .replace("@PARTITION@", &partition)
-        .replace("@EXTRA@", &extra.map_or("null".to_string(), |e| format!("({e})")))
+        .replace(
+            "@EXTRA@",
+            &match extra {
+                Extra::None => "null".to_string(),
+                Extra::With(e) | Extra::Only(e) => format!("({e})"),
+            },
+        )
+        .replace("@EXTRA_ONLY@", if matches!(extra, Extra::Only(_)) { "true" } else { "false" })
         .replace("@STREAM@", if marker.is_some() { "true" } else { "false" })
         .replace("@MARKER@", marker.unwrap_or(""))
 }
@@ -246,30 +295,7 @@ fn marker() -> String {
 /// Evaluates the flake: every selected managed host's declaration and system.
 pub async fn evaluate(req: &EvalRequest) -> Result<Inventory, FlakeError> {
     let started = Instant::now();
-    let limits = Limits { jobs: req.jobs(), max_memory: req.max_memory, batch: req.batch };
-    let command_for =
-        |selection: &Selection, marker: &str, heap: Option<u64>| req.worker_command(selection, marker, heap);
-    // The version probe runs beside the evaluation (it is on the critical path otherwise); a
-    // nix too old for the evaluation's flags is reported as such, whatever the evaluation did.
-    let (nix_version, collected) =
-        tokio::join!(req.nix.version(), scheduler::run(req.initial(), limits, &command_for, marker()));
-    let nix_version = nix_version?;
-    if !nix_version.is_supported() {
-        return Err(FlakeError::UnsupportedNix { found: nix_version.to_string(), raw: nix_version.raw });
-    }
-    let collected = collected.map_err(|failure| {
-        let flake = req.flake.clone();
-        let mib = |bytes: u64| bytes >> 20;
-        match failure {
-            Failure::Nix(err) => FlakeError::Nix(err),
-            Failure::Flake(message) => FlakeError::Flake { flake, message },
-            Failure::Host { host, message } => FlakeError::Host { host, flake, message },
-            Failure::Memory { host: Some(host) } => {
-                FlakeError::HostMemory { host, flake, limit: mib(req.max_memory) }
-            }
-            Failure::Memory { host: None } => FlakeError::FlakeMemory { flake, limit: mib(req.max_memory) },
-        }
-    })?;
+    let (nix_version, collected) = run(req, ExtraMode::With).await?;
     let elapsed = started.elapsed();
     if !collected.missing.is_empty() {
         return Err(FlakeError::UnknownHosts { flake: req.flake.clone(), names: collected.missing });
@@ -289,7 +315,8 @@ pub async fn evaluate(req: &EvalRequest) -> Result<Inventory, FlakeError> {
                     disk_layout_hash: system.disk_layout_hash,
                     image: system.image,
                 };
-                hosts.push(EvaluatedHost { attr, decl, system, extra: raw.extra });
+                let extra_error = collected.failed.get(&attr).cloned();
+                hosts.push(EvaluatedHost { attr, decl, system, extra: raw.extra, extra_error });
             }
             _ => {
                 return Err(FlakeError::Decode {
@@ -302,6 +329,77 @@ pub async fn evaluate(req: &EvalRequest) -> Result<Inventory, FlakeError> {
         }
     }
     Ok(Inventory { nix_version, hosts, skipped, elapsed, stats: collected.stats })
+}
+
+/// Runs the workers of `req` with `extra` as `mode` says, after checking nix's version.
+async fn run(req: &EvalRequest, mode: ExtraMode) -> Result<(NixVersion, scheduler::Collected), FlakeError> {
+    let limits = Limits { jobs: req.jobs(), max_memory: req.max_memory, batch: req.batch };
+    let host_failures = match (mode, &req.extra) {
+        (ExtraMode::Only, _) => HostFailures::Record,
+        (_, Some(_)) => HostFailures::RetryWithoutExtra,
+        (_, None) => HostFailures::Fatal,
+    };
+    let command_for = |selection: &Selection, marker: &str, heap: Option<u64>, extra: bool| {
+        let mode = if extra { mode } else { ExtraMode::Without };
+        req.worker_command(selection, marker, heap, mode)
+    };
+    // The version probe runs beside the evaluation (it is on the critical path otherwise); a
+    // nix too old for the evaluation's flags is reported as such, whatever the evaluation did.
+    let (nix_version, collected) = tokio::join!(
+        req.nix.version(),
+        scheduler::run(req.initial(), limits, host_failures, &command_for, marker())
+    );
+    let nix_version = nix_version?;
+    if !nix_version.is_supported() {
+        return Err(FlakeError::UnsupportedNix { found: nix_version.to_string(), raw: nix_version.raw });
+    }
+    let collected = collected.map_err(|failure| {
+        let flake = req.flake.clone();
+        let mib = |bytes: u64| bytes >> 20;
+        match failure {
+            Failure::Nix(err) => FlakeError::Nix(err),
+            Failure::Flake(message) => FlakeError::Flake { flake, message },
+            Failure::Host { host, message } => FlakeError::Host { host, flake, message },
+            Failure::Memory { host: Some(host) } => {
+                FlakeError::HostMemory { host, flake, limit: mib(req.max_memory) }
+            }
+            Failure::Memory { host: None } => FlakeError::FlakeMemory { flake, limit: mib(req.max_memory) },
+        }
+    })?;
+    Ok((nix_version, collected))
+}
+
+/// What [`evaluate_extra`] found, host by host.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Extras {
+    /// [`EvalRequest::extra`]'s result for each host that evaluated.
+    pub values: BTreeMap<String, serde_json::Value>,
+    /// Hosts that failed (nix's message); the others are not affected.
+    pub failed: BTreeMap<String, String>,
+    /// Requested hosts the flake does not have.
+    pub missing: Vec<String>,
+    pub elapsed: Duration,
+    pub stats: EvalStats,
+}
+
+/// Evaluates only [`EvalRequest::extra`] for the selected hosts (managed or not), with the same
+/// workers and bounds as [`evaluate`]: a host that fails or is missing is part of the answer,
+/// not an error. An error is what stops every host (the flake, `nixosConfigurations`, nix).
+pub async fn evaluate_extra(req: &EvalRequest) -> Result<Extras, FlakeError> {
+    let started = Instant::now();
+    let (_, collected) = run(req, ExtraMode::Only).await?;
+    let values = collected
+        .results
+        .into_iter()
+        .filter_map(|(host, mut value)| Some((host, value.get_mut("extra")?.take())))
+        .collect();
+    Ok(Extras {
+        values,
+        failed: collected.failed,
+        missing: collected.missing,
+        elapsed: started.elapsed(),
+        stats: collected.stats,
+    })
 }
 
 /// The locked identity of a flake with its overrides: `locked.narHash` (the content of the
@@ -356,16 +454,19 @@ mod tests {
 
     #[test]
     fn selections_are_embedded_as_nix_values() {
-        let expr = eval_expr(&Selection::Partition(vec![[3, 1], [2, 0]]), None, Some("nixprox-ab:"));
+        let expr = eval_expr(&Selection::Partition(vec![[3, 1], [2, 0]]), Extra::None, Some("nixprox-ab:"));
         assert!(expr.contains("names = null;"), "{expr}");
         assert!(expr.contains("partition = [ [ 3 1 ] [ 2 0 ] ];"), "{expr}");
         assert!(expr.contains("extra = null;") && expr.contains("stream = true;"), "{expr}");
         assert!(expr.contains("marker = \"nixprox-ab:\";"), "{expr}");
         assert!(!expr.contains('@'), "{expr}");
-        let expr = eval_expr(&Selection::Names(vec!["web".into(), "db\"x".into()]), Some("a: h: { }"), None);
+        let expr =
+            eval_expr(&Selection::Names(vec!["web".into(), "db\"x".into()]), Extra::With("a: h: { }"), None);
         assert!(expr.contains("names = [ \"web\" \"db\\\"x\" ];"), "{expr}");
         assert!(expr.contains("partition = [ ];") && expr.contains("stream = false;"), "{expr}");
-        assert!(expr.contains("extra = (a: h: { });"), "{expr}");
+        assert!(expr.contains("extra = (a: h: { });") && expr.contains("extraOnly = false;"), "{expr}");
+        let expr = eval_expr(&Selection::Names(vec!["web".into()]), Extra::Only("a: h: { }"), None);
+        assert!(expr.contains("extra = (a: h: { });") && expr.contains("extraOnly = true;"), "{expr}");
     }
 
     #[test]

@@ -29,6 +29,12 @@
 //!   The error reported is the first failing host in name order (lists are sorted, and hosts
 //!   after a known failure are not started), so it does not depend on timing.
 //!
+//! - **Host failures** stop the evaluation ([`HostFailures::Fatal`]), unless the caller's
+//!   `extra` may be to blame ([`HostFailures::RetryWithoutExtra`]: the host is evaluated once
+//!   more alone without it, and only fails the evaluation if it fails again), or each host is
+//!   a result of its own ([`HostFailures::Record`]). Either way the failed worker's remaining
+//!   hosts go on in a new worker.
+//!
 //! The worker count, reservations, restarts and the peak of the summed memory are reported in
 //! [`EvalStats`] for `--timings` and the benchmark.
 
@@ -84,10 +90,26 @@ pub struct EvalStats {
     pub max_workers: usize,
 }
 
+/// What a failing host means for the evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostFailures {
+    /// The evaluation stops; the first failing host in name order is the error.
+    Fatal,
+    /// The caller's `extra` may be what failed (nix cannot catch every error in it): the host
+    /// is evaluated once more alone without `extra`. When that succeeds, only its `extra`
+    /// failed ([`Collected::failed`]); when it fails too, the evaluation stops as with `Fatal`.
+    RetryWithoutExtra,
+    /// A failing host is a result of its own ([`Collected::failed`]); the others go on.
+    Record,
+}
+
 /// Every host's result as `eval.nix` reported it, and what went wrong.
 #[derive(Debug, Default)]
 pub struct Collected {
     pub results: BTreeMap<String, Value>,
+    /// Hosts that failed without stopping the evaluation, with nix's trimmed message: their
+    /// `extra` ([`HostFailures::RetryWithoutExtra`]) or the whole host ([`HostFailures::Record`]).
+    pub failed: BTreeMap<String, String>,
     /// Requested names the flake does not have.
     pub missing: Vec<String>,
     pub stats: EvalStats,
@@ -110,9 +132,9 @@ pub enum Failure {
     },
 }
 
-/// Builds the command of a worker for a selection, the run's marker and the initial GC heap it
-/// gets (`None`: nix's own default).
-pub type CommandFor<'a> = dyn Fn(&Selection, &str, Option<u64>) -> NixCommand + Send + Sync + 'a;
+/// Builds the command of a worker for a selection, the run's marker, the initial GC heap it
+/// gets (`None`: nix's own default) and whether it evaluates the caller's `extra`.
+pub type CommandFor<'a> = dyn Fn(&Selection, &str, Option<u64>, bool) -> NixCommand + Send + Sync + 'a;
 
 #[derive(Debug)]
 enum Stop {
@@ -133,11 +155,18 @@ struct Queued {
     /// Garbage collection deferred to the reservation (the initial GC heap is the
     /// reservation); `false` for the last try of a host that did not fit that way.
     deferred_gc: bool,
+    /// Whether the worker evaluates the caller's `extra` (not for a host retried without it).
+    extra: bool,
 }
 
 impl Queued {
     fn new(selection: Selection, reservation: u64) -> Queued {
-        Queued { selection, reservation, deferred_gc: true }
+        Queued { selection, reservation, deferred_gc: true, extra: true }
+    }
+
+    /// More of `worker`'s hosts, evaluated as it evaluated them (with or without `extra`).
+    fn like(worker: &Running, selection: Selection, reservation: u64) -> Queued {
+        Queued { extra: worker.extra, ..Queued::new(selection, reservation) }
     }
 }
 
@@ -147,6 +176,7 @@ struct Running {
     selection: Selection,
     reservation: u64,
     deferred_gc: bool,
+    extra: bool,
     spawned: Instant,
     /// Known from the worker's first report.
     hosts: Option<Vec<String>>,
@@ -190,6 +220,7 @@ impl Running {
 struct Scheduler<'a> {
     command_for: &'a CommandFor<'a>,
     limits: Limits,
+    host_failures: HostFailures,
     marker: String,
     events: mpsc::UnboundedSender<Event>,
     next_id: usize,
@@ -210,6 +241,7 @@ struct Scheduler<'a> {
 pub async fn run(
     initial: Vec<Selection>,
     limits: Limits,
+    host_failures: HostFailures,
     command_for: &CommandFor<'_>,
     marker: String,
 ) -> Result<Collected, Failure> {
@@ -221,6 +253,7 @@ pub async fn run(
     let mut scheduler = Scheduler {
         command_for,
         limits,
+        host_failures,
         marker,
         events,
         next_id: 0,
@@ -311,7 +344,7 @@ impl Scheduler<'_> {
         let id = self.next_id;
         self.next_id += 1;
         let heap = queued.deferred_gc.then_some(queued.reservation);
-        let command = (self.command_for)(&queued.selection, &self.marker, heap);
+        let command = (self.command_for)(&queued.selection, &self.marker, heap, queued.extra);
         let handle =
             worker::spawn(id, &command, self.marker.clone(), self.events.clone()).map_err(Failure::Nix)?;
         tracing::debug!(
@@ -328,6 +361,7 @@ impl Scheduler<'_> {
                 selection: queued.selection,
                 reservation: queued.reservation,
                 deferred_gc: queued.deferred_gc,
+                extra: queued.extra,
                 spawned: Instant::now(),
                 hosts: None,
                 end: 0,
@@ -367,6 +401,7 @@ impl Scheduler<'_> {
             .max();
         let Some((left, id)) = victim else { return Ok(false) };
         let Some(worker) = self.running.get_mut(&id) else { return Ok(false) };
+        let extra = worker.extra;
         let Some(hosts) = &worker.hosts else { return Ok(false) };
         let parts = (slots + 1).min(left);
         let first = worker.done + 1;
@@ -381,7 +416,7 @@ impl Scheduler<'_> {
         );
         for tail in tails {
             self.collected.stats.steals += 1;
-            self.spawn(Queued::new(Selection::Names(tail), self.current))?;
+            self.spawn(Queued { extra, ..Queued::new(Selection::Names(tail), self.current) })?;
         }
         Ok(true)
     }
@@ -465,7 +500,7 @@ impl Scheduler<'_> {
             Some(Stop::Finished | Stop::Abandon) => {}
             Some(Stop::Restart) => {
                 if let Some(rest) = rest(&w) {
-                    self.queue.push_front(Queued::new(Selection::Names(rest), self.current));
+                    self.queue.push_front(Queued::like(&w, Selection::Names(rest), self.current));
                 }
             }
             Some(Stop::OverShare { rss }) => self.over_share(&w, rss, rest(&w)),
@@ -479,7 +514,7 @@ impl Scheduler<'_> {
         if w.done > 0 {
             // Its first hosts fit: the rest may too, in a fresh worker.
             if let Some(rest) = rest {
-                self.queue.push_front(Queued::new(Selection::Names(rest), self.current));
+                self.queue.push_front(Queued::like(w, Selection::Names(rest), self.current));
             }
             return;
         }
@@ -490,7 +525,8 @@ impl Scheduler<'_> {
         };
         if w.reservation >= self.limits.max_memory && w.deferred_gc {
             // Without collecting garbage it did not fit: once more, collecting as nix does.
-            self.queue.push_front(Queued { selection, reservation: w.reservation, deferred_gc: false });
+            let queued = Queued { deferred_gc: false, ..Queued::like(w, selection, w.reservation) };
+            self.queue.push_front(queued);
             return;
         }
         if w.reservation >= self.limits.max_memory {
@@ -513,7 +549,7 @@ impl Scheduler<'_> {
             reservation >> 20
         );
         self.current = self.current.max(reservation);
-        self.queue.push_front(Queued::new(selection, reservation));
+        self.queue.push_front(Queued::like(w, selection, reservation));
     }
 
     /// A worker ended on its own.
@@ -538,12 +574,39 @@ impl Scheduler<'_> {
             ),
         };
         match w.next_host() {
-            Some(host) => self.fail(host.to_string(), Some(message)),
+            Some(host) => self.host_failed(w, host.to_string(), message),
             // Failed before listing its hosts: the flake itself (or a host reported beyond
             // the part this worker answered for, which its new owner reports again).
             None if w.hosts.is_none() => self.fatal = Some(Failure::Flake(message)),
             None => {}
         }
+    }
+
+    /// A worker failed on `host`: the evaluation stops, or (see [`HostFailures`]) the host's
+    /// failure is recorded, it may be retried without `extra`, and the worker's remaining hosts
+    /// go on in a new worker.
+    fn host_failed(&mut self, w: &Running, host: String, message: String) {
+        let retry = match (self.host_failures, w.extra) {
+            (HostFailures::RetryWithoutExtra, true) => true,
+            (HostFailures::Record, _) => false,
+            _ => {
+                self.fail(host, Some(message));
+                return;
+            }
+        };
+        tracing::debug!(host, retry, "a host failed: {message}");
+        if let Some(hosts) = &w.hosts
+            && w.done + 1 < w.end
+        {
+            let rest = hosts[w.done + 1..w.end].to_vec();
+            self.queue.push_back(Queued::like(w, Selection::Names(rest), self.current));
+        }
+        if retry {
+            let alone =
+                Queued { extra: false, ..Queued::new(Selection::Names(vec![host.clone()]), self.current) };
+            self.queue.push_back(alone);
+        }
+        self.collected.failed.insert(host, message);
     }
 
     /// Records a failed host and stops the workers that only have later hosts left.

@@ -210,7 +210,7 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
     } else {
         actions
     };
-    HostPlan { host: host.host.clone(), vm, orphan: false, drift, actions, pool_move }
+    HostPlan { host: host.host.clone(), vm, orphan: false, drift, actions, pool_move, nixos_changes: None }
 }
 
 /// A host with `nixprox.vm.keep`: `release` of the VM nixprox manages for it, else `noop`.
@@ -229,7 +229,15 @@ fn plan_kept(host: &DesiredHost, found: Found<'_>) -> HostPlan {
         Some(vm) => VmRef { node: vm.node.clone(), vmid: Some(vm.vmid) },
         None => VmRef { node: host.node.clone(), vmid: host.vmid },
     };
-    HostPlan { host: host.host.clone(), vm, orphan: false, drift: None, actions, pool_move: None }
+    HostPlan {
+        host: host.host.clone(),
+        vm,
+        orphan: false,
+        drift: None,
+        actions,
+        pool_move: None,
+        nixos_changes: None,
+    }
 }
 
 /// The pool move of a runnable `update_vm` (whose `pool` change shows it), for the executor.
@@ -495,6 +503,7 @@ fn plan_orphan(vm: &LiveVm, policies: Policies) -> HostPlan {
         drift: None,
         actions: vec![destroy],
         pool_move: None,
+        nixos_changes: None,
     }
 }
 

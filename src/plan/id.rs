@@ -23,7 +23,12 @@ struct Hashed<'a> {
 }
 
 /// 16 hex digits (64 bits) of SHA-256 over the canonical JSON of the plan's meaning.
+///
+/// A host's `nixos_changes` is left out: it describes the system (whose store path is already
+/// hashed) against the pull request's base, which apply after the merge does not have.
 pub fn plan_id(hosts: &[HostPlan], desired: &[DesiredHost], policies: Policies) -> String {
+    let hosts: Vec<HostPlan> = hosts.iter().map(|h| HostPlan { nixos_changes: None, ..h.clone() }).collect();
+    let hosts = hosts.as_slice();
     let planned: std::collections::BTreeSet<&str> =
         hosts.iter().filter(|h| !h.orphan).map(|h| h.host.as_str()).collect();
     let mut inputs: Vec<&DesiredHost> =

@@ -163,6 +163,10 @@ pub struct HostPlan {
     /// shows it to the reviewer). Not serialised: the JSON and the plan id stay as they are.
     #[serde(skip)]
     pub pool_move: Option<PoolMove>,
+    /// What changes inside NixOS between the pull request's base and head, for hosts whose
+    /// system changes; set after planning (`run::changes`), never part of the plan id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nixos_changes: Option<crate::nixos_changes::NixosChanges>,
 }
 
 /// A VM moving between resource pools (`None`: no pool). Pool membership is not part of the

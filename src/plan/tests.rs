@@ -555,3 +555,13 @@ fn probe_of_a_host_in_sync_and_an_unreachable_host_changes_nothing() {
     assert!(report.changed.is_empty());
     assert_eq!(report.unreachable[0].host, "b");
 }
+
+#[test]
+fn nixos_changes_never_enter_the_plan_id() {
+    use crate::nixos_changes::NixosChanges;
+    let desired = [host("web")];
+    let mut changed = run(&desired, &[], Policies::default());
+    let id = changed.plan_id.clone();
+    changed.hosts[0].nixos_changes = Some(NixosChanges::NewHost);
+    assert_eq!(super::id::plan_id(&changed.hosts, &desired, Policies::default()), id);
+}

@@ -48,3 +48,60 @@ pub fn probed() -> Plan {
         probes: Some(&probes),
     })
 }
+
+/// [`every_kind`] with NixOS changes: `web` (switch) compared with every probe kind, `new` a
+/// host the base lacks, `db` a base that could not be evaluated.
+pub fn with_nixos_changes() -> Plan {
+    use crate::nixos_changes::{FailedProbe, NixosChanges, ProbeChange, ProbeKind::*, Side};
+    use serde_json::json;
+    let change = |probe, name: &str, before: Option<serde_json::Value>, after: Option<serde_json::Value>| {
+        ProbeChange { probe, name: name.into(), before, after }
+    };
+    let mut plan = every_kind();
+    let set = |plan: &mut Plan, host: &str, changes: NixosChanges| {
+        plan.hosts.iter_mut().find(|h| h.host == host).expect("host in fixture").nixos_changes =
+            Some(changes);
+    };
+    let changes = vec![
+        change(
+            Release,
+            "nixpkgs",
+            Some(json!("0123456789abcdef0123456789abcdef01234567")),
+            Some(json!("89abcdef0123456789abcdef0123456789abcdef")),
+        ),
+        change(
+            Kernel,
+            "build",
+            Some(json!("/nix/store/a-linux-6.6.30")),
+            Some(json!("/nix/store/b-linux-6.6.31")),
+        ),
+        change(Kernel, "version", Some(json!("6.6.30")), Some(json!("6.6.31"))),
+        change(KernelParams, "console=ttyS0", None, Some(json!(true))),
+        change(Packages, "htop", None, Some(json!(["3.3.0"]))),
+        change(Packages, "openssl", Some(json!(["3.0.13"])), Some(json!(["3.0.14"]))),
+        change(Services, "gitea", Some(json!("/nix/store/a-unit-gitea.service")), None),
+        change(Services, "grafana", None, Some(json!("/nix/store/b-unit-grafana.service"))),
+        change(
+            Services,
+            "nginx",
+            Some(json!("/nix/store/a-unit-nginx.service")),
+            Some(json!("/nix/store/b-unit-nginx.service")),
+        ),
+        change(Firewall, "3000/tcp", None, Some(json!(true))),
+        change(Users, "deploy", None, Some(json!(["wheel"]))),
+        change(FileSystems, "/data", None, Some(json!("label data (xfs)"))),
+        change(Substituters, "https://cache.example", None, Some(json!(true))),
+        change(Extra, "grafana port", Some(json!(3000)), Some(json!(3001))),
+    ];
+    let failed = vec![FailedProbe { probe: Extra, name: Some("motd".into()), side: Side::Head }];
+    set(&mut plan, "web", NixosChanges::Compared { reboot_needed: true, changes, failed });
+    set(&mut plan, "new", NixosChanges::NewHost);
+    set(
+        &mut plan,
+        "db",
+        NixosChanges::Unavailable {
+            reason: "the base commit `0123456789ab` is not in this shallow clone (fetch it: `git fetch --depth=1 origin 0123456789ab`, or check out with `fetch-depth: 0`)".into(),
+        },
+    );
+    plan
+}

@@ -35,8 +35,11 @@ pub struct MarkdownContext {
 /// How much a rendering shows; each level drops more than the one before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Detail {
-    /// Every changed host with its diffs, and the names of unchanged hosts.
+    /// Every changed host with its NixOS changes and diffs, and the names of unchanged hosts.
     Full,
+    /// As `Full`, without the hosts' NixOS changes (the first detail to go: the job summary
+    /// has them, and a nixpkgs bump makes them long).
+    NoNixosChanges,
     /// As `Full`, without the list of unchanged hosts.
     NoUnchanged,
     /// Changed hosts with their actions and reasons, no diffs.
@@ -52,18 +55,28 @@ impl Detail {
     pub fn left_out(self) -> &'static str {
         match self {
             Detail::Full => "nothing",
-            Detail::NoUnchanged => "the list of unchanged hosts",
-            Detail::NoDiffs => "the field-by-field diffs and the list of unchanged hosts",
+            Detail::NoNixosChanges => "the NixOS changes of each host",
+            Detail::NoUnchanged => "the NixOS changes of each host and the list of unchanged hosts",
+            Detail::NoDiffs => {
+                "the NixOS changes and field-by-field diffs of each host, and the list of unchanged hosts"
+            }
             Detail::ListOnly => {
-                "the reasons, diffs and probe details of each host, and the list of unchanged hosts"
+                "the reasons, diffs, NixOS changes and probe details of each host, and the list of unchanged hosts"
             }
             Detail::CountsOnly => "every host (only the counts are shown)",
         }
     }
 }
 
-const LEVELS: [Detail; 5] =
-    [Detail::Full, Detail::NoUnchanged, Detail::NoDiffs, Detail::ListOnly, Detail::CountsOnly];
+/// Every level, richest first: the order [`render_within`] tries them in.
+pub const LEVELS: [Detail; 6] = [
+    Detail::Full,
+    Detail::NoNixosChanges,
+    Detail::NoUnchanged,
+    Detail::NoDiffs,
+    Detail::ListOnly,
+    Detail::CountsOnly,
+];
 
 /// Renders the richest body that fits `limit` characters (use [`COMMENT_LIMIT`] for comments,
 /// `usize::MAX` for the job summary). Returns the body and the level used.
@@ -116,9 +129,9 @@ pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> Strin
     counts_table(&mut out, plan);
     let changed: Vec<&HostPlan> = plan.hosts.iter().filter(|h| h.has_changes()).collect();
     match level {
-        Detail::Full | Detail::NoUnchanged | Detail::NoDiffs => {
+        Detail::Full | Detail::NoNixosChanges | Detail::NoUnchanged | Detail::NoDiffs => {
             for host in &changed {
-                host_details(&mut out, host, level != Detail::NoDiffs);
+                host_details(&mut out, host, level == Detail::Full, level != Detail::NoDiffs);
             }
         }
         Detail::ListOnly => {
@@ -133,7 +146,7 @@ pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> Strin
     probe_section(&mut out, plan, level);
     let unchanged: Vec<&str> =
         plan.hosts.iter().filter(|h| !h.has_changes()).map(|h| h.host.as_str()).collect();
-    if level == Detail::Full && !unchanged.is_empty() {
+    if level <= Detail::NoNixosChanges && !unchanged.is_empty() {
         let names: Vec<String> = unchanged.iter().map(|n| format!("`{n}`")).collect();
         let _ = writeln!(out, "Unchanged: {}\n", names.join(", "));
     }
@@ -242,7 +255,7 @@ fn counts_table(out: &mut String, plan: &Plan) {
     out.push('\n');
 }
 
-fn host_details(out: &mut String, host: &HostPlan, diffs: bool) {
+fn host_details(out: &mut String, host: &HostPlan, nixos: bool, diffs: bool) {
     let kinds: Vec<String> = host.actions.iter().map(action_label).collect();
     let orphan = if host.orphan { ", orphan" } else { "" };
     let _ = writeln!(
@@ -252,6 +265,9 @@ fn host_details(out: &mut String, host: &HostPlan, diffs: bool) {
         vm_label(&host.vm),
         kinds.join(", ")
     );
+    if let (true, Some(changes)) = (nixos, &host.nixos_changes) {
+        let _ = writeln!(out, "- **NixOS**: {}", escape(&super::nixos::summary_line(changes)));
+    }
     for action in &host.actions {
         let _ = writeln!(out, "- **`{}`** {}", action.kind.as_str(), escape(&action.reason));
         if let Some(blocked) = &action.blocked {

@@ -149,6 +149,7 @@ mod tests {
             vm: VmRef { node: node.into(), vmid: Some(100) },
             orphan: false,
             actions: vec![Action { kind, reason: String::new(), changes: Vec::new(), blocked: None }],
+            nixos_changes: None,
             pool_move: None,
         }
     }

@@ -6,6 +6,7 @@ pub mod json;
 pub mod markdown;
 pub mod matrix;
 pub mod nix;
+pub mod nixos;
 pub mod text;
 mod values;
 

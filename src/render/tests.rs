@@ -1,6 +1,6 @@
 //! Snapshot tests of the three renderings, and the comment size budget.
 
-use super::fixture::{every_kind, many, probed};
+use super::fixture::{every_kind, many, probed, with_nixos_changes};
 use super::markdown::{COMMENT_LIMIT, Detail, MarkdownContext, render_within};
 use super::{json, markdown, summary_line, text};
 
@@ -57,7 +57,7 @@ fn a_500_host_plan_fits_the_comment_limit_and_stays_well_formed() {
     assert!(level > Detail::Full);
     assert!(body.contains("[job summary](https://ci.example/run/1)"));
     assert_well_formed(&body);
-    for level in [Detail::Full, Detail::NoUnchanged, Detail::NoDiffs, Detail::ListOnly, Detail::CountsOnly] {
+    for level in super::markdown::LEVELS {
         assert_well_formed(&markdown::render_at(&plan, &context(), level));
     }
 }
@@ -74,4 +74,26 @@ fn probe_section_in_every_format() {
     insta::assert_snapshot!("probe_text", text::render(&probed(), text::TextOptions { color: false }));
     insta::assert_snapshot!("probe_markdown", markdown::render(&probed(), &context()));
     insta::assert_snapshot!("probe_json", json::render(&probed()));
+}
+
+#[test]
+fn nixos_changes_in_every_format() {
+    let plan = with_nixos_changes();
+    insta::assert_snapshot!("nixos_changes_text", text::render(&plan, text::TextOptions { color: false }));
+    insta::assert_snapshot!("nixos_changes_markdown", markdown::render(&plan, &context()));
+    insta::assert_snapshot!("nixos_changes_json", json::render(&plan));
+}
+
+#[test]
+fn nixos_changes_are_the_first_detail_the_comment_drops() {
+    let plan = with_nixos_changes();
+    let full = markdown::render(&plan, &context());
+    assert!(full.contains("- **NixOS**: nixpkgs 0123456 → 89abcde · kernel"), "{full}");
+    // One character short of the full body (plus the marker's reserve): only the NixOS lines go.
+    let (body, level) = render_within(&plan, &context(), full.chars().count() + 511);
+    assert_eq!(level, Detail::NoNixosChanges);
+    assert!(!body.contains("**NixOS**"), "{body}");
+    assert!(body.contains("```diff"), "the diffs stay: {body}");
+    assert!(body.contains("Unchanged: `cache`"), "{body}");
+    assert_well_formed(&body);
 }

@@ -62,6 +62,9 @@ pub fn render(plan: &Plan, options: TextOptions) -> String {
         }
         let orphan = if host.orphan { " (orphan)" } else { "" };
         let _ = writeln!(out, "\n{} ({}){orphan}", paint.bold(&host.host), vm_label(&host.vm));
+        if let Some(changes) = &host.nixos_changes {
+            let _ = writeln!(out, "  NixOS: {}", super::nixos::summary_line(changes));
+        }
         for action in &host.actions {
             let _ = writeln!(out, "  {} {}: {}", sign(action), paint.kind(action), action.reason);
             if let Some(blocked) = &action.blocked {

@@ -2,6 +2,7 @@
 //! the data flow. This is the only place that reads the process environment.
 
 mod apply_cmd;
+mod changes;
 mod drift_cmd;
 mod forget_cmd;
 mod gc_cmd;

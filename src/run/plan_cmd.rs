@@ -10,18 +10,25 @@ use crate::forge::{Forge, ForgeContext, StatusState};
 use crate::plan::Plan;
 use crate::render::{json, markdown, matrix, summary_line, text};
 
+use super::changes;
 use super::shard::{self, ShardSpec};
-use super::source::{self, Source};
+use super::source::Source;
 use super::{Outcome, publish};
 
 const STATUS: &str = "nixprox/plan";
 
 pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
-    let source = Source::from_args(&args.source)?;
+    let mut source = Source::from_args(&args.source)?;
     if let Some(spec) = &args.shard {
-        return run_shard(&args, &source, ShardSpec::parse(spec)?).await;
+        // A shard only reads the event for the pull request's base (it posts nothing).
+        let context = publish::detect(&args.forge, false)?;
+        let base = changes::base_spec(&args, context.as_ref());
+        source.nixos_probes = base.is_some();
+        return run_shard(&args, &source, ShardSpec::parse(spec)?, base.as_ref()).await;
     }
     let context = publish::detect(&args.forge, args.comment)?;
+    let base = changes::base_spec(&args, context.as_ref());
+    source.nixos_probes = base.is_some() && args.merge.is_empty();
     let forge = match (&context, args.comment) {
         (Some(context), true) => Some(publish::connect(context)?),
         (None, true) => anyhow::bail!(
@@ -37,9 +44,9 @@ pub async fn run(args: PlanArgs, color: bool) -> anyhow::Result<Outcome> {
     }
     let checked = async {
         let planned = if args.merge.is_empty() {
-            source::plan(&source, args.probe).await?
+            changes::plan(&source, args.probe, base.as_ref()).await?
         } else {
-            shard::merge(&source, &args.merge).await?
+            shard::merge(&source, &args.merge, base.is_some()).await?
         };
         super::privileges::check_read(&planned, args.probe, context.is_some()).await?;
         anyhow::Ok(planned)
@@ -134,11 +141,16 @@ fn write_timings(
 }
 
 /// `--shard I/N`: writes the shard file for `--merge` (always JSON) and the timings.
-async fn run_shard(args: &PlanArgs, source: &Source, spec: ShardSpec) -> anyhow::Result<Outcome> {
+async fn run_shard(
+    args: &PlanArgs,
+    source: &Source,
+    spec: ShardSpec,
+    base: Option<&crate::flake::base::BaseSpec>,
+) -> anyhow::Result<Outcome> {
     if args.format != Format::Json {
         bail!("`--shard` writes a shard file for `plan --merge`, which is JSON: add `--format json`");
     }
-    let (file, timings) = shard::plan_shard(source, spec).await?;
+    let (file, timings) = shard::plan_shard(source, spec, base).await?;
     let started = std::time::Instant::now();
     let rendered = format!("{}\n", serde_json::to_string(&file).context("failed to serialise the shard")?);
     let render_time = started.elapsed();

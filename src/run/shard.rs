@@ -12,7 +12,10 @@
 //! What makes shards checkable: each records the flake's locked identity (`narHash` and a
 //! digest of its locked inputs, overrides included), a digest of the settings that shape a
 //! plan, a digest of the cluster listing it saw, the shard count and its number, and the
-//! nixprox version. `--merge` refuses a missing or duplicate shard, shards that disagree on
+//! nixprox version. With a base (`--base`, or the pull request's), each shard also carries its
+//! hosts' NixOS probes at the head and at the base (every host of the shard: a shard cannot
+//! know which hosts will change), and the merge compares those whose system changes.
+//! `--merge` refuses a missing or duplicate shard, shards that disagree on
 //! any of those, and shards from another commit or settings than the merging checkout.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,9 +27,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Settings;
+use crate::flake::base::BaseSpec;
+use crate::flake::probes::{BaseProbed, Probed};
 use crate::flake::{self, EvaluatedHost, FlakeIdentity, Hosts};
 use crate::proxmox::{LiveVm, Prefetched, ReadRequest};
 
+use super::changes::{self, AtBase};
 use super::source::{self, Planned, Source, Timings};
 
 /// The `format` field of a shard file.
@@ -62,6 +68,12 @@ pub struct ShardHost {
     pub attr: String,
     pub decl: flake::HostDecl,
     pub system: flake::SystemEval,
+    /// The host's NixOS probes at the head, when the shard compared with a base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_probes: Option<Probed>,
+    /// ... and at the base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_probes: Option<BaseProbed>,
 }
 
 /// What a shard writes and `--merge` reads.
@@ -86,6 +98,10 @@ pub struct ShardFile {
     pub skipped: Vec<String>,
     /// The whole listing, with the configs this shard read.
     pub live: Vec<LiveVm>,
+    /// The base the shard compared its hosts' NixOS probes with (`Ok`: how summaries name it)
+    /// or why it could not (`Err`); absent without a base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Result<String, String>>,
 }
 
 /// `sha256:` of the settings a plan depends on.
@@ -132,19 +148,29 @@ pub fn nodes_of(prefetched: &Prefetched, spec: ShardSpec) -> BTreeSet<String> {
 }
 
 /// `plan --shard`: evaluates this shard's hosts and reads its nodes, into a shard file.
-pub async fn plan_shard(source: &Source, spec: ShardSpec) -> anyhow::Result<(ShardFile, Timings)> {
+pub async fn plan_shard(
+    source: &Source,
+    spec: ShardSpec,
+    base: Option<&BaseSpec>,
+) -> anyhow::Result<(ShardFile, Timings)> {
     let settings = source::load_settings(source)?;
     let client = source::proxmox_client(&settings)?;
     let concurrency = source.concurrency.unwrap_or(settings.concurrency.api);
     let hosts = Hosts::Shard { index: spec.index - 1, count: spec.count };
     let evaluation = async {
-        let (inventory, identity) =
-            tokio::try_join!(source::evaluate_hosts(source, &settings, hosts), async {
-                flake::flake_identity(&flake::Nix::default(), &source.flake, &source.override_inputs)
-                    .await
-                    .map_err(anyhow::Error::from)
-            },)?;
-        Ok((inventory, identity))
+        let identity = async {
+            flake::flake_identity(&flake::Nix::default(), &source.flake, &source.override_inputs).await
+        };
+        // The base is resolved and fetched while the head is evaluated.
+        let prepared = async {
+            match base {
+                Some(spec) => Some(changes::prepare(spec, &source.flake, &source.override_inputs).await),
+                None => None,
+            }
+        };
+        let (inventory, identity, prepared) =
+            tokio::join!(source::evaluate_hosts(source, &settings, hosts), identity, prepared);
+        anyhow::Ok((inventory?, identity?, prepared))
     };
     let reader = client.clone();
     let prefetch = async move {
@@ -159,7 +185,7 @@ pub async fn plan_shard(source: &Source, spec: ShardSpec) -> anyhow::Result<(Sha
         };
         (read.await, started.elapsed())
     };
-    let ((inventory, identity), (read, prefetch_time), started) =
+    let ((inventory, identity, prepared), (read, prefetch_time), started) =
         source::overlap(evaluation, prefetch).await?;
     let (prefetched, nodes) = read.context("failed to read the cluster")?;
     let cluster = cluster_digest(&prefetched);
@@ -170,12 +196,25 @@ pub async fn plan_shard(source: &Source, spec: ShardSpec) -> anyhow::Result<(Sha
     let live = crate::proxmox::finish_read(&client, prefetched, &ReadRequest { host_names, concurrency })
         .await
         .context("failed to read the cluster")?;
+    // Every host of the shard at the base: which of them will change is known only to the merge.
+    let head = source::head_probes(&inventory);
+    let compared = Instant::now();
+    let at_base = match prepared {
+        Some(Ok(base)) => {
+            let like = source.eval_request(&settings, Hosts::All);
+            let attrs: Vec<String> = inventory.hosts.iter().map(|h| h.attr.clone()).collect();
+            Some(Ok(changes::evaluate_at_base(&like, &base, &attrs, &head).await))
+        }
+        Some(Err(reason)) => Some(Err(reason)),
+        None => None,
+    };
     let timings = Timings {
         eval: inventory.elapsed,
         eval_stats: inventory.stats,
         proxmox: prefetch_time + finish_started.elapsed(),
         proxmox_after_eval: started.elapsed(),
         planning: std::time::Duration::ZERO,
+        nixos_changes: at_base.as_ref().map(|_| compared.elapsed()),
     };
     let file = ShardFile {
         format: FORMAT.into(),
@@ -190,29 +229,83 @@ pub async fn plan_shard(source: &Source, spec: ShardSpec) -> anyhow::Result<(Sha
         hosts: inventory
             .hosts
             .into_iter()
-            .map(|h| ShardHost { attr: h.attr, decl: h.decl, system: h.system })
+            .map(|h| ShardHost {
+                head_probes: head.get(&h.attr).cloned(),
+                base_probes: at_base.as_ref().and_then(|b| b.as_ref().ok()?.probes.get(&h.attr).cloned()),
+                attr: h.attr,
+                decl: h.decl,
+                system: h.system,
+            })
             .collect(),
         skipped: inventory.skipped,
         live,
+        base: at_base.map(|b| b.map(|b| b.label)),
     };
     Ok((file, timings))
 }
 
-/// Reads and checks shard files, and plans from their union.
-pub async fn merge(source: &Source, paths: &[PathBuf]) -> anyhow::Result<Planned> {
+/// Reads and checks shard files, and plans from their union; the NixOS changes come from the
+/// shards' probes (`wanted`: the merge has a base, so their absence is worth a warning).
+pub async fn merge(source: &Source, paths: &[PathBuf], wanted: bool) -> anyhow::Result<Planned> {
     let settings = source::load_settings(source)?;
     let shards = paths.iter().map(|path| read_shard(path)).collect::<anyhow::Result<Vec<_>>>()?;
     let identity =
         flake::flake_identity(&flake::Nix::default(), &source.flake, &source.override_inputs).await?;
     let (hosts, live) = combine(&shards, &identity, &settings_digest(&settings))?;
+    let base = shards_base(&shards)?;
+    let head: BTreeMap<String, Probed> =
+        hosts.iter().filter_map(|h| Some((h.attr.clone(), h.head_probes.clone()?))).collect();
+    let at_base = base.map(|base| {
+        base.map(|label| AtBase {
+            label,
+            probes: hosts.iter().filter_map(|h| Some((h.attr.clone(), h.base_probes.clone()?))).collect(),
+        })
+    });
     let evaluated: Vec<EvaluatedHost> = hosts
         .into_iter()
-        .map(|h| EvaluatedHost { attr: h.attr, decl: h.decl, system: h.system, extra: None })
+        .map(|h| EvaluatedHost {
+            attr: h.attr,
+            decl: h.decl,
+            system: h.system,
+            extra: None,
+            extra_error: None,
+        })
         .collect();
     let desired = flake::resolve_all(&evaluated, &settings.defaults)?;
-    let (plan, planning) = source::compute(source, &settings, &desired, &live, None, None).await?;
+    let (mut plan, planning) = source::compute(source, &settings, &desired, &live, None, None).await?;
+    match &at_base {
+        Some(at_base) => changes::attach(&mut plan, &head, at_base),
+        None if wanted => tracing::warn!(
+            "the shards were planned without a base, so the merged plan shows no NixOS changes: give every `plan --shard` job the base (`--base`, or run it on the pull request event)"
+        ),
+        None => {}
+    }
     let timings = Timings { planning, ..Timings::default() };
-    Ok(Planned { settings, desired, live, plan, client: None, timings })
+    Ok(Planned { settings, desired, live, plan, client: None, timings, head_probes: head })
+}
+
+/// The base every shard compared with (`None`: none did); shards that disagree are refused.
+fn shards_base(shards: &[(PathBuf, ShardFile)]) -> anyhow::Result<Option<Result<String, String>>> {
+    let Some((_, first)) = shards.first() else { return Ok(None) };
+    if let Some((path, other)) = shards.iter().find(|(_, s)| s.base != first.base) {
+        bail!(
+            "shard {} (`{}`) compared with another base than shard {} ({} vs {}): give every shard the same `--base`",
+            other.shard,
+            path.display(),
+            first.shard,
+            describe_base(other.base.as_ref()),
+            describe_base(first.base.as_ref())
+        );
+    }
+    Ok(first.base.clone())
+}
+
+fn describe_base(base: Option<&Result<String, String>>) -> String {
+    match base {
+        Some(Ok(label)) => format!("`{label}`"),
+        Some(Err(_)) => "an unusable base".into(),
+        None => "none".into(),
+    }
 }
 
 fn read_shard(path: &Path) -> anyhow::Result<(PathBuf, ShardFile)> {

@@ -9,6 +9,8 @@ use anyhow::{Context, bail};
 
 use crate::cli::SourceArgs;
 use crate::config::{self, Settings};
+use crate::flake::base::local_flake_dir;
+use crate::flake::probes::{Probed, probes_extra};
 use crate::flake::{self, DesiredHost, EvalRequest, EvalStats, Hosts, Inventory, Nix, OverrideInput};
 use crate::plan::{Plan, PlanInput, Probe};
 use crate::proxmox::{Client, ClientOptions, LiveVm, ReadRequest};
@@ -26,6 +28,8 @@ pub struct Source {
     pub eval_jobs: Option<usize>,
     pub eval_batch: Option<usize>,
     pub concurrency: Option<usize>,
+    /// Evaluate each host's NixOS probes with it (the plan compares them with a base).
+    pub nixos_probes: bool,
 }
 
 impl Source {
@@ -38,6 +42,7 @@ impl Source {
             eval_jobs: args.eval_jobs,
             eval_batch: args.eval_batch,
             concurrency: args.concurrency,
+            nixos_probes: false,
         })
     }
 
@@ -56,7 +61,7 @@ impl Source {
             hosts,
             batch: self.eval_batch.unwrap_or(0),
             max_memory: settings.eval.max_memory.bytes(),
-            extra: None,
+            extra: self.nixos_probes.then(probes_extra),
         }
     }
 
@@ -75,6 +80,8 @@ pub struct Planned {
     /// `None` for a merge of shards, which talks to no Proxmox.
     pub client: Option<Client>,
     pub timings: Timings,
+    /// Each host's NixOS probes at the head, when [`Source::nixos_probes`] asked for them.
+    pub head_probes: BTreeMap<String, Probed>,
 }
 
 /// Wall time of each phase, logged and used by the benchmark.
@@ -88,6 +95,8 @@ pub struct Timings {
     /// What the reads added to the wall time after nix finished (the critical path).
     pub proxmox_after_eval: Duration,
     pub planning: Duration,
+    /// The NixOS changes against the base (`run::changes`) after planning, when computed.
+    pub nixos_changes: Option<Duration>,
 }
 
 /// The settings file: `--config`, else `nixprox.yaml` at a local flake's root.
@@ -96,22 +105,6 @@ fn settings_path(flake: &str, config: Option<&Path>) -> (Option<PathBuf>, bool) 
         return (Some(path.to_path_buf()), true);
     }
     (local_flake_dir(flake).map(|dir| dir.join(config::FILE_NAME)), false)
-}
-
-/// The directory of a flake given as a local path (`.`, `./x`, `path:/x`, `git+file:///x`).
-fn local_flake_dir(flake: &str) -> Option<PathBuf> {
-    let without_attr = flake.split('#').next().unwrap_or(flake);
-    let without_query = without_attr.split('?').next().unwrap_or(without_attr);
-    let path = if let Some(rest) = without_query.strip_prefix("path:") {
-        rest
-    } else if let Some(rest) = without_query.strip_prefix("git+file://") {
-        rest
-    } else if without_query.contains(':') {
-        return None;
-    } else {
-        without_query
-    };
-    Some(PathBuf::from(path))
 }
 
 /// Loads the settings and applies `PROXMOX_URL` / `PROXMOX_CA_CERT`.
@@ -188,6 +181,7 @@ pub struct Evaluated {
     pub desired: Vec<DesiredHost>,
     pub elapsed: Duration,
     pub stats: EvalStats,
+    pub probes: BTreeMap<String, Probed>,
 }
 
 /// Evaluates every host of the flake with nix (plan, drift and apply alike).
@@ -195,7 +189,21 @@ pub async fn evaluate(source: &Source, settings: &Settings) -> anyhow::Result<Ev
     // `--hosts` may name orphan VMs, which are not attributes: the filter applies to the plan.
     let inventory = evaluate_hosts(source, settings, Hosts::All).await?;
     let desired = flake::resolve_all(&inventory.hosts, &settings.defaults)?;
-    Ok(Evaluated { desired, elapsed: inventory.elapsed, stats: inventory.stats })
+    Ok(Evaluated {
+        desired,
+        elapsed: inventory.elapsed,
+        stats: inventory.stats,
+        probes: head_probes(&inventory),
+    })
+}
+
+/// Each host's NixOS probes (its `extra`), when the evaluation had them.
+pub fn head_probes(inventory: &Inventory) -> BTreeMap<String, Probed> {
+    inventory
+        .hosts
+        .iter()
+        .filter_map(|h| Some((h.attr.clone(), Probed::of(h.extra.as_ref(), h.extra_error.as_deref())?)))
+        .collect()
 }
 
 /// Evaluates `hosts` (all, or a shard) and logs how it went.
@@ -232,7 +240,7 @@ pub async fn plan(source: &Source, probe: bool) -> anyhow::Result<Planned> {
         (result, started.elapsed())
     };
     let evaluation = evaluate(source, &settings);
-    let (Evaluated { desired, elapsed, stats }, (prefetched, prefetch_time), started) =
+    let (Evaluated { desired, elapsed, stats, probes: head_probes }, (prefetched, prefetch_time), started) =
         overlap(evaluation, prefetch).await?;
     let read = ReadRequest { host_names: desired.iter().map(|d| d.spec.name.clone()).collect(), concurrency };
     let finish_started = Instant::now();
@@ -250,8 +258,15 @@ pub async fn plan(source: &Source, probe: bool) -> anyhow::Result<Planned> {
         if probe { Some(super::probe::probe(&client, &settings, &desired, &live).await?) } else { None };
     let (plan, planning) =
         compute(source, &settings, &desired, &live, probes.as_ref(), Some(&client)).await?;
-    let timings = Timings { eval: elapsed, eval_stats: stats, proxmox, proxmox_after_eval, planning };
-    Ok(Planned { settings, desired, live, plan, client: Some(client), timings })
+    let timings = Timings {
+        eval: elapsed,
+        eval_stats: stats,
+        proxmox,
+        proxmox_after_eval,
+        planning,
+        nixos_changes: None,
+    };
+    Ok(Planned { settings, desired, live, plan, client: Some(client), timings, head_probes })
 }
 
 /// The planning step (of a run, or of merged shards), timed: pure, except that a plan which
@@ -317,7 +332,7 @@ impl Timings {
     pub fn to_json(&self, render: Duration) -> serde_json::Value {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let stats = &self.eval_stats;
-        serde_json::json!({
+        let mut timings = serde_json::json!({
             "eval_ms": ms(self.eval),
             "eval_processes": stats.processes,
             "eval_restarts": stats.restarts,
@@ -329,19 +344,10 @@ impl Timings {
             "proxmox_after_eval_ms": ms(self.proxmox_after_eval),
             "planning_ms": ms(self.planning),
             "render_ms": ms(render),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_flake_dirs() {
-        assert_eq!(local_flake_dir("."), Some(PathBuf::from(".")));
-        assert_eq!(local_flake_dir("path:/src/lab#x"), Some(PathBuf::from("/src/lab")));
-        assert_eq!(local_flake_dir("git+file:///src/lab?ref=main"), Some(PathBuf::from("/src/lab")));
-        assert_eq!(local_flake_dir("github:me/lab"), None);
+        });
+        if let Some(changes) = self.nixos_changes {
+            timings["nixos_changes_ms"] = ms(changes).into();
+        }
+        timings
     }
 }

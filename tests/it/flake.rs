@@ -358,6 +358,63 @@ async fn extra_attributes_are_evaluated_with_the_host() {
     }
 }
 
+/// An `extra` that fails in a way `tryEval` cannot catch (a missing attribute) costs only its
+/// host's `extra`: the host is evaluated again without it, and every other host keeps its own,
+/// whatever worker it shared and whatever the batch. A host whose system fails still fails.
+#[tokio::test]
+async fn an_extra_that_fails_costs_only_its_host_extra() {
+    let fixture = Fixture::copy("homelab");
+    let extra = r#"attr: host: if attr == "dns" then host.config.no.such.option else { inherit attr; }"#;
+    for batch in [0, 2] {
+        let request = EvalRequest { extra: Some(extra.into()), batch, eval_jobs: 1, ..fixture.request() };
+        let inventory = eval(&request).await;
+        let plain = eval(&EvalRequest { extra: None, ..request.clone() }).await;
+        assert_eq!(inventory.hosts.len(), plain.hosts.len(), "batch {batch}");
+        for (host, plain) in inventory.hosts.iter().zip(&plain.hosts) {
+            assert_eq!(host.system, plain.system, "{}: the system is evaluated either way", host.attr);
+            if host.attr == "dns" {
+                assert_eq!(host.extra, None);
+                let error = host.extra_error.as_deref().expect("dns's extra failed");
+                assert!(error.contains("attribute 'no' missing"), "{error}");
+            } else {
+                assert_eq!(host.extra.as_ref().expect("extra")["attr"], host.attr.as_str(), "batch {batch}");
+                assert_eq!(host.extra_error, None);
+            }
+        }
+    }
+
+    let fixture = Fixture::copy("eval-error");
+    let request = EvalRequest { extra: Some("attr: host: { }".into()), ..fixture.request() };
+    let err = eval_err(&request).await;
+    assert!(matches!(err, FlakeError::Host { ref host, .. } if host == "broken"), "{err}");
+}
+
+/// `evaluate_extra` (the NixOS changes' base) reports each host's `extra`, the hosts that fail
+/// and the names the flake lacks, and evaluates no declaration or system.
+#[tokio::test]
+async fn extra_only_evaluations_report_failures_and_missing_hosts_per_host() {
+    let fixture = Fixture::copy("eval-error");
+    let request = EvalRequest {
+        extra: Some(r#"attr: host: { inherit attr; }"#.into()),
+        hosts: Hosts::Only(vec!["broken-system".into(), "nope".into(), "broken".into(), "good".into()]),
+        ..fixture.request()
+    };
+    let extras = nixprox::flake::evaluate_extra(&request).await.expect("per-host answers");
+    assert_eq!(extras.missing, ["nope"]);
+    // The system and the declaration are never evaluated: both broken hosts answer.
+    for attr in ["broken", "broken-system", "good"] {
+        assert_eq!(extras.values[attr]["attr"], attr, "{extras:?}");
+    }
+    let request = EvalRequest {
+        extra: Some(r#"attr: host: if attr == "good" then throw "no probes here" else attr"#.into()),
+        ..request
+    };
+    let extras = nixprox::flake::evaluate_extra(&request).await.expect("per-host answers");
+    assert!(extras.failed["good"].contains("no probes here"), "{extras:?}");
+    assert_eq!(extras.values["broken"], "broken");
+    assert_eq!(extras.values["broken-system"], "broken-system");
+}
+
 /// A flake's own `builtins.trace` output, even one that looks like nixprox's reports, neither
 /// breaks the evaluation nor adds hosts: the report marker is random per run.
 #[tokio::test]

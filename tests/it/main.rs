@@ -19,6 +19,7 @@ mod image;
 mod image_apply;
 mod install;
 mod layering;
+mod nixos_changes;
 mod notes;
 mod plan_cli;
 mod privileges;

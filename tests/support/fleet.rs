@@ -111,35 +111,60 @@ pub const SLOW_STORAGE: &str = "ceph-pool";
 impl Fleet {
     /// Writes an `n`-host flake into a fresh temporary directory.
     pub fn generate(n: usize) -> Fleet {
-        Fleet::build(n, State::of, true, 0)
+        Fleet::build(n, State::of, true, 0, false)
     }
 
     /// [`Fleet::generate`] with heavy hosts: `units` stand-in units each ([`HEAVY_UNITS`]
     /// for the benchmark).
     pub fn generate_heavy(n: usize, units: usize) -> Fleet {
-        Fleet::build(n, State::of, true, units)
+        Fleet::build(n, State::of, true, units, false)
+    }
+
+    /// Writes an `n`-host flake whose hosts declare the NixOS options the plan's NixOS changes
+    /// read (`fixtures/lib/nixos.nix`), each host from `./nixos-host.nix`. In the first
+    /// `changed` hosts it changes kernel, packages, a service, a port, a user and a user probe
+    /// with `./version.nix` (written as 1: commit it as the base, then [`Fleet::set_version`] 2
+    /// as the head), and their VMs record an older system, so they switch; the other hosts stay
+    /// at version 1 and their VMs are in sync (give [`Fleet::scenario`] the head's toplevels).
+    pub fn generate_nixos(n: usize, changed: usize) -> Fleet {
+        let mut fleet = Fleet::build(n, |_| State::InSync, false, 0, true);
+        for host in fleet.hosts.iter_mut().take(changed) {
+            host.state = State::OldSystem;
+        }
+        let dir = fleet.dir.path();
+        std::fs::write(dir.join("nixos-host.nix"), NIXOS_HOST).expect("write nixos-host.nix");
+        // Attribute names are zero-padded: the first `changed` sort below this one.
+        std::fs::write(dir.join("changed.nix"), format!("\"h{changed:04}\"\n")).expect("write changed.nix");
+        fleet.set_version(1);
+        fleet
+    }
+
+    /// Rewrites `./version.nix` of a [`Fleet::generate_nixos`] fleet.
+    pub fn set_version(&self, version: u32) {
+        std::fs::write(self.dir.path().join("version.nix"), format!("{version}\n"))
+            .expect("write version.nix");
     }
 
     /// Writes an `n`-host flake whose hosts all lack a VM, with no orphans or strangers: the
     /// apply benchmark's fleet. Its disks go to `ceph-pool` (see [`Fleet::apply_scenario`]).
     pub fn generate_new(n: usize) -> Fleet {
-        Fleet::build(n, |_| State::Missing, false, 0)
+        Fleet::build(n, |_| State::Missing, false, 0, false)
     }
 
     /// Like [`Fleet::generate_new`], but no host declares its `vm.id` and all are on `pve1`.
     pub fn generate_new_unnumbered(n: usize) -> Fleet {
-        let mut fleet = Fleet::build(n, |_| State::Missing, false, 0);
+        let mut fleet = Fleet::build(n, |_| State::Missing, false, 0, false);
         fleet.nodes = 1;
         fleet.declared_ids = false;
         for host in &mut fleet.hosts {
             host.node = "pve1".into();
         }
-        fleet.write_flake(0);
+        fleet.write_flake(0, false);
         fleet.set_host_concurrency(None);
         fleet
     }
 
-    fn build(n: usize, state: fn(usize) -> State, extras: bool, units: usize) -> Fleet {
+    fn build(n: usize, state: fn(usize) -> State, extras: bool, units: usize, nixos: bool) -> Fleet {
         let dir = tempfile::Builder::new().prefix(&format!("fleet-{n}-")).tempdir().expect("tempdir");
         let nodes = (n / 4).clamp(1, 10);
         let hosts: Vec<FleetHost> = (0..n)
@@ -156,8 +181,8 @@ impl Fleet {
             .collect();
         let strangers = if extras { n / 20 } else { 0 };
         let fleet = Fleet { dir, hosts, orphans, strangers, nodes, declared_ids: true };
-        fleet.write_flake(units);
-        if !extras {
+        fleet.write_flake(units, nixos);
+        if !extras && !nixos {
             fleet.set_host_concurrency(None);
         }
         fleet
@@ -199,7 +224,7 @@ impl Fleet {
         std::fs::write(path, settings).expect("write nixprox.yaml");
     }
 
-    fn write_flake(&self, units: usize) {
+    fn write_flake(&self, units: usize, nixos: bool) {
         let dir = self.dir.path();
         copy_dir(&repo().join("fixtures/lib"), &dir.join("lib"));
         let mut hosts = String::new();
@@ -220,7 +245,12 @@ impl Fleet {
         } else {
             format!("[ ./lib/heavy.nix {{ standin.units = {units}; }} ]")
         };
-        let flake = FLAKE.replace("@HOSTS@", hosts.trim_end()).replace("@HEAVY@", &heavy);
+        let (with_nixos, modules) = if nixos { ("true", "[ ./nixos-host.nix ]") } else { ("false", "[ ]") };
+        let flake = FLAKE
+            .replace("@HOSTS@", hosts.trim_end())
+            .replace("@NIXOS@", with_nixos)
+            .replace("@MODULES@", modules)
+            .replace("@HEAVY@", &heavy);
         std::fs::write(dir.join("flake.nix"), flake).expect("write flake.nix");
         std::fs::write(dir.join("nixprox.yaml"), SETTINGS).expect("write nixprox.yaml");
     }
@@ -363,6 +393,33 @@ defaults:
   template: nixos-bootstrap
 ";
 
+const NIXOS_HOST: &str = r#"# Every host of a generated NixOS fleet (tests/support/fleet.rs): what changes with
+# ./version.nix (1 at the base, 2 at the head) in the hosts named below ./changed.nix.
+{ standin, hostAttrName, ... }:
+let
+  v = if builtins.lessThan hostAttrName (import ./changed.nix) then import ./version.nix else 1;
+  s = toString v;
+in
+{
+  boot.kernelPackages = standin.linuxPackages "6.6.3${s}";
+  environment.systemPackages = [
+    (standin.package "app" "1.${s}")
+    (standin.package "htop" "3.3.0")
+  ];
+  systemd.services.app.script = "app --generation ${s}";
+  systemd.services.sshd.script = "sshd -D";
+  networking.firewall.allowedTCPPorts = [
+    22
+    (3000 + v)
+  ];
+  users.users."deploy${s}" = {
+    isNormalUser = true;
+    extraGroups = [ "wheel" ];
+  };
+  nixprox.summary.extra."app generation" = v;
+}
+"#;
+
 const FLAKE: &str = r#"# A generated fleet (tests/support/fleet.rs): the style of fixtures/homelab at any size.
 {
   description = "nixprox benchmark fleet";
@@ -382,7 +439,8 @@ const FLAKE: &str = r#"# A generated fleet (tests/support/fleet.rs): the style o
         { name, address, vm }:
         mkHost {
           inherit name;
-          modules = [
+          withNixos = @NIXOS@;
+          modules = @MODULES@ ++ [
             {
               networking.hostName = name;
               nixprox.enable = true;

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod fakepve;
 pub mod fleet;
+pub mod git;
 pub mod hosts;
 pub mod nix;
 pub mod sshd;

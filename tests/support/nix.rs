@@ -93,7 +93,13 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn copy(name: &str) -> Fixture {
-        let dir = tempfile::Builder::new().prefix(&format!("fixture-{name}-")).tempdir().expect("tempdir");
+        Fixture::copy_in(name, &std::env::temp_dir())
+    }
+
+    /// [`Fixture::copy`] into a new directory below `parent` (e.g. a repository's work tree).
+    pub fn copy_in(name: &str, parent: &Path) -> Fixture {
+        let dir =
+            tempfile::Builder::new().prefix(&format!("fixture-{name}-")).tempdir_in(parent).expect("tempdir");
         copy_dir(&repo().join("fixtures").join(name), dir.path());
         Fixture { dir }
     }

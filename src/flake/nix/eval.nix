@@ -4,22 +4,26 @@
 # layout (plus the caller's extra attributes). Only builtins: the flake's nixpkgs is not
 # reachable from `--apply`.
 #
-# nixprox fills the placeholders:
-#   @NAMES@      null (every attribute) or a list of attribute names
-#   @PARTITION@  a list of [ count index ] pairs: keep every count-th name from index on, in
+# nixprox fills the placeholders (written between at signs in the code below; the names here
+# are without them, so this comment is never filled in):
+#   NAMES        null (every attribute) or a list of attribute names
+#   PARTITION    a list of [ count index ] pairs: keep every count-th name from index on, in
 #                turn (`plan --shard I/N` is [ [ N I-1 ] ]), so a shard needs no separate
 #                listing
-#   @EXTRA@      null, or a function `attr: host: { … }` whose JSON-able result is reported
+#   EXTRA        null, or a function `attr: host: { … }` whose JSON-able result is reported
 #                under `extra` for every managed host (same process, same module system)
-#   @STREAM@     true: report each host as soon as it is computed, as one line on stderr
+#   EXTRA_ONLY   true: report only `extra`, for every selected host, managed or not (the
+#                NixOS changes' probes at a pull request's base need nothing else)
+#   STREAM       true: report each host as soon as it is computed, as one line on stderr
 #                (`builtins.trace` of MARKER + JSON; the value is the number of hosts);
 #                false: return every result as the value (one plain evaluation)
-#   @MARKER@     a random per-run prefix that tells nixprox's lines from the flake's traces
+#   MARKER       a random per-run prefix that tells nixprox's lines from the flake's traces
 configs:
 let
   names = @NAMES@;
   partition = @PARTITION@;
   extra = @EXTRA@;
+  extraOnly = @EXTRA_ONLY@;
   stream = @STREAM@;
   marker = "@MARKER@";
 
@@ -56,7 +60,12 @@ let
       n = c.config.nixprox;
       hostName = explicitHostName c;
     in
-    builtins.removeAttrs n [ "enable" ]
+    # `summary` holds the user's probes for the plan's NixOS changes (probes.nix reads them):
+    # not part of the declaration.
+    builtins.removeAttrs n [
+      "enable"
+      "summary"
+    ]
     // {
       # An image package (`nixprox.bootstrap.image.package`, where the module has it) is a
       # derivation: its store paths are reported with the system, not in the declaration.
@@ -137,7 +146,12 @@ let
     let
       c = configs.${attr};
     in
-    if !(isManaged c) then
+    if extraOnly then
+      {
+        host = attr;
+        extra = extra attr c;
+      }
+    else if !(isManaged c) then
       {
         host = attr;
         skipped = true;

@@ -292,7 +292,7 @@ fn evaluated(attr: &str, name: &str, id: Option<u32>) -> EvaluatedHost {
     let mut d = decl();
     d.vm.name = name.into();
     d.vm.id = id;
-    EvaluatedHost { attr: attr.into(), decl: d, system: system(), extra: None }
+    EvaluatedHost { attr: attr.into(), decl: d, system: system(), extra: None, extra_error: None }
 }
 
 #[test]

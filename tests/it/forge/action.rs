@@ -111,3 +111,111 @@ fn unknown_command_is_refused() {
         "{stderr}"
     );
 }
+
+/// A clone of depth 1 of a two-commit repository: the work tree has the head, not the base.
+fn shallow_clone(origin_url: Option<&str>) -> (tempfile::TempDir, PathBuf, String) {
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(root.path().join("origin")).expect("mkdir origin");
+    let origin = crate::support::git::Git::init(&root.path().join("origin"));
+    std::fs::write(origin.dir.join("state"), "base").expect("write");
+    let base = origin.commit_all("base");
+    std::fs::write(origin.dir.join("state"), "head").expect("write");
+    origin.commit_all("head");
+    let work = root.path().join("work");
+    let url = format!("file://{}", origin.dir.display());
+    origin.run(&["clone", "--quiet", "--depth=1", &url, &work.display().to_string()]);
+    if let Some(url) = origin_url {
+        crate::support::git::Git { dir: work.clone() }.run(&["remote", "set-url", "origin", url]);
+    }
+    (root, work, base)
+}
+
+#[test]
+fn plan_compares_with_the_base_commit_and_fetches_it_into_a_shallow_checkout() {
+    let (_root, work, base) = shallow_clone(None);
+    let flake = work.display().to_string();
+    let has_base = || {
+        Command::new("git")
+            .args(["-C", &flake, "cat-file", "-e", &format!("{base}^{{commit}}")])
+            .status()
+            .expect("git")
+            .success()
+    };
+    assert!(!has_base(), "a clone of depth 1 lacks the base");
+    let vars = [
+        ("ACTION_COMMAND", "plan"),
+        ("ACTION_COMMENT", "false"),
+        ("ACTION_FLAKE", &flake),
+        ("ACTION_BASE", &base),
+    ];
+    let (ok, argv, stderr) = run_script(&vars);
+    assert!(ok, "{stderr}");
+    assert_eq!(argv, ["plan", "--base", &base, "--flake", &flake]);
+    assert!(has_base(), "the script fetched the base: {stderr}");
+
+    // `none` turns the comparison off; `fetch-base: false` passes the base without fetching.
+    let (_, argv, _) =
+        run_script(&[("ACTION_COMMAND", "plan"), ("ACTION_COMMENT", "false"), ("ACTION_BASE", "none")]);
+    assert_eq!(argv, ["plan", "--no-base"]);
+    let (_root, work, base) = shallow_clone(None);
+    let flake = work.display().to_string();
+    let (_, argv, _) = run_script(&[
+        ("ACTION_COMMAND", "plan"),
+        ("ACTION_COMMENT", "false"),
+        ("ACTION_FLAKE", &flake),
+        ("ACTION_BASE", &base),
+        ("ACTION_FETCH_BASE", "false"),
+    ]);
+    assert_eq!(argv, ["plan", "--base", &base, "--flake", &flake]);
+    // apply and drift have no base.
+    let (_, argv, _) =
+        run_script(&[("ACTION_COMMAND", "apply"), ("ACTION_COMMENT", "false"), ("ACTION_BASE", &base)]);
+    assert_eq!(argv, ["apply"]);
+}
+
+/// The fetch authenticates as `actions/checkout` does (checkout runs with
+/// `persist-credentials: false`, so the clone kept no credentials), never with the token on a
+/// command line; a failed fetch is a warning and the plan still runs. The "forge" is a loopback
+/// listener that records git's first request and refuses it.
+#[test]
+fn the_base_is_fetched_with_the_token_header_and_a_failed_fetch_is_a_warning() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/lab.git", listener.local_addr().expect("addr"));
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("git connects");
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            request.extend_from_slice(&buf[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        String::from_utf8_lossy(&request).to_string()
+    });
+    let (_root, work, base) = shallow_clone(Some(&url));
+    let flake = work.display().to_string();
+    let (ok, argv, stderr) = run_script(&[
+        ("ACTION_COMMAND", "plan"),
+        ("ACTION_COMMENT", "false"),
+        ("ACTION_FLAKE", &flake),
+        ("ACTION_BASE", &base),
+        ("NIXPROX_ACTION_TOKEN", "canary-token-123"),
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(argv, ["plan", "--base", &base, "--flake", &flake, "--token-env", "NIXPROX_ACTION_TOKEN"]);
+    let request = server.join().expect("server");
+    // base64("x-access-token:canary-token-123")
+    let basic = "eC1hY2Nlc3MtdG9rZW46Y2FuYXJ5LXRva2VuLTEyMw==";
+    assert!(
+        request.to_lowercase().contains(&format!("authorization: basic {basic}").to_lowercase()),
+        "{request}"
+    );
+    assert!(stderr.contains(&format!("::warning::could not fetch the base commit `{base}`")), "{stderr}");
+    assert!(!stderr.contains("canary-token-123"), "{stderr}");
+}
