@@ -136,13 +136,34 @@ fn write_plan_summary(
         .with_context(|| format!("failed to write the job summary `{}`", path.display()))
 }
 
-/// Appends Markdown to the job summary, when the runner provides the file.
+/// Appends Markdown (the apply report) to the job summary, when the runner provides the file,
+/// within [`summary::STEP_SUMMARY_LIMIT`] counting what the step already wrote: GitHub drops a
+/// summary over it whole, so a report too long for it is cut at a line, saying so.
 pub fn append_summary(body: &str) -> anyhow::Result<()> {
     if let Some(path) = CiFiles::from_env(&env).step_summary {
-        summary::append_step_summary(&path, body)
+        let used = std::fs::metadata(&path).map(|m| m.len() as usize).unwrap_or(0);
+        // One byte for the newline the append may add.
+        let room = summary::STEP_SUMMARY_LIMIT.saturating_sub(used + 1);
+        summary::append_step_summary(&path, &fit_lines(body, room))
             .with_context(|| format!("failed to write the job summary `{}`", path.display()))?;
     }
     Ok(())
+}
+
+/// `body` if it has at most `room` bytes, else its first whole lines and a note, within `room`.
+fn fit_lines(body: &str, room: usize) -> std::borrow::Cow<'_, str> {
+    const CUT: &str = "\n*… cut to fit the job summary's 1 MiB: the job log has the whole report.*\n";
+    if body.len() <= room {
+        return body.into();
+    }
+    let mut kept = 0;
+    for line in body.split_inclusive('\n') {
+        if kept + line.len() + CUT.len() > room {
+            break;
+        }
+        kept += line.len();
+    }
+    format!("{}{CUT}", &body[..kept]).into()
 }
 
 /// Sets a commit status; a token that may not (fork pull requests) only warns.
@@ -203,6 +224,17 @@ pub async fn plan_comment(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_too_long_for_the_summary_is_cut_at_a_line_saying_so() {
+        assert_eq!(fit_lines("a\nb\n", 10), "a\nb\n");
+        let body = "line one\n".repeat(1000);
+        let fitted = fit_lines(&body, 500);
+        assert!(fitted.len() <= 500, "{}", fitted.len());
+        assert!(fitted.starts_with("line one\nline one\n"));
+        assert!(fitted.ends_with("the job log has the whole report.*\n"), "{fitted}");
+        assert!(!fitted.contains("line one\n*"), "whole lines only, then a blank line");
+    }
     use crate::config::Policies;
     use crate::plan::{PlanInput, testkit};
 
