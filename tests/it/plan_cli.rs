@@ -106,3 +106,38 @@ fn the_token_secret_never_appears_even_in_debug_logs() {
         assert!(!text.contains(pve.secret()), "the token secret leaked");
     }
 }
+
+/// The example's image host `ci` makes a merged plan read the image storage (what it holds
+/// decides the upload): with the plan token the merge equals the unsharded plan; without a
+/// token it says what the merge job needs.
+#[test]
+fn a_merge_whose_plan_creates_image_vms_reads_their_storage_and_equals_the_unsharded_plan() {
+    let (fixture, pve) = homelab();
+    // Outside the flake: a file beside a `path:` flake is part of its content.
+    let out = tempfile::tempdir().expect("tempdir");
+    let part = |i: usize| out.path().join(format!("part-{i}.json")).display().to_string();
+    let whole = cli::plan(&fixture, &pve, &["--format", "json"]);
+    let whole = ok(&whole).to_string();
+    assert!(whole.contains("\"upload_image\""), "the example uploads an image");
+    for i in 1..=2 {
+        let run =
+            cli::plan(&fixture, &pve, &["--shard", &format!("{i}/2"), "--format", "json", "--out", &part(i)]);
+        ok(&run);
+    }
+    let merged = cli::plan(&fixture, &pve, &["--merge", &part(1), &part(2), "--format", "json"]);
+    assert_eq!(ok(&merged), whole, "the merged plan is the unsharded plan");
+
+    // The same cluster (the shards' settings digest names its URL), no token.
+    let mut command = cli::nixprox();
+    command.arg("plan").args(cli::source_args(&fixture)).args(["--merge", &part(1), &part(2)]);
+    command.envs(cli::pve_env(&pve).into_iter().filter(|(name, _)| *name != "PROXMOX_API_TOKEN"));
+    let run: Run = command.output().expect("run nixprox").into();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "error: the merged plan creates VMs from images, whose storages must be read: give the merge job the Proxmox URL and token: PROXMOX_API_TOKEN is not set"
+        ),
+        "{}",
+        run.stderr
+    );
+}
