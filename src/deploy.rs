@@ -66,5 +66,9 @@ pub trait NixosDeployer: Send + Sync + fmt::Debug {
     /// After the executor rebooted the VM for [`Deployed::reboot_needed`]: waits until the host
     /// answers with its pinned key, runs `system` and booted it; fails when it does not within
     /// the SSH connect timeout.
-    fn check_rebooted<'a>(&'a self, target: DeployTarget<'a>, system: &'a str) -> BoxFuture<'a, anyhow::Result<()>>;
+    fn check_rebooted<'a>(
+        &'a self,
+        target: DeployTarget<'a>,
+        system: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
 }

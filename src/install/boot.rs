@@ -134,7 +134,8 @@ mod tests {
         let run = |booted: &str, system: &str| {
             // The script names /run/booted-system; here it is `booted`.
             let script = BOOT_DIFF_SCRIPT.replace("/run/booted-system", booted);
-            let out = std::process::Command::new("sh").args(["-c", &script, "sh", system]).output().expect("sh");
+            let out =
+                std::process::Command::new("sh").args(["-c", &script, "sh", system]).output().expect("sh");
             parse_boot_diff(&String::from_utf8_lossy(&out.stdout))
         };
         assert_eq!(run(&old, &same), Some(vec![]));

@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use futures::future::BoxFuture;
 
 use super::{
-    DiskKeySource, boot, InstallRequest, SwitchAction, SwitchRequest, build_toplevel, default_command,
+    DiskKeySource, InstallRequest, SwitchAction, SwitchRequest, boot, build_toplevel, default_command,
     install_host, switch_host,
 };
 use crate::config::Settings;
@@ -383,7 +383,11 @@ impl NixosDeployer for SshDeployer {
         Box::pin(self.verify_image_one(target))
     }
 
-    fn check_rebooted<'a>(&'a self, target: DeployTarget<'a>, system: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn check_rebooted<'a>(
+        &'a self,
+        target: DeployTarget<'a>,
+        system: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(self.check_rebooted_one(target, system))
     }
 }
