@@ -752,9 +752,9 @@ fn sigterm_during_an_install_stops_the_installer_leaves_no_secret_behind_and_a_r
 
 /// A lab whose `web` declares the stand-in kernel 6.6.30, installed (so `/run/booted-system`
 /// is its system), and whose VM's reboots in fakepve reboot the SSH host; then the flake
-/// declares revision 2 with `kernel`, and `deploy.allowReboot` as given. Returns the lab, the
-/// installed system and the new one.
-fn switch_with_kernel(kernel: &str, allow_reboot: bool) -> (Lab, String, String) {
+/// declares revision 2 with `kernel`, `memory` and `deploy.allowReboot` as given. Returns the
+/// lab (planned), the installed system and the new one.
+fn switch_with_kernel(kernel: &str, memory: u64, allow_reboot: bool) -> (Lab, String, String) {
     let lab = Lab::start(2048, Key::File);
     lab.declare_more("kernel", json!("6.6.30"));
     lab.commit("web: kernel 6.6.30");
@@ -762,12 +762,13 @@ fn switch_with_kernel(kernel: &str, allow_reboot: bool) -> (Lab, String, String)
     assert_eq!(lab.host.booted_system().as_deref(), Some(first.as_str()));
     let touch = lab.host.reboot_file().display().to_string();
     lab.pve.command(json!({"cmd": "on_reboot", "name": "web", "touch": touch}));
-    lab.declare("2", 2048, allow_reboot);
+    lab.declare("2", memory, allow_reboot);
     lab.declare_more("kernel", json!(kernel));
     lab.commit(&format!("web: revision 2, kernel {kernel}"));
     let second = lab.toplevel();
     assert_ne!(first, second);
-    assert_eq!(kinds(&lab.plan()), ["switch"]);
+    let switch = if memory == 2048 { vec!["switch"] } else { vec!["update_vm", "switch"] };
+    assert_eq!(kinds(&lab.plan()), switch);
     lab.pve.requests(true);
     (lab, first, second)
 }
@@ -783,7 +784,7 @@ fn reboot_requests(lab: &Lab) -> usize {
 
 #[test]
 fn with_allow_reboot_a_new_kernel_is_booted_by_one_reboot() {
-    let (lab, _, second) = switch_with_kernel("6.6.31", true);
+    let (lab, _, second) = switch_with_kernel("6.6.31", 2048, true);
     let (run, report) = lab.apply(&[]);
     assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
     assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
@@ -799,7 +800,7 @@ fn with_allow_reboot_a_new_kernel_is_booted_by_one_reboot() {
 
 #[test]
 fn without_allow_reboot_a_new_kernel_is_reported_as_a_pending_reboot() {
-    let (lab, first, second) = switch_with_kernel("6.6.31", false);
+    let (lab, first, second) = switch_with_kernel("6.6.31", 2048, false);
     let (run, report) = lab.apply(&[]);
     assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
     let web = web_report(&report);
@@ -815,7 +816,7 @@ fn without_allow_reboot_a_new_kernel_is_reported_as_a_pending_reboot() {
 
 #[test]
 fn a_switch_that_changes_nothing_boot_related_does_not_reboot() {
-    let (lab, first, second) = switch_with_kernel("6.6.30", true);
+    let (lab, first, second) = switch_with_kernel("6.6.30", 2048, true);
     let (run, report) = lab.apply(&[]);
     assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
     assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
@@ -823,4 +824,25 @@ fn a_switch_that_changes_nothing_boot_related_does_not_reboot() {
     assert_eq!(reboot_requests(&lab), 0);
     assert_eq!(lab.host.current_system().as_deref(), Some(second.as_str()));
     assert_eq!(lab.host.booted_system().as_deref(), Some(first.as_str()));
+}
+
+#[test]
+fn pending_changes_and_a_new_kernel_share_one_reboot_after_the_switch() {
+    let (lab, _, second) = switch_with_kernel("6.6.31", 3072, true);
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
+    assert_eq!(
+        step_names(&report),
+        ["configure", "pending", "address", "switch", "reboot", "rebooted", "finish"],
+        "{report:#}"
+    );
+    let reboot = &web_report(&report)["steps"][4];
+    assert_eq!(reboot["detail"], "rebooted for memory, kernel (deploy.allowReboot)", "{report:#}");
+    assert_eq!(reboot_requests(&lab), 1, "one reboot for both");
+    let vm = lab.web();
+    assert_eq!(vm["config"]["memory"].to_string().trim_matches('"'), "3072", "{vm:#}");
+    assert!(vm["pending"].get("memory").is_none(), "{vm:#}");
+    assert_eq!(lab.host.booted_system().as_deref(), Some(second.as_str()));
+    assert_eq!(kinds(&lab.plan()), ["noop"]);
 }
