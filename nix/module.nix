@@ -443,7 +443,7 @@ in
       allowReboot = mkOption {
         type = types.bool;
         default = false;
-        description = "Let apply reboot the VM when a hardware change only takes effect after a reboot.";
+        description = "Let apply reboot the VM, once, when a change only takes effect after a reboot: Proxmox pending changes, the memory restored after a kexec install, or a switch that changes the kernel, initrd, kernel modules or kernel parameters. Without it the report lists them as pending_reboot.";
       };
     };
 

@@ -37,6 +37,10 @@ pub struct Deployed {
     pub host_key: Option<String>,
     /// RFC 3339 time of the install or switch.
     pub time: Option<String>,
+    /// What differs between the system the host booted (`/run/booted-system`) and the one a
+    /// switch made active (`kernel`, `initrd`, `kernel-modules`, `kernel-params`): only a
+    /// reboot brings it into effect. Empty when nothing differs or it cannot be told.
+    pub reboot_needed: Vec<String>,
 }
 
 /// Installing and switching NixOS: the SSH / nixos-anywhere side.
@@ -58,4 +62,13 @@ pub trait NixosDeployer: Send + Sync + fmt::Debug {
     /// check that it runs the host's toplevel, and switch to it when the image held another
     /// system (a generic image several hosts share). Reports what to record as an install does.
     fn verify_image_boot<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>>;
+
+    /// After the executor rebooted the VM for [`Deployed::reboot_needed`]: waits until the host
+    /// answers with its pinned key, runs `system` and booted it; fails when it does not within
+    /// the SSH connect timeout.
+    fn check_rebooted<'a>(
+        &'a self,
+        target: DeployTarget<'a>,
+        system: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
 }

@@ -95,6 +95,9 @@ struct State {
     address: Option<String>,
     /// Keys waiting for a reboot nixprox was not allowed to do.
     pending_reboot: Vec<String>,
+    /// Pending changes whose allowed reboot waits for the switch, so that a switch that
+    /// needs one too reboots the VM once.
+    deferred_reboot: Vec<String>,
     /// The system an adopted VM was found running (its switch is a no-op when it is the
     /// flake's).
     running: Option<String>,
@@ -328,7 +331,7 @@ impl<'r> HostRun<'r> {
             let step = "raise memory for kexec";
             let waits = log.step(step, self.set_memory(&node, vmid, KEXEC_MIN_MEMORY_MIB, false)).await?;
             if waits && host.deploy.allow_reboot {
-                log.step("reboot", self.reboot(&node, vmid)).await?;
+                log.step("reboot", self.reboot(&node, vmid, &["memory".into()])).await?;
             }
         }
         let detaching = runnable.has(ActionKind::DetachDisk);
@@ -350,7 +353,7 @@ impl<'r> HostRun<'r> {
             log.step("start", self.start(&node, vmid)).await?;
             state.address = Some(log.interruptible("address", self.find_address(host, &node, vmid)).await?);
         } else if runnable.has(ActionKind::UpdateVm) || detaching {
-            self.apply_pending(host, &node, vmid, log, state).await?;
+            self.apply_pending(host, runnable, &node, vmid, log, state).await?;
         }
         Ok(Provisioned { node, vmid, kexec_memory, image_boot })
     }
@@ -378,10 +381,12 @@ impl<'r> HostRun<'r> {
     }
 
     /// Changes of an updated VM that wait for its restart: rebooted into with
-    /// `deploy.allowReboot`, else reported as pending.
+    /// `deploy.allowReboot` (after the switch when one follows, see [`HostRun::deploy`]),
+    /// else reported as pending.
     async fn apply_pending(
         &self,
         host: &DesiredHost,
+        runnable: &Runnable,
         node: &str,
         vmid: u32,
         log: &mut Log<'_>,
@@ -389,18 +394,21 @@ impl<'r> HostRun<'r> {
     ) -> Result<(), Failure> {
         let pending = log.step("pending", self.pending(node, vmid)).await?;
         if !pending.is_empty() {
-            if host.deploy.allow_reboot {
-                log.step("reboot", self.reboot(node, vmid)).await?;
-            } else {
+            if !host.deploy.allow_reboot {
                 state.pending_reboot = pending;
+            } else if runnable.has(ActionKind::Switch) && self.req.deployer.is_some() {
+                state.deferred_reboot = pending;
+            } else {
+                log.step("reboot", self.reboot(node, vmid, &pending)).await?;
             }
         }
         Ok(())
     }
 
-    /// Installs, reinstalls or switches NixOS, gives back the memory raised for kexec, and
-    /// records the outcome in the metadata block. `applying` stays while a deploy step is
-    /// still owed (no deployer), so the next run resumes.
+    /// Installs, reinstalls or switches NixOS, gives back the memory raised for kexec, reboots
+    /// once for what waits for a reboot (or reports it pending), and records the outcome in the
+    /// metadata block. `applying` stays while a deploy step is still owed (no deployer), so the
+    /// next run resumes.
     async fn deploy(
         &self,
         host: &DesiredHost,
@@ -413,6 +421,93 @@ impl<'r> HostRun<'r> {
         if vm.image_boot {
             return self.check_image_boot(host, vm, log, state).await;
         }
+        let (deployed, unfinished) = match self.install_or_switch(host, runnable, vm, log, state).await {
+            Ok(done) => done,
+            Err(failure) => {
+                // The pending changes were allowed their reboot before the switch existed to
+                // share it: a failed switch does not hold them back (a cancel does).
+                if !failure.cancelled && !state.deferred_reboot.is_empty() {
+                    let pending = std::mem::take(&mut state.deferred_reboot);
+                    log.step("reboot", self.reboot(node, vmid, &pending)).await?;
+                }
+                return Err(failure);
+            }
+        };
+        let mut reboot_for = std::mem::take(&mut state.deferred_reboot);
+        if vm.kexec_memory {
+            let restore = self.set_memory(node, vmid, host.spec.memory_mib, true);
+            if log.step("restore memory", restore).await? {
+                reboot_for.push("memory".into());
+            }
+        }
+        let kernel = deployed.as_ref().is_some_and(|d| !d.reboot_needed.is_empty());
+        if kernel {
+            reboot_for.push("kernel".into());
+        }
+        if !reboot_for.is_empty() && host.deploy.allow_reboot {
+            log.step("reboot", self.reboot(node, vmid, &reboot_for)).await?;
+            if kernel {
+                self.check_rebooted(host, node, vmid, deployed.as_ref(), log, state).await?;
+            }
+        } else {
+            for key in reboot_for {
+                if !state.pending_reboot.contains(&key) {
+                    state.pending_reboot.push(key);
+                }
+            }
+        }
+        if !unfinished {
+            log.step("finish", self.finish(host, node, vmid, deployed.as_ref())).await?;
+        }
+        Ok(())
+    }
+
+    /// After a reboot for a new kernel: the deployer waits for the host to answer with its
+    /// pinned key, running and booted from the switched system.
+    async fn check_rebooted(
+        &self,
+        host: &DesiredHost,
+        node: &str,
+        vmid: u32,
+        deployed: Option<&Deployed>,
+        log: &mut Log<'_>,
+        state: &State,
+    ) -> Result<(), Failure> {
+        let (Some(deployer), Some(system)) = (self.req.deployer, deployed.and_then(|d| d.system.as_deref()))
+        else {
+            return Ok(());
+        };
+        let address = state.address.clone().unwrap_or_default();
+        log.interruptible("rebooted", async {
+            let recorded = self.recorded_metadata(host, node, vmid).await?;
+            let target = DeployTarget {
+                host,
+                node,
+                vmid,
+                address: &address,
+                plan_id: self.req.reviewed_plan_id,
+                recorded: recorded.as_ref(),
+            };
+            deployer
+                .check_rebooted(target, system)
+                .await
+                .map_err(|err| StepError::other(format!("{err:#}")))?;
+            Ok(Done::ok(()).detail(format!("runs and booted `{system}`")))
+        })
+        .await
+    }
+
+    /// The install, reinstall or switch steps: what was deployed, and whether a step was left
+    /// out (no deployer).
+    async fn install_or_switch(
+        &self,
+        host: &DesiredHost,
+        runnable: &Runnable,
+        vm: &Provisioned,
+        log: &mut Log<'_>,
+        state: &mut State,
+    ) -> Result<(Option<Deployed>, bool), Failure> {
+        let (node, vmid) = (vm.node.as_str(), vm.vmid);
         let mut unfinished = false;
         let mut deployed: Option<Deployed> = None;
         for (kind, name) in [
@@ -458,20 +553,7 @@ impl<'r> HostRun<'r> {
                 .await?;
             deployed = Some(outcome);
         }
-        if vm.kexec_memory {
-            let restore = self.set_memory(node, vmid, host.spec.memory_mib, true);
-            if log.step("restore memory", restore).await? {
-                if host.deploy.allow_reboot {
-                    log.step("reboot", self.reboot(node, vmid)).await?;
-                } else if !state.pending_reboot.iter().any(|k| k == "memory") {
-                    state.pending_reboot.push("memory".into());
-                }
-            }
-        }
-        if !unfinished {
-            log.step("finish", self.finish(host, node, vmid, deployed.as_ref())).await?;
-        }
-        Ok(())
+        Ok((deployed, unfinished))
     }
 
     /// A VM booted from the host's image: its host key pinned from the guest agent, then the

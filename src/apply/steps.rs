@@ -391,7 +391,7 @@ impl HostRun<'_> {
         Ok(Done::ok(keys).detail(detail))
     }
 
-    pub(super) async fn reboot(&self, node: &str, vmid: u32) -> Result<Done<()>, StepError> {
+    pub(super) async fn reboot(&self, node: &str, vmid: u32, why: &[String]) -> Result<Done<()>, StepError> {
         let client = self.req.client;
         let path = format!("{}/status/reboot", vm_path(node, vmid));
         let form = vec![("timeout".to_string(), self.req.options.shutdown_timeout.as_secs().to_string())];
@@ -403,7 +403,8 @@ impl HostRun<'_> {
             .step_retry
             .run("reboot", Resend::OnlyIfNotExecuted, || post_and_wait(client, &path, &form, timeout))
             .await?;
-        Ok(Done::ok(()).detail("pending changes applied (deploy.allowReboot)").warnings(warnings))
+        let detail = format!("rebooted for {} (deploy.allowReboot)", why.join(", "));
+        Ok(Done::ok(()).detail(detail).warnings(warnings))
     }
 
     /// Once everything of the host is done: records what was deployed and clears `applying`.

@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use futures::future::BoxFuture;
 
 use super::{
-    DiskKeySource, InstallRequest, SwitchAction, SwitchRequest, build_toplevel, default_command,
+    DiskKeySource, InstallRequest, SwitchAction, SwitchRequest, boot, build_toplevel, default_command,
     install_host, switch_host,
 };
 use crate::config::Settings;
@@ -149,6 +149,7 @@ impl SshDeployer {
             disk_layout: Some(host.system.disk_layout_hash.clone()),
             host_key: Some(outcome.host_key),
             time: Some(now()),
+            reboot_needed: Vec::new(),
         })
     }
 
@@ -184,7 +185,8 @@ impl SshDeployer {
         if outcome.is_failure() {
             bail!("{}", outcome.summary());
         }
-        Ok(Deployed { system: Some(outcome.system), disk_layout: None, host_key: None, time: Some(now()) })
+        let reboot_needed = self.boot_changes(target, &request.host_key, &outcome.system).await;
+        Ok(Deployed { system: Some(outcome.system), time: Some(now()), reboot_needed, ..Deployed::default() })
     }
 
     /// What an image boot left: the system the VM runs, checked over SSH against the key
@@ -210,6 +212,7 @@ impl SshDeployer {
             disk_layout: Some(host.system.disk_layout_hash.clone()),
             host_key: Some(host_key),
             time: Some(now()),
+            reboot_needed: Vec::new(),
         };
         if running == host.system.toplevel {
             return Ok(booted);
@@ -239,6 +242,49 @@ impl SshDeployer {
             );
         }
         Ok(())
+    }
+
+    /// The SSH target of `target` with its pinned key's policy and the loaded client key.
+    fn connection(
+        &self,
+        target: DeployTarget<'_>,
+        host_key: &str,
+    ) -> anyhow::Result<(SshTarget, HostKeyPolicy, std::sync::Arc<russh::keys::PrivateKey>)> {
+        let ssh = SshTarget {
+            host: target.host.host.clone(),
+            address: target.address.to_string(),
+            port: target.host.ssh.port,
+            user: self.ssh_user(target),
+        };
+        Ok((ssh, HostKeyPolicy::pinned(host_key)?, self.key.materialize()?.load()?))
+    }
+
+    /// What a confirmed switch to `system` leaves for a reboot (see [`boot::boot_changes`]).
+    /// Unknown (no `/run/booted-system`, or the check failed: logged) claims nothing.
+    async fn boot_changes(&self, target: DeployTarget<'_>, host_key: &str, system: &str) -> Vec<String> {
+        let host = &target.host.host;
+        let checked = async {
+            let (ssh, policy, key) = self.connection(target, host_key)?;
+            let options = ConnectOptions { bound: self.connect_timeout, ..ConnectOptions::default() };
+            anyhow::Ok(boot::boot_changes(&ssh, &key, &policy, &options, system).await?)
+        };
+        match checked.await {
+            Ok(Some(changes)) => changes,
+            Ok(None) => {
+                tracing::info!(host = %host, "no `/run/booted-system`: cannot tell whether a reboot is needed");
+                Vec::new()
+            }
+            Err(err) => {
+                tracing::warn!(host = %host, "could not check whether the switch needs a reboot: {err:#}");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn check_rebooted_one(&self, target: DeployTarget<'_>, system: &str) -> anyhow::Result<()> {
+        let host_key = Self::pinned_key(&target)?;
+        let (ssh, policy, key) = self.connection(target, &host_key)?;
+        boot::wait_rebooted(&ssh, &key, &policy, system, self.connect_timeout).await
     }
 
     fn ssh_user(&self, target: DeployTarget<'_>) -> String {
@@ -335,6 +381,14 @@ impl NixosDeployer for SshDeployer {
 
     fn verify_image_boot<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>> {
         Box::pin(self.verify_image_one(target))
+    }
+
+    fn check_rebooted<'a>(
+        &'a self,
+        target: DeployTarget<'a>,
+        system: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(self.check_rebooted_one(target, system))
     }
 }
 

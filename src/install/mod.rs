@@ -7,6 +7,7 @@
 //! settings, and the executor writes the metadata block from the outcome.
 
 mod anywhere;
+mod boot;
 mod deployer;
 mod extra_files;
 mod nix;

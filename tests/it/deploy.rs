@@ -749,3 +749,100 @@ fn sigterm_during_an_install_stops_the_installer_leaves_no_secret_behind_and_a_r
     assert_eq!(lab.guests().len(), 1, "no second VM");
     assert_eq!(lab.metadata().system.as_deref(), Some(lab.toplevel().as_str()));
 }
+
+/// A lab whose `web` declares the stand-in kernel 6.6.30, installed (so `/run/booted-system`
+/// is its system), and whose VM's reboots in fakepve reboot the SSH host; then the flake
+/// declares revision 2 with `kernel`, `memory` and `deploy.allowReboot` as given. Returns the
+/// lab (planned), the installed system and the new one.
+fn switch_with_kernel(kernel: &str, memory: u64, allow_reboot: bool) -> (Lab, String, String) {
+    let lab = Lab::start(2048, Key::File);
+    lab.declare_more("kernel", json!("6.6.30"));
+    lab.commit("web: kernel 6.6.30");
+    let first = install(&lab);
+    assert_eq!(lab.host.booted_system().as_deref(), Some(first.as_str()));
+    let touch = lab.host.reboot_file().display().to_string();
+    lab.pve.command(json!({"cmd": "on_reboot", "name": "web", "touch": touch}));
+    lab.declare("2", memory, allow_reboot);
+    lab.declare_more("kernel", json!(kernel));
+    lab.commit(&format!("web: revision 2, kernel {kernel}"));
+    let second = lab.toplevel();
+    assert_ne!(first, second);
+    let switch = if memory == 2048 { vec!["switch"] } else { vec!["update_vm", "switch"] };
+    assert_eq!(kinds(&lab.plan()), switch);
+    lab.pve.requests(true);
+    (lab, first, second)
+}
+
+/// The reboot requests fakepve saw since its request log was cleared.
+fn reboot_requests(lab: &Lab) -> usize {
+    lab.pve
+        .requests(false)
+        .iter()
+        .filter(|(method, path)| method == "POST" && path.ends_with("/status/reboot"))
+        .count()
+}
+
+#[test]
+fn with_allow_reboot_a_new_kernel_is_booted_by_one_reboot() {
+    let (lab, _, second) = switch_with_kernel("6.6.31", 2048, true);
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
+    assert_eq!(step_names(&report), ["address", "switch", "reboot", "rebooted", "finish"], "{report:#}");
+    let reboot = &web_report(&report)["steps"][2];
+    assert!(reboot["detail"].as_str().is_some_and(|d| d.contains("kernel")), "{report:#}");
+    assert_eq!(reboot_requests(&lab), 1);
+    assert_eq!(lab.host.current_system().as_deref(), Some(second.as_str()));
+    assert_eq!(lab.host.booted_system().as_deref(), Some(second.as_str()));
+    assert_eq!(lab.metadata().system.as_deref(), Some(second.as_str()));
+    assert_eq!(kinds(&lab.plan()), ["noop"]);
+}
+
+#[test]
+fn without_allow_reboot_a_new_kernel_is_reported_as_a_pending_reboot() {
+    let (lab, first, second) = switch_with_kernel("6.6.31", 2048, false);
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+    let web = web_report(&report);
+    assert_eq!(web["status"], "pending_reboot", "{report:#}");
+    assert_eq!(web["keys"], json!(["kernel"]), "{report:#}");
+    assert_eq!(step_names(&report), ["address", "switch", "finish"], "{report:#}");
+    assert_eq!(reboot_requests(&lab), 0, "no reboot without deploy.allowReboot");
+    assert_eq!(lab.host.current_system().as_deref(), Some(second.as_str()));
+    assert_eq!(lab.host.booted_system().as_deref(), Some(first.as_str()), "still the old kernel");
+    assert_eq!(lab.metadata().system.as_deref(), Some(second.as_str()));
+    assert_eq!(kinds(&lab.plan()), ["noop"]);
+}
+
+#[test]
+fn a_switch_that_changes_nothing_boot_related_does_not_reboot() {
+    let (lab, first, second) = switch_with_kernel("6.6.30", 2048, true);
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
+    assert_eq!(step_names(&report), ["address", "switch", "finish"], "{report:#}");
+    assert_eq!(reboot_requests(&lab), 0);
+    assert_eq!(lab.host.current_system().as_deref(), Some(second.as_str()));
+    assert_eq!(lab.host.booted_system().as_deref(), Some(first.as_str()));
+}
+
+#[test]
+fn pending_changes_and_a_new_kernel_share_one_reboot_after_the_switch() {
+    let (lab, _, second) = switch_with_kernel("6.6.31", 3072, true);
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
+    assert_eq!(
+        step_names(&report),
+        ["configure", "pending", "address", "switch", "reboot", "rebooted", "finish"],
+        "{report:#}"
+    );
+    let reboot = &web_report(&report)["steps"][4];
+    assert_eq!(reboot["detail"], "rebooted for memory, kernel (deploy.allowReboot)", "{report:#}");
+    assert_eq!(reboot_requests(&lab), 1, "one reboot for both");
+    let vm = lab.web();
+    assert_eq!(vm["config"]["memory"].to_string().trim_matches('"'), "3072", "{vm:#}");
+    assert!(vm["pending"].get("memory").is_none(), "{vm:#}");
+    assert_eq!(lab.host.booted_system().as_deref(), Some(second.as_str()));
+    assert_eq!(kinds(&lab.plan()), ["noop"]);
+}

@@ -41,7 +41,9 @@ adds it, each piece modelled on the Proxmox source it names: `import` uploads (m
 as pve-http-server does, checked and checksummed as pve-storage does), VM disks created with
 `import-from` (qemu-server), and guest-agent `file-read` as qemu-server answers it. The command
 `boot_agent` (`{"cmd": "boot_agent", "name": "web", "agent": {...}}`) gives every VM of that name
-those agent answers once it runs, as the image's guest agent would; `store_file` puts a file on
+those agent answers once it runs, as the image's guest agent would; `on_reboot`
+(`{"cmd": "on_reboot", "name": "web", "touch": "PATH"}`) creates PATH whenever a VM of that name
+is rebooted through the API, so a test's SSH host can restart as its guest; `store_file` puts a file on
 a storage between runs (`content`, and `virtual_size` for an import).
 
 `ceph_slow` (PVE seconds) is fakepve's `ceph_slow()`: every operation on a disk of an RBD storage
@@ -877,11 +879,29 @@ async def agent_call(self, match, values):
     return await ORIGINAL_AGENT_CALL(self, match, values)
 
 
+# VM name -> a file the driver creates when the VM is rebooted through the API (the
+# `on_reboot` command). The tests' SSH host (tests/support/sshd.rs) watches for it and restarts
+# as the VM's guest would: a reboot task (`qmreboot`, qemu-server's PVE/API2/Qemu.pm
+# vm_reboot: shutdown, then start) ends with the guest booting again.
+REBOOT_FILES = {}
+ORIGINAL_DO_REBOOT = FakePve._do_reboot
+
+
+async def do_reboot(self, vm, user, p):
+    answer = await ORIGINAL_DO_REBOOT(self, vm, user, p)
+    path = REBOOT_FILES.get(vm.name)
+    if path is not None:
+        with open(path, 'w'):
+            pass
+    return answer
+
+
 def install_image_support():
     FakePve._upload = upload
     FakePve._qm_check_drive = check_drive
     FakePve._qm_new_drive = new_drive
     FakePve._agent_call = agent_call
+    FakePve._do_reboot = do_reboot
     fakepve.agent.result = agent_result
 
 
@@ -925,6 +945,9 @@ async def command(pve, args):
         return dump_vm(vm)
     if name == 'corrupt_upload':
         CORRUPTED_UPLOADS['left'] = int(args.get('times', 1))
+        return None
+    if name == 'on_reboot':
+        REBOOT_FILES[args['name']] = args['touch']
         return None
     if name == 'boot_agent':
         BOOT_AGENTS[args['name']] = args['agent']

@@ -1,8 +1,9 @@
 //! The SSH test host: a real OpenSSH `sshd` on its own loopback address, inside a private
 //! mount namespace whose `/nix`, `/run`, `/etc/ssh` and `/mnt` are per-test directories, so
 //! over SSH it has its own store, system profile and `/run/current-system` like an installed
-//! NixOS. A "reboot" (requested by the test installer touching `/run/nixprox-test-reboot`)
-//! restarts sshd with the host key the install placed under `/mnt`. Drop kills every process
+//! NixOS. A "reboot" (requested by the test installer, or by fakepve for a VM's reboot, see
+//! [`TestHost::reboot_file`], touching `/run/nixprox-test-reboot`) restarts sshd with the host
+//! key the install placed under `/mnt` and boots the system profile's system. Drop kills every process
 //! in the namespace.
 //!
 //! The namespace also sees its own `/etc/passwd`, `/etc/group`, `/etc/shadow` and (with sudo
@@ -150,6 +151,16 @@ impl TestHost {
         kill_namespace(&self.sshd);
     }
 
+    /// The file whose creation "reboots" the host (fakepve's `on_reboot` creates it).
+    pub fn reboot_file(&self) -> PathBuf {
+        self.root().join("run/nixprox-test-reboot")
+    }
+
+    /// Where `/run/booted-system` points on the host (inside its namespace).
+    pub fn booted_system(&self) -> Option<String> {
+        std::fs::read_link(self.root().join("run/booted-system")).ok().map(|p| p.display().to_string())
+    }
+
     /// Where `/run/current-system` points on the host (inside its namespace).
     pub fn current_system(&self) -> Option<String> {
         std::fs::read_link(self.root().join("run/current-system")).ok().map(|p| p.display().to_string())
@@ -277,8 +288,9 @@ fn kill_namespace(slot: &Mutex<Option<Child>>) {
     let _ = child.wait();
 }
 
-/// What a reboot after an install does: the new root's host key (from `/mnt`) becomes the
-/// host's, the booted system becomes `/run/current-system`, sshd comes back.
+/// What a reboot does: the new root's host key (from `/mnt`, after an install) becomes the
+/// host's, the system profile's system becomes `/run/current-system` and `/run/booted-system`
+/// (as NixOS's stage 2 sets both), sshd comes back.
 fn reboot(root: &Path, address: &str, port: u16, sshd: &Mutex<Option<Child>>, key: &Mutex<GeneratedHostKey>) {
     kill_namespace(sshd);
     let _ = std::fs::remove_file(root.join("run/nixprox-test-reboot"));
@@ -294,9 +306,11 @@ fn reboot(root: &Path, address: &str, port: u16, sshd: &Mutex<Option<Child>>, ke
     if let Ok(generation) = std::fs::read_link(profiles.join("system"))
         && let Ok(system) = std::fs::read_link(profiles.join(generation))
     {
-        let link = root.join("run/current-system");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(system, link).expect("set current-system");
+        for name in ["run/current-system", "run/booted-system"] {
+            let link = root.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&system, link).expect("set current-system and booted-system");
+        }
     }
     start_sshd(root, address, port, sshd);
 }
