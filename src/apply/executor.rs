@@ -127,6 +127,19 @@ pub(super) struct HostRun<'r> {
 }
 
 impl<'r> HostRun<'r> {
+    /// What the deployer gets for one step on the VM: `recorded` is its notes' block as read
+    /// just before the step (`None`: no readable block).
+    pub(super) fn deploy_target<'a>(
+        &'a self,
+        host: &'a DesiredHost,
+        node: &'a str,
+        vmid: u32,
+        address: &'a str,
+        recorded: Option<&'a crate::metadata::Metadata>,
+    ) -> DeployTarget<'a> {
+        DeployTarget { host, node, vmid, address, plan_id: self.req.reviewed_plan_id, recorded }
+    }
+
     fn new(
         req: ApplyRequest<'r>,
         plan: &'r HostPlan,
@@ -480,14 +493,7 @@ impl<'r> HostRun<'r> {
         let address = state.address.clone().unwrap_or_default();
         log.interruptible("rebooted", async {
             let recorded = self.recorded_metadata(host, node, vmid).await?;
-            let target = DeployTarget {
-                host,
-                node,
-                vmid,
-                address: &address,
-                plan_id: self.req.reviewed_plan_id,
-                recorded: recorded.as_ref(),
-            };
+            let target = self.deploy_target(host, node, vmid, &address, recorded.as_ref());
             deployer
                 .check_rebooted(target, system)
                 .await
@@ -536,14 +542,7 @@ impl<'r> HostRun<'r> {
             let outcome = log
                 .interruptible(name, async {
                     let recorded = self.recorded_metadata(host, node, vmid).await?;
-                    let target = DeployTarget {
-                        host,
-                        node,
-                        vmid,
-                        address: &address,
-                        plan_id: self.req.reviewed_plan_id,
-                        recorded: recorded.as_ref(),
-                    };
+                    let target = self.deploy_target(host, node, vmid, &address, recorded.as_ref());
                     let outcome = match kind {
                         ActionKind::Switch => deployer.switch(target).await,
                         _ => deployer.install(target).await,
@@ -581,14 +580,7 @@ impl<'r> HostRun<'r> {
         let deployed = log
             .interruptible("verify", async {
                 let recorded = self.recorded_metadata(host, node, vmid).await?;
-                let target = DeployTarget {
-                    host,
-                    node,
-                    vmid,
-                    address: &address,
-                    plan_id: self.req.reviewed_plan_id,
-                    recorded: recorded.as_ref(),
-                };
+                let target = self.deploy_target(host, node, vmid, &address, recorded.as_ref());
                 let deployed = deployer
                     .verify_image_boot(target)
                     .await

@@ -11,7 +11,6 @@
 use super::executor::HostRun;
 use super::release::{Released, release_vm};
 use super::step::{Done, StepError};
-use crate::deploy::DeployTarget;
 use crate::flake::DesiredHost;
 use crate::metadata::{Adopted, Block, Metadata};
 use crate::proxmox::guest::{ED25519_HOST_KEY, read_ed25519_host_key};
@@ -62,14 +61,7 @@ impl HostRun<'_> {
             None => (self.agent_host_key(node, vmid).await?, "the key read through the guest agent"),
         };
         let address = self.find_address(host, node, vmid).await?.value;
-        let target = DeployTarget {
-            host,
-            node,
-            vmid,
-            address: &address,
-            plan_id: self.req.reviewed_plan_id,
-            recorded: None,
-        };
+        let target = self.deploy_target(host, node, vmid, &address, None);
         let system = deployer
             .read_system(target, &host_key)
             .await
