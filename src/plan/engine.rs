@@ -66,7 +66,7 @@ pub fn plan_with_images(input: PlanInput<'_>, images: &ImageStores) -> Plan {
     let summary = summarize(&hosts);
     let id = plan_id(&hosts, input.desired, input.policies);
     let probe = input.probes.map(|probes| probe_report(probes, &hosts));
-    Plan { version: SCHEMA_VERSION, plan_id: id, summary, hosts, probe }
+    Plan { version: SCHEMA_VERSION, plan_id: id, summary, hosts, probe, unreferenced_images: Vec::new() }
 }
 
 /// The probe section: which planned hosts were asked, which run something else, which did not

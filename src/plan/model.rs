@@ -245,6 +245,11 @@ pub struct Plan {
     /// Present when the plan was made with `--probe`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeReport>,
+    /// `nixprox-*` files on the image storages that no host of the flake refers to any more
+    /// (`images:import/nixprox-….qcow2 (node pve1, 1.2 GiB)`): `nixprox gc-images --delete`
+    /// removes them. Read after planning, so not part of the plan id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreferenced_images: Vec<String>,
 }
 
 impl Plan {

@@ -144,6 +144,13 @@ pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> Strin
         Detail::CountsOnly => {}
     }
     probe_section(&mut out, plan, level);
+    if !plan.unreferenced_images.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} image file(s) on the image storages no host refers to any more: `nixprox gc-images --delete` removes them.\n",
+            plan.unreferenced_images.len()
+        );
+    }
     let unchanged: Vec<&str> =
         plan.hosts.iter().filter(|h| !h.has_changes()).map(|h| h.host.as_str()).collect();
     if level <= Detail::NoNixosChanges && !unchanged.is_empty() {

@@ -155,7 +155,14 @@ mod tests {
     }
 
     fn plan(hosts: Vec<HostPlan>) -> Plan {
-        Plan { version: SCHEMA_VERSION, plan_id: "p".into(), summary: Summary::default(), hosts, probe: None }
+        Plan {
+            version: SCHEMA_VERSION,
+            plan_id: "p".into(),
+            summary: Summary::default(),
+            hosts,
+            probe: None,
+            unreferenced_images: Vec::new(),
+        }
     }
 
     fn entries(plan: &Plan, wanted: Option<usize>) -> Vec<(String, String, String)> {

@@ -92,6 +92,12 @@ pub fn render(plan: &Plan, options: TextOptions) -> String {
     if !unchanged.is_empty() {
         let _ = writeln!(out, "\nUnchanged: {}", unchanged.join(", "));
     }
+    if !plan.unreferenced_images.is_empty() {
+        let _ = writeln!(out, "\nImage files no host refers to (`nixprox gc-images --delete` removes them):");
+        for file in &plan.unreferenced_images {
+            let _ = writeln!(out, "  {file}");
+        }
+    }
     if let Some(probe) = &plan.probe {
         let _ = writeln!(out, "\n{}", paint.bold(&format!("Probe: {} hosts asked over SSH", probe.probed)));
         for host in plan.hosts.iter().filter(|h| h.drift.is_some()) {

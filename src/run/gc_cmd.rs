@@ -62,6 +62,26 @@ pub async fn after_apply(client: &Client, settings: &Settings, desired: &[Desire
     }
 }
 
+/// For the plan: the files `gc-images` would list, as its lines, when the flake has image hosts
+/// or an image storage (an error is only logged: the plan does not depend on it).
+pub(super) async fn unreferenced(
+    client: &Client,
+    settings: &Settings,
+    desired: &[DesiredHost],
+) -> Vec<String> {
+    let images = desired.iter().any(|d| matches!(d.bootstrap, crate::flake::host::Bootstrap::Image(_)));
+    if !images && settings.defaults.image_storage.is_none() {
+        return Vec::new();
+    }
+    match find(client, settings, desired).await {
+        Ok(garbage) => garbage.iter().map(line).collect(),
+        Err(err) => {
+            tracing::warn!("could not look for unreferenced image files: {err:#}");
+            Vec::new()
+        }
+    }
+}
+
 async fn find(client: &Client, settings: &Settings, desired: &[DesiredHost]) -> anyhow::Result<Vec<Garbage>> {
     let defaults = &settings.defaults;
     let extra = defaults.node.clone().zip(defaults.image_storage.clone());

@@ -256,8 +256,9 @@ pub async fn plan(source: &Source, probe: bool) -> anyhow::Result<Planned> {
 
     let probes =
         if probe { Some(super::probe::probe(&client, &settings, &desired, &live).await?) } else { None };
-    let (plan, planning) =
+    let (mut plan, planning) =
         compute(source, &settings, &desired, &live, probes.as_ref(), Some(&client)).await?;
+    plan.unreferenced_images = super::gc_cmd::unreferenced(&client, &settings, &desired).await;
     let timings = Timings {
         eval: elapsed,
         eval_stats: stats,

@@ -502,6 +502,18 @@ fn gc_images_lists_and_removes_only_files_no_host_refers_to() {
     }
     let all: Vec<(String, u64)> = lab.imports();
 
+    // The plan lists them too (outside the plan id), and deletes nothing.
+    let listed = format!("images:import/{stale} (node pve1, 2.00 KiB)");
+    assert_eq!(lab.plan(&[])["unreferenced_images"], json!([listed]));
+    let run = lab.nixprox(&["plan"]);
+    assert!(
+        run.stdout.contains(&format!(
+            "\nImage files no host refers to (`nixprox gc-images --delete` removes them):\n  {listed}\n"
+        )),
+        "{}",
+        run.stdout
+    );
+
     let run = lab.nixprox(&["gc-images"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
@@ -522,6 +534,7 @@ fn gc_images_lists_and_removes_only_files_no_host_refers_to() {
     assert_eq!(left, kept);
     let run = lab.nixprox(&["gc-images", "--detailed-exitcode"]);
     assert_eq!((run.code, run.stdout.as_str()), (0, "No unreferenced nixprox image files.\n"));
+    assert!(lab.plan(&[]).get("unreferenced_images").is_none(), "an empty list is left out");
 }
 
 /// A VM created from its image whose first apply stopped before the check (its sshd had not
