@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::support::cli::{self, Run};
 use crate::support::fakepve::{FakePve, Scenario};
-use crate::support::nix::{Fixture, override_inputs};
+use crate::support::nix::Fixture;
 use crate::support::sshd::{TestHost, systems};
 
 const VMID: u32 = 120;
@@ -64,7 +64,7 @@ impl Lab {
         let work = tempfile::Builder::new().prefix("nixprox-adopt-").tempdir().expect("tempdir");
         let lab = Lab { host, pve, fixture, work };
         lab.declare("1", key);
-        lab.lock();
+        lab.fixture.lock();
         lab
     }
 
@@ -98,23 +98,6 @@ impl Lab {
         std::fs::write(self.path("pr.yaml"), base).expect("write pr.yaml");
         let ssh = format!("ssh:\n  key: {}\n  connect_timeout: 20\n", self.host.client_key.display());
         std::fs::write(self.dir().join("nixprox.yaml"), format!("{base}{ssh}")).expect("write nixprox.yaml");
-    }
-
-    fn lock(&self) {
-        let mut command = Command::new("nix");
-        command
-            .env("NIX_CONFIG", "substituters =")
-            .args(["--extra-experimental-features", "nix-command flakes", "flake", "lock"])
-            .arg(self.fixture.flake_ref());
-        for input in override_inputs() {
-            command.args(["--override-input", &input.name, &input.flake_ref]);
-        }
-        let output = command.output().expect("run nix (install Debian's nix-bin)");
-        assert!(
-            output.status.success(),
-            "nix flake lock failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
     }
 
     fn nixprox(&self, args: &[&str]) -> Run {

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::support::cli::{self, Run};
 use crate::support::fakepve::{FakePve, Scenario};
 use crate::support::hosts::template;
-use crate::support::nix::{Fixture, override_inputs};
+use crate::support::nix::Fixture;
 use crate::support::sshd::{TestHost, systems, write_fake_nixos_anywhere};
 
 /// How nixprox gets the SSH key.
@@ -50,7 +50,7 @@ impl Lab {
         let installer = write_fake_nixos_anywhere(work.path());
         let lab = Lab { host, pve, fixture, work, installer, key };
         lab.declare("1", memory, false);
-        lab.lock();
+        lab.fixture.lock();
         git(lab.dir(), &["init", "-q"]);
         lab.commit("web");
         lab
@@ -125,25 +125,6 @@ impl Lab {
         self.pve.command(
             json!({"cmd": "set_config", "vmid": vm["vmid"], "config": {"description": description}}),
         );
-    }
-
-    /// `nix flake lock` with the offline inputs, so the flake evaluates without overrides.
-    fn lock(&self) {
-        let mut command = Command::new("nix");
-        command
-            .env("NIX_CONFIG", "substituters =")
-            .args(["--extra-experimental-features", "nix-command flakes", "flake", "lock"])
-            .arg(self.fixture.flake_ref());
-        for input in override_inputs() {
-            command.args(["--override-input", &input.name, &input.flake_ref]);
-        }
-        let output = command.output().expect("run nix (install Debian's nix-bin)");
-        assert!(
-            output.status.success(),
-            "nix flake lock failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(self.dir().join("flake.lock").is_file(), "nix flake lock wrote no flake.lock");
     }
 
     /// Commits the flake as it is now; returns the commit.

@@ -108,6 +108,26 @@ impl Fixture {
         format!("path:{}", self.dir.path().display())
     }
 
+    /// `nix flake lock` with the offline test inputs, so the fixture evaluates without
+    /// `--override-input` (as nixos-anywhere and a user's own `nix build` evaluate it).
+    pub fn lock(&self) {
+        let mut command = std::process::Command::new("nix");
+        command
+            .env("NIX_CONFIG", "substituters =")
+            .args(["--extra-experimental-features", "nix-command flakes", "flake", "lock"])
+            .arg(self.flake_ref());
+        for input in override_inputs() {
+            command.args(["--override-input", &input.name, &input.flake_ref]);
+        }
+        let output = command.output().expect("run nix (install Debian's nix-bin)");
+        assert!(
+            output.status.success(),
+            "nix flake lock failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(self.dir.path().join("flake.lock").is_file(), "nix flake lock wrote no flake.lock");
+    }
+
     /// An evaluation request for this fixture with the test inputs and two eval jobs.
     pub fn request(&self) -> EvalRequest {
         EvalRequest {
