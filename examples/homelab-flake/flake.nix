@@ -43,24 +43,10 @@
             { networking.hostName = name; }
           ];
         };
-      runner =
-        role:
-        nixpkgs.lib.nixosSystem {
-          system = "x86_64-linux";
-          modules = [
-            nixprox.nixosModules.runner
-            agenix.nixosModules.default
-            role
-          ];
-        };
     in
     {
-      nixosConfigurations = nixpkgs.lib.genAttrs names host // {
-        # The CI runners: machines of their own (not VMs nixprox manages: an apply must never
-        # switch the runner it runs on), deployed by hand with nixos-rebuild. Two machines, so
-        # pull-request jobs never share one with the apply secrets (docs/guide.md, "The runner").
-        runner-apply = runner ./runner/apply.nix;
-        runner-plan = runner ./runner/plan.nix;
-      };
+      # Only the VMs: nixprox evaluates every entry here. The CI runner machine has its own
+      # flake, ./runner/flake.nix (docs/guide.md, "The runner").
+      nixosConfigurations = nixpkgs.lib.genAttrs names host;
     };
 }
