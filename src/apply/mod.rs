@@ -241,5 +241,10 @@ async fn check_privileges(request: &RunRequest<'_>, plan: &Plan, live: &[LiveVm]
         return Ok(());
     }
     let token = request.client.token_id().to_string();
-    Err(MissingPrivileges { token, role: permissions::APPLY_ROLE, missing }.into())
+    let pve_major = if missing.iter().any(|n| n.is_agent()) {
+        permissions::cluster_major(request.client).await
+    } else {
+        None
+    };
+    Err(MissingPrivileges { token, role: permissions::APPLY_ROLE, missing, pve_major }.into())
 }
