@@ -205,7 +205,7 @@ async fn reviewed_plan(
             Ok((reviewed, Some(found.pr)))
         }
         None => bail!(
-            "no reviewed plan for commit `{sha}`: no merged pull request with a nixprox plan comment for `{key}` (pass --plan-id, or --allow-new-plan with --plan-id of the new plan)"
+            "no reviewed plan for commit `{sha}`: no merged pull request with a nixprox plan comment for `{key}` (a commit pushed straight to the branch has none); changes reach apply through a pull request, whose plan comment is the review: open one for this change and merge it, or review a plan yourself on the runner and apply it with `--reviewed-plan FILE` (docs/troubleshooting.md#no-reviewed-plan)"
         ),
     }
 }

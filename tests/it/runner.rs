@@ -230,7 +230,8 @@ fn example_runner(forge: &str) -> Value {
         )
     };
     let agenix = repo().join("fixtures/runner/agenix-standin.nix");
-    evaluate_with(&format!("modules = [ {} ({module}) ];", agenix.display())).unwrap_or_else(|e| panic!("{e}"))
+    evaluate_with(&format!("modules = [ {} ({module}) ];", agenix.display()))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Every string in a JSON value.
@@ -238,7 +239,9 @@ fn strings(value: &Value) -> Vec<String> {
     match value {
         Value::String(s) => vec![s.clone()],
         Value::Array(items) => items.iter().flat_map(strings).collect(),
-        Value::Object(map) => map.iter().flat_map(|(k, v)| std::iter::once(k.clone()).chain(strings(v))).collect(),
+        Value::Object(map) => {
+            map.iter().flat_map(|(k, v)| std::iter::once(k.clone()).chain(strings(v))).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -260,7 +263,10 @@ fn on_one_machine_the_plan_runner_gets_no_apply_credential() {
         let apply_unit = format!("{prefix}nixprox_apply");
         assert_eq!(
             out["credentials"][&plan_unit],
-            json!(["proxmox-api-token:/run/agenix/proxmox-plan-token", "ssh-key:/run/agenix/nixprox-probe-key"]),
+            json!([
+                "proxmox-api-token:/run/agenix/proxmox-plan-token",
+                "ssh-key:/run/agenix/nixprox-probe-key"
+            ]),
             "{forge}"
         );
         let apply_loaded = strings(&out["credentials"][&apply_unit]).join("\n");
@@ -269,11 +275,8 @@ fn on_one_machine_the_plan_runner_gets_no_apply_credential() {
         }
         // Nothing the plan runner gets (its instance, its unit, its jobs' environment) names an
         // apply secret or the apply unit's credentials.
-        let plan_side = [
-            &out[section]["nixprox_plan"],
-            &out["units"][&plan_unit],
-            &out["credentials"][&plan_unit],
-        ];
+        let plan_side =
+            [&out[section]["nixprox_plan"], &out["units"][&plan_unit], &out["credentials"][&plan_unit]];
         for value in plan_side {
             for text in strings(value) {
                 for secret in apply_secrets {
@@ -301,15 +304,15 @@ fn on_one_machine_the_plan_runner_gets_no_apply_credential() {
         }
         // The host keys the example's hosts name, at a path that does not depend on the forge.
         assert!(
-            out["tmpfiles"]
-                .as_array()
-                .expect("tmpfiles")
-                .contains(&json!(format!("L+ /run/nixprox-runner/apply - - - - /run/credentials/{apply_unit}.service"))),
+            out["tmpfiles"].as_array().expect("tmpfiles").contains(&json!(format!(
+                "L+ /run/nixprox-runner/apply - - - - /run/credentials/{apply_unit}.service"
+            ))),
             "{forge}: {}",
             out["tmpfiles"]
         );
     }
-    let web = std::fs::read_to_string(repo().join("examples/homelab-flake/hosts/web/nixprox.nix")).expect("web");
+    let web =
+        std::fs::read_to_string(repo().join("examples/homelab-flake/hosts/web/nixprox.nix")).expect("web");
     assert!(web.contains("\"/run/nixprox-runner/apply/host-key-${config.networking.hostName}\""), "{web}");
 }
 
@@ -332,7 +335,8 @@ fn run_hook(hook: &str, event: &str, reference: &str, payload: Option<&Value>) -
         command.env("GITHUB_EVENT_PATH", path);
     }
     let output = command.output().expect("run bash");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.code().unwrap_or(-1), text)
 }
 
@@ -487,7 +491,9 @@ fn every_forgejo_action_is_named_by_its_full_url() {
         let path = entry.expect("entry").path();
         let text = std::fs::read_to_string(&path).expect("workflow");
         for line in text.lines() {
-            let Some(action) = line.trim_start().trim_start_matches("- ").strip_prefix("uses: ") else { continue };
+            let Some(action) = line.trim_start().trim_start_matches("- ").strip_prefix("uses: ") else {
+                continue;
+            };
             seen += 1;
             assert!(
                 action.starts_with("https://") || action.starts_with("./"),

@@ -158,7 +158,37 @@ async fn a_host_changed_since_review_is_refused_and_pasted_markers_are_ignored(k
     assert!(run.stderr.contains("no reviewed plan for commit"), "{}", run.stderr);
 }
 
+/// A commit pushed straight to the default branch has no pull request, so no reviewed plan:
+/// apply refuses before it touches anything and names the way in, a pull request (issue 22).
+async fn a_push_without_a_pull_request_names_the_way_in(kind: ForgeKind) {
+    let lab = Lab::start(kind).await;
+    let fake = &lab.fake;
+    fake.mount_user(ME).await;
+    fake.req("POST", &fake.repo_path(&format!("statuses/{MERGE}")))
+        .respond_with(fake.answer(Op::CreateStatus, 201, fake.status("pending", "nixprox/apply", ME)))
+        .mount(&fake.server)
+        .await;
+    fake.mount_commit_pull(MERGE, None).await;
+    let env = ci_env(fake, "push", "push.json", lab.dir.path());
+    lab.pve.requests(true);
+    let run = run_in_ci(vec!["apply".to_string()], env, &lab.fixture, &lab.pve).await;
+    fake.next_run().await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let error = run.stderr.lines().find(|l| l.starts_with("error:")).expect("an error line");
+    let key = error.split("comment for `").nth(1).and_then(|r| r.split('`').next()).expect("the key");
+    assert_eq!(
+        error,
+        format!(
+            "error: no reviewed plan for commit `{MERGE}`: no merged pull request with a nixprox plan comment for `{key}` (a commit pushed straight to the branch has none); changes reach apply through a pull request, whose plan comment is the review: open one for this change and merge it, or review a plan yourself on the runner and apply it with `--reviewed-plan FILE` (docs/troubleshooting.md#no-reviewed-plan)"
+        )
+    );
+    let writes: Vec<(String, String)> =
+        lab.pve.requests(false).into_iter().filter(|(m, _)| m != "GET").collect();
+    assert!(writes.is_empty(), "nothing was changed: {writes:?}");
+}
+
 both_forges!(
+    a_push_without_a_pull_request_names_the_way_in,
     a_partial_failure_is_finished_by_a_rerun,
     each_matrix_shard_is_accepted,
     a_host_changed_since_review_is_refused_and_pasted_markers_are_ignored,
