@@ -258,13 +258,24 @@ fn the_examples_and_the_guide_pin_this_release() {
             }
         }
     }
-    let flake = std::fs::read_to_string(repo().join("examples/homelab-flake/flake.nix")).expect("flake");
-    let guide = std::fs::read_to_string(repo().join("docs/guide.md")).expect("guide");
-    for (name, text) in [("examples/homelab-flake/flake.nix", &flake), ("docs/guide.md", &guide)] {
-        for (i, _) in text.match_indices("github:nixprox/nixprox/") {
-            let rest = &text[i + "github:nixprox/nixprox/".len()..];
-            let version: String =
-                rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.').collect();
+    // Every page and flake a user copies the input from pins it (issue 22: README and
+    // configuration.md used it unpinned).
+    for name in [
+        "examples/homelab-flake/flake.nix",
+        "examples/homelab-flake/runner/flake.nix",
+        "docs/guide.md",
+        "docs/configuration.md",
+        "docs/migrate.md",
+        "docs/ci.md",
+        "README.md",
+    ] {
+        let text = std::fs::read_to_string(repo().join(name)).expect(name);
+        for (i, _) in text.match_indices("github:nixprox/nixprox") {
+            let rest = &text[i + "github:nixprox/nixprox".len()..];
+            let version: String = match rest.strip_prefix('/') {
+                Some(rest) => rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.').collect(),
+                None => "(unpinned)".to_string(),
+            };
             pins.push((name.to_string(), version));
         }
     }
