@@ -384,7 +384,6 @@ in
           # module's registration script keeps `.runner` in `$STATE_DIRECTORY/<runner name>`,
           # where the daemon (started in WorkingDirectory) reads it.
           // lib.optionalAttrs (instance.forge == "forgejo") {
-            DynamicUser = true;
             User = lib.mkForce (userName name);
             StateDirectory = lib.mkForce "nixprox-runner/${name}";
             WorkingDirectory = lib.mkForce "-${forgejoHome name}";

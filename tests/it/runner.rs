@@ -541,3 +541,42 @@ fn the_example_keeps_its_runner_out_of_the_planned_flake() {
     assert!(modules.iter().any(|m| m.ends_with("/runner/configuration.nix")), "{modules:?}");
     assert!(modules.iter().any(|m| m.ends_with("/runner/hardware-configuration.nix")), "{modules:?}");
 }
+
+/// The example workflows fit the runners' guards: every job that runs pull-request code is a
+/// `pull_request` job (never `pull_request_target`, which would run it with the base's
+/// secrets and a write token) on the plan runner, and apply triggers only on pushes to the
+/// branch the apply runner's job-started hook accepts (the module's default `branch`).
+#[test]
+fn the_example_triggers_match_what_the_runners_accept() {
+    let out = evaluate(
+        r#"{ apply = { forge = "github"; url = "https://github.com/me/lab"; tokenFile = "/t"; role = "apply";
+                      proxmox.apiTokenFile = "/a"; }; }"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let hook = out["github"]["nixprox_apply"]["extraEnvironment"]["ACTIONS_RUNNER_HOOK_JOB_STARTED"]
+        .as_str()
+        .expect("hook")
+        .to_string();
+    for forge in ["github", "forgejo"] {
+        for entry in std::fs::read_dir(repo().join("examples").join(forge)).expect("examples") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("workflow");
+            let yaml: Value = yaml_serde::from_str(&text).expect("yaml");
+            let on = &yaml["on"];
+            assert!(on.get("pull_request_target").is_none(), "{}", path.display());
+            if path.file_stem().is_some_and(|s| s == "apply") {
+                let branches = on["push"]["branches"].as_array().expect("push branches");
+                assert_eq!(branches.len(), 1, "{}", path.display());
+                let branch = branches[0].as_str().expect("branch");
+                let push = json!({"ref": format!("refs/heads/{branch}")});
+                let (code, text) = run_hook(&hook, "push", &format!("refs/heads/{branch}"), Some(&push));
+                assert_eq!(code, 0, "{}: the apply runner refuses its pushes: {text}", path.display());
+            } else if on.get("pull_request").is_some() {
+                for (name, job) in yaml["jobs"].as_object().expect("jobs") {
+                    let labels = job["runs-on"].as_array().expect("runs-on");
+                    assert!(labels.contains(&json!("nixprox-plan")), "{}: {name}", path.display());
+                }
+            }
+        }
+    }
+}
