@@ -306,6 +306,13 @@ impl MissingPrivileges {
             "\nor add them to the role you use: pveum role modify <role> --append 1 --privs '{}'",
             list.join(",")
         ));
+        let old_agent = self.pve_major.is_some_and(|major| major < GUEST_AGENT_PRIVILEGES_SINCE);
+        if old_agent && self.role == PLAN_ROLE && self.missing.iter().any(Need::is_agent) {
+            text.push_str(
+                "
+on Proxmox VE 8 no read-only role holds VM.Monitor, which can also change a running VM: rather give these hosts a static `nixprox.address`",
+            );
+        }
         text
     }
 }

@@ -153,6 +153,19 @@ fn the_agent_privilege_is_named_for_the_clusters_version() {
     );
     assert!(nine.ends_with("--privs 'VM.GuestAgent.Audit'"), "{nine}");
     assert!(!nine.contains("VM.Monitor"), "{nine}");
+    // The read-only plan token on PVE 8: no read-only role has the agent's privilege.
+    let plan = MissingPrivileges {
+        token: "nixprox@pve!plan".into(),
+        role: crate::proxmox::permissions::PLAN_ROLE,
+        missing: lacking.clone(),
+        pve_major: Some(8),
+    };
+    assert!(
+        plan.to_string().ends_with(
+            "\non Proxmox VE 8 no read-only role holds VM.Monitor, which can also change a running VM: rather give these hosts a static `nixprox.address`"
+        ),
+        "{plan}"
+    );
 }
 
 #[test]
