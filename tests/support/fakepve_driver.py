@@ -43,7 +43,10 @@ as pve-http-server does, checked and checksummed as pve-storage does), VM disks 
 `boot_agent` (`{"cmd": "boot_agent", "name": "web", "agent": {...}}`) gives every VM of that name
 those agent answers once it runs, as the image's guest agent would; `on_reboot`
 (`{"cmd": "on_reboot", "name": "web", "touch": "PATH"}`) creates PATH whenever a VM of that name
-is rebooted through the API, so a test's SSH host can restart as its guest; `store_file` puts a file on
+is rebooted through the API, so a test's SSH host can restart as its guest; `agent_starting`
+(`{"cmd": "agent_starting", "name": "web", "calls": 3}`) makes the next `calls` agent commands
+to a running VM of that name answer 500 "QEMU guest agent is not running", as qemu-server's
+`assert_agent_available` does while the guest's agent starts; `store_file` puts a file on
 a storage between runs (`content`, and `virtual_size` for an import).
 
 `ceph_slow` (PVE seconds) is fakepve's `ceph_slow()`: every operation on a disk of an RBD storage
@@ -872,8 +875,19 @@ BOOT_AGENTS = {}
 ORIGINAL_AGENT_CALL = FakePve._agent_call
 
 
+# VM name -> how many more agent calls find the agent still starting (the `agent_starting`
+# command). qemu-server's assert_agent_available (src/PVE/QemuServer/Agent.pm) runs before every
+# agent command: a running VM whose qemu-guest-agent has not answered `guest-ping` yet (it is
+# still starting in the guest) fails with `die "QEMU guest agent is not running\n"`, which the
+# API answers as HTTP 500 with that message (PVE 8 and 9).
+AGENT_STARTING = {}
+
+
 async def agent_call(self, match, values):
     vm = self.find(values['node'], values['vmid'])
+    if vm is not None and vm.status == 'running' and AGENT_STARTING.get(vm.name, 0) > 0:
+        AGENT_STARTING[vm.name] -= 1
+        raise PveError(500, 'QEMU guest agent is not running')
     if vm is not None and vm.agent is None and vm.status == 'running' and vm.name in BOOT_AGENTS:
         vm.agent = json.loads(json.dumps(BOOT_AGENTS[vm.name]))
     return await ORIGINAL_AGENT_CALL(self, match, values)
@@ -951,6 +965,9 @@ async def command(pve, args):
         return None
     if name == 'boot_agent':
         BOOT_AGENTS[args['name']] = args['agent']
+        return None
+    if name == 'agent_starting':
+        AGENT_STARTING[args['name']] = int(args['calls'])
         return None
     if name == 'store_file':
         # fakepve's store_file(): a file already on a storage (an earlier upload, complete or
