@@ -137,11 +137,19 @@ async fn reads_managed_and_host_named_vms_and_flags_templates() {
             metadata,
             unreadable_block: None,
             pending: set(pending),
+            running: None,
             boot_disks,
         })
     };
+    // What web runs now: its current memory, from `/pending` (`GET …/config` answers the
+    // pending value, as Proxmox does).
+    let running = VmSpec { memory_mib: 2048, ..web.clone() };
+    let mut web_config = live(101, web, Some(metadata()), &["memory"]);
+    if let Some(config) = web_config.as_mut() {
+        config.running = Some(running);
+    }
     let expected = vec![
-        vm(101, "web", "pve1", "running", &["nixprox", "web"], live(101, web, Some(metadata()), &["memory"])),
+        vm(101, "web", "pve1", "running", &["nixprox", "web"], web_config),
         vm(
             102,
             "db",

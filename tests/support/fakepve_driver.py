@@ -39,7 +39,8 @@ VM created from scratch finds its installer ISO.
 The image bootstrap needs Proxmox behaviour fakepve 0.5 does not have; `install_image_support`
 adds it, each piece modelled on the Proxmox source it names: `import` uploads (multipart parsed
 as pve-http-server does, checked and checksummed as pve-storage does), VM disks created with
-`import-from` (qemu-server), and guest-agent `file-read` as qemu-server answers it. The command
+`import-from` (qemu-server), guest-agent `file-read` as qemu-server answers it, and `GET …/config`
+with pending values applied unless `current=1` (qemu-server `vm_config`). The command
 `boot_agent` (`{"cmd": "boot_agent", "name": "web", "agent": {...}}`) gives every VM of that name
 those agent answers once it runs, as the image's guest agent would; `on_reboot`
 (`{"cmd": "on_reboot", "name": "web", "touch": "PATH"}`) creates PATH whenever a VM of that name
@@ -75,6 +76,7 @@ from aiohttp import web
 
 import fakepve.agent
 from fakepve import FakePve, PveError, TaskError, shapes
+from fakepve.server import ok
 from fakepve.certs import make_cert
 from fakepve.lxc import format_size
 from fakepve.qemu import DRIVE_KEY, drives_of, is_cdrom, join_drive, split_drive, volume_ref
@@ -910,11 +912,31 @@ async def do_reboot(self, vm, user, p):
     return answer
 
 
+async def config_get(self, request):
+    """`GET /nodes/{node}/qemu/{vmid}/config` as qemu-server src/PVE/API2/Qemu.pm `vm_config`
+    answers it: "the virtual machine configuration with pending configuration changes applied"
+    (pending values in place of the current ones, pending deletions left out) unless `current`
+    is set, which answers the config the VM runs. fakepve 0.5 always answers the current one."""
+    vm = self._vm(request, 'VM.Audit')
+    cfg = dict(vm.config)
+    if str(request.query.get('current', '0')).lower() not in ('1', 'true', 'yes', 'on'):
+        for key, value in vm.pending.items():
+            if value is None:
+                cfg.pop(key, None)
+            else:
+                cfg[key] = value
+    if 'memory' in cfg:
+        cfg['memory'] = str(cfg['memory'])  # PVE sends it as a string
+    cfg['digest'] = vm.digest()
+    return ok(cfg)
+
+
 def install_image_support():
     FakePve._upload = upload
     FakePve._qm_check_drive = check_drive
     FakePve._qm_new_drive = new_drive
     FakePve._agent_call = agent_call
+    FakePve._config_get = config_get
     FakePve._do_reboot = do_reboot
     fakepve.agent.result = agent_result
 
