@@ -6,8 +6,9 @@
 //! with "QEMU guest agent is not running" (HTTP 500) until the agent's `guest-ping` answers, and
 //! an agent whose channel is open but that does not answer yet times out its command (`VM 101
 //! qmp command 'guest-ping' failed - got timeout`). [`ProxmoxError::agent_not_ready`] decides
-//! both; every agent wait (the address, the SSH host key, the guest's OS) goes through
-//! [`wait_for_agent`], polls at the same interval within the same bound (`apply.address_timeout`)
+//! both; every agent wait (the address, the SSH host key of an image VM or of an adoption, and
+//! any later one) goes through [`wait_for_agent`], polls at the same interval within the same
+//! bound (`apply.address_timeout`)
 //! and, when the bound runs out, says so naming the VM, its node and the bound
 //! ([`AgentTimedOut`]).
 
