@@ -13,6 +13,7 @@ use super::release::{Released, release_vm};
 use super::step::{Done, StepError};
 use crate::flake::DesiredHost;
 use crate::metadata::{Adopted, Block, Metadata};
+use crate::proxmox::agent::{AgentBound, Asked, wait_for_agent};
 use crate::proxmox::guest::{ED25519_HOST_KEY, read_ed25519_host_key};
 use crate::proxmox::migrate::migrate_check;
 use crate::proxmox::post_and_wait;
@@ -92,10 +93,19 @@ impl HostRun<'_> {
             .warnings(warnings))
     }
 
-    /// The VM's ed25519 host key, read through its guest agent over the TLS-pinned API.
+    /// The VM's ed25519 host key, read through its guest agent over the TLS-pinned API. The VM
+    /// runs, but its agent may still be starting (a VM just booted): that is waited out within
+    /// `apply.address_timeout`, as every agent wait is; any other answer counts at once.
     async fn agent_host_key(&self, node: &str, vmid: u32) -> Result<String, StepError> {
         let both = "declare the key in `nixprox.ssh.hostKey`, or make sure qemu-guest-agent runs in the VM; nothing was changed";
-        match read_ed25519_host_key(self.req.client, node, vmid).await {
+        let options = self.req.options;
+        let bound = AgentBound { timeout: options.address_timeout, interval: options.poll_interval };
+        let client = self.req.client;
+        let read = wait_for_agent(node, vmid, "SSH host key", bound, || async {
+            read_ed25519_host_key(client, node, vmid).await.map(Asked::Ready)
+        })
+        .await;
+        match read {
             Ok(Some(key)) => Ok(key),
             Ok(None) => Err(StepError::other(format!(
                 "the guest agent of VM {vmid} answered no ed25519 public key for `{ED25519_HOST_KEY}`; {both}"

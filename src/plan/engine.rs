@@ -162,6 +162,7 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
     let mut drift = None;
     let mut pending = Vec::new();
     let mut pool_move = None;
+    let mut pending_reboot = None;
     let actions = match found {
         Found::None => plan_create(host),
         Found::Taken(other) => vec![blocked(
@@ -202,6 +203,7 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
             pending = live.config.as_ref().map(|c| c.pending.iter().cloned().collect()).unwrap_or_default();
             let actions = plan_existing(host, live, adopting, policies, drift.as_ref());
             pool_move = pool_move_of(host, live, &actions);
+            pending_reboot = super::pending::pending_of(host, live, &actions);
             actions
         }
     };
@@ -210,7 +212,16 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
     } else {
         actions
     };
-    HostPlan { host: host.host.clone(), vm, orphan: false, drift, actions, pool_move, nixos_changes: None }
+    HostPlan {
+        host: host.host.clone(),
+        vm,
+        orphan: false,
+        drift,
+        actions,
+        pool_move,
+        nixos_changes: None,
+        pending_reboot,
+    }
 }
 
 /// A host with `nixprox.vm.keep`: `release` of the VM nixprox manages for it, else `noop`.
@@ -237,6 +248,7 @@ fn plan_kept(host: &DesiredHost, found: Found<'_>) -> HostPlan {
         actions,
         pool_move: None,
         nixos_changes: None,
+        pending_reboot: None,
     }
 }
 
@@ -249,7 +261,7 @@ fn pool_move_of(host: &DesiredHost, live: &LiveVm, actions: &[Action]) -> Option
 }
 
 /// "in sync", or that the VM is in sync once it reboots into changes already made.
-fn in_sync_reason(pending: Vec<String>) -> String {
+pub(super) fn in_sync_reason(pending: Vec<String>) -> String {
     if pending.is_empty() {
         "in sync".to_string()
     } else {
@@ -504,6 +516,7 @@ fn plan_orphan(vm: &LiveVm, policies: Policies) -> HostPlan {
         actions: vec![destroy],
         pool_move: None,
         nixos_changes: None,
+        pending_reboot: None,
     }
 }
 
@@ -513,6 +526,9 @@ fn summarize(hosts: &[HostPlan]) -> Summary {
     for host in hosts {
         if host.orphan {
             summary.orphans += 1;
+        }
+        if host.pending_reboot.is_some() {
+            summary.pending_reboot += 1;
         }
         for action in &host.actions {
             if action.blocked.is_some() {

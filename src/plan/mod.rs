@@ -7,6 +7,7 @@ pub mod fields;
 pub mod id;
 pub mod image;
 pub mod model;
+mod pending;
 pub mod privileges;
 mod system;
 #[cfg(test)]
@@ -17,6 +18,6 @@ mod tests;
 pub use engine::{PlanInput, plan, plan_with_images};
 pub use image::image_stores_to_read;
 pub use model::{
-    Action, ActionKind, Blocked, Change, Drift, Effect, HostPlan, Plan, PoolMove, Probe, ProbeReport,
-    Summary, Unreachable, VmRef,
+    Action, ActionKind, Blocked, Change, Drift, Effect, HostPlan, PendingReboot, Plan, PoolMove, Probe,
+    ProbeReport, Summary, Unreachable, VmRef,
 };

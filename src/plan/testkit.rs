@@ -114,6 +114,7 @@ pub fn live(name: &str, vmid: u32) -> LiveVm {
             }),
             unreadable_block: None,
             pending: BTreeSet::new(),
+            running: None,
             boot_disks: vec!["scsi0".into()],
         }),
     }

@@ -565,3 +565,71 @@ fn nixos_changes_never_enter_the_plan_id() {
     changed.hosts[0].nixos_changes = Some(NixosChanges::NewHost);
     assert_eq!(super::id::plan_id(&changed.hosts, &desired, Policies::default()), id);
 }
+
+/// A VM whose memory change waits for a reboot (applied with `deploy.allowReboot` off): the
+/// config it will start with matches the flake, so nothing is planned, but the plan keeps the
+/// change in view as a state with how to make it take effect; the plan id does not depend on it.
+fn waiting_for_a_reboot(name: &str, vmid: u32) -> LiveVm {
+    let mut vm = live(name, vmid);
+    let mut old = config(&mut vm).spec.clone();
+    old.memory_mib = 2048;
+    config(&mut vm).spec.memory_mib = 4096;
+    config(&mut vm).running = Some(old);
+    config(&mut vm).pending = BTreeSet::from(["memory".to_string()]);
+    vm
+}
+
+#[test]
+fn a_change_waiting_for_a_reboot_stays_in_view_as_a_state_not_an_action() {
+    let mut web = host("web");
+    web.spec.memory_mib = 4096;
+    let plan = run(&[web.clone()], &[waiting_for_a_reboot("web", 101)], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::Noop, false)], "nothing to write again");
+    assert!(!plan.has_changes());
+    assert!(plan.has_pending());
+    assert_eq!(plan.summary.pending_reboot, 1);
+    let pending = plan.hosts[0].pending_reboot.as_ref().expect("pending");
+    assert_eq!(pending.keys, ["memory"]);
+    assert_eq!(pending.changes.len(), 1, "{pending:?}");
+    assert_eq!(pending.changes[0].field, "memory");
+    assert_eq!(
+        (pending.changes[0].before.clone(), pending.changes[0].after.clone()),
+        (Some(json!(2048)), Some(json!(4096)))
+    );
+    assert_eq!(
+        pending.how,
+        "the VM still runs the old values: reboot VM 101 to make them take effect (Reboot in the Proxmox UI, or `qm reboot 101` on node `pve1`), or set `nixprox.deploy.allowReboot = true` for host `web` so that apply reboots it whenever it changes the VM"
+    );
+
+    // The same plan once the VM rebooted: same id (a reboot between review and merge must not
+    // refuse the reviewed plan), nothing pending any more.
+    let mut rebooted = live("web", 101);
+    config(&mut rebooted).spec.memory_mib = 4096;
+    let after = run(&[web], &[rebooted], Policies::default());
+    assert_eq!(after.hosts[0].pending_reboot, None);
+    assert_eq!(after.plan_id, plan.plan_id);
+}
+
+#[test]
+fn with_allow_reboot_and_an_update_the_apply_of_the_plan_reboots_into_what_is_pending() {
+    let mut web = host("web");
+    web.spec.memory_mib = 4096;
+    web.spec.cores = 4;
+    web.deploy.allow_reboot = true;
+    let plan = run(&[web.clone()], &[waiting_for_a_reboot("web", 101)], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::UpdateVm, false)], "only the new change is written");
+    let update = &plan.hosts[0].actions[0];
+    assert!(update.changes.iter().all(|c| c.field != "memory"), "{update:?}");
+    let pending = plan.hosts[0].pending_reboot.as_ref().expect("pending");
+    assert!(pending.how.starts_with("the apply of this plan reboots VM 101"), "{}", pending.how);
+
+    // Nothing else to do: the operator reboots it (nixprox reboots only when it changes the VM).
+    web.spec.cores = 2;
+    let plan = run(&[web], &[waiting_for_a_reboot("web", 101)], Policies::default());
+    let pending = plan.hosts[0].pending_reboot.as_ref().expect("pending");
+    assert!(
+        pending.how.ends_with("nixprox reboots it itself only when an apply changes the VM"),
+        "{}",
+        pending.how
+    );
+}

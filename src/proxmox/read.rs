@@ -200,9 +200,16 @@ pub async fn read_config(
         .as_object()
         .ok_or_else(|| UnexpectedAnswer("expected an object".into()).at(Method::GET, &path, &config))?
         .clone();
+    let mut running = None;
     let pending = match &pending {
         Some(data) => {
             let keys = pending_keys(data).map_err(|err| err.at(Method::GET, &pending_path, data))?;
+            if !keys.is_empty() {
+                let mut current = map.clone();
+                current_values(&mut current, data);
+                let notes = super::qemu::notes_of(&current);
+                running = Some(VmSpec { pool: pool.clone(), ..spec_from_config(&current, &notes.user_text) });
+            }
             overlay_pending(&mut map, data);
             keys
         }
@@ -210,7 +217,31 @@ pub async fn read_config(
     };
     let mut live = live_config(&map, pending);
     live.spec.pool = pool;
+    live.running = running;
     Ok(live)
+}
+
+/// The config as the VM runs it now: every key with a pending change at its current value
+/// (`value` of its `/pending` entry), a pending addition removed. Whatever `GET …/config`
+/// answered by default (Proxmox: the pending values, qemu-server `API2/Qemu.pm` `vm_config`
+/// without `current`), `/pending` holds both sides.
+pub fn current_values(config: &mut Map<String, Value>, data: &Value) {
+    for item in data.as_array().into_iter().flatten() {
+        let Some(key) = item.get("key").and_then(Value::as_str) else { continue };
+        let changed =
+            item.get("pending").is_some() || item.get("delete").and_then(value_bool).unwrap_or(false);
+        if !changed {
+            continue;
+        }
+        match item.get("value") {
+            Some(value) => {
+                config.insert(key.to_string(), value.clone());
+            }
+            None => {
+                config.remove(key);
+            }
+        }
+    }
 }
 
 /// The config as it will be after the next reboot: pending values replace current ones and
@@ -253,6 +284,7 @@ pub fn live_config(config: &Map<String, Value>, pending: BTreeSet<String>) -> Li
         metadata: notes.metadata().cloned(),
         unreadable_block: notes.unreadable().map(str::to_string),
         pending,
+        running: None,
         boot_disks: boot_disks(config),
     }
 }

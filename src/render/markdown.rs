@@ -9,8 +9,8 @@ use std::fmt::Write;
 
 use crate::plan::{ActionKind, HostPlan, Plan};
 
-use super::values::diff_lines;
-use super::{summary_line, vm_label};
+use super::values::{change_lines, diff_lines};
+use super::{pending_keys_line, summary_line, vm_label};
 
 /// GitHub's and Forgejo's comment body limit, in characters.
 pub const COMMENT_LIMIT: usize = 65_536;
@@ -143,6 +143,7 @@ pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> Strin
         }
         Detail::CountsOnly => {}
     }
+    pending_section(&mut out, plan, level);
     probe_section(&mut out, plan, level);
     if !plan.unreferenced_images.is_empty() {
         let _ = writeln!(
@@ -152,7 +153,7 @@ pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> Strin
         );
     }
     let unchanged: Vec<&str> =
-        plan.hosts.iter().filter(|h| !h.has_changes()).map(|h| h.host.as_str()).collect();
+        plan.hosts.iter().filter(|h| h.is_unchanged()).map(|h| h.host.as_str()).collect();
     if level <= Detail::NoNixosChanges && !unchanged.is_empty() {
         let names: Vec<String> = unchanged.iter().map(|n| format!("`{n}`")).collect();
         let _ = writeln!(out, "Unchanged: {}\n", names.join(", "));
@@ -209,6 +210,44 @@ fn banner(out: &mut String, plan: &Plan, level: Detail) {
                 },
             };
             let _ = writeln!(out, "> - `{}`: `{}` — {state}", host.host, action.kind.as_str());
+        }
+    }
+    out.push('\n');
+}
+
+/// "Waiting for a reboot": changes Proxmox holds as pending for a running VM (a state, not an
+/// action), each host with its diff and how to make it take effect; one line per host when the
+/// comment is trimmed to a list.
+fn pending_section(out: &mut String, plan: &Plan, level: Detail) {
+    let waiting: Vec<&HostPlan> = plan.hosts.iter().filter(|h| h.pending_reboot.is_some()).collect();
+    if waiting.is_empty() || level == Detail::CountsOnly {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "#### Waiting for a reboot\n\nProxmox holds these changes as pending: the VM still runs the old values. Apply does not write them again.\n"
+    );
+    for host in waiting {
+        let Some(pending) = &host.pending_reboot else { continue };
+        if level >= Detail::ListOnly {
+            let _ = writeln!(
+                out,
+                "- `{}` ({}): {}",
+                host.host,
+                vm_label(&host.vm),
+                escape(&pending.keys.join(", "))
+            );
+            continue;
+        }
+        let _ = writeln!(out, "- `{}` ({}): {}", host.host, vm_label(&host.vm), escape(&pending.how));
+        if pending.changes.is_empty() {
+            let _ = writeln!(out, "  - {}", escape(&pending_keys_line(pending)));
+        } else if level != Detail::NoDiffs {
+            out.push_str("\n  ```diff\n");
+            for (sign, line) in change_lines(&pending.changes) {
+                let _ = writeln!(out, "  {sign} {}", line.replace("```", "ˋˋˋ"));
+            }
+            out.push_str("  ```\n");
         }
     }
     out.push('\n');

@@ -1,6 +1,6 @@
 //! Snapshot tests of the three renderings, and the comment size budget.
 
-use super::fixture::{every_kind, many, probed, with_nixos_changes};
+use super::fixture::{every_kind, many, probed, waiting_for_a_reboot, with_nixos_changes};
 use super::markdown::{COMMENT_LIMIT, Detail, MarkdownContext, render_within};
 use super::{json, markdown, summary_line, text};
 
@@ -96,4 +96,23 @@ fn nixos_changes_are_the_first_detail_the_comment_drops() {
     assert!(body.contains("```diff"), "the diffs stay: {body}");
     assert!(body.contains("Unchanged: `cache`"), "{body}");
     assert_well_formed(&body);
+}
+
+#[test]
+fn changes_waiting_for_a_reboot_in_every_format() {
+    let plan = waiting_for_a_reboot();
+    assert_eq!(
+        summary_line(&plan),
+        "0 to create, 1 to update, 0 to switch, 0 to destroy, 2 unchanged, 1 waiting for a reboot"
+    );
+    insta::assert_snapshot!("pending_text", text::render(&plan, text::TextOptions { color: false }));
+    insta::assert_snapshot!("pending_markdown", markdown::render(&plan, &context()));
+    insta::assert_snapshot!("pending_json", json::render(&plan));
+    for level in super::markdown::LEVELS {
+        let body = markdown::render_at(&plan, &context(), level);
+        assert_well_formed(&body);
+        if level < Detail::CountsOnly {
+            assert!(body.contains("`db` (pve1/102)"), "{level:?}: {body}");
+        }
+    }
 }
