@@ -11,6 +11,7 @@ use crate::plan::{ActionKind, HostPlan, Plan};
 
 use super::values::diff_lines;
 use super::{summary_line, vm_label};
+use crate::text::markdown::{code, escape, fence_line, quoted};
 
 /// GitHub's and Forgejo's comment body limit, in characters.
 pub const COMMENT_LIMIT: usize = 65_536;
@@ -112,18 +113,18 @@ pub fn render(plan: &Plan, context: &MarkdownContext) -> String {
 /// Renders at one level of detail.
 pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> String {
     let mut out = String::new();
-    let title = context.title.as_deref().map(|t| format!(" — `{t}`")).unwrap_or_default();
+    let title = context.title.as_deref().map(|t| format!(" — {}", code(t))).unwrap_or_default();
     let _ = writeln!(out, "### nixprox plan{title}\n");
     banner(&mut out, plan, level);
     let mut about = format!("**{}**", summary_line(plan));
     let mut origin = Vec::new();
     if let Some(commit) = &context.commit {
-        origin.push(format!("planned at commit `{}`", short(commit)));
+        origin.push(format!("planned at commit {}", code(short(commit))));
     }
     if let Some(at) = &context.planned_at {
         origin.push(format!("on {at}"));
     }
-    origin.push(format!("plan id `{}`", plan.plan_id));
+    origin.push(format!("plan id {}", code(&plan.plan_id)));
     about.push_str(&format!("\n\n<sub>{}</sub>\n", origin.join(" · ")));
     let _ = writeln!(out, "{about}");
     counts_table(&mut out, plan);
@@ -137,7 +138,13 @@ pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> Strin
         Detail::ListOnly => {
             for host in &changed {
                 let kinds: Vec<String> = host.actions.iter().map(action_label).collect();
-                let _ = writeln!(out, "- `{}` ({}): {}", host.host, vm_label(&host.vm), kinds.join(", "));
+                let _ = writeln!(
+                    out,
+                    "- {} ({}): {}",
+                    code(&host.host),
+                    escape(&vm_label(&host.vm)),
+                    kinds.join(", ")
+                );
             }
             out.push('\n');
         }
@@ -154,7 +161,7 @@ pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> Strin
     let unchanged: Vec<&str> =
         plan.hosts.iter().filter(|h| !h.has_changes()).map(|h| h.host.as_str()).collect();
     if level <= Detail::NoNixosChanges && !unchanged.is_empty() {
-        let names: Vec<String> = unchanged.iter().map(|n| format!("`{n}`")).collect();
+        let names: Vec<String> = unchanged.iter().map(|n| code(n)).collect();
         let _ = writeln!(out, "Unchanged: {}\n", names.join(", "));
     }
     if level > Detail::Full {
@@ -208,7 +215,7 @@ fn banner(out: &mut String, plan: &Plan, level: Detail) {
                     None => "blocked".to_string(),
                 },
             };
-            let _ = writeln!(out, "> - `{}`: `{}` — {state}", host.host, action.kind.as_str());
+            let _ = writeln!(out, "> - {}: `{}` — {state}", code(&host.host), action.kind.as_str());
         }
     }
     out.push('\n');
@@ -232,13 +239,20 @@ fn probe_section(out: &mut String, plan: &Plan, level: Detail) {
         let _ = writeln!(out, "| host | recorded | running |\n| --- | --- | --- |");
         for host in drifted {
             if let Some(drift) = &host.drift {
-                let _ = writeln!(out, "| `{}` | `{}` | `{}` |", host.host, drift.recorded, drift.running);
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} |",
+                    code(&host.host),
+                    code(&drift.recorded),
+                    code(&drift.running)
+                );
             }
         }
         out.push('\n');
     }
     for unreachable in &probe.unreachable {
-        let _ = writeln!(out, "- `{}` did not answer: {}", unreachable.host, escape(&unreachable.reason));
+        let _ =
+            writeln!(out, "- {} did not answer: {}", code(&unreachable.host), quoted(&unreachable.reason));
     }
     if !probe.unreachable.is_empty() {
         out.push('\n');
@@ -269,32 +283,27 @@ fn host_details(out: &mut String, host: &HostPlan, nixos: bool, diffs: bool) {
         out,
         "<details><summary><b>{}</b> ({}{orphan}): {}</summary>\n",
         escape(&host.host),
-        vm_label(&host.vm),
+        escape(&vm_label(&host.vm)),
         kinds.join(", ")
     );
     if let (true, Some(changes)) = (nixos, &host.nixos_changes) {
-        let _ = writeln!(out, "- **NixOS**: {}", escape(&super::nixos::summary_line(changes)));
+        let _ = writeln!(out, "- **NixOS**: {}", quoted(&super::nixos::summary_line(changes)));
     }
     for action in &host.actions {
-        let _ = writeln!(out, "- **`{}`** {}", action.kind.as_str(), escape(&action.reason));
+        let _ = writeln!(out, "- **`{}`** {}", action.kind.as_str(), quoted(&action.reason));
         if let Some(blocked) = &action.blocked {
             let allow =
                 blocked.setting.as_ref().map(|s| format!(" Set `{s}: true` to allow.")).unwrap_or_default();
-            let _ = writeln!(out, "  - ⛔ blocked: {}.{allow}", escape(&blocked.reason));
+            let _ = writeln!(out, "  - ⛔ blocked: {}.{allow}", quoted(&blocked.reason));
         }
         if diffs && !action.changes.is_empty() {
             out.push_str("\n```diff\n");
             for (sign, line) in diff_lines(action) {
                 // A line of backticks inside the fence cannot close it: fences need them at line start.
-                let _ = writeln!(out, "{sign} {}", line.replace("```", "ˋˋˋ"));
+                let _ = writeln!(out, "{sign} {}", fence_line(&line));
             }
             out.push_str("```\n");
         }
     }
     out.push_str("\n</details>\n\n");
-}
-
-/// Escapes the characters that would open HTML or Markdown structure in free text.
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
