@@ -258,6 +258,13 @@ fn kind_name(tagged: &str) -> &str {
     tagged.split_once('=').map_or(tagged, |(kind, _)| kind)
 }
 
+/// Whether `host`'s actions now, on its VM now, are exactly what was reviewed of it.
+pub fn same_as_reviewed(reviewed: &Reviewed, host: &HostPlan) -> bool {
+    let now: Vec<Value> = host.actions.iter().map(normalize).collect();
+    let vm_now = vm_label(&host.vm.node, host.vm.vmid);
+    reviewed.host(&host.host, host.orphan).is_some_and(|b| b.digest == record::digest(&vm_now, &now))
+}
+
 /// Compares host by host: the problem lines, and the hosts accepted as resumed work.
 fn compare(reviewed: &Reviewed, plan: &Plan, live: &[LiveVm]) -> (Vec<String>, Vec<String>) {
     let mut lines = Vec::new();

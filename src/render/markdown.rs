@@ -69,6 +69,17 @@ impl Detail {
     }
 }
 
+/// The note a trimmed rendering ends with, up to what it left out.
+pub const TRIMMED_NOTE: &str = "_Details trimmed to fit the size limit (left out: ";
+
+/// The level a rendering was made at, read from its trimmed note (none: [`Detail::Full`]);
+/// `None` when the note names no level nixprox writes.
+pub fn level_of(body: &str) -> Option<Detail> {
+    let Some(start) = body.rfind(TRIMMED_NOTE) else { return Some(Detail::Full) };
+    let rest = &body[start + TRIMMED_NOTE.len()..];
+    LEVELS.into_iter().skip(1).find(|level| rest.starts_with(&format!("{})", level.left_out())))
+}
+
 /// Every level, richest first: the order [`render_within`] tries them in.
 pub const LEVELS: [Detail; 6] = [
     Detail::Full,
@@ -129,26 +140,11 @@ pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> Strin
     let _ = writeln!(out, "{about}");
     counts_table(&mut out, plan);
     let changed: Vec<&HostPlan> = plan.hosts.iter().filter(|h| h.has_changes()).collect();
-    match level {
-        Detail::Full | Detail::NoNixosChanges | Detail::NoUnchanged | Detail::NoDiffs => {
-            for host in &changed {
-                host_details(&mut out, host, level == Detail::Full, level != Detail::NoDiffs);
-            }
-        }
-        Detail::ListOnly => {
-            for host in &changed {
-                let kinds: Vec<String> = host.actions.iter().map(action_label).collect();
-                let _ = writeln!(
-                    out,
-                    "- {} ({}): {}",
-                    code(&host.host),
-                    escape(&vm_label(&host.vm)),
-                    kinds.join(", ")
-                );
-            }
-            out.push('\n');
-        }
-        Detail::CountsOnly => {}
+    for host in &changed {
+        out.push_str(&host_block(host, level));
+    }
+    if level == Detail::ListOnly {
+        out.push('\n');
     }
     probe_section(&mut out, plan, level);
     if !plan.unreferenced_images.is_empty() {
@@ -165,7 +161,7 @@ pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> Strin
         let _ = writeln!(out, "Unchanged: {}\n", names.join(", "));
     }
     if level > Detail::Full {
-        let _ = write!(out, "_Details trimmed to fit the size limit (left out: {})", level.left_out());
+        let _ = write!(out, "{TRIMMED_NOTE}{})", level.left_out());
         match &context.full_plan {
             Some(full_plan) => {
                 let _ = writeln!(out, "; the full plan is in {full_plan}._");
@@ -176,6 +172,47 @@ pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> Strin
         }
     }
     out
+}
+
+/// What the comment shows of one changed host at `level`: its `<details>` block (down to
+/// [`Detail::NoDiffs`]), its list line ([`Detail::ListOnly`]), or nothing. Apply looks for it,
+/// verbatim, in the reviewed comment.
+pub fn host_block(host: &HostPlan, level: Detail) -> String {
+    let mut out = String::new();
+    match level {
+        Detail::Full | Detail::NoNixosChanges | Detail::NoUnchanged | Detail::NoDiffs => {
+            host_details(&mut out, host, level == Detail::Full, level != Detail::NoDiffs);
+        }
+        Detail::ListOnly => {
+            let kinds: Vec<String> = host.actions.iter().map(action_label).collect();
+            let _ = writeln!(
+                out,
+                "- {} ({}): {}",
+                code(&host.host),
+                escape(&vm_label(&host.vm)),
+                kinds.join(", ")
+            );
+        }
+        Detail::CountsOnly => {}
+    }
+    out
+}
+
+/// The first line of a host's block at `level` (its `<summary>` or its list line), or `None`
+/// at [`Detail::CountsOnly`]; a host apply resumes must show up under it.
+pub fn host_heading(host: &str, level: Detail) -> Option<String> {
+    match level {
+        Detail::Full | Detail::NoNixosChanges | Detail::NoUnchanged | Detail::NoDiffs => {
+            Some(format!("<details><summary><b>{}</b> (", escape(host)))
+        }
+        Detail::ListOnly => Some(format!("- {} (", code(host))),
+        Detail::CountsOnly => None,
+    }
+}
+
+/// The banner's line for one runnable destructive action (shown down to [`Detail::NoDiffs`]).
+pub fn banner_line(host: &str, kind: ActionKind) -> String {
+    format!("> - {}: `{}` — **will run**", code(host), kind.as_str())
 }
 
 fn short(commit: &str) -> &str {
