@@ -229,10 +229,12 @@ fn probe_row(line: &str) -> bool {
     (table || list) && inert(line)
 }
 
-/// Text nixprox escaped: no raw HTML but `<code>`, no link brackets, balanced backticks.
+/// Text nixprox escaped: balanced backticks, and outside code spans no raw HTML but `<code>`
+/// and no link brackets.
 fn inert(text: &str) -> bool {
     let stripped = text.replace("<code>", "").replace("</code>", "");
-    !stripped.contains(['<', '>', '[', ']']) && stripped.matches('`').count().is_multiple_of(2)
+    let parts: Vec<&str> = stripped.split('`').collect();
+    parts.len() % 2 == 1 && parts.iter().step_by(2).all(|outside| !outside.contains(['<', '>', '[', ']']))
 }
 
 /// `- **NixOS**: …` as the renderer writes it.
@@ -390,6 +392,8 @@ mod tests {
         assert_eq!(sub_line("<sub>planned at commit `nope!` · plan id `ab`</sub>"), None);
         assert!(nixos_line("- **NixOS**: packages +htop 3.3.0"));
         assert!(!nixos_line("- **NixOS**: [click](https://evil)"));
+        assert!(nixos_line("- **NixOS**: extra `a[1] <b>` · <code>x&#96;</code>"));
+        assert!(!nixos_line("- **NixOS**: odd ` backtick"));
         assert!(trimmed_note("_Details trimmed to fit the size limit (left out: x); the full plan is in the [job summary](https://f/r/1)._").is_some());
         assert!(trimmed_note("_Details trimmed to fit the size limit (left out: x); the full plan is in the [job summary](javascript:alert\")._").is_none());
     }
