@@ -25,6 +25,7 @@ mod plan_cli;
 mod privileges;
 mod probe_cli;
 mod proxmox;
+mod review;
 mod runner;
 mod secret_files;
 mod sizes;

@@ -156,6 +156,68 @@ class AnswerLoss:
 ANSWER_LOSS = AnswerLoss()
 
 
+class ConfigEdits:
+    """The `edit_on_request` fault: someone else edits a VM's config at a chosen point of
+    nixprox's run, deterministically.
+
+    A real cluster lets anyone with `VM.Config.Disk` attach a disk between two of nixprox's
+    requests (the UI, `qm set`, another tool); PVE then answers the config it has at each
+    request, and a write carrying the digest of an older read is refused with "detected
+    modified configuration - file changed by other user? Try again." (qemu-server
+    PVE/API2/Qemu.pm `update_vm_api`, `PVE::Tools::assert_if_modified`). fakepve models the
+    digest but not the other user; this middleware is that user, timed by nixprox's own
+    requests instead of a clock.
+
+    `{"cmd": "edit_on_request", "method": "GET", "path": "/qemu/101/config$", "skip": 0,
+    "when": "after", "vmid": 101, "config": {"scsi2": "…"}}`: when the request matching
+    `method` and `path` (`re.search`) has been seen `skip` times already, the keys of `config`
+    are written into VM `vmid`'s config (as `set_config` does) right after that request was
+    answered (`when` "after") or right before it runs ("before": a write then meets the new
+    digest). Each rule fires once.
+    """
+
+    def __init__(self):
+        self.rules = []
+
+    def add(self, args):
+        self.rules.append({'method': args['method'].upper(), 'path': re.compile(args['path']),
+                           'skip': int(args.get('skip', 0)), 'when': args.get('when', 'after'),
+                           'vmid': int(args['vmid']), 'config': args['config'], 'fired': False})
+
+    def _fire(self, pve, request, when):
+        for rule in self.rules:
+            if rule['fired'] or rule['when'] != when:
+                continue
+            if rule['method'] != request.method or not rule['path'].search(request.path):
+                continue
+            if rule['skip'] > 0:
+                rule['skip'] -= 1
+                continue
+            rule['fired'] = True
+            vm = pve.vm(rule['vmid'])
+            if vm is not None:
+                vm.config.update(rule['config'])
+
+    def install(self, pve):
+        build = pve._build_app
+
+        @web.middleware
+        async def middleware(request, handler):
+            self._fire(pve, request, 'before')
+            response = await handler(request)
+            self._fire(pve, request, 'after')
+            return response
+
+        def build_with_edits():
+            app = build()
+            app.middlewares.insert(0, middleware)
+            return app
+        pve._build_app = build_with_edits
+
+
+CONFIG_EDITS = ConfigEdits()
+
+
 MIB = 1024 ** 2
 # The physical extent size `vgcreate` gives a volume group unless told otherwise (LVM's default,
 # also what the Proxmox installer's `pve` VG has): `lvcreate`/`lvextend` round sizes up to it.
@@ -953,6 +1015,14 @@ async def command(pve, args):
     if name == 'lose_answer':
         ANSWER_LOSS.add(args['method'], args['path'], args.get('times', 1))
         return None
+    if name == 'edit_on_request':
+        CONFIG_EDITS.add(args)
+        return None
+    if name == 'remove_vm':
+        # What an owner does in the UI (Remove, with "purge"): the VM is gone, its VMID free.
+        vm = vm_of(pve, args)
+        pve.vms.remove(vm)
+        return None
     if name == 'clear_answer_loss':
         ANSWER_LOSS.clear()
         return None
@@ -1092,6 +1162,7 @@ async def serve(args):
     pve = DriverPve(host=args.host, port=args.port, password=os.urandom(16).hex())
     model_token_privileges(pve)
     ANSWER_LOSS.install(pve)
+    CONFIG_EDITS.install(pve)
     apply_scenario(pve, scenario)
     os.makedirs(args.ca_dir, exist_ok=True)
     certfile, keyfile, _ = make_cert(args.ca_dir, hosts=(args.host,))
