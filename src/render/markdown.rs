@@ -259,6 +259,9 @@ fn banner(out: &mut String, plan: &Plan, level: Detail) {
     out.push('\n');
 }
 
+/// The paragraph under "Waiting for a reboot" (apply's comment check knows it by this text).
+pub const PENDING_NOTE: &str = "Proxmox holds these changes as pending: the VM still runs the old values. Apply does not write them again.";
+
 /// "Waiting for a reboot": changes Proxmox holds as pending for a running VM (a state, not an
 /// action), each host with its diff and how to make it take effect; one line per host when the
 /// comment is trimmed to a list.
@@ -267,10 +270,7 @@ fn pending_section(out: &mut String, plan: &Plan, level: Detail) {
     if waiting.is_empty() || level == Detail::CountsOnly {
         return;
     }
-    let _ = writeln!(
-        out,
-        "#### Waiting for a reboot\n\nProxmox holds these changes as pending: the VM still runs the old values. Apply does not write them again.\n"
-    );
+    let _ = writeln!(out, "#### Waiting for a reboot\n\n{PENDING_NOTE}\n");
     for host in waiting {
         let Some(pending) = &host.pending_reboot else { continue };
         if level >= Detail::ListOnly {

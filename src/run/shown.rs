@@ -10,7 +10,9 @@
 //! - when the plan is the reviewed one (same plan id), the whole text must be the rendering,
 //!   except the parts that legitimately differ after the merge ([`normalize`]): the commit and
 //!   time of the `<sub>` line, the link to the full plan, the hosts' NixOS changes (which need
-//!   the pull request's base), the unreferenced-images line and `--probe`'s section;
+//!   the pull request's base), the unreferenced-images line, `--probe`'s section, and the
+//!   changes waiting for a reboot (live state outside the plan id: a VM rebooted between
+//!   review and merge runs them by then) with their counts and the unchanged hosts' list;
 //! - when it is not (a resumed run, one shard of a fan-out, hosts a previous run finished),
 //!   each host that will run something must show in the text: a host whose actions are the
 //!   reviewed ones with its whole block, verbatim; a resumed host with its block's heading;
@@ -149,7 +151,11 @@ fn compare(visible: &[String], expected: &[String]) -> Result<(), String> {
 /// - the link to the full plan at the end of the trimmed note;
 /// - `- **NixOS**: …` lines (apply after the merge has no base to compare with);
 /// - the unreferenced-images line (read after planning, outside the plan id);
-/// - `--probe`'s section "Changed outside nixprox" (apply does not probe).
+/// - `--probe`'s section "Changed outside nixprox" (apply does not probe);
+/// - the section "Waiting for a reboot", the counts of hosts waiting for one and of unchanged
+///   hosts, and the list of unchanged hosts: which VMs hold pending changes is live state
+///   outside the plan id (a reboot between review and merge takes a host off the list), and
+///   none of it is anything apply runs.
 pub fn normalize(text: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut lines = text.lines().peekable();
@@ -175,6 +181,20 @@ pub fn normalize(text: &str) -> Vec<String> {
             if lines.peek() == Some(&"") {
                 lines.next();
             }
+            continue;
+        }
+        if line == "#### Waiting for a reboot" {
+            skip_pending_section(&mut lines);
+            continue;
+        }
+        if unchanged_line(line) {
+            if lines.peek() == Some(&"") {
+                lines.next();
+            }
+            continue;
+        }
+        if let Some(counts) = counts_line(line) {
+            out.push(counts);
             continue;
         }
         if line == "#### Changed outside nixprox" {
@@ -209,6 +229,59 @@ fn skip_probe_section<'a>(lines: &mut std::iter::Peekable<impl Iterator<Item = &
             lines.next();
         }
     }
+}
+
+/// The section of changes waiting for a reboot, in the form the renderer writes it: the fixed
+/// paragraph, one list item per host (inert text), and under each either a line of keys or a
+/// diff fenced in the item (`  - key: value` / `  + key: value`, no fence inside).
+fn skip_pending_section<'a>(lines: &mut std::iter::Peekable<impl Iterator<Item = &'a str>>) {
+    let mut in_fence = false;
+    while let Some(&line) = lines.peek() {
+        let ok = if in_fence {
+            line == "  ```"
+                || ((line.starts_with("  - ") || line.starts_with("  + ")) && !line.contains("```"))
+        } else {
+            line.is_empty()
+                || line == markdown::PENDING_NOTE
+                || line == "  ```diff"
+                || line.strip_prefix("- ").is_some_and(inert)
+                || line.strip_prefix("  - ").is_some_and(inert)
+        };
+        if !ok {
+            return;
+        }
+        if line == "  ```diff" || (in_fence && line == "  ```") {
+            in_fence = !in_fence;
+        }
+        lines.next();
+    }
+}
+
+/// `Unchanged: `a`, `b``, as the renderer writes it.
+fn unchanged_line(line: &str) -> bool {
+    line.strip_prefix("Unchanged: ").is_some_and(|names| {
+        names.split(", ").all(|name| {
+            name.strip_prefix('`').and_then(|n| n.strip_suffix('`')).is_some_and(|n| !n.contains('`'))
+                || name.strip_prefix("<code>").and_then(|n| n.strip_suffix("</code>")).is_some_and(inert)
+        })
+    })
+}
+
+/// The bold counts line without its `N unchanged` and `N waiting for a reboot` parts.
+fn counts_line(line: &str) -> Option<String> {
+    let inner = line.strip_prefix("**")?.strip_suffix("**")?;
+    let parts: Vec<&str> = inner.split(", ").collect();
+    let numbered = |part: &&str| {
+        part.split_once(' ').is_some_and(|(n, rest)| {
+            !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) && !rest.is_empty()
+        })
+    };
+    if parts.len() < 2 || !parts.iter().all(numbered) {
+        return None;
+    }
+    let volatile = |part: &&str| part.ends_with(" unchanged") || part.ends_with(" waiting for a reboot");
+    let kept: Vec<&str> = parts.into_iter().filter(|p| !volatile(p)).collect();
+    Some(format!("**{}**", kept.join(", ")))
 }
 
 /// `12 hosts probed over SSH: 1 changed, 0 unreachable.`
@@ -380,6 +453,37 @@ mod tests {
         assert_eq!(err, "its text holds an HTML comment, which hides what follows it");
         let moved = format!("hello\n{}", comment(&plan, &text));
         assert!(check(&moved, &plan, &reviewed).is_err());
+    }
+
+    /// The reviewed comment showed a host's changes waiting for a reboot; the VM was rebooted
+    /// before the merge, so apply's plan (same id) has none: accepted at every level. A
+    /// paragraph slipped into that section is not.
+    #[test]
+    fn changes_waiting_for_a_reboot_at_review_and_gone_at_merge_are_accepted() {
+        let (plan, _) = plans();
+        let mut at_review = plan.clone();
+        let db = at_review.hosts.iter_mut().find(|h| h.host == "db").expect("db");
+        db.pending_reboot = Some(crate::plan::PendingReboot {
+            keys: vec!["memory".into()],
+            changes: vec![crate::plan::Change {
+                field: "memory".into(),
+                before: Some(2048.into()),
+                after: Some(4096.into()),
+                effect: None,
+            }],
+            how: "reboot VM 102 (`qm reboot 102` on node `pve1`)".into(),
+        });
+        let reviewed = Reviewed::Record(Record::from_plan(&plan));
+        for level in markdown::LEVELS {
+            let text = markdown::render_at(&at_review, &ci_context(), level);
+            if level < Detail::CountsOnly {
+                assert!(text.contains("#### Waiting for a reboot"), "{level:?}: {text}");
+            }
+            check(&comment(&plan, &text), &plan, &reviewed).unwrap_or_else(|e| panic!("{level:?}: {e}"));
+        }
+        let text = markdown::render_at(&at_review, &ci_context(), Detail::Full)
+            .replace(markdown::PENDING_NOTE, &format!("{}\n\nNothing is destroyed.", markdown::PENDING_NOTE));
+        assert!(check(&comment(&plan, &text), &plan, &reviewed).is_err(), "{text}");
     }
 
     #[test]
