@@ -88,6 +88,8 @@ pub fn host(name: &str) -> DesiredHost {
             image: None,
         },
         keep: false,
+        allow: Default::default(),
+        convert: Default::default(),
     }
 }
 
@@ -115,6 +117,7 @@ pub fn live(name: &str, vmid: u32) -> LiveVm {
             unreadable_block: None,
             pending: BTreeSet::new(),
             boot_disks: vec!["scsi0".into()],
+            guest_os: None,
         }),
     }
 }

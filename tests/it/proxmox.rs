@@ -138,6 +138,7 @@ async fn reads_managed_and_host_named_vms_and_flags_templates() {
             unreadable_block: None,
             pending: set(pending),
             boot_disks,
+            guest_os: None,
         })
     };
     let expected = vec![

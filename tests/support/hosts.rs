@@ -99,6 +99,8 @@ pub fn host(name: &str) -> DesiredHost {
             image: None,
         },
         keep: false,
+        allow: Default::default(),
+        convert: Default::default(),
     }
 }
 
