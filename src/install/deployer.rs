@@ -320,7 +320,7 @@ impl SshDeployer {
         match read_current_system(&ssh, &key, &policy, &options, Duration::from_secs(30)).await {
             Ok(Some(system)) => Ok(system),
             Ok(None) => bail!(
-                "refusing to adopt `{host}` (VM {vmid}) in place: the machine at `{}` does not run NixOS (it has no `/run/current-system`); nothing was changed. To install NixOS on it, which wipes its disks, tag the VM `nixprox` in Proxmox: the next plan shows a gated `reinstall` (policies.allow_reinstall)",
+                "refusing to adopt `{host}` (VM {vmid}) in place: the machine at `{}` does not run NixOS (it has no `/run/current-system`); nothing was changed. To convert it, which wipes its disks, let the plan read its OS through the guest agent (qemu-guest-agent running; `VM.GuestAgent.Audit`, `VM.Monitor` before Proxmox VE 9, for the plan's token): the next plan shows its conversion as a gated `reinstall` (`nixprox.allow.reinstall`)",
                 target.address
             ),
             Err(err @ SshError::HostKeyMismatch { .. }) => {
