@@ -342,3 +342,41 @@ fn without_a_way_to_pin_the_key_or_without_nixos_nothing_is_touched() {
     assert_eq!(lab.vm()["config"], before["config"]);
     assert_eq!(lab.notes().user_text, OWNER);
 }
+
+/// An adopted NixOS host keeps its own hardware configuration: no `disko.devices`. It is
+/// adopted and switched, its layout recorded as not managed, and no plan reinstalls it; only
+/// once the flake declares a layout does a reinstall appear, gated.
+#[test]
+fn an_adopted_host_without_disko_is_switched_and_reinstalled_only_once_a_layout_is_declared() {
+    let lab = Lab::start(&Key::Agent, true, true);
+    lab.declare("0", &Key::Agent);
+    let running = lab.build();
+    lab.run_by_hand(&running);
+    lab.declare("1", &Key::Agent);
+    let plan = lab.plan();
+    assert_eq!(kinds(&plan), ["adopt", "switch"], "{plan:#}");
+    let (run, _) = lab.apply();
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(lab.metadata().disk_layout.as_deref(), Some(nixprox::metadata::LAYOUT_NOT_MANAGED));
+    // The serials nixprox never forced on its disks: the VM's config has none.
+    assert!(!lab.vm()["config"]["scsi0"].as_str().unwrap_or_default().contains("serial="), "{:#}", lab.vm());
+    assert_eq!(kinds(&lab.plan()), ["noop"]);
+    // A later change of the system is a switch, never a reinstall.
+    lab.declare("2", &Key::Agent);
+    assert_eq!(kinds(&lab.plan()), ["switch"]);
+    lab.apply();
+    assert_eq!(kinds(&lab.plan()), ["noop"]);
+
+    // The flake declares a layout now: a gated reinstall that says why.
+    let path = lab.dir().join("test-host.json");
+    let mut declared: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("json")).expect("json");
+    declared["disko"] = json!({"disk": {"main": {"type": "disk", "device": "/dev/sda"}}});
+    std::fs::write(&path, declared.to_string()).expect("write");
+    let plan = lab.plan();
+    assert_eq!(kinds(&plan), ["reinstall"], "{plan:#}");
+    let reinstall = &cli::actions(&plan, "web")[0];
+    assert_eq!(reinstall["blocked"]["setting"], "policies.allow_reinstall", "{reinstall:#}");
+    assert!(reinstall["reason"].as_str().unwrap_or_default().contains("layout not managed"), "{reinstall:#}");
+    assert_eq!(reinstall["changes"][0]["before"], "none", "{reinstall:#}");
+}
