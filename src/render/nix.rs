@@ -336,7 +336,8 @@ nixprox.ssh.hostKey = "ssh-ed25519 AAAA root@web";
             protection: false,
             pool: None,
         };
-        let vm = Imported { node: "pve1", vmid: 130, spec: &spec, host_key: Ok("ssh-ed25519 AAAA root@media") };
+        let vm =
+            Imported { node: "pve1", vmid: 130, spec: &spec, host_key: Ok("ssh-ed25519 AAAA root@media") };
         let nixos = host_module(ImportedHost { vm, address: Ok("10.0.20.12"), os: ImportedOs::NixOs });
         insta::assert_snapshot!("import_host_module_nixos", nixos);
         let debian = host_module(ImportedHost {
@@ -350,7 +351,10 @@ nixprox.ssh.hostKey = "ssh-ed25519 AAAA root@web";
             address: Ok("10.0.20.12"),
             os: ImportedOs::Unknown("the QEMU guest agent does not answer"),
         });
-        assert!(unknown.contains("  # Its OS was not read (the QEMU guest agent does not answer)"), "{unknown}");
+        assert!(
+            unknown.contains("  # Its OS was not read (the QEMU guest agent does not answer)"),
+            "{unknown}"
+        );
         assert!(unknown.contains("  # nixprox.ssh.hostKey: not read (no agent)"), "{unknown}");
     }
 

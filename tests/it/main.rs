@@ -10,6 +10,7 @@ mod convert;
 mod deploy;
 mod docs;
 mod error_messages;
+mod example;
 mod faults;
 mod flake;
 mod fleet;
