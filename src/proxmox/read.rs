@@ -142,6 +142,15 @@ async fn read_guest_oses(client: &Client, vms: &mut [LiveVm], concurrency: usize
             .collect()
             .await;
     for (index, os) in read {
+        if let super::guest::GuestOs::Unknown { reason } = &os {
+            // Not an error: the plan adopts it in place, and apply checks over SSH that it runs
+            // NixOS. Said here, since the plan's reason is the same either way (its id too).
+            tracing::warn!(
+                "could not read what VM {} `{}` runs through its guest agent: {reason}; if it does not run NixOS, apply will refuse to adopt it (the plan can convert it only once it reads its OS)",
+                vms[index].vmid,
+                vms[index].name
+            );
+        }
         if let Some(config) = vms[index].config.as_mut() {
             config.guest_os = Some(os);
         }
