@@ -359,3 +359,63 @@ fn the_installers_tunnel_reaches_only_the_machine_with_the_pinned_key() {
     // The tunnel's login, then nixos-anywhere's own inside it.
     assert_eq!(logins(), 2);
 }
+
+/// The plan reads the guest's OS with its own token: without `VM.GuestAgent.Audit` (fakepve
+/// checks it as qemu-server 9 does for `agent/get-osinfo`) it cannot, says so on stderr, and
+/// plans the in-place adoption that apply checks; with it, the conversion.
+#[test]
+fn a_plan_token_that_may_not_ask_the_agent_plans_the_adoption_apply_checks() {
+    use crate::support::fakepve::TOKEN_ID;
+    let fixture = Fixture::copy("convert");
+    let hosts = json!({
+        "system": systems::current_system(), "revision": "1", "clientKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAItest",
+        "hosts": {"alpha": {"vmid": 131, "address": "127.0.0.31", "port": 22, "disko": true, "allowReinstall": true}}
+    });
+    std::fs::write(fixture.dir.path().join("test-hosts.json"), hosts.to_string()).expect("write");
+    let settings = fixture.dir.path().join("nixprox.yaml");
+    std::fs::write(&settings, "defaults:\n  node: pve1\n  storage: local-lvm\n  bridge: vmbr0\n")
+        .expect("write");
+    let audit = ["VM.Audit", "Datastore.Audit", "Sys.Audit", "Pool.Audit", "SDN.Audit"];
+    let plan = |privs: &[&str]| {
+        let scenario = Scenario::new()
+            .guest(vm_json(131, "alpha", debian_agent("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIalpha")))
+            .grant("nixprox@pve", "/", privs)
+            .grant(TOKEN_ID, "/", privs);
+        let pve = FakePve::start(scenario);
+        let run = cli::plan(&fixture, &pve, &["--format", "json"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let plan: Value = serde_json::from_str(&run.stdout).expect("json");
+        (plan, run.stderr)
+    };
+    let (without, stderr) = plan(&audit);
+    assert_eq!(cli::kinds(&without, "alpha"), ["adopt", "switch"], "{without:#}");
+    let reason = cli::actions(&without, "alpha")[0]["reason"].as_str().expect("reason").to_string();
+    assert!(reason.contains("apply first checks over SSH that it runs NixOS"), "{reason}");
+    assert!(stderr.contains("could not read what VM 131 `alpha` runs"), "{stderr}");
+    assert!(stderr.contains("`VM.GuestAgent.Audit`"), "{stderr}");
+    let with: Vec<&str> = audit.iter().copied().chain(["VM.GuestAgent.Audit"]).collect();
+    let (with, _) = plan(&with);
+    assert_eq!(cli::kinds(&with, "alpha"), ["adopt", "reinstall"], "{with:#}");
+}
+
+/// The OS apply reads is not the one the plan read (the agent stopped answering): apply's plan
+/// differs from the reviewed one, and apply refuses it, naming the host and both plans,
+/// before anything runs anywhere.
+#[test]
+fn an_os_read_differently_at_apply_time_is_refused_naming_the_host() {
+    let lab = Lab::start();
+    let plan = lab.plan();
+    assert_eq!(cli::kinds(&plan, "alpha"), ["adopt", "reinstall"]);
+    lab.pve.command(json!({"cmd": "set_agent", "vmid": 131, "agent": null}));
+    let before = lab.pve.vm(131);
+    let report = lab.path("report.json");
+    let run = lab.nixprox(&["apply", "--reviewed-plan", &lab.path("plan.json"), "--report", &report]);
+    assert_eq!(run.code, 4, "refused:\n{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("the plan changed since it was reviewed"), "{}", run.stderr);
+    assert!(run.stderr.contains("host `alpha`: reviewed adopt"), "{}", run.stderr);
+    assert!(run.stderr.contains("os debian→nixos); reinstall("), "{}", run.stderr);
+    assert!(run.stderr.contains("now adopt(managed false→true); switch("), "{}", run.stderr);
+    assert_eq!(lab.pve.vm(131)["config"], before["config"]);
+    assert_eq!(lab.logins("alpha"), 0);
+    assert!(lab.installs().is_empty());
+}
