@@ -133,12 +133,17 @@ impl Lab {
     }
 
     fn nixprox(&self, args: &[&str]) -> Run {
+        self.nixprox_env(args, &[])
+    }
+
+    fn nixprox_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut command = cli::nixprox();
         command
             .args(args)
             .args(["--flake", &self.fixture.flake_ref()])
             .envs(cli::pve_env(&self.pve))
-            .env("NIXPROX_TEST_INSTALL_LOG", self.path("installs.log"));
+            .env("NIXPROX_TEST_INSTALL_LOG", self.path("installs.log"))
+            .envs(env.iter().copied());
         command.output().expect("run nixprox").into()
     }
 
@@ -418,4 +423,49 @@ fn an_os_read_differently_at_apply_time_is_refused_naming_the_host() {
     assert_eq!(lab.pve.vm(131)["config"], before["config"]);
     assert_eq!(lab.logins("alpha"), 0);
     assert!(lab.installs().is_empty());
+}
+
+/// The installer fails after the adoption's write: the VM is tagged, its block holds the key
+/// its old system presents and no system. The re-run of the reviewed plan resumes it (the
+/// same key verified again, the installer run once more) and converts it; nothing is left half
+/// done that a re-run cannot finish.
+#[test]
+fn a_conversion_whose_install_failed_is_resumed_with_the_pinned_old_key() {
+    let lab = Lab::start();
+    let old_key = lab.vm("alpha").host.host_public();
+    let plan = lab.plan();
+    assert_eq!(cli::kinds(&plan, "alpha"), ["adopt", "reinstall"]);
+    let report = lab.path("report.json");
+    let apply = |env: &[(&str, &str)]| {
+        let run =
+            lab.nixprox_env(&["apply", "--reviewed-plan", &lab.path("plan.json"), "--report", &report], env);
+        let text =
+            std::fs::read_to_string(&report).unwrap_or_else(|e| panic!("no report ({e}): {}", run.stderr));
+        (run, serde_json::from_str::<Value>(&text).expect("report"))
+    };
+    let (run, first) = apply(&[("NIXPROX_TEST_INSTALL_FAIL", "disko: /dev/sda is busy")]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    let alpha = report_of(&first, "alpha");
+    assert_eq!(alpha["step"], "reinstall", "{first:#}");
+    assert!(alpha["error"].as_str().unwrap_or_default().contains("disko: /dev/sda is busy"), "{first:#}");
+    let metadata = lab.metadata("alpha");
+    assert_eq!(metadata.host_key.as_deref(), Some(old_key.trim()), "the key of the old system, pinned");
+    assert_eq!(metadata.system, None);
+    assert!(metadata.adopted.is_some() && metadata.applying.is_some(), "{metadata:?}");
+    assert_eq!(lab.notes("alpha").user_text, OWNER);
+    // The next plan shows what is left: the conversion's reinstall, still behind its gate.
+    let next = lab.plan_with(&lab.path("pr.yaml"));
+    assert_eq!(cli::kinds(&next, "alpha"), ["reinstall"], "{next:#}");
+    let reason = cli::actions(&next, "alpha")[0]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("nixprox adopted VM 131 to convert it to NixOS"), "{reason}");
+    // Re-running the reviewed plan resumes it.
+    std::fs::write(lab.path("plan.json"), serde_json::to_string(&plan).expect("json")).expect("write");
+    let (run, second) = apply(&[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(report_of(&second, "alpha")["status"], "ok", "{second:#}");
+    assert_eq!(lab.installs(), ["alpha", "alpha"]);
+    let metadata = lab.metadata("alpha");
+    assert!(metadata.system.is_some() && metadata.adopted.is_none(), "{metadata:?}");
+    assert_ne!(metadata.host_key.as_deref(), Some(old_key.trim()), "the new key");
+    assert_eq!(cli::kinds(&lab.plan(), "alpha"), ["noop"]);
 }

@@ -35,6 +35,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$flake" ] && [ -n "$target" ] && [ -n "$key" ] || { echo "missing --flake, target or -i" >&2; exit 1; }
+# Tests count the installer's runs per host (NIXPROX_TEST_INSTALL_LOG=<file>).
+if [ -n "${NIXPROX_TEST_INSTALL_LOG:-}" ]; then
+  echo "${flake#*#} ${target} ${ssh_extra[*]}" >> "$NIXPROX_TEST_INSTALL_LOG"
+fi
 # Like nixos-anywhere (src/nixos-anywhere.sh): a private temporary directory, removed by a
 # `trap … EXIT`, holding a copy of the SSH key it was given.
 tempDir=$(mktemp -d)
@@ -47,10 +51,6 @@ if [ -n "${NIXPROX_TEST_INSTALL_FAIL:-}" ]; then
   exit 1
 fi
 ssh_opts=(-i "$key" -p "$port" -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o IdentitiesOnly=yes -o BatchMode=yes -o LogLevel=ERROR "${ssh_extra[@]}")
-# Tests count the installer's runs per host (NIXPROX_TEST_INSTALL_LOG=<file>).
-if [ -n "${NIXPROX_TEST_INSTALL_LOG:-}" ]; then
-  echo "${flake#*#} ${target} ${ssh_extra[*]}" >> "$NIXPROX_TEST_INSTALL_LOG"
-fi
 # A user other than root: nixos-anywhere escalates with sudo (or doas) and aborts without it,
 # then works as root (it copies the user's authorized_keys to root's; the test host has one
 # authorized_keys file for every user, and its /root is the machine's, so nothing is copied).
