@@ -121,6 +121,11 @@ pub(super) fn convert_actions(
             reason: "the host declares no `disko.devices`: nixos-anywhere lays out the disks with it, so converting needs one (declare the layout the new system gets)".into(),
             setting: None,
         })
+    } else if host.ssh.host_key.is_some() && host.install.host_key_file.is_none() {
+        Some(Blocked {
+            reason: "the host declares `nixprox.ssh.hostKey`, the key its new system must present, so the install must put that key in place: set `nixprox.install.hostKeyFile` to its private half on the runner, or unset `nixprox.ssh.hostKey` (the key it presents now goes in `nixprox.convert.hostKey`)".into(),
+            setting: None,
+        })
     } else if !addressable {
         Some(Blocked {
             reason:

@@ -620,6 +620,13 @@ fn a_vm_whose_agent_reports_another_os_is_converted_never_switched() {
         blocked.reason.contains("declares no `disko.devices`") && blocked.setting.is_none(),
         "{blocked:?}"
     );
+    // The new system's key declared without its private half: the install could not put it
+    // in place, so nothing starts.
+    let mut declared = host("web");
+    declared.ssh.host_key = Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAInew".into());
+    let plan = run(&[declared], std::slice::from_ref(&vm), all());
+    let blocked = plan.hosts[0].actions[1].blocked.clone().expect("blocked");
+    assert!(blocked.reason.contains("`nixprox.install.hostKeyFile`"), "{blocked:?}");
     let mut protected = vm.clone();
     config(&mut protected).spec.protection = true;
     let plan = run(&[host("web")], &[protected], all());
