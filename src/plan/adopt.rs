@@ -66,7 +66,7 @@ pub(super) fn convert_actions(
     let source = if host.convert.host_key.is_some() {
         "the declared `nixprox.convert.hostKey`"
     } else {
-        "the key its QEMU guest agent reads from /etc/ssh/ssh_host_ed25519_key.pub (over the Proxmox API)"
+        "read through its QEMU guest agent from /etc/ssh/ssh_host_ed25519_key.pub, over the Proxmox API"
     };
     let adopt = Action {
         kind: ActionKind::Adopt,
@@ -135,9 +135,7 @@ pub(super) fn convert_actions(
         })
     } else if !policies.allow_reinstall {
         Some(Blocked {
-            reason: format!(
-                "converting wipes the VM's disks: allow it for this host alone with `{CONVERT_SETTING} = true` in its module (or for every host with `policies.allow_reinstall`)"
-            ),
+            reason: "converting wipes the VM's disks; the host's own option allows it for this host alone (`policies.allow_reinstall` would allow every host's)".into(),
             setting: Some(CONVERT_SETTING.into()),
         })
     } else {

@@ -226,6 +226,17 @@ fn debian_vms_are_converted_one_host_gate_at_a_time_and_a_wrong_key_gets_nothing
         "{}",
         markdown.stdout
     );
+    assert!(
+        markdown.stdout.contains("Set `nixprox.allow.reinstall = true` in the host's module to allow."),
+        "{}",
+        markdown.stdout
+    );
+    let text = lab.nixprox(&["plan", "--config", &lab.path("pr.yaml")]);
+    assert!(
+        text.stdout.contains("(set `nixprox.allow.reinstall = true` in the host's module to allow)"),
+        "{}",
+        text.stdout
+    );
 
     // The global policy keeps working: it opens both, with no per-host note.
     let global = lab.path("global.yaml");
