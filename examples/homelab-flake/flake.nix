@@ -23,8 +23,11 @@
       ...
     }:
     let
-      # One VM per directory: hosts/<name>/{nixprox,disko,configuration}.nix.
+      # One VM per directory: hosts/<name>/{nixprox,configuration}.nix, and its disks: a disko
+      # layout (disko.nix) for a VM nixprox creates, or the file systems of its own
+      # hardware-configuration.nix for a VM adopted in place (hosts/media).
       names = builtins.attrNames (nixpkgs.lib.filterAttrs (_: type: type == "directory") (builtins.readDir ./hosts));
+      optionalFile = path: nixpkgs.lib.optional (builtins.pathExists path) path;
       host =
         name:
         nixpkgs.lib.nixosSystem {
@@ -36,12 +39,13 @@
             # The VM, its address and its disks: the part nixprox plans from.
             ./modules/nixprox.nix
             ./hosts/${name}/nixprox.nix
-            ./hosts/${name}/disko.nix
             # The NixOS every host shares, and what this one runs.
             ./modules/common.nix
             ./hosts/${name}/configuration.nix
             { networking.hostName = name; }
-          ];
+          ]
+          ++ optionalFile ./hosts/${name}/disko.nix
+          ++ optionalFile ./hosts/${name}/hardware-configuration.nix;
         };
     in
     {

@@ -278,9 +278,14 @@ impl<'r> HostRun<'r> {
     ) -> Result<(), Failure> {
         if runnable.has(ActionKind::Adopt) {
             let node = state.node.clone();
-            let adopted = log.step("adopt", self.adopt(host, &node, vmid)).await?;
+            // Adopted with a reinstall: a VM that does not run NixOS, converted.
+            let adopted = if runnable.has(ActionKind::Reinstall) {
+                log.step("adopt", self.adopt_for_conversion(host, &node, vmid)).await?
+            } else {
+                log.step("adopt", self.adopt(host, &node, vmid)).await?
+            };
             state.address = Some(adopted.address);
-            state.running = Some(adopted.system);
+            state.running = adopted.system;
         }
         if runnable.has(ActionKind::MigrateVm) {
             let node = state.node.clone();

@@ -11,6 +11,7 @@ mod boot;
 mod deployer;
 mod extra_files;
 mod nix;
+mod pin_proxy;
 mod run;
 mod switch;
 
@@ -18,6 +19,7 @@ pub use anywhere::{CLI_FLAGS, NixosAnywhere, default_command};
 pub use deployer::{DEFAULT_KEY_ENV, SshDeployer, pinned_host_key};
 pub use extra_files::{HOST_KEY_PATH, prepare_extra_files};
 pub use nix::{NixCopy, build_toplevel};
+pub use pin_proxy::{PinProxy, PinProxyRequest, pin_proxy};
 pub use run::{CommandSpec, RunFailure, TAIL_LINES, run_streaming};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -197,6 +199,20 @@ pub async fn install_host(request: &InstallRequest) -> Result<InstallOutcome, In
         };
         disk_keys.push((remote, local));
     }
+    // With a pinned key, nixos-anywhere's own (unchecked) connections go through a tunnel
+    // that verifies it (see `pin_proxy`): no window between the check above and the installer.
+    let mut proxy = None;
+    if let Some(pinned) = &request.pinned_host_key {
+        let pin = PinProxyRequest {
+            address: &request.address,
+            port: request.port,
+            user: &request.user,
+            identity: key_file.path(),
+            pinned,
+        };
+        proxy =
+            Some(pin_proxy(&pin).map_err(|err| prepare(format!("failed to write the SSH proxy: {err}")))?);
+    }
     let anywhere = NixosAnywhere {
         command: request.command.clone(),
         flake: request.flake.clone(),
@@ -209,6 +225,7 @@ pub async fn install_host(request: &InstallRequest) -> Result<InstallOutcome, In
         build_on: request.build_on,
         kexec: request.kexec_image.clone(),
         disk_encryption_keys: disk_keys,
+        ssh_options: proxy.iter().map(PinProxy::ssh_option).collect(),
     };
     tracing::info!(host = %request.host, "installing NixOS with nixos-anywhere");
     let spec = CommandSpec { argv: anywhere.argv(), env: Vec::new() };
@@ -216,6 +233,7 @@ pub async fn install_host(request: &InstallRequest) -> Result<InstallOutcome, In
         .await
         .map_err(|failure| InstallError::Installer { host: host.clone(), reason: failure.describe() })?;
     drop(disk_key_files);
+    drop(proxy);
     let target = SshTarget {
         host: request.host.clone(),
         address: request.address.clone(),

@@ -158,6 +158,8 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
     if host.keep {
         return plan_kept(host, found);
     }
+    let global = policies;
+    let policies = super::gates::for_host(global, host);
     let mut vm = VmRef { node: host.node.clone(), vmid: host.vmid };
     let mut drift = None;
     let mut pending = Vec::new();
@@ -207,11 +209,12 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
             actions
         }
     };
-    let actions = if actions.is_empty() {
+    let mut actions = if actions.is_empty() {
         vec![action(ActionKind::Noop, in_sync_reason(pending), Vec::new())]
     } else {
         actions
     };
+    super::gates::note_opt_ins(&mut actions, global, host);
     HostPlan {
         host: host.host.clone(),
         vm,
@@ -338,7 +341,18 @@ fn plan_existing(
             None,
         )];
     };
-    if adopting {
+    // A VM to adopt whose guest agent reports another OS than NixOS is converted: adopted with
+    // the key it presents now, then reinstalled (gated), never switched.
+    let mut conversion = None;
+    if adopting && let Some(os) = super::adopt::other_os(config) {
+        let (adopt, reinstall) = super::adopt::convert_actions(host, live, config, os, policies);
+        if adopt.blocked.is_some() || reinstall.blocked.is_some() {
+            // Nothing changes on a VM whose conversion is not allowed: no tag, no update.
+            return vec![adopt, reinstall];
+        }
+        actions.push(adopt);
+        conversion = Some(reinstall);
+    } else if adopting {
         let adopt = super::adopt::adopt_action(host, live, config);
         if adopt.blocked.is_some() {
             // Nothing may change on a VM nixprox cannot adopt: no tag, no update.
@@ -362,7 +376,9 @@ fn plan_existing(
     actions.extend(update_action(updates));
     actions.extend(detach);
     actions.extend(resize_action(grows));
-    if adopting {
+    if let Some(reinstall) = conversion {
+        actions.push(reinstall);
+    } else if adopting {
         actions.extend(super::adopt::adopted_switch(host));
     } else {
         actions.extend(plan_system(host, live, policies, drift));

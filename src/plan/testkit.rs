@@ -88,6 +88,8 @@ pub fn host(name: &str) -> DesiredHost {
             image: None,
         },
         keep: false,
+        allow: Default::default(),
+        convert: Default::default(),
     }
 }
 
@@ -116,6 +118,7 @@ pub fn live(name: &str, vmid: u32) -> LiveVm {
             pending: BTreeSet::new(),
             running: None,
             boot_disks: vec!["scsi0".into()],
+            guest_os: None,
         }),
     }
 }

@@ -107,7 +107,54 @@ pub async fn finish_read(
     for (index, config) in configs {
         vms[index].config = Some(config);
     }
+    read_guest_oses(client, &mut vms, request.concurrency).await;
     Ok(vms)
+}
+
+/// Whether the plan asks a VM's guest agent what it runs: a VM nixprox may adopt (named like a
+/// host, untagged, no metadata block) whose agent is enabled and which runs.
+fn may_adopt(vm: &LiveVm) -> bool {
+    let Some(config) = &vm.config else { return false };
+    !vm.template
+        && !vm.is_managed()
+        && config.metadata.is_none()
+        && config.unreadable_block.is_none()
+        && config.spec.agent
+        && vm.status == "running"
+}
+
+/// Reads `get-osinfo` of every VM nixprox may adopt, `concurrency` at a time. The answer
+/// enters the plan only as "not NixOS" (its os-release `ID`), so the same VM gives the same
+/// plan whoever reads it with the privilege; a failure is recorded as unknown, never an error.
+async fn read_guest_oses(client: &Client, vms: &mut [LiveVm], concurrency: usize) {
+    let wanted: Vec<(usize, String, u32)> = vms
+        .iter()
+        .enumerate()
+        .filter(|(_, vm)| may_adopt(vm))
+        .map(|(index, vm)| (index, vm.node.clone(), vm.vmid))
+        .collect();
+    let read: Vec<(usize, super::guest::GuestOs)> =
+        stream::iter(wanted)
+            .map(|(index, node, vmid)| async move {
+                (index, super::guest::read_guest_os(client, &node, vmid).await)
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+    for (index, os) in read {
+        if let super::guest::GuestOs::Unknown { reason } = &os {
+            // Not an error: the plan adopts it in place, and apply checks over SSH that it runs
+            // NixOS. Said here, since the plan's reason is the same either way (its id too).
+            tracing::warn!(
+                "could not read what VM {} `{}` runs through its guest agent: {reason}; if it does not run NixOS, apply will refuse to adopt it (the plan can convert it only once it reads its OS)",
+                vms[index].vmid,
+                vms[index].name
+            );
+        }
+        if let Some(config) = vms[index].config.as_mut() {
+            config.guest_os = Some(os);
+        }
+    }
 }
 
 /// A config to read: index into the listing, node, VMID, running, pool.
@@ -286,6 +333,7 @@ pub fn live_config(config: &Map<String, Value>, pending: BTreeSet<String>) -> Li
         pending,
         running: None,
         boot_disks: boot_disks(config),
+        guest_os: None,
     }
 }
 

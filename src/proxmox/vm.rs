@@ -51,4 +51,8 @@ pub struct LiveConfig {
     pub running: Option<VmSpec>,
     /// The disk slots the VM boots from ([`super::read::boot_disks`]): never detached.
     pub boot_disks: Vec<String>,
+    /// What its guest agent says it runs, read only for a VM nixprox may adopt (untagged, no
+    /// metadata block, agent enabled, running; [`super::read::finish_read`]); `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_os: Option<super::guest::GuestOs>,
 }

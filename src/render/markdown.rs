@@ -368,8 +368,14 @@ fn host_details(out: &mut String, host: &HostPlan, nixos: bool, diffs: bool) {
     for action in &host.actions {
         let _ = writeln!(out, "- **`{}`** {}", action.kind.as_str(), quoted(&action.reason));
         if let Some(blocked) = &action.blocked {
-            let allow =
-                blocked.setting.as_ref().map(|s| format!(" Set `{s}: true` to allow.")).unwrap_or_default();
+            let allow = match &blocked.setting {
+                // A host's own gate (`nixprox.allow.*`) is a module option, not a setting.
+                Some(s) if s.starts_with("nixprox.") => {
+                    format!(" Set `{s} = true` in the host's module to allow.")
+                }
+                Some(s) => format!(" Set `{s}: true` to allow."),
+                None => String::new(),
+            };
             let _ = writeln!(out, "  - ⛔ blocked: {}.{allow}", quoted(&blocked.reason));
         }
         if diffs && !action.changes.is_empty() {

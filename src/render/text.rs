@@ -71,6 +71,10 @@ pub fn render(plan: &Plan, options: TextOptions) -> String {
             let _ = writeln!(out, "  {} {}: {}", sign(action), paint.kind(action), action.reason);
             if let Some(blocked) = &action.blocked {
                 let allow = match &blocked.setting {
+                    // A host's own gate (`nixprox.allow.*`) is a module option, not a setting.
+                    Some(setting) if setting.starts_with("nixprox.") => {
+                        format!(" (set `{setting} = true` in the host's module to allow)")
+                    }
                     Some(setting) => format!(" (set `{setting}: true` in nixprox.yaml to allow)"),
                     None => String::new(),
                 };

@@ -11,7 +11,7 @@ mod error;
 mod keys;
 mod probe;
 
-pub use client::{ConnectOptions, ExecOutput, Retry, Session, SshTarget, wait_for_port};
+pub use client::{ConnectOptions, ExecOutput, Retry, Session, SshTarget, verify_host_key, wait_for_port};
 pub use error::SshError;
 pub use keys::{
     ClientKey, GeneratedHostKey, HostKeyPolicy, KeyFile, RUNNER_TEMP, generate_host_key, known_hosts_line,

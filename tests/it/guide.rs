@@ -327,7 +327,9 @@ fn two_nodes() -> FakePve {
         Scenario::new()
             .set("nodes", json!(["pve1", "pve2"]))
             .guest(template(9000, "pve1"))
-            .guest(template(9001, "pve2")),
+            .guest(template(9001, "pve2"))
+            // `media`, adopted in place (tests/it/example.rs).
+            .guest(super::example::media_vm()),
     )
 }
 
@@ -369,6 +371,7 @@ fn the_example_flake_plans_and_applies_its_vms_with_serials_and_the_declared_add
         [
             ("db".into(), "pve2".into(), create.clone()),
             ("dns".into(), "pve1".into(), create.clone()),
+            ("media".into(), "pve1".into(), vec!["adopt".to_string(), "switch".to_string()]),
             ("web".into(), "pve1".into(), create)
         ]
     );

@@ -139,6 +139,7 @@ async fn reads_managed_and_host_named_vms_and_flags_templates() {
             pending: set(pending),
             running: None,
             boot_disks,
+            guest_os: None,
         })
     };
     // What web runs now: its current memory, from `/pending` (`GET …/config` answers the

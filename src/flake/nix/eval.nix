@@ -133,11 +133,23 @@ let
         imageSizes = sizes;
       };
 
+  # A layout without any device (disko not imported, or imported with nothing declared) is no
+  # layout: it hashes like `null`, which nixprox reads as "disks not managed" (an adopted host
+  # with its own hardware configuration).
+  layout =
+    c:
+    let
+      devices = sanitise (c.config.disko.devices or null);
+      declared =
+        builtins.isAttrs devices
+        && builtins.any (v: v != null && v != { } && v != [ ]) (builtins.attrValues devices);
+    in
+    if declared then devices else null;
+
   # Evaluating out paths builds nothing.
   system = c: {
     toplevel = c.config.system.build.toplevel.outPath;
-    diskLayoutHash =
-      "sha256:" + builtins.hashString "sha256" (builtins.toJSON (sanitise (c.config.disko.devices or null)));
+    diskLayoutHash = "sha256:" + builtins.hashString "sha256" (builtins.toJSON (layout c));
     image = image c;
   };
 

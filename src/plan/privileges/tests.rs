@@ -286,3 +286,28 @@ fn an_installed_image_host_switches_without_reading_files_in_the_guest() {
     assert!(!needs.iter().any(|n| n.privileges.contains(&"VM.GuestAgent.FileRead")), "{needs:#?}");
     assert!(!needs.iter().any(|n| n.path.starts_with("/storage/")), "{needs:#?}");
 }
+
+#[test]
+fn a_conversion_needs_the_agents_os_again_and_its_key_unless_declared() {
+    let mut web = testkit::host("web");
+    web.allow.reinstall = true;
+    let mut vm = testkit::live("web", 150);
+    vm.tags.clear();
+    let config = testkit::config(&mut vm);
+    config.metadata = None;
+    config.guest_os =
+        Some(crate::proxmox::guest::GuestOs::Read { id: "debian".into(), pretty_name: "Debian".into() });
+    let live = vec![vm];
+    let plan = plan_of(std::slice::from_ref(&web), &live);
+    let needs = needs_to_apply(&plan, std::slice::from_ref(&web), &live, true);
+    let has =
+        |privilege: &str| needs.iter().any(|n| n.privileges.contains(&privilege) && n.path == "/vms/150");
+    assert!(has("VM.GuestAgent.Audit"), "{needs:#?}");
+    assert!(has("VM.GuestAgent.FileRead"), "{needs:#?}");
+    // The key of the old system declared: no file read (a declared `ssh.hostKey` is the new
+    // system's key and does not count).
+    web.convert.host_key = Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIold".into());
+    let plan = plan_of(std::slice::from_ref(&web), &live);
+    let needs = needs_to_apply(&plan, std::slice::from_ref(&web), &live, true);
+    assert!(!needs.iter().any(|n| n.privileges == AGENT_FILE_READ), "{needs:#?}");
+}
