@@ -136,18 +136,29 @@ fn first_install(host: &DesiredHost, live: &LiveVm, policies: Policies) -> Actio
         },
     };
     let converting = metadata.is_some_and(|m| m.adopted.is_some());
+    let mut changes = vec![Change {
+        field: "system".into(),
+        before: None,
+        after: Some(json!(host.system.toplevel)),
+        effect: None,
+    }];
+    // A conversion adopted by an earlier run of the plan: the same changes as the conversion's
+    // reviewed `reinstall` (plan/adopt.rs), so a re-run resumes exactly what was reviewed.
+    if converting && host.system.manages_disks() {
+        changes.push(Change {
+            field: "diskLayout".into(),
+            before: None,
+            after: Some(json!(host.system.disk_layout_hash)),
+            effect: None,
+        });
+    }
     let reinstall = action(
         ActionKind::Reinstall,
         format!(
             "{why}; installing NixOS wipes its disks (if it already runs NixOS, `nixprox forget {}` lets the next plan adopt it in place instead)",
             host.host
         ),
-        vec![Change {
-            field: "system".into(),
-            before: None,
-            after: Some(json!(host.system.toplevel)),
-            effect: None,
-        }],
+        changes,
     );
     if converting && !host.system.manages_disks() {
         return blocked(
