@@ -110,6 +110,14 @@ fn the_examples_common_module_works_as_root_and_after_the_move_to_the_deploy_use
     let key = std::fs::read_to_string(repo().join("examples/homelab-flake/secrets/nixprox-ssh-key.pub"))
         .expect("key");
     let key = key.trim_end();
+    let probe = std::fs::read_to_string(repo().join("examples/homelab-flake/secrets/nixprox-probe-key.pub"))
+        .expect("probe key");
+    // The probe key of `drift --probe` only ever prints the running system (docs/ci.md).
+    let probe = format!(
+        "command=\"/run/current-system/sw/bin/readlink /run/current-system\",restrict {}",
+        probe.trim_end()
+    );
+    let keys = json!([key, probe]);
     let sudo = json!([{"users": ["deploy"], "commands": [{"command": "ALL", "options": ["NOPASSWD"]}]}]);
 
     // Adopted, reached as root: root logs in with the runner's key only, and the first switch
@@ -117,11 +125,11 @@ fn the_examples_common_module_works_as_root_and_after_the_move_to_the_deploy_use
     let root = eval(&fixture, "exampleCommon.media").expect("media evaluates as root");
     assert_eq!(root["system"]["build"]["assertionsChecked"], true);
     assert_eq!(root["services"]["openssh"]["settings"]["PermitRootLogin"], "prohibit-password", "{root:#}");
-    assert_eq!(root["users"]["users"]["root"]["openssh"]["authorizedKeys"]["keys"], json!([key]));
+    assert_eq!(root["users"]["users"]["root"]["openssh"]["authorizedKeys"]["keys"], keys);
     assert_eq!(root["users"]["users"]["root"]["isNormalUser"], false);
     let deploy = &root["users"]["users"]["deploy"];
     assert_eq!((deploy["isNormalUser"].clone(), deploy["uid"].clone()), (json!(true), Value::Null));
-    assert_eq!(deploy["openssh"]["authorizedKeys"]["keys"], json!([key]));
+    assert_eq!(deploy["openssh"]["authorizedKeys"]["keys"], keys);
     assert_eq!(root["security"]["sudo"]["extraRules"], sudo);
     // The created hosts log in as `deploy` from the start; root logs in nowhere.
     let web = eval(&fixture, "exampleCommon.web").expect("web");
@@ -149,7 +157,7 @@ fn the_examples_common_module_works_as_root_and_after_the_move_to_the_deploy_use
     edit(
         &fixture,
         "modules/common.nix",
-        "users.users.root.openssh.authorizedKeys.keys = lib.mkIf asRoot cfg.bootstrap.sshKeys;",
+        "users.users.root.openssh.authorizedKeys.keys = lib.mkIf asRoot sshKeys;",
         "",
     );
     edit(&fixture, "modules/common.nix", "users.users.${deployUser} = {", "users.users.${cfg.ssh.user} = {");

@@ -443,6 +443,12 @@ fn the_example_nixos_takes_address_and_deploy_user_from_the_nixprox_options() {
     let common = eval_example(&fixture, "exampleCommon");
     let key = std::fs::read_to_string(repo().join("examples/homelab-flake/secrets/nixprox-ssh-key.pub"))
         .expect("key");
+    let probe = std::fs::read_to_string(repo().join("examples/homelab-flake/secrets/nixprox-probe-key.pub"))
+        .expect("probe key");
+    let probe = format!(
+        "command=\"/run/current-system/sw/bin/readlink /run/current-system\",restrict {}",
+        probe.trim_end()
+    );
     for (host, address) in [("web", Some("10.0.20.10/24")), ("db", Some("10.0.20.11/24")), ("dns", None)] {
         let nixos = &common[host];
         let lan = &nixos["systemd"]["network"]["networks"]["10-lan"];
@@ -464,7 +470,7 @@ fn the_example_nixos_takes_address_and_deploy_user_from_the_nixprox_options() {
         let deploy = &nixos["users"]["users"]["deploy"];
         assert_eq!(
             deploy["openssh"]["authorizedKeys"]["keys"],
-            json!([key.trim_end()]),
+            json!([key.trim_end(), probe]),
             "{host}: {deploy:#}"
         );
         assert_eq!(

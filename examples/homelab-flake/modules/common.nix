@@ -14,6 +14,10 @@ let
   # switch of an adopted host. Root is never a normal user (NixOS asserts a normal user's uid
   # is 1000 or above: nixos/modules/config/users-groups.nix).
   deployUser = if asRoot then "deploy" else cfg.ssh.user;
+  # The plan runner's probe key (`drift --probe`, docs/ci.md): whatever it asks, it gets the
+  # store path of the running system and nothing else.
+  probeKey = ''command="/run/current-system/sw/bin/readlink /run/current-system",restrict ${lib.fileContents ../secrets/nixprox-probe-key.pub}'';
+  sshKeys = cfg.bootstrap.sshKeys ++ [ probeKey ];
 in
 {
   # nixprox asks the guest agent for the address of DHCP hosts; Proxmox uses it for clean
@@ -28,15 +32,15 @@ in
     # the switch's confirmation over a new SSH connection would fail and roll it back.
     settings.PermitRootLogin = if asRoot then "prohibit-password" else "no";
   };
-  users.users.root.openssh.authorizedKeys.keys = lib.mkIf asRoot cfg.bootstrap.sshKeys;
+  users.users.root.openssh.authorizedKeys.keys = lib.mkIf asRoot sshKeys;
 
   # The deploy user (`nixprox.ssh.user`, modules/nixprox.nix) with the runner's key, the same
-  # one the bootstrap system let in as root. Activating a system runs its code as root, so any
+  # one the bootstrap system let in as root (and the probe key, restricted as above). Activating a system runs its code as root, so any
   # sudo rule that allows it is root-equivalent: the user gets passwordless sudo for everything
   # (`sudo -n`, never a prompt; docs/security.md).
   users.users.${deployUser} = {
     isNormalUser = true;
-    openssh.authorizedKeys.keys = cfg.bootstrap.sshKeys;
+    openssh.authorizedKeys.keys = sshKeys;
   };
   security.sudo.extraRules = [
     {
