@@ -59,6 +59,30 @@ pub struct VmDecl {
     /// `nixprox.vm.keep`: let go of the VM (absent from modules older than it: off).
     #[serde(default)]
     pub keep: bool,
+    /// `nixprox.vm.cpuFlags`: `+aes`, `-pcid`, … added to the flags `cpuType` may carry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_flags: Vec<String>,
+    /// `nixprox.vm.numa`; `None` keeps what Proxmox has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa: Option<bool>,
+    /// `nixprox.vm.serial`: `serial0: socket`; `None` keeps what Proxmox has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<bool>,
+    /// `nixprox.vm.vga`: the display type; `None` keeps what Proxmox has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vga: Option<String>,
+    /// `nixprox.vm.startup`; `None` keeps what Proxmox has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<StartupDecl>,
+}
+
+/// `nixprox.vm.startup`: the node's start and shutdown order for the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StartupDecl {
+    pub order: Option<u32>,
+    pub up: Option<u32>,
+    pub down: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

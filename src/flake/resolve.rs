@@ -7,7 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Defaults;
-use crate::spec::{DiskSpec, MANAGED_TAG, NetSpec, VmSpec, format_size, parse_size};
+use crate::spec::hardware::{Startup, VM_CPU_FLAGS, parse_cpu, parse_flags, unsupported_flag};
+use crate::spec::{DiskSpec, Hardware, MANAGED_TAG, NetSpec, VmSpec, format_size, parse_size};
 
 use super::host::{Bootstrap, DesiredHost, HostDecl, ImageSource, SystemEval, TemplateRef, VmDecl};
 use super::inventory::EvaluatedHost;
@@ -52,6 +53,33 @@ pub enum ResolveError {
     DuplicateName { name: String, first: String, second: String },
     #[error("hosts `{first}` and `{second}` both use VMID {id} (change `nixprox.vm.id` on one of them)")]
     DuplicateId { id: u32, first: String, second: String },
+    #[error(
+        "host `{host}`: CPU flag `{flag}` (in `nixprox.vm.cpuType` or `nixprox.vm.cpuFlags`) is not one Proxmox allows on a VM (allowed: {allowed}); define a custom CPU model in Proxmox for it and name it in `cpuType`"
+    )]
+    UnsupportedCpuFlag { host: String, flag: String, allowed: String },
+}
+
+/// The CPU type and the hardware of the declaration: `cpuType`'s own flags
+/// (`host,flags=+aes`) join `cpuFlags`, so the type compares alone with Proxmox's and the flags
+/// as a set.
+fn resolve_hardware(host: &str, vm: &VmDecl) -> Result<(String, Hardware), ResolveError> {
+    let (cpu_type, mut cpu_flags) = parse_cpu(&vm.cpu_type);
+    cpu_flags.extend(parse_flags(&vm.cpu_flags.join(";")));
+    if let Some(flag) = unsupported_flag(&cpu_flags) {
+        return Err(ResolveError::UnsupportedCpuFlag {
+            host: host.to_string(),
+            flag: flag.to_string(),
+            allowed: VM_CPU_FLAGS.join(", "),
+        });
+    }
+    let hardware = Hardware {
+        cpu_flags,
+        numa: vm.numa,
+        serial: vm.serial,
+        vga: vm.vga.clone(),
+        startup: vm.startup.as_ref().map(|s| Startup { order: s.order, up: s.up, down: s.down }),
+    };
+    Ok((cpu_type, hardware))
 }
 
 /// Resolves one host: its disks, networks and bootstrap with the settings' defaults, then the
@@ -75,11 +103,12 @@ pub fn resolve(
     let tags: BTreeSet<String> =
         vm.tags.iter().map(|t| t.to_ascii_lowercase()).filter(|t| t != MANAGED_TAG).collect();
 
+    let (cpu_type, hardware) = resolve_hardware(&host, vm)?;
     let spec = VmSpec {
         name: vm.name.clone(),
         cores: vm.cores,
         sockets: vm.sockets,
-        cpu_type: vm.cpu_type.clone(),
+        cpu_type,
         memory_mib: vm.memory,
         balloon_mib: vm.balloon,
         bios: vm.bios,
@@ -93,6 +122,7 @@ pub fn resolve(
         on_boot: vm.on_boot,
         protection: vm.protection,
         pool: vm.pool.clone(),
+        hardware,
     };
 
     Ok(DesiredHost {

@@ -53,6 +53,7 @@ pub fn all_fields(spec: &VmSpec) -> Vec<(String, Value)> {
     if let Some(pool) = &spec.pool {
         fields.push(("pool".into(), json!(pool)));
     }
+    fields.extend(super::hardware::fields(&spec.hardware));
     fields
 }
 
@@ -133,6 +134,7 @@ pub fn diff(desired: &VmSpec, live: &VmSpec) -> SpecDiff {
             ),
         ));
     }
+    super::hardware::diff(&desired.hardware, &live.hardware, &mut out);
     diff_disks(&desired.disks, &live.disks, &mut out);
     diff_networks(&desired.networks, &live.networks, &mut out);
     out

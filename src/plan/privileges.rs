@@ -217,6 +217,13 @@ fn create_needs(
     if host.spec.machine.is_some() {
         add(&["VM.Config.HWType"], vm, pool, "machine type");
     }
+    let hardware = &host.spec.hardware;
+    if hardware.serial == Some(true) || hardware.vga.is_some() {
+        add(&["VM.Config.HWType"], vm, pool, "serial console and display");
+    }
+    if hardware.startup.is_some() {
+        startup_needs(vm, pool, add);
+    }
     for disk in host.spec.disks.values() {
         add(&["Datastore.AllocateSpace"], &format!("/storage/{}", disk.storage), None, "disks");
     }
@@ -268,9 +275,14 @@ fn update_needs(
         let field = change.field.as_str();
         let top = field.split('.').next().unwrap_or(field);
         let privilege: &'static [&'static str] = match top {
-            "cores" | "sockets" | "cpuType" => &["VM.Config.CPU"],
+            "cores" | "sockets" | "cpuType" | "cpuFlags" | "numa" => &["VM.Config.CPU"],
             "memory" | "balloon" => &["VM.Config.Memory"],
-            "machine" => &["VM.Config.HWType"],
+            // `check_vm_create_serial_perm`: a socket needs `VM.Config.HWType`.
+            "machine" | "serial" | "vga" => &["VM.Config.HWType"],
+            "startup" => {
+                startup_needs(vm, None, add);
+                continue;
+            }
             "disks" => &["VM.Config.Disk"],
             "networks" => &["VM.Config.Network"],
             "pool" => {
@@ -295,6 +307,17 @@ fn update_needs(
     if reboot && host.deploy.allow_reboot {
         add(&["VM.PowerMgmt"], vm, None, "reboot for pending changes");
     }
+}
+
+/// `startup`: `VM.Config.Options`, and `Sys.Modify` on `/` because it changes how the node
+/// starts and stops its guests (qemu-server `API2/Qemu.pm`, `check_vm_modify_config_perm`).
+fn startup_needs(
+    vm: &str,
+    pool: Option<&String>,
+    add: &mut impl FnMut(&'static [&'static str], &str, Option<&String>, &str),
+) {
+    add(&["VM.Config.Options"], vm, pool, "startup");
+    add(&["Sys.Modify"], "/", None, "startup (the node's start order)");
 }
 
 /// `PUT /pools`: `Pool.Allocate` on the pool joined and the pool left, and the right to

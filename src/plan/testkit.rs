@@ -51,6 +51,7 @@ pub fn spec(name: &str) -> VmSpec {
         on_boot: true,
         protection: false,
         pool: None,
+        hardware: Default::default(),
     }
 }
 

@@ -330,7 +330,7 @@ fn new_vm_form(
         ("scsihw".into(), "virtio-scsi-single".into()),
         ("cores".into(), spec.cores.to_string()),
         ("sockets".into(), spec.sockets.to_string()),
-        ("cpu".into(), spec.cpu_type.clone()),
+        ("cpu".into(), crate::spec::hardware::format_cpu(&spec.cpu_type, &spec.hardware.cpu_flags)),
         ("memory".into(), spec.memory_mib.to_string()),
         ("bios".into(), spec.bios.as_str().into()),
         ("agent".into(), flag(spec.agent)),
@@ -432,6 +432,7 @@ mod tests {
             on_boot: true,
             protection: false,
             pool: None,
+            hardware: Default::default(),
         };
         let imports = BTreeMap::from([
             ("scsi0".to_string(), "images:import/nixprox-h-scsi0.raw".to_string()),

@@ -293,9 +293,7 @@ fn spec_from_config(config: &Map<String, Value>, description: &str) -> VmSpec {
     let memory = text("memory")
         .and_then(|m| PropertyString::parse(&m).value_or_positional("current").and_then(|v| v.parse().ok()))
         .unwrap_or(512);
-    let cpu_type = text("cpu")
-        .and_then(|c| PropertyString::parse(&c).value_or_positional("cputype").map(str::to_string))
-        .unwrap_or_else(|| "kvm64".into());
+    let (cpu_type, hardware) = hardware::hardware_of(config);
     let machine = text("machine")
         .and_then(|m| PropertyString::parse(&m).value_or_positional("type").map(str::to_string));
     let mut disks = std::collections::BTreeMap::new();
@@ -331,6 +329,7 @@ fn spec_from_config(config: &Map<String, Value>, description: &str) -> VmSpec {
         on_boot: flag("onboot"),
         protection: flag("protection"),
         pool: None,
+        hardware,
     }
 }
 
@@ -404,6 +403,8 @@ pub fn find_template<'a>(
         }
     }
 }
+
+mod hardware;
 
 #[cfg(test)]
 mod tests;

@@ -170,6 +170,7 @@ mod tests {
             on_boot: true,
             protection: false,
             pool: Some("lab".into()),
+            hardware: Default::default(),
         };
         let text = vm_declaration(Imported {
             node: "pve1",

@@ -70,6 +70,7 @@ fn bare_spec(name: &str) -> VmSpec {
         on_boot: false,
         protection: false,
         pool: None,
+        hardware: Default::default(),
     }
 }
 

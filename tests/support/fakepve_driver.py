@@ -207,6 +207,11 @@ def resize_error(store, size):
     return None
 
 
+# Config keys none of qemu-server's option tables name (API2/Qemu.pm, `$check_vm_modify_config_perm`
+# "catches args, lock, etc."): only root@pam may set them, API tokens never.
+ROOT_ONLY_KEYS = ('args', 'affinity', 'hugepages', 'keephugepages', 'hookscript')
+
+
 class DriverPve(FakePve):
     """FakePve plus what its release does not model, done the way Proxmox's source does it:
 
@@ -223,6 +228,10 @@ class DriverPve(FakePve):
       (qemu-server src/PVE/QemuServer.pm `vmconfig_delete_or_detach_drive` and
       `vmconfig_register_unused_drive`), and a protected VM refuses it (API2/Qemu.pm,
       `check_protection` "can't remove drive"); fakepve forgets the volume;
+    - the permission checks qemu-server makes beside a config key's privilege (API2/Qemu.pm
+      `$check_vm_modify_config_perm` and the `check_*_perm` subs): keys in none of its option
+      tables (`args`, `affinity`, `hugepages`, …) are root@pam's, `startup` needs `Sys.Modify`
+      on `/`, a `serialN` other than a socket is root@pam's (`_config_priv`, `_hardware_perm`);
     - `GET` and `POST /nodes/{node}/qemu/{vmid}/migrate` (qemu-server src/PVE/API2/Qemu.pm,
       `migrate_vm_precondition` and `migrate_vm`; src/PVE/QemuMigrate.pm, `prepare` and
       `scan_local_volumes`): fakepve answers these with a task that moves nothing.
@@ -243,7 +252,37 @@ class DriverPve(FakePve):
     def _routes_qemu_resize(self):
         return [('PUT', '/nodes/{node}/qemu/{vmid}/resize', self._qm_resize)]
 
+    def _config_priv(self, key):
+        """qemu-server src/PVE/API2/Qemu.pm `$check_vm_modify_config_perm`: a key in none of its
+        option tables (`$cpuoptions`, `$memoryoptions`, `$hwtypeoptions`, `$generaloptions`, …)
+        "catches args, lock, etc.": only root@pam may set it. fakepve counts these as HWType."""
+        if key in ROOT_ONLY_KEYS:
+            return 'root'
+        return super()._config_priv(key)
+
+    def _hardware_perm(self, user, vmid, params, deletes=()):
+        """The value-dependent checks qemu-server makes beside the key's privilege (API2/Qemu.pm):
+        `startup` also needs Sys.Modify on / (it changes how the node starts its guests);
+        `serialN` other than `socket` is root@pam's (`$check_vm_create_serial_perm`, and
+        "only root can delete '…' config for real devices" in `update_vm`)."""
+        if user.split('!')[0] == 'root@pam':
+            return
+        if 'startup' in params or 'startup' in deletes:
+            self.require(user, '/', 'Sys.Modify')
+        vm = self.vm(vmid)
+        for key in sorted(k for k in set(params) | set(deletes) if re.fullmatch(r'serial\d+', k)):
+            value = params.get(key) if key in params else (vm.config.get(key) if vm else None)
+            if value is not None and str(value) != 'socket':
+                verb = 'set' if key in params else 'delete'
+                raise PveError(500, "only root can {0} '{1}' config for real devices".format(verb, key))
+
+    async def _qm_create(self, v, user):
+        self._hardware_perm(user, int(v['vmid']), v)
+        return await super()._qm_create(v, user)
+
     async def _apply_config(self, vm, user, p):
+        self._hardware_perm(user, vm.vmid, {k: x for k, x in p.items() if k not in ('delete', 'digest')},
+                            [k for k in str(p.get('delete', '') or '').split(',') if k])
         deletes = [k for k in str(p.get('delete', '') or '').split(',') if DRIVE_KEY.match(k) and k in vm.config]
         if deletes and vm.config.get('protection') in (1, '1', True):
             raise PveError(500, "can't remove drive '{0}' - protection mode enabled".format(deletes[0]))
@@ -971,7 +1010,9 @@ async def command(pve, args):
         # What an owner does in the Proxmox UI between two runs (edit the notes, …): the keys
         # are written into the config as they are, bypassing the API's checks.
         vm = vm_of(pve, args)
-        vm.config.update(args['config'])
+        vm.config.update(args.get('config', {}))
+        for key in args.get('delete', []):
+            vm.config.pop(key, None)
         return dump_vm(vm)
     if name == 'vm':
         return dump_vm(vm_of(pve, args))

@@ -70,6 +70,7 @@ pub fn host(name: &str) -> DesiredHost {
             on_boot: true,
             protection: false,
             pool: None,
+            hardware: Default::default(),
         },
         bootstrap: Bootstrap::Template {
             template: TemplateRef::Name(TEMPLATE_NAME.into()),

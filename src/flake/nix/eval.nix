@@ -60,11 +60,12 @@ let
       n = c.config.nixprox;
       hostName = explicitHostName c;
     in
-    # `summary` holds the user's probes for the plan's NixOS changes (probes.nix reads them):
-    # not part of the declaration.
+    # `summary` holds the user's probes for the plan's NixOS changes (probes.nix reads them),
+    # `hardware` what the module sets inside NixOS for the VM: not part of the declaration.
     builtins.removeAttrs n [
       "enable"
       "summary"
+      "hardware"
     ]
     // {
       # An image package (`nixprox.bootstrap.image.package`, where the module has it) is a

@@ -31,6 +31,7 @@ fn absent_keys_take_proxmox_defaults() {
             on_boot: false,
             protection: false,
             pool: None,
+            hardware: Default::default(),
         }
     );
     assert_eq!(live.digest, "abc");

@@ -1,0 +1,183 @@
+//! The VM hardware beyond the core [`super::VmSpec`] fields: CPU flags and NUMA, the serial
+//! console and display, the startup order. Kept in one sub-struct, [`Hardware`], so the core
+//! vocabulary stays small and a spec without any of it serialises exactly as before (plan ids
+//! of hosts that declare none of it do not change).
+//!
+//! Both sides are reduced to the same shape: the declared side's `None` means "not declared:
+//! keep what Proxmox has"; the live side's `None` means the key is absent.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+/// The CPU flags Proxmox lets a VM's own `cpu` line carry (qemu-server
+/// `PVE/QemuServer/CPUFlags.pm`, `$supported_vm_specific_cpu_flags_by_arch`; any other flag
+/// is refused with "VM-specific CPU flags must be a subset of: …"). The module checks the same
+/// list at evaluation.
+pub const VM_CPU_FLAGS: &[&str] = &[
+    "nested-virt",
+    "md-clear",
+    "pcid",
+    "spec-ctrl",
+    "ssbd",
+    "ibpb",
+    "virt-ssbd",
+    "amd-ssbd",
+    "amd-no-ssb",
+    "pdpe1gb",
+    "hv-tlbflush",
+    "hv-evmcs",
+    "aes",
+];
+
+/// What a VM has beyond the core spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hardware {
+    /// CPU flags of the `cpu` line (`flags=+aes;-pcid`), each with its sign, as a set.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub cpu_flags: BTreeSet<String>,
+    /// `numa`: declared or not; on the live side absent is `None` (Proxmox's default, off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa: Option<bool>,
+    /// `serial0: socket`: declared or not; on the live side `Some(true)` for a socket,
+    /// `Some(false)` for anything else there (a host device only `root@pam` may set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<bool>,
+    /// The display type of `vga` (`std`, `serial0`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vga: Option<String>,
+    /// `startup`, as Proxmox writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<Startup>,
+}
+
+impl Hardware {
+    /// Nothing declared or present: left out of serialised specs.
+    pub fn is_empty(&self) -> bool {
+        *self == Hardware::default()
+    }
+}
+
+/// `startup: order=1,up=30,down=60`: the node's start and shutdown order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Startup {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<u32>,
+    /// Seconds to wait after starting this VM before the next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up: Option<u32>,
+    /// Seconds a shutdown of this VM may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down: Option<u32>,
+}
+
+impl Startup {
+    /// Parses `order=1,up=30,down=60` (any order, any subset); unknown or malformed parts are
+    /// left out, so a hand-written value compares by what Proxmox honours.
+    pub fn parse(text: &str) -> Startup {
+        let mut startup = Startup::default();
+        for part in text.split(',') {
+            let Some((key, value)) = part.split_once('=') else { continue };
+            let value = value.trim().parse().ok();
+            match key.trim() {
+                "order" => startup.order = value,
+                "up" => startup.up = value,
+                "down" => startup.down = value,
+                _ => {}
+            }
+        }
+        startup
+    }
+
+    /// The value Proxmox writes: `order=…,up=…,down=…`, the set parts in that order.
+    pub fn format(&self) -> String {
+        [("order", self.order), ("up", self.up), ("down", self.down)]
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|v| format!("{key}={v}")))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A `cpu` value (`host`, `host,flags=+aes;-pcid`, `cputype=host,hidden=1`) split into its type
+/// and its flags; the type defaults to qemu-server's `kvm64`.
+pub fn parse_cpu(text: &str) -> (String, BTreeSet<String>) {
+    let mut cpu_type = None;
+    let mut flags = BTreeSet::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            None => cpu_type = Some(part.to_string()),
+            Some(("cputype", value)) => cpu_type = Some(value.to_string()),
+            Some(("flags", value)) => flags.extend(parse_flags(value)),
+            Some(_) => {}
+        }
+    }
+    (cpu_type.unwrap_or_else(|| "kvm64".into()), flags)
+}
+
+/// `+aes;-pcid` as a set of signed flags; a flag without a sign is `+` (qemu-server's reading).
+pub fn parse_flags(text: &str) -> BTreeSet<String> {
+    text.split(';')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(|f| if f.starts_with(['+', '-']) { f.to_string() } else { format!("+{f}") })
+        .collect()
+}
+
+/// Flags as Proxmox writes them: `+aes;-pcid`.
+pub fn format_flags(flags: &BTreeSet<String>) -> String {
+    flags.iter().cloned().collect::<Vec<_>>().join(";")
+}
+
+/// The `cpu` value for a type and flags: `host`, `host,flags=+aes;-pcid`.
+pub fn format_cpu(cpu_type: &str, flags: &BTreeSet<String>) -> String {
+    if flags.is_empty() { cpu_type.to_string() } else { format!("{cpu_type},flags={}", format_flags(flags)) }
+}
+
+/// A flag a VM's `cpu` line may not carry (sign stripped), if any.
+pub fn unsupported_flag(flags: &BTreeSet<String>) -> Option<&str> {
+    flags.iter().map(|f| f.trim_start_matches(['+', '-'])).find(|name| !VM_CPU_FLAGS.contains(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn cpu_lines_split_into_type_and_flags() {
+        assert_eq!(parse_cpu("host"), ("host".into(), set(&[])));
+        assert_eq!(parse_cpu("host,flags=+aes"), ("host".into(), set(&["+aes"])));
+        assert_eq!(
+            parse_cpu("cputype=x86-64-v2-AES,flags=-pcid;+aes"),
+            ("x86-64-v2-AES".into(), set(&["+aes", "-pcid"]))
+        );
+        assert_eq!(parse_cpu("flags=aes,hidden=1"), ("kvm64".into(), set(&["+aes"])));
+        assert_eq!(format_flags(&set(&["-pcid", "+aes"])), "+aes;-pcid");
+        assert_eq!(format_cpu("host", &set(&["-pcid", "+aes"])), "host,flags=+aes;-pcid");
+        assert_eq!(format_cpu("host", &set(&[])), "host");
+    }
+
+    #[test]
+    fn only_the_vm_specific_flags_are_allowed() {
+        assert_eq!(unsupported_flag(&set(&["+aes", "-pcid"])), None);
+        assert_eq!(unsupported_flag(&set(&["+avx2"])), Some("avx2"));
+    }
+
+    #[test]
+    fn startup_reads_any_order_and_writes_proxmoxs() {
+        let startup = Startup::parse("up=30, order=2,down=60,bogus=1");
+        assert_eq!(startup, Startup { order: Some(2), up: Some(30), down: Some(60) });
+        assert_eq!(startup.format(), "order=2,up=30,down=60");
+        assert_eq!(Startup::parse("order=x").format(), "");
+    }
+
+    #[test]
+    fn an_empty_hardware_serialises_to_nothing() {
+        assert_eq!(serde_json::to_string(&Hardware::default()).expect("json"), "{}");
+        assert!(Hardware::default().is_empty());
+    }
+}

@@ -1,0 +1,308 @@
+//! VM hardware beyond CPU, memory, disks and NICs (the `hardware` fixture), through the binary
+//! against fakepve: CPU flags, NUMA, the serial console, the display and the startup order are
+//! planned with qemu-server's effect, applied, and read back in sync; the privileges they need
+//! are in the preflight. And what the module derives inside NixOS from the declaration (initrd
+//! modules, kernel parameters, the guest agent's service, the boot checks), evaluated by real
+//! nix with the stand-ins of `fixtures/lib/hardware.nix`.
+
+use serde_json::{Value, json};
+
+use crate::support::cli::{self, Run, actions, kinds, plan_and_apply, plan_hosts};
+use crate::support::fakepve::{FakePve, Scenario, TOKEN_ID};
+use crate::support::nix::{Fixture, override_inputs};
+
+/// VM 130 `nas`, stopped, exactly as the fixture declares it.
+fn nas_vm() -> Value {
+    json!({
+        "vmid": 130, "name": "nas", "node": "pve1", "status": "stopped",
+        "config": {
+            "name": "nas", "cores": 2, "sockets": 1, "cpu": "host,flags=-pcid;+aes", "memory": 2048,
+            "agent": "1", "bios": "ovmf", "machine": "q35", "onboot": 1, "tags": "nixprox",
+            "scsihw": "virtio-scsi-single", "numa": 1, "serial0": "socket", "vga": "serial0",
+            "startup": "up=30,order=1",
+            "efidisk0": "local-lvm:vm-130-disk-2,efitype=4m,pre-enrolled-keys=0,size=4M",
+            "scsi0": "local-lvm:vm-130-disk-0,serial=root,size=32G",
+            "virtio1": "local-lvm:vm-130-disk-1,size=100G",
+            "net0": "e1000=BC:24:11:00:01:30,bridge=vmbr0", "boot": "order=scsi0"
+        }
+    })
+}
+
+fn lab(scenario: Scenario) -> (Fixture, FakePve) {
+    (Fixture::copy("hardware"), FakePve::start(scenario.guest(nas_vm())))
+}
+
+/// `(field, before, after, effect)` of the host's `update_vm`, if it has one.
+fn updates(plan: &Value, host: &str) -> Vec<(String, Value, Value, Value)> {
+    actions(plan, host)
+        .iter()
+        .filter(|a| a["kind"] == "update_vm")
+        .flat_map(|a| a["changes"].as_array().expect("changes").clone())
+        .map(|c| {
+            (
+                c["field"].as_str().expect("field").to_string(),
+                c["before"].clone(),
+                c["after"].clone(),
+                c["effect"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn config(pve: &FakePve) -> Value {
+    pve.vm(130)["config"].clone()
+}
+
+#[test]
+fn hardware_in_sync_is_no_change_even_with_cpu_flags() {
+    let (fixture, pve) = lab(Scenario::new());
+    // `cpuType = "host,flags=+aes"` and `cpuFlags = [ "-pcid" ]` against `host,flags=-pcid;+aes`:
+    // the flags compare as a set, the type alone.
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    assert!(updates(&plan, "nas").is_empty(), "{plan:#}");
+    assert!(!kinds(&plan, "nas").contains(&"update_vm".to_string()), "{plan:#}");
+}
+
+#[test]
+fn hardware_is_planned_with_qemu_servers_effects_applied_and_read_back() {
+    let (fixture, pve) = lab(Scenario::new());
+    // Someone took it all away in the UI.
+    pve.command(json!({"cmd": "set_config", "vmid": 130, "config": {"cpu": "host,hidden=1"},
+                       "delete": ["numa", "serial0", "vga", "startup"]}));
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    let reboot = json!("needs_reboot");
+    assert_eq!(
+        updates(&plan, "nas"),
+        [
+            ("cpuFlags".to_string(), json!(""), json!("+aes;-pcid"), reboot.clone()),
+            ("numa".into(), json!(false), json!(true), reboot.clone()),
+            ("serial".into(), json!(false), json!(true), reboot.clone()),
+            ("vga".into(), json!(null), json!("serial0"), reboot),
+            ("startup".into(), json!(""), json!("order=1,up=30"), json!("hotplug")),
+        ],
+        "{plan:#}"
+    );
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let written = config(&pve);
+    // The line keeps what nixprox does not manage (`hidden=1`).
+    assert_eq!(written["cpu"], "host,flags=+aes;-pcid,hidden=1", "{written:#}");
+    assert_eq!(written["numa"], "1");
+    assert_eq!(written["serial0"], "socket");
+    assert_eq!(written["vga"], "serial0");
+    assert_eq!(written["startup"], "order=1,up=30");
+    assert!(updates(&plan_hosts(&fixture, &pve, "nas"), "nas").is_empty(), "read back in sync");
+
+    // Declared off: the socket goes, and the flags with `cpuFlags` emptied.
+    std::fs::write(
+        fixture.dir.path().join("case.json"),
+        json!({"vm": {"nas": {"serial": false, "vga": "std", "cpuFlags": [], "cpuType": "host"}}})
+            .to_string(),
+    )
+    .expect("case.json");
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let written = config(&pve);
+    assert_eq!(written.get("serial0"), None, "{written:#}");
+    assert_eq!(written["cpu"], "host,hidden=1");
+    assert_eq!(written["vga"], "std");
+    assert!(updates(&plan_hosts(&fixture, &pve, "nas"), "nas").is_empty(), "read back in sync");
+}
+
+#[test]
+fn on_a_running_vm_startup_applies_at_once_and_the_rest_waits_for_a_reboot() {
+    let (fixture, pve) = lab(Scenario::new());
+    pve.command(
+        json!({"cmd": "set_config", "vmid": 130, "config": {"startup": "order=9"}, "delete": ["numa"]}),
+    );
+    pve.command(json!({"cmd": "set_vm", "vmid": 130, "status": "running"}));
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let vm = pve.vm(130);
+    assert_eq!(vm["config"]["startup"], "order=1,up=30", "a fast-plug option: {vm:#}");
+    assert_eq!(vm["config"].get("numa"), None, "{vm:#}");
+    assert_eq!(vm["pending"]["numa"], "1", "numa waits for the next start: {vm:#}");
+    // The plan compares with the config as it will be after the reboot: nothing to do again.
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    assert!(updates(&plan, "nas").is_empty(), "{plan:#}");
+}
+
+/// The `NixproxApply` role of the guide (which has no `Sys.Modify`) on `/`.
+fn guide_role() -> Vec<&'static str> {
+    vec![
+        "VM.Audit",
+        "VM.Allocate",
+        "VM.Clone",
+        "VM.Config.CPU",
+        "VM.Config.Memory",
+        "VM.Config.Disk",
+        "VM.Config.Network",
+        "VM.Config.Options",
+        "VM.Config.HWType",
+        "VM.Config.Cloudinit",
+        "VM.Config.CDROM",
+        "VM.PowerMgmt",
+        "VM.Migrate",
+        "VM.GuestAgent.Audit",
+        "VM.GuestAgent.FileRead",
+        "Datastore.Audit",
+        "Datastore.AllocateSpace",
+        "SDN.Use",
+        "Pool.Audit",
+    ]
+}
+
+#[test]
+fn a_startup_order_needs_sys_modify_on_the_root_and_the_preflight_says_so() {
+    let role = guide_role();
+    let scenario = Scenario::new().grant("nixprox@pve", "/", &role).grant(TOKEN_ID, "/", &role);
+    let (fixture, pve) = lab(scenario);
+    pve.command(json!({"cmd": "set_config", "vmid": 130, "delete": ["startup"]}));
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("  Sys.Modify on / (`nas`: startup (the node's start order))"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("nothing was changed"), "{}", run.stderr);
+    assert_eq!(config(&pve).get("startup"), None, "nothing written");
+    // Granted, it runs.
+    pve.command(json!({"cmd": "grant", "user": "nixprox@pve", "path": "/", "privs": ["Sys.Modify"]}));
+    pve.command(json!({"cmd": "grant", "user": TOKEN_ID, "path": "/", "privs": ["Sys.Modify"]}));
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(config(&pve)["startup"], "order=1,up=30");
+}
+
+/// The error part of a failed run's stderr.
+fn error_text(run: &Run) -> String {
+    run.stderr.lines().skip_while(|l| !l.starts_with("error")).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn a_firmware_that_cannot_boot_the_system_fails_the_plan_naming_host_and_fix() {
+    let (fixture, pve) = lab(Scenario::new());
+    for (host, message) in [
+        (
+            "noesp",
+            "nixprox.vm.bios is \"ovmf\", but the disk layout has no EFI system partition: add one to disko.devices (a partition with type = \"EF00\", formatted vfat, mounted at /boot), or set nixprox.vm.bios = \"seabios\"",
+        ),
+        (
+            "noloader",
+            "nixprox.vm.bios is \"ovmf\", but no EFI boot loader is enabled: set boot.loader.systemd-boot.enable = true (or boot.loader.grub.efiSupport = true), or set nixprox.vm.bios = \"seabios\"",
+        ),
+        (
+            "bootless",
+            "nixprox.vm.bios is \"seabios\", which cannot boot systemd-boot (an EFI boot loader): set nixprox.vm.bios = \"ovmf\" (with an EFI system partition), or use GRUB",
+        ),
+    ] {
+        std::fs::write(fixture.dir.path().join("case.json"), json!({"broken": [host]}).to_string())
+            .expect("case.json");
+        let run = cli::plan(&fixture, &pve, &["--hosts", host]);
+        assert_eq!(run.code, 1, "{host}: {}", run.stderr);
+        let error = error_text(&run);
+        assert!(error.contains(&format!("`{host}`")), "{host}: {error}");
+        assert!(error.contains(message), "{host}: {error}");
+    }
+}
+
+#[test]
+fn a_cpu_flag_proxmox_refuses_on_a_vm_fails_at_evaluation() {
+    let (fixture, pve) = lab(Scenario::new());
+    std::fs::write(fixture.dir.path().join("case.json"), json!({"broken": ["badflag"]}).to_string())
+        .expect("case.json");
+    let run = cli::plan(&fixture, &pve, &["--hosts", "badflag"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let error = error_text(&run);
+    assert!(error.contains("`badflag`") && error.contains("nixprox.vm.cpuFlags"), "{error}");
+    // No request reached Proxmox's config.
+    assert!(pve.requests(false).iter().all(|(method, _)| method == "GET"));
+}
+
+/// `config.<path>` of a fixture host, evaluated by real nix.
+fn eval_config(fixture: &Fixture, host: &str, apply: &str) -> Value {
+    let mut command = std::process::Command::new("nix");
+    command
+        .env("NIX_CONFIG", "substituters =")
+        .args([
+            "--extra-experimental-features",
+            "nix-command flakes",
+            "eval",
+            "--json",
+            "--no-write-lock-file",
+        ])
+        .arg(format!("{}#nixosConfigurations.{host}.config", fixture.flake_ref()))
+        .args(["--apply", apply]);
+    for input in override_inputs() {
+        command.args(["--override-input", &input.name, &input.flake_ref]);
+    }
+    let output = command.output().expect("run nix");
+    assert!(output.status.success(), "{host}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("json")
+}
+
+#[test]
+fn the_module_configures_nixos_for_the_declared_vm_and_yields_to_overrides() {
+    let fixture = Fixture::copy("hardware");
+    let apply = "c: { modules = c.boot.initrd.availableKernelModules; params = c.boot.kernelParams; agent = c.services.qemuGuest.enable; }";
+    // A SCSI and a virtio disk, an e1000 NIC, the serial console as the only display.
+    assert_eq!(
+        eval_config(&fixture, "nas", apply),
+        json!({"modules": ["virtio_pci", "virtio_scsi", "sd_mod", "virtio_blk", "e1000"],
+               "params": ["console=ttyS0,115200"], "agent": true})
+    );
+    // The defaults: one SCSI disk and a virtio NIC, no serial console declared.
+    assert_eq!(
+        eval_config(&fixture, "plain", apply),
+        json!({"modules": ["virtio_pci", "virtio_scsi", "sd_mod", "virtio_net"], "params": [], "agent": true})
+    );
+    // The host's own choices win: its initrd modules, no agent service.
+    assert_eq!(
+        eval_config(&fixture, "custom", apply),
+        json!({"modules": ["sym53c8xx"], "params": [], "agent": false})
+    );
+    // With a display beside the serial port, the kernel logs to both.
+    std::fs::write(
+        fixture.dir.path().join("case.json"),
+        json!({"vm": {"plain": {"serial": true}}}).to_string(),
+    )
+    .expect("case.json");
+    assert_eq!(
+        eval_config(&fixture, "plain", apply)["params"],
+        json!(["console=tty0", "console=ttyS0,115200"])
+    );
+}
+
+#[test]
+fn a_created_vm_gets_its_hardware_in_the_create() {
+    // No VM yet: `nas` is created from the template with all of it.
+    let template = json!({
+        "vmid": 9000, "name": "nixos-bootstrap", "node": "pve1", "status": "stopped", "template": true,
+        "config": {"memory": "1024", "cores": 1, "agent": "1", "ostype": "l26", "scsihw": "virtio-scsi-single",
+                   "bios": "ovmf", "efidisk0": "local-lvm:base-9000-disk-1,efitype=4m,size=4M",
+                   "scsi0": "local-lvm:base-9000-disk-0,size=2G", "ide2": "local-lvm:vm-9000-cloudinit,media=cdrom",
+                   "net0": "virtio=BC:24:11:00:90:00,bridge=vmbr0", "boot": "order=scsi0", "template": 1}
+    });
+    let fixture = Fixture::copy("hardware");
+    let pve = FakePve::start(Scenario::new().guest(template));
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    let create = actions(&plan, "nas").into_iter().find(|a| a["kind"] == "create_vm").expect("create_vm");
+    let fields: Vec<&str> =
+        create["changes"].as_array().expect("changes").iter().filter_map(|c| c["field"].as_str()).collect();
+    for field in ["cpuFlags", "numa", "serial", "vga", "startup"] {
+        assert!(fields.contains(&field), "{field}: {create:#}");
+    }
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let written = config(&pve);
+    for (key, value) in [
+        ("cpu", "host,flags=+aes;-pcid"),
+        ("numa", "1"),
+        ("serial0", "socket"),
+        ("vga", "serial0"),
+        ("startup", "order=1,up=30"),
+    ] {
+        assert_eq!(written[key], value, "{key}: {written:#}");
+    }
+}
