@@ -104,6 +104,49 @@ let
     };
   };
 
+  # A resource mapping's id (PVE's `pve-configid`).
+  mappingId = types.strMatching "[a-zA-Z][a-zA-Z0-9_-]*";
+
+  pciType = types.submodule {
+    options = {
+      mapping = mkOption {
+        type = mappingId;
+        example = "gpu";
+        description = "The PCI resource mapping (`mapping=`); it must have a device on the VM's node.";
+      };
+      pcie = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Attach as PCI Express (`pcie=1`; needs `machine = \"q35\"`).";
+      };
+      rombar = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Map the device's ROM into the guest's memory (`rombar`).";
+      };
+      xVga = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Make it the VM's primary GPU (`x-vga=1`).";
+      };
+    };
+  };
+
+  usbType = types.submodule {
+    options = {
+      mapping = mkOption {
+        type = mappingId;
+        example = "zigbee";
+        description = "The USB resource mapping (`mapping=`); it must have a device on the VM's node.";
+      };
+      usb3 = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Attach to the USB 3 controller (`usb3=1`).";
+      };
+    };
+  };
+
   networkType = types.submodule {
     options = {
       bridge = mkOption {
@@ -331,6 +374,31 @@ in
           Display type (`vga: <type>`). `"serial0"` makes the serial console the VM's only
           display (needs `serial = true`; the kernel then logs to ttyS0 alone). `null` keeps what
           Proxmox has. A change waits for the VM's next reboot.
+        '';
+      };
+      pci = mkOption {
+        type = slots "hostpci[0-9]+" "PCI devices" pciType;
+        default = { };
+        example = literalExpression ''{ hostpci0 = { mapping = "gpu"; pcie = true; }; }'';
+        description = ''
+          PCI devices passed through by slot (`hostpci0`, …), each through a cluster resource
+          mapping (Datacenter → Resource Mappings): `hostpci0: mapping=gpu,pcie=1`. An API token
+          may only pass mapped devices (a raw `host=` device is root@pam's, and nixprox never
+          touches one). Needs `VM.Config.HWType` and `Mapping.Use` on `/mapping/pci/<id>`.
+          A change waits for the VM's next reboot; mapped devices the flake does not declare
+          are removed. The plan checks that the mapping exists and has a device on the VM's node.
+        '';
+      };
+      usb = mkOption {
+        type = slots "usb[0-9]+" "USB devices" usbType;
+        default = { };
+        example = literalExpression ''{ usb0 = { mapping = "zigbee"; }; }'';
+        description = ''
+          USB devices passed through by slot (`usb0`, …), each through a cluster resource
+          mapping: `usb0: mapping=zigbee`. Needs `VM.Config.HWType` and `Mapping.Use` on
+          `/mapping/usb/<id>`. Hot-plugged into a running VM where Proxmox can (`usb` in the
+          VM's `hotplug`, machine version 7.1 or later, `ostype` l26), else pending until the
+          next reboot; mapped devices the flake does not declare are removed.
         '';
       };
       disks = mkOption {

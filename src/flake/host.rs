@@ -74,6 +74,30 @@ pub struct VmDecl {
     /// `nixprox.vm.startup`; `None` keeps what Proxmox has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup: Option<StartupDecl>,
+    /// `nixprox.vm.pci`: PCI devices through resource mappings, by slot.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pci: BTreeMap<String, PciDecl>,
+    /// `nixprox.vm.usb`: USB devices through resource mappings, by slot.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usb: BTreeMap<String, UsbDecl>,
+}
+
+/// `nixprox.vm.pci.<hostpciN>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PciDecl {
+    pub mapping: String,
+    pub pcie: bool,
+    pub rombar: bool,
+    pub x_vga: bool,
+}
+
+/// `nixprox.vm.usb.<usbN>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UsbDecl {
+    pub mapping: String,
+    pub usb3: bool,
 }
 
 /// `nixprox.vm.startup`: the node's start and shutdown order for the VM.

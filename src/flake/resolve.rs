@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Defaults;
-use crate::spec::hardware::{Startup, VM_CPU_FLAGS, parse_cpu, parse_flags, unsupported_flag};
+use crate::spec::hardware::{
+    PciDevice, Startup, UsbDevice, VM_CPU_FLAGS, parse_cpu, parse_flags, unsupported_flag,
+};
 use crate::spec::{DiskSpec, Hardware, MANAGED_TAG, NetSpec, VmSpec, format_size, parse_size};
 
 use super::host::{Bootstrap, DesiredHost, HostDecl, ImageSource, SystemEval, TemplateRef, VmDecl};
@@ -78,6 +80,21 @@ fn resolve_hardware(host: &str, vm: &VmDecl) -> Result<(String, Hardware), Resol
         serial: vm.serial,
         vga: vm.vga.clone(),
         startup: vm.startup.as_ref().map(|s| Startup { order: s.order, up: s.up, down: s.down }),
+        pci: vm
+            .pci
+            .iter()
+            .map(|(slot, d)| {
+                let device =
+                    PciDevice { mapping: d.mapping.clone(), pcie: d.pcie, rombar: d.rombar, x_vga: d.x_vga };
+                (slot.clone(), device)
+            })
+            .collect(),
+        usb: vm
+            .usb
+            .iter()
+            .map(|(slot, d)| (slot.clone(), UsbDevice { mapping: d.mapping.clone(), usb3: d.usb3 }))
+            .collect(),
+        usb_hotplug: false,
     };
     Ok((cpu_type, hardware))
 }

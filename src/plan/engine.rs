@@ -507,7 +507,7 @@ fn plan_orphan(vm: &LiveVm, policies: Policies) -> HostPlan {
     }
 }
 
-fn summarize(hosts: &[HostPlan]) -> Summary {
+pub(super) fn summarize(hosts: &[HostPlan]) -> Summary {
     let mut counts: BTreeMap<&'static str, usize> = ActionKind::ALL.iter().map(|k| (k.as_str(), 0)).collect();
     let mut summary = Summary::default();
     for host in hosts {

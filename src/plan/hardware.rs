@@ -2,15 +2,22 @@
 //! qemu-server's own rules (`PVE/QemuServer.pm`): `startup` is a `$fast_plug_option` (written at
 //! once, also on a running VM); `vmconfig_hotplug_pending` has no hot-plug branch for `cpu`,
 //! `numa`, `serialN` or `vga`, so on a running VM they wait in the pending config for the next
-//! start. Field names are the module's (`cpuFlags`, `numa`, `serial`, `vga`, `startup`).
+//! start; `hostpciN` neither; `usbN` is hot-plugged where `$is_usb_hotplug_supported` says so.
+//! Field names are the module's (`cpuFlags`, `numa`, `serial`, `vga`, `startup`,
+//! `pci.<slot>`, `usb.<slot>`).
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
+use crate::config::Policies;
+use crate::flake::DesiredHost;
+use crate::proxmox::mapping::Mappings;
 use crate::spec::Hardware;
-use crate::spec::hardware::format_flags;
+use crate::spec::hardware::{PciDevice, UsbDevice, format_flags};
 
 use super::fields::SpecDiff;
-use super::model::{Change, Effect};
+use super::model::{ActionKind, Blocked, Change, Effect, Plan};
 
 /// The declared hardware as `(field, value)` for a create's changes (only what is declared).
 pub fn fields(hardware: &Hardware) -> Vec<(String, Value)> {
@@ -29,6 +36,12 @@ pub fn fields(hardware: &Hardware) -> Vec<(String, Value)> {
     }
     if let Some(startup) = &hardware.startup {
         fields.push(("startup".into(), json!(startup.format())));
+    }
+    for (slot, device) in &hardware.pci {
+        fields.push((format!("pci.{slot}"), json!(device.format())));
+    }
+    for (slot, device) in &hardware.usb {
+        fields.push((format!("usb.{slot}"), json!(device.format())));
     }
     fields
 }
@@ -58,8 +71,8 @@ pub fn diff(desired: &Hardware, live: &Hardware, out: &mut SpecDiff) {
     }
     match (desired.serial, live.serial) {
         // A host device there (`serial0: /dev/ttyS0`) is root@pam's: nixprox neither removes
-        // it nor counts it as a socket.
-        (Some(false), Some(false)) | (None, _) => {}
+        // nor replaces it (`update_vm` lets a token change a serial port only from a socket).
+        (Some(_), Some(false)) | (None, _) => {}
         (Some(want), have) => {
             update("serial", json!(have == Some(true)), json!(want), Effect::NeedsReboot);
         }
@@ -71,6 +84,95 @@ pub fn diff(desired: &Hardware, live: &Hardware, out: &mut SpecDiff) {
         let have = live.startup.clone().unwrap_or_default();
         update("startup", json!(have.format()), json!(startup.format()), Effect::Hotplug);
     }
+    // No hot-plug branch for `hostpciN`: pending until the next start. USB where qemu-server
+    // hot-plugs it (`usb_hotplug`), else pending too.
+    let pci = |d: &PciDevice| d.format();
+    devices("pci", &desired.pci, &live.pci, pci, Effect::NeedsReboot, out);
+    let usb_effect = if live.usb_hotplug { Effect::Hotplug } else { Effect::NeedsReboot };
+    devices("usb", &desired.usb, &live.usb, UsbDevice::format, usb_effect, out);
+}
+
+/// Mapped devices by slot: added, changed, and removed when the flake no longer declares them
+/// (only mapped ones are read, so a raw device is never removed).
+fn devices<T: PartialEq>(
+    field: &str,
+    desired: &BTreeMap<String, T>,
+    live: &BTreeMap<String, T>,
+    format: impl Fn(&T) -> String,
+    effect: Effect,
+    out: &mut SpecDiff,
+) {
+    let slots: BTreeSet<&String> = desired.keys().chain(live.keys()).collect();
+    for slot in slots {
+        let (want, have) = (desired.get(slot), live.get(slot));
+        if want != have {
+            out.updates.push(Change {
+                field: format!("{field}.{slot}"),
+                before: have.map(|d| json!(format(d))),
+                after: want.map(|d| json!(format(d))),
+                effect: Some(effect),
+            });
+        }
+    }
+}
+
+/// The mapping kinds the flake's hosts name (`pci`, `usb`): what [`check_mappings`] needs read.
+pub fn mappings_to_read(desired: &[DesiredHost]) -> BTreeSet<&'static str> {
+    let mut kinds = BTreeSet::new();
+    for host in desired {
+        if !host.spec.hardware.pci.is_empty() {
+            kinds.insert("pci");
+        }
+        if !host.spec.hardware.usb.is_empty() {
+            kinds.insert("usb");
+        }
+    }
+    kinds
+}
+
+/// Blocks each runnable create, replace or update whose declared mapping the cluster lacks, or
+/// has no device of on the VM's node (a VM cannot start with it there), and drops the install
+/// that would follow a blocked create. The summary and plan id are computed again.
+pub fn check_mappings(plan: &mut Plan, desired: &[DesiredHost], policies: Policies, mappings: &Mappings) {
+    for planned in plan.hosts.iter_mut().filter(|h| !h.orphan) {
+        let Some(host) = desired.iter().find(|d| d.host == planned.host) else { continue };
+        let hardware = &host.spec.hardware;
+        let devices = hardware
+            .pci
+            .iter()
+            .map(|(slot, d)| ("pci", "PCI", slot, &d.mapping))
+            .chain(hardware.usb.iter().map(|(slot, d)| ("usb", "USB", slot, &d.mapping)));
+        let problem = devices.into_iter().find_map(|(kind, name, slot, id)| {
+            let option = format!("`nixprox.vm.{kind}.{slot}.mapping`");
+            match mappings.nodes(kind, id) {
+                None => Some(format!(
+                    "the {name} mapping `{id}` does not exist, or the token cannot see it (it needs `Mapping.Use` on /mapping/{kind}/{id}); create it under Datacenter → Resource Mappings, or change {option}"
+                )),
+                Some(nodes) if !nodes.contains(&host.node) => Some(format!(
+                    "the {name} mapping `{id}` has no device on node `{}`; add the node's device to the mapping, or change {option}",
+                    host.node
+                )),
+                Some(_) => None,
+            }
+        });
+        let Some(problem) = problem else { continue };
+        let mut blocked_create = false;
+        for action in planned.actions.iter_mut().filter(|a| a.blocked.is_none()) {
+            let touches = |a: &super::model::Action| {
+                a.changes.iter().any(|c| c.field.starts_with("pci.") || c.field.starts_with("usb."))
+            };
+            let creating = matches!(action.kind, ActionKind::CreateVm | ActionKind::ReplaceVm);
+            if creating || (action.kind == ActionKind::UpdateVm && touches(action)) {
+                blocked_create |= creating;
+                action.blocked = Some(Blocked { reason: problem.clone(), setting: None });
+            }
+        }
+        if blocked_create {
+            planned.actions.retain(|a| a.kind != ActionKind::Install);
+        }
+    }
+    plan.summary = super::engine::summarize(&plan.hosts);
+    plan.plan_id = super::id::plan_id(&plan.hosts, desired, policies);
 }
 
 #[cfg(test)]
@@ -110,6 +212,7 @@ mod tests {
             serial: Some(true),
             vga: Some("serial0".into()),
             startup: Some(Startup { order: Some(1), up: Some(30), down: None }),
+            ..Hardware::default()
         };
         assert_eq!(
             changes(&desired, &live),
@@ -148,10 +251,43 @@ mod tests {
     }
 
     #[test]
+    fn mapped_devices_are_added_changed_and_removed_pci_at_reboot_usb_where_it_hot_plugs() {
+        let gpu = PciDevice { mapping: "gpu".into(), pcie: true, rombar: true, x_vga: false };
+        let stick = UsbDevice { mapping: "zigbee".into(), usb3: false };
+        let desired = Hardware {
+            pci: BTreeMap::from([("hostpci0".to_string(), gpu.clone())]),
+            usb: BTreeMap::from([("usb0".to_string(), stick.clone())]),
+            ..Hardware::default()
+        };
+        let live = Hardware {
+            usb: BTreeMap::from([("usb1".to_string(), stick.clone())]),
+            usb_hotplug: true,
+            ..Hardware::default()
+        };
+        assert_eq!(
+            changes(&desired, &live),
+            [
+                ("pci.hostpci0".to_string(), json!(null), json!("mapping=gpu,pcie=1"), Effect::NeedsReboot),
+                ("usb.usb0".into(), json!(null), json!("mapping=zigbee"), Effect::Hotplug),
+                ("usb.usb1".into(), json!("mapping=zigbee"), json!(null), Effect::Hotplug),
+            ]
+        );
+        let cold = Hardware { usb_hotplug: false, ..live };
+        assert!(
+            changes(&desired, &cold)
+                .iter()
+                .filter(|c| c.0.starts_with("usb"))
+                .all(|c| c.3 == Effect::NeedsReboot)
+        );
+    }
+
+    #[test]
     fn a_serial_host_device_is_roots_and_left_alone() {
         let device = Hardware { serial: Some(false), ..Hardware::default() };
         let off = Hardware { serial: Some(false), ..Hardware::default() };
         assert!(changes(&off, &device).is_empty());
+        let on = Hardware { serial: Some(true), ..Hardware::default() };
+        assert!(changes(&on, &device).is_empty());
         let socket = Hardware { serial: Some(true), ..Hardware::default() };
         assert_eq!(
             changes(&off, &socket),

@@ -4,7 +4,7 @@ mod adopt;
 mod detach;
 pub mod engine;
 pub mod fields;
-mod hardware;
+pub mod hardware;
 pub mod id;
 pub mod image;
 pub mod model;

@@ -224,6 +224,16 @@ fn create_needs(
     if hardware.startup.is_some() {
         startup_needs(vm, pool, add);
     }
+    for (kind, slot, mapping) in hardware
+        .pci
+        .iter()
+        .map(|(slot, d)| ("pci", slot, &d.mapping))
+        .chain(hardware.usb.iter().map(|(slot, d)| ("usb", slot, &d.mapping)))
+    {
+        let path = format!("/mapping/{kind}/{mapping}");
+        add(&["VM.Config.HWType"], vm, pool, &format!("{kind}.{slot}"));
+        add(&["Mapping.Use"], &path, None, &format!("{kind}.{slot}"));
+    }
     for disk in host.spec.disks.values() {
         add(&["Datastore.AllocateSpace"], &format!("/storage/{}", disk.storage), None, "disks");
     }
@@ -283,6 +293,10 @@ fn update_needs(
                 startup_needs(vm, None, add);
                 continue;
             }
+            "pci" | "usb" => {
+                device_needs(top, change, vm, None, add);
+                continue;
+            }
             "disks" => &["VM.Config.Disk"],
             "networks" => &["VM.Config.Network"],
             "pool" => {
@@ -318,6 +332,27 @@ fn startup_needs(
 ) {
     add(&["VM.Config.Options"], vm, pool, "startup");
     add(&["Sys.Modify"], "/", None, "startup (the node's start order)");
+}
+
+/// A mapped PCI or USB device added, changed or removed: `VM.Config.HWType` on the VM and
+/// `Mapping.Use` on the mapping of the old and of the new value (qemu-server `API2/Qemu.pm`,
+/// `check_hostpci_perm` and `check_usb_perm`, called for both in `update_vm`).
+fn device_needs(
+    kind: &str,
+    change: &Change,
+    vm: &str,
+    pool: Option<&String>,
+    add: &mut impl FnMut(&'static [&'static str], &str, Option<&String>, &str),
+) {
+    add(&["VM.Config.HWType"], vm, pool, &change.field);
+    let mappings = [&change.before, &change.after]
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|v| v.split(',').find_map(|p| p.strip_prefix("mapping=")));
+    for mapping in mappings {
+        add(&["Mapping.Use"], &format!("/mapping/{kind}/{mapping}"), None, &change.field);
+    }
 }
 
 /// `PUT /pools`: `Pool.Allocate` on the pool joined and the pool left, and the right to

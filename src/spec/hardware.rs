@@ -6,7 +6,7 @@
 //! Both sides are reduced to the same shape: the declared side's `None` means "not declared:
 //! keep what Proxmox has"; the live side's `None` means the key is absent.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +49,88 @@ pub struct Hardware {
     /// `startup`, as Proxmox writes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup: Option<Startup>,
+    /// PCI devices through cluster resource mappings, by slot (`hostpci0`). On the live side
+    /// only mapped ones: a raw `host=` device is root@pam's, never nixprox's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pci: BTreeMap<String, PciDevice>,
+    /// USB devices through cluster resource mappings, by slot (`usb0`), mapped ones only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usb: BTreeMap<String, UsbDevice>,
+    /// Live side only: whether a USB change reaches the running VM at once (qemu-server
+    /// `vmconfig_hotplug_pending`: `usb` in `hotplug`, machine version 7.1 or later, `ostype`
+    /// `l26`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub usb_hotplug: bool,
+}
+
+/// `hostpciN: mapping=<id>,pcie=1,rombar=0,x-vga=1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciDevice {
+    pub mapping: String,
+    pub pcie: bool,
+    pub rombar: bool,
+    pub x_vga: bool,
+}
+
+impl PciDevice {
+    /// Parses a `hostpciN` value; `None` for a raw device (`host=`) or anything unmapped.
+    pub fn parse(text: &str) -> Option<PciDevice> {
+        let props = props(text);
+        let flag = |key: &str, default: bool| props.get(key).map_or(default, |v| v == "1");
+        Some(PciDevice {
+            mapping: props.get("mapping")?.clone(),
+            pcie: flag("pcie", false),
+            rombar: flag("rombar", true),
+            x_vga: flag("x-vga", false),
+        })
+    }
+
+    /// The value Proxmox takes, with only what differs from its defaults.
+    pub fn format(&self) -> String {
+        let mut text = format!("mapping={}", self.mapping);
+        for (key, on, default) in
+            [("pcie", self.pcie, false), ("rombar", self.rombar, true), ("x-vga", self.x_vga, false)]
+        {
+            if on != default {
+                text.push_str(&format!(",{key}={}", if on { 1 } else { 0 }));
+            }
+        }
+        text
+    }
+}
+
+/// `usbN: mapping=<id>,usb3=1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsbDevice {
+    pub mapping: String,
+    pub usb3: bool,
+}
+
+impl UsbDevice {
+    /// Parses a `usbN` value; `None` for a raw (`host=`) or SPICE device.
+    pub fn parse(text: &str) -> Option<UsbDevice> {
+        let props = props(text);
+        Some(UsbDevice {
+            mapping: props.get("mapping")?.clone(),
+            usb3: props.get("usb3").is_some_and(|v| v == "1"),
+        })
+    }
+
+    pub fn format(&self) -> String {
+        if self.usb3 {
+            format!("mapping={},usb3=1", self.mapping)
+        } else {
+            format!("mapping={}", self.mapping)
+        }
+    }
+}
+
+/// `key=value` pairs of a property string (positional parts dropped).
+fn props(text: &str) -> BTreeMap<String, String> {
+    text.split(',')
+        .filter_map(|part| part.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
 }
 
 impl Hardware {
@@ -173,6 +255,18 @@ mod tests {
         assert_eq!(startup, Startup { order: Some(2), up: Some(30), down: Some(60) });
         assert_eq!(startup.format(), "order=2,up=30,down=60");
         assert_eq!(Startup::parse("order=x").format(), "");
+    }
+
+    #[test]
+    fn mapped_devices_parse_and_format_with_proxmoxs_defaults() {
+        let gpu = PciDevice::parse("mapping=gpu,pcie=1,x-vga=1").expect("mapped");
+        assert_eq!(gpu, PciDevice { mapping: "gpu".into(), pcie: true, rombar: true, x_vga: true });
+        assert_eq!(gpu.format(), "mapping=gpu,pcie=1,x-vga=1");
+        assert_eq!(PciDevice::parse("host=0000:01:00.0,pcie=1"), None, "raw devices are root's");
+        let stick = UsbDevice::parse("mapping=zigbee,usb3=1").expect("mapped");
+        assert_eq!(stick.format(), "mapping=zigbee,usb3=1");
+        assert_eq!(UsbDevice::parse("host=1a86:7523"), None);
+        assert_eq!(UsbDevice::parse("spice"), None);
     }
 
     #[test]

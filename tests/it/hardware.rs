@@ -306,3 +306,132 @@ fn a_created_vm_gets_its_hardware_in_the_create() {
         assert_eq!(written[key], value, "{key}: {written:#}");
     }
 }
+
+/// The cluster's resource mappings: a GPU and a Zigbee stick, both on `pve1`, and a NIC on
+/// `pve2` only.
+fn mappings() -> Value {
+    json!({
+        "pci": [
+            {"id": "gpu", "map": ["id=10de:2204,iommugroup=50,node=pve1,path=0000:01:00.0"], "description": "RTX 3090"},
+            {"id": "nic", "map": ["node=pve2,path=0000:05:00.0"]}
+        ],
+        "usb": [{"id": "zigbee", "map": ["id=1a86:7523,node=pve1"]}]
+    })
+}
+
+/// `case.json` declaring a mapped GPU and USB stick on `nas` (and `more` on top).
+fn declare_devices(fixture: &Fixture, more: Value) {
+    let mut nas = json!({
+        "pci": {"hostpci0": {"mapping": "gpu", "pcie": true}},
+        "usb": {"usb0": {"mapping": "zigbee"}}
+    });
+    if let (Some(nas), Some(more)) = (nas.as_object_mut(), more.as_object()) {
+        nas.extend(more.clone());
+    }
+    std::fs::write(fixture.dir.path().join("case.json"), json!({"vm": {"nas": nas}}).to_string())
+        .expect("case.json");
+}
+
+#[test]
+fn a_mapped_gpu_and_usb_stick_are_added_read_back_and_removed_leaving_raw_devices_alone() {
+    let (fixture, pve) = lab(Scenario::new().set("mappings", mappings()));
+    // A raw device root@pam passed through by hand: never nixprox's.
+    pve.command(json!({"cmd": "set_config", "vmid": 130, "config": {"hostpci1": "host=0000:03:00.0", "ostype": "l26"}}));
+    declare_devices(&fixture, json!({}));
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    assert_eq!(
+        updates(&plan, "nas"),
+        [
+            ("pci.hostpci0".to_string(), json!(null), json!("mapping=gpu,pcie=1"), json!("needs_reboot")),
+            ("usb.usb0".into(), json!(null), json!("mapping=zigbee"), json!("hotplug")),
+        ],
+        "{plan:#}"
+    );
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let written = config(&pve);
+    assert_eq!(written["hostpci0"], "mapping=gpu,pcie=1", "{written:#}");
+    assert_eq!(written["usb0"], "mapping=zigbee");
+    assert_eq!(written["hostpci1"], "host=0000:03:00.0");
+    assert!(updates(&plan_hosts(&fixture, &pve, "nas"), "nas").is_empty(), "read back in sync");
+
+    // Removed from the flake: removed from the VM, the raw device stays.
+    std::fs::remove_file(fixture.dir.path().join("case.json")).expect("rm case.json");
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    let fields: Vec<String> = updates(&plan, "nas").into_iter().map(|u| u.0).collect();
+    assert_eq!(fields, ["pci.hostpci0", "usb.usb0"], "{plan:#}");
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let written = config(&pve);
+    assert_eq!(written.get("hostpci0"), None, "{written:#}");
+    assert_eq!(written.get("usb0"), None);
+    assert_eq!(written["hostpci1"], "host=0000:03:00.0");
+}
+
+#[test]
+fn on_a_running_vm_the_usb_stick_is_plugged_at_once_and_the_gpu_waits_for_a_reboot() {
+    let (fixture, pve) = lab(Scenario::new().set("mappings", mappings()));
+    pve.command(json!({"cmd": "set_config", "vmid": 130, "config": {"ostype": "l26"}}));
+    pve.command(json!({"cmd": "set_vm", "vmid": 130, "status": "running"}));
+    declare_devices(&fixture, json!({}));
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let vm = pve.vm(130);
+    assert_eq!(vm["config"]["usb0"], "mapping=zigbee", "hot-plugged: {vm:#}");
+    assert_eq!(vm["pending"]["hostpci0"], "mapping=gpu,pcie=1", "pending: {vm:#}");
+    assert!(updates(&plan_hosts(&fixture, &pve, "nas"), "nas").is_empty());
+}
+
+#[test]
+fn a_mapping_missing_on_the_vms_node_or_unseen_blocks_the_change_with_the_fix() {
+    let (fixture, pve) = lab(Scenario::new().set("mappings", mappings()));
+    declare_devices(&fixture, json!({"pci": {"hostpci0": {"mapping": "nic"}}}));
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    let update = actions(&plan, "nas").into_iter().find(|a| a["kind"] == "update_vm").expect("update_vm");
+    assert_eq!(
+        update["blocked"]["reason"],
+        "the PCI mapping `nic` has no device on node `pve1`; add the node's device to the mapping, or change `nixprox.vm.pci.hostpci0.mapping`",
+        "{plan:#}"
+    );
+    declare_devices(&fixture, json!({"usb": {"usb0": {"mapping": "nosuch"}}}));
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    let update = actions(&plan, "nas").into_iter().find(|a| a["kind"] == "update_vm").expect("update_vm");
+    assert_eq!(
+        update["blocked"]["reason"],
+        "the USB mapping `nosuch` does not exist, or the token cannot see it (it needs `Mapping.Use` on /mapping/usb/nosuch); create it under Datacenter → Resource Mappings, or change `nixprox.vm.usb.usb0.mapping`"
+    );
+    // Blocked: apply writes nothing.
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(config(&pve).get("usb0"), None);
+}
+
+#[test]
+fn a_token_that_sees_the_mapping_but_may_not_use_it_is_stopped_by_the_preflight() {
+    let mut role = guide_role();
+    role.push("Sys.Modify");
+    let scenario = Scenario::new()
+        .set("mappings", mappings())
+        .grant("nixprox@pve", "/", &role)
+        .grant(TOKEN_ID, "/", &role)
+        .grant("nixprox@pve", "/mapping", &["Mapping.Audit"])
+        .grant(TOKEN_ID, "/mapping", &["Mapping.Audit"]);
+    let (fixture, pve) = lab(scenario);
+    declare_devices(&fixture, json!({}));
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    for line in [
+        "  Mapping.Use on /mapping/pci/gpu (`nas`: pci.hostpci0)",
+        "  Mapping.Use on /mapping/usb/zigbee (`nas`: usb.usb0)",
+    ] {
+        assert!(run.stderr.contains(line), "{line}\n{}", run.stderr);
+    }
+    assert_eq!(config(&pve).get("hostpci0"), None, "nothing written");
+    // With Mapping.Use it runs (and Proxmox's own check passes).
+    for user in ["nixprox@pve", TOKEN_ID] {
+        pve.command(json!({"cmd": "grant", "user": user, "path": "/mapping", "privs": ["Mapping.Use"]}));
+    }
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(config(&pve)["hostpci0"], "mapping=gpu,pcie=1");
+}

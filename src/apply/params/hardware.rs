@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::flake::host::DesiredHost;
 use crate::proxmox::property::{PropertyString, value_bool, value_text};
-use crate::spec::hardware::{Startup, format_flags, parse_cpu};
+use crate::spec::hardware::{PciDevice, Startup, UsbDevice, format_flags, parse_cpu};
 
 use super::ConfigWrite;
 
@@ -28,7 +28,7 @@ pub fn write(host: &DesiredHost, raw: &Map<String, Value>, out: &mut ConfigWrite
     }
     let serial = text("serial0");
     match hardware.serial {
-        Some(true) if serial.as_deref() != Some("socket") => out.put("serial0", "socket"),
+        Some(true) if serial.is_none() => out.put("serial0", "socket"),
         // Only a socket is nixprox's to remove; a host device is root@pam's.
         Some(false) if serial.as_deref() == Some("socket") => out.delete.push("serial0".into()),
         _ => {}
@@ -42,6 +42,8 @@ pub fn write(host: &DesiredHost, raw: &Map<String, Value>, out: &mut ConfigWrite
             out.put("vga", replace_type(live.as_deref(), "type", vga));
         }
     }
+    devices(raw, "hostpci", &hardware.pci, PciDevice::parse, PciDevice::format, out);
+    devices(raw, "usb", &hardware.usb, UsbDevice::parse, UsbDevice::format, out);
     if let Some(startup) = &hardware.startup {
         let live = text("startup").map(|s| Startup::parse(&s)).unwrap_or_default();
         if live != *startup {
@@ -51,6 +53,36 @@ pub fn write(host: &DesiredHost, raw: &Map<String, Value>, out: &mut ConfigWrite
             } else {
                 out.put("startup", value);
             }
+        }
+    }
+}
+
+/// Mapped devices: each declared slot set unless it holds that device already; mapped devices
+/// the flake does not declare are deleted. Raw (`host=`) and SPICE devices are root@pam's and
+/// never touched, also in a declared slot (Proxmox would refuse the token).
+fn devices<T: PartialEq>(
+    raw: &Map<String, Value>,
+    prefix: &str,
+    declared: &std::collections::BTreeMap<String, T>,
+    parse: impl Fn(&str) -> Option<T>,
+    format: impl Fn(&T) -> String,
+    out: &mut ConfigWrite,
+) {
+    for (slot, device) in declared {
+        match raw.get(slot).and_then(value_text) {
+            None => out.put(slot, format(device)),
+            Some(live) => match parse(&live) {
+                Some(have) if have == *device => {}
+                Some(_) => out.put(slot, format(device)),
+                None => {}
+            },
+        }
+    }
+    for (key, value) in raw {
+        let numbered =
+            key.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if numbered && !declared.contains_key(key) && value_text(value).and_then(|v| parse(&v)).is_some() {
+            out.delete.push(key.clone());
         }
     }
 }
