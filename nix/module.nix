@@ -376,6 +376,44 @@ in
           Proxmox has. A change waits for the VM's next reboot.
         '';
       };
+      tpm = mkOption {
+        type = types.nullOr (
+          types.submodule {
+            options = {
+              version = mkOption {
+                type = types.enum [ "v1.2" "v2.0" ];
+                default = "v2.0";
+                description = "TPM version (`version=`). Changing it plans a `replace_vm`: a TPM's state cannot be converted.";
+              };
+              storage = mkOption {
+                type = types.nullOr types.str;
+                default = null;
+                description = "Storage of the TPM state volume; `null`: the first disk's.";
+              };
+            };
+          }
+        );
+        default = null;
+        example = literalExpression "{ version = \"v2.0\"; }";
+        description = ''
+          A TPM (`tpmstate0`), e.g. for systemd-cryptenroll or measured boot. Added to an existing
+          VM as a new state volume (on a running VM it waits for the next start); a new version
+          or storage plans a `replace_vm`. `null` keeps what Proxmox has.
+        '';
+      };
+      efi = {
+        preEnrolledKeys = mkOption {
+          type = types.nullOr types.bool;
+          default = null;
+          description = ''
+            Enrol Microsoft's Secure Boot keys in the EFI disk of an OVMF VM
+            (`pre-enrolled-keys=1`). `null` or `false`: none, so Secure Boot is off until you
+            enrol your own (lanzaboote, sbctl). Proxmox sets them only when it creates the EFI
+            disk: a declared value that differs from an existing VM's plans a `replace_vm`;
+            `null` never compares.
+          '';
+        };
+      };
       pci = mkOption {
         type = slots "hostpci[0-9]+" "PCI devices" pciType;
         default = { };

@@ -162,7 +162,7 @@ pub fn config_write(
         set_if(&mut out, "bios", spec.bios.as_str().into(), live_bios != spec.bios);
         if spec.bios == Bios::Ovmf && !raw.contains_key("efidisk0") {
             let storage = first_storage(host);
-            out.put("efidisk0", format!("{storage}:1,efitype=4m,pre-enrolled-keys=0"));
+            out.put("efidisk0", crate::spec::hardware::efi_disk(&storage, &spec.hardware));
         }
     }
     disks(host, raw, scope, &mut out);

@@ -80,6 +80,27 @@ pub struct VmDecl {
     /// `nixprox.vm.usb`: USB devices through resource mappings, by slot.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub usb: BTreeMap<String, UsbDecl>,
+    /// `nixprox.vm.tpm`; `None` keeps what Proxmox has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmDecl>,
+    /// `nixprox.vm.efi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efi: Option<EfiDecl>,
+}
+
+/// `nixprox.vm.tpm`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TpmDecl {
+    pub version: String,
+    pub storage: Option<String>,
+}
+
+/// `nixprox.vm.efi`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EfiDecl {
+    pub pre_enrolled_keys: Option<bool>,
 }
 
 /// `nixprox.vm.pci.<hostpciN>`.

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Defaults;
 use crate::spec::hardware::{
-    PciDevice, Startup, UsbDevice, VM_CPU_FLAGS, parse_cpu, parse_flags, unsupported_flag,
+    PciDevice, Startup, Tpm, UsbDevice, VM_CPU_FLAGS, parse_cpu, parse_flags, unsupported_flag,
 };
 use crate::spec::{DiskSpec, Hardware, MANAGED_TAG, NetSpec, VmSpec, format_size, parse_size};
 
@@ -95,6 +95,8 @@ fn resolve_hardware(host: &str, vm: &VmDecl) -> Result<(String, Hardware), Resol
             .map(|(slot, d)| (slot.clone(), UsbDevice { mapping: d.mapping.clone(), usb3: d.usb3 }))
             .collect(),
         usb_hotplug: false,
+        tpm: None,
+        efi_pre_enrolled_keys: vm.efi.as_ref().and_then(|e| e.pre_enrolled_keys),
     };
     Ok((cpu_type, hardware))
 }
@@ -120,7 +122,16 @@ pub fn resolve(
     let tags: BTreeSet<String> =
         vm.tags.iter().map(|t| t.to_ascii_lowercase()).filter(|t| t != MANAGED_TAG).collect();
 
-    let (cpu_type, hardware) = resolve_hardware(&host, vm)?;
+    let (cpu_type, mut hardware) = resolve_hardware(&host, vm)?;
+    // The TPM state goes to the first disk's storage unless it names its own.
+    hardware.tpm = vm.tpm.as_ref().map(|t| Tpm {
+        version: t.version.clone(),
+        storage: t
+            .storage
+            .clone()
+            .or_else(|| disks.values().next().map(|d| d.storage.clone()))
+            .unwrap_or_else(|| "local-lvm".into()),
+    });
     let spec = VmSpec {
         name: vm.name.clone(),
         cores: vm.cores,

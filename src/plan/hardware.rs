@@ -14,7 +14,7 @@ use crate::config::Policies;
 use crate::flake::DesiredHost;
 use crate::proxmox::mapping::Mappings;
 use crate::spec::Hardware;
-use crate::spec::hardware::{PciDevice, UsbDevice, format_flags};
+use crate::spec::hardware::{PciDevice, Tpm, UsbDevice, format_flags};
 
 use super::fields::SpecDiff;
 use super::model::{ActionKind, Blocked, Change, Effect, Plan};
@@ -36,6 +36,12 @@ pub fn fields(hardware: &Hardware) -> Vec<(String, Value)> {
     }
     if let Some(startup) = &hardware.startup {
         fields.push(("startup".into(), json!(startup.format())));
+    }
+    if let Some(tpm) = &hardware.tpm {
+        fields.push(("tpm".into(), json!(tpm_value(tpm))));
+    }
+    if let Some(keys) = hardware.efi_pre_enrolled_keys {
+        fields.push(("efi.preEnrolledKeys".into(), json!(keys)));
     }
     for (slot, device) in &hardware.pci {
         fields.push((format!("pci.{slot}"), json!(device.format())));
@@ -84,12 +90,66 @@ pub fn diff(desired: &Hardware, live: &Hardware, out: &mut SpecDiff) {
         let have = live.startup.clone().unwrap_or_default();
         update("startup", json!(have.format()), json!(startup.format()), Effect::Hotplug);
     }
+    tpm(desired, live, out);
+    if let (Some(want), Some(have)) = (desired.efi_pre_enrolled_keys, live.efi_pre_enrolled_keys)
+        && want != have
+    {
+        // The keys are written into the EFI vars when Proxmox creates the EFI disk.
+        out.replacements.push((
+            Change {
+                field: "efi.preEnrolledKeys".into(),
+                before: Some(json!(have)),
+                after: Some(json!(want)),
+                effect: None,
+            },
+            "the EFI disk's pre-enrolled keys change, which Proxmox only sets when it creates the EFI disk"
+                .into(),
+        ));
+    }
     // No hot-plug branch for `hostpciN`: pending until the next start. USB where qemu-server
     // hot-plugs it (`usb_hotplug`), else pending too.
     let pci = |d: &PciDevice| d.format();
     devices("pci", &desired.pci, &live.pci, pci, Effect::NeedsReboot, out);
     let usb_effect = if live.usb_hotplug { Effect::Hotplug } else { Effect::NeedsReboot };
     devices("usb", &desired.usb, &live.usb, UsbDevice::format, usb_effect, out);
+}
+
+/// `version=v2.0 on local-lvm`, as the plan shows a TPM.
+fn tpm_value(tpm: &Tpm) -> String {
+    format!("{} on {}", tpm.version, tpm.storage)
+}
+
+/// A declared TPM: added when missing (its state volume is a drive: `vmconfig_hotplug_pending`
+/// skips `tpmstate0`, so on a running VM it waits for the next start); a new version or storage
+/// is a `replace_vm` (the TPM's state cannot be converted, and nixprox moves no volume).
+fn tpm(desired: &Hardware, live: &Hardware, out: &mut SpecDiff) {
+    let Some(want) = &desired.tpm else { return };
+    match &live.tpm {
+        None => out.updates.push(Change {
+            field: "tpm".into(),
+            before: None,
+            after: Some(json!(tpm_value(want))),
+            effect: Some(Effect::NeedsReboot),
+        }),
+        Some(have) if have != want => {
+            let why = if have.version != want.version {
+                format!(
+                    "the TPM's version changes from {} to {}, and its state cannot be converted",
+                    have.version, want.version
+                )
+            } else {
+                format!("the TPM's state moves from storage {} to {}", have.storage, want.storage)
+            };
+            let change = Change {
+                field: "tpm".into(),
+                before: Some(json!(tpm_value(have))),
+                after: Some(json!(tpm_value(want))),
+                effect: None,
+            };
+            out.replacements.push((change, why));
+        }
+        Some(_) => {}
+    }
 }
 
 /// Mapped devices by slot: added, changed, and removed when the flake no longer declares them
@@ -278,6 +338,33 @@ mod tests {
                 .iter()
                 .filter(|c| c.0.starts_with("usb"))
                 .all(|c| c.3 == Effect::NeedsReboot)
+        );
+    }
+
+    #[test]
+    fn a_tpm_is_added_and_a_new_version_or_efi_keys_replace_the_vm() {
+        let v2 = Tpm { version: "v2.0".into(), storage: "local-lvm".into() };
+        let desired =
+            Hardware { tpm: Some(v2.clone()), efi_pre_enrolled_keys: Some(true), ..Hardware::default() };
+        let mut out = SpecDiff::default();
+        diff(&desired, &Hardware::default(), &mut out);
+        assert_eq!(out.updates.len(), 1, "added: {:?}", out.updates);
+        assert_eq!(out.updates[0].after, Some(json!("v2.0 on local-lvm")));
+        assert!(out.replacements.is_empty(), "no EFI disk to compare with");
+        let live = Hardware {
+            tpm: Some(Tpm { version: "v1.2".into(), ..v2 }),
+            efi_pre_enrolled_keys: Some(false),
+            ..Hardware::default()
+        };
+        let mut out = SpecDiff::default();
+        diff(&desired, &live, &mut out);
+        let reasons: Vec<&str> = out.replacements.iter().map(|(_, r)| r.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "the TPM's version changes from v1.2 to v2.0, and its state cannot be converted",
+                "the EFI disk's pre-enrolled keys change, which Proxmox only sets when it creates the EFI disk"
+            ]
         );
     }
 

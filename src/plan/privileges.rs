@@ -224,6 +224,10 @@ fn create_needs(
     if hardware.startup.is_some() {
         startup_needs(vm, pool, add);
     }
+    if let Some(tpm) = &hardware.tpm {
+        add(&["VM.Config.Disk"], vm, pool, "tpm");
+        add(&["Datastore.AllocateSpace"], &format!("/storage/{}", tpm.storage), None, "tpm");
+    }
     for (kind, slot, mapping) in hardware
         .pci
         .iter()
@@ -296,6 +300,12 @@ fn update_needs(
             "pci" | "usb" => {
                 device_needs(top, change, vm, None, add);
                 continue;
+            }
+            "tpm" => {
+                if let Some(tpm) = &host.spec.hardware.tpm {
+                    add(&["Datastore.AllocateSpace"], &format!("/storage/{}", tpm.storage), None, field);
+                }
+                &["VM.Config.Disk"]
             }
             "disks" => &["VM.Config.Disk"],
             "networks" => &["VM.Config.Network"],

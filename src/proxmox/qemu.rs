@@ -345,7 +345,7 @@ fn new_vm_form(
         form.push(("machine".into(), machine.clone()));
     }
     if spec.bios == Bios::Ovmf {
-        form.push(("efidisk0".into(), format!("{efi_storage}:1,efitype=4m,pre-enrolled-keys=0")));
+        form.push(("efidisk0".into(), crate::spec::hardware::efi_disk(efi_storage, &spec.hardware)));
     }
     form.extend(disks);
     for (slot, net) in &spec.networks {

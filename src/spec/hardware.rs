@@ -56,11 +56,54 @@ pub struct Hardware {
     /// USB devices through cluster resource mappings, by slot (`usb0`), mapped ones only.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub usb: BTreeMap<String, UsbDevice>,
+    /// `tpmstate0`: a TPM's version and storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<Tpm>,
+    /// `pre-enrolled-keys` of the EFI disk (`efidisk0`): declared or not; on the live side
+    /// `None` without an EFI disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efi_pre_enrolled_keys: Option<bool>,
     /// Live side only: whether a USB change reaches the running VM at once (qemu-server
     /// `vmconfig_hotplug_pending`: `usb` in `hotplug`, machine version 7.1 or later, `ostype`
     /// `l26`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub usb_hotplug: bool,
+}
+
+/// `tpmstate0: <storage>:<volume>,version=v2.0`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tpm {
+    /// `v1.2` or `v2.0` (qemu-server's default, when absent, is `v1.2`).
+    pub version: String,
+    pub storage: String,
+}
+
+impl Tpm {
+    /// Parses a `tpmstate0` value.
+    pub fn parse(text: &str) -> Option<Tpm> {
+        let volume = text.split(',').next()?.trim();
+        let (storage, _) = volume.split_once(':')?;
+        let version = props(text).get("version").cloned().unwrap_or_else(|| "v1.2".into());
+        Some(Tpm { version, storage: storage.to_string() })
+    }
+
+    /// The value that creates the TPM state volume (`<storage>:1,version=…`; Proxmox sizes it).
+    pub fn create_value(&self) -> String {
+        format!("{}:1,version={}", self.storage, self.version)
+    }
+}
+
+/// The `efidisk0` value that creates a VM's EFI disk: Proxmox's 4 MiB layout, with Microsoft's
+/// Secure Boot keys enrolled only when `efi.preEnrolledKeys` says so (off by default, so
+/// lanzaboote or sbctl can enrol their own).
+pub fn efi_disk(storage: &str, hardware: &Hardware) -> String {
+    let keys = u8::from(hardware.efi_pre_enrolled_keys.unwrap_or(false));
+    format!("{storage}:1,efitype=4m,pre-enrolled-keys={keys}")
+}
+
+/// `pre-enrolled-keys` of an `efidisk0` value (absent is off, qemu-server's default).
+pub fn efi_pre_enrolled_keys(efidisk: &str) -> bool {
+    props(efidisk).get("pre-enrolled-keys").is_some_and(|v| v == "1")
 }
 
 /// `hostpciN: mapping=<id>,pcie=1,rombar=0,x-vga=1`.
@@ -267,6 +310,16 @@ mod tests {
         assert_eq!(stick.format(), "mapping=zigbee,usb3=1");
         assert_eq!(UsbDevice::parse("host=1a86:7523"), None);
         assert_eq!(UsbDevice::parse("spice"), None);
+    }
+
+    #[test]
+    fn tpm_and_efi_keys_read_with_qemu_servers_defaults() {
+        let tpm = Tpm::parse("local-lvm:vm-130-disk-3,size=4M,version=v2.0").expect("tpm");
+        assert_eq!(tpm, Tpm { version: "v2.0".into(), storage: "local-lvm".into() });
+        assert_eq!(Tpm::parse("ceph:vm-1-disk-2,size=4M").expect("tpm").version, "v1.2");
+        assert_eq!(tpm.create_value(), "local-lvm:1,version=v2.0");
+        assert!(efi_pre_enrolled_keys("local-lvm:vm-1-disk-1,efitype=4m,pre-enrolled-keys=1,size=4M"));
+        assert!(!efi_pre_enrolled_keys("local-lvm:vm-1-disk-1,efitype=4m,size=4M"));
     }
 
     #[test]

@@ -435,3 +435,60 @@ fn a_token_that_sees_the_mapping_but_may_not_use_it_is_stopped_by_the_preflight(
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(config(&pve)["hostpci0"], "mapping=gpu,pcie=1");
 }
+
+#[test]
+fn a_tpm_is_added_to_a_stopped_vm_and_a_new_version_is_a_gated_replace() {
+    let (fixture, pve) = lab(Scenario::new());
+    std::fs::write(
+        fixture.dir.path().join("case.json"),
+        json!({"vm": {"nas": {"tpm": {"version": "v2.0"}}}}).to_string(),
+    )
+    .expect("case.json");
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    assert_eq!(
+        updates(&plan, "nas"),
+        [("tpm".to_string(), json!(null), json!("v2.0 on local-lvm"), json!("needs_reboot"))],
+        "{plan:#}"
+    );
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let tpm = config(&pve)["tpmstate0"].as_str().expect("tpmstate0").to_string();
+    assert!(tpm.starts_with("local-lvm:vm-130-") && tpm.contains("version=v2.0"), "{tpm}");
+    assert!(updates(&plan_hosts(&fixture, &pve, "nas"), "nas").is_empty(), "read back in sync");
+
+    // v1.2 now: the state cannot be converted, so the VM would be replaced, which the policy holds back.
+    std::fs::write(
+        fixture.dir.path().join("case.json"),
+        json!({"vm": {"nas": {"tpm": {"version": "v1.2"}}}}).to_string(),
+    )
+    .expect("case.json");
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    let replace = actions(&plan, "nas").into_iter().find(|a| a["kind"] == "replace_vm").expect("replace_vm");
+    assert_eq!(
+        replace["reason"],
+        "the TPM's version changes from v2.0 to v1.2, and its state cannot be converted: destroy and recreate the VM"
+    );
+    assert_eq!(replace["blocked"]["setting"], "policies.allow_replace", "{replace:#}");
+}
+
+#[test]
+fn efi_keys_are_enrolled_only_when_declared() {
+    let template = json!({
+        "vmid": 9000, "name": "nixos-bootstrap", "node": "pve1", "status": "stopped", "template": true,
+        "config": {"memory": "1024", "cores": 1, "agent": "1", "ostype": "l26", "scsihw": "virtio-scsi-single",
+                   "scsi0": "local-lvm:base-9000-disk-0,size=2G", "ide2": "local-lvm:vm-9000-cloudinit,media=cdrom",
+                   "net0": "virtio=BC:24:11:00:90:00,bridge=vmbr0", "boot": "order=scsi0", "template": 1}
+    });
+    let fixture = Fixture::copy("hardware");
+    std::fs::write(
+        fixture.dir.path().join("case.json"),
+        json!({"vm": {"nas": {"efi": {"preEnrolledKeys": true}}}}).to_string(),
+    )
+    .expect("case.json");
+    let pve = FakePve::start(Scenario::new().guest(template));
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let efi = config(&pve)["efidisk0"].as_str().expect("efidisk0").to_string();
+    assert!(efi.contains("pre-enrolled-keys=1"), "{efi}");
+    assert!(updates(&plan_hosts(&fixture, &pve, "nas"), "nas").is_empty());
+}

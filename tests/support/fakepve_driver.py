@@ -350,6 +350,15 @@ class DriverPve(FakePve):
     async def _apply_config(self, vm, user, p):
         self._hardware_perm(user, vm.vmid, {k: x for k, x in p.items() if k not in ('delete', 'digest')},
                             [k for k in str(p.get('delete', '') or '').split(',') if k])
+        # qemu-server API2/Qemu.pm `update_vm` allocates a new TPM state or EFI vars volume
+        # (`<storage>:<size>`) through `$create_disks` before it writes the config (or the
+        # pending config of a running VM); fakepve would keep the request's value as it is.
+        for key in ('tpmstate0', 'efidisk0'):
+            value = p.get(key)
+            if value is not None and re.match(r'^[^/:\s]+:\d+(\.\d+)?(,|$)', str(value)):
+                self._qm_check_drive(user, vm.vmid, None, key, str(value), None)
+                p = dict(p)
+                p[key] = self._qm_new_drive(vm.vmid, key, str(value), None)[0]
         deletes = [k for k in str(p.get('delete', '') or '').split(',') if DRIVE_KEY.match(k) and k in vm.config]
         if deletes and vm.config.get('protection') in (1, '1', True):
             raise PveError(500, "can't remove drive '{0}' - protection mode enabled".format(deletes[0]))

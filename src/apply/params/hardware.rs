@@ -42,6 +42,11 @@ pub fn write(host: &DesiredHost, raw: &Map<String, Value>, out: &mut ConfigWrite
             out.put("vga", replace_type(live.as_deref(), "type", vga));
         }
     }
+    if let Some(tpm) = &hardware.tpm
+        && !raw.contains_key("tpmstate0")
+    {
+        out.put("tpmstate0", tpm.create_value());
+    }
     devices(raw, "hostpci", &hardware.pci, PciDevice::parse, PciDevice::format, out);
     devices(raw, "usb", &hardware.usb, UsbDevice::parse, UsbDevice::format, out);
     if let Some(startup) = &hardware.startup {

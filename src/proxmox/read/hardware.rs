@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::proxmox::property::{PropertyString, value_bool, value_text};
 use crate::spec::Hardware;
-use crate::spec::hardware::{PciDevice, Startup, UsbDevice, parse_cpu};
+use crate::spec::hardware::{PciDevice, Startup, Tpm, UsbDevice, efi_pre_enrolled_keys, parse_cpu};
 
 /// The CPU type (qemu-server's default `kvm64` when `cpu` is absent) and the hardware.
 pub fn hardware_of(config: &Map<String, Value>) -> (String, Hardware) {
@@ -22,6 +22,8 @@ pub fn hardware_of(config: &Map<String, Value>) -> (String, Hardware) {
         pci: devices(config, "hostpci", PciDevice::parse),
         usb: devices(config, "usb", UsbDevice::parse),
         usb_hotplug: usb_hotplug(config),
+        tpm: text("tpmstate0").and_then(|t| Tpm::parse(&t)),
+        efi_pre_enrolled_keys: text("efidisk0").map(|e| efi_pre_enrolled_keys(&e)),
     };
     (cpu_type, hardware)
 }
