@@ -376,6 +376,19 @@ in
           Proxmox has. A change waits for the VM's next reboot.
         '';
       };
+      extraConfig = mkOption {
+        type = types.attrsOf types.str;
+        default = { };
+        example = literalExpression ''{ tablet = "0"; cpuunits = "200"; watchdog = "model=i6300esb,action=reset"; }'';
+        description = ''
+          Proxmox config keys nixprox has no option for, as Proxmox writes them (`qm config`),
+          compared exactly and written through the API. Applied at once where Proxmox applies the
+          key to a running VM, else at its next reboot. Refused at evaluation: keys nixprox
+          manages (use their options) and keys only `root@pam` may set (`args`, `affinity`,
+          `hugepages`, `hookscript`, …; Proxmox refuses API tokens). Removing a key from here
+          leaves it in Proxmox.
+        '';
+      };
       tpm = mkOption {
         type = types.nullOr (
           types.submodule {

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+pub mod extra;
 pub mod hardware;
 
 pub use hardware::Hardware;

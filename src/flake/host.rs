@@ -84,8 +84,11 @@ pub struct VmDecl {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<TpmDecl>,
     /// `nixprox.vm.efi`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub efi: Option<EfiDecl>,
+    #[serde(default, skip_serializing_if = "EfiDecl::is_default")]
+    pub efi: EfiDecl,
+    /// `nixprox.vm.extraConfig`: Proxmox keys nixprox has no option for, compared exactly.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_config: BTreeMap<String, String>,
 }
 
 /// `nixprox.vm.tpm`.
@@ -97,10 +100,16 @@ pub struct TpmDecl {
 }
 
 /// `nixprox.vm.efi`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EfiDecl {
     pub pre_enrolled_keys: Option<bool>,
+}
+
+impl EfiDecl {
+    fn is_default(&self) -> bool {
+        *self == EfiDecl::default()
+    }
 }
 
 /// `nixprox.vm.pci.<hostpciN>`.

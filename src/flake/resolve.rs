@@ -59,6 +59,8 @@ pub enum ResolveError {
         "host `{host}`: CPU flag `{flag}` (in `nixprox.vm.cpuType` or `nixprox.vm.cpuFlags`) is not one Proxmox allows on a VM (allowed: {allowed}); define a custom CPU model in Proxmox for it and name it in `cpuType`"
     )]
     UnsupportedCpuFlag { host: String, flag: String, allowed: String },
+    #[error("host `{host}`: `nixprox.vm.extraConfig.{key}` cannot be set: {why}")]
+    ExtraConfig { host: String, key: String, why: String },
 }
 
 /// The CPU type and the hardware of the declaration: `cpuType`'s own flags
@@ -74,7 +76,15 @@ fn resolve_hardware(host: &str, vm: &VmDecl) -> Result<(String, Hardware), Resol
             allowed: VM_CPU_FLAGS.join(", "),
         });
     }
+    for (key, value) in &vm.extra_config {
+        let refused =
+            crate::spec::extra::extra_key(key).err().or_else(|| crate::spec::extra::extra_value(key, value));
+        if let Some(why) = refused {
+            return Err(ResolveError::ExtraConfig { host: host.to_string(), key: key.clone(), why });
+        }
+    }
     let hardware = Hardware {
+        extra: vm.extra_config.clone(),
         cpu_flags,
         numa: vm.numa,
         serial: vm.serial,
@@ -95,8 +105,9 @@ fn resolve_hardware(host: &str, vm: &VmDecl) -> Result<(String, Hardware), Resol
             .map(|(slot, d)| (slot.clone(), UsbDevice { mapping: d.mapping.clone(), usb3: d.usb3 }))
             .collect(),
         usb_hotplug: false,
+        usb_hotplug_feature: false,
         tpm: None,
-        efi_pre_enrolled_keys: vm.efi.as_ref().and_then(|e| e.pre_enrolled_keys),
+        efi_pre_enrolled_keys: vm.efi.pre_enrolled_keys,
     };
     Ok((cpu_type, hardware))
 }

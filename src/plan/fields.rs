@@ -137,6 +137,12 @@ pub fn diff(desired: &VmSpec, live: &VmSpec) -> SpecDiff {
     super::hardware::diff(&desired.hardware, &live.hardware, &mut out);
     diff_disks(&desired.disks, &live.disks, &mut out);
     diff_networks(&desired.networks, &live.networks, &mut out);
+    // A replacement recreates the VM from the declaration: it says what it would lose.
+    if !out.replacements.is_empty()
+        && let Some(lost) = super::hardware::lost_on_replace(desired, &live.hardware)
+    {
+        out.replacements.push(lost);
+    }
     out
 }
 

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use crate::config::Policies;
 use crate::flake::DesiredHost;
 use crate::proxmox::mapping::Mappings;
-use crate::spec::Hardware;
 use crate::spec::hardware::{PciDevice, Tpm, UsbDevice, format_flags};
+use crate::spec::{Hardware, VmSpec};
 
 use super::fields::SpecDiff;
 use super::model::{ActionKind, Blocked, Change, Effect, Plan};
@@ -42,6 +42,9 @@ pub fn fields(hardware: &Hardware) -> Vec<(String, Value)> {
     }
     if let Some(keys) = hardware.efi_pre_enrolled_keys {
         fields.push(("efi.preEnrolledKeys".into(), json!(keys)));
+    }
+    for (key, value) in &hardware.extra {
+        fields.push((format!("extraConfig.{key}"), json!(value)));
     }
     for (slot, device) in &hardware.pci {
         fields.push((format!("pci.{slot}"), json!(device.format())));
@@ -91,6 +94,19 @@ pub fn diff(desired: &Hardware, live: &Hardware, out: &mut SpecDiff) {
         update("startup", json!(have.format()), json!(startup.format()), Effect::Hotplug);
     }
     tpm(desired, live, out);
+    // `extraConfig`: declared keys, compared exactly; an undeclared one is left as it is.
+    for (key, value) in &desired.extra {
+        let have = live.extra.get(key);
+        if have != Some(value) {
+            let at_once = crate::spec::extra::applies_at_once(key, live.usb_hotplug_feature);
+            out.updates.push(Change {
+                field: format!("extraConfig.{key}"),
+                before: have.map(|v| json!(v)),
+                after: Some(json!(value)),
+                effect: Some(if at_once { Effect::Hotplug } else { Effect::NeedsReboot }),
+            });
+        }
+    }
     if let (Some(want), Some(have)) = (desired.efi_pre_enrolled_keys, live.efi_pre_enrolled_keys)
         && want != have
     {
@@ -112,6 +128,34 @@ pub fn diff(desired: &Hardware, live: &Hardware, out: &mut SpecDiff) {
     devices("pci", &desired.pci, &live.pci, pci, Effect::NeedsReboot, out);
     let usb_effect = if live.usb_hotplug { Effect::Hotplug } else { Effect::NeedsReboot };
     devices("usb", &desired.usb, &live.usb, UsbDevice::format, usb_effect, out);
+}
+
+/// What a replacement of the VM would lose: the live keys nixprox does not write for this
+/// declaration (hand-added devices, raw passthrough, `args`, unused disks, settings whose
+/// option is `null`, …), as one change listing them with their values, and the reason.
+pub fn lost_on_replace(desired: &VmSpec, live: &Hardware) -> Option<(Change, String)> {
+    let want = &desired.hardware;
+    let kept = |key: &str, value: &str| match key {
+        "balloon" => desired.balloon_mib.is_some(),
+        "machine" => desired.machine.is_some(),
+        "numa" => want.numa.is_some(),
+        "vga" => want.vga.is_some(),
+        "startup" => want.startup.is_some(),
+        "tpmstate0" => want.tpm.is_some(),
+        "serial0" => want.serial == Some(true) && value == "socket",
+        _ => want.pci.contains_key(key) || want.usb.contains_key(key) || want.extra.contains_key(key),
+    };
+    let lost: BTreeMap<&String, &String> = live.extra.iter().filter(|(k, v)| !kept(k, v)).collect();
+    if lost.is_empty() {
+        return None;
+    }
+    let keys: Vec<String> = lost.keys().map(|k| format!("`{k}`")).collect();
+    let change = Change { field: "unmanaged".into(), before: Some(json!(lost)), after: None, effect: None };
+    let why = format!(
+        "the new VM would not have what nixprox does not manage: {} (declare them, e.g. in `nixprox.vm.extraConfig`, or note them down)",
+        keys.join(", ")
+    );
+    Some((change, why))
 }
 
 /// `version=v2.0 on local-lvm`, as the plan shows a TPM.

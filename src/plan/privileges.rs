@@ -224,6 +224,11 @@ fn create_needs(
     if hardware.startup.is_some() {
         startup_needs(vm, pool, add);
     }
+    for key in hardware.extra.keys() {
+        if let Ok(privilege) = crate::spec::extra::extra_key(key) {
+            add(privilege_list(privilege), vm, pool, &format!("extraConfig.{key}"));
+        }
+    }
     if let Some(tpm) = &hardware.tpm {
         add(&["VM.Config.Disk"], vm, pool, "tpm");
         add(&["Datastore.AllocateSpace"], &format!("/storage/{}", tpm.storage), None, "tpm");
@@ -301,6 +306,13 @@ fn update_needs(
                 device_needs(top, change, vm, None, add);
                 continue;
             }
+            "extraConfig" => {
+                let key = field.split_once('.').map_or("", |(_, k)| k);
+                if let Ok(privilege) = crate::spec::extra::extra_key(key) {
+                    add(privilege_list(privilege), vm, None, field);
+                }
+                continue;
+            }
             "tpm" => {
                 if let Some(tpm) = &host.spec.hardware.tpm {
                     add(&["Datastore.AllocateSpace"], &format!("/storage/{}", tpm.storage), None, field);
@@ -330,6 +342,18 @@ fn update_needs(
     }
     if reboot && host.deploy.allow_reboot {
         add(&["VM.PowerMgmt"], vm, None, "reboot for pending changes");
+    }
+}
+
+/// One privilege as the list `Need` takes.
+fn privilege_list(privilege: &'static str) -> &'static [&'static str] {
+    match privilege {
+        "VM.Config.CPU" => &["VM.Config.CPU"],
+        "VM.Config.Memory" => &["VM.Config.Memory"],
+        "VM.Config.HWType" => &["VM.Config.HWType"],
+        "VM.PowerMgmt" => &["VM.PowerMgmt"],
+        "VM.Config.Disk" => &["VM.Config.Disk"],
+        _ => &["VM.Config.Options"],
     }
 }
 

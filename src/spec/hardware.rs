@@ -63,6 +63,15 @@ pub struct Hardware {
     /// `None` without an EFI disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub efi_pre_enrolled_keys: Option<bool>,
+    /// Declared: `nixprox.vm.extraConfig`. Live: every key that is neither always written by
+    /// nixprox nor Proxmox's own (`spec::extra`), with its value: what a replace would lose
+    /// unless the flake declares it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
+    /// Live side only: `usb` is among the VM's `hotplug` features (a `tablet` change is then
+    /// plugged at once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub usb_hotplug_feature: bool,
     /// Live side only: whether a USB change reaches the running VM at once (qemu-server
     /// `vmconfig_hotplug_pending`: `usb` in `hotplug`, machine version 7.1 or later, `ostype`
     /// `l26`).

@@ -492,3 +492,108 @@ fn efi_keys_are_enrolled_only_when_declared() {
     assert!(efi.contains("pre-enrolled-keys=1"), "{efi}");
     assert!(updates(&plan_hosts(&fixture, &pve, "nas"), "nas").is_empty());
 }
+
+/// `case.json` with `nas`'s `nixprox.vm` forced to `vm`.
+fn case_nas(fixture: &Fixture, vm: Value) {
+    std::fs::write(fixture.dir.path().join("case.json"), json!({"vm": {"nas": vm}}).to_string())
+        .expect("case.json");
+}
+
+#[test]
+fn extra_config_is_compared_exactly_and_applied_as_proxmox_applies_each_key() {
+    let (fixture, pve) = lab(Scenario::new());
+    case_nas(
+        &fixture,
+        json!({"extraConfig": {"cpuunits": "200", "watchdog": "model=i6300esb,action=reset"}}),
+    );
+    pve.command(json!({"cmd": "set_vm", "vmid": 130, "status": "running"}));
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    assert_eq!(
+        updates(&plan, "nas"),
+        [
+            ("extraConfig.cpuunits".to_string(), json!(null), json!("200"), json!("hotplug")),
+            (
+                "extraConfig.watchdog".into(),
+                json!(null),
+                json!("model=i6300esb,action=reset"),
+                json!("needs_reboot")
+            ),
+        ],
+        "{plan:#}"
+    );
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let vm = pve.vm(130);
+    assert_eq!(vm["pending"]["watchdog"], "model=i6300esb,action=reset", "{vm:#}");
+    assert!(updates(&plan_hosts(&fixture, &pve, "nas"), "nas").is_empty(), "in sync once it reboots");
+}
+
+#[test]
+fn extra_config_refuses_root_only_and_owned_keys_at_evaluation() {
+    let (fixture, pve) = lab(Scenario::new());
+    for (key, value, why) in [
+        (
+            "args",
+            "-cpu host",
+            "only root@pam may set it, never an API token (qemu-server `check_vm_modify_config_perm`); set it by hand as root, or leave it out",
+        ),
+        (
+            "hugepages",
+            "1024",
+            "only root@pam may set it, never an API token (qemu-server `check_vm_modify_config_perm`); set it by hand as root, or leave it out",
+        ),
+        (
+            "hostpci0",
+            "host=0000:01:00.0",
+            "nixprox manages this key: use its own option (docs/configuration.md)",
+        ),
+        ("cores", "8", "nixprox manages this key: use its own option (docs/configuration.md)"),
+        (
+            "serial1",
+            "/dev/ttyS1",
+            "only `socket` (a host device is root@pam's: `$check_vm_create_serial_perm`)",
+        ),
+    ] {
+        case_nas(&fixture, json!({"extraConfig": {key: value}}));
+        let run = cli::plan(&fixture, &pve, &["--hosts", "nas"]);
+        assert_eq!(run.code, 1, "{key}: {}", run.stderr);
+        assert_eq!(
+            error_text(&run),
+            format!("error: host `nas`: `nixprox.vm.extraConfig.{key}` cannot be set: {why}"),
+            "{key}"
+        );
+    }
+    assert!(pve.requests(false).iter().all(|(method, _)| method == "GET"), "nothing written");
+}
+
+#[test]
+fn a_replace_lists_what_it_would_lose_and_is_gated_with_it() {
+    let (fixture, pve) = lab(Scenario::new());
+    // Set by hand in the UI, as root: nixprox manages none of it.
+    pve.command(json!({"cmd": "set_config", "vmid": 130, "config": {
+        "args": "-device intel-hda", "hostpci1": "host=0000:03:00.0", "unused0": "local-lvm:vm-130-disk-7",
+        "tpmstate0": "local-lvm:vm-130-disk-5,size=4M,version=v1.2", "tablet": "0"
+    }}));
+    // A new TPM version cannot be made in place; `tablet` is declared, so it is not lost.
+    case_nas(&fixture, json!({"tpm": {"version": "v2.0"}, "extraConfig": {"tablet": "0"}}));
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    let replace = actions(&plan, "nas").into_iter().find(|a| a["kind"] == "replace_vm").expect("replace_vm");
+    assert_eq!(
+        replace["reason"],
+        "the TPM's version changes from v1.2 to v2.0, and its state cannot be converted; the new VM would not have what nixprox does not manage: `args`, `hostpci1`, `unused0` (declare them, e.g. in `nixprox.vm.extraConfig`, or note them down): destroy and recreate the VM",
+        "{replace:#}"
+    );
+    let lost =
+        replace["changes"].as_array().expect("changes").iter().find(|c| c["field"] == "unmanaged").cloned();
+    assert_eq!(
+        lost,
+        Some(
+            json!({"field": "unmanaged", "before": {"args": "-device intel-hda", "hostpci1": "host=0000:03:00.0", "unused0": "local-lvm:vm-130-disk-7"}, "after": null})
+        ),
+        "{replace:#}"
+    );
+    assert_eq!(replace["blocked"]["setting"], "policies.allow_replace");
+    // The text plan says it too.
+    let run = cli::plan(&fixture, &pve, &["--hosts", "nas"]);
+    assert!(run.stdout.contains("unmanaged"), "{}", run.stdout);
+}

@@ -47,6 +47,11 @@ pub fn write(host: &DesiredHost, raw: &Map<String, Value>, out: &mut ConfigWrite
     {
         out.put("tpmstate0", tpm.create_value());
     }
+    for (key, value) in &hardware.extra {
+        if text(key).as_deref() != Some(value.as_str()) {
+            out.put(key, value.clone());
+        }
+    }
     devices(raw, "hostpci", &hardware.pci, PciDevice::parse, PciDevice::format, out);
     devices(raw, "usb", &hardware.usb, UsbDevice::parse, UsbDevice::format, out);
     if let Some(startup) = &hardware.startup {

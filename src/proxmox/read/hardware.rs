@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::proxmox::property::{PropertyString, value_bool, value_text};
 use crate::spec::Hardware;
+use crate::spec::extra::{is_always_written, is_proxmox_written};
 use crate::spec::hardware::{PciDevice, Startup, Tpm, UsbDevice, efi_pre_enrolled_keys, parse_cpu};
 
 /// The CPU type (qemu-server's default `kvm64` when `cpu` is absent) and the hardware.
@@ -22,6 +23,12 @@ pub fn hardware_of(config: &Map<String, Value>) -> (String, Hardware) {
         pci: devices(config, "hostpci", PciDevice::parse),
         usb: devices(config, "usb", UsbDevice::parse),
         usb_hotplug: usb_hotplug(config),
+        extra: config
+            .iter()
+            .filter(|(key, _)| !is_always_written(key) && !is_proxmox_written(key))
+            .filter_map(|(key, value)| Some((key.clone(), value_text(value)?)))
+            .collect(),
+        usb_hotplug_feature: usb_feature(config),
         tpm: text("tpmstate0").and_then(|t| Tpm::parse(&t)),
         efi_pre_enrolled_keys: text("efidisk0").map(|e| efi_pre_enrolled_keys(&e)),
     };
@@ -50,16 +57,21 @@ fn devices<T>(
 /// supports), and a Linux `ostype` (`l26`; Windows later than 7 too, which no NixOS host is).
 fn usb_hotplug(config: &Map<String, Value>) -> bool {
     let text = |key: &str| config.get(key).and_then(value_text);
-    let hotplug = text("hotplug").unwrap_or_else(|| "1".into());
-    let usb = match hotplug.as_str() {
-        "1" => true,
-        "0" => false,
-        features => features.split(',').any(|f| f.trim() == "usb"),
-    };
+    let usb = usb_feature(config);
     let machine = text("machine")
         .and_then(|m| PropertyString::parse(&m).value_or_positional("type").map(str::to_string))
         .unwrap_or_default();
     usb && text("ostype").as_deref() == Some("l26") && machine_at_least(&machine, (7, 1))
+}
+
+/// `usb` among the `hotplug` features (`parse_hotplug_features`: absent or `1` is
+/// `network,disk,usb`, `0` none).
+fn usb_feature(config: &Map<String, Value>) -> bool {
+    match config.get("hotplug").and_then(value_text).as_deref().unwrap_or("1") {
+        "1" => true,
+        "0" => false,
+        features => features.split(',').any(|f| f.trim() == "usb"),
+    }
 }
 
 /// A versioned machine type (`pc-q35-6.2`, `pc-i440fx-8.1+pve0`) at least `min`; unversioned
