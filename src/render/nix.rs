@@ -34,7 +34,8 @@ pub fn vm_declaration(vm: Imported<'_>) -> String {
     line("id", vm.vmid.to_string());
     line("cores", spec.cores.to_string());
     line("sockets", spec.sockets.to_string());
-    line("cpuType", string(&spec.cpu_type));
+    // The whole `cpu` line: `cpuType` may carry the flags (`host,flags=+aes`).
+    line("cpuType", string(&crate::spec::hardware::format_cpu(&spec.cpu_type, &spec.hardware.cpu_flags)));
     line("memory", spec.memory_mib.to_string());
     if let Some(balloon) = spec.balloon_mib {
         line("balloon", balloon.to_string());

@@ -70,7 +70,8 @@ fn bare_spec(name: &str) -> VmSpec {
         on_boot: false,
         protection: false,
         pool: None,
-        hardware: Default::default(),
+        // No `hotplug` key: Proxmox's default, `network,disk,usb`.
+        hardware: nixprox::spec::Hardware { usb_hotplug_feature: true, ..Default::default() },
     }
 }
 

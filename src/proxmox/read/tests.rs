@@ -31,7 +31,8 @@ fn absent_keys_take_proxmox_defaults() {
             on_boot: false,
             protection: false,
             pool: None,
-            hardware: Default::default(),
+            // No `hotplug` key: Proxmox's default, `network,disk,usb`.
+            hardware: crate::spec::Hardware { usb_hotplug_feature: true, ..Default::default() },
         }
     );
     assert_eq!(live.digest, "abc");
