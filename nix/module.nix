@@ -132,6 +132,36 @@ let
     };
   };
 
+  virtiofsType = types.submodule {
+    options = {
+      mapping = mkOption {
+        type = mappingId;
+        example = "media";
+        description = "The directory mapping (`dirid=`); also the tag NixOS mounts (`device`).";
+      };
+      cache = mkOption {
+        type = types.enum [ "auto" "always" "metadata" "never" ];
+        default = "auto";
+        description = "virtiofsd's cache mode (`cache=`).";
+      };
+      directIo = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Honour the guest's O_DIRECT (`direct-io=1`).";
+      };
+      exposeAcl = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Expose POSIX ACLs (`expose-acl=1`; implies extended attributes).";
+      };
+      exposeXattr = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Expose extended attributes (`expose-xattr=1`).";
+      };
+    };
+  };
+
   usbType = types.submodule {
     options = {
       mapping = mkOption {
@@ -203,6 +233,7 @@ let
   derivedInitrdModules = lib.unique (
     lib.concatMap (slot: diskBusModules.${busOf slot}) (builtins.attrNames cfg.vm.disks)
     ++ lib.concatMap (net: nicModules.${net.model}) (builtins.attrValues cfg.vm.networks)
+    ++ lib.optional (cfg.vm.virtiofs != { }) "virtiofs"
   );
   # The serial console's kernel parameters: the last `console=` is /dev/console (systemd starts
   # a getty on it); with the display on the serial port (`vga = "serial0"`) there is no tty0.
@@ -389,6 +420,20 @@ in
           leaves it in Proxmox.
         '';
       };
+      virtiofs = mkOption {
+        type = slots "virtiofs[0-9]+" "shared directories" virtiofsType;
+        default = { };
+        example = literalExpression ''{ virtiofs0 = { mapping = "media"; }; }'';
+        description = ''
+          Host directories shared with the VM through virtiofs (Proxmox VE 8.4 or later), by slot,
+          each through a directory mapping (Datacenter → Resource Mappings → Directory):
+          `virtiofs0: dirid=media`. Inside NixOS, mount it by the mapping's id:
+          `fileSystems."/mnt/media" = { device = "media"; fsType = "virtiofs"; };` (the module
+          adds the `virtiofs` module to the initrd). Needs `VM.Config.Disk` and `Mapping.Use` on
+          `/mapping/dir/<id>`. A change waits for the VM's next reboot; shares the flake does
+          not declare are removed.
+        '';
+      };
       tpm = mkOption {
         type = types.nullOr (
           types.submodule {
@@ -522,7 +567,7 @@ in
       initrdModules = mkOption {
         type = types.listOf types.str;
         default = derivedInitrdModules;
-        defaultText = literalMD "the modules of the declared disk buses (`scsi`: virtio_pci, virtio_scsi, sd_mod; `virtio`: virtio_pci, virtio_blk; `sata`: ahci, sd_mod; `ide`: ata_piix, sd_mod) and NIC models (`virtio`: virtio_pci, virtio_net; `e1000`, `e1000e`, `vmxnet3`: their namesakes; `rtl8139`: 8139cp, 8139too)";
+        defaultText = literalMD "the modules of the declared disk buses (`scsi`: virtio_pci, virtio_scsi, sd_mod; `virtio`: virtio_pci, virtio_blk; `sata`: ahci, sd_mod; `ide`: ata_piix, sd_mod) and NIC models (`virtio`: virtio_pci, virtio_net; `e1000`, `e1000e`, `vmxnet3`: their namesakes; `rtl8139`: 8139cp, 8139too), and `virtiofs` with shared directories";
         example = [ "virtio_pci" "virtio_scsi" "sd_mod" "sym53c8xx" ];
         description = ''
           Kernel modules added to `boot.initrd.availableKernelModules`, so the initrd finds the

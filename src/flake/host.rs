@@ -80,6 +80,9 @@ pub struct VmDecl {
     /// `nixprox.vm.usb`: USB devices through resource mappings, by slot.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub usb: BTreeMap<String, UsbDecl>,
+    /// `nixprox.vm.virtiofs`: host directories through directory mappings, by slot.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub virtiofs: BTreeMap<String, VirtiofsDecl>,
     /// `nixprox.vm.tpm`; `None` keeps what Proxmox has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<TpmDecl>,
@@ -89,6 +92,17 @@ pub struct VmDecl {
     /// `nixprox.vm.extraConfig`: Proxmox keys nixprox has no option for, compared exactly.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra_config: BTreeMap<String, String>,
+}
+
+/// `nixprox.vm.virtiofs.<virtiofsN>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtiofsDecl {
+    pub mapping: String,
+    pub cache: String,
+    pub direct_io: bool,
+    pub expose_acl: bool,
+    pub expose_xattr: bool,
 }
 
 /// `nixprox.vm.tpm`.

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Defaults;
 use crate::spec::hardware::{
-    PciDevice, Startup, Tpm, UsbDevice, VM_CPU_FLAGS, parse_cpu, parse_flags, unsupported_flag,
+    PciDevice, Startup, Tpm, UsbDevice, VM_CPU_FLAGS, VirtiofsShare, parse_cpu, parse_flags, unsupported_flag,
 };
 use crate::spec::{DiskSpec, Hardware, MANAGED_TAG, NetSpec, VmSpec, format_size, parse_size};
 
@@ -103,6 +103,20 @@ fn resolve_hardware(host: &str, vm: &VmDecl) -> Result<(String, Hardware), Resol
             .usb
             .iter()
             .map(|(slot, d)| (slot.clone(), UsbDevice { mapping: d.mapping.clone(), usb3: d.usb3 }))
+            .collect(),
+        virtiofs: vm
+            .virtiofs
+            .iter()
+            .map(|(slot, d)| {
+                let share = VirtiofsShare {
+                    mapping: d.mapping.clone(),
+                    cache: d.cache.clone(),
+                    direct_io: d.direct_io,
+                    expose_acl: d.expose_acl,
+                    expose_xattr: d.expose_xattr,
+                };
+                (slot.clone(), share)
+            })
             .collect(),
         usb_hotplug: false,
         usb_hotplug_feature: false,

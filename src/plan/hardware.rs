@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::config::Policies;
 use crate::flake::DesiredHost;
 use crate::proxmox::mapping::Mappings;
-use crate::spec::hardware::{PciDevice, Tpm, UsbDevice, format_flags};
+use crate::spec::hardware::{PciDevice, Tpm, UsbDevice, VirtiofsShare, format_flags};
 use crate::spec::{Hardware, VmSpec};
 
 use super::fields::SpecDiff;
@@ -51,6 +51,9 @@ pub fn fields(hardware: &Hardware) -> Vec<(String, Value)> {
     }
     for (slot, device) in &hardware.usb {
         fields.push((format!("usb.{slot}"), json!(device.format())));
+    }
+    for (slot, share) in &hardware.virtiofs {
+        fields.push((format!("virtiofs.{slot}"), json!(share.format())));
     }
     fields
 }
@@ -128,6 +131,8 @@ pub fn diff(desired: &Hardware, live: &Hardware, out: &mut SpecDiff) {
     devices("pci", &desired.pci, &live.pci, pci, Effect::NeedsReboot, out);
     let usb_effect = if live.usb_hotplug { Effect::Hotplug } else { Effect::NeedsReboot };
     devices("usb", &desired.usb, &live.usb, UsbDevice::format, usb_effect, out);
+    // No hot-plug branch for `virtiofsN` either.
+    devices("virtiofs", &desired.virtiofs, &live.virtiofs, VirtiofsShare::format, Effect::NeedsReboot, out);
 }
 
 /// What a replacement of the VM would lose: the live keys nixprox does not write for this
@@ -143,7 +148,12 @@ pub fn lost_on_replace(desired: &VmSpec, live: &Hardware) -> Option<(Change, Str
         "startup" => want.startup.is_some(),
         "tpmstate0" => want.tpm.is_some(),
         "serial0" => want.serial == Some(true) && value == "socket",
-        _ => want.pci.contains_key(key) || want.usb.contains_key(key) || want.extra.contains_key(key),
+        _ => {
+            want.pci.contains_key(key)
+                || want.usb.contains_key(key)
+                || want.virtiofs.contains_key(key)
+                || want.extra.contains_key(key)
+        }
     };
     let lost: BTreeMap<&String, &String> = live.extra.iter().filter(|(k, v)| !kept(k, v)).collect();
     if lost.is_empty() {
@@ -230,6 +240,9 @@ pub fn mappings_to_read(desired: &[DesiredHost]) -> BTreeSet<&'static str> {
         if !host.spec.hardware.usb.is_empty() {
             kinds.insert("usb");
         }
+        if !host.spec.hardware.virtiofs.is_empty() {
+            kinds.insert("dir");
+        }
     }
     kinds
 }
@@ -245,9 +258,10 @@ pub fn check_mappings(plan: &mut Plan, desired: &[DesiredHost], policies: Polici
             .pci
             .iter()
             .map(|(slot, d)| ("pci", "PCI", slot, &d.mapping))
-            .chain(hardware.usb.iter().map(|(slot, d)| ("usb", "USB", slot, &d.mapping)));
+            .chain(hardware.usb.iter().map(|(slot, d)| ("usb", "USB", slot, &d.mapping)))
+            .chain(hardware.virtiofs.iter().map(|(slot, d)| ("dir", "directory", slot, &d.mapping)));
         let problem = devices.into_iter().find_map(|(kind, name, slot, id)| {
-            let option = format!("`nixprox.vm.{kind}.{slot}.mapping`");
+            let option = format!("`nixprox.vm.{}.{slot}.mapping`", if kind == "dir" { "virtiofs" } else { kind });
             match mappings.nodes(kind, id) {
                 None => Some(format!(
                     "the {name} mapping `{id}` does not exist, or the token cannot see it (it needs `Mapping.Use` on /mapping/{kind}/{id}); create it under Datacenter → Resource Mappings, or change {option}"
@@ -263,7 +277,7 @@ pub fn check_mappings(plan: &mut Plan, desired: &[DesiredHost], policies: Polici
         let mut blocked_create = false;
         for action in planned.actions.iter_mut().filter(|a| a.blocked.is_none()) {
             let touches = |a: &super::model::Action| {
-                a.changes.iter().any(|c| c.field.starts_with("pci.") || c.field.starts_with("usb."))
+                a.changes.iter().any(|c| ["pci.", "usb.", "virtiofs."].iter().any(|p| c.field.starts_with(p)))
             };
             let creating = matches!(action.kind, ActionKind::CreateVm | ActionKind::ReplaceVm);
             if creating || (action.kind == ActionKind::UpdateVm && touches(action)) {

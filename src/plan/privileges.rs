@@ -243,6 +243,10 @@ fn create_needs(
         add(&["VM.Config.HWType"], vm, pool, &format!("{kind}.{slot}"));
         add(&["Mapping.Use"], &path, None, &format!("{kind}.{slot}"));
     }
+    for (slot, share) in &hardware.virtiofs {
+        add(&["VM.Config.Disk"], vm, pool, &format!("virtiofs.{slot}"));
+        add(&["Mapping.Use"], &format!("/mapping/dir/{}", share.mapping), None, &format!("virtiofs.{slot}"));
+    }
     for disk in host.spec.disks.values() {
         add(&["Datastore.AllocateSpace"], &format!("/storage/{}", disk.storage), None, "disks");
     }
@@ -302,7 +306,7 @@ fn update_needs(
                 startup_needs(vm, None, add);
                 continue;
             }
-            "pci" | "usb" => {
+            "pci" | "usb" | "virtiofs" => {
                 device_needs(top, change, vm, None, add);
                 continue;
             }
@@ -378,12 +382,17 @@ fn device_needs(
     pool: Option<&String>,
     add: &mut impl FnMut(&'static [&'static str], &str, Option<&String>, &str),
 ) {
-    add(&["VM.Config.HWType"], vm, pool, &change.field);
+    // `check_dir_perm`: a share needs VM.Config.Disk, and its mapping lives under /mapping/dir.
+    let (privilege, kind, key): (&'static [&'static str], &str, &str) = match kind {
+        "virtiofs" => (&["VM.Config.Disk"], "dir", "dirid="),
+        other => (&["VM.Config.HWType"], other, "mapping="),
+    };
+    add(privilege, vm, pool, &change.field);
     let mappings = [&change.before, &change.after]
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
-        .filter_map(|v| v.split(',').find_map(|p| p.strip_prefix("mapping=")));
+        .filter_map(|v| v.split(',').find_map(|p| p.strip_prefix(key)));
     for mapping in mappings {
         add(&["Mapping.Use"], &format!("/mapping/{kind}/{mapping}"), None, &change.field);
     }

@@ -10,8 +10,8 @@ use serde_json::Value;
 use super::client::Client;
 use super::error::{ProxmoxError, UnexpectedAnswer};
 
-/// The kinds of mapping a VM can name.
-pub const KINDS: [&str; 2] = ["pci", "usb"];
+/// The kinds of mapping a VM can name (`dir`: virtiofs, PVE 8.4+).
+pub const KINDS: [&str; 3] = ["pci", "usb", "dir"];
 
 /// The mappings the token can see, by kind (`pci`, `usb`), then id, with the nodes their
 /// entries name.

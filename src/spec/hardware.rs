@@ -56,6 +56,9 @@ pub struct Hardware {
     /// USB devices through cluster resource mappings, by slot (`usb0`), mapped ones only.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub usb: BTreeMap<String, UsbDevice>,
+    /// Host directories shared through directory mappings, by slot (`virtiofs0`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub virtiofs: BTreeMap<String, VirtiofsShare>,
     /// `tpmstate0`: a TPM's version and storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<Tpm>,
@@ -174,6 +177,50 @@ impl UsbDevice {
         } else {
             format!("mapping={}", self.mapping)
         }
+    }
+}
+
+/// `virtiofsN: <dirid>,cache=auto,direct-io=1,expose-acl=1,expose-xattr=1` (qemu-server
+/// `PVE/QemuServer/Virtiofs.pm`, PVE 8.4+: `dirid` is the default key; `cache` defaults to
+/// `auto`, the flags to off).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtiofsShare {
+    pub mapping: String,
+    pub cache: String,
+    pub direct_io: bool,
+    pub expose_acl: bool,
+    pub expose_xattr: bool,
+}
+
+impl VirtiofsShare {
+    pub fn parse(text: &str) -> Option<VirtiofsShare> {
+        let props = props(text);
+        let positional = text.split(',').next().filter(|p| !p.contains('=')).map(|p| p.trim().to_string());
+        let flag = |key: &str| props.get(key).is_some_and(|v| v == "1");
+        Some(VirtiofsShare {
+            mapping: props.get("dirid").cloned().or(positional)?,
+            cache: props.get("cache").cloned().unwrap_or_else(|| "auto".into()),
+            direct_io: flag("direct-io"),
+            expose_acl: flag("expose-acl"),
+            expose_xattr: flag("expose-xattr"),
+        })
+    }
+
+    pub fn format(&self) -> String {
+        let mut text = format!("dirid={}", self.mapping);
+        if self.cache != "auto" {
+            text.push_str(&format!(",cache={}", self.cache));
+        }
+        for (key, on) in [
+            ("direct-io", self.direct_io),
+            ("expose-acl", self.expose_acl),
+            ("expose-xattr", self.expose_xattr),
+        ] {
+            if on {
+                text.push_str(&format!(",{key}=1"));
+            }
+        }
+        text
     }
 }
 
@@ -319,6 +366,14 @@ mod tests {
         assert_eq!(stick.format(), "mapping=zigbee,usb3=1");
         assert_eq!(UsbDevice::parse("host=1a86:7523"), None);
         assert_eq!(UsbDevice::parse("spice"), None);
+    }
+
+    #[test]
+    fn virtiofs_shares_read_with_the_default_key() {
+        let share = VirtiofsShare::parse("media,cache=never,expose-acl=1").expect("share");
+        assert_eq!(share.mapping, "media");
+        assert_eq!(share.format(), "dirid=media,cache=never,expose-acl=1");
+        assert_eq!(VirtiofsShare::parse("dirid=media").expect("share").format(), "dirid=media");
     }
 
     #[test]

@@ -315,7 +315,8 @@ fn mappings() -> Value {
             {"id": "gpu", "map": ["id=10de:2204,iommugroup=50,node=pve1,path=0000:01:00.0"], "description": "RTX 3090"},
             {"id": "nic", "map": ["node=pve2,path=0000:05:00.0"]}
         ],
-        "usb": [{"id": "zigbee", "map": ["id=1a86:7523,node=pve1"]}]
+        "usb": [{"id": "zigbee", "map": ["id=1a86:7523,node=pve1"]}],
+        "dir": [{"id": "media", "map": ["node=pve1,path=/tank/media"]}]
     })
 }
 
@@ -596,4 +597,44 @@ fn a_replace_lists_what_it_would_lose_and_is_gated_with_it() {
     // The text plan says it too.
     let run = cli::plan(&fixture, &pve, &["--hosts", "nas"]);
     assert!(run.stdout.contains("unmanaged"), "{}", run.stdout);
+}
+
+#[test]
+fn a_virtiofs_share_is_added_read_back_and_removed_and_needs_its_mapping() {
+    let (fixture, pve) = lab(Scenario::new().set("mappings", mappings()));
+    case_nas(&fixture, json!({"virtiofs": {"virtiofs0": {"mapping": "media", "cache": "never"}}}));
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    assert_eq!(
+        updates(&plan, "nas"),
+        [(
+            "virtiofs.virtiofs0".to_string(),
+            json!(null),
+            json!("dirid=media,cache=never"),
+            json!("needs_reboot")
+        )],
+        "{plan:#}"
+    );
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(config(&pve)["virtiofs0"], "dirid=media,cache=never");
+    assert!(updates(&plan_hosts(&fixture, &pve, "nas"), "nas").is_empty(), "read back in sync");
+    // The NixOS side: the initrd can mount it.
+    let modules = eval_config(&fixture, "nas", "c: c.boot.initrd.availableKernelModules");
+    assert!(modules.as_array().expect("list").contains(&json!("virtiofs")), "{modules}");
+
+    // A share on a mapping the node lacks is blocked; removed from the flake, it goes.
+    case_nas(&fixture, json!({"virtiofs": {"virtiofs0": {"mapping": "backups"}}}));
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    let update = actions(&plan, "nas").into_iter().find(|a| a["kind"] == "update_vm").expect("update_vm");
+    assert!(
+        update["blocked"]["reason"]
+            .as_str()
+            .expect("blocked")
+            .starts_with("the directory mapping `backups` does not exist"),
+        "{update:#}"
+    );
+    std::fs::remove_file(fixture.dir.path().join("case.json")).expect("rm case.json");
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(config(&pve).get("virtiofs0"), None);
 }

@@ -262,6 +262,8 @@ class DriverPve(FakePve):
         "catches args, lock, etc.": only root@pam may set it. fakepve counts these as HWType."""
         if key in ROOT_ONLY_KEYS:
             return 'root'
+        if re.fullmatch(r'virtiofs\d+', key):
+            return 'VM.Config.Disk'
         return super()._config_priv(key)
 
     def _hardware_perm(self, user, vmid, params, deletes=()):
@@ -274,6 +276,15 @@ class DriverPve(FakePve):
         if 'startup' in params or 'startup' in deletes:
             self.require(user, '/', 'Sys.Modify')
         vm = self.vm(vmid)
+        for key in sorted(k for k in set(params) | set(deletes) if re.fullmatch(r'virtiofs\d+', k)):
+            # `check_dir_perm`: VM.Config.Disk and Mapping.Use on the directory mapping (old and new).
+            self.require(user, '/vms/{0}'.format(vmid), 'VM.Config.Disk')
+            for value in [vm.config.get(key) if vm else None, params.get(key)]:
+                if value is not None:
+                    parts = str(value).split(',')
+                    props = dict(p.split('=', 1) for p in parts if '=' in p)
+                    dirid = props.get('dirid') or (parts[0] if '=' not in parts[0] else None)
+                    self.require(user, '/mapping/dir/{0}'.format(dirid), 'Mapping.Use')
         for key in sorted(k for k in set(params) | set(deletes) if re.fullmatch(r'(hostpci|usb)\d+', k)):
             # update_vm checks the old value too (modify and delete alike).
             if vm and key in vm.config:

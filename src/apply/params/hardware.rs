@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::flake::host::DesiredHost;
 use crate::proxmox::property::{PropertyString, value_bool, value_text};
-use crate::spec::hardware::{PciDevice, Startup, UsbDevice, format_flags, parse_cpu};
+use crate::spec::hardware::{PciDevice, Startup, UsbDevice, VirtiofsShare, format_flags, parse_cpu};
 
 use super::ConfigWrite;
 
@@ -54,6 +54,7 @@ pub fn write(host: &DesiredHost, raw: &Map<String, Value>, out: &mut ConfigWrite
     }
     devices(raw, "hostpci", &hardware.pci, PciDevice::parse, PciDevice::format, out);
     devices(raw, "usb", &hardware.usb, UsbDevice::parse, UsbDevice::format, out);
+    devices(raw, "virtiofs", &hardware.virtiofs, VirtiofsShare::parse, VirtiofsShare::format, out);
     if let Some(startup) = &hardware.startup {
         let live = text("startup").map(|s| Startup::parse(&s)).unwrap_or_default();
         if live != *startup {

@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 use crate::proxmox::property::{PropertyString, value_bool, value_text};
 use crate::spec::Hardware;
 use crate::spec::extra::{is_always_written, is_proxmox_written};
-use crate::spec::hardware::{PciDevice, Startup, Tpm, UsbDevice, efi_pre_enrolled_keys, parse_cpu};
+use crate::spec::hardware::{
+    PciDevice, Startup, Tpm, UsbDevice, VirtiofsShare, efi_pre_enrolled_keys, parse_cpu,
+};
 
 /// The CPU type (qemu-server's default `kvm64` when `cpu` is absent) and the hardware.
 pub fn hardware_of(config: &Map<String, Value>) -> (String, Hardware) {
@@ -22,6 +24,7 @@ pub fn hardware_of(config: &Map<String, Value>) -> (String, Hardware) {
         startup: text("startup").map(|s| Startup::parse(&s)),
         pci: devices(config, "hostpci", PciDevice::parse),
         usb: devices(config, "usb", UsbDevice::parse),
+        virtiofs: devices(config, "virtiofs", VirtiofsShare::parse),
         usb_hotplug: usb_hotplug(config),
         extra: config
             .iter()
