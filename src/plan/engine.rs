@@ -391,6 +391,9 @@ fn plan_placement(
         }
         return Some(plan_replace(host, config, replacements, policies));
     }
+    if let (Some(change), Some(state)) = (&node_change, &live.ha_state) {
+        return Some(super::hardware::ha_placement(live, host, state, change.clone()));
+    }
     node_change.map(|change| {
         action(
             ActionKind::MigrateVm,

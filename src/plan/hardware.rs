@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::config::Policies;
 use crate::flake::DesiredHost;
+use crate::proxmox::LiveVm;
 use crate::proxmox::mapping::Mappings;
 use crate::spec::hardware::{PciDevice, Tpm, UsbDevice, VirtiofsShare, format_flags};
 use crate::spec::{Hardware, VmSpec};
@@ -133,6 +134,26 @@ pub fn diff(desired: &Hardware, live: &Hardware, out: &mut SpecDiff) {
     devices("usb", &desired.usb, &live.usb, UsbDevice::format, usb_effect, out);
     // No hot-plug branch for `virtiofsN` either.
     devices("virtiofs", &desired.virtiofs, &live.virtiofs, VirtiofsShare::format, Effect::NeedsReboot, out);
+}
+
+/// A VM under HA (`/cluster/resources` `hastate`) on another node than declared: HA placed it
+/// there (a failover, or its own rules), so nixprox does not migrate it back; the plan shows the
+/// migration held back with the fix. The seam for declaring HA itself (PVE 8 groups, PVE 9
+/// node-affinity rules) is here too: a declared HA placement would decide instead.
+pub fn ha_placement(live: &LiveVm, host: &DesiredHost, state: &str, change: Change) -> super::model::Action {
+    let migrate = super::engine::action(
+        ActionKind::MigrateVm,
+        format!("the VM runs on node {}, not on {} as declared", live.node, host.node),
+        vec![change],
+    );
+    super::engine::blocked(
+        migrate,
+        format!(
+            "the VM is an HA resource (requested state `{state}`) and HA placed it on node {}: nixprox leaves its placement to HA; set `nixprox.vm.node = \"{}\"`, or move it with `ha-manager migrate vm:{} {}`",
+            live.node, live.node, live.vmid, host.node
+        ),
+        None,
+    )
 }
 
 /// What a replacement of the VM would lose: the live keys nixprox does not write for this

@@ -117,6 +117,7 @@ pub fn live(name: &str, vmid: u32) -> LiveVm {
             pending: BTreeSet::new(),
             boot_disks: vec!["scsi0".into()],
         }),
+        ha_state: None,
     }
 }
 

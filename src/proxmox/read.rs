@@ -173,6 +173,7 @@ pub fn parse_resources(data: &Value) -> Result<Vec<(LiveVm, Option<String>)>, Un
             lock: text("lock").filter(|l| !l.is_empty()),
             tags: text("tags").map(|t| parse_tags(&t)).unwrap_or_default(),
             config: None,
+            ha_state: text("hastate").filter(|s| !s.is_empty()),
         };
         vms.push((vm, text("pool").filter(|p| !p.is_empty())));
     }

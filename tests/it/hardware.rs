@@ -638,3 +638,26 @@ fn a_virtiofs_share_is_added_read_back_and_removed_and_needs_its_mapping() {
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(config(&pve).get("virtiofs0"), None);
 }
+
+#[test]
+fn an_ha_managed_vm_is_left_where_ha_put_it() {
+    // HA failed `nas` over to pve2; the flake still says pve1 (the default node).
+    let mut vm = nas_vm();
+    vm["node"] = json!("pve2");
+    vm["status"] = json!("running");
+    vm["ha_state"] = json!("started");
+    let fixture = Fixture::copy("hardware");
+    let pve = FakePve::start(Scenario::new().set("nodes", json!(["pve1", "pve2"])).guest(vm));
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    let migrate = actions(&plan, "nas").into_iter().find(|a| a["kind"] == "migrate_vm").expect("migrate_vm");
+    assert_eq!(
+        migrate["blocked"]["reason"],
+        "the VM is an HA resource (requested state `started`) and HA placed it on node pve2: nixprox leaves its placement to HA; set `nixprox.vm.node = \"pve2\"`, or move it with `ha-manager migrate vm:130 pve1`",
+        "{plan:#}"
+    );
+    pve.requests(true);
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(pve.requests(false).iter().all(|(_, path)| !path.ends_with("/migrate")), "no migration");
+    assert_eq!(pve.vm(130)["node"], "pve2");
+}

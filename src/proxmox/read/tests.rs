@@ -179,6 +179,7 @@ fn vm(vmid: u32, name: &str, node: &str, template: bool) -> LiveVm {
         lock: None,
         tags: BTreeSet::new(),
         config: None,
+        ha_state: None,
     }
 }
 
