@@ -384,6 +384,9 @@ fn plan_placement(
         effect: None,
     });
     if !replacements.is_empty() {
+        if let Some(lost) = super::hardware::ha_lost_on_replace(live) {
+            replacements.push(lost);
+        }
         if let Some(change) = node_change {
             // Recreated anyway: on the new node.
             let why = format!("the VM moves from node {} to {}", live.node, host.node);

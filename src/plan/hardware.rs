@@ -156,6 +156,18 @@ pub fn ha_placement(live: &LiveVm, host: &DesiredHost, state: &str, change: Chan
     )
 }
 
+/// A replacement of an HA resource: apply destroys with `purge=1`, which removes the VM from
+/// HA (qemu-server `destroy_vm`), and the new VM is not one.
+pub fn ha_lost_on_replace(live: &LiveVm) -> Option<(Change, String)> {
+    let state = live.ha_state.as_ref()?;
+    let change = Change { field: "ha".into(), before: Some(json!(state)), after: None, effect: None };
+    let why = format!(
+        "the VM is an HA resource, which destroying it ends (the new VM is not one: add it again with `ha-manager add vm:{}`)",
+        live.vmid
+    );
+    Some((change, why))
+}
+
 /// What a replacement of the VM would lose: the live keys nixprox does not write for this
 /// declaration (hand-added devices, raw passthrough, `args`, unused disks, settings whose
 /// option is `null`, …), as one change listing them with their values, and the reason.

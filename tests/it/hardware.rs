@@ -660,4 +660,15 @@ fn an_ha_managed_vm_is_left_where_ha_put_it() {
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(pve.requests(false).iter().all(|(_, path)| !path.ends_with("/migrate")), "no migration");
     assert_eq!(pve.vm(130)["node"], "pve2");
+
+    // A replacement would end its HA membership (destroyed with `purge`): the plan says so.
+    pve.command(json!({"cmd": "set_config", "vmid": 130, "config": {"tpmstate0": "local-lvm:vm-130-disk-5,size=4M,version=v1.2"}}));
+    case_nas(&fixture, json!({"tpm": {"version": "v2.0"}}));
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    let replace = actions(&plan, "nas").into_iter().find(|a| a["kind"] == "replace_vm").expect("replace_vm");
+    let reason = replace["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("the VM is an HA resource, which destroying it ends (the new VM is not one: add it again with `ha-manager add vm:130`)"),
+        "{reason}"
+    );
 }
