@@ -393,8 +393,9 @@ in
           (what nixpkgs' Proxmox image boots with). Inside NixOS it adds
           `console=ttyS0,115200` to the kernel parameters (`nixprox.hardware.kernelParams`).
           `false` removes a socket (a host device there, which only `root@pam` may set, is left
-          alone); `null` keeps what Proxmox has (a template's serial port stays). Adding or
-          removing it waits for the VM's next reboot.
+          alone); `null` keeps what Proxmox has (a template's serial port stays), except on an
+          ISO or image host whose kernel parameters name `console=ttyS0`: there it means
+          `true`. Adding or removing it waits for the VM's next reboot.
         '';
       };
       vga = mkOption {

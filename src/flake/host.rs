@@ -289,6 +289,10 @@ pub struct SystemEval {
     /// never built. Left out of the JSON when absent, so other hosts' plan ids do not change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageEval>,
+    /// An ISO or image host whose kernel parameters name `console=ttyS0`: its new VM gets a
+    /// serial console when `nixprox.vm.serial` is null. Left out of the JSON when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub serial_console: bool,
 }
 
 /// Store paths of an image package (`nixprox.bootstrap.image.package`).

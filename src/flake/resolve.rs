@@ -148,6 +148,13 @@ pub fn resolve(
         vm.tags.iter().map(|t| t.to_ascii_lowercase()).filter(|t| t != MANAGED_TAG).collect();
 
     let (cpu_type, mut hardware) = resolve_hardware(&host, vm)?;
+    // An ISO or image host whose system logs to ttyS0 expects a serial port there.
+    if hardware.serial.is_none()
+        && system.serial_console
+        && matches!(bootstrap, Bootstrap::Iso { .. } | Bootstrap::Image(_))
+    {
+        hardware.serial = Some(true);
+    }
     // The TPM state goes to the first disk's storage unless it names its own.
     hardware.tpm = vm.tpm.as_ref().map(|t| Tpm {
         version: t.version.clone(),

@@ -87,6 +87,7 @@ pub fn host(name: &str) -> DesiredHost {
             toplevel: format!("{SYSTEM}-{name}"),
             disk_layout_hash: LAYOUT.into(),
             image: None,
+            serial_console: false,
         },
         keep: false,
     }

@@ -672,3 +672,37 @@ fn an_ha_managed_vm_is_left_where_ha_put_it() {
         "{reason}"
     );
 }
+
+#[test]
+fn an_iso_host_whose_system_logs_to_ttys0_gets_a_serial_port_unless_it_says_otherwise() {
+    let fixture = Fixture::copy("hardware");
+    let scenario = Scenario::new()
+        .set("files", json!([{"storage": "local", "name": "nixos-minimal.iso", "size": 1048576}]));
+    let pve = FakePve::start(scenario);
+    let plan = plan_hosts(&fixture, &pve, "installer");
+    let create =
+        actions(&plan, "installer").into_iter().find(|a| a["kind"] == "create_vm").expect("create_vm");
+    let serial =
+        create["changes"].as_array().expect("changes").iter().find(|c| c["field"] == "serial").cloned();
+    assert_eq!(serial.map(|c| c["after"].clone()), Some(json!(true)), "{create:#}");
+    let run = plan_and_apply(&fixture, &pve, "installer");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(pve.vm(132)["config"]["serial0"], "socket");
+
+    // Declared off, it is off; a template host is never given one by this rule (`plain`).
+    case_nas(&fixture, json!({}));
+    std::fs::write(
+        fixture.dir.path().join("case.json"),
+        json!({"vm": {"installer": {"serial": false}}}).to_string(),
+    )
+    .expect("case.json");
+    let plan = plan_hosts(&fixture, &pve, "installer");
+    let fields: Vec<String> = updates(&plan, "installer").into_iter().map(|u| u.0).collect();
+    assert_eq!(fields, ["serial"], "the socket goes: {plan:#}");
+    let plain = plan_hosts(&fixture, &pve, "plain");
+    let create = actions(&plain, "plain").into_iter().find(|a| a["kind"] == "create_vm").expect("create_vm");
+    assert!(
+        create["changes"].as_array().expect("changes").iter().all(|c| c["field"] != "serial"),
+        "{create:#}"
+    );
+}

@@ -134,8 +134,24 @@ let
         imageSizes = sizes;
       };
 
+  # Whether the system expects a serial console (a `console=ttyS0…` kernel parameter), read
+  # only for hosts nixprox boots from an ISO or their image: such a new VM gets `serial0` when
+  # `nixprox.vm.serial` is null. Read here, outside the module system: there it would depend on
+  # itself (`nixprox.hardware.kernelParams` derives from `nixprox.vm.serial`).
+  serialConsole =
+    c:
+    let
+      b = c.config.nixprox.bootstrap;
+      booted = (b.iso or null) != null || (b.image.enable or false);
+      params = builtins.tryEval (c.config.boot.kernelParams or [ ]);
+    in
+    booted
+    && params.success
+    && builtins.any (p: builtins.isString p && builtins.match "console=ttyS0.*" p != null) params.value;
+
   # Evaluating out paths builds nothing.
   system = c: {
+    serialConsole = serialConsole c;
     toplevel = c.config.system.build.toplevel.outPath;
     diskLayoutHash =
       "sha256:" + builtins.hashString "sha256" (builtins.toJSON (sanitise (c.config.disko.devices or null)));
