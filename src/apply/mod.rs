@@ -227,7 +227,13 @@ pub async fn plan_with_image_stores(client: &Client, input: PlanInput<'_>) -> Re
     let kinds = crate::plan::hardware::mappings_to_read(input.desired);
     if !kinds.is_empty() {
         let mappings = crate::proxmox::mapping::read_mappings(client, &kinds).await?;
-        crate::plan::hardware::check_mappings(&mut plan, input.desired, input.policies, &mappings);
+        crate::plan::hardware::check_mappings(
+            &mut plan,
+            input.desired,
+            input.live,
+            input.policies,
+            &mappings,
+        );
     }
     Ok(plan)
 }

@@ -397,6 +397,10 @@ fn plan_placement(
     if let (Some(change), Some(state)) = (&node_change, &live.ha_state) {
         return Some(super::hardware::ha_placement(live, host, state, change.clone()));
     }
+    if let (Some(change), Some(why)) = (&node_change, super::hardware::local_devices(live)) {
+        let reason = format!("the VM moves from node {} to {}", live.node, host.node);
+        return Some(blocked(action(ActionKind::MigrateVm, reason, vec![change.clone()]), why, None));
+    }
     node_change.map(|change| {
         action(
             ActionKind::MigrateVm,

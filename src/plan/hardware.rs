@@ -156,6 +156,35 @@ pub fn ha_placement(live: &LiveVm, host: &DesiredHost, state: &str, change: Chan
     )
 }
 
+/// Why Proxmox would refuse to migrate the VM at all: devices that are not mapped and not
+/// sockets (`hostpciN`/`usbN` with `host=`, `serialN` devices, `parallelN`): qemu-server
+/// `QemuMigrate.pm` "can't migrate VM which uses local devices".
+pub fn local_devices(live: &LiveVm) -> Option<String> {
+    let hardware = &live.config.as_ref()?.spec.hardware;
+    let numbered = |key: &str, prefix: &str| {
+        key.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let local: Vec<&str> = hardware
+        .extra
+        .iter()
+        .filter(|(key, value)| {
+            (numbered(key, "hostpci") && !hardware.pci.contains_key(*key))
+                || (numbered(key, "usb")
+                    && !hardware.usb.contains_key(*key)
+                    && !value.to_lowercase().contains("spice"))
+                || (numbered(key, "serial") && value.as_str() != "socket")
+                || numbered(key, "parallel")
+        })
+        .map(|(key, _)| key.as_str())
+        .collect();
+    (!local.is_empty()).then(|| {
+        format!(
+            "the VM uses local devices ({}), which Proxmox does not migrate; move the VM yourself (as root: remove them, migrate, add them back), or declare its current node",
+            local.join(", ")
+        )
+    })
+}
+
 /// A replacement of an HA resource: apply destroys with `purge=1`, which removes the VM from
 /// HA (qemu-server `destroy_vm`), and the new VM is not one.
 pub fn ha_lost_on_replace(live: &LiveVm) -> Option<(Change, String)> {
@@ -280,10 +309,26 @@ pub fn mappings_to_read(desired: &[DesiredHost]) -> BTreeSet<&'static str> {
     kinds
 }
 
-/// Blocks each runnable create, replace or update whose declared mapping the cluster lacks, or
-/// has no device of on the VM's node (a VM cannot start with it there), and drops the install
-/// that would follow a blocked create. The summary and plan id are computed again.
-pub fn check_mappings(plan: &mut Plan, desired: &[DesiredHost], policies: Policies, mappings: &Mappings) {
+/// Blocks each runnable create, replace, update or migration whose declared mapping the
+/// cluster lacks, or has no device of on the VM's (target) node (a VM cannot start with it
+/// there), and a live migration of a running VM with mapped devices Proxmox cannot move live;
+/// drops the install that would follow a blocked create. The summary and plan id are computed again.
+pub fn check_mappings(
+    plan: &mut Plan,
+    desired: &[DesiredHost],
+    live: &[LiveVm],
+    policies: Policies,
+    mappings: &Mappings,
+) {
+    // Which planned hosts' VMs run (a running VM with mapped devices cannot always move live).
+    let live_running: BTreeMap<String, bool> = plan
+        .hosts
+        .iter()
+        .filter_map(|h| {
+            let vm = live.iter().find(|vm| Some(vm.vmid) == h.vm.vmid)?;
+            Some((h.host.clone(), vm.status == "running"))
+        })
+        .collect();
     for planned in plan.hosts.iter_mut().filter(|h| !h.orphan) {
         let Some(host) = desired.iter().find(|d| d.host == planned.host) else { continue };
         let hardware = &host.spec.hardware;
@@ -306,6 +351,26 @@ pub fn check_mappings(plan: &mut Plan, desired: &[DesiredHost], policies: Polici
                 Some(_) => None,
             }
         });
+        let running = planned.actions.iter().any(|a| a.kind == ActionKind::MigrateVm)
+            && live_running.get(planned.host.as_str()).copied().unwrap_or(false);
+        let problem = problem.or_else(|| {
+            // qemu-server `QemuMigrate.pm` `prepare`: a running VM with mapped devices migrates
+            // live only when every one is a live-migration capable PCI mapping.
+            let held: Vec<String> = hardware
+                .pci
+                .iter()
+                .filter(|(_, d)| !mappings.live_migratable.contains(&d.mapping))
+                .map(|(slot, d)| format!("{slot}:{}", d.mapping))
+                .chain(hardware.usb.iter().map(|(slot, d)| format!("{slot}:{}", d.mapping)))
+                .chain(hardware.virtiofs.iter().map(|(slot, d)| format!("{slot}:{}", d.mapping)))
+                .collect();
+            (running && !held.is_empty()).then(|| {
+                format!(
+                    "the VM runs with mapped devices Proxmox cannot live-migrate ({}); shut it down, and the next apply migrates it offline",
+                    held.join(", ")
+                )
+            })
+        });
         let Some(problem) = problem else { continue };
         let mut blocked_create = false;
         for action in planned.actions.iter_mut().filter(|a| a.blocked.is_none()) {
@@ -313,7 +378,8 @@ pub fn check_mappings(plan: &mut Plan, desired: &[DesiredHost], policies: Polici
                 a.changes.iter().any(|c| ["pci.", "usb.", "virtiofs."].iter().any(|p| c.field.starts_with(p)))
             };
             let creating = matches!(action.kind, ActionKind::CreateVm | ActionKind::ReplaceVm);
-            if creating || (action.kind == ActionKind::UpdateVm && touches(action)) {
+            let moving = action.kind == ActionKind::MigrateVm;
+            if creating || moving || (action.kind == ActionKind::UpdateVm && touches(action)) {
                 blocked_create |= creating;
                 action.blocked = Some(Blocked { reason: problem.clone(), setting: None });
             }

@@ -18,6 +18,9 @@ pub const KINDS: [&str; 3] = ["pci", "usb", "dir"];
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mappings {
     pub by_kind: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    /// PCI mappings marked `live-migration-capable`: a running VM with them may migrate live
+    /// (qemu-server `QemuMigrate/Helpers.pm`, `check_local_resources`).
+    pub live_migratable: BTreeSet<String>,
 }
 
 impl Mappings {
@@ -37,8 +40,25 @@ pub async fn read_mappings(client: &Client, kinds: &BTreeSet<&str>) -> Result<Ma
         let data = client.get(&path, &[]).await?;
         let entries = parse_index(&data).map_err(|err| err.at(Method::GET, &path, &data))?;
         mappings.by_kind.insert((*kind).to_string(), entries);
+        if *kind == "pci" {
+            mappings.live_migratable = live_migratable(&data);
+        }
     }
     Ok(mappings)
+}
+
+/// The ids of entries with `live-migration-capable` set.
+pub fn live_migratable(data: &Value) -> BTreeSet<String> {
+    data.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|item| {
+            item.get("live-migration-capable").is_some_and(|v| {
+                v.as_u64() == Some(1) || v.as_bool() == Some(true) || v.as_str() == Some("1")
+            })
+        })
+        .filter_map(|item| item.get("id").and_then(Value::as_str).map(str::to_string))
+        .collect()
 }
 
 /// The index's entries: `{"id": "gpu", "map": ["node=pve1,path=0000:01:00.0,…", …]}`.

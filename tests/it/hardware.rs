@@ -706,3 +706,61 @@ fn an_iso_host_whose_system_logs_to_ttys0_gets_a_serial_port_unless_it_says_othe
         "{create:#}"
     );
 }
+
+/// `nas` on pve2 (the flake says pve1), `status`, with `config` on top of its own.
+fn nas_on_pve2(status: &str, config: Value, mappings: Value) -> (Fixture, FakePve) {
+    let mut vm = nas_vm();
+    vm["node"] = json!("pve2");
+    vm["status"] = json!(status);
+    if let (Some(into), Some(extra)) = (vm["config"].as_object_mut(), config.as_object()) {
+        into.extend(extra.clone());
+    }
+    let scenario = Scenario::new().set("nodes", json!(["pve1", "pve2"])).set("mappings", mappings).guest(vm);
+    (Fixture::copy("hardware"), FakePve::start(scenario))
+}
+
+fn migrate_of(plan: &Value) -> Value {
+    actions(plan, "nas").into_iter().find(|a| a["kind"] == "migrate_vm").expect("migrate_vm")
+}
+
+#[test]
+fn a_vm_with_passthrough_migrates_only_the_way_proxmox_can() {
+    // A raw device: Proxmox does not migrate the VM at all.
+    let (fixture, pve) = nas_on_pve2("stopped", json!({"hostpci1": "host=0000:03:00.0"}), json!({}));
+    let migrate = migrate_of(&plan_hosts(&fixture, &pve, "nas"));
+    assert_eq!(
+        migrate["blocked"]["reason"],
+        "the VM uses local devices (hostpci1), which Proxmox does not migrate; move the VM yourself (as root: remove them, migrate, add them back), or declare its current node"
+    );
+
+    // A mapped GPU on both nodes: a stopped VM migrates (offline), a running one cannot move live…
+    let gpu_everywhere = |live: bool| {
+        let mut gpu =
+            json!({"id": "gpu", "map": ["node=pve1,path=0000:01:00.0", "node=pve2,path=0000:01:00.0"]});
+        if live {
+            gpu["live-migration-capable"] = json!(1);
+        }
+        json!({"pci": [gpu]})
+    };
+    let mapped = json!({"hostpci0": "mapping=gpu,pcie=1"});
+    let declare = |fixture: &Fixture| {
+        std::fs::write(
+            fixture.dir.path().join("case.json"),
+            json!({"vm": {"nas": {"pci": {"hostpci0": {"mapping": "gpu", "pcie": true}}}}}).to_string(),
+        )
+        .expect("case.json");
+    };
+    let (fixture, pve) = nas_on_pve2("stopped", mapped.clone(), gpu_everywhere(false));
+    declare(&fixture);
+    assert!(migrate_of(&plan_hosts(&fixture, &pve, "nas"))["blocked"].is_null(), "offline: allowed");
+    let (fixture, pve) = nas_on_pve2("running", mapped.clone(), gpu_everywhere(false));
+    declare(&fixture);
+    assert_eq!(
+        migrate_of(&plan_hosts(&fixture, &pve, "nas"))["blocked"]["reason"],
+        "the VM runs with mapped devices Proxmox cannot live-migrate (hostpci0:gpu); shut it down, and the next apply migrates it offline"
+    );
+    // …unless the mapping is live-migration capable.
+    let (fixture, pve) = nas_on_pve2("running", mapped, gpu_everywhere(true));
+    declare(&fixture);
+    assert!(migrate_of(&plan_hosts(&fixture, &pve, "nas"))["blocked"].is_null());
+}
