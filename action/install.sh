@@ -34,6 +34,10 @@ else
       exit 1
       ;;
   esac
+  if ! command -v curl >/dev/null; then
+    echo "::error::the install step needs curl on the runner's PATH to download the release (nixosModules.runner puts it there; on another runner, install curl)" >&2
+    exit 1
+  fi
   if [[ "$version" == "latest" ]]; then
     base="https://github.com/${repository}/releases/latest/download"
   else

@@ -794,6 +794,47 @@ in
       };
     };
 
+    allow = {
+      reinstall = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Let this host's `reinstall` run (it wipes the VM's disks), without opening every
+          host's as `policies.allow_reinstall` does: a pull request converting one VM sets it on
+          that host alone, and the plan shows it next to the action it unblocks. Never on a VM
+          protected in Proxmox. Remove it once the host is installed, or the next change of its
+          `disko.devices` reinstalls it too.
+        '';
+      };
+      replace = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Let this host's `replace_vm` run (destroy and recreate the VM), like `policies.allow_replace` for this host alone.";
+      };
+      detachDisks = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Let this host's `detach_disk` run, like `policies.allow_detach_disks` for this host alone (never the boot disk).";
+      };
+    };
+
+    convert = {
+      hostKey = mkOption {
+        type = types.nullOr (
+          types.strMatching "(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*( .*)?"
+        );
+        default = null;
+        example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI… root@debian";
+        description = ''
+          The SSH host key a VM that does not run NixOS yet presents today (one line of its
+          `/etc/ssh/ssh_host_ed25519_key.pub`: a public key, never the private one), for its
+          conversion to NixOS: nixprox verifies the machine against it before anything is sent
+          to it, and the install then gives the host a new key. `null`: the key is read through
+          the VM's QEMU guest agent over the Proxmox API. Only used while the VM is converted.
+        '';
+      };
+    };
+
     summary = {
       extra = mkOption {
         # Lazy: listing the names must not evaluate the values, so one that throws fails alone.

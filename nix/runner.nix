@@ -8,7 +8,14 @@
 #   service with systemd's LoadCredential and to jobs as PROXMOX_API_TOKEN_FILE and
 #   NIXPROX_SSH_KEY_FILE, so they never live in the forge;
 # - a label per role (`nixprox-plan`, `nixprox-apply`), in host mode on Forgejo, which the
-#   example workflows use.
+#   example workflows use;
+# - one system user per instance, so a plan and an apply runner can share one machine: the
+#   plan user's jobs cannot read the apply instance's credentials (systemd gives each unit's
+#   credentials to that unit's user only);
+# - on GitHub, a job-started hook the workflow cannot skip: the apply runner runs only pushes
+#   to the default branch, the plan runner no pull request from a fork (unless allowed);
+# - optionally, outgoing connections of a runner (and its jobs) limited to listed networks
+#   (systemd's IPAddressAllow/IPAddressDeny).
 #
 # It configures NixOS's own `services.gitea-actions-runner` (Forgejo's runner is
 # `pkgs.forgejo-runner`) or `services.github-runners`; see docs/guide.md, "The runner".
@@ -90,13 +97,53 @@ let
             '';
           };
         };
+        branch = mkOption {
+          type = types.str;
+          default = "main";
+          description = ''
+            The default branch. An `apply` runner on GitHub runs only jobs of a `push` (or
+            `workflow_dispatch`) on this branch: a job-started hook
+            (`ACTIONS_RUNNER_HOOK_JOB_STARTED`) refuses any other job before its first step,
+            so a pull request that edits a workflow to ask for the apply label gets nothing.
+            Forgejo's runner has no such hook (docs/ci.md, "What a job on the runner can reach").
+          '';
+        };
+        forkPullRequests = mkOption {
+          type = types.bool;
+          default = false;
+          description = ''
+            Whether a `plan` runner on GitHub runs jobs of pull requests from forks. Off: the
+            job-started hook refuses a job whose event's pull request comes from another
+            repository, before its first step (a fork's code would otherwise run on the machine
+            that holds the plan token). Forgejo asks a maintainer to approve fork runs of
+            read-only users instead (docs/ci.md).
+          '';
+        };
+        allowedAddresses = mkOption {
+          type = types.nullOr (types.listOf types.str);
+          default = null;
+          example = [
+            "10.0.10.0/24"
+            "10.0.20.0/24"
+          ];
+          description = ''
+            Where the runner and its jobs may connect, as IP addresses or prefixes (systemd's
+            `IPAddressAllow`; everything else is `IPAddressDeny=any`, loopback stays allowed).
+            `null`: no limit. For a `plan` runner, list the Proxmox nodes, the forge, and the
+            caches and mirrors its jobs fetch from: a pull request's flake can then fetch
+            nothing else during evaluation. Fetches the nix daemon makes for the jobs
+            (substitutes, builds) are not limited: they run in the daemon's unit.
+          '';
+        };
         sshKeyFile = mkOption {
           type = types.nullOr types.str;
           default = null;
           example = "/run/agenix/nixprox-ssh-key";
           description = ''
             Private SSH key nixprox and nixos-anywhere log in to the VMs with; jobs get it as
-            `NIXPROX_SSH_KEY_FILE`. Needed by `apply` (install, switch) and by `plan --probe`.
+            `NIXPROX_SSH_KEY_FILE`. Needed by `apply` (install, switch); on a `plan` runner, the
+            probe key of `drift --probe` (docs/ci.md: a key the hosts accept only to print their
+            running system), never the deploy key.
           '';
         };
         credentials = mkOption {
@@ -106,10 +153,10 @@ let
             host-key-db = "/run/agenix/host-key-db";
           };
           description = ''
-            More secret files for the jobs, by name: loaded like the token and readable at
-            `/run/credentials/<unit>.service/<name>`, the unit being
-            `gitea-runner-nixprox_<instance>` (Forgejo) or `github-runner-nixprox_<instance>`
-            (GitHub). For example the host keys `nixprox.install.hostKeyFile` names.
+            More secret files for the jobs, by name: loaded like the token and readable by the
+            instance's user only, at `/run/nixprox-runner/<instance>/<name>` on either forge (a
+            link to systemd's `/run/credentials/<unit>.service`). For example the host keys
+            `nixprox.install.hostKeyFile` names.
           '';
         };
         environment = mkOption {
@@ -134,14 +181,56 @@ let
     name: instance:
     (if instance.forge == "forgejo" then "gitea-runner-" else "github-runner-") + runnerName name;
 
-  # What jobs find on PATH.
+  # What jobs find on PATH. curl: the action's install step downloads the release with it
+  # (NixOS's GitHub runner has no curl of its own; Forgejo's host packages do).
   packages = [
     cfg.package
     cfg.nixosAnywhere
     config.nix.package
     pkgs.openssh
     pkgs.gitMinimal
+    pkgs.curl
   ] ++ cfg.extraPackages;
+
+  # Each instance's own system user (a systemd dynamic user). NixOS's Forgejo runner module
+  # runs every instance as the one user `gitea-runner`, so a job of one instance could read
+  # the credentials of another; the GitHub module already names each dynamic user after its
+  # unit, which is distinct per instance.
+  userName = name: "nixprox-runner-${name}";
+  # A Forgejo instance's state: the registration (`.runner`) and the jobs' work directories.
+  forgejoHome = name: "/var/lib/nixprox-runner/${name}/${runnerName name}";
+
+  # GitHub's job-started hook (actions/runner runs it with the job's GITHUB_* variables
+  # before the first step; a non-zero exit fails the job). The workflow file cannot change it.
+  guard =
+    name: instance:
+    pkgs.writeShellScript "nixprox-runner-guard-${name}.sh" (
+      if instance.role == "apply" then
+        ''
+          event="''${GITHUB_EVENT_NAME:-}"
+          ref="''${GITHUB_REF:-}"
+          if { [ "$event" != push ] && [ "$event" != workflow_dispatch ]; } || [ "$ref" != ${lib.escapeShellArg "refs/heads/${instance.branch}"} ]; then
+            echo "::error::this nixprox apply runner refuses a \`$event\` job on \`$ref\`: it holds the apply token and runs only pushes to \`${instance.branch}\` (services.nixprox-runner.instances.${name}.branch)"
+            exit 1
+          fi
+        ''
+      else if instance.forkPullRequests then
+        ""
+      else
+        ''
+          if ! head="$(${pkgs.jq}/bin/jq -r '.pull_request.head.repo.full_name // empty' "''${GITHUB_EVENT_PATH:-}")"; then
+            echo "::error::this nixprox plan runner cannot read the job's event (GITHUB_EVENT_PATH), so it cannot tell a fork's pull request: refused"
+            exit 1
+          fi
+          if [ -n "$head" ] && [ "$head" != "''${GITHUB_REPOSITORY:-}" ]; then
+            echo "::error::this nixprox plan runner refuses a job of a pull request from the fork \`$head\`: it holds the plan token (set services.nixprox-runner.instances.${name}.forkPullRequests to allow forks)"
+            exit 1
+          fi
+        ''
+    );
+
+  # The forge-independent link to an instance's credentials directory.
+  credentialsLink = name: "/run/nixprox-runner/${name}";
 
   # Where systemd puts the unit's credentials (systemd.exec(5), "Credentials").
   credential = name: instance: file: "/run/credentials/${unitName name instance}.service/${file}";
@@ -263,19 +352,47 @@ in
         inherit (instance) name url tokenFile;
         extraLabels = instance.labels;
         extraPackages = packages;
-        extraEnvironment = jobEnvironment name instance;
+        extraEnvironment = jobEnvironment name instance // {
+          ACTIONS_RUNNER_HOOK_JOB_STARTED = "${guard name instance}";
+        };
       }
     ) (ofForge "github");
 
+    # A path per instance that does not depend on the forge (the unit's name does): hosts name
+    # their pre-generated host keys as `/run/nixprox-runner/<instance>/<credential>`
+    # (`nixprox.install.hostKeyFile`). The files stay readable by the unit's user only.
+    systemd.tmpfiles.rules = lib.mapAttrsToList (
+      name: instance: "L+ ${credentialsLink name} - - - - /run/credentials/${unitName name instance}.service"
+    ) enabled;
+
     systemd.services = lib.mapAttrs' (
       name: instance:
-      lib.nameValuePair (unitName name instance) {
-        serviceConfig.LoadCredential = [
-          "proxmox-api-token:${instance.proxmox.apiTokenFile}"
-        ]
-        ++ lib.optional (instance.sshKeyFile != null) "ssh-key:${instance.sshKeyFile}"
-        ++ lib.mapAttrsToList (file: path: "${file}:${path}") instance.credentials;
-      }
+      lib.nameValuePair (unitName name instance) (
+        {
+          serviceConfig = {
+            LoadCredential = [
+              "proxmox-api-token:${instance.proxmox.apiTokenFile}"
+            ]
+            ++ lib.optional (instance.sshKeyFile != null) "ssh-key:${instance.sshKeyFile}"
+            ++ lib.mapAttrsToList (file: path: "${file}:${path}") instance.credentials;
+          }
+          // lib.optionalAttrs (instance.allowedAddresses != null) {
+            IPAddressDeny = "any";
+            IPAddressAllow = [ "localhost" ] ++ instance.allowedAddresses;
+          }
+          # Its own dynamic user and state directory instead of the shared `gitea-runner`; the
+          # module's registration script keeps `.runner` in `$STATE_DIRECTORY/<runner name>`,
+          # where the daemon (started in WorkingDirectory) reads it.
+          // lib.optionalAttrs (instance.forge == "forgejo") {
+            User = lib.mkForce (userName name);
+            StateDirectory = lib.mkForce "nixprox-runner/${name}";
+            WorkingDirectory = lib.mkForce "-${forgejoHome name}";
+          };
+        }
+        // lib.optionalAttrs (instance.forge == "forgejo") {
+          environment.HOME = lib.mkForce (forgejoHome name);
+        }
+      )
     ) enabled;
   };
 }

@@ -72,6 +72,11 @@ pub struct ImportArgs {
     /// The VM: its VMID, or its name when no other VM has it.
     pub vm: String,
 
+    /// Write the host module to this new file (its directory is created; an existing file is
+    /// never overwritten) instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
     #[command(flatten)]
     pub settings: SettingsArgs,
 }

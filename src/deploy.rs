@@ -57,6 +57,15 @@ pub trait NixosDeployer: Send + Sync + fmt::Debug {
         host_key: &'a str,
     ) -> BoxFuture<'a, anyhow::Result<String>>;
 
+    /// Checks that the machine at `target.address` presents `host_key`, without logging in
+    /// (a VM to convert: nothing is offered to a machine that is not the pinned one). Fails
+    /// naming the key it presented instead.
+    fn verify_host_key<'a>(
+        &'a self,
+        target: DeployTarget<'a>,
+        host_key: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
+
     /// A VM that booted from the host's image (nothing installed it): connect with the host
     /// key pinned in `target.recorded` (read through the guest agent, never from the network),
     /// check that it runs the host's toplevel, and switch to it when the image held another

@@ -23,6 +23,10 @@ const SUFFIX: &str = " -->";
 /// Between the user's text and the block: a blank line, so the block is a paragraph of its own
 /// in every Markdown renderer.
 const SEPARATOR: &str = "\n\n";
+/// `disk_layout` of a VM whose disks nixprox does not lay out: adopted for a host that declares
+/// no `disko.devices` (its own hardware configuration mounts them). A later declared layout
+/// plans a gated `reinstall`; until then the disks are never repartitioned.
+pub const LAYOUT_NOT_MANAGED: &str = "none";
 /// The payload version this release writes and reads.
 pub const VERSION: u32 = 1;
 

@@ -1,6 +1,8 @@
 //! Text fit for messages, logs and comments: secrets taken out ([`redact`]) and length
 //! bounded ([`truncate`]). Every error text built from what a server answered goes through
-//! these, so they live in one place.
+//! these, so they live in one place; [`markdown`] is the one place text becomes Markdown.
+
+pub mod markdown;
 
 /// Replaces every occurrence of `secret` in `text` with `<redacted>`. A no-op for an empty
 /// secret. Servers do not echo tokens today, but a proxy in front of them or an error page

@@ -23,8 +23,11 @@
       ...
     }:
     let
-      # One VM per directory: hosts/<name>/{nixprox,disko,configuration}.nix.
+      # One VM per directory: hosts/<name>/{nixprox,configuration}.nix, and its disks: a disko
+      # layout (disko.nix) for a VM nixprox creates, or the file systems of its own
+      # hardware-configuration.nix for a VM adopted in place (hosts/media).
       names = builtins.attrNames (nixpkgs.lib.filterAttrs (_: type: type == "directory") (builtins.readDir ./hosts));
+      optionalFile = path: nixpkgs.lib.optional (builtins.pathExists path) path;
       host =
         name:
         nixpkgs.lib.nixosSystem {
@@ -36,31 +39,18 @@
             # The VM, its address and its disks: the part nixprox plans from.
             ./modules/nixprox.nix
             ./hosts/${name}/nixprox.nix
-            ./hosts/${name}/disko.nix
             # The NixOS every host shares, and what this one runs.
             ./modules/common.nix
             ./hosts/${name}/configuration.nix
             { networking.hostName = name; }
-          ];
-        };
-      runner =
-        role:
-        nixpkgs.lib.nixosSystem {
-          system = "x86_64-linux";
-          modules = [
-            nixprox.nixosModules.runner
-            agenix.nixosModules.default
-            role
-          ];
+          ]
+          ++ optionalFile ./hosts/${name}/disko.nix
+          ++ optionalFile ./hosts/${name}/hardware-configuration.nix;
         };
     in
     {
-      nixosConfigurations = nixpkgs.lib.genAttrs names host // {
-        # The CI runners: machines of their own (not VMs nixprox manages: an apply must never
-        # switch the runner it runs on), deployed by hand with nixos-rebuild. Two machines, so
-        # pull-request jobs never share one with the apply secrets (docs/guide.md, "The runner").
-        runner-apply = runner ./runner/apply.nix;
-        runner-plan = runner ./runner/plan.nix;
-      };
+      # Only the VMs: nixprox evaluates every entry here. The CI runner machine has its own
+      # flake, ./runner/flake.nix (docs/guide.md, "The runner").
+      nixosConfigurations = nixpkgs.lib.genAttrs names host;
     };
 }

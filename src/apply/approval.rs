@@ -4,14 +4,16 @@
 //! (`nixprox plan --format json` output, `--reviewed-plan FILE`) or the sticky comment's
 //! [`record`] (a digest of each changed host's actions), hosts are compared one by one:
 //!
-//! - a host whose actions are what was reviewed is accepted, so one shard of a fan-out
+//! - a host whose actions on the VM the reviewer saw (node and VMID) are what was reviewed
+//!   is accepted, so one shard of a fan-out
 //!   (`apply --hosts …`) is accepted against the reviewed plan of the whole pull request;
 //! - a host with nothing to do is accepted (a previous run finished it, or it is gone because
 //!   the reviewed plan destroyed it), and so is one left with blocked actions only (they never
 //!   run: an adopted VM whose gated reinstall stays blocked);
 //! - a host whose actions changed is accepted only as apply's own unfinished work: its VM
-//!   carries `applying == <reviewed id>` in the metadata block (a resumed run), and it gains no
-//!   destructive action the review did not show;
+//!   carries `applying == <reviewed id>` in the metadata block (a resumed run), it gains no
+//!   destructive action the review did not show, and a destructive action stays on the VMID
+//!   reviewed (a VM recreated under the reviewed name is another VM);
 //! - anything else is refused, naming the host and what it would do now.
 //!
 //! `--allow-new-plan` accepts anything (blocked actions still never run).
@@ -52,8 +54,10 @@ impl Reviewed {
             Reviewed::Plan(body) => {
                 body.hosts.iter().find(|h| h.host == host && h.orphan == orphan).map(|h| {
                     let actions: Vec<Value> = h.actions.iter().map(strip).collect();
+                    let vm = h.vm.as_ref().map_or_else(String::new, |v| vm_label(&v.node, v.vmid));
                     HostReview {
-                        digest: record::digest(&actions),
+                        digest: record::digest(&vm, &actions),
+                        vm,
                         destructive: runnable_destructive(&actions),
                         actions: Some(actions),
                     }
@@ -61,6 +65,7 @@ impl Reviewed {
             }
             Reviewed::Record(record) => record.entry(host, orphan).map(|entry| HostReview {
                 digest: entry.digest,
+                vm: entry.vm,
                 destructive: entry.destructive,
                 actions: None,
             }),
@@ -81,6 +86,8 @@ impl Reviewed {
 #[derive(Debug, Clone, PartialEq)]
 struct HostReview {
     digest: String,
+    /// The VM the reviewer saw (`pve1/101`, `pve1/new`); empty when the plan file has none.
+    vm: String,
     destructive: Vec<String>,
     actions: Option<Vec<Value>>,
 }
@@ -98,7 +105,25 @@ pub struct ReviewedHost {
     pub host: String,
     #[serde(default)]
     pub orphan: bool,
+    /// The VM the host acted on.
+    #[serde(default)]
+    pub vm: Option<ReviewedVm>,
     pub actions: Vec<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ReviewedVm {
+    pub node: String,
+    pub vmid: Option<u32>,
+}
+
+/// `pve1/101`, or `pve1/new` for a VM Proxmox has not allocated yet: how the record and the
+/// refusals name a VM.
+pub fn vm_label(node: &str, vmid: Option<u32>) -> String {
+    match vmid {
+        Some(vmid) => format!("{node}/{vmid}"),
+        None => format!("{node}/new"),
+    }
 }
 
 /// Why a reviewed plan file cannot be compared with.
@@ -213,13 +238,31 @@ fn kind_of(action: &Value) -> &str {
     action.get("kind").and_then(Value::as_str).unwrap_or("?")
 }
 
+/// The runnable destructive actions, each as `<kind>=<digest>` (8 hex digits over the one
+/// normalized action): a resumed run may finish a destructive action only exactly as it was
+/// reviewed (a `detach_disk` of the same slots, a `destroy_vm` of the same disks).
 fn runnable_destructive(actions: &[Value]) -> Vec<String> {
     actions
         .iter()
         .filter(|a| a.get("blocked") == Some(&json!(false)))
-        .map(|a| kind_of(a).to_string())
-        .filter(|k| ActionKind::ALL.iter().any(|d| d.is_destructive() && d.as_str() == k))
+        .filter(|a| ActionKind::ALL.iter().any(|d| d.is_destructive() && d.as_str() == kind_of(a)))
+        .map(|a| {
+            let digest = record::digest("", std::slice::from_ref(a));
+            format!("{}={}", kind_of(a), &digest[..8])
+        })
         .collect()
+}
+
+/// `destroy_vm=1a2b3c4d` → `destroy_vm`.
+fn kind_name(tagged: &str) -> &str {
+    tagged.split_once('=').map_or(tagged, |(kind, _)| kind)
+}
+
+/// Whether `host`'s actions now, on its VM now, are exactly what was reviewed of it.
+pub fn same_as_reviewed(reviewed: &Reviewed, host: &HostPlan) -> bool {
+    let now: Vec<Value> = host.actions.iter().map(normalize).collect();
+    let vm_now = vm_label(&host.vm.node, host.vm.vmid);
+    reviewed.host(&host.host, host.orphan).is_some_and(|b| b.digest == record::digest(&vm_now, &now))
 }
 
 /// Compares host by host: the problem lines, and the hosts accepted as resumed work.
@@ -233,12 +276,16 @@ fn compare(reviewed: &Reviewed, plan: &Plan, live: &[LiveVm]) -> (Vec<String>, V
             continue;
         }
         let now: Vec<Value> = host.actions.iter().map(normalize).collect();
+        let vm_now = vm_label(&host.vm.node, host.vm.vmid);
         let before = reviewed.host(&host.host, host.orphan);
-        if before.as_ref().is_some_and(|b| b.digest == record::digest(&now)) {
+        if before.as_ref().is_some_and(|b| b.digest == record::digest(&vm_now, &now)) {
             continue;
         }
         let allowed = before.as_ref().map(|b| b.destructive.as_slice()).unwrap_or_default();
-        match resume_problem(host, allowed, &now, reviewed.plan_id(), live) {
+        let vm_before = before.as_ref().map(|b| b.vm.as_str()).unwrap_or_default();
+        let problem = other_vm_problem(vm_before, host, &now)
+            .or_else(|| resume_problem(host, allowed, &now, reviewed.plan_id(), live));
+        match problem {
             None => resumed.push(host.host.clone()),
             Some(problem) => {
                 let reviewed_text = match &before {
@@ -248,8 +295,13 @@ fn compare(reviewed: &Reviewed, plan: &Plan, live: &[LiveVm]) -> (Vec<String>, V
                     }
                     None => reviewed.absent().to_string(),
                 };
+                let (on_before, on_now) = if !vm_before.is_empty() && vm_before != vm_now {
+                    (format!(" on VM `{vm_before}`"), format!(" on VM `{vm_now}`"))
+                } else {
+                    (String::new(), String::new())
+                };
                 lines.push(format!(
-                    "  host `{}`: reviewed {reviewed_text}; now {}{problem}",
+                    "  host `{}`: reviewed {reviewed_text}{on_before}; now {}{on_now}{problem}",
                     host.host,
                     describe_actions(&now)
                 ));
@@ -257,6 +309,25 @@ fn compare(reviewed: &Reviewed, plan: &Plan, live: &[LiveVm]) -> (Vec<String>, V
         }
     }
     (lines, resumed)
+}
+
+/// A destructive action (destroy, replace, reinstall, detach) on another VM than the one the
+/// reviewer saw: never apply's own unfinished work, whatever the VM's notes say (a VM restored
+/// from a backup carries the notes of the one it was). A VM reviewed as `new` (a create) has no
+/// VMID to keep; a VM that moved to another node keeps its VMID.
+fn other_vm_problem(vm_before: &str, host: &HostPlan, now: &[Value]) -> Option<String> {
+    let reviewed_vmid = vm_before.rsplit_once('/').map(|(_, id)| id)?;
+    if reviewed_vmid == "new" || host.vm.vmid.map(|v| v.to_string()).as_deref() == Some(reviewed_vmid) {
+        return None;
+    }
+    let destructive = runnable_destructive(now);
+    (!destructive.is_empty()).then(|| {
+        format!(
+            " ({} of VM {} was never reviewed: the reviewer saw VM {reviewed_vmid})",
+            destructive.iter().map(|k| kind_name(k)).collect::<Vec<_>>().join(", "),
+            host.vm.vmid.map_or_else(|| "new".to_string(), |v| v.to_string())
+        )
+    })
 }
 
 /// `None` when the host's changed actions are apply's own unfinished work; else why not.
@@ -281,8 +352,8 @@ fn resume_problem(
         None
     } else {
         Some(format!(
-            " (an unfinished apply of the reviewed plan left this VM, but {} was not reviewed)",
-            new_destructive.join(", ")
+            " (an unfinished apply of the reviewed plan left this VM, but {} as planned now was not reviewed)",
+            new_destructive.iter().map(|k| kind_name(k)).collect::<Vec<_>>().join(", ")
         ))
     }
 }
@@ -456,6 +527,59 @@ mod tests {
         assert_eq!(now.hosts[0].actions.iter().map(|a| a.kind).collect::<Vec<_>>(), [ActionKind::Switch]);
         let approval = check(&body(&reviewed), &now, &live, false).expect("resumed");
         assert_eq!(approval.notes.len(), 1, "{:?}", approval.notes);
+    }
+
+    #[test]
+    fn a_destroy_of_another_vm_than_reviewed_is_refused_even_with_our_notes() {
+        let mut orphan = testkit::live("old", 205);
+        orphan.name = "old".into();
+        let policies = Policies { prune_orphans: true, ..Policies::default() };
+        let reviewed = plan_of(&[], &[orphan.clone()], policies);
+        // 205 is gone; a VM restored from its backup is 209, same name, same tag and notes.
+        let mut swapped = orphan.clone();
+        swapped.vmid = 209;
+        testkit::config(&mut swapped).metadata.as_mut().expect("metadata").applying =
+            Some(reviewed.plan_id.clone());
+        let live = vec![swapped];
+        let now = plan_of(&[], &live, policies);
+        let record = Reviewed::Record(record::Record::from_plan(&reviewed));
+        for reviewed_as in [body(&reviewed), record] {
+            let err = check(&reviewed_as, &now, &live, false).expect_err("another VM");
+            assert_eq!(err.lines.len(), 1, "{:?}", err.lines);
+            assert!(err.lines[0].contains(" on VM `pve1/205`; now destroy_vm("), "{:?}", err.lines);
+            assert!(
+                err.lines[0].ends_with(
+                    " on VM `pve1/209` (destroy_vm of VM 209 was never reviewed: the reviewer saw VM 205)"
+                ),
+                "{:?}",
+                err.lines
+            );
+        }
+    }
+
+    #[test]
+    fn a_resumed_detach_takes_only_the_reviewed_slots() {
+        let desired = vec![testkit::host("web")];
+        let policies = Policies { allow_detach_disks: true, ..Policies::default() };
+        let disk =
+            |size| crate::spec::DiskSpec { size_bytes: size, ..testkit::spec("web").disks["scsi0"].clone() };
+        let mut live = vec![testkit::live("web", 101)];
+        testkit::config(&mut live[0]).spec.disks.insert("scsi1".into(), disk(8 << 30));
+        let reviewed = plan_of(&desired, &live, policies);
+        assert_eq!(reviewed.hosts[0].actions[0].kind, ActionKind::DetachDisk);
+        // An interrupted run left `applying`; a disk attached since shows in the new plan.
+        let config = testkit::config(&mut live[0]);
+        config.spec.disks.insert("scsi2".into(), disk(4 << 30));
+        config.metadata.as_mut().expect("metadata").applying = Some(reviewed.plan_id.clone());
+        let now = plan_of(&desired, &live, policies);
+        for reviewed_as in [body(&reviewed), Reviewed::Record(record::Record::from_plan(&reviewed))] {
+            let err = check(&reviewed_as, &now, &live, false).expect_err("scsi2 was never reviewed");
+            assert!(
+                err.lines[0].ends_with("but detach_disk as planned now was not reviewed)"),
+                "{:?}",
+                err.lines
+            );
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 
 use super::image::{ImageWork, Imports};
-use super::params::Scope;
+use super::params::{Detach, Scope};
 use super::report::{ApplyReport, HostOutcome, HostReport, REPORT_VERSION, StepStatus, millis};
 use super::step::{Done, Failure, Log, StepError};
 use super::{ApplyError, ApplyRequest};
@@ -278,9 +278,14 @@ impl<'r> HostRun<'r> {
     ) -> Result<(), Failure> {
         if runnable.has(ActionKind::Adopt) {
             let node = state.node.clone();
-            let adopted = log.step("adopt", self.adopt(host, &node, vmid)).await?;
+            // Adopted with a reinstall: a VM that does not run NixOS, converted.
+            let adopted = if runnable.has(ActionKind::Reinstall) {
+                log.step("adopt", self.adopt_for_conversion(host, &node, vmid)).await?
+            } else {
+                log.step("adopt", self.adopt(host, &node, vmid)).await?
+            };
             state.address = Some(adopted.address);
-            state.running = Some(adopted.system);
+            state.running = adopted.system;
         }
         if runnable.has(ActionKind::MigrateVm) {
             let node = state.node.clone();
@@ -348,11 +353,14 @@ impl<'r> HostRun<'r> {
             }
         }
         let detaching = runnable.has(ActionKind::DetachDisk);
+        // The slots the reviewed `detach_disk` names, and only those (see `params::Detach`).
+        let detach_slots = self.detach_slots();
         if creating || detaching || runnable.has(ActionKind::Adopt) || runnable.has(ActionKind::UpdateVm) {
             let scope = if creating {
                 Scope { cloud_init: !image_boot, ..Scope::CREATE }
             } else {
-                Scope { detach_disks: detaching, add_disks: !self.detach_held(), ..Scope::UPDATE }
+                let detach = if detaching { Detach::Slots(&detach_slots) } else { Detach::Nothing };
+                Scope { detach, add_disks: !self.detach_held(), ..Scope::UPDATE }
             };
             log.step("configure", self.configure(&configured, &node, vmid, scope)).await?;
         }

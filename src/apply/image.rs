@@ -24,6 +24,7 @@ use super::step::{Done, StepError};
 use crate::flake::DesiredHost;
 use crate::flake::host::ImageSource;
 use crate::image::{BuiltImages, ImageFile, build_image, find_images};
+use crate::proxmox::agent::{AgentBound, AgentWaitError, Asked, wait_for_agent};
 use crate::proxmox::guest::{ED25519_HOST_KEY, read_guest_file};
 use crate::proxmox::import::{
     ImportPresence, check_import_storage, find_import, import_volid, list_import_files,
@@ -244,29 +245,36 @@ impl HostRun<'_> {
         Ok(Done::ok(key).detail(format!("{shown}…, read through the guest agent")).warnings(warnings))
     }
 
-    /// Polls `agent/file-read` of the public ed25519 host key until it answers with one.
+    /// Polls `agent/file-read` of the public ed25519 host key until it answers with one, through
+    /// the one agent wait (an agent still starting, or a key sshd has not written yet, is "not
+    /// yet"; `apply.address_timeout` bounds it).
     async fn read_host_key(&self, host: &DesiredHost, node: &str, vmid: u32) -> Result<String, StepError> {
         let options = self.req.options;
-        let started = Instant::now();
-        loop {
-            let why = match read_guest_file(self.req.client, node, vmid, ED25519_HOST_KEY).await {
-                Ok(file) => match parse_host_key(&file.content) {
-                    Some(key) => return Ok(key),
-                    None => format!("`{ED25519_HOST_KEY}` holds no ed25519 public key"),
-                },
-                Err(err) if err.agent_not_ready() || err.to_string().contains("No such file") => {
-                    err.to_string()
+        let bound = AgentBound { timeout: options.address_timeout, interval: options.poll_interval };
+        let client = self.req.client;
+        let found = wait_for_agent(node, vmid, "SSH host key", bound, || async {
+            match read_guest_file(client, node, vmid, ED25519_HOST_KEY).await {
+                Ok(file) => Ok(match parse_host_key(&file.content) {
+                    Some(key) => Asked::Ready(key),
+                    None => Asked::NotYet(format!("`{ED25519_HOST_KEY}` holds no ed25519 public key")),
+                }),
+                // sshd writes its key on first boot, after the agent may already answer.
+                Err(err) if err.to_string().contains("No such file") => {
+                    Ok(Asked::NotYet(format!("`{ED25519_HOST_KEY}` is not there yet ({err})")))
                 }
-                Err(err) => return Err(err.into()),
-            };
-            if started.elapsed() >= options.address_timeout {
-                return Err(StepError::other(format!(
-                    "no SSH host key for host `{}` through the guest agent of VM {vmid} within {}s ({why}): the image's system must run qemu-guest-agent and sshd, which writes `{ED25519_HOST_KEY}` on first boot; raise `apply.address_timeout` if it boots slowly",
-                    host.host,
-                    options.address_timeout.as_secs()
-                )));
+                Err(err) => Err(err),
             }
-            tokio::time::sleep(options.poll_interval).await;
+        })
+        .await;
+        match found {
+            Ok(key) => Ok(key),
+            Err(AgentWaitError::TimedOut(timed_out)) => Err(StepError::other(format!(
+                "no SSH host key for host `{}` through the guest agent of VM {vmid} on node `{node}` {}: {}; the image's system must run qemu-guest-agent and sshd, which writes `{ED25519_HOST_KEY}` on first boot; raise `apply.address_timeout` if it boots slowly",
+                host.host,
+                timed_out.bound(),
+                timed_out.why()
+            ))),
+            Err(AgentWaitError::Proxmox(err)) => Err(err.into()),
         }
     }
 }

@@ -123,6 +123,18 @@ pub enum ApplyError {
         "the Proxmox cluster `{cluster}` has no quorum, so its configuration (/etc/pve) is read-only: every write would fail, and a destroy could free disks yet keep the VM; nothing was applied (check `pvecm status` on a node, bring enough nodes back online, then run apply again)"
     )]
     NoQuorum { cluster: String },
+    /// What the reviewer was shown is not the plan apply would run (see [`ShownCheck`]).
+    #[error("{0}")]
+    NotShown(String),
+}
+
+/// A check of what the reviewer was shown, beyond the plan's identity: the CLI passes one that
+/// compares the sticky comment's visible text with the rendering of the plan apply is about to
+/// run (`run::shown`), so a comment edited after the plan (its record kept) is refused. Made
+/// after the approval and before any step; skipped with `--allow-new-plan`.
+pub trait ShownCheck: std::fmt::Debug + Sync {
+    /// `Err` with the difference, in words.
+    fn check(&self, plan: &Plan, reviewed: &Reviewed) -> Result<(), String>;
 }
 
 /// The inputs of `nixprox apply` once the flake is evaluated: the CLI's thin entry point.
@@ -146,6 +158,8 @@ pub struct RunRequest<'a> {
     pub options: ApplyOptions,
     /// Set by the caller when the run must stop (the CLI: on SIGINT/SIGTERM).
     pub cancel: &'a Cancel,
+    /// What the reviewer was shown, when it can be checked (the sticky comment).
+    pub shown: Option<&'a dyn ShownCheck>,
 }
 
 /// What a run did: the recomputed plan, why it was accepted, and the report.
@@ -174,6 +188,9 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ApplyError> {
     let approval = approval::check(request.reviewed, &plan, &live, request.allow_new_plan)?;
     for note in &approval.notes {
         tracing::warn!("{note}");
+    }
+    if let (Some(shown), false) = (request.shown, request.allow_new_plan) {
+        shown.check(&plan, request.reviewed).map_err(ApplyError::NotShown)?;
     }
     check_quorum(request.client).await?;
     check_privileges(&request, &plan, &live).await?;
@@ -257,5 +274,10 @@ async fn check_privileges(request: &RunRequest<'_>, plan: &Plan, live: &[LiveVm]
         return Ok(());
     }
     let token = request.client.token_id().to_string();
-    Err(MissingPrivileges { token, role: permissions::APPLY_ROLE, missing }.into())
+    let pve_major = if missing.iter().any(|n| n.is_agent()) {
+        permissions::cluster_major(request.client).await
+    } else {
+        None
+    };
+    Err(MissingPrivileges { token, role: permissions::APPLY_ROLE, missing, pve_major }.into())
 }

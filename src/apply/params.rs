@@ -55,30 +55,42 @@ impl ConfigWrite {
     }
 }
 
+/// Which disks the flake does not declare a write detaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detach<'a> {
+    /// None: an existing VM without a runnable `detach_disk`.
+    Nothing,
+    /// Every one: a VM being created drops its template's extra disks.
+    Undeclared,
+    /// Exactly these slots, the ones the reviewed `detach_disk` names: never a disk attached
+    /// since the plan read the config (the write reads it again, and again after a digest
+    /// conflict), and never one the VM boots from.
+    Slots(&'a [String]),
+}
+
 /// What the write covers beyond the VM's hardware and options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scope {
+pub struct Scope<'a> {
     /// Cloud-init settings (`ciuser`, `sshkeys`, `ipconfig0`, `ciupgrade`) and the cloud-init
     /// drive: only while a VM is being created; an installed NixOS ignores them, and rewriting
     /// them on every update would regenerate the cloud-init image for nothing.
     pub cloud_init: bool,
     /// Firmware: only for a VM being created (an existing VM's change is a replacement).
     pub firmware: bool,
-    /// Disks the flake does not declare are detached: a VM being created (its template's
-    /// extra disks), or an existing one whose `detach_disk` the plan allows. Never the disk an
-    /// existing VM boots from.
-    pub detach_disks: bool,
+    /// Disks the flake does not declare that are detached (see [`Detach`]).
+    pub detach: Detach<'a>,
     /// Declared disks the VM lacks are added: not while the plan holds a `detach_disk` back
     /// (the VM's own disks are not declared yet, see `plan::detach`).
     pub add_disks: bool,
 }
 
-impl Scope {
+impl Scope<'static> {
     /// A VM being created: everything.
-    pub const CREATE: Scope = Scope { cloud_init: true, firmware: true, detach_disks: true, add_disks: true };
+    pub const CREATE: Scope<'static> =
+        Scope { cloud_init: true, firmware: true, detach: Detach::Undeclared, add_disks: true };
     /// An existing VM: its hardware and options, new disks, no detaching.
-    pub const UPDATE: Scope =
-        Scope { cloud_init: false, firmware: false, detach_disks: false, add_disks: true };
+    pub const UPDATE: Scope<'static> =
+        Scope { cloud_init: false, firmware: false, detach: Detach::Nothing, add_disks: true };
 }
 
 /// Characters kept as they are in `sshkeys`: what JavaScript's `encodeURIComponent` keeps,
@@ -118,7 +130,7 @@ pub fn config_write(
     host: &DesiredHost,
     raw: &Map<String, Value>,
     metadata: &Metadata,
-    scope: Scope,
+    scope: Scope<'_>,
 ) -> ConfigWrite {
     let text = |key: &str| raw.get(key).and_then(value_text);
     let flag = |key: &str| raw.get(key).and_then(value_bool).unwrap_or(false);
@@ -193,7 +205,7 @@ pub fn first_storage(host: &DesiredHost) -> String {
     host.spec.disks.values().next().map(|d| d.storage.clone()).unwrap_or_else(|| "local-lvm".into())
 }
 
-fn disks(host: &DesiredHost, raw: &Map<String, Value>, scope: Scope, out: &mut ConfigWrite) {
+fn disks(host: &DesiredHost, raw: &Map<String, Value>, scope: Scope<'_>, out: &mut ConfigWrite) {
     for (slot, disk) in &host.spec.disks {
         match raw.get(slot).and_then(value_text) {
             Some(existing) if matches!(parse_drive(&existing), Drive::Disk(_)) => {
@@ -206,7 +218,7 @@ fn disks(host: &DesiredHost, raw: &Map<String, Value>, scope: Scope, out: &mut C
             _ => {}
         }
     }
-    if !scope.detach_disks {
+    if scope.detach == Detach::Nothing {
         return;
     }
     // An existing VM keeps the disks it boots from whatever the plan said: the boot order may
@@ -219,6 +231,10 @@ fn disks(host: &DesiredHost, raw: &Map<String, Value>, scope: Scope, out: &mut C
             is_drive_key(key)
                 && !host.spec.disks.contains_key(*key)
                 && !booting.contains(key)
+                && match scope.detach {
+                    Detach::Slots(slots) => slots.iter().any(|s| s == *key),
+                    _ => true,
+                }
                 && value_text(value).is_some_and(|v| matches!(parse_drive(&v), Drive::Disk(_)))
         })
         .map(|(key, _)| key)
@@ -294,7 +310,7 @@ mod tests {
         Metadata { host: host.into(), applying: Some("abc".into()), ..Metadata::default() }
     }
 
-    const SCOPE_UPDATE: Scope = Scope::UPDATE;
+    const SCOPE_UPDATE: Scope<'static> = Scope::UPDATE;
 
     #[test]
     fn ssh_keys_are_encoded_like_encode_uri_component() {
@@ -407,8 +423,15 @@ mod tests {
         assert!(write.set.iter().any(|(k, _)| k == "scsi0"), "the declared disk is added: {write:?}");
         // Allowed: the undeclared data disk goes, the boot disk never (the boot order may have
         // changed since the plan).
-        let detach = Scope { detach_disks: true, ..Scope::UPDATE };
+        let slots = ["scsi1".to_string(), "virtio0".to_string()];
+        let detach = Scope { detach: Detach::Slots(&slots), ..Scope::UPDATE };
         assert_eq!(config_write(&host, &live, &meta, detach).delete, ["scsi1"]);
+        // Only the reviewed slots: a disk attached since the plan stays.
+        let mut later = live.clone();
+        later.insert("scsi2".into(), json!("local-lvm:vm-101-disk-2,size=4G"));
+        assert_eq!(config_write(&host, &later, &meta, detach).delete, ["scsi1"]);
+        let none = Scope { detach: Detach::Slots(&[]), ..Scope::UPDATE };
+        assert!(config_write(&host, &later, &meta, none).delete.is_empty());
         // A blocked detach holds the additions back.
         let held = Scope { add_disks: false, ..Scope::UPDATE };
         assert!(!config_write(&host, &live, &meta, held).set.iter().any(|(k, _)| k == "scsi0"));

@@ -227,8 +227,9 @@ impl ApplyReport {
 
     /// Markdown for the merged PR's comment and the job summary.
     pub fn render_markdown(&self) -> String {
+        use crate::text::markdown::{code, escape, quoted};
         let mut out = String::from("### nixprox apply\n\n");
-        let _ = writeln!(out, "Plan `{}`: {}\n", self.plan_id, self.summary_line());
+        let _ = writeln!(out, "Plan {}: {}\n", code(&self.plan_id), escape(&self.summary_line()));
         out.push_str("| host | VM | result | duration | detail |\n| --- | --- | --- | --- | --- |\n");
         for host in &self.hosts {
             let vm = host
@@ -244,11 +245,12 @@ impl ApplyReport {
                 HostOutcome::PendingReboot { keys } => format!("waits for a reboot: {}", keys.join(", ")),
                 HostOutcome::Cancelled { step, reason } => format!("at `{step}`: {reason}"),
             };
-            let detail = detail.replace('|', "\\|");
+            let detail = quoted(&detail);
             let _ = writeln!(
                 out,
-                "| `{}` | {vm} | {} | {} | {detail} |",
-                host.host,
+                "| {} | {} | {} | {} | {detail} |",
+                code(&host.host),
+                escape(&vm),
                 host.outcome.label(),
                 seconds(host.duration_ms)
             );
@@ -256,7 +258,7 @@ impl ApplyReport {
         let warnings: Vec<String> = self
             .hosts
             .iter()
-            .flat_map(|h| h.warnings().map(move |w| format!("- `{}`: {w}", h.host)))
+            .flat_map(|h| h.warnings().map(move |w| format!("- {}: {}", code(&h.host), quoted(w))))
             .collect();
         if !warnings.is_empty() {
             out.push_str("\nTask warnings:\n\n");
@@ -331,7 +333,8 @@ mod tests {
         assert!(text.contains("  error at start: task qmstart failed | x"), "{text}");
         let markdown = report.render_markdown();
         assert!(
-            markdown.contains("| `db` | pve1/new | failed | 2.0s | at `start`: task qmstart failed \\| x |"),
+            markdown
+                .contains("| `db` | pve1/new | failed | 2.0s | at `start`: task qmstart failed &#124; x |"),
             "{markdown}"
         );
         assert!(markdown.contains("- `web`: WARN: slow storage"), "{markdown}");

@@ -95,6 +95,21 @@ impl HostRun<'_> {
         self.plan.actions.iter().any(|a| a.kind == crate::plan::ActionKind::DetachDisk && a.blocked.is_some())
     }
 
+    /// The disk slots the plan's runnable `detach_disk` takes away (`disks.scsi1`, before set,
+    /// after unset): exactly what the reviewer saw, never what the VM has at write time.
+    pub(super) fn detach_slots(&self) -> Vec<String> {
+        self.plan
+            .actions
+            .iter()
+            .filter(|a| a.kind == crate::plan::ActionKind::DetachDisk && a.blocked.is_none())
+            .flat_map(|a| &a.changes)
+            .filter(|c| c.before.is_some() && c.after.is_none())
+            .filter_map(|c| c.field.strip_prefix("disks."))
+            .filter(|slot| !slot.contains('.'))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The metadata block to write: the one in the notes (or a new one), naming the host,
     /// with `applying` set or cleared. An unreadable block is never overwritten.
     pub(super) fn metadata_for(
@@ -145,7 +160,7 @@ impl HostRun<'_> {
         host: &DesiredHost,
         node: &str,
         vmid: u32,
-        scope: Scope,
+        scope: Scope<'_>,
     ) -> Result<Done<()>, StepError> {
         let mut keys = String::new();
         let written = self

@@ -13,6 +13,7 @@ use super::release::{Released, release_vm};
 use super::step::{Done, StepError};
 use crate::flake::DesiredHost;
 use crate::metadata::{Adopted, Block, Metadata};
+use crate::proxmox::agent::{AgentBound, Asked, wait_for_agent};
 use crate::proxmox::guest::{ED25519_HOST_KEY, read_ed25519_host_key};
 use crate::proxmox::migrate::migrate_check;
 use crate::proxmox::post_and_wait;
@@ -24,8 +25,9 @@ use crate::spec::MANAGED_TAG;
 /// What adopting found on the VM.
 pub(super) struct AdoptedVm {
     pub address: String,
-    /// The store path `/run/current-system` pointed to.
-    pub system: String,
+    /// The store path `/run/current-system` pointed to; `None` for a VM adopted to be
+    /// converted (it runs no NixOS).
+    pub system: Option<String>,
 }
 
 impl HostRun<'_> {
@@ -70,8 +72,13 @@ impl HostRun<'_> {
         let metadata = Metadata {
             host: host.host.clone(),
             system: Some(system.clone()),
-            // The flake's layout now: a later change of it plans a gated reinstall.
-            disk_layout: Some(host.system.disk_layout_hash.clone()),
+            // The flake's layout now: a later change of it plans a gated reinstall. A host
+            // without `disko.devices` records that nixprox does not manage its disks.
+            disk_layout: Some(if host.system.manages_disks() {
+                host.system.disk_layout_hash.clone()
+            } else {
+                crate::metadata::LAYOUT_NOT_MANAGED.to_string()
+            }),
             host_key: Some(host_key),
             applying: Some(plan.clone()),
             adopted: Some(Adopted { vmid, plan }),
@@ -87,15 +94,90 @@ impl HostRun<'_> {
             })
             .await?;
         let warnings = written.map(|w| w.warnings).unwrap_or_default();
-        Ok(Done::ok(AdoptedVm { address, system: system.clone() })
+        Ok(Done::ok(AdoptedVm { address, system: Some(system.clone()) })
             .detail(format!("runs `{system}`; {source} matched"))
             .warnings(warnings))
     }
 
-    /// The VM's ed25519 host key, read through its guest agent over the TLS-pinned API.
+    /// Adopts a VM that does not run NixOS, for its conversion (the `reinstall` that follows):
+    /// pins the SSH host key it presents now (`nixprox.convert.hostKey`, else read through the
+    /// guest agent), checks the machine at its address against that key without logging in,
+    /// and only then tags the VM and records the key with the `adopted` marker and no system.
+    /// The install then verifies the machine against that key before nixos-anywhere runs. A
+    /// machine presenting another key fails the host having changed nothing.
+    pub(super) async fn adopt_for_conversion(
+        &self,
+        host: &DesiredHost,
+        node: &str,
+        vmid: u32,
+    ) -> Result<Done<AdoptedVm>, StepError> {
+        let client = self.req.client;
+        let nothing = "nothing was changed";
+        let deployer = self.req.deployer.ok_or_else(|| {
+            StepError::other(format!(
+                "no SSH key configured to verify VM {vmid} before converting it; {nothing}"
+            ))
+        })?;
+        let raw = read_raw(client, node, vmid).await?.ok_or_else(|| {
+            StepError::other(format!("VM {vmid} on node `{node}` is gone (re-run the plan)"))
+        })?;
+        let notes = notes_of(&raw);
+        if tags_of(&raw).contains(MANAGED_TAG) || notes.block != Block::Absent {
+            return Err(StepError::other(format!(
+                "VM {vmid} was tagged `nixprox` or given a metadata block since the plan was made; {nothing} (re-run the plan)"
+            )));
+        }
+        if !power_state(client, node, vmid).await?.is_running() {
+            return Err(StepError::other(format!(
+                "VM {vmid} is not running: nixprox converts a VM only after checking the SSH host key it presents; start it and run apply again ({nothing})"
+            )));
+        }
+        let (host_key, source) = match &host.convert.host_key {
+            Some(key) => (key.trim().to_string(), "the declared `nixprox.convert.hostKey`"),
+            None => (self.agent_host_key(node, vmid).await?, "the key read through the guest agent"),
+        };
+        let address = self.find_address(host, node, vmid).await?.value;
+        let target = self.deploy_target(host, node, vmid, &address, None);
+        deployer
+            .verify_host_key(target, &host_key)
+            .await
+            .map_err(|err| StepError::other(format!("{err:#}")))?;
+        let plan = self.req.reviewed_plan_id.to_string();
+        let metadata = Metadata {
+            host: host.host.clone(),
+            host_key: Some(host_key),
+            applying: Some(plan.clone()),
+            adopted: Some(Adopted { vmid, plan }),
+            ..Metadata::default()
+        };
+        let written = self
+            .cas_write(node, vmid, "adopted it for its conversion", |raw| {
+                let mut tags = tags_of(raw);
+                tags.insert(MANAGED_TAG.into());
+                let current = crate::proxmox::qemu::config_text(raw, "description").unwrap_or_default();
+                let description = super::params::notes(host, &current, &metadata);
+                Ok(Some(vec![("tags".into(), format_tags(&tags)), ("description".into(), description)]))
+            })
+            .await?;
+        let warnings = written.map(|w| w.warnings).unwrap_or_default();
+        Ok(Done::ok(AdoptedVm { address, system: None })
+            .detail(format!("{source} matched the machine (no login); tagged for its conversion"))
+            .warnings(warnings))
+    }
+
+    /// The VM's ed25519 host key, read through its guest agent over the TLS-pinned API. The VM
+    /// runs, but its agent may still be starting (a VM just booted): that is waited out within
+    /// `apply.address_timeout`, as every agent wait is; any other answer counts at once.
     async fn agent_host_key(&self, node: &str, vmid: u32) -> Result<String, StepError> {
         let both = "declare the key in `nixprox.ssh.hostKey`, or make sure qemu-guest-agent runs in the VM; nothing was changed";
-        match read_ed25519_host_key(self.req.client, node, vmid).await {
+        let options = self.req.options;
+        let bound = AgentBound { timeout: options.address_timeout, interval: options.poll_interval };
+        let client = self.req.client;
+        let read = wait_for_agent(node, vmid, "SSH host key", bound, || async {
+            read_ed25519_host_key(client, node, vmid).await.map(Asked::Ready)
+        })
+        .await;
+        match read {
             Ok(Some(key)) => Ok(key),
             Ok(None) => Err(StepError::other(format!(
                 "the guest agent of VM {vmid} answered no ed25519 public key for `{ED25519_HOST_KEY}`; {both}"

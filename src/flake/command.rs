@@ -125,6 +125,8 @@ impl Nix {
     pub async fn version(&self) -> Result<NixVersion, NixError> {
         let output = Command::new(&self.program)
             .arg("--version")
+            .env_clear()
+            .envs(scrubbed_env())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .output()
@@ -139,6 +141,60 @@ impl Nix {
         }
         NixVersion::parse(&stdout).ok_or_else(|| NixError::Version { output: stdout.trim().to_string() })
     }
+}
+
+/// Variables an evaluating `nix` keeps from nixprox's environment, by name.
+const KEPT_VARS: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TMPDIR",
+    "TMP",
+    "TEMP",
+    "TZ",
+    "LANG",
+    "LANGUAGE",
+    "TERM",
+    "NO_COLOR",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "CURL_CA_BUNDLE",
+    "GC_INITIAL_HEAP_SIZE",
+    "http_proxy",
+    "https_proxy",
+    "ftp_proxy",
+    "all_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "FTP_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+];
+
+/// Prefixes of the variables it keeps: nix's own settings (`NIX_CONFIG`, `NIX_PATH`,
+/// `NIX_REMOTE`, `NIX_SSL_CERT_FILE`, …), locales and the XDG directories (nix's cache).
+const KEPT_PREFIXES: &[&str] = &["NIX_", "LC_", "XDG_"];
+
+/// The environment a `nix` that evaluates a flake runs with: the variables nix and its
+/// fetchers read (search path, home and cache, temporary directory, locale, certificates,
+/// proxies, nix's own settings), and nothing else. Tokens (`PROXMOX_API_TOKEN`,
+/// `GITHUB_TOKEN`, `FORGEJO_TOKEN`, an SSH key in `NIXPROX_SSH_KEY`, whatever a workflow adds)
+/// are not among them: a pull request's flake is evaluated with nothing secret in reach of
+/// its evaluation, its fetchers or anything they start. `NIX_CONFIG` is passed on (it is how
+/// CI sets substituters); an `access-tokens` setting in it reaches nix, and docs/security.md
+/// says to keep it out of the plan job. Reads the process environment: the one other place
+/// than `run` that does, so that no caller can forget it.
+pub fn scrubbed_env() -> Vec<(OsString, OsString)> {
+    std::env::vars_os()
+        .filter(|(key, _)| {
+            key.to_str().is_some_and(|key| {
+                KEPT_VARS.contains(&key) || KEPT_PREFIXES.iter().any(|p| key.starts_with(p))
+            })
+        })
+        .collect()
 }
 
 /// Version of the `nix` binary, e.g. `2.8.0` from `nix (Nix) 2.8.0` or `2.91.1` from Lix.
@@ -292,11 +348,17 @@ impl NixCommand {
     }
 
     /// A process for this command with stdin closed, killed when dropped; the caller picks
-    /// what happens to stdout and stderr.
+    /// what happens to stdout and stderr. A command that evaluates a flake (eval, build, flake
+    /// metadata) runs with a scrubbed environment ([`scrubbed_env`]): the flake may be a pull
+    /// request's, and no token nixprox holds is any business of it.
     pub fn command(&self) -> Command {
         let argv = self.argv();
         let mut command = Command::new(&argv[0]);
-        command.args(&argv[1..]).envs(self.env()).stdin(Stdio::null()).kill_on_drop(true);
+        command.args(&argv[1..]);
+        if self.subcommand.evaluates() {
+            command.env_clear().envs(scrubbed_env());
+        }
+        command.envs(self.env()).stdin(Stdio::null()).kill_on_drop(true);
         command
     }
 

@@ -23,6 +23,43 @@ pub struct HostDecl {
     pub ssh: SshDecl,
     pub install: InstallDecl,
     pub deploy: DeployDecl,
+    /// `nixprox.allow` (absent from modules older than it: nothing allowed).
+    #[serde(default)]
+    pub allow: AllowDecl,
+    /// `nixprox.convert` (absent from modules older than it).
+    #[serde(default)]
+    pub convert: ConvertDecl,
+}
+
+/// `nixprox.allow`: this host's own opt-ins to destructive actions, beside the global
+/// `policies` (either one opens the gate).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllowDecl {
+    pub reinstall: bool,
+    pub replace: bool,
+    pub detach_disks: bool,
+}
+
+impl AllowDecl {
+    /// Nothing allowed: left out of the plan id, so older plans keep their ids.
+    pub fn is_none(&self) -> bool {
+        *self == AllowDecl::default()
+    }
+}
+
+/// `nixprox.convert`: what converting a VM that does not run NixOS needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConvertDecl {
+    /// The public SSH host key the VM presents before its conversion.
+    pub host_key: Option<String>,
+}
+
+impl ConvertDecl {
+    pub fn is_none(&self) -> bool {
+        self.host_key.is_none()
+    }
 }
 
 /// `nixprox.network`: the prefix length and gateway that go with a static `nixprox.address`.
@@ -295,6 +332,18 @@ pub struct SystemEval {
     pub serial_console: bool,
 }
 
+/// The disk-layout hash of a host that declares no `disko.devices` (or an empty one): `eval.nix`
+/// hashes `null`. Such a host's layout is not nixprox's to manage: it is never reinstalled for
+/// its layout, and converting a VM needs a declared one.
+pub const NO_DISK_LAYOUT: &str = "sha256:74234e98afe7498fb5daf1f36ac2d78acc339464f950703b8c019892f982b90b";
+
+impl SystemEval {
+    /// Whether the host declares a disk layout (`disko.devices` with at least one device).
+    pub fn manages_disks(&self) -> bool {
+        self.disk_layout_hash != NO_DISK_LAYOUT
+    }
+}
+
 /// Store paths of an image package (`nixprox.bootstrap.image.package`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -330,4 +379,10 @@ pub struct DesiredHost {
     /// changes it. Left out of the plan id when off.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub keep: bool,
+    /// `nixprox.allow`: the host's own gates. Left out of the plan id when nothing is allowed.
+    #[serde(skip_serializing_if = "AllowDecl::is_none")]
+    pub allow: AllowDecl,
+    /// `nixprox.convert`. Left out of the plan id when unset.
+    #[serde(skip_serializing_if = "ConvertDecl::is_none")]
+    pub convert: ConvertDecl,
 }

@@ -218,6 +218,11 @@ pub enum FlakeError {
         "failed to decode the `nixprox` options of host `{host}`: {source} (does the flake use a nixprox module of another version than this binary?)"
     )]
     Decode { host: String, source: serde_json::Error },
+    #[error(
+        "host attribute name {name:?} of flake `{flake}` cannot be shown safely in a plan: {reason} (rename `nixosConfigurations.{safe}` in the flake)",
+        safe = crate::flake::inventory::shown_name(name)
+    )]
+    HostName { flake: String, name: String, reason: String },
     #[error("{}: not in `nixosConfigurations` of flake `{flake}` (check `--hosts`)", names.iter().map(|n| format!("host `{n}`")).collect::<Vec<_>>().join(", "))]
     UnknownHosts { flake: String, names: Vec<String> },
 }
@@ -231,6 +236,40 @@ impl FlakeError {
             _ => None,
         }
     }
+}
+
+/// The longest host attribute name nixprox accepts.
+pub const MAX_HOST_NAME: usize = 128;
+
+/// Whether nixprox can show a host attribute name as it is, everywhere it shows one: in
+/// backticks in the plan comment, in an HTML `<summary>`, in a table cell, in the record's
+/// JSON, in a terminal, in log lines. A name that could end any of these early (a backtick, a
+/// line break, `<`, `|`, …) could hide or fake part of a plan comment, so it is refused
+/// before anything is planned, with the reason. Host names in practice are DNS labels.
+pub fn check_host_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._+-".contains(c);
+    if name.is_empty() {
+        return Err("it is empty".into());
+    }
+    if name.chars().count() > MAX_HOST_NAME {
+        return Err(format!("it is longer than {MAX_HOST_NAME} characters"));
+    }
+    if let Some(bad) = name.chars().find(|c| !allowed(*c)) {
+        return Err(format!(
+            "it contains {bad:?}; nixprox accepts ASCII letters, digits, `.`, `_`, `+` and `-`"
+        ));
+    }
+    if name.starts_with(['.', '-', '+']) {
+        return Err("it starts with `.`, `-` or `+`; start it with a letter, a digit or `_`".into());
+    }
+    Ok(())
+}
+
+/// A name as the error shows it: at most 40 characters, the rest left out.
+pub(crate) fn shown_name(name: &str) -> String {
+    let safe: String =
+        name.chars().map(|c| if c.is_ascii_graphic() { c } else { '?' }).filter(|c| *c != '`').collect();
+    crate::text::truncate(&safe, 40)
 }
 
 /// What `eval.nix` reports for one host.
@@ -305,6 +344,9 @@ pub async fn evaluate(req: &EvalRequest) -> Result<Inventory, FlakeError> {
     let mut hosts = Vec::new();
     let mut skipped = Vec::new();
     for (attr, value) in collected.results {
+        if let Err(reason) = check_host_name(&attr) {
+            return Err(FlakeError::HostName { flake: req.flake.clone(), name: attr, reason });
+        }
         let raw: RawHost = serde_json::from_value(value)
             .map_err(|source| FlakeError::Decode { host: attr.clone(), source })?;
         match (raw.skipped, raw.decl, raw.system) {

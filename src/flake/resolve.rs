@@ -197,6 +197,8 @@ pub fn resolve(
         deploy: decl.deploy.clone(),
         system: system.clone(),
         keep: vm.keep,
+        allow: decl.allow,
+        convert: decl.convert.clone(),
     })
 }
 

@@ -59,6 +59,9 @@ pub struct ReviewedPlan {
     pub plan_id: String,
     /// The JSON of the reviewed-plan record, when the comment has one for this plan id.
     pub record: Option<String>,
+    /// The whole comment, as the forge returned it (apply compares its visible text with the
+    /// plan it runs).
+    pub body: String,
     pub comment_url: Option<String>,
 }
 
@@ -93,6 +96,31 @@ pub fn parse_record_block(body: &str) -> Option<&str> {
     let start = body.rfind(RECORD_MARKER)? + RECORD_MARKER.len();
     let len = body[start..].find(" -->")?;
     Some(&body[start..start + len])
+}
+
+/// The rendered plan of a plan comment `body`: what the forge shows, between the marker line
+/// (which must be the first line) and the record line (which, when there is one, must be the
+/// last). `Err` says what is out of place: text before the marker or after the record is
+/// nothing nixprox wrote.
+pub fn visible_text(body: &str) -> Result<&str, String> {
+    let (first, rest) = body.split_once('\n').unwrap_or((body, ""));
+    if !(first.starts_with(&format!("<!-- {PLAN_MARKER} ")) && first.ends_with(" -->")) {
+        return Err("its first line is not nixprox's plan marker".into());
+    }
+    match rest.rfind(RECORD_MARKER) {
+        None => Ok(rest),
+        Some(start) => {
+            let record = &rest[start..];
+            let end = record.find(" -->").map(|i| i + " -->".len()).unwrap_or(record.len());
+            if !record[end..].trim().is_empty() {
+                return Err("text follows the reviewed-plan record".into());
+            }
+            if start > 0 && !rest[..start].ends_with('\n') {
+                return Err("the reviewed-plan record does not start a line".into());
+            }
+            Ok(&rest[..start])
+        }
+    }
 }
 
 /// The characters left for the rendered plan once the marker line (and the record's line) are
@@ -234,6 +262,7 @@ impl Forge {
             ReviewedPlan {
                 pr: pr.number,
                 record: parse_record_block(&c.body).map(str::to_string),
+                body: c.body.clone(),
                 plan_id,
                 comment_url: c.url.clone(),
             }
@@ -318,6 +347,17 @@ mod tests {
         assert_eq!(parse_plan_marker(&body, "flake=.# settings=nixprox.yaml").as_deref(), Some("p-1f2e"));
         assert_eq!(parse_plan_marker(&body, "other"), None);
         assert_eq!(parse_plan_marker("<!-- something else -->", "k"), None);
+    }
+
+    #[test]
+    fn the_visible_text_is_between_the_marker_and_the_record() {
+        let body = plan_comment_text("k", "id", "## plan\n", Some(r#"{"v":2}"#));
+        assert_eq!(visible_text(&body), Ok("## plan\n"));
+        assert_eq!(visible_text(&plan_comment_text("k", "id", "## plan\n", None)), Ok("## plan\n"));
+        let before = format!("hello\n{body}");
+        assert_eq!(visible_text(&before), Err("its first line is not nixprox's plan marker".into()));
+        let after = format!("{body}\nmore");
+        assert_eq!(visible_text(&after), Err("text follows the reviewed-plan record".into()));
     }
 
     #[test]

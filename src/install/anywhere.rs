@@ -63,6 +63,8 @@ pub struct NixosAnywhere {
     pub kexec: Option<String>,
     /// `(path on the target, local file)` for `--disk-encryption-keys`.
     pub disk_encryption_keys: Vec<(String, PathBuf)>,
+    /// `--ssh-option` values (`ProxyCommand=…` of [`super::pin_proxy`]).
+    pub ssh_options: Vec<String>,
 }
 
 impl NixosAnywhere {
@@ -87,6 +89,9 @@ impl NixosAnywhere {
             "--build-on".into(),
             build_on.into(),
         ]);
+        for option in &self.ssh_options {
+            argv.extend(["--ssh-option".into(), option.clone()]);
+        }
         if let Some(kexec) = &self.kexec {
             argv.extend(["--kexec".into(), kexec.clone()]);
         }
@@ -135,6 +140,7 @@ mod tests {
             build_on: BuildOn::Remote,
             kexec: Some("/srv/kexec.tar.gz".into()),
             disk_encryption_keys: vec![("/tmp/disk.key".into(), "/run/keys/disk".into())],
+            ssh_options: vec!["ProxyCommand=/tmp/pin/proxy".into()],
         }
     }
 
@@ -143,11 +149,17 @@ mod tests {
         assert_eq!(
             full().argv().join(" "),
             "nixos-anywhere --flake /src/lab#web --target-host root@10.0.0.5 -p 2222 -i /tmp/key \
-             --extra-files /tmp/extra --build-on remote --kexec /srv/kexec.tar.gz \
+             --extra-files /tmp/extra --build-on remote --ssh-option ProxyCommand=/tmp/pin/proxy \
+             --kexec /srv/kexec.tar.gz \
              --disk-encryption-keys /tmp/disk.key /run/keys/disk"
         );
-        let minimal =
-            NixosAnywhere { kexec: None, disk_encryption_keys: vec![], build_on: BuildOn::Auto, ..full() };
+        let minimal = NixosAnywhere {
+            kexec: None,
+            disk_encryption_keys: vec![],
+            ssh_options: vec![],
+            build_on: BuildOn::Auto,
+            ..full()
+        };
         assert!(minimal.argv().ends_with(&["--build-on".into(), "auto".into()]));
     }
 

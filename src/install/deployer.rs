@@ -21,7 +21,7 @@ use crate::flake::{Nix, OverrideInput};
 use crate::metadata::Metadata;
 use crate::ssh::{
     ClientKey, ConnectOptions, GeneratedHostKey, HostKeyPolicy, SshError, SshTarget, generate_host_key,
-    probe_system, read_current_system, wait_for_port,
+    probe_system, read_current_system, verify_host_key, wait_for_port,
 };
 
 /// The environment variable read for the SSH key when the settings name neither a key file
@@ -110,7 +110,8 @@ impl SshDeployer {
         let pinned_host_key = install_trust(&target, recorded)?;
         // nixos-anywhere logs in to what runs now: an installed NixOS (a reinstall) as the
         // host's SSH user; a new VM's bootstrap system as the template's cloud-init user.
-        let installed = recorded.is_some_and(|m| m.system.is_some());
+        // A VM being converted runs its old system: logged in to as the host's SSH user too.
+        let installed = recorded.is_some_and(|m| m.system.is_some() || converting(m));
         let user = match &host.bootstrap {
             Bootstrap::Template { user, .. } if !installed => user.clone(),
             _ => self.ssh_user(target),
@@ -319,7 +320,7 @@ impl SshDeployer {
         match read_current_system(&ssh, &key, &policy, &options, Duration::from_secs(30)).await {
             Ok(Some(system)) => Ok(system),
             Ok(None) => bail!(
-                "refusing to adopt `{host}` (VM {vmid}) in place: the machine at `{}` does not run NixOS (it has no `/run/current-system`); nothing was changed. To install NixOS on it, which wipes its disks, tag the VM `nixprox` in Proxmox: the next plan shows a gated `reinstall` (policies.allow_reinstall)",
+                "refusing to adopt `{host}` (VM {vmid}) in place: the machine at `{}` does not run NixOS (it has no `/run/current-system`); nothing was changed. To convert it, which wipes its disks, let the plan read its OS through the guest agent (qemu-guest-agent running; `VM.GuestAgent.Audit`, `VM.Monitor` before Proxmox VE 9, for the plan's token): the next plan shows its conversion as a gated `reinstall` (`nixprox.allow.reinstall`)",
                 target.address
             ),
             Err(err @ SshError::HostKeyMismatch { .. }) => {
@@ -338,6 +339,11 @@ pub fn pinned_host_key<'a>(host: &'a DesiredHost, recorded: Option<&'a Metadata>
     host.ssh.host_key.as_deref().or_else(|| recorded.and_then(|m| m.host_key.as_deref())).map(str::trim)
 }
 
+/// Whether the block is that of a VM adopted for its conversion and not installed yet.
+fn converting(metadata: &Metadata) -> bool {
+    metadata.adopted.is_some() && metadata.system.is_none()
+}
+
 /// Whether two OpenSSH public key lines are the same key (comments do not count).
 fn same_key(a: &str, b: &str) -> bool {
     a.split_whitespace().take(2).eq(b.split_whitespace().take(2))
@@ -351,6 +357,13 @@ fn install_trust(target: &DeployTarget<'_>, recorded: Option<&Metadata>) -> anyh
     if recorded.is_some_and(|m| m.created_uninstalled(target.vmid)) {
         return Ok(None);
     }
+    // A VM adopted to be converted: the key its old system presents, pinned by the adopt step
+    // (a declared `nixprox.ssh.hostKey` is the key the new system will present).
+    if let Some(m) = recorded.filter(|m| converting(m))
+        && let Some(key) = &m.host_key
+    {
+        return Ok(Some(key.trim().to_string()));
+    }
     match pinned_host_key(target.host, recorded) {
         Some(key) => Ok(Some(key.to_string())),
         None => bail!(
@@ -362,7 +375,42 @@ fn install_trust(target: &DeployTarget<'_>, recorded: Option<&Metadata>) -> anyh
     }
 }
 
+impl SshDeployer {
+    async fn verify_host_key_one(&self, target: DeployTarget<'_>, host_key: &str) -> anyhow::Result<()> {
+        let host = &target.host.host;
+        let vmid = target.vmid;
+        let refused = |reason: String| {
+            anyhow!(
+                "refusing to convert `{host}` (VM {vmid}): {reason}; nixprox did not log in, ran no installer and changed nothing"
+            )
+        };
+        let policy = HostKeyPolicy::pinned(host_key).map_err(|err| refused(err.to_string()))?;
+        let ssh = SshTarget {
+            host: host.clone(),
+            address: target.address.to_string(),
+            port: target.host.ssh.port,
+            user: self.ssh_user(target),
+        };
+        let options = ConnectOptions { bound: self.connect_timeout, ..ConnectOptions::default() };
+        match verify_host_key(&ssh, &policy, &options).await {
+            Ok(()) => Ok(()),
+            Err(err @ SshError::HostKeyMismatch { .. }) => Err(refused(err.to_string())),
+            Err(err) => Err(anyhow!(err).context(format!(
+                "failed to check the SSH host key of `{host}` (VM {vmid}) before converting it; nothing was changed"
+            ))),
+        }
+    }
+}
+
 impl NixosDeployer for SshDeployer {
+    fn verify_host_key<'a>(
+        &'a self,
+        target: DeployTarget<'a>,
+        host_key: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(self.verify_host_key_one(target, host_key))
+    }
+
     fn install<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>> {
         Box::pin(self.install_one(target))
     }

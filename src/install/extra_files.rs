@@ -5,7 +5,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use secrecy::ExposeSecret;
 
@@ -14,13 +14,32 @@ use crate::ssh::GeneratedHostKey;
 /// Where the host key goes, relative to the new system's root.
 pub const HOST_KEY_PATH: &str = "etc/ssh/ssh_host_ed25519_key";
 
-/// Builds the directory in a fresh private temporary directory (removed on drop). The user's
-/// `etc/ssh/ssh_host_ed25519_key`, if any, is replaced by `host_key`.
-pub fn prepare_extra_files(
-    host_key: &GeneratedHostKey,
-    user_dir: Option<&Path>,
-) -> io::Result<tempfile::TempDir> {
-    let dir = tempfile::Builder::new().prefix("nixprox-extra-files-").tempdir()?;
+/// The `--extra-files` directory, inside a private directory; both removed on drop.
+#[derive(Debug)]
+pub struct ExtraFiles {
+    _private: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl ExtraFiles {
+    /// The directory to pass as `--extra-files`.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// Builds the directory `root` inside a new private (0700) directory (see
+/// [`crate::ssh::private_dir`]: under `$RUNNER_TEMP` when set), so no other user of the runner
+/// can reach the host key in it. `root` itself is 0755, the mode the installed system's `/`
+/// gets when the installer unpacks it there. The user's `etc/ssh/ssh_host_ed25519_key`, if
+/// any, is replaced by `host_key`. Build it right before the installer runs: it holds the
+/// host's private key.
+pub fn prepare_extra_files(host_key: &GeneratedHostKey, user_dir: Option<&Path>) -> io::Result<ExtraFiles> {
+    let private = crate::ssh::private_dir("nixprox-extra-files-")?;
+    let root = private.path().join("root");
+    fs::create_dir(&root)?;
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o755))?;
+    let dir = ExtraFiles { _private: private, root };
     if let Some(user_dir) = user_dir {
         copy_tree(user_dir, dir.path())
             .map_err(|err| io::Error::new(err.kind(), format!("copying `{}`: {err}", user_dir.display())))?;
@@ -86,8 +105,14 @@ mod tests {
             fs::read_to_string(key_path.with_extension("pub")).expect("read"),
             format!("{}\n", key.public)
         );
+        let parent = dir.path().parent().expect("parent");
+        assert_eq!(fs::metadata(parent).expect("stat").permissions().mode() & 0o777, 0o700);
+        assert_eq!(fs::metadata(dir.path()).expect("stat").permissions().mode() & 0o777, 0o755);
+        let kept = parent.to_path_buf();
         let token = dir.path().join("var/lib/secrets/token");
         assert_eq!(fs::read_to_string(&token).expect("read"), "t");
         assert_eq!(fs::metadata(&token).expect("stat").permissions().mode() & 0o777, 0o400);
+        drop(dir);
+        assert!(!kept.exists(), "removed on drop");
     }
 }

@@ -11,6 +11,7 @@ mod boot;
 mod deployer;
 mod extra_files;
 mod nix;
+mod pin_proxy;
 mod run;
 mod switch;
 
@@ -18,6 +19,7 @@ pub use anywhere::{CLI_FLAGS, NixosAnywhere, default_command};
 pub use deployer::{DEFAULT_KEY_ENV, SshDeployer, pinned_host_key};
 pub use extra_files::{HOST_KEY_PATH, prepare_extra_files};
 pub use nix::{NixCopy, build_toplevel};
+pub use pin_proxy::{PinProxy, PinProxyRequest, pin_proxy};
 pub use run::{CommandSpec, RunFailure, TAIL_LINES, run_streaming};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -139,21 +141,26 @@ pub enum InstallError {
     SystemMismatch { host: String, expected: String, got: String },
 }
 
+/// A disk key on its way to the installer: a file the user keeps, or bytes from the
+/// environment, written to a private file only right before the installer runs.
+enum DiskKey {
+    File(std::path::PathBuf),
+    Bytes(secrecy::SecretBox<Vec<u8>>),
+}
+
 /// Installs NixOS on a VM reachable at the request's address: waits for its SSH port, runs
 /// nixos-anywhere with the pinned host key in `--extra-files`, waits for the rebooted host to
 /// answer with that key, and checks that it runs the expected toplevel.
 pub async fn install_host(request: &InstallRequest) -> Result<InstallOutcome, InstallError> {
     let host = request.host.clone();
     let prepare = |reason: String| InstallError::Prepare { host: host.clone(), reason };
-    let key_file = request.key.materialize()?;
     let policy = HostKeyPolicy::pinned(&request.host_key.public)?;
-    let extra = prepare_extra_files(&request.host_key, request.extra_files.as_deref())
-        .map_err(|err| prepare(format!("failed to build the `--extra-files` directory: {err}")))?;
-    let mut disk_key_files = Vec::new();
-    let mut disk_keys = Vec::new();
+    // Disk keys from the environment are read (and a missing one refused) before waiting, but
+    // written to disk only right before the installer runs.
+    let mut disk_sources = Vec::new();
     for (remote, source) in &request.disk_encryption_keys {
-        let local = match source {
-            DiskKeySource::File(path) => path.clone(),
+        let source = match source {
+            DiskKeySource::File(path) => DiskKey::File(path.clone()),
             DiskKeySource::Env(var) => {
                 // Byte for byte: a key's trailing newline or spaces are part of the key.
                 let value = std::env::var_os(var).filter(|v| !v.is_empty()).ok_or_else(|| {
@@ -161,18 +168,50 @@ pub async fn install_host(request: &InstallRequest) -> Result<InstallOutcome, In
                         "environment variable `{var}` for disk key `{remote}` is not set or empty (set the CI secret)"
                     ))
                 })?;
-                let file =
-                    KeyFile::from_exact_bytes(std::os::unix::ffi::OsStrExt::as_bytes(value.as_os_str()))?;
+                DiskKey::Bytes(secrecy::SecretBox::new(Box::new(
+                    std::os::unix::ffi::OsStrExt::as_bytes(value.as_os_str()).to_vec(),
+                )))
+            }
+        };
+        disk_sources.push((remote.clone(), source));
+    }
+    // Every secret is written only once the machine answers (the port wait can take minutes),
+    // each in its own private directory, removed when this function returns or is dropped.
+    wait_for_port(&request.host, &request.address, request.port, request.connect_timeout).await?;
+    let key_file = request.key.materialize()?;
+    if let Some(pinned) = &request.pinned_host_key {
+        verify_target(request, &key_file, pinned).await?;
+    }
+    let extra = prepare_extra_files(&request.host_key, request.extra_files.as_deref())
+        .map_err(|err| prepare(format!("failed to build the `--extra-files` directory: {err}")))?;
+    let mut disk_key_files = Vec::new();
+    let mut disk_keys = Vec::new();
+    for (remote, source) in disk_sources {
+        let local = match source {
+            DiskKey::File(path) => path,
+            DiskKey::Bytes(bytes) => {
+                use secrecy::ExposeSecret;
+                let file = KeyFile::from_exact_bytes(bytes.expose_secret())?;
                 let path = file.path().to_path_buf();
                 disk_key_files.push(file);
                 path
             }
         };
-        disk_keys.push((remote.clone(), local));
+        disk_keys.push((remote, local));
     }
-    wait_for_port(&request.host, &request.address, request.port, request.connect_timeout).await?;
+    // With a pinned key, nixos-anywhere's own (unchecked) connections go through a tunnel
+    // that verifies it (see `pin_proxy`): no window between the check above and the installer.
+    let mut proxy = None;
     if let Some(pinned) = &request.pinned_host_key {
-        verify_target(request, &key_file, pinned).await?;
+        let pin = PinProxyRequest {
+            address: &request.address,
+            port: request.port,
+            user: &request.user,
+            identity: key_file.path(),
+            pinned,
+        };
+        proxy =
+            Some(pin_proxy(&pin).map_err(|err| prepare(format!("failed to write the SSH proxy: {err}")))?);
     }
     let anywhere = NixosAnywhere {
         command: request.command.clone(),
@@ -186,6 +225,7 @@ pub async fn install_host(request: &InstallRequest) -> Result<InstallOutcome, In
         build_on: request.build_on,
         kexec: request.kexec_image.clone(),
         disk_encryption_keys: disk_keys,
+        ssh_options: proxy.iter().map(PinProxy::ssh_option).collect(),
     };
     tracing::info!(host = %request.host, "installing NixOS with nixos-anywhere");
     let spec = CommandSpec { argv: anywhere.argv(), env: Vec::new() };
@@ -193,6 +233,7 @@ pub async fn install_host(request: &InstallRequest) -> Result<InstallOutcome, In
         .await
         .map_err(|failure| InstallError::Installer { host: host.clone(), reason: failure.describe() })?;
     drop(disk_key_files);
+    drop(proxy);
     let target = SshTarget {
         host: request.host.clone(),
         address: request.address.clone(),

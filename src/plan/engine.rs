@@ -158,10 +158,13 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
     if host.keep {
         return plan_kept(host, found);
     }
+    let global = policies;
+    let policies = super::gates::for_host(global, host);
     let mut vm = VmRef { node: host.node.clone(), vmid: host.vmid };
     let mut drift = None;
     let mut pending = Vec::new();
     let mut pool_move = None;
+    let mut pending_reboot = None;
     let actions = match found {
         Found::None => plan_create(host),
         Found::Taken(other) => vec![blocked(
@@ -202,15 +205,26 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
             pending = live.config.as_ref().map(|c| c.pending.iter().cloned().collect()).unwrap_or_default();
             let actions = plan_existing(host, live, adopting, policies, drift.as_ref());
             pool_move = pool_move_of(host, live, &actions);
+            pending_reboot = super::pending::pending_of(host, live, &actions);
             actions
         }
     };
-    let actions = if actions.is_empty() {
+    let mut actions = if actions.is_empty() {
         vec![action(ActionKind::Noop, in_sync_reason(pending), Vec::new())]
     } else {
         actions
     };
-    HostPlan { host: host.host.clone(), vm, orphan: false, drift, actions, pool_move, nixos_changes: None }
+    super::gates::note_opt_ins(&mut actions, global, host);
+    HostPlan {
+        host: host.host.clone(),
+        vm,
+        orphan: false,
+        drift,
+        actions,
+        pool_move,
+        nixos_changes: None,
+        pending_reboot,
+    }
 }
 
 /// A host with `nixprox.vm.keep`: `release` of the VM nixprox manages for it, else `noop`.
@@ -237,6 +251,7 @@ fn plan_kept(host: &DesiredHost, found: Found<'_>) -> HostPlan {
         actions,
         pool_move: None,
         nixos_changes: None,
+        pending_reboot: None,
     }
 }
 
@@ -249,7 +264,7 @@ fn pool_move_of(host: &DesiredHost, live: &LiveVm, actions: &[Action]) -> Option
 }
 
 /// "in sync", or that the VM is in sync once it reboots into changes already made.
-fn in_sync_reason(pending: Vec<String>) -> String {
+pub(super) fn in_sync_reason(pending: Vec<String>) -> String {
     if pending.is_empty() {
         "in sync".to_string()
     } else {
@@ -326,7 +341,18 @@ fn plan_existing(
             None,
         )];
     };
-    if adopting {
+    // A VM to adopt whose guest agent reports another OS than NixOS is converted: adopted with
+    // the key it presents now, then reinstalled (gated), never switched.
+    let mut conversion = None;
+    if adopting && let Some(os) = super::adopt::other_os(config) {
+        let (adopt, reinstall) = super::adopt::convert_actions(host, live, config, os, policies);
+        if adopt.blocked.is_some() || reinstall.blocked.is_some() {
+            // Nothing changes on a VM whose conversion is not allowed: no tag, no update.
+            return vec![adopt, reinstall];
+        }
+        actions.push(adopt);
+        conversion = Some(reinstall);
+    } else if adopting {
         let adopt = super::adopt::adopt_action(host, live, config);
         if adopt.blocked.is_some() {
             // Nothing may change on a VM nixprox cannot adopt: no tag, no update.
@@ -350,7 +376,9 @@ fn plan_existing(
     actions.extend(update_action(updates));
     actions.extend(detach);
     actions.extend(resize_action(grows));
-    if adopting {
+    if let Some(reinstall) = conversion {
+        actions.push(reinstall);
+    } else if adopting {
         actions.extend(super::adopt::adopted_switch(host));
     } else {
         actions.extend(plan_system(host, live, policies, drift));
@@ -514,6 +542,7 @@ fn plan_orphan(vm: &LiveVm, policies: Policies) -> HostPlan {
         actions: vec![destroy],
         pool_move: None,
         nixos_changes: None,
+        pending_reboot: None,
     }
 }
 
@@ -523,6 +552,9 @@ pub(super) fn summarize(hosts: &[HostPlan]) -> Summary {
     for host in hosts {
         if host.orphan {
             summary.orphans += 1;
+        }
+        if host.pending_reboot.is_some() {
+            summary.pending_reboot += 1;
         }
         for action in &host.actions {
             if action.blocked.is_some() {

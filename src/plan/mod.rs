@@ -4,10 +4,12 @@ mod adopt;
 mod detach;
 pub mod engine;
 pub mod fields;
+mod gates;
 pub mod hardware;
 pub mod id;
 pub mod image;
 pub mod model;
+mod pending;
 pub mod privileges;
 mod system;
 #[cfg(test)]
@@ -18,6 +20,6 @@ mod tests;
 pub use engine::{PlanInput, plan, plan_with_images};
 pub use image::image_stores_to_read;
 pub use model::{
-    Action, ActionKind, Blocked, Change, Drift, Effect, HostPlan, Plan, PoolMove, Probe, ProbeReport,
-    Summary, Unreachable, VmRef,
+    Action, ActionKind, Blocked, Change, Drift, Effect, HostPlan, PendingReboot, Plan, PoolMove, Probe,
+    ProbeReport, Summary, Unreachable, VmRef,
 };

@@ -167,6 +167,25 @@ pub struct HostPlan {
     /// system changes; set after planning (`run::changes`), never part of the plan id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nixos_changes: Option<crate::nixos_changes::NixosChanges>,
+    /// Changes Proxmox holds as pending for the running VM (applied earlier without a reboot):
+    /// a state the plan shows until the VM runs them, never an action (apply does not write
+    /// them again). Volatile live data: never part of the plan id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_reboot: Option<PendingReboot>,
+}
+
+/// What waits for a VM's restart: in its config (so the plan compares the flake with it and
+/// plans nothing), not yet in the running VM.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PendingReboot {
+    /// The Proxmox config keys with a pending value or removal (`memory`, `cores`, `net1`), as
+    /// `/pending` lists them.
+    pub keys: Vec<String>,
+    /// Field by field, named like the module options: `before` what the VM runs, `after` what
+    /// it takes at its next start. Empty when only keys nixprox does not model are pending.
+    pub changes: Vec<Change>,
+    /// How to make them take effect, in one sentence.
+    pub how: String,
 }
 
 /// A VM moving between resource pools (`None`: no pool). Pool membership is not part of the
@@ -216,6 +235,12 @@ impl HostPlan {
     pub fn has_changes(&self) -> bool {
         self.actions.iter().any(|a| a.kind != ActionKind::Noop)
     }
+
+    /// Whether the host is in sync in every way: nothing planned and nothing waiting for a
+    /// reboot. Renderings list such hosts as unchanged.
+    pub fn is_unchanged(&self) -> bool {
+        !self.has_changes() && self.pending_reboot.is_none()
+    }
 }
 
 /// Per-kind counts of runnable (not blocked) actions, plus the blocked ones.
@@ -226,6 +251,8 @@ pub struct Summary {
     pub counts: BTreeMap<&'static str, usize>,
     pub blocked: usize,
     pub orphans: usize,
+    /// Hosts whose VM has changes waiting for a reboot ([`HostPlan::pending_reboot`]).
+    pub pending_reboot: usize,
 }
 
 impl Summary {
@@ -256,6 +283,11 @@ impl Plan {
     /// Whether applying would do anything (blocked actions count: a reviewer must see them).
     pub fn has_changes(&self) -> bool {
         self.hosts.iter().any(HostPlan::has_changes)
+    }
+
+    /// Whether a VM has changes waiting for a reboot: `drift` keeps its issue open for them.
+    pub fn has_pending(&self) -> bool {
+        self.hosts.iter().any(|h| h.pending_reboot.is_some())
     }
 
     /// Whether any destructive action is planned or blocked: the renderings show a banner.

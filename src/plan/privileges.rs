@@ -122,8 +122,14 @@ fn host_needs(
         add(&["VM.Config.Options"], &vm, None, "tag and metadata block");
         update_needs(planned, host, &vm, &mut add);
     }
+    // A conversion (adopt + reinstall) pins the key of the old system: `nixprox.convert.hostKey`.
+    let converting = has(ActionKind::Adopt) && has(ActionKind::Reinstall);
+    if converting && !creating {
+        add(AGENT_READ, &vm, None, "what it runs, read again as the plan read it (guest agent)");
+    }
     if has(ActionKind::Adopt) && !creating && deploying {
-        if host.ssh.host_key.is_none() {
+        let declared = if converting { host.convert.host_key.is_some() } else { host.ssh.host_key.is_some() };
+        if !declared {
             add(AGENT_FILE_READ, &vm, None, "its SSH host key, to adopt it (guest agent)");
         }
         if host.address.is_none() {

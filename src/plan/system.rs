@@ -6,7 +6,8 @@ use serde_json::json;
 
 use crate::config::Policies;
 use crate::flake::DesiredHost;
-use crate::flake::host::DeployStrategy;
+use crate::flake::host::{DeployStrategy, NO_DISK_LAYOUT};
+use crate::metadata::LAYOUT_NOT_MANAGED;
 use crate::proxmox::LiveVm;
 use crate::spec::KEXEC_MIN_MEMORY_MIB;
 
@@ -47,12 +48,19 @@ pub(super) fn plan_system(
         return vec![first_install(host, live, policies)];
     };
     let recorded_layout = metadata.and_then(|m| m.disk_layout.as_deref());
+    // A host without `disko.devices` does not manage its disks: never a reinstall for them.
     if let Some(layout) = recorded_layout
+        && want.manages_disks()
         && layout != want.disk_layout_hash
     {
+        let why = if layout == LAYOUT_NOT_MANAGED || layout == NO_DISK_LAYOUT {
+            "the disks were not laid out by nixprox (layout not managed) and `disko.devices` is declared now; laying them out wipes them"
+        } else {
+            "the disk layout (disko.devices) changed; the disks must be repartitioned"
+        };
         let reinstall = action(
             ActionKind::Reinstall,
-            "the disk layout (disko.devices) changed; the disks must be repartitioned",
+            why,
             vec![
                 Change {
                     field: "diskLayout".into(),
@@ -119,23 +127,46 @@ fn first_install(host: &DesiredHost, live: &LiveVm, policies: Policies) -> Actio
                 "the metadata block says nixprox created VM {}, but this is VM {} (a copy or a restore?)",
                 created.vmid, live.vmid
             ),
+            None if m.adopted.is_some() && m.host_key.is_some() => format!(
+                "nixprox adopted VM {} to convert it to NixOS (pinning the SSH host key it presented) and has not installed NixOS on it yet",
+                live.vmid
+            ),
             None if m.applying.is_some() => "an install started by an earlier nixprox did not finish, and its block does not record that nixprox created the VM (allow the install with `policies.allow_reinstall`, or delete the VM so nixprox creates it anew)".to_string(),
             None => "no NixOS system is recorded and nixprox did not create this VM".to_string(),
         },
     };
+    let converting = metadata.is_some_and(|m| m.adopted.is_some());
+    let mut changes = vec![Change {
+        field: "system".into(),
+        before: None,
+        after: Some(json!(host.system.toplevel)),
+        effect: None,
+    }];
+    // A conversion adopted by an earlier run of the plan: the same changes as the conversion's
+    // reviewed `reinstall` (plan/adopt.rs), so a re-run resumes exactly what was reviewed.
+    if converting && host.system.manages_disks() {
+        changes.push(Change {
+            field: "diskLayout".into(),
+            before: None,
+            after: Some(json!(host.system.disk_layout_hash)),
+            effect: None,
+        });
+    }
     let reinstall = action(
         ActionKind::Reinstall,
         format!(
             "{why}; installing NixOS wipes its disks (if it already runs NixOS, `nixprox forget {}` lets the next plan adopt it in place instead)",
             host.host
         ),
-        vec![Change {
-            field: "system".into(),
-            before: None,
-            after: Some(json!(host.system.toplevel)),
-            effect: None,
-        }],
+        changes,
     );
+    if converting && !host.system.manages_disks() {
+        return blocked(
+            reinstall,
+            "the host declares no `disko.devices`: nixos-anywhere lays out the disks with it, so converting needs one (declare the layout the new system gets)",
+            None,
+        );
+    }
     gate_reinstall(reinstall, live, policies)
 }
 

@@ -90,6 +90,8 @@ pub fn host(name: &str) -> DesiredHost {
             serial_console: false,
         },
         keep: false,
+        allow: Default::default(),
+        convert: Default::default(),
     }
 }
 
@@ -116,7 +118,9 @@ pub fn live(name: &str, vmid: u32) -> LiveVm {
             }),
             unreadable_block: None,
             pending: BTreeSet::new(),
+            running: None,
             boot_disks: vec!["scsi0".into()],
+            guest_os: None,
         }),
         ha_state: None,
     }

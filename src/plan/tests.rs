@@ -565,3 +565,188 @@ fn nixos_changes_never_enter_the_plan_id() {
     changed.hosts[0].nixos_changes = Some(NixosChanges::NewHost);
     assert_eq!(super::id::plan_id(&changed.hosts, &desired, Policies::default()), id);
 }
+
+/// A VM whose memory change waits for a reboot (applied with `deploy.allowReboot` off): the
+/// config it will start with matches the flake, so nothing is planned, but the plan keeps the
+/// change in view as a state with how to make it take effect; the plan id does not depend on it.
+fn waiting_for_a_reboot(name: &str, vmid: u32) -> LiveVm {
+    let mut vm = live(name, vmid);
+    let mut old = config(&mut vm).spec.clone();
+    old.memory_mib = 2048;
+    config(&mut vm).spec.memory_mib = 4096;
+    config(&mut vm).running = Some(old);
+    config(&mut vm).pending = BTreeSet::from(["memory".to_string()]);
+    vm
+}
+
+#[test]
+fn a_change_waiting_for_a_reboot_stays_in_view_as_a_state_not_an_action() {
+    let mut web = host("web");
+    web.spec.memory_mib = 4096;
+    let plan = run(&[web.clone()], &[waiting_for_a_reboot("web", 101)], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::Noop, false)], "nothing to write again");
+    assert!(!plan.has_changes());
+    assert!(plan.has_pending());
+    assert_eq!(plan.summary.pending_reboot, 1);
+    let pending = plan.hosts[0].pending_reboot.as_ref().expect("pending");
+    assert_eq!(pending.keys, ["memory"]);
+    assert_eq!(pending.changes.len(), 1, "{pending:?}");
+    assert_eq!(pending.changes[0].field, "memory");
+    assert_eq!(
+        (pending.changes[0].before.clone(), pending.changes[0].after.clone()),
+        (Some(json!(2048)), Some(json!(4096)))
+    );
+    assert_eq!(
+        pending.how,
+        "the VM still runs the old values: reboot VM 101 to make them take effect (Reboot in the Proxmox UI, or `qm reboot 101` on node `pve1`), or set `nixprox.deploy.allowReboot = true` for host `web` so that apply reboots it whenever it changes the VM"
+    );
+
+    // The same plan once the VM rebooted: same id (a reboot between review and merge must not
+    // refuse the reviewed plan), nothing pending any more.
+    let mut rebooted = live("web", 101);
+    config(&mut rebooted).spec.memory_mib = 4096;
+    let after = run(&[web], &[rebooted], Policies::default());
+    assert_eq!(after.hosts[0].pending_reboot, None);
+    assert_eq!(after.plan_id, plan.plan_id);
+}
+
+#[test]
+fn with_allow_reboot_and_an_update_the_apply_of_the_plan_reboots_into_what_is_pending() {
+    let mut web = host("web");
+    web.spec.memory_mib = 4096;
+    web.spec.cores = 4;
+    web.deploy.allow_reboot = true;
+    let plan = run(&[web.clone()], &[waiting_for_a_reboot("web", 101)], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::UpdateVm, false)], "only the new change is written");
+    let update = &plan.hosts[0].actions[0];
+    assert!(update.changes.iter().all(|c| c.field != "memory"), "{update:?}");
+    let pending = plan.hosts[0].pending_reboot.as_ref().expect("pending");
+    assert!(pending.how.starts_with("the apply of this plan reboots VM 101"), "{}", pending.how);
+
+    // Nothing else to do: the operator reboots it (nixprox reboots only when it changes the VM).
+    web.spec.cores = 2;
+    let plan = run(&[web], &[waiting_for_a_reboot("web", 101)], Policies::default());
+    let pending = plan.hosts[0].pending_reboot.as_ref().expect("pending");
+    assert!(
+        pending.how.ends_with("nixprox reboots it itself only when an apply changes the VM"),
+        "{}",
+        pending.how
+    );
+}
+
+fn with_os(mut vm: LiveVm, os: crate::proxmox::guest::GuestOs) -> LiveVm {
+    config(&mut vm).guest_os = Some(os);
+    vm
+}
+
+fn debian() -> crate::proxmox::guest::GuestOs {
+    crate::proxmox::guest::GuestOs::Read { id: "debian".into(), pretty_name: "Debian GNU/Linux 12".into() }
+}
+
+#[test]
+fn a_vm_whose_agent_reports_another_os_is_converted_never_switched() {
+    let vm = with_os(unmanaged(150), debian());
+    // Nothing allows the reinstall: both blocked, with the host's own option named.
+    let plan = run(&[host("web")], std::slice::from_ref(&vm), Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::Adopt, true), (K::Reinstall, true)]);
+    let reinstall = &plan.hosts[0].actions[1];
+    assert_eq!(
+        reinstall.blocked.as_ref().and_then(|b| b.setting.as_deref()),
+        Some("nixprox.allow.reinstall")
+    );
+    let adopt = &plan.hosts[0].actions[0];
+    assert_eq!(adopt.changes[1].field, "os");
+    assert_eq!(
+        (adopt.changes[1].before.clone(), adopt.changes[1].after.clone()),
+        (Some(json!("debian")), Some(json!("nixos")))
+    );
+    assert!(plan.has_destructive());
+    // The host's opt-in opens it, and says so; the global policy does too, silently.
+    let mut allowed = host("web");
+    allowed.allow.reinstall = true;
+    let plan = run(&[allowed], std::slice::from_ref(&vm), Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::Adopt, false), (K::Reinstall, false)]);
+    assert!(
+        plan.hosts[0].actions[1]
+            .reason
+            .ends_with("(allowed for this host alone by `nixprox.allow.reinstall = true`)")
+    );
+    let plan = run(&[host("web")], std::slice::from_ref(&vm), all());
+    assert_eq!(kinds(&plan, "web"), [(K::Adopt, false), (K::Reinstall, false)]);
+    assert!(!plan.hosts[0].actions[1].reason.contains("for this host alone"));
+    // Another host's opt-in opens nothing here.
+    let mut other = host("db");
+    other.allow.reinstall = true;
+    let plan = run(&[host("web"), other], std::slice::from_ref(&vm), Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::Adopt, true), (K::Reinstall, true)]);
+    // No layout to install with, or a protected VM: blocked whatever allows it, no setting.
+    let mut no_disko = host("web");
+    no_disko.system.disk_layout_hash = crate::flake::host::NO_DISK_LAYOUT.into();
+    let plan = run(&[no_disko], std::slice::from_ref(&vm), all());
+    let blocked = plan.hosts[0].actions[1].blocked.clone().expect("blocked");
+    assert!(
+        blocked.reason.contains("declares no `disko.devices`") && blocked.setting.is_none(),
+        "{blocked:?}"
+    );
+    // The new system's key declared without its private half: the install could not put it
+    // in place, so nothing starts.
+    let mut declared = host("web");
+    declared.ssh.host_key = Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAInew".into());
+    let plan = run(&[declared], std::slice::from_ref(&vm), all());
+    let blocked = plan.hosts[0].actions[1].blocked.clone().expect("blocked");
+    assert!(blocked.reason.contains("`nixprox.install.hostKeyFile`"), "{blocked:?}");
+    let mut protected = vm.clone();
+    config(&mut protected).spec.protection = true;
+    let plan = run(&[host("web")], &[protected], all());
+    assert_eq!(kinds(&plan, "web"), [(K::Adopt, true), (K::Reinstall, true)]);
+}
+
+#[test]
+fn nixos_and_an_unread_os_plan_the_same_adoption_and_plan_id() {
+    use crate::proxmox::guest::GuestOs;
+    let nixos =
+        with_os(unmanaged(150), GuestOs::Read { id: "nixos".into(), pretty_name: "NixOS 24.11".into() });
+    let unknown = with_os(unmanaged(150), GuestOs::Unknown { reason: "403".into() });
+    let a = run(&[host("web")], &[nixos], Policies::default());
+    let b = run(&[host("web")], &[unknown], Policies::default());
+    let c = run(&[host("web")], &[unmanaged(150)], Policies::default());
+    assert_eq!(kinds(&a, "web"), [(K::Adopt, false), (K::Switch, false)]);
+    assert_eq!((a.plan_id.clone(), b.plan_id.clone()), (c.plan_id.clone(), c.plan_id.clone()));
+    // Debian 12 or 13: the same plan id (only the os-release ID enters it).
+    let twelve = run(&[host("web")], &[with_os(unmanaged(150), debian())], Policies::default());
+    let thirteen = GuestOs::Read { id: "debian".into(), pretty_name: "Debian GNU/Linux 13".into() };
+    let thirteen = run(&[host("web")], &[with_os(unmanaged(150), thirteen)], Policies::default());
+    assert_eq!(twelve.plan_id, thirteen.plan_id);
+    assert_ne!(twelve.plan_id, c.plan_id);
+}
+
+#[test]
+fn a_host_without_disko_never_reinstalls_for_its_layout_until_it_declares_one() {
+    let mut vm = live("web", 101);
+    config(&mut vm).metadata.as_mut().expect("block").disk_layout =
+        Some(crate::metadata::LAYOUT_NOT_MANAGED.into());
+    let mut no_disko = host("web");
+    no_disko.system.disk_layout_hash = crate::flake::host::NO_DISK_LAYOUT.into();
+    let plan = run(std::slice::from_ref(&no_disko), std::slice::from_ref(&vm), all());
+    assert_eq!(kinds(&plan, "web"), [(K::Noop, false)]);
+    // A layout recorded earlier, and the host drops disko: still never a reinstall.
+    let plan = run(&[no_disko], &[live("web", 101)], all());
+    assert_eq!(kinds(&plan, "web"), [(K::Noop, false)]);
+    // Declared now: a gated reinstall that says the disks were not nixprox's.
+    let plan = run(&[host("web")], &[vm], Policies::default());
+    assert_eq!(kinds(&plan, "web"), [(K::Reinstall, true)]);
+    assert!(plan.hosts[0].actions[0].reason.contains("layout not managed"));
+}
+
+#[test]
+fn per_host_opt_ins_open_replace_and_detach_for_that_host_alone() {
+    let mut vm = live("web", 101);
+    config(&mut vm).spec.bios = crate::spec::Bios::Ovmf;
+    let mut allowed = host("web");
+    allowed.allow.replace = true;
+    allowed.bootstrap = crate::flake::host::Bootstrap::Iso { iso: "local:iso/nixos.iso".into() };
+    let plan = run(&[allowed], &[vm], Policies::default());
+    let replace = plan.hosts[0].actions.iter().find(|a| a.kind == K::ReplaceVm).expect("replace");
+    assert!(replace.blocked.is_none(), "{replace:?}");
+    assert!(replace.reason.ends_with("(allowed for this host alone by `nixprox.allow.replace = true`)"));
+}

@@ -176,14 +176,17 @@ impl ProxmoxError {
         matches!(self, ProxmoxError::Http { status: 500, message, .. } if message.contains("does not exist"))
     }
 
-    /// "QEMU guest agent is not running" (the guest is still booting) and an agent that does
-    /// not answer yet (`guest-ping … got timeout`) both mean: ask again later.
+    /// The guest agent is not there yet, so ask again later: qemu-server's
+    /// `assert_agent_available` (`PVE/QemuServer/Agent.pm`) answers 500 "QEMU guest agent is
+    /// not running" while the guest boots (PVE 8 and 9), and an agent that does not answer yet
+    /// times out (`VM 101 qmp command 'guest-ping' failed - got timeout`). The one place that
+    /// decides it, for every agent wait ([`super::agent::wait_for_agent`]). A stopped VM
+    /// ("VM 101 is not running") is not "not yet": waiting would not start it.
     pub fn agent_not_ready(&self) -> bool {
         match self {
             ProxmoxError::Http { status: 500, message, .. } => {
-                message.contains("guest agent is not running")
-                    || message.contains("got timeout")
-                    || message.contains("not running")
+                message.contains("QEMU guest agent is not running")
+                    || (message.contains("qmp command 'guest-") && message.contains("got timeout"))
             }
             _ => false,
         }
@@ -410,6 +413,10 @@ mod tests {
         assert!(http("QEMU guest agent is not running").agent_not_ready());
         assert!(http("VM 101 qmp command 'guest-ping' failed - got timeout").agent_not_ready());
         assert!(!http("Permission check failed (/vms/101, VM.GuestAgent.Audit)").agent_not_ready());
+        assert!(!http("VM 101 is not running").agent_not_ready(), "a stopped VM is no agent starting");
+        assert!(
+            !http("can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout").agent_not_ready()
+        );
         assert!(http("Configuration file 'nodes/pve1/qemu-server/101.conf' does not exist").is_missing());
         assert!(http("checksum mismatch (file change by other user?)").is_digest_conflict());
         assert!(http("unable to create VM 101: config file already exists").is_vmid_taken());

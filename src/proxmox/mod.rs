@@ -3,9 +3,10 @@
 //! [`Client`] talks HTTPS to the API; [`read::read_cluster`] turns the cluster into
 //! [`LiveVm`]s for the planner; [`tasks::wait_task`] follows the workers writes start;
 //! [`qemu`] holds the operations on one VM (raw config, power state, guest-agent address,
-//! the clone and create forms), [`migrate`] moves one to another node, and [`vmid`] holds the
+//! the clone and create forms), [`agent`] waits for a guest's agent (the one "not yet"), [`migrate`] moves one to another node, and [`vmid`] holds the
 //! ids of new VMs; [`property`] parses and formats PVE's property strings.
 
+pub mod agent;
 pub mod client;
 pub mod cluster;
 pub mod error;

@@ -171,6 +171,18 @@ pub async fn fetch(client: &Client) -> Result<Granted, ProxmoxError> {
     })
 }
 
+/// The cluster's major version from `GET /version` (allowed to every token), for naming the
+/// guest-agent privileges; `None` when it cannot be had (the message then names both).
+pub async fn cluster_major(client: &Client) -> Option<u32> {
+    match client.get("/version", &[]).await {
+        Ok(data) => super::import::PveVersion::from_data(&data).map(|v| v.major),
+        Err(err) => {
+            tracing::debug!("could not read the cluster's version ({err})");
+            None
+        }
+    }
+}
+
 /// One privilege a run needs on one path.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Need {
@@ -221,18 +233,39 @@ pub struct MissingPrivileges {
     pub role: &'static str,
     /// What the token does not hold.
     pub missing: Vec<Need>,
+    /// The cluster's major version (`GET /version`), when known: the guest-agent privileges
+    /// are named as that version knows them (`pveum` rejects the other version's names).
+    pub pve_major: Option<u32>,
+}
+
+/// The first release whose privileges name the guest agent's rights `VM.GuestAgent.*`
+/// (pve-access-control 9.0.2); before it, `VM.Monitor` covers them.
+const GUEST_AGENT_PRIVILEGES_SINCE: u32 = 9;
+
+impl Need {
+    /// Whether this need is one of the guest agent's, whose privilege depends on the version.
+    pub fn is_agent(&self) -> bool {
+        self.privileges == AGENT_READ || self.privileges == AGENT_FILE_READ
+    }
 }
 
 impl MissingPrivileges {
+    /// The privilege to grant for `need` on a cluster of `pve_major`: the agent's by version
+    /// (both names when the version is not known), otherwise the need's first privilege.
+    fn grant_name(&self, need: &Need) -> &'static str {
+        match (need.is_agent(), self.pve_major) {
+            (true, Some(major)) if major < GUEST_AGENT_PRIVILEGES_SINCE => "VM.Monitor",
+            _ => need.privileges[0],
+        }
+    }
+
     fn render(&self) -> String {
         let mut grouped: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         for need in &self.missing {
-            let label = if need.privileges == AGENT_READ {
-                "VM.GuestAgent.Audit (VM.Monitor on PVE 8)".to_string()
-            } else if need.privileges == AGENT_FILE_READ {
-                "VM.GuestAgent.FileRead (VM.Monitor on PVE 8)".to_string()
-            } else {
-                need.privileges.join(" or ")
+            let label = match (need.is_agent(), self.pve_major) {
+                (true, Some(major)) => format!("{} (Proxmox VE {major})", self.grant_name(need)),
+                (true, None) => format!("{} (VM.Monitor on PVE 8)", need.privileges[0]),
+                (false, _) => need.privileges.join(" or "),
             };
             let path = match need.path.strip_suffix("/*") {
                 Some(parent) => format!("{parent} (propagated)"),
@@ -266,13 +299,20 @@ impl MissingPrivileges {
         }
         let mut privileges: BTreeSet<&str> = BTreeSet::new();
         for need in &self.missing {
-            privileges.insert(need.privileges[0]);
+            privileges.insert(self.grant_name(need));
         }
         let list: Vec<&str> = privileges.into_iter().collect();
         text.push_str(&format!(
             "\nor add them to the role you use: pveum role modify <role> --append 1 --privs '{}'",
             list.join(",")
         ));
+        let old_agent = self.pve_major.is_some_and(|major| major < GUEST_AGENT_PRIVILEGES_SINCE);
+        if old_agent && self.role == PLAN_ROLE && self.missing.iter().any(Need::is_agent) {
+            text.push_str(
+                "
+on Proxmox VE 8 no read-only role holds VM.Monitor, which can also change a running VM: rather give these hosts a static `nixprox.address`",
+            );
+        }
         text
     }
 }

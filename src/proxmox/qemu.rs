@@ -5,10 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::agent::{AgentBound, AgentWaitError, Asked, wait_for_agent};
 use super::client::Client;
 use super::error::ProxmoxError;
 use super::import::format_import_disk;
@@ -140,10 +141,9 @@ pub enum AddressWait {
     },
 }
 
-/// Polls the agent until it reports an address or `timeout` passes. An agent that has not
-/// answered for a while is said so in the log at once (a bootstrap image without
-/// qemu-guest-agent never answers, and waiting out the whole timeout silently looks like a
-/// hang).
+/// Polls the agent until it reports an address or `timeout` passes, through the one agent
+/// wait ([`super::agent::wait_for_agent`]: an agent still starting is "not yet", a silent one
+/// is said so in the log while waiting).
 pub async fn wait_for_address(
     client: &Client,
     node: &str,
@@ -151,29 +151,22 @@ pub async fn wait_for_address(
     timeout: Duration,
     interval: Duration,
 ) -> Result<AddressWait, ProxmoxError> {
-    let started = Instant::now();
-    let warn_after = (timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
-    let mut agent_answered = false;
-    let mut warned = false;
-    loop {
-        match agent_answer(client, node, vmid).await? {
-            AgentAnswer::Address(address) => return Ok(AddressWait::Found(address)),
-            AgentAnswer::NoAddress => agent_answered = true,
-            AgentAnswer::NotRunning if !agent_answered && !warned && started.elapsed() >= warn_after => {
-                warned = true;
-                tracing::warn!(
-                    "VM {vmid} on node `{node}`: the QEMU guest agent has not answered for {}s; waiting up to {}s (`apply.address_timeout`). A bootstrap image without qemu-guest-agent never answers: install it in the template, or declare `nixprox.address` (docs/troubleshooting.md#the-guest-agent-does-not-answer)",
-                    started.elapsed().as_secs(),
-                    timeout.as_secs()
-                );
-            }
-            AgentAnswer::NotRunning => {}
+    let path = format!("{}/agent/network-get-interfaces", vm_path(node, vmid));
+    let bound = AgentBound { timeout, interval };
+    let found = wait_for_agent(node, vmid, "address", bound, || async {
+        let data = client.get(&path, &[]).await?;
+        Ok(match pick_address(data.get("result").unwrap_or(&data)) {
+            Some(address) => Asked::Ready(address),
+            None => Asked::NotYet("it reported no usable address".into()),
+        })
+    })
+    .await;
+    match found {
+        Ok(address) => Ok(AddressWait::Found(address)),
+        Err(AgentWaitError::TimedOut(timed_out)) => {
+            Ok(AddressWait::TimedOut { agent_answered: timed_out.agent_answered() })
         }
-        if started.elapsed() >= timeout {
-            return Ok(AddressWait::TimedOut { agent_answered });
-        }
-        let left = timeout.saturating_sub(started.elapsed());
-        tokio::time::sleep(interval.min(left).max(Duration::from_millis(10))).await;
+        Err(AgentWaitError::Proxmox(err)) => Err(err),
     }
 }
 

@@ -107,7 +107,54 @@ pub async fn finish_read(
     for (index, config) in configs {
         vms[index].config = Some(config);
     }
+    read_guest_oses(client, &mut vms, request.concurrency).await;
     Ok(vms)
+}
+
+/// Whether the plan asks a VM's guest agent what it runs: a VM nixprox may adopt (named like a
+/// host, untagged, no metadata block) whose agent is enabled and which runs.
+fn may_adopt(vm: &LiveVm) -> bool {
+    let Some(config) = &vm.config else { return false };
+    !vm.template
+        && !vm.is_managed()
+        && config.metadata.is_none()
+        && config.unreadable_block.is_none()
+        && config.spec.agent
+        && vm.status == "running"
+}
+
+/// Reads `get-osinfo` of every VM nixprox may adopt, `concurrency` at a time. The answer
+/// enters the plan only as "not NixOS" (its os-release `ID`), so the same VM gives the same
+/// plan whoever reads it with the privilege; a failure is recorded as unknown, never an error.
+async fn read_guest_oses(client: &Client, vms: &mut [LiveVm], concurrency: usize) {
+    let wanted: Vec<(usize, String, u32)> = vms
+        .iter()
+        .enumerate()
+        .filter(|(_, vm)| may_adopt(vm))
+        .map(|(index, vm)| (index, vm.node.clone(), vm.vmid))
+        .collect();
+    let read: Vec<(usize, super::guest::GuestOs)> =
+        stream::iter(wanted)
+            .map(|(index, node, vmid)| async move {
+                (index, super::guest::read_guest_os(client, &node, vmid).await)
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+    for (index, os) in read {
+        if let super::guest::GuestOs::Unknown { reason } = &os {
+            // Not an error: the plan adopts it in place, and apply checks over SSH that it runs
+            // NixOS. Said here, since the plan's reason is the same either way (its id too).
+            tracing::warn!(
+                "could not read what VM {} `{}` runs through its guest agent: {reason}; if it does not run NixOS, apply will refuse to adopt it (the plan can convert it only once it reads its OS)",
+                vms[index].vmid,
+                vms[index].name
+            );
+        }
+        if let Some(config) = vms[index].config.as_mut() {
+            config.guest_os = Some(os);
+        }
+    }
 }
 
 /// A config to read: index into the listing, node, VMID, running, pool.
@@ -201,9 +248,16 @@ pub async fn read_config(
         .as_object()
         .ok_or_else(|| UnexpectedAnswer("expected an object".into()).at(Method::GET, &path, &config))?
         .clone();
+    let mut running = None;
     let pending = match &pending {
         Some(data) => {
             let keys = pending_keys(data).map_err(|err| err.at(Method::GET, &pending_path, data))?;
+            if !keys.is_empty() {
+                let mut current = map.clone();
+                current_values(&mut current, data);
+                let notes = super::qemu::notes_of(&current);
+                running = Some(VmSpec { pool: pool.clone(), ..spec_from_config(&current, &notes.user_text) });
+            }
             overlay_pending(&mut map, data);
             keys
         }
@@ -211,7 +265,31 @@ pub async fn read_config(
     };
     let mut live = live_config(&map, pending);
     live.spec.pool = pool;
+    live.running = running;
     Ok(live)
+}
+
+/// The config as the VM runs it now: every key with a pending change at its current value
+/// (`value` of its `/pending` entry), a pending addition removed. Whatever `GET …/config`
+/// answered by default (Proxmox: the pending values, qemu-server `API2/Qemu.pm` `vm_config`
+/// without `current`), `/pending` holds both sides.
+pub fn current_values(config: &mut Map<String, Value>, data: &Value) {
+    for item in data.as_array().into_iter().flatten() {
+        let Some(key) = item.get("key").and_then(Value::as_str) else { continue };
+        let changed =
+            item.get("pending").is_some() || item.get("delete").and_then(value_bool).unwrap_or(false);
+        if !changed {
+            continue;
+        }
+        match item.get("value") {
+            Some(value) => {
+                config.insert(key.to_string(), value.clone());
+            }
+            None => {
+                config.remove(key);
+            }
+        }
+    }
 }
 
 /// The config as it will be after the next reboot: pending values replace current ones and
@@ -254,7 +332,9 @@ pub fn live_config(config: &Map<String, Value>, pending: BTreeSet<String>) -> Li
         metadata: notes.metadata().cloned(),
         unreadable_block: notes.unreadable().map(str::to_string),
         pending,
+        running: None,
         boot_disks: boot_disks(config),
+        guest_os: None,
     }
 }
 

@@ -48,6 +48,15 @@ pub struct LiveConfig {
     pub unreadable_block: Option<String>,
     /// Keys that differ in the pending config (changes waiting for a reboot).
     pub pending: BTreeSet<String>,
+    /// The VM as it runs now, when changes are pending: the config with every pending key at
+    /// its current value (`spec` is the config as the next start will take it). `None` when
+    /// nothing is pending.
+    #[serde(default)]
+    pub running: Option<VmSpec>,
     /// The disk slots the VM boots from ([`super::read::boot_disks`]): never detached.
     pub boot_disks: Vec<String>,
+    /// What its guest agent says it runs, read only for a VM nixprox may adopt (untagged, no
+    /// metadata block, agent enabled, running; [`super::read::finish_read`]); `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_os: Option<super::guest::GuestOs>,
 }

@@ -27,6 +27,31 @@ pub fn every_kind() -> Plan {
     })
 }
 
+/// `db`'s memory and cores wait for a reboot (applied with `deploy.allowReboot` off), next to
+/// `web`'s update and the in-sync `cache`: a plan with a host waiting for a reboot.
+pub fn waiting_for_a_reboot() -> Plan {
+    let mut web = host("web");
+    web.spec.cores = 4;
+    let mut db = host("db");
+    db.spec.memory_mib = 4096;
+    db.spec.cores = 4;
+    let mut db_vm = live("db", 102);
+    let mut running = config(&mut db_vm).spec.clone();
+    running.memory_mib = db.spec.memory_mib / 2;
+    running.cores = 2;
+    config(&mut db_vm).spec.memory_mib = 4096;
+    config(&mut db_vm).spec.cores = 4;
+    config(&mut db_vm).running = Some(running);
+    config(&mut db_vm).pending = ["cores".to_string(), "memory".to_string()].into();
+    plan(PlanInput {
+        desired: &[web, db, host("cache")],
+        live: &[live("web", 101), db_vm, live("cache", 103)],
+        policies: Policies::default(),
+        only: None,
+        probes: None,
+    })
+}
+
 /// `n` hosts to create: a large plan for the size budget.
 pub fn many(n: usize) -> Plan {
     let desired: Vec<_> = (0..n).map(|i| host(&format!("host{i:03}"))).collect();

@@ -9,8 +9,9 @@ use std::fmt::Write;
 
 use crate::plan::{ActionKind, HostPlan, Plan};
 
-use super::values::diff_lines;
-use super::{summary_line, vm_label};
+use super::values::{change_lines, diff_lines};
+use super::{pending_keys_line, summary_line, vm_label};
+use crate::text::markdown::{code, escape, fence_line, quoted};
 
 /// GitHub's and Forgejo's comment body limit, in characters.
 pub const COMMENT_LIMIT: usize = 65_536;
@@ -68,6 +69,17 @@ impl Detail {
     }
 }
 
+/// The note a trimmed rendering ends with, up to what it left out.
+pub const TRIMMED_NOTE: &str = "_Details trimmed to fit the size limit (left out: ";
+
+/// The level a rendering was made at, read from its trimmed note (none: [`Detail::Full`]);
+/// `None` when the note names no level nixprox writes.
+pub fn level_of(body: &str) -> Option<Detail> {
+    let Some(start) = body.rfind(TRIMMED_NOTE) else { return Some(Detail::Full) };
+    let rest = &body[start + TRIMMED_NOTE.len()..];
+    LEVELS.into_iter().skip(1).find(|level| rest.starts_with(&format!("{})", level.left_out())))
+}
+
 /// Every level, richest first: the order [`render_within`] tries them in.
 pub const LEVELS: [Detail; 6] = [
     Detail::Full,
@@ -112,37 +124,29 @@ pub fn render(plan: &Plan, context: &MarkdownContext) -> String {
 /// Renders at one level of detail.
 pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> String {
     let mut out = String::new();
-    let title = context.title.as_deref().map(|t| format!(" — `{t}`")).unwrap_or_default();
+    let title = context.title.as_deref().map(|t| format!(" — {}", code(t))).unwrap_or_default();
     let _ = writeln!(out, "### nixprox plan{title}\n");
     banner(&mut out, plan, level);
     let mut about = format!("**{}**", summary_line(plan));
     let mut origin = Vec::new();
     if let Some(commit) = &context.commit {
-        origin.push(format!("planned at commit `{}`", short(commit)));
+        origin.push(format!("planned at commit {}", code(short(commit))));
     }
     if let Some(at) = &context.planned_at {
         origin.push(format!("on {at}"));
     }
-    origin.push(format!("plan id `{}`", plan.plan_id));
+    origin.push(format!("plan id {}", code(&plan.plan_id)));
     about.push_str(&format!("\n\n<sub>{}</sub>\n", origin.join(" · ")));
     let _ = writeln!(out, "{about}");
     counts_table(&mut out, plan);
     let changed: Vec<&HostPlan> = plan.hosts.iter().filter(|h| h.has_changes()).collect();
-    match level {
-        Detail::Full | Detail::NoNixosChanges | Detail::NoUnchanged | Detail::NoDiffs => {
-            for host in &changed {
-                host_details(&mut out, host, level == Detail::Full, level != Detail::NoDiffs);
-            }
-        }
-        Detail::ListOnly => {
-            for host in &changed {
-                let kinds: Vec<String> = host.actions.iter().map(action_label).collect();
-                let _ = writeln!(out, "- `{}` ({}): {}", host.host, vm_label(&host.vm), kinds.join(", "));
-            }
-            out.push('\n');
-        }
-        Detail::CountsOnly => {}
+    for host in &changed {
+        out.push_str(&host_block(host, level));
     }
+    if level == Detail::ListOnly {
+        out.push('\n');
+    }
+    pending_section(&mut out, plan, level);
     probe_section(&mut out, plan, level);
     if !plan.unreferenced_images.is_empty() {
         let _ = writeln!(
@@ -152,13 +156,13 @@ pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> Strin
         );
     }
     let unchanged: Vec<&str> =
-        plan.hosts.iter().filter(|h| !h.has_changes()).map(|h| h.host.as_str()).collect();
+        plan.hosts.iter().filter(|h| h.is_unchanged()).map(|h| h.host.as_str()).collect();
     if level <= Detail::NoNixosChanges && !unchanged.is_empty() {
-        let names: Vec<String> = unchanged.iter().map(|n| format!("`{n}`")).collect();
+        let names: Vec<String> = unchanged.iter().map(|n| code(n)).collect();
         let _ = writeln!(out, "Unchanged: {}\n", names.join(", "));
     }
     if level > Detail::Full {
-        let _ = write!(out, "_Details trimmed to fit the size limit (left out: {})", level.left_out());
+        let _ = write!(out, "{TRIMMED_NOTE}{})", level.left_out());
         match &context.full_plan {
             Some(full_plan) => {
                 let _ = writeln!(out, "; the full plan is in {full_plan}._");
@@ -169,6 +173,47 @@ pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> Strin
         }
     }
     out
+}
+
+/// What the comment shows of one changed host at `level`: its `<details>` block (down to
+/// [`Detail::NoDiffs`]), its list line ([`Detail::ListOnly`]), or nothing. Apply looks for it,
+/// verbatim, in the reviewed comment.
+pub fn host_block(host: &HostPlan, level: Detail) -> String {
+    let mut out = String::new();
+    match level {
+        Detail::Full | Detail::NoNixosChanges | Detail::NoUnchanged | Detail::NoDiffs => {
+            host_details(&mut out, host, level == Detail::Full, level != Detail::NoDiffs);
+        }
+        Detail::ListOnly => {
+            let kinds: Vec<String> = host.actions.iter().map(action_label).collect();
+            let _ = writeln!(
+                out,
+                "- {} ({}): {}",
+                code(&host.host),
+                escape(&vm_label(&host.vm)),
+                kinds.join(", ")
+            );
+        }
+        Detail::CountsOnly => {}
+    }
+    out
+}
+
+/// The first line of a host's block at `level` (its `<summary>` or its list line), or `None`
+/// at [`Detail::CountsOnly`]; a host apply resumes must show up under it.
+pub fn host_heading(host: &str, level: Detail) -> Option<String> {
+    match level {
+        Detail::Full | Detail::NoNixosChanges | Detail::NoUnchanged | Detail::NoDiffs => {
+            Some(format!("<details><summary><b>{}</b> (", escape(host)))
+        }
+        Detail::ListOnly => Some(format!("- {} (", code(host))),
+        Detail::CountsOnly => None,
+    }
+}
+
+/// The banner's line for one runnable destructive action (shown down to [`Detail::NoDiffs`]).
+pub fn banner_line(host: &str, kind: ActionKind) -> String {
+    format!("> - {}: `{}` — **will run**", code(host), kind.as_str())
 }
 
 fn short(commit: &str) -> &str {
@@ -208,7 +253,45 @@ fn banner(out: &mut String, plan: &Plan, level: Detail) {
                     None => "blocked".to_string(),
                 },
             };
-            let _ = writeln!(out, "> - `{}`: `{}` — {state}", host.host, action.kind.as_str());
+            let _ = writeln!(out, "> - {}: `{}` — {state}", code(&host.host), action.kind.as_str());
+        }
+    }
+    out.push('\n');
+}
+
+/// The paragraph under "Waiting for a reboot" (apply's comment check knows it by this text).
+pub const PENDING_NOTE: &str = "Proxmox holds these changes as pending: the VM still runs the old values. Apply does not write them again.";
+
+/// "Waiting for a reboot": changes Proxmox holds as pending for a running VM (a state, not an
+/// action), each host with its diff and how to make it take effect; one line per host when the
+/// comment is trimmed to a list.
+fn pending_section(out: &mut String, plan: &Plan, level: Detail) {
+    let waiting: Vec<&HostPlan> = plan.hosts.iter().filter(|h| h.pending_reboot.is_some()).collect();
+    if waiting.is_empty() || level == Detail::CountsOnly {
+        return;
+    }
+    let _ = writeln!(out, "#### Waiting for a reboot\n\n{PENDING_NOTE}\n");
+    for host in waiting {
+        let Some(pending) = &host.pending_reboot else { continue };
+        if level >= Detail::ListOnly {
+            let _ = writeln!(
+                out,
+                "- {} ({}): {}",
+                code(&host.host),
+                vm_label(&host.vm),
+                escape(&pending.keys.join(", "))
+            );
+            continue;
+        }
+        let _ = writeln!(out, "- {} ({}): {}", code(&host.host), vm_label(&host.vm), quoted(&pending.how));
+        if pending.changes.is_empty() {
+            let _ = writeln!(out, "  - {}", quoted(&pending_keys_line(pending)));
+        } else if level != Detail::NoDiffs {
+            out.push_str("\n  ```diff\n");
+            for (sign, line) in change_lines(&pending.changes) {
+                let _ = writeln!(out, "  {sign} {}", fence_line(&line));
+            }
+            out.push_str("  ```\n");
         }
     }
     out.push('\n');
@@ -232,13 +315,20 @@ fn probe_section(out: &mut String, plan: &Plan, level: Detail) {
         let _ = writeln!(out, "| host | recorded | running |\n| --- | --- | --- |");
         for host in drifted {
             if let Some(drift) = &host.drift {
-                let _ = writeln!(out, "| `{}` | `{}` | `{}` |", host.host, drift.recorded, drift.running);
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} |",
+                    code(&host.host),
+                    code(&drift.recorded),
+                    code(&drift.running)
+                );
             }
         }
         out.push('\n');
     }
     for unreachable in &probe.unreachable {
-        let _ = writeln!(out, "- `{}` did not answer: {}", unreachable.host, escape(&unreachable.reason));
+        let _ =
+            writeln!(out, "- {} did not answer: {}", code(&unreachable.host), quoted(&unreachable.reason));
     }
     if !probe.unreachable.is_empty() {
         out.push('\n');
@@ -269,32 +359,33 @@ fn host_details(out: &mut String, host: &HostPlan, nixos: bool, diffs: bool) {
         out,
         "<details><summary><b>{}</b> ({}{orphan}): {}</summary>\n",
         escape(&host.host),
-        vm_label(&host.vm),
+        escape(&vm_label(&host.vm)),
         kinds.join(", ")
     );
     if let (true, Some(changes)) = (nixos, &host.nixos_changes) {
-        let _ = writeln!(out, "- **NixOS**: {}", escape(&super::nixos::summary_line(changes)));
+        let _ = writeln!(out, "- **NixOS**: {}", quoted(&super::nixos::summary_line(changes)));
     }
     for action in &host.actions {
-        let _ = writeln!(out, "- **`{}`** {}", action.kind.as_str(), escape(&action.reason));
+        let _ = writeln!(out, "- **`{}`** {}", action.kind.as_str(), quoted(&action.reason));
         if let Some(blocked) = &action.blocked {
-            let allow =
-                blocked.setting.as_ref().map(|s| format!(" Set `{s}: true` to allow.")).unwrap_or_default();
-            let _ = writeln!(out, "  - ⛔ blocked: {}.{allow}", escape(&blocked.reason));
+            let allow = match &blocked.setting {
+                // A host's own gate (`nixprox.allow.*`) is a module option, not a setting.
+                Some(s) if s.starts_with("nixprox.") => {
+                    format!(" Set `{s} = true` in the host's module to allow.")
+                }
+                Some(s) => format!(" Set `{s}: true` to allow."),
+                None => String::new(),
+            };
+            let _ = writeln!(out, "  - ⛔ blocked: {}.{allow}", quoted(&blocked.reason));
         }
         if diffs && !action.changes.is_empty() {
             out.push_str("\n```diff\n");
             for (sign, line) in diff_lines(action) {
                 // A line of backticks inside the fence cannot close it: fences need them at line start.
-                let _ = writeln!(out, "{sign} {}", line.replace("```", "ˋˋˋ"));
+                let _ = writeln!(out, "{sign} {}", fence_line(&line));
             }
             out.push_str("```\n");
         }
     }
     out.push_str("\n</details>\n\n");
-}
-
-/// Escapes the characters that would open HTML or Markdown structure in free text.
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }

@@ -151,6 +151,7 @@ mod tests {
             actions: vec![Action { kind, reason: String::new(), changes: Vec::new(), blocked: None }],
             nixos_changes: None,
             pool_move: None,
+            pending_reboot: None,
         }
     }
 

@@ -16,7 +16,8 @@ use crate::plan::{ActionKind, Plan};
 /// "2 to create, 1 to update, 1 to switch, 0 to destroy".
 ///
 /// Create, update, switch and destroy are always shown so a reviewer sees the zeros that
-/// matter; other kinds appear when they occur. Blocked actions and unchanged hosts follow.
+/// matter; other kinds appear when they occur. Blocked actions, unchanged hosts and hosts
+/// waiting for a reboot follow.
 pub fn summary_line(plan: &Plan) -> String {
     const ALWAYS: [ActionKind; 4] =
         [ActionKind::CreateVm, ActionKind::UpdateVm, ActionKind::Switch, ActionKind::DestroyVm];
@@ -33,7 +34,16 @@ pub fn summary_line(plan: &Plan) -> String {
     if unchanged > 0 {
         parts.push(format!("{unchanged} unchanged"));
     }
+    if plan.summary.pending_reboot > 0 {
+        parts.push(format!("{} waiting for a reboot", plan.summary.pending_reboot));
+    }
     parts.join(", ")
+}
+
+/// What a host's pending changes are, when no field of the VM vocabulary shows them: the
+/// Proxmox keys.
+fn pending_keys_line(pending: &crate::plan::PendingReboot) -> String {
+    format!("pending in Proxmox: {}", pending.keys.join(", "))
 }
 
 /// `pve1/101`, or `pve1/new` for a VM Proxmox has not allocated yet.

@@ -1,6 +1,8 @@
-//! `nixprox import`'s output: the `nixprox.vm` block (Nix) that declares an existing VM as it
-//! is. It is written from the same [`VmSpec`] the planner compares with the flake, with every
-//! compared value explicit, so pasting it into the host's module plans no change to the VM.
+//! `nixprox import`'s output: a host module (Nix) that declares an existing VM as it is, ready
+//! to import (`hosts/<name>/nixprox.nix`): the `nixprox.vm` block, written from the same
+//! [`VmSpec`] the planner compares with the flake with every compared value explicit (so it
+//! plans no change to the VM), the address and the SSH host key the guest agent reads, and,
+//! for a VM whose agent reports another OS than NixOS, that it needs a reinstall.
 
 use std::fmt::Write;
 
@@ -14,6 +16,112 @@ pub struct Imported<'a> {
     pub spec: &'a VmSpec,
     /// The SSH host key read through the guest agent, or why it could not be read.
     pub host_key: Result<&'a str, &'a str>,
+}
+
+/// What the guest agent says the VM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportedOs<'a> {
+    /// NixOS (or a VM nixprox manages).
+    NixOs,
+    /// Another OS: its os-release `ID` and its pretty name.
+    Other { id: &'a str, pretty: &'a str },
+    /// Not read, and why.
+    Unknown(&'a str),
+}
+
+/// Everything `nixprox import` writes for one VM.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportedHost<'a> {
+    pub vm: Imported<'a>,
+    /// The address the guest agent reports, or why it was not read.
+    pub address: Result<&'a str, &'a str>,
+    pub os: ImportedOs<'a>,
+}
+
+/// The host module: `{ ... }: { nixprox.enable = true; nixprox.vm = …; nixprox.address = …;
+/// <host key>; }`, with comments saying where each value came from.
+pub fn host_module(host: ImportedHost<'_>) -> String {
+    let vm = host.vm;
+    let mut body = String::from("nixprox.enable = true;\n");
+    let declaration = vm_declaration(Imported { host_key: Err(""), ..vm });
+    // The block without its header and without the key lines (written below, per OS).
+    for line in declaration.lines().skip(1).take_while(|l| !l.starts_with("# nixprox.ssh.hostKey")) {
+        body.push_str(line);
+        body.push('\n');
+    }
+    match host.address {
+        Ok(address) => {
+            body.push_str("# The address its QEMU guest agent reports: nixprox connects here (a DHCP lease may change: a static address is safer).\n");
+            let _ = writeln!(body, "nixprox.address = {};", string(address));
+        }
+        Err(why) => {
+            let _ = writeln!(
+                body,
+                "# nixprox.address: not read ({}); set it, or let nixprox ask the guest agent when it needs it.",
+                one_line(why)
+            );
+        }
+    }
+    match host.os {
+        ImportedOs::Other { id, pretty } => {
+            let _ = writeln!(
+                body,
+                "# Reinstall needed: its guest agent reports `{id}` ({}), not NixOS.",
+                one_line(pretty)
+            );
+            body.push_str("# nixprox converts it with a gated `reinstall` that wipes its disks: declare the layout the\n# new system gets (`disko.devices`) and set `nixprox.allow.reinstall = true` in the pull\n# request that converts it (docs/migrate.md).\n");
+            match vm.host_key {
+                Ok(key) => {
+                    body.push_str("# The SSH host key it presents now, read through its QEMU guest agent (check it on the\n# VM's console): pinned before anything runs on it; the install gives the host a new one.\n");
+                    let _ = writeln!(body, "nixprox.convert.hostKey = {};", string(key.trim()));
+                }
+                Err(why) => {
+                    let _ = writeln!(
+                        body,
+                        "# nixprox.convert.hostKey: not read ({}); declare the key it presents now, or let apply read it through the guest agent.",
+                        one_line(why)
+                    );
+                }
+            }
+        }
+        os => {
+            if let ImportedOs::Unknown(why) = os {
+                let _ = writeln!(
+                    body,
+                    "# Its OS was not read ({}): a VM that does not run NixOS needs a reinstall (docs/migrate.md).",
+                    one_line(why)
+                );
+            }
+            let tail = vm_declaration(vm);
+            for line in tail.lines().skip_while(|l| {
+                !l.starts_with("# The VM's SSH host key") && !l.starts_with("# nixprox.ssh.hostKey")
+            }) {
+                body.push_str(line);
+                body.push('\n');
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# VM {} `{}` on node `{}`, as `nixprox import` read it from Proxmox: a host module, ready to\n# import (e.g. as hosts/<name>/nixprox.nix). It declares the VM as it is: change values later,\n# in their own pull request.",
+        vm.vmid, vm.spec.name, vm.node
+    );
+    out.push_str("{ ... }:\n\n{\n");
+    for line in body.lines() {
+        if line.is_empty() {
+            out.push('\n');
+        } else {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// A reason on one line (a Nix comment ends at the line's end).
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The declaration as module definitions (`nixprox.vm = { … };`), with a comment header.
@@ -208,6 +316,49 @@ nixprox.vm = {
 nixprox.ssh.hostKey = "ssh-ed25519 AAAA root@web";
 "#;
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_host_module_ready_to_import_for_nixos_and_for_a_vm_to_convert() {
+        let spec = VmSpec {
+            name: "media".into(),
+            cores: 2,
+            sockets: 1,
+            cpu_type: "x86-64-v2-AES".into(),
+            memory_mib: 2048,
+            balloon_mib: None,
+            bios: Bios::Seabios,
+            machine: None,
+            agent: true,
+            disks: BTreeMap::new(),
+            networks: BTreeMap::new(),
+            tags: BTreeSet::new(),
+            description: String::new(),
+            on_boot: true,
+            protection: false,
+            pool: None,
+            hardware: Default::default(),
+        };
+        let vm =
+            Imported { node: "pve1", vmid: 130, spec: &spec, host_key: Ok("ssh-ed25519 AAAA root@media") };
+        let nixos = host_module(ImportedHost { vm, address: Ok("10.0.20.12"), os: ImportedOs::NixOs });
+        insta::assert_snapshot!("import_host_module_nixos", nixos);
+        let debian = host_module(ImportedHost {
+            vm,
+            address: Err("the guest agent reported no address"),
+            os: ImportedOs::Other { id: "debian", pretty: "Debian GNU/Linux 12 (bookworm)" },
+        });
+        insta::assert_snapshot!("import_host_module_debian", debian);
+        let unknown = host_module(ImportedHost {
+            vm: Imported { host_key: Err("no agent"), ..vm },
+            address: Ok("10.0.20.12"),
+            os: ImportedOs::Unknown("the QEMU guest agent does not answer"),
+        });
+        assert!(
+            unknown.contains("  # Its OS was not read (the QEMU guest agent does not answer)"),
+            "{unknown}"
+        );
+        assert!(unknown.contains("  # nixprox.ssh.hostKey: not read (no agent)"), "{unknown}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Snapshot tests of the three renderings, and the comment size budget.
 
-use super::fixture::{every_kind, many, probed, with_nixos_changes};
+use super::fixture::{every_kind, many, probed, waiting_for_a_reboot, with_nixos_changes};
 use super::markdown::{COMMENT_LIMIT, Detail, MarkdownContext, render_within};
 use super::{json, markdown, summary_line, text};
 
@@ -96,4 +96,65 @@ fn nixos_changes_are_the_first_detail_the_comment_drops() {
     assert!(body.contains("```diff"), "the diffs stay: {body}");
     assert!(body.contains("Unchanged: `cache`"), "{body}");
     assert_well_formed(&body);
+}
+
+#[test]
+fn changes_waiting_for_a_reboot_in_every_format() {
+    let plan = waiting_for_a_reboot();
+    assert_eq!(
+        summary_line(&plan),
+        "0 to create, 1 to update, 0 to switch, 0 to destroy, 2 unchanged, 1 waiting for a reboot"
+    );
+    insta::assert_snapshot!("pending_text", text::render(&plan, text::TextOptions { color: false }));
+    insta::assert_snapshot!("pending_markdown", markdown::render(&plan, &context()));
+    insta::assert_snapshot!("pending_json", json::render(&plan));
+    for level in super::markdown::LEVELS {
+        let body = markdown::render_at(&plan, &context(), level);
+        assert_well_formed(&body);
+        if level < Detail::CountsOnly {
+            assert!(body.contains("`db` (pve1/102)"), "{level:?}: {body}");
+        }
+    }
+}
+
+/// What a host answers (its running system over SSH, the reason it could not be asked) reaches
+/// the drift table and the probe section: hostile answers render inert in CommonMark.
+#[test]
+fn hostile_host_answers_render_inert() {
+    use crate::plan::Probe;
+    use crate::plan::testkit::{host, live};
+    let probes = std::collections::BTreeMap::from([
+        (
+            "web".to_string(),
+            Probe::Running { system: "/nix/store/x` | <!-- [a](https://evil.example) @admin\n# hi".into() },
+        ),
+        ("db".to_string(), Probe::Unreachable { reason: "no\n\n<!--\n**0 to destroy** [x](y) @root".into() }),
+    ]);
+    let plan = crate::plan::plan(crate::plan::PlanInput {
+        desired: &[host("web"), host("db")],
+        live: &[live("web", 101), live("db", 102)],
+        policies: crate::config::Policies::default(),
+        only: None,
+        probes: Some(&probes),
+    });
+    let markdown = markdown::render(&plan, &context());
+    let mut html = String::new();
+    let mut options = pulldown_cmark::Options::empty();
+    options.insert(pulldown_cmark::Options::ENABLE_TABLES);
+    pulldown_cmark::html::push_html(&mut html, pulldown_cmark::Parser::new_ext(&markdown, options));
+    assert!(!html.contains("<!--"), "{html}");
+    assert!(!html.contains("<a "), "{html}");
+    // Mentions count outside code only (forges never read one inside `<code>`/`<pre>`).
+    let mut outside_code = String::new();
+    for (i, part) in html.split("<code").enumerate() {
+        let part = if i == 0 { part } else { part.split_once("</code>").map_or("", |(_, rest)| rest) };
+        outside_code.push_str(part);
+    }
+    assert!(!outside_code.contains("@admin") && !outside_code.contains("@root"), "{outside_code}");
+    assert!(!html.contains("<h1>"), "{html}");
+    assert!(!html.contains("<strong>0 to destroy</strong>"), "{html}");
+    // The drift table keeps its three columns: the answer's `|` split no cell.
+    let row = html.lines().find(|l| l.starts_with("<tr>") && l.contains("evil.example")).expect("drift row");
+    assert_eq!(row.matches("<td>").count(), 3, "{row}");
+    assert!(html.contains("did not answer: no"), "{html}");
 }

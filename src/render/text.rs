@@ -5,8 +5,8 @@ use std::fmt::Write;
 
 use crate::plan::{Action, ActionKind, Plan};
 
-use super::values::diff_lines;
-use super::{summary_line, vm_label};
+use super::values::{change_lines, diff_lines};
+use super::{pending_keys_line, summary_line, vm_label};
 
 /// Rendering options.
 #[derive(Debug, Clone, Copy, Default)]
@@ -57,7 +57,9 @@ pub fn render(plan: &Plan, options: TextOptions) -> String {
     let mut unchanged = Vec::new();
     for host in &plan.hosts {
         if !host.has_changes() {
-            unchanged.push(host.host.as_str());
+            if host.is_unchanged() {
+                unchanged.push(host.host.as_str());
+            }
             continue;
         }
         let orphan = if host.orphan { " (orphan)" } else { "" };
@@ -69,6 +71,10 @@ pub fn render(plan: &Plan, options: TextOptions) -> String {
             let _ = writeln!(out, "  {} {}: {}", sign(action), paint.kind(action), action.reason);
             if let Some(blocked) = &action.blocked {
                 let allow = match &blocked.setting {
+                    // A host's own gate (`nixprox.allow.*`) is a module option, not a setting.
+                    Some(setting) if setting.starts_with("nixprox.") => {
+                        format!(" (set `{setting} = true` in the host's module to allow)")
+                    }
                     Some(setting) => format!(" (set `{setting}: true` in nixprox.yaml to allow)"),
                     None => String::new(),
                 };
@@ -89,6 +95,7 @@ pub fn render(plan: &Plan, options: TextOptions) -> String {
             }
         }
     }
+    pending_section(&mut out, plan, &paint);
     if !unchanged.is_empty() {
         let _ = writeln!(out, "\nUnchanged: {}", unchanged.join(", "));
     }
@@ -115,4 +122,35 @@ pub fn render(plan: &Plan, options: TextOptions) -> String {
         }
     }
     out
+}
+
+/// "Waiting for a reboot": hosts whose VM has changes Proxmox holds as pending, with what
+/// the VM runs against what it will run, and how to make it take effect. A state, not an
+/// action: apply does not write them again.
+fn pending_section(out: &mut String, plan: &Plan, paint: &Paint) {
+    let waiting: Vec<_> = plan.hosts.iter().filter(|h| h.pending_reboot.is_some()).collect();
+    if waiting.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n{}",
+        paint.bold("Waiting for a reboot (pending in Proxmox, not yet in the running VM):")
+    );
+    for host in waiting {
+        let Some(pending) = &host.pending_reboot else { continue };
+        let _ = writeln!(out, "  {} ({})", host.host, vm_label(&host.vm));
+        if pending.changes.is_empty() {
+            let _ = writeln!(out, "      {}", pending_keys_line(pending));
+        }
+        for (sign, line) in change_lines(&pending.changes) {
+            let code = match sign {
+                '-' => "31",
+                '+' => "32",
+                _ => "2",
+            };
+            let _ = writeln!(out, "{}", paint.wrap(code, &format!("      {sign} {line}")));
+        }
+        let _ = writeln!(out, "      {}", pending.how);
+    }
 }

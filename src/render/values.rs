@@ -29,8 +29,13 @@ fn sides(change: &Change) -> (String, String) {
 /// The action's changes as diff lines (`-`/`+`/` ` prefixed), field by field so each removed
 /// line stands right above the line that replaces it.
 pub fn diff_lines(action: &Action) -> Vec<(char, String)> {
+    change_lines(&action.changes)
+}
+
+/// Changes as diff lines, as [`diff_lines`] shows an action's.
+pub fn change_lines(changes: &[Change]) -> Vec<(char, String)> {
     let mut lines = Vec::new();
-    for change in &action.changes {
+    for change in changes {
         let (before, after) = sides(change);
         let diff = similar::TextDiff::from_lines(&before, &after);
         lines.extend(diff.iter_all_changes().map(|line| {

@@ -15,6 +15,7 @@ use crate::forge::{Forge, ForgeContext, StatusState};
 use crate::image::ImageBuild;
 use crate::install::SshDeployer;
 
+use super::shown::ShownComment;
 use super::{Outcome, publish, source};
 
 const STATUS: &str = "nixprox/apply";
@@ -32,7 +33,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     };
     let sha = context.as_ref().and_then(|c| c.head_sha().map(str::to_string));
     let key = publish::marker_key(&args.source.flake, args.source.config.as_deref());
-    let (reviewed, pr) = reviewed_plan(&args, forge.as_ref(), sha.as_deref(), &key).await?;
+    let (reviewed, pr, shown) = reviewed_plan(&args, forge.as_ref(), sha.as_deref(), &key).await?;
 
     let settings = source::load_settings(&source)?;
     let client = source::proxmox_client(&settings)?;
@@ -66,6 +67,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         progress: &progress,
         options: ApplyOptions::from_settings(&settings),
         cancel: &cancel,
+        shown: shown.as_ref().map(|s| s as &dyn apply::ShownCheck),
     })
     .await;
     let outcome = match outcome {
@@ -160,22 +162,23 @@ fn run_url(context: &Option<ForgeContext>) -> Option<&str> {
 }
 
 /// The reviewed plan: `--reviewed-plan`, `--plan-id`, or the plan comment of the pull request
-/// that was merged into the pushed commit. Also returns that pull request's number.
+/// that was merged into the pushed commit. Also returns that pull request's number and, from
+/// a comment, what it shows (checked against the plan apply runs, see `run::shown`).
 async fn reviewed_plan(
     args: &ApplyArgs,
     forge: Option<&Forge>,
     sha: Option<&str>,
     key: &str,
-) -> anyhow::Result<(Reviewed, Option<u64>)> {
+) -> anyhow::Result<(Reviewed, Option<u64>, Option<ShownComment>)> {
     if let Some(path) = &args.reviewed_plan {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("failed to read the reviewed plan `{}`", path.display()))?;
         let plan = ReviewedPlan::parse(&text)
             .with_context(|| format!("invalid reviewed plan `{}`", path.display()))?;
-        return Ok((Reviewed::Plan(plan), None));
+        return Ok((Reviewed::Plan(plan), None, None));
     }
     if let Some(id) = &args.plan_id {
-        return Ok((Reviewed::Id(id.clone()), None));
+        return Ok((Reviewed::Id(id.clone()), None, None));
     }
     let (Some(forge), Some(sha)) = (forge, sha) else {
         bail!(
@@ -202,10 +205,11 @@ async fn reviewed_plan(
                 }
                 None => Reviewed::Id(found.plan_id),
             };
-            Ok((reviewed, Some(found.pr)))
+            let shown = ShownComment { pr: found.pr, body: found.body, url: found.comment_url };
+            Ok((reviewed, Some(found.pr), Some(shown)))
         }
         None => bail!(
-            "no reviewed plan for commit `{sha}`: no merged pull request with a nixprox plan comment for `{key}` (pass --plan-id, or --allow-new-plan with --plan-id of the new plan)"
+            "no reviewed plan for commit `{sha}`: no merged pull request with a nixprox plan comment for `{key}` (a commit pushed straight to the branch has none); changes reach apply through a pull request, whose plan comment is the review: open one for this change and merge it, or review a plan yourself on the runner and apply it with `--reviewed-plan FILE` (docs/troubleshooting.md#no-reviewed-plan)"
         ),
     }
 }

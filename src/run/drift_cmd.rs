@@ -1,5 +1,5 @@
 //! `nixprox drift`: a scheduled plan that keeps one issue open while the cluster differs from
-//! the flake, and closes it when they agree again.
+//! the flake (a change waiting for a VM's reboot included), and closes it when they agree again.
 
 use crate::cli::DriftArgs;
 use crate::forge::IssueOutcome;
@@ -27,7 +27,8 @@ pub async fn run(args: DriftArgs, color: bool) -> anyhow::Result<Outcome> {
     }
     if let Some(forge) = &forge {
         let key = publish::marker_key(&args.source.flake, args.source.config.as_deref());
-        if plan.has_changes() {
+        // A change waiting for a reboot keeps the issue open: the VM does not run the flake yet.
+        if plan.has_changes() || plan.has_pending() {
             let budget = crate::forge::comment::drift_body_budget(&key);
             let (body, _) = markdown::render_within(plan, &md_context, budget);
             let title = format!("nixprox: the cluster drifted from the flake ({})", summary_line(plan));
@@ -40,5 +41,6 @@ pub async fn run(args: DriftArgs, color: bool) -> anyhow::Result<Outcome> {
             tracing::info!("closed drift issue #{number}: the cluster matches the flake");
         }
     }
-    Ok(if args.detailed_exitcode && plan.has_changes() { Outcome::Changes } else { Outcome::Success })
+    let differs = plan.has_changes() || plan.has_pending();
+    Ok(if args.detailed_exitcode && differs { Outcome::Changes } else { Outcome::Success })
 }

@@ -1,15 +1,17 @@
-//! `nixprox import VM`: print the `nixprox.vm` block that declares an existing VM as it is
-//! (see `render::nix`), so nobody transcribes a VM's settings by hand. Read-only: it changes
-//! nothing. The SSH host key is read through the guest agent when the VM runs one.
+//! `nixprox import VM`: write the host module that declares an existing VM as it is (see
+//! `render::nix`), ready to import, so nobody transcribes a VM's settings by hand: to stdout,
+//! or with `--out FILE` to a new file. Read-only on the cluster: it changes nothing. The SSH
+//! host key, the address and the OS are read through the guest agent when the VM runs one.
 
 use std::collections::BTreeSet;
 
 use anyhow::{Context, bail};
 
 use crate::cli::ImportArgs;
-use crate::proxmox::guest::{ED25519_HOST_KEY, read_ed25519_host_key};
+use crate::proxmox::guest::{ED25519_HOST_KEY, GuestOs, read_ed25519_host_key, read_guest_os};
+use crate::proxmox::qemu::agent_address;
 use crate::proxmox::{Client, LiveVm, ReadRequest, list_vms, read_cluster};
-use crate::render::nix::{Imported, vm_declaration};
+use crate::render::nix::{Imported, ImportedHost, ImportedOs, host_module};
 
 use super::{Outcome, source};
 
@@ -23,16 +25,68 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<Outcome> {
     let vm = pick(&live, &args.vm)?;
     let config = vm.config.as_ref().with_context(|| format!("the config of VM {} was not read", vm.vmid))?;
     let key = host_key(&client, vm, config.spec.agent).await.map_err(|err| err.to_string());
-    print!(
-        "{}",
-        vm_declaration(Imported {
+    let address = address(&client, vm, config.spec.agent).await.map_err(|err| err.to_string());
+    // A VM nixprox manages, or one named like no host, had its OS read by nobody: ask now.
+    let os = match (&config.guest_os, config.metadata.is_some() || vm.is_managed()) {
+        (_, true) => None,
+        (Some(os), false) => Some(os.clone()),
+        (None, false) if vm.status == "running" && config.spec.agent => {
+            Some(read_guest_os(&client, &vm.node, vm.vmid).await)
+        }
+        (None, false) => Some(GuestOs::Unknown {
+            reason: "the VM is not running with its QEMU guest agent enabled".into(),
+        }),
+    };
+    let imported_os = match &os {
+        None => ImportedOs::NixOs,
+        Some(GuestOs::Read { id, .. }) if id == "nixos" => ImportedOs::NixOs,
+        Some(GuestOs::Read { id, pretty_name }) => ImportedOs::Other { id, pretty: pretty_name },
+        Some(GuestOs::Unknown { reason }) => ImportedOs::Unknown(reason),
+    };
+    let text = host_module(ImportedHost {
+        vm: Imported {
             node: &vm.node,
             vmid: vm.vmid,
             spec: &config.spec,
             host_key: key.as_deref().map_err(String::as_str),
-        })
-    );
+        },
+        address: address.as_deref().map_err(String::as_str),
+        os: imported_os,
+    });
+    match &args.out {
+        None => print!("{text}"),
+        Some(path) => write_new(path, &text)?,
+    }
     Ok(Outcome::Success)
+}
+
+/// Writes the module to a file that does not exist yet (an existing host module is never
+/// overwritten), creating its directory.
+fn write_new(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create the directory `{}` for --out", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|err| {
+        if err.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow::anyhow!(
+                "`{}` exists already: nixprox import never overwrites a host module (remove it, or write to another path)",
+                path.display()
+            )
+        } else {
+            anyhow::anyhow!("failed to create `{}` for --out: {err}", path.display())
+        }
+    })?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .with_context(|| format!("failed to write `{}`", path.display()))
+}
+
+/// The address the VM's guest agent reports, or why it was not read.
+async fn address(client: &Client, vm: &LiveVm, agent: bool) -> anyhow::Result<String> {
+    if vm.status != "running" || !agent {
+        bail!("the VM is not running with its QEMU guest agent enabled");
+    }
+    agent_address(client, &vm.node, vm.vmid).await?.context("the guest agent reported no address")
 }
 
 /// The VM `wanted` names: a VMID, or a name no other VM carries. Templates are no hosts.

@@ -12,6 +12,7 @@ mod privileges;
 mod probe;
 mod publish;
 pub mod shard;
+mod shown;
 mod signals;
 pub mod source;
 
@@ -70,7 +71,7 @@ impl Outcome {
 /// that changed since review, [`exit::ERROR`] for everything else.
 pub fn error_code(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<crate::apply::ApplyError>() {
-        Some(crate::apply::ApplyError::Stale(_)) => exit::REFUSED,
+        Some(crate::apply::ApplyError::Stale(_) | crate::apply::ApplyError::NotShown(_)) => exit::REFUSED,
         _ => exit::ERROR,
     }
 }

@@ -26,7 +26,12 @@ pub async fn check_read(planned: &Planned, probe: bool, in_ci: bool) -> anyhow::
     let missing = permissions::missing(&granted, needs);
     if !missing.is_empty() {
         let token = client.token_id().to_string();
-        return Err(MissingPrivileges { token, role: permissions::PLAN_ROLE, missing }.into());
+        let pve_major = if missing.iter().any(|n| n.is_agent()) {
+            permissions::cluster_major(client).await
+        } else {
+            None
+        };
+        return Err(MissingPrivileges { token, role: permissions::PLAN_ROLE, missing, pve_major }.into());
     }
     let writes = granted.write_privileges();
     if in_ci && !writes.is_empty() {

@@ -184,6 +184,21 @@ pub async fn status(
     }
 }
 
+/// What to do when the forge refused the comment (403): the token of this run cannot write
+/// to the pull request. On GitHub that is a fork's read-only `GITHUB_TOKEN` (or a workflow
+/// without `pull-requests: write`); Forgejo ignores `permissions:` and may give every
+/// `pull_request` run a read-only automatic token, so the fix there is a bot token.
+fn read_only_fix(kind: crate::forge::ForgeKind) -> &'static str {
+    match kind {
+        crate::forge::ForgeKind::GitHub => {
+            "the token cannot write to the pull request (a pull request from a fork gets a read-only `GITHUB_TOKEN`; otherwise give the job `pull-requests: write`); the plan is in the job summary"
+        }
+        crate::forge::ForgeKind::Forgejo => {
+            "the token cannot write to the pull request (Forgejo may give `pull_request` runs a read-only automatic token, and always does for forks): give the plan job a bot account's token with the `write:issue` and `write:repository` scopes, as the action's `token` (the examples read the secret `NIXPROX_BOT_TOKEN`; docs/ci.md#forgejo); the plan is in the job log"
+        }
+    }
+}
+
 /// Posts or edits the sticky plan comment. Returns whether it was posted.
 pub async fn plan_comment(
     forge: &Forge,
@@ -213,9 +228,7 @@ pub async fn plan_comment(
             Ok(true)
         }
         CommentOutcome::Forbidden { message } => {
-            tracing::warn!(
-                "cannot comment on #{pr} ({message}): the token is read-only (a pull request from a fork?); the plan is in the job summary"
-            );
+            tracing::warn!("cannot comment on #{pr} ({message}): {}", read_only_fix(forge.kind()));
             Ok(false)
         }
     }

@@ -264,6 +264,52 @@ async fn attempt(
     }
 }
 
+/// Checks that the machine at `target` presents a key `policy` accepts, **without logging in**:
+/// the key exchange proves the server holds the key's private half, then the connection is
+/// closed before any authentication, so nothing (not even the client key's public half) is
+/// offered to a machine that is not the pinned one, and its sshd logs no login. Retries network
+/// failures until `options.bound`; a wrong key fails at once.
+pub async fn verify_host_key(
+    target: &SshTarget,
+    policy: &HostKeyPolicy,
+    options: &ConnectOptions,
+) -> Result<(), SshError> {
+    let started = Instant::now();
+    let deadline = started + options.bound;
+    let mut delay = FIRST_WAIT;
+    loop {
+        let seen = Arc::new(Mutex::new(None));
+        let checker = Checker { policy: policy.clone(), seen: seen.clone() };
+        let config = Arc::new(client::Config { nodelay: true, ..client::Config::default() });
+        let address = (target.address.as_str(), target.port);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let attempt_timeout = options.attempt_timeout.min(remaining.max(Duration::from_millis(100)));
+        let last =
+            match tokio::time::timeout(attempt_timeout, client::connect(config, address, checker)).await {
+                Ok(Ok(handle)) => {
+                    let _ = handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+                    return Ok(());
+                }
+                Ok(Err(russh::Error::UnknownKey)) => {
+                    let got = seen.lock().ok().and_then(|s| s.clone()).unwrap_or_else(|| "<none>".into());
+                    return Err(mismatch(target, policy, got));
+                }
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => format!("no answer within {}s", attempt_timeout.as_secs_f32()),
+            };
+        if Instant::now() + delay >= deadline {
+            return Err(SshError::Timeout {
+                host: target.host.clone(),
+                address: format!("{}:{}", target.address, target.port),
+                waited: started.elapsed(),
+                last,
+            });
+        }
+        tokio::time::sleep(delay).await;
+        delay = next_wait(delay);
+    }
+}
+
 fn mismatch(target: &SshTarget, policy: &HostKeyPolicy, got: String) -> SshError {
     SshError::HostKeyMismatch {
         host: target.host.clone(),

@@ -36,34 +36,59 @@ impl ClientKey {
     }
 }
 
-/// A private key as a file path; a temporary file is deleted on drop.
+/// A private key as a file path; a temporary one is deleted on drop, with its directory.
 #[derive(Debug)]
 pub struct KeyFile {
     path: PathBuf,
-    _temp: Option<tempfile::NamedTempFile>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// The variable CI runners set to a per-job temporary directory (GitHub Actions, Forgejo
+/// Actions), emptied by the runner after the job: secrets go there rather than to `/tmp`.
+pub const RUNNER_TEMP: &str = "RUNNER_TEMP";
+
+/// A new private directory (0700, only the user nixprox runs as can list or enter it) for
+/// secrets written to disk: under `$RUNNER_TEMP` when it is set and exists, else the system's
+/// temporary directory. Removed, with everything in it, when dropped: on success, on every
+/// error, and when a signal stops the step that owns it (apply drops the step). A SIGKILL
+/// leaves it; under `RUNNER_TEMP` the runner empties it after the job.
+pub fn private_dir(prefix: &str) -> std::io::Result<tempfile::TempDir> {
+    let base = std::env::var_os(RUNNER_TEMP)
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(base)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
 }
 
 impl KeyFile {
-    /// Writes key text to a new 0600 temporary file (tempfile creates it with that mode).
+    /// Writes key text to a new 0600 file in a new private directory ([`private_dir`]).
     pub fn from_text(text: &SecretString) -> Result<KeyFile, SshError> {
-        let mut file =
-            tempfile::Builder::new().prefix("nixprox-key-").tempfile().map_err(SshError::TempFile)?;
         let mut body = text.expose_secret().trim_end().to_string();
         // OpenSSH refuses a key file without the final newline.
         body.push('\n');
-        file.write_all(body.as_bytes()).map_err(SshError::TempFile)?;
-        file.flush().map_err(SshError::TempFile)?;
-        Ok(KeyFile { path: file.path().to_path_buf(), _temp: Some(file) })
+        Self::write("nixprox-key-", "key", body.as_bytes())
     }
 
-    /// Writes `bytes` exactly as they are (no trimming, no added newline) to a new 0600
-    /// temporary file: for secrets whose every byte counts, such as disk-encryption keys.
+    /// Writes `bytes` exactly as they are (no trimming, no added newline) to a new 0600 file
+    /// in a new private directory: for secrets whose every byte counts, such as disk keys.
     pub fn from_exact_bytes(bytes: &[u8]) -> Result<KeyFile, SshError> {
-        let mut file =
-            tempfile::Builder::new().prefix("nixprox-secret-").tempfile().map_err(SshError::TempFile)?;
+        Self::write("nixprox-secret-", "secret", bytes)
+    }
+
+    fn write(prefix: &str, name: &str, bytes: &[u8]) -> Result<KeyFile, SshError> {
+        let dir = private_dir(prefix).map_err(SshError::TempFile)?;
+        let path = dir.path().join(name);
+        let mut options = std::fs::OpenOptions::new();
+        // Created 0600 from the start: never readable by others, not even briefly.
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.write(true).create_new(true).open(&path).map_err(SshError::TempFile)?;
         file.write_all(bytes).map_err(SshError::TempFile)?;
         file.flush().map_err(SshError::TempFile)?;
-        Ok(KeyFile { path: file.path().to_path_buf(), _temp: Some(file) })
+        Ok(KeyFile { path, _temp: Some(dir) })
     }
 
     pub fn path(&self) -> &Path {

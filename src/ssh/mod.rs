@@ -11,7 +11,10 @@ mod error;
 mod keys;
 mod probe;
 
-pub use client::{ConnectOptions, ExecOutput, Retry, Session, SshTarget, wait_for_port};
+pub use client::{ConnectOptions, ExecOutput, Retry, Session, SshTarget, verify_host_key, wait_for_port};
 pub use error::SshError;
-pub use keys::{ClientKey, GeneratedHostKey, HostKeyPolicy, KeyFile, generate_host_key, known_hosts_line};
+pub use keys::{
+    ClientKey, GeneratedHostKey, HostKeyPolicy, KeyFile, RUNNER_TEMP, generate_host_key, known_hosts_line,
+    private_dir,
+};
 pub use probe::{ProbeResult, probe_system, probe_systems, read_current_system};

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::support::cli::{self, Run};
 use crate::support::fakepve::{FakePve, Scenario};
+use crate::support::hosts::nixos_os;
 use crate::support::nix::Fixture;
 use crate::support::sshd::{TestHost, systems};
 
@@ -45,7 +46,7 @@ impl Lab {
     /// `agent_file`, its guest agent answers the host's public key file.
     fn start(key: &Key, agent_enabled: bool, agent_file: bool) -> Lab {
         let host = TestHost::start();
-        let mut agent = json!({"files": {}});
+        let mut agent = json!({"files": {}, "os": nixos_os()});
         if agent_file {
             agent["files"][ED25519_HOST_KEY] = json!(format!("{}\n", host.host_public()));
         }
@@ -216,7 +217,8 @@ fn assert_adopted(lab: &Lab, toplevel: &str, host_key: &str) {
     assert_eq!(metadata.system.as_deref(), Some(toplevel));
     assert_eq!(metadata.host_key.as_deref(), Some(host_key.trim()));
     assert_eq!(metadata.adopted.as_ref().map(|a| a.vmid), Some(VMID), "{metadata:?}");
-    assert!(metadata.disk_layout.as_deref().is_some_and(|d| d.starts_with("sha256:")), "{metadata:?}");
+    // `fixtures/deploy` declares no `disko.devices`: the layout is recorded as not managed.
+    assert_eq!(metadata.disk_layout.as_deref(), Some(nixprox::metadata::LAYOUT_NOT_MANAGED), "{metadata:?}");
     assert_eq!((metadata.created, metadata.applying), (None, None));
     assert_eq!(lab.notes().user_text, OWNER, "the owner's notes, byte for byte");
     let tags = lab.vm()["config"]["tags"].as_str().expect("tags").to_string();
@@ -315,7 +317,7 @@ fn without_a_way_to_pin_the_key_or_without_nixos_nothing_is_touched() {
 
     // The agent enabled but without the key file: apply fails naming both, changes nothing.
     lab.pve.command(json!({"cmd": "set_config", "vmid": VMID, "config": {"agent": "1"}}));
-    lab.pve.command(json!({"cmd": "set_agent", "vmid": VMID, "agent": {"files": {}}}));
+    lab.pve.command(json!({"cmd": "set_agent", "vmid": VMID, "agent": {"files": {}, "os": nixos_os()}}));
     assert_eq!(kinds(&lab.plan()), ["adopt", "switch"]);
     let before = lab.vm();
     let (run, report) = lab.apply();
@@ -328,11 +330,10 @@ fn without_a_way_to_pin_the_key_or_without_nixos_nothing_is_touched() {
     assert!(error.ends_with("nothing was changed"), "{error}");
     assert_eq!(lab.vm()["config"], before["config"]);
 
-    // The key answers, but the machine runs no NixOS: refused, untouched, the way to a gated
-    // reinstall named.
+    // The key answers and the agent says NixOS, but the machine runs none: refused, untouched,
+    // the way to a gated reinstall named.
     let public = lab.host.host_public();
-    lab.pve
-        .command(json!({"cmd": "set_agent", "vmid": VMID, "agent": {"files": {ED25519_HOST_KEY: public}}}));
+    lab.pve.command(json!({"cmd": "set_agent", "vmid": VMID, "agent": {"files": {ED25519_HOST_KEY: public}, "os": nixos_os()}}));
     let (run, report) = lab.apply();
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     let error = web_report(&report)["error"].as_str().expect("error").to_string();
@@ -340,4 +341,42 @@ fn without_a_way_to_pin_the_key_or_without_nixos_nothing_is_touched() {
     assert!(error.contains("gated `reinstall`"), "{error}");
     assert_eq!(lab.vm()["config"], before["config"]);
     assert_eq!(lab.notes().user_text, OWNER);
+}
+
+/// An adopted NixOS host keeps its own hardware configuration: no `disko.devices`. It is
+/// adopted and switched, its layout recorded as not managed, and no plan reinstalls it; only
+/// once the flake declares a layout does a reinstall appear, gated.
+#[test]
+fn an_adopted_host_without_disko_is_switched_and_reinstalled_only_once_a_layout_is_declared() {
+    let lab = Lab::start(&Key::Agent, true, true);
+    lab.declare("0", &Key::Agent);
+    let running = lab.build();
+    lab.run_by_hand(&running);
+    lab.declare("1", &Key::Agent);
+    let plan = lab.plan();
+    assert_eq!(kinds(&plan), ["adopt", "switch"], "{plan:#}");
+    let (run, _) = lab.apply();
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(lab.metadata().disk_layout.as_deref(), Some(nixprox::metadata::LAYOUT_NOT_MANAGED));
+    // The serials nixprox never forced on its disks: the VM's config has none.
+    assert!(!lab.vm()["config"]["scsi0"].as_str().unwrap_or_default().contains("serial="), "{:#}", lab.vm());
+    assert_eq!(kinds(&lab.plan()), ["noop"]);
+    // A later change of the system is a switch, never a reinstall.
+    lab.declare("2", &Key::Agent);
+    assert_eq!(kinds(&lab.plan()), ["switch"]);
+    lab.apply();
+    assert_eq!(kinds(&lab.plan()), ["noop"]);
+
+    // The flake declares a layout now: a gated reinstall that says why.
+    let path = lab.dir().join("test-host.json");
+    let mut declared: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("json")).expect("json");
+    declared["disko"] = json!({"disk": {"main": {"type": "disk", "device": "/dev/sda"}}});
+    std::fs::write(&path, declared.to_string()).expect("write");
+    let plan = lab.plan();
+    assert_eq!(kinds(&plan), ["reinstall"], "{plan:#}");
+    let reinstall = &cli::actions(&plan, "web")[0];
+    assert_eq!(reinstall["blocked"]["setting"], "policies.allow_reinstall", "{reinstall:#}");
+    assert!(reinstall["reason"].as_str().unwrap_or_default().contains("layout not managed"), "{reinstall:#}");
+    assert_eq!(reinstall["changes"][0]["before"], "none", "{reinstall:#}");
 }

@@ -86,6 +86,7 @@ impl Lab {
             progress: &self.progress,
             options: self.options(),
             cancel: &nixprox::apply::Cancel::new(),
+            shown: None,
         })
         .await
     }

@@ -120,3 +120,85 @@ fn apply_without_a_reviewed_plan_outside_ci_says_what_to_pass() {
         "error: apply needs the reviewed plan: pass --plan-id or --reviewed-plan, or run in CI on the push of a merged pull request that has nixprox's plan comment"
     );
 }
+
+/// A change applied without a reboot (`deploy.allowReboot` off) stays in view: the next plan
+/// and drift read a config whose pending values match the flake (as Proxmox answers `GET
+/// …/config`), plan nothing again, but show what waits for the reboot (text, Markdown, JSON)
+/// and how to make it take effect; drift keeps reporting it. Once the VM reboots through the
+/// API, it is gone, and the plan id never changed.
+#[test]
+fn a_change_waiting_for_a_reboot_stays_in_the_plan_and_drift_until_the_vm_reboots() {
+    let (fixture, pve) = homelab();
+    let plan_file = path(&fixture, "plan.json");
+    let run = nixprox(&fixture, &pve, &["plan", "--format", "json", "--out", &plan_file, "--hosts", "db"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report_file = path(&fixture, "report.json");
+    let run = nixprox(
+        &fixture,
+        &pve,
+        &["apply", "--reviewed-plan", &plan_file, "--hosts", "db", "--report", &report_file],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    // Proxmox holds the new values as pending, the VM still runs the old ones.
+    let db = pve.vm(102);
+    assert_eq!(db["pending"]["memory"].to_string().trim_matches('"'), "8192", "{db:#}");
+    assert_eq!(db["config"]["memory"].to_string().trim_matches('"'), "4096", "{db:#}");
+
+    let run = nixprox(&fixture, &pve, &["plan", "--format", "json", "--hosts", "db"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let waiting: Value = serde_json::from_str(&run.stdout).expect("plan json");
+    let host = &waiting["hosts"][0];
+    assert_eq!(host["host"], "db");
+    assert_eq!(host["actions"][0]["kind"], "noop", "nothing is written again: {host:#}");
+    assert_eq!(waiting["summary"]["pending_reboot"], 1);
+    let pending = &host["pending_reboot"];
+    assert_eq!(pending["keys"], serde_json::json!(["cores", "memory"]), "{pending:#}");
+    assert_eq!(
+        pending["changes"],
+        serde_json::json!([
+            {"field": "cores", "before": 2, "after": 4},
+            {"field": "memory", "before": 4096, "after": 8192}
+        ])
+    );
+    assert_eq!(
+        pending["how"],
+        "the VM still runs the old values: reboot VM 102 to make them take effect (Reboot in the Proxmox UI, or `qm reboot 102` on node `pve1`), or set `nixprox.deploy.allowReboot = true` for host `db` so that apply reboots it whenever it changes the VM"
+    );
+
+    let text = nixprox(&fixture, &pve, &["plan", "--hosts", "db", "--detailed-exitcode"]);
+    assert_eq!(text.code, 0, "nothing for apply to do: {}", text.stderr);
+    for says in [
+        "1 waiting for a reboot",
+        "Waiting for a reboot",
+        "db (pve1/102)",
+        "- memory: 4096",
+        "+ memory: 8192",
+        "`qm reboot 102`",
+    ] {
+        assert!(text.stdout.contains(says), "`{says}` in:\n{}", text.stdout);
+    }
+    assert!(!text.stdout.contains("Unchanged: db"), "{}", text.stdout);
+    let markdown = nixprox(&fixture, &pve, &["plan", "--hosts", "db", "--format", "markdown"]);
+    assert!(markdown.stdout.contains("#### Waiting for a reboot"), "{}", markdown.stdout);
+    assert!(markdown.stdout.contains("+ memory: 8192"), "{}", markdown.stdout);
+    let drift = nixprox(&fixture, &pve, &["drift", "--hosts", "db", "--detailed-exitcode"]);
+    assert_eq!(drift.code, 2, "drift keeps reporting it:\n{}\n{}", drift.stdout, drift.stderr);
+
+    // The operator reboots the VM (what `qm reboot` does, through the API): nothing waits.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime
+        .block_on(nixprox::proxmox::post_and_wait(
+            &pve.client(),
+            "/nodes/pve1/qemu/102/status/reboot",
+            &[],
+            std::time::Duration::from_secs(30),
+        ))
+        .expect("reboot");
+    let run = nixprox(&fixture, &pve, &["plan", "--format", "json", "--hosts", "db"]);
+    let rebooted: Value = serde_json::from_str(&run.stdout).expect("plan json");
+    assert_eq!(rebooted["hosts"][0]["pending_reboot"], Value::Null, "{rebooted:#}");
+    assert_eq!(rebooted["summary"]["pending_reboot"], 0);
+    assert_eq!(rebooted["plan_id"], waiting["plan_id"], "the plan id is not live state");
+    let drift = nixprox(&fixture, &pve, &["drift", "--hosts", "db", "--detailed-exitcode"]);
+    assert_eq!(drift.code, 0, "{}\n{}", drift.stdout, drift.stderr);
+}

@@ -827,3 +827,75 @@ fn pending_changes_and_a_new_kernel_share_one_reboot_after_the_switch() {
     assert_eq!(lab.host.booted_system().as_deref(), Some(second.as_str()));
     assert_eq!(kinds(&lab.plan()), ["noop"]);
 }
+
+/// While an install runs, nixprox's secrets (the deploy key from `NIXPROX_SSH_KEY`, the disk
+/// key, the `--extra-files` directory with the new host key) are each in a private (0700)
+/// directory under `RUNNER_TEMP`, nothing of nixprox's is in `TMPDIR`, and a SIGTERM removes
+/// them all.
+#[test]
+fn install_secrets_live_in_private_dirs_under_runner_temp_and_go_with_sigterm() {
+    use std::os::unix::fs::PermissionsExt;
+    const KEY: &str = "canary-disk-key-91c4\n";
+    let lab = Lab::start(2048, Key::Env);
+    lab.declare_more("diskKeys", json!({"/run/nixprox-disk.key": "env:DISK_KEY_FOR_TEST"}));
+    lab.commit("web: a disk key");
+    assert_eq!(kinds(&lab.plan()), ["create_vm", "install"]);
+    let runner_temp = tempfile::Builder::new().prefix("nixprox-runner-temp-").tempdir().expect("tempdir");
+    let tmp = tempfile::Builder::new().prefix("nixprox-deploy-tmp-").tempdir().expect("tempdir");
+    let pids = lab.work.path().join("installer.pids");
+    let env = [
+        ("DISK_KEY_FOR_TEST", KEY.to_string()),
+        ("NIXPROX_TEST_INSTALL_HANG", pids.display().to_string()),
+        ("TMPDIR", tmp.path().display().to_string()),
+        ("RUNNER_TEMP", runner_temp.path().display().to_string()),
+    ];
+    let output = lab.work.path().join("apply.log");
+    let mut child = lab
+        .command(&["apply", "--reviewed-plan", &lab.path("plan.json")], &env)
+        .stdout(std::fs::File::create(lab.work.path().join("apply.out")).expect("stdout file"))
+        .stderr(std::fs::File::create(&output).expect("stderr file"))
+        .spawn()
+        .expect("start nixprox");
+    let log = || std::fs::read_to_string(&output).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !pids.exists() {
+        assert!(std::time::Instant::now() < deadline, "the install never started:\n{}", log());
+        assert!(child.try_wait().expect("wait").is_none(), "apply ended early:\n{}", log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut dirs: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(runner_temp.path()).expect("runner temp").flatten() {
+        let meta = entry.metadata().expect("stat");
+        assert!(meta.is_dir(), "only private directories: {:?}", entry.file_name());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{:?} is private", entry.file_name());
+        dirs.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    dirs.sort();
+    let kinds: Vec<&str> = dirs.iter().map(|d| d.rsplit_once('-').map_or(d.as_str(), |(k, _)| k)).collect();
+    assert_eq!(kinds, ["nixprox-extra-files", "nixprox-key", "nixprox-secret"], "{dirs:?}");
+    let ours: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("tmp")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("nixprox"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(ours.is_empty(), "nothing of nixprox's in TMPDIR: {ours:?}");
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "apply did not stop:\n{}", log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(143), "{}", log());
+    let left: Vec<_> = std::fs::read_dir(runner_temp.path())
+        .expect("runner temp")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "secrets left behind: {left:?}");
+    assert!(!log().contains("canary-disk-key"), "the disk key leaked");
+}

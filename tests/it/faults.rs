@@ -54,6 +54,9 @@ enum Fault {
     NextidRace,
     /// `fresh` has no static address and its guest agent never answers.
     AgentNotRunning,
+    /// `fresh` has no static address and its guest agent is still starting: Proxmox answers
+    /// 500 "QEMU guest agent is not running" twice before the agent reports the address.
+    AgentStarting,
     /// The token lacks `VM.Clone` (403 on the clone; the preflight sees it first).
     Forbidden,
     /// The token's secret no longer matches (expired, deleted, rotated): 401 on everything.
@@ -105,7 +108,7 @@ impl Fault {
 
     /// Changes to the fixture flake, before it is planned.
     fn case_json(self) -> Option<Value> {
-        (self == Fault::AgentNotRunning).then(|| json!({"freshAddress": null}))
+        matches!(self, Fault::AgentNotRunning | Fault::AgentStarting).then(|| json!({"freshAddress": null}))
     }
 
     fn inject(self, lab: &Lab) {
@@ -137,6 +140,12 @@ impl Fault {
             }
             Fault::NextidRace => fail("POST", "/qemu/9000/clone", "unable_create_config_file_already", 2),
             Fault::AgentNotRunning | Fault::Forbidden => {}
+            Fault::AgentStarting => {
+                lab.pve.command(
+                    json!({"cmd": "boot_agent", "name": "fresh", "agent": agent_with("127.0.0.44")}),
+                );
+                lab.pve.command(json!({"cmd": "agent_starting", "name": "fresh", "calls": 2}));
+            }
             Fault::ExpiredToken => {
                 lab.pve.command(json!({"cmd": "add_token", "id": TOKEN_ID, "secret": "expired"}));
             }
@@ -187,6 +196,8 @@ impl Fault {
                 says: &["the QEMU guest agent never answered", "set `nixprox.address`"],
                 ..done
             },
+            // Within `apply.address_timeout` (4 s, polled every 2 s) the agent comes up.
+            Fault::AgentStarting => done,
             Fault::Forbidden => Expect {
                 code: 1,
                 says: &[
@@ -236,6 +247,22 @@ impl Fault {
             Fault::LostCreateAnswer => {
                 assert_eq!(sent("POST", "/nodes/pve1/qemu"), 1, "the create was sent once");
                 assert_eq!(first.host("media")["vmid"], 120, "under the declared VMID");
+            }
+            Fault::AgentNotRunning => {
+                // The exact text: the VM, its node, the bound and its setting, why, the fixes.
+                let vmid = Cluster::read(&lab.pve).named("fresh")[0].vmid;
+                assert_eq!(
+                    first.host("fresh")["error"],
+                    format!(
+                        "no address for VM {vmid} on node `pve1` within 4s: the QEMU guest agent never answered (is qemu-guest-agent installed and running in the VM's image?); set `nixprox.address` for a static address, or raise `apply.address_timeout` (docs/troubleshooting.md#the-guest-agent-does-not-answer)"
+                    )
+                );
+            }
+            Fault::AgentStarting => {
+                let asked = sent("GET", "/agent/network-get-interfaces");
+                assert!(asked >= 3, "two 500s, then the address: asked {asked} times");
+                let address = first.step("fresh", "address");
+                assert_eq!(address["detail"], "127.0.0.44, from the guest agent", "{address:#}");
             }
             Fault::SlowTasks => {
                 let clone = first.step("fresh", "clone")["duration_ms"].as_u64().unwrap_or_default();
@@ -733,6 +760,7 @@ fault_suite! {
     slow_tasks_are_waited_for => SlowTasks,
     the_nextid_race_takes_another_vmid => NextidRace,
     a_guest_agent_that_never_answers_fails_the_host_with_the_fix => AgentNotRunning,
+    a_guest_agent_still_starting_is_waited_for => AgentStarting,
     a_missing_privilege_stops_before_any_write_naming_it => Forbidden,
     an_expired_token_stops_before_any_write => ExpiredToken,
     no_quorum_stops_before_any_write => NoQuorum,

@@ -428,7 +428,7 @@ async fn traces_of_the_flake_are_not_reports() {
     std::fs::write(
         dir.path().join("flake.nix"),
         r#"{
-  inputs.nixpkgs-lib.url = "github:nix-community/nixpkgs.lib";
+  inputs.nixpkgs-lib.url = "github:nix-community/nixpkgs.lib/de42d44212d207476489bce163375d8306a26d59";
   inputs.nixprox.url = "github:nixprox/nixprox";
   inputs.nixprox.inputs.nixpkgs.follows = "nixpkgs-lib";
   outputs = { nixpkgs-lib, nixprox, ... }:
@@ -455,4 +455,40 @@ async fn traces_of_the_flake_are_not_reports() {
     assert_eq!(attrs, ["web"]);
     assert!(inventory.skipped.is_empty(), "{:?}", inventory.skipped);
     assert_eq!(inventory.hosts[0].decl.vm.node.as_deref(), Some("pve1"));
+}
+
+/// One pin of nixpkgs-lib everywhere: every fixture flake's input, the offline guard of
+/// `scripts/test` and the CI checkout of the snapshot name the revision (and the NAR hash)
+/// `tests/support/nix.rs` fetches, so online and offline runs evaluate the same bytes.
+#[test]
+fn every_fixture_pins_the_nixpkgs_lib_the_tests_use() {
+    use crate::support::nix::{NIXPKGS_LIB_LAST_MODIFIED, NIXPKGS_LIB_NAR_HASH, NIXPKGS_LIB_REV};
+    let pinned = format!("inputs.nixpkgs-lib.url = \"github:nix-community/nixpkgs.lib/{NIXPKGS_LIB_REV}\";");
+    let mut fixtures = 0;
+    for entry in std::fs::read_dir(repo().join("fixtures")).expect("fixtures/") {
+        let flake = entry.expect("fixture").path().join("flake.nix");
+        let Ok(text) = std::fs::read_to_string(&flake) else { continue };
+        fixtures += 1;
+        assert!(text.contains(&pinned), "{} does not pin nixpkgs-lib: want `{pinned}`", flake.display());
+    }
+    assert!(fixtures >= 10, "the fixture flakes were found: {fixtures}");
+    let script = std::fs::read_to_string(repo().join("scripts/test")).expect("scripts/test");
+    for value in [NIXPKGS_LIB_REV, NIXPKGS_LIB_NAR_HASH, &NIXPKGS_LIB_LAST_MODIFIED.to_string()] {
+        assert!(script.contains(value), "scripts/test names {value}");
+    }
+    let ci = std::fs::read_to_string(repo().join(".github/workflows/ci.yml")).expect("ci.yml");
+    assert!(ci.contains(&format!("ref: {NIXPKGS_LIB_REV}")), "the CI checks out the pinned nixpkgs.lib");
+}
+
+/// The snapshot (or fetched copy) the tests use is the pinned tree: its NAR hash, as nix computes
+/// it, is the one the lock entries and `builtins.fetchTree` check.
+#[test]
+fn the_nixpkgs_lib_in_use_has_the_pinned_nar_hash() {
+    let output = std::process::Command::new("nix")
+        .args(["--extra-experimental-features", "nix-command flakes", "hash", "path"])
+        .arg(crate::support::nix::nixpkgs_lib())
+        .output()
+        .expect("run nix");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), crate::support::nix::NIXPKGS_LIB_NAR_HASH);
 }

@@ -258,13 +258,24 @@ fn the_examples_and_the_guide_pin_this_release() {
             }
         }
     }
-    let flake = std::fs::read_to_string(repo().join("examples/homelab-flake/flake.nix")).expect("flake");
-    let guide = std::fs::read_to_string(repo().join("docs/guide.md")).expect("guide");
-    for (name, text) in [("examples/homelab-flake/flake.nix", &flake), ("docs/guide.md", &guide)] {
-        for (i, _) in text.match_indices("github:nixprox/nixprox/") {
-            let rest = &text[i + "github:nixprox/nixprox/".len()..];
-            let version: String =
-                rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.').collect();
+    // Every page and flake a user copies the input from pins it (issue 22: README and
+    // configuration.md used it unpinned).
+    for name in [
+        "examples/homelab-flake/flake.nix",
+        "examples/homelab-flake/runner/flake.nix",
+        "docs/guide.md",
+        "docs/configuration.md",
+        "docs/migrate.md",
+        "docs/ci.md",
+        "README.md",
+    ] {
+        let text = std::fs::read_to_string(repo().join(name)).expect(name);
+        for (i, _) in text.match_indices("github:nixprox/nixprox") {
+            let rest = &text[i + "github:nixprox/nixprox".len()..];
+            let version: String = match rest.strip_prefix('/') {
+                Some(rest) => rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.').collect(),
+                None => "(unpinned)".to_string(),
+            };
             pins.push((name.to_string(), version));
         }
     }
@@ -316,7 +327,9 @@ fn two_nodes() -> FakePve {
         Scenario::new()
             .set("nodes", json!(["pve1", "pve2"]))
             .guest(template(9000, "pve1"))
-            .guest(template(9001, "pve2")),
+            .guest(template(9001, "pve2"))
+            // `media`, adopted in place (tests/it/example.rs).
+            .guest(super::example::media_vm()),
     )
 }
 
@@ -359,6 +372,7 @@ fn the_example_flake_plans_and_applies_its_vms_with_serials_and_the_declared_add
             ("db".into(), "pve2".into(), create.clone()),
             ("dns".into(), "pve1".into(), create.clone()),
             ("files".into(), "pve1".into(), create.clone()),
+            ("media".into(), "pve1".into(), vec!["adopt".to_string(), "switch".to_string()]),
             ("web".into(), "pve1".into(), create)
         ]
     );
@@ -438,6 +452,12 @@ fn the_example_nixos_takes_address_and_deploy_user_from_the_nixprox_options() {
     let common = eval_example(&fixture, "exampleCommon");
     let key = std::fs::read_to_string(repo().join("examples/homelab-flake/secrets/nixprox-ssh-key.pub"))
         .expect("key");
+    let probe = std::fs::read_to_string(repo().join("examples/homelab-flake/secrets/nixprox-probe-key.pub"))
+        .expect("probe key");
+    let probe = format!(
+        "command=\"/run/current-system/sw/bin/readlink /run/current-system\",restrict {}",
+        probe.trim_end()
+    );
     for (host, address) in [("web", Some("10.0.20.10/24")), ("db", Some("10.0.20.11/24")), ("dns", None)] {
         let nixos = &common[host];
         let lan = &nixos["systemd"]["network"]["networks"]["10-lan"];
@@ -459,7 +479,7 @@ fn the_example_nixos_takes_address_and_deploy_user_from_the_nixprox_options() {
         let deploy = &nixos["users"]["users"]["deploy"];
         assert_eq!(
             deploy["openssh"]["authorizedKeys"]["keys"],
-            json!([key.trim_end()]),
+            json!([key.trim_end(), probe]),
             "{host}: {deploy:#}"
         );
         assert_eq!(

@@ -155,3 +155,54 @@ fn a_privilege_separated_token_holds_only_what_its_user_holds_too() {
     );
     assert!(!names(&pve).contains(&"matrix".to_string()), "nothing was created");
 }
+
+/// The `NixproxApply` role line the guide gives for Proxmox VE `major`.
+fn apply_role_for(major: u32) -> Vec<String> {
+    let guide = std::fs::read_to_string(repo().join("docs/guide.md")).expect("docs/guide.md");
+    let wanted = if major == 8 { "VM.Monitor" } else { "VM.GuestAgent.FileRead" };
+    let line = guide
+        .lines()
+        .filter(|l| l.starts_with("pveum role add NixproxApply --privs '"))
+        .find(|l| l.contains(wanted))
+        .unwrap_or_else(|| panic!("the guide has a role line for PVE {major}"));
+    line.split('\'').nth(1).expect("quoted privileges").split(',').map(str::to_string).collect()
+}
+
+/// Issue 22: the preflight names the guest agent's privilege as the cluster's version knows
+/// it, read from `GET /version`: `VM.Monitor` on PVE 8 (where `VM.GuestAgent.*` is an invalid
+/// privilege), `VM.GuestAgent.FileRead` on PVE 9 (where `VM.Monitor` is gone), and the
+/// `pveum role modify` line it prints runs on that version.
+#[test]
+fn the_preflight_names_the_agent_privilege_of_the_clusters_version() {
+    for (major, version, agent) in [(8, "8.4.1", "VM.Monitor"), (9, "9.0.10", "VM.GuestAgent.FileRead")] {
+        let mut role = apply_role_for(major);
+        role.push("Datastore.AllocateTemplate".into());
+        let as_str = |v: &[String]| v.iter().map(String::clone).collect::<Vec<_>>();
+        let token = without(&role, agent);
+        let scenario = cli::cluster_scenario(&repo().join("fixtures/homelab/cluster.json"))
+            .set("version", json!(version))
+            .grant(USER, "/", &as_str(&role).iter().map(String::as_str).collect::<Vec<_>>())
+            .grant(TOKEN_ID, "/", &token.iter().map(String::as_str).collect::<Vec<_>>());
+        let (fixture, pve) = (Fixture::copy("homelab"), FakePve::start(scenario));
+        let plan_file = fixture.dir.path().join("plan.json").display().to_string();
+        let run =
+            nixprox(&fixture, &pve, &["plan", "--format", "json", "--out", &plan_file, "--hosts", "ci"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let run = nixprox(&fixture, &pve, &["apply", "--reviewed-plan", &plan_file, "--hosts", "ci"]);
+        assert_eq!(run.code, 1, "PVE {major}: {}", run.stderr);
+        let error = error_text(&run);
+        assert!(
+            error.contains(&format!(
+                "\n  {agent} (Proxmox VE {major}) on /vms (propagated) (`ci`: its host key (guest agent))\n"
+            )),
+            "PVE {major}: {error}"
+        );
+        let fix = error.lines().last().expect("the role line");
+        assert_eq!(
+            fix,
+            format!("or add them to the role you use: pveum role modify <role> --append 1 --privs '{agent}'")
+        );
+        let other = if major == 8 { "GuestAgent" } else { "VM.Monitor" };
+        assert!(!error.contains(other), "PVE {major} does not know `{other}`: {error}");
+    }
+}

@@ -140,11 +140,20 @@ async fn reads_managed_and_host_named_vms_and_flags_templates() {
             metadata,
             unreadable_block: None,
             pending: set(pending),
+            running: None,
             boot_disks,
+            guest_os: None,
         })
     };
+    // What web runs now: its current memory, from `/pending` (`GET …/config` answers the
+    // pending value, as Proxmox does).
+    let running = VmSpec { memory_mib: 2048, ..web.clone() };
+    let mut web_config = live(101, web, Some(metadata()), &["memory"]);
+    if let Some(config) = web_config.as_mut() {
+        config.running = Some(running);
+    }
     let expected = vec![
-        vm(101, "web", "pve1", "running", &["nixprox", "web"], live(101, web, Some(metadata()), &["memory"])),
+        vm(101, "web", "pve1", "running", &["nixprox", "web"], web_config),
         vm(
             102,
             "db",
@@ -566,4 +575,21 @@ async fn driver_commands_steer_the_fake() {
         Err("no VM 999".to_string()),
         "driver errors come back as text"
     );
+}
+
+/// The stand-in answers `GET …/config` as qemu-server's `vm_config` does: pending values
+/// applied unless `current=1`; `/pending` has both sides (`vm_pending`).
+#[tokio::test]
+async fn config_answers_pending_values_unless_current_is_asked() {
+    let pve = FakePve::start(mixed_cluster());
+    let client = pve.client();
+    let path = "/nodes/pve1/qemu/101/config";
+    let next_start = client.get(path, &[]).await.expect("config");
+    assert_eq!(next_start["memory"], "4096");
+    let current = client.get(path, &[("current", "1")]).await.expect("current config");
+    assert_eq!(current["memory"], "2048");
+    assert_eq!(next_start["digest"], current["digest"], "one config file, one digest");
+    let pending = client.get("/nodes/pve1/qemu/101/pending", &[]).await.expect("pending");
+    let memory = pending.as_array().expect("entries").iter().find(|e| e["key"] == "memory").expect("memory");
+    assert_eq!((memory["value"].clone(), memory["pending"].clone()), (json!(2048), json!("4096")));
 }

@@ -295,9 +295,11 @@ fn a_stopped_vm_migrates_offline_and_a_missing_storage_stops_the_move() {
 fn nixprox_import_prints_a_block_that_evaluates_and_plans_noop() {
     let public = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIImportedHostKeyxxxxxxxxxxxxxxxxxxxx root@web";
     let block = Metadata { host: "web".into(), system: Some("/nix/store/old".into()), ..Metadata::default() };
+    let mut agent = crate::support::hosts::agent_with("127.0.0.21");
+    agent["files"] = json!({ED25519_HOST_KEY: format!("{public}\n")});
     let vm = json!({
         "vmid": 130, "name": "web", "node": "pve1", "status": "running",
-        "agent": {"files": {ED25519_HOST_KEY: format!("{public}\n")}},
+        "agent": agent,
         "config": {
             "name": "web", "cores": 4, "sockets": 2, "cpu": "host,flags=+aes", "memory": "8192", "balloon": 2048,
             "bios": "ovmf", "machine": "q35", "agent": "1", "onboot": 0, "protection": 1, "ostype": "l26",
@@ -321,8 +323,21 @@ fn nixprox_import_prints_a_block_that_evaluates_and_plans_noop() {
     // By name, the same block.
     let by_name = run_plain(&fixture, &pve, &["import", "web"]);
     assert_eq!(by_name.stdout, printed);
-    std::fs::write(fixture.dir.path().join("imported.nix"), format!("{{\n{printed}}}\n"))
-        .expect("write imported.nix");
+    assert!(printed.contains("  nixprox.address = \"127.0.0.21\";"), "{printed}");
+    assert!(!printed.contains("Reinstall needed"), "a NixOS VM: {printed}");
+    // Written as a file, as it is: a module ready to import.
+    let out = fixture.dir.path().join("imported.nix");
+    let run = run_plain(&fixture, &pve, &["import", "130", "--out", &out.display().to_string()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(&out).expect("imported.nix"), printed);
+    // Never over an existing file.
+    let again = run_plain(&fixture, &pve, &["import", "130", "--out", &out.display().to_string()]);
+    assert_eq!(again.code, 1);
+    assert!(
+        again.stderr.contains("exists already: nixprox import never overwrites a host module"),
+        "{}",
+        again.stderr
+    );
 
     // Nothing but the system differs from the VM it came from.
     let plan = plan_hosts(&fixture, &pve, "web");
@@ -339,4 +354,49 @@ fn nixprox_import_prints_a_block_that_evaluates_and_plans_noop() {
     let run = run_plain(&fixture, &pve, &["import", "nope"]);
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("no VM `nope` in the cluster"), "{}", run.stderr);
+}
+
+/// A Debian VM made outside nixprox: `nixprox import --out` writes a host module that says it
+/// needs a reinstall and pins the key it presents now for the conversion; imported as it is,
+/// the VM plans its conversion (blocked until the host declares a layout and opts in), and
+/// nothing else about the VM changes.
+#[test]
+fn nixprox_import_of_a_debian_vm_writes_a_module_that_plans_its_conversion() {
+    let public = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDebianHostKeyxxxxxxxxxxxxxxxxxxxxxx root@web";
+    let mut agent = crate::support::hosts::agent_with("127.0.0.21");
+    agent["files"] = json!({ED25519_HOST_KEY: format!("{public}\n")});
+    agent["os"] = crate::support::hosts::debian_os();
+    let vm = json!({
+        "vmid": 131, "name": "web", "node": "pve1", "status": "running", "agent": agent,
+        "config": {
+            "name": "web", "cores": 2, "sockets": 1, "cpu": "x86-64-v2-AES", "memory": "2048", "agent": "1",
+            "onboot": 1, "ostype": "l26", "scsihw": "virtio-scsi-single", "boot": "order=scsi0",
+            "scsi0": "local-lvm:vm-131-disk-0,size=20G", "net0": "virtio=BC:24:11:00:01:31,bridge=vmbr0",
+            "tags": "debian", "description": OWNER
+        }
+    });
+    let pve = FakePve::start(Scenario::new().guest(vm));
+    let fixture = Fixture::copy("import");
+    let out = fixture.dir.path().join("imported.nix");
+    let run = run_plain(&fixture, &pve, &["import", "web", "--out", &out.display().to_string()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let module = std::fs::read_to_string(&out).expect("imported.nix");
+    assert!(module.starts_with("# VM 131 `web` on node `pve1`"), "{module}");
+    assert!(module.contains("{ ... }:\n\n{\n  nixprox.enable = true;\n  nixprox.vm = {\n"), "{module}");
+    assert!(
+        module.contains("  # Reinstall needed: its guest agent reports `debian` (Debian GNU/Linux 12 (bookworm)), not NixOS."),
+        "{module}"
+    );
+    assert!(module.contains(&format!("  nixprox.convert.hostKey = \"{public}\";")), "{module}");
+    assert!(!module.contains("nixprox.ssh.hostKey ="), "{module}");
+
+    let plan = plan_hosts(&fixture, &pve, "web");
+    assert_eq!(kinds(&plan, "web"), ["adopt", "reinstall"], "{plan:#}");
+    let reinstall = &actions(&plan, "web")[1];
+    assert!(
+        reinstall["blocked"]["reason"].as_str().unwrap_or_default().contains("declares no `disko.devices`"),
+        "{reinstall:#}"
+    );
+    assert_eq!(plan["summary"]["update_vm"], 0, "the VM as it is: {plan:#}");
+    assert!(reinstall["reason"].as_str().unwrap_or_default().contains("runs `debian`"), "{reinstall:#}");
 }

@@ -39,11 +39,15 @@ VM created from scratch finds its installer ISO.
 The image bootstrap needs Proxmox behaviour fakepve 0.5 does not have; `install_image_support`
 adds it, each piece modelled on the Proxmox source it names: `import` uploads (multipart parsed
 as pve-http-server does, checked and checksummed as pve-storage does), VM disks created with
-`import-from` (qemu-server), and guest-agent `file-read` as qemu-server answers it. The command
+`import-from` (qemu-server), guest-agent `file-read` as qemu-server answers it, and `GET …/config`
+with pending values applied unless `current=1` (qemu-server `vm_config`). The command
 `boot_agent` (`{"cmd": "boot_agent", "name": "web", "agent": {...}}`) gives every VM of that name
 those agent answers once it runs, as the image's guest agent would; `on_reboot`
 (`{"cmd": "on_reboot", "name": "web", "touch": "PATH"}`) creates PATH whenever a VM of that name
-is rebooted through the API, so a test's SSH host can restart as its guest; `store_file` puts a file on
+is rebooted through the API, so a test's SSH host can restart as its guest; `agent_starting`
+(`{"cmd": "agent_starting", "name": "web", "calls": 3}`) makes the next `calls` agent commands
+to a running VM of that name answer 500 "QEMU guest agent is not running", as qemu-server's
+`assert_agent_available` does while the guest's agent starts; `store_file` puts a file on
 a storage between runs (`content`, and `virtual_size` for an import).
 
 `ceph_slow` (PVE seconds) is fakepve's `ceph_slow()`: every operation on a disk of an RBD storage
@@ -72,6 +76,7 @@ from aiohttp import web
 
 import fakepve.agent
 from fakepve import FakePve, PveError, TaskError, shapes
+from fakepve.server import ok
 from fakepve.certs import make_cert
 from fakepve.lxc import format_size
 from fakepve.qemu import DRIVE_KEY, drives_of, is_cdrom, join_drive, split_drive, volume_ref
@@ -149,6 +154,68 @@ class AnswerLoss:
 
 
 ANSWER_LOSS = AnswerLoss()
+
+
+class ConfigEdits:
+    """The `edit_on_request` fault: someone else edits a VM's config at a chosen point of
+    nixprox's run, deterministically.
+
+    A real cluster lets anyone with `VM.Config.Disk` attach a disk between two of nixprox's
+    requests (the UI, `qm set`, another tool); PVE then answers the config it has at each
+    request, and a write carrying the digest of an older read is refused with "detected
+    modified configuration - file changed by other user? Try again." (qemu-server
+    PVE/API2/Qemu.pm `update_vm_api`, `PVE::Tools::assert_if_modified`). fakepve models the
+    digest but not the other user; this middleware is that user, timed by nixprox's own
+    requests instead of a clock.
+
+    `{"cmd": "edit_on_request", "method": "GET", "path": "/qemu/101/config$", "skip": 0,
+    "when": "after", "vmid": 101, "config": {"scsi2": "…"}}`: when the request matching
+    `method` and `path` (`re.search`) has been seen `skip` times already, the keys of `config`
+    are written into VM `vmid`'s config (as `set_config` does) right after that request was
+    answered (`when` "after") or right before it runs ("before": a write then meets the new
+    digest). Each rule fires once.
+    """
+
+    def __init__(self):
+        self.rules = []
+
+    def add(self, args):
+        self.rules.append({'method': args['method'].upper(), 'path': re.compile(args['path']),
+                           'skip': int(args.get('skip', 0)), 'when': args.get('when', 'after'),
+                           'vmid': int(args['vmid']), 'config': args['config'], 'fired': False})
+
+    def _fire(self, pve, request, when):
+        for rule in self.rules:
+            if rule['fired'] or rule['when'] != when:
+                continue
+            if rule['method'] != request.method or not rule['path'].search(request.path):
+                continue
+            if rule['skip'] > 0:
+                rule['skip'] -= 1
+                continue
+            rule['fired'] = True
+            vm = pve.vm(rule['vmid'])
+            if vm is not None:
+                vm.config.update(rule['config'])
+
+    def install(self, pve):
+        build = pve._build_app
+
+        @web.middleware
+        async def middleware(request, handler):
+            self._fire(pve, request, 'before')
+            response = await handler(request)
+            self._fire(pve, request, 'after')
+            return response
+
+        def build_with_edits():
+            app = build()
+            app.middlewares.insert(0, middleware)
+            return app
+        pve._build_app = build_with_edits
+
+
+CONFIG_EDITS = ConfigEdits()
 
 
 MIB = 1024 ** 2
@@ -1002,8 +1069,19 @@ BOOT_AGENTS = {}
 ORIGINAL_AGENT_CALL = FakePve._agent_call
 
 
+# VM name -> how many more agent calls find the agent still starting (the `agent_starting`
+# command). qemu-server's assert_agent_available (src/PVE/QemuServer/Agent.pm) runs before every
+# agent command: a running VM whose qemu-guest-agent has not answered `guest-ping` yet (it is
+# still starting in the guest) fails with `die "QEMU guest agent is not running\n"`, which the
+# API answers as HTTP 500 with that message (PVE 8 and 9).
+AGENT_STARTING = {}
+
+
 async def agent_call(self, match, values):
     vm = self.find(values['node'], values['vmid'])
+    if vm is not None and vm.status == 'running' and AGENT_STARTING.get(vm.name, 0) > 0:
+        AGENT_STARTING[vm.name] -= 1
+        raise PveError(500, 'QEMU guest agent is not running')
     if vm is not None and vm.agent is None and vm.status == 'running' and vm.name in BOOT_AGENTS:
         vm.agent = json.loads(json.dumps(BOOT_AGENTS[vm.name]))
     return await ORIGINAL_AGENT_CALL(self, match, values)
@@ -1026,11 +1104,31 @@ async def do_reboot(self, vm, user, p):
     return answer
 
 
+async def config_get(self, request):
+    """`GET /nodes/{node}/qemu/{vmid}/config` as qemu-server src/PVE/API2/Qemu.pm `vm_config`
+    answers it: "the virtual machine configuration with pending configuration changes applied"
+    (pending values in place of the current ones, pending deletions left out) unless `current`
+    is set, which answers the config the VM runs. fakepve 0.5 always answers the current one."""
+    vm = self._vm(request, 'VM.Audit')
+    cfg = dict(vm.config)
+    if str(request.query.get('current', '0')).lower() not in ('1', 'true', 'yes', 'on'):
+        for key, value in vm.pending.items():
+            if value is None:
+                cfg.pop(key, None)
+            else:
+                cfg[key] = value
+    if 'memory' in cfg:
+        cfg['memory'] = str(cfg['memory'])  # PVE sends it as a string
+    cfg['digest'] = vm.digest()
+    return ok(cfg)
+
+
 def install_image_support():
     FakePve._upload = upload
     FakePve._qm_check_drive = check_drive
     FakePve._qm_new_drive = new_drive
     FakePve._agent_call = agent_call
+    FakePve._config_get = config_get
     FakePve._do_reboot = do_reboot
     fakepve.agent.result = agent_result
 
@@ -1046,6 +1144,14 @@ async def command(pve, args):
         return None
     if name == 'lose_answer':
         ANSWER_LOSS.add(args['method'], args['path'], args.get('times', 1))
+        return None
+    if name == 'edit_on_request':
+        CONFIG_EDITS.add(args)
+        return None
+    if name == 'remove_vm':
+        # What an owner does in the UI (Remove, with "purge"): the VM is gone, its VMID free.
+        vm = vm_of(pve, args)
+        pve.vms.remove(vm)
         return None
     if name == 'clear_answer_loss':
         ANSWER_LOSS.clear()
@@ -1081,6 +1187,9 @@ async def command(pve, args):
         return None
     if name == 'boot_agent':
         BOOT_AGENTS[args['name']] = args['agent']
+        return None
+    if name == 'agent_starting':
+        AGENT_STARTING[args['name']] = int(args['calls'])
         return None
     if name == 'store_file':
         # fakepve's store_file(): a file already on a storage (an earlier upload, complete or
@@ -1185,6 +1294,7 @@ async def serve(args):
     pve = DriverPve(host=args.host, port=args.port, password=os.urandom(16).hex())
     model_token_privileges(pve)
     ANSWER_LOSS.install(pve)
+    CONFIG_EDITS.install(pve)
     apply_scenario(pve, scenario)
     os.makedirs(args.ca_dir, exist_ok=True)
     certfile, keyfile, _ = make_cert(args.ca_dir, hosts=(args.host,))

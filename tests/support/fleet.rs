@@ -424,7 +424,7 @@ const FLAKE: &str = r#"# A generated fleet (tests/support/fleet.rs): the style o
 {
   description = "nixprox benchmark fleet";
 
-  inputs.nixpkgs-lib.url = "github:nix-community/nixpkgs.lib";
+  inputs.nixpkgs-lib.url = "github:nix-community/nixpkgs.lib/de42d44212d207476489bce163375d8306a26d59";
   inputs.nixprox.url = "github:nixprox/nixprox";
   inputs.nixprox.inputs.nixpkgs.follows = "nixpkgs-lib";
 

@@ -101,12 +101,32 @@ pub fn host(name: &str) -> DesiredHost {
             serial_console: false,
         },
         keep: false,
+        allow: Default::default(),
+        convert: Default::default(),
     }
 }
 
-/// Guest-agent answers with a loopback address on `eth0` (tests never dial anything else).
+/// What `GET …/agent/get-osinfo` answers (under `result`) for a NixOS guest: qemu-guest-agent's
+/// `guest-get-osinfo` (QEMU `qga/commands-posix.c`) reads `/etc/os-release` (`ID`, `NAME`,
+/// `PRETTY_NAME`, `VERSION`, `VERSION_ID`) and `uname`; NixOS writes `ID=nixos`
+/// (nixpkgs `nixos/modules/misc/version.nix`). fakepve answers a VM's `os` as it is, and a
+/// Debian 13 when a VM's agent has none.
+pub fn nixos_os() -> Value {
+    json!({"id": "nixos", "name": "NixOS", "pretty-name": "NixOS 24.11 (Vicuna)", "version": "24.11 (Vicuna)",
+           "version-id": "24.11", "kernel-release": "6.6.63", "kernel-version": "#1-NixOS SMP", "machine": "x86_64"})
+}
+
+/// The same for Debian 12 (its `/etc/os-release`: `ID=debian`).
+pub fn debian_os() -> Value {
+    json!({"id": "debian", "name": "Debian GNU/Linux", "pretty-name": "Debian GNU/Linux 12 (bookworm)",
+           "version": "12 (bookworm)", "version-id": "12", "kernel-release": "6.1.0-28-amd64",
+           "kernel-version": "#1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1", "machine": "x86_64"})
+}
+
+/// Guest-agent answers of a NixOS guest with a loopback address on `eth0` (tests never dial
+/// anything else).
 pub fn agent_with(address: &str) -> Value {
-    json!({"interfaces": [
+    json!({"os": nixos_os(), "interfaces": [
         {"name": "lo", "ip-addresses": [{"ip-address": "127.0.0.1", "ip-address-type": "ipv4", "prefix": 8}]},
         {"name": "eth0", "hardware-address": "bc:24:11:00:00:01",
          "ip-addresses": [{"ip-address": address, "ip-address-type": "ipv4", "prefix": 8}]}

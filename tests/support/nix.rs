@@ -1,6 +1,6 @@
 //! The real `nix` binary for tests: finds it, isolates it from the binary cache, and prepares the
-//! inputs fixture flakes are evaluated with (`nixpkgs-lib` from `../shared`, `nixprox` from a copy
-//! of this repository's `flake.nix` and `nix/`).
+//! inputs fixture flakes are evaluated with (`nixpkgs-lib` from `../shared` or the pinned revision
+//! nix fetches, `nixprox` from a copy of this repository's `flake.nix` and `nix/`).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -26,22 +26,70 @@ pub fn nix() -> Nix {
     Nix { program: program.clone(), env: vec![] }.with_env("NIX_CONFIG", "substituters =")
 }
 
-/// `shared/nixpkgs-lib`: `$NIXPROX_SHARED_DIR`, else the nearest `shared/` beside an ancestor of
-/// the repository (`<repo>/../shared` for the main checkout, further up for worktrees).
+/// The nixpkgs.lib revision every fixture flake pins (`inputs.nixpkgs-lib.url`), the one
+/// `shared/nixpkgs-lib` is a snapshot of (`shared/README.md`), and its NAR hash: the same bytes
+/// online and offline. `scripts/test`, the fixtures and the project's `flake.lock` name the same
+/// pair; `tests/it/flake.rs` checks that they agree.
+pub const NIXPKGS_LIB_REV: &str = "de42d44212d207476489bce163375d8306a26d59";
+pub const NIXPKGS_LIB_NAR_HASH: &str = "sha256-0iaTCZDEORJeWamOjfDZaoZZx686f7QO5oL3ynmj+ew=";
+/// The revision's commit time: with it and the NAR hash, nix takes the source from the store
+/// when it is there (no download at all).
+pub const NIXPKGS_LIB_LAST_MODIFIED: u64 = 1_781_405_675;
+
+/// What a contributor does when no nixpkgs-lib can be had: the one line every test (and
+/// `scripts/test`, before any test runs) stops with.
+pub const NO_NIXPKGS_LIB: &str = "no nixpkgs-lib for the fixture flakes: no `shared/nixpkgs-lib` beside the checkout, NIXPROX_SHARED_DIR unset, and nix could not fetch github:nix-community/nixpkgs.lib/de42d44212d207476489bce163375d8306a26d59 (offline?); connect to the internet once (nix keeps it), or set NIXPROX_SHARED_DIR to a folder holding nixpkgs-lib/ (README.md#tests)";
+
+/// nixpkgs-lib as a directory, for `--override-input nixpkgs-lib path:…` and `import …/lib`:
+/// `$NIXPROX_SHARED_DIR/nixpkgs-lib`, else the nearest `shared/nixpkgs-lib` beside an ancestor
+/// of the repository (`<repo>/../shared` for the main checkout, further up for worktrees), else
+/// the pinned revision fetched by nix (`builtins.fetchTree` with its NAR hash: checked, and kept
+/// in the store, so later runs need no network). Nothing found: every test stops with
+/// [`NO_NIXPKGS_LIB`] instead of a nix error of its own.
 pub fn nixpkgs_lib() -> PathBuf {
-    if let Some(dir) = std::env::var_os("NIXPROX_SHARED_DIR") {
-        return PathBuf::from(dir).join("nixpkgs-lib");
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match FOUND.get_or_init(find_nixpkgs_lib) {
+        Ok(dir) => dir.clone(),
+        Err(line) => panic!("{line}"),
     }
-    repo()
+}
+
+fn find_nixpkgs_lib() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("NIXPROX_SHARED_DIR") {
+        let lib = PathBuf::from(dir).join("nixpkgs-lib");
+        return match lib.join("flake.nix").is_file() {
+            true => Ok(lib),
+            false => Err(format!(
+                "NIXPROX_SHARED_DIR names no nixpkgs-lib: `{}` has no flake.nix (point it at the folder holding nixpkgs-lib/, or unset it to fetch the pinned revision)",
+                lib.display()
+            )),
+        };
+    }
+    let beside = repo()
         .ancestors()
         .skip(1)
         .map(|dir| dir.join("shared/nixpkgs-lib"))
-        .find(|p| p.join("flake.nix").is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "no `shared/nixpkgs-lib` beside the repository: set NIXPROX_SHARED_DIR to the shared/ folder"
-            )
-        })
+        .find(|p| p.join("flake.nix").is_file());
+    if let Some(lib) = beside {
+        return Ok(lib);
+    }
+    fetch_pinned_nixpkgs_lib().ok_or_else(|| NO_NIXPKGS_LIB.to_string())
+}
+
+/// The pinned nixpkgs-lib through nix's fetcher: from the store when an earlier run (or
+/// `scripts/test`) fetched it, else from GitHub, in one attempt (offline fails at once).
+fn fetch_pinned_nixpkgs_lib() -> Option<PathBuf> {
+    let expr = format!(
+        "(builtins.fetchTree {{ type = \"github\"; owner = \"nix-community\"; repo = \"nixpkgs.lib\"; rev = \"{NIXPKGS_LIB_REV}\"; lastModified = {NIXPKGS_LIB_LAST_MODIFIED}; narHash = \"{NIXPKGS_LIB_NAR_HASH}\"; }}).outPath"
+    );
+    let output = std::process::Command::new("nix")
+        .env("NIX_CONFIG", "substituters =")
+        .args(["--extra-experimental-features", "nix-command flakes", "--option", "download-attempts", "1"])
+        .args(["eval", "--impure", "--raw", "--expr", &expr])
+        .output()
+        .ok()?;
+    let dir = PathBuf::from(String::from_utf8(output.stdout).ok()?.trim());
+    (output.status.success() && dir.join("flake.nix").is_file()).then_some(dir)
 }
 
 /// `--override-input` pairs for fixture flakes. The nixprox input is a copy of only `flake.nix`

@@ -7,7 +7,7 @@
 set -euo pipefail
 export NIX_CONFIG="substituters ="
 known=" @FLAGS@ "
-flake="" target="" port=22 key="" extra="" disk_keys=()
+flake="" target="" port=22 key="" extra="" disk_keys=() ssh_extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     -f|--flake) flake=$2; shift 2 ;;
@@ -19,6 +19,12 @@ while [ $# -gt 0 ]; do
       case "$2" in auto|local|remote) ;; *) echo "invalid --build-on $2" >&2; exit 1 ;; esac
       shift 2 ;;
     --kexec) shift 2 ;;
+    # Like the real one (`sshArgs+=("-o" "$2")`): appended after its own options, so ssh keeps
+    # its `StrictHostKeyChecking=no`, and an option nixos-anywhere does not set (ProxyCommand)
+    # takes effect.
+    --ssh-option)
+      case "$2" in *=*) ;; *) echo "invalid --ssh-option $2 (expected Key=value)" >&2; exit 1 ;; esac
+      ssh_extra+=(-o "$2"); shift 2 ;;
     --disk-encryption-keys) disk_keys+=("$2" "$3"); shift 3 ;;
     -*)
       case "$known" in
@@ -29,6 +35,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$flake" ] && [ -n "$target" ] && [ -n "$key" ] || { echo "missing --flake, target or -i" >&2; exit 1; }
+# Tests count the installer's runs per host (NIXPROX_TEST_INSTALL_LOG=<file>).
+if [ -n "${NIXPROX_TEST_INSTALL_LOG:-}" ]; then
+  echo "${flake#*#} ${target} ${ssh_extra[*]}" >> "$NIXPROX_TEST_INSTALL_LOG"
+fi
 # Like nixos-anywhere (src/nixos-anywhere.sh): a private temporary directory, removed by a
 # `trap … EXIT`, holding a copy of the SSH key it was given.
 tempDir=$(mktemp -d)
@@ -40,7 +50,7 @@ if [ -n "${NIXPROX_TEST_INSTALL_FAIL:-}" ]; then
   echo "$NIXPROX_TEST_INSTALL_FAIL" >&2
   exit 1
 fi
-ssh_opts=(-i "$key" -p "$port" -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o IdentitiesOnly=yes -o BatchMode=yes -o LogLevel=ERROR)
+ssh_opts=(-i "$key" -p "$port" -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o IdentitiesOnly=yes -o BatchMode=yes -o LogLevel=ERROR "${ssh_extra[@]}")
 # A user other than root: nixos-anywhere escalates with sudo (or doas) and aborts without it,
 # then works as root (it copies the user's authorized_keys to root's; the test host has one
 # authorized_keys file for every user, and its /root is the machine's, so nothing is copied).

@@ -7,6 +7,17 @@
 let
   cfg = config.nixprox;
   static = cfg.network.prefixLength != null;
+  # Who nixprox logs in as: the deploy user, or root on a host adopted from
+  # `nixos-rebuild --target-host root@…` until a later pull request moves it to the deploy user.
+  asRoot = cfg.ssh.user == "root";
+  # The deploy user exists either way, so that move finds it there: created by the first
+  # switch of an adopted host. Root is never a normal user (NixOS asserts a normal user's uid
+  # is 1000 or above: nixos/modules/config/users-groups.nix).
+  deployUser = if asRoot then "deploy" else cfg.ssh.user;
+  # The plan runner's probe key (`drift --probe`, docs/ci.md): whatever it asks, it gets the
+  # store path of the running system and nothing else.
+  probeKey = ''command="/run/current-system/sw/bin/readlink /run/current-system",restrict ${lib.fileContents ../secrets/nixprox-probe-key.pub}'';
+  sshKeys = cfg.bootstrap.sshKeys ++ [ probeKey ];
 in
 {
   # nixprox asks the guest agent for the address of DHCP hosts; Proxmox uses it for clean
@@ -16,21 +27,24 @@ in
   services.openssh = {
     enable = true;
     settings.PasswordAuthentication = false;
-    # Nobody logs in as root: nixprox and nixos-anywhere use the deploy user below.
-    settings.PermitRootLogin = "no";
+    # Nobody logs in as root once nixprox uses the deploy user below; while it logs in as root
+    # (an adopted host), root logs in with its key only. "no" there would lock nixprox out:
+    # the switch's confirmation over a new SSH connection would fail and roll it back.
+    settings.PermitRootLogin = if asRoot then "prohibit-password" else "no";
   };
+  users.users.root.openssh.authorizedKeys.keys = lib.mkIf asRoot sshKeys;
 
   # The deploy user (`nixprox.ssh.user`, modules/nixprox.nix) with the runner's key, the same
-  # one the bootstrap system let in as root. Activating a system runs its code as root, so any
+  # one the bootstrap system let in as root (and the probe key, restricted as above). Activating a system runs its code as root, so any
   # sudo rule that allows it is root-equivalent: the user gets passwordless sudo for everything
   # (`sudo -n`, never a prompt; docs/security.md).
-  users.users.${cfg.ssh.user} = {
+  users.users.${deployUser} = {
     isNormalUser = true;
-    openssh.authorizedKeys.keys = cfg.bootstrap.sshKeys;
+    openssh.authorizedKeys.keys = sshKeys;
   };
   security.sudo.extraRules = [
     {
-      users = [ cfg.ssh.user ];
+      users = [ deployUser ];
       commands = [
         {
           command = "ALL";

@@ -9,6 +9,7 @@
   nixprox.bootstrap.sshKeys = [ (lib.fileContents ../secrets/nixprox-ssh-key.pub) ];
   # Once NixOS is installed, nixprox logs in as `deploy` (not root) and runs what needs root
   # through `sudo -n` (docs/security.md, "A login user other than root"); modules/common.nix
-  # creates the user and its passwordless sudo.
-  nixprox.ssh.user = "deploy";
+  # creates the user and its passwordless sudo. A default: an adopted host logs in as root
+  # until its first switch has created the user (hosts/media/nixprox.nix).
+  nixprox.ssh.user = lib.mkDefault "deploy";
 }

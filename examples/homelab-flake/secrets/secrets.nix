@@ -4,22 +4,23 @@
 let
   # You, to edit the secrets.
   admin = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB4cyNHHlL6C82zXo0VGxWz7yPnTw2Z7FrnvhMayxP5o admin";
-  # The CI runners' own host keys (`cat /etc/ssh/ssh_host_ed25519_key.pub` on each).
-  runner-apply = builtins.readFile ./host-keys/runner-apply.pub;
-  runner-plan = builtins.readFile ./host-keys/runner-plan.pub;
+  # The CI runner machine's own host key (`cat /etc/ssh/ssh_host_ed25519_key.pub` on it).
+  runner = builtins.readFile ./host-keys/runner.pub;
   # The managed hosts' host keys: generated before the first install (docs/guide.md, "Secrets
   # with host keys"); the private halves are secrets of the apply runner (host-key-<name>.age
   # below), which nixprox installs on the VMs (`nixprox.install.hostKeyFile`).
   db = builtins.readFile ./host-keys/db.pub;
 in
 {
-  # Secrets of the runners (nix/runner.nix reads them as files).
-  "forgejo-runner-token.age".publicKeys = [ admin runner-apply runner-plan ];
-  "proxmox-plan-token.age".publicKeys = [ admin runner-plan ];
-  "proxmox-apply-token.age".publicKeys = [ admin runner-apply ];
-  "nixprox-ssh-key.age".publicKeys = [ admin runner-apply ];
-  "host-key-web.age".publicKeys = [ admin runner-apply ];
-  "host-key-db.age".publicKeys = [ admin runner-apply ];
+  # Secrets of the runner machine (../runner/configuration.nix; nix/runner.nix hands each to
+  # one runner's user only).
+  "forgejo-runner-token.age".publicKeys = [ admin runner ];
+  "proxmox-plan-token.age".publicKeys = [ admin runner ];
+  "nixprox-probe-key.age".publicKeys = [ admin runner ];
+  "proxmox-apply-token.age".publicKeys = [ admin runner ];
+  "nixprox-ssh-key.age".publicKeys = [ admin runner ];
+  "host-key-web.age".publicKeys = [ admin runner ];
+  "host-key-db.age".publicKeys = [ admin runner ];
   # Secrets of the hosts, decrypted with their host keys.
   "postgres-app-password.age".publicKeys = [ admin db ];
 }

@@ -2,9 +2,12 @@
 //! plan, so that apply after the merge can compare host by host (resume a partial run, accept
 //! one shard of a fan-out) knowing only the comment.
 //!
-//! It lists every host that had changes at review with a digest of its normalized actions
-//! (kind, blocked or not, every before/after value: exactly what the comment showed) and the
-//! destructive kinds it was allowed to run. A host not listed had nothing to do. 16 hex digits
+//! It lists every host that had changes at review with the VM the reviewer saw (node and
+//! VMID, `new` for one Proxmox had not allocated yet), a digest of that VM and the host's
+//! normalized actions (kind, blocked or not, every before/after value: exactly what the
+//! comment showed) and the destructive kinds it was allowed to run. A host not listed had
+//! nothing to do. Version 2 added the VM: a version 1 record (written before) is ignored with
+//! a warning, and apply compares plan ids, which cover the VMs too. 16 hex digits
 //! (64 bits) of SHA-256 per host keep 500 changed hosts near 20,000 characters, inside the
 //! comment's 65,536; a plan whose record would not fit [`MAX_RECORD_CHARS`] gets none, and apply
 //! then compares plan ids only (the full per-host delta is always available with
@@ -20,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::plan::Plan;
 
 /// The version this nixprox writes and reads.
-pub const RECORD_VERSION: u32 = 1;
+pub const RECORD_VERSION: u32 = 2;
 
 /// The largest record the plan comment carries (the rest of the 65,536 characters is left to
 /// the rendered plan, which degrades to fit).
@@ -50,13 +53,13 @@ pub enum RecordError {
     OtherPlan { found: String, wanted: String },
 }
 
-/// The record, as JSON: `{"v":1,"plan_id":"…","hosts":{"web":"<digest>","db":"<digest> reinstall"}}`.
+/// The record, as JSON: `{"v":2,"plan_id":"…","hosts":{"web":"<digest> pve1/101","db":"<digest> pve1/102 reinstall"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub v: u32,
     pub plan_id: String,
-    /// Hosts (attribute names) with changes: `<digest>`, then the runnable destructive kinds
-    /// after a space, comma-separated.
+    /// Hosts (attribute names) with changes: `<digest> <node>/<vmid or new>`, then the
+    /// runnable destructive actions after a space, comma-separated, each `<kind>=<digest>`.
     #[serde(default)]
     pub hosts: BTreeMap<String, String>,
     /// Orphan VMs (by VM name) with changes, in the same form.
@@ -68,22 +71,29 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub digest: String,
+    /// The VM the reviewer saw: `pve1/101`, or `pve1/new`.
+    pub vm: String,
     pub destructive: Vec<String>,
 }
 
 impl Entry {
     fn encode(&self) -> String {
-        if self.destructive.is_empty() {
-            self.digest.clone()
-        } else {
-            format!("{} {}", self.digest, self.destructive.join(","))
+        let mut text = format!("{} {}", self.digest, self.vm);
+        if !self.destructive.is_empty() {
+            text.push(' ');
+            text.push_str(&self.destructive.join(","));
         }
+        text
     }
 
     fn decode(text: &str) -> Entry {
-        let (digest, kinds) = text.split_once(' ').unwrap_or((text, ""));
+        let mut parts = text.splitn(3, ' ');
+        let digest = parts.next().unwrap_or_default().to_string();
+        let vm = parts.next().unwrap_or_default().to_string();
+        let kinds = parts.next().unwrap_or_default();
         Entry {
-            digest: digest.to_string(),
+            digest,
+            vm,
             destructive: kinds.split(',').filter(|k| !k.is_empty()).map(str::to_string).collect(),
         }
     }
@@ -100,8 +110,12 @@ impl Record {
         };
         for host in plan.hosts.iter().filter(|h| h.has_changes()) {
             let actions: Vec<Value> = host.actions.iter().map(super::normalize).collect();
-            let entry =
-                Entry { digest: digest(&actions), destructive: super::runnable_destructive(&actions) };
+            let vm = super::vm_label(&host.vm.node, host.vm.vmid);
+            let entry = Entry {
+                digest: digest(&vm, &actions),
+                vm,
+                destructive: super::runnable_destructive(&actions),
+            };
             let map = if host.orphan { &mut record.orphans } else { &mut record.hosts };
             map.insert(host.host.clone(), entry.encode());
         }
@@ -141,10 +155,11 @@ impl Record {
     }
 }
 
-/// 16 hex digits of SHA-256 over the canonical JSON of a host's normalized actions.
-pub fn digest(actions: &[Value]) -> String {
+/// 16 hex digits of SHA-256 over the canonical JSON of the VM a host acts on (`pve1/101`) and
+/// its normalized actions: equal digests mean the same actions on the same VM.
+pub fn digest(vm: &str, actions: &[Value]) -> String {
     // Serialising plain JSON values cannot fail.
-    let bytes = serde_json::to_vec(actions).unwrap_or_default();
+    let bytes = serde_json::to_vec(&serde_json::json!({"vm": vm, "actions": actions})).unwrap_or_default();
     hex::encode(&Sha256::digest(&bytes)[..8])
 }
 
@@ -165,15 +180,18 @@ mod tests {
         assert_eq!(record.plan_id, plan.plan_id);
         assert!(record.hosts.contains_key("web"), "{record:?}");
         let old = record.entry("old", true).expect("orphan listed");
-        assert_eq!(old.destructive, ["destroy_vm"]);
+        assert_eq!(old.destructive.len(), 1);
+        assert!(old.destructive[0].starts_with("destroy_vm="), "{old:?}");
         assert_eq!(old.digest.len(), 16);
         assert_eq!(record.entry("old", false), None, "orphans and hosts are apart");
 
         let json = record.to_json().expect("fits");
         assert_eq!(Record::parse(&json, &plan.plan_id).expect("parses"), record);
         assert!(Record::parse(&json, "other").expect_err("wrong id").to_string().contains("not `other`"));
-        let newer = json.replacen("\"v\":1", "\"v\":2", 1);
-        assert!(Record::parse(&newer, &plan.plan_id).expect_err("newer").to_string().contains("version 2"));
+        assert_eq!(old.vm, "pve1/150");
+        assert!(json.contains("pve1/150 destroy_vm="), "{json}");
+        let older = json.replacen("\"v\":2", "\"v\":1", 1);
+        assert!(Record::parse(&older, &plan.plan_id).expect_err("older").to_string().contains("version 1"));
         assert!(Record::parse("{", &plan.plan_id).is_err());
     }
 

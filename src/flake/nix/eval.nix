@@ -149,12 +149,24 @@ let
     && params.success
     && builtins.any (p: builtins.isString p && builtins.match "console=ttyS0.*" p != null) params.value;
 
+  # A layout without any device (disko not imported, or imported with nothing declared) is no
+  # layout: it hashes like `null`, which nixprox reads as "disks not managed" (an adopted host
+  # with its own hardware configuration).
+  layout =
+    c:
+    let
+      devices = sanitise (c.config.disko.devices or null);
+      declared =
+        builtins.isAttrs devices
+        && builtins.any (v: v != null && v != { } && v != [ ]) (builtins.attrValues devices);
+    in
+    if declared then devices else null;
+
   # Evaluating out paths builds nothing.
   system = c: {
     serialConsole = serialConsole c;
     toplevel = c.config.system.build.toplevel.outPath;
-    diskLayoutHash =
-      "sha256:" + builtins.hashString "sha256" (builtins.toJSON (sanitise (c.config.disko.devices or null)));
+    diskLayoutHash = "sha256:" + builtins.hashString "sha256" (builtins.toJSON (layout c));
     image = image c;
   };
 

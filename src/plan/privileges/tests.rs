@@ -99,7 +99,8 @@ fn the_message_names_privilege_path_and_the_pveum_fix() {
     let err = MissingPrivileges {
         token: "nixprox@pve!apply".into(),
         role: APPLY_ROLE,
-        missing: missing(&granted(all), needs),
+        missing: missing(&granted(all), needs.clone()),
+        pve_major: None,
     };
     assert_eq!(
         err.to_string(),
@@ -111,6 +112,60 @@ grant the role `NixproxApply` (docs/guide.md#proxmox-tokens) on these paths to t
   pveum acl modify /sdn/zones/localnetwork --users 'nixprox@pve' --tokens 'nixprox@pve!apply' --roles NixproxApply
   pveum acl modify /vms --users 'nixprox@pve' --tokens 'nixprox@pve!apply' --roles NixproxApply
 or add them to the role you use: pveum role modify <role> --append 1 --privs 'SDN.Use,VM.Clone,VM.GuestAgent.Audit'"
+    );
+}
+
+/// The guest agent's privileges are named as the cluster's version knows them (issue 22):
+/// PVE 8 rejects `VM.GuestAgent.*` as invalid, PVE 9 has no `VM.Monitor` any more.
+#[test]
+fn the_agent_privilege_is_named_for_the_clusters_version() {
+    let mut web = testkit::host("web");
+    web.address = None;
+    let live = vec![template(9000, "pve1")];
+    let plan = plan_of(std::slice::from_ref(&web), &live);
+    let needs = needs_to_apply(&plan, &[web], &live, true);
+    let reader = granted(json!({"/vms": {"VM.Audit": 1}}));
+    let lacking = missing(&reader, needs).into_iter().filter(Need::is_agent).collect::<Vec<_>>();
+    assert!(!lacking.is_empty());
+    let message = |pve_major| {
+        MissingPrivileges {
+            token: "nixprox@pve!apply".into(),
+            role: APPLY_ROLE,
+            missing: lacking.clone(),
+            pve_major,
+        }
+        .to_string()
+    };
+    let eight = message(Some(8));
+    assert!(
+        eight.contains(
+            "\n  VM.Monitor (Proxmox VE 8) on /vms (propagated) (`web`: its address (guest agent))"
+        ),
+        "{eight}"
+    );
+    assert!(eight.ends_with("pveum role modify <role> --append 1 --privs 'VM.Monitor'"), "{eight}");
+    assert!(!eight.contains("GuestAgent"), "{eight}");
+    let nine = message(Some(9));
+    assert!(
+        nine.contains(
+            "\n  VM.GuestAgent.Audit (Proxmox VE 9) on /vms (propagated) (`web`: its address (guest agent))"
+        ),
+        "{nine}"
+    );
+    assert!(nine.ends_with("--privs 'VM.GuestAgent.Audit'"), "{nine}");
+    assert!(!nine.contains("VM.Monitor"), "{nine}");
+    // The read-only plan token on PVE 8: no read-only role has the agent's privilege.
+    let plan = MissingPrivileges {
+        token: "nixprox@pve!plan".into(),
+        role: crate::proxmox::permissions::PLAN_ROLE,
+        missing: lacking.clone(),
+        pve_major: Some(8),
+    };
+    assert!(
+        plan.to_string().ends_with(
+            "\non Proxmox VE 8 no read-only role holds VM.Monitor, which can also change a running VM: rather give these hosts a static `nixprox.address`"
+        ),
+        "{plan}"
     );
 }
 
@@ -214,6 +269,7 @@ fn an_image_host_needs_the_upload_the_import_and_the_agent_file_read() {
         token: "nixprox@pve!apply".into(),
         role: APPLY_ROLE,
         missing: missing(&apply_token, needs),
+        pve_major: None,
     };
     assert!(
         lacking.to_string().contains("\n  VM.GuestAgent.FileRead (VM.Monitor on PVE 8) on /vms (propagated) (`web`: its host key (guest agent))"),
@@ -230,4 +286,29 @@ fn an_installed_image_host_switches_without_reading_files_in_the_guest() {
     let needs = needs_to_apply(&plan, &[web], &live, true);
     assert!(!needs.iter().any(|n| n.privileges.contains(&"VM.GuestAgent.FileRead")), "{needs:#?}");
     assert!(!needs.iter().any(|n| n.path.starts_with("/storage/")), "{needs:#?}");
+}
+
+#[test]
+fn a_conversion_needs_the_agents_os_again_and_its_key_unless_declared() {
+    let mut web = testkit::host("web");
+    web.allow.reinstall = true;
+    let mut vm = testkit::live("web", 150);
+    vm.tags.clear();
+    let config = testkit::config(&mut vm);
+    config.metadata = None;
+    config.guest_os =
+        Some(crate::proxmox::guest::GuestOs::Read { id: "debian".into(), pretty_name: "Debian".into() });
+    let live = vec![vm];
+    let plan = plan_of(std::slice::from_ref(&web), &live);
+    let needs = needs_to_apply(&plan, std::slice::from_ref(&web), &live, true);
+    let has =
+        |privilege: &str| needs.iter().any(|n| n.privileges.contains(&privilege) && n.path == "/vms/150");
+    assert!(has("VM.GuestAgent.Audit"), "{needs:#?}");
+    assert!(has("VM.GuestAgent.FileRead"), "{needs:#?}");
+    // The key of the old system declared: no file read (a declared `ssh.hostKey` is the new
+    // system's key and does not count).
+    web.convert.host_key = Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIold".into());
+    let plan = plan_of(std::slice::from_ref(&web), &live);
+    let needs = needs_to_apply(&plan, std::slice::from_ref(&web), &live, true);
+    assert!(!needs.iter().any(|n| n.privileges == AGENT_FILE_READ), "{needs:#?}");
 }

@@ -215,3 +215,23 @@ fn templates_by_name_or_vmid() {
         "template `x` not found (templates in the cluster: none; set `nixprox.proxmox.template` or `defaults.template` to one of them, by name or VMID)"
     );
 }
+
+#[test]
+fn current_values_undo_what_waits_for_a_reboot() {
+    // `GET …/config` as Proxmox answers it by default: pending values applied (net2 is a
+    // pending addition, net1 a pending deletion already gone).
+    let mut config = json!({"cores": 4, "memory": "4096", "net2": "virtio,bridge=vmbr1"});
+    let map = config.as_object_mut().expect("object");
+    let pending = json!([
+        {"key": "cores", "value": 2, "pending": 4},
+        {"key": "memory", "value": "2048", "pending": "4096"},
+        {"key": "net1", "value": "virtio,bridge=vmbr0", "delete": 1},
+        {"key": "net2", "pending": "virtio,bridge=vmbr1"},
+        {"key": "tags", "value": "a"}
+    ]);
+    current_values(map, &pending);
+    assert_eq!(
+        serde_json::Value::Object(map.clone()),
+        json!({"cores": 2, "memory": "2048", "net1": "virtio,bridge=vmbr0"})
+    );
+}

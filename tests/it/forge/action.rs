@@ -219,3 +219,32 @@ fn the_base_is_fetched_with_the_token_header_and_a_failed_fetch_is_a_warning() {
     assert!(stderr.contains(&format!("::warning::could not fetch the base commit `{base}`")), "{stderr}");
     assert!(!stderr.contains("canary-token-123"), "{stderr}");
 }
+
+/// Issue 22: a runner without curl (NixOS's GitHub runner has none of its own) fails the
+/// install step with what is missing and where it comes from, before any download.
+#[test]
+fn the_install_step_says_when_curl_is_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    // What the script runs before the download, and nothing else (no curl).
+    for tool in ["mkdir", "uname", "mktemp", "rm"] {
+        let found = ["/usr/bin", "/bin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.exists());
+        std::os::unix::fs::symlink(found.expect(tool), bin.join(tool)).expect("link");
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("action/install.sh");
+    let out = Command::new("/bin/bash")
+        .arg(&script)
+        .env_clear()
+        .env("PATH", &bin)
+        .env("ACTION_VERSION", "v0.1.0")
+        .env("RUNNER_TEMP", dir.path())
+        .env("GITHUB_PATH", dir.path().join("github_path"))
+        .output()
+        .expect("bash runs");
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "::error::the install step needs curl on the runner's PATH to download the release (nixosModules.runner puts it there; on another runner, install curl)"
+    );
+}

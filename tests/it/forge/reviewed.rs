@@ -158,7 +158,127 @@ async fn a_host_changed_since_review_is_refused_and_pasted_markers_are_ignored(k
     assert!(run.stderr.contains("no reviewed plan for commit"), "{}", run.stderr);
 }
 
+/// A commit pushed straight to the default branch has no pull request, so no reviewed plan:
+/// apply refuses before it touches anything and names the way in, a pull request (issue 22).
+async fn a_push_without_a_pull_request_names_the_way_in(kind: ForgeKind) {
+    let lab = Lab::start(kind).await;
+    let fake = &lab.fake;
+    fake.mount_user(ME).await;
+    fake.req("POST", &fake.repo_path(&format!("statuses/{MERGE}")))
+        .respond_with(fake.answer(Op::CreateStatus, 201, fake.status("pending", "nixprox/apply", ME)))
+        .mount(&fake.server)
+        .await;
+    fake.mount_commit_pull(MERGE, None).await;
+    let env = ci_env(fake, "push", "push.json", lab.dir.path());
+    lab.pve.requests(true);
+    let run = run_in_ci(vec!["apply".to_string()], env, &lab.fixture, &lab.pve).await;
+    fake.next_run().await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let error = run.stderr.lines().find(|l| l.starts_with("error:")).expect("an error line");
+    let key = error.split("comment for `").nth(1).and_then(|r| r.split('`').next()).expect("the key");
+    assert_eq!(
+        error,
+        format!(
+            "error: no reviewed plan for commit `{MERGE}`: no merged pull request with a nixprox plan comment for `{key}` (a commit pushed straight to the branch has none); changes reach apply through a pull request, whose plan comment is the review: open one for this change and merge it, or review a plan yourself on the runner and apply it with `--reviewed-plan FILE` (docs/troubleshooting.md#no-reviewed-plan)"
+        )
+    );
+    let writes: Vec<(String, String)> =
+        lab.pve.requests(false).into_iter().filter(|(m, _)| m != "GET").collect();
+    assert!(writes.is_empty(), "nothing was changed: {writes:?}");
+}
+
+/// The visible text of the comment is rewritten, its first line (the marker) and last line
+/// (the record) kept: "nothing is destroyed". Apply refuses it, whole or as one shard, and
+/// the orphan the record would destroy is still there.
+async fn an_edited_comment_text_is_refused(kind: ForgeKind) {
+    let lab = Lab::start(kind).await;
+    let comment = lab.plan_on_the_pull_request().await;
+    assert!(comment.contains("`old-wiki`: `destroy_vm` — **will run**"), "{comment}");
+    let (marker, rest) = comment.split_once('\n').expect("lines");
+    let record = &rest[rest.rfind("<!-- nixprox:reviewed ").expect("record")..];
+    let edited = format!(
+        "{marker}\n### nixprox plan\n\n**0 to create, 1 to update, 0 to switch, 0 to destroy**\n\nOnly `db` gets more cores.\n{record}"
+    );
+    for args in [&[][..], &["--hosts", "old-wiki"][..]] {
+        let run = lab.apply_after_merge(vec![lab.ours(&edited)], args).await;
+        assert_eq!(run.code, 4, "{args:?}:\n{}\n{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains(&format!("error: the plan comment on #{} (", lab.pr))
+                && run.stderr.contains("#issuecomment-9001) does not show the plan this apply would run: "),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("nothing was applied (was the comment edited after the plan?"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(lab.pve.vm(150)["name"], "old-wiki", "{args:?}: the orphan is still there");
+    }
+    let run = lab.apply_after_merge(vec![lab.ours(&edited)], &[]).await;
+    assert!(
+        run.stderr.contains("line 3 of its text reads `**0 to create, 1 to update, 0 to switch, 0 to destroy**` where nixprox renders `> [!CAUTION]`"),
+        "the first line that differs: {}",
+        run.stderr
+    );
+    // The comment as nixprox wrote it (commit, time, link to the run, NixOS changes: all that
+    // apply renders otherwise) is accepted for the whole plan, whose id is the reviewed one.
+    // (New VMs get no address in the fake: give up on them at once.)
+    let settings = lab.fixture.dir.path().join("nixprox.yaml");
+    let text = std::fs::read_to_string(&settings).expect("settings");
+    std::fs::write(&settings, format!("{text}apply:\n  address_timeout: 1\n")).expect("write settings");
+    let run = lab.apply_after_merge(vec![lab.ours(&comment)], &[]).await;
+    assert!(!run.stderr.contains("does not show the plan"), "{}", run.stderr);
+    assert!(!run.stderr.contains("the plan changed since it was reviewed"), "{}", run.stderr);
+    assert_ne!(run.code, 4, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.starts_with(&format!("apply {}: ", plan_id_of(&comment))),
+        "the reviewed plan itself, compared line by line: {}",
+        run.stdout
+    );
+    assert!(
+        lab.pve.try_command(serde_json::json!({"cmd": "vm", "vmid": 150})).is_err(),
+        "destroyed as reviewed"
+    );
+}
+
+/// The reviewed plan destroys orphan `old-wiki`, VM 150. Before the merge, 150 is removed and
+/// a VM 159 named `old-wiki` (restored from a backup: tag, notes, other cores) appears. Apply
+/// refuses to destroy it, with and without `--hosts`, naming both VMs.
+async fn a_vm_swapped_under_a_reviewed_destroy_is_not_destroyed(kind: ForgeKind) {
+    let lab = Lab::start(kind).await;
+    let comment = lab.plan_on_the_pull_request().await;
+    let mut guest = lab.pve.vm(150);
+    lab.pve.command(serde_json::json!({"cmd": "remove_vm", "vmid": 150}));
+    guest["vmid"] = 159.into();
+    guest["config"]["cores"] = 8.into();
+    guest["config"]["scsi0"] = "local-lvm:vm-159-disk-0,size=20G".into();
+    lab.pve.command(serde_json::json!({"cmd": "add_vm", "guest": guest}));
+    for args in [&["--hosts", "old-wiki"][..], &[][..]] {
+        let run = lab.apply_after_merge(vec![lab.ours(&comment)], args).await;
+        assert_eq!(run.code, 4, "{args:?}:\n{}\n{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains("the plan changed since it was reviewed"), "{}", run.stderr);
+        assert!(run.stderr.contains("  host `old-wiki`: reviewed other actions (digest `"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains(" on VM `pve1/150`; now destroy_vm(vm old-wiki→∅"),
+            "{args:?}: the delta names both VMs: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains(
+                " on VM `pve1/159` (destroy_vm of VM 159 was never reviewed: the reviewer saw VM 150)"
+            ),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(lab.pve.vm(159)["name"], "old-wiki", "{args:?}: VM 159 is still there");
+    }
+}
+
 both_forges!(
+    a_push_without_a_pull_request_names_the_way_in,
+    an_edited_comment_text_is_refused,
+    a_vm_swapped_under_a_reviewed_destroy_is_not_destroyed,
     a_partial_failure_is_finished_by_a_rerun,
     each_matrix_shard_is_accepted,
     a_host_changed_since_review_is_refused_and_pasted_markers_are_ignored,

@@ -12,4 +12,7 @@
     enableTCPIP = true;
   };
   networking.firewall.allowedTCPPorts = [ 5432 ];
+  # The data pool (./disko.nix): ZFS needs the module and a host id of its own.
+  boot.supportedFilesystems = [ "zfs" ];
+  networking.hostId = "8425e349";
 }

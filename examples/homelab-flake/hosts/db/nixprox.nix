@@ -28,5 +28,5 @@
     prefixLength = 24;
     gateway = "10.0.20.1";
   };
-  nixprox.install.hostKeyFile = "/run/credentials/gitea-runner-nixprox_apply.service/host-key-${config.networking.hostName}";
+  nixprox.install.hostKeyFile = "/run/nixprox-runner/apply/host-key-${config.networking.hostName}";
 }

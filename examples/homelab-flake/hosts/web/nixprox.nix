@@ -24,5 +24,5 @@
     gateway = "10.0.20.1";
   };
   # The host key agenix decrypts with, kept on the runner (docs/guide.md, "Secrets").
-  nixprox.install.hostKeyFile = "/run/credentials/gitea-runner-nixprox_apply.service/host-key-${config.networking.hostName}";
+  nixprox.install.hostKeyFile = "/run/nixprox-runner/apply/host-key-${config.networking.hostName}";
 }
