@@ -1,15 +1,19 @@
 # nixprox NixOS module: declares a host's Proxmox VM next to its NixOS system.
 #
 # Every option lives under `nixprox`. nixprox reads them with `nix eval` (see
-# docs/configuration.md); nothing here changes the NixOS system itself (only
-# assertions and, for image hosts, disko's image format default), so the module
-# is safe to import on any host, enabled or not.
+# docs/configuration.md). On a host with `nixprox.enable`, `nixprox.hardware` configures
+# NixOS for the declared VM (initrd modules, serial console, guest agent, boot checks; all
+# overridable, `nixprox.hardware.enable = false` turns it off); otherwise nothing here changes
+# the NixOS system (only assertions and, for image hosts, disko's image format default), so
+# the module is safe to import on any host, enabled or not.
 { config, options, lib, ... }:
 
 let
   inherit (lib) mkOption mkEnableOption types literalExpression literalMD;
   cfg = config.nixprox;
   image = cfg.bootstrap.image;
+  # `nixprox.hardware` acts only on a host nixprox manages.
+  derive = cfg.enable && cfg.hardware.enable;
 
   # `bootstrap.ipConfig` from a static address declared once (`address` with
   # `network.prefixLength`): what cloud-init gives the bootstrap system, so nixos-anywhere
@@ -39,6 +43,11 @@ let
 
   # Sizes the way Proxmox writes them: a number with an optional K, M, G or T suffix.
   size = types.strMatching "[0-9]+(\\.[0-9]+)?[KMGT]?";
+
+  # The CPU flags Proxmox allows on a VM's own `cpu` line (qemu-server
+  # PVE/QemuServer/CPUFlags.pm); others need a custom CPU model.
+  cpuFlagList = [ "nested-virt" "md-clear" "pcid" "spec-ctrl" "ssbd" "ibpb" "virt-ssbd" "amd-ssbd" "amd-no-ssb" "pdpe1gb" "hv-tlbflush" "hv-evmcs" "aes" ];
+  cpuFlagNames = lib.concatStringsSep "|" cpuFlagList;
 
   macAddress = types.strMatching "[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}";
 
@@ -95,6 +104,79 @@ let
     };
   };
 
+  # A resource mapping's id (PVE's `pve-configid`).
+  mappingId = types.strMatching "[a-zA-Z][a-zA-Z0-9_-]*";
+
+  pciType = types.submodule {
+    options = {
+      mapping = mkOption {
+        type = mappingId;
+        example = "gpu";
+        description = "The PCI resource mapping (`mapping=`); it must have a device on the VM's node.";
+      };
+      pcie = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Attach as PCI Express (`pcie=1`; needs `machine = \"q35\"`).";
+      };
+      rombar = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Map the device's ROM into the guest's memory (`rombar`).";
+      };
+      xVga = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Make it the VM's primary GPU (`x-vga=1`).";
+      };
+    };
+  };
+
+  virtiofsType = types.submodule {
+    options = {
+      mapping = mkOption {
+        type = mappingId;
+        example = "media";
+        description = "The directory mapping (`dirid=`); also the tag NixOS mounts (`device`).";
+      };
+      cache = mkOption {
+        type = types.enum [ "auto" "always" "metadata" "never" ];
+        default = "auto";
+        description = "virtiofsd's cache mode (`cache=`).";
+      };
+      directIo = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Honour the guest's O_DIRECT (`direct-io=1`).";
+      };
+      exposeAcl = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Expose POSIX ACLs (`expose-acl=1`; implies extended attributes).";
+      };
+      exposeXattr = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Expose extended attributes (`expose-xattr=1`).";
+      };
+    };
+  };
+
+  usbType = types.submodule {
+    options = {
+      mapping = mkOption {
+        type = mappingId;
+        example = "zigbee";
+        description = "The USB resource mapping (`mapping=`); it must have a device on the VM's node.";
+      };
+      usb3 = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Attach to the USB 3 controller (`usb3=1`).";
+      };
+    };
+  };
+
   networkType = types.submodule {
     options = {
       bridge = mkOption {
@@ -126,6 +208,67 @@ let
       };
     };
   };
+
+  # What the declared VM needs inside NixOS (`nixprox.hardware`). NixOS's default initrd
+  # (nixpkgs nixos/modules/system/boot/kernel.nix, `boot.initrd.includeDefaultModules`) has SATA,
+  # IDE and USB drivers but no virtio one; nixpkgs' qemu-guest profile
+  # (nixos/modules/profiles/qemu-guest.nix) adds all of them whatever the VM has. These are the
+  # modules for the buses and NICs the VM declares: the disk controller nixprox creates VMs with
+  # (`scsihw: virtio-scsi-single`, driver virtio_scsi) and the NIC models' drivers, so an initrd
+  # with networking (remote unlock) finds its NIC too.
+  diskBusModules = {
+    scsi = [ "virtio_pci" "virtio_scsi" "sd_mod" ];
+    virtio = [ "virtio_pci" "virtio_blk" ];
+    sata = [ "ahci" "sd_mod" ];
+    ide = [ "ata_piix" "sd_mod" ];
+  };
+  nicModules = {
+    virtio = [ "virtio_pci" "virtio_net" ];
+    e1000 = [ "e1000" ];
+    e1000e = [ "e1000e" ];
+    rtl8139 = [ "8139cp" "8139too" ];
+    vmxnet3 = [ "vmxnet3" ];
+  };
+  busOf = slot: builtins.head (builtins.match "([a-z]+)[0-9]+" slot);
+  derivedInitrdModules = lib.unique (
+    lib.concatMap (slot: diskBusModules.${busOf slot}) (builtins.attrNames cfg.vm.disks)
+    ++ lib.concatMap (net: nicModules.${net.model}) (builtins.attrValues cfg.vm.networks)
+    ++ lib.optional (cfg.vm.virtiofs != { }) "virtiofs"
+  );
+  # The serial console's kernel parameters: the last `console=` is /dev/console (systemd starts
+  # a getty on it); with the display on the serial port (`vga = "serial0"`) there is no tty0.
+  derivedKernelParams = lib.optionals (cfg.vm.serial == true) (
+    lib.optional (cfg.vm.vga != "serial0") "console=tty0" ++ [ "console=ttyS0,115200" ]
+  );
+
+  # The boot checks (`nixprox.hardware.checkBoot`), from what the host's NixOS declares. Read
+  # with `or`, since a host may lack disko, lanzaboote or limine.
+  efiMount = config.boot.loader.efi.efiSysMountPoint or "/boot";
+  # disko's GPT partitions (`type = "EF00"`, or the ESP's GUID) formatted vfat: ESPs.
+  espType = t: t == "EF00" || lib.toUpper t == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+  diskoEsps = lib.filter (p: espType (p.type or "") && (p.content.type or null) == "filesystem" && (p.content.format or null) == "vfat") (
+    lib.concatMap (d: builtins.attrValues (d.content.partitions or { })) (builtins.attrValues (config.disko.devices.disk or { }))
+  );
+  mountedEsp =
+    lib.any (p: (p.content.mountpoint or null) == efiMount) diskoEsps
+    || ((config.fileSystems or { }) ? ${efiMount} && (config.fileSystems.${efiMount}.fsType or null) == "vfat");
+  loader = config.boot.loader or { };
+  efiLoader =
+    (loader.systemd-boot.enable or false)
+    || ((loader.grub.enable or false) && (loader.grub.efiSupport or false))
+    || ((loader.limine.enable or false) && (loader.limine.efiSupport or false))
+    || (config.boot.lanzaboote.enable or false);
+  bootProblems =
+    if cfg.vm.bios == "ovmf" then
+      lib.optional (!mountedEsp) (
+        if diskoEsps == [ ] then
+          "nixprox.vm.bios is \"ovmf\", but the disk layout has no EFI system partition: add one to disko.devices (a partition with type = \"EF00\", formatted vfat, mounted at ${efiMount}), or set nixprox.vm.bios = \"seabios\""
+        else
+          "nixprox.vm.bios is \"ovmf\", but no EFI system partition is mounted at ${efiMount} (boot.loader.efi.efiSysMountPoint): mount the EF00 partition there"
+      )
+      ++ lib.optional (!efiLoader) "nixprox.vm.bios is \"ovmf\", but no EFI boot loader is enabled: set boot.loader.systemd-boot.enable = true (or boot.loader.grub.efiSupport = true), or set nixprox.vm.bios = \"seabios\""
+    else
+      lib.optional (loader.systemd-boot.enable or false) "nixprox.vm.bios is \"seabios\", which cannot boot systemd-boot (an EFI boot loader): set nixprox.vm.bios = \"ovmf\" (with an EFI system partition), or use GRUB";
 in
 {
   options.nixprox = {
@@ -162,10 +305,59 @@ in
         description = "CPU sockets.";
       };
       cpuType = mkOption {
-        type = types.str;
+        type = types.strMatching "[A-Za-z0-9._-]+(,flags=[+-]?(${cpuFlagNames})(;[+-]?(${cpuFlagNames}))*)?";
         default = "x86-64-v2-AES";
         example = "host";
-        description = "QEMU CPU type (`cpu=`).";
+        description = ''
+          QEMU CPU type (`cpu: <type>`), optionally with flags as Proxmox writes them
+          (`host,flags=+aes`); the flags join `cpuFlags`. A change waits for the VM's next reboot.
+        '';
+      };
+      cpuFlags = mkOption {
+        type = types.listOf (types.strMatching "[+-](${cpuFlagNames})");
+        default = [ ];
+        example = [ "+aes" "-pcid" ];
+        description = ''
+          CPU flags of the VM's `cpu` line (`flags=+aes;-pcid`), compared as a set with what
+          Proxmox has: `+` turns a flag on, `-` off. Proxmox allows only these on a VM:
+          ${lib.concatStringsSep ", " cpuFlagList} (others need a custom CPU model, named in
+          `cpuType`). A change waits for the VM's next reboot.
+        '';
+      };
+      numa = mkOption {
+        type = types.nullOr types.bool;
+        default = null;
+        description = "Enable NUMA (`numa: 1`); `null` keeps what Proxmox has. A change waits for the VM's next reboot.";
+      };
+      startup = mkOption {
+        type = types.nullOr (
+          types.submodule {
+            options = {
+              order = mkOption {
+                type = types.nullOr types.ints.unsigned;
+                default = null;
+                description = "Position in the node's start order (lower starts first, shuts down last).";
+              };
+              up = mkOption {
+                type = types.nullOr types.ints.unsigned;
+                default = null;
+                description = "Seconds to wait after starting this VM before starting the next.";
+              };
+              down = mkOption {
+                type = types.nullOr types.ints.unsigned;
+                default = null;
+                description = "Seconds this VM's shutdown may take before the node moves on.";
+              };
+            };
+          }
+        );
+        default = null;
+        example = literalExpression "{ order = 1; up = 30; }";
+        description = ''
+          Start and shutdown order on the node (`startup: order=1,up=30`), for VMs with `onBoot`.
+          Applied at once, also to a running VM. Proxmox asks for `Sys.Modify` on `/` to set it
+          (it changes the node's behaviour). `null` keeps what Proxmox has.
+        '';
       };
       memory = mkOption {
         type = types.ints.between 16 4194304;
@@ -192,6 +384,119 @@ in
         type = types.bool;
         default = true;
         description = "Enable the QEMU guest agent device. nixprox asks the agent for the address when `nixprox.address` is null.";
+      };
+      serial = mkOption {
+        type = types.nullOr types.bool;
+        default = null;
+        description = ''
+          A serial console: `serial0: socket`, the port the Proxmox console's xterm.js attaches to
+          (what nixpkgs' Proxmox image boots with). Inside NixOS it adds
+          `console=ttyS0,115200` to the kernel parameters (`nixprox.hardware.kernelParams`).
+          `false` removes a socket (a host device there, which only `root@pam` may set, is left
+          alone); `null` keeps what Proxmox has (a template's serial port stays), except on an
+          ISO or image host whose kernel parameters name `console=ttyS0`: there it means
+          `true`. Adding or removing it waits for the VM's next reboot.
+        '';
+      };
+      vga = mkOption {
+        type = types.nullOr (types.strMatching "std|cirrus|vmware|qxl[2-4]?|serial[0-3]|virtio(-gl)?|none");
+        default = null;
+        example = "serial0";
+        description = ''
+          Display type (`vga: <type>`). `"serial0"` makes the serial console the VM's only
+          display (needs `serial = true`; the kernel then logs to ttyS0 alone). `null` keeps what
+          Proxmox has. A change waits for the VM's next reboot.
+        '';
+      };
+      extraConfig = mkOption {
+        type = types.attrsOf types.str;
+        default = { };
+        example = literalExpression ''{ tablet = "0"; cpuunits = "200"; watchdog = "model=i6300esb,action=reset"; }'';
+        description = ''
+          Proxmox config keys nixprox has no option for, as Proxmox writes them (`qm config`),
+          compared exactly and written through the API. Applied at once where Proxmox applies the
+          key to a running VM, else at its next reboot. Refused at evaluation: keys nixprox
+          manages (use their options) and keys only `root@pam` may set (`args`, `affinity`,
+          `hugepages`, `hookscript`, …; Proxmox refuses API tokens). Removing a key from here
+          leaves it in Proxmox.
+        '';
+      };
+      virtiofs = mkOption {
+        type = slots "virtiofs[0-9]+" "shared directories" virtiofsType;
+        default = { };
+        example = literalExpression ''{ virtiofs0 = { mapping = "media"; }; }'';
+        description = ''
+          Host directories shared with the VM through virtiofs (Proxmox VE 8.4 or later), by slot,
+          each through a directory mapping (Datacenter → Resource Mappings → Directory):
+          `virtiofs0: dirid=media`. Inside NixOS, mount it by the mapping's id:
+          `fileSystems."/mnt/media" = { device = "media"; fsType = "virtiofs"; };` (the module
+          adds the `virtiofs` module to the initrd). Needs `VM.Config.Disk` and `Mapping.Use` on
+          `/mapping/dir/<id>`. A change waits for the VM's next reboot; shares the flake does
+          not declare are removed.
+        '';
+      };
+      tpm = mkOption {
+        type = types.nullOr (
+          types.submodule {
+            options = {
+              version = mkOption {
+                type = types.enum [ "v1.2" "v2.0" ];
+                default = "v2.0";
+                description = "TPM version (`version=`). Changing it plans a `replace_vm`: a TPM's state cannot be converted.";
+              };
+              storage = mkOption {
+                type = types.nullOr types.str;
+                default = null;
+                description = "Storage of the TPM state volume; `null`: the first disk's.";
+              };
+            };
+          }
+        );
+        default = null;
+        example = literalExpression "{ version = \"v2.0\"; }";
+        description = ''
+          A TPM (`tpmstate0`), e.g. for systemd-cryptenroll or measured boot. Added to an existing
+          VM as a new state volume (on a running VM it waits for the next start); a new version
+          or storage plans a `replace_vm`. `null` keeps what Proxmox has.
+        '';
+      };
+      efi = {
+        preEnrolledKeys = mkOption {
+          type = types.nullOr types.bool;
+          default = null;
+          description = ''
+            Enrol Microsoft's Secure Boot keys in the EFI disk of an OVMF VM
+            (`pre-enrolled-keys=1`). `null` or `false`: none, so Secure Boot is off until you
+            enrol your own (lanzaboote, sbctl). Proxmox sets them only when it creates the EFI
+            disk: a declared value that differs from an existing VM's plans a `replace_vm`;
+            `null` never compares.
+          '';
+        };
+      };
+      pci = mkOption {
+        type = slots "hostpci[0-9]+" "PCI devices" pciType;
+        default = { };
+        example = literalExpression ''{ hostpci0 = { mapping = "gpu"; pcie = true; }; }'';
+        description = ''
+          PCI devices passed through by slot (`hostpci0`, …), each through a cluster resource
+          mapping (Datacenter → Resource Mappings): `hostpci0: mapping=gpu,pcie=1`. An API token
+          may only pass mapped devices (a raw `host=` device is root@pam's, and nixprox never
+          touches one). Needs `VM.Config.HWType` and `Mapping.Use` on `/mapping/pci/<id>`.
+          A change waits for the VM's next reboot; mapped devices the flake does not declare
+          are removed. The plan checks that the mapping exists and has a device on the VM's node.
+        '';
+      };
+      usb = mkOption {
+        type = slots "usb[0-9]+" "USB devices" usbType;
+        default = { };
+        example = literalExpression ''{ usb0 = { mapping = "zigbee"; }; }'';
+        description = ''
+          USB devices passed through by slot (`usb0`, …), each through a cluster resource
+          mapping: `usb0: mapping=zigbee`. Needs `VM.Config.HWType` and `Mapping.Use` on
+          `/mapping/usb/<id>`. Hot-plugged into a running VM where Proxmox can (`usb` in the
+          VM's `hotplug`, machine version 7.1 or later, `ostype` l26), else pending until the
+          next reboot; mapped devices the flake does not declare are removed.
+        '';
       };
       disks = mkOption {
         type = slots "(scsi|virtio|sata|ide)[0-9]+" "disks" diskType;
@@ -245,6 +550,48 @@ in
           the VM's `nixprox` tag and metadata block and leaves the VM, its disks and the rest of
           its notes as they are. From then on nixprox never creates, adopts or changes a VM for
           this host. (`nixprox forget HOST` does the same at once, without a plan.)
+        '';
+      };
+    };
+
+    hardware = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Configure NixOS for the VM this host declares (`nixprox.vm`): the initrd modules of its
+          disk buses and NICs (`boot.initrd.availableKernelModules`), the serial console's kernel
+          parameters, the QEMU guest agent's service (`services.qemuGuest.enable`, a default you
+          can override) and the boot checks. Off: nixprox sets nothing in NixOS.
+        '';
+      };
+      initrdModules = mkOption {
+        type = types.listOf types.str;
+        default = derivedInitrdModules;
+        defaultText = literalMD "the modules of the declared disk buses (`scsi`: virtio_pci, virtio_scsi, sd_mod; `virtio`: virtio_pci, virtio_blk; `sata`: ahci, sd_mod; `ide`: ata_piix, sd_mod) and NIC models (`virtio`: virtio_pci, virtio_net; `e1000`, `e1000e`, `vmxnet3`: their namesakes; `rtl8139`: 8139cp, 8139too), and `virtiofs` with shared directories";
+        example = [ "virtio_pci" "virtio_scsi" "sd_mod" "sym53c8xx" ];
+        description = ''
+          Kernel modules added to `boot.initrd.availableKernelModules`, so the initrd finds the
+          VM's root disk. NixOS's default initrd has no virtio driver. Set it to replace the
+          derived list (e.g. a template whose SCSI controller is not virtio-scsi).
+        '';
+      };
+      kernelParams = mkOption {
+        type = types.listOf types.str;
+        default = derivedKernelParams;
+        defaultText = literalMD "with `nixprox.vm.serial`: `console=tty0` (unless `vga = \"serial0\"`) and `console=ttyS0,115200`; else none";
+        description = "Kernel parameters added to `boot.kernelParams` for the declared hardware.";
+      };
+      checkBoot = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Fail the evaluation (a NixOS assertion, so `nixprox plan` names the host) when the
+          firmware cannot boot the system: with `bios = "ovmf"` the disk layout (disko, or
+          `fileSystems`) must have an EFI system partition mounted at
+          `boot.loader.efi.efiSysMountPoint` and an EFI boot loader must be enabled
+          (systemd-boot, GRUB with `efiSupport`, limine with `efiSupport`, or lanzaboote); with
+          SeaBIOS, systemd-boot is refused.
         '';
       };
     };
@@ -505,6 +852,23 @@ in
 
   # Only where the options exist: the module must also evaluate with plain `lib.evalModules`.
   config = lib.mkMerge [
+    (lib.optionalAttrs (lib.hasAttrByPath [ "boot" "initrd" "availableKernelModules" ] options) {
+      boot.initrd.availableKernelModules = lib.mkIf derive cfg.hardware.initrdModules;
+    })
+    (lib.optionalAttrs (lib.hasAttrByPath [ "boot" "kernelParams" ] options) {
+      boot.kernelParams = lib.mkIf derive cfg.hardware.kernelParams;
+    })
+    (lib.optionalAttrs (lib.hasAttrByPath [ "services" "qemuGuest" "enable" ] options) {
+      services.qemuGuest.enable = lib.mkIf derive (lib.mkDefault cfg.vm.agent);
+    })
+    (lib.optionalAttrs (options ? assertions) {
+      assertions = lib.optionals (derive && cfg.hardware.checkBoot) (
+        map (message: {
+          assertion = false;
+          inherit message;
+        }) bootProblems
+      );
+    })
     (lib.optionalAttrs (options ? assertions) {
       assertions = [
         {

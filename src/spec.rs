@@ -8,6 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+pub mod extra;
+pub mod hardware;
+
+pub use hardware::Hardware;
+
 /// The tag every VM managed by nixprox carries; it is how orphans are recognised.
 pub const MANAGED_TAG: &str = "nixprox";
 
@@ -115,6 +120,10 @@ pub struct VmSpec {
     pub on_boot: bool,
     pub protection: bool,
     pub pool: Option<String>,
+    /// Hardware beyond the fields above (CPU flags, NUMA, serial console, display, startup
+    /// order); left out of the JSON when empty, so plan ids of hosts without it stay the same.
+    #[serde(default, skip_serializing_if = "Hardware::is_empty")]
+    pub hardware: Hardware,
 }
 
 /// Parses a size as Proxmox writes it (`20G`, `512M`, `1.5T`, `4096K`, or plain bytes) into bytes.

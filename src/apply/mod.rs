@@ -229,14 +229,30 @@ async fn check_quorum(client: &Client) -> Result<(), ApplyError> {
 /// The plan, with what the image storages hold and allow when it (re)creates image hosts:
 /// the planner is pure, so a first plan names the storages, they are read, and the plan is
 /// made again with them. Plans without image hosts cost nothing more.
+///
+/// Hosts that pass devices through resource mappings get them checked too: the mappings are
+/// read and a create or update whose mapping has no device on the VM's node is blocked.
 pub async fn plan_with_image_stores(client: &Client, input: PlanInput<'_>) -> Result<Plan, ProxmoxError> {
     let first = crate::plan::plan(input);
     let stores = crate::plan::image_stores_to_read(&first, input.desired);
-    if stores.is_empty() {
-        return Ok(first);
+    let mut plan = if stores.is_empty() {
+        first
+    } else {
+        let facts = crate::proxmox::import::read_image_stores(client, &stores).await?;
+        crate::plan::plan_with_images(input, &facts)
+    };
+    let kinds = crate::plan::hardware::mappings_to_read(input.desired);
+    if !kinds.is_empty() {
+        let mappings = crate::proxmox::mapping::read_mappings(client, &kinds).await?;
+        crate::plan::hardware::check_mappings(
+            &mut plan,
+            input.desired,
+            input.live,
+            input.policies,
+            &mappings,
+        );
     }
-    let facts = crate::proxmox::import::read_image_stores(client, &stores).await?;
-    Ok(crate::plan::plan_with_images(input, &facts))
+    Ok(plan)
 }
 
 /// Before any step: the token holds every privilege the runnable actions need, or the run

@@ -17,6 +17,8 @@ use crate::proxmox::property::{
 use crate::proxmox::read::boot_disks;
 use crate::spec::{Bios, MANAGED_TAG};
 
+mod hardware;
+
 /// Keys to set and keys to delete in one `POST …/config`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ConfigWrite {
@@ -149,9 +151,8 @@ pub fn config_write(
     };
     set_if(&mut out, "cores", spec.cores.to_string(), number("cores", 1) != u64::from(spec.cores));
     set_if(&mut out, "sockets", spec.sockets.to_string(), number("sockets", 1) != u64::from(spec.sockets));
-    let cpu = text("cpu")
-        .and_then(|c| PropertyString::parse(&c).value_or_positional("cputype").map(str::to_string));
-    set_if(&mut out, "cpu", spec.cpu_type.clone(), cpu.as_deref().unwrap_or("kvm64") != spec.cpu_type);
+    // The whole `cpu` line (type and flags), NUMA, serial console, display, startup order.
+    hardware::write(host, raw, &mut out);
     set_if(&mut out, "memory", spec.memory_mib.to_string(), number("memory", 512) != spec.memory_mib);
     if let Some(balloon) = spec.balloon_mib {
         set_if(
@@ -173,7 +174,7 @@ pub fn config_write(
         set_if(&mut out, "bios", spec.bios.as_str().into(), live_bios != spec.bios);
         if spec.bios == Bios::Ovmf && !raw.contains_key("efidisk0") {
             let storage = first_storage(host);
-            out.put("efidisk0", format!("{storage}:1,efitype=4m,pre-enrolled-keys=0"));
+            out.put("efidisk0", crate::spec::hardware::efi_disk(&storage, &spec.hardware));
         }
     }
     disks(host, raw, scope, &mut out);
@@ -370,7 +371,9 @@ mod tests {
 
     #[test]
     fn a_matching_config_needs_no_write() {
-        let host = testkit::host("web");
+        let mut host = testkit::host("web");
+        // The whole `cpu` line counts: the flags are declared too.
+        host.spec.hardware.cpu_flags.insert("+aes".into());
         let meta = metadata("web");
         let live = raw(json!({
             "name": "web", "memory": "2048", "cores": 2, "sockets": 1, "cpu": "x86-64-v2-AES,flags=+aes",
@@ -382,6 +385,10 @@ mod tests {
         let cleared = Metadata { applying: None, ..meta };
         let write = config_write(&host, &live, &cleared, SCOPE_UPDATE);
         assert_eq!(write.keys(), vec!["description"]);
+        // Without the flag declared, the line loses it.
+        host.spec.hardware.cpu_flags.clear();
+        let write = config_write(&host, &live, &cleared, SCOPE_UPDATE);
+        assert_eq!(write.set[0], ("cpu".to_string(), "x86-64-v2-AES".to_string()));
     }
 
     #[test]

@@ -96,6 +96,98 @@ pub struct VmDecl {
     /// `nixprox.vm.keep`: let go of the VM (absent from modules older than it: off).
     #[serde(default)]
     pub keep: bool,
+    /// `nixprox.vm.cpuFlags`: `+aes`, `-pcid`, … added to the flags `cpuType` may carry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_flags: Vec<String>,
+    /// `nixprox.vm.numa`; `None` keeps what Proxmox has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa: Option<bool>,
+    /// `nixprox.vm.serial`: `serial0: socket`; `None` keeps what Proxmox has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<bool>,
+    /// `nixprox.vm.vga`: the display type; `None` keeps what Proxmox has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vga: Option<String>,
+    /// `nixprox.vm.startup`; `None` keeps what Proxmox has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<StartupDecl>,
+    /// `nixprox.vm.pci`: PCI devices through resource mappings, by slot.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pci: BTreeMap<String, PciDecl>,
+    /// `nixprox.vm.usb`: USB devices through resource mappings, by slot.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usb: BTreeMap<String, UsbDecl>,
+    /// `nixprox.vm.virtiofs`: host directories through directory mappings, by slot.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub virtiofs: BTreeMap<String, VirtiofsDecl>,
+    /// `nixprox.vm.tpm`; `None` keeps what Proxmox has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmDecl>,
+    /// `nixprox.vm.efi`.
+    #[serde(default, skip_serializing_if = "EfiDecl::is_default")]
+    pub efi: EfiDecl,
+    /// `nixprox.vm.extraConfig`: Proxmox keys nixprox has no option for, compared exactly.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_config: BTreeMap<String, String>,
+}
+
+/// `nixprox.vm.virtiofs.<virtiofsN>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtiofsDecl {
+    pub mapping: String,
+    pub cache: String,
+    pub direct_io: bool,
+    pub expose_acl: bool,
+    pub expose_xattr: bool,
+}
+
+/// `nixprox.vm.tpm`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TpmDecl {
+    pub version: String,
+    pub storage: Option<String>,
+}
+
+/// `nixprox.vm.efi`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EfiDecl {
+    pub pre_enrolled_keys: Option<bool>,
+}
+
+impl EfiDecl {
+    fn is_default(&self) -> bool {
+        *self == EfiDecl::default()
+    }
+}
+
+/// `nixprox.vm.pci.<hostpciN>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PciDecl {
+    pub mapping: String,
+    pub pcie: bool,
+    pub rombar: bool,
+    pub x_vga: bool,
+}
+
+/// `nixprox.vm.usb.<usbN>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UsbDecl {
+    pub mapping: String,
+    pub usb3: bool,
+}
+
+/// `nixprox.vm.startup`: the node's start and shutdown order for the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StartupDecl {
+    pub order: Option<u32>,
+    pub up: Option<u32>,
+    pub down: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -234,6 +326,10 @@ pub struct SystemEval {
     /// never built. Left out of the JSON when absent, so other hosts' plan ids do not change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageEval>,
+    /// An ISO or image host whose kernel parameters name `console=ttyS0`: its new VM gets a
+    /// serial console when `nixprox.vm.serial` is null. Left out of the JSON when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub serial_console: bool,
 }
 
 /// The disk-layout hash of a host that declares no `disko.devices` (or an empty one): `eval.nix`

@@ -291,6 +291,8 @@ struct RawSystem {
     disk_layout_hash: String,
     #[serde(default)]
     image: Option<ImageEval>,
+    #[serde(default)]
+    serial_console: bool,
 }
 
 /// The `--apply` expression for a selection. With a `marker`, hosts are streamed as traces
@@ -356,6 +358,7 @@ pub async fn evaluate(req: &EvalRequest) -> Result<Inventory, FlakeError> {
                     toplevel: system.toplevel,
                     disk_layout_hash: system.disk_layout_hash,
                     image: system.image,
+                    serial_console: system.serial_console,
                 };
                 let extra_error = collected.failed.get(&attr).cloned();
                 hosts.push(EvaluatedHost { attr, decl, system, extra: raw.extra, extra_error });

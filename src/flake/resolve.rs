@@ -7,7 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Defaults;
-use crate::spec::{DiskSpec, MANAGED_TAG, NetSpec, VmSpec, format_size, parse_size};
+use crate::spec::hardware::{
+    PciDevice, Startup, Tpm, UsbDevice, VM_CPU_FLAGS, VirtiofsShare, parse_cpu, parse_flags, unsupported_flag,
+};
+use crate::spec::{DiskSpec, Hardware, MANAGED_TAG, NetSpec, VmSpec, format_size, parse_size};
 
 use super::host::{Bootstrap, DesiredHost, HostDecl, ImageSource, SystemEval, TemplateRef, VmDecl};
 use super::inventory::EvaluatedHost;
@@ -52,6 +55,75 @@ pub enum ResolveError {
     DuplicateName { name: String, first: String, second: String },
     #[error("hosts `{first}` and `{second}` both use VMID {id} (change `nixprox.vm.id` on one of them)")]
     DuplicateId { id: u32, first: String, second: String },
+    #[error(
+        "host `{host}`: CPU flag `{flag}` (in `nixprox.vm.cpuType` or `nixprox.vm.cpuFlags`) is not one Proxmox allows on a VM (allowed: {allowed}); define a custom CPU model in Proxmox for it and name it in `cpuType`"
+    )]
+    UnsupportedCpuFlag { host: String, flag: String, allowed: String },
+    #[error("host `{host}`: `nixprox.vm.extraConfig.{key}` cannot be set: {why}")]
+    ExtraConfig { host: String, key: String, why: String },
+}
+
+/// The CPU type and the hardware of the declaration: `cpuType`'s own flags
+/// (`host,flags=+aes`) join `cpuFlags`, so the type compares alone with Proxmox's and the flags
+/// as a set.
+fn resolve_hardware(host: &str, vm: &VmDecl) -> Result<(String, Hardware), ResolveError> {
+    let (cpu_type, mut cpu_flags) = parse_cpu(&vm.cpu_type);
+    cpu_flags.extend(parse_flags(&vm.cpu_flags.join(";")));
+    if let Some(flag) = unsupported_flag(&cpu_flags) {
+        return Err(ResolveError::UnsupportedCpuFlag {
+            host: host.to_string(),
+            flag: flag.to_string(),
+            allowed: VM_CPU_FLAGS.join(", "),
+        });
+    }
+    for (key, value) in &vm.extra_config {
+        let refused =
+            crate::spec::extra::extra_key(key).err().or_else(|| crate::spec::extra::extra_value(key, value));
+        if let Some(why) = refused {
+            return Err(ResolveError::ExtraConfig { host: host.to_string(), key: key.clone(), why });
+        }
+    }
+    let hardware = Hardware {
+        extra: vm.extra_config.clone(),
+        cpu_flags,
+        numa: vm.numa,
+        serial: vm.serial,
+        vga: vm.vga.clone(),
+        startup: vm.startup.as_ref().map(|s| Startup { order: s.order, up: s.up, down: s.down }),
+        pci: vm
+            .pci
+            .iter()
+            .map(|(slot, d)| {
+                let device =
+                    PciDevice { mapping: d.mapping.clone(), pcie: d.pcie, rombar: d.rombar, x_vga: d.x_vga };
+                (slot.clone(), device)
+            })
+            .collect(),
+        usb: vm
+            .usb
+            .iter()
+            .map(|(slot, d)| (slot.clone(), UsbDevice { mapping: d.mapping.clone(), usb3: d.usb3 }))
+            .collect(),
+        virtiofs: vm
+            .virtiofs
+            .iter()
+            .map(|(slot, d)| {
+                let share = VirtiofsShare {
+                    mapping: d.mapping.clone(),
+                    cache: d.cache.clone(),
+                    direct_io: d.direct_io,
+                    expose_acl: d.expose_acl,
+                    expose_xattr: d.expose_xattr,
+                };
+                (slot.clone(), share)
+            })
+            .collect(),
+        usb_hotplug: false,
+        usb_hotplug_feature: false,
+        tpm: None,
+        efi_pre_enrolled_keys: vm.efi.pre_enrolled_keys,
+    };
+    Ok((cpu_type, hardware))
 }
 
 /// Resolves one host: its disks, networks and bootstrap with the settings' defaults, then the
@@ -75,11 +147,28 @@ pub fn resolve(
     let tags: BTreeSet<String> =
         vm.tags.iter().map(|t| t.to_ascii_lowercase()).filter(|t| t != MANAGED_TAG).collect();
 
+    let (cpu_type, mut hardware) = resolve_hardware(&host, vm)?;
+    // An ISO or image host whose system logs to ttyS0 expects a serial port there.
+    if hardware.serial.is_none()
+        && system.serial_console
+        && matches!(bootstrap, Bootstrap::Iso { .. } | Bootstrap::Image(_))
+    {
+        hardware.serial = Some(true);
+    }
+    // The TPM state goes to the first disk's storage unless it names its own.
+    hardware.tpm = vm.tpm.as_ref().map(|t| Tpm {
+        version: t.version.clone(),
+        storage: t
+            .storage
+            .clone()
+            .or_else(|| disks.values().next().map(|d| d.storage.clone()))
+            .unwrap_or_else(|| "local-lvm".into()),
+    });
     let spec = VmSpec {
         name: vm.name.clone(),
         cores: vm.cores,
         sockets: vm.sockets,
-        cpu_type: vm.cpu_type.clone(),
+        cpu_type,
         memory_mib: vm.memory,
         balloon_mib: vm.balloon,
         bios: vm.bios,
@@ -93,6 +182,7 @@ pub fn resolve(
         on_boot: vm.on_boot,
         protection: vm.protection,
         pool: vm.pool.clone(),
+        hardware,
     };
 
     Ok(DesiredHost {

@@ -412,12 +412,22 @@ fn plan_placement(
         effect: None,
     });
     if !replacements.is_empty() {
+        if let Some(lost) = super::hardware::ha_lost_on_replace(live) {
+            replacements.push(lost);
+        }
         if let Some(change) = node_change {
             // Recreated anyway: on the new node.
             let why = format!("the VM moves from node {} to {}", live.node, host.node);
             replacements.insert(0, (change, why));
         }
         return Some(plan_replace(host, config, replacements, policies));
+    }
+    if let (Some(change), Some(state)) = (&node_change, &live.ha_state) {
+        return Some(super::hardware::ha_placement(live, host, state, change.clone()));
+    }
+    if let (Some(change), Some(why)) = (&node_change, super::hardware::local_devices(live)) {
+        let reason = format!("the VM moves from node {} to {}", live.node, host.node);
+        return Some(blocked(action(ActionKind::MigrateVm, reason, vec![change.clone()]), why, None));
     }
     node_change.map(|change| {
         action(
@@ -536,7 +546,7 @@ fn plan_orphan(vm: &LiveVm, policies: Policies) -> HostPlan {
     }
 }
 
-fn summarize(hosts: &[HostPlan]) -> Summary {
+pub(super) fn summarize(hosts: &[HostPlan]) -> Summary {
     let mut counts: BTreeMap<&'static str, usize> = ActionKind::ALL.iter().map(|k| (k.as_str(), 0)).collect();
     let mut summary = Summary::default();
     for host in hosts {

@@ -53,6 +53,7 @@ pub fn all_fields(spec: &VmSpec) -> Vec<(String, Value)> {
     if let Some(pool) = &spec.pool {
         fields.push(("pool".into(), json!(pool)));
     }
+    fields.extend(super::hardware::fields(&spec.hardware));
     fields
 }
 
@@ -133,8 +134,15 @@ pub fn diff(desired: &VmSpec, live: &VmSpec) -> SpecDiff {
             ),
         ));
     }
+    super::hardware::diff(&desired.hardware, &live.hardware, &mut out);
     diff_disks(&desired.disks, &live.disks, &mut out);
     diff_networks(&desired.networks, &live.networks, &mut out);
+    // A replacement recreates the VM from the declaration: it says what it would lose.
+    if !out.replacements.is_empty()
+        && let Some(lost) = super::hardware::lost_on_replace(desired, &live.hardware)
+    {
+        out.replacements.push(lost);
+    }
     out
 }
 

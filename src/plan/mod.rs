@@ -5,6 +5,7 @@ mod detach;
 pub mod engine;
 pub mod fields;
 mod gates;
+pub mod hardware;
 pub mod id;
 pub mod image;
 pub mod model;

@@ -223,6 +223,36 @@ fn create_needs(
     if host.spec.machine.is_some() {
         add(&["VM.Config.HWType"], vm, pool, "machine type");
     }
+    let hardware = &host.spec.hardware;
+    if hardware.serial == Some(true) || hardware.vga.is_some() {
+        add(&["VM.Config.HWType"], vm, pool, "serial console and display");
+    }
+    if hardware.startup.is_some() {
+        startup_needs(vm, pool, add);
+    }
+    for key in hardware.extra.keys() {
+        if let Ok(privilege) = crate::spec::extra::extra_key(key) {
+            add(privilege_list(privilege), vm, pool, &format!("extraConfig.{key}"));
+        }
+    }
+    if let Some(tpm) = &hardware.tpm {
+        add(&["VM.Config.Disk"], vm, pool, "tpm");
+        add(&["Datastore.AllocateSpace"], &format!("/storage/{}", tpm.storage), None, "tpm");
+    }
+    for (kind, slot, mapping) in hardware
+        .pci
+        .iter()
+        .map(|(slot, d)| ("pci", slot, &d.mapping))
+        .chain(hardware.usb.iter().map(|(slot, d)| ("usb", slot, &d.mapping)))
+    {
+        let path = format!("/mapping/{kind}/{mapping}");
+        add(&["VM.Config.HWType"], vm, pool, &format!("{kind}.{slot}"));
+        add(&["Mapping.Use"], &path, None, &format!("{kind}.{slot}"));
+    }
+    for (slot, share) in &hardware.virtiofs {
+        add(&["VM.Config.Disk"], vm, pool, &format!("virtiofs.{slot}"));
+        add(&["Mapping.Use"], &format!("/mapping/dir/{}", share.mapping), None, &format!("virtiofs.{slot}"));
+    }
     for disk in host.spec.disks.values() {
         add(&["Datastore.AllocateSpace"], &format!("/storage/{}", disk.storage), None, "disks");
     }
@@ -274,9 +304,31 @@ fn update_needs(
         let field = change.field.as_str();
         let top = field.split('.').next().unwrap_or(field);
         let privilege: &'static [&'static str] = match top {
-            "cores" | "sockets" | "cpuType" => &["VM.Config.CPU"],
+            "cores" | "sockets" | "cpuType" | "cpuFlags" | "numa" => &["VM.Config.CPU"],
             "memory" | "balloon" => &["VM.Config.Memory"],
-            "machine" => &["VM.Config.HWType"],
+            // `check_vm_create_serial_perm`: a socket needs `VM.Config.HWType`.
+            "machine" | "serial" | "vga" => &["VM.Config.HWType"],
+            "startup" => {
+                startup_needs(vm, None, add);
+                continue;
+            }
+            "pci" | "usb" | "virtiofs" => {
+                device_needs(top, change, vm, None, add);
+                continue;
+            }
+            "extraConfig" => {
+                let key = field.split_once('.').map_or("", |(_, k)| k);
+                if let Ok(privilege) = crate::spec::extra::extra_key(key) {
+                    add(privilege_list(privilege), vm, None, field);
+                }
+                continue;
+            }
+            "tpm" => {
+                if let Some(tpm) = &host.spec.hardware.tpm {
+                    add(&["Datastore.AllocateSpace"], &format!("/storage/{}", tpm.storage), None, field);
+                }
+                &["VM.Config.Disk"]
+            }
             "disks" => &["VM.Config.Disk"],
             "networks" => &["VM.Config.Network"],
             "pool" => {
@@ -300,6 +352,55 @@ fn update_needs(
     }
     if reboot && host.deploy.allow_reboot {
         add(&["VM.PowerMgmt"], vm, None, "reboot for pending changes");
+    }
+}
+
+/// One privilege as the list `Need` takes.
+fn privilege_list(privilege: &'static str) -> &'static [&'static str] {
+    match privilege {
+        "VM.Config.CPU" => &["VM.Config.CPU"],
+        "VM.Config.Memory" => &["VM.Config.Memory"],
+        "VM.Config.HWType" => &["VM.Config.HWType"],
+        "VM.PowerMgmt" => &["VM.PowerMgmt"],
+        "VM.Config.Disk" => &["VM.Config.Disk"],
+        _ => &["VM.Config.Options"],
+    }
+}
+
+/// `startup`: `VM.Config.Options`, and `Sys.Modify` on `/` because it changes how the node
+/// starts and stops its guests (qemu-server `API2/Qemu.pm`, `check_vm_modify_config_perm`).
+fn startup_needs(
+    vm: &str,
+    pool: Option<&String>,
+    add: &mut impl FnMut(&'static [&'static str], &str, Option<&String>, &str),
+) {
+    add(&["VM.Config.Options"], vm, pool, "startup");
+    add(&["Sys.Modify"], "/", None, "startup (the node's start order)");
+}
+
+/// A mapped PCI or USB device added, changed or removed: `VM.Config.HWType` on the VM and
+/// `Mapping.Use` on the mapping of the old and of the new value (qemu-server `API2/Qemu.pm`,
+/// `check_hostpci_perm` and `check_usb_perm`, called for both in `update_vm`).
+fn device_needs(
+    kind: &str,
+    change: &Change,
+    vm: &str,
+    pool: Option<&String>,
+    add: &mut impl FnMut(&'static [&'static str], &str, Option<&String>, &str),
+) {
+    // `check_dir_perm`: a share needs VM.Config.Disk, and its mapping lives under /mapping/dir.
+    let (privilege, kind, key): (&'static [&'static str], &str, &str) = match kind {
+        "virtiofs" => (&["VM.Config.Disk"], "dir", "dirid="),
+        other => (&["VM.Config.HWType"], other, "mapping="),
+    };
+    add(privilege, vm, pool, &change.field);
+    let mappings = [&change.before, &change.after]
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|v| v.split(',').find_map(|p| p.strip_prefix(key)));
+    for mapping in mappings {
+        add(&["Mapping.Use"], &format!("/mapping/{kind}/{mapping}"), None, &change.field);
     }
 }
 

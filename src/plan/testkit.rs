@@ -51,6 +51,7 @@ pub fn spec(name: &str) -> VmSpec {
         on_boot: true,
         protection: false,
         pool: None,
+        hardware: Default::default(),
     }
 }
 
@@ -86,6 +87,7 @@ pub fn host(name: &str) -> DesiredHost {
             toplevel: format!("{SYSTEM}-{name}"),
             disk_layout_hash: LAYOUT.into(),
             image: None,
+            serial_console: false,
         },
         keep: false,
         allow: Default::default(),
@@ -120,6 +122,7 @@ pub fn live(name: &str, vmid: u32) -> LiveVm {
             boot_disks: vec!["scsi0".into()],
             guest_os: None,
         }),
+        ha_state: None,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod error;
 pub mod guest;
 pub mod import;
+pub mod mapping;
 pub mod migrate;
 pub mod permissions;
 pub mod property;

@@ -323,7 +323,7 @@ fn new_vm_form(
         ("scsihw".into(), "virtio-scsi-single".into()),
         ("cores".into(), spec.cores.to_string()),
         ("sockets".into(), spec.sockets.to_string()),
-        ("cpu".into(), spec.cpu_type.clone()),
+        ("cpu".into(), crate::spec::hardware::format_cpu(&spec.cpu_type, &spec.hardware.cpu_flags)),
         ("memory".into(), spec.memory_mib.to_string()),
         ("bios".into(), spec.bios.as_str().into()),
         ("agent".into(), flag(spec.agent)),
@@ -338,7 +338,7 @@ fn new_vm_form(
         form.push(("machine".into(), machine.clone()));
     }
     if spec.bios == Bios::Ovmf {
-        form.push(("efidisk0".into(), format!("{efi_storage}:1,efitype=4m,pre-enrolled-keys=0")));
+        form.push(("efidisk0".into(), crate::spec::hardware::efi_disk(efi_storage, &spec.hardware)));
     }
     form.extend(disks);
     for (slot, net) in &spec.networks {
@@ -425,6 +425,7 @@ mod tests {
             on_boot: true,
             protection: false,
             pool: None,
+            hardware: Default::default(),
         };
         let imports = BTreeMap::from([
             ("scsi0".to_string(), "images:import/nixprox-h-scsi0.raw".to_string()),

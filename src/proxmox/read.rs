@@ -220,6 +220,7 @@ pub fn parse_resources(data: &Value) -> Result<Vec<(LiveVm, Option<String>)>, Un
             lock: text("lock").filter(|l| !l.is_empty()),
             tags: text("tags").map(|t| parse_tags(&t)).unwrap_or_default(),
             config: None,
+            ha_state: text("hastate").filter(|s| !s.is_empty()),
         };
         vms.push((vm, text("pool").filter(|p| !p.is_empty())));
     }
@@ -373,9 +374,7 @@ fn spec_from_config(config: &Map<String, Value>, description: &str) -> VmSpec {
     let memory = text("memory")
         .and_then(|m| PropertyString::parse(&m).value_or_positional("current").and_then(|v| v.parse().ok()))
         .unwrap_or(512);
-    let cpu_type = text("cpu")
-        .and_then(|c| PropertyString::parse(&c).value_or_positional("cputype").map(str::to_string))
-        .unwrap_or_else(|| "kvm64".into());
+    let (cpu_type, hardware) = hardware::hardware_of(config);
     let machine = text("machine")
         .and_then(|m| PropertyString::parse(&m).value_or_positional("type").map(str::to_string));
     let mut disks = std::collections::BTreeMap::new();
@@ -411,6 +410,7 @@ fn spec_from_config(config: &Map<String, Value>, description: &str) -> VmSpec {
         on_boot: flag("onboot"),
         protection: flag("protection"),
         pool: None,
+        hardware,
     }
 }
 
@@ -484,6 +484,8 @@ pub fn find_template<'a>(
         }
     }
 }
+
+mod hardware;
 
 #[cfg(test)]
 mod tests;

@@ -22,6 +22,10 @@ pub struct LiveVm {
     pub tags: BTreeSet<String>,
     /// Read only for VMs that matter to the plan (managed, or named like a host).
     pub config: Option<LiveConfig>,
+    /// The requested state when the VM is an HA resource (`hastate` of `/cluster/resources`:
+    /// `started`, `stopped`, …); `None` when HA does not manage it. HA decides its node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha_state: Option<String>,
 }
 
 impl LiveVm {

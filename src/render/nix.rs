@@ -142,7 +142,8 @@ pub fn vm_declaration(vm: Imported<'_>) -> String {
     line("id", vm.vmid.to_string());
     line("cores", spec.cores.to_string());
     line("sockets", spec.sockets.to_string());
-    line("cpuType", string(&spec.cpu_type));
+    // The whole `cpu` line: `cpuType` may carry the flags (`host,flags=+aes`).
+    line("cpuType", string(&crate::spec::hardware::format_cpu(&spec.cpu_type, &spec.hardware.cpu_flags)));
     line("memory", spec.memory_mib.to_string());
     if let Some(balloon) = spec.balloon_mib {
         line("balloon", balloon.to_string());
@@ -278,6 +279,7 @@ mod tests {
             on_boot: true,
             protection: false,
             pool: Some("lab".into()),
+            hardware: Default::default(),
         };
         let text = vm_declaration(Imported {
             node: "pve1",
@@ -335,6 +337,7 @@ nixprox.ssh.hostKey = "ssh-ed25519 AAAA root@web";
             on_boot: true,
             protection: false,
             pool: None,
+            hardware: Default::default(),
         };
         let vm =
             Imported { node: "pve1", vmid: 130, spec: &spec, host_key: Ok("ssh-ed25519 AAAA root@media") };

@@ -300,7 +300,7 @@ pub async fn compute(
             }
         }
     }
-    .context("failed to read the image storages")?;
+    .context("failed to read the image storages or the resource mappings the plan checks")?;
     Ok((plan, started.elapsed()))
 }
 

@@ -371,6 +371,7 @@ fn the_example_flake_plans_and_applies_its_vms_with_serials_and_the_declared_add
         [
             ("db".into(), "pve2".into(), create.clone()),
             ("dns".into(), "pve1".into(), create.clone()),
+            ("files".into(), "pve1".into(), create.clone()),
             ("media".into(), "pve1".into(), vec!["adopt".to_string(), "switch".to_string()]),
             ("web".into(), "pve1".into(), create)
         ]
@@ -414,6 +415,14 @@ fn the_example_flake_plans_and_applies_its_vms_with_serials_and_the_declared_add
     assert!(db["config"]["scsi1"].as_str().expect("scsi1").contains("serial=data"), "{db:#}");
     let dns = vm_named(&pve, "dns");
     assert_eq!(dns["config"]["ipconfig0"], "ip=dhcp", "{dns:#}");
+    // The OVMF host: an EFI disk without pre-enrolled keys, the serial console.
+    let files = vm_named(&pve, "files");
+    assert_eq!(files["config"]["bios"], "ovmf", "{files:#}");
+    assert!(
+        files["config"]["efidisk0"].as_str().expect("efidisk0").contains("pre-enrolled-keys=0"),
+        "{files:#}"
+    );
+    assert_eq!(files["config"]["serial0"], "socket", "{files:#}");
     let sshkeys = web["config"]["sshkeys"].as_str().expect("sshkeys");
     assert!(sshkeys.starts_with("ssh-ed25519%20AAAA"), "the example's bootstrap key: {sshkeys}");
 }

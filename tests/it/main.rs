@@ -17,6 +17,7 @@ mod fleet;
 mod forge;
 mod gates;
 mod guide;
+mod hardware;
 mod image;
 mod image_apply;
 mod install;

@@ -70,6 +70,8 @@ fn bare_spec(name: &str) -> VmSpec {
         on_boot: false,
         protection: false,
         pool: None,
+        // No `hotplug` key: Proxmox's default, `network,disk,usb`.
+        hardware: nixprox::spec::Hardware { usb_hotplug_feature: true, ..Default::default() },
     }
 }
 
@@ -91,6 +93,7 @@ async fn reads_managed_and_host_named_vms_and_flags_templates() {
             lock: None,
             tags: set(tags),
             config,
+            ha_state: None,
         };
     // The pending memory counts: the spec is the VM as it will be after its next reboot.
     let web = VmSpec {

@@ -533,7 +533,7 @@ fn outputs_of(flake: &str) -> Value {
 fn the_example_keeps_its_runner_out_of_the_planned_flake() {
     let homelab = outputs_of("examples/homelab-flake/flake.nix");
     let hosts: Vec<&String> = homelab["configurations"].as_object().expect("configurations").keys().collect();
-    assert_eq!(hosts, ["db", "dns", "media", "web"]);
+    assert_eq!(hosts, ["db", "dns", "files", "media", "web"]);
     let runner = outputs_of("examples/homelab-flake/runner/flake.nix");
     let modules = strings(&runner["configurations"]["runner"]);
     assert_eq!(runner["configurations"].as_object().expect("configurations").len(), 1);

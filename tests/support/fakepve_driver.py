@@ -274,6 +274,11 @@ def resize_error(store, size):
     return None
 
 
+# Config keys none of qemu-server's option tables name (API2/Qemu.pm, `$check_vm_modify_config_perm`
+# "catches args, lock, etc."): only root@pam may set them, API tokens never.
+ROOT_ONLY_KEYS = ('args', 'affinity', 'hugepages', 'keephugepages', 'hookscript')
+
+
 class DriverPve(FakePve):
     """FakePve plus what its release does not model, done the way Proxmox's source does it:
 
@@ -290,6 +295,14 @@ class DriverPve(FakePve):
       (qemu-server src/PVE/QemuServer.pm `vmconfig_delete_or_detach_drive` and
       `vmconfig_register_unused_drive`), and a protected VM refuses it (API2/Qemu.pm,
       `check_protection` "can't remove drive"); fakepve forgets the volume;
+    - the permission checks qemu-server makes beside a config key's privilege (API2/Qemu.pm
+      `$check_vm_modify_config_perm` and the `check_*_perm` subs): keys in none of its option
+      tables (`args`, `affinity`, `hugepages`, …) are root@pam's, `startup` needs `Sys.Modify`
+      on `/`, a `serialN` other than a socket is root@pam's, a mapped `hostpciN`/`usbN` needs
+      `Mapping.Use` on its mapping and a raw one is root@pam's (`_config_priv`,
+      `_hardware_perm`, `_device_perm`);
+    - `GET /cluster/mapping/{pci,usb,dir}` (pve-manager PVE/API2/Cluster/Mapping/*.pm `index`)
+      from the scenario's `mappings`;
     - `GET` and `POST /nodes/{node}/qemu/{vmid}/migrate` (qemu-server src/PVE/API2/Qemu.pm,
       `migrate_vm_precondition` and `migrate_vm`; src/PVE/QemuMigrate.pm, `prepare` and
       `scan_local_volumes`): fakepve answers these with a task that moves nothing.
@@ -310,7 +323,120 @@ class DriverPve(FakePve):
     def _routes_qemu_resize(self):
         return [('PUT', '/nodes/{node}/qemu/{vmid}/resize', self._qm_resize)]
 
+    def _config_priv(self, key):
+        """qemu-server src/PVE/API2/Qemu.pm `$check_vm_modify_config_perm`: a key in none of its
+        option tables (`$cpuoptions`, `$memoryoptions`, `$hwtypeoptions`, `$generaloptions`, …)
+        "catches args, lock, etc.": only root@pam may set it. fakepve counts these as HWType."""
+        if key in ROOT_ONLY_KEYS:
+            return 'root'
+        if re.fullmatch(r'virtiofs\d+', key):
+            return 'VM.Config.Disk'
+        return super()._config_priv(key)
+
+    def _hardware_perm(self, user, vmid, params, deletes=()):
+        """The value-dependent checks qemu-server makes beside the key's privilege (API2/Qemu.pm):
+        `startup` also needs Sys.Modify on / (it changes how the node starts its guests);
+        `serialN` other than `socket` is root@pam's (`$check_vm_create_serial_perm`, and
+        "only root can delete '…' config for real devices" in `update_vm`)."""
+        if user.split('!')[0] == 'root@pam':
+            return
+        if 'startup' in params or 'startup' in deletes:
+            self.require(user, '/', 'Sys.Modify')
+        vm = self.vm(vmid)
+        for key in sorted(k for k in set(params) | set(deletes) if re.fullmatch(r'virtiofs\d+', k)):
+            # `check_dir_perm`: VM.Config.Disk and Mapping.Use on the directory mapping (old and new).
+            self.require(user, '/vms/{0}'.format(vmid), 'VM.Config.Disk')
+            for value in [vm.config.get(key) if vm else None, params.get(key)]:
+                if value is not None:
+                    parts = str(value).split(',')
+                    props = dict(p.split('=', 1) for p in parts if '=' in p)
+                    dirid = props.get('dirid') or (parts[0] if '=' not in parts[0] else None)
+                    self.require(user, '/mapping/dir/{0}'.format(dirid), 'Mapping.Use')
+        for key in sorted(k for k in set(params) | set(deletes) if re.fullmatch(r'(hostpci|usb)\d+', k)):
+            # update_vm checks the old value too (modify and delete alike).
+            if vm and key in vm.config:
+                self._device_perm(user, key, vm.config[key], 'set' if key in params else 'delete')
+            if key in params:
+                self._device_perm(user, key, params[key], 'set')
+        for key in sorted(k for k in set(params) | set(deletes) if re.fullmatch(r'serial\d+', k)):
+            # A socket may replace a socket or nothing; anything else, or replacing a device, is root's.
+            old = vm.config.get(key) if vm else None
+            value = params.get(key) if key in params else old
+            if (value is not None and str(value) != 'socket') or (old is not None and str(old) != 'socket'):
+                verb = 'set' if key in params else 'delete'
+                raise PveError(500, "only root can {0} '{1}' config for real devices".format(verb, key))
+
+    async def _qm_create(self, v, user):
+        self._hardware_perm(user, int(v['vmid']), v)
+        return await super()._qm_create(v, user)
+
+    def _hotplug_usb(self, vm):
+        """qemu-server PVE/QemuServer.pm `vmconfig_hotplug_pending`: on a running VM a `usbN`
+        change is plugged at once when `$is_usb_hotplug_supported` (`usb` among the `hotplug`
+        features, default `network,disk,usb`; machine version 7.1 or later, which every
+        unversioned machine on PVE 8+ is; `ostype` l26); fakepve leaves every one pending."""
+        if vm.status != 'running':
+            return
+        hotplug = str(vm.config.get('hotplug', '1'))
+        features = {'network', 'disk', 'usb'} if hotplug == '1' else set() if hotplug == '0' else set(hotplug.split(','))
+        machine = str(vm.config.get('machine', ''))
+        version = re.search(r'^pc-.*-(\d+)\.(\d+)', machine)
+        new_enough = version is None or (int(version.group(1)), int(version.group(2))) >= (7, 1)
+        if 'usb' not in features or not new_enough or vm.config.get('ostype') != 'l26':
+            return
+        for key in [k for k in vm.pending if re.fullmatch(r'usb\d+', k)]:
+            value = vm.pending.pop(key)
+            if value is None:
+                vm.config.pop(key, None)
+            else:
+                vm.config[key] = value
+
+    def _device_perm(self, user, key, value, verb):
+        """qemu-server API2/Qemu.pm `check_hostpci_perm` / `check_usb_perm`: a mapped device
+        needs Mapping.Use on /mapping/{pci,usb}/<id>; a raw one (`host=`) is root@pam's (USB's
+        `host=spice` excepted); VM.Config.HWType comes with the key (`_config_priv`)."""
+        kind = 'pci' if key.startswith('hostpci') else 'usb'
+        props = dict(p.split('=', 1) for p in str(value).split(',') if '=' in p)
+        if str(value).strip().lower() == 'spice' or props.get('host', '').lower() == 'spice':
+            return
+        if 'host' in props:
+            what = 'non-mapped devices' if kind == 'pci' else 'real devices'
+            raise PveError(500, "only root can {0} '{1}' config for {2}".format(verb, key, what))
+        if 'mapping' in props:
+            self.require(user, '/mapping/{0}/{1}'.format(kind, props['mapping']), 'Mapping.Use')
+        else:
+            raise PveError(500, "either 'host' or 'mapping' must be set.")
+
+    def _routes_cluster_mapping(self):
+        return [('GET', '/cluster/mapping/pci', self._mapping_index('pci')),
+                ('GET', '/cluster/mapping/usb', self._mapping_index('usb')),
+                ('GET', '/cluster/mapping/dir', self._mapping_index('dir'))]
+
+    def _mapping_index(self, kind):
+        """pve-manager PVE/API2/Cluster/Mapping/{PCI,USB,Dir}.pm `index`: the mappings the user
+        may see (Mapping.Modify, Mapping.Use or Mapping.Audit on /mapping/<kind>/<id>), each
+        with its `id`, `map` (one `node=…,path=…` entry per node) and `description`."""
+        async def index(v, user):
+            entries = []
+            for entry in getattr(self, 'mappings', {}).get(kind, []):
+                path = '/mapping/{0}/{1}'.format(kind, entry['id'])
+                if any(self.allowed(user, path, p) for p in ('Mapping.Modify', 'Mapping.Use', 'Mapping.Audit')):
+                    entries.append(dict(entry, digest='0' * 40))
+            return entries
+        return index
+
     async def _apply_config(self, vm, user, p):
+        self._hardware_perm(user, vm.vmid, {k: x for k, x in p.items() if k not in ('delete', 'digest')},
+                            [k for k in str(p.get('delete', '') or '').split(',') if k])
+        # qemu-server API2/Qemu.pm `update_vm` allocates a new TPM state or EFI vars volume
+        # (`<storage>:<size>`) through `$create_disks` before it writes the config (or the
+        # pending config of a running VM); fakepve would keep the request's value as it is.
+        for key in ('tpmstate0', 'efidisk0'):
+            value = p.get(key)
+            if value is not None and re.match(r'^[^/:\s]+:\d+(\.\d+)?(,|$)', str(value)):
+                self._qm_check_drive(user, vm.vmid, None, key, str(value), None)
+                p = dict(p)
+                p[key] = self._qm_new_drive(vm.vmid, key, str(value), None)[0]
         deletes = [k for k in str(p.get('delete', '') or '').split(',') if DRIVE_KEY.match(k) and k in vm.config]
         if deletes and vm.config.get('protection') in (1, '1', True):
             raise PveError(500, "can't remove drive '{0}' - protection mode enabled".format(deletes[0]))
@@ -322,6 +448,7 @@ class DriverPve(FakePve):
             if sid is not None and not is_cdrom(volume, props) and 'vm-{0}-'.format(vm.vmid) in name:
                 detached[key] = volume
         await super()._apply_config(vm, user, p)
+        self._hotplug_usb(vm)
         for key, volume in detached.items():
             if key not in vm.config:
                 n = next(i for i in range(256) if 'unused{0}'.format(i) not in vm.config)
@@ -624,6 +751,9 @@ def apply_scenario(pve, scenario):
         pve.apitokens[tokenid] = secret
     for grant in scenario.get('grants', []):
         pve.grant(grant['user'], grant['path'], *grant['privs'])
+    # Cluster resource mappings, `{"pci": [{"id": "gpu", "map": ["node=pve1,path=0000:01:00.0"]}],
+    # "usb": […], "dir": […]}`, as /etc/pve/mapping/{pci,usb,dir}.cfg hold them.
+    pve.mappings = scenario.get('mappings', {})
     set_values(pve, scenario)
     for guest in scenario.get('guests', []):
         add_guest(pve, guest)
@@ -1080,7 +1210,9 @@ async def command(pve, args):
         # What an owner does in the Proxmox UI between two runs (edit the notes, …): the keys
         # are written into the config as they are, bypassing the API's checks.
         vm = vm_of(pve, args)
-        vm.config.update(args['config'])
+        vm.config.update(args.get('config', {}))
+        for key in args.get('delete', []):
+            vm.config.pop(key, None)
         return dump_vm(vm)
     if name == 'vm':
         return dump_vm(vm_of(pve, args))

@@ -70,6 +70,7 @@ pub fn host(name: &str) -> DesiredHost {
             on_boot: true,
             protection: false,
             pool: None,
+            hardware: Default::default(),
         },
         bootstrap: Bootstrap::Template {
             template: TemplateRef::Name(TEMPLATE_NAME.into()),
@@ -97,6 +98,7 @@ pub fn host(name: &str) -> DesiredHost {
             toplevel: format!("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-{name}"),
             disk_layout_hash: "sha256:1111".into(),
             image: None,
+            serial_console: false,
         },
         keep: false,
         allow: Default::default(),

@@ -60,11 +60,12 @@ let
       n = c.config.nixprox;
       hostName = explicitHostName c;
     in
-    # `summary` holds the user's probes for the plan's NixOS changes (probes.nix reads them):
-    # not part of the declaration.
+    # `summary` holds the user's probes for the plan's NixOS changes (probes.nix reads them),
+    # `hardware` what the module sets inside NixOS for the VM: not part of the declaration.
     builtins.removeAttrs n [
       "enable"
       "summary"
+      "hardware"
     ]
     // {
       # An image package (`nixprox.bootstrap.image.package`, where the module has it) is a
@@ -133,6 +134,21 @@ let
         imageSizes = sizes;
       };
 
+  # Whether the system expects a serial console (a `console=ttyS0…` kernel parameter), read
+  # only for hosts nixprox boots from an ISO or their image: such a new VM gets `serial0` when
+  # `nixprox.vm.serial` is null. Read here, outside the module system: there it would depend on
+  # itself (`nixprox.hardware.kernelParams` derives from `nixprox.vm.serial`).
+  serialConsole =
+    c:
+    let
+      b = c.config.nixprox.bootstrap;
+      booted = (b.iso or null) != null || (b.image.enable or false);
+      params = builtins.tryEval (c.config.boot.kernelParams or [ ]);
+    in
+    booted
+    && params.success
+    && builtins.any (p: builtins.isString p && builtins.match "console=ttyS0.*" p != null) params.value;
+
   # A layout without any device (disko not imported, or imported with nothing declared) is no
   # layout: it hashes like `null`, which nixprox reads as "disks not managed" (an adopted host
   # with its own hardware configuration).
@@ -148,6 +164,7 @@ let
 
   # Evaluating out paths builds nothing.
   system = c: {
+    serialConsole = serialConsole c;
     toplevel = c.config.system.build.toplevel.outPath;
     diskLayoutHash = "sha256:" + builtins.hashString "sha256" (builtins.toJSON (layout c));
     image = image c;

@@ -20,6 +20,7 @@ fn template(vmid: u32, node: &str) -> LiveVm {
         lock: None,
         tags: Default::default(),
         config: None,
+        ha_state: None,
     }
 }
 

@@ -31,6 +31,8 @@ fn absent_keys_take_proxmox_defaults() {
             on_boot: false,
             protection: false,
             pool: None,
+            // No `hotplug` key: Proxmox's default, `network,disk,usb`.
+            hardware: crate::spec::Hardware { usb_hotplug_feature: true, ..Default::default() },
         }
     );
     assert_eq!(live.digest, "abc");
@@ -177,6 +179,7 @@ fn vm(vmid: u32, name: &str, node: &str, template: bool) -> LiveVm {
         lock: None,
         tags: BTreeSet::new(),
         config: None,
+        ha_state: None,
     }
 }
 
