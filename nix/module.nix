@@ -128,6 +128,9 @@ let
   };
 in
 {
+  # The container kind's options (`nixprox.container.*`): see ./container.nix.
+  imports = [ ./container.nix ];
+
   options.nixprox = {
     enable = mkEnableOption "management of this host's Proxmox VM by nixprox";
 

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{Bios, ImageFormat, VmSpec};
+use crate::spec::container::ContainerSpec;
+use crate::spec::{Bios, GuestKind, ImageFormat, VmSpec};
 
 /// `config.nixprox` of one host as the evaluation prints it (camelCase, as in
 /// `nix/module.nix`). Unknown fields are rejected so that module and binary cannot drift apart
@@ -23,6 +24,90 @@ pub struct HostDecl {
     pub ssh: SshDecl,
     pub install: InstallDecl,
     pub deploy: DeployDecl,
+    /// `nixprox.container` (nix/container.nix): with `enable`, the host is a container. Absent
+    /// from modules older than it; left out of shards when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerDecl>,
+}
+
+impl HostDecl {
+    /// The container declaration when the host is a container (`nixprox.container.enable`).
+    pub fn enabled_container(&self) -> Option<&ContainerDecl> {
+        self.container.as_ref().filter(|c| c.enable)
+    }
+}
+
+/// `nixprox.container` as the evaluation prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerDecl {
+    pub enable: bool,
+    /// Resolved by the evaluation like `vm.name`.
+    pub hostname: String,
+    pub node: Option<String>,
+    pub id: Option<u32>,
+    pub template: Option<String>,
+    pub ssh_keys: Vec<String>,
+    pub cores: Option<u32>,
+    pub memory: u64,
+    pub swap: u64,
+    pub rootfs: RootfsDecl,
+    pub mount_points: BTreeMap<String, MountPointDecl>,
+    pub networks: BTreeMap<String, CtNetworkDecl>,
+    pub features: FeaturesDecl,
+    pub unprivileged: bool,
+    pub on_boot: bool,
+    pub startup: Option<String>,
+    pub tags: Vec<String>,
+    pub description: String,
+    pub protection: bool,
+    pub pool: Option<String>,
+    pub keep: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RootfsDecl {
+    pub storage: Option<String>,
+    pub size: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MountPointDecl {
+    pub storage: Option<String>,
+    pub size: String,
+    pub path: String,
+    pub backup: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CtNetworkDecl {
+    pub name: String,
+    pub bridge: Option<String>,
+    pub vlan: Option<u16>,
+    pub mac_address: Option<String>,
+    pub firewall: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesDecl {
+    pub nesting: bool,
+    pub keyctl: bool,
+    pub fuse: bool,
+}
+
+/// A container host, resolved: its spec beyond the shared settings, its template and the keys
+/// Proxmox authorises at creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DesiredContainer {
+    pub spec: ContainerSpec,
+    /// `ostemplate` of a create (`<storage>:vztmpl/<file>`); `None`: none declared.
+    pub template: Option<String>,
+    /// `ssh-public-keys` of a create: never compared, never an update.
+    pub ssh_keys: Vec<String>,
 }
 
 /// `nixprox.network`: the prefix length and gateway that go with a static `nixprox.address`.
@@ -234,4 +319,15 @@ pub struct DesiredHost {
     /// changes it. Left out of the plan id when off.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub keep: bool,
+    /// Set when the host is a container (the guest kind); its shared settings (name, tags,
+    /// description, onboot, protection, pool) are in `spec`. Left out of the plan id for VMs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<DesiredContainer>,
+}
+
+impl DesiredHost {
+    /// The host's guest kind.
+    pub fn kind(&self) -> GuestKind {
+        if self.container.is_some() { GuestKind::Container } else { GuestKind::Vm }
+    }
 }

@@ -210,7 +210,16 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
     } else {
         actions
     };
-    HostPlan { host: host.host.clone(), vm, orphan: false, drift, actions, pool_move, nixos_changes: None }
+    HostPlan {
+        host: host.host.clone(),
+        vm,
+        kind: host.kind(),
+        orphan: false,
+        drift,
+        actions,
+        pool_move,
+        nixos_changes: None,
+    }
 }
 
 /// A host with `nixprox.vm.keep`: `release` of the VM nixprox manages for it, else `noop`.
@@ -232,6 +241,7 @@ fn plan_kept(host: &DesiredHost, found: Found<'_>) -> HostPlan {
     HostPlan {
         host: host.host.clone(),
         vm,
+        kind: host.kind(),
         orphan: false,
         drift: None,
         actions,
@@ -499,6 +509,7 @@ fn plan_orphan(vm: &LiveVm, policies: Policies) -> HostPlan {
     HostPlan {
         host: vm.name.clone(),
         vm: VmRef { node: vm.node.clone(), vmid: Some(vm.vmid) },
+        kind: vm.kind,
         orphan: true,
         drift: None,
         actions: vec![destroy],

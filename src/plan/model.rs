@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::spec::GuestKind;
+
 /// The version of the JSON schema ([`Plan`] serialised); bumped on breaking changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -152,6 +154,10 @@ pub struct HostPlan {
     /// The host's attribute name; for an orphan, the VM's name.
     pub host: String,
     pub vm: VmRef,
+    /// The guest kind (`vm` or `container`): the one field that tells a container's plan from
+    /// a VM's. Left out of the JSON (and the plan id) for VMs, so VM plans are as before.
+    #[serde(skip_serializing_if = "GuestKind::is_vm")]
+    pub kind: GuestKind,
     /// True when this entry is a `nixprox`-tagged VM that no host declares.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub orphan: bool,

@@ -88,6 +88,7 @@ pub fn host(name: &str) -> DesiredHost {
             image: None,
         },
         keep: false,
+        container: None,
     }
 }
 
@@ -97,6 +98,7 @@ pub fn live(name: &str, vmid: u32) -> LiveVm {
     live_spec.networks.values_mut().for_each(|n| n.mac = Some("BC:24:11:00:00:01".into()));
     LiveVm {
         vmid,
+        kind: Default::default(),
         node: "pve1".into(),
         name: name.into(),
         status: "running".into(),
@@ -115,6 +117,8 @@ pub fn live(name: &str, vmid: u32) -> LiveVm {
             unreadable_block: None,
             pending: BTreeSet::new(),
             boot_disks: vec!["scsi0".into()],
+            container: None,
+            ostype: None,
         }),
     }
 }

@@ -24,7 +24,7 @@ use super::property::{
     value_bool, value_text, value_u64,
 };
 use super::vm::{LiveConfig, LiveVm};
-use crate::spec::{Bios, MANAGED_TAG, VmSpec};
+use crate::spec::{Bios, GuestKind, MANAGED_TAG, VmSpec};
 
 /// What to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +166,7 @@ pub fn parse_resources(data: &Value) -> Result<Vec<(LiveVm, Option<String>)>, Un
         let text = |key: &str| item.get(key).and_then(value_text);
         let vm = LiveVm {
             vmid,
+            kind: GuestKind::Vm,
             node: text("node").ok_or_else(|| unexpected(format!("VM {vmid} has no `node`")))?,
             name: text("name").unwrap_or_default(),
             status: text("status").unwrap_or_else(|| "unknown".into()),
@@ -254,6 +255,8 @@ pub fn live_config(config: &Map<String, Value>, pending: BTreeSet<String>) -> Li
         unreadable_block: notes.unreadable().map(str::to_string),
         pending,
         boot_disks: boot_disks(config),
+        container: None,
+        ostype: None,
     }
 }
 

@@ -10,7 +10,7 @@ use std::fmt::Write;
 use crate::plan::{ActionKind, HostPlan, Plan};
 
 use super::values::diff_lines;
-use super::{summary_line, vm_label};
+use super::{guest_label, summary_line};
 
 /// GitHub's and Forgejo's comment body limit, in characters.
 pub const COMMENT_LIMIT: usize = 65_536;
@@ -137,7 +137,7 @@ pub fn render_at(plan: &Plan, context: &MarkdownContext, level: Detail) -> Strin
         Detail::ListOnly => {
             for host in &changed {
                 let kinds: Vec<String> = host.actions.iter().map(action_label).collect();
-                let _ = writeln!(out, "- `{}` ({}): {}", host.host, vm_label(&host.vm), kinds.join(", "));
+                let _ = writeln!(out, "- `{}` ({}): {}", host.host, guest_label(host), kinds.join(", "));
             }
             out.push('\n');
         }
@@ -269,7 +269,7 @@ fn host_details(out: &mut String, host: &HostPlan, nixos: bool, diffs: bool) {
         out,
         "<details><summary><b>{}</b> ({}{orphan}): {}</summary>\n",
         escape(&host.host),
-        vm_label(&host.vm),
+        guest_label(host),
         kinds.join(", ")
     );
     if let (true, Some(changes)) = (nixos, &host.nixos_changes) {

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use crate::plan::{Action, ActionKind, Plan};
 
 use super::values::diff_lines;
-use super::{summary_line, vm_label};
+use super::{guest_label, summary_line};
 
 /// Rendering options.
 #[derive(Debug, Clone, Copy, Default)]
@@ -61,7 +61,7 @@ pub fn render(plan: &Plan, options: TextOptions) -> String {
             continue;
         }
         let orphan = if host.orphan { " (orphan)" } else { "" };
-        let _ = writeln!(out, "\n{} ({}){orphan}", paint.bold(&host.host), vm_label(&host.vm));
+        let _ = writeln!(out, "\n{} ({}){orphan}", paint.bold(&host.host), guest_label(host));
         if let Some(changes) = &host.nixos_changes {
             let _ = writeln!(out, "  NixOS: {}", super::nixos::summary_line(changes));
         }

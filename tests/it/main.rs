@@ -6,6 +6,7 @@ mod support;
 mod adopt;
 mod apply;
 mod apply_cli;
+mod containers;
 mod deploy;
 mod docs;
 mod error_messages;

@@ -84,6 +84,7 @@ async fn reads_managed_and_host_named_vms_and_flags_templates() {
     let vm =
         |vmid: u32, name: &str, node: &str, status: &str, tags: &[&str], config: Option<LiveConfig>| LiveVm {
             vmid,
+            kind: Default::default(),
             node: node.into(),
             name: name.into(),
             status: status.into(),
@@ -138,6 +139,8 @@ async fn reads_managed_and_host_named_vms_and_flags_templates() {
             unreadable_block: None,
             pending: set(pending),
             boot_disks,
+            container: None,
+            ostype: None,
         })
     };
     let expected = vec![

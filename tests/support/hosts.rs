@@ -99,6 +99,7 @@ pub fn host(name: &str) -> DesiredHost {
             image: None,
         },
         keep: false,
+        container: None,
     }
 }
 

@@ -65,6 +65,7 @@ let
     builtins.removeAttrs n [
       "enable"
       "summary"
+      "container"
     ]
     // {
       # An image package (`nixprox.bootstrap.image.package`, where the module has it) is a
@@ -81,7 +82,25 @@ let
           else
             attr;
       };
-    };
+    }
+    # The container kind (nix/container.nix), its hostname resolved like `vm.name`; only for a
+    # container host, so a VM's declaration is as before.
+    // (
+      if n ? container && n.container.enable then
+        {
+          container = n.container // {
+            hostname =
+              if n.container.hostname != null then
+                n.container.hostname
+              else if hostName != null then
+                hostName
+              else
+                attr;
+          };
+        }
+      else
+        { }
+    );
 
   # disko's device tree carries internals (`_meta`, `_create`, functions) that change with disko
   # releases, not with the layout: drop `_`-prefixed attributes, turn functions into null.

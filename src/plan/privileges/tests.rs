@@ -13,6 +13,7 @@ fn granted(answer: Value) -> Granted {
 fn template(vmid: u32, node: &str) -> LiveVm {
     LiveVm {
         vmid,
+        kind: Default::default(),
         node: node.into(),
         name: "nixos-bootstrap".into(),
         status: "stopped".into(),

@@ -170,6 +170,7 @@ fn resources_keep_qemu_only_sorted_by_vmid() {
 fn vm(vmid: u32, name: &str, node: &str, template: bool) -> LiveVm {
     LiveVm {
         vmid,
+        kind: Default::default(),
         node: node.into(),
         name: name.into(),
         status: "stopped".into(),
