@@ -123,6 +123,29 @@ pub enum ApplyError {
         "the Proxmox cluster `{cluster}` has no quorum, so its configuration (/etc/pve) is read-only: every write would fail, and a destroy could free disks yet keep the VM; nothing was applied (check `pvecm status` on a node, bring enough nodes back online, then run apply again)"
     )]
     NoQuorum { cluster: String },
+    /// Containers are planned (the guest-kind seam) but not applied yet: refused before any
+    /// step, so no host is half done.
+    #[error(
+        "{what} {hosts}: this nixprox plans containers but does not apply them yet, so nothing was applied (apply the other hosts with `--hosts`, or leave the containers' changes out of this pull request)"
+    )]
+    Containers { what: &'static str, hosts: String },
+}
+
+/// The refusal of a plan whose containers have runnable actions, if it has any (see [`ApplyError::Containers`]).
+fn container_refusal(plan: &Plan) -> Option<ApplyError> {
+    let hosts: Vec<String> = plan
+        .hosts
+        .iter()
+        .filter(|h| h.kind == crate::spec::GuestKind::Container)
+        .filter(|h| h.actions.iter().any(|a| a.blocked.is_none() && a.kind != crate::plan::ActionKind::Noop))
+        .map(|h| format!("`{}`", h.host))
+        .collect();
+    let what = match hosts.len() {
+        0 => return None,
+        1 => "the container host with changes is",
+        _ => "the container hosts with changes are",
+    };
+    Some(ApplyError::Containers { what, hosts: hosts.join(", ") })
 }
 
 /// The inputs of `nixprox apply` once the flake is evaluated: the CLI's thin entry point.
@@ -174,6 +197,9 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ApplyError> {
     let approval = approval::check(request.reviewed, &plan, &live, request.allow_new_plan)?;
     for note in &approval.notes {
         tracing::warn!("{note}");
+    }
+    if let Some(refusal) = container_refusal(&plan) {
+        return Err(refusal);
     }
     check_quorum(request.client).await?;
     check_privileges(&request, &plan, &live).await?;

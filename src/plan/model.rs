@@ -104,7 +104,10 @@ impl ActionKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Effect {
-    /// Applied to the running VM at once.
+    /// Written to the config and in effect at once, running or not (a container's
+    /// `$LXC_FASTPLUG_OPTIONS`: description, onboot, startup, protection, hostname, cores, tags).
+    Immediate,
+    /// Applied to the running VM (or container) at once.
     Hotplug,
     /// Recorded as pending; takes effect at the next reboot.
     NeedsReboot,

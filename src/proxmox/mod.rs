@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod container;
 pub mod error;
 pub mod guest;
 pub mod import;
