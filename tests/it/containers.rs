@@ -201,3 +201,62 @@ fn a_container_with_a_template_is_only_matched_by_its_kind() {
     let plan: Value = serde_json::from_str(ok(&run)).expect("json");
     assert_eq!(cli::kinds(&plan, "dns"), ["create_vm", "switch"]);
 }
+
+/// The containers fixture with an untagged container named `dns` of this `ostype` beside it.
+fn with_unmanaged_dns(ostype: &str) -> (Fixture, FakePve) {
+    let fixture = Fixture::copy("containers");
+    let scenario = cli::cluster_scenario(&repo().join("fixtures/containers/cluster.json")).guest(json!({
+        "vmid": 220, "name": "dns", "node": "pve1", "status": "running", "type": "lxc",
+        "config": {"hostname": "dns", "ostype": ostype, "onboot": 1, "memory": 512, "swap": 512, "cores": 1, "unprivileged": 1,
+                   "features": "nesting=1", "rootfs": "local-lvm:vm-220-disk-0,size=8G",
+                   "mp0": "local-lvm:vm-220-disk-1,mp=/var/lib/unbound,size=2G",
+                   "net0": "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:02:20,ip=dhcp,type=veth"}
+    }));
+    (fixture, FakePve::start(scenario))
+}
+
+/// Declares `dns`'s host key in the fixture copy (`nixprox.ssh.hostKey`).
+fn declare_dns_key(fixture: &Fixture) {
+    let path = fixture.dir.path().join("flake.nix");
+    let text = std::fs::read_to_string(&path).expect("flake.nix");
+    let text = text.replace(
+        "                cores = 1;\n",
+        "                cores = 1;\n              };\n              nixprox.ssh.hostKey = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIdnsxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx root@dns\";\n              nixprox.container = {\n",
+    );
+    std::fs::write(&path, text).expect("write flake.nix");
+}
+
+#[test]
+fn a_nixos_container_is_adopted_in_place_only_with_its_key_declared() {
+    let (fixture, pve) = with_unmanaged_dns("nixos");
+    let plan = cli::plan_hosts(&fixture, &pve, "dns");
+    let adopt = &cli::actions(&plan, "dns")[0];
+    assert_eq!(adopt["kind"], "adopt");
+    assert_eq!(
+        adopt["blocked"]["reason"],
+        "before adopting container 220, nixprox cannot verify the SSH host key of container 220 (containers have no guest agent and no file API), and never trusts a key on first use: declare it in `nixprox.ssh.hostKey` (the line of /etc/ssh/ssh_host_ed25519_key.pub in the container)"
+    );
+    assert_eq!(
+        cli::kinds(&plan, "dns"),
+        ["adopt"],
+        "nothing else changes on a container nixprox cannot adopt"
+    );
+
+    declare_dns_key(&fixture);
+    let plan = cli::plan_hosts(&fixture, &pve, "dns");
+    assert_eq!(cli::kinds(&plan, "dns"), ["adopt", "switch"], "adopted in place, in sync otherwise");
+    assert!(cli::actions(&plan, "dns")[0]["blocked"].is_null());
+}
+
+#[test]
+fn a_container_that_does_not_run_nixos_is_never_converted_in_place() {
+    let (fixture, pve) = with_unmanaged_dns("debian");
+    declare_dns_key(&fixture);
+    let plan = cli::plan_hosts(&fixture, &pve, "dns");
+    let adopt = &cli::actions(&plan, "dns")[0];
+    assert_eq!(
+        adopt["blocked"]["reason"],
+        "before adopting container 220, container 220 runs `debian` (its `ostype`), not NixOS: nixprox adopts only NixOS containers in place; delete it, or rename it and let nixprox create the host's container"
+    );
+    assert_eq!(cli::kinds(&plan, "dns"), ["adopt"]);
+}
