@@ -9,12 +9,19 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
-use super::property::{PropertyString, is_net_key, parse_tags, value_bool, value_text, value_u64};
+use std::time::Duration;
+
+use super::client::Client;
+use super::error::ProxmoxError;
+use super::property::{
+    PropertyString, format_tags, is_net_key, parse_tags, value_bool, value_text, value_u64,
+};
+use super::tasks::{Upid, read_log, wait_task};
 use super::vm::LiveConfig;
 use crate::spec::container::{
     ContainerSpec, CtNetSpec, Features, MountSpec, VolumeSpec, address_of, shared_spec,
 };
-use crate::spec::{MANAGED_TAG, parse_size};
+use crate::spec::{MANAGED_TAG, VmSpec, allocation_size, exact_gib, parse_size};
 
 /// pve-container's default memory and swap (MiB) when the config has none.
 const DEFAULT_MIB: u64 = 512;
@@ -126,6 +133,193 @@ pub fn parse_ct_net(text: &str) -> Option<CtNetSpec> {
     })
 }
 
+/// A host key Proxmox generated in a new container and printed in the create task's log
+/// (pve-container `src/PVE/LXC/Setup.pm`, `rewrite_ssh_host_keys` with `generate_ssh_key`:
+/// `Creating SSH host key 'ssh_host_ed25519_key' - this may take some time ...`, then
+/// `done: SHA256:<base64> root@<hostname>`, the `ssh-keygen -E sha256` line). Only when the
+/// template has `/etc/ssh`: nixpkgs' `proxmox-lxc` tarball has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedKey {
+    /// The key file's base name (`ssh_host_ed25519_key`).
+    pub file: String,
+    /// `SHA256:<base64>`.
+    pub fingerprint: String,
+}
+
+/// The generated host keys a create task's log names, in log order.
+pub fn generated_keys(log: &[String]) -> Vec<GeneratedKey> {
+    let mut keys = Vec::new();
+    let mut file: Option<String> = None;
+    for line in log {
+        if let Some(rest) = line.strip_prefix("Creating SSH host key '") {
+            file = rest.split_once('\'').map(|(name, _)| name.to_string());
+        } else if let Some(rest) = line.strip_prefix("done: ")
+            && let Some(name) = file.take()
+            && let Some(fingerprint) = rest.split_whitespace().next().filter(|f| f.starts_with("SHA256:"))
+        {
+            keys.push(GeneratedKey { file: name, fingerprint: fingerprint.to_string() });
+        }
+    }
+    keys
+}
+
+/// What a new container is created with.
+#[derive(Debug, Clone, Copy)]
+pub struct NewContainer<'a> {
+    pub vmid: u32,
+    /// The shared settings (hostname is `name`).
+    pub shared: &'a VmSpec,
+    pub spec: &'a ContainerSpec,
+    /// `<storage>:vztmpl/<file>`.
+    pub template: &'a str,
+    /// `ssh-public-keys`: create-only in Proxmox.
+    pub ssh_keys: &'a [String],
+    /// The whole notes (the user's text and nixprox's block).
+    pub description: &'a str,
+}
+
+/// The form of `POST /nodes/{node}/lxc` (pve-container `src/PVE/API2/LXC.pm`, `create_vm`):
+/// new volumes as `<storage>:<GiB>` (the declared size rounded up to whole 4 MiB, as VM disks
+/// are), the managed tag with the user's tags.
+pub fn create_form(new: NewContainer<'_>) -> Vec<(String, String)> {
+    let NewContainer { vmid, shared, spec, template, ssh_keys, description } = new;
+    let volume = |v: &VolumeSpec| format!("{}:{}", v.storage, exact_gib(allocation_size(v.size_bytes)));
+    let mut form: Vec<(String, String)> = vec![
+        ("vmid".into(), vmid.to_string()),
+        ("ostemplate".into(), template.into()),
+        ("hostname".into(), shared.name.clone()),
+        ("memory".into(), spec.memory_mib.to_string()),
+        ("swap".into(), spec.swap_mib.to_string()),
+        ("rootfs".into(), volume(&spec.rootfs)),
+        ("unprivileged".into(), u8::from(spec.unprivileged).to_string()),
+        ("onboot".into(), u8::from(shared.on_boot).to_string()),
+    ];
+    if let Some(cores) = spec.cores {
+        form.push(("cores".into(), cores.to_string()));
+    }
+    for (slot, mount) in &spec.mounts {
+        let backup = if mount.backup { ",backup=1" } else { "" };
+        form.push((slot.clone(), format!("{},mp={}{backup}", volume(&mount.volume), mount.path)));
+    }
+    for (slot, net) in &spec.networks {
+        form.push((slot.clone(), format_ct_net(net)));
+    }
+    let features = spec.features.property();
+    if !features.is_empty() {
+        form.push(("features".into(), features));
+    }
+    if let Some(startup) = &spec.startup {
+        form.push(("startup".into(), startup.clone()));
+    }
+    let mut tags: BTreeSet<String> = shared.tags.clone();
+    tags.insert(MANAGED_TAG.to_string());
+    form.push(("tags".into(), format_tags(&tags)));
+    if !description.is_empty() {
+        form.push(("description".into(), description.to_string()));
+    }
+    if shared.protection {
+        form.push(("protection".into(), "1".into()));
+    }
+    if let Some(pool) = &shared.pool {
+        form.push(("pool".into(), pool.clone()));
+    }
+    if !ssh_keys.is_empty() {
+        form.push(("ssh-public-keys".into(), ssh_keys.join("\n")));
+    }
+    form
+}
+
+/// A container interface as pve-container writes it (`name=eth0,bridge=vmbr0,…`).
+pub fn format_ct_net(net: &CtNetSpec) -> String {
+    let mut text = format!("name={},bridge={}", net.name, net.bridge);
+    if let Some(mac) = &net.mac {
+        text.push_str(&format!(",hwaddr={mac}"));
+    }
+    if let Some(address) = &net.address {
+        text.push_str(&format!(",{address}"));
+    }
+    if let Some(vlan) = net.vlan {
+        text.push_str(&format!(",tag={vlan}"));
+    }
+    if net.firewall {
+        text.push_str(",firewall=1");
+    }
+    text
+}
+
+/// Creates the container and waits for the create task; returns the host keys Proxmox
+/// generated in it, read from the task's log (readable by the task's owner: the token that
+/// created it). Empty when the template has no `/etc/ssh`: then nothing can pin the key.
+pub async fn create(
+    client: &Client,
+    node: &str,
+    form: &[(String, String)],
+    timeout: Duration,
+) -> Result<Vec<GeneratedKey>, ProxmoxError> {
+    let path = format!("/nodes/{node}/lxc");
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let data = client.post(&path, &pairs).await?;
+    let upid = Upid::from_data(&data).map_err(|err| ProxmoxError::Decode {
+        method: reqwest::Method::POST,
+        path: path.clone(),
+        detail: err.to_string(),
+        body: data.to_string(),
+    })?;
+    wait_task(client, &upid, timeout).await?;
+    Ok(generated_keys(&read_log(client, &upid).await?))
+}
+
+/// The file name endings Proxmox takes for a container template (pve-storage
+/// `src/PVE/Storage.pm`, `$VZTMPL_EXT_RE_1`).
+pub const TEMPLATE_EXTENSIONS: [&str; 4] = [".tar.gz", ".tar.xz", ".tar.zst", ".tar.bz2"];
+
+/// Uploads a container template (`content=vztmpl`, pve-storage `src/PVE/API2/Storage/Status.pm`
+/// `upload`) from `path` as `file_name` and waits until Proxmox stored it; returns the volume
+/// id (`<storage>:vztmpl/<file_name>`). The checksum lets Proxmox refuse a damaged upload.
+pub async fn upload_template(
+    client: &Client,
+    node: &str,
+    storage: &str,
+    file_name: &str,
+    path: &std::path::Path,
+    timeout: Duration,
+) -> Result<String, ProxmoxError> {
+    use reqwest::multipart::{Form, Part};
+    let config = |message: String| ProxmoxError::Config { message };
+    if !TEMPLATE_EXTENSIONS.iter().any(|ext| file_name.ends_with(ext)) {
+        return Err(config(format!(
+            "container template `{file_name}` must end in one of {} for Proxmox to take it",
+            TEMPLATE_EXTENSIONS.join(", ")
+        )));
+    }
+    let read = |err: std::io::Error| config(format!("failed to read `{}`: {err}", path.display()));
+    let sha256 = super::upload::sha256_file(path).await.map_err(|err| config(err.to_string()))?;
+    let file = tokio::fs::File::open(path).await.map_err(read)?;
+    let total = file.metadata().await.map_err(read)?.len();
+    let body =
+        reqwest::Body::wrap_stream(super::upload::file_stream(file, total, std::sync::Arc::new(|_| {})));
+    let part = Part::stream_with_length(body, total)
+        .file_name(file_name.to_string())
+        .mime_str("application/octet-stream")
+        .map_err(|err| config(err.to_string()))?;
+    // The order PVE's server reads: content, checksum-algorithm, checksum, file.
+    let form = Form::new()
+        .text("content", "vztmpl")
+        .text("checksum-algorithm", "sha256")
+        .text("checksum", sha256)
+        .part("filename", part);
+    let api = format!("/nodes/{node}/storage/{storage}/upload");
+    let data = client.post_multipart(&api, form, timeout).await?;
+    let upid = Upid::from_data(&data).map_err(|err| ProxmoxError::Decode {
+        method: reqwest::Method::POST,
+        path: api,
+        detail: err.to_string(),
+        body: data.to_string(),
+    })?;
+    wait_task(client, &upid, timeout).await?;
+    Ok(format!("{storage}:vztmpl/{file_name}"))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -165,5 +359,25 @@ mod tests {
         let mount = parse_mount("/srv/media,mp=/media").expect("mount");
         assert_eq!(mount.volume.storage, "/srv/media");
         assert!(!is_mount_key("mp") && is_mount_key("mp12") && !is_mount_key("mpx"));
+    }
+
+    #[test]
+    fn the_create_task_log_names_the_generated_keys() {
+        let log: Vec<String> = [
+            "extracting archive '/var/lib/vz/template/cache/nixos.tar.xz'",
+            "Creating SSH host key 'ssh_host_ed25519_key' - this may take some time ...",
+            "done: SHA256:8Bi2S5Y2X4uCwSAgOsYt2Yx0b1oe8qbb9dZBdvUBYYo root@dns",
+            "Creating SSH host key 'ssh_host_rsa_key' - this may take some time ...",
+            "done: SHA256:Yk6y6Hg0W7q0oTtHgkCE9J0cAVB2B3sLC+o/3w9aKkA root@dns",
+            "TASK OK",
+        ]
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+        let keys = generated_keys(&log);
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].file, "ssh_host_ed25519_key");
+        assert_eq!(keys[0].fingerprint, "SHA256:8Bi2S5Y2X4uCwSAgOsYt2Yx0b1oe8qbb9dZBdvUBYYo");
+        assert!(generated_keys(&["done: SHA256:x root@a".to_string()]).is_empty(), "no key without its line");
     }
 }

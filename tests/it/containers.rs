@@ -260,3 +260,161 @@ fn a_container_that_does_not_run_nixos_is_never_converted_in_place() {
     );
     assert_eq!(cli::kinds(&plan, "dns"), ["adopt"]);
 }
+
+/// A real template tarball (`tar`, xz) whose root holds what `paths` name (directories end in
+/// `/`), as nixpkgs' `proxmox-lxc` image would with `/etc/ssh` added.
+fn template_tarball(dir: &std::path::Path, name: &str, paths: &[&str]) -> std::path::PathBuf {
+    let root = dir.join(format!("{name}.root"));
+    for path in paths {
+        let full = root.join(path.trim_end_matches('/'));
+        if path.ends_with('/') {
+            std::fs::create_dir_all(&full).expect("mkdir");
+        } else {
+            std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&full, "#! /nix/store/abc-bash/bin/sh\n").expect("write");
+        }
+    }
+    let out = dir.join(name);
+    let status = std::process::Command::new("tar")
+        .arg("-cJf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&root)
+        .arg(".")
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "tar failed");
+    out
+}
+
+fn new_container<'a>(
+    shared: &'a nixprox::spec::VmSpec,
+    spec: &'a nixprox::spec::container::ContainerSpec,
+    template: &'a str,
+    ssh_keys: &'a [String],
+) -> nixprox::proxmox::container::NewContainer<'a> {
+    nixprox::proxmox::container::NewContainer { vmid: 230, shared, spec, template, ssh_keys, description: "" }
+}
+
+fn container_spec() -> (nixprox::spec::VmSpec, nixprox::spec::container::ContainerSpec) {
+    use nixprox::spec::container::{ContainerSpec, CtNetSpec, Features, VolumeSpec, shared_spec};
+    let shared = shared_spec("dns.lab".into(), BTreeSet::new(), String::new(), true, false, None);
+    let spec = ContainerSpec {
+        cores: Some(1),
+        memory_mib: 512,
+        swap_mib: 512,
+        rootfs: VolumeSpec { storage: "local-lvm".into(), size_bytes: 8 << 30 },
+        mounts: Default::default(),
+        networks: [(
+            "net0".to_string(),
+            CtNetSpec {
+                name: "eth0".into(),
+                bridge: "vmbr0".into(),
+                mac: None,
+                vlan: None,
+                firewall: false,
+                address: Some("ip=dhcp".into()),
+            },
+        )]
+        .into(),
+        features: Features { nesting: true, keyctl: false, fuse: false },
+        unprivileged: true,
+        startup: None,
+    };
+    (shared, spec)
+}
+
+/// The first boot's key, end to end without trusting the network: the template (a real
+/// tarball, named without `nixos` in it) is uploaded as `vztmpl`, Proxmox detects NixOS from its
+/// `/nix/store` and prints the fingerprints of the host keys it generated in the create task's
+/// log; nixprox pins those and a loopback SSH host presenting that key is accepted (its whole key
+/// read for the notes), one presenting another key is refused.
+#[tokio::test]
+async fn a_new_containers_host_key_is_pinned_from_the_create_task_log() {
+    use nixprox::proxmox::container::{create, create_form, upload_template};
+    use nixprox::ssh::{ClientKey, ConnectOptions, HostKeyPolicy, Session, SshError, SshTarget};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tarball =
+        template_tarball(dir.path(), "nixprox-0a1b2c.tar.xz", &["nix/store/", "etc/ssh/", "sbin/init"]);
+    let pve = FakePve::start(crate::support::fakepve::Scenario::new());
+    let client = pve.client();
+    let timeout = Duration::from_secs(30);
+
+    // pve-storage refuses a template without a template extension.
+    let err = upload_template(&client, "pve1", "local", "nixprox-0a1b2c.tar", &tarball, timeout)
+        .await
+        .expect_err("nixprox checks the extension first");
+    assert!(err.to_string().contains("must end in one of .tar.gz, .tar.xz, .tar.zst, .tar.bz2"), "{err}");
+    let template = upload_template(&client, "pve1", "local", "nixprox-0a1b2c.tar.xz", &tarball, timeout)
+        .await
+        .expect("upload");
+    assert_eq!(template, "local:vztmpl/nixprox-0a1b2c.tar.xz");
+
+    // The key the test host presents is the one "Proxmox generates" for the container.
+    let host = crate::support::sshd::TestHost::start();
+    pve.command(json!({"cmd": "ct_host_keys", "hostname": "dns", "keys": [host.host_public()]}));
+    let (shared, spec) = container_spec();
+    let keys = vec![
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDnixproxExampleKeyOnlyForTheFixture ops@homelab".to_string(),
+    ];
+    let form = create_form(new_container(&shared, &spec, &template, &keys));
+    let generated = create(&client, "pve1", &form, timeout).await.expect("create");
+    assert_eq!(generated.len(), 1, "{generated:?}");
+    assert_eq!(generated[0].file, "ssh_host_ed25519_key");
+
+    let config = pve.command(json!({"cmd": "ct", "vmid": 230}))["config"].clone();
+    assert_eq!(config["ostype"], "nixos", "detected from /nix/store, not from the name: {config}");
+    assert_eq!(config["tags"], "nixprox");
+    assert!(config.get("ssh-public-keys").is_none(), "create-only: not part of the config");
+
+    let fingerprints: Vec<String> = generated.iter().map(|k| k.fingerprint.clone()).collect();
+    let policy = HostKeyPolicy::fingerprints(&fingerprints).expect("fingerprints");
+    let target =
+        SshTarget { host: "dns".into(), address: host.address.clone(), port: host.port, user: "root".into() };
+    let key = ClientKey::File(host.client_key.clone()).materialize().expect("key").load().expect("load");
+    let session = Session::connect(&target, &key, &policy, &ConnectOptions::default())
+        .await
+        .expect("pinned by fingerprint");
+    let pinned = HostKeyPolicy::pinned(&host.host_public()).expect("pin").lines()[0].clone();
+    assert_eq!(session.server_key(), pinned, "the whole key, for the metadata block");
+    session.close().await;
+
+    let other =
+        HostKeyPolicy::fingerprints(&["SHA256:8Bi2S5Y2X4uCwSAgOsYt2Yx0b1oe8qbb9dZBdvUBYYo".to_string()])
+            .expect("fingerprint");
+    let err = Session::connect(&target, &key, &other, &ConnectOptions::default()).await.expect_err("refused");
+    assert!(matches!(err, SshError::HostKeyMismatch { .. }), "{err}");
+}
+
+/// A template without `/etc/ssh` (nixpkgs' `proxmox-lxc` tarball as it is): Proxmox generates no
+/// key, so the log names none and nothing could pin the container's key.
+#[tokio::test]
+async fn a_template_without_etc_ssh_gives_no_key_to_pin() {
+    use nixprox::proxmox::container::{create, create_form, upload_template};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tarball = template_tarball(dir.path(), "nixprox-plain.tar.xz", &["nix/store/", "sbin/init"]);
+    let pve = FakePve::start(crate::support::fakepve::Scenario::new());
+    let client = pve.client();
+    let timeout = Duration::from_secs(30);
+    let template = upload_template(&client, "pve1", "local", "nixprox-plain.tar.xz", &tarball, timeout)
+        .await
+        .expect("upload");
+    let (shared, spec) = container_spec();
+    let generated =
+        create(&client, "pve1", &create_form(new_container(&shared, &spec, &template, &[])), timeout)
+            .await
+            .expect("create");
+    assert!(generated.is_empty(), "{generated:?}");
+    assert_eq!(pve.command(json!({"cmd": "ct", "vmid": 230}))["config"]["ostype"], "nixos");
+
+    // `ssh-public-keys` is create-only: the config update's schema has no such property.
+    let err = client
+        .put("/nodes/pve1/lxc/230/config", &[("ssh-public-keys", "ssh-ed25519 AAAA x")])
+        .await
+        .expect_err("create-only");
+    assert!(err.to_string().contains("ssh-public-keys"), "{err}");
+}
