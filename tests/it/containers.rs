@@ -418,3 +418,20 @@ async fn a_template_without_etc_ssh_gives_no_key_to_pin() {
         .expect_err("create-only");
     assert!(err.to_string().contains("ssh-public-keys"), "{err}");
 }
+
+/// Sharding treats containers as VMs: two shards merged give the unsharded plan (the same
+/// JSON and plan id), containers and the VM alike.
+#[test]
+fn shards_with_containers_merge_into_the_unsharded_plan() {
+    let (fixture, pve) = containers();
+    let out = tempfile::tempdir().expect("tempdir");
+    let part = |i: u32| out.path().join(format!("part-{i}.json")).display().to_string();
+    let whole = cli::plan(&fixture, &pve, &["--format", "json"]);
+    let whole = ok(&whole).to_string();
+    for i in 1..=2 {
+        let run = cli::plan(&fixture, &pve, &["--shard", &format!("{i}/2"), "--format", "json", "--out", &part(i)]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    let merged = cli::plan(&fixture, &pve, &["--merge", &part(2), &part(1), "--format", "json"]);
+    assert_eq!(ok(&merged), whole);
+}
