@@ -6,7 +6,7 @@
 # take (pve-container `src/PVE/LXC/Config.pm`, `$confdesc`). What only `root@pam` may set through
 # the API (bind and device mounts, hookscripts, features of a privileged container) has no
 # option, or is refused when nixprox resolves the host (docs/configuration.md).
-{ lib, ... }:
+{ config, lib, ... }:
 
 let
   inherit (lib) mkOption mkEnableOption types literalExpression;
@@ -128,6 +128,31 @@ in
         switches the new container to the host's system over SSH. `null`: nixprox cannot create
         the container (an existing one is still managed, adopted or switched).
       '';
+    };
+    tarball = {
+      enable = mkEnableOption ''
+        creating new containers from this host's own template: `package` (nixpkgs' `proxmox-lxc`
+        `system.build.tarball`) is built on the runner and uploaded with content `vztmpl` to
+        `storage`, named after its store hash (`nixprox-<hash>.tar.xz`), so hosts that share
+        it share the upload; the container boots into the host's system, no switch from a
+        generic template. Excludes `template`'';
+      package = mkOption {
+        type = types.nullOr types.package;
+        default = config.system.build.tarball or null;
+        defaultText = literalExpression "config.system.build.tarball (nixpkgs' proxmox-lxc image), else null";
+        description = ''
+          Derivation whose output holds the template as `tarball/*.tar.xz` (what nixpkgs'
+          `make-system-tarball` writes). It must carry `/etc/ssh` (e.g. an empty directory in
+          `contents`) so that Proxmox generates the host keys nixprox pins. Only its store path
+          is evaluated when planning.
+        '';
+      };
+      storage = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "local";
+        description = "File-based storage with the `vztmpl` content type the template is uploaded to. `null` uses `defaults.image_storage` from nixprox.yaml.";
+      };
     };
     sshKeys = mkOption {
       type = types.listOf types.str;

@@ -63,6 +63,17 @@ pub struct ContainerDecl {
     pub protection: bool,
     pub pool: Option<String>,
     pub keep: bool,
+    /// `nixprox.container.tarball` without `package` (its store paths are in
+    /// [`SystemEval::tarball`]).
+    #[serde(default)]
+    pub tarball: TarballDecl,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TarballDecl {
+    pub enable: bool,
+    pub storage: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,10 +115,21 @@ pub struct FeaturesDecl {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DesiredContainer {
     pub spec: ContainerSpec,
-    /// `ostemplate` of a create (`<storage>:vztmpl/<file>`); `None`: none declared.
+    /// `ostemplate` of a create (`<storage>:vztmpl/<file>`) named by the user; `None`: none
+    /// declared.
     pub template: Option<String>,
+    /// The host's own template, built from the flake and uploaded (`tarball.enable`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tarball: Option<TemplateBuild>,
     /// `ssh-public-keys` of a create: never compared, never an update.
     pub ssh_keys: Vec<String>,
+}
+
+/// A container template built from the flake: its package and the storage it goes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TemplateBuild {
+    pub package: ImageEval,
+    pub storage: String,
 }
 
 /// `nixprox.network`: the prefix length and gateway that go with a static `nixprox.address`.
@@ -282,6 +304,10 @@ pub struct SystemEval {
     /// never built. Left out of the JSON when absent, so other hosts' plan ids do not change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageEval>,
+    /// The template package of a container host with `container.tarball.enable`; left out of
+    /// the JSON when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tarball: Option<ImageEval>,
 }
 
 /// Store paths of an image package (`nixprox.bootstrap.image.package`).

@@ -252,6 +252,8 @@ struct RawSystem {
     disk_layout_hash: String,
     #[serde(default)]
     image: Option<ImageEval>,
+    #[serde(default)]
+    tarball: Option<ImageEval>,
 }
 
 /// The `--apply` expression for a selection. With a `marker`, hosts are streamed as traces
@@ -314,6 +316,7 @@ pub async fn evaluate(req: &EvalRequest) -> Result<Inventory, FlakeError> {
                     toplevel: system.toplevel,
                     disk_layout_hash: system.disk_layout_hash,
                     image: system.image,
+                    tarball: system.tarball,
                 };
                 let extra_error = collected.failed.get(&attr).cloned();
                 hosts.push(EvaluatedHost { attr, decl, system, extra: raw.extra, extra_error });

@@ -73,6 +73,14 @@ pub enum ResolveError {
         "host `{host}`: `nixprox.container.{option}.size` is `{size}`, which is not a valid size (use a positive number with K, M, G or T, e.g. `8G`)"
     )]
     InvalidContainerSize { host: String, option: String, size: String },
+    #[error(
+        "host `{host}`: `nixprox.container.tarball.enable` is set together with `nixprox.container.template` (keep one: a container is made either from its own template, built from the flake, or from a prebuilt one)"
+    )]
+    TarballAndTemplate { host: String },
+    #[error(
+        "host `{host}`: `nixprox.container.tarball.enable` is set but `nixprox.container.tarball.package` is null (import nixpkgs' `proxmox-lxc` module, whose `system.build.tarball` is the default, or set the package)"
+    )]
+    NoTarballPackage { host: String },
 }
 
 /// Resolves one host: its disks, networks and bootstrap with the settings' defaults, then the

@@ -40,6 +40,13 @@ pub fn import_file_name(out_path: &str, slot: &str, format: ImageFormat) -> Resu
     Ok(format!("{PREFIX}{}-{slot}.{}", store_hash(out_path)?, format.extension()))
 }
 
+/// `nixprox-<hash>.tar.xz`: the name of a container template built from package `out_path`
+/// on a storage (`vztmpl` content; pve-storage takes `.tar.xz`), so hosts that share the
+/// package share the file.
+pub fn template_file_name(out_path: &str) -> Result<String, NotAStorePath> {
+    Ok(format!("{PREFIX}{}.tar.xz", store_hash(out_path)?))
+}
+
 /// What a nixprox import file name says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportName {

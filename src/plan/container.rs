@@ -29,23 +29,85 @@ fn container_of(host: &DesiredHost) -> Option<&DesiredContainer> {
     host.container.as_ref()
 }
 
-/// `create_vm` of a new container from its template, then `switch` to the host's system (the
-/// template is a generic NixOS; Proxmox prints the host keys' fingerprints that pin the first
-/// connection).
+/// The `ostemplate` a new container is made from: the user's template, or the host's own
+/// (`<storage>:vztmpl/nixprox-<hash>.tar.xz`); `None` when neither is declared.
+pub(super) fn template_of(ct: &DesiredContainer) -> Option<String> {
+    match (&ct.template, &ct.tarball) {
+        (Some(template), _) => Some(template.clone()),
+        (None, Some(build)) => crate::image::template_file_name(&build.package.out_path)
+            .ok()
+            .map(|file| format!("{}:vztmpl/{file}", build.storage)),
+        (None, None) => None,
+    }
+}
+
+/// `create_vm` of a new container from its template, then `switch` to the host's system (or,
+/// from the host's own template, the check that it runs it), preceded by `upload_image` of a
+/// template built from the flake. Proxmox prints the host keys' fingerprints that pin the
+/// first connection.
 pub(super) fn plan_create(host: &DesiredHost) -> Vec<Action> {
     let Some(ct) = container_of(host) else { return Vec::new() };
     let changes = create_changes(host, ct);
-    let Some(template) = &ct.template else {
+    let Some(template) = template_of(ct) else {
         let create = action(ActionKind::CreateVm, "no container exists for this host", changes);
         return vec![blocked(create, NO_TEMPLATE, None)];
     };
-    let mut actions = vec![action(
+    let mut actions = Vec::new();
+    if let Some(build) = &ct.tarball {
+        actions.push(action(
+            ActionKind::UploadImage,
+            format!(
+                "the host's template (`{}`) is built from the flake and uploaded to storage `{}` as `vztmpl`, unless it is there already",
+                build.package.out_path, build.storage
+            ),
+            vec![Change { field: "template".into(), before: None, after: Some(json!(template)), effect: None }],
+        ));
+        actions.push(action(
+            ActionKind::CreateVm,
+            format!("no container exists for this host; new container from its own template `{template}`"),
+            changes,
+        ));
+        actions.extend(first_switch(
+            host,
+            "new container from the host's own template: apply pins its host key from the create task's log, checks over SSH that it runs the host's system, and switches only if not",
+        ));
+        return actions;
+    }
+    actions.push(action(
         ActionKind::CreateVm,
         format!("no container exists for this host; new container from the template `{template}`"),
         changes,
-    )];
+    ));
     actions.extend(first_switch(host, "new container: switch it from its template to the host's system"));
     actions
+}
+
+/// Says in every `upload_image` of a container template which hosts share it (one file, one
+/// upload): hosts whose own templates are the same package.
+pub(super) fn note_shared_uploads(hosts: &mut [super::model::HostPlan], desired: &[DesiredHost]) {
+    let template = |name: &str| {
+        desired
+            .iter()
+            .find(|d| d.host == name)
+            .and_then(|d| d.container.as_ref())
+            .filter(|c| c.tarball.is_some())
+            .and_then(template_of)
+    };
+    let mut sharing: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    for plan in hosts.iter().filter(|h| h.actions.iter().any(|a| a.kind == ActionKind::UploadImage)) {
+        if let Some(file) = template(&plan.host) {
+            sharing.entry(file).or_default().push(plan.host.clone());
+        }
+    }
+    for plan in hosts.iter_mut() {
+        let Some(file) = template(&plan.host) else { continue };
+        let Some(others) = sharing.get(&file).filter(|hosts| hosts.len() > 1) else { continue };
+        let names: Vec<String> =
+            others.iter().filter(|h| **h != plan.host).map(|h| format!("`{h}`")).collect();
+        for upload in plan.actions.iter_mut().filter(|a| a.kind == ActionKind::UploadImage) {
+            upload.reason.push_str(&format!("; shared with {}: uploaded once", names.join(", ")));
+        }
+    }
 }
 
 /// The `switch` of a container that records no system (made from a template): over SSH, its
@@ -73,7 +135,7 @@ fn create_changes(host: &DesiredHost, ct: &DesiredContainer) -> Vec<Change> {
         fields.push(("id".into(), json!(vmid)));
     }
     fields.push(("hostname".into(), json!(host.spec.name)));
-    if let Some(template) = &ct.template {
+    if let Some(template) = template_of(ct) {
         fields.push(("template".into(), json!(template)));
     }
     if let Some(cores) = spec.cores {

@@ -63,6 +63,7 @@ pub fn plan_with_images(input: PlanInput<'_>, images: &ImageStores) -> Plan {
         hosts.retain(|h| only.contains(&h.host));
     }
     super::image::amend(&mut hosts, input.desired, input.live, images);
+    super::container::note_shared_uploads(&mut hosts, input.desired);
     let summary = summarize(&hosts);
     let id = plan_id(&hosts, input.desired, input.policies);
     let probe = input.probes.map(|probes| probe_report(probes, &hosts));
@@ -367,7 +368,16 @@ fn plan_existing(
     actions.extend(placement);
     if replacing {
         match &host.container {
-            Some(_) => actions.extend(super::container::plan_create(host).into_iter().skip(1)),
+            // Recreated from its template: what follows the create (an upload precedes it).
+            Some(_) => {
+                let created = super::container::plan_create(host);
+                let uploads = created.iter().filter(|a| a.kind == ActionKind::UploadImage).cloned();
+                let after = created.iter().skip_while(|a| a.kind != ActionKind::CreateVm).skip(1).cloned();
+                let mut all: Vec<Action> = uploads.collect();
+                all.append(&mut actions);
+                all.extend(after);
+                actions = all;
+            }
             None => actions.push(install_action(host, "the replaced VM needs NixOS installed")),
         }
         return actions;
@@ -483,7 +493,7 @@ fn plan_replace(
             None,
         )
     } else if let Some(container) = &host.container {
-        if container.template.is_none() {
+        if super::container::template_of(container).is_none() {
             blocked(replace, super::container::NO_TEMPLATE, None)
         } else if !policies.allow_replace {
             blocked(

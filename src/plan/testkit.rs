@@ -86,6 +86,7 @@ pub fn host(name: &str) -> DesiredHost {
             toplevel: format!("{SYSTEM}-{name}"),
             disk_layout_hash: LAYOUT.into(),
             image: None,
+            tarball: None,
         },
         keep: false,
         container: None,

@@ -35,8 +35,10 @@ async fn the_flake_declares_containers_beside_a_vm() {
         kinds,
         [
             ("app", GuestKind::Vm),
+            ("chat", GuestKind::Container),
             ("dns", GuestKind::Container),
             ("legacy", GuestKind::Container),
+            ("mail", GuestKind::Container),
             ("proxy", GuestKind::Container)
         ]
     );
@@ -429,9 +431,85 @@ fn shards_with_containers_merge_into_the_unsharded_plan() {
     let whole = cli::plan(&fixture, &pve, &["--format", "json"]);
     let whole = ok(&whole).to_string();
     for i in 1..=2 {
-        let run = cli::plan(&fixture, &pve, &["--shard", &format!("{i}/2"), "--format", "json", "--out", &part(i)]);
+        let run =
+            cli::plan(&fixture, &pve, &["--shard", &format!("{i}/2"), "--format", "json", "--out", &part(i)]);
         assert_eq!(run.code, 0, "{}", run.stderr);
     }
     let merged = cli::plan(&fixture, &pve, &["--merge", &part(2), &part(1), "--format", "json"]);
     assert_eq!(ok(&merged), whole);
+}
+
+#[test]
+fn a_template_built_from_the_flake_is_planned_once_for_the_hosts_that_share_it() {
+    let (fixture, pve) = containers();
+    let plan: Value =
+        serde_json::from_str(ok(&cli::plan(&fixture, &pve, &["--format", "json"]))).expect("json");
+    let template = |host: &str| -> String {
+        let upload = &cli::actions(&plan, host)[0];
+        assert_eq!(upload["kind"], "upload_image", "{upload}");
+        change(upload, "template")["after"].as_str().expect("volume").to_string()
+    };
+    assert_eq!(cli::kinds(&plan, "mail"), ["upload_image", "create_vm", "switch"]);
+    assert_eq!(cli::kinds(&plan, "chat"), ["upload_image", "create_vm", "switch"]);
+    let volume = template("mail");
+    assert_eq!(volume, template("chat"), "one file for both");
+    let file = volume.strip_prefix("local:vztmpl/nixprox-").expect("named after the store hash");
+    assert!(file.len() == 32 + ".tar.xz".len() && file.ends_with(".tar.xz"), "{volume}");
+    let reason = cli::actions(&plan, "mail")[0]["reason"].as_str().expect("reason").to_string();
+    assert!(reason.ends_with("; shared with `chat`: uploaded once"), "{reason}");
+    let create = &cli::actions(&plan, "mail")[1];
+    assert_eq!(change(create, "template")["after"], volume.as_str());
+    assert_eq!(plan["summary"]["upload_image"], 2, "one action per host, one file");
+}
+
+/// The fixture's template is a real tarball: built by nix from the flake, uploaded as `vztmpl`,
+/// two containers created from the one file, each with its host keys' fingerprints in its
+/// create task's log and NixOS detected from the tarball's `/nix/store`.
+#[tokio::test]
+async fn the_flakes_template_builds_uploads_and_makes_containers_with_keys_to_pin() {
+    use nixprox::proxmox::container::{create, create_form, upload_template};
+    use std::time::Duration;
+
+    let fixture = Fixture::copy("containers");
+    let mut command = std::process::Command::new("nix");
+    command
+        .env("NIX_CONFIG", "substituters =")
+        .args(["--extra-experimental-features", "nix-command flakes", "build", "--no-link", "--json"])
+        .args(["--option", "sandbox", "false"])
+        .arg(format!(
+            "{}#nixosConfigurations.mail.config.nixprox.container.tarball.package",
+            fixture.flake_ref()
+        ));
+    for input in crate::support::nix::override_inputs() {
+        command.args(["--override-input", &input.name, &input.flake_ref]);
+    }
+    let output = command.output().expect("run nix");
+    assert!(output.status.success(), "nix build failed: {}", String::from_utf8_lossy(&output.stderr));
+    let built: Value = serde_json::from_slice(&output.stdout).expect("nix build --json");
+    let out = built[0]["outputs"]["out"].as_str().expect("out path").to_string();
+    let tarball = std::path::Path::new(&out).join("tarball/lab-base.tar.xz");
+    let name = nixprox::image::template_file_name(&out).expect("store path");
+
+    let pve = FakePve::start(crate::support::fakepve::Scenario::new());
+    let client = pve.client();
+    let timeout = Duration::from_secs(30);
+    let template = upload_template(&client, "pve1", "local", &name, &tarball, timeout).await.expect("upload");
+    let (shared, spec) = container_spec();
+    for (vmid, hostname) in [(240, "mail"), (241, "chat")] {
+        let mut shared = shared.clone();
+        shared.name = hostname.into();
+        let mut new = new_container(&shared, &spec, &template, &[]);
+        new.vmid = vmid;
+        let keys = create(&client, "pve1", &create_form(new), timeout).await.expect("create");
+        assert_eq!(keys.len(), 1, "the template has /etc/ssh: {keys:?}");
+        assert!(keys[0].fingerprint.starts_with("SHA256:"));
+        let config = pve.command(json!({"cmd": "ct", "vmid": vmid}))["config"].clone();
+        assert_eq!(config["ostype"], "nixos", "{config}");
+    }
+    let uploads = pve
+        .requests(false)
+        .into_iter()
+        .filter(|(m, p)| m == "POST" && p.ends_with("/storage/local/upload"))
+        .count();
+    assert_eq!(uploads, 1, "one file for both containers");
 }

@@ -97,6 +97,7 @@ pub fn host(name: &str) -> DesiredHost {
             toplevel: format!("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-{name}"),
             disk_layout_hash: "sha256:1111".into(),
             image: None,
+            tarball: None,
         },
         keep: false,
         container: None,

@@ -89,6 +89,9 @@ let
       if n ? container && n.container.enable then
         {
           container = n.container // {
+            # The template package is a derivation: its store paths are reported with the
+            # system (`tarball`), not in the declaration.
+            tarball = builtins.removeAttrs (n.container.tarball or { }) [ "package" ];
             hostname =
               if n.container.hostname != null then
                 n.container.hostname
@@ -152,12 +155,28 @@ let
         imageSizes = sizes;
       };
 
+  # The store paths of a container host's own template (nix/container.nix `tarball`), else null.
+  tarball =
+    c:
+    let
+      ct = c.config.nixprox.container or null;
+      t = if ct == null then null else ct.tarball or null;
+    in
+    if ct == null || !ct.enable || t == null || !t.enable || t.package == null then
+      null
+    else
+      {
+        storePath = toString t.package;
+        drvPath = t.package.drvPath or null;
+      };
+
   # Evaluating out paths builds nothing.
   system = c: {
     toplevel = c.config.system.build.toplevel.outPath;
     diskLayoutHash =
       "sha256:" + builtins.hashString "sha256" (builtins.toJSON (sanitise (c.config.disko.devices or null)));
     image = image c;
+    tarball = tarball c;
   };
 
   result =

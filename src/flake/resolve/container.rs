@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::Defaults;
 use crate::flake::host::{
     Bootstrap, ContainerDecl, DeployStrategy, DesiredContainer, DesiredHost, HostDecl, SystemEval,
+    TemplateBuild,
 };
 use crate::spec::container::{CtNetSpec, Features, MountSpec, VolumeSpec, address_of, shared_spec};
 use crate::spec::{MANAGED_TAG, parse_size};
@@ -35,6 +36,22 @@ pub(super) fn resolve_container(
     if !ct.unprivileged && features != Features::default() {
         return Err(ResolveError::PrivilegedFeatures { host, features: features.property() });
     }
+    let tarball = if ct.tarball.enable {
+        if ct.template.is_some() {
+            return Err(ResolveError::TarballAndTemplate { host });
+        }
+        let package =
+            system.tarball.clone().ok_or_else(|| ResolveError::NoTarballPackage { host: host.clone() })?;
+        let storage = ct
+            .tarball
+            .storage
+            .clone()
+            .or_else(|| defaults.image_storage.clone())
+            .ok_or_else(|| missing_default(&host, "container.tarball.storage".into(), "image_storage"))?;
+        Some(TemplateBuild { package, storage })
+    } else {
+        None
+    };
     let node = ct
         .node
         .clone()
@@ -111,6 +128,7 @@ pub(super) fn resolve_container(
         container: Some(DesiredContainer {
             spec: container,
             template: ct.template.clone(),
+            tarball,
             ssh_keys: ct.ssh_keys.clone(),
         }),
     })

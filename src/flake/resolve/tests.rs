@@ -26,6 +26,7 @@ fn system() -> SystemEval {
         toplevel: "/nix/store/abc-nixos-system-web".into(),
         disk_layout_hash: "sha256:00".into(),
         image: None,
+        tarball: None,
     }
 }
 
