@@ -137,7 +137,13 @@ fn container_refusal(plan: &Plan) -> Option<ApplyError> {
         .hosts
         .iter()
         .filter(|h| h.kind == crate::spec::GuestKind::Container)
-        .filter(|h| h.actions.iter().any(|a| a.blocked.is_none() && a.kind != crate::plan::ActionKind::Noop))
+        // Letting go (`release`) goes through the guest-kind seam already.
+        .filter(|h| {
+            h.actions.iter().any(|a| {
+                a.blocked.is_none()
+                    && !matches!(a.kind, crate::plan::ActionKind::Noop | crate::plan::ActionKind::Release)
+            })
+        })
         .map(|h| format!("`{}`", h.host))
         .collect();
     let what = match hosts.len() {

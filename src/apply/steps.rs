@@ -14,6 +14,7 @@ use crate::deploy::Deployed;
 use crate::flake::DesiredHost;
 use crate::metadata::{Block, Metadata};
 use crate::plan::PoolMove;
+use crate::proxmox::container::{guest_path, read_guest_raw, write_guest_config};
 use crate::proxmox::property::{Drive, PropertyString, format_tags, parse_drive, value_bool, value_text};
 use crate::proxmox::qemu::{
     AddressWait, Form, RawConfig, config_text, digest_of, notes_of, power_state, read_raw, tags_of, vm_path,
@@ -22,7 +23,7 @@ use crate::proxmox::qemu::{
 use crate::proxmox::read::pending_keys;
 use crate::proxmox::{Client, ProxmoxError, post_and_wait};
 use crate::retry::{Resend, RetryPolicy};
-use crate::spec::{MANAGED_TAG, allocation_size, format_size};
+use crate::spec::{GuestKind, MANAGED_TAG, allocation_size, format_size};
 
 /// Config writes retried after a digest conflict (someone else changed the VM in between).
 const CAS_ATTEMPTS: usize = 4;
@@ -38,19 +39,21 @@ pub(super) struct Written {
 /// (compare-and-swap). When someone else wrote in between, PVE refuses ("checksum
 /// mismatch"), and the config is read and the form computed again, up to [`CAS_ATTEMPTS`]
 /// times. `Ok(None)`: `next` found nothing to write. `doing` completes "while nixprox …".
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn cas_write(
     client: &Client,
     retry: RetryPolicy,
     timeout: Duration,
+    kind: GuestKind,
     node: &str,
     vmid: u32,
     doing: &str,
     mut next: impl FnMut(&RawConfig) -> Result<Option<Form>, StepError>,
 ) -> Result<Option<Written>, StepError> {
-    let path = format!("{}/config", vm_path(node, vmid));
+    let path = format!("{}/config", guest_path(kind, node, vmid));
     let mut conflicts = 0;
     for _ in 0..CAS_ATTEMPTS {
-        let raw = read_raw(client, node, vmid).await?.ok_or_else(|| {
+        let raw = read_guest_raw(client, kind, node, vmid).await?.ok_or_else(|| {
             StepError::other(format!("VM {vmid} on node `{node}` disappeared while nixprox {doing}"))
         })?;
         let Some(mut form) = next(&raw)? else { return Ok(None) };
@@ -60,7 +63,7 @@ pub(super) async fn cas_write(
         }
         let result = retry
             .run(&format!("config of VM {vmid}"), Resend::Idempotent, || {
-                post_and_wait(client, &path, &form, timeout)
+                write_guest_config(client, kind, node, vmid, &form, timeout)
             })
             .await;
         match result {
@@ -87,7 +90,9 @@ impl HostRun<'_> {
         next: impl FnMut(&RawConfig) -> Result<Option<Form>, StepError>,
     ) -> Result<Option<Written>, StepError> {
         let options = self.req.options;
-        cas_write(self.req.client, options.step_retry, options.task_timeout, node, vmid, doing, next).await
+        let kind = self.plan.kind;
+        cas_write(self.req.client, options.step_retry, options.task_timeout, kind, node, vmid, doing, next)
+            .await
     }
 
     /// Whether the plan holds a `detach_disk` back: the disks the flake adds wait with it.

@@ -153,12 +153,14 @@ impl HostRun<'_> {
     /// Lets go of the VM (`nixprox.vm.keep`): see [`super::release`].
     pub(super) async fn release(&self, node: &str, vmid: u32) -> Result<Done<()>, StepError> {
         let options = self.req.options;
-        let released = release_vm(self.req.client, options.step_retry, options.task_timeout, node, vmid)
-            .await
-            .map_err(|err| StepError::other(err.to_string()))?;
+        let kind = self.plan.kind;
+        let released =
+            release_vm(self.req.client, options.step_retry, options.task_timeout, kind, node, vmid)
+                .await
+                .map_err(|err| StepError::other(err.to_string()))?;
         Ok(match released {
             Released::Done { warnings } => Done::ok(())
-                .detail(format!("VM {vmid}: `nixprox` tag and metadata block removed"))
+                .detail(format!("{} {vmid}: `nixprox` tag and metadata block removed", kind.noun()))
                 .warnings(warnings),
             Released::AlreadyUnmanaged => Done::already(()),
         })

@@ -21,7 +21,60 @@ use super::vm::LiveConfig;
 use crate::spec::container::{
     ContainerSpec, CtNetSpec, Features, MountSpec, VolumeSpec, address_of, shared_spec,
 };
-use crate::spec::{MANAGED_TAG, VmSpec, allocation_size, exact_gib, parse_size};
+use crate::spec::{GuestKind, MANAGED_TAG, VmSpec, allocation_size, exact_gib, parse_size};
+
+/// `/nodes/{node}/qemu/{vmid}` or `/nodes/{node}/lxc/{vmid}`: where a guest of `kind` lives in
+/// the API (both kinds answer `config`, `pending`, `status/*`, `resize` under it).
+pub fn guest_path(kind: GuestKind, node: &str, vmid: u32) -> String {
+    format!("/nodes/{node}/{}/{vmid}", kind.api_segment())
+}
+
+/// `GET …/config` of a guest of either kind; `None` when it does not exist.
+pub async fn read_guest_raw(
+    client: &Client,
+    kind: GuestKind,
+    node: &str,
+    vmid: u32,
+) -> Result<Option<Map<String, Value>>, ProxmoxError> {
+    match kind {
+        GuestKind::Vm => super::qemu::read_raw(client, node, vmid).await,
+        GuestKind::Container => {
+            let path = format!("{}/config", guest_path(kind, node, vmid));
+            match client.get(&path, &[]).await {
+                Ok(Value::Object(map)) => Ok(Some(map)),
+                Ok(other) => Err(ProxmoxError::Decode {
+                    method: reqwest::Method::GET,
+                    path,
+                    detail: "expected an object".into(),
+                    body: other.to_string(),
+                }),
+                Err(err) if err.is_missing() => Ok(None),
+                Err(err) => Err(err),
+            }
+        }
+    }
+}
+
+/// Writes a guest's config and waits for it: qemu-server takes `POST …/config` (a task),
+/// pve-container `PUT …/config` (done when it answers). Returns the task's warnings.
+pub async fn write_guest_config(
+    client: &Client,
+    kind: GuestKind,
+    node: &str,
+    vmid: u32,
+    form: &[(String, String)],
+    timeout: Duration,
+) -> Result<Vec<String>, ProxmoxError> {
+    let path = format!("{}/config", guest_path(kind, node, vmid));
+    match kind {
+        GuestKind::Vm => super::tasks::post_and_wait(client, &path, form, timeout).await,
+        GuestKind::Container => {
+            let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let data = client.put(&path, &pairs).await?;
+            super::tasks::wait_answer(client, &data, timeout).await
+        }
+    }
+}
 
 /// pve-container's default memory and swap (MiB) when the config has none.
 const DEFAULT_MIB: u64 = 512;

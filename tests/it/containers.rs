@@ -513,3 +513,58 @@ async fn the_flakes_template_builds_uploads_and_makes_containers_with_keys_to_pi
         .count();
     assert_eq!(uploads, 1, "one file for both containers");
 }
+
+/// `nixprox forget` lets go of a container as of a VM: through pve-container's `PUT …/config`,
+/// the tag and the block go, the rest of the notes stays.
+#[test]
+fn forget_lets_go_of_a_container() {
+    let (fixture, pve) = containers();
+    let mut command = cli::nixprox();
+    command.args(["forget", "proxy", "--flake", &fixture.flake_ref()]).envs(cli::pve_env(&pve));
+    let run: cli::Run = command.output().expect("run nixprox").into();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("nixprox no longer manages container 201 `proxy` on node `pve1`"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("set `nixprox.container.keep = true`"), "{}", run.stdout);
+    let config = pve.command(json!({"cmd": "ct", "vmid": 201}))["config"].clone();
+    assert!(
+        config.get("tags").is_none_or(|t| !t.as_str().unwrap_or_default().contains("nixprox")),
+        "{config}"
+    );
+    assert!(
+        config.get("description").is_none_or(|d| !d.as_str().unwrap_or_default().contains("nixprox:v1")),
+        "{config}"
+    );
+    let writes: Vec<(String, String)> = pve.requests(false).into_iter().filter(|(m, _)| m != "GET").collect();
+    assert_eq!(writes, [("PUT".to_string(), "/api2/json/nodes/pve1/lxc/201/config".to_string())]);
+}
+
+/// `nixprox.container.keep`: the reviewed plan's `release` of a container is applied (the one
+/// container action apply carries out so far), the container left as it is.
+#[test]
+fn a_kept_container_is_released_by_apply() {
+    let (fixture, pve) = containers();
+    let path = fixture.dir.path().join("flake.nix");
+    let text = std::fs::read_to_string(&path).expect("flake.nix");
+    std::fs::write(
+        &path,
+        text.replace(
+            "                id = 201;\n",
+            "                id = 201;\n                keep = true;\n",
+        ),
+    )
+    .expect("write");
+    let run = cli::plan_and_apply(&fixture, &pve, "proxy");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let config = pve.command(json!({"cmd": "ct", "vmid": 201}))["config"].clone();
+    assert!(
+        config.get("tags").is_none_or(|t| !t.as_str().unwrap_or_default().contains("nixprox")),
+        "{config}"
+    );
+    assert_eq!(config["memory"], 512, "nothing else changes: {config}");
+    let plan = cli::plan_hosts(&fixture, &pve, "proxy");
+    assert_eq!(cli::kinds(&plan, "proxy"), ["noop"], "kept and let go");
+}
