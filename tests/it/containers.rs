@@ -568,3 +568,38 @@ fn a_kept_container_is_released_by_apply() {
     let plan = cli::plan_hosts(&fixture, &pve, "proxy");
     assert_eq!(cli::kinds(&plan, "proxy"), ["noop"], "kept and let go");
 }
+
+/// `gc-images` lists (and with `--delete` removes) the container templates nixprox uploaded
+/// that no host's own template is any more, never the one in use nor the user's own.
+#[test]
+fn gc_images_lists_container_templates_no_host_uses() {
+    let (fixture, pve) = containers();
+    let plan: Value =
+        serde_json::from_str(ok(&cli::plan(&fixture, &pve, &["--format", "json"]))).expect("json");
+    let in_use =
+        change(&cli::actions(&plan, "mail")[0], "template")["after"].as_str().expect("volume").to_string();
+    let in_use = in_use.strip_prefix("local:vztmpl/").expect("file").to_string();
+    let stale = "nixprox-0c8yzlgy9xbfn6sjcx6rh6fzqfvc3ai2.tar.xz";
+    for name in [in_use.as_str(), stale, "nixos-25.11-proxmox-lxc.tar.xz"] {
+        pve.command(
+            json!({"cmd": "store_file", "storage": "local", "name": name, "size": 4096, "content": "vztmpl"}),
+        );
+    }
+    let run = cli::nixprox_in(&fixture, &pve, &["gc-images"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        format!(
+            "Would remove (pass --delete to remove) 1 image file(s) no host of the flake refers to:\n  local:vztmpl/{stale} (node pve1, 4.00 KiB)\n"
+        )
+    );
+    let run = cli::nixprox_in(&fixture, &pve, &["gc-images", "--delete"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let left = pve.command(json!({"cmd": "volumes", "storage": "local"}));
+    let left: Vec<&String> = left.as_object().expect("volumes").keys().collect();
+    assert_eq!(
+        left,
+        [&format!("vztmpl/{in_use}"), &"vztmpl/nixos-25.11-proxmox-lxc.tar.xz".to_string()],
+        "the template in use and the user's stay"
+    );
+}
