@@ -69,7 +69,7 @@ pub async fn apply(request: ApplyRequest<'_>) -> Result<ApplyReport, ApplyError>
 }
 
 /// The kinds of the host's actions that will run (neither blocked nor `noop`).
-struct Runnable(BTreeSet<ActionKind>);
+pub(super) struct Runnable(BTreeSet<ActionKind>);
 
 impl Runnable {
     fn of(plan: &HostPlan) -> Runnable {
@@ -82,7 +82,7 @@ impl Runnable {
         )
     }
 
-    fn has(&self, kind: ActionKind) -> bool {
+    pub(super) fn has(&self, kind: ActionKind) -> bool {
         self.0.contains(&kind)
     }
 }
@@ -252,6 +252,12 @@ impl<'r> HostRun<'r> {
                 format!("host `{}` is not among the evaluated hosts (re-run the plan)", self.plan.host);
             return Err(Failure::new("plan", error));
         };
+        if self.plan.kind == crate::spec::GuestKind::Container {
+            // The guest-kind seam: a container's steps (apply/container.rs).
+            return self
+                .execute_container(host, runnable, log, &mut state.node, &mut state.vmid, &mut state.address)
+                .await;
+        }
         if runnable.has(ActionKind::Adopt) && !replaced && self.req.deployer.is_none() {
             // Adopting in place starts by reading what the VM runs over SSH: without a key,
             // nothing of the host is done (not even its tag), and the next run adopts it.

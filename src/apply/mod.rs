@@ -15,6 +15,7 @@
 
 pub mod approval;
 pub mod cancel;
+mod container;
 mod create;
 pub mod executor;
 mod image;
@@ -126,7 +127,7 @@ pub enum ApplyError {
     /// Containers are planned (the guest-kind seam) but not applied yet: refused before any
     /// step, so no host is half done.
     #[error(
-        "{what} {hosts}: this nixprox plans containers but does not apply them yet, so nothing was applied (apply the other hosts with `--hosts`, or leave the containers' changes out of this pull request)"
+        "{what} {hosts}: this nixprox applies a container's create from a named template, its settings, resize, switch and release, but not yet an upload of its own template, an adoption, a migration, a replacement or a destroy, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"
     )]
     Containers { what: &'static str, hosts: String },
 }
@@ -137,19 +138,29 @@ fn container_refusal(plan: &Plan) -> Option<ApplyError> {
         .hosts
         .iter()
         .filter(|h| h.kind == crate::spec::GuestKind::Container)
-        // Letting go (`release`) goes through the guest-kind seam already.
+        // Created from a named template, configured, resized, switched and released through
+        // the guest-kind seam (apply/container.rs); not yet the rest.
         .filter(|h| {
             h.actions.iter().any(|a| {
+                use crate::plan::ActionKind as K;
                 a.blocked.is_none()
-                    && !matches!(a.kind, crate::plan::ActionKind::Noop | crate::plan::ActionKind::Release)
+                    && matches!(
+                        a.kind,
+                        K::UploadImage
+                            | K::Adopt
+                            | K::MigrateVm
+                            | K::ReplaceVm
+                            | K::DestroyVm
+                            | K::DetachDisk
+                    )
             })
         })
         .map(|h| format!("`{}`", h.host))
         .collect();
     let what = match hosts.len() {
         0 => return None,
-        1 => "the container host with changes is",
-        _ => "the container hosts with changes are",
+        1 => "the container host with such changes is",
+        _ => "the container hosts with such changes are",
     };
     Some(ApplyError::Containers { what, hosts: hosts.join(", ") })
 }

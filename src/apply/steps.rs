@@ -130,7 +130,7 @@ impl HostRun<'_> {
         node: &str,
         vmid: u32,
     ) -> Result<Option<Metadata>, StepError> {
-        let raw = read_raw(self.req.client, node, vmid).await?.ok_or_else(|| {
+        let raw = read_guest_raw(self.req.client, self.plan.kind, node, vmid).await?.ok_or_else(|| {
             StepError::other(format!("the VM of host `{}` ({node}/{vmid}) is gone", host.host))
         })?;
         let notes = notes_of(&raw);

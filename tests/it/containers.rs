@@ -175,14 +175,16 @@ fn a_plan_twice_gives_the_same_id() {
     assert_eq!(first, id(cli::plan(&fixture, &pve, &["--format", "json"])));
 }
 
+/// What the executor cannot do for a container yet (here: upload the host's own template) is
+/// refused before anything is written.
 #[test]
-fn apply_refuses_containers_before_any_change() {
+fn apply_refuses_what_it_cannot_do_for_containers_before_any_change() {
     let (fixture, pve) = containers();
     pve.requests(true);
-    let run = cli::plan_and_apply(&fixture, &pve, "proxy,app");
+    let run = cli::plan_and_apply(&fixture, &pve, "mail,app");
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
-        run.stderr.contains("the container host with changes is `proxy`: this nixprox plans containers but does not apply them yet, so nothing was applied (apply the other hosts with `--hosts`, or leave the containers' changes out of this pull request)"),
+        run.stderr.contains("the container host with such changes is `mail`: this nixprox applies a container's create from a named template, its settings, resize, switch and release, but not yet an upload of its own template, an adoption, a migration, a replacement or a destroy, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"),
         "{}",
         run.stderr
     );
@@ -602,4 +604,131 @@ fn gc_images_lists_container_templates_no_host_uses() {
         [&format!("vztmpl/{in_use}"), &"vztmpl/nixos-25.11-proxmox-lxc.tar.xz".to_string()],
         "the template in use and the user's stay"
     );
+}
+
+/// A container end to end through the binary: fakepve with a template whose root has
+/// `/etc/ssh` and `/nix/store`, the SSH test host answering as the container with the key
+/// "Proxmox generated" for it, and the locked `fixtures/ct-deploy` flake.
+struct CtLab {
+    host: crate::support::sshd::TestHost,
+    pve: FakePve,
+    fixture: Fixture,
+    work: tempfile::TempDir,
+}
+
+impl CtLab {
+    fn start() -> CtLab {
+        let host = crate::support::sshd::TestHost::start();
+        let pve = FakePve::start(crate::support::fakepve::Scenario::new());
+        pve.command(json!({"cmd": "ct_template", "storage": "local", "name": "nixos-lab.tar.xz",
+                           "paths": ["nix/store", "etc/ssh", "sbin/init"]}));
+        pve.command(json!({"cmd": "ct_host_keys", "hostname": "ct", "keys": [host.host_public()]}));
+        let fixture = Fixture::copy("ct-deploy");
+        let work = tempfile::Builder::new().prefix("nixprox-ct-").tempdir().expect("tempdir");
+        let lab = CtLab { host, pve, fixture, work };
+        lab.declare("1", 512, "8G");
+        lab.fixture.lock();
+        lab
+    }
+
+    fn declare(&self, revision: &str, memory: u64, rootfs: &str) {
+        let declared = json!({
+            "system": crate::support::sshd::systems::current_system(),
+            "revision": revision,
+            "address": self.host.address,
+            "port": self.host.port,
+            "clientKey": self.host.client_public,
+            "template": "local:vztmpl/nixos-lab.tar.xz",
+            "memory": memory,
+            "rootfs": rootfs,
+        });
+        let dir = self.fixture.dir.path();
+        std::fs::write(dir.join("test-host.json"), declared.to_string()).expect("write test-host.json");
+        let settings = format!(
+            "defaults:\n  node: pve1\n  storage: local-lvm\n  bridge: vmbr0\nssh:\n  key: {}\n  connect_timeout: 60\n",
+            self.host.client_key.display()
+        );
+        std::fs::write(dir.join("nixprox.yaml"), settings).expect("write nixprox.yaml");
+    }
+
+    fn run(&self, args: &[&str]) -> cli::Run {
+        let mut command = cli::nixprox();
+        command.args(args).args(["--flake", &self.fixture.flake_ref()]).envs(cli::pve_env(&self.pve));
+        command.output().expect("run nixprox").into()
+    }
+
+    fn plan(&self) -> Value {
+        let out = self.work.path().join("plan.json").display().to_string();
+        let run = self.run(&["plan", "--format", "json", "--out", &out]);
+        assert_eq!(run.code, 0, "plan failed:\n{}", run.stderr);
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("plan.json")).expect("json")
+    }
+
+    fn apply(&self) -> (cli::Run, Value) {
+        let plan = self.work.path().join("plan.json").display().to_string();
+        let report = self.work.path().join("report.json").display().to_string();
+        let _ = std::fs::remove_file(&report);
+        let run = self.run(&["apply", "--reviewed-plan", &plan, "--report", &report]);
+        let text = std::fs::read_to_string(&report)
+            .unwrap_or_else(|e| panic!("no report ({e}):\n{}\n{}", run.stdout, run.stderr));
+        (run, serde_json::from_str(&text).expect("report json"))
+    }
+
+    fn config(&self) -> Value {
+        self.pve.command(json!({"cmd": "ct", "vmid": 250}))["config"].clone()
+    }
+
+    fn metadata(&self) -> nixprox::metadata::Metadata {
+        let notes = self.config()["description"].as_str().expect("notes").to_string();
+        nixprox::metadata::Notes::parse(&notes)
+            .metadata()
+            .cloned()
+            .unwrap_or_else(|| panic!("no block: {notes}"))
+    }
+
+    fn steps(report: &Value) -> Vec<String> {
+        report["hosts"][0]["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .map(|s| s["step"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+#[test]
+fn a_container_is_created_its_key_pinned_from_the_task_log_switched_updated_and_resized() {
+    let lab = CtLab::start();
+    let plan = lab.plan();
+    assert_eq!(cli::kinds(&plan, "ct"), ["create_vm", "switch"], "{plan:#}");
+    let (run, report) = lab.apply();
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}\n{report:#}", run.stdout, run.stderr);
+    assert_eq!(CtLab::steps(&report), ["create", "start", "host key", "switch", "finish"], "{report:#}");
+    let config = lab.config();
+    assert_eq!(config["ostype"], "nixos", "{config}");
+    assert!(config["tags"].as_str().unwrap_or_default().split(';').any(|t| t == "nixprox"), "{config}");
+    let metadata = lab.metadata();
+    let toplevel = metadata.system.clone().expect("system recorded");
+    assert_eq!(lab.host.current_system().as_deref(), Some(toplevel.as_str()), "switched over SSH");
+    let pinned =
+        nixprox::ssh::HostKeyPolicy::pinned(&lab.host.host_public()).expect("pin").lines()[0].clone();
+    assert_eq!(
+        metadata.host_key.as_deref(),
+        Some(pinned.as_str()),
+        "the whole key, pinned by its fingerprint"
+    );
+    assert_eq!((metadata.applying.as_deref(), metadata.created.is_none()), (None, true));
+    assert_eq!(cli::kinds(&lab.plan(), "ct"), ["noop"], "in sync after one apply");
+
+    // More memory (on the running container) and a larger root file system (a resize task).
+    lab.declare("1", 1024, "10G");
+    let plan = lab.plan();
+    assert_eq!(cli::kinds(&plan, "ct"), ["update_vm", "resize_disk"], "{plan:#}");
+    let (run, report) = lab.apply();
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}\n{report:#}", run.stdout, run.stderr);
+    assert_eq!(CtLab::steps(&report), ["configure", "resize", "finish"], "{report:#}");
+    let config = lab.config();
+    assert_eq!(config["memory"], 1024, "{config}");
+    assert!(config["rootfs"].as_str().unwrap_or_default().ends_with("size=10G"), "{config}");
+    assert_eq!(cli::kinds(&lab.plan(), "ct"), ["noop"]);
 }
