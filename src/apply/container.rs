@@ -73,7 +73,8 @@ impl HostRun<'_> {
         if runnable.has(ActionKind::ResizeDisk) {
             log.step("resize", self.resize_container(container, &node, id)).await?;
         }
-        if runnable.has(ActionKind::CreateVm) {
+        if runnable.has(ActionKind::CreateVm) || runnable.has(ActionKind::Switch) {
+            // A new container, or one an earlier run created and did not get to start.
             log.step("start", self.start_container(&node, id)).await?;
         }
         let Some(deployer) = self.req.deployer else {
@@ -96,6 +97,23 @@ impl HostRun<'_> {
             )
         })?;
         *address = Some(at.clone());
+        if found.generated.is_none() {
+            // A container nixprox created and never pinned (an earlier run lost the create's
+            // answer, or stopped): the keys Proxmox printed are still in its create task's log.
+            let recorded = self
+                .recorded_metadata(host, &node, id)
+                .await
+                .map_err(|e| Failure::new("host key", e.to_string()))?;
+            let ours = recorded
+                .as_ref()
+                .is_some_and(|m| m.host_key.is_none() && m.created.as_ref().is_some_and(|c| c.vmid == id));
+            if ours {
+                let keys = ct::create_task_keys(self.req.client, &node, id)
+                    .await
+                    .map_err(|e| Failure::new("host key", e.to_string()))?;
+                found.generated = Some(keys);
+            }
+        }
         if let Some(generated) = &found.generated {
             log.interruptible("host key", self.pin_container_key(host, deployer, &node, id, &at, generated))
                 .await?;

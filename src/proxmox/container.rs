@@ -322,6 +322,35 @@ pub async fn create(
     Ok(generated_keys(&read_log(client, &upid).await?))
 }
 
+/// The host keys of container `vmid` from its latest create task's log on `node` (`GET
+/// /nodes/{node}/tasks?vmid=…`, type `vzcreate`; the token sees the tasks it started): how a run
+/// that lost the create's answer, or stopped before pinning, still pins the key without trusting
+/// the network. Empty when no such task is listed.
+pub async fn create_task_keys(
+    client: &Client,
+    node: &str,
+    vmid: u32,
+) -> Result<Vec<GeneratedKey>, ProxmoxError> {
+    let path = format!("/nodes/{node}/tasks");
+    let vmid_text = vmid.to_string();
+    let data = client
+        .get(&path, &[("vmid", vmid_text.as_str()), ("typefilter", "vzcreate"), ("limit", "50")])
+        .await?;
+    let latest = data
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| t.get("type").and_then(Value::as_str) == Some("vzcreate"))
+        .max_by_key(|t| t.get("starttime").and_then(value_u64).unwrap_or(0))
+        .and_then(|t| t.get("upid").and_then(Value::as_str))
+        .and_then(|upid| Upid::parse(upid).ok());
+    match latest {
+        Some(upid) => Ok(generated_keys(&read_log(client, &upid).await?)),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// The file name endings Proxmox takes for a container template (pve-storage
 /// `src/PVE/Storage.pm`, `$VZTMPL_EXT_RE_1`).
 pub const TEMPLATE_EXTENSIONS: [&str; 4] = [".tar.gz", ".tar.xz", ".tar.zst", ".tar.bz2"];

@@ -732,3 +732,36 @@ fn a_container_is_created_its_key_pinned_from_the_task_log_switched_updated_and_
     assert!(config["rootfs"].as_str().unwrap_or_default().ends_with("size=10G"), "{config}");
     assert_eq!(cli::kinds(&lab.plan(), "ct"), ["noop"]);
 }
+
+/// The create's answer is lost (the container was made, nixprox never heard): the run fails,
+/// and the next one finds the container by its notes, starts it, pins its key from the create
+/// task's log (still there) and switches it; nothing is created twice, nothing trusted.
+#[test]
+fn a_lost_create_answer_is_resumed_with_the_key_from_the_create_task_log() {
+    let lab = CtLab::start();
+    lab.plan();
+    lab.pve.command(json!({"cmd": "lose_answer", "method": "POST", "path": "/nodes/pve1/lxc$", "times": 1}));
+    let (run, report) = lab.apply();
+    assert_ne!(run.code, 0, "the create's outcome is unknown: {report:#}");
+    assert!(
+        lab.config()["description"].as_str().unwrap_or_default().contains("nixprox:v1"),
+        "created, with its notes"
+    );
+
+    let plan = lab.plan();
+    assert_eq!(cli::kinds(&plan, "ct"), ["switch"], "{plan:#}");
+    let (run, report) = lab.apply();
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}\n{report:#}", run.stdout, run.stderr);
+    assert_eq!(CtLab::steps(&report), ["start", "host key", "switch", "finish"], "{report:#}");
+    let pinned =
+        nixprox::ssh::HostKeyPolicy::pinned(&lab.host.host_public()).expect("pin").lines()[0].clone();
+    assert_eq!(lab.metadata().host_key.as_deref(), Some(pinned.as_str()));
+    let creates = lab
+        .pve
+        .requests(false)
+        .into_iter()
+        .filter(|(m, p)| m == "POST" && p.ends_with("/nodes/pve1/lxc"))
+        .count();
+    assert_eq!(creates, 1, "never sent twice");
+    assert_eq!(cli::kinds(&lab.plan(), "ct"), ["noop"]);
+}
