@@ -651,6 +651,15 @@ impl CtLab {
         std::fs::write(dir.join("nixprox.yaml"), settings).expect("write nixprox.yaml");
     }
 
+    /// Sets one more field of `test-host.json`.
+    fn declare_more(&self, key: &str, value: Value) {
+        let path = self.fixture.dir.path().join("test-host.json");
+        let mut declared: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("test-host.json")).expect("json");
+        declared[key] = value;
+        std::fs::write(&path, declared.to_string()).expect("write test-host.json");
+    }
+
     fn run(&self, args: &[&str]) -> cli::Run {
         let mut command = cli::nixprox();
         command.args(args).args(["--flake", &self.fixture.flake_ref()]).envs(cli::pve_env(&self.pve));
@@ -764,4 +773,29 @@ fn a_lost_create_answer_is_resumed_with_the_key_from_the_create_task_log() {
         .count();
     assert_eq!(creates, 1, "never sent twice");
     assert_eq!(cli::kinds(&lab.plan(), "ct"), ["noop"]);
+}
+
+/// A switch whose activation cuts nixprox off (it drops the client key) is not confirmed and
+/// rolled back, as for a VM: the container runs its previous system and the notes keep it.
+#[test]
+fn a_containers_failing_activation_is_rolled_back() {
+    let lab = CtLab::start();
+    lab.plan();
+    let (run, report) = lab.apply();
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}\n{report:#}", run.stdout, run.stderr);
+    let first = lab.host.current_system().expect("switched");
+
+    lab.declare("2", 512, "8G");
+    lab.declare_more("authorizedKeys", json!(""));
+    lab.declare_more("confirmTimeout", json!(3));
+    let plan = lab.plan();
+    assert_eq!(cli::kinds(&plan, "ct"), ["switch"], "{plan:#}");
+    let (run, report) = lab.apply();
+    assert_ne!(run.code, 0, "a rolled-back switch fails the host: {report:#}");
+    assert_eq!(
+        report["hosts"][0]["error"], "rolled back: no confirmation from nixprox within 3s",
+        "{report:#}"
+    );
+    assert_eq!(lab.host.current_system().as_deref(), Some(first.as_str()), "back on the previous system");
+    assert_eq!(lab.metadata().system.as_deref(), Some(first.as_str()), "the notes keep the running system");
 }
