@@ -8,8 +8,9 @@
 //! with `PUT …/resize`, and is switched. The metadata block is written by the same
 //! compare-and-swap steps as a VM's.
 //!
-//! Not here yet: a template built from the flake (`upload_image`), replacing, destroying,
-//! adopting and migrating containers; apply refuses those plans before any change.
+//! An unmanaged NixOS container is adopted in place by the same step as a VM (its key declared,
+//! its address static). Not here yet: a template built from the flake (`upload_image`),
+//! replacing, destroying and migrating containers; apply refuses those plans before any change.
 
 use std::collections::BTreeSet;
 
@@ -67,6 +68,14 @@ impl HostRun<'_> {
             )
         })?;
         let node = node.clone();
+        // Adopting in place: the declared key checked, the running system read, nothing
+        // written otherwise (the same step as a VM's, through the seam).
+        let mut running = None;
+        if runnable.has(ActionKind::Adopt) {
+            let adopted = log.step("adopt", self.adopt(host, &node, id)).await?;
+            *address = Some(adopted.address);
+            running = Some(adopted.system);
+        }
         if runnable.has(ActionKind::UpdateVm) {
             log.step("configure", self.configure_container(host, container, &node, id)).await?;
         }
@@ -117,6 +126,11 @@ impl HostRun<'_> {
         if let Some(generated) = &found.generated {
             log.interruptible("host key", self.pin_container_key(host, deployer, &node, id, &at, generated))
                 .await?;
+        }
+        if running.as_deref() == Some(host.system.toplevel.as_str()) {
+            let already = Done::already(()).detail("the adopted container already runs the flake's system");
+            log.step("switch", async { Ok(already) }).await?;
+            return log.step("finish", self.finish(host, &node, id, None)).await;
         }
         let deployed = log
             .interruptible("switch", async {

@@ -184,7 +184,7 @@ fn apply_refuses_what_it_cannot_do_for_containers_before_any_change() {
     let run = cli::plan_and_apply(&fixture, &pve, "mail,app");
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
-        run.stderr.contains("the container host with such changes is `mail`: this nixprox applies a container's create from a named template, its settings, resize, switch and release, but not yet an upload of its own template, an adoption, a migration, a replacement or a destroy, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"),
+        run.stderr.contains("the container host with such changes is `mail`: this nixprox applies a container's create from a named template, adoption, settings, resize, switch and release, but not yet an upload of its own template, a migration, a replacement or a destroy, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"),
         "{}",
         run.stderr
     );
@@ -798,4 +798,60 @@ fn a_containers_failing_activation_is_rolled_back() {
     );
     assert_eq!(lab.host.current_system().as_deref(), Some(first.as_str()), "back on the previous system");
     assert_eq!(lab.metadata().system.as_deref(), Some(first.as_str()), "the notes keep the running system");
+}
+
+/// An unmanaged NixOS container named like the host, running a system its owner put there, is
+/// adopted in place with the declared key and switched to the flake's system: the same adopt
+/// step as a VM's, through pve-container's config.
+#[test]
+fn an_existing_nixos_container_is_adopted_in_place_and_switched() {
+    let lab = CtLab::start();
+    // What the owner did before nixprox: a NixOS system running in the container.
+    let old = crate::support::sshd::systems::build("nixos-system-ct-old", &lab.host.client_public, 0);
+    let ssh_opts = format!(
+        "-i {} -p {} -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o IdentitiesOnly=yes -o BatchMode=yes -o LogLevel=ERROR",
+        lab.host.client_key.display(),
+        lab.host.port
+    );
+    let output = std::process::Command::new("nix")
+        .env("NIX_CONFIG", "substituters =")
+        .env("NIX_SSHOPTS", ssh_opts)
+        .args(["--extra-experimental-features", "nix-command flakes", "copy", "--no-check-sigs", "--to"])
+        .arg(format!("ssh-ng://root@{}", lab.host.address))
+        .arg(&old)
+        .output()
+        .expect("run nix copy");
+    assert!(output.status.success(), "nix copy failed: {}", String::from_utf8_lossy(&output.stderr));
+    std::os::unix::fs::symlink(&old, lab.host.root().join("run/current-system")).expect("current-system");
+    lab.pve.command(json!({"cmd": "add_vm", "guest": {
+        "vmid": 250, "name": "ct", "node": "pve1", "status": "running", "type": "lxc",
+        "config": {"hostname": "ct", "ostype": "nixos", "memory": 512, "swap": 512, "onboot": 1, "unprivileged": 1,
+                   "features": "nesting=1", "rootfs": "local-lvm:vm-250-disk-0,size=8G", "tags": "ct",
+                   "net0": "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:02:50,ip=127.0.0.1/8,type=veth",
+                   "description": "End-to-end test container."}
+    }}));
+    lab.declare_more("hostKey", json!(lab.host.host_public()));
+    let path = lab.fixture.dir.path().join("flake.nix");
+    let text = std::fs::read_to_string(&path).expect("flake.nix");
+    std::fs::write(
+        &path,
+        text.replace(
+            "nixprox.ssh.port = test.port;",
+            "nixprox.ssh.port = test.port;\n            nixprox.ssh.hostKey = test.hostKey;",
+        ),
+    )
+    .expect("write flake.nix");
+
+    let plan = lab.plan();
+    assert_eq!(cli::kinds(&plan, "ct"), ["adopt", "update_vm", "switch"], "{plan:#}");
+    let (run, report) = lab.apply();
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}\n{report:#}", run.stdout, run.stderr);
+    assert_eq!(CtLab::steps(&report), ["adopt", "configure", "start", "switch", "finish"], "{report:#}");
+    let metadata = lab.metadata();
+    let toplevel = metadata.system.clone().expect("system");
+    assert_ne!(toplevel, old);
+    assert_eq!(lab.host.current_system().as_deref(), Some(toplevel.as_str()));
+    assert!(metadata.adopted.is_some(), "{metadata:?}");
+    assert_eq!(lab.config()["memory"], 512);
+    assert_eq!(cli::kinds(&lab.plan(), "ct"), ["noop"]);
 }
