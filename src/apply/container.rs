@@ -9,8 +9,9 @@
 //! compare-and-swap steps as a VM's.
 //!
 //! An unmanaged NixOS container is adopted in place by the same step as a VM (its key declared,
-//! its address static). Not here yet: a template built from the flake (`upload_image`),
-//! replacing, destroying and migrating containers; apply refuses those plans before any change.
+//! its address static). A host's own template is built and uploaded once per run and package
+//! (`upload_image`). Not here yet: replacing, destroying and migrating containers; apply
+//! refuses those plans before any change.
 
 use std::collections::BTreeSet;
 
@@ -55,9 +56,14 @@ impl HostRun<'_> {
             ));
         };
         let mut found = CtState::default();
+        let mut template = container.template.clone();
+        if runnable.has(ActionKind::UploadImage) {
+            template = Some(log.step("template", self.upload_own_template(host, container)).await?);
+        }
         if runnable.has(ActionKind::CreateVm) {
             *node = host.node.clone();
-            let (id, keys) = log.step("create", self.create_container(host, container)).await?;
+            let template = template.as_deref().unwrap_or_default();
+            let (id, keys) = log.step("create", self.create_container(host, container, template)).await?;
             *vmid = Some(id);
             found.generated = Some(keys);
         }
@@ -153,13 +159,14 @@ impl HostRun<'_> {
         &self,
         host: &DesiredHost,
         container: &DesiredContainer,
+        template: &str,
     ) -> Result<Done<(u32, Vec<GeneratedKey>)>, StepError> {
-        let template = container.template.as_deref().ok_or_else(|| {
-            StepError::other(format!(
+        if template.is_empty() {
+            return Err(StepError::other(format!(
                 "host `{}` names no container template (`nixprox.container.template`; re-run the plan)",
                 host.host
-            ))
-        })?;
+            )));
+        }
         let client = self.req.client;
         let vmid = match host.vmid {
             Some(vmid) => vmid,
@@ -178,6 +185,74 @@ impl HostRun<'_> {
         let detail =
             format!("vmid {vmid} from `{template}`, {} host key fingerprint(s) in the task log", keys.len());
         Ok(Done::ok((vmid, keys)).detail(detail))
+    }
+
+    /// The host's own template: its package built (once per run), its `tarball/*.tar.xz` uploaded
+    /// as `nixprox-<hash>.tar.xz` to the storage (once per run, and not when a file of that
+    /// name is there: the name is the package's store hash). Returns the volume.
+    async fn upload_own_template(
+        &self,
+        host: &DesiredHost,
+        container: &DesiredContainer,
+    ) -> Result<Done<String>, StepError> {
+        let Some(build) = &container.tarball else {
+            return Err(StepError::other(format!(
+                "host `{}` builds no template of its own (re-run the plan)",
+                host.host
+            )));
+        };
+        let Some(builder) = self.req.image_build else {
+            return Err(StepError::other(format!(
+                "host `{}` has its own container template, but this apply was started without an image builder",
+                host.host
+            )));
+        };
+        let planned = &build.package.out_path;
+        let timeout = self.req.options.build_timeout;
+        let (built, _) = self
+            .images
+            .builds
+            .run(planned, || async {
+                crate::image::build::build_image(&builder.for_template(&host.host), planned, timeout)
+                    .await
+                    .map_err(|err| err.to_string())
+            })
+            .await;
+        let out = built.map_err(StepError::other)?;
+        let file = crate::image::template_file_name(&out).map_err(|e| StepError::other(e.to_string()))?;
+        let volume = format!("{}:vztmpl/{file}", build.storage);
+        let client = self.req.client;
+        let (node, storage) = (host.node.clone(), build.storage.clone());
+        let (sent, _) = self
+            .images
+            .templates
+            .run(&volume, || async {
+                let present = crate::proxmox::import::list_content_files(client, &node, &storage, "vztmpl")
+                    .await
+                    .map_err(|err| err.to_string())?
+                    .iter()
+                    .any(|f| f.name == file);
+                if present {
+                    return Ok(false);
+                }
+                let dir = std::path::Path::new(&out).join("tarball");
+                let path = std::fs::read_dir(&dir)
+                    .map_err(|err| format!("failed to read `{}`: {err}", dir.display()))?
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .find(|p| p.to_string_lossy().ends_with(".tar.xz"))
+                    .ok_or_else(|| format!("`{}` holds no `.tar.xz` template", dir.display()))?;
+                ct::upload_template(client, &node, &storage, &file, &path, self.req.options.task_timeout)
+                    .await
+                    .map(|_| true)
+                    .map_err(|err| err.to_string())
+            })
+            .await;
+        let detail = format!("`{volume}` from `{out}`");
+        Ok(match sent.map_err(StepError::other)? {
+            true => Done::ok(volume).detail(detail),
+            false => Done::already(volume).detail(detail),
+        })
     }
 
     /// `POST …/status/start`, unless it runs.

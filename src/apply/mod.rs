@@ -127,7 +127,7 @@ pub enum ApplyError {
     /// Containers are planned (the guest-kind seam) but not applied yet: refused before any
     /// step, so no host is half done.
     #[error(
-        "{what} {hosts}: this nixprox applies a container's create from a named template, adoption, settings, resize, switch and release, but not yet an upload of its own template, a migration, a replacement or a destroy, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"
+        "{what} {hosts}: this nixprox applies a container's create, adoption, settings, resize, switch and release, but not yet a migration, a replacement or a destroy, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"
     )]
     Containers { what: &'static str, hosts: String },
 }
@@ -138,16 +138,13 @@ fn container_refusal(plan: &Plan) -> Option<ApplyError> {
         .hosts
         .iter()
         .filter(|h| h.kind == crate::spec::GuestKind::Container)
-        // Created from a named template, adopted, configured, resized, switched and released through
+        // Created (from a named template or its own), adopted, configured, resized, switched and released through
         // the guest-kind seam (apply/container.rs); not yet the rest.
         .filter(|h| {
             h.actions.iter().any(|a| {
                 use crate::plan::ActionKind as K;
                 a.blocked.is_none()
-                    && matches!(
-                        a.kind,
-                        K::UploadImage | K::MigrateVm | K::ReplaceVm | K::DestroyVm | K::DetachDisk
-                    )
+                    && matches!(a.kind, K::MigrateVm | K::ReplaceVm | K::DestroyVm | K::DetachDisk)
             })
         })
         .map(|h| format!("`{}`", h.host))

@@ -175,16 +175,19 @@ fn a_plan_twice_gives_the_same_id() {
     assert_eq!(first, id(cli::plan(&fixture, &pve, &["--format", "json"])));
 }
 
-/// What the executor cannot do for a container yet (here: upload the host's own template) is
-/// refused before anything is written.
+/// What the executor cannot do for a container yet (here: replace it) is refused before
+/// anything is written.
 #[test]
 fn apply_refuses_what_it_cannot_do_for_containers_before_any_change() {
     let (fixture, pve) = containers();
+    let settings = fixture.dir.path().join("nixprox.yaml");
+    let text = std::fs::read_to_string(&settings).expect("nixprox.yaml");
+    std::fs::write(&settings, text.replace("allow_replace: false", "allow_replace: true")).expect("write");
     pve.requests(true);
-    let run = cli::plan_and_apply(&fixture, &pve, "mail,app");
+    let run = cli::plan_and_apply(&fixture, &pve, "legacy,app");
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
-        run.stderr.contains("the container host with such changes is `mail`: this nixprox applies a container's create from a named template, adoption, settings, resize, switch and release, but not yet an upload of its own template, a migration, a replacement or a destroy, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"),
+        run.stderr.contains("the container host with such changes is `legacy`: this nixprox applies a container's create, adoption, settings, resize, switch and release, but not yet a migration, a replacement or a destroy, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"),
         "{}",
         run.stderr
     );
@@ -854,4 +857,67 @@ fn an_existing_nixos_container_is_adopted_in_place_and_switched() {
     assert!(metadata.adopted.is_some(), "{metadata:?}");
     assert_eq!(lab.config()["memory"], 512);
     assert_eq!(cli::kinds(&lab.plan(), "ct"), ["noop"]);
+}
+
+/// The host's own template, built from the flake on the runner: uploaded as `vztmpl` under its
+/// store hash, the container created from it with its key pinned from the task log and checked.
+#[test]
+fn a_container_from_its_own_template_built_from_the_flake() {
+    let lab = CtLab::start();
+    lab.declare_more("template", Value::Null);
+    lab.declare_more("tarball", json!(true));
+    let plan = lab.plan();
+    assert_eq!(cli::kinds(&plan, "ct"), ["upload_image", "create_vm", "switch"], "{plan:#}");
+    let volume =
+        change(&cli::actions(&plan, "ct")[0], "template")["after"].as_str().expect("volume").to_string();
+    let (run, report) = lab.apply();
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}\n{report:#}", run.stdout, run.stderr);
+    assert_eq!(
+        CtLab::steps(&report),
+        ["template", "create", "start", "host key", "switch", "finish"],
+        "{report:#}"
+    );
+    assert_eq!(lab.config()["ostype"], "nixos", "detected from the uploaded tarball");
+    let uploads = |lab: &CtLab| {
+        lab.pve
+            .requests(false)
+            .into_iter()
+            .filter(|(m, p)| m == "POST" && p.ends_with("/storage/local/upload"))
+            .count()
+    };
+    assert_eq!(uploads(&lab), 1);
+    let file = volume.strip_prefix("local:vztmpl/").expect("volume");
+    let listed = lab.pve.command(json!({"cmd": "volumes", "storage": "local"}));
+    assert!(listed.get(format!("vztmpl/{file}")).is_some(), "{listed}");
+    assert!(lab.metadata().host_key.is_some());
+}
+
+/// A template of that store hash already on the storage (an earlier run, another host) is
+/// reused: nothing is uploaded.
+#[test]
+fn a_containers_own_template_on_the_storage_is_reused() {
+    let lab = CtLab::start();
+    lab.declare_more("template", Value::Null);
+    lab.declare_more("tarball", json!(true));
+    let plan = lab.plan();
+    let volume =
+        change(&cli::actions(&plan, "ct")[0], "template")["after"].as_str().expect("volume").to_string();
+    let file = volume.strip_prefix("local:vztmpl/").expect("volume");
+    lab.pve.command(json!({"cmd": "ct_template", "storage": "local", "name": file,
+                           "paths": ["nix/store", "etc/ssh", "sbin/init"]}));
+    let (run, report) = lab.apply();
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}\n{report:#}", run.stdout, run.stderr);
+    let template = &report["hosts"][0]["steps"][0];
+    assert_eq!(
+        (template["step"].as_str(), template["status"].as_str()),
+        (Some("template"), Some("already_done")),
+        "{report:#}"
+    );
+    let uploads = lab
+        .pve
+        .requests(false)
+        .into_iter()
+        .filter(|(m, p)| m == "POST" && p.ends_with("/storage/local/upload"))
+        .count();
+    assert_eq!(uploads, 0);
 }
