@@ -10,8 +10,9 @@
 //!
 //! An unmanaged NixOS container is adopted in place by the same step as a VM (its key declared,
 //! its address static). A host's own template is built and uploaded once per run and package
-//! (`upload_image`). Not here yet: replacing, destroying and migrating containers; apply
-//! refuses those plans before any change.
+//! (`upload_image`). Destroying (an orphan, or a replaced container before it is created anew)
+//! is the VM's step, by kind. Not here yet: migrating containers; apply refuses that before any
+//! change.
 
 use std::collections::BTreeSet;
 
@@ -60,7 +61,9 @@ impl HostRun<'_> {
         if runnable.has(ActionKind::UploadImage) {
             template = Some(log.step("template", self.upload_own_template(host, container)).await?);
         }
-        if runnable.has(ActionKind::CreateVm) {
+        // A replaced container was destroyed by the run (as a VM is): it is created anew.
+        let creating = runnable.has(ActionKind::CreateVm) || runnable.has(ActionKind::ReplaceVm);
+        if creating {
             *node = host.node.clone();
             let template = template.as_deref().unwrap_or_default();
             let (id, keys) = log.step("create", self.create_container(host, container, template)).await?;
@@ -88,7 +91,7 @@ impl HostRun<'_> {
         if runnable.has(ActionKind::ResizeDisk) {
             log.step("resize", self.resize_container(container, &node, id)).await?;
         }
-        if runnable.has(ActionKind::CreateVm) || runnable.has(ActionKind::Switch) {
+        if creating || runnable.has(ActionKind::Switch) {
             // A new container, or one an earlier run created and did not get to start.
             log.step("start", self.start_container(&node, id)).await?;
         }

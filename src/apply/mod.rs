@@ -127,7 +127,7 @@ pub enum ApplyError {
     /// Containers are planned (the guest-kind seam) but not applied yet: refused before any
     /// step, so no host is half done.
     #[error(
-        "{what} {hosts}: this nixprox applies a container's create, adoption, settings, resize, switch and release, but not yet a migration, a replacement or a destroy, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"
+        "{what} {hosts}: this nixprox applies a container's create, adoption, settings, resize, switch, replacement, destroy and release, but not yet a migration to another node, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"
     )]
     Containers { what: &'static str, hosts: String },
 }
@@ -143,8 +143,7 @@ fn container_refusal(plan: &Plan) -> Option<ApplyError> {
         .filter(|h| {
             h.actions.iter().any(|a| {
                 use crate::plan::ActionKind as K;
-                a.blocked.is_none()
-                    && matches!(a.kind, K::MigrateVm | K::ReplaceVm | K::DestroyVm | K::DetachDisk)
+                a.blocked.is_none() && matches!(a.kind, K::MigrateVm | K::DetachDisk)
             })
         })
         .map(|h| format!("`{}`", h.host))

@@ -55,6 +55,17 @@ pub async fn read_guest_raw(
     }
 }
 
+/// Whether a guest of either kind runs (`…/status/current`).
+pub async fn guest_running(
+    client: &Client,
+    kind: GuestKind,
+    node: &str,
+    vmid: u32,
+) -> Result<bool, ProxmoxError> {
+    let status = client.get(&format!("{}/status/current", guest_path(kind, node, vmid)), &[]).await?;
+    Ok(status.get("status").and_then(Value::as_str) == Some("running"))
+}
+
 /// Writes a guest's config and waits for it: qemu-server takes `POST …/config` (a task),
 /// pve-container `PUT …/config` (done when it answers). Returns the task's warnings.
 pub async fn write_guest_config(

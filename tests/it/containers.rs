@@ -175,24 +175,47 @@ fn a_plan_twice_gives_the_same_id() {
     assert_eq!(first, id(cli::plan(&fixture, &pve, &["--format", "json"])));
 }
 
-/// What the executor cannot do for a container yet (here: replace it) is refused before
+/// What the executor cannot do for a container yet (a move to another node) is refused before
 /// anything is written.
 #[test]
 fn apply_refuses_what_it_cannot_do_for_containers_before_any_change() {
     let (fixture, pve) = containers();
-    let settings = fixture.dir.path().join("nixprox.yaml");
-    let text = std::fs::read_to_string(&settings).expect("nixprox.yaml");
-    std::fs::write(&settings, text.replace("allow_replace: false", "allow_replace: true")).expect("write");
+    let path = fixture.dir.path().join("flake.nix");
+    let text = std::fs::read_to_string(&path).expect("flake.nix");
+    std::fs::write(
+        &path,
+        text.replace(
+            "                id = 201;\n",
+            "                id = 201;\n                node = \"pve2\";\n",
+        ),
+    )
+    .expect("write");
     pve.requests(true);
-    let run = cli::plan_and_apply(&fixture, &pve, "legacy,app");
+    let run = cli::plan_and_apply(&fixture, &pve, "proxy,app");
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
-        run.stderr.contains("the container host with such changes is `legacy`: this nixprox applies a container's create, adoption, settings, resize, switch and release, but not yet a migration, a replacement or a destroy, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"),
+        run.stderr.contains("the container host with such changes is `proxy`: this nixprox applies a container's create, adoption, settings, resize, switch, replacement, destroy and release, but not yet a migration to another node, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"),
         "{}",
         run.stderr
     );
     let writes: Vec<(String, String)> = pve.requests(false).into_iter().filter(|(m, _)| m != "GET").collect();
     assert!(writes.is_empty(), "nothing written: {writes:?}");
+}
+
+/// An orphan container is destroyed with `policies.prune_orphans`, as an orphan VM.
+#[test]
+fn an_orphan_container_is_destroyed_with_prune_orphans() {
+    let (fixture, pve) = containers();
+    let settings = fixture.dir.path().join("nixprox.yaml");
+    let text = std::fs::read_to_string(&settings).expect("nixprox.yaml");
+    std::fs::write(&settings, format!("{text}  prune_orphans: true\n")).expect("write");
+    let run = cli::plan_and_apply(&fixture, &pve, "old-ct");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(pve.try_command(json!({"cmd": "ct", "vmid": 203})).is_err(), "container 203 is gone");
+    let deletes: Vec<(String, String)> =
+        pve.requests(false).into_iter().filter(|(m, _)| m == "DELETE").collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert!(deletes[0].1.starts_with("/api2/json/nodes/pve1/lxc/203"), "{deletes:?}");
 }
 
 #[test]
@@ -920,4 +943,32 @@ fn a_containers_own_template_on_the_storage_is_reused() {
         .filter(|(m, p)| m == "POST" && p.ends_with("/storage/local/upload"))
         .count();
     assert_eq!(uploads, 0);
+}
+
+/// What cannot change in place (`unprivileged` is read-only in Proxmox) replaces the container
+/// with `policies.allow_replace`: destroyed, created anew from its template, its new key pinned
+/// from the new create task's log, switched.
+#[test]
+fn a_container_is_replaced_when_unprivileged_changes() {
+    let lab = CtLab::start();
+    lab.plan();
+    let (run, report) = lab.apply();
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}\n{report:#}", run.stdout, run.stderr);
+    lab.declare_more("privileged", json!(true));
+    let settings = lab.fixture.dir.path().join("nixprox.yaml");
+    let text = std::fs::read_to_string(&settings).expect("nixprox.yaml");
+    std::fs::write(&settings, format!("{text}policies:\n  allow_replace: true\n")).expect("write");
+    let plan = lab.plan();
+    assert_eq!(cli::kinds(&plan, "ct"), ["replace_vm", "switch"], "{plan:#}");
+    let (run, report) = lab.apply();
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}\n{report:#}", run.stdout, run.stderr);
+    assert_eq!(
+        CtLab::steps(&report),
+        ["destroy", "create", "start", "host key", "switch", "finish"],
+        "{report:#}"
+    );
+    let config = lab.config();
+    assert!(config.get("unprivileged").is_none_or(|u| u == 0), "{config}");
+    assert!(lab.metadata().host_key.is_some());
+    assert_eq!(cli::kinds(&lab.plan(), "ct"), ["noop"]);
 }
