@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 
-use super::executor::{HostRun, Runnable};
+use super::executor::{HostRun, Runnable, State};
 use super::params;
 use super::report::StepStatus;
 use super::step::{Done, Failure, Log, StepError};
@@ -46,10 +46,9 @@ impl HostRun<'_> {
         host: &DesiredHost,
         runnable: &Runnable,
         log: &mut Log<'_>,
-        node: &mut String,
-        vmid: &mut Option<u32>,
-        address: &mut Option<String>,
+        state: &mut State,
     ) -> Result<(), Failure> {
+        let State { node, vmid, address, pending_reboot, .. } = state;
         let Some(container) = host.container.as_ref() else {
             return Err(Failure::new(
                 "plan",
@@ -87,6 +86,10 @@ impl HostRun<'_> {
         }
         if runnable.has(ActionKind::UpdateVm) {
             log.step("configure", self.configure_container(host, container, &node, id)).await?;
+            // What a running container takes only at its next start (pve-container keeps it in
+            // `/pending`): reported, as for a VM; nixprox does not restart containers.
+            let pending = log.step("pending", self.container_pending(&node, id)).await?;
+            pending_reboot.extend(pending);
         }
         if runnable.has(ActionKind::ResizeDisk) {
             log.step("resize", self.resize_container(container, &node, id)).await?;
@@ -258,6 +261,22 @@ impl HostRun<'_> {
         })
     }
 
+    /// The keys of `GET …/pending` with a change waiting for the container's next start.
+    async fn container_pending(&self, node: &str, vmid: u32) -> Result<Done<Vec<String>>, StepError> {
+        let path = format!("{}/pending", guest_path(GuestKind::Container, node, vmid));
+        let data = self.req.client.get(&path, &[]).await?;
+        let keys: Vec<String> = crate::proxmox::read::pending_keys(&data)
+            .map_err(|err| StepError::other(format!("unexpected answer of `{path}`: {err}")))?
+            .into_iter()
+            .collect();
+        Ok(if keys.is_empty() {
+            Done::already(keys)
+        } else {
+            let detail = format!("{} at the next start", keys.join(", "));
+            Done::ok(keys).detail(detail)
+        })
+    }
+
     /// `POST …/status/start`, unless it runs.
     async fn start_container(&self, node: &str, vmid: u32) -> Result<Done<()>, StepError> {
         let client = self.req.client;
@@ -400,7 +419,11 @@ fn container_form(
         set("startup", startup.clone());
     }
     if ct::container_spec(raw).features != spec.features {
-        form.push(("features".into(), spec.features.property()));
+        // No flag on: the key goes (pve-container takes no empty `features`).
+        match spec.features.property() {
+            none if none.is_empty() => form.push(("delete".into(), "features".into())),
+            features => form.push(("features".into(), features)),
+        }
     }
     for (slot, net) in &spec.networks {
         let mut net = net.clone();

@@ -89,12 +89,12 @@ impl Runnable {
 
 /// What a host's run found out along the way.
 #[derive(Default)]
-struct State {
-    node: String,
-    vmid: Option<u32>,
-    address: Option<String>,
+pub(super) struct State {
+    pub(super) node: String,
+    pub(super) vmid: Option<u32>,
+    pub(super) address: Option<String>,
     /// Keys waiting for a reboot nixprox was not allowed to do.
-    pending_reboot: Vec<String>,
+    pub(super) pending_reboot: Vec<String>,
     /// Pending changes whose allowed reboot waits for the switch, so that a switch that
     /// needs one too reboots the VM once.
     deferred_reboot: Vec<String>,
@@ -254,9 +254,7 @@ impl<'r> HostRun<'r> {
         };
         if self.plan.kind == crate::spec::GuestKind::Container {
             // The guest-kind seam: a container's steps (apply/container.rs).
-            return self
-                .execute_container(host, runnable, log, &mut state.node, &mut state.vmid, &mut state.address)
-                .await;
+            return self.execute_container(host, runnable, log, state).await;
         }
         if runnable.has(ActionKind::Adopt) && !replaced && self.req.deployer.is_none() {
             // Adopting in place starts by reading what the VM runs over SSH: without a key,

@@ -761,11 +761,27 @@ fn a_container_is_created_its_key_pinned_from_the_task_log_switched_updated_and_
     assert_eq!(cli::kinds(&plan, "ct"), ["update_vm", "resize_disk"], "{plan:#}");
     let (run, report) = lab.apply();
     assert_eq!(run.code, 0, "apply failed:\n{}\n{}\n{report:#}", run.stdout, run.stderr);
-    assert_eq!(CtLab::steps(&report), ["configure", "resize", "finish"], "{report:#}");
+    assert_eq!(CtLab::steps(&report), ["configure", "pending", "resize", "finish"], "{report:#}");
     let config = lab.config();
-    assert_eq!(config["memory"], 1024, "{config}");
+    assert_eq!(config["memory"], 1024, "on the running container at once: {config}");
     assert!(config["rootfs"].as_str().unwrap_or_default().ends_with("size=10G"), "{config}");
     assert_eq!(cli::kinds(&lab.plan(), "ct"), ["noop"]);
+
+    // A feature waits for the container's next start: planned as such, reported as such.
+    lab.declare_more("nesting", json!(false));
+    let plan = lab.plan();
+    let update = &cli::actions(&plan, "ct")[0];
+    assert_eq!(change(update, "features.nesting")["effect"], "needs_reboot", "{plan:#}");
+    let (run, report) = lab.apply();
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}\n{report:#}", run.stdout, run.stderr);
+    assert_eq!(report["hosts"][0]["status"], "pending_reboot", "{report:#}");
+    assert_eq!(report["hosts"][0]["keys"], json!(["features"]), "{report:#}");
+    let plan = lab.plan();
+    assert_eq!(cli::kinds(&plan, "ct"), ["noop"], "already made, waiting for the start: {plan:#}");
+    assert!(
+        cli::actions(&plan, "ct")[0]["reason"].as_str().unwrap_or_default().contains("pending: features"),
+        "{plan:#}"
+    );
 }
 
 /// The create's answer is lost (the container was made, nixprox never heard): the run fails,
@@ -872,7 +888,11 @@ fn an_existing_nixos_container_is_adopted_in_place_and_switched() {
     assert_eq!(cli::kinds(&plan, "ct"), ["adopt", "update_vm", "switch"], "{plan:#}");
     let (run, report) = lab.apply();
     assert_eq!(run.code, 0, "apply failed:\n{}\n{}\n{report:#}", run.stdout, run.stderr);
-    assert_eq!(CtLab::steps(&report), ["adopt", "configure", "start", "switch", "finish"], "{report:#}");
+    assert_eq!(
+        CtLab::steps(&report),
+        ["adopt", "configure", "pending", "start", "switch", "finish"],
+        "{report:#}"
+    );
     let metadata = lab.metadata();
     let toplevel = metadata.system.clone().expect("system");
     assert_ne!(toplevel, old);
