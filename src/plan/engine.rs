@@ -210,7 +210,7 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
         }
     };
     let actions = if actions.is_empty() {
-        vec![action(ActionKind::Noop, in_sync_reason(pending), Vec::new())]
+        vec![action(ActionKind::Noop, in_sync_reason(pending, host.kind().noun()), Vec::new())]
     } else {
         actions
     };
@@ -263,11 +263,11 @@ fn pool_move_of(host: &DesiredHost, live: &LiveVm, actions: &[Action]) -> Option
 }
 
 /// "in sync", or that the VM is in sync once it reboots into changes already made.
-fn in_sync_reason(pending: Vec<String>) -> String {
+fn in_sync_reason(pending: Vec<String>, noun: &str) -> String {
     if pending.is_empty() {
         "in sync".to_string()
     } else {
-        format!("in sync once the VM reboots (pending: {})", pending.join(", "))
+        format!("in sync once the {noun} reboots (pending: {})", pending.join(", "))
     }
 }
 
@@ -388,7 +388,7 @@ fn plan_existing(
         actions.extend(super::container::root_only_action(live.vmid, root_only, &container.spec));
     }
     actions.extend(detach);
-    actions.extend(resize_action(grows));
+    actions.extend(resize_action(grows, if host.container.is_some() { "volume" } else { "disk" }));
     if adopting {
         actions.extend(super::adopt::adopted_switch(host));
     } else if host.container.is_some() && config.metadata.as_ref().and_then(|m| m.system.as_ref()).is_none() {
@@ -459,12 +459,12 @@ fn update_action(updates: Vec<Change>, noun: &str) -> Option<Action> {
 }
 
 /// `resize_disk` for the disks that grow.
-fn resize_action(grows: Vec<Change>) -> Option<Action> {
+fn resize_action(grows: Vec<Change>, what: &str) -> Option<Action> {
     let n = grows.len();
     (n > 0).then(|| {
         action(
             ActionKind::ResizeDisk,
-            if n == 1 { "a disk grows".to_string() } else { format!("{n} disks grow") },
+            if n == 1 { format!("a {what} grows") } else { format!("{n} {what}s grow") },
             grows,
         )
     })
