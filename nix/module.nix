@@ -271,6 +271,9 @@ let
       lib.optional (loader.systemd-boot.enable or false) "nixprox.vm.bios is \"seabios\", which cannot boot systemd-boot (an EFI boot loader): set nixprox.vm.bios = \"ovmf\" (with an EFI system partition), or use GRUB";
 in
 {
+  # The container kind's options (`nixprox.container.*`): see ./container.nix.
+  imports = [ ./container.nix ];
+
   options.nixprox = {
     enable = mkEnableOption "management of this host's Proxmox VM by nixprox";
 

@@ -80,4 +80,18 @@ pub trait NixosDeployer: Send + Sync + fmt::Debug {
         target: DeployTarget<'a>,
         system: &'a str,
     ) -> BoxFuture<'a, anyhow::Result<()>>;
+
+    /// A new container's first connection: connects to `target.address` only when it presents
+    /// a key with one of `fingerprints` (what Proxmox printed in the create task's log), and
+    /// returns that whole key (`ssh-ed25519 AAAA…`) for the metadata block.
+    fn pin_fingerprints<'a>(
+        &'a self,
+        target: DeployTarget<'a>,
+        fingerprints: &'a [String],
+    ) -> BoxFuture<'a, anyhow::Result<String>> {
+        let _ = fingerprints;
+        Box::pin(async move {
+            anyhow::bail!("this deployer cannot pin the host key of `{}` by fingerprint", target.host.host)
+        })
+    }
 }

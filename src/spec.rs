@@ -12,6 +12,49 @@ pub mod extra;
 pub mod hardware;
 
 pub use hardware::Hardware;
+pub mod container;
+
+/// The kind of guest a host is: the one seam between VMs and containers (docs/architecture.md,
+/// "Two kinds of guest"). Declared by `nixprox.container.enable`, read from the resource
+/// list's `type` (`qemu`, `lxc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestKind {
+    #[default]
+    Vm,
+    Container,
+}
+
+impl GuestKind {
+    /// `vm` or `container`, as the plan's JSON writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestKind::Vm => "vm",
+            GuestKind::Container => "container",
+        }
+    }
+
+    /// Whether this is the VM kind (the default, left out of serialised plans).
+    pub fn is_vm(&self) -> bool {
+        *self == GuestKind::Vm
+    }
+
+    /// The path segment of the guest's API (`/nodes/{node}/qemu/…`, `/nodes/{node}/lxc/…`).
+    pub fn api_segment(self) -> &'static str {
+        match self {
+            GuestKind::Vm => "qemu",
+            GuestKind::Container => "lxc",
+        }
+    }
+
+    /// What the plan calls one guest of this kind ("VM", "container").
+    pub fn noun(self) -> &'static str {
+        match self {
+            GuestKind::Vm => "VM",
+            GuestKind::Container => "container",
+        }
+    }
+}
 
 /// The tag every VM managed by nixprox carries; it is how orphans are recognised.
 pub const MANAGED_TAG: &str = "nixprox";

@@ -304,7 +304,7 @@ impl HostRun<'_> {
     /// names the host, the plan being applied, and that nixprox created this VM (the only VM
     /// the planner allows an ungated install on), and the image package its disks come from
     /// when they are imported (how the VM is finished after an interruption).
-    fn first_notes(&self, host: &DesiredHost, vmid: u32, image: Option<&str>) -> String {
+    pub(super) fn first_notes(&self, host: &DesiredHost, vmid: u32, image: Option<&str>) -> String {
         let plan = self.req.reviewed_plan_id.to_string();
         let image = image.map(str::to_string);
         let metadata = Metadata {

@@ -69,7 +69,7 @@ pub async fn apply(request: ApplyRequest<'_>) -> Result<ApplyReport, ApplyError>
 }
 
 /// The kinds of the host's actions that will run (neither blocked nor `noop`).
-struct Runnable(BTreeSet<ActionKind>);
+pub(super) struct Runnable(BTreeSet<ActionKind>);
 
 impl Runnable {
     fn of(plan: &HostPlan) -> Runnable {
@@ -82,19 +82,19 @@ impl Runnable {
         )
     }
 
-    fn has(&self, kind: ActionKind) -> bool {
+    pub(super) fn has(&self, kind: ActionKind) -> bool {
         self.0.contains(&kind)
     }
 }
 
 /// What a host's run found out along the way.
 #[derive(Default)]
-struct State {
-    node: String,
-    vmid: Option<u32>,
-    address: Option<String>,
+pub(super) struct State {
+    pub(super) node: String,
+    pub(super) vmid: Option<u32>,
+    pub(super) address: Option<String>,
     /// Keys waiting for a reboot nixprox was not allowed to do.
-    pending_reboot: Vec<String>,
+    pub(super) pending_reboot: Vec<String>,
     /// Pending changes whose allowed reboot waits for the switch, so that a switch that
     /// needs one too reboots the VM once.
     deferred_reboot: Vec<String>,
@@ -252,6 +252,10 @@ impl<'r> HostRun<'r> {
                 format!("host `{}` is not among the evaluated hosts (re-run the plan)", self.plan.host);
             return Err(Failure::new("plan", error));
         };
+        if self.plan.kind == crate::spec::GuestKind::Container {
+            // The guest-kind seam: a container's steps (apply/container.rs).
+            return self.execute_container(host, runnable, log, state).await;
+        }
         if runnable.has(ActionKind::Adopt) && !replaced && self.req.deployer.is_none() {
             // Adopting in place starts by reading what the VM runs over SSH: without a key,
             // nothing of the host is done (not even its tag), and the next run adopts it.

@@ -34,7 +34,7 @@ use crate::proxmox::upload::{UploadRequest, sha256_file, upload_image};
 
 /// Work keyed by a string that runs once per apply, whoever asks first; later askers wait for
 /// it and get its result.
-struct OnceMap<V> {
+pub(super) struct OnceMap<V> {
     cells: Mutex<BTreeMap<String, Arc<OnceCell<V>>>>,
 }
 
@@ -44,7 +44,7 @@ impl<V: Clone> OnceMap<V> {
     }
 
     /// The work's result, and whether this caller ran it.
-    async fn run<F, Fut>(&self, key: &str, work: F) -> (V, bool)
+    pub(super) async fn run<F, Fut>(&self, key: &str, work: F) -> (V, bool)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = V>,
@@ -76,7 +76,9 @@ enum Upload {
 
 /// The image work shared by the hosts of one run.
 pub(super) struct ImageWork {
-    builds: OnceMap<Result<String, String>>,
+    pub(super) builds: OnceMap<Result<String, String>>,
+    /// Container templates built from the flake, by storage volume: uploaded once per run.
+    pub(super) templates: OnceMap<Result<bool, String>>,
     hashes: OnceMap<Result<String, String>>,
     uploads: OnceMap<Result<Upload, String>>,
     slots: Semaphore,
@@ -87,6 +89,7 @@ impl ImageWork {
     pub(super) fn new(uploads: usize) -> ImageWork {
         ImageWork {
             builds: OnceMap::new(),
+            templates: OnceMap::new(),
             hashes: OnceMap::new(),
             uploads: OnceMap::new(),
             slots: Semaphore::new(uploads.max(1)),

@@ -15,6 +15,7 @@
 
 pub mod approval;
 pub mod cancel;
+mod container;
 mod create;
 pub mod executor;
 mod image;
@@ -126,6 +127,12 @@ pub enum ApplyError {
     /// What the reviewer was shown is not the plan apply would run (see [`ShownCheck`]).
     #[error("{0}")]
     NotShown(String),
+    /// Containers are planned (the guest-kind seam) but not applied yet: refused before any
+    /// step, so no host is half done.
+    #[error(
+        "{what} {hosts}: this nixprox applies a container's create, adoption, settings, resize, switch, replacement, destroy and release, but not yet a migration to another node, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"
+    )]
+    Containers { what: &'static str, hosts: String },
 }
 
 /// A check of what the reviewer was shown, beyond the plan's identity: the CLI passes one that
@@ -135,6 +142,30 @@ pub enum ApplyError {
 pub trait ShownCheck: std::fmt::Debug + Sync {
     /// `Err` with the difference, in words.
     fn check(&self, plan: &Plan, reviewed: &Reviewed) -> Result<(), String>;
+}
+
+/// The refusal of a plan whose containers have runnable actions, if it has any (see [`ApplyError::Containers`]).
+fn container_refusal(plan: &Plan) -> Option<ApplyError> {
+    let hosts: Vec<String> = plan
+        .hosts
+        .iter()
+        .filter(|h| h.kind == crate::spec::GuestKind::Container)
+        // Created (from a named template or its own), adopted, configured, resized, switched and released through
+        // the guest-kind seam (apply/container.rs); not yet the rest.
+        .filter(|h| {
+            h.actions.iter().any(|a| {
+                use crate::plan::ActionKind as K;
+                a.blocked.is_none() && matches!(a.kind, K::MigrateVm | K::DetachDisk)
+            })
+        })
+        .map(|h| format!("`{}`", h.host))
+        .collect();
+    let what = match hosts.len() {
+        0 => return None,
+        1 => "the container host with such changes is",
+        _ => "the container hosts with such changes are",
+    };
+    Some(ApplyError::Containers { what, hosts: hosts.join(", ") })
 }
 
 /// The inputs of `nixprox apply` once the flake is evaluated: the CLI's thin entry point.
@@ -188,6 +219,9 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ApplyError> {
     let approval = approval::check(request.reviewed, &plan, &live, request.allow_new_plan)?;
     for note in &approval.notes {
         tracing::warn!("{note}");
+    }
+    if let Some(refusal) = container_refusal(&plan) {
+        return Err(refusal);
     }
     if let (Some(shown), false) = (request.shown, request.allow_new_plan) {
         shown.check(&plan, request.reviewed).map_err(ApplyError::NotShown)?;

@@ -12,6 +12,7 @@ use crate::proxmox::Client;
 use crate::proxmox::property::format_tags;
 use crate::proxmox::qemu::{Form, RawConfig, config_text, notes_of, tags_of};
 use crate::retry::RetryPolicy;
+use crate::spec::GuestKind;
 use crate::spec::MANAGED_TAG;
 
 /// Letting go of a VM failed; nothing, or only the whole write, was done.
@@ -70,15 +71,16 @@ pub fn release_form(raw: &RawConfig) -> Result<Option<Form>, UnreadableBlock> {
     Ok((!form.is_empty()).then_some(form))
 }
 
-/// Lets go of VM `vmid` on `node` with a compare-and-swap write of [`release_form`].
+/// Lets go of guest `vmid` (a VM or a container) on `node` with a compare-and-swap write of [`release_form`].
 pub async fn release_vm(
     client: &Client,
     retry: RetryPolicy,
     timeout: Duration,
+    kind: GuestKind,
     node: &str,
     vmid: u32,
 ) -> Result<Released, ReleaseError> {
-    let written = cas_write(client, retry, timeout, node, vmid, "let go of it", |raw| {
+    let written = cas_write(client, retry, timeout, kind, node, vmid, "let go of it", |raw| {
         release_form(raw).map_err(|why| StepError::other(format!("refusing to let go of VM {vmid}: {why}")))
     })
     .await
@@ -91,7 +93,8 @@ pub async fn release_vm(
 
 /// The name of the VM in `raw`, for messages.
 pub fn name_of(raw: &RawConfig) -> String {
-    config_text(raw, "name").unwrap_or_default()
+    // A container's name is its `hostname`.
+    config_text(raw, "name").or_else(|| config_text(raw, "hostname")).unwrap_or_default()
 }
 
 #[cfg(test)]

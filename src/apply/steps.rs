@@ -14,6 +14,7 @@ use crate::deploy::Deployed;
 use crate::flake::DesiredHost;
 use crate::metadata::{Block, Metadata};
 use crate::plan::PoolMove;
+use crate::proxmox::container::{guest_path, guest_running, read_guest_raw, write_guest_config};
 use crate::proxmox::property::{Drive, PropertyString, format_tags, parse_drive, value_bool, value_text};
 use crate::proxmox::qemu::{
     AddressWait, Form, RawConfig, config_text, digest_of, notes_of, power_state, read_raw, tags_of, vm_path,
@@ -22,7 +23,7 @@ use crate::proxmox::qemu::{
 use crate::proxmox::read::pending_keys;
 use crate::proxmox::{Client, ProxmoxError, post_and_wait};
 use crate::retry::{Resend, RetryPolicy};
-use crate::spec::{MANAGED_TAG, allocation_size, format_size};
+use crate::spec::{GuestKind, MANAGED_TAG, allocation_size, format_size};
 
 /// Config writes retried after a digest conflict (someone else changed the VM in between).
 const CAS_ATTEMPTS: usize = 4;
@@ -38,19 +39,21 @@ pub(super) struct Written {
 /// (compare-and-swap). When someone else wrote in between, PVE refuses ("checksum
 /// mismatch"), and the config is read and the form computed again, up to [`CAS_ATTEMPTS`]
 /// times. `Ok(None)`: `next` found nothing to write. `doing` completes "while nixprox …".
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn cas_write(
     client: &Client,
     retry: RetryPolicy,
     timeout: Duration,
+    kind: GuestKind,
     node: &str,
     vmid: u32,
     doing: &str,
     mut next: impl FnMut(&RawConfig) -> Result<Option<Form>, StepError>,
 ) -> Result<Option<Written>, StepError> {
-    let path = format!("{}/config", vm_path(node, vmid));
+    let path = format!("{}/config", guest_path(kind, node, vmid));
     let mut conflicts = 0;
     for _ in 0..CAS_ATTEMPTS {
-        let raw = read_raw(client, node, vmid).await?.ok_or_else(|| {
+        let raw = read_guest_raw(client, kind, node, vmid).await?.ok_or_else(|| {
             StepError::other(format!("VM {vmid} on node `{node}` disappeared while nixprox {doing}"))
         })?;
         let Some(mut form) = next(&raw)? else { return Ok(None) };
@@ -60,7 +63,7 @@ pub(super) async fn cas_write(
         }
         let result = retry
             .run(&format!("config of VM {vmid}"), Resend::Idempotent, || {
-                post_and_wait(client, &path, &form, timeout)
+                write_guest_config(client, kind, node, vmid, &form, timeout)
             })
             .await;
         match result {
@@ -87,7 +90,9 @@ impl HostRun<'_> {
         next: impl FnMut(&RawConfig) -> Result<Option<Form>, StepError>,
     ) -> Result<Option<Written>, StepError> {
         let options = self.req.options;
-        cas_write(self.req.client, options.step_retry, options.task_timeout, node, vmid, doing, next).await
+        let kind = self.plan.kind;
+        cas_write(self.req.client, options.step_retry, options.task_timeout, kind, node, vmid, doing, next)
+            .await
     }
 
     /// Whether the plan holds a `detach_disk` back: the disks the flake adds wait with it.
@@ -140,7 +145,7 @@ impl HostRun<'_> {
         node: &str,
         vmid: u32,
     ) -> Result<Option<Metadata>, StepError> {
-        let raw = read_raw(self.req.client, node, vmid).await?.ok_or_else(|| {
+        let raw = read_guest_raw(self.req.client, self.plan.kind, node, vmid).await?.ok_or_else(|| {
             StepError::other(format!("the VM of host `{}` ({node}/{vmid}) is gone", host.host))
         })?;
         let notes = notes_of(&raw);
@@ -465,13 +470,14 @@ impl HostRun<'_> {
     /// the VM the plan named, only while it still carries the `nixprox` tag, never a protected one.
     pub(super) async fn destroy(&self, node: &str, vmid: u32) -> Result<Done<()>, StepError> {
         let client = self.req.client;
-        let Some(raw) = read_raw(client, node, vmid).await? else {
+        let kind = self.plan.kind;
+        let Some(raw) = read_guest_raw(client, kind, node, vmid).await? else {
             return Ok(Done::already(()).detail(format!("VM {vmid} is already gone")));
         };
         let name = self.check_destroyable(&raw, node, vmid)?;
         let mut warnings = self.stop(node, vmid).await?;
         let options = self.req.options;
-        let path = vm_path(node, vmid);
+        let path = guest_path(kind, node, vmid);
         let result = options
             .step_retry
             .run("destroy", Resend::Idempotent, || async {
@@ -482,7 +488,7 @@ impl HostRun<'_> {
             .await;
         match result {
             Ok(more) => warnings.extend(more),
-            Err(err) if read_raw(client, node, vmid).await.is_ok_and(|r| r.is_none()) => {
+            Err(err) if read_guest_raw(client, kind, node, vmid).await.is_ok_and(|r| r.is_none()) => {
                 tracing::warn!("destroy of VM {vmid} reported `{err}`, but the VM is gone");
             }
             Err(err) => return Err(err.into()),
@@ -494,7 +500,8 @@ impl HostRun<'_> {
     /// host (by name for an orphan, by the metadata block otherwise), not protected.
     fn check_destroyable(&self, raw: &RawConfig, node: &str, vmid: u32) -> Result<String, StepError> {
         let host_name = self.plan.host.as_str();
-        let name = config_text(raw, "name").unwrap_or_default();
+        // A container's name is its `hostname`.
+        let name = config_text(raw, "name").or_else(|| config_text(raw, "hostname")).unwrap_or_default();
         let notes = notes_of(raw);
         if let Some(reason) = notes.unreadable() {
             return Err(StepError::other(format!(
@@ -527,11 +534,12 @@ impl HostRun<'_> {
         let client = self.req.client;
         let options = self.req.options;
         let mut warnings = Vec::new();
-        if !power_state(client, node, vmid).await?.is_running() {
+        let kind = self.plan.kind;
+        if !guest_running(client, kind, node, vmid).await? {
             return Ok(warnings);
         }
         let shutdown = vec![("timeout".to_string(), options.shutdown_timeout.as_secs().to_string())];
-        let path = format!("{}/status/shutdown", vm_path(node, vmid));
+        let path = format!("{}/status/shutdown", guest_path(kind, node, vmid));
         let wait = options.shutdown_timeout + std::time::Duration::from_secs(60);
         if let Err(err) = post_and_wait(client, &path, &shutdown, wait).await {
             tracing::warn!("VM {vmid} did not shut down cleanly ({err}); stopping it");
@@ -540,8 +548,8 @@ impl HostRun<'_> {
                 err.to_string().lines().next().unwrap_or_default()
             ));
         }
-        if power_state(client, node, vmid).await?.is_running() {
-            let path = format!("{}/status/stop", vm_path(node, vmid));
+        if guest_running(client, kind, node, vmid).await? {
+            let path = format!("{}/status/stop", guest_path(kind, node, vmid));
             options
                 .step_retry
                 .run("stop", Resend::Idempotent, || post_and_wait(client, &path, &[], options.task_timeout))

@@ -14,13 +14,14 @@ use super::step::{Done, StepError};
 use crate::flake::DesiredHost;
 use crate::metadata::{Adopted, Block, Metadata};
 use crate::proxmox::agent::{AgentBound, Asked, wait_for_agent};
+use crate::proxmox::container::{guest_path, read_guest_raw};
 use crate::proxmox::guest::{ED25519_HOST_KEY, read_ed25519_host_key};
 use crate::proxmox::migrate::migrate_check;
 use crate::proxmox::post_and_wait;
 use crate::proxmox::property::format_tags;
-use crate::proxmox::qemu::{notes_of, power_state, read_raw, tags_of, vm_path};
+use crate::proxmox::qemu::{notes_of, power_state, tags_of, vm_path};
 use crate::retry::Resend;
-use crate::spec::MANAGED_TAG;
+use crate::spec::{GuestKind, MANAGED_TAG};
 
 /// What adopting found on the VM.
 pub(super) struct AdoptedVm {
@@ -44,7 +45,8 @@ impl HostRun<'_> {
         let deployer = self.req.deployer.ok_or_else(|| {
             StepError::other(format!("no SSH key configured to read what VM {vmid} runs; {nothing}"))
         })?;
-        let raw = read_raw(client, node, vmid).await?.ok_or_else(|| {
+        let kind = self.plan.kind;
+        let raw = read_guest_raw(client, kind, node, vmid).await?.ok_or_else(|| {
             StepError::other(format!("VM {vmid} on node `{node}` is gone (re-run the plan)"))
         })?;
         let notes = notes_of(&raw);
@@ -53,16 +55,36 @@ impl HostRun<'_> {
                 "VM {vmid} was tagged `nixprox` or given a metadata block since the plan was made; {nothing} (re-run the plan)"
             )));
         }
-        if !power_state(client, node, vmid).await?.is_running() {
+        let running = match kind {
+            GuestKind::Vm => power_state(client, node, vmid).await?.is_running(),
+            GuestKind::Container => {
+                let status =
+                    client.get(&format!("{}/status/current", guest_path(kind, node, vmid)), &[]).await?;
+                status.get("status").and_then(serde_json::Value::as_str) == Some("running")
+            }
+        };
+        if !running {
             return Err(StepError::other(format!(
                 "VM {vmid} is not running: nixprox adopts a VM in place only after reading the system it runs over SSH; start it and run apply again ({nothing})"
             )));
         }
         let (host_key, source) = match &host.ssh.host_key {
             Some(key) => (key.trim().to_string(), "the declared `nixprox.ssh.hostKey`"),
+            None if kind == GuestKind::Container => {
+                return Err(StepError::other(format!(
+                    "container {vmid} has no guest agent to read its host key from: declare it in `nixprox.ssh.hostKey`; {nothing}"
+                )));
+            }
             None => (self.agent_host_key(node, vmid).await?, "the key read through the guest agent"),
         };
-        let address = self.find_address(host, node, vmid).await?.value;
+        let address = match kind {
+            GuestKind::Vm => self.find_address(host, node, vmid).await?.value,
+            GuestKind::Container => host.address.clone().ok_or_else(|| {
+                StepError::other(format!(
+                    "container {vmid} has no guest agent to ask for its address: set `nixprox.address`; {nothing}"
+                ))
+            })?,
+        };
         let target = self.deploy_target(host, node, vmid, &address, None);
         let system = deployer
             .read_system(target, &host_key)
@@ -118,7 +140,7 @@ impl HostRun<'_> {
                 "no SSH key configured to verify VM {vmid} before converting it; {nothing}"
             ))
         })?;
-        let raw = read_raw(client, node, vmid).await?.ok_or_else(|| {
+        let raw = read_guest_raw(client, GuestKind::Vm, node, vmid).await?.ok_or_else(|| {
             StepError::other(format!("VM {vmid} on node `{node}` is gone (re-run the plan)"))
         })?;
         let notes = notes_of(&raw);
@@ -235,12 +257,14 @@ impl HostRun<'_> {
     /// Lets go of the VM (`nixprox.vm.keep`): see [`super::release`].
     pub(super) async fn release(&self, node: &str, vmid: u32) -> Result<Done<()>, StepError> {
         let options = self.req.options;
-        let released = release_vm(self.req.client, options.step_retry, options.task_timeout, node, vmid)
-            .await
-            .map_err(|err| StepError::other(err.to_string()))?;
+        let kind = self.plan.kind;
+        let released =
+            release_vm(self.req.client, options.step_retry, options.task_timeout, kind, node, vmid)
+                .await
+                .map_err(|err| StepError::other(err.to_string()))?;
         Ok(match released {
             Released::Done { warnings } => Done::ok(())
-                .detail(format!("VM {vmid}: `nixprox` tag and metadata block removed"))
+                .detail(format!("{} {vmid}: `nixprox` tag and metadata block removed", kind.noun()))
                 .warnings(warnings),
             Released::AlreadyUnmanaged => Done::already(()),
         })

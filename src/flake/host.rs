@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{Bios, ImageFormat, VmSpec};
+use crate::spec::container::ContainerSpec;
+use crate::spec::{Bios, GuestKind, ImageFormat, VmSpec};
 
 /// `config.nixprox` of one host as the evaluation prints it (camelCase, as in
 /// `nix/module.nix`). Unknown fields are rejected so that module and binary cannot drift apart
@@ -29,6 +30,10 @@ pub struct HostDecl {
     /// `nixprox.convert` (absent from modules older than it).
     #[serde(default)]
     pub convert: ConvertDecl,
+    /// `nixprox.container` (nix/container.nix): with `enable`, the host is a container. Absent
+    /// from modules older than it; left out of shards when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerDecl>,
 }
 
 /// `nixprox.allow`: this host's own opt-ins to destructive actions, beside the global
@@ -60,6 +65,108 @@ impl ConvertDecl {
     pub fn is_none(&self) -> bool {
         self.host_key.is_none()
     }
+}
+
+impl HostDecl {
+    /// The container declaration when the host is a container (`nixprox.container.enable`).
+    pub fn enabled_container(&self) -> Option<&ContainerDecl> {
+        self.container.as_ref().filter(|c| c.enable)
+    }
+}
+
+/// `nixprox.container` as the evaluation prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerDecl {
+    pub enable: bool,
+    /// Resolved by the evaluation like `vm.name`.
+    pub hostname: String,
+    pub node: Option<String>,
+    pub id: Option<u32>,
+    pub template: Option<String>,
+    pub ssh_keys: Vec<String>,
+    pub cores: Option<u32>,
+    pub memory: u64,
+    pub swap: u64,
+    pub rootfs: RootfsDecl,
+    pub mount_points: BTreeMap<String, MountPointDecl>,
+    pub networks: BTreeMap<String, CtNetworkDecl>,
+    pub features: FeaturesDecl,
+    pub unprivileged: bool,
+    pub on_boot: bool,
+    pub startup: Option<String>,
+    pub tags: Vec<String>,
+    pub description: String,
+    pub protection: bool,
+    pub pool: Option<String>,
+    pub keep: bool,
+    /// `nixprox.container.tarball` without `package` (its store paths are in
+    /// [`SystemEval::tarball`]).
+    #[serde(default)]
+    pub tarball: TarballDecl,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TarballDecl {
+    pub enable: bool,
+    pub storage: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RootfsDecl {
+    pub storage: Option<String>,
+    pub size: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MountPointDecl {
+    pub storage: Option<String>,
+    pub size: String,
+    pub path: String,
+    pub backup: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CtNetworkDecl {
+    pub name: String,
+    pub bridge: Option<String>,
+    pub vlan: Option<u16>,
+    pub mac_address: Option<String>,
+    pub firewall: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesDecl {
+    pub nesting: bool,
+    pub keyctl: bool,
+    pub fuse: bool,
+}
+
+/// A container host, resolved: its spec beyond the shared settings, its template and the keys
+/// Proxmox authorises at creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DesiredContainer {
+    pub spec: ContainerSpec,
+    /// `ostemplate` of a create (`<storage>:vztmpl/<file>`) named by the user; `None`: none
+    /// declared.
+    pub template: Option<String>,
+    /// The host's own template, built from the flake and uploaded (`tarball.enable`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tarball: Option<TemplateBuild>,
+    /// `ssh-public-keys` of a create: never compared, never an update.
+    pub ssh_keys: Vec<String>,
+}
+
+/// A container template built from the flake: its package and the storage it goes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TemplateBuild {
+    pub package: ImageEval,
+    pub storage: String,
 }
 
 /// `nixprox.network`: the prefix length and gateway that go with a static `nixprox.address`.
@@ -326,6 +433,10 @@ pub struct SystemEval {
     /// never built. Left out of the JSON when absent, so other hosts' plan ids do not change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageEval>,
+    /// The template package of a container host with `container.tarball.enable`; left out of
+    /// the JSON when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tarball: Option<ImageEval>,
     /// An ISO or image host whose kernel parameters name `console=ttyS0`: its new VM gets a
     /// serial console when `nixprox.vm.serial` is null. Left out of the JSON when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -385,4 +496,15 @@ pub struct DesiredHost {
     /// `nixprox.convert`. Left out of the plan id when unset.
     #[serde(skip_serializing_if = "ConvertDecl::is_none")]
     pub convert: ConvertDecl,
+    /// Set when the host is a container (the guest kind); its shared settings (name, tags,
+    /// description, onboot, protection, pool) are in `spec`. Left out of the plan id for VMs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<DesiredContainer>,
+}
+
+impl DesiredHost {
+    /// The host's guest kind.
+    pub fn kind(&self) -> GuestKind {
+        if self.container.is_some() { GuestKind::Container } else { GuestKind::Vm }
+    }
 }

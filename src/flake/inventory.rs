@@ -293,6 +293,7 @@ struct RawSystem {
     image: Option<ImageEval>,
     #[serde(default)]
     serial_console: bool,
+    tarball: Option<ImageEval>,
 }
 
 /// The `--apply` expression for a selection. With a `marker`, hosts are streamed as traces
@@ -359,6 +360,7 @@ pub async fn evaluate(req: &EvalRequest) -> Result<Inventory, FlakeError> {
                     disk_layout_hash: system.disk_layout_hash,
                     image: system.image,
                     serial_console: system.serial_console,
+                    tarball: system.tarball,
                 };
                 let extra_error = collected.failed.get(&attr).cloned();
                 hosts.push(EvaluatedHost { attr, decl, system, extra: raw.extra, extra_error });

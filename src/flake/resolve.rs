@@ -61,6 +61,35 @@ pub enum ResolveError {
     UnsupportedCpuFlag { host: String, flag: String, allowed: String },
     #[error("host `{host}`: `nixprox.vm.extraConfig.{key}` cannot be set: {why}")]
     ExtraConfig { host: String, key: String, why: String },
+    // The container kind (resolve/container.rs).
+    #[error(
+        "host `{host}`: `nixprox.deploy.strategy` is `boot`, which nixprox refuses for a container: `switch-to-configuration boot` is unreliable in LXC, where the next start does not boot through a boot loader (nixpkgs issues 228764, 529888); use `switch`, or `none`"
+    )]
+    ContainerBootStrategy { host: String },
+    #[error(
+        "host `{host}`: `nixprox.bootstrap.image.enable` is set on a container (a container is made from its template: remove the image bootstrap, or turn off `nixprox.container.enable`)"
+    )]
+    ContainerWithImage { host: String },
+    #[error(
+        "host `{host}`: `nixprox.container.unprivileged` is false and features `{features}` are on, but only `root@pam` may set features of a privileged container and API tokens are always refused (pve-container `check_ct_modify_config_perm`); keep the container unprivileged, or turn `nixprox.container.features.*` off"
+    )]
+    PrivilegedFeatures { host: String, features: String },
+    #[error(
+        "host `{host}`: `nixprox.container.{option}.storage` is the host path `{path}`, a bind mount, which only `root@pam` may set and API tokens never can (pve-container `check_ct_modify_config_perm`); use a Proxmox storage, or add the bind mount by hand with `pct set`"
+    )]
+    BindMount { host: String, option: String, path: String },
+    #[error(
+        "host `{host}`: `nixprox.container.{option}.size` is `{size}`, which is not a valid size (use a positive number with K, M, G or T, e.g. `8G`)"
+    )]
+    InvalidContainerSize { host: String, option: String, size: String },
+    #[error(
+        "host `{host}`: `nixprox.container.tarball.enable` is set together with `nixprox.container.template` (keep one: a container is made either from its own template, built from the flake, or from a prebuilt one)"
+    )]
+    TarballAndTemplate { host: String },
+    #[error(
+        "host `{host}`: `nixprox.container.tarball.enable` is set but `nixprox.container.tarball.package` is null (import nixpkgs' `proxmox-lxc` module, whose `system.build.tarball` is the default, or set the package)"
+    )]
+    NoTarballPackage { host: String },
 }
 
 /// The CPU type and the hardware of the declaration: `cpuType`'s own flags
@@ -134,6 +163,9 @@ pub fn resolve(
     system: &SystemEval,
     defaults: &Defaults,
 ) -> Result<DesiredHost, ResolveError> {
+    if let Some(container) = decl.enabled_container() {
+        return container::resolve_container(attr, decl, container, system, defaults);
+    }
     let host = attr.to_string();
     let vm = &decl.vm;
     let node = vm
@@ -199,6 +231,7 @@ pub fn resolve(
         keep: vm.keep,
         allow: decl.allow,
         convert: decl.convert.clone(),
+        container: None,
     })
 }
 
@@ -405,6 +438,8 @@ fn template_ref(text: &str) -> TemplateRef {
         Err(_) => TemplateRef::Name(text.to_string()),
     }
 }
+
+mod container;
 
 #[cfg(test)]
 mod tests;

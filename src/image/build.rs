@@ -30,7 +30,14 @@ pub struct ImageBuild {
     pub override_inputs: Vec<OverrideInput>,
     /// `--option <name> <value>` pairs.
     pub options: Vec<(String, String)>,
+    /// The package's attribute path under the host's `config`: an image host's
+    /// `nixprox.bootstrap.image.package`, or a container's own template
+    /// (`nixprox.container.tarball.package`, [`ImageBuild::for_template`]).
+    pub attribute: &'static str,
 }
+
+/// Where an image host's package is, under `config`.
+const IMAGE_PACKAGE: &str = "nixprox.bootstrap.image.package";
 
 impl ImageBuild {
     pub fn new(nix: Nix, flake: impl Into<String>, host: impl Into<String>) -> ImageBuild {
@@ -40,7 +47,13 @@ impl ImageBuild {
             host: host.into(),
             override_inputs: Vec::new(),
             options: Vec::new(),
+            attribute: IMAGE_PACKAGE,
         }
+    }
+
+    /// The same build for a container host's own template (`nixprox.container.tarball.package`).
+    pub fn for_template(&self, host: &str) -> ImageBuild {
+        ImageBuild { host: host.to_string(), attribute: "nixprox.container.tarball.package", ..self.clone() }
     }
 
     /// The same build (flake, inputs, options) for another host: apply holds one template
@@ -50,7 +63,7 @@ impl ImageBuild {
     }
 
     pub fn installable(&self) -> String {
-        format!("{}#nixosConfigurations.\"{}\".config.nixprox.bootstrap.image.package", self.flake, self.host)
+        format!("{}#nixosConfigurations.\"{}\".config.{}", self.flake, self.host, self.attribute)
     }
 
     /// The `nix build` through the one command builder, with the same purity options as every

@@ -1,6 +1,7 @@
 //! Garbage on the image storages: `nixprox-*` import files that no image host of the flake
-//! refers to any more (an older image of a host, a removed host). Once a VM exists its disks
-//! are copies, so nothing needs the file it was created from.
+//! refers to any more (an older image of a host, a removed host), and `nixprox-<hash>.tar.xz`
+//! container templates (`vztmpl`) no container host's own template is any more. Once a VM or
+//! container exists its disks are copies, so nothing needs the file it was created from.
 //!
 //! Only names nixprox makes are ever considered ([`super::parse_import_file_name`]): the
 //! user's own imports are never touched. The storages looked at are those of the flake's image
@@ -13,11 +14,11 @@ use std::time::Duration;
 use crate::flake::DesiredHost;
 use crate::flake::host::Bootstrap;
 use crate::proxmox::import::{
-    ImportError, ImportFile, check_import_storage, delete_import_file, list_import_files,
+    ImportError, ImportFile, check_import_storage, delete_import_file, list_content_files, list_import_files,
 };
 use crate::proxmox::{Client, ProxmoxError};
 
-use super::name::{parse_import_file_name, store_hash};
+use super::name::{parse_import_file_name, parse_template_file_name, store_hash};
 
 /// One file nothing refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +38,10 @@ pub fn storages(desired: &[DesiredHost], extra: Option<(String, String)>) -> BTr
             Bootstrap::Image(source) => Some((host.node.clone(), source.storage.clone())),
             _ => None,
         })
+        .chain(desired.iter().filter_map(|host| {
+            let build = host.container.as_ref()?.tarball.as_ref()?;
+            Some((host.node.clone(), build.storage.clone()))
+        }))
         .chain(extra)
         .collect()
 }
@@ -45,7 +50,7 @@ pub fn storages(desired: &[DesiredHost], extra: Option<(String, String)>) -> BTr
 pub fn referenced(desired: &[DesiredHost]) -> BTreeSet<String> {
     desired
         .iter()
-        .filter_map(|host| host.system.image.as_ref())
+        .flat_map(|host| host.system.image.iter().chain(host.system.tarball.iter()))
         .filter_map(|image| store_hash(&image.out_path).ok().map(str::to_string))
         .collect()
 }
@@ -62,6 +67,22 @@ pub async fn find_garbage(
     let mut shared_seen = BTreeSet::new();
     let mut garbage = Vec::new();
     for (node, storage) in storages(desired, extra) {
+        // Container templates (`vztmpl`), whatever else the storage holds; a storage that
+        // cannot be listed for them holds none of nixprox's.
+        match list_content_files(client, &node, &storage, "vztmpl").await {
+            Ok(files) => garbage.extend(
+                files
+                    .into_iter()
+                    .filter(|f| parse_template_file_name(&f.name).is_some_and(|h| !referenced.contains(h)))
+                    .map(|file| Garbage { node: node.clone(), storage: storage.clone(), file }),
+            ),
+            Err(err) if err.is_missing() => {}
+            Err(err) => {
+                tracing::info!(
+                    "not looking for old container templates on storage `{storage}` (node `{node}`): {err}"
+                );
+            }
+        }
         let status = match check_import_storage(client, &node, &storage).await {
             Ok(status) => status,
             Err(ImportError::Api(err)) => return Err(*err),

@@ -14,7 +14,7 @@ pub mod probe;
 /// The format lives in `spec` (flake declarations and images both speak it).
 pub use crate::spec::ImageFormat;
 pub use build::{BuiltImages, ImageBuild, ImageFile, build_image, find_images};
-pub use name::{ImportName, import_file_name, parse_import_file_name, store_hash};
+pub use name::{ImportName, import_file_name, parse_import_file_name, store_hash, template_file_name};
 pub use probe::{ImageInfo, probe};
 
 /// Everything that can go wrong with a host's images before they reach Proxmox. Messages name

@@ -40,6 +40,19 @@ pub fn import_file_name(out_path: &str, slot: &str, format: ImageFormat) -> Resu
     Ok(format!("{PREFIX}{}-{slot}.{}", store_hash(out_path)?, format.extension()))
 }
 
+/// `nixprox-<hash>.tar.xz`: the name of a container template built from package `out_path`
+/// on a storage (`vztmpl` content; pve-storage takes `.tar.xz`), so hosts that share the
+/// package share the file.
+pub fn template_file_name(out_path: &str) -> Result<String, NotAStorePath> {
+    Ok(format!("{PREFIX}{}.tar.xz", store_hash(out_path)?))
+}
+
+/// The store hash of a name [`template_file_name`] made; `None` for every other file.
+pub fn parse_template_file_name(name: &str) -> Option<&str> {
+    let hash = name.strip_prefix(PREFIX)?.strip_suffix(".tar.xz")?;
+    (hash.len() == HASH_LEN && hash.chars().all(|c| NIX_BASE32.contains(c))).then_some(hash)
+}
+
 /// What a nixprox import file name says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportName {

@@ -303,6 +303,30 @@ impl SshDeployer {
         })
     }
 
+    /// See [`NixosDeployer::pin_fingerprints`].
+    async fn pin_fingerprints_one(
+        &self,
+        target: DeployTarget<'_>,
+        fingerprints: &[String],
+    ) -> anyhow::Result<String> {
+        let host = &target.host.host;
+        let policy = HostKeyPolicy::fingerprints(fingerprints)?;
+        let key = self.key.materialize()?.load()?;
+        let ssh = SshTarget {
+            host: host.clone(),
+            address: target.address.to_string(),
+            port: target.host.ssh.port,
+            user: self.ssh_user(target),
+        };
+        let options = ConnectOptions { bound: self.connect_timeout, ..ConnectOptions::default() };
+        let session = crate::ssh::Session::connect(&ssh, &key, &policy, &options)
+            .await
+            .with_context(|| format!("failed to pin the host key of container {} (`{host}`)", target.vmid))?;
+        let line = session.server_key().to_string();
+        session.close().await;
+        Ok(line)
+    }
+
     async fn read_system_one(&self, target: DeployTarget<'_>, host_key: &str) -> anyhow::Result<String> {
         let host = &target.host.host;
         let vmid = target.vmid;
@@ -429,6 +453,14 @@ impl NixosDeployer for SshDeployer {
 
     fn verify_image_boot<'a>(&'a self, target: DeployTarget<'a>) -> BoxFuture<'a, anyhow::Result<Deployed>> {
         Box::pin(self.verify_image_one(target))
+    }
+
+    fn pin_fingerprints<'a>(
+        &'a self,
+        target: DeployTarget<'a>,
+        fingerprints: &'a [String],
+    ) -> BoxFuture<'a, anyhow::Result<String>> {
+        Box::pin(self.pin_fingerprints_one(target, fingerprints))
     }
 
     fn check_rebooted<'a>(

@@ -230,10 +230,16 @@ pub(super) fn plan_keep(vm: Option<&LiveVm>, unreadable: Option<&str>) -> Vec<Ac
     let Some(vm) = vm else { return Vec::new() };
     let release = Action {
         kind: ActionKind::Release,
-        reason: format!(
-            "`nixprox.vm.keep`: nixprox lets go of VM {}: it removes the `nixprox` tag and its metadata block, and leaves the VM, its disks and the rest of its notes as they are",
-            vm.vmid
-        ),
+        reason: match vm.kind {
+            crate::spec::GuestKind::Vm => format!(
+                "`nixprox.vm.keep`: nixprox lets go of VM {}: it removes the `nixprox` tag and its metadata block, and leaves the VM, its disks and the rest of its notes as they are",
+                vm.vmid
+            ),
+            crate::spec::GuestKind::Container => format!(
+                "`nixprox.container.keep`: nixprox lets go of container {}: it removes the `nixprox` tag and its metadata block, and leaves the container, its volumes and the rest of its notes as they are",
+                vm.vmid
+            ),
+        },
         changes: vec![Change {
             field: "managed".into(),
             before: Some(json!(true)),

@@ -63,6 +63,7 @@ pub fn plan_with_images(input: PlanInput<'_>, images: &ImageStores) -> Plan {
         hosts.retain(|h| only.contains(&h.host));
     }
     super::image::amend(&mut hosts, input.desired, input.live, images);
+    super::container::note_shared_uploads(&mut hosts, input.desired);
     let summary = summarize(&hosts);
     let id = plan_id(&hosts, input.desired, input.policies);
     let probe = input.probes.map(|probes| probe_report(probes, &hosts));
@@ -98,11 +99,14 @@ enum Found<'a> {
 /// Finds the host's VM: by declared VMID, then by the metadata's host name, then by VM name
 /// among managed VMs, then by VM name among unmanaged ones (adoption). Templates never match.
 fn find_vm<'a>(host: &DesiredHost, live: &'a [LiveVm], claimed: &BTreeSet<u32>) -> Found<'a> {
-    let candidates = || live.iter().filter(|vm| !vm.template && !claimed.contains(&vm.vmid));
+    // A host matches guests of its own kind only: a VM is never adopted as a container.
+    let kind = host.kind();
+    let candidates =
+        || live.iter().filter(|vm| vm.kind == kind && !vm.template && !claimed.contains(&vm.vmid));
     if let Some(vmid) = host.vmid {
         return match live.iter().find(|vm| vm.vmid == vmid) {
             None => Found::None,
-            Some(vm) if vm.template => Found::Taken(vm),
+            Some(vm) if vm.template || vm.kind != kind => Found::Taken(vm),
             Some(vm) if vm.is_managed() => {
                 let recorded = recorded_host(vm);
                 if recorded.is_none_or(|name| name == host.host) {
@@ -210,7 +214,7 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
         }
     };
     let mut actions = if actions.is_empty() {
-        vec![action(ActionKind::Noop, in_sync_reason(pending), Vec::new())]
+        vec![action(ActionKind::Noop, in_sync_reason(pending, host.kind().noun()), Vec::new())]
     } else {
         actions
     };
@@ -218,6 +222,7 @@ fn plan_host(host: &DesiredHost, found: Found<'_>, policies: Policies, probe: Op
     HostPlan {
         host: host.host.clone(),
         vm,
+        kind: host.kind(),
         orphan: false,
         drift,
         actions,
@@ -246,6 +251,7 @@ fn plan_kept(host: &DesiredHost, found: Found<'_>) -> HostPlan {
     HostPlan {
         host: host.host.clone(),
         vm,
+        kind: host.kind(),
         orphan: false,
         drift: None,
         actions,
@@ -264,11 +270,11 @@ fn pool_move_of(host: &DesiredHost, live: &LiveVm, actions: &[Action]) -> Option
 }
 
 /// "in sync", or that the VM is in sync once it reboots into changes already made.
-pub(super) fn in_sync_reason(pending: Vec<String>) -> String {
+pub(super) fn in_sync_reason(pending: Vec<String>, noun: &str) -> String {
     if pending.is_empty() {
         "in sync".to_string()
     } else {
-        format!("in sync once the VM reboots (pending: {})", pending.join(", "))
+        format!("in sync once the {noun} reboots (pending: {})", pending.join(", "))
     }
 }
 
@@ -302,6 +308,9 @@ fn create_changes(host: &DesiredHost) -> Vec<Change> {
 const NO_BOOTSTRAP: &str = "neither `nixprox.bootstrap.template` nor `nixprox.bootstrap.iso` is set and nixprox.yaml has no `defaults.template`: set one of them (only a VM nixprox creates needs one)";
 
 fn plan_create(host: &DesiredHost) -> Vec<Action> {
+    if host.container.is_some() {
+        return super::container::plan_create(host);
+    }
     let source = match &host.bootstrap {
         Bootstrap::Template { template, .. } => match template {
             crate::flake::host::TemplateRef::Id(id) => format!("clone of template {id}"),
@@ -344,7 +353,9 @@ fn plan_existing(
     // A VM to adopt whose guest agent reports another OS than NixOS is converted: adopted with
     // the key it presents now, then reinstalled (gated), never switched.
     let mut conversion = None;
-    if adopting && let Some(os) = super::adopt::other_os(config) {
+    if adopting
+        && host.container.is_none()
+        && let Some(os) = super::adopt::other_os(config) {
         let (adopt, reinstall) = super::adopt::convert_actions(host, live, config, os, policies);
         if adopt.blocked.is_some() || reinstall.blocked.is_some() {
             // Nothing changes on a VM whose conversion is not allowed: no tag, no update.
@@ -353,14 +364,21 @@ fn plan_existing(
         actions.push(adopt);
         conversion = Some(reinstall);
     } else if adopting {
-        let adopt = super::adopt::adopt_action(host, live, config);
+        let adopt = match host.container {
+            Some(_) => super::container::adopt_action(host, live, config),
+            None => super::adopt::adopt_action(host, live, config),
+        };
         if adopt.blocked.is_some() {
             // Nothing may change on a VM nixprox cannot adopt: no tag, no update.
             return vec![adopt];
         }
         actions.push(adopt);
     }
-    let SpecDiff { mut updates, grows, replacements, detaches } = fields::diff(&host.spec, &config.spec);
+    let (diff, root_only) = match super::container::diff(host, config) {
+        Some(container) => (container.diff, container.root_only),
+        None => (fields::diff(&host.spec, &config.spec), Vec::new()),
+    };
+    let SpecDiff { mut updates, grows, replacements, detaches } = diff;
     if !adopting && !live.is_managed() {
         updates.insert(0, managed_change());
     }
@@ -369,17 +387,34 @@ fn plan_existing(
         placement.as_ref().is_some_and(|a| a.kind == ActionKind::ReplaceVm && a.blocked.is_none());
     actions.extend(placement);
     if replacing {
-        actions.push(install_action(host, "the replaced VM needs NixOS installed"));
+        match &host.container {
+            // Recreated from its template: what follows the create (an upload precedes it).
+            Some(_) => {
+                let created = super::container::plan_create(host);
+                let uploads = created.iter().filter(|a| a.kind == ActionKind::UploadImage).cloned();
+                let after = created.iter().skip_while(|a| a.kind != ActionKind::CreateVm).skip(1).cloned();
+                let mut all: Vec<Action> = uploads.collect();
+                all.append(&mut actions);
+                all.extend(after);
+                actions = all;
+            }
+            None => actions.push(install_action(host, "the replaced VM needs NixOS installed")),
+        }
         return actions;
     }
     let detach = super::detach::plan_detach(live.vmid, config, detaches, &mut updates, policies);
-    actions.extend(update_action(updates));
+    actions.extend(update_action(updates, live.kind.noun()));
+    if let Some(container) = &host.container {
+        actions.extend(super::container::root_only_action(live.vmid, root_only, &container.spec));
+    }
     actions.extend(detach);
-    actions.extend(resize_action(grows));
+    actions.extend(resize_action(grows, if host.container.is_some() { "volume" } else { "disk" }));
     if let Some(reinstall) = conversion {
         actions.push(reinstall);
     } else if adopting {
         actions.extend(super::adopt::adopted_switch(host));
+    } else if host.container.is_some() && config.metadata.as_ref().and_then(|m| m.system.as_ref()).is_none() {
+        actions.extend(super::container::unswitched(host));
     } else {
         actions.extend(plan_system(host, live, policies, drift));
     }
@@ -442,26 +477,26 @@ fn plan_placement(
 }
 
 /// `update_vm` for the settings that differ, saying when some wait for a reboot.
-fn update_action(updates: Vec<Change>) -> Option<Action> {
+fn update_action(updates: Vec<Change>, noun: &str) -> Option<Action> {
     if updates.is_empty() {
         return None;
     }
     let reboot = updates.iter().any(|c| c.effect == Some(super::model::Effect::NeedsReboot));
     let reason = if reboot {
-        "the VM's settings differ from the flake; some take effect after a reboot"
+        format!("the {noun}'s settings differ from the flake; some take effect after a reboot")
     } else {
-        "the VM's settings differ from the flake"
+        format!("the {noun}'s settings differ from the flake")
     };
     Some(action(ActionKind::UpdateVm, reason, updates))
 }
 
 /// `resize_disk` for the disks that grow.
-fn resize_action(grows: Vec<Change>) -> Option<Action> {
+fn resize_action(grows: Vec<Change>, what: &str) -> Option<Action> {
     let n = grows.len();
     (n > 0).then(|| {
         action(
             ActionKind::ResizeDisk,
-            if n == 1 { "a disk grows".to_string() } else { format!("{n} disks grow") },
+            if n == 1 { format!("a {what} grows") } else { format!("{n} {what}s grow") },
             grows,
         )
     })
@@ -477,13 +512,30 @@ fn plan_replace(
 ) -> Action {
     let reason = replacements.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>().join("; ");
     let changes = replacements.into_iter().map(|(c, _)| c).collect();
-    let replace = action(ActionKind::ReplaceVm, format!("{reason}: destroy and recreate the VM"), changes);
+    let noun = host.kind().noun();
+    let replace =
+        action(ActionKind::ReplaceVm, format!("{reason}: destroy and recreate the {noun}"), changes);
     if config.spec.protection {
+        let option = if host.container.is_some() { "container" } else { "vm" };
         blocked(
             replace,
-            "the VM is protected in Proxmox; turn off its protection (and `nixprox.vm.protection`) first",
+            format!(
+                "the {noun} is protected in Proxmox; turn off its protection (and `nixprox.{option}.protection`) first"
+            ),
             None,
         )
+    } else if let Some(container) = &host.container {
+        if super::container::template_of(container).is_none() {
+            blocked(replace, super::container::NO_TEMPLATE, None)
+        } else if !policies.allow_replace {
+            blocked(
+                replace,
+                "replacing destroys the container and its volumes",
+                Some("policies.allow_replace"),
+            )
+        } else {
+            replace
+        }
     } else if host.bootstrap == Bootstrap::Undeclared {
         blocked(replace, NO_BOOTSTRAP, None)
     } else if !policies.allow_replace {
@@ -504,6 +556,14 @@ fn plan_orphan(vm: &LiveVm, policies: Policies) -> HostPlan {
     };
     let mut changes =
         vec![Change { field: "vm".into(), before: Some(json!(vm.name)), after: None, effect: None }];
+    if let Some(ct) = config.and_then(|c| c.container.as_ref()) {
+        changes.push(Change {
+            field: "rootfs".into(),
+            before: Some(super::container::volume_value(&ct.rootfs)),
+            after: None,
+            effect: None,
+        });
+    }
     if let Some(config) = config {
         changes.extend(config.spec.disks.iter().map(|(slot, disk)| Change {
             field: format!("disks.{slot}"),
@@ -537,6 +597,7 @@ fn plan_orphan(vm: &LiveVm, policies: Policies) -> HostPlan {
     HostPlan {
         host: vm.name.clone(),
         vm: VmRef { node: vm.node.clone(), vmid: Some(vm.vmid) },
+        kind: vm.kind,
         orphan: true,
         drift: None,
         actions: vec![destroy],

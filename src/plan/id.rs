@@ -50,7 +50,7 @@ fn without_live_state(host: &HostPlan) -> HostPlan {
     let mut hashed = HostPlan { nixos_changes: None, pending_reboot: None, ..host.clone() };
     if host.pending_reboot.is_some() {
         for action in hashed.actions.iter_mut().filter(|a| a.kind == ActionKind::Noop) {
-            action.reason = super::engine::in_sync_reason(Vec::new());
+            action.reason = super::engine::in_sync_reason(Vec::new(), host.kind.noun());
         }
     }
     hashed

@@ -1,6 +1,7 @@
 //! The planner: desired hosts against live VMs, as a pure function, and the plan's data.
 
 mod adopt;
+mod container;
 mod detach;
 pub mod engine;
 pub mod fields;

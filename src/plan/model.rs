@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::spec::GuestKind;
+
 /// The version of the JSON schema ([`Plan`] serialised); bumped on breaking changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -102,7 +104,10 @@ impl ActionKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Effect {
-    /// Applied to the running VM at once.
+    /// Written to the config and in effect at once, running or not (a container's
+    /// `$LXC_FASTPLUG_OPTIONS`: description, onboot, startup, protection, hostname, cores, tags).
+    Immediate,
+    /// Applied to the running VM (or container) at once.
     Hotplug,
     /// Recorded as pending; takes effect at the next reboot.
     NeedsReboot,
@@ -152,6 +157,10 @@ pub struct HostPlan {
     /// The host's attribute name; for an orphan, the VM's name.
     pub host: String,
     pub vm: VmRef,
+    /// The guest kind (`vm` or `container`): the one field that tells a container's plan from
+    /// a VM's. Left out of the JSON (and the plan id) for VMs, so VM plans are as before.
+    #[serde(skip_serializing_if = "GuestKind::is_vm")]
+    pub kind: GuestKind,
     /// True when this entry is a `nixprox`-tagged VM that no host declares.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub orphan: bool,

@@ -260,7 +260,39 @@ fn create_needs(
         add(&["VM.Config.Network"], vm, pool, "network");
         add(&["SDN.Use"], &bridge_path(&net.bridge, net.vlan), None, "network");
     }
+    if let Some(container) = &host.container {
+        container_create_needs(container, vm, pool, add);
+    }
     add(&["VM.PowerMgmt"], vm, pool, "start");
+}
+
+/// What a new container needs beyond a VM's `VM.Allocate` and `VM.Config.*` (pve-container
+/// `API2/LXC.pm` `create_vm` and `LXC.pm` `check_ct_modify_config_perm`): space on the storages
+/// of its volumes, its bridges, read access to its template's storage, and `Sys.Modify` on `/`
+/// for a privileged container.
+fn container_create_needs(
+    container: &crate::flake::host::DesiredContainer,
+    vm: &str,
+    pool: Option<&String>,
+    add: &mut impl FnMut(&'static [&'static str], &str, Option<&String>, &str),
+) {
+    let spec = &container.spec;
+    let volumes = std::iter::once(&spec.rootfs).chain(spec.mounts.values().map(|m| &m.volume));
+    for volume in volumes {
+        add(&["Datastore.AllocateSpace"], &format!("/storage/{}", volume.storage), None, "volumes");
+    }
+    for net in spec.networks.values() {
+        add(&["VM.Config.Network"], vm, pool, "network");
+        add(&["SDN.Use"], &bridge_path(&net.bridge, net.vlan), None, "network");
+    }
+    if let Some((storage, _)) =
+        super::container::template_of(container).as_deref().and_then(|t| t.split_once(':'))
+    {
+        add(STORAGE_READ, &format!("/storage/{storage}"), None, "its template");
+    }
+    if !spec.unprivileged {
+        add(&["Sys.Modify"], "/", None, "a privileged container");
+    }
 }
 
 /// Reading a storage's status and content (pve-storage `API2/Storage/Status.pm` and
@@ -305,7 +337,11 @@ fn update_needs(
         let top = field.split('.').next().unwrap_or(field);
         let privilege: &'static [&'static str] = match top {
             "cores" | "sockets" | "cpuType" | "cpuFlags" | "numa" => &["VM.Config.CPU"],
-            "memory" | "balloon" => &["VM.Config.Memory"],
+            "memory" | "balloon" | "swap" => &["VM.Config.Memory"],
+            // A container's (pve-container `check_ct_modify_config_perm`).
+            "rootfs" | "mountPoints" => &["VM.Config.Disk"],
+            "hostname" => &["VM.Config.Network"],
+            "features" => &["VM.Allocate"],
             // `check_vm_create_serial_perm`: a socket needs `VM.Config.HWType`.
             "machine" | "serial" | "vga" => &["VM.Config.HWType"],
             "startup" => {

@@ -88,10 +88,12 @@ pub fn host(name: &str) -> DesiredHost {
             disk_layout_hash: LAYOUT.into(),
             image: None,
             serial_console: false,
+            tarball: None,
         },
         keep: false,
         allow: Default::default(),
         convert: Default::default(),
+        container: None,
     }
 }
 
@@ -101,6 +103,7 @@ pub fn live(name: &str, vmid: u32) -> LiveVm {
     live_spec.networks.values_mut().for_each(|n| n.mac = Some("BC:24:11:00:00:01".into()));
     LiveVm {
         vmid,
+        kind: Default::default(),
         node: "pve1".into(),
         name: name.into(),
         status: "running".into(),
@@ -121,6 +124,8 @@ pub fn live(name: &str, vmid: u32) -> LiveVm {
             running: None,
             boot_disks: vec!["scsi0".into()],
             guest_os: None,
+            container: None,
+            ostype: None,
         }),
         ha_state: None,
     }

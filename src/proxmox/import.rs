@@ -211,17 +211,28 @@ pub async fn list_import_files(
     node: &str,
     storage: &str,
 ) -> Result<Vec<ImportFile>, ProxmoxError> {
+    list_content_files(client, node, storage, "import").await
+}
+
+/// [`list_import_files`] for any file content type (`import`, `vztmpl`, `iso`), sorted by name.
+pub async fn list_content_files(
+    client: &Client,
+    node: &str,
+    storage: &str,
+    content: &str,
+) -> Result<Vec<ImportFile>, ProxmoxError> {
     let path = format!("/nodes/{node}/storage/{storage}/content");
-    let data = client.get(&path, &[("content", "import")]).await?;
+    let data = client.get(&path, &[("content", content)]).await?;
+    let marker = format!(":{content}/");
     let mut files: Vec<ImportFile> = data
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
-        .filter(|item| item.get("content").and_then(Value::as_str).is_none_or(|c| c == "import"))
+        .filter(|item| item.get("content").and_then(Value::as_str).is_none_or(|c| c == content))
         .filter_map(|item| {
             let volid = item.get("volid").and_then(Value::as_str)?.to_string();
-            let name = volid.split_once(":import/")?.1.to_string();
+            let name = volid.split_once(marker.as_str())?.1.to_string();
             Some(ImportFile {
                 name,
                 size: item.get("size").and_then(value_u64).unwrap_or(0),

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod client;
 pub mod cluster;
+pub mod container;
 pub mod error;
 pub mod guest;
 pub mod import;

@@ -1,8 +1,8 @@
 //! The read path: the live cluster as [`LiveVm`]s, with the config of every VM that matters.
 //!
-//! One `GET /cluster/resources?type=vm` lists every guest the token may see. Only QEMU VMs are
-//! kept (containers are not nixprox's business); templates are kept and flagged, since hosts
-//! clone from them. Configs are read only for VMs that matter to a plan: those tagged
+//! One `GET /cluster/resources?type=vm` lists every guest the token may see: QEMU VMs and
+//! containers, each with its [`GuestKind`] (the guest-kind seam, docs/architecture.md);
+//! templates are kept and flagged, since hosts clone from them. Configs are read only for VMs that matter to a plan: those tagged
 //! `nixprox`, and those named like a declared host (so a name clash with an unmanaged VM is
 //! seen, never silently adopted). Those reads run concurrently within a bound, and the result
 //! is sorted by VMID, so the order PVE answers in never shows in a plan.
@@ -24,7 +24,7 @@ use super::property::{
     value_bool, value_text, value_u64,
 };
 use super::vm::{LiveConfig, LiveVm};
-use crate::spec::{Bios, MANAGED_TAG, VmSpec};
+use crate::spec::{Bios, GuestKind, MANAGED_TAG, VmSpec};
 
 /// What to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +115,8 @@ pub async fn finish_read(
 /// host, untagged, no metadata block) whose agent is enabled and which runs.
 fn may_adopt(vm: &LiveVm) -> bool {
     let Some(config) = &vm.config else { return false };
-    !vm.template
+    vm.kind == GuestKind::Vm
+        && !vm.template
         && !vm.is_managed()
         && config.metadata.is_none()
         && config.unreadable_block.is_none()
@@ -157,8 +158,8 @@ async fn read_guest_oses(client: &Client, vms: &mut [LiveVm], concurrency: usize
     }
 }
 
-/// A config to read: index into the listing, node, VMID, running, pool.
-type Wanted = (usize, String, u32, bool, Option<String>);
+/// A config to read: index into the listing, node, VMID, kind, running, pool.
+type Wanted = (usize, String, u32, GuestKind, bool, Option<String>);
 
 /// The non-template VMs of the listing that `matters`.
 fn select(listed: &[(LiveVm, Option<String>)], matters: impl Fn(&LiveVm) -> bool) -> Vec<Wanted> {
@@ -166,7 +167,9 @@ fn select(listed: &[(LiveVm, Option<String>)], matters: impl Fn(&LiveVm) -> bool
         .iter()
         .enumerate()
         .filter(|(_, (vm, _))| !vm.template && matters(vm))
-        .map(|(index, (vm, pool))| (index, vm.node.clone(), vm.vmid, vm.status == "running", pool.clone()))
+        .map(|(index, (vm, pool))| {
+            (index, vm.node.clone(), vm.vmid, vm.kind, vm.status == "running", pool.clone())
+        })
         .collect()
 }
 
@@ -176,17 +179,23 @@ async fn read_configs(
     concurrency: usize,
 ) -> Result<Vec<(usize, LiveConfig)>, ProxmoxError> {
     stream::iter(wanted)
-        .map(|(index, node, vmid, running, pool)| async move {
-            read_config(client, &node, vmid, running, pool).await.map(|config| (index, config))
+        .map(|(index, node, vmid, kind, running, pool)| async move {
+            read_config(client, &node, vmid, kind, running, pool).await.map(|config| (index, config))
         })
         .buffer_unordered(concurrency.max(1))
         .try_collect()
         .await
 }
 
-/// `GET /cluster/resources?type=vm`: QEMU VMs only, without configs, sorted by VMID.
+/// `GET /cluster/resources?type=vm`: QEMU VMs only (no containers), without configs, sorted by
+/// VMID.
 pub async fn list_vms(client: &Client) -> Result<Vec<LiveVm>, ProxmoxError> {
-    Ok(fetch_resources(client).await?.into_iter().map(|(vm, _)| vm).collect())
+    Ok(fetch_resources(client)
+        .await?
+        .into_iter()
+        .map(|(vm, _)| vm)
+        .filter(|vm| vm.kind == GuestKind::Vm)
+        .collect())
 }
 
 async fn fetch_resources(client: &Client) -> Result<Vec<(LiveVm, Option<String>)>, ProxmoxError> {
@@ -195,24 +204,26 @@ async fn fetch_resources(client: &Client) -> Result<Vec<(LiveVm, Option<String>)
     parse_resources(&data).map_err(|err| err.at(Method::GET, PATH, &data))
 }
 
-/// The resource list, reduced to QEMU VMs (containers and nodes dropped), each with its pool:
-/// the config does not name the pool, only the resource list does.
+/// The resource list, reduced to guests (QEMU VMs and containers; nodes, storages and the rest
+/// dropped), each with its pool: the config does not name the pool, only the resource list does.
 pub fn parse_resources(data: &Value) -> Result<Vec<(LiveVm, Option<String>)>, UnexpectedAnswer> {
     let unexpected = |detail: String| UnexpectedAnswer(detail);
     let items = data.as_array().ok_or_else(|| unexpected("expected a list of resources".into()))?;
     let mut vms = Vec::new();
     for item in items {
-        if item.get("type").and_then(Value::as_str) != Some("qemu") {
-            continue;
-        }
-        let vmid = item
-            .get("vmid")
-            .and_then(value_u64)
-            .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| unexpected(format!("a qemu resource has no valid `vmid`: {item}")))?;
+        let kind = match item.get("type").and_then(Value::as_str) {
+            Some("qemu") => GuestKind::Vm,
+            Some("lxc") => GuestKind::Container,
+            _ => continue,
+        };
+        let vmid =
+            item.get("vmid").and_then(value_u64).and_then(|v| u32::try_from(v).ok()).ok_or_else(|| {
+                unexpected(format!("a {} resource has no valid `vmid`: {item}", kind.api_segment()))
+            })?;
         let text = |key: &str| item.get(key).and_then(value_text);
         let vm = LiveVm {
             vmid,
+            kind,
             node: text("node").ok_or_else(|| unexpected(format!("VM {vmid} has no `node`")))?,
             name: text("name").unwrap_or_default(),
             status: text("status").unwrap_or_else(|| "unknown".into()),
@@ -228,16 +239,19 @@ pub fn parse_resources(data: &Value) -> Result<Vec<(LiveVm, Option<String>)>, Un
     Ok(vms)
 }
 
-/// `GET /nodes/{node}/qemu/{vmid}/config` (and `/pending` when `running`), converted.
+/// `GET /nodes/{node}/{qemu|lxc}/{vmid}/config` (and `/pending` when `running`; pve-container
+/// answers `/pending` in qemu-server's form), converted for the guest's kind.
 pub async fn read_config(
     client: &Client,
     node: &str,
     vmid: u32,
+    kind: GuestKind,
     running: bool,
     pool: Option<String>,
 ) -> Result<LiveConfig, ProxmoxError> {
-    let path = format!("/nodes/{node}/qemu/{vmid}/config");
-    let pending_path = format!("/nodes/{node}/qemu/{vmid}/pending");
+    let segment = kind.api_segment();
+    let path = format!("/nodes/{node}/{segment}/{vmid}/config");
+    let pending_path = format!("/nodes/{node}/{segment}/{vmid}/pending");
     let (config, pending) = if running {
         let (config, pending) = tokio::try_join!(client.get(&path, &[]), client.get(&pending_path, &[]))?;
         (config, Some(pending))
@@ -263,7 +277,10 @@ pub async fn read_config(
         }
         None => BTreeSet::new(),
     };
-    let mut live = live_config(&map, pending);
+    let mut live = match kind {
+        GuestKind::Vm => live_config(&map, pending),
+        GuestKind::Container => super::container::live_config(&map, pending),
+    };
     live.spec.pool = pool;
     live.running = running;
     Ok(live)
@@ -335,6 +352,8 @@ pub fn live_config(config: &Map<String, Value>, pending: BTreeSet<String>) -> Li
         running: None,
         boot_disks: boot_disks(config),
         guest_os: None,
+        container: None,
+        ostype: None,
     }
 }
 
@@ -449,8 +468,10 @@ pub fn find_template<'a>(
     node: Option<&str>,
 ) -> Result<&'a LiveVm, TemplateError> {
     let wanted = wanted.trim();
+    // Clone sources are QEMU templates: a container of the same name or id is no match.
+    let vms: Vec<&'a LiveVm> = vms.iter().filter(|vm| vm.kind == GuestKind::Vm).collect();
     if let Ok(vmid) = wanted.parse::<u32>()
-        && let Some(vm) = vms.iter().find(|vm| vm.vmid == vmid)
+        && let Some(vm) = vms.iter().copied().find(|vm| vm.vmid == vmid)
     {
         return if vm.template {
             Ok(vm)
@@ -458,7 +479,7 @@ pub fn find_template<'a>(
             Err(TemplateError::NotATemplate { vmid, name: vm.name.clone() })
         };
     }
-    let named: Vec<&LiveVm> = vms.iter().filter(|vm| vm.template && vm.name == wanted).collect();
+    let named: Vec<&LiveVm> = vms.iter().copied().filter(|vm| vm.template && vm.name == wanted).collect();
     match named.as_slice() {
         [one] => Ok(one),
         [] => {

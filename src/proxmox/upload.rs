@@ -233,7 +233,7 @@ fn api_error(request: &UploadRequest, source: ProxmoxError) -> UploadError {
 }
 
 /// The file as a stream of chunks, reporting progress after each one.
-fn file_stream(
+pub(super) fn file_stream(
     file: tokio::fs::File,
     total: u64,
     progress: Arc<dyn Fn(UploadProgress) + Send + Sync>,

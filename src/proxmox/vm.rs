@@ -5,12 +5,16 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::metadata::Metadata;
-use crate::spec::VmSpec;
+use crate::spec::container::ContainerSpec;
+use crate::spec::{GuestKind, VmSpec};
 
 /// One QEMU VM from `/cluster/resources`, with its config when it was read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveVm {
     pub vmid: u32,
+    /// QEMU VM or container (`type` in the resource list).
+    #[serde(default)]
+    pub kind: GuestKind,
     pub node: String,
     pub name: String,
     /// `running`, `stopped`, … (volatile: never part of a plan id unless an action depends on it).
@@ -59,4 +63,11 @@ pub struct LiveConfig {
     /// metadata block, agent enabled, running; [`super::read::finish_read`]); `None` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_os: Option<super::guest::GuestOs>,
+    /// A container's settings beyond the shared ones in `spec` (`None` for a VM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+    /// A container's `ostype`, which Proxmox detects from its root file system (`nixos` when it
+    /// holds `/nix/store`); `None` for a VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ostype: Option<String>,
 }

@@ -10,7 +10,7 @@ use std::fmt::Write;
 use crate::plan::{ActionKind, HostPlan, Plan};
 
 use super::values::{change_lines, diff_lines};
-use super::{pending_keys_line, summary_line, vm_label};
+use super::{guest_label, pending_keys_line, summary_line};
 use crate::text::markdown::{code, escape, fence_line, quoted};
 
 /// GitHub's and Forgejo's comment body limit, in characters.
@@ -190,7 +190,7 @@ pub fn host_block(host: &HostPlan, level: Detail) -> String {
                 out,
                 "- {} ({}): {}",
                 code(&host.host),
-                escape(&vm_label(&host.vm)),
+                escape(&guest_label(host)),
                 kinds.join(", ")
             );
         }
@@ -278,12 +278,12 @@ fn pending_section(out: &mut String, plan: &Plan, level: Detail) {
                 out,
                 "- {} ({}): {}",
                 code(&host.host),
-                vm_label(&host.vm),
+                escape(&guest_label(host)),
                 escape(&pending.keys.join(", "))
             );
             continue;
         }
-        let _ = writeln!(out, "- {} ({}): {}", code(&host.host), vm_label(&host.vm), quoted(&pending.how));
+        let _ = writeln!(out, "- {} ({}): {}", code(&host.host), escape(&guest_label(host)), quoted(&pending.how));
         if pending.changes.is_empty() {
             let _ = writeln!(out, "  - {}", quoted(&pending_keys_line(pending)));
         } else if level != Detail::NoDiffs {
@@ -359,7 +359,7 @@ fn host_details(out: &mut String, host: &HostPlan, nixos: bool, diffs: bool) {
         out,
         "<details><summary><b>{}</b> ({}{orphan}): {}</summary>\n",
         escape(&host.host),
-        escape(&vm_label(&host.vm)),
+        escape(&guest_label(host)),
         kinds.join(", ")
     );
     if let (true, Some(changes)) = (nixos, &host.nixos_changes) {

@@ -147,6 +147,7 @@ mod tests {
             drift: None,
             host: name.into(),
             vm: VmRef { node: node.into(), vmid: Some(100) },
+            kind: crate::spec::GuestKind::Vm,
             orphan: false,
             actions: vec![Action { kind, reason: String::new(), changes: Vec::new(), blocked: None }],
             nixos_changes: None,

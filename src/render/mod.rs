@@ -54,6 +54,15 @@ pub fn vm_label(vm: &crate::plan::VmRef) -> String {
     }
 }
 
+/// [`vm_label`] with the guest kind for a container (`container pve1/201`): a VM's label stays
+/// as it always was, so the kind shows only where it is not the default.
+pub fn guest_label(host: &crate::plan::HostPlan) -> String {
+    match host.kind {
+        crate::spec::GuestKind::Vm => vm_label(&host.vm),
+        kind => format!("{} {}", kind.noun(), vm_label(&host.vm)),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod fixture;
 #[cfg(test)]

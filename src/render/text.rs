@@ -6,7 +6,7 @@ use std::fmt::Write;
 use crate::plan::{Action, ActionKind, Plan};
 
 use super::values::{change_lines, diff_lines};
-use super::{pending_keys_line, summary_line, vm_label};
+use super::{guest_label, pending_keys_line, summary_line};
 
 /// Rendering options.
 #[derive(Debug, Clone, Copy, Default)]
@@ -63,7 +63,7 @@ pub fn render(plan: &Plan, options: TextOptions) -> String {
             continue;
         }
         let orphan = if host.orphan { " (orphan)" } else { "" };
-        let _ = writeln!(out, "\n{} ({}){orphan}", paint.bold(&host.host), vm_label(&host.vm));
+        let _ = writeln!(out, "\n{} ({}){orphan}", paint.bold(&host.host), guest_label(host));
         if let Some(changes) = &host.nixos_changes {
             let _ = writeln!(out, "  NixOS: {}", super::nixos::summary_line(changes));
         }
@@ -139,7 +139,7 @@ fn pending_section(out: &mut String, plan: &Plan, paint: &Paint) {
     );
     for host in waiting {
         let Some(pending) = &host.pending_reboot else { continue };
-        let _ = writeln!(out, "  {} ({})", host.host, vm_label(&host.vm));
+        let _ = writeln!(out, "  {} ({})", host.host, guest_label(host));
         if pending.changes.is_empty() {
             let _ = writeln!(out, "      {}", pending_keys_line(pending));
         }

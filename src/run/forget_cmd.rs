@@ -29,7 +29,7 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Success);
     };
     let options = ApplyOptions::from_settings(&settings);
-    let released = release_vm(&client, options.step_retry, options.task_timeout, &vm.node, vm.vmid)
+    let released = release_vm(&client, options.step_retry, options.task_timeout, vm.kind, &vm.node, vm.vmid)
         .await
         .with_context(|| format!("failed to forget host `{}`", args.host))?;
     match released {
@@ -37,8 +37,12 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
             for warning in warnings {
                 tracing::warn!("{warning}");
             }
+            let (noun, option) = match vm.kind {
+                crate::spec::GuestKind::Vm => ("VM", "vm"),
+                crate::spec::GuestKind::Container => ("container", "container"),
+            };
             println!(
-                "nixprox no longer manages VM {} `{}` on node `{}` (host `{}`): its `nixprox` tag and metadata block are removed; the VM, its disks and the rest of its notes are as they were.\nWhile `{}` is in the flake, the next plan adopts the VM again: remove the host, or set `nixprox.vm.keep = true` on it.",
+                "nixprox no longer manages {noun} {} `{}` on node `{}` (host `{}`): its `nixprox` tag and metadata block are removed; the {noun}, its disks and the rest of its notes are as they were.\nWhile `{}` is in the flake, the next plan adopts the {noun} again: remove the host, or set `nixprox.{option}.keep = true` on it.",
                 vm.vmid, vm.name, vm.node, args.host, args.host
             );
         }

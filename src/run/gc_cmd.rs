@@ -69,7 +69,10 @@ pub(super) async fn unreferenced(
     settings: &Settings,
     desired: &[DesiredHost],
 ) -> Vec<String> {
-    let images = desired.iter().any(|d| matches!(d.bootstrap, crate::flake::host::Bootstrap::Image(_)));
+    let images = desired.iter().any(|d| {
+        matches!(d.bootstrap, crate::flake::host::Bootstrap::Image(_))
+            || d.container.as_ref().is_some_and(|c| c.tarball.is_some())
+    });
     if !images && settings.defaults.image_storage.is_none() {
         return Vec::new();
     }

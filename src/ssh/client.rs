@@ -106,6 +106,9 @@ enum Attempt {
 pub struct Session {
     handle: Handle<Checker>,
     target: SshTarget,
+    /// The key the server presented (`ssh-ed25519 AAAA…`, no comment): one the policy
+    /// accepted, so the whole key of a host pinned by fingerprint can be recorded.
+    server_key: String,
 }
 
 impl std::fmt::Debug for Session {
@@ -142,7 +145,9 @@ impl Session {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt_timeout = options.attempt_timeout.min(remaining.max(Duration::from_millis(100)));
             match tokio::time::timeout(attempt_timeout, attempt(target, key, policy)).await {
-                Ok(Ok(handle)) => return Ok(Session { handle, target: target.clone() }),
+                Ok(Ok((handle, server_key))) => {
+                    return Ok(Session { handle, target: target.clone(), server_key });
+                }
                 Ok(Err(failure)) => last = failure,
                 Err(_) => {
                     last = Attempt::Network(format!("no answer within {}s", attempt_timeout.as_secs_f32()))
@@ -176,6 +181,11 @@ impl Session {
 
     pub fn target(&self) -> &SshTarget {
         &self.target
+    }
+
+    /// The host key the server presented, as an OpenSSH line without comment.
+    pub fn server_key(&self) -> &str {
+        &self.server_key
     }
 
     /// Runs `command` (through the login shell of the user) and waits for it to end, at most
@@ -236,7 +246,7 @@ async fn attempt(
     target: &SshTarget,
     key: &Arc<PrivateKey>,
     policy: &HostKeyPolicy,
-) -> Result<Handle<Checker>, Attempt> {
+) -> Result<(Handle<Checker>, String), Attempt> {
     let seen = Arc::new(Mutex::new(None));
     let checker = Checker { policy: policy.clone(), seen: seen.clone() };
     let config = Arc::new(client::Config { nodelay: true, ..client::Config::default() });
@@ -257,8 +267,9 @@ async fn attempt(
     };
     let auth =
         handle.authenticate_publickey(&target.user, PrivateKeyWithHashAlg::new(key.clone(), hash)).await;
+    let server_key = seen.lock().ok().and_then(|s| s.clone()).unwrap_or_default();
     match auth {
-        Ok(AuthResult::Success) => Ok(handle),
+        Ok(AuthResult::Success) => Ok((handle, server_key)),
         Ok(AuthResult::Failure { .. }) => Err(Attempt::Auth),
         Err(err) => Err(Attempt::Network(err.to_string())),
     }

@@ -154,12 +154,29 @@ fn to_host_key(key: &PrivateKey) -> Result<GeneratedHostKey, SshError> {
 #[derive(Debug, Clone)]
 pub struct HostKeyPolicy {
     keys: Vec<PublicKey>,
+    /// `SHA256:…` fingerprints a key may match instead: what Proxmox prints in a container's
+    /// create task log for the host keys it generated (pve-container `Setup.pm`
+    /// `rewrite_ssh_host_keys`), before anyone has the keys themselves.
+    fingerprints: Vec<String>,
 }
 
 impl HostKeyPolicy {
     /// One pinned key, as an OpenSSH public key line (`ssh-ed25519 AAAA… [comment]`).
     pub fn pinned(line: &str) -> Result<HostKeyPolicy, SshError> {
-        Ok(HostKeyPolicy { keys: vec![parse_public(line)?] })
+        Ok(HostKeyPolicy { keys: vec![parse_public(line)?], fingerprints: Vec::new() })
+    }
+
+    /// Keys pinned by their SHA-256 fingerprints (`SHA256:<base64>`, as `ssh-keygen -l -E
+    /// sha256` prints them); at least one, each of that form.
+    pub fn fingerprints(fingerprints: &[String]) -> Result<HostKeyPolicy, SshError> {
+        let valid = |f: &String| f.strip_prefix("SHA256:").is_some_and(|b| b.len() == 43);
+        if fingerprints.is_empty() || !fingerprints.iter().all(valid) {
+            return Err(SshError::PinnedKey {
+                key: fingerprints.join(" "),
+                reason: "expected SHA256 fingerprints (`SHA256:` and 43 base64 characters)".into(),
+            });
+        }
+        Ok(HostKeyPolicy { keys: Vec::new(), fingerprints: fingerprints.to_vec() })
     }
 
     /// Several keys, one per line, in `authorized_keys` or `known_hosts` form (a leading host
@@ -177,17 +194,23 @@ impl HostKeyPolicy {
         if keys.is_empty() {
             return Err(SshError::PinnedKey { key: text.into(), reason: "no key found".into() });
         }
-        Ok(HostKeyPolicy { keys })
+        Ok(HostKeyPolicy { keys, fingerprints: Vec::new() })
     }
 
-    /// Whether the server's key is one of the pinned ones (comments do not matter).
+    /// Whether the server's key is one of the pinned ones (comments do not matter), or has
+    /// one of the pinned fingerprints.
     pub fn accepts(&self, key: &PublicKey) -> bool {
         self.keys.iter().any(|k| k.key_data() == key.key_data())
+            || self
+                .fingerprints
+                .iter()
+                .any(|f| *f == key.fingerprint(russh::keys::ssh_key::HashAlg::Sha256).to_string())
     }
 
-    /// The pinned keys as OpenSSH lines without comments, for messages and known_hosts.
+    /// The pinned keys as OpenSSH lines without comments, and the pinned fingerprints, for
+    /// messages and known_hosts.
     pub fn lines(&self) -> Vec<String> {
-        self.keys.iter().map(public_line).collect()
+        self.keys.iter().map(public_line).chain(self.fingerprints.iter().cloned()).collect()
     }
 }
 

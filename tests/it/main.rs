@@ -7,6 +7,7 @@ mod adopt;
 mod apply;
 mod apply_cli;
 mod convert;
+mod containers;
 mod deploy;
 mod docs;
 mod error_messages;

@@ -80,12 +80,18 @@ async fn reads_managed_and_host_named_vms_and_flags_templates() {
     let pve = FakePve::start(mixed_cluster());
     let client = pve.client();
     let request = ReadRequest { host_names: set(&["web", "cache", "absent"]), concurrency: 4 };
-    let vms = read_cluster(&client, &request).await.expect("read the cluster");
+    let mut vms = read_cluster(&client, &request).await.expect("read the cluster");
+    // The tagged container is read as a container (tests/it/containers.rs has the details).
+    let ct = vms.iter().position(|g| g.vmid == 200).expect("the container is listed");
+    let ct = vms.remove(ct);
+    assert_eq!(ct.kind, nixprox::spec::GuestKind::Container);
+    assert_eq!(ct.config.as_ref().and_then(|c| c.container.as_ref()).map(|c| c.memory_mib), Some(512));
 
     let digest = |vmid: u32| pve.vm(vmid)["digest"].as_str().expect("digest").to_string();
     let vm =
         |vmid: u32, name: &str, node: &str, status: &str, tags: &[&str], config: Option<LiveConfig>| LiveVm {
             vmid,
+            kind: Default::default(),
             node: node.into(),
             name: name.into(),
             status: status.into(),
@@ -143,6 +149,8 @@ async fn reads_managed_and_host_named_vms_and_flags_templates() {
             running: None,
             boot_disks,
             guest_os: None,
+            container: None,
+            ostype: None,
         })
     };
     // What web runs now: its current memory, from `/pending` (`GET …/config` answers the
@@ -194,6 +202,7 @@ async fn reads_managed_and_host_named_vms_and_flags_templates() {
         requests,
         vec![
             get("/cluster/resources"),
+            get("/nodes/pve1/lxc/200/config"),
             get("/nodes/pve1/qemu/101/config"),
             get("/nodes/pve1/qemu/101/pending"),
             get("/nodes/pve1/qemu/102/config"),

@@ -75,6 +75,7 @@ import sys
 from aiohttp import web
 
 import fakepve.agent
+import fakepve.lxc
 from fakepve import FakePve, PveError, TaskError, shapes
 from fakepve.server import ok
 from fakepve.certs import make_cert
@@ -309,8 +310,22 @@ class DriverPve(FakePve):
     """
 
     task_secs = {}
+    # The parameters of the container create being forked (see `host_key_log`).
+    _ct_create = None
+
+    async def _lxc_create(self, user, v):
+        # Nothing awaits between here and the create's `task()`, so the parameters reach the
+        # task that create forks.
+        self._ct_create = v
+        try:
+            return await super()._lxc_create(user, v)
+        finally:
+            self._ct_create = None
 
     async def task(self, node, ttype, tid, user, body, vm=None, lock=True, log=()):
+        if ttype == 'vzcreate' and self._ct_create is not None:
+            log = list(log) + host_key_log(self._ct_create)
+            self._ct_create = None
         secs = self.task_secs.get(ttype)
         if secs:
             work = body
@@ -948,6 +963,8 @@ async def upload(self, request):
         # The `corrupt_upload` fault: the bytes that arrived are not the bytes sent.
         CORRUPTED_UPLOADS['left'] -= 1
         data = bytes([data[0] ^ 0xff]) + data[1:]
+    if fields.get('content') == 'vztmpl':
+        return await vztmpl_upload(self, request, fields, data)
     if fields.get('content') != 'import':
         return await ORIGINAL_UPLOAD(self, request)
     name, node, user = request.match_info['storage'], request.match_info['node'], request[USER]
@@ -1123,8 +1140,141 @@ async def config_get(self, request):
     return ok(cfg)
 
 
+# ------------------------------------------------------------------ containers (pve-container)
+#
+# What fakepve 0.5 does not model of pve-container and pve-storage, each from the source named:
+#
+# - `vztmpl` uploads (pve-storage src/PVE/API2/Storage/Status.pm, `upload`): the file name must
+#   end in one of `$VZTMPL_EXT_RE_1` (src/PVE/Storage.pm: `.tar.gz`, `.tar.xz`, `.tar.zst`,
+#   `.tar.bz2`), else "wrong file extension"; the storage must have `vztmpl` content; an existing
+#   file is overwritten. The driver keeps which paths the uploaded tarball holds, as the node's
+#   file system would.
+# - The OS type of a new container is detected from its root file system, not from the
+#   template's name (pve-container src/PVE/LXC/Setup.pm, `detect_distribution`: the release
+#   files in order, `/nix/store` means `nixos`). For a template the driver knows the contents of
+#   (uploaded, or given with `ct_template`), that is what decides; for others fakepve's name
+#   rule stays.
+# - Host keys (src/PVE/LXC/Setup.pm, `rewrite_ssh_host_keys` and `generate_ssh_key`): when the
+#   root file system has `/etc/ssh`, Proxmox generates rsa, ecdsa and ed25519 host keys and
+#   the create task's log says, per key, `Creating SSH host key '<file>' - this may take some
+#   time ...` and `done: <SHA256 fingerprint> root@<hostname up to the first dot>`. Which keys
+#   "Proxmox generates" for a hostname is set with `ct_host_keys` (the public keys of the test
+#   host that answers as that container); without it the driver prints random keys'.
+# - `ssh-public-keys` is a create parameter only (src/PVE/API2/LXC.pm, `create_vm`); the config
+#   update's schema has no such property, so fakepve's schema check refuses it on `PUT`.
+
+VZTMPL_EXT = re.compile(r'\.tar\.(gz|xz|zst|bz2)$', re.I)
+# Release files pve-container checks before `/nix/store`, with the type each means.
+RELEASE_FILES = (('etc/debian_version', 'debian'), ('etc/devuan_version', 'devuan'),
+                 ('etc/fedora-release', 'fedora'), ('etc/centos-release', 'centos'),
+                 ('etc/redhat-release', 'centos'), ('etc/arch-release', 'archlinux'),
+                 ('etc/alpine-release', 'alpine'), ('etc/gentoo-release', 'gentoo'))
+# Template volume id -> the set of paths (no leading `./` or `/`) its root file system holds.
+CT_TEMPLATES = {}
+# Container hostname -> the public key lines its generated host keys are.
+CT_HOST_KEYS = {}
+KEY_FILES = {'ssh-ed25519': 'ssh_host_ed25519_key', 'ssh-rsa': 'ssh_host_rsa_key'}
+ORIGINAL_OSTYPE_OF = fakepve.lxc.ostype_of
+
+
+def tar_paths(data):
+    """The paths a template tarball holds, with their parent directories; None when Python
+    cannot read it (zstd)."""
+    import io
+    import tarfile
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode='r:*') as tar:
+            names = [m.name for m in tar.getmembers()]
+    except (tarfile.TarError, EOFError, OSError):
+        return None
+    paths = set()
+    for name in names:
+        parts = [p for p in name.split('/') if p not in ('', '.')]
+        for i in range(1, len(parts) + 1):
+            paths.add('/'.join(parts[:i]))
+    return paths
+
+
+def detected_ostype(template):
+    """Setup.pm's detection for a template whose contents are known, else fakepve's name rule."""
+    paths = CT_TEMPLATES.get(template)
+    if paths is None:
+        return ORIGINAL_OSTYPE_OF(template)
+    for path, kind in RELEASE_FILES:
+        if path in paths:
+            return kind
+    if 'nix/store' in paths:
+        return 'nixos'
+    return 'unmanaged'
+
+
+def fingerprint(public_line):
+    """`SHA256:<base64 without padding>` of an OpenSSH public key line, as ssh-keygen -E sha256."""
+    import base64
+    blob = base64.b64decode(public_line.split()[1])
+    return 'SHA256:' + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip('=')
+
+
+def random_key():
+    import base64
+    name = b'ssh-ed25519'
+    blob = len(name).to_bytes(4, 'big') + name + (32).to_bytes(4, 'big') + os.urandom(32)
+    return 'ssh-ed25519 ' + base64.b64encode(blob).decode()
+
+
+def host_key_log(v):
+    """The create task's lines for the host keys, when the template's root has /etc/ssh."""
+    template = v.get('ostemplate', '')
+    paths = CT_TEMPLATES.get(template)
+    if paths is None or 'etc/ssh' not in paths:
+        return []
+    hostname = str(v.get('hostname') or 'localhost').split('.')[0]
+    keys = CT_HOST_KEYS.get(hostname) or [random_key()]
+    lines = []
+    for key in keys:
+        lines.append("Creating SSH host key '{0}' - this may take some time ...".format(
+            KEY_FILES.get(key.split()[0], 'ssh_host_ecdsa_key')))
+        lines.append('done: {0} root@{1}'.format(fingerprint(key), hostname))
+    return lines
+
+
+async def vztmpl_upload(self, request, fields, data):
+    """`vztmpl` content of POST /nodes/{node}/storage/{storage}/upload (see above)."""
+    from fakepve.server import USER, ok
+    name, node, user = request.match_info['storage'], request.match_info['node'], request[USER]
+    self.require(user, '/storage/' + name, 'Datastore.AllocateTemplate')
+    store = self._check_enabled(name, node)
+    if not _is_file(store):
+        raise PveError(500, "can't upload to storage type '{0}'".format(store.get('type')))
+    filename = re.sub(r'[^a-zA-Z0-9_.-]', '_', re.sub(r'^.*[/\\]', '', fields['filename'].rstrip('\n')))
+    if not VZTMPL_EXT.search(filename):
+        raise param_error(filename='wrong file extension')
+    if 'vztmpl' not in split_list(store.get('content')):
+        raise PveError(500, "storage '{0}' does not support 'vztmpl' content".format(name))
+    log = ['starting file import from: /var/tmp/pveupload-' + hashlib.md5(data[:64]).hexdigest()]
+
+    algorithm = fields.get('checksum-algorithm')
+
+    async def body_():
+        if algorithm:
+            got = hashlib.new(algorithm, data).hexdigest()
+            if got.lower() != fields.get('checksum', '').lower():
+                raise TaskError("checksum mismatch: got '{0}' != expect '{1}'".format(got, fields.get('checksum')))
+            log.append('calculating checksum...OK, checksum verified')
+        self.store_file(name, filename, len(data), 'vztmpl')
+        paths = tar_paths(data)
+        if paths is not None:
+            CT_TEMPLATES['{0}:vztmpl/{1}'.format(name, filename)] = paths
+        log.extend(['target node: ' + node, 'target file: {0}/template/cache/{1}'.format(self._base_path(name), filename),
+                    'file size is: {0}'.format(len(data))])
+        return 'finished file import successfully'
+    upid = await self.task(node, 'imgcopy', '', user, body_, log=log)
+    return ok(upid)
+
+
 def install_image_support():
     FakePve._upload = upload
+    fakepve.lxc.ostype_of = detected_ostype
     FakePve._qm_check_drive = check_drive
     FakePve._qm_new_drive = new_drive
     FakePve._agent_call = agent_call
@@ -1198,6 +1348,20 @@ async def command(pve, args):
         if args.get('virtual_size') is not None:
             volname = '{0}/{1}'.format(args.get('content', 'iso'), args['name'])
             pve.storages[args['storage']]['volumes'][volname]['virtual_size'] = int(args['virtual_size'])
+        return None
+    if name == 'ct_template':
+        # A container template on a storage whose root file system holds `paths` (see
+        # `detected_ostype` and `host_key_log`).
+        pve.store_file(args['storage'], args['name'], int(args.get('size', 1 << 20)), 'vztmpl')
+        CT_TEMPLATES['{0}:vztmpl/{1}'.format(args['storage'], args['name'])] = set(args.get('paths', []))
+        return None
+    if name == 'ct':
+        ct = pve.ct(int(args['vmid']))
+        if ct is None:
+            raise CommandError('no container {0}'.format(args['vmid']))
+        return {'vmid': ct.vmid, 'node': ct.node, 'status': ct.status, 'config': ct.config, 'pending': ct.pending}
+    if name == 'ct_host_keys':
+        CT_HOST_KEYS[args['hostname']] = list(args['keys'])
         return None
     if name == 'rescan':
         return dump_vm(pve.rescan(args['vmid']))

@@ -99,10 +99,12 @@ pub fn host(name: &str) -> DesiredHost {
             disk_layout_hash: "sha256:1111".into(),
             image: None,
             serial_console: false,
+            tarball: None,
         },
         keep: false,
         allow: Default::default(),
         convert: Default::default(),
+        container: None,
     }
 }
 

@@ -66,6 +66,7 @@ let
       "enable"
       "summary"
       "hardware"
+      "container"
     ]
     // {
       # An image package (`nixprox.bootstrap.image.package`, where the module has it) is a
@@ -82,7 +83,28 @@ let
           else
             attr;
       };
-    };
+    }
+    # The container kind (nix/container.nix), its hostname resolved like `vm.name`; only for a
+    # container host, so a VM's declaration is as before.
+    // (
+      if n ? container && n.container.enable then
+        {
+          container = n.container // {
+            # The template package is a derivation: its store paths are reported with the
+            # system (`tarball`), not in the declaration.
+            tarball = builtins.removeAttrs (n.container.tarball or { }) [ "package" ];
+            hostname =
+              if n.container.hostname != null then
+                n.container.hostname
+              else if hostName != null then
+                hostName
+              else
+                attr;
+          };
+        }
+      else
+        { }
+    );
 
   # disko's device tree carries internals (`_meta`, `_create`, functions) that change with disko
   # releases, not with the layout: drop `_`-prefixed attributes, turn functions into null.
@@ -161,6 +183,20 @@ let
         && builtins.any (v: v != null && v != { } && v != [ ]) (builtins.attrValues devices);
     in
     if declared then devices else null;
+  # The store paths of a container host's own template (nix/container.nix `tarball`), else null.
+  tarball =
+    c:
+    let
+      ct = c.config.nixprox.container or null;
+      t = if ct == null then null else ct.tarball or null;
+    in
+    if ct == null || !ct.enable || t == null || !t.enable || t.package == null then
+      null
+    else
+      {
+        storePath = toString t.package;
+        drvPath = t.package.drvPath or null;
+      };
 
   # Evaluating out paths builds nothing.
   system = c: {
@@ -168,6 +204,7 @@ let
     toplevel = c.config.system.build.toplevel.outPath;
     diskLayoutHash = "sha256:" + builtins.hashString "sha256" (builtins.toJSON (layout c));
     image = image c;
+    tarball = tarball c;
   };
 
   result =

@@ -27,6 +27,7 @@ fn system() -> SystemEval {
         disk_layout_hash: "sha256:00".into(),
         image: None,
         serial_console: false,
+        tarball: None,
     }
 }
 
@@ -312,5 +313,106 @@ fn names_and_ids_are_unique_across_hosts() {
     assert_eq!(
         dup.to_string(),
         "hosts `a` and `b` both use VMID 101 (change `nixprox.vm.id` on one of them)"
+    );
+}
+
+/// The module's defaults for `{ nixprox.container.enable = true; }` (nix/container.nix).
+fn container_decl() -> HostDecl {
+    let mut decl = decl();
+    decl.container = Some(
+        serde_json::from_value(serde_json::json!({
+            "enable": true, "hostname": "proxy", "node": null, "id": null, "template": null, "sshKeys": [],
+            "cores": null, "memory": 1024, "swap": 512,
+            "rootfs": {"storage": null, "size": "8G"},
+            "mountPoints": {},
+            "networks": {"net0": {"name": "eth0", "bridge": null, "vlan": null, "macAddress": null, "firewall": false}},
+            "features": {"nesting": true, "keyctl": false, "fuse": false},
+            "unprivileged": true, "onBoot": true, "startup": null, "tags": ["Edge"], "description": "",
+            "protection": false, "pool": null, "keep": false
+        }))
+        .expect("container defaults deserialize"),
+    );
+    decl
+}
+
+#[test]
+fn a_container_resolves_to_the_container_kind_with_its_defaults() {
+    let mut decl = container_decl();
+    decl.bootstrap.ip_config = "ip=10.0.0.5/24,gw=10.0.0.1".into();
+    let host = resolve("proxy", &decl, &system(), &defaults()).expect("resolves");
+    assert_eq!(host.kind(), crate::spec::GuestKind::Container);
+    assert_eq!(host.spec.name, "proxy");
+    assert_eq!(host.spec.tags, BTreeSet::from(["edge".to_string()]));
+    let ct = host.container.expect("container");
+    assert_eq!(ct.spec.rootfs.storage, "local-lvm");
+    assert_eq!(ct.spec.rootfs.size_bytes, 8 << 30);
+    assert_eq!(ct.spec.networks["net0"].bridge, "vmbr0");
+    assert_eq!(ct.spec.networks["net0"].address.as_deref(), Some("ip=10.0.0.5/24,gw=10.0.0.1"));
+    assert!(ct.spec.features.nesting && ct.spec.unprivileged);
+    assert_eq!(host.bootstrap, Bootstrap::Undeclared, "a container has no VM bootstrap");
+}
+
+#[test]
+fn a_disabled_container_declaration_leaves_a_vm() {
+    let mut decl = container_decl();
+    if let Some(ct) = decl.container.as_mut() {
+        ct.enable = false;
+    }
+    let host = resolve("web", &decl, &system(), &defaults()).expect("resolves");
+    assert_eq!(host.kind(), crate::spec::GuestKind::Vm);
+    assert!(host.container.is_none());
+}
+
+#[test]
+fn what_only_root_may_set_is_refused_when_resolving() {
+    let mut privileged = container_decl();
+    if let Some(ct) = privileged.container.as_mut() {
+        ct.unprivileged = false;
+    }
+    assert_eq!(
+        resolve("proxy", &privileged, &system(), &defaults())
+            .expect_err("privileged with features")
+            .to_string(),
+        "host `proxy`: `nixprox.container.unprivileged` is false and features `nesting=1` are on, but only `root@pam` may set features of a privileged container and API tokens are always refused (pve-container `check_ct_modify_config_perm`); keep the container unprivileged, or turn `nixprox.container.features.*` off"
+    );
+    if let Some(ct) = privileged.container.as_mut() {
+        ct.features.nesting = false;
+    }
+    assert!(resolve("proxy", &privileged, &system(), &defaults()).is_ok(), "privileged without features");
+
+    let mut bind = container_decl();
+    if let Some(ct) = bind.container.as_mut() {
+        ct.mount_points.insert(
+            "mp0".into(),
+            crate::flake::host::MountPointDecl {
+                storage: Some("/srv/media".into()),
+                size: "1G".into(),
+                path: "/media".into(),
+                backup: false,
+            },
+        );
+    }
+    assert_eq!(
+        resolve("proxy", &bind, &system(), &defaults()).expect_err("bind mount").to_string(),
+        "host `proxy`: `nixprox.container.mountPoints.mp0.storage` is the host path `/srv/media`, a bind mount, which only `root@pam` may set and API tokens never can (pve-container `check_ct_modify_config_perm`); use a Proxmox storage, or add the bind mount by hand with `pct set`"
+    );
+}
+
+#[test]
+fn a_container_refuses_the_boot_strategy_with_the_reason() {
+    let mut decl = container_decl();
+    decl.deploy.strategy = DeployStrategy::Boot;
+    let err = resolve("proxy", &decl, &system(), &defaults()).expect_err("boot refused");
+    assert_eq!(
+        err.to_string(),
+        "host `proxy`: `nixprox.deploy.strategy` is `boot`, which nixprox refuses for a container: `switch-to-configuration boot` is unreliable in LXC, where the next start does not boot through a boot loader (nixpkgs issues 228764, 529888); use `switch`, or `none`"
+    );
+    let mut zero = container_decl();
+    if let Some(ct) = zero.container.as_mut() {
+        ct.rootfs.size = "0".into();
+    }
+    assert_eq!(
+        resolve("proxy", &zero, &system(), &defaults()).expect_err("empty rootfs").to_string(),
+        "host `proxy`: `nixprox.container.rootfs.size` is `0`, which is not a valid size (use a positive number with K, M, G or T, e.g. `8G`)"
     );
 }

@@ -13,6 +13,7 @@ fn granted(answer: Value) -> Granted {
 fn template(vmid: u32, node: &str) -> LiveVm {
     LiveVm {
         vmid,
+        kind: Default::default(),
         node: node.into(),
         name: "nixos-bootstrap".into(),
         status: "stopped".into(),
@@ -311,4 +312,55 @@ fn a_conversion_needs_the_agents_os_again_and_its_key_unless_declared() {
     let plan = plan_of(std::slice::from_ref(&web), &live);
     let needs = needs_to_apply(&plan, std::slice::from_ref(&web), &live, true);
     assert!(!needs.iter().any(|n| n.privileges == AGENT_FILE_READ), "{needs:#?}");
+}
+
+#[test]
+fn a_new_container_needs_its_storages_its_bridge_its_template_and_sys_modify_when_privileged() {
+    use crate::flake::host::DesiredContainer;
+    use crate::spec::container::{ContainerSpec, CtNetSpec, Features, MountSpec, VolumeSpec};
+    let mut ct = testkit::host("ct");
+    let volume = |storage: &str| VolumeSpec { storage: storage.into(), size_bytes: 8 << 30 };
+    let net = CtNetSpec {
+        name: "eth0".into(),
+        bridge: "vmbr1".into(),
+        mac: None,
+        vlan: None,
+        firewall: false,
+        address: None,
+    };
+    ct.container = Some(DesiredContainer {
+        spec: ContainerSpec {
+            cores: None,
+            memory_mib: 512,
+            swap_mib: 512,
+            rootfs: volume("fast"),
+            mounts: [(
+                "mp0".to_string(),
+                MountSpec { volume: volume("bulk"), path: "/data".into(), backup: false },
+            )]
+            .into(),
+            networks: [("net0".to_string(), net)].into(),
+            features: Features::default(),
+            unprivileged: false,
+            startup: None,
+        },
+        template: Some("templates:vztmpl/nixos.tar.xz".into()),
+        tarball: None,
+        ssh_keys: Vec::new(),
+    });
+    ct.spec.disks.clear();
+    ct.spec.networks.clear();
+    let plan = plan_of(std::slice::from_ref(&ct), &[]);
+    let needs = needs_to_apply(&plan, &[ct], &[], true);
+    let has = |privilege: &str, path: &str| {
+        needs.iter().any(|n| n.privileges.contains(&privilege) && n.path == path)
+    };
+    assert!(has("VM.Allocate", "/vms/*"));
+    assert!(
+        has("Datastore.AllocateSpace", "/storage/fast") && has("Datastore.AllocateSpace", "/storage/bulk")
+    );
+    assert!(has("Datastore.Audit", "/storage/templates"));
+    assert!(has("VM.Config.Network", "/vms/*"));
+    assert!(needs.iter().any(|n| n.privileges.contains(&"SDN.Use") && n.path.contains("vmbr1")), "{needs:?}");
+    assert!(has("Sys.Modify", "/"), "a privileged container: {needs:?}");
 }

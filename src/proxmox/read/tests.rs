@@ -150,28 +150,42 @@ fn pending_changes_and_deletions() {
 }
 
 #[test]
-fn resources_keep_qemu_only_sorted_by_vmid() {
+fn resources_keep_vms_and_containers_with_their_kind_sorted_by_vmid() {
     let data = json!([
         {"id": "qemu/300", "type": "qemu", "vmid": 300, "node": "pve2", "name": "db", "status": "running", "template": 0, "tags": "nixprox;DB"},
         {"id": "lxc/200", "type": "lxc", "vmid": 200, "node": "pve1", "name": "ct", "status": "running"},
         {"id": "node/pve1", "type": "node", "node": "pve1", "status": "online"},
+        {"id": "storage/pve1/local", "type": "storage", "node": "pve1", "storage": "local"},
         {"id": "qemu/9000", "type": "qemu", "vmid": "9000", "node": "pve1", "name": "debian-12", "status": "stopped", "template": 1, "lock": ""},
         {"id": "qemu/101", "type": "qemu", "vmid": 101, "node": "pve1", "name": "web", "status": "stopped", "lock": "backup", "pool": "lab"}
     ]);
     let listed = parse_resources(&data).expect("valid");
     assert_eq!(listed[0].1.as_deref(), Some("lab"));
     let vms: Vec<LiveVm> = listed.into_iter().map(|(vm, _)| vm).collect();
-    assert_eq!(vms.iter().map(|vm| vm.vmid).collect::<Vec<_>>(), [101, 300, 9000]);
+    assert_eq!(vms.iter().map(|vm| vm.vmid).collect::<Vec<_>>(), [101, 200, 300, 9000]);
+    let kinds: Vec<GuestKind> = vms.iter().map(|vm| vm.kind).collect();
+    assert_eq!(kinds, [GuestKind::Vm, GuestKind::Container, GuestKind::Vm, GuestKind::Vm]);
     assert_eq!(vms[0].lock.as_deref(), Some("backup"));
-    assert!(vms[1].is_managed());
-    assert_eq!(vms[1].tags, ["db".to_string(), "nixprox".to_string()].into());
-    assert!(vms[2].template && vms[2].lock.is_none());
+    assert!(vms[2].is_managed());
+    assert_eq!(vms[2].tags, ["db".to_string(), "nixprox".to_string()].into());
+    assert!(vms[3].template && vms[3].lock.is_none());
     assert!(parse_resources(&json!([{"type": "qemu", "node": "pve1"}])).is_err());
+    assert!(parse_resources(&json!([{"type": "lxc", "node": "pve1"}])).is_err());
+}
+
+#[test]
+fn a_container_template_is_no_clone_source() {
+    let mut ct = vm(9001, "debian-12", "pve1", true);
+    ct.kind = GuestKind::Container;
+    let vms = vec![ct, vm(9000, "debian-12", "pve1", true)];
+    assert_eq!(find_template(&vms, "debian-12", None).map(|v| v.vmid), Ok(9000));
+    assert!(matches!(find_template(&vms, "9001", None), Err(TemplateError::NotFound { .. })));
 }
 
 fn vm(vmid: u32, name: &str, node: &str, template: bool) -> LiveVm {
     LiveVm {
         vmid,
+        kind: Default::default(),
         node: node.into(),
         name: name.into(),
         status: "stopped".into(),
