@@ -355,7 +355,8 @@ fn plan_existing(
     let mut conversion = None;
     if adopting
         && host.container.is_none()
-        && let Some(os) = super::adopt::other_os(config) {
+        && let Some(os) = super::adopt::other_os(config)
+    {
         let (adopt, reinstall) = super::adopt::convert_actions(host, live, config, os, policies);
         if adopt.blocked.is_some() || reinstall.blocked.is_some() {
             // Nothing changes on a VM whose conversion is not allowed: no tag, no update.

@@ -283,7 +283,13 @@ fn pending_section(out: &mut String, plan: &Plan, level: Detail) {
             );
             continue;
         }
-        let _ = writeln!(out, "- {} ({}): {}", code(&host.host), escape(&guest_label(host)), quoted(&pending.how));
+        let _ = writeln!(
+            out,
+            "- {} ({}): {}",
+            code(&host.host),
+            escape(&guest_label(host)),
+            quoted(&pending.how)
+        );
         if pending.changes.is_empty() {
             let _ = writeln!(out, "  - {}", quoted(&pending_keys_line(pending)));
         } else if level != Detail::NoDiffs {
