@@ -40,34 +40,18 @@ impl HostRun<'_> {
         node: &str,
         vmid: u32,
     ) -> Result<Done<AdoptedVm>, StepError> {
-        let client = self.req.client;
         let nothing = "nothing was changed";
         let deployer = self.req.deployer.ok_or_else(|| {
             StepError::other(format!("no SSH key configured to read what VM {vmid} runs; {nothing}"))
         })?;
         let kind = self.plan.kind;
-        let raw = read_guest_raw(client, kind, node, vmid).await?.ok_or_else(|| {
-            StepError::other(format!("VM {vmid} on node `{node}` is gone (re-run the plan)"))
-        })?;
-        let notes = notes_of(&raw);
-        if tags_of(&raw).contains(MANAGED_TAG) || notes.block != Block::Absent {
-            return Err(StepError::other(format!(
-                "VM {vmid} was tagged `nixprox` or given a metadata block since the plan was made; {nothing} (re-run the plan)"
-            )));
-        }
-        let running = match kind {
-            GuestKind::Vm => power_state(client, node, vmid).await?.is_running(),
-            GuestKind::Container => {
-                let status =
-                    client.get(&format!("{}/status/current", guest_path(kind, node, vmid)), &[]).await?;
-                status.get("status").and_then(serde_json::Value::as_str) == Some("running")
-            }
-        };
-        if !running {
-            return Err(StepError::other(format!(
-                "VM {vmid} is not running: nixprox adopts a VM in place only after reading the system it runs over SSH; start it and run apply again ({nothing})"
-            )));
-        }
+        self.still_as_planned(
+            kind,
+            node,
+            vmid,
+            "nixprox adopts a VM in place only after reading the system it runs over SSH",
+        )
+        .await?;
         let (host_key, source) = match &host.ssh.host_key {
             Some(key) => (key.trim().to_string(), "the declared `nixprox.ssh.hostKey`"),
             None if kind == GuestKind::Container => {
@@ -106,16 +90,7 @@ impl HostRun<'_> {
             adopted: Some(Adopted { vmid, plan }),
             ..Metadata::default()
         };
-        let written = self
-            .cas_write(node, vmid, "adopted it", |raw| {
-                let mut tags = tags_of(raw);
-                tags.insert(MANAGED_TAG.into());
-                let current = crate::proxmox::qemu::config_text(raw, "description").unwrap_or_default();
-                let description = super::params::notes(host, &current, &metadata);
-                Ok(Some(vec![("tags".into(), format_tags(&tags)), ("description".into(), description)]))
-            })
-            .await?;
-        let warnings = written.map(|w| w.warnings).unwrap_or_default();
+        let warnings = self.tag_adopted(host, node, vmid, "adopted it", &metadata).await?;
         Ok(Done::ok(AdoptedVm { address, system: Some(system.clone()) })
             .detail(format!("runs `{system}`; {source} matched"))
             .warnings(warnings))
@@ -133,27 +108,19 @@ impl HostRun<'_> {
         node: &str,
         vmid: u32,
     ) -> Result<Done<AdoptedVm>, StepError> {
-        let client = self.req.client;
         let nothing = "nothing was changed";
         let deployer = self.req.deployer.ok_or_else(|| {
             StepError::other(format!(
                 "no SSH key configured to verify VM {vmid} before converting it; {nothing}"
             ))
         })?;
-        let raw = read_guest_raw(client, GuestKind::Vm, node, vmid).await?.ok_or_else(|| {
-            StepError::other(format!("VM {vmid} on node `{node}` is gone (re-run the plan)"))
-        })?;
-        let notes = notes_of(&raw);
-        if tags_of(&raw).contains(MANAGED_TAG) || notes.block != Block::Absent {
-            return Err(StepError::other(format!(
-                "VM {vmid} was tagged `nixprox` or given a metadata block since the plan was made; {nothing} (re-run the plan)"
-            )));
-        }
-        if !power_state(client, node, vmid).await?.is_running() {
-            return Err(StepError::other(format!(
-                "VM {vmid} is not running: nixprox converts a VM only after checking the SSH host key it presents; start it and run apply again ({nothing})"
-            )));
-        }
+        self.still_as_planned(
+            GuestKind::Vm,
+            node,
+            vmid,
+            "nixprox converts a VM only after checking the SSH host key it presents",
+        )
+        .await?;
         let (host_key, source) = match &host.convert.host_key {
             Some(key) => (key.trim().to_string(), "the declared `nixprox.convert.hostKey`"),
             None => (self.agent_host_key(node, vmid).await?, "the key read through the guest agent"),
@@ -172,19 +139,68 @@ impl HostRun<'_> {
             adopted: Some(Adopted { vmid, plan }),
             ..Metadata::default()
         };
-        let written = self
-            .cas_write(node, vmid, "adopted it for its conversion", |raw| {
-                let mut tags = tags_of(raw);
-                tags.insert(MANAGED_TAG.into());
-                let current = crate::proxmox::qemu::config_text(raw, "description").unwrap_or_default();
-                let description = super::params::notes(host, &current, &metadata);
-                Ok(Some(vec![("tags".into(), format_tags(&tags)), ("description".into(), description)]))
-            })
-            .await?;
-        let warnings = written.map(|w| w.warnings).unwrap_or_default();
+        let warnings = self.tag_adopted(host, node, vmid, "adopted it for its conversion", &metadata).await?;
         Ok(Done::ok(AdoptedVm { address, system: None })
             .detail(format!("{source} matched the machine (no login); tagged for its conversion"))
             .warnings(warnings))
+    }
+
+    /// Before an adoption writes anything: the guest is still untagged, without a metadata
+    /// block, and running, as the plan saw it (`why` says what needs it running).
+    async fn still_as_planned(
+        &self,
+        kind: GuestKind,
+        node: &str,
+        vmid: u32,
+        why: &str,
+    ) -> Result<(), StepError> {
+        let client = self.req.client;
+        let nothing = "nothing was changed";
+        let raw = read_guest_raw(client, kind, node, vmid).await?.ok_or_else(|| {
+            StepError::other(format!("VM {vmid} on node `{node}` is gone (re-run the plan)"))
+        })?;
+        let notes = notes_of(&raw);
+        if tags_of(&raw).contains(MANAGED_TAG) || notes.block != Block::Absent {
+            return Err(StepError::other(format!(
+                "VM {vmid} was tagged `nixprox` or given a metadata block since the plan was made; {nothing} (re-run the plan)"
+            )));
+        }
+        let running = match kind {
+            GuestKind::Vm => power_state(client, node, vmid).await?.is_running(),
+            GuestKind::Container => {
+                let status =
+                    client.get(&format!("{}/status/current", guest_path(kind, node, vmid)), &[]).await?;
+                status.get("status").and_then(serde_json::Value::as_str) == Some("running")
+            }
+        };
+        if !running {
+            return Err(StepError::other(format!(
+                "VM {vmid} is not running: {why}; start it and run apply again ({nothing})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The adoption's one write: the `nixprox` tag and the first metadata block, the owner's
+    /// notes kept above it. Returns the write's warnings.
+    async fn tag_adopted(
+        &self,
+        host: &DesiredHost,
+        node: &str,
+        vmid: u32,
+        doing: &str,
+        metadata: &Metadata,
+    ) -> Result<Vec<String>, StepError> {
+        let written = self
+            .cas_write(node, vmid, doing, |raw| {
+                let mut tags = tags_of(raw);
+                tags.insert(MANAGED_TAG.into());
+                let current = crate::proxmox::qemu::config_text(raw, "description").unwrap_or_default();
+                let description = super::params::notes(host, &current, metadata);
+                Ok(Some(vec![("tags".into(), format_tags(&tags)), ("description".into(), description)]))
+            })
+            .await?;
+        Ok(written.map(|w| w.warnings).unwrap_or_default())
     }
 
     /// The VM's ed25519 host key, read through its guest agent over the TLS-pinned API. The VM
