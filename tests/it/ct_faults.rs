@@ -30,6 +30,8 @@ enum CtFault {
     FailedStartTask,
     /// The container's config lock is held by someone else during a resize, twice.
     ConfigLockTimeout,
+    /// The resize task fails on the storage (`lvextend` finds no free space).
+    FailedResizeTask,
 }
 
 /// The cases, by the test that runs each.
@@ -39,7 +41,16 @@ const SUITE: &[(&str, CtFault)] = &[
     ("dropped_connections_create_one_container", CtFault::DroppedConnections),
     ("a_failed_container_start_task_is_finished_by_a_rerun", CtFault::FailedStartTask),
     ("a_config_lock_held_during_a_container_resize_is_waited_out", CtFault::ConfigLockTimeout),
+    ("a_failed_container_resize_task_is_finished_by_a_rerun", CtFault::FailedResizeTask),
 ];
+
+/// What LVM's `lvextend` says through pve-storage when the volume group is full.
+const RESIZE_ERROR: &str = "error resizing volume '/dev/pve/vm-250-disk-0': Insufficient free space: 512 extents needed, but only 0 available";
+
+/// Whether the case changes an existing container (a resize) rather than creating one.
+fn resizes(fault: CtFault) -> bool {
+    matches!(fault, CtFault::ConfigLockTimeout | CtFault::FailedResizeTask)
+}
 
 /// The container's owner's description, declared in the fixture's flake.
 const DESCRIPTION: &str = "End-to-end test container.";
@@ -131,7 +142,7 @@ fn run_case(fault: CtFault) {
     if fault == CtFault::NextidRace {
         lab.declare_more("id", Value::Null);
     }
-    if fault == CtFault::ConfigLockTimeout {
+    if resizes(fault) {
         // The container first, cleanly; the fault hits its resize.
         lab.plan();
         let (run, report) = lab.apply();
@@ -140,8 +151,7 @@ fn run_case(fault: CtFault) {
     }
     // 1. The reviewed plan.
     let plan = lab.plan();
-    let expected: &[&str] =
-        if fault == CtFault::ConfigLockTimeout { &["resize_disk"] } else { &["create_vm", "switch"] };
+    let expected: &[&str] = if resizes(fault) { &["resize_disk"] } else { &["create_vm", "switch"] };
     assert_eq!(cli::kinds(&plan, "ct"), expected, "{plan:#}");
 
     // 2. The fault, and what nixprox does about it.
@@ -168,6 +178,9 @@ fn run_case(fault: CtFault) {
         CtFault::ConfigLockTimeout => command(json!({"cmd": "fail", "method": "PUT",
                                                      "path": "/nodes/pve1/lxc/250/resize",
                                                      "error": "config_lock_timeout", "times": 2})),
+        CtFault::FailedResizeTask => command(json!({"cmd": "task_error", "method": "PUT",
+                                                    "path": "/lxc/250/resize$", "type": "resize",
+                                                    "message": RESIZE_ERROR, "times": 1})),
     }
     let (run, report) = lab.apply();
     let text = said(&run, &report);
@@ -207,10 +220,26 @@ fn run_case(fault: CtFault) {
             assert_eq!(run.code, 0, "waited out:\n{text}");
             assert!(text.contains("can't lock file") && text.contains("got timeout"), "{text}");
         }
+        CtFault::FailedResizeTask => {
+            assert_eq!(run.code, 3, "{text}");
+            let host = &report["hosts"][0];
+            assert_eq!(
+                (host["status"].as_str(), host["step"].as_str()),
+                (Some("failed"), Some("resize")),
+                "{report:#}"
+            );
+            assert!(text.contains("error resizing volume"), "the task's error: {text}");
+            let config = lab.config();
+            assert!(
+                config["rootfs"].as_str().unwrap_or_default().ends_with("size=8G"),
+                "not grown: {config}"
+            );
+        }
     }
 
     // 3. The fault cleared; the cluster as nixprox left it.
     command(json!({"cmd": "clear_failures"}));
+    command(json!({"cmd": "clear_task_errors"}));
     command(json!({"cmd": "flaky_network", "drop_rate": 0.0}));
     assert_invariants(&lab, &before, false);
 
@@ -229,7 +258,7 @@ fn run_case(fault: CtFault) {
     match fault {
         CtFault::LostCreateAnswer | CtFault::FailedStartTask => assert_eq!(creates, 1, "never sent twice"),
         CtFault::NextidRace => assert_eq!(creates, 3, "two refused, one made"),
-        CtFault::ConfigLockTimeout => {
+        CtFault::ConfigLockTimeout | CtFault::FailedResizeTask => {
             assert_eq!(creates, 1);
             let config = lab.config();
             assert!(config["rootfs"].as_str().unwrap_or_default().ends_with("size=10G"), "{config}");
@@ -261,6 +290,11 @@ fn a_failed_container_start_task_is_finished_by_a_rerun() {
 #[test]
 fn a_config_lock_held_during_a_container_resize_is_waited_out() {
     run_case(CtFault::ConfigLockTimeout);
+}
+
+#[test]
+fn a_failed_container_resize_task_is_finished_by_a_rerun() {
+    run_case(CtFault::FailedResizeTask);
 }
 
 #[test]
