@@ -309,3 +309,31 @@ fn every_container_fault_is_in_the_reliability_table() {
     let distinct: std::collections::BTreeSet<String> = SUITE.iter().map(|(_, f)| format!("{f:?}")).collect();
     assert_eq!(distinct.len(), SUITE.len(), "one test per fault");
 }
+
+/// With a declared `nixprox.container.id`, a VMID another tool took is not replaced: the host
+/// fails with PVE's answer, nothing is created, and once the id is free the re-run creates it.
+#[test]
+fn a_declared_container_id_taken_by_another_tool_fails_the_host_with_pves_answer() {
+    let lab = CtLab::start();
+    bystanders(&lab);
+    let before = bystander_state(&lab);
+    lab.plan();
+    lab.pve.command(json!({"cmd": "fail", "method": "POST", "path": "/nodes/pve1/lxc", "status": 500,
+                           "message": "CT 250 already exists on node 'pve1'", "times": 1}));
+    let (run, report) = lab.apply();
+    let text = said(&run, &report);
+    assert_eq!(run.code, 3, "{text}");
+    let host = &report["hosts"][0];
+    assert_eq!(
+        (host["status"].as_str(), host["step"].as_str()),
+        (Some("failed"), Some("create")),
+        "{report:#}"
+    );
+    assert!(text.contains("CT 250 already exists on node 'pve1'"), "{text}");
+    assert!(containers_of_ct(&lab).is_empty(), "nothing created");
+    assert_invariants(&lab, &before, false);
+
+    let (run, report) = lab.apply();
+    assert_eq!(run.code, 0, "the re-run failed:\n{}", said(&run, &report));
+    assert_invariants(&lab, &before, true);
+}
