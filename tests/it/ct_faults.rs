@@ -22,6 +22,8 @@ use crate::support::nix::repo;
 enum CtFault {
     /// The container's create runs, its answer is lost.
     LostCreateAnswer,
+    /// The create is accepted, but its task's status cannot be read.
+    UnfollowedCreateTask,
     /// Another tool's creates take the VMID nixprox was given by `/cluster/nextid`, twice.
     NextidRace,
     /// A share of connections dropped before their request runs (fakepve's `flaky_network`).
@@ -37,6 +39,7 @@ enum CtFault {
 /// The cases, by the test that runs each.
 const SUITE: &[(&str, CtFault)] = &[
     ("a_lost_container_create_answer_is_found_in_the_same_run", CtFault::LostCreateAnswer),
+    ("a_container_create_whose_task_could_not_be_followed_is_found", CtFault::UnfollowedCreateTask),
     ("a_vmid_taken_by_another_tool_before_the_container_create_takes_another", CtFault::NextidRace),
     ("dropped_connections_create_one_container", CtFault::DroppedConnections),
     ("a_failed_container_start_task_is_finished_by_a_rerun", CtFault::FailedStartTask),
@@ -162,6 +165,10 @@ fn run_case(fault: CtFault) {
         CtFault::LostCreateAnswer => {
             command(json!({"cmd": "lose_answer", "method": "POST", "path": "/nodes/pve1/lxc$", "times": 1}))
         }
+        // The client's first read of the create task's status and its 4 retries.
+        CtFault::UnfollowedCreateTask => command(json!({"cmd": "lose_answer", "method": "GET",
+                                                        "path": "/tasks/[^/]*:vzcreate:[^/]*/status$",
+                                                        "times": 5})),
         // pve-cluster's `check_vmid_unused` (`PVE/Cluster.pm`), called by pve-container's
         // create (`PVE/API2/LXC.pm`, `create_vm`): "CT <vmid> already exists on node '<node>'".
         CtFault::NextidRace => command(json!({"cmd": "fail", "method": "POST", "path": "/nodes/pve1/lxc",
@@ -185,7 +192,7 @@ fn run_case(fault: CtFault) {
     let (run, report) = lab.apply();
     let text = said(&run, &report);
     match fault {
-        CtFault::LostCreateAnswer => {
+        CtFault::LostCreateAnswer | CtFault::UnfollowedCreateTask => {
             assert_eq!(run.code, 0, "found in the same run:\n{text}");
             assert!(text.contains("looking for VM"), "{text}");
             assert!(text.contains("answer was lost; the VM is there"), "{text}");
@@ -240,6 +247,7 @@ fn run_case(fault: CtFault) {
     // 3. The fault cleared; the cluster as nixprox left it.
     command(json!({"cmd": "clear_failures"}));
     command(json!({"cmd": "clear_task_errors"}));
+    command(json!({"cmd": "clear_answer_loss"}));
     command(json!({"cmd": "flaky_network", "drop_rate": 0.0}));
     assert_invariants(&lab, &before, false);
 
@@ -256,7 +264,9 @@ fn run_case(fault: CtFault) {
         .filter(|(m, p)| m == "POST" && p.ends_with("/nodes/pve1/lxc"))
         .count();
     match fault {
-        CtFault::LostCreateAnswer | CtFault::FailedStartTask => assert_eq!(creates, 1, "never sent twice"),
+        CtFault::LostCreateAnswer | CtFault::UnfollowedCreateTask | CtFault::FailedStartTask => {
+            assert_eq!(creates, 1, "never sent twice");
+        }
         CtFault::NextidRace => assert_eq!(creates, 3, "two refused, one made"),
         CtFault::ConfigLockTimeout | CtFault::FailedResizeTask => {
             assert_eq!(creates, 1);
@@ -270,6 +280,11 @@ fn run_case(fault: CtFault) {
 #[test]
 fn a_lost_container_create_answer_is_found_in_the_same_run() {
     run_case(CtFault::LostCreateAnswer);
+}
+
+#[test]
+fn a_container_create_whose_task_could_not_be_followed_is_found() {
+    run_case(CtFault::UnfollowedCreateTask);
 }
 
 #[test]
