@@ -153,3 +153,13 @@ fn a_container_presenting_another_key_than_the_pinned_one_is_refused() {
     assert!(reason.contains("host key"), "{reason}");
     assert!(plan["hosts"][0]["drift"].is_null(), "{plan:#}");
 }
+
+#[test]
+fn an_unreachable_container_is_reported_not_fatal() {
+    let lab = created_container();
+    lab.host.stop_sshd();
+    let plan = probed_container(&lab);
+    assert_eq!(plan["probe"]["unreachable"][0]["host"], "ct", "{plan:#}");
+    assert!(plan["hosts"][0]["drift"].is_null(), "{plan:#}");
+    assert_eq!(cli::kinds(&plan, "ct"), ["noop"], "nothing planned from what could not be read: {plan:#}");
+}
