@@ -29,6 +29,7 @@ use crate::proxmox::container::{
 use crate::proxmox::property::{PropertyString, format_tags};
 use crate::proxmox::qemu::{RawConfig, config_text, tags_of};
 use crate::proxmox::wait_answer;
+use crate::retry::Resend;
 use crate::spec::{GuestKind, MANAGED_TAG, allocation_size, format_size, parse_size};
 
 /// What a container run found along the way.
@@ -67,7 +68,9 @@ impl HostRun<'_> {
             let template = template.as_deref().unwrap_or_default();
             let (id, keys) = log.step("create", self.create_container(host, container, template)).await?;
             *vmid = Some(id);
-            found.generated = Some(keys);
+            // `None`: the create's answer was lost and the container found; its keys are read
+            // from its create task's log below, as after an interrupted run.
+            found.generated = keys;
         }
         let id = vmid.ok_or_else(|| {
             Failure::new(
@@ -160,13 +163,18 @@ impl HostRun<'_> {
     }
 
     /// `POST /nodes/{node}/lxc` from the host's template, with notes naming the host and the
-    /// plan; the VMID declared or allocated. Returns it with the keys Proxmox generated.
+    /// plan; the VMID declared or allocated. Returns it with the keys Proxmox generated, or
+    /// `None` when the create's answer was lost and the container was found with our notes
+    /// (its keys are then read from its create task's log). Created exactly once the way a
+    /// VM is ([`HostRun::create_guest_once`]): a VMID another tool took between `nextid` and
+    /// the create is replaced by another, a lost answer is looked for before anything is sent
+    /// again.
     async fn create_container(
         &self,
         host: &DesiredHost,
         container: &DesiredContainer,
         template: &str,
-    ) -> Result<Done<(u32, Vec<GeneratedKey>)>, StepError> {
+    ) -> Result<Done<(u32, Option<Vec<GeneratedKey>>)>, StepError> {
         if template.is_empty() {
             return Err(StepError::other(format!(
                 "host `{}` names no container template (`nixprox.container.template`; re-run the plan)",
@@ -174,23 +182,42 @@ impl HostRun<'_> {
             )));
         }
         let client = self.req.client;
-        let vmid = match host.vmid {
-            Some(vmid) => vmid,
-            None => self.vmids.next(client).await?,
-        };
-        let notes = self.first_notes_of(host, vmid);
-        let form = create_form(NewContainer {
-            vmid,
-            shared: &host.spec,
-            spec: &container.spec,
-            template,
-            ssh_keys: &container.ssh_keys,
-            description: &notes,
-        });
-        let keys = ct::create(client, &host.node, &form, self.req.options.task_timeout).await?;
-        let detail =
-            format!("vmid {vmid} from `{template}`, {} host key fingerprint(s) in the task log", keys.len());
-        Ok(Done::ok((vmid, keys)).detail(detail))
+        let timeout = self.req.options.task_timeout;
+        let what = format!("failed to create the container of host `{}`", host.host);
+        let sent = self
+            .create_guest_once(host, &what, |vmid| {
+                let notes = self.first_notes_of(host, vmid);
+                let form = create_form(NewContainer {
+                    vmid,
+                    shared: &host.spec,
+                    spec: &container.spec,
+                    template,
+                    ssh_keys: &container.ssh_keys,
+                    description: &notes,
+                });
+                async move {
+                    self.req
+                        .options
+                        .step_retry
+                        .run("create", Resend::OnlyIfNotExecuted, || {
+                            ct::create(client, &host.node, &form, timeout)
+                        })
+                        .await
+                }
+            })
+            .await?;
+        let found = sent.found_detail("create");
+        let vmid = sent.vmid;
+        Ok(match sent.answer {
+            Some(keys) => {
+                let detail = format!(
+                    "vmid {vmid} from `{template}`, {} host key fingerprint(s) in the task log",
+                    keys.len()
+                );
+                Done::ok((vmid, Some(keys))).detail(detail)
+            }
+            None => Done::ok((vmid, None)).detail(found),
+        })
     }
 
     /// The host's own template: its package built (once per run), its `tarball/*.tar.xz` uploaded

@@ -1,5 +1,6 @@
-//! Creating a host's VM exactly once: a full clone of a template, or a VM from scratch that
-//! boots an installer ISO. Both take a VMID (declared, or from the run's
+//! Creating a host's guest exactly once: a full clone of a template, a VM from scratch that
+//! boots an installer ISO or imports its image, or a container from its template
+//! ([`HostRun::create_guest_once`], shared with `apply::container`). All take a VMID (declared, or from the run's
 //! [`VmidAllocator`](crate::proxmox::vmid::VmidAllocator)) and carry the metadata block naming
 //! the host in their first write: the journal entry a re-run resumes from, and the proof that
 //! a VM is ours.
@@ -20,9 +21,8 @@ use super::step::{Done, StepError};
 use crate::flake::DesiredHost;
 use crate::flake::host::{ImageSource, TemplateRef};
 use crate::metadata::{self, Metadata};
-use crate::proxmox::qemu::{
-    CloneForm, CreateForm, ImageCreateForm, NoImage, config_text, find_vm, notes_of, vm_path,
-};
+use crate::proxmox::container::find_guest;
+use crate::proxmox::qemu::{CloneForm, CreateForm, ImageCreateForm, NoImage, config_text, notes_of, vm_path};
 use crate::proxmox::{ProxmoxError, find_template, post_and_wait};
 use crate::retry::Resend;
 
@@ -33,9 +33,10 @@ const NEXTID_ATTEMPTS: u32 = 8;
 const UNKNOWN_OUTCOME_SENDS: usize = 3;
 
 /// What one create request for one VMID came to.
-enum Created {
-    /// Proxmox created it; the task's warnings.
-    New(Vec<String>),
+enum Created<T> {
+    /// Proxmox created it; what the request answered (a VM's task warnings, a container's
+    /// generated host keys).
+    New(T),
     /// The outcome was unknown, and the VM is there with our notes.
     Found,
     /// Another VM holds the id: PVE's refusal, or (`None`) a VM found that is not ours.
@@ -50,21 +51,28 @@ enum Look {
 }
 
 /// A create request that went through.
-struct Sent {
-    vmid: u32,
-    warnings: Vec<String>,
-    /// The answer was lost, and the VM was found with our notes: nothing was sent twice.
-    found: bool,
+pub(super) struct Sent<T> {
+    pub(super) vmid: u32,
+    /// What the request answered; `None` when its answer was lost and the guest was found with
+    /// our notes: nothing was sent twice.
+    pub(super) answer: Option<T>,
 }
 
-impl Sent {
+impl<T> Sent<T> {
+    /// How a found guest is reported: the request's answer was lost, the guest is there.
+    pub(super) fn found_detail(&self, request: &str) -> String {
+        format!("vmid {} (the {request}'s answer was lost; the VM is there)", self.vmid)
+    }
+}
+
+impl Sent<Vec<String>> {
     /// The step's outcome: `created` describes a VM Proxmox just made for this request.
     fn done(self, request: &str, created: String) -> Done<u32> {
-        if self.found {
-            let found = format!("vmid {} (the {request}'s answer was lost; the VM is there)", self.vmid);
-            return Done::ok(self.vmid).detail(found);
+        let found = self.found_detail(request);
+        match self.answer {
+            Some(warnings) => Done::ok(self.vmid).detail(created).warnings(warnings),
+            None => Done::ok(self.vmid).detail(found),
         }
-        Done::ok(self.vmid).detail(created).warnings(self.warnings)
     }
 }
 
@@ -86,7 +94,7 @@ impl HostRun<'_> {
         let path = format!("{}/clone", vm_path(&source.node, source.vmid));
         let what = format!("failed to clone template `{wanted}` for host `{}`", host.host);
         let sent = self
-            .with_fresh_vmid(host, &what, |vmid| {
+            .create_guest_once(host, &what, |vmid| {
                 let notes = self.first_notes(host, vmid, None);
                 let form = CloneForm {
                     newid: vmid,
@@ -111,7 +119,7 @@ impl HostRun<'_> {
         let path = format!("/nodes/{}/qemu", host.node);
         let what = format!("failed to create the VM of host `{}`", host.host);
         let sent = self
-            .with_fresh_vmid(host, &what, |vmid| {
+            .create_guest_once(host, &what, |vmid| {
                 let notes = self.first_notes(host, vmid, None);
                 let form = CreateForm {
                     vmid,
@@ -147,7 +155,7 @@ impl HostRun<'_> {
         let path = format!("/nodes/{}/qemu", host.node);
         let what = format!("failed to create the VM of host `{}` from its image", host.host);
         let sent = self
-            .with_fresh_vmid(host, &what, |vmid| {
+            .create_guest_once(host, &what, |vmid| {
                 let notes = self.first_notes(host, vmid, Some(&source.package.out_path));
                 let form = ImageCreateForm {
                     vmid,
@@ -189,16 +197,17 @@ impl HostRun<'_> {
 
     /// Runs `send` with the declared VMID, or with one from the run's allocator; when
     /// another tool's create took that id first, with a new one after a jittered wait (up
-    /// to [`NEXTID_ATTEMPTS`]).
-    async fn with_fresh_vmid<F, Fut>(
+    /// to [`NEXTID_ATTEMPTS`]). A create whose outcome is unknown is looked for before it is
+    /// sent again ([`Self::create_once`]). The one way every guest of either kind is created.
+    pub(super) async fn create_guest_once<T, F, Fut>(
         &self,
         host: &DesiredHost,
         what: &str,
         mut send: F,
-    ) -> Result<Sent, StepError>
+    ) -> Result<Sent<T>, StepError>
     where
         F: FnMut(u32) -> Fut,
-        Fut: Future<Output = Result<Vec<String>, ProxmoxError>>,
+        Fut: Future<Output = Result<T, ProxmoxError>>,
     {
         let client = self.req.client;
         let mut taken = Vec::new();
@@ -211,8 +220,8 @@ impl HostRun<'_> {
                 None => self.vmids.next(client).await?,
             };
             match self.create_once(host, what, vmid, &mut send).await? {
-                Created::New(warnings) => return Ok(Sent { vmid, warnings, found: false }),
-                Created::Found => return Ok(Sent { vmid, warnings: Vec::new(), found: true }),
+                Created::New(answer) => return Ok(Sent { vmid, answer: Some(answer) }),
+                Created::Found => return Ok(Sent { vmid, answer: None }),
                 Created::Taken(err) if host.vmid.is_some() => {
                     return Err(match err {
                         Some(err) => err.into(),
@@ -241,16 +250,16 @@ impl HostRun<'_> {
     /// Sends the create for one VMID so that it takes effect at most once (see the module
     /// header): a failure with an unknown outcome, and "already exists" after one, are
     /// answered by looking at the cluster, never by sending blind.
-    async fn create_once<F, Fut>(
+    async fn create_once<T, F, Fut>(
         &self,
         host: &DesiredHost,
         what: &str,
         vmid: u32,
         send: &mut F,
-    ) -> Result<Created, StepError>
+    ) -> Result<Created<T>, StepError>
     where
         F: FnMut(u32) -> Fut,
-        Fut: Future<Output = Result<Vec<String>, ProxmoxError>>,
+        Fut: Future<Output = Result<T, ProxmoxError>>,
     {
         let mut maybe_ran = false;
         for _ in 0..UNKNOWN_OUTCOME_SENDS {
@@ -273,16 +282,17 @@ impl HostRun<'_> {
         )))
     }
 
-    /// What is under `vmid` after a create whose outcome is unknown. A VM that a clone or
+    /// What is under `vmid` after a create whose outcome is unknown. A guest that a clone or
     /// create still holds (its `lock`) is waited for, bounded by the task timeout: until then
     /// its notes may not be written yet (qemu-server writes a clone's config after copying its
-    /// first disk).
+    /// first disk; pve-container holds `lock: create` while it unpacks the template). A guest
+    /// of the other kind under that id is not ours, whatever its notes say.
     async fn look_for(&self, host: &DesiredHost, vmid: u32) -> Result<Look, StepError> {
         let client = self.req.client;
         let options = self.req.options;
         let started = Instant::now();
         loop {
-            let Some((node, raw)) = find_vm(client, vmid).await? else { return Ok(Look::Absent) };
+            let Some((kind, node, raw)) = find_guest(client, vmid).await? else { return Ok(Look::Absent) };
             let lock = config_text(&raw, "lock").filter(|lock| lock == "clone" || lock == "create");
             if let Some(lock) = lock {
                 if started.elapsed() >= options.task_timeout {
@@ -295,7 +305,7 @@ impl HostRun<'_> {
                 tokio::time::sleep(options.poll_interval).await;
                 continue;
             }
-            let ours = notes_of(&raw).metadata().is_some_and(|m| m.host == host.host);
+            let ours = kind == host.kind() && notes_of(&raw).metadata().is_some_and(|m| m.host == host.host);
             return Ok(if ours { Look::Ours } else { Look::Other });
         }
     }

@@ -29,6 +29,19 @@ pub fn guest_path(kind: GuestKind, node: &str, vmid: u32) -> String {
     format!("/nodes/{node}/{}/{vmid}", kind.api_segment())
 }
 
+/// The guest with this id wherever it is in the cluster, of either kind
+/// (`/cluster/resources`, then its config on its node): after a create whose answer was lost,
+/// a VM may be on the template's node still or already on the target, and another tool may
+/// have put a guest of the other kind under the id. `None`: no such guest.
+pub async fn find_guest(
+    client: &Client,
+    vmid: u32,
+) -> Result<Option<(GuestKind, String, Map<String, Value>)>, ProxmoxError> {
+    let listed = super::read::list_guests(client).await?;
+    let Some(guest) = listed.into_iter().find(|g| g.vmid == vmid) else { return Ok(None) };
+    Ok(read_guest_raw(client, guest.kind, &guest.node, vmid).await?.map(|raw| (guest.kind, guest.node, raw)))
+}
+
 /// `GET …/config` of a guest of either kind; `None` when it does not exist.
 pub async fn read_guest_raw(
     client: &Client,

@@ -64,15 +64,6 @@ pub async fn read_raw(client: &Client, node: &str, vmid: u32) -> Result<Option<R
     }
 }
 
-/// The VM with this id wherever it is in the cluster (`/cluster/resources`, then its config
-/// on its node): after a clone or create whose answer was lost, the VM may be on the
-/// template's node still or already on the target. `None`: no such VM.
-pub async fn find_vm(client: &Client, vmid: u32) -> Result<Option<(String, RawConfig)>, ProxmoxError> {
-    let listed = super::read::list_vms(client).await?;
-    let Some(vm) = listed.into_iter().find(|vm| vm.vmid == vmid) else { return Ok(None) };
-    Ok(read_raw(client, &vm.node, vmid).await?.map(|raw| (vm.node, raw)))
-}
-
 /// Whether a VM runs, from `status` of `…/status/current`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PowerState {

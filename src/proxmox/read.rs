@@ -187,6 +187,11 @@ async fn read_configs(
         .await
 }
 
+/// `GET /cluster/resources?type=vm`: every guest, QEMU VMs and containers, without configs.
+pub async fn list_guests(client: &Client) -> Result<Vec<LiveVm>, ProxmoxError> {
+    Ok(fetch_resources(client).await?.into_iter().map(|(vm, _)| vm).collect())
+}
+
 /// `GET /cluster/resources?type=vm`: QEMU VMs only (no containers), without configs, sorted by
 /// VMID.
 pub async fn list_vms(client: &Client) -> Result<Vec<LiveVm>, ProxmoxError> {

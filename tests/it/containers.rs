@@ -635,15 +635,15 @@ fn gc_images_lists_container_templates_no_host_uses() {
 /// A container end to end through the binary: fakepve with a template whose root has
 /// `/etc/ssh` and `/nix/store`, the SSH test host answering as the container with the key
 /// "Proxmox generated" for it, and the locked `fixtures/ct-deploy` flake.
-struct CtLab {
-    host: crate::support::sshd::TestHost,
-    pve: FakePve,
-    fixture: Fixture,
-    work: tempfile::TempDir,
+pub(crate) struct CtLab {
+    pub(crate) host: crate::support::sshd::TestHost,
+    pub(crate) pve: FakePve,
+    pub(crate) fixture: Fixture,
+    pub(crate) work: tempfile::TempDir,
 }
 
 impl CtLab {
-    fn start() -> CtLab {
+    pub(crate) fn start() -> CtLab {
         let host = crate::support::sshd::TestHost::start();
         let pve = FakePve::start(crate::support::fakepve::Scenario::new());
         pve.command(json!({"cmd": "ct_template", "storage": "local", "name": "nixos-lab.tar.xz",
@@ -657,7 +657,7 @@ impl CtLab {
         lab
     }
 
-    fn declare(&self, revision: &str, memory: u64, rootfs: &str) {
+    pub(crate) fn declare(&self, revision: &str, memory: u64, rootfs: &str) {
         let declared = json!({
             "system": crate::support::sshd::systems::current_system(),
             "revision": revision,
@@ -678,7 +678,7 @@ impl CtLab {
     }
 
     /// Sets one more field of `test-host.json`.
-    fn declare_more(&self, key: &str, value: Value) {
+    pub(crate) fn declare_more(&self, key: &str, value: Value) {
         let path = self.fixture.dir.path().join("test-host.json");
         let mut declared: Value =
             serde_json::from_str(&std::fs::read_to_string(&path).expect("test-host.json")).expect("json");
@@ -686,20 +686,20 @@ impl CtLab {
         std::fs::write(&path, declared.to_string()).expect("write test-host.json");
     }
 
-    fn run(&self, args: &[&str]) -> cli::Run {
+    pub(crate) fn run(&self, args: &[&str]) -> cli::Run {
         let mut command = cli::nixprox();
         command.args(args).args(["--flake", &self.fixture.flake_ref()]).envs(cli::pve_env(&self.pve));
         command.output().expect("run nixprox").into()
     }
 
-    fn plan(&self) -> Value {
+    pub(crate) fn plan(&self) -> Value {
         let out = self.work.path().join("plan.json").display().to_string();
         let run = self.run(&["plan", "--format", "json", "--out", &out]);
         assert_eq!(run.code, 0, "plan failed:\n{}", run.stderr);
         serde_json::from_str(&std::fs::read_to_string(&out).expect("plan.json")).expect("json")
     }
 
-    fn apply(&self) -> (cli::Run, Value) {
+    pub(crate) fn apply(&self) -> (cli::Run, Value) {
         let plan = self.work.path().join("plan.json").display().to_string();
         let report = self.work.path().join("report.json").display().to_string();
         let _ = std::fs::remove_file(&report);
@@ -709,11 +709,11 @@ impl CtLab {
         (run, serde_json::from_str(&text).expect("report json"))
     }
 
-    fn config(&self) -> Value {
+    pub(crate) fn config(&self) -> Value {
         self.pve.command(json!({"cmd": "ct", "vmid": 250}))["config"].clone()
     }
 
-    fn metadata(&self) -> nixprox::metadata::Metadata {
+    pub(crate) fn metadata(&self) -> nixprox::metadata::Metadata {
         let notes = self.config()["description"].as_str().expect("notes").to_string();
         nixprox::metadata::Notes::parse(&notes)
             .metadata()
@@ -721,7 +721,7 @@ impl CtLab {
             .unwrap_or_else(|| panic!("no block: {notes}"))
     }
 
-    fn steps(report: &Value) -> Vec<String> {
+    pub(crate) fn steps(report: &Value) -> Vec<String> {
         report["hosts"][0]["steps"]
             .as_array()
             .expect("steps")
@@ -784,16 +784,23 @@ fn a_container_is_created_its_key_pinned_from_the_task_log_switched_updated_and_
     );
 }
 
-/// The create's answer is lost (the container was made, nixprox never heard): the run fails,
-/// and the next one finds the container by its notes, starts it, pins its key from the create
-/// task's log (still there) and switches it; nothing is created twice, nothing trusted.
+/// The create's answer is lost (the container was made, nixprox never heard) and the run stops
+/// before the key is pinned (the start fails): the run found the container by its notes, and
+/// the next one starts it, pins its key from the create task's log (still there) and switches
+/// it; nothing is created twice, nothing trusted.
 #[test]
 fn a_lost_create_answer_is_resumed_with_the_key_from_the_create_task_log() {
     let lab = CtLab::start();
     lab.plan();
     lab.pve.command(json!({"cmd": "lose_answer", "method": "POST", "path": "/nodes/pve1/lxc$", "times": 1}));
+    lab.pve.command(json!({"cmd": "fail", "method": "POST", "path": "/lxc/250/status/start",
+                           "error": "mtu_size_bigger_than_bridge", "times": 1}));
     let (run, report) = lab.apply();
-    assert_ne!(run.code, 0, "the create's outcome is unknown: {report:#}");
+    assert_eq!(run.code, 3, "the start failed: {report:#}");
+    assert_eq!(
+        report["hosts"][0]["steps"][0]["detail"], "vmid 250 (the create's answer was lost; the VM is there)",
+        "found in the same run: {report:#}"
+    );
     assert!(
         lab.config()["description"].as_str().unwrap_or_default().contains("nixprox:v1"),
         "created, with its notes"

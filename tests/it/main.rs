@@ -8,6 +8,7 @@ mod apply;
 mod apply_cli;
 mod containers;
 mod convert;
+mod ct_faults;
 mod deploy;
 mod docs;
 mod error_messages;

@@ -99,3 +99,67 @@ fn a_host_presenting_another_key_is_refused_and_reported() {
     let reason = plan["probe"]["unreachable"][0]["reason"].as_str().expect("reason");
     assert!(reason.contains("host key"), "{reason}");
 }
+
+/// A container host probed over SSH like a VM: created by apply (its key pinned from the create
+/// task's log and recorded), its `/run/current-system` then changed by hand on the machine.
+fn probed_container(lab: &crate::containers::CtLab) -> Value {
+    let run = lab.run(&["plan", "--probe", "--hosts", "ct", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let key = std::fs::read_to_string(&lab.host.client_key).expect("client key");
+    assert!(!run.stdout.contains(key.trim()) && !run.stderr.contains(key.trim()), "the SSH key leaked");
+    serde_json::from_str(&run.stdout).expect("json")
+}
+
+fn created_container() -> crate::containers::CtLab {
+    let lab = crate::containers::CtLab::start();
+    lab.plan();
+    let (run, report) = lab.apply();
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}\n{report:#}", run.stdout, run.stderr);
+    lab
+}
+
+#[test]
+fn probe_reports_a_containers_system_changed_by_hand_and_plans_a_switch_back() {
+    let lab = created_container();
+    let plan = probed_container(&lab);
+    assert_eq!(
+        (plan["probe"]["probed"].as_u64(), plan["probe"]["changed"].clone()),
+        (Some(1), serde_json::json!([])),
+        "{plan:#}"
+    );
+
+    let by_hand = "/nix/store/0000000000000000000000000000000c-nixos-system-ct-by-hand";
+    let link = lab.host.root().join("run/current-system");
+    std::fs::remove_file(&link).expect("unlink");
+    std::os::unix::fs::symlink(by_hand, &link).expect("link");
+    let plan = probed_container(&lab);
+    assert_eq!(plan["probe"]["changed"], serde_json::json!(["ct"]), "{plan:#}");
+    let ct = &plan["hosts"][0];
+    assert_eq!(
+        (ct["kind"].as_str(), ct["drift"]["running"].as_str()),
+        (Some("container"), Some(by_hand)),
+        "{plan:#}"
+    );
+    assert_eq!(cli::kinds(&plan, "ct"), ["switch"], "{plan:#}");
+}
+
+#[test]
+fn a_container_presenting_another_key_than_the_pinned_one_is_refused() {
+    let lab = created_container();
+    let other = nixprox::ssh::generate_host_key("root@impostor").expect("key");
+    lab.host.restart_with_host_key(&other);
+    let plan = probed_container(&lab);
+    let reason = plan["probe"]["unreachable"][0]["reason"].as_str().expect("reason");
+    assert!(reason.contains("host key"), "{reason}");
+    assert!(plan["hosts"][0]["drift"].is_null(), "{plan:#}");
+}
+
+#[test]
+fn an_unreachable_container_is_reported_not_fatal() {
+    let lab = created_container();
+    lab.host.stop_sshd();
+    let plan = probed_container(&lab);
+    assert_eq!(plan["probe"]["unreachable"][0]["host"], "ct", "{plan:#}");
+    assert!(plan["hosts"][0]["drift"].is_null(), "{plan:#}");
+    assert_eq!(cli::kinds(&plan, "ct"), ["noop"], "nothing planned from what could not be read: {plan:#}");
+}

@@ -57,8 +57,9 @@ a storage between runs (`content`, and `virtual_size` for an import).
 much longer, on any storage (see `DriverPve.task`).
 
 Faults fakepve itself has are commands that map onto its calls (`fail`, `flaky_network`,
-`quorum` for `lose_quorum`/`regain_quorum`, `set_node`, …). One it lacks is added here:
-`lose_answer` (see `AnswerLoss`). `set_storage` changes a storage's options (`avail`: the bytes
+`quorum` for `lose_quorum`/`regain_quorum`, `set_node`, …). Ones it lacks are added here:
+`lose_answer` (see `AnswerLoss`), and `task_error`, a task that fails inside its worker with a
+message of the test's choosing (see `TaskErrors`). `set_storage` changes a storage's options (`avail`: the bytes
 left, which fakepve's allocations check) as an administrator or a filling disk would.
 """
 
@@ -155,6 +156,69 @@ class AnswerLoss:
 
 
 ANSWER_LOSS = AnswerLoss()
+
+
+class TaskErrors:
+    """The `task_error` fault: a request Proxmox accepts whose task then fails with a message
+    of the test's choosing.
+
+    fakepve's `fail` ends a task in `TASK ERROR` only for the errors its catalogue marks as
+    raised inside a worker, and pve-container's resize has none there: its API handler checks
+    the size and forks the `resize` worker (`PVE/API2/LXC.pm`, `resize_vm`, `fork_worker`),
+    and the worker's storage call is what fails on a real node (`PVE::Storage::volume_resize`;
+    the LVM plugin's `lvextend` dies with `error resizing volume '<path>'`, `LVMPlugin.pm`). So
+    this middleware answers the matching request with the UPID of a task of that type, owned
+    by the requester, which ends in `TASK ERROR: <message>`; nothing is changed.
+
+    `{"cmd": "task_error", "method": "PUT", "path": "/lxc/250/resize$", "type": "resize",
+    "message": "…", "times": 1}`: the next `times` requests whose method matches and whose path
+    matches the regular expression (`re.search`).
+    """
+
+    def __init__(self):
+        self.rules = []
+
+    def add(self, args):
+        self.rules.append({'method': args['method'].upper(), 'path': re.compile(args['path']),
+                           'type': args['type'], 'message': args['message'], 'times': args.get('times', 1)})
+
+    def _take(self, request):
+        for rule in self.rules:
+            if rule['method'] == request.method and rule['path'].search(request.path):
+                rule['times'] -= 1
+                if rule['times'] <= 0:
+                    self.rules.remove(rule)
+                return rule
+        return None
+
+    def install(self, pve):
+        build = pve._build_app
+
+        @web.middleware
+        async def middleware(request, handler):
+            rule = self._take(request)
+            if rule is None:
+                return await handler(request)
+            # The owner is the token (`PVEAPIToken=<user>!<token>=<secret>`), as fakepve records it.
+            auth = request.headers.get('Authorization', '')
+            user = auth[len('PVEAPIToken='):].partition('=')[0] if auth.startswith('PVEAPIToken=') else 'root@pam'
+            parts = request.path.split('/')
+            node = parts[parts.index('nodes') + 1] if 'nodes' in parts else sorted(pve.nodes)[0]
+            vmid = next((p for p in parts if p.isdigit()), '')
+            message = rule['message']
+
+            async def body():
+                raise TaskError(message)
+            return ok(await pve.task(node, rule['type'], vmid, user, body, lock=False))
+
+        def build_with_errors():
+            app = build()
+            app.middlewares.append(middleware)
+            return app
+        pve._build_app = build_with_errors
+
+
+TASK_ERRORS = TaskErrors()
 
 
 class ConfigEdits:
@@ -1298,6 +1362,12 @@ async def command(pve, args):
     if name == 'edit_on_request':
         CONFIG_EDITS.add(args)
         return None
+    if name == 'task_error':
+        TASK_ERRORS.add(args)
+        return None
+    if name == 'clear_task_errors':
+        TASK_ERRORS.rules.clear()
+        return None
     if name == 'remove_vm':
         # What an owner does in the UI (Remove, with "purge"): the VM is gone, its VMID free.
         vm = vm_of(pve, args)
@@ -1459,6 +1529,7 @@ async def serve(args):
     model_token_privileges(pve)
     ANSWER_LOSS.install(pve)
     CONFIG_EDITS.install(pve)
+    TASK_ERRORS.install(pve)
     apply_scenario(pve, scenario)
     os.makedirs(args.ca_dir, exist_ok=True)
     certfile, keyfile, _ = make_cert(args.ca_dir, hosts=(args.host,))
