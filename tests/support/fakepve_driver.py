@@ -430,8 +430,13 @@ class DriverPve(FakePve):
     def _mapping_index(self, kind):
         """pve-manager PVE/API2/Cluster/Mapping/{PCI,USB,Dir}.pm `index`: the mappings the user
         may see (Mapping.Modify, Mapping.Use or Mapping.Audit on /mapping/<kind>/<id>), each
-        with its `id`, `map` (one `node=…,path=…` entry per node) and `description`."""
+        with its `id`, `map` (one `node=…,path=…` entry per node) and `description`.
+        Directory mappings came with Proxmox VE 8.4 (pve-manager 8.4.0, `API2/Cluster/Mapping/Dir.pm`):
+        an older release has no such path and answers as pve-http-server does for any unknown
+        one, 501 "Method '…' not implemented"."""
         async def index(v, user):
+            if kind == 'dir' and version_tuple(self) < (8, 4):
+                raise PveError(501, "Method 'GET /api2/json/cluster/mapping/dir' not implemented")
             entries = []
             for entry in getattr(self, 'mappings', {}).get(kind, []):
                 path = '/mapping/{0}/{1}'.format(kind, entry['id'])
