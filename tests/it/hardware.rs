@@ -795,3 +795,30 @@ fn a_vm_with_passthrough_migrates_only_the_way_proxmox_can() {
     declare(&fixture);
     assert!(migrate_of(&plan_hosts(&fixture, &pve, "nas"))["blocked"].is_null());
 }
+
+/// An HA resource's shutdown and stop only ask the HA manager (qemu-server `vm_shutdown` and
+/// `vm_stop`: "Requesting HA stop"), whose task ends before the VM has stopped; fakepve's HA
+/// manager acts a round later (`ha_delay`, 1 s here). Pruning an orphan that HA keeps
+/// running waits for the VM to stop before it destroys it, and asks for the stop once: it
+/// never destroys a running VM or keeps re-requesting.
+#[test]
+fn an_ha_managed_orphan_is_stopped_through_ha_and_waited_for_before_it_is_destroyed() {
+    let (fixture, pve) = cli::homelab_with(|g| {
+        if g["vmid"] == 150 {
+            g["status"] = json!("running");
+            g["ha_state"] = json!("started");
+        }
+    });
+    pve.command(json!({"cmd": "set", "time_scale": 0.1}));
+    // The homelab's nixprox.yaml sets `prune_orphans`.
+    pve.requests(true);
+    let run = plan_and_apply(&fixture, &pve, "old-wiki");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(pve.try_command(json!({"cmd": "vm", "vmid": 150})).is_err(), "VM 150 is gone");
+    let requests = pve.requests(false);
+    let posted = |what: &str| requests.iter().filter(|(m, p)| m == "POST" && p.ends_with(what)).count();
+    assert_eq!(posted("/qemu/150/status/shutdown"), 1, "{requests:?}");
+    assert_eq!(posted("/qemu/150/status/stop"), 0, "HA shut it down: no second request {requests:?}");
+    let deletes = requests.iter().filter(|(m, p)| m == "DELETE" && p.ends_with("/qemu/150")).count();
+    assert_eq!(deletes, 1, "destroyed once it had stopped, never refused as running: {requests:?}");
+}

@@ -810,7 +810,7 @@ def dump_vm(vm):
     tags = [t for t in str(vm.config.get('tags', '')).replace(',', ';').replace(' ', ';').split(';') if t]
     return {'vmid': vm.vmid, 'name': vm.name, 'node': vm.node, 'status': vm.status, 'template': bool(vm.template),
             'config': vm.config, 'pending': vm.pending, 'lock': vm.lock, 'tags': tags, 'pool': vm.pool,
-            'digest': vm.digest(), 'config_lock_held': vm.lock_holder is not None}
+            'digest': vm.digest(), 'config_lock_held': vm.lock_holder is not None, 'ha_state': vm.ha_state}
 
 
 def list_guests(pve):
@@ -1328,7 +1328,8 @@ async def command(pve, args):
         return None
     if name == 'set_vm':
         vm = vm_of(pve, args)
-        for key in ('status', 'start_error', 'shutdown_secs', 'start_secs', 'stop_secs', 'acpi'):
+        # `ha_state`: the VM becomes an HA resource with that requested state (`ha-manager add`).
+        for key in ('status', 'start_error', 'shutdown_secs', 'start_secs', 'stop_secs', 'acpi', 'ha_state'):
             if key in args:
                 setattr(vm, key, args[key])
         if 'status' in args:
