@@ -453,6 +453,65 @@ nixprox.ssh.hostKey = "ssh-ed25519 AAAA root@web";
     }
 
     #[test]
+    fn the_hardware_the_vm_has_is_declared_and_raw_devices_named() {
+        use crate::spec::hardware::{PciDevice, Startup, Tpm, UsbDevice, VirtiofsShare};
+        let hardware = Hardware {
+            cpu_flags: BTreeSet::from(["+aes".to_string(), "-pcid".to_string()]),
+            numa: Some(false),
+            serial: Some(false),
+            vga: Some("std".into()),
+            startup: Some(Startup { order: Some(1), up: None, down: Some(60) }),
+            pci: BTreeMap::from([(
+                "hostpci0".to_string(),
+                PciDevice { mapping: "gpu".into(), pcie: false, rombar: false, x_vga: false },
+            )]),
+            usb: BTreeMap::from([("usb0".to_string(), UsbDevice { mapping: "zigbee".into(), usb3: false })]),
+            virtiofs: BTreeMap::from([(
+                "virtiofs1".to_string(),
+                VirtiofsShare {
+                    mapping: "media".into(),
+                    cache: "auto".into(),
+                    direct_io: true,
+                    expose_acl: false,
+                    expose_xattr: true,
+                },
+            )]),
+            tpm: Some(Tpm { version: "v1.2".into(), storage: "ceph".into() }),
+            efi_pre_enrolled_keys: Some(false),
+            extra: BTreeMap::from([
+                ("hostpci0".to_string(), "mapping=gpu,rombar=0".to_string()),
+                ("usb1".to_string(), "host=1a86:7523".to_string()),
+                ("usb2".to_string(), "spice".to_string()),
+                ("serial0".to_string(), "/dev/ttyS0".to_string()),
+                ("hookscript".to_string(), "local:snippets/secret.sh".to_string()),
+                ("cpuunits".to_string(), "200".to_string()),
+            ]),
+            usb_hotplug_feature: true,
+            usb_hotplug: true,
+        };
+        let mut out = String::new();
+        hardware_lines(&hardware, &mut out);
+        let expected = r#"  cpuFlags = [ "+aes" "-pcid" ];
+  numa = false;
+  vga = "std";
+  startup = { order = 1; down = 60; };
+  tpm = { version = "v1.2"; storage = "ceph"; };
+  efi.preEnrolledKeys = false;
+  pci = {
+    hostpci0 = { mapping = "gpu"; rombar = false; };
+  };
+  usb = {
+    usb0 = { mapping = "zigbee"; };
+  };
+  virtiofs = {
+    virtiofs1 = { mapping = "media"; directIo = true; exposeXattr = true; };
+  };
+  # Not managed by nixprox (only root@pam may set them; left as they are, lost by a replace): `hookscript`, `serial0: /dev/ttyS0`, `usb1: host=1a86:7523`.
+"#;
+        assert_eq!(out, expected);
+    }
+
+    #[test]
     fn a_host_module_ready_to_import_for_nixos_and_for_a_vm_to_convert() {
         let spec = VmSpec {
             name: "media".into(),

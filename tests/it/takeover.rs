@@ -425,6 +425,8 @@ fn nixprox_import_declares_the_vms_hardware_and_plans_noop() {
             "hostpci0": "mapping=gpu,pcie=1,x-vga=1", "hostpci1": "0000:02:00.0,pcie=1",
             "usb0": "mapping=zigbee,usb3=1", "usb1": "spice",
             "virtiofs0": "media,cache=never,expose-acl=1",
+            // Root's: named, its value (which may carry anything) never printed.
+            "args": "-fw_cfg name=opt/canary,string=CANARY-hw2-secret", "tablet": "0",
             "tags": "nixprox", "description": Notes::render(OWNER, &block)
         }
     });
@@ -451,10 +453,12 @@ fn nixprox_import_declares_the_vms_hardware_and_plans_noop() {
         "      hostpci0 = { mapping = \"gpu\"; pcie = true; xVga = true; };",
         "      usb0 = { mapping = \"zigbee\"; usb3 = true; };",
         "      virtiofs0 = { mapping = \"media\"; cache = \"never\"; exposeAcl = true; };",
-        "    # Not managed by nixprox (only root@pam may set them; left as they are, lost by a replace): `hostpci1: 0000:02:00.0,pcie=1`.",
+        "    # Not managed by nixprox (only root@pam may set them; left as they are, lost by a replace): `args`, `hostpci1: 0000:02:00.0,pcie=1`.",
     ] {
         assert!(module.lines().any(|l| l == line), "{line}\n{module}");
     }
+    assert!(!module.contains("CANARY"), "{module}");
+    assert!(!module.contains("tablet"), "a key a token may set is not declared: {module}");
     assert!(!module.contains("spice"), "a SPICE port is no device: {module}");
 
     let plan = plan_hosts(&fixture, &pve, "web");
