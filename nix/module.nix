@@ -435,7 +435,8 @@ in
           `fileSystems."/mnt/media" = { device = "media"; fsType = "virtiofs"; };` (the module
           adds the `virtiofs` module to the initrd). Needs `VM.Config.Disk` and `Mapping.Use` on
           `/mapping/dir/<id>`. A change waits for the VM's next reboot; shares the flake does
-          not declare are removed.
+          not declare are removed. On a cluster older than 8.4 the plan blocks the change,
+          naming the host and the cluster's version.
         '';
       };
       tpm = mkOption {

@@ -350,7 +350,19 @@ impl HostRun<'_> {
             .run("start", Resend::Idempotent, || post_and_wait(client, &path, &[], timeout))
             .await;
         match warnings {
-            Ok(warnings) => Ok(Done::ok(()).warnings(warnings)),
+            Ok(warnings) => {
+                let wait = self.req.options.task_timeout;
+                let poll = self.req.options.poll_interval;
+                if let PowerWait::TimedOut =
+                    wait_power(client, GuestKind::Vm, node, vmid, true, wait, poll).await?
+                {
+                    return Err(StepError::other(format!(
+                        "VM {vmid} on node `{node}` is an HA resource: its start was handed to the HA manager (requested state `started`), but it did not run within {}s; see `ha-manager status` on the node",
+                        wait.as_secs()
+                    )));
+                }
+                Ok(Done::ok(()).warnings(warnings))
+            }
             // A start whose answer was lost and that is now running has done its work.
             Err(err)
                 if !err.not_executed()
@@ -541,12 +553,24 @@ impl HostRun<'_> {
         let shutdown = vec![("timeout".to_string(), options.shutdown_timeout.as_secs().to_string())];
         let path = format!("{}/status/shutdown", guest_path(kind, node, vmid));
         let wait = options.shutdown_timeout + std::time::Duration::from_secs(60);
-        if let Err(err) = post_and_wait(client, &path, &shutdown, wait).await {
-            tracing::warn!("VM {vmid} did not shut down cleanly ({err}); stopping it");
-            warnings.push(format!(
-                "shutdown did not finish, the VM was stopped: {}",
-                err.to_string().lines().next().unwrap_or_default()
-            ));
+        let poll = options.poll_interval;
+        match post_and_wait(client, &path, &shutdown, wait).await {
+            // An HA resource's shutdown only asks the HA manager, whose task ends at once.
+            Ok(_) => {
+                if let PowerWait::TimedOut = wait_power(client, kind, node, vmid, false, wait, poll).await? {
+                    warnings.push(format!(
+                        "the HA manager did not shut VM {vmid} down within {}s; it was stopped",
+                        wait.as_secs()
+                    ));
+                }
+            }
+            Err(err) => {
+                tracing::warn!("VM {vmid} did not shut down cleanly ({err}); stopping it");
+                warnings.push(format!(
+                    "shutdown did not finish, the VM was stopped: {}",
+                    err.to_string().lines().next().unwrap_or_default()
+                ));
+            }
         }
         if guest_running(client, kind, node, vmid).await? {
             let path = format!("{}/status/stop", guest_path(kind, node, vmid));
@@ -554,8 +578,60 @@ impl HostRun<'_> {
                 .step_retry
                 .run("stop", Resend::Idempotent, || post_and_wait(client, &path, &[], options.task_timeout))
                 .await?;
+            if let PowerWait::TimedOut =
+                wait_power(client, kind, node, vmid, false, options.task_timeout, poll).await?
+            {
+                return Err(StepError::other(format!(
+                    "VM {vmid} on node `{node}` is an HA resource and still runs {}s after its stop was handed to the HA manager; see `ha-manager status`, and re-run apply once it is stopped",
+                    options.task_timeout.as_secs()
+                )));
+            }
         }
         Ok(warnings)
+    }
+}
+
+/// How a wait for a guest's power state ended.
+enum PowerWait {
+    /// The guest is as wanted.
+    Reached,
+    /// Not an HA resource: the task that ended has done all it will (nothing to wait for).
+    NotHa,
+    /// An HA resource that is not there yet.
+    TimedOut,
+}
+
+/// Waits, for an HA resource, until the guest runs (`running`) or has stopped. qemu-server's
+/// `vm_start`, `vm_stop` and `vm_shutdown` (and pve-container's) hand an HA-managed guest to
+/// the HA manager (`ha-manager set vm:<id> --state started`, `ha-manager crm-command stop`):
+/// their task ("Requesting HA start…") ends before the guest has changed, and the HA manager
+/// acts within its next rounds. `vm_reboot` is not handed over (qemu-server restarts the guest
+/// itself, and HA's requested state stays `started`). Which guests: `status/current`'s
+/// `ha.managed`.
+async fn wait_power(
+    client: &Client,
+    kind: GuestKind,
+    node: &str,
+    vmid: u32,
+    running: bool,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<PowerWait, ProxmoxError> {
+    let path = format!("{}/status/current", guest_path(kind, node, vmid));
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let status = client.get(&path, &[]).await?;
+        if (status.get("status").and_then(Value::as_str) == Some("running")) == running {
+            return Ok(PowerWait::Reached);
+        }
+        let managed = status.get("ha").and_then(|ha| ha.get("managed")).and_then(value_bool).unwrap_or(false);
+        if !managed {
+            return Ok(PowerWait::NotHa);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(PowerWait::TimedOut);
+        }
+        tokio::time::sleep(poll).await;
     }
 }
 

@@ -340,6 +340,12 @@ pub fn check_mappings(
             .chain(hardware.virtiofs.iter().map(|(slot, d)| ("dir", "directory", slot, &d.mapping)));
         let problem = devices.into_iter().find_map(|(kind, name, slot, id)| {
             let option = format!("`nixprox.vm.{}.{slot}.mapping`", if kind == "dir" { "virtiofs" } else { kind });
+            if let (Some(version), "dir") = (&mappings.dir_unsupported, kind) {
+                return Some(format!(
+                    "`{}` shares a directory through virtiofs (`nixprox.vm.virtiofs.{slot}`), which needs Proxmox VE 8.4 or later, and the cluster runs {version} (GET /version); upgrade the cluster, or remove the share",
+                    planned.host
+                ));
+            }
             match mappings.nodes(kind, id) {
                 None => Some(format!(
                     "the {name} mapping `{id}` does not exist, or the token cannot see it (it needs `Mapping.Use` on /mapping/{kind}/{id}); create it under Datacenter → Resource Mappings, or change {option}"

@@ -13,6 +13,10 @@ use super::error::{ProxmoxError, UnexpectedAnswer};
 /// The kinds of mapping a VM can name (`dir`: virtiofs, PVE 8.4+).
 pub const KINDS: [&str; 3] = ["pci", "usb", "dir"];
 
+/// The first Proxmox VE release with directory mappings and virtiofs (its 8.4 release notes;
+/// qemu-server `PVE/QemuServer/Virtiofs.pm`, pve-manager `API2/Cluster/Mapping/Dir.pm`).
+pub const VIRTIOFS_SINCE: (u32, u32) = (8, 4);
+
 /// The mappings the token can see, by kind (`pci`, `usb`), then id, with the nodes their
 /// entries name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,6 +25,10 @@ pub struct Mappings {
     /// PCI mappings marked `live-migration-capable`: a running VM with them may migrate live
     /// (qemu-server `QemuMigrate/Helpers.pm`, `check_local_resources`).
     pub live_migratable: BTreeSet<String>,
+    /// The cluster's version (`GET /version`) when it is older than Proxmox VE 8.4, which
+    /// brought directory mappings and virtiofs: `dir` mappings are then not read (the path
+    /// does not exist) and a declared share is blocked naming the version.
+    pub dir_unsupported: Option<String>,
 }
 
 impl Mappings {
@@ -35,7 +43,18 @@ impl Mappings {
 /// `GET /cluster/mapping/<kind>` for each of `kinds`.
 pub async fn read_mappings(client: &Client, kinds: &BTreeSet<&str>) -> Result<Mappings, ProxmoxError> {
     let mut mappings = Mappings::default();
-    for kind in kinds {
+    let mut kinds = kinds.clone();
+    if kinds.contains("dir") {
+        // Every user may read it (pve-manager `API2/Version.pm`: `user => 'all'`).
+        let data = client.get("/version", &[]).await?;
+        if let Some(version) = super::import::PveVersion::from_data(&data)
+            && (version.major, version.minor) < VIRTIOFS_SINCE
+        {
+            kinds.remove("dir");
+            mappings.dir_unsupported = Some(version.raw);
+        }
+    }
+    for kind in &kinds {
         let path = format!("/cluster/mapping/{kind}");
         let data = client.get(&path, &[]).await?;
         let entries = parse_index(&data).map_err(|err| err.at(Method::GET, &path, &data))?;

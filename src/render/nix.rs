@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use crate::spec::{DiskSpec, NetSpec, VmSpec, format_size};
+use crate::spec::{DiskSpec, Hardware, NetSpec, VmSpec, format_size};
 
 /// Where the VM is and what it is.
 #[derive(Debug, Clone, Copy)]
@@ -142,8 +142,7 @@ pub fn vm_declaration(vm: Imported<'_>) -> String {
     line("id", vm.vmid.to_string());
     line("cores", spec.cores.to_string());
     line("sockets", spec.sockets.to_string());
-    // The whole `cpu` line: `cpuType` may carry the flags (`host,flags=+aes`).
-    line("cpuType", string(&crate::spec::hardware::format_cpu(&spec.cpu_type, &spec.hardware.cpu_flags)));
+    line("cpuType", string(&spec.cpu_type));
     line("memory", spec.memory_mib.to_string());
     if let Some(balloon) = spec.balloon_mib {
         line("balloon", balloon.to_string());
@@ -160,6 +159,7 @@ pub fn vm_declaration(vm: Imported<'_>) -> String {
     }
     let tags: Vec<String> = spec.tags.iter().map(|t| string(t)).collect();
     line("tags", format!("[ {} ]", tags.join(" ")).replace("[  ]", "[ ]"));
+    hardware_lines(&spec.hardware, &mut out);
     out.push_str("  # The notes are left as they are (`description` is not declared).\n");
     out.push_str("  disks = {\n");
     for (slot, disk) in &spec.disks {
@@ -187,6 +187,140 @@ pub fn vm_declaration(vm: Imported<'_>) -> String {
         }
     }
     out
+}
+
+/// The hardware options the VM has, each as Proxmox has it (so the plan compares them equal),
+/// and a comment naming what nixprox does not manage there: raw devices and keys only
+/// `root@pam` may set (they stay as they are; a `replace_vm` would lose them).
+fn hardware_lines(hardware: &Hardware, out: &mut String) {
+    let mut line = |key: &str, value: String| {
+        let _ = writeln!(out, "  {key} = {value};");
+    };
+    if !hardware.cpu_flags.is_empty() {
+        let flags: Vec<String> = hardware.cpu_flags.iter().map(|f| string(f)).collect();
+        line("cpuFlags", format!("[ {} ]", flags.join(" ")));
+    }
+    if let Some(numa) = hardware.numa {
+        line("numa", numa.to_string());
+    }
+    if hardware.serial == Some(true) {
+        line("serial", "true".into());
+    }
+    if let Some(vga) = &hardware.vga {
+        line("vga", string(vga));
+    }
+    if let Some(startup) = &hardware.startup {
+        let parts: Vec<String> = [("order", startup.order), ("up", startup.up), ("down", startup.down)]
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|v| format!("{key} = {v};")))
+            .collect();
+        if !parts.is_empty() {
+            line("startup", format!("{{ {} }}", parts.join(" ")));
+        }
+    }
+    if let Some(tpm) = &hardware.tpm {
+        line("tpm", format!("{{ version = {}; storage = {}; }}", string(&tpm.version), string(&tpm.storage)));
+    }
+    if let Some(keys) = hardware.efi_pre_enrolled_keys {
+        line("efi.preEnrolledKeys", keys.to_string());
+    }
+    let block = |entries: Vec<(&String, String)>| -> Option<String> {
+        (!entries.is_empty()).then(|| {
+            let mut text = String::from("{\n");
+            for (slot, fields) in entries {
+                text.push_str(&format!("    {slot} = {{ {fields} }};\n"));
+            }
+            text.push_str("  }");
+            text
+        })
+    };
+    let pci = hardware
+        .pci
+        .iter()
+        .map(|(slot, d)| {
+            let mut fields = vec![format!("mapping = {};", string(&d.mapping))];
+            for (name, on, default) in
+                [("pcie", d.pcie, false), ("rombar", d.rombar, true), ("xVga", d.x_vga, false)]
+            {
+                if on != default {
+                    fields.push(format!("{name} = {on};"));
+                }
+            }
+            (slot, fields.join(" "))
+        })
+        .collect();
+    if let Some(text) = block(pci) {
+        line("pci", text);
+    }
+    let usb = hardware
+        .usb
+        .iter()
+        .map(|(slot, d)| {
+            let usb3 = if d.usb3 { " usb3 = true;" } else { "" };
+            (slot, format!("mapping = {};{usb3}", string(&d.mapping)))
+        })
+        .collect();
+    if let Some(text) = block(usb) {
+        line("usb", text);
+    }
+    let virtiofs = hardware
+        .virtiofs
+        .iter()
+        .map(|(slot, share)| {
+            let mut fields = vec![format!("mapping = {};", string(&share.mapping))];
+            if share.cache != "auto" {
+                fields.push(format!("cache = {};", string(&share.cache)));
+            }
+            for (name, on) in [
+                ("directIo", share.direct_io),
+                ("exposeAcl", share.expose_acl),
+                ("exposeXattr", share.expose_xattr),
+            ] {
+                if on {
+                    fields.push(format!("{name} = true;"));
+                }
+            }
+            (slot, fields.join(" "))
+        })
+        .collect();
+    if let Some(text) = block(virtiofs) {
+        line("virtiofs", text);
+    }
+    let unmanaged = unmanaged(hardware);
+    if !unmanaged.is_empty() {
+        let _ = writeln!(
+            out,
+            "  # Not managed by nixprox (only root@pam may set them; left as they are, lost by a replace): {}.",
+            unmanaged.join(", ")
+        );
+    }
+}
+
+/// What the VM has that nixprox never manages: raw PCI and USB devices (`host=`, named with
+/// their device), a serial port on a host device, and the other keys only `root@pam` may set
+/// (named, not shown: a value like `args` may carry anything).
+fn unmanaged(hardware: &Hardware) -> Vec<String> {
+    let numbered = |key: &str, prefix: &str| {
+        key.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    hardware
+        .extra
+        .iter()
+        .filter_map(|(key, value)| {
+            // `host` is the default key of both (`hostpci0: 01:00.0`); a SPICE port is no device.
+            let spice = value.split(',').next().is_some_and(|v| v.trim() == "spice");
+            let raw = (numbered(key, "hostpci") && !hardware.pci.contains_key(key))
+                || (numbered(key, "usb") && !hardware.usb.contains_key(key) && !spice)
+                || (key == "serial0" && value != "socket");
+            if raw {
+                Some(format!("`{key}: {}`", one_line(value)))
+            } else if crate::spec::extra::is_owned(key) {
+                None
+            } else {
+                crate::spec::extra::extra_key(key).is_err().then(|| format!("`{key}`"))
+            }
+        })
+        .collect()
 }
 
 fn disk_fields(disk: &DiskSpec) -> String {
@@ -316,6 +450,65 @@ nixprox.vm = {
 nixprox.ssh.hostKey = "ssh-ed25519 AAAA root@web";
 "#;
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn the_hardware_the_vm_has_is_declared_and_raw_devices_named() {
+        use crate::spec::hardware::{PciDevice, Startup, Tpm, UsbDevice, VirtiofsShare};
+        let hardware = Hardware {
+            cpu_flags: BTreeSet::from(["+aes".to_string(), "-pcid".to_string()]),
+            numa: Some(false),
+            serial: Some(false),
+            vga: Some("std".into()),
+            startup: Some(Startup { order: Some(1), up: None, down: Some(60) }),
+            pci: BTreeMap::from([(
+                "hostpci0".to_string(),
+                PciDevice { mapping: "gpu".into(), pcie: false, rombar: false, x_vga: false },
+            )]),
+            usb: BTreeMap::from([("usb0".to_string(), UsbDevice { mapping: "zigbee".into(), usb3: false })]),
+            virtiofs: BTreeMap::from([(
+                "virtiofs1".to_string(),
+                VirtiofsShare {
+                    mapping: "media".into(),
+                    cache: "auto".into(),
+                    direct_io: true,
+                    expose_acl: false,
+                    expose_xattr: true,
+                },
+            )]),
+            tpm: Some(Tpm { version: "v1.2".into(), storage: "ceph".into() }),
+            efi_pre_enrolled_keys: Some(false),
+            extra: BTreeMap::from([
+                ("hostpci0".to_string(), "mapping=gpu,rombar=0".to_string()),
+                ("usb1".to_string(), "host=1a86:7523".to_string()),
+                ("usb2".to_string(), "spice".to_string()),
+                ("serial0".to_string(), "/dev/ttyS0".to_string()),
+                ("hookscript".to_string(), "local:snippets/secret.sh".to_string()),
+                ("cpuunits".to_string(), "200".to_string()),
+            ]),
+            usb_hotplug_feature: true,
+            usb_hotplug: true,
+        };
+        let mut out = String::new();
+        hardware_lines(&hardware, &mut out);
+        let expected = r#"  cpuFlags = [ "+aes" "-pcid" ];
+  numa = false;
+  vga = "std";
+  startup = { order = 1; down = 60; };
+  tpm = { version = "v1.2"; storage = "ceph"; };
+  efi.preEnrolledKeys = false;
+  pci = {
+    hostpci0 = { mapping = "gpu"; rombar = false; };
+  };
+  usb = {
+    usb0 = { mapping = "zigbee"; };
+  };
+  virtiofs = {
+    virtiofs1 = { mapping = "media"; directIo = true; exposeXattr = true; };
+  };
+  # Not managed by nixprox (only root@pam may set them; left as they are, lost by a replace): `hookscript`, `serial0: /dev/ttyS0`, `usb1: host=1a86:7523`.
+"#;
+        assert_eq!(out, expected);
     }
 
     #[test]

@@ -779,6 +779,33 @@ fn with_allow_reboot_a_new_kernel_is_booted_by_one_reboot() {
     assert_eq!(kinds(&lab.plan()), ["noop"]);
 }
 
+/// An HA resource is rebooted as any VM: qemu-server's `vm_reboot` restarts it itself (only
+/// start, stop and shutdown are handed to the HA manager), so HA's requested state stays
+/// `started`. nixprox reboots it once and never stops or starts it, which would change what
+/// HA was asked for.
+#[test]
+fn an_ha_managed_vm_is_rebooted_once_without_touching_has_requested_state() {
+    let (lab, _, second) = switch_with_kernel("6.6.31", 3072, true);
+    let vmid = lab.web()["vmid"].clone();
+    lab.pve.command(json!({"cmd": "set_vm", "vmid": vmid, "ha_state": "started"}));
+    let (run, report) = lab.apply(&[]);
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(web_report(&report)["status"], "ok", "{report:#}");
+    assert_eq!(reboot_requests(&lab), 1);
+    let requests = lab.pve.requests(false);
+    let power = ["/status/stop", "/status/shutdown", "/status/start"];
+    assert!(
+        !requests.iter().any(|(m, p)| m == "POST" && power.iter().any(|w| p.ends_with(w))),
+        "{requests:?}"
+    );
+    let vm = lab.web();
+    assert_eq!(vm["status"], "running", "{vm:#}");
+    assert_eq!(vm["ha_state"], "started", "{vm:#}");
+    assert!(vm["pending"].get("memory").is_none(), "{vm:#}");
+    assert_eq!(lab.host.booted_system().as_deref(), Some(second.as_str()));
+    assert_eq!(kinds(&lab.plan()), ["noop"]);
+}
+
 #[test]
 fn without_allow_reboot_a_new_kernel_is_reported_as_a_pending_reboot() {
     let (lab, first, second) = switch_with_kernel("6.6.31", 2048, false);

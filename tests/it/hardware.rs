@@ -639,6 +639,37 @@ fn a_virtiofs_share_is_added_read_back_and_removed_and_needs_its_mapping() {
     assert_eq!(config(&pve).get("virtiofs0"), None);
 }
 
+/// Proxmox VE 8.3 has no virtiofs and no `/cluster/mapping/dir` (fakepve answers 501 there,
+/// as the real one does for an unknown path): a declared share is blocked with a reason that
+/// names the host and the cluster's version, never a generic mapping-read error, and apply
+/// writes nothing.
+#[test]
+fn a_virtiofs_share_on_a_cluster_older_than_8_4_is_blocked_naming_host_and_version() {
+    let (fixture, pve) = lab(Scenario::new().set("version", json!("8.3.2")).set("mappings", mappings()));
+    case_nas(&fixture, json!({"virtiofs": {"virtiofs0": {"mapping": "media"}}}));
+    let reason = "`nas` shares a directory through virtiofs (`nixprox.vm.virtiofs.virtiofs0`), which needs Proxmox VE 8.4 or later, and the cluster runs 8.3.2 (GET /version); upgrade the cluster, or remove the share";
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    let update = actions(&plan, "nas").into_iter().find(|a| a["kind"] == "update_vm").expect("update_vm");
+    assert_eq!(update["blocked"]["reason"], reason, "{plan:#}");
+    let run = cli::plan(&fixture, &pve, &["--hosts", "nas"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("needs Proxmox VE 8.4 or later, and the cluster runs 8.3.2"),
+        "{}",
+        run.stdout
+    );
+    let run = plan_and_apply(&fixture, &pve, "nas");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(config(&pve).get("virtiofs0"), None);
+    assert!(!run.stderr.contains("not implemented"), "{}", run.stderr);
+
+    // The same flake on 8.4 adds it.
+    pve.command(json!({"cmd": "set", "version": "8.4.1"}));
+    let plan = plan_hosts(&fixture, &pve, "nas");
+    let update = actions(&plan, "nas").into_iter().find(|a| a["kind"] == "update_vm").expect("update_vm");
+    assert_eq!(update["blocked"], Value::Null, "{plan:#}");
+}
+
 #[test]
 fn an_ha_managed_vm_is_left_where_ha_put_it() {
     // HA failed `nas` over to pve2; the flake still says pve1 (the default node).
@@ -763,4 +794,31 @@ fn a_vm_with_passthrough_migrates_only_the_way_proxmox_can() {
     let (fixture, pve) = nas_on_pve2("running", mapped, gpu_everywhere(true));
     declare(&fixture);
     assert!(migrate_of(&plan_hosts(&fixture, &pve, "nas"))["blocked"].is_null());
+}
+
+/// An HA resource's shutdown and stop only ask the HA manager (qemu-server `vm_shutdown` and
+/// `vm_stop`: "Requesting HA stop"), whose task ends before the VM has stopped; fakepve's HA
+/// manager acts a round later (`ha_delay`, 1 s here). Pruning an orphan that HA keeps
+/// running waits for the VM to stop before it destroys it, and asks for the stop once: it
+/// never destroys a running VM or keeps re-requesting.
+#[test]
+fn an_ha_managed_orphan_is_stopped_through_ha_and_waited_for_before_it_is_destroyed() {
+    let (fixture, pve) = cli::homelab_with(|g| {
+        if g["vmid"] == 150 {
+            g["status"] = json!("running");
+            g["ha_state"] = json!("started");
+        }
+    });
+    pve.command(json!({"cmd": "set", "time_scale": 0.1}));
+    // The homelab's nixprox.yaml sets `prune_orphans`.
+    pve.requests(true);
+    let run = plan_and_apply(&fixture, &pve, "old-wiki");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(pve.try_command(json!({"cmd": "vm", "vmid": 150})).is_err(), "VM 150 is gone");
+    let requests = pve.requests(false);
+    let posted = |what: &str| requests.iter().filter(|(m, p)| m == "POST" && p.ends_with(what)).count();
+    assert_eq!(posted("/qemu/150/status/shutdown"), 1, "{requests:?}");
+    assert_eq!(posted("/qemu/150/status/stop"), 0, "HA shut it down: no second request {requests:?}");
+    let deletes = requests.iter().filter(|(m, p)| m == "DELETE" && p.ends_with("/qemu/150")).count();
+    assert_eq!(deletes, 1, "destroyed once it had stopped, never refused as running: {requests:?}");
 }

@@ -494,8 +494,13 @@ class DriverPve(FakePve):
     def _mapping_index(self, kind):
         """pve-manager PVE/API2/Cluster/Mapping/{PCI,USB,Dir}.pm `index`: the mappings the user
         may see (Mapping.Modify, Mapping.Use or Mapping.Audit on /mapping/<kind>/<id>), each
-        with its `id`, `map` (one `node=…,path=…` entry per node) and `description`."""
+        with its `id`, `map` (one `node=…,path=…` entry per node) and `description`.
+        Directory mappings came with Proxmox VE 8.4 (pve-manager 8.4.0, `API2/Cluster/Mapping/Dir.pm`):
+        an older release has no such path and answers as pve-http-server does for any unknown
+        one, 501 "Method '…' not implemented"."""
         async def index(v, user):
+            if kind == 'dir' and version_tuple(self) < (8, 4):
+                raise PveError(501, "Method 'GET /api2/json/cluster/mapping/dir' not implemented")
             entries = []
             for entry in getattr(self, 'mappings', {}).get(kind, []):
                 path = '/mapping/{0}/{1}'.format(kind, entry['id'])
@@ -869,7 +874,7 @@ def dump_vm(vm):
     tags = [t for t in str(vm.config.get('tags', '')).replace(',', ';').replace(' ', ';').split(';') if t]
     return {'vmid': vm.vmid, 'name': vm.name, 'node': vm.node, 'status': vm.status, 'template': bool(vm.template),
             'config': vm.config, 'pending': vm.pending, 'lock': vm.lock, 'tags': tags, 'pool': vm.pool,
-            'digest': vm.digest(), 'config_lock_held': vm.lock_holder is not None}
+            'digest': vm.digest(), 'config_lock_held': vm.lock_holder is not None, 'ha_state': vm.ha_state}
 
 
 def list_guests(pve):
@@ -1393,7 +1398,8 @@ async def command(pve, args):
         return None
     if name == 'set_vm':
         vm = vm_of(pve, args)
-        for key in ('status', 'start_error', 'shutdown_secs', 'start_secs', 'stop_secs', 'acpi'):
+        # `ha_state`: the VM becomes an HA resource with that requested state (`ha-manager add`).
+        for key in ('status', 'start_error', 'shutdown_secs', 'start_secs', 'stop_secs', 'acpi', 'ha_state'):
             if key in args:
                 setattr(vm, key, args[key])
         if 'status' in args:
