@@ -175,31 +175,87 @@ fn a_plan_twice_gives_the_same_id() {
     assert_eq!(first, id(cli::plan(&fixture, &pve, &["--format", "json"])));
 }
 
-/// What the executor cannot do for a container yet (a move to another node) is refused before
-/// anything is written.
+/// The containers fixture on a two-node cluster, `proxy` (201) on `pve2` while the flake places
+/// it on `pve1`, in `status`.
+fn proxy_on_pve2(status: &str) -> (Fixture, FakePve) {
+    let fixture = Fixture::copy("containers");
+    let text = std::fs::read_to_string(repo().join("fixtures/containers/cluster.json")).expect("cluster");
+    let mut file: Value = serde_json::from_str(&text).expect("json");
+    for guest in file["guests"].as_array_mut().expect("guests") {
+        if guest["vmid"] == 201 {
+            guest["node"] = json!("pve2");
+            guest["status"] = json!(status);
+        }
+    }
+    let path = fixture.dir.path().join("cluster-pve2.json");
+    std::fs::write(&path, file.to_string()).expect("write");
+    let scenario = cli::cluster_scenario(&path).set("nodes", json!(["pve1", "pve2"]));
+    (fixture, FakePve::start(scenario))
+}
+
+/// A container on another node than declared is moved as pve-container allows: a running one in
+/// restart mode (it cannot migrate live), a stopped one offline; it keeps its VMID, its notes
+/// (host, system, pinned key) and its settings, and the rest of its plan runs on the new node.
 #[test]
-fn apply_refuses_what_it_cannot_do_for_containers_before_any_change() {
-    let (fixture, pve) = containers();
-    let path = fixture.dir.path().join("flake.nix");
-    let text = std::fs::read_to_string(&path).expect("flake.nix");
-    std::fs::write(
-        &path,
-        text.replace(
-            "                id = 201;\n",
-            "                id = 201;\n                node = \"pve2\";\n",
-        ),
-    )
-    .expect("write");
-    pve.requests(true);
-    let run = cli::plan_and_apply(&fixture, &pve, "proxy,app");
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("the container host with such changes is `proxy`: this nixprox applies a container's create, adoption, settings, resize, switch, replacement, destroy and release, but not yet a migration to another node, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"),
-        "{}",
-        run.stderr
-    );
-    let writes: Vec<(String, String)> = pve.requests(false).into_iter().filter(|(m, _)| m != "GET").collect();
-    assert!(writes.is_empty(), "nothing written: {writes:?}");
+fn a_container_moves_to_its_node_restarted_while_running_offline_when_stopped() {
+    for (status, body) in [("running", "target=pve1&restart=1"), ("stopped", "target=pve1")] {
+        let (fixture, pve) = proxy_on_pve2(status);
+        let plan: Value =
+            serde_json::from_str(ok(&cli::plan(&fixture, &pve, &["--format", "json", "--hosts", "proxy"])))
+                .expect("json");
+        assert_eq!(
+            cli::kinds(&plan, "proxy"),
+            ["migrate_vm", "update_vm", "resize_disk", "switch"],
+            "{status}"
+        );
+        let migrate = &cli::actions(&plan, "proxy")[0];
+        let reason = migrate["reason"].as_str().expect("reason");
+        assert!(reason.contains("restarts it if it runs"), "{reason}");
+        assert!(reason.contains("containers cannot migrate live"), "{reason}");
+        let before = pve.try_command(json!({"cmd": "ct", "vmid": 201})).expect("ct 201");
+
+        pve.requests(true);
+        let run = cli::plan_and_apply(&fixture, &pve, "proxy");
+        assert_eq!(run.code, 0, "{status}: {}\n{}", run.stdout, run.stderr);
+        let writes: Vec<_> =
+            pve.requests_with_bodies(false).into_iter().filter(|r| r.method != "GET").collect();
+        let moves: Vec<_> = writes.iter().filter(|r| r.is("POST", "/lxc/201/migrate")).collect();
+        assert_eq!(moves.len(), 1, "one move: {writes:#?}");
+        assert!(moves[0].path.contains("/nodes/pve2/"), "{:?}", moves[0]);
+        assert_eq!(moves[0].body, body, "{status}");
+        assert!(
+            !writes.iter().any(|r| r.method == "DELETE" || r.is("POST", "/lxc")),
+            "no destroy, no create: {writes:#?}"
+        );
+        // The settings were written on the new node, after the move.
+        let after_move = writes.iter().position(|r| r.is("POST", "/lxc/201/migrate")).expect("move");
+        assert!(
+            writes[after_move..]
+                .iter()
+                .any(|r| r.method == "PUT" && r.path.contains("/nodes/pve1/lxc/201/config")),
+            "{writes:#?}"
+        );
+
+        let after = pve.try_command(json!({"cmd": "ct", "vmid": 201})).expect("ct 201");
+        // Moved; a stopped one is started after the move, on pve1, for its switch.
+        assert_eq!((after["node"].as_str(), after["status"].as_str()), (Some("pve1"), Some("running")));
+        let notes = |ct: &Value| ct["config"]["description"].as_str().expect("notes").to_string();
+        let block = |ct: &Value| -> Value {
+            let notes = notes(ct);
+            let json = notes.split("nixprox:v1 ").nth(1).and_then(|t| t.split(" -->").next()).expect("block");
+            serde_json::from_str(json).expect("block json")
+        };
+        let (was, now) = (block(&before), block(&after));
+        for key in ["host", "system", "host_key"] {
+            assert_eq!(was[key], now[key], "{status}: `{key}` kept in the notes");
+        }
+
+        // Run again: nothing to move.
+        let again: Value =
+            serde_json::from_str(ok(&cli::plan(&fixture, &pve, &["--format", "json", "--hosts", "proxy"])))
+                .expect("json");
+        assert!(!cli::kinds(&again, "proxy").contains(&"migrate_vm".to_string()), "{again:#}");
+    }
 }
 
 /// An orphan container is destroyed with `policies.prune_orphans`, as an orphan VM.
