@@ -688,6 +688,51 @@ fn gc_images_lists_container_templates_no_host_uses() {
     );
 }
 
+/// A template storage shared between nodes (NFS, CephFS: `shared` in its status) holds one set
+/// of files whatever node lists it: `gc-images` lists a stale template on it once, not once per
+/// node of the hosts using it, and `--delete` removes it once.
+#[test]
+fn gc_images_lists_a_template_on_a_shared_storage_once() {
+    let fixture = Fixture::copy("containers");
+    let settings = fixture.dir.path().join("nixprox.yaml");
+    let text = std::fs::read_to_string(&settings).expect("nixprox.yaml");
+    std::fs::write(&settings, text.replace("image_storage: local", "image_storage: nas")).expect("write");
+    // chat (its own template, as mail) lives on pve2: the templates' storage is looked at
+    // through pve1 and pve2.
+    let flake = fixture.dir.path().join("flake.nix");
+    let text = std::fs::read_to_string(&flake).expect("flake.nix");
+    let chat = "          name = \"chat\";\n          address = \"127.0.0.36\";\n          modules = [ ownTemplate ];";
+    assert!(text.contains(chat), "the fixture's chat host");
+    let moved = chat.replace("[ ownTemplate ]", "[ ownTemplate { nixprox.container.node = \"pve2\"; } ]");
+    std::fs::write(&flake, text.replace(chat, &moved)).expect("write");
+    let nas = json!({"nas": {"type": "dir", "path": "/mnt/pve/nas", "content": "vztmpl,iso", "shared": 1}});
+    let scenario = cli::cluster_scenario(&repo().join("fixtures/containers/cluster.json"))
+        .set("nodes", json!(["pve1", "pve2"]))
+        .set("storages", nas);
+    let pve = FakePve::start(scenario);
+    let stale = "nixprox-0c8yzlgy9xbfn6sjcx6rh6fzqfvc3ai2.tar.xz";
+    pve.command(
+        json!({"cmd": "store_file", "storage": "nas", "name": stale, "size": 4096, "content": "vztmpl"}),
+    );
+
+    let run = cli::nixprox_in(&fixture, &pve, &["gc-images"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        format!(
+            "Would remove (pass --delete to remove) 1 image file(s) no host of the flake refers to:\n  nas:vztmpl/{stale} (node pve1, 4.00 KiB)\n"
+        )
+    );
+    pve.requests(true);
+    let run = cli::nixprox_in(&fixture, &pve, &["gc-images", "--delete"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let deletes: Vec<(String, String)> =
+        pve.requests(false).into_iter().filter(|(m, _)| m == "DELETE").collect();
+    assert_eq!(deletes.len(), 1, "deleted once: {deletes:?}");
+    let left = pve.command(json!({"cmd": "volumes", "storage": "nas"}));
+    assert!(left.as_object().expect("volumes").is_empty(), "{left}");
+}
+
 /// A container end to end through the binary: fakepve with a template whose root has
 /// `/etc/ssh` and `/nix/store`, the SSH test host answering as the container with the key
 /// "Proxmox generated" for it, and the locked `fixtures/ct-deploy` flake.
