@@ -198,6 +198,12 @@ pub async fn list_vms(client: &Client) -> Result<Vec<LiveVm>, ProxmoxError> {
         .collect())
 }
 
+/// Every guest of the cluster, QEMU VMs and containers, without their configs (`nixprox
+/// import` picks one by VMID or name).
+pub async fn list_guests(client: &Client) -> Result<Vec<LiveVm>, ProxmoxError> {
+    Ok(fetch_resources(client).await?.into_iter().map(|(vm, _)| vm).collect())
+}
+
 async fn fetch_resources(client: &Client) -> Result<Vec<(LiveVm, Option<String>)>, ProxmoxError> {
     const PATH: &str = "/cluster/resources";
     let data = client.get(PATH, &[("type", "vm")]).await?;

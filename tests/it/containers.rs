@@ -733,6 +733,71 @@ fn gc_images_lists_a_template_on_a_shared_storage_once() {
     assert!(left.as_object().expect("volumes").is_empty(), "{left}");
 }
 
+/// `nixprox import` of a container writes a host module with the `nixprox.container` block,
+/// its address from net0 and the key nixprox recorded: imported as it is (the `import`
+/// fixture's host), it evaluates and plans nothing but the system, and `noop` once the notes
+/// record that system.
+#[test]
+fn nixprox_import_of_a_container_writes_a_module_that_plans_noop() {
+    use nixprox::metadata::{Metadata, Notes};
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIImportedContainerKeyxxxxxxxxxxxxxxx root@web";
+    let guest = |system: &str| {
+        let block = Metadata {
+            host: "web".into(),
+            system: Some(system.into()),
+            host_key: Some(key.into()),
+            ..Metadata::default()
+        };
+        json!({
+            "vmid": 210, "name": "web", "node": "pve1", "status": "running", "type": "lxc",
+            "config": {
+                "hostname": "web", "ostype": "nixos", "arch": "amd64", "unprivileged": 1,
+                "cores": 2, "memory": 1024, "swap": 256, "onboot": 1, "protection": 1, "startup": "order=2",
+                "features": "nesting=1,keyctl=1",
+                "rootfs": "local-lvm:vm-210-disk-0,size=10G",
+                "mp0": "local-lvm:vm-210-disk-1,mp=/var/lib/data,backup=1,size=4G",
+                "net0": "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:02:10,ip=127.0.0.40/8,gw=127.0.0.1,tag=20,firewall=1,type=veth",
+                "tags": "nixprox;web", "description": Notes::render("Owner: alice.\n\n", &block)
+            }
+        })
+    };
+    let pve = FakePve::start(crate::support::fakepve::Scenario::new().guest(guest("/nix/store/old")));
+    let fixture = Fixture::copy("import");
+    let out = fixture.dir.path().join("imported.nix");
+    let mut command = cli::nixprox();
+    command
+        .args(["import", "210", "--out", &out.display().to_string(), "--flake", &fixture.flake_ref()])
+        .envs(cli::pve_env(&pve));
+    let run: cli::Run = command.output().expect("run nixprox").into();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let module = std::fs::read_to_string(&out).expect("imported.nix");
+    for line in [
+        "  nixprox.container = {\n",
+        "    enable = true;\n",
+        "    rootfs = { storage = \"local-lvm\"; size = \"10G\"; };\n",
+        "    features = { nesting = true; keyctl = true; fuse = false; };\n",
+        "      mp0 = { storage = \"local-lvm\"; size = \"4G\"; path = \"/var/lib/data\"; backup = true; };\n",
+        "      net0 = { name = \"eth0\"; bridge = \"vmbr0\"; macAddress = \"BC:24:11:00:02:10\"; vlan = 20; firewall = true; };\n",
+        "  nixprox.address = \"127.0.0.40\";\n",
+        "  nixprox.network.prefixLength = 8;\n",
+        "  nixprox.network.gateway = \"127.0.0.1\";\n",
+    ] {
+        assert!(module.contains(line), "`{line}` in\n{module}");
+    }
+    assert!(module.contains(&format!("  nixprox.ssh.hostKey = \"{key}\";\n")), "{module}");
+
+    // Nothing but the system differs from the container it came from.
+    let plan = cli::plan_hosts(&fixture, &pve, "web");
+    assert_eq!(host(&plan, "web")["kind"], "container", "{plan:#}");
+    assert_eq!(cli::kinds(&plan, "web"), ["switch"], "{plan:#}");
+    let toplevel =
+        cli::actions(&plan, "web")[0]["changes"][0]["after"].as_str().expect("toplevel").to_string();
+    drop(pve);
+    let pve = FakePve::start(crate::support::fakepve::Scenario::new().guest(guest(&toplevel)));
+    let plan = cli::plan_hosts(&fixture, &pve, "web");
+    assert_eq!(cli::kinds(&plan, "web"), ["noop"], "{plan:#}");
+}
+
 /// A container end to end through the binary: fakepve with a template whose root has
 /// `/etc/ssh` and `/nix/store`, the SSH test host answering as the container with the key
 /// "Proxmox generated" for it, and the locked `fixtures/ct-deploy` flake.
