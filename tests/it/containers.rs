@@ -733,6 +733,37 @@ fn gc_images_lists_a_template_on_a_shared_storage_once() {
     assert!(left.as_object().expect("volumes").is_empty(), "{left}");
 }
 
+/// The move ran but its answer was lost: the move is never sent again blind; the run fails
+/// naming it, and the next plan finds the container on its new node (no move), its notes intact.
+#[test]
+fn a_container_move_whose_answer_is_lost_is_not_sent_twice() {
+    let (fixture, pve) = proxy_on_pve2("running");
+    pve.command(json!({"cmd": "lose_answer", "method": "POST", "path": "/lxc/201/migrate$", "times": 1}));
+    pve.requests(true);
+    let run = cli::plan_and_apply(&fixture, &pve, "proxy");
+    let moves = pve
+        .requests(false)
+        .into_iter()
+        .filter(|(m, p)| m == "POST" && p.ends_with("/lxc/201/migrate"))
+        .count();
+    assert_eq!(moves, 1, "sent once: {}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 3, "the host fails: {}", run.stdout);
+    assert!(
+        run.stdout.contains("error at migrate: failed to post to `/nodes/pve2/lxc/201/migrate`"),
+        "{}",
+        run.stdout
+    );
+    let after = pve.try_command(json!({"cmd": "ct", "vmid": 201})).expect("ct 201");
+    assert_eq!(after["node"], "pve1", "the move ran");
+    assert!(after["config"]["description"].as_str().expect("notes").contains("\"host\":\"proxy\""));
+    let plan: Value =
+        serde_json::from_str(ok(&cli::plan(&fixture, &pve, &["--format", "json", "--hosts", "proxy"])))
+            .expect("json");
+    assert_eq!(cli::kinds(&plan, "proxy"), ["update_vm", "resize_disk", "switch"], "{plan:#}");
+    let run = cli::plan_and_apply(&fixture, &pve, "proxy");
+    assert_eq!(run.code, 0, "the re-run finishes on pve1: {}\n{}", run.stdout, run.stderr);
+}
+
 /// `nixprox import` of a container writes a host module with the `nixprox.container` block,
 /// its address from net0 and the key nixprox recorded: imported as it is (the `import`
 /// fixture's host), it evaluates and plans nothing but the system, and `noop` once the notes
