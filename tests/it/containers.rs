@@ -764,6 +764,20 @@ fn a_container_move_whose_answer_is_lost_is_not_sent_twice() {
     assert_eq!(run.code, 0, "the re-run finishes on pve1: {}\n{}", run.stdout, run.stderr);
 }
 
+/// The new node lacks a storage a volume is on: pve-container's `prepare` refuses before it
+/// shuts the container down; the host fails naming the storage, the container stays on its
+/// node, running.
+#[test]
+fn a_container_move_to_a_node_without_its_storage_fails_and_leaves_it_running() {
+    let (fixture, pve) = proxy_on_pve2("running");
+    pve.command(json!({"cmd": "set_storage", "storage": "local-lvm", "options": {"nodes": "pve2"}}));
+    let run = cli::plan_and_apply(&fixture, &pve, "proxy");
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("storage 'local-lvm' is not available on node 'pve1'"), "{}", run.stdout);
+    let after = pve.try_command(json!({"cmd": "ct", "vmid": 201})).expect("ct 201");
+    assert_eq!((after["node"].as_str(), after["status"].as_str()), (Some("pve2"), Some("running")));
+}
+
 /// `nixprox import` of a container writes a host module with the `nixprox.container` block,
 /// its address from net0 and the key nixprox recorded: imported as it is (the `import`
 /// fixture's host), it evaluates and plans nothing but the system, and `noop` once the notes
