@@ -110,7 +110,7 @@ in
     node = mkOption {
       type = types.nullOr types.str;
       default = null;
-      description = "Proxmox node the container lives on. `null` uses `defaults.node` from nixprox.yaml.";
+      description = "Proxmox node the container lives on. `null` uses `defaults.node` from nixprox.yaml. Changing it moves the container (restarted when it runs: containers cannot migrate live).";
     };
     id = mkOption {
       type = types.nullOr (types.ints.between 100 999999999);

@@ -11,8 +11,8 @@
 //! An unmanaged NixOS container is adopted in place by the same step as a VM (its key declared,
 //! its address static). A host's own template is built and uploaded once per run and package
 //! (`upload_image`). Destroying (an orphan, or a replaced container before it is created anew)
-//! is the VM's step, by kind. Not here yet: migrating containers; apply refuses that before any
-//! change.
+//! is the VM's step, by kind. A container on another node than declared is moved there first
+//! (`migrate`: restart mode while it runs, as pve-container allows, offline otherwise).
 
 use std::collections::BTreeSet;
 
@@ -49,7 +49,7 @@ impl HostRun<'_> {
         log: &mut Log<'_>,
         state: &mut State,
     ) -> Result<(), Failure> {
-        let State { node, vmid, address, pending_reboot, .. } = state;
+        let State { node: placed, vmid, address, pending_reboot, .. } = state;
         let Some(container) = host.container.as_ref() else {
             return Err(Failure::new(
                 "plan",
@@ -64,7 +64,7 @@ impl HostRun<'_> {
         // A replaced container was destroyed by the run (as a VM is): it is created anew.
         let creating = runnable.has(ActionKind::CreateVm) || runnable.has(ActionKind::ReplaceVm);
         if creating {
-            *node = host.node.clone();
+            *placed = host.node.clone();
             let template = template.as_deref().unwrap_or_default();
             let (id, keys) = log.step("create", self.create_container(host, container, template)).await?;
             *vmid = Some(id);
@@ -78,7 +78,7 @@ impl HostRun<'_> {
                 format!("the plan names no container for host `{}` (re-run the plan)", host.host),
             )
         })?;
-        let node = node.clone();
+        let mut node = placed.clone();
         // Adopting in place: the declared key checked, the running system read, nothing
         // written otherwise (the same step as a VM's, through the seam).
         let mut running = None;
@@ -86,6 +86,11 @@ impl HostRun<'_> {
             let adopted = log.step("adopt", self.adopt(host, &node, id)).await?;
             *address = Some(adopted.address);
             running = adopted.system;
+        }
+        if runnable.has(ActionKind::MigrateVm) {
+            log.step("migrate", self.migrate_container(host, &node, id, &host.node)).await?;
+            node = host.node.clone();
+            *placed = node.clone();
         }
         if runnable.has(ActionKind::UpdateVm) {
             log.step("configure", self.configure_container(host, container, &node, id)).await?;
@@ -302,6 +307,47 @@ impl HostRun<'_> {
             let detail = format!("{} at the next start", keys.join(", "));
             Done::ok(keys).detail(detail)
         })
+    }
+
+    /// Moves the container to `target` as pve-container allows: in restart mode while it runs
+    /// (shut down, moved, started again: containers cannot migrate live), offline otherwise;
+    /// volumes on local storages are copied to the same storage on the target. Marks the block
+    /// `applying` first, so a run that stops after the move resumes on the new node as this
+    /// plan's work.
+    async fn migrate_container(
+        &self,
+        host: &DesiredHost,
+        node: &str,
+        vmid: u32,
+        target: &str,
+    ) -> Result<Done<()>, StepError> {
+        let client = self.req.client;
+        if node == target {
+            return Ok(Done::already(()).detail(format!("on `{target}`")));
+        }
+        self.cas_write(node, vmid, "marked it as being applied", |raw| {
+            let metadata = self.metadata_for(host, vmid, raw, true)?;
+            let current = config_text(raw, "description").unwrap_or_default();
+            let description = params::notes(host, &current, &metadata);
+            Ok((description != current).then(|| vec![("description".into(), description)]))
+        })
+        .await?;
+        let running = ct::guest_running(client, GuestKind::Container, node, vmid).await?;
+        let form = crate::proxmox::migrate::container_form(running, target);
+        let path = format!("{}/migrate", guest_path(GuestKind::Container, node, vmid));
+        let timeout = self.req.options.task_timeout;
+        // A second migrate of a container that already moved fails on the old node: never
+        // re-sent blind.
+        let warnings = self
+            .req
+            .options
+            .step_retry
+            .run("migrate", Resend::OnlyIfNotExecuted, || {
+                crate::proxmox::post_and_wait(client, &path, &form, timeout)
+            })
+            .await?;
+        let how = if running { "restarted (containers cannot migrate live)" } else { "offline" };
+        Ok(Done::ok(()).detail(format!("{node} → {target}, {how}")).warnings(warnings))
     }
 
     /// `POST …/status/start`, unless it runs.

@@ -130,7 +130,7 @@ pub enum ApplyError {
     /// Containers are planned (the guest-kind seam) but not applied yet: refused before any
     /// step, so no host is half done.
     #[error(
-        "{what} {hosts}: this nixprox applies a container's create, adoption, settings, resize, switch, replacement, destroy and release, but not yet a migration to another node, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"
+        "{what} {hosts}: this nixprox applies a container's create, adoption, move to another node, settings, resize, switch, replacement, destroy and release, but not yet detaching a volume, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"
     )]
     Containers { what: &'static str, hosts: String },
 }
@@ -150,12 +150,12 @@ fn container_refusal(plan: &Plan) -> Option<ApplyError> {
         .hosts
         .iter()
         .filter(|h| h.kind == crate::spec::GuestKind::Container)
-        // Created (from a named template or its own), adopted, configured, resized, switched and released through
-        // the guest-kind seam (apply/container.rs); not yet the rest.
+        // Created (from a named template or its own), adopted, moved, configured, resized, switched and released
+        // through the guest-kind seam (apply/container.rs); not yet detaching a volume.
         .filter(|h| {
             h.actions.iter().any(|a| {
                 use crate::plan::ActionKind as K;
-                a.blocked.is_none() && matches!(a.kind, K::MigrateVm | K::DetachDisk)
+                a.blocked.is_none() && a.kind == K::DetachDisk
             })
         })
         .map(|h| format!("`{}`", h.host))

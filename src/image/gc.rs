@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::flake::DesiredHost;
 use crate::flake::host::Bootstrap;
 use crate::proxmox::import::{
-    ImportError, ImportFile, check_import_storage, delete_import_file, list_content_files, list_import_files,
+    ImportError, ImportFile, delete_import_file, list_content_files, list_import_files, storage_status,
 };
 use crate::proxmox::{Client, ProxmoxError};
 
@@ -67,6 +67,19 @@ pub async fn find_garbage(
     let mut shared_seen = BTreeSet::new();
     let mut garbage = Vec::new();
     for (node, storage) in storages(desired, extra) {
+        // A storage shared between nodes (NFS, CephFS) holds one set of files whatever node
+        // lists it: listed once, so `--delete` removes each file once.
+        let status = match storage_status(client, &node, &storage).await {
+            Ok(status) => status,
+            Err(ImportError::Api(err)) => return Err(*err),
+            Err(other) => {
+                tracing::info!("not looking for old images on storage `{storage}` (node `{node}`): {other}");
+                continue;
+            }
+        };
+        if status.shared && !shared_seen.insert(storage.clone()) {
+            continue;
+        }
         // Container templates (`vztmpl`), whatever else the storage holds; a storage that
         // cannot be listed for them holds none of nixprox's.
         match list_content_files(client, &node, &storage, "vztmpl").await {
@@ -83,15 +96,8 @@ pub async fn find_garbage(
                 );
             }
         }
-        let status = match check_import_storage(client, &node, &storage).await {
-            Ok(status) => status,
-            Err(ImportError::Api(err)) => return Err(*err),
-            Err(other) => {
-                tracing::info!("not looking for old images on storage `{storage}` (node `{node}`): {other}");
-                continue;
-            }
-        };
-        if status.shared && !shared_seen.insert(storage.clone()) {
+        if let Err(other) = status.check_import() {
+            tracing::info!("not looking for old images on storage `{storage}` (node `{node}`): {other}");
             continue;
         }
         for file in list_import_files(client, &node, &storage).await? {

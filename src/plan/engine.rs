@@ -466,14 +466,18 @@ fn plan_placement(
         return Some(blocked(action(ActionKind::MigrateVm, reason, vec![change.clone()]), why, None));
     }
     node_change.map(|change| {
-        action(
-            ActionKind::MigrateVm,
-            format!(
+        let reason = match live.kind {
+            crate::spec::GuestKind::Vm => format!(
                 "the VM moves from node {} to {}: Proxmox migrates it (live while it runs, its local disks with it), keeping its VMID, disks and system",
                 live.node, host.node
             ),
-            vec![change],
-        )
+            // pve-container `API2/LXC.pm` `migrate_vm`: no live migration, restart mode.
+            crate::spec::GuestKind::Container => format!(
+                "the container moves from node {} to {}: Proxmox migrates it offline, and restarts it if it runs (shut down, moved, started again: containers cannot migrate live), keeping its VMID, volumes and system",
+                live.node, host.node
+            ),
+        };
+        action(ActionKind::MigrateVm, reason, vec![change])
     })
 }
 

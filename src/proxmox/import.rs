@@ -177,6 +177,18 @@ pub async fn check_import_storage(
     node: &str,
     storage: &str,
 ) -> Result<StorageStatus, ImportError> {
+    let status = storage_status(client, node, storage).await?;
+    status.check_import()?;
+    Ok(status)
+}
+
+/// Reads a storage's status on a node (`GET /nodes/{node}/storage/{storage}/status`), whatever
+/// it can hold.
+pub async fn storage_status(
+    client: &Client,
+    node: &str,
+    storage: &str,
+) -> Result<StorageStatus, ImportError> {
     let path = format!("/nodes/{node}/storage/{storage}/status");
     let data = match client.get(&path, &[]).await {
         Ok(data) => data,
@@ -186,9 +198,7 @@ pub async fn check_import_storage(
         }
         Err(err) => return Err(err.into()),
     };
-    let status = StorageStatus::from_data(node, storage, &data);
-    status.check_import()?;
-    Ok(status)
+    Ok(StorageStatus::from_data(node, storage, &data))
 }
 
 /// One file of a storage's `import` content.

@@ -8,6 +8,15 @@
 //!   without --online"), and a running VM with attached local disks also `with-local-disks=1`
 //!   (the worker refuses otherwise); a stopped VM is moved offline, local disks included. The
 //!   VM keeps its VMID and config. Privilege: `VM.Migrate` on `/vms/{vmid}`.
+//!
+//! A container moves through `/nodes/{node}/lxc/{vmid}/migrate` as pve-container's
+//! `API2/LXC.pm` (`migrate_vm`) and `LXC/Migrate.pm` define it: containers cannot migrate live
+//! (`online=1` fails: "lxc live migration is currently not implemented"), so a running
+//! container needs `restart=1` ("can't migrate running container without --online or
+//! --restart"): it is shut down (within `timeout`, 180 s by default), moved and started again
+//! on the target; a stopped one is moved offline. Volumes on storages that are not shared are
+//! copied to the storage of the same name on the target (`target-storage` would map them to
+//! another; nixprox keeps the declared storage). Same VMID, same config, same privilege.
 
 use serde_json::Value;
 
@@ -55,6 +64,16 @@ impl MigrateCheck {
         }
         form
     }
+}
+
+/// The `POST /nodes/{node}/lxc/{vmid}/migrate` form: restart mode for a running container
+/// (it cannot move live), offline otherwise.
+pub fn container_form(running: bool, target: &str) -> Vec<(String, String)> {
+    let mut form = vec![("target".to_string(), target.to_string())];
+    if running {
+        form.push(("restart".into(), "1".into()));
+    }
+    form
 }
 
 /// `GET /nodes/{node}/qemu/{vmid}/migrate?target=…`.
@@ -117,6 +136,15 @@ mod tests {
         assert_eq!(form, [("target", "pve2"), ("online", "1"), ("with-local-disks", "1")]);
         let stopped = MigrateCheck { running: false, ..check };
         assert_eq!(stopped.form("pve2"), [("target".to_string(), "pve2".to_string())]);
+    }
+
+    #[test]
+    fn a_running_container_moves_in_restart_mode_a_stopped_one_offline() {
+        assert_eq!(
+            container_form(true, "pve2"),
+            [("target".to_string(), "pve2".to_string()), ("restart".to_string(), "1".to_string())]
+        );
+        assert_eq!(container_form(false, "pve2"), [("target".to_string(), "pve2".to_string())]);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub use crate::retry::RetryPolicy;
 pub use client::{Client, ClientOptions};
 pub use error::{ProxmoxError, TaskFailure, TransportKind, UnexpectedAnswer};
 pub use read::{
-    Prefetched, ReadRequest, TemplateError, find_template, finish_read, list_cluster, list_vms,
+    Prefetched, ReadRequest, TemplateError, find_template, finish_read, list_cluster, list_guests, list_vms,
     prefetch_cluster, read_cluster, read_managed,
 };
 pub use tasks::{TaskOutcome, Upid, post_and_wait, wait_answer, wait_task};

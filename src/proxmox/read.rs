@@ -187,7 +187,8 @@ async fn read_configs(
         .await
 }
 
-/// `GET /cluster/resources?type=vm`: every guest, QEMU VMs and containers, without configs.
+/// `GET /cluster/resources?type=vm`: every guest, QEMU VMs and containers, without configs
+/// (`nixprox import` picks one by VMID or name; a lost create answer is looked for there).
 pub async fn list_guests(client: &Client) -> Result<Vec<LiveVm>, ProxmoxError> {
     Ok(fetch_resources(client).await?.into_iter().map(|(vm, _)| vm).collect())
 }

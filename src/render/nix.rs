@@ -2,10 +2,13 @@
 //! to import (`hosts/<name>/nixprox.nix`): the `nixprox.vm` block, written from the same
 //! [`VmSpec`] the planner compares with the flake with every compared value explicit (so it
 //! plans no change to the VM), the address and the SSH host key the guest agent reads, and,
-//! for a VM whose agent reports another OS than NixOS, that it needs a reinstall.
+//! for a VM whose agent reports another OS than NixOS, that it needs a reinstall. A container
+//! gets the `nixprox.container` block instead ([`container_module`]): no guest agent, so its
+//! address comes from `net0` and its key from the notes nixprox wrote, when it manages it.
 
 use std::fmt::Write;
 
+use crate::spec::container::ContainerSpec;
 use crate::spec::{DiskSpec, Hardware, NetSpec, VmSpec, format_size};
 
 /// Where the VM is and what it is.
@@ -323,6 +326,144 @@ fn unmanaged(hardware: &Hardware) -> Vec<String> {
         .collect()
 }
 
+/// An existing container, as `nixprox import` read it: its shared settings and its
+/// container part (the planner's vocabulary, so the module plans no change to it).
+#[derive(Debug, Clone, Copy)]
+pub struct ImportedContainer<'a> {
+    pub node: &'a str,
+    pub vmid: u32,
+    pub spec: &'a VmSpec,
+    pub container: &'a ContainerSpec,
+    /// The key nixprox recorded in the container's notes, when it manages it: containers have
+    /// no guest agent, so nothing else can read it.
+    pub host_key: Option<&'a str>,
+}
+
+/// The host module of a container: `nixprox.container` with every compared value explicit,
+/// `nixprox.address` and `nixprox.network` from `net0`'s static address, and the host key.
+pub fn container_module(ct: ImportedContainer<'_>) -> String {
+    let (spec, c) = (ct.spec, ct.container);
+    let mut body = String::from("nixprox.enable = true;\nnixprox.container = {\n");
+    let mut line = |key: &str, value: String| {
+        let _ = writeln!(body, "  {key} = {value};");
+    };
+    line("enable", "true".into());
+    line("hostname", string(&spec.name));
+    line("node", string(ct.node));
+    line("id", ct.vmid.to_string());
+    line("cores", c.cores.map_or("null".into(), |n| n.to_string()));
+    line("memory", c.memory_mib.to_string());
+    line("swap", c.swap_mib.to_string());
+    line(
+        "rootfs",
+        format!(
+            "{{ storage = {}; size = {}; }}",
+            string(&c.rootfs.storage),
+            string(&size(c.rootfs.size_bytes))
+        ),
+    );
+    let features = &c.features;
+    line(
+        "features",
+        format!(
+            "{{ nesting = {}; keyctl = {}; fuse = {}; }}",
+            features.nesting, features.keyctl, features.fuse
+        ),
+    );
+    line("unprivileged", c.unprivileged.to_string());
+    line("onBoot", spec.on_boot.to_string());
+    line("startup", c.startup.as_deref().map_or("null".into(), string));
+    line("protection", spec.protection.to_string());
+    line("pool", spec.pool.as_deref().map_or("null".into(), string));
+    let tags: Vec<String> = spec.tags.iter().map(|t| string(t)).collect();
+    line("tags", format!("[ {} ]", tags.join(" ")).replace("[  ]", "[ ]"));
+    body.push_str("  # The notes are left as they are (`description` is not declared); a template is needed\n  # only to create a container (`template` or `tarball`), not for this one.\n");
+    body.push_str("  mountPoints = {\n");
+    for (slot, mount) in &c.mounts {
+        let _ = writeln!(
+            body,
+            "    {slot} = {{ storage = {}; size = {}; path = {}; backup = {}; }};",
+            string(&mount.volume.storage),
+            string(&size(mount.volume.size_bytes)),
+            string(&mount.path),
+            mount.backup
+        );
+    }
+    body.push_str("  };\n  networks = {\n");
+    for (slot, net) in &c.networks {
+        let mut fields =
+            vec![format!("name = {};", string(&net.name)), format!("bridge = {};", string(&net.bridge))];
+        if let Some(mac) = &net.mac {
+            fields.push(format!("macAddress = {};", string(mac)));
+        }
+        if let Some(vlan) = net.vlan {
+            fields.push(format!("vlan = {vlan};"));
+        }
+        if net.firewall {
+            fields.push("firewall = true;".into());
+        }
+        let _ = writeln!(body, "    {slot} = {{ {} }};", fields.join(" "));
+    }
+    body.push_str("  };\n};\n");
+    let net0 = c.networks.get("net0").and_then(|n| n.address.as_deref());
+    match net0.and_then(static_address) {
+        Some((address, prefix, gateway)) => {
+            body.push_str("# net0's static address: nixprox connects here, and it stays net0's address.\n");
+            let _ = writeln!(body, "nixprox.address = {};", string(&address));
+            let _ = writeln!(body, "nixprox.network.prefixLength = {prefix};");
+            if let Some(gateway) = gateway {
+                let _ = writeln!(body, "nixprox.network.gateway = {};", string(&gateway));
+            }
+        }
+        None => {
+            let _ = writeln!(
+                body,
+                "# nixprox.address: net0 has no single static address ({}); set it (containers have no guest agent to ask).",
+                net0.unwrap_or("none")
+            );
+        }
+    }
+    match ct.host_key {
+        Some(key) => {
+            body.push_str("# The SSH host key nixprox recorded in the container's notes.\n");
+            let _ = writeln!(body, "nixprox.ssh.hostKey = {};", string(key.trim()));
+        }
+        None => {
+            let _ = writeln!(
+                body,
+                "# nixprox.ssh.hostKey: containers have no guest agent to read it; declare it (on node `{}`: `pct exec {} -- cat /etc/ssh/ssh_host_ed25519_key.pub`): nixprox adopts a container only with its key declared.",
+                ct.node, ct.vmid
+            );
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Container {} `{}` on node `{}`, as `nixprox import` read it from Proxmox: a host module,\n# ready to import (e.g. as hosts/<name>/nixprox.nix). It declares the container as it is:\n# change values later, in their own pull request.",
+        ct.vmid, spec.name, ct.node
+    );
+    out.push_str("{ ... }:\n\n{\n");
+    for line in body.lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// `ip=10.0.0.5/24[,gw=10.0.0.1]` (or the `ip6`/`gw6` pair alone) as address, prefix length
+/// and gateway: what `nixprox.address` and `nixprox.network` derive `net0`'s address from.
+fn static_address(text: &str) -> Option<(String, u8, Option<String>)> {
+    let pairs: Vec<(&str, &str)> = text.split(',').filter_map(|p| p.split_once('=')).collect();
+    let get = |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| (*v).to_string());
+    let (ip, gw) = match (get("ip"), get("ip6")) {
+        (Some(ip), None) => (ip, get("gw")),
+        (None, Some(ip6)) => (ip6, get("gw6")),
+        _ => return None,
+    };
+    let (address, prefix) = ip.split_once('/')?;
+    Some((address.to_string(), prefix.parse().ok()?, gw))
+}
+
 fn disk_fields(disk: &DiskSpec) -> String {
     let mut fields = vec![
         format!("storage = {};", string(&disk.storage)),
@@ -552,6 +693,17 @@ nixprox.ssh.hostKey = "ssh-ed25519 AAAA root@web";
             "{unknown}"
         );
         assert!(unknown.contains("  # nixprox.ssh.hostKey: not read (no agent)"), "{unknown}");
+    }
+
+    #[test]
+    fn a_static_net0_address_becomes_address_prefix_and_gateway() {
+        let got = static_address("ip=10.0.0.5/24,gw=10.0.0.1");
+        assert_eq!(got, Some(("10.0.0.5".into(), 24, Some("10.0.0.1".into()))));
+        assert_eq!(static_address("ip6=fd00::5/64"), Some(("fd00::5".into(), 64, None)));
+        // DHCP, none, or both families: not one static address, left to the user.
+        for text in ["ip=dhcp", "", "ip=10.0.0.5/24,ip6=fd00::5/64"] {
+            assert_eq!(static_address(text), None, "{text}");
+        }
     }
 
     #[test]

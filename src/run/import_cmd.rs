@@ -1,7 +1,8 @@
 //! `nixprox import VM`: write the host module that declares an existing VM as it is (see
 //! `render::nix`), ready to import, so nobody transcribes a VM's settings by hand: to stdout,
 //! or with `--out FILE` to a new file. Read-only on the cluster: it changes nothing. The SSH
-//! host key, the address and the OS are read through the guest agent when the VM runs one.
+//! host key, the address and the OS are read through the guest agent when the VM runs one. A
+//! container (no guest agent) is declared from its config, its key from its notes.
 
 use std::collections::BTreeSet;
 
@@ -10,20 +11,38 @@ use anyhow::{Context, bail};
 use crate::cli::ImportArgs;
 use crate::proxmox::guest::{ED25519_HOST_KEY, GuestOs, read_ed25519_host_key, read_guest_os};
 use crate::proxmox::qemu::agent_address;
-use crate::proxmox::{Client, LiveVm, ReadRequest, list_vms, read_cluster};
-use crate::render::nix::{Imported, ImportedHost, ImportedOs, host_module};
+use crate::proxmox::{Client, LiveVm, ReadRequest, list_guests, read_cluster};
+use crate::render::nix::{
+    Imported, ImportedContainer, ImportedHost, ImportedOs, container_module, host_module,
+};
 
 use super::{Outcome, source};
 
 pub async fn run(args: ImportArgs) -> anyhow::Result<Outcome> {
     let settings = source::settings_of(&args.settings.flake, args.settings.config.as_deref())?;
     let client = source::proxmox_client(&settings)?;
-    let listed = list_vms(&client).await.context("failed to read the cluster")?;
+    let listed = list_guests(&client).await.context("failed to read the cluster")?;
     let name = pick(&listed, &args.vm)?.name.clone();
     let request = ReadRequest { host_names: BTreeSet::from([name]), concurrency: settings.concurrency.api };
     let live = read_cluster(&client, &request).await.context("failed to read the cluster")?;
     let vm = pick(&live, &args.vm)?;
     let config = vm.config.as_ref().with_context(|| format!("the config of VM {} was not read", vm.vmid))?;
+    if let Some(container) = &config.container {
+        // The container kind: no guest agent; the key is the one nixprox recorded, if any.
+        let host_key = config.metadata.as_ref().and_then(|m| m.host_key.as_deref());
+        let text = container_module(ImportedContainer {
+            node: &vm.node,
+            vmid: vm.vmid,
+            spec: &config.spec,
+            container,
+            host_key,
+        });
+        match &args.out {
+            None => print!("{text}"),
+            Some(path) => write_new(path, &text)?,
+        }
+        return Ok(Outcome::Success);
+    }
     let key = host_key(&client, vm, config.spec.agent).await.map_err(|err| err.to_string());
     let address = address(&client, vm, config.spec.agent).await.map_err(|err| err.to_string());
     // A VM nixprox manages, or one named like no host, had its OS read by nobody: ask now.

@@ -175,31 +175,87 @@ fn a_plan_twice_gives_the_same_id() {
     assert_eq!(first, id(cli::plan(&fixture, &pve, &["--format", "json"])));
 }
 
-/// What the executor cannot do for a container yet (a move to another node) is refused before
-/// anything is written.
+/// The containers fixture on a two-node cluster, `proxy` (201) on `pve2` while the flake places
+/// it on `pve1`, in `status`.
+fn proxy_on_pve2(status: &str) -> (Fixture, FakePve) {
+    let fixture = Fixture::copy("containers");
+    let text = std::fs::read_to_string(repo().join("fixtures/containers/cluster.json")).expect("cluster");
+    let mut file: Value = serde_json::from_str(&text).expect("json");
+    for guest in file["guests"].as_array_mut().expect("guests") {
+        if guest["vmid"] == 201 {
+            guest["node"] = json!("pve2");
+            guest["status"] = json!(status);
+        }
+    }
+    let path = fixture.dir.path().join("cluster-pve2.json");
+    std::fs::write(&path, file.to_string()).expect("write");
+    let scenario = cli::cluster_scenario(&path).set("nodes", json!(["pve1", "pve2"]));
+    (fixture, FakePve::start(scenario))
+}
+
+/// A container on another node than declared is moved as pve-container allows: a running one in
+/// restart mode (it cannot migrate live), a stopped one offline; it keeps its VMID, its notes
+/// (host, system, pinned key) and its settings, and the rest of its plan runs on the new node.
 #[test]
-fn apply_refuses_what_it_cannot_do_for_containers_before_any_change() {
-    let (fixture, pve) = containers();
-    let path = fixture.dir.path().join("flake.nix");
-    let text = std::fs::read_to_string(&path).expect("flake.nix");
-    std::fs::write(
-        &path,
-        text.replace(
-            "                id = 201;\n",
-            "                id = 201;\n                node = \"pve2\";\n",
-        ),
-    )
-    .expect("write");
-    pve.requests(true);
-    let run = cli::plan_and_apply(&fixture, &pve, "proxy,app");
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("the container host with such changes is `proxy`: this nixprox applies a container's create, adoption, settings, resize, switch, replacement, destroy and release, but not yet a migration to another node, so nothing was applied (apply the other hosts with `--hosts`, or leave those changes out of this pull request)"),
-        "{}",
-        run.stderr
-    );
-    let writes: Vec<(String, String)> = pve.requests(false).into_iter().filter(|(m, _)| m != "GET").collect();
-    assert!(writes.is_empty(), "nothing written: {writes:?}");
+fn a_container_moves_to_its_node_restarted_while_running_offline_when_stopped() {
+    for (status, body) in [("running", "target=pve1&restart=1"), ("stopped", "target=pve1")] {
+        let (fixture, pve) = proxy_on_pve2(status);
+        let plan: Value =
+            serde_json::from_str(ok(&cli::plan(&fixture, &pve, &["--format", "json", "--hosts", "proxy"])))
+                .expect("json");
+        assert_eq!(
+            cli::kinds(&plan, "proxy"),
+            ["migrate_vm", "update_vm", "resize_disk", "switch"],
+            "{status}"
+        );
+        let migrate = &cli::actions(&plan, "proxy")[0];
+        let reason = migrate["reason"].as_str().expect("reason");
+        assert!(reason.contains("restarts it if it runs"), "{reason}");
+        assert!(reason.contains("containers cannot migrate live"), "{reason}");
+        let before = pve.try_command(json!({"cmd": "ct", "vmid": 201})).expect("ct 201");
+
+        pve.requests(true);
+        let run = cli::plan_and_apply(&fixture, &pve, "proxy");
+        assert_eq!(run.code, 0, "{status}: {}\n{}", run.stdout, run.stderr);
+        let writes: Vec<_> =
+            pve.requests_with_bodies(false).into_iter().filter(|r| r.method != "GET").collect();
+        let moves: Vec<_> = writes.iter().filter(|r| r.is("POST", "/lxc/201/migrate")).collect();
+        assert_eq!(moves.len(), 1, "one move: {writes:#?}");
+        assert!(moves[0].path.contains("/nodes/pve2/"), "{:?}", moves[0]);
+        assert_eq!(moves[0].body, body, "{status}");
+        assert!(
+            !writes.iter().any(|r| r.method == "DELETE" || r.is("POST", "/lxc")),
+            "no destroy, no create: {writes:#?}"
+        );
+        // The settings were written on the new node, after the move.
+        let after_move = writes.iter().position(|r| r.is("POST", "/lxc/201/migrate")).expect("move");
+        assert!(
+            writes[after_move..]
+                .iter()
+                .any(|r| r.method == "PUT" && r.path.contains("/nodes/pve1/lxc/201/config")),
+            "{writes:#?}"
+        );
+
+        let after = pve.try_command(json!({"cmd": "ct", "vmid": 201})).expect("ct 201");
+        // Moved; a stopped one is started after the move, on pve1, for its switch.
+        assert_eq!((after["node"].as_str(), after["status"].as_str()), (Some("pve1"), Some("running")));
+        let notes = |ct: &Value| ct["config"]["description"].as_str().expect("notes").to_string();
+        let block = |ct: &Value| -> Value {
+            let notes = notes(ct);
+            let json = notes.split("nixprox:v1 ").nth(1).and_then(|t| t.split(" -->").next()).expect("block");
+            serde_json::from_str(json).expect("block json")
+        };
+        let (was, now) = (block(&before), block(&after));
+        for key in ["host", "system", "host_key"] {
+            assert_eq!(was[key], now[key], "{status}: `{key}` kept in the notes");
+        }
+
+        // Run again: nothing to move.
+        let again: Value =
+            serde_json::from_str(ok(&cli::plan(&fixture, &pve, &["--format", "json", "--hosts", "proxy"])))
+                .expect("json");
+        assert!(!cli::kinds(&again, "proxy").contains(&"migrate_vm".to_string()), "{again:#}");
+    }
 }
 
 /// An orphan container is destroyed with `policies.prune_orphans`, as an orphan VM.
@@ -630,6 +686,161 @@ fn gc_images_lists_container_templates_no_host_uses() {
         [&format!("vztmpl/{in_use}"), &"vztmpl/nixos-25.11-proxmox-lxc.tar.xz".to_string()],
         "the template in use and the user's stay"
     );
+}
+
+/// A template storage shared between nodes (NFS, CephFS: `shared` in its status) holds one set
+/// of files whatever node lists it: `gc-images` lists a stale template on it once, not once per
+/// node of the hosts using it, and `--delete` removes it once.
+#[test]
+fn gc_images_lists_a_template_on_a_shared_storage_once() {
+    let fixture = Fixture::copy("containers");
+    let settings = fixture.dir.path().join("nixprox.yaml");
+    let text = std::fs::read_to_string(&settings).expect("nixprox.yaml");
+    std::fs::write(&settings, text.replace("image_storage: local", "image_storage: nas")).expect("write");
+    // chat (its own template, as mail) lives on pve2: the templates' storage is looked at
+    // through pve1 and pve2.
+    let flake = fixture.dir.path().join("flake.nix");
+    let text = std::fs::read_to_string(&flake).expect("flake.nix");
+    let chat = "          name = \"chat\";\n          address = \"127.0.0.36\";\n          modules = [ ownTemplate ];";
+    assert!(text.contains(chat), "the fixture's chat host");
+    let moved = chat.replace("[ ownTemplate ]", "[ ownTemplate { nixprox.container.node = \"pve2\"; } ]");
+    std::fs::write(&flake, text.replace(chat, &moved)).expect("write");
+    let nas = json!({"nas": {"type": "dir", "path": "/mnt/pve/nas", "content": "vztmpl,iso", "shared": 1}});
+    let scenario = cli::cluster_scenario(&repo().join("fixtures/containers/cluster.json"))
+        .set("nodes", json!(["pve1", "pve2"]))
+        .set("storages", nas);
+    let pve = FakePve::start(scenario);
+    let stale = "nixprox-0c8yzlgy9xbfn6sjcx6rh6fzqfvc3ai2.tar.xz";
+    pve.command(
+        json!({"cmd": "store_file", "storage": "nas", "name": stale, "size": 4096, "content": "vztmpl"}),
+    );
+
+    let run = cli::nixprox_in(&fixture, &pve, &["gc-images"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        format!(
+            "Would remove (pass --delete to remove) 1 image file(s) no host of the flake refers to:\n  nas:vztmpl/{stale} (node pve1, 4.00 KiB)\n"
+        )
+    );
+    pve.requests(true);
+    let run = cli::nixprox_in(&fixture, &pve, &["gc-images", "--delete"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let deletes: Vec<(String, String)> =
+        pve.requests(false).into_iter().filter(|(m, _)| m == "DELETE").collect();
+    assert_eq!(deletes.len(), 1, "deleted once: {deletes:?}");
+    let left = pve.command(json!({"cmd": "volumes", "storage": "nas"}));
+    assert!(left.as_object().expect("volumes").is_empty(), "{left}");
+}
+
+/// The move ran but its answer was lost: the move is never sent again blind; the run fails
+/// naming it, and the next plan finds the container on its new node (no move), its notes intact.
+#[test]
+fn a_container_move_whose_answer_is_lost_is_not_sent_twice() {
+    let (fixture, pve) = proxy_on_pve2("running");
+    pve.command(json!({"cmd": "lose_answer", "method": "POST", "path": "/lxc/201/migrate$", "times": 1}));
+    pve.requests(true);
+    let run = cli::plan_and_apply(&fixture, &pve, "proxy");
+    let moves = pve
+        .requests(false)
+        .into_iter()
+        .filter(|(m, p)| m == "POST" && p.ends_with("/lxc/201/migrate"))
+        .count();
+    assert_eq!(moves, 1, "sent once: {}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 3, "the host fails: {}", run.stdout);
+    assert!(
+        run.stdout.contains("error at migrate: failed to post to `/nodes/pve2/lxc/201/migrate`"),
+        "{}",
+        run.stdout
+    );
+    let after = pve.try_command(json!({"cmd": "ct", "vmid": 201})).expect("ct 201");
+    assert_eq!(after["node"], "pve1", "the move ran");
+    assert!(after["config"]["description"].as_str().expect("notes").contains("\"host\":\"proxy\""));
+    let plan: Value =
+        serde_json::from_str(ok(&cli::plan(&fixture, &pve, &["--format", "json", "--hosts", "proxy"])))
+            .expect("json");
+    assert_eq!(cli::kinds(&plan, "proxy"), ["update_vm", "resize_disk", "switch"], "{plan:#}");
+    let run = cli::plan_and_apply(&fixture, &pve, "proxy");
+    assert_eq!(run.code, 0, "the re-run finishes on pve1: {}\n{}", run.stdout, run.stderr);
+}
+
+/// The new node lacks a storage a volume is on: pve-container's `prepare` refuses before it
+/// shuts the container down; the host fails naming the storage, the container stays on its
+/// node, running.
+#[test]
+fn a_container_move_to_a_node_without_its_storage_fails_and_leaves_it_running() {
+    let (fixture, pve) = proxy_on_pve2("running");
+    pve.command(json!({"cmd": "set_storage", "storage": "local-lvm", "options": {"nodes": "pve2"}}));
+    let run = cli::plan_and_apply(&fixture, &pve, "proxy");
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("storage 'local-lvm' is not available on node 'pve1'"), "{}", run.stdout);
+    let after = pve.try_command(json!({"cmd": "ct", "vmid": 201})).expect("ct 201");
+    assert_eq!((after["node"].as_str(), after["status"].as_str()), (Some("pve2"), Some("running")));
+}
+
+/// `nixprox import` of a container writes a host module with the `nixprox.container` block,
+/// its address from net0 and the key nixprox recorded: imported as it is (the `import`
+/// fixture's host), it evaluates and plans nothing but the system, and `noop` once the notes
+/// record that system.
+#[test]
+fn nixprox_import_of_a_container_writes_a_module_that_plans_noop() {
+    use nixprox::metadata::{Metadata, Notes};
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIImportedContainerKeyxxxxxxxxxxxxxxx root@web";
+    let guest = |system: &str| {
+        let block = Metadata {
+            host: "web".into(),
+            system: Some(system.into()),
+            host_key: Some(key.into()),
+            ..Metadata::default()
+        };
+        json!({
+            "vmid": 210, "name": "web", "node": "pve1", "status": "running", "type": "lxc",
+            "config": {
+                "hostname": "web", "ostype": "nixos", "arch": "amd64", "unprivileged": 1,
+                "cores": 2, "memory": 1024, "swap": 256, "onboot": 1, "protection": 1, "startup": "order=2",
+                "features": "nesting=1,keyctl=1",
+                "rootfs": "local-lvm:vm-210-disk-0,size=10G",
+                "mp0": "local-lvm:vm-210-disk-1,mp=/var/lib/data,backup=1,size=4G",
+                "net0": "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:02:10,ip=127.0.0.40/8,gw=127.0.0.1,tag=20,firewall=1,type=veth",
+                "tags": "nixprox;web", "description": Notes::render("Owner: alice.\n\n", &block)
+            }
+        })
+    };
+    let pve = FakePve::start(crate::support::fakepve::Scenario::new().guest(guest("/nix/store/old")));
+    let fixture = Fixture::copy("import");
+    let out = fixture.dir.path().join("imported.nix");
+    let mut command = cli::nixprox();
+    command
+        .args(["import", "210", "--out", &out.display().to_string(), "--flake", &fixture.flake_ref()])
+        .envs(cli::pve_env(&pve));
+    let run: cli::Run = command.output().expect("run nixprox").into();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let module = std::fs::read_to_string(&out).expect("imported.nix");
+    for line in [
+        "  nixprox.container = {\n",
+        "    enable = true;\n",
+        "    rootfs = { storage = \"local-lvm\"; size = \"10G\"; };\n",
+        "    features = { nesting = true; keyctl = true; fuse = false; };\n",
+        "      mp0 = { storage = \"local-lvm\"; size = \"4G\"; path = \"/var/lib/data\"; backup = true; };\n",
+        "      net0 = { name = \"eth0\"; bridge = \"vmbr0\"; macAddress = \"BC:24:11:00:02:10\"; vlan = 20; firewall = true; };\n",
+        "  nixprox.address = \"127.0.0.40\";\n",
+        "  nixprox.network.prefixLength = 8;\n",
+        "  nixprox.network.gateway = \"127.0.0.1\";\n",
+    ] {
+        assert!(module.contains(line), "`{line}` in\n{module}");
+    }
+    assert!(module.contains(&format!("  nixprox.ssh.hostKey = \"{key}\";\n")), "{module}");
+
+    // Nothing but the system differs from the container it came from.
+    let plan = cli::plan_hosts(&fixture, &pve, "web");
+    assert_eq!(host(&plan, "web")["kind"], "container", "{plan:#}");
+    assert_eq!(cli::kinds(&plan, "web"), ["switch"], "{plan:#}");
+    let toplevel =
+        cli::actions(&plan, "web")[0]["changes"][0]["after"].as_str().expect("toplevel").to_string();
+    drop(pve);
+    let pve = FakePve::start(crate::support::fakepve::Scenario::new().guest(guest(&toplevel)));
+    let plan = cli::plan_hosts(&fixture, &pve, "web");
+    assert_eq!(cli::kinds(&plan, "web"), ["noop"], "{plan:#}");
 }
 
 /// A container end to end through the binary: fakepve with a template whose root has

@@ -1341,12 +1341,39 @@ async def vztmpl_upload(self, request, fields, data):
     return ok(upid)
 
 
+ORIGINAL_LXC_MIGRATE = FakePve._lxc_migrate
+
+
+async def lxc_migrate(self, user, v):
+    """POST /nodes/{node}/lxc/{vmid}/migrate, with the storage check fakepve leaves out.
+
+    pve-container src/PVE/LXC/Migrate.pm `prepare`: for every volume mount point,
+    `PVE::Storage::storage_check_node($storecfg, $storage, $target)`, which dies with
+    "storage '<id>' is not available on node '<target>'" before the container is shut down;
+    the migration task fails and the container stays where it is, running as it was.
+    """
+    ct = self._find_ct(v['node'], v['vmid'])
+    target = v.get('target')
+    if target in self.nodes and target != v['node']:
+        for _key, mount in ct.volumes():
+            storage = str(mount.get('volume', '')).split(':', 1)[0]
+            if storage in self.storages and not self._storage_enabled(storage, target):
+                message = "storage '{0}' is not available on node '{1}'".format(storage, target)
+
+                async def fail():
+                    raise TaskError(message)
+                return await self._ct_task(ct, 'vzmigrate', user, fail, lock=False,
+                                           log=["starting migration of CT {0} to node '{1}'".format(ct.vmid, target)])
+    return await ORIGINAL_LXC_MIGRATE(self, user, v)
+
+
 def install_image_support():
     FakePve._upload = upload
     fakepve.lxc.ostype_of = detected_ostype
     FakePve._qm_check_drive = check_drive
     FakePve._qm_new_drive = new_drive
     FakePve._agent_call = agent_call
+    FakePve._lxc_migrate = lxc_migrate
     FakePve._config_get = config_get
     FakePve._do_reboot = do_reboot
     fakepve.agent.result = agent_result
