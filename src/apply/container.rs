@@ -325,13 +325,7 @@ impl HostRun<'_> {
         if node == target {
             return Ok(Done::already(()).detail(format!("on `{target}`")));
         }
-        self.cas_write(node, vmid, "marked it as being applied", |raw| {
-            let metadata = self.metadata_for(host, vmid, raw, true)?;
-            let current = config_text(raw, "description").unwrap_or_default();
-            let description = params::notes(host, &current, &metadata);
-            Ok((description != current).then(|| vec![("description".into(), description)]))
-        })
-        .await?;
+        self.mark_applying(host, node, vmid).await?;
         let running = ct::guest_running(client, GuestKind::Container, node, vmid).await?;
         let form = crate::proxmox::migrate::container_form(running, target);
         let path = format!("{}/migrate", guest_path(GuestKind::Container, node, vmid));

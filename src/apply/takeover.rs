@@ -226,6 +226,24 @@ impl HostRun<'_> {
         }
     }
 
+    /// Marks the guest's block `applying` with this plan (a no-op when it already is), before a
+    /// step after which a stopped run must resume on the guest as this plan's work (a move).
+    pub(super) async fn mark_applying(
+        &self,
+        host: &DesiredHost,
+        node: &str,
+        vmid: u32,
+    ) -> Result<(), StepError> {
+        self.cas_write(node, vmid, "marked it as being applied", |raw| {
+            let metadata = self.metadata_for(host, vmid, raw, true)?;
+            let current = crate::proxmox::qemu::config_text(raw, "description").unwrap_or_default();
+            let description = super::params::notes(host, &current, &metadata);
+            Ok((description != current).then(|| vec![("description".into(), description)]))
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Moves the VM to `target` (live while it runs, its local disks with it) after asking
     /// Proxmox what could stop it. Marks the block `applying` first, so a run that stops after
     /// the move resumes on the new node as this plan's work.
@@ -240,13 +258,7 @@ impl HostRun<'_> {
         if node == target {
             return Ok(Done::already(()).detail(format!("on `{target}`")));
         }
-        self.cas_write(node, vmid, "marked it as being applied", |raw| {
-            let metadata = self.metadata_for(host, vmid, raw, true)?;
-            let current = crate::proxmox::qemu::config_text(raw, "description").unwrap_or_default();
-            let description = super::params::notes(host, &current, &metadata);
-            Ok((description != current).then(|| vec![("description".into(), description)]))
-        })
-        .await?;
+        self.mark_applying(host, node, vmid).await?;
         let check = migrate_check(client, node, vmid, target).await?;
         if let Some(blocker) = check.blocker(vmid, target) {
             return Err(StepError::other(blocker));

@@ -184,20 +184,7 @@ fn mount_value(mount: &MountSpec) -> Value {
 }
 
 fn net_value(net: &CtNetSpec) -> Value {
-    let mut text = format!("name={},bridge={}", net.name, net.bridge);
-    if let Some(mac) = &net.mac {
-        text.push_str(&format!(",hwaddr={mac}"));
-    }
-    if let Some(address) = &net.address {
-        text.push_str(&format!(",{address}"));
-    }
-    if let Some(vlan) = net.vlan {
-        text.push_str(&format!(",tag={vlan}"));
-    }
-    if net.firewall {
-        text.push_str(",firewall=1");
-    }
-    json!(text)
+    json!(crate::proxmox::container::format_ct_net(net))
 }
 
 /// What comparing a container with the flake found: the engine's [`SpecDiff`] (updates with
