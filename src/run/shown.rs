@@ -55,10 +55,10 @@ pub fn check(body: &str, plan: &Plan, reviewed: &Reviewed) -> Result<(), String>
     hygiene(visible)?;
     if plan.plan_id == reviewed.plan_id() {
         let expected = markdown::render_at(plan, &MarkdownContext::default(), level);
-        return compare(&normalize(visible), &normalize(&expected));
+        return compare(&normalize(visible, plan), &normalize(&expected, plan));
     }
     for host in plan.hosts.iter().filter(|h| runs_something(h)) {
-        shows_host(visible, host, reviewed, level)?;
+        shows_host(visible, plan, host, reviewed, level)?;
     }
     Ok(())
 }
@@ -70,11 +70,20 @@ fn runs_something(host: &HostPlan) -> bool {
 
 /// A host of a plan that is not the reviewed one: its block verbatim when its actions are the
 /// reviewed ones, else its heading; the banner line of each destructive action.
-fn shows_host(visible: &str, host: &HostPlan, reviewed: &Reviewed, level: Detail) -> Result<(), String> {
+fn shows_host(
+    visible: &str,
+    plan: &Plan,
+    host: &HostPlan,
+    reviewed: &Reviewed,
+    level: Detail,
+) -> Result<(), String> {
     let name = &host.host;
     let block = markdown::host_block(host, level);
     let as_reviewed = crate::apply::approval::same_as_reviewed(reviewed, host);
-    if as_reviewed && !block.is_empty() && !contains_lines(&normalize(visible), &normalize(&block)) {
+    if as_reviewed
+        && !block.is_empty()
+        && !contains_lines(&normalize(visible, plan), &normalize(&block, plan))
+    {
         let first = block.lines().next().unwrap_or_default();
         return Err(format!(
             "host `{name}` will run what was reviewed, but the text does not show it as nixprox renders it (its block starts `{first}`)"
@@ -156,7 +165,7 @@ fn compare(visible: &[String], expected: &[String]) -> Result<(), String> {
 ///   hosts, and the list of unchanged hosts: which VMs hold pending changes is live state
 ///   outside the plan id (a reboot between review and merge takes a host off the list), and
 ///   none of it is anything apply runs.
-pub fn normalize(text: &str) -> Vec<String> {
+pub fn normalize(text: &str, plan: &Plan) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut lines = text.lines().peekable();
     let mut in_fence = false;
@@ -184,7 +193,7 @@ pub fn normalize(text: &str) -> Vec<String> {
             continue;
         }
         if line == "#### Waiting for a reboot" {
-            skip_pending_section(&mut lines);
+            skip_pending_section(&mut lines, plan);
             continue;
         }
         if unchanged_line(line) {
@@ -232,20 +241,21 @@ fn skip_probe_section<'a>(lines: &mut std::iter::Peekable<impl Iterator<Item = &
 }
 
 /// The section of changes waiting for a reboot, in the form the renderer writes it: the fixed
-/// paragraph, one list item per host (inert text), and under each either a line of keys or a
-/// diff fenced in the item (`  - key: value` / `  + key: value`, no fence inside).
-fn skip_pending_section<'a>(lines: &mut std::iter::Peekable<impl Iterator<Item = &'a str>>) {
+/// paragraph, one list item per host of the plan (its name, its VM, then how to make the
+/// changes take effect in nixprox's words, or the pending keys), and under each either the
+/// line of keys or a diff of fields fenced in the item. Anything else ends the section, so it
+/// is compared like the rest of the text.
+fn skip_pending_section<'a>(lines: &mut std::iter::Peekable<impl Iterator<Item = &'a str>>, plan: &Plan) {
     let mut in_fence = false;
     while let Some(&line) = lines.peek() {
         let ok = if in_fence {
-            line == "  ```"
-                || ((line.starts_with("  - ") || line.starts_with("  + ")) && !line.contains("```"))
+            line == "  ```" || diff_line(line)
         } else {
             line.is_empty()
                 || line == markdown::PENDING_NOTE
                 || line == "  ```diff"
-                || line.strip_prefix("- ").is_some_and(inert)
-                || line.strip_prefix("  - ").is_some_and(inert)
+                || pending_item(line, plan)
+                || line.strip_prefix("  - pending in Proxmox: ").is_some_and(proxmox_keys)
         };
         if !ok {
             return;
@@ -255,6 +265,33 @@ fn skip_pending_section<'a>(lines: &mut std::iter::Peekable<impl Iterator<Item =
         }
         lines.next();
     }
+}
+
+/// `- `web` (pve1/101): the VM still runs the old values: …` for a host of the plan; at the
+/// list level, `- `web` (pve1/101): memory, cores`.
+fn pending_item(line: &str, plan: &Plan) -> bool {
+    const HOW: [&str; 2] =
+        ["the VM still runs the old values: reboot VM ", "the apply of this plan reboots VM "];
+    plan.hosts.iter().any(|host| {
+        line.strip_prefix(&format!("- {} (", crate::text::markdown::code(&host.host)))
+            .and_then(|rest| rest.split_once("): "))
+            .is_some_and(|(_, what)| {
+                (HOW.iter().any(|how| what.starts_with(how)) && inert(what)) || proxmox_keys(what)
+            })
+    })
+}
+
+/// Proxmox config keys, comma-separated (`memory, net1`).
+fn proxmox_keys(text: &str) -> bool {
+    text.split(", ").all(|key| !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+}
+
+/// `  - memory: 2048` / `  + memory: 4096`: a field named like a module option and its value.
+fn diff_line(line: &str) -> bool {
+    let Some(rest) = line.strip_prefix("  - ").or_else(|| line.strip_prefix("  + ")) else { return false };
+    rest.split_once(": ").is_some_and(|(field, _)| {
+        !field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    }) && !line.contains("```")
 }
 
 /// `Unchanged: `a`, `b``, as the renderer writes it.
@@ -471,7 +508,7 @@ mod tests {
                 after: Some(4096.into()),
                 effect: None,
             }],
-            how: "reboot VM 102 (`qm reboot 102` on node `pve1`)".into(),
+            how: "the VM still runs the old values: reboot VM 102 to make them take effect (`qm reboot 102` on node `pve1`)".into(),
         });
         let reviewed = Reviewed::Record(Record::from_plan(&plan));
         for level in markdown::LEVELS {
@@ -484,6 +521,13 @@ mod tests {
         let text = markdown::render_at(&at_review, &ci_context(), Detail::Full)
             .replace(markdown::PENDING_NOTE, &format!("{}\n\nNothing is destroyed.", markdown::PENDING_NOTE));
         assert!(check(&comment(&plan, &text), &plan, &reviewed).is_err(), "{text}");
+        // A list item of its own making, or one naming a host the plan does not have: refused.
+        let full = markdown::render_at(&at_review, &ci_context(), Detail::Full);
+        for forged in ["- `db` (pve1/102): nothing is destroyed", "- `golf` (pve1/9): memory"] {
+            let text =
+                full.replace(markdown::PENDING_NOTE, &format!("{}\n\n{forged}", markdown::PENDING_NOTE));
+            assert!(check(&comment(&plan, &text), &plan, &reviewed).is_err(), "{forged}");
+        }
     }
 
     #[test]
